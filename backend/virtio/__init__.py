@@ -1,0 +1,1 @@
+"""Spec formats and constants shared by every layer (driver and device side)."""

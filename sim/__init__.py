@@ -1,0 +1,1 @@
+"""The virtual platform: guest memory, IOMMU, PCI endpoint framework, in-process ``PciDevice``."""
