@@ -7,8 +7,8 @@ factories here when they are imported (see :func:`load_default_targets`).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from backend.pci.device import PciDevice
 

@@ -10,7 +10,7 @@ import logging
 import os
 import selectors
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

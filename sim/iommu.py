@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 import mmap
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from backend.pci.device import DmaFault, DmaFaultError, DmaPerm
 

@@ -110,7 +110,7 @@ DEFINED_NET_PCI = TRANSPORT_BITS_PCI | NET_BITS
 class Requires:
     """One dependency row: ``feature`` needs all of ``all_of`` and at least one of ``any_of``."""
 
-    __slots__ = ("feature", "all_of", "any_of", "req_id")
+    __slots__ = ("all_of", "any_of", "feature", "req_id")
 
     def __init__(self, feature: int, all_of: tuple[int, ...] = (), any_of: tuple[int, ...] = (),
                  req_id: str = "") -> None:

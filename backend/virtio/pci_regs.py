@@ -7,6 +7,7 @@ Shared by the device models (which serve these registers) and by every driver
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -178,3 +179,37 @@ def notify_address(notify_cap_offset: int, queue_notify_off: int, notify_off_mul
 def notification_data(vq_index: int, next_off: int, next_wrap: int) -> int:
     """32-bit value written with VIRTIO_F_NOTIFICATION_DATA (split: next_off = avail idx low 15 bits)."""
     return (vq_index & 0xFFFF) | (next_off & 0x7FFF) << 16 | (next_wrap & 1) << 31
+
+
+@dataclass(frozen=True)
+class RawCapability:
+    """One entry of the PCI capability list as found in config space."""
+
+    offset: int
+    cap_id: int
+    data: bytes  # from cap_id through cap_len (vendor caps) or a fixed 16-byte window otherwise
+
+    @property
+    def virtio(self) -> VirtioPciCap | None:
+        if self.cap_id != PCI_CAP_ID_VNDR or len(self.data) < VirtioPciCap.SIZE:
+            return None
+        return VirtioPciCap.unpack(self.data)
+
+
+def walk_capabilities(read_config: Callable[[int, int], bytes], limit: int = 48) -> list[RawCapability]:
+    """Follow the capability list from 0x34; stops on loops, bad pointers or after ``limit`` entries."""
+    caps: list[RawCapability] = []
+    seen: set[int] = set()
+    status = int.from_bytes(read_config(PciCfg.STATUS, 2), "little")
+    if not status & PCI_STATUS_CAP_LIST:
+        return caps
+    ptr = read_config(PciCfg.CAPABILITIES_POINTER, 1)[0] & 0xFC
+    while ptr and ptr not in seen and 0x40 <= ptr <= PCI_CONFIG_SPACE_SIZE - 2 and len(caps) < limit:
+        seen.add(ptr)
+        head = read_config(ptr, 3)
+        cap_id, nxt = head[0], head[1]
+        length = max(head[2], 2) if cap_id == PCI_CAP_ID_VNDR else 16
+        length = min(length, PCI_CONFIG_SPACE_SIZE - ptr)
+        caps.append(RawCapability(ptr, cap_id, read_config(ptr, length)))
+        ptr = nxt & 0xFC
+    return caps

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
-from scapy.fields import LEShortField, LEIntField, LELongField, FlagsField
+from scapy.fields import FlagsField, LEIntField, LELongField, LEShortField
 from scapy.packet import Packet
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
+from backend.pci.device import DmaPerm
 from backend.virtio.pci_regs import (
     MSIX_CAP_LEN,
     MSIX_CONTROL_ENABLE,
@@ -23,7 +25,6 @@ from backend.virtio.pci_regs import (
     PCI_STATUS_INTERRUPT,
     PciCfg,
 )
-from backend.pci.device import DmaPerm
 from sim.iommu import Iommu
 
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
@@ -188,10 +189,7 @@ class ConfigSpace:
         self._bar_values = {i: 0 for i in range(6)}
 
     def add_capability(self, cap: Capability) -> int:
-        if cap.length % 4 and cap.length > 2:
-            pad = 4 - cap.length % 4
-        else:
-            pad = 0
+        pad = 4 - cap.length % 4 if cap.length % 4 and cap.length > 2 else 0
         offset = self._next_cap
         if offset + cap.length > PCI_CONFIG_SPACE_SIZE:
             raise ValueError("capability list does not fit into 256 bytes of config space")

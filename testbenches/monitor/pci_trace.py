@@ -1,0 +1,91 @@
+"""A ``PciDevice`` proxy that records every region access, for passive checking of a driver."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from backend.pci.device import DmaFault, DmaPerm, PciDevice, RegionInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    seq: int
+    op: str  # "r" or "w"
+    region: int
+    offset: int
+    size: int
+    data: bytes
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self.data, "little")
+
+
+class TracingPciDevice:
+    """Forwards to ``inner`` and appends an :class:`Access` per region read/write.
+
+    Doorbells rung through an ioeventfd bypass the proxy (that is the point of
+    ioeventfd); ``ioeventfds`` records their registrations instead.
+    """
+
+    def __init__(self, inner: PciDevice) -> None:
+        self.inner = inner
+        self.name = f"trace({inner.name})"
+        self.accesses: list[Access] = []
+        self.ioeventfds: list[tuple[int, int, int, int | None]] = []
+        self.dma_maps: list[tuple[int, int, DmaPerm]] = []
+        self._lock = threading.Lock()
+
+    def _record(self, op: str, region: int, offset: int, data: bytes) -> None:
+        with self._lock:
+            self.accesses.append(Access(len(self.accesses), op, region, offset, len(data), data))
+
+    def region_info(self, index: int) -> RegionInfo:
+        return self.inner.region_info(index)
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        data = self.inner.region_read(index, offset, size)
+        self._record("r", index, offset, data)
+        return data
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        self._record("w", index, offset, bytes(data))
+        self.inner.region_write(index, offset, data)
+
+    def region_mmap(self, index: int) -> memoryview | None:
+        return None  # a direct mapping would hide accesses from the monitor
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        self.dma_maps.append((iova, size, perm))
+        self.inner.dma_map(iova, size, fd, offset, perm)
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        self.inner.dma_unmap(iova, size)
+
+    def irq_count(self, index: int) -> int:
+        return self.inner.irq_count(index)
+
+    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
+        self.inner.set_irqs(index, start, fds)
+
+    def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
+        self.ioeventfds.append((index, offset, width, value))
+        return self.inner.ioeventfd(index, offset, width, value, fd)
+
+    def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:
+        self.inner.ioeventfd_remove(index, offset, fd)
+
+    def dma_faults(self) -> list[DmaFault]:
+        return self.inner.dma_faults()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> object:
+        # Target-specific extras (e.g. the simulator's ``model``) stay reachable through the proxy.
+        return getattr(self.inner, name)
