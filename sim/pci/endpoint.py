@@ -194,6 +194,8 @@ class ConfigSpace:
         if offset + cap.length > PCI_CONFIG_SPACE_SIZE:
             raise ValueError("capability list does not fit into 256 bytes of config space")
         cap.offset = offset
+        self.data[offset] = cap.cap_id
+        self.data[offset + 1] = 0
         if self.caps:
             self.data[self.caps[-1].offset + 1] = offset
         else:
