@@ -90,7 +90,10 @@ NOTIFY_OFF_MULTIPLIER = 16  # u32 after the 16-byte header (struct virtio_pci_no
 NOTIFY_CAP_LEN = 20
 PCI_CFG_DATA = 16  # u8[4] pci_cfg_data after the header (struct virtio_pci_cfg_cap)
 PCI_CFG_CAP_LEN = 20
-VENDOR_DATA_CAP_VENDOR_ID = 16  # u16 after the header in VENDOR_CFG caps (4.1.4.12)
+# struct virtio_pci_vndr_data is cap_vndr, cap_next, cap_len, cfg_type, then le16 vendor_id at byte 4
+# (it does not carry bar/offset/length; the vendor-defined data follows, padded to 4 bytes).
+VENDOR_DATA_CAP_VENDOR_ID = 4
+VENDOR_DATA_CAP_HDR_LEN = 6
 
 
 class CommonCfg(IntEnum):
@@ -190,8 +193,16 @@ class RawCapability:
     data: bytes  # from cap_id through cap_len (vendor caps) or a fixed 16-byte window otherwise
 
     @property
+    def cfg_type(self) -> int | None:
+        """virtio cfg_type of a vendor-specific capability, None for other capabilities."""
+        if self.cap_id != PCI_CAP_ID_VNDR or len(self.data) < 4:
+            return None
+        return self.data[3]
+
+    @property
     def virtio(self) -> VirtioPciCap | None:
-        if self.cap_id != PCI_CAP_ID_VNDR or len(self.data) < VirtioPciCap.SIZE:
+        """The bar/offset/length header; None for non-virtio caps and for vendor data caps (no such fields)."""
+        if self.cfg_type in (None, CapType.VENDOR_CFG) or len(self.data) < VirtioPciCap.SIZE:
             return None
         return VirtioPciCap.unpack(self.data)
 

@@ -1,0 +1,1 @@
+"""Conformance suite: requirement traceability, pytest plugin and report."""

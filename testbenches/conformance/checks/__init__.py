@@ -1,0 +1,1 @@
+"""Conformance checks: pytest modules whose tests carry @pytest.mark.req ids (see ..plugin)."""

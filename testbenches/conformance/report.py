@@ -1,0 +1,348 @@
+"""Conformance results: the per-id model, its JSON form, and the three renderings.
+
+* :func:`render_terminal` - the per-area table and the failed ids (rich).
+* :func:`render_html` - one self-contained page (Jinja2); several
+  :class:`Results` (for example ``sim`` and ``rtl``) are shown side by side.
+* :func:`write_requirements_junit` - one JUnit test case per requirement id.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from rich.console import Console
+from rich.table import Table
+
+from testbenches.conformance.requirements import CheckerKind, RequirementSet, load_requirements
+
+
+class Outcome(StrEnum):
+    """What one check (one test item) concluded about one id."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_OFFERED = "not offered"
+    NOT_APPLICABLE = "not applicable"
+    SKIPPED = "skipped"
+
+
+class Status(StrEnum):
+    """Aggregated status of one id over every check that covers it."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_OFFERED = "not offered"
+    NOT_APPLICABLE = "not applicable"
+    NOT_COVERED = "not covered"
+    NOT_TESTABLE = "not testable"
+
+
+#: Precedence when aggregating: the first outcome present wins.
+_PRECEDENCE: tuple[tuple[Outcome, Status], ...] = (
+    (Outcome.FAILED, Status.FAILED),
+    (Outcome.PASSED, Status.PASSED),
+    (Outcome.NOT_OFFERED, Status.NOT_OFFERED),
+    (Outcome.NOT_APPLICABLE, Status.NOT_APPLICABLE),
+)
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One outcome for one id from one test item; ``evidence`` explains failures and non-applicability."""
+
+    nodeid: str
+    outcome: Outcome
+    evidence: str = ""
+
+
+def aggregate(records: Sequence[CheckRecord], checker_kind: CheckerKind) -> Status:
+    """Failed if any check failed; else passed if any passed; else not offered / not applicable.
+
+    Ids without a conclusive record are "not covered", or "not testable" when
+    the table says no check can decide them.
+    """
+    present = {r.outcome for r in records}
+    for outcome, status in _PRECEDENCE:
+        if outcome in present:
+            return status
+    return Status.NOT_TESTABLE if checker_kind is CheckerKind.NOT_TESTABLE else Status.NOT_COVERED
+
+
+@dataclass
+class IdResult:
+    id: str
+    status: Status
+    area: str
+    role: str
+    level: str
+    checks: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "area": self.area,
+            "role": self.role,
+            "level": self.level,
+            "checks": list(self.checks),
+            "evidence": list(self.evidence),
+        }
+
+    @classmethod
+    def from_json(cls, req_id: str, data: dict[str, Any]) -> IdResult:
+        return cls(
+            id=req_id,
+            status=Status(data["status"]),
+            area=str(data["area"]),
+            role=str(data["role"]),
+            level=str(data["level"]),
+            checks=[str(c) for c in data.get("checks", [])],
+            evidence=[str(e) for e in data.get("evidence", [])],
+        )
+
+
+@dataclass
+class Results:
+    """Everything one run concluded about one target; the content of ``results.json``."""
+
+    target: str
+    started: str
+    duration: float
+    ids: dict[str, IdResult]
+
+    @classmethod
+    def build(
+        cls,
+        target: str,
+        started: datetime,
+        duration: float,
+        requirements: RequirementSet,
+        records: dict[str, list[CheckRecord]],
+    ) -> Results:
+        ids: dict[str, IdResult] = {}
+        for req_id, req in requirements.items():
+            recs = records.get(req_id, [])
+            status = aggregate(recs, req.checker_kind)
+            wanted = {s: o for o, s in _PRECEDENCE}.get(status)
+            evidence = [f"{r.nodeid}: {r.evidence}" for r in recs if r.outcome is wanted and r.evidence]
+            if status in (Status.NOT_COVERED, Status.NOT_TESTABLE):
+                evidence = [f"{r.nodeid}: skipped: {r.evidence}" for r in recs if r.outcome is Outcome.SKIPPED]
+            ids[req_id] = IdResult(
+                id=req_id,
+                status=status,
+                area=req.area,
+                role=str(req.role),
+                level=str(req.level),
+                checks=list(dict.fromkeys(r.nodeid for r in recs)),
+                evidence=evidence,
+            )
+        return cls(target=target, started=started.isoformat(timespec="seconds"), duration=duration, ids=ids)
+
+    # -- queries -----------------------------------------------------------
+    def failed(self) -> list[IdResult]:
+        return [r for r in self.ids.values() if r.status is Status.FAILED]
+
+    def counts(self) -> Counter[Status]:
+        return Counter(r.status for r in self.ids.values())
+
+    def area_counts(self) -> dict[str, Counter[Status]]:
+        out: dict[str, Counter[Status]] = {}
+        for r in self.ids.values():
+            out.setdefault(r.area, Counter())[r.status] += 1
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        def flat(c: Counter[Status]) -> dict[str, int]:
+            return {"total": sum(c.values()), **{str(s): c.get(s, 0) for s in Status}}
+
+        return {**flat(self.counts()), "areas": {a: flat(c) for a, c in self.area_counts().items()}}
+
+    # -- JSON --------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "started": self.started,
+            "duration": round(self.duration, 3),
+            "ids": {i: r.to_json() for i, r in self.ids.items()},
+            "summary": self.summary(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        return cls(
+            target=str(data["target"]),
+            started=str(data["started"]),
+            duration=float(data["duration"]),
+            ids={i: IdResult.from_json(i, d) for i, d in data["ids"].items()},
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Results:
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# -- terminal ---------------------------------------------------------------
+
+_STYLE = {
+    Status.PASSED: "green",
+    Status.FAILED: "bold red",
+    Status.NOT_OFFERED: "cyan",
+    Status.NOT_APPLICABLE: "cyan",
+    Status.NOT_COVERED: "yellow",
+    Status.NOT_TESTABLE: "dim",
+}
+
+
+def area_table(results: Results) -> Table:
+    table = Table(title=f"conformance: {results.target}", title_justify="left")
+    table.add_column("area")
+    for name, style in (
+        ("passed", "green"),
+        ("failed", "red"),
+        ("not offered/n.a.", "cyan"),
+        ("not covered", "yellow"),
+        ("not testable", "dim"),
+    ):
+        table.add_column(name, justify="right", style=style)
+    table.add_column("total", justify="right", style="bold")
+    per_area = results.area_counts()
+    rows = [*per_area.items(), ("all", results.counts())]
+    for i, (area, c) in enumerate(rows):
+        table.add_row(
+            area,
+            str(c[Status.PASSED]),
+            str(c[Status.FAILED]),
+            str(c[Status.NOT_OFFERED] + c[Status.NOT_APPLICABLE]),
+            str(c[Status.NOT_COVERED]),
+            str(c[Status.NOT_TESTABLE]),
+            str(sum(c.values())),
+            end_section=i == len(rows) - 2,
+        )
+    return table
+
+
+def render_terminal(
+    results: Results, console: Console | None = None, max_evidence: int = 3, max_failed: int = 60
+) -> None:
+    """Print the per-area table, then the failed ids (at most ``max_failed``) with the first lines of evidence."""
+    console = console or Console()
+    console.print(area_table(results))
+    failed = results.failed()
+    if not failed:
+        return
+    console.print(f"[bold red]{len(failed)} failed requirement id(s):[/]", highlight=False)
+    if len(failed) > max_failed:
+        console.print(f"  (first {max_failed} shown, all are in report.html)")
+    for r in failed[:max_failed]:
+        console.print(f"  [bold red]{r.id}[/] ({r.level}) checks: {', '.join(r.checks) or '-'}", highlight=False)
+        for line in r.evidence[:max_evidence]:
+            console.print(f"      {line}", markup=False, highlight=False)
+        if len(r.evidence) > max_evidence:
+            console.print(f"      ... {len(r.evidence) - max_evidence} more", highlight=False)
+
+
+# -- HTML ---------------------------------------------------------------------
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("testbenches.conformance", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["css"] = lambda s: str(s).replace(" ", "-")
+    return env
+
+
+def render_html(
+    results: Sequence[Results],
+    path: Path,
+    requirements: RequirementSet | None = None,
+    title: str = "virtio conformance",
+) -> Path:
+    """Write one self-contained HTML page; with several results each target gets its own column."""
+    if not results:
+        raise ValueError("render_html needs at least one Results")
+    reqs = requirements if requirements is not None else load_requirements()
+    areas: list[dict[str, Any]] = []
+    for area, members in reqs.by_area().items():
+        counts = [res.area_counts().get(area, Counter()) for res in results]
+        areas.append({"name": area, "total": len(members), "counts": counts})
+    html = (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            generated=datetime.now(UTC).isoformat(timespec="seconds"),
+            results=results,
+            requirements=list(reqs.values()),
+            areas=areas,
+            totals=[res.counts() for res in results],
+            statuses=list(Status),
+            Status=Status,
+        )
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+# -- per-requirement JUnit ----------------------------------------------------
+
+
+def write_requirements_junit(results: Results, path: Path) -> Path:
+    """One ``testsuite`` per area, one ``testcase`` per id: failed ids fail, the rest pass or are skipped."""
+    root = ET.Element("testsuites", name=f"requirements {results.target}")
+    by_area: dict[str, list[IdResult]] = {}
+    for r in results.ids.values():
+        by_area.setdefault(r.area, []).append(r)
+    for area, members in by_area.items():
+        counts = Counter(r.status for r in members)
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=f"{results.target}.{area}",
+            tests=str(len(members)),
+            failures=str(counts[Status.FAILED]),
+            errors="0",
+            skipped=str(len(members) - counts[Status.FAILED] - counts[Status.PASSED]),
+        )
+        for r in members:
+            case = ET.SubElement(suite, "testcase", classname=f"{results.target}.{area}", name=r.id)
+            props = ET.SubElement(case, "properties")
+            ET.SubElement(props, "property", name="status", value=str(r.status))
+            for check in r.checks:
+                ET.SubElement(props, "property", name="check", value=check)
+            if r.status is Status.FAILED:
+                failure = ET.SubElement(case, "failure", message=r.evidence[0] if r.evidence else "failed")
+                failure.text = "\n".join(r.evidence)
+            elif r.status is not Status.PASSED:
+                ET.SubElement(case, "skipped", message=_skip_message(r))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
+
+
+def _skip_message(r: IdResult) -> str:
+    return "; ".join([str(r.status), *r.evidence])
+
+
+def load_many(paths: Iterable[Path]) -> list[Results]:
+    return [Results.load(Path(p)) for p in paths]
