@@ -1,0 +1,1 @@
+"""Device models: the behavioral virtio-net accelerator and its vendor variants."""

@@ -1,0 +1,85 @@
+"""Software relays for what a device cannot do itself: one thread waiting on eventfds.
+
+Used only as a fallback (a kick eventfd the device cannot take as an
+ioeventfd, or one MSI-X vector shared by several call eventfds). The thread
+starts on the first watch and never polls: it sleeps in ``select`` and is
+woken by a private eventfd when the watch set changes or the relay closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class FdRelay:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._sel = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sel.register(self._wake, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[BaseException] = []
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler`` in the relay thread whenever ``fd`` is readable; the handler consumes it."""
+        with self._lock:
+            try:
+                self._sel.modify(fd, selectors.EVENT_READ, handler)
+            except KeyError:
+                self._sel.register(fd, selectors.EVENT_READ, handler)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        os.eventfd_write(self._wake, 1)
+
+    def unwatch(self, fd: int) -> None:
+        with self._lock:
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                return
+        os.eventfd_write(self._wake, 1)
+
+    @property
+    def watched(self) -> int:
+        with self._lock:
+            return len(self._sel.get_map()) - 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select():
+                if key.data is None:
+                    try:
+                        os.eventfd_read(self._wake)
+                    except BlockingIOError:
+                        pass
+                    continue
+                try:
+                    key.data()
+                except Exception as exc:  # a failing relay must not take the others down
+                    log.exception("%s: relay for fd %s failed", self.name, key.fd)
+                    self.errors.append(exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        os.eventfd_write(self._wake, 1)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sel.close()
+        os.close(self._wake)
+
+
+def consume_eventfd(fd: int) -> int:
+    """Read an eventfd the selector reported readable (so the read does not block); 0 if raced."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0

@@ -1,0 +1,49 @@
+"""Shared helpers for the checks: open a target as a register-level virtio-pci transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from backend.drivers.virtio_pci import VirtioPciModern
+from backend.pci.device import PciDevice
+from backend.virtio.features import DeviceStatus, F, dependency_violations, has
+
+OpenTarget = Callable[..., PciDevice]
+
+
+def transport(open_target: OpenTarget) -> VirtioPciModern:
+    """A fresh device, reset, with memory decoding and bus mastering on."""
+    t = VirtioPciModern(open_target())
+    t.enable_device()
+    t.reset()
+    return t
+
+
+def acknowledge(t: VirtioPciModern) -> None:
+    t.set_status(DeviceStatus.ACKNOWLEDGE)
+    t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
+
+
+def negotiate(t: VirtioPciModern, features: int) -> bool:
+    """Reset, ACK, DRIVER, write ``features``, set FEATURES_OK; True if it stuck."""
+    t.reset()
+    acknowledge(t)
+    t.write_driver_features(features)
+    t.add_status(DeviceStatus.FEATURES_OK)
+    return bool(t.status() & DeviceStatus.FEATURES_OK)
+
+
+def usable_features(offered: int) -> int:
+    """The offered set minus what the bench's driver side does not implement (packed ring)."""
+    return offered & ~(1 << F.RING_PACKED)
+
+
+def valid_subset(offered: int, chosen: int) -> int:
+    """``chosen`` restricted to ``offered``, with VERSION_1, closed under the dependency table."""
+    subset = chosen & offered | (1 << F.VERSION_1 if has(offered, F.VERSION_1) else 0)
+    while True:
+        broken = dependency_violations(subset)
+        if not broken:
+            return subset
+        for row in broken:
+            subset &= ~(1 << row.feature)

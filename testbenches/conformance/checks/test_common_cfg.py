@@ -1,0 +1,171 @@
+"""Common configuration structure (4.1.4.3): feature windows, status, reset, queues, vectors, PCI_CFG window."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.virtio.features import DEFINED_NET_PCI, DeviceStatus, F, has
+from backend.virtio.pci_regs import NO_VECTOR, CommonCfg
+from testbenches.conformance.checks._support import OpenTarget, acknowledge, negotiate, transport
+from testbenches.conformance.plugin import Verdict
+
+
+@pytest.mark.req("PCI-DEV-08")
+def test_64bit_fields_take_independent_halves(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    acknowledge(t)
+    t.select_queue(0)
+    common = t.common
+    for fld in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
+        # high half first, then low, then only the high half again: each half stays independent
+        t.pci.region_write(common.bar, common.offset + fld + 4, (0x12345678).to_bytes(4, "little"))
+        t.pci.region_write(common.bar, common.offset + fld, (0x9ABCDEF0).to_bytes(4, "little"))
+        first = t.read_common(fld)
+        t.pci.region_write(common.bar, common.offset + fld + 4, (0x1).to_bytes(4, "little"))
+        second = t.read_common(fld)
+        verdict.check("PCI-DEV-08", first == 0x123456789ABCDEF0 and second == 0x19ABCDEF0,
+                      f"{fld.name}: wrote halves, read back {first:#x} then {second:#x}")
+
+
+@pytest.mark.req("PCI-DEV-14", "FEAT-DEV-04")
+def test_device_feature_windows(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    windows = []
+    for sel in range(8):
+        t.write_common(CommonCfg.DEVICE_FEATURE_SELECT, sel)
+        windows.append(t.read_common(CommonCfg.DEVICE_FEATURE))
+        again = t.read_common(CommonCfg.DEVICE_FEATURE)
+        verdict.check("PCI-DEV-14", again == windows[-1], f"window {sel} read {windows[-1]:#x} then {again:#x}")
+    offered = sum(w << (32 * i) for i, w in enumerate(windows))
+    for sel in range(3, 8):  # no feature bit beyond 95 is defined in this spec version
+        verdict.check("PCI-DEV-14", windows[sel] == 0, f"device_feature_select={sel} reads {windows[sel]:#x}")
+    t.write_common(CommonCfg.DEVICE_FEATURE_SELECT, 0xFFFFFFFF)
+    verdict.check("PCI-DEV-14", t.read_common(CommonCfg.DEVICE_FEATURE) == 0, "select 0xffffffff reads non-zero")
+    verdict.check("FEAT-DEV-04", offered & ~DEFINED_NET_PCI == 0,
+                  f"offers undefined or reserved bits {offered & ~DEFINED_NET_PCI:#x}")
+
+
+@pytest.mark.req("PCI-DEV-15")
+def test_driver_feature_reads_back(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    acknowledge(t)
+    offered = t.device_features()
+    t.write_driver_features(offered)
+    back = t.driver_features()
+    verdict.check("PCI-DEV-15", back & offered == offered, f"wrote {offered:#x}, read back {back:#x}")
+    t.write_driver_features(1 << F.VERSION_1)
+    back = t.driver_features()
+    verdict.check("PCI-DEV-15", back & offered == 1 << F.VERSION_1, f"wrote VERSION_1 only, read back {back:#x}")
+
+
+@pytest.mark.req("PCI-DEV-18", "RESET-DEV-01", "PCI-DEV-19", "PCI-DEV-59")
+def test_reset_returns_everything_to_defaults(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    offered = t.device_features()
+    assert negotiate(t, offered & ~(1 << F.RING_PACKED)), "FEATURES_OK did not stick for the offered set"
+    nq = t.num_queues()
+    table = t.msix_table_size()
+    if table:
+        t.set_config_msix_vector(0)
+    for q in range(nq):
+        t.set_queue_addresses(q, 0x10000, 0x20000, 0x30000)
+        if table:
+            t.set_queue_msix_vector(q, min(q + 1, table - 1))
+        t.enable_queue(q)
+    t.add_status(DeviceStatus.DRIVER_OK)
+    t.set_status(0)
+    status = t.wait_status(lambda s: s == 0)
+    verdict.check("PCI-DEV-18", status == 0, f"device_status reads {status:#x} after writing 0")
+    verdict.check("RESET-DEV-01", status == 0, f"device_status reads {status:#x} after a reset request")
+    for q in range(nq):
+        verdict.check("PCI-DEV-19", not t.queue_enabled(q), f"queue {q} still enabled after reset")
+        if table:
+            vec = t.queue_msix_vector(q)
+            verdict.check("PCI-DEV-59", vec == NO_VECTOR, f"queue {q} still mapped to vector {vec} after reset")
+    if table:
+        vec = t.config_msix_vector()
+        verdict.check("PCI-DEV-59", vec == NO_VECTOR, f"config still mapped to vector {vec} after reset")
+    else:
+        verdict.not_applicable("PCI-DEV-59", "no MSI-X")
+
+
+@pytest.mark.req("PCI-DEV-25", "PCI-DEV-26")
+def test_queue_size(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    packed = has(t.device_features(), F.RING_PACKED)
+    nq = t.num_queues()
+    for q in range(nq):
+        size = t.queue_size(q)
+        if packed:
+            verdict.not_applicable("PCI-DEV-26", "VIRTIO_F_RING_PACKED offered")
+        else:
+            verdict.check("PCI-DEV-26", size == 0 or size & (size - 1) == 0,
+                          f"queue {q}: queue_size {size} is not a power of two")
+    for q in (nq, nq + 1, nq + 17, 0x7FFF, 0xFFFF):
+        size = t.queue_size(q)
+        verdict.check("PCI-DEV-25", size == 0, f"queue_select={q} (num_queues={nq}) reads queue_size {size}")
+
+
+@pytest.mark.req("PCI-DEV-27")
+def test_admin_queue_fields(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    if not has(t.device_features(), F.ADMIN_VQ):
+        verdict.not_offered("PCI-DEV-27", "VIRTIO_F_ADMIN_VQ not offered")
+        return
+    index = t.read_common(CommonCfg.ADMIN_QUEUE_INDEX)
+    num = t.read_common(CommonCfg.ADMIN_QUEUE_NUM)
+    verdict.check("PCI-DEV-27", index >= t.num_queues() and num <= 0x10000 - index,
+                  f"admin_queue_index {index}, admin_queue_num {num}, num_queues {t.num_queues()}")
+
+
+@pytest.mark.req("PCI-DEV-51", "PCI-DEV-52")
+def test_pci_cfg_access_window(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    if t.pci_cfg_cap is None:
+        pytest.fail("no PCI_CFG capability (PCI-DEV-50 reports it)")
+    common = t.common
+    direct = t.num_queues()
+    via = t.pci_cfg_read(common.bar, common.offset + CommonCfg.NUM_QUEUES, 2)
+    verdict.check("PCI-DEV-52", via == direct, f"num_queues via pci_cfg_data {via}, direct {direct}")
+    t.pci_cfg_write(common.bar, common.offset + CommonCfg.QUEUE_SELECT, 2, 1)
+    sel = t.read_common(CommonCfg.QUEUE_SELECT)
+    verdict.check("PCI-DEV-51", sel == 1, f"queue_select written through the window reads {sel}")
+    t.pci_cfg_write(common.bar, common.offset + CommonCfg.DEVICE_FEATURE_SELECT, 4, 0)
+    feat = t.pci_cfg_read(common.bar, common.offset + CommonCfg.DEVICE_FEATURE, 4)
+    t.write_common(CommonCfg.DEVICE_FEATURE_SELECT, 0)
+    verdict.check("PCI-DEV-52", feat == t.read_common(CommonCfg.DEVICE_FEATURE),
+                  "32-bit device_feature read through the window differs")
+    status = t.pci_cfg_read(common.bar, common.offset + CommonCfg.DEVICE_STATUS, 1)
+    verdict.check("PCI-DEV-52", status == t.status(), "8-bit device_status read through the window differs")
+
+
+@pytest.mark.req("PCI-DEV-56", "PCI-DEV-57", "PCI-DEV-58", "PCI-DEV-60", "PCI-DEV-61")
+def test_msix_vector_mapping(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    table = t.msix_table_size()
+    if not table:
+        for rid in ("PCI-DEV-56", "PCI-DEV-57", "PCI-DEV-58", "PCI-DEV-60", "PCI-DEV-61"):
+            verdict.not_applicable(rid, "no MSI-X capability")
+        return
+    assert negotiate(t, t.device_features() & ~(1 << F.RING_PACKED))
+    verdict.check("PCI-DEV-58", t.config_msix_vector() == NO_VECTOR, "config vector mapped before any mapping")
+    for vector in range(table):
+        got = t.set_config_msix_vector(vector)
+        verdict.check("PCI-DEV-56", got == vector, f"config event mapped to {vector} reads {got}")
+        verdict.check("PCI-DEV-60", got == vector, f"in-range vector {vector} refused for config")
+        for q in range(t.num_queues()):
+            got = t.set_queue_msix_vector(q, vector)
+            verdict.check("PCI-DEV-56", got == vector, f"queue {q} mapped to {vector} reads {got}")
+            verdict.check("PCI-DEV-58", t.queue_msix_vector(q) == vector, f"queue {q} vector not returned")
+    got = t.set_config_msix_vector(NO_VECTOR)
+    verdict.check("PCI-DEV-57", got == NO_VECTOR, f"unmapping config reads {got}")
+    for q in range(t.num_queues()):
+        got = t.set_queue_msix_vector(q, NO_VECTOR)
+        verdict.check("PCI-DEV-57", got == NO_VECTOR, f"unmapping queue {q} reads {got}")
+        verdict.check("PCI-DEV-58", t.queue_msix_vector(q) == NO_VECTOR, f"queue {q}: NO_VECTOR not returned")
+    for bad in (table, table + 7, 0x7FF):
+        if bad >= table:
+            got = t.set_config_msix_vector(bad)
+            verdict.check("PCI-DEV-61", got == NO_VECTOR, f"config mapped to out-of-range {bad} reads {got}")
+            got = t.set_queue_msix_vector(0, bad)
+            verdict.check("PCI-DEV-61", got == NO_VECTOR, f"queue 0 mapped to out-of-range {bad} reads {got}")
