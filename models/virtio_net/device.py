@@ -22,7 +22,8 @@ from sim.iommu import Iommu
 from sim.pci.endpoint import Register
 
 #: What the model offers unless told otherwise.
-DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.INDIRECT_DESC, F.EVENT_IDX, F.IN_ORDER, F.RING_RESET,
+DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.INDIRECT_DESC, F.EVENT_IDX, F.IN_ORDER,
+                        F.RING_RESET,
                         NetF.MAC, NetF.MTU, NetF.STATUS, NetF.SPEED_DUPLEX)
 #: Added to the default offer when more than one queue pair exists (MQ depends on CTRL_VQ, NETFEAT-DEV-09).
 MQ_FEATURES = bits(NetF.CTRL_VQ, NetF.MQ)
