@@ -581,6 +581,11 @@ class VirtioPciVdpaDevice:
         except VirtioPciError as exc:
             raise VdpaError(str(exc)) from None
         self.transport.enable_device()
+        # Taking the device over starts from a reset, whatever a previous owner left (INIT-DRV-01).
+        try:
+            self.transport.reset()
+        except VirtioPciError as exc:
+            raise VdpaError(str(exc)) from None
         self._owns_pci = owns_pci
         self._lock = threading.RLock()
         self._relay: FdRelay | None = None

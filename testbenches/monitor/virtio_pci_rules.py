@@ -175,12 +175,12 @@ class VirtioPciDriverMonitor:
         return result
 
     # features seen on the wire: offered (device_feature reads per select) and acked (driver_feature writes)
-    def _features(self, ev: list[Event]) -> tuple[int, int, bool]:
-        dsel = 0
-        drsel = 0
-        offered = 0
-        acked = 0
-        acked_any = False
+    def _feature_timeline(self, ev: list[Event]) -> tuple[int, list[int], list[tuple[int, int]]]:
+        """(offer, acked value in force at each event, (offer, acked) at each FEATURES_OK write)."""
+        dsel = drsel = offered = acked = 0
+        in_force: list[int] = []
+        negotiations: list[tuple[int, int]] = []
+        status = 0
         for e in ev:
             if e.kind == "common_w" and e.field == CommonCfg.DEVICE_FEATURE_SELECT:
                 dsel = e.value
@@ -190,10 +190,14 @@ class VirtioPciDriverMonitor:
                 offered |= e.value << (32 * dsel)
             elif e.kind == "common_w" and e.field == CommonCfg.DRIVER_FEATURE:
                 acked = acked & ~(0xFFFFFFFF << (32 * drsel)) | e.value << (32 * drsel)
-                acked_any = True
-            elif e.kind == "status_w" and e.value == 0:
-                acked = 0
-        return offered, acked, acked_any
+            elif e.kind == "status_w":
+                if e.value == 0:
+                    acked = 0
+                elif e.value & DeviceStatus.FEATURES_OK and not status & DeviceStatus.FEATURES_OK:
+                    negotiations.append((offered, acked))
+                status = e.value
+            in_force.append(acked)
+        return offered, in_force, negotiations
 
     def _status_runs(self, ev: list[Event]) -> Iterator[list[Event]]:
         """Split the trace into initialisation runs, each starting at a reset write."""
@@ -304,28 +308,27 @@ class VirtioPciDriverMonitor:
         return any(e.kind == "common_w" and e.field == CommonCfg.QUEUE_RESET and e.value == 1 for e in run)
 
     def _rule_features(self, ev: list[Event]) -> Iterator[Finding]:
-        offered, acked, any_ack = self._features(ev)
-        if not any_ack:
-            return
-        yield Finding("FEAT-DRV-01", acked & ~offered == 0,
-                      f"acknowledged {acked:#x} outside the offer {offered:#x}")
-        broken = dependency_violations(acked)
-        yield Finding("FEAT-DRV-02", not broken,
-                      "acknowledged features missing prerequisites: " + ", ".join(r.req_id for r in broken))
-        yield Finding("FEAT-DRV-04", acked & ~DEFINED_NET_PCI == 0,
-                      f"acknowledged undefined/reserved bits {acked & ~DEFINED_NET_PCI:#x}")
-        if has(offered, F.VERSION_1):
-            yield Finding("FEAT-DRV-08", has(acked, F.VERSION_1), "VERSION_1 offered but not acknowledged")
-        if has(offered, F.ACCESS_PLATFORM):
-            yield Finding("FEAT-DRV-10", has(acked, F.ACCESS_PLATFORM),
-                          "ACCESS_PLATFORM offered but not acknowledged")
-        yield Finding("FEAT-DRV-17", not has(acked, F.SR_IOV), "SR_IOV acknowledged without an SR-IOV capability")
+        for offered, acked in self._feature_timeline(ev)[2]:
+            yield Finding("FEAT-DRV-01", acked & ~offered == 0,
+                          f"acknowledged {acked:#x} outside the offer {offered:#x}")
+            broken = dependency_violations(acked)
+            yield Finding("FEAT-DRV-02", not broken,
+                          "acknowledged features missing prerequisites: " + ", ".join(r.req_id for r in broken))
+            yield Finding("FEAT-DRV-04", acked & ~DEFINED_NET_PCI == 0,
+                          f"acknowledged undefined/reserved bits {acked & ~DEFINED_NET_PCI:#x}")
+            if has(offered, F.VERSION_1):
+                yield Finding("FEAT-DRV-08", has(acked, F.VERSION_1), "VERSION_1 offered but not acknowledged")
+            if has(offered, F.ACCESS_PLATFORM):
+                yield Finding("FEAT-DRV-10", has(acked, F.ACCESS_PLATFORM),
+                              "ACCESS_PLATFORM offered but not acknowledged")
+            yield Finding("FEAT-DRV-17", not has(acked, F.SR_IOV),
+                          "SR_IOV acknowledged without an SR-IOV capability")
 
     def _rule_common_writes(self, ev: list[Event]) -> Iterator[Finding]:
-        offered, acked, _ = self._features(ev)
+        acked_at = self._feature_timeline(ev)[1]
         programmed: dict[int, set[CommonCfg]] = {}
         pending_vector: list[Event] = []
-        for e in ev:
+        for i, e in enumerate(ev):
             if e.kind == "common_r" and pending_vector and e.field == pending_vector[0].field:
                 pending_vector.clear()
                 yield Finding("PCI-DRV-35", True, "")
@@ -337,7 +340,7 @@ class VirtioPciDriverMonitor:
                               "mapped without reading the vector back")
             yield Finding("PCI-DRV-15", e.field not in _READ_ONLY,
                           f"access #{e.seq}: driver wrote read-only field {e.field.name}")
-            if e.field == CommonCfg.QUEUE_SIZE and not has(acked, F.RING_PACKED):
+            if e.field == CommonCfg.QUEUE_SIZE and not has(acked_at[i], F.RING_PACKED):
                 yield Finding("PCI-DRV-17", e.value > 0 and e.value & (e.value - 1) == 0,
                               f"access #{e.seq}: queue_size {e.value} is not a power of two")
             if e.field == CommonCfg.QUEUE_ENABLE:
@@ -359,18 +362,17 @@ class VirtioPciDriverMonitor:
         if pending_vector:
             p = pending_vector[0]
             yield Finding("PCI-DRV-35", False, f"access #{p.seq}: vector mapping never read back")
-        del offered
 
     def _rule_notify(self, ev: list[Event]) -> Iterator[Finding]:
-        offered, acked, _ = self._features(ev)
-        notify_data = has(acked, F.NOTIFICATION_DATA)
-        config_data = has(acked, F.NOTIF_CONFIG_DATA)
+        acked_at = self._feature_timeline(ev)[1]
         notify_off: dict[int, int] = {}
-        for e in ev:
+        for i, e in enumerate(ev):
             if e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIFY_OFF:
                 notify_off[e.queue] = e.value
             if e.kind != "notify":
                 continue
+            notify_data = has(acked_at[i], F.NOTIFICATION_DATA)
+            config_data = has(acked_at[i], F.NOTIF_CONFIG_DATA)
             if not notify_data:
                 yield Finding("NOTIF-DRV-01", e.size == 2, f"access #{e.seq}: {e.size}-byte doorbell write")
             else:
@@ -383,10 +385,9 @@ class VirtioPciDriverMonitor:
             if queues and notify_data and not config_data:
                 yield Finding("NOTIF-DRV-04", e.value & 0xFFFF in queues,
                               f"access #{e.seq}: vq_index {e.value & 0xFFFF} at doorbell of {queues}")
-        del offered
 
     def _rule_devcfg(self, ev: list[Event]) -> Iterator[Finding]:
-        offered, _, _ = self._features(ev)
+        offered = self._feature_timeline(ev)[0]
         for i, e in enumerate(ev):
             if e.kind not in ("devcfg_r", "devcfg_w"):
                 continue
@@ -409,7 +410,6 @@ class VirtioPciDriverMonitor:
         for e in ev:
             if e.kind == "isr_r" and self._msix_enabled(ev, e.seq):
                 yield Finding("PCI-DRV-26", False, f"access #{e.seq}: ISR read while MSI-X is enabled")
-        del offered
 
     def _msix_enabled(self, ev: list[Event], seq: int) -> bool:
         return any(e.kind == "common_w" and e.field == CommonCfg.QUEUE_MSIX_VECTOR and e.value != NO_VECTOR

@@ -1,0 +1,65 @@
+"""The passive driver monitor catches a misbehaving driver, naming the rows it broke."""
+
+from __future__ import annotations
+
+from backend.drivers.virtio_pci import VirtioPciModern
+from backend.targets import default_registry
+from backend.virtio.features import DeviceStatus, F, bits
+from backend.virtio.pci_regs import CommonCfg
+from testbenches.monitor import TracingPciDevice, VirtioPciDriverMonitor
+
+
+def _failed(trace: TracingPciDevice) -> set[str]:
+    return {rid for rid, (ok, _) in VirtioPciDriverMonitor(trace).verdicts().items() if not ok}
+
+
+def test_a_sloppy_driver_is_caught() -> None:
+    dev = default_registry().open("sim:virtio-net,wire=none")
+    trace = TracingPciDevice(dev)
+    try:
+        t = VirtioPciModern(trace)
+        t.enable_device()
+        t.set_status(DeviceStatus.ACKNOWLEDGE)  # no reset first (INIT-DRV-01)
+        t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
+        t.device_features()
+        t.write_driver_features(bits(F.VERSION_1, 44))  # reserved bit 44, not offered (FEAT-DRV-01/04)
+        t.notify(0, 0)  # doorbell before DRIVER_OK (INIT-DRV-13)
+        t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK)
+        t.write_driver_features(bits(F.VERSION_1))  # after FEATURES_OK (INIT-DRV-07)
+        t.write_common(CommonCfg.NUM_QUEUES, 7)  # read-only field (PCI-DRV-15)
+        t.set_queue_size(0, 100)  # not a power of two (PCI-DRV-17)
+        t.select_queue(0)
+        t.write_common(CommonCfg.QUEUE_ENABLE, 0)  # PCI-DRV-20
+        t.write_common(CommonCfg.QUEUE_ENABLE, 1)  # before addresses (PCI-DRV-18)
+        t.set_status(DeviceStatus.DRIVER)  # drops ACKNOWLEDGE (STATUS-DRV-02)
+        t.set_status(0)
+        t.set_status(DeviceStatus.ACKNOWLEDGE)  # re-init without polling for 0 (PCI-DRV-19)
+    finally:
+        dev.close()
+    failed = _failed(trace)
+    assert {"INIT-DRV-01", "FEAT-DRV-01", "FEAT-DRV-04", "INIT-DRV-13", "INIT-DRV-07", "PCI-DRV-15",
+            "PCI-DRV-17", "PCI-DRV-20", "PCI-DRV-18", "STATUS-DRV-02", "PCI-DRV-19", "RESET-DRV-01"} <= failed
+
+
+def test_a_careful_driver_passes() -> None:
+    dev = default_registry().open("sim:virtio-net,wire=none")
+    trace = TracingPciDevice(dev)
+    try:
+        t = VirtioPciModern(trace)
+        t.enable_device()
+        t.reset()
+        t.set_status(DeviceStatus.ACKNOWLEDGE)
+        t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
+        offered = t.device_features()
+        t.write_driver_features(offered & bits(F.VERSION_1, F.ACCESS_PLATFORM))
+        t.add_status(DeviceStatus.FEATURES_OK)
+        t.set_queue_size(0, 64)
+        t.set_queue_addresses(0, 0x10000, 0x20000, 0x30000)
+        t.enable_queue(0)
+        t.add_status(DeviceStatus.DRIVER_OK)
+        t.notify(0)
+    finally:
+        dev.close()
+    verdicts = VirtioPciDriverMonitor(trace).verdicts()
+    assert not _failed(trace), verdicts
+    assert {"INIT-DRV-01", "INIT-DRV-02", "INIT-DRV-03", "PCI-DRV-18", "NOTIF-DRV-01", "NOTIF-DRV-03"} <= set(verdicts)
