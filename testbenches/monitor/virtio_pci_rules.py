@@ -175,7 +175,7 @@ class VirtioPciDriverMonitor:
         return result
 
     # features seen on the wire: offered (device_feature reads per select) and acked (driver_feature writes)
-    def _feature_timeline(self, ev: list[Event]) -> tuple[int, list[int], list[tuple[int, int]]]:
+    def feature_timeline(self, ev: list[Event]) -> tuple[int, list[int], list[tuple[int, int]]]:
         """(offer, acked value in force at each event, (offer, acked) at each FEATURES_OK write)."""
         dsel = drsel = offered = acked = 0
         in_force: list[int] = []
@@ -308,7 +308,7 @@ class VirtioPciDriverMonitor:
         return any(e.kind == "common_w" and e.field == CommonCfg.QUEUE_RESET and e.value == 1 for e in run)
 
     def _rule_features(self, ev: list[Event]) -> Iterator[Finding]:
-        for offered, acked in self._feature_timeline(ev)[2]:
+        for offered, acked in self.feature_timeline(ev)[2]:
             yield Finding("FEAT-DRV-01", acked & ~offered == 0,
                           f"acknowledged {acked:#x} outside the offer {offered:#x}")
             broken = dependency_violations(acked)
@@ -325,7 +325,7 @@ class VirtioPciDriverMonitor:
                           "SR_IOV acknowledged without an SR-IOV capability")
 
     def _rule_common_writes(self, ev: list[Event]) -> Iterator[Finding]:
-        acked_at = self._feature_timeline(ev)[1]
+        acked_at = self.feature_timeline(ev)[1]
         programmed: dict[int, set[CommonCfg]] = {}
         pending_vector: list[Event] = []
         for i, e in enumerate(ev):
@@ -364,7 +364,7 @@ class VirtioPciDriverMonitor:
             yield Finding("PCI-DRV-35", False, f"access #{p.seq}: vector mapping never read back")
 
     def _rule_notify(self, ev: list[Event]) -> Iterator[Finding]:
-        acked_at = self._feature_timeline(ev)[1]
+        acked_at = self.feature_timeline(ev)[1]
         notify_off: dict[int, int] = {}
         for i, e in enumerate(ev):
             if e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIFY_OFF:
@@ -387,7 +387,7 @@ class VirtioPciDriverMonitor:
                               f"access #{e.seq}: vq_index {e.value & 0xFFFF} at doorbell of {queues}")
 
     def _rule_devcfg(self, ev: list[Event]) -> Iterator[Finding]:
-        offered = self._feature_timeline(ev)[0]
+        offered = self.feature_timeline(ev)[0]
         for i, e in enumerate(ev):
             if e.kind not in ("devcfg_r", "devcfg_w"):
                 continue

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from backend.drivers.virtio_pci import VirtioPciModern
 from backend.pci.device import PciDevice
-from backend.virtio.features import DeviceStatus, F, dependency_violations, has
+from backend.virtio.features import DeviceStatus, F
+from testbenches.driver.virtio_net import choose_features
 
 OpenTarget = Callable[..., PciDevice]
 
@@ -40,10 +41,4 @@ def usable_features(offered: int) -> int:
 
 def valid_subset(offered: int, chosen: int) -> int:
     """``chosen`` restricted to ``offered``, with VERSION_1, closed under the dependency table."""
-    subset = chosen & offered | (1 << F.VERSION_1 if has(offered, F.VERSION_1) else 0)
-    while True:
-        broken = dependency_violations(subset)
-        if not broken:
-            return subset
-        for row in broken:
-            subset &= ~(1 << row.feature)
+    return choose_features(offered, chosen | 1 << F.VERSION_1)

@@ -15,7 +15,7 @@ import pytest
 
 from backend.drivers.virtio_pci import VirtioPciVdpaDevice
 from backend.pci.device import PciDevice
-from backend.virtio.features import DEFINED_NET_PCI, DeviceStatus, F, NetF, bits, has
+from backend.virtio.features import DEFINED_NET_PCI, NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
 from backend.virtio.pci_regs import CommonCfg
 from sim.memory import GuestMemory
 from testbenches.conformance.checks._support import OpenTarget
@@ -178,3 +178,32 @@ def test_guest_driver_falls_back_and_ignores_unknown_bits(open_target: OpenTarge
                       f"acknowledged reserved/undefined bits {acked & unknown:#x}")
     finally:
         drv.close()
+
+
+NETFEAT_DRV = tuple(sorted({r.req_id.replace("-DEV-", "-DRV-") for r in NET_DEPENDENCIES}))
+
+
+@pytest.mark.req("FEAT-DRV-02", *NETFEAT_DRV)
+@pytest.mark.parametrize("row", range(len(NET_DEPENDENCIES)))
+def test_guest_driver_never_acks_a_feature_without_its_prerequisites(
+        open_target: OpenTarget, verdict: Verdict, mem: GuestMemory, row: int) -> None:
+    dep = NET_DEPENDENCIES[row]
+    rid = dep.req_id.replace("-DEV-", "-DRV-")
+    # Offer the dependent feature while withholding its prerequisites (every all_of and any_of bit).
+    prereq = bits(*dep.all_of, *dep.any_of)
+    proxy = FaultInjector(open_target(), add=bits(dep.feature), hide=prereq)
+    drv = GuestNetDriver(proxy, mem, queue_size=64, features=DEFINED_NET_PCI)
+    try:
+        drv.init()
+    except DriverInitError:
+        pass  # judged on what was acknowledged, below
+    finally:
+        drv.close()
+    mon = VirtioPciDriverMonitor(proxy, proxy.layout)
+    negotiations = mon.feature_timeline(mon.events())[2]
+    assert negotiations, "the driver never reached FEATURES_OK"
+    _offered, acked = negotiations[0]
+    bad = has(acked, dep.feature)
+    verdict.check(rid, not bad, f"{NetF(dep.feature).name} acknowledged while its prerequisites "
+                  f"{[NetF(b).name for b in (*dep.all_of, *dep.any_of)]} were withheld (acked {acked:#x})")
+    verdict.check("FEAT-DRV-02", not bad, f"acked {acked:#x} breaks {rid}")
