@@ -71,7 +71,7 @@ import pytest
 
 
 @pytest.mark.req("SPLIT-DEV-01", "SPLIT-DEV-02")
-def test_verdict_pass_and_implicit_pass(verdict):
+def test_verdict_pass_and_unjudged_id(verdict):
     verdict.check("SPLIT-DEV-01", True, "fine")
 
 
@@ -192,7 +192,7 @@ def test_statuses_are_aggregated_per_id(pytester: pytest.Pytester) -> None:
     ids = load_ids(out)
     status = {i: r["status"] for i, r in ids.items()}
     assert status["SPLIT-DEV-01"] == "passed"
-    assert status["SPLIT-DEV-02"] == "passed"  # passed without an explicit check
+    assert status["SPLIT-DEV-02"] == "not testable"  # named but never judged by a test that judged others
     assert status["SPLIT-DEV-03"] == "failed"
     assert ids["SPLIT-DEV-03"]["evidence"] == [
         "test_checks.py::test_verdict_fail: descriptor 7 has next=9 beyond the table"

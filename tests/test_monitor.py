@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from backend.drivers.virtio_pci import VirtioPciModern
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, bits
 from backend.virtio.pci_regs import CommonCfg
-from testbenches.monitor import TracingPciDevice, VirtioPciDriverMonitor
+from backend.virtio.split_ring import DescFlags, Descriptor
+from sim.memory import GuestMemory
+from testbenches.driver.virtio_net import GuestNetDriver
+from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
 
 
 def _failed(trace: TracingPciDevice) -> set[str]:
@@ -63,3 +68,43 @@ def test_a_careful_driver_passes() -> None:
     verdicts = VirtioPciDriverMonitor(trace).verdicts()
     assert not _failed(trace), verdicts
     assert {"INIT-DRV-01", "INIT-DRV-02", "INIT-DRV-03", "PCI-DRV-18", "NOTIF-DRV-01", "NOTIF-DRV-03"} <= set(verdicts)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("loop", "SPLIT-DRV-04"),
+    ("readable_after_writable", "SPLIT-DRV-02"),
+    ("indirect_and_next", "SPLIT-DRV-09"),
+    ("nested_indirect", "SPLIT-DRV-07"),
+    ("avail_flags", "SPLIT-DRV-14"),
+])
+def test_ring_monitor_names_the_broken_rule(name: str, expected: str) -> None:
+    dev = default_registry().open("sim:virtio-net,wire=loopback")
+    trace = TracingPciDevice(dev)
+    with GuestMemory.single(4 << 20) as mem:
+        rings = SplitRingMonitor.attach(trace, mem.read)
+        drv = GuestNetDriver(trace, mem, queue_size=16)
+        try:
+            drv.init()
+            tx = drv.queues[drv.TX]
+            buf = tx.alloc_buffer(64)
+            nd = DescFlags.NEXT
+            if name == "loop":
+                tx.add_raw({3: Descriptor(buf, 64, nd, 4), 4: Descriptor(buf, 64, nd, 3)}, 3)
+            elif name == "readable_after_writable":
+                tx.add_raw({3: Descriptor(buf, 64, nd | DescFlags.WRITE, 4), 4: Descriptor(buf, 64, 0, 0)}, 3)
+            elif name == "indirect_and_next":
+                table = tx.write_indirect([Descriptor(buf, 64, 0, 0)])
+                tx.add_raw({3: Descriptor(table, 16, DescFlags.INDIRECT | nd, 4), 4: Descriptor(buf, 8, 0, 0)}, 3)
+            elif name == "nested_indirect":
+                inner = tx.write_indirect([Descriptor(buf, 64, 0, 0)])
+                outer = tx.write_indirect([Descriptor(inner, 16, DescFlags.INDIRECT, 0)])
+                tx.add_raw({3: Descriptor(outer, 16, DescFlags.INDIRECT, 0)}, 3)
+            else:
+                tx.write_avail_flags(1)  # EVENT_IDX is negotiated: avail.flags must stay 0
+                tx.add_raw({3: Descriptor(buf, 64, 0, 0)}, 3)
+            tx.write_avail_idx(tx.avail_idx)
+            drv.transport.notify(drv.TX)
+        finally:
+            drv.close()
+    verdicts = rings.verdicts()
+    assert expected in verdicts and not verdicts[expected][0], verdicts

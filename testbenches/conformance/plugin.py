@@ -30,7 +30,8 @@ In a check:
   with failed verdict checks fails, listing every failed id with its
   evidence. A test that raises marks its ids without a verdict record
   failed, with the exception as evidence; a test that passes without
-  explicit records passes its ids. ``pytest.skip`` leaves unrecorded ids
+  explicit records passes its ids (a test that recorded some ids explicitly
+  claims nothing for the others). ``pytest.skip`` leaves unrecorded ids
   not covered; an xfail counts as a failure of its ids (a known
   non-conformance is still a non-conformance).
 
@@ -474,8 +475,9 @@ def _finish_item(item: pytest.Item, ids: list[str], state: _ItemState) -> None:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed))
         elif state.skipped is not None:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.SKIPPED, state.skipped))
-        else:
+        elif not recorded:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.PASSED))
+        # else: the test judged some ids explicitly and gave this one no opportunity: claim nothing
 
 
 # -- end of session: results and reports ----------------------------------------

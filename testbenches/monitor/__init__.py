@@ -1,6 +1,7 @@
 """Passive monitors: record what crosses a seam and judge the driver side against the DRV rows."""
 
 from testbenches.monitor.pci_trace import Access, TracingPciDevice
+from testbenches.monitor.split_ring_rules import SplitRingMonitor
 from testbenches.monitor.virtio_pci_rules import Finding, VirtioPciDriverMonitor
 
-__all__ = ["Access", "Finding", "TracingPciDevice", "VirtioPciDriverMonitor"]
+__all__ = ["Access", "Finding", "SplitRingMonitor", "TracingPciDevice", "VirtioPciDriverMonitor"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from backend.pci.device import DmaFault, DmaPerm, PciDevice, RegionInfo
@@ -36,11 +36,16 @@ class TracingPciDevice:
         self.accesses: list[Access] = []
         self.ioeventfds: list[tuple[int, int, int, int | None]] = []
         self.dma_maps: list[tuple[int, int, DmaPerm]] = []
+        #: Called with each access as it happens (writes before they reach the device).
+        self.listeners: list[Callable[[Access], None]] = []
         self._lock = threading.Lock()
 
     def _record(self, op: str, region: int, offset: int, data: bytes) -> None:
         with self._lock:
-            self.accesses.append(Access(len(self.accesses), op, region, offset, len(data), data))
+            access = Access(len(self.accesses), op, region, offset, len(data), data)
+            self.accesses.append(access)
+        for listener in self.listeners:
+            listener(access)
 
     def region_info(self, index: int) -> RegionInfo:
         return self.inner.region_info(index)

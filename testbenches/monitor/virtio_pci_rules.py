@@ -114,6 +114,41 @@ def _common_field(offset: int) -> CommonCfg | None:
     return None
 
 
+class Decoder:
+    """Turns raw accesses into virtio events, one at a time (keeps queue_select state)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.qsel = 0
+
+    def feed(self, a: Access) -> Event | None:
+        lay = self.layout
+        if a.region == RegionIndex.CONFIG:
+            return Event(a.seq, "capcfg_w", None, a.value, a.size, a.offset, -1) if a.op == "w" else None
+        if lay.common.contains(a):
+            rel = a.offset - lay.common.offset
+            f = _common_field(rel)
+            if f is None or rel >= COMMON_CFG_SIZE:
+                return None
+            if f == CommonCfg.QUEUE_SELECT and a.op == "w":
+                self.qsel = a.value
+            if f == CommonCfg.DEVICE_STATUS:
+                kind = "status_w" if a.op == "w" else "status_r"
+            elif f == CommonCfg.CONFIG_GENERATION and a.op == "r":
+                kind = "gen_r"
+            else:
+                kind = "common_w" if a.op == "w" else "common_r"
+            return Event(a.seq, kind, f, a.value, a.size, rel, self.qsel if f in _QUEUE_FIELDS else -1)
+        if lay.notify.contains(a) and a.op == "w":
+            return Event(a.seq, "notify", None, a.value, a.size, a.offset - lay.notify.offset, -1)
+        if lay.isr is not None and lay.isr.contains(a) and a.op == "r":
+            return Event(a.seq, "isr_r", None, a.value, a.size, 0, -1)
+        if lay.device is not None and lay.device.contains(a):
+            kind = "devcfg_w" if a.op == "w" else "devcfg_r"
+            return Event(a.seq, kind, None, a.value, a.size, a.offset - lay.device.offset, -1)
+        return None
+
+
 class VirtioPciDriverMonitor:
     """Decode a trace and evaluate the driver-side rules. Use :meth:`findings` after the driver ran."""
 
@@ -124,36 +159,8 @@ class VirtioPciDriverMonitor:
     # --- decoding ------------------------------------------------------------------------------
 
     def events(self) -> list[Event]:
-        lay = self.layout
-        out: list[Event] = []
-        qsel = 0
-        for a in list(self.trace.accesses):
-            if a.region == RegionIndex.CONFIG:
-                if a.op == "w":
-                    out.append(Event(a.seq, "capcfg_w", None, a.value, a.size, a.offset, -1))
-                continue
-            if lay.common.contains(a):
-                rel = a.offset - lay.common.offset
-                f = _common_field(rel)
-                if f is None or rel >= COMMON_CFG_SIZE:
-                    continue
-                if f == CommonCfg.QUEUE_SELECT and a.op == "w":
-                    qsel = a.value
-                if f == CommonCfg.DEVICE_STATUS:
-                    kind = "status_w" if a.op == "w" else "status_r"
-                elif f == CommonCfg.CONFIG_GENERATION and a.op == "r":
-                    kind = "gen_r"
-                else:
-                    kind = "common_w" if a.op == "w" else "common_r"
-                out.append(Event(a.seq, kind, f, a.value, a.size, rel, qsel if f in _QUEUE_FIELDS else -1))
-            elif lay.notify.contains(a) and a.op == "w":
-                out.append(Event(a.seq, "notify", None, a.value, a.size, a.offset - lay.notify.offset, -1))
-            elif lay.isr is not None and lay.isr.contains(a) and a.op == "r":
-                out.append(Event(a.seq, "isr_r", None, a.value, a.size, 0, -1))
-            elif lay.device is not None and lay.device.contains(a):
-                kind = "devcfg_w" if a.op == "w" else "devcfg_r"
-                out.append(Event(a.seq, kind, None, a.value, a.size, a.offset - lay.device.offset, -1))
-        return out
+        dec = Decoder(self.layout)
+        return [e for a in list(self.trace.accesses) if (e := dec.feed(a)) is not None]
 
     # --- evaluation ----------------------------------------------------------------------------
 
