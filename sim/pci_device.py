@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from backend.eventloop import EventLoop
 from backend.pci.device import (
     DmaFault,
     DmaPerm,
@@ -15,7 +16,6 @@ from backend.pci.device import (
     RegionInfo,
 )
 from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
-from sim.eventloop import EventLoop
 from sim.pci.endpoint import PciEndpoint
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from backend.device import NotSupported, VdpaError, VqState
 from backend.drivers.quirks import PciIds, Quirk, QuirkTable, default_quirks
-from backend.drivers.relay import FdRelay, consume_eventfd
+from backend.eventloop import EventLoop, consume_eventfd
 from backend.pci.device import (
     DmaPerm,
     IrqIndex,
@@ -588,7 +588,7 @@ class VirtioPciVdpaDevice:
             raise VdpaError(str(exc)) from None
         self._owns_pci = owns_pci
         self._lock = threading.RLock()
-        self._relay: FdRelay | None = None
+        self._relay: EventLoop | None = None
         self._vqs: dict[int, _Vq] = {}
         self._num_max: dict[int, int] = {}
         self._config_fd: int | None = None
@@ -604,9 +604,9 @@ class VirtioPciVdpaDevice:
             raise VdpaError(f"virtqueue {index} does not exist (device has {self.get_vq_count()})")
         return self._vqs.setdefault(index, _Vq())
 
-    def _relay_thread(self) -> FdRelay:
+    def _relay_thread(self) -> EventLoop:
         if self._relay is None:
-            self._relay = FdRelay(f"{self.pci.name}-relay")
+            self._relay = EventLoop(f"{self.pci.name}-relay")
         return self._relay
 
     # features --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Software relays for what a device cannot do itself: one thread waiting on eventfds.
+"""One thread waiting on eventfds and running their handlers: no polling, no sleeps.
 
-Used only as a fallback (a kick eventfd the device cannot take as an
-ioeventfd, or one MSI-X vector shared by several call eventfds). The thread
-starts on the first watch and never polls: it sleeps in ``select`` and is
-woken by a private eventfd when the watch set changes or the relay closes.
+Used by the simulator's devices (kicks, ioeventfds) and by the vendor
+drivers' fallbacks (a kick eventfd the device cannot take as an ioeventfd,
+one MSI-X vector shared by several call eventfds). The thread starts on the
+first watch and sleeps in ``select``, woken by a private eventfd when the
+watch set changes or the loop closes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-class FdRelay:
-    def __init__(self, name: str) -> None:
+class EventLoop:
+    def __init__(self, name: str = "events") -> None:
         self.name = name
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -64,8 +65,8 @@ class FdRelay:
                     continue
                 try:
                     key.data()
-                except Exception as exc:  # a failing relay must not take the others down
-                    log.exception("%s: relay for fd %s failed", self.name, key.fd)
+                except Exception as exc:  # one failing handler must not take the others down
+                    log.exception("%s: handler for fd %s failed", self.name, key.fd)
                     self.errors.append(exc)
 
     def close(self) -> None:
