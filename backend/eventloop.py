@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import threading
 from collections.abc import Callable
@@ -84,3 +85,13 @@ def consume_eventfd(fd: int) -> int:
         return os.eventfd_read(fd)
     except BlockingIOError:
         return 0
+
+
+def new_eventfd() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def wait_eventfd(fd: int, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds for ``fd``; consume it and return True if it was signalled."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(ready) and consume_eventfd(fd) > 0

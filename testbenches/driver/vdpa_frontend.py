@@ -9,11 +9,11 @@ socket in between. Every wait is a bounded ``select`` on an eventfd.
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Sequence
 
 from backend.device import VdpaDevice, VqState
+from backend.eventloop import new_eventfd, wait_eventfd
 from backend.pci.device import DmaPerm
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
@@ -21,22 +21,6 @@ from sim.memory import Allocator, GuestMemory
 from testbenches.driver.split_ring import DriverSplitQueue
 
 _UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
-
-
-def new_eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-
-def wait_eventfd(fd: int, timeout: float) -> bool:
-    """Wait at most ``timeout`` seconds for ``fd``; consume it and return True if it was signalled."""
-    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-    if not ready:
-        return False
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        return False
-    return True
 
 
 class VdpaFrontend:

@@ -10,7 +10,6 @@ FAILED on an unrecoverable error. Every wait is on an eventfd with a bound.
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from backend.drivers.virtio_pci import VirtioPciError, VirtioPciModern
+from backend.eventloop import wait_eventfd
 from backend.pci.device import DmaPerm, IrqIndex, PciDevice
 from backend.virtio.features import (
     DEFINED_NET_PCI,
@@ -280,13 +280,7 @@ class GuestNetDriver:
 
     def wait_irq(self, which: str, timeout: float) -> bool:
         """Wait (bounded) for the eventfd of ``which`` ("config", "rx", "tx"); consume it if signalled."""
-        fd = self.irq_fds[which]
-        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-        if not ready:
-            return False
-        try:
-            os.eventfd_read(fd)
-        except BlockingIOError:
+        if not wait_eventfd(self.irq_fds[which], timeout):
             return False
         if self.intx:
             self.transport.read_isr()  # deasserts the level interrupt
