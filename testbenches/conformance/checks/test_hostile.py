@@ -1,0 +1,335 @@
+"""Hostile driver input: the device must survive it, stay inside the IOMMU maps and ask for a reset.
+
+Each case publishes one input a conformant driver never would (the driver rule
+it breaks is named in the evidence) on transmitq1 of a live device, rings the
+doorbell and then checks, with bounded waits:
+
+- no crash and no hang (the register access returns, the device thread logged no error);
+- DEVICE_NEEDS_RESET in device_status (STATUS-DEV-02) followed by a configuration
+  change notification (STATUS-DEV-03), or the queue refused at queue_enable;
+- every DMA fault is at an address the case planted, no device write outside the
+  used rings (IOMMU observer where available, and guest memory snapshots);
+- after a reset the same device carries a normal frame again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from backend.pci.device import DmaFault, DmaPerm
+from backend.virtio.features import F, bit
+from backend.virtio.pci_regs import ISR_CONFIG, NO_VECTOR
+from backend.virtio.split_ring import DESC_SIZE, DescFlags, Descriptor
+from testbenches.conformance.checks._bringup import (
+    EVENT_WAIT,
+    NEEDS_RESET,
+    RX,
+    TX,
+    UNMAPPED_IOVA,
+    DmaRecorder,
+    OpenTarget,
+    Rig,
+    changed_outside,
+    drain,
+    fmt_faults,
+    fmt_runs,
+    frame,
+    rig,
+    ring_ranges,
+    snapshot,
+    status_text,
+    wait_fd,
+    with_features,
+)
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.split_ring import DriverSplitQueue
+from testbenches.driver.virtio_net import DEFAULT_FEATURES
+
+QSIZE = 8
+#: Bytes past a planted address that still count as that plant (a device may fault anywhere in the range).
+PLANT_SPAN = 0x4000
+NEXT, WRITE, INDIRECT = int(DescFlags.NEXT), int(DescFlags.WRITE), int(DescFlags.INDIRECT)
+WITH_INDIRECT = with_features(F.INDIRECT_DESC)
+WITHOUT_INDIRECT = DEFAULT_FEATURES & ~bit(F.INDIRECT_DESC)
+
+
+@dataclass(frozen=True)
+class Planted:
+    bad_iovas: tuple[int, ...] = ()
+    avail_idx: int | None = None  # avail idx announced by the doorbell when the case wrote its own
+
+
+Build = Callable[[Rig, DriverSplitQueue], Planted]
+
+
+def _bufs(r: Rig, ring: DriverSplitQueue) -> tuple[int, int, int, int]:
+    """A header and a frame buffer: (hdr gpa, hdr len, frame gpa, frame len)."""
+    f = frame(3)
+    return ring.alloc_buffer(bytes(r.d.hdr_len)), r.d.hdr_len, ring.alloc_buffer(f), len(f)
+
+
+def _chain(ring: DriverSplitQueue, descs: dict[int, Descriptor], head: int = 0) -> Planted:
+    ring.add_raw(descs, head)
+    ring.publish()
+    return Planted()
+
+
+def desc_loop(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    return _chain(ring, {0: Descriptor(h, hl, NEXT, 1), 1: Descriptor(f, fl, NEXT, 0)})
+
+
+def next_out_of_range(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, _, _ = _bufs(r, ring)
+    return _chain(ring, {0: Descriptor(h, hl, NEXT, ring.size + 3)})
+
+
+def head_out_of_range(r: Rig, ring: DriverSplitQueue) -> Planted:
+    ring.push_head(ring.size + 5)
+    ring.publish()
+    return Planted()
+
+
+def buffer_unmapped(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, _, _ = _bufs(r, ring)
+    _chain(ring, {0: Descriptor(h, hl, NEXT, 1), 1: Descriptor(UNMAPPED_IOVA, 64, 0, 0)})
+    return Planted((UNMAPPED_IOVA,))
+
+
+def chain_longer_than_queue(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, _ = _bufs(r, ring)
+    n = ring.size + 1
+    table = [Descriptor(h, hl, NEXT, 1)] + [Descriptor(f, 4, NEXT if i + 1 < n else 0, i + 1 if i + 1 < n else 0)
+                                           for i in range(1, n)]
+    gpa = ring.write_indirect(table)
+    return _chain(ring, {0: Descriptor(gpa, DESC_SIZE * n, INDIRECT, 0)})
+
+
+def nested_indirect(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    inner = ring.write_indirect([Descriptor(h, hl, NEXT, 1), Descriptor(f, fl, 0, 0)])
+    outer = ring.write_indirect([Descriptor(inner, 2 * DESC_SIZE, INDIRECT, 0)])
+    return _chain(ring, {0: Descriptor(outer, DESC_SIZE, INDIRECT, 0)})
+
+
+def indirect_and_next(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    table = ring.write_indirect([Descriptor(h, hl, 0, 0)])
+    return _chain(ring, {0: Descriptor(table, DESC_SIZE, INDIRECT | NEXT, 1), 1: Descriptor(f, fl, 0, 0)})
+
+
+def indirect_len_zero(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, _, _ = _bufs(r, ring)
+    table = ring.write_indirect([Descriptor(h, hl, 0, 0)])
+    return _chain(ring, {0: Descriptor(table, 0, INDIRECT, 0)})
+
+
+def indirect_len_ragged(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    table = ring.write_indirect([Descriptor(h, hl, NEXT, 1), Descriptor(f, fl, 0, 0)])
+    return _chain(ring, {0: Descriptor(table, DESC_SIZE + 8, INDIRECT, 0)})
+
+
+def indirect_table_unmapped(r: Rig, ring: DriverSplitQueue) -> Planted:
+    _chain(ring, {0: Descriptor(UNMAPPED_IOVA, 2 * DESC_SIZE, INDIRECT, 0)})
+    return Planted((UNMAPPED_IOVA,))
+
+
+def indirect_not_negotiated(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    table = ring.write_indirect([Descriptor(h, hl, NEXT, 1), Descriptor(f, fl, 0, 0)])
+    return _chain(ring, {0: Descriptor(table, 2 * DESC_SIZE, INDIRECT, 0)})
+
+
+def avail_idx_jump(r: Rig, ring: DriverSplitQueue) -> Planted:
+    jump = ring.size + 1 + ring.published
+    ring.write_avail_idx(jump)
+    return Planted(avail_idx=jump)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    rule: str  # the driver requirement the input breaks
+    build: Build
+    features: int = WITH_INDIRECT
+    needs_indirect: bool = False
+
+
+CASES = [
+    Case("descriptor loop", "SPLIT-DRV-04", desc_loop),
+    Case("next index beyond the queue", "SPLIT-DRV-04", next_out_of_range),
+    Case("avail ring head beyond the queue", "SPLIT-DRV-04", head_out_of_range),
+    Case("buffer outside the IOMMU maps", "FEAT-DRV-11", buffer_unmapped),
+    Case("chain longer than the queue", "SPLIT-DRV-08", chain_longer_than_queue, needs_indirect=True),
+    Case("indirect inside indirect", "SPLIT-DRV-07", nested_indirect, needs_indirect=True),
+    Case("INDIRECT and NEXT on one descriptor", "SPLIT-DRV-09", indirect_and_next, needs_indirect=True),
+    Case("indirect table length 0", "SPLIT-DRV-08", indirect_len_zero, needs_indirect=True),
+    Case("indirect table length not a multiple of 16", "SPLIT-DRV-08", indirect_len_ragged, needs_indirect=True),
+    Case("indirect table outside the IOMMU maps", "FEAT-DRV-11", indirect_table_unmapped, needs_indirect=True),
+    Case("INDIRECT without VIRTIO_F_INDIRECT_DESC", "SPLIT-DRV-06", indirect_not_negotiated,
+         features=WITHOUT_INDIRECT),
+    Case("avail idx more than the queue size ahead", "SPLIT-DRV-11", avail_idx_jump),
+]
+
+
+def _reported(r: Rig, since: int) -> str:
+    model = r.model
+    if model is None:
+        return "device gives no error detail"
+    errs = list(model.errors)[since:]
+    return f"device reported {errs[0]}" if errs else "device reported no ring error"
+
+
+def _error_count(r: Rig) -> int:
+    return len(r.model.errors) if r.model is not None else 0
+
+
+def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
+    """After a reset the device must carry a normal frame again (STATUS-DEV-02: the error is left by reset)."""
+    r.pci.dma_faults()
+    d = r.up(queue_size=64, rx_buffers=8)
+    status = d.transport.status()
+    sent = frame(42, 200)
+    ring = d.queues[TX]
+    heads = [ring.add([bytes(d.hdr_len) + sent], [])]  # one descriptor: nothing but the basics is exercised
+    ring.publish()
+    r.doorbell(TX)
+    done = r.wait_used(TX, 1)
+    ok = [u.head for u in done] == heads and not status & NEEDS_RESET
+    detail = f"TX used {[u.head for u in done]} for posted {heads}"
+    if r.has_loopback and ok:
+        rx = r.wait_used(RX, 1)
+        back = rx[0].data[d.hdr_len:d.hdr_len + len(sent)] if rx else b""
+        ok = ok and back == sent
+        detail += f", frame looped back {'intact' if back == sent else f'as {len(back)} bytes'}"
+    faults = r.pci.dma_faults()
+    verdict.check("STATUS-DEV-02", ok and not faults,
+                  f"after {what} and a reset: status {status_text(status)} at DRIVER_OK, {detail} "
+                  f"(waited {EVENT_WAIT}s), {fmt_faults(faults)}")
+
+
+def _safety(r: Rig, verdict: Verdict, what: str, planted: tuple[int, ...], faults: list[DmaFault],
+            stray_mem: list[tuple[int, int]], rec: DmaRecorder, allowed: list[tuple[int, int]]) -> None:
+    stray_faults = [f for f in faults if not any(p <= f.iova < p + PLANT_SPAN for p in planted)]
+    verdict.check("STATUS-DEV-02", not stray_faults,
+                  f"{what}: DMA faults away from the planted addresses "
+                  f"{[hex(p) for p in planted] or 'none planted'}: {fmt_faults(stray_faults)}")
+    verdict.check("STATUS-DEV-02", not stray_mem,
+                  f"{what}: guest memory outside the used rings changed at {fmt_runs(stray_mem)}")
+    if rec.available:
+        stray = rec.outside(allowed, access=DmaPerm.WRITE)
+        verdict.check("STATUS-DEV-02", not stray, f"{what}: device writes outside the used rings: {stray[:4]}")
+    errors = r.handler_errors()
+    verdict.check("STATUS-DEV-02", not errors, f"{what}: the device thread raised {errors[:2]}")
+
+
+@pytest.mark.parametrize(("case", "irq_mode"), [pytest.param(c, "msix", id=c.build.__name__) for c in CASES]
+                         + [pytest.param(CASES[0], "intx", id="desc_loop-intx")])
+@pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
+def test_hostile_ring_input(open_target: OpenTarget, verdict: Verdict, case: Case, irq_mode: str) -> None:
+    with rig(open_target) as r:
+        d = r.up(features=case.features, queue_size=QSIZE, rx_buffers=0, irq_mode=irq_mode)
+        if case.needs_indirect and not d.features & bit(F.INDIRECT_DESC):
+            for rid in ("STATUS-DEV-02", "STATUS-DEV-03"):
+                verdict.not_offered(rid, f"{case.name}: VIRTIO_F_INDIRECT_DESC not offered")
+            return
+        t = d.transport
+        ring = d.queues[TX]
+        cfg_fd = d.irq_fds["config"]
+        t.read_isr()
+        drain(cfg_fd)
+        r.pci.dma_faults()
+        since = _error_count(r)
+        allowed = [ring_ranges(ring)["used"], ring_ranges(d.queues[RX])["used"]]
+        planted = case.build(r, ring)
+        what = f"{case.name} (breaks {case.rule})"
+        before = snapshot(r.mem)
+        with DmaRecorder(r.iommu) as rec:
+            crash = None
+            try:
+                r.doorbell(TX, planted.avail_idx)
+            except Exception as exc:  # the register access itself must not fail
+                crash = exc
+            notified = wait_fd(cfg_fd, EVENT_WAIT)
+        after = snapshot(r.mem)
+        status = t.status()
+        isr = t.read_isr()
+        faults = r.pci.dma_faults()
+        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
+                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
+                      f"{status_text(status)} (DEVICE_NEEDS_RESET expected); {_reported(r, since)}; "
+                      f"{fmt_faults(faults)}")
+        how = "INTx" if d.intx else f"config vector {d.vectors['config']}"
+        verdict.check("STATUS-DEV-03", notified and (not d.intx or bool(isr & ISR_CONFIG)),
+                      f"{what}: status {status_text(status)}, {how} "
+                      f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}, ISR {isr:#x}")
+        _safety(r, verdict, what, planted.bad_iovas, list(faults),
+                changed_outside(r.mem, before, after, allowed), rec, allowed)
+        _recovers(r, verdict, what)
+
+
+@pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
+def test_rings_outside_the_maps(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(queue_size=QSIZE, rx_buffers=0, queues=False, driver_ok=False)
+        t = d.transport
+        size = min(QSIZE, t.queue_size(TX))
+        desc, avail, used = UNMAPPED_IOVA, UNMAPPED_IOVA + 0x1000, UNMAPPED_IOVA + 0x2000
+        t.set_queue_size(TX, size)
+        t.set_queue_msix_vector(TX, d.vector_of(TX))
+        t.set_queue_addresses(TX, desc, avail, used)
+        t.enable_queue(TX)
+        d.driver_ok()
+        cfg_fd = d.irq_fds["config"]
+        drain(cfg_fd)
+        r.pci.dma_faults()
+        since = _error_count(r)
+        what = f"transmitq1 rings at IOVA {desc:#x}/{avail:#x}/{used:#x}, never mapped (breaks FEAT-DRV-11)"
+        before = snapshot(r.mem)
+        with DmaRecorder(r.iommu) as rec:
+            crash = None
+            try:
+                r.doorbell(TX, 1)
+            except Exception as exc:
+                crash = exc
+            notified = wait_fd(cfg_fd, EVENT_WAIT)
+        after = snapshot(r.mem)
+        status = t.status()
+        faults = r.pci.dma_faults()
+        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
+                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
+                      f"{status_text(status)}; {_reported(r, since)}; {fmt_faults(faults)}")
+        verdict.check("STATUS-DEV-03", notified, f"{what}: config vector {d.vectors['config']} "
+                                                 f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}")
+        _safety(r, verdict, what, (desc,), list(faults), changed_outside(r.mem, before, after, []), rec, [])
+        _recovers(r, verdict, what)
+
+
+@pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
+def test_queue_size_not_power_of_two(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(rx_buffers=0, queues=False, driver_ok=False)
+        t = d.transport
+        qmax = t.queue_size(TX)
+        bad = qmax - 1 if qmax > 2 else 3  # not a power of two (PCI-DRV-17)
+        ring = DriverSplitQueue(r.mem, r.alloc, qmax, index=TX)
+        since = _error_count(r)
+        r.pci.dma_faults()
+        t.set_queue_size(TX, bad)
+        t.set_queue_msix_vector(TX, d.vector_of(TX) if not d.intx else NO_VECTOR)
+        t.set_queue_addresses(TX, ring.desc_addr, ring.avail_addr, ring.used_addr)
+        t.enable_queue(TX)
+        enabled = t.queue_enabled(TX)
+        status = t.status()
+        faults = r.pci.dma_faults()
+        what = f"queue_size {bad} (maximum {qmax}) then queue_enable=1 (breaks PCI-DRV-17)"
+        verdict.check("STATUS-DEV-02", (not enabled or bool(status & NEEDS_RESET)) and not faults,
+                      f"{what}: queue_enable reads {int(enabled)}, status {status_text(status)} (expected the queue "
+                      f"refused or DEVICE_NEEDS_RESET); {_reported(r, since)}; {fmt_faults(faults)}")
+        verdict.not_applicable("STATUS-DEV-03", "the error happens before DRIVER_OK: no notification is due")
+        ring.close()
+        _recovers(r, verdict, what)

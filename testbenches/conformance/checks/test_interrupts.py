@@ -1,0 +1,222 @@
+"""Interrupts (4.1.4.5, 4.1.5.1.2, 4.1.5.3, 4.1.5.4) and config_generation (4.1.4.3).
+
+INTx checks leave MSI-X disabled and bind the INTx eventfd; MSI-X checks bind
+one eventfd per vector. A configuration change is provoked through the
+simulator model's ``set_link``; targets without such a stimulus report the
+config-change rows not applicable here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.drivers.virtio_pci import VirtioPciModern
+from backend.pci.device import config_read
+from backend.virtio.features import F, bit
+from backend.virtio.pci_regs import (
+    ISR_CONFIG,
+    ISR_QUEUE,
+    NO_VECTOR,
+    PCI_STATUS_INTERRUPT,
+    VIRTIO_NET_S_LINK_UP,
+    NetCfg,
+    PciCfg,
+)
+from testbenches.conformance.checks._bringup import (
+    EVENT_WAIT,
+    MAX_BOUND_VECTORS,
+    QUIET_WAIT,
+    RX,
+    TX,
+    OpenTarget,
+    Rig,
+    drain,
+    frame,
+    rig,
+    signalled,
+    wait_fd,
+)
+from testbenches.conformance.checks._support import acknowledge, transport
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.virtio_net import DEFAULT_FEATURES
+
+#: Interrupt routing is checked without EVENT_IDX: with avail.flags 0 every used buffer is then due a
+#: notification, so these checks do not depend on the notification suppression logic (SPLIT-DEV rows).
+ROUTING_FEATURES = DEFAULT_FEATURES & ~bit(F.EVENT_IDX)
+NO_STIMULUS = "the target offers no way to change its device configuration from the bench (no .model)"
+
+
+def pci_int_status(r: Rig) -> bool:
+    """The Interrupt Status bit of the PCI Status register."""
+    return bool(config_read(r.pci, PciCfg.STATUS, 2) & PCI_STATUS_INTERRUPT)
+
+
+def toggle_link(r: Rig) -> bool | None:
+    """Flip the model's link; returns the new state, None where the target has no stimulus."""
+    model = r.model
+    if model is None:
+        return None
+    up = not bool(model.link_up)
+    model.set_link(up)
+    return up
+
+
+@pytest.mark.req("PCI-DEV-39", "PCI-DEV-40", "PCI-DEV-41")
+def test_intx_used_buffer_isr(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(features=ROUTING_FEATURES, irq_mode="intx", queue_size=64, rx_buffers=8)
+        t = d.transport
+        intx = d.irq_fds["intx"]
+        drain(intx)
+        idle_status, idle_isr = pci_int_status(r), t.read_isr()
+        verdict.check("PCI-DEV-40", idle_status == bool(idle_isr),
+                      f"idle: PCI Status.Interrupt={int(idle_status)} while ISR status reads {idle_isr:#x}")
+        r.send([frame(1)])
+        fired = wait_fd(intx, EVENT_WAIT)
+        # Let every event of this exchange land (TX completion, and the looped-back frame) before sampling.
+        used_tx = len(r.wait_used(TX, 1))
+        used_rx = len(r.wait_used(RX, 1)) if r.has_loopback else 0
+        status_before = pci_int_status(r)
+        isr = t.read_isr()
+        status_after = pci_int_status(r)
+        isr_again = t.read_isr()
+        verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE),
+                      f"MSI-X disabled, one frame sent: INTx {'asserted' if fired else f'not seen in {EVENT_WAIT}s'}, "
+                      f"ISR read afterwards {isr:#x} (queue bit 0 expected set); used TX {used_tx}, RX {used_rx}")
+        verdict.check("PCI-DEV-40", status_before == bool(isr),
+                      f"PCI Status.Interrupt={int(status_before)} sampled right before ISR read {isr:#x}")
+        verdict.check("PCI-DEV-40", status_after == bool(isr_again),
+                      f"after the ISR read: PCI Status.Interrupt={int(status_after)} while ISR next reads "
+                      f"{isr_again:#x}")
+        verdict.check("PCI-DEV-41", isr != 0 and isr_again == 0,
+                      f"ISR reads {isr:#x} then {isr_again:#x} with no new event in between (expected non-zero, 0)")
+
+
+@pytest.mark.parametrize("irq_mode", ["intx", "msix"])
+@pytest.mark.req("PCI-DEV-38", "PCI-DEV-40", "PCI-DEV-41")
+def test_config_change_sets_isr_bit1(open_target: OpenTarget, verdict: Verdict, irq_mode: str) -> None:
+    with rig(open_target) as r:
+        if r.model is None:
+            for rid in ("PCI-DEV-38", "PCI-DEV-40", "PCI-DEV-41"):
+                verdict.not_applicable(rid, NO_STIMULUS)
+            return
+        d = r.up(irq_mode=irq_mode, rx_buffers=0)
+        t = d.transport
+        t.read_isr()  # start from a clear ISR
+        fd = d.irq_fds["config"]
+        drain(fd)
+        up = toggle_link(r)
+        fired = wait_fd(fd, EVENT_WAIT)
+        status_before = pci_int_status(r)
+        isr = t.read_isr()
+        status_after = pci_int_status(r)
+        isr_again = t.read_isr()
+        how = "INTx" if d.intx else f"config vector {d.vectors['config']}"
+        verdict.check("PCI-DEV-38", fired and bool(isr & ISR_CONFIG),
+                      f"link set {'up' if up else 'down'}: {how} {'fired' if fired else f'silent for {EVENT_WAIT}s'}, "
+                      f"ISR then reads {isr:#x} (config bit 1 expected set)")
+        if d.intx:
+            verdict.check("PCI-DEV-40", status_before == bool(isr) and status_after == bool(isr_again),
+                          f"PCI Status.Interrupt {int(status_before)} then ISR reads {isr:#x}; Interrupt "
+                          f"{int(status_after)} then ISR reads {isr_again:#x} (the bit must mirror ISR)")
+        else:
+            verdict.not_applicable("PCI-DEV-40", "MSI-X enabled: the PCI Status mirror applies with MSI-X disabled")
+        verdict.check("PCI-DEV-41", isr != 0 and isr_again == 0,
+                      f"ISR reads {isr:#x} then {isr_again:#x} after one config change (expected non-zero, 0)")
+
+
+@pytest.mark.req("PCI-DEV-62", "PCI-DEV-63")
+def test_no_vector_raises_nothing(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        if not VirtioPciModern(r.pci).msix_table_size():
+            for rid in ("PCI-DEV-62", "PCI-DEV-63"):
+                verdict.not_applicable(rid, "no MSI-X capability")
+            return
+        d = r.up(features=ROUTING_FEATURES, vectors={"config": NO_VECTOR, "rx": NO_VECTOR, "tx": NO_VECTOR},
+                 queue_size=64, rx_buffers=8)
+        t = d.transport
+        read_back = {q: t.queue_msix_vector(q) for q in (RX, TX)}
+        vecs = d.vector_fds()
+        for fd in vecs.values():
+            drain(fd)
+        n = r.tx_room(4)
+        r.send([frame(i) for i in range(n)])
+        used_tx = len(r.wait_used(TX, n))
+        used_rx = len(r.wait_used(RX, min(n, d.queues[RX].size))) if r.has_loopback else 0
+        late = signalled(vecs, QUIET_WAIT)
+        fired = sorted(set(r.fired + late))
+        if used_tx == 0:
+            verdict.not_applicable("PCI-DEV-62", "the device completed no transmit buffer, nothing to observe")
+        else:
+            verdict.check("PCI-DEV-62", not fired,
+                          f"queue vectors read back {read_back} (NO_VECTOR {NO_VECTOR:#x}); {used_tx} TX and "
+                          f"{used_rx} RX buffers used, yet MSI-X eventfds fired: {fired}")
+        gen = t.config_generation()
+        up = toggle_link(r)
+        if up is None:
+            verdict.not_applicable("PCI-DEV-63", NO_STIMULUS)
+            return
+        fired = signalled(vecs, QUIET_WAIT)
+        (status,) = t.read_config_fields([(NetCfg.STATUS, 2)])
+        changed = t.config_generation() != gen or bool(status & VIRTIO_NET_S_LINK_UP) == up
+        verdict.check("PCI-DEV-63", not fired and changed,
+                      f"config_msix_vector {t.config_msix_vector():#x}; link set {'up' if up else 'down'} "
+                      f"(status now {status:#x}, generation {gen} -> {t.config_generation()}); "
+                      f"MSI-X eventfds fired: {fired or 'none'}")
+
+
+@pytest.mark.req("PCI-DEV-56")
+def test_vector_mapping_end_to_end(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        table = VirtioPciModern(r.pci).msix_table_size()
+        if not table:
+            verdict.not_applicable("PCI-DEV-56", "no MSI-X capability")
+            return
+        n = min(table, MAX_BOUND_VECTORS)
+        for v in sorted({0, 1, n // 2, n - 1} & set(range(n))):
+            cfg_v = (v + 1) % n
+            d = r.up(features=ROUTING_FEATURES, vectors={"tx": v, "rx": NO_VECTOR, "config": cfg_v}, queue_size=32,
+                     rx_buffers=0)
+            fds = d.vector_fds()
+            for fd in fds.values():
+                drain(fd)
+            r.send([frame(v)])
+            fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
+            others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
+            used = len(r.wait_used(TX, 1))
+            verdict.check("PCI-DEV-56", fired and not others,
+                          f"transmitq1 mapped to vector {v} of {table}: that vector "
+                          f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'} "
+                          f"({used} TX buffer used)")
+            if n > 1 and toggle_link(r) is not None:
+                fired = wait_fd(fds[f"v{cfg_v}"], EVENT_WAIT)
+                others = signalled({k: f for k, f in fds.items() if k != f"v{cfg_v}"}, QUIET_WAIT)
+                verdict.check("PCI-DEV-56", fired and not others,
+                              f"config changes mapped to vector {cfg_v}: that vector "
+                              f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'}")
+
+
+@pytest.mark.req("PCI-DEV-17")
+def test_config_generation_moves_with_config(open_target: OpenTarget, verdict: Verdict) -> None:
+    t = transport(open_target)
+    model = getattr(t.pci, "model", None)
+    if model is None:
+        verdict.not_applicable("PCI-DEV-17", NO_STIMULUS)
+        return
+    acknowledge(t)
+    start = t.config_generation()
+    wrapped = False
+    for i in range(300):  # more than 256 changes: a counting generation wraps its 8 bits on the way
+        before = t.config_generation()
+        model.set_link(not model.link_up)
+        (status,) = t.read_config_fields([(NetCfg.STATUS, 2)])
+        after = t.config_generation()
+        wrapped |= after < before
+        ok = verdict.check("PCI-DEV-17", after != before,
+                           f"change {i} (generation started at {start}, wrapped past 255: {wrapped}): status now "
+                           f"{status:#x} but config_generation stayed {before}")
+        link_ok = verdict.check("PCI-DEV-17", bool(status & VIRTIO_NET_S_LINK_UP) == bool(model.link_up),
+                                f"change {i}: status {status:#x} does not show the link "
+                                f"{'up' if model.link_up else 'down'}")
+        if not (ok and link_ok):
+            break

@@ -1,0 +1,239 @@
+"""Device status (2.1), device reset (2.4) and per-queue reset with VIRTIO_F_RING_RESET (2.6.1, 4.1.4.3).
+
+"No DMA" is observed through the simulator's IOMMU access observers where the
+target has them; on every target the used rings, the interrupt eventfds and
+guest memory snapshots are compared.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backend.drivers.virtio_pci import VirtioPciModern
+from backend.pci.device import DmaPerm
+from backend.virtio.features import F, has
+from backend.virtio.pci_regs import CommonCfg
+from testbenches.conformance.checks._bringup import (
+    EVENT_WAIT,
+    NEEDS_RESET,
+    QUIET_WAIT,
+    RING_RESET_FEATURES,
+    RX,
+    TX,
+    DmaRecorder,
+    OpenTarget,
+    changed_outside,
+    drain,
+    fmt_faults,
+    fmt_runs,
+    frame,
+    rig,
+    ring_ranges,
+    signalled,
+    snapshot,
+    status_text,
+)
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.split_ring import DriverSplitQueue
+
+RING_RESET_IDS = ("PCI-DEV-20", "PCI-DEV-21", "PCI-DEV-22", "PCI-DEV-23", "PCI-DEV-24",
+                  "RESET-DEV-03", "RESET-DEV-04", "RESET-DEV-05")
+
+
+@pytest.mark.req("STATUS-DEV-01")
+def test_nothing_moves_before_driver_ok(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(queue_size=64, rx_buffers=4, driver_ok=False)  # rings live, DRIVER_OK not yet set
+        fds = d.vector_fds()
+        for fd in fds.values():
+            drain(fd)
+        r.pci.dma_faults()
+        with DmaRecorder(r.iommu) as rec:
+            heads = r.add_tx([frame(i) for i in range(r.tx_room(3))])
+            r.doorbell(TX)
+            r.doorbell(RX)
+            if r.model is not None:
+                r.model.receive(frame(7))  # a frame arriving from the wire meanwhile
+            fired = signalled(fds, QUIET_WAIT)
+            used = {q: d.queues[q].used_idx() for q in (RX, TX)}
+        writes = [a for a in rec.accesses if a[0] & DmaPerm.WRITE]
+        verdict.check("STATUS-DEV-01", used == {RX: 0, TX: 0} and not writes and not fired,
+                      f"status {status_text(r.status())}: after kicking {len(heads)} TX and RX buffers, used idx "
+                      f"RX={used[RX]} TX={used[TX]} (expected 0), device writes {len(writes)}, "
+                      f"interrupts {fired or 'none'}; device accesses seen: {rec.describe()}")
+        d.driver_ok()
+        r.doorbell(TX)  # the driver notifies again once DRIVER_OK is set
+        done = r.wait_used(TX, len(heads))
+        verdict.check("STATUS-DEV-01", sorted(u.head for u in done) == sorted(heads),
+                      f"after DRIVER_OK the same TX buffers should complete: used heads "
+                      f"{sorted(u.head for u in done)} vs posted {sorted(heads)} within {EVENT_WAIT}s "
+                      "(without this the first observation proves nothing)")
+
+
+@pytest.mark.req("RESET-DEV-02")
+def test_reset_device_stays_silent(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(queue_size=64, rx_buffers=8)
+        t = d.transport
+        n = r.tx_room(2)
+        r.send([frame(i) for i in range(n)])
+        warm = len(r.wait_used(TX, n))
+        locations = {q: t.notify_location(q) for q in (RX, TX)}
+        t.reset()  # device_status reads 0 when this returns
+        fds = d.vector_fds()
+        for fd in fds.values():
+            drain(fd)
+        r.pci.dma_faults()
+        used_before = {q: d.queues[q].used_idx() for q in (RX, TX)}
+        with DmaRecorder(r.iommu) as rec:
+            # The driver, unaware, keeps posting into the old rings and ringing the old doorbells.
+            d.queues[TX].add([bytes(12), frame(5)], [])
+            d.queues[TX].publish()
+            if d.queues[RX].num_free:
+                d.queues[RX].add([], [2048])
+                d.queues[RX].publish()
+            before = snapshot(r.mem)
+            for q, loc in locations.items():
+                for value in (q, d.queues[q].published):
+                    t.notify(q, value, location=loc)
+            if r.model is not None:
+                r.model.receive(frame(6))
+            fired = signalled(fds, QUIET_WAIT)
+            after = snapshot(r.mem)
+        used_after = {q: d.queues[q].used_idx() for q in (RX, TX)}
+        faults = r.pci.dma_faults()
+        changed = changed_outside(r.mem, before, after, [])
+        verdict.check("RESET-DEV-02", warm == n, f"before reset only {warm} of {n} TX buffers completed")
+        evidence = (f"after reset (status {status_text(t.status())}), kicks on the old doorbells and a wire frame: "
+                    f"interrupts {fired or 'none'}, used idx {used_before} -> {used_after}, "
+                    f"guest memory changed at {fmt_runs(changed)}, {fmt_faults(faults)}")
+        verdict.check("RESET-DEV-02", not fired and used_before == used_after and not changed and not faults,
+                      evidence)
+        if rec.available:
+            verdict.check("RESET-DEV-02", not rec.accesses, f"device DMA after reset: {rec.describe()}")
+
+
+def _poll_queue_reset(t: VirtioPciModern, q: int, timeout: float) -> list[int]:
+    """Reads of queue_reset until it reads 0 or ``timeout``: the spec's completion mechanism is polling."""
+    seq: list[int] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        t.select_queue(q)
+        seq.append(t.read_common(CommonCfg.QUEUE_RESET))
+        if seq[-1] == 0 or time.monotonic() >= deadline or len(seq) >= 100000:
+            return seq
+
+
+@pytest.mark.req(*RING_RESET_IDS)
+def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
+    with rig(open_target) as r:
+        d = r.up(features=RING_RESET_FEATURES, queue_size=64, rx_buffers=0, queues=False, driver_ok=False)
+        if not has(d.features, F.RING_RESET):
+            for rid in RING_RESET_IDS:
+                verdict.not_offered(rid, "VIRTIO_F_RING_RESET not offered")
+            return
+        t = d.transport
+        for q in range(t.num_queues()):
+            t.select_queue(q)
+            v = t.read_common(CommonCfg.QUEUE_RESET)
+            verdict.check("PCI-DEV-20", v == 0, f"queue {q}: queue_reset reads {v} after device reset "
+                                                "with RING_RESET negotiated")
+        d.setup_queues()
+        for q in (RX, TX):
+            t.select_queue(q)
+            v = t.read_common(CommonCfg.QUEUE_RESET)
+            verdict.check("PCI-DEV-21", v == 0, f"queue {q}: queue_reset reads {v} after queue_enable=1")
+        d.driver_ok()
+        heads = r.send([frame(i) for i in range(r.tx_room(3))])
+        done = r.wait_used(TX, len(heads))
+        old_size = d.queues[TX].size
+        max_size = t.queue_size(TX)
+        verdict.check("RESET-DEV-04", len(done) == len(heads), f"only {len(done)} of TX buffers {heads} completed "
+                                                      "before the queue reset")
+
+        # --- reset transmitq1 alone ---
+        t.select_queue(TX)
+        t.write_common(CommonCfg.QUEUE_RESET, 1)
+        seq = _poll_queue_reset(t, TX, EVENT_WAIT)
+        enable = int(t.queue_enabled(TX))
+        verdict.check("PCI-DEV-22", enable == 0, f"queue_enable reads {enable} after writing 1 to queue_reset")
+        verdict.check("PCI-DEV-24", seq[-1] == 0 and enable == 0,
+                      f"queue_reset reads {seq[-1]} after {len(seq)} polls, queue_enable {enable} (both 0 expected)")
+        ones_then_zero = all(v == 1 for v in seq[:-1]) and seq[-1] == 0
+        rx_alive = t.queue_enabled(RX)
+        verdict.check("PCI-DEV-22", rx_alive, "resetting transmitq1 also disabled receiveq1")
+
+        # --- the reset queue must stay quiet (RESET-DEV-03) ---
+        old = d.queues[TX]
+        tx_fd = d.irq_fds["tx"]
+        drain(tx_fd)
+        r.pci.dma_faults()
+        old_parts = list(ring_ranges(old).values())
+        used_before = old.used_idx()
+        with DmaRecorder(r.iommu) as rec:
+            old.add([bytes(d.hdr_len), frame(9)], [])
+            old.publish()
+            before = snapshot(r.mem)
+            r.doorbell(TX)
+            fired = signalled({"tx": tx_fd}, QUIET_WAIT)
+            after = snapshot(r.mem)
+        changed = changed_outside(r.mem, before, after, [])
+        verdict.check("RESET-DEV-03", not fired and old.used_idx() == used_before and not changed,
+                      f"after queue_reset, a buffer posted and kicked on the old ring: tx interrupt "
+                      f"{fired or 'none'}, used idx {used_before} -> {old.used_idx()}, memory changed at "
+                      f"{fmt_runs(changed)}")
+        quiet = not fired and old.used_idx() == used_before and not changed
+        if rec.available:
+            touched = [a for a in rec.accesses if any(s <= a[1] < s + n for s, n in old_parts)]
+            quiet = quiet and not rec.accesses
+            verdict.check("RESET-DEV-03", not touched and not rec.accesses,
+                          f"device accesses after the queue reset: {rec.describe()}")
+        # A 0 read while the reset is still in progress would show as later activity on the queue.
+        verdict.check("PCI-DEV-23", ones_then_zero and quiet,
+                      f"queue_reset poll sequence {seq[:8]}{'...' if len(seq) > 8 else ''} (expected 1 while in "
+                      f"progress, then 0); queue {'quiet' if quiet else 'still active'} once it read 0")
+
+        # --- re-enable with fresh, smaller rings (RESET-DEV-04/05) ---
+        old.close()
+        new_size = max(2, min(8, old_size // 4))
+        ring = DriverSplitQueue(r.mem, r.alloc, new_size, index=TX, event_idx=has(d.features, F.EVENT_IDX))
+        d.queues[TX] = ring
+        t.set_queue_size(TX, new_size)
+        t.set_queue_msix_vector(TX, d.vector_of(TX))
+        t.set_queue_addresses(TX, ring.desc_addr, ring.avail_addr, ring.used_addr)
+        t.enable_queue(TX)
+        verdict.check("RESET-DEV-05", t.queue_size(TX) == new_size and t.queue_enabled(TX),
+                      f"re-enable with queue_size {new_size}: reads size {t.queue_size(TX)}, "
+                      f"enable {int(t.queue_enabled(TX))}")
+        used_range = ring_ranges(ring)["used"]
+        batch = max(1, new_size // 4)  # two descriptors per frame: a batch fills at most half the ring
+        total = 2 * new_size + batch  # the new ring wraps at least twice
+        sent = 0
+        first_idx = None
+        problems: list[str] = []
+        with DmaRecorder(r.iommu) as rec:
+            while sent < total:
+                n = min(batch, total - sent)
+                hs = r.send([frame(100 + sent + i) for i in range(n)])
+                got = r.wait_used(TX, n)
+                if first_idx is None:
+                    first_idx = ring.used_idx()
+                if sorted(u.head for u in got) != sorted(hs) or r.protocol_errors:
+                    problems.append(f"batch at {sent}: used heads {[u.head for u in got]} vs posted {hs}")
+                    problems += r.protocol_errors
+                    break
+                sent += n
+        status = t.status()
+        verdict.check("RESET-DEV-04", first_idx == batch and not status & NEEDS_RESET and not r.protocol_errors,
+                      f"first {batch} buffers on the re-enabled queue: used idx reads {first_idx} "
+                      f"(expected {batch}: progress restarts at 0; it was {len(heads)} before the reset), "
+                      f"status {status_text(status)}, {r.protocol_errors or 'used ring consistent'}")
+        verdict.check("RESET-DEV-05", not problems and not ring.anomalies and sent == total,
+                      f"{sent}/{total} buffers completed on the ring shrunk from {old_size} (max {max_size}) "
+                      f"to {new_size}: {problems + ring.anomalies or 'ok'}")
+        if rec.available:
+            stray = rec.outside([used_range], access=DmaPerm.WRITE)
+            verdict.check("RESET-DEV-05", not stray,
+                          f"device writes outside the new {new_size}-entry used ring: {stray[:4]}")
