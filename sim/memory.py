@@ -103,7 +103,14 @@ class GuestMemory:
 
 
 class Allocator:
-    """First-fit allocator over a guest-physical window, for the driver side's rings and buffers."""
+    """First-fit allocator over a guest-physical window, for the driver side's rings and buffers.
+
+    Sizes are rounded up to 16 bytes so that small aligned allocations leave no
+    padding slivers behind; the free list stays sorted and a free merges only
+    with its two neighbours.
+    """
+
+    GRANULE = 16
 
     def __init__(self, base: int, size: int) -> None:
         self.base = base
@@ -114,6 +121,7 @@ class Allocator:
     def alloc(self, size: int, align: int = 16) -> int:
         if size <= 0:
             raise ValueError("allocation size must be positive")
+        size = -(-size // self.GRANULE) * self.GRANULE
         for i, (start, length) in enumerate(self._free):
             addr = (start + align - 1) // align * align
             pad = addr - start
@@ -131,12 +139,12 @@ class Allocator:
 
     def free(self, addr: int) -> None:
         size = self._used.pop(addr)
-        self._free.append((addr, size))
-        self._free.sort()
-        merged: list[tuple[int, int]] = []
-        for start, length in self._free:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((start, length))
-        self._free = merged
+        i = bisect.bisect(self._free, (addr, size))
+        start, length = addr, size
+        if i < len(self._free) and self._free[i][0] == addr + size:  # merge with the next piece
+            length += self._free.pop(i)[1]
+        if i > 0 and self._free[i - 1][0] + self._free[i - 1][1] == start:  # and with the previous one
+            start, prev = self._free[i - 1]
+            self._free[i - 1] = (start, prev + length)
+        else:
+            self._free.insert(i, (start, length))

@@ -1,0 +1,183 @@
+"""virtio-net data path (5.1.6): transmit header handling, receive headers without offloads, MTU limits."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from backend.virtio.features import NetF, has
+from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, NetHdr
+from testbenches.conformance.checks._ring import (
+    NetRig,
+    OpenTarget,
+    Posted,
+    add_chain,
+    make_frame,
+    net_rig,
+    poison,
+    split_at,
+    wire_of,
+    written_bytes,
+)
+from testbenches.conformance.plugin import Verdict
+
+#: Transmit header flag bits no feature of this spec version defines (NEEDS_CSUM, DATA_VALID, RSC_INFO
+#: and UDP_TUNNEL_CSUM are bits 0..3).
+UNKNOWN_TX_FLAGS = 0xC0
+GUEST_OFFLOADS = (NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_UFO, NetF.GUEST_USO4,
+                  NetF.GUEST_USO6, NetF.GUEST_ECN, NetF.MRG_RXBUF)
+
+
+def _bits(*features: NetF) -> int:
+    return sum(1 << f for f in features)
+
+
+def _loopback(rig: NetRig, verdict: Verdict, ids: tuple[str, ...]) -> bool:
+    if wire_of(rig.pci) == "loopback":
+        return True
+    for rid in ids:
+        verdict.not_applicable(rid, "target has no loopback wire: transmitted frames cannot be observed")
+    return False
+
+
+def _roundtrip(rig: NetRig, out: list[bytes], rx_size: int | None = None,
+               rx_lens: list[int] | None = None) -> tuple[NetHdr | None, bytes, int]:
+    """Send one TX chain, return (receive header, frame, used entries it took) from the looped-back copy."""
+    r = add_chain(rig.rx, [], rx_lens or [rx_size or rig.rx_buf_size])
+    poison(rig.mem, r)
+    rig.publish(rig.RX)
+    t = add_chain(rig.tx, out, [])
+    rig.publish(rig.TX)
+    got = rig.complete(rig.RX, {r.head: r}, 1)
+    rig.complete(rig.TX, {t.head: t}, 1)
+    rig.release(r)
+    if not got:
+        return None, b"", 0
+    data = written_bytes(rig.mem, got[0][0], got[0][1])
+    return NetHdr.unpack(data.ljust(12, b"\0")), data[rig.hdr_len:], len(got)
+
+
+@pytest.mark.req("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
+def test_transmit_header_fields_not_trusted(open_target: OpenTarget, verdict: Verdict) -> None:
+    ids = ("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
+    with net_rig(open_target) as rig:
+        # Checksum offloads on where offered: a device able to fill checksums is the one that could misuse them.
+        feats = rig.features_for(extra=_bits(NetF.CSUM, NetF.GUEST_CSUM))
+        assert feats is not None
+        rig.bring_up(feats, 64)
+        if not _loopback(rig, verdict, ids):
+            return
+        pkt = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / IP(src="10.0.0.1", dst="10.0.0.2") \
+            / UDP(sport=4000, dport=4001, chksum=0xBAD1) / (b"payload-" * 20)
+        frame = bytes(pkt)
+        udp_csum_off = 14 + 20 + 6
+        cases: list[tuple[str, str, NetHdr]] = [
+            ("NET-DEV-15", f"unknown flag bits {UNKNOWN_TX_FLAGS:#x}", NetHdr(flags=UNKNOWN_TX_FLAGS)),
+            ("NET-DEV-16", "NEEDS_CSUM clear, csum_start/offset at the UDP checksum",
+             NetHdr(csum_start=34, csum_offset=6)),
+            ("NET-DEV-16", "NEEDS_CSUM clear, csum_start/offset out of range", NetHdr(csum_start=0xFFF0,
+                                                                                      csum_offset=0xFFFF)),
+            ("NET-DEV-21", "gso NONE, hdr_len 0xffff", NetHdr(gso_type=GSO_NONE, hdr_len=0xFFFF)),
+            ("NET-DEV-21", "gso NONE, hdr_len 3", NetHdr(gso_type=GSO_NONE, hdr_len=3)),
+            ("NET-DEV-26", "bad UDP checksum, NEEDS_CSUM clear", NetHdr()),
+        ]
+        for rid, name, hdr in cases:
+            raw = hdr.pack().ljust(rig.hdr_len, b"\0")
+            rx_hdr, got, _ = _roundtrip(rig, split_at(raw + frame, [rig.hdr_len]))
+            same = got == frame
+            verdict.check(rid, rx_hdr is not None and same,
+                          f"{name}: {'received' if rx_hdr else 'nothing received'}; frame "
+                          f"{'unchanged' if same else 'changed'} (UDP checksum sent 0xbad1, received "
+                          f"{got[udp_csum_off:udp_csum_off + 2].hex() or '-'})")
+            if rid == "NET-DEV-26" and rx_hdr is not None:
+                verdict.check(rid, not rx_hdr.flags & F_DATA_VALID,
+                              f"bad checksum sent without NEEDS_CSUM came back with receive flags {rx_hdr.flags:#x} "
+                              "(DATA_VALID vouches for it)")
+
+
+@pytest.mark.req("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-31", "NET-DEV-34", "NET-DEV-55")
+def test_receive_header_without_offloads(open_target: OpenTarget, verdict: Verdict) -> None:
+    ids = ("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-34", "NET-DEV-55")
+    with net_rig(open_target) as rig:
+        feats = rig.features_for(drop=_bits(*GUEST_OFFLOADS))
+        assert feats is not None
+        rig.bring_up(feats, 64)
+        if has(rig.offered, NetF.MRG_RXBUF):
+            verdict.not_applicable("NET-DEV-31", "this check negotiates without VIRTIO_NET_F_MRG_RXBUF")
+        else:
+            verdict.not_offered("NET-DEV-31", "VIRTIO_NET_F_MRG_RXBUF not offered")
+        if not _loopback(rig, verdict, ids):
+            return
+        hdr = rig.tx_header()
+        limit = rig.rx_buf_size - rig.hdr_len
+        sizes = [60, 61, 128, 513, 1000, limit]
+        pending: dict[int, Posted] = {}
+        layouts: list[list[int]] = [[rig.rx_buf_size], [rig.hdr_len, limit], [4, 100, rig.rx_buf_size - 104]]
+        for i in range(len(sizes)):
+            p = add_chain(rig.rx, [], layouts[i % len(layouts)])
+            poison(rig.mem, p)
+            pending[p.head] = p
+        rig.publish(rig.RX)
+        frames = [make_frame(100 + i, n) for i, n in enumerate(sizes)]
+        for f in frames:
+            add_chain(rig.tx, [hdr, f], [])
+        rig.publish(rig.TX)
+        got = rig.complete(rig.RX, pending, len(frames))
+        verdict.check("NET-DEV-29", len(got) == len(frames),
+                      f"{len(frames)} frames sent, {len(got)} receive buffers used")
+        for k, (p, n) in enumerate(got):
+            data = written_bytes(rig.mem, p, n)
+            h = NetHdr.unpack(data.ljust(12, b"\0"))
+            f = frames[k] if k < len(frames) else b""
+            where = f"frame {k} ({len(f)} bytes) in buffer {p.head}"
+            verdict.check("NET-DEV-29", n == rig.hdr_len + len(f) and data[rig.hdr_len:] == f,
+                          f"{where}: one used entry holds len {n} (expected {rig.hdr_len + len(f)}), data "
+                          f"{'whole' if data[rig.hdr_len:] == f else 'not the whole frame'}")
+            verdict.check("NET-DEV-30", h.num_buffers == 1, f"{where}: num_buffers {h.num_buffers}, expected 1")
+            verdict.check("NET-DEV-28", h.num_buffers == 1, f"{where}: num_buffers {h.num_buffers} for 1 buffer used")
+            verdict.check("NET-DEV-34", h.flags == 0, f"{where}: flags {h.flags:#x} without GUEST_CSUM")
+            verdict.check("NET-DEV-55", h.gso_type == GSO_NONE,
+                          f"{where}: gso_type {h.gso_type:#x} without guest GSO features")
+        rig.tx.used()
+
+
+@pytest.mark.req("NET-DEV-05", "NET-DEV-06")
+def test_mtu_limits(open_target: OpenTarget, verdict: Verdict) -> None:
+    with net_rig(open_target) as rig:
+        feats = rig.features_for(extra=1 << NetF.MTU)
+        if feats is None or not has(feats, NetF.MTU):
+            verdict.not_offered("NET-DEV-05", "VIRTIO_NET_F_MTU not offered")
+            verdict.not_offered("NET-DEV-06", "VIRTIO_NET_F_MTU not offered")
+            return
+        rig.bring_up(feats, 64)
+        if not _loopback(rig, verdict, ("NET-DEV-05", "NET-DEV-06")):
+            return
+        mtu = rig.drv.mtu() or 0
+        hdr = rig.tx_header()
+        room = rig.hdr_len + mtu + 14 + 256  # big enough for an oversize frame, so only the MTU rule can stop it
+        # NET-DEV-06: exactly mtu + Ethernet header, forwarded whole.
+        full = make_frame(1, mtu + 14)
+        _, got, used = _roundtrip(rig, [hdr, full], rx_size=room)
+        verdict.check("NET-DEV-06", got == full and used == 1,
+                      f"mtu {mtu}: frame of {len(full)} bytes came back as {used} buffer(s) of {len(got)} bytes "
+                      f"({'intact' if got == full else 'not intact'})")
+        # NET-DEV-05: longer frames never reach the receive queue; a marker frame proves the queue still runs.
+        pending: dict[int, Posted] = {}
+        for _ in range(4):
+            p = add_chain(rig.rx, [], [room])
+            pending[p.head] = p
+        rig.publish(rig.RX)
+        over = [make_frame(2, mtu + 15), make_frame(3, mtu + 14 + 200)]
+        marker = make_frame(4, 100)
+        for f in [*over, marker]:
+            add_chain(rig.tx, [hdr, f], [])
+        rig.publish(rig.TX)
+        got_all = rig.complete(rig.RX, pending, 1)
+        extra = rig.complete(rig.RX, pending, 2, timeout=rig.quiet)
+        lens = [n - rig.hdr_len for _, n in got_all + extra]
+        first = written_bytes(rig.mem, got_all[0][0], got_all[0][1])[rig.hdr_len:] if got_all else b""
+        verdict.check("NET-DEV-05", first == marker and all(n <= mtu + 14 for n in lens),
+                      f"mtu {mtu}: sent frames of {[len(f) for f in over]} bytes then a {len(marker)}-byte marker; "
+                      f"received lengths {lens} (nothing above {mtu + 14} may be delivered)")
+        rig.tx.used()
