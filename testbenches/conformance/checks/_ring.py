@@ -50,6 +50,9 @@ OpenTarget = Callable[..., PciDevice]
 RING_BITS = (1 << F.EVENT_IDX) | (1 << F.INDIRECT_DESC) | (1 << F.IN_ORDER)
 #: Longest wait for something that must happen (an interrupt, a used entry).
 TIMEOUT = 1.0
+#: Once a device has missed one deadline, later waits on the same rig are this short: a broken
+#: device then fails every hypothesis example (and every shrink step) in milliseconds, not seconds.
+FAIL_FAST = 0.05
 DEFAULT_MEM = 32 << 20
 
 
@@ -227,6 +230,7 @@ class NetRig:
         #: write returns after the work and its MSI-X message are done.
         self.quiet = 0.0 if self.synchronous else 0.02
         self.doorbells = 0
+        self.patience = TIMEOUT  # drops to FAIL_FAST after the first missed deadline
 
     # --- bring-up ------------------------------------------------------------------------------
 
@@ -308,11 +312,17 @@ class NetRig:
     def irq_fd(self, q: int) -> int:
         return self.drv.irq_fds["rx" if q == self.RX else "tx"]
 
+    def _missed(self) -> None:
+        self.patience = FAIL_FAST
+
     def irqs(self, q: int, timeout: float) -> int:
         """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none)."""
         fd = self.irq_fd(q)
-        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        wait = max(0.0, min(timeout, self.patience))
+        ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
+            if wait > self.quiet:
+                self._missed()
             return 0
         try:
             return os.eventfd_read(fd)
@@ -323,15 +333,16 @@ class NetRig:
         for q in (self.RX, self.TX):
             self.irqs(q, 0)
 
-    def wait_used(self, q: int, target: int, timeout: float = TIMEOUT) -> tuple[bool, int]:
+    def wait_used(self, q: int, target: int, timeout: float | None = None) -> tuple[bool, int]:
         """Wait until used idx of ``q`` reads ``target`` (16-bit); interrupts seen meanwhile are returned."""
         ring = self.drv.queues[q]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
         fd = self.irq_fd(q)
         seen = 0
         while ring.used_idx() != target & 0xFFFF:
             left = deadline - time.monotonic()
             if left <= 0:
+                self._missed()
                 return False, seen
             ready, _, _ = select.select([fd], [], [], min(left, 0.005))
             if ready:
@@ -344,11 +355,11 @@ class NetRig:
     # --- consuming used entries ----------------------------------------------------------------
 
     def complete(self, q: int, pending: dict[int, Posted], count: int,
-                 timeout: float = TIMEOUT) -> list[tuple[Posted, int]]:
+                 timeout: float | None = None) -> list[tuple[Posted, int]]:
         """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
         ring = self.drv.queues[q]
         got: list[tuple[Posted, int]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
         while len(got) < count:
             for u in ring.used():
                 p = pending.pop(u.head, None)
@@ -359,6 +370,7 @@ class NetRig:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
+                self._missed()
                 break
             self.irqs(q, min(left, 0.05))
         return got
