@@ -30,6 +30,9 @@ EXPECTED: dict[str, set[str]] = {
     "NoNeedsResetOnLoop": {"STATUS-DEV-02"},
 }
 
+#: Eleven suite runs, two at a time, happen in the first test's setup.
+pytestmark = pytest.mark.timeout(1500)
+
 #: The suite's long property runs (1000+ random workloads) prove the model, not the variants' bugs.
 VARIANT_ARGS = ("-k", "not thousand_workloads")
 
