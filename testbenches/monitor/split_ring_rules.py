@@ -39,6 +39,7 @@ class _Queue:
     used: int = 0
     live: bool = False
     seen_avail_idx: int = 0
+    config_data: int | None = None
 
 
 @dataclass
@@ -72,7 +73,7 @@ class SplitRingMonitor:
     def _on_access(self, a: Access) -> None:
         assert self._decoder is not None
         e = self._decoder.feed(a)
-        if e is None or not e.kind.endswith(("_w", "notify")):
+        if e is None or not (e.kind.endswith(("_w", "notify")) or e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA):
             return
         if e.kind == "status_w" and e.value == 0:
             self._queues.clear()
@@ -84,7 +85,11 @@ class SplitRingMonitor:
             self._features = self._features & ~(0xFFFFFFFF << (32 * sel)) | e.value << (32 * sel)
         elif e.kind == "common_w" and e.queue >= 0:
             self._queue_write(e)
+        elif e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and e.queue >= 0:
+            self._queues.setdefault(e.queue, _Queue()).config_data = e.value
         elif e.kind == "notify":
+            if has(self._features, F.NOTIFICATION_DATA):
+                self._check_notification_data(e)
             for index, q in self._queues.items():
                 if q.live:
                     self._inspect(index, q)
@@ -106,6 +111,22 @@ class SplitRingMonitor:
         elif e.field == CommonCfg.QUEUE_RESET and e.value == 1:
             q.live = False
             q.seen_avail_idx = 0
+
+    def _check_notification_data(self, e: Event) -> None:
+        """NOTIF-DRV-B01: next_off/next_wrap carry the new avail idx (bits 0-14 and bit 15)."""
+        ident = e.value & 0xFFFF
+        if has(self._features, F.NOTIF_CONFIG_DATA):
+            index = next((i for i, q in self._queues.items() if q.config_data == ident), -1)
+        else:
+            index = ident
+        q = self._queues.get(index)
+        if q is None or not q.live:
+            return
+        idx = U16.unpack(self.read(q.avail + 2, 2))[0]
+        next_off, next_wrap = e.value >> 16 & 0x7FFF, e.value >> 31 & 1
+        self.findings.append(Finding("NOTIF-DRV-B01", next_off == idx & 0x7FFF and next_wrap == idx >> 15 & 1,
+                                     f"queue {index}: notification data next_off={next_off} next_wrap={next_wrap}"
+                                     f" but avail idx is {idx}"))
 
     def _enabled(self, index: int, q: _Queue) -> None:
         ok = q.desc % DESC_ALIGN == 0 and q.avail % AVAIL_ALIGN == 0 and q.used % USED_ALIGN == 0

@@ -373,9 +373,12 @@ class VirtioPciDriverMonitor:
     def _rule_notify(self, ev: list[Event]) -> Iterator[Finding]:
         acked_at = self.feature_timeline(ev)[1]
         notify_off: dict[int, int] = {}
+        config_data_of: dict[int, int] = {}
         for i, e in enumerate(ev):
             if e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIFY_OFF:
                 notify_off[e.queue] = e.value
+            if e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA:
+                config_data_of[e.queue] = e.value
             if e.kind != "notify":
                 continue
             notify_data = has(acked_at[i], F.NOTIFICATION_DATA)
@@ -392,6 +395,18 @@ class VirtioPciDriverMonitor:
             if queues and notify_data and not config_data:
                 yield Finding("NOTIF-DRV-04", e.value & 0xFFFF in queues,
                               f"access #{e.seq}: vq_index {e.value & 0xFFFF} at doorbell of {queues}")
+            expected = {config_data_of[q] for q in queues if q in config_data_of}
+            if config_data and not expected and queues:
+                yield Finding("NOTIF-DRV-05" if not notify_data else "NOTIF-DRV-06", False,
+                              f"access #{e.seq}: doorbell of queue(s) {queues} rung without ever reading "
+                              "queue_notif_config_data")
+            elif config_data and not notify_data:
+                yield Finding("NOTIF-DRV-05", e.value in expected,
+                              f"access #{e.seq}: wrote {e.value:#x}, queue_notif_config_data is {sorted(expected)}")
+            elif config_data and notify_data:
+                yield Finding("NOTIF-DRV-06", e.value & 0xFFFF in expected,
+                              f"access #{e.seq}: vq_notif_config_data {e.value & 0xFFFF:#x}, "
+                              f"queue_notif_config_data is {sorted(expected)}")
 
     def _rule_devcfg(self, ev: list[Event]) -> Iterator[Finding]:
         offered = self.feature_timeline(ev)[0]
