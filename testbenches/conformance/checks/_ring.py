@@ -39,6 +39,7 @@ from backend.virtio.split_ring import (
     DescFlags,
     Descriptor,
     SplitLayout,
+    vring_need_event,
 )
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.split_ring import DriverSplitQueue
@@ -210,6 +211,25 @@ def make_frame(seq: int, length: int, mac: bytes = b"\x02\x00\x00\x00\x00\x01") 
     return mac + b"\x02\x00\x00\x00\x00\x02" + b"\x88\xb5" + body
 
 
+@dataclass(frozen=True)
+class EventIdxStep:
+    """One EVENT_IDX notification experiment: used idx start -> new with used_event ``event``."""
+
+    start: int
+    new: int
+    event: int
+    flags: int
+    batch: int
+    want: bool
+    got: int
+    done: bool
+
+    def describe(self) -> str:
+        return (f"used idx {self.start}->{self.new} ({self.batch} buffer(s)), used_event {self.event} "
+                f"(used idx{(self.event - self.start + 0x8000) % 0x10000 - 0x8000:+d}), avail.flags={self.flags}: "
+                f"{self.got} interrupt(s), expected {int(self.want)} (vring_need_event)")
+
+
 class NetRig:
     """One device at DRIVER_OK with one queue pair, driven at the ring level."""
 
@@ -351,6 +371,24 @@ class NetRig:
                 except BlockingIOError:
                     pass
         return True, seen
+
+    def event_idx_step(self, first_seq: int, event: int, flags: int, batch: int, length: int) -> EventIdxStep:
+        """With EVENT_IDX: set avail.flags and used_event = used idx + ``event``, transmit ``batch`` frames,
+        wait for them and count the TX interrupts; ``want`` is what vring_need_event says should happen."""
+        tx = self.tx
+        tx.write_avail_flags(flags)
+        start = tx.used_idx()
+        ev = (start + event) & 0xFFFF
+        tx.set_used_event(ev)
+        for k in range(batch):
+            add_chain(tx, [self.tx_header() + make_frame(first_seq + k, length)], [])
+        self.publish(self.TX)
+        done, seen = self.wait_used(self.TX, start + batch)
+        new = tx.used_idx()
+        want = vring_need_event(ev, new, start)
+        got = seen + self.irqs(self.TX, TIMEOUT if want else self.quiet)
+        tx.used()
+        return EventIdxStep(start, new, ev, flags, batch, want, got, done)
 
     # --- consuming used entries ----------------------------------------------------------------
 

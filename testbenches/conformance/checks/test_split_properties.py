@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 
 from backend.virtio.features import DeviceStatus, F, NetF, has
 from backend.virtio.net_hdr import GSO_NONE, NetHdr
-from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT, vring_need_event
+from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.checks._ring import (
-    TIMEOUT,
     NetRig,
     OpenTarget,
     Posted,
@@ -172,23 +171,10 @@ def test_event_idx_thresholds(open_target: OpenTarget, verdict: Verdict) -> None
             rig.drain_irqs()
             seq = 0
             for batch, offset, flags in plan:
-                tx.write_avail_flags(flags)
-                old = tx.used_idx()
-                ev = (old + offset) & 0xFFFF
-                tx.set_used_event(ev)
-                for _ in range(batch):
-                    add_chain(tx, [rig.tx_header() + make_frame(seq, 64)], [])
-                    seq += 1
-                rig.publish(rig.TX)
-                done, seen = rig.wait_used(rig.TX, old + batch)
-                new = tx.used_idx()
-                want = vring_need_event(ev, new, old)
-                got = seen + rig.irqs(rig.TX, TIMEOUT if want else rig.quiet)
-                assert done, f"used idx stuck at {new}, expected {(old + batch) & 0xFFFF}"
-                assert got == int(want), (
-                    f"used idx {old}->{new}, used_event {ev}, avail.flags {flags}: {got} interrupt(s), "
-                    f"expected {int(want)} (vring_need_event)")
-                tx.used()
+                step = rig.event_idx_step(seq, offset, flags, batch, 64)
+                seq += batch
+                assert step.done, f"used idx stuck at {step.new}, expected {(step.start + batch) & 0xFFFF}"
+                assert step.got == int(step.want), step.describe()
             rig.complete(rig.RX, pending, seq)
 
         run()

@@ -397,28 +397,16 @@ def test_notifications_with_event_idx(open_target: OpenTarget, verdict: Verdict)
 
         def step(event: int, flags: int, batch: int) -> None:
             nonlocal seq
-            tx.write_avail_flags(flags)
-            start = tx.used_idx()
-            ev = (start + event) & 0xFFFF
-            tx.set_used_event(ev)
-            for _ in range(batch):
-                add_chain(tx, [rig.tx_header() + make_frame(seq, 70)], [])
-                seq += 1
-            rig.publish(rig.TX)
-            done, seen = rig.wait_used(rig.TX, start + batch)
-            new = tx.used_idx()
-            want = vring_need_event(ev, new, start)
-            got = seen + rig.irqs(rig.TX, TIMEOUT if want else rig.quiet)
-            what = (f"used idx {start}->{new} ({batch} buffer(s)), used_event {ev} (used idx{event:+d}), "
-                    f"avail.flags={flags}: {got} interrupt(s), expected {1 if want else 0}")
-            if want:
-                verdict.check("SPLIT-DEV-13", got >= 1 and done, what)
-            verdict.check("SPLIT-DEV-14", got <= (1 if want else 0), what)
+            r = rig.event_idx_step(seq, event, flags, batch, 70)
+            seq += batch
+            what = r.describe()
+            if r.want:
+                verdict.check("SPLIT-DEV-13", r.got >= 1 and r.done, what)
+            verdict.check("SPLIT-DEV-14", r.got <= (1 if r.want else 0), what)
             if flags:
-                verdict.check("SPLIT-DEV-12", (got > 0) == want, what + " (avail.flags must be disregarded)")
+                verdict.check("SPLIT-DEV-12", (r.got > 0) == r.want, what + " (avail.flags must be disregarded)")
             verdict.check("SPLIT-DEV-20", tx.used_flags() == 0 and rig.rx.used_flags() == 0,
                           f"used.flags reads TX {tx.used_flags():#x} RX {rig.rx.used_flags():#x} with EVENT_IDX")
-            tx.used()
 
         # One buffer per step: used_event exactly at the slot filled, one before it, one after it.
         for flags in (0, VRING_AVAIL_F_NO_INTERRUPT):
