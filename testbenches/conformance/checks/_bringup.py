@@ -16,7 +16,6 @@ device memory accesses where the target exposes its IOMMU (the simulator);
 
 from __future__ import annotations
 
-import os
 import select
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from backend.eventloop import consume_eventfd, new_eventfd, wait_eventfd
 from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice
 from backend.virtio.features import DeviceStatus, F, bit
 from backend.virtio.net_hdr import NetHdr
@@ -52,21 +52,8 @@ TX = GuestNetDriver.TX
 NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
 
 
-def new_eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-
-def drain(fd: int) -> int:
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
-
-
-def wait_fd(fd: int, timeout: float) -> bool:
-    """Wait at most ``timeout`` s for ``fd``; consume it; True if it was signalled."""
-    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-    return bool(ready) and drain(fd) > 0
+drain = consume_eventfd
+wait_fd = wait_eventfd
 
 
 def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
