@@ -1,0 +1,549 @@
+"""One vhost-user connection: the control-plane state machine between a frontend and a ``VdpaDevice``.
+
+The session turns decoded messages (:mod:`backend.vhost_user.messages`) into ``VdpaDevice`` calls
+and builds the replies; it never touches the socket (the server does) and never touches packets
+(the device moves them through its own DMA mappings, doorbells and interrupts).
+
+What it does with the device:
+
+* features: the frontend is offered the device's features minus what this backend cannot carry
+  (see :data:`HIDDEN_FEATURES`) plus ``VHOST_USER_F_PROTOCOL_FEATURES``. Transport features the
+  backend uses for itself and the frontend never sees (``RING_RESET``, ``SUSPEND``) are added to
+  what is written to the device when it offers them. SET_FEATURES negotiates with the device
+  right away (ACKNOWLEDGE, DRIVER, features, FEATURES_OK), so frontends with and without the
+  STATUS protocol feature both end up with a negotiated device;
+* memory: SET_MEM_TABLE builds a :class:`~backend.vhost_user.memory.MemoryTable` and maps it into
+  the device (``iova = guest_phys_addr``); a later table replaces it in place, but only if it still
+  covers every ring already given to the device;
+* rings: SET_VRING_NUM/BASE/ADDR/KICK/CALL are checked and kept here (ring addresses are
+  translated from frontend virtual addresses to guest-physical ones); an enabled ring is handed
+  to the device (size, addresses, state, kick eventfd as doorbell, call eventfd as MSI-X vector,
+  ready) and goes live at DRIVER_OK, or at once when the device is already running. Without the
+  STATUS protocol feature the first enabled ring sets DRIVER_OK;
+* stop: GET_VRING_BASE stops the ring and returns its base. The base comes from
+  ``get_vq_state`` when the device can report it; a plain virtio-pci function cannot, so the ring
+  is stopped first (queue reset with ``RING_RESET``) and the base is the used index read from guest
+  memory. That equals the device's last_avail_idx only when the device held no buffers at the
+  moment it stopped (true of the simulator's model; a limitation on real hardware).
+
+Known limits, each answered with a logged error rather than a silent misbehaviour: packed rings
+and dirty logging are not offered; a non-zero SET_VRING_BASE needs a device that can set
+last_avail_idx (``VdpaDevice.set_vq_state``); SET_VRING_KICK without an fd (polling) is refused;
+SET_VRING_ENABLE 0 on a running ring is recorded but does not stop the device's queue (virtio-pci
+cannot pause one queue and resume it at the same index), so the frontend must not post buffers
+to a ring it disabled.
+
+SET_OWNER must come before anything that changes state. Read-only feature queries (GET_FEATURES,
+GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS) are answered before it, because QEMU
+sends them first (``tests/data/captures/qemu-7.2-guest-sequence.txt``).
+
+Errors: a request that cannot be honoured raises :class:`SessionError` inside :meth:`handle`; the
+session logs the reason and, when the frontend asked for a reply (``need_reply``), answers with
+a failure ack; otherwise :class:`SessionClosed` tells the server to drop the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
+from backend.vhost_user import messages as m
+from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
+from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.split_ring import SplitLayout, is_valid_split_size
+
+log = logging.getLogger(__name__)
+
+#: Device features never offered to the frontend: packed rings (GET/SET_VRING_BASE would need the
+#: packed encoding, not implemented), ACCESS_PLATFORM (needs IOTLB messages, not implemented),
+#: and the transport features this backend keeps for itself.
+HIDDEN_FEATURES: Final = ((1 << F.RING_PACKED) | (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
+                          | (1 << F.SUSPEND) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+                          | (1 << m.VHOST_F_LOG_ALL))
+#: Transport features the backend negotiates with the device on its own behalf when offered.
+BACKEND_FEATURES: Final = (1 << F.RING_RESET) | (1 << F.SUSPEND)
+#: Protocol features implemented by this session.
+SUPPORTED_PROTOCOL_FEATURES: Final = (m.ProtocolFeature.MQ.mask | m.ProtocolFeature.REPLY_ACK.mask
+                                      | m.ProtocolFeature.CONFIG.mask | m.ProtocolFeature.STATUS.mask
+                                      | m.ProtocolFeature.RESET_DEVICE.mask)
+
+_PRE_OWNER: Final = frozenset({
+    m.FrontendRequest.SET_OWNER, m.FrontendRequest.GET_FEATURES, m.FrontendRequest.GET_PROTOCOL_FEATURES,
+    m.FrontendRequest.SET_PROTOCOL_FEATURES, m.FrontendRequest.GET_QUEUE_NUM,
+    m.FrontendRequest.GET_MAX_MEM_SLOTS,
+})
+_NEGOTIATED: Final = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+
+
+class SessionError(Exception):
+    """A request this session refuses; ``reason`` is logged and the frontend told if it asked."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionClosed(Exception):
+    """The session cannot go on; the server must close the connection (``reason`` says why)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class RingState:
+    """What the frontend said about one ring; addresses are guest-physical (translated)."""
+
+    num: int = 0
+    base: int = 0
+    desc: int | None = None
+    avail: int | None = None
+    used: int | None = None
+    kick: int | None = None
+    call: int | None = None
+    err: int | None = None
+    enabled: bool = False
+    pushed: bool = False  # handed to the device (ready)
+    stopped: bool = False  # GET_VRING_BASE stopped it
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The ring parts' guest-physical ranges (empty until the address is known)."""
+        if self.desc is None or self.avail is None or self.used is None or not self.num:
+            return []
+        lay = SplitLayout(self.num)
+        return [(self.desc, lay.desc_bytes), (self.avail, lay.avail_bytes), (self.used, lay.used_bytes)]
+
+    def fds(self) -> Iterable[int]:
+        return (fd for fd in (self.kick, self.call, self.err) if fd is not None)
+
+
+@dataclass
+class SessionStats:
+    messages: int = 0
+    errors: list[str] = field(default_factory=list)
+    mem_tables: int = 0
+
+
+class VhostUserSession:
+    """Per-connection state; :meth:`handle` one decoded message at a time, :meth:`close` at the end."""
+
+    def __init__(self, device: VdpaDevice, *, name: str = "vhost-user") -> None:
+        self.device = device
+        self.name = name
+        self.owner = False
+        self.features = 0  # acked by the frontend
+        self.protocol_features = 0
+        self.table: MemoryTable | None = None
+        self.rings: dict[int, RingState] = {}
+        self.stats = SessionStats()
+        self._status = 0  # what the frontend set through SET_STATUS
+        self._closed = False
+
+    # --- offers ---------------------------------------------------------------------------
+
+    def offered_features(self) -> int:
+        return (self.device.get_device_features() & ~HIDDEN_FEATURES) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def offered_protocol_features(self) -> int:
+        return SUPPORTED_PROTOCOL_FEATURES
+
+    def has_protocol(self, feature: m.ProtocolFeature) -> bool:
+        return bool(self.protocol_features & feature.mask)
+
+    # --- entry point ----------------------------------------------------------------------
+
+    def handle(self, msg: m.Message) -> list[m.Message]:
+        """Apply ``msg``; return the replies to send. Raises :class:`SessionClosed` to end the session.
+
+        The session owns ``msg.fds`` from this call on: it keeps the ones it uses and closes the rest.
+        """
+        if self._closed:
+            self._close_fds(msg.fds)
+            raise SessionClosed("session already closed")
+        self.stats.messages += 1
+        if not isinstance(msg.request, m.FrontendRequest) or msg.is_reply:
+            self._close_fds(msg.fds)
+            raise SessionClosed(f"{msg.name}: not a frontend request")
+        try:
+            if not self.owner and msg.request not in _PRE_OWNER:
+                self._close_fds(msg.fds)
+                raise SessionError(f"{msg.name} before SET_OWNER")
+            reply = self._dispatch(msg)
+        except SessionError as exc:
+            return self._refuse(msg, exc.reason)
+        except (VdpaError, MemoryTableError, m.VhostUserProtocolError) as exc:
+            return self._refuse(msg, f"device refused: {exc}")
+        spec = m.spec_of(msg.request)
+        if spec.explicit_reply:
+            return [reply] if reply is not None else []
+        if msg.need_reply:
+            return [m.Message.ack(msg, 0)]
+        return []
+
+    def _refuse(self, msg: m.Message, reason: str) -> list[m.Message]:
+        text = f"{self.name}: {msg.name} refused: {reason}"
+        self.stats.errors.append(text)
+        log.warning("%s", text)
+        spec = m.spec_of(msg.request)
+        if msg.request is m.FrontendRequest.GET_CONFIG:
+            return [m.Message.reply_to(msg, m.EMPTY)]  # an empty GET_CONFIG reply signals failure
+        if msg.need_reply and not spec.explicit_reply:
+            return [m.Message.ack(msg, 1)]
+        raise SessionClosed(text)
+
+    def _dispatch(self, msg: m.Message) -> m.Message | None:
+        R = m.FrontendRequest
+        p = msg.payload
+        req = msg.request
+        assert isinstance(req, m.FrontendRequest)  # handle() checked it
+        match req:
+            case R.SET_OWNER:
+                if self.owner:
+                    raise SessionError("SET_OWNER sent twice")
+                self.owner = True
+            case R.RESET_OWNER | R.RESET_DEVICE:
+                self._reset()
+            case R.GET_FEATURES:
+                return m.Message.reply_to(msg, m.U64(self.offered_features()))
+            case R.SET_FEATURES:
+                self._set_features(_u64(p))
+            case R.GET_PROTOCOL_FEATURES:
+                return m.Message.reply_to(msg, m.U64(self.offered_protocol_features()))
+            case R.SET_PROTOCOL_FEATURES:
+                value = _u64(p)
+                extra = value & ~self.offered_protocol_features()
+                if extra:
+                    raise SessionError(f"protocol features {extra:#x} were not offered")
+                self.protocol_features = value
+            case R.GET_QUEUE_NUM:
+                return m.Message.reply_to(msg, m.U64(max(1, self.device.get_vq_count() // 2)))
+            case R.GET_MAX_MEM_SLOTS:
+                return m.Message.reply_to(msg, m.U64(m.MAX_MEM_REGIONS))
+            case R.SET_MEM_TABLE:
+                self._set_mem_table(msg)
+            case R.SET_VRING_NUM:
+                self._set_vring_num(_state(p))
+            case R.SET_VRING_BASE:
+                self._set_vring_base(_state(p))
+            case R.SET_VRING_ADDR:
+                assert isinstance(p, m.VringAddr)
+                self._set_vring_addr(p)
+            case R.GET_VRING_BASE:
+                st = _state(p)
+                return m.Message.reply_to(msg, m.VringState(st.index, self._get_vring_base(st.index)))
+            case R.SET_VRING_KICK | R.SET_VRING_CALL | R.SET_VRING_ERR:
+                assert isinstance(p, m.VringFile)
+                self._set_vring_fd(req, p, msg.fds)
+            case R.SET_VRING_ENABLE:
+                self._set_vring_enable(_state(p))
+            case R.GET_CONFIG:
+                assert isinstance(p, m.ConfigSpace)
+                self._require(m.ProtocolFeature.CONFIG, msg)
+                data = self.device.get_config(p.offset, len(p.data))
+                return m.Message.reply_to(msg, m.ConfigSpace(p.offset, p.flags, data))
+            case R.SET_CONFIG:
+                assert isinstance(p, m.ConfigSpace)
+                self._require(m.ProtocolFeature.CONFIG, msg)
+                self.device.set_config(p.offset, p.data)
+            case R.SET_STATUS:
+                assert isinstance(p, m.Status)
+                self._require(m.ProtocolFeature.STATUS, msg)
+                self._set_status(p.value)
+            case R.GET_STATUS:
+                self._require(m.ProtocolFeature.STATUS, msg)
+                return m.Message.reply_to(msg, m.Status(self.device.get_status() & 0xFF))
+            case _:
+                self._close_fds(msg.fds)
+                raise SessionError(f"{msg.name} is not supported by this backend")
+        return None
+
+    def _require(self, feature: m.ProtocolFeature, msg: m.Message) -> None:
+        if not self.has_protocol(feature):
+            raise SessionError(f"{msg.name} needs protocol feature {feature.name}, not negotiated")
+
+    # --- features and status ----------------------------------------------------------------
+
+    def _set_features(self, value: int) -> None:
+        extra = value & ~self.offered_features()
+        if extra:
+            raise SessionError(f"features {extra:#x} were not offered")
+        wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+        device_features = wanted | (self.device.get_device_features() & BACKEND_FEATURES)
+        status = self.device.get_status()
+        if status & DeviceStatus.FEATURES_OK:
+            if self.device.get_driver_features() != device_features:
+                raise SessionError(f"features {value:#x} differ from those already negotiated "
+                                   f"({self.features:#x}) and the device is past FEATURES_OK")
+        else:
+            self._negotiate(device_features)
+        self.features = value
+
+    def _negotiate(self, device_features: int) -> None:
+        cur = self.device.get_status()  # SET_STATUS may already have set ACKNOWLEDGE and DRIVER
+        for step in (DeviceStatus.ACKNOWLEDGE, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER):
+            if step & ~cur:
+                self.device.set_status(cur | step)
+                cur |= step
+        self.device.set_driver_features(device_features)
+        self.device.set_status(_NEGOTIATED)  # raises VdpaError if FEATURES_OK does not stick
+
+    def _set_status(self, status: int) -> None:
+        if status == 0:
+            self._reset()
+            return
+        cur = self.device.get_status()
+        if status & DeviceStatus.FEATURES_OK and not cur & DeviceStatus.FEATURES_OK:
+            raise SessionError(f"status {status:#x} sets FEATURES_OK before SET_FEATURES")
+        target = status | (cur & _NEGOTIATED)
+        if status & DeviceStatus.DRIVER_OK and not cur & DeviceStatus.DRIVER_OK:
+            self._check_ready_to_run()
+            for index, ring in sorted(self.rings.items()):
+                if ring.enabled and not ring.pushed:
+                    self._push_ring(index, ring)
+        if target != cur:
+            self.device.set_status(target)
+        self._status = status
+
+    def _check_ready_to_run(self) -> None:
+        if self.table is None:
+            raise SessionError("DRIVER_OK without a memory table")
+
+    def _reset(self) -> None:
+        self.device.reset()
+        for ring in self.rings.values():
+            self._close_fds(list(ring.fds()))
+        self.rings.clear()
+        self.features = 0
+        self._status = 0
+        if self.table is not None:  # the device stays mapped; the table is kept for the next start
+            log.info("%s: device reset, memory table kept", self.name)
+
+    # --- memory -----------------------------------------------------------------------------
+
+    def _set_mem_table(self, msg: m.Message) -> None:
+        p = msg.payload
+        if not isinstance(p, m.MemoryTable):
+            self._close_fds(msg.fds)
+            raise SessionError("postcopy SET_MEM_TABLE acknowledgement without postcopy")
+        try:
+            new = MemoryTable.from_wire(p.regions, msg.fds)
+        except MemoryTableError as exc:
+            raise SessionError(f"memory table rejected: {exc}") from None
+        try:
+            missing = [(i, a, s) for i, ring in self.rings.items() for a, s in ring.ranges()
+                       if not new.covers([(a, s)], AddressSpace.GPA)]
+            if missing:
+                i, a, s = missing[0]
+                raise SessionError(f"new memory table no longer covers ring {i} at gpa [{a:#x}, {a + s:#x})")
+            if self.table is None:
+                new.program(self.device)
+            else:
+                change = self.table.replace(new, self.device)
+                log.info("%s: memory table replaced: %d unmapped, %d mapped, %d kept", self.name,
+                         len(change.unmapped), len(change.mapped), len(change.kept))
+        except BaseException:
+            new.close()
+            raise
+        self.table = new
+        self.stats.mem_tables += 1
+
+    def _translate(self, uva: int, size: int, what: str) -> int:
+        if self.table is None:
+            raise SessionError(f"{what} address {uva:#x} given before SET_MEM_TABLE")
+        try:
+            return self.table.uva_to_gpa(uva, size)
+        except MemoryTableError as exc:
+            raise SessionError(f"{what} outside the memory table: {exc}") from None
+
+    # --- rings ------------------------------------------------------------------------------
+
+    def _ring(self, index: int) -> RingState:
+        count = self.device.get_vq_count()
+        if not 0 <= index < count:
+            raise SessionError(f"ring {index} does not exist (device has {count})")
+        return self.rings.setdefault(index, RingState())
+
+    def _set_vring_num(self, st: m.VringState) -> None:
+        ring = self._ring(st.index)
+        limit = self.device.get_vq_num_max(st.index)
+        if not 0 < st.num <= limit or not is_valid_split_size(st.num):
+            raise SessionError(f"ring {st.index}: size {st.num} invalid (device maximum {limit}, power of two)")
+        if ring.pushed:
+            raise SessionError(f"ring {st.index}: size change while the ring runs")
+        ring.num = st.num
+
+    def _set_vring_base(self, st: m.VringState) -> None:
+        ring = self._ring(st.index)
+        if st.num > 0xFFFF:
+            raise SessionError(f"ring {st.index}: split ring base {st.num:#x} does not fit 16 bits")
+        if ring.pushed:
+            raise SessionError(f"ring {st.index}: SET_VRING_BASE while the ring runs")
+        try:
+            self.device.set_vq_state(st.index, VqState(avail_idx=st.num))
+        except NotSupported as exc:
+            raise SessionError(f"ring {st.index}: cannot resume at base {st.num}: {exc}") from None
+        ring.base = st.num
+        ring.stopped = False
+
+    def _set_vring_addr(self, a: m.VringAddr) -> None:
+        ring = self._ring(a.index)
+        if a.log_used:
+            raise SessionError(f"ring {a.index}: used-ring logging requested, dirty logging is not offered")
+        if not ring.num:
+            raise SessionError(f"ring {a.index}: SET_VRING_ADDR before SET_VRING_NUM")
+        if ring.pushed:
+            raise SessionError(f"ring {a.index}: address change while the ring runs")
+        lay = SplitLayout(ring.num)
+        desc = self._translate(a.desc, lay.desc_bytes, f"ring {a.index} descriptor table")
+        avail = self._translate(a.avail, lay.avail_bytes, f"ring {a.index} available ring")
+        used = self._translate(a.used, lay.used_bytes, f"ring {a.index} used ring")
+        ring.desc, ring.avail, ring.used = desc, avail, used
+
+    def _set_vring_fd(self, request: m.FrontendRequest, f: m.VringFile, fds: tuple[int, ...]) -> None:
+        try:
+            ring = self._ring(f.index)
+        except SessionError:
+            self._close_fds(fds)
+            raise
+        fd = fds[0] if fds else None
+        R = m.FrontendRequest
+        if request is R.SET_VRING_KICK:
+            if fd is None:
+                raise SessionError(f"ring {f.index}: polling mode (kick without fd) is not supported")
+            old, ring.kick = ring.kick, fd
+            if ring.pushed:
+                self.device.set_vq_kick(f.index, fd)
+            if not self.has_protocol_features_bit():
+                ring.enabled = True  # without protocol features a ring starts when its kick arrives
+                self._start_if_running(f.index, ring)
+        elif request is R.SET_VRING_CALL:
+            old, ring.call = ring.call, fd
+            if ring.pushed:
+                self.device.set_vq_call(f.index, fd)
+        else:
+            old, ring.err = ring.err, fd  # kept for the frontend's sake; the device never reports errors here
+        if old is not None and old != fd:
+            self._close_fds([old])
+
+    def has_protocol_features_bit(self) -> bool:
+        return bool(self.features & (1 << m.VHOST_USER_F_PROTOCOL_FEATURES))
+
+    def _set_vring_enable(self, st: m.VringState) -> None:
+        ring = self._ring(st.index)
+        if st.num not in (0, 1):
+            raise SessionError(f"ring {st.index}: enable value {st.num} is not 0 or 1")
+        ring.enabled = bool(st.num)
+        if ring.enabled:
+            self._start_if_running(st.index, ring)
+        elif ring.pushed:
+            log.debug("%s: ring %d disabled; the device queue keeps running (cannot pause one queue)",
+                      self.name, st.index)
+
+    def _start_if_running(self, index: int, ring: RingState) -> None:
+        """Hand an enabled ring to the device when it runs (or, without STATUS, start it)."""
+        status = self.device.get_status()
+        if ring.pushed or not status & DeviceStatus.FEATURES_OK:
+            return
+        if status & DeviceStatus.DRIVER_OK:
+            self._push_ring(index, ring)
+        elif not self.has_protocol(m.ProtocolFeature.STATUS):
+            self._check_ready_to_run()
+            self._push_ring(index, ring)
+            self.device.set_status(_NEGOTIATED | DeviceStatus.DRIVER_OK)
+
+    def _push_ring(self, index: int, ring: RingState) -> None:
+        if ring.desc is None or ring.avail is None or ring.used is None:
+            raise SessionError(f"ring {index} enabled without addresses")
+        if ring.kick is None:
+            raise SessionError(f"ring {index} enabled without a kick eventfd")
+        if self.table is None:
+            raise SessionError(f"ring {index} enabled without a memory table")
+        if not self.table.covers(ring.ranges(), AddressSpace.GPA):
+            raise SessionError(f"ring {index} lies outside the current memory table")
+        d = self.device
+        d.set_vq_num(index, ring.num)
+        d.set_vq_address(index, ring.desc, ring.avail, ring.used)
+        d.set_vq_state(index, VqState(avail_idx=ring.base))
+        d.set_vq_kick(index, ring.kick)
+        d.set_vq_call(index, ring.call)
+        d.set_vq_ready(index, True)
+        ring.pushed = True
+
+    def _get_vring_base(self, index: int) -> int:
+        ring = self._ring(index)
+        if not ring.pushed:
+            return ring.base
+        try:
+            base = self.device.get_vq_state(index).avail_idx
+            self._stop_ring(index, ring)
+            return base
+        except NotSupported:
+            pass
+        # The device cannot report last_avail_idx: stop it, then read what it left in the used ring.
+        self._stop_ring(index, ring)
+        assert ring.used is not None and self.table is not None
+        view = self.table.gpa_view(ring.used + 2, 2)
+        try:
+            base = int.from_bytes(view, "little")
+        finally:
+            view.release()
+        log.info("%s: ring %d base %d read from the used ring (device cannot report last_avail_idx)",
+                 self.name, index, base)
+        return base
+
+    def _stop_ring(self, index: int, ring: RingState) -> None:
+        if has(self.device.get_driver_features(), F.RING_RESET):
+            self.device.set_vq_ready(index, False)
+        elif all(r.stopped or not r.pushed for i, r in self.rings.items() if i != index):
+            log.info("%s: last running ring stopped without RING_RESET: resetting the device", self.name)
+            self.device.reset()
+            for r in self.rings.values():
+                r.pushed = False
+        ring.pushed = False
+        ring.stopped = True
+        ring.base = 0
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the device, unmap and close the memory table, close every fd the session holds."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.device.reset()
+        except VdpaError as exc:
+            log.warning("%s: device reset at close failed: %s", self.name, exc)
+        finally:
+            for ring in self.rings.values():
+                self._close_fds(list(ring.fds()))
+            self.rings.clear()
+            if self.table is not None:
+                try:
+                    self.table.close()
+                except MemoryTableError as exc:
+                    log.warning("%s: memory table close: %s", self.name, exc)
+                self.table = None
+
+    @staticmethod
+    def _close_fds(fds: Iterable[int]) -> None:
+        for fd in set(fds):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _u64(p: m.Payload) -> int:
+    assert isinstance(p, m.U64)
+    return p.value
+
+
+def _state(p: m.Payload) -> m.VringState:
+    assert isinstance(p, m.VringState)
+    return p

@@ -1,0 +1,1 @@
+"""Frontends that drive the backend from the outside (vhost-user)."""
