@@ -493,6 +493,10 @@ class VirtioPciModern:
             raise VirtioPciError(f"{self.pci.name}: no PCI_CFG capability")
         if width not in (1, 2, 4) or offset % width:
             raise ValueError("PCI_CFG window accesses are 1, 2 or 4 bytes, aligned to their length")
+        # Only bytes inside a BAR range another virtio structure describes (PCI-DRV-30).
+        if not any(c.cfg_type in _BAR_STRUCTURES and c.bar == bar and c.offset <= offset
+                   and offset + width <= c.offset + c.length for c in self.vendor_caps):
+            raise ValueError(f"BAR{bar}+{offset:#x}/{width} is outside every range a virtio capability describes")
         base = cap.cap_offset
         config_write(self.pci, base + 4, 1, bar)  # cap.bar
         config_write(self.pci, base + 8, 4, offset)  # cap.offset
