@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from backend.device import VdpaDevice, VqState
 from backend.eventloop import new_eventfd, wait_eventfd
@@ -88,28 +88,36 @@ class VdpaFrontend:
     def exchange(self, frames: Sequence[bytes], rx: int = 0, tx: int = 1, timeout: float = 5.0,
                  buf_size: int = 2048) -> list[bytes]:
         """virtio-net: post receive buffers, transmit ``frames``, return the frames received in time."""
-        rxq, txq = self.rings[rx], self.rings[tx]
-        for _ in frames:
-            rxq.add([], [buf_size])
-        self.kick(rx)
-        for f in frames:
-            txq.add([NetHdr().pack() + f], [])
-        self.kick(tx)
-        deadline = time.monotonic() + timeout
-        out: list[bytes] = []
-        while True:
-            out += [u.data[HDR_SIZE:] for u in rxq.used()]
-            left = deadline - time.monotonic()
-            if len(out) >= len(frames) or left <= 0:
-                break
-            wait_eventfd(self.calls[rx], left)
-        while txq.in_flight and wait_eventfd(self.calls[tx], deadline - time.monotonic()):
-            txq.used()
-        txq.used()
-        return out
+        return exchange_frames(self.rings[rx], self.rings[tx], self.calls[rx], self.calls[tx],
+                               lambda: self.kick(rx), lambda: self.kick(tx), frames, timeout, buf_size)
 
     def close(self) -> None:
         for fd in [*self.kicks.values(), *self.calls.values(), self.config_call]:
             os.close(fd)
         self.kicks.clear()
         self.calls.clear()
+
+
+def exchange_frames(rxq: DriverSplitQueue, txq: DriverSplitQueue, call_rx: int, call_tx: int,
+                    kick_rx: Callable[[], object], kick_tx: Callable[[], object], frames: Sequence[bytes],
+                    timeout: float, buf_size: int = 2048) -> list[bytes]:
+    """Post a receive buffer per frame, transmit the frames, and collect what arrives within ``timeout``
+    (waiting on the call eventfds); transmit buffers are reclaimed before returning."""
+    for _ in frames:
+        rxq.add([], [buf_size])
+    kick_rx()
+    for f in frames:
+        txq.add([NetHdr().pack() + f], [])
+    kick_tx()
+    deadline = time.monotonic() + timeout
+    out: list[bytes] = []
+    while True:
+        out += [u.data[HDR_SIZE:] for u in rxq.used()]
+        left = deadline - time.monotonic()
+        if len(out) >= len(frames) or left <= 0:
+            break
+        wait_eventfd(call_rx, left)
+    while txq.in_flight and wait_eventfd(call_tx, deadline - time.monotonic()):
+        txq.used()
+    txq.used()
+    return out

@@ -19,16 +19,15 @@ from __future__ import annotations
 import array
 import os
 import socket
-import time
 from collections.abc import Sequence
 
-from backend.eventloop import new_eventfd, wait_eventfd
+from backend.eventloop import new_eventfd
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import recv_message, send_message
 from backend.virtio.features import DeviceStatus, F
-from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.split_ring import DriverSplitQueue
+from testbenches.driver.vdpa_frontend import exchange_frames
 
 R = m.FrontendRequest
 #: Protocol features virtio_user asks for (it sends MQ|REPLY_ACK|STATUS).
@@ -205,26 +204,9 @@ class VhostUserFrontend:
     def exchange(self, frames: Sequence[bytes], rx: int = 0, tx: int = 1, timeout: float | None = None,
                  buf_size: int = 2048) -> list[bytes]:
         """Post RX buffers, send ``frames`` on TX, return what arrived on RX within ``timeout``."""
-        limit = self.timeout if timeout is None else timeout
-        rxq, txq = self.rings[rx], self.rings[tx]
-        for _ in frames:
-            rxq.add([], [buf_size])
-        self.kick(rx)
-        for f in frames:
-            txq.add([NetHdr().pack() + f], [])
-        self.kick(tx)
-        deadline = time.monotonic() + limit
-        out: list[bytes] = []
-        while True:
-            out += [u.data[HDR_SIZE:] for u in rxq.used()]
-            left = deadline - time.monotonic()
-            if len(out) >= len(frames) or left <= 0:
-                break
-            wait_eventfd(self.calls[rx], left)
-        while txq.in_flight and wait_eventfd(self.calls[tx], deadline - time.monotonic()):
-            txq.used()
-        txq.used()
-        return out
+        return exchange_frames(self.rings[rx], self.rings[tx], self.calls[rx], self.calls[tx],
+                               lambda: self.kick(rx), lambda: self.kick(tx), frames,
+                               self.timeout if timeout is None else timeout, buf_size)
 
     def closed_by_peer(self, timeout: float = 2.0) -> bool:
         """True when the backend closed the connection within ``timeout`` (EOF)."""
