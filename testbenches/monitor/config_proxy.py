@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice, RegionIndex, RegionInfo
+from backend.pci.device import IrqIndex, PciDevice, RegionIndex, RegionInfo
+from backend.pci.proxy import PciDeviceProxy
 from backend.virtio.pci_regs import (
     MSIX_CAP_LEN,
     PCI_CAP_ID_MSIX,
@@ -92,13 +93,12 @@ def target_caps(dev: PciDevice) -> list[TargetCap]:
     return out
 
 
-class ConfigSpaceEditor:
+class ConfigSpaceEditor(PciDeviceProxy):
     """Forwards to ``inner`` except for the configuration space it presents (see the module docstring)."""
 
     def __init__(self, inner: PciDevice, caps: Sequence[CapEntry], *, header: dict[int, bytes] | None = None,
                  msix_vectors: int | None = None, alias_bar: int | None = None) -> None:
-        self.inner = inner
-        self.name = f"edited({inner.name})"
+        super().__init__(inner, f"edited({inner.name})")
         self.msix_vectors = msix_vectors  # irq_count(MSIX) presented (None: the target's)
         self.alias_bar = alias_bar
         self._alias_size = inner.region_info(alias_bar).size if alias_bar is not None else 0
@@ -203,33 +203,12 @@ class ConfigSpaceEditor:
     def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:
         self.inner.ioeventfd_remove(index, self._bar_offset(index, offset), fd)
 
-    # --- the rest is the target's -------------------------------------------------------------------
-
-    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
-        self.inner.dma_map(iova, size, fd, offset, perm)
-
-    def dma_unmap(self, iova: int, size: int) -> None:
-        self.inner.dma_unmap(iova, size)
+    # --- interrupts: the vectors the edited MSI-X table presents; the rest is the target's -----------
 
     def irq_count(self, index: int) -> int:
         if index == IrqIndex.MSIX and self.msix_vectors is not None:
             return min(self.msix_vectors, self.inner.irq_count(index))
         return self.inner.irq_count(index)
-
-    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
-        self.inner.set_irqs(index, start, fds)
-
-    def dma_faults(self) -> list[DmaFault]:
-        return self.inner.dma_faults()
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
 
 
 def msix_table_size_patch(entry: CapEntry, table_size: int) -> CapEntry:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend.pci.device import DmaFault, DmaPerm, PciDevice, RegionInfo
+from backend.pci.device import DmaPerm, PciDevice
+from backend.pci.proxy import PciDeviceProxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,7 @@ class Access:
         return int.from_bytes(self.data, "little")
 
 
-class TracingPciDevice:
+class TracingPciDevice(PciDeviceProxy):
     """Forwards to ``inner`` and appends an :class:`Access` per region read/write.
 
     Doorbells rung through an ioeventfd bypass the proxy (that is the point of
@@ -31,8 +32,7 @@ class TracingPciDevice:
     """
 
     def __init__(self, inner: PciDevice) -> None:
-        self.inner = inner
-        self.name = f"trace({inner.name})"
+        super().__init__(inner, f"trace({inner.name})")
         self.accesses: list[Access] = []
         self.ioeventfds: list[tuple[int, int, int, int | None]] = []
         self.dma_maps: list[tuple[int, int, DmaPerm]] = []
@@ -46,9 +46,6 @@ class TracingPciDevice:
             self.accesses.append(access)
         for listener in self.listeners:
             listener(access)
-
-    def region_info(self, index: int) -> RegionInfo:
-        return self.inner.region_info(index)
 
     def region_read(self, index: int, offset: int, size: int) -> bytes:
         data = self.inner.region_read(index, offset, size)
@@ -66,31 +63,6 @@ class TracingPciDevice:
         self.dma_maps.append((iova, size, perm))
         self.inner.dma_map(iova, size, fd, offset, perm)
 
-    def dma_unmap(self, iova: int, size: int) -> None:
-        self.inner.dma_unmap(iova, size)
-
-    def irq_count(self, index: int) -> int:
-        return self.inner.irq_count(index)
-
-    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
-        self.inner.set_irqs(index, start, fds)
-
     def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
         self.ioeventfds.append((index, offset, width, value))
         return self.inner.ioeventfd(index, offset, width, value, fd)
-
-    def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:
-        self.inner.ioeventfd_remove(index, offset, fd)
-
-    def dma_faults(self) -> list[DmaFault]:
-        return self.inner.dma_faults()
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> object:
-        # Target-specific extras (e.g. the simulator's ``model``) stay reachable through the proxy.
-        return getattr(self.inner, name)
