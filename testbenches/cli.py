@@ -7,23 +7,39 @@ Subcommands:
   ``report.html``, ``junit.xml``, ``requirements-junit.xml`` and
   ``results.json``. Exit status 0 only when no requirement id failed.
 * ``report``: render several ``results.json`` side by side in one page.
+* ``serve``: a vhost-user backend on a unix socket, one fresh ``--device``
+  per connection (see :func:`cmd_serve`).
 
-``serve`` and ``device`` are added by :func:`build_parser` callers later
-(each subcommand is one ``_add_*`` function that sets ``func``).
+``device`` is added by its owner later (each subcommand is one ``_add_*``
+function that sets ``func``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import select
+import signal
+import socket
+import stat
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from rich.console import Console
 
+from backend.device import VdpaDevice, VdpaError
+from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.pci.device import PciDevice
+from backend.targets import TargetRegistry, default_registry
+from backend.vhost_user.server import VhostUserServer
+from backend.virtio.features import DeviceStatus
 from testbenches.conformance.plugin import (
     DEFAULT_TARGET,
     ENTRY_POINT,
@@ -137,6 +153,204 @@ def cmd_report(args: argparse.Namespace) -> int:
     console.print(f"report: {path}", highlight=False)
     return 0
 
+# --- serve: vhost-user backend ----------------------------------------------------------------
+
+#: Logger of the ``serve`` session events (the server and sessions log under ``backend.vhost_user``).
+SERVE_LOG = logging.getLogger("vdpa_bench.serve")
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+#: Name given to the server; its session threads are ``<name>-<id>``, logged as ``<name>#<id>``.
+SERVER_NAME = "vhost-user"
+#: Target schemes of the bench that have no provider in this build yet.
+PLANNED_SCHEMES = ("rtl", "vfio", "vfio-user")
+
+
+class ServeError(Exception):
+    """A ``serve`` setup problem, reported as one line (bad ``--device``, socket in use...)."""
+
+
+class _SessionDevice(VirtioPciVdpaDevice):
+    """The generic virtio-pci vendor driver, logging when its session's frontend starts the device."""
+
+    def __init__(self, pci: PciDevice, label: str) -> None:
+        self.label = label
+        super().__init__(pci)
+
+    def set_status(self, status: int) -> None:
+        before = self.get_status()
+        super().set_status(status)
+        if status & DeviceStatus.DRIVER_OK and not before & DeviceStatus.DRIVER_OK:
+            ready = [i for i in range(self.get_vq_count()) if self.get_vq_ready(i)]
+            SERVE_LOG.info("%s: DRIVER_OK: device running (driver features %#x, rings %s ready)",
+                           self.label, self.get_driver_features(), ready)
+
+
+def _session_label() -> str:
+    """``vhost-user#N`` inside the server's session thread N (the label the server logs with)."""
+    name = threading.current_thread().name
+    prefix, _, number = name.rpartition("-")
+    return f"{prefix}#{number}" if prefix == SERVER_NAME and number.isdigit() else name
+
+
+def _open_device(registry: TargetRegistry, spec: str, label: str) -> _SessionDevice:
+    pci = registry.open(spec)
+    try:
+        return _SessionDevice(pci, label)
+    except BaseException:
+        pci.close()
+        raise
+
+
+def check_device_spec(registry: TargetRegistry, spec: str) -> None:
+    """Open and close ``spec`` once so that a bad ``--device`` fails at start, not at the first connection."""
+    scheme, sep, _ = spec.partition(":")
+    known = ", ".join(f"{s}:" for s in sorted(registry.factories)) or "none"
+    if not sep:
+        raise ServeError(f"--device {spec!r}: expected SCHEME:DEVICE[,key=value...], "
+                         f"e.g. {DEFAULT_TARGET},wire=loopback")
+    if scheme not in registry.factories:
+        if scheme in PLANNED_SCHEMES:
+            raise ServeError(f"--device {spec!r}: {scheme}: targets are not available yet (available: {known})")
+        raise ServeError(f"--device {spec!r}: unknown target scheme {scheme!r} (available: {known})")
+    try:
+        _open_device(registry, spec, "probe").close()
+    except (ValueError, VdpaError, OSError) as exc:
+        raise ServeError(f"--device {spec!r}: {exc}") from None
+
+
+def _device_factory(registry: TargetRegistry, spec: str) -> Callable[[], VdpaDevice]:
+    def factory() -> VdpaDevice:  # runs in the new session's thread
+        label = _session_label()
+        SERVE_LOG.info("%s: frontend connected, opening %s", label, spec)
+        return _open_device(registry, spec, label)
+
+    return factory
+
+
+def _claim_socket(path: str) -> None:
+    """Remove a socket left by a dead server at ``path``; refuse anything else found there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServeError(f"--socket {path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        SERVE_LOG.info("removed stale socket %s", path)
+        return
+    except OSError as exc:
+        raise ServeError(f"--socket {path}: cannot probe the existing socket: {exc}") from None
+    finally:
+        probe.close()
+    raise ServeError(f"--socket {path}: another process is listening there")
+
+
+@contextlib.contextmanager
+def _log_to_stderr(level: int) -> Iterator[None]:
+    """Timestamped log lines on stderr for the duration of the command (handlers restored after)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def _signals_to_eventfd(fd: int, signums: Sequence[signal.Signals]) -> Iterator[None]:
+    """While inside, each of ``signums`` only writes ``fd`` (the main thread waits on it)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        os.eventfd_write(fd, 1)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+def _set_eventfd_when(event: threading.Event, fd: int) -> None:
+    event.wait()
+    os.eventfd_write(fd, 1)
+
+
+def _wait_readable(fds: Sequence[int]) -> list[int]:
+    """Block until one of ``fds`` is readable (select is retried after a signal handler ran)."""
+    while True:
+        ready, _, _ = select.select(list(fds), [], [])
+        if ready:
+            return ready
+
+
+def _serve(args: argparse.Namespace, stop_fd: int) -> int:
+    path: str = args.socket
+    spec = normalize_target(args.device)
+    registry = default_registry()
+    check_device_spec(registry, spec)
+    if not args.client:
+        _claim_socket(path)
+    try:
+        server = VhostUserServer(path, _device_factory(registry, spec), connect=args.client, name=SERVER_NAME)
+    except OSError as exc:
+        action = "cannot connect to a frontend at" if args.client else "cannot listen on"
+        raise ServeError(f"--socket {path}: {action} it: {exc.strerror or exc}") from None
+    watcher: threading.Thread | None = None
+    signalled = False
+    ended_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        if args.client:
+            # One connection; it was started by the constructor. Its end ends the command.
+            watcher = threading.Thread(target=_set_eventfd_when, args=(server.sessions[0].ended, ended_fd),
+                                       name="serve-client-watch", daemon=True)
+            watcher.start()
+            SERVE_LOG.info("connected to %s (client mode), device %s", path, spec)
+            print(f"connected to {path}", flush=True)
+        else:
+            SERVE_LOG.info("listening on %s, a fresh %s per connection", path, spec)
+            print(f"listening on {path}", flush=True)
+        signalled = stop_fd in _wait_readable([stop_fd, ended_fd])
+        SERVE_LOG.info("%s: shutting down", "signal received" if signalled else "frontend connection ended")
+    finally:
+        server.close(timeout=args.close_timeout)
+        if not args.client:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if watcher is not None:
+            watcher.join(args.close_timeout)
+        if watcher is None or not watcher.is_alive():  # else a stuck session: leave the fd to the watcher
+            os.close(ended_fd)
+    SERVE_LOG.info("stopped")
+    if args.client and not signalled and server.sessions[0].reason is not None:
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or, with ``--client``, until the connection ends
+    (exit 0 on a clean disconnect, 1 when the session was dropped). Setup errors exit 2."""
+    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        with _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO), \
+                _signals_to_eventfd(stop_fd, (signal.SIGINT, signal.SIGTERM)):
+            return _serve(args, stop_fd)
+    except ServeError as exc:
+        print(f"vdpa-bench serve: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        os.close(stop_fd)
+
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the conformance checks against a target")
@@ -162,12 +376,38 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_report)
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="vhost-user backend: a fresh device per frontend connection",
+                       description="Serve vhost-user on a unix socket until SIGINT/SIGTERM. Prints "
+                                   "'listening on PATH' (or 'connected to PATH') on stdout once ready; "
+                                   "session events are logged on stderr.")
+    p.add_argument("--socket", required=True, metavar="PATH", help="unix socket to listen on (or connect to)")
+    p.add_argument("--client", action="store_true",
+                   help="connect to a frontend listening at PATH (DPDK virtio_user server=1) instead of "
+                        "listening; serves that one connection and exits when it ends")
+    p.add_argument("--device", default=DEFAULT_TARGET, metavar="SPEC",
+                   help=f"target spec opened per connection (default {DEFAULT_TARGET}), e.g. "
+                        "sim:virtio-net,queues=2,mac=02:00:00:00:00:01,wire=loopback")
+    p.add_argument("--close-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="bound on waiting for each session thread at shutdown (default 5)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdpa-bench", description="userspace vDPA backend and virtio-net test bench")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_report(sub)
-    # serve (vhost-user backend) and device (vfio-user device server) are added here by their owners.
+    _add_serve(sub)
+    # device (vfio-user device server) is added here by its owner.
     return parser
 
 

@@ -1,0 +1,174 @@
+"""``vdpa-bench serve`` as a child process: ready line, traffic through it, logged session events,
+clean exit on SIGTERM/SIGINT, and fast failure on a device spec it cannot serve."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.vhost_user import messages as m
+from sim.memory import GuestMemory
+from testbenches.frontend.vhost_user import VhostUserFrontend
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = "sim:virtio-net,queues=1,mac=02:00:00:00:00:0a,wire=loopback"
+READY_TIMEOUT = 20.0
+EXIT_TIMEOUT = 15.0
+MEM_SIZE = 4 << 20
+#: ``2024-05-01 12:00:00.123 INFO    logger: message``
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z]+ +\S+: ")
+
+
+def frame(i: int, size: int) -> bytes:
+    head = bytes.fromhex("02000000000a020000000002080045") + i.to_bytes(4, "big")
+    return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
+
+
+class Child:
+    """A ``vdpa-bench serve`` process: stdout piped (the ready line), stderr into a file (the log)."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log_path = log
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "testbenches.cli", "serve", *args], cwd=REPO,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        self.out = b""
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        """The first stdout line starting with ``prefix``, read with select under a deadline."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.out.decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no {prefix!r} line within {timeout} s; stdout {self.out!r}; log:\n{self.log()}")
+            readable, _, _ = select.select([fd], [], [], left)
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    code = self.proc.wait(EXIT_TIMEOUT)
+                    pytest.fail(f"serve exited ({code}) before {prefix!r}; stdout {self.out!r}; log:\n{self.log()}")
+                self.out += chunk
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(EXIT_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    made: list[Child] = []
+    yield made
+    for child in made:
+        child.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path: Path,
+                                                children: list[Child]) -> None:
+    path = str(tmp_path / "vu.sock")
+    child = Child(["--socket", path, "--device", SPEC], tmp_path / "serve.log")
+    children.append(child)
+    assert child.wait_line("listening on", READY_TIMEOUT) == f"listening on {path}"
+
+    with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:
+        fe = VhostUserFrontend.connect(path, mem)
+        try:
+            fe.start(queues=(0, 1), size=256)
+            sent = [frame(i, 60 + (i * 13) % 1400) for i in range(100)]
+            got = fe.exchange(sent, timeout=10.0)
+            assert len(got) == len(sent), f"sent 100 frames, {len(got)} came back"
+            bad = [i for i, (a, b) in enumerate(zip(sent, got, strict=True)) if a != b]
+            assert not bad, f"frames {bad[:10]} came back altered"
+            bases = fe.stop()
+            assert bases[1] == 100, f"TX ring base {bases[1]} after 100 frames"
+        finally:
+            fe.close()
+
+    # A second frontend breaks the protocol: only its session is dropped, with the reason logged.
+    with GuestMemory.single(1 << 20) as small:
+        bad_fe = VhostUserFrontend.connect(path, small)
+        try:
+            bad_fe.send_raw(b"\xff" * m.HEADER_SIZE)
+            assert bad_fe.closed_by_peer(timeout=EXIT_TIMEOUT), "serve kept a connection that sent garbage"
+        finally:
+            bad_fe.close()
+
+    os.kill(child.proc.pid, signum)
+    code = child.proc.wait(EXIT_TIMEOUT)
+    log = child.log()
+    assert code == 0, f"exit status {code} after {signum.name}; log:\n{log}"
+    assert not os.path.exists(path), "socket file left behind"
+    lines = log.splitlines()
+    assert lines and all(LOG_LINE.match(line) for line in lines), f"untimestamped log lines:\n{log}"
+    for needle in (f"listening on {path}", "vhost-user#1: frontend connected", "vhost-user#1: DRIVER_OK",
+                   "vhost-user#1: frontend disconnected", "vhost-user#2: frontend connected",
+                   "vhost-user#2: session dropped: malformed message", "signal received: shutting down",
+                   "stopped"):
+        assert needle in log, f"{needle!r} not in the log:\n{log}"
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("rtl:virtio-net", "rtl: targets are not available yet"),
+    ("vfio:0000:00:03.0", "vfio: targets are not available yet"),
+    ("bogus:virtio-net", "unknown target scheme 'bogus'"),
+    ("sim:virtio-net,queues=many", "queues='many' is not an integer"),
+])
+def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path, children: list[Child]) -> None:
+    path = tmp_path / "vu.sock"
+    child = Child(["--socket", str(path), "--device", device], tmp_path / "serve.log")
+    children.append(child)
+    code = child.proc.wait(EXIT_TIMEOUT)
+    log = child.log()
+    assert code == 2, f"exit status {code} for --device {device}; stderr:\n{log}"
+    assert message in log, f"{message!r} not in stderr:\n{log}"
+    assert not path.exists(), "socket created for a device that cannot be served"
+
+
+def test_serve_client_mode_ends_with_its_connection(tmp_path: Path, children: list[Child]) -> None:
+    """``--client``: serve connects to a listening frontend and exits 0 when that frontend hangs up."""
+    path = str(tmp_path / "fe.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(READY_TIMEOUT)
+        child = Child(["--socket", path, "--client", "--device", SPEC], tmp_path / "serve.log")
+        children.append(child)
+        conn, _ = listener.accept()
+    with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:
+        fe = VhostUserFrontend(conn, mem)
+        try:
+            assert child.wait_line("connected to", READY_TIMEOUT) == f"connected to {path}"
+            fe.start(queues=(0, 1), size=256)
+            sent = [frame(i, 64) for i in range(20)]
+            assert fe.exchange(sent, timeout=10.0) == sent
+            fe.stop()
+        finally:
+            fe.close()
+    code = child.proc.wait(EXIT_TIMEOUT)
+    log = child.log()
+    assert code == 0, f"exit status {code} after the frontend hung up; log:\n{log}"
+    assert os.path.exists(path), "client mode removed the frontend's socket"
+    for needle in ("vhost-user#1: DRIVER_OK", "vhost-user#1: frontend disconnected",
+                   "frontend connection ended: shutting down"):
+        assert needle in log, f"{needle!r} not in the log:\n{log}"
