@@ -101,9 +101,7 @@ def open_virtio_net(spec: str) -> SimNetDevice:
     wire_kind = opts.get("wire", "loopback")
     wire: Wire | None
     if wire_kind == "loopback":
-        loop = LoopbackWire(model)
-        model.attach(loop.port)
-        wire = loop
+        wire = loopback_wire(model)
     elif wire_kind == "none":
         if "pcap" in opts:
             raise ValueError(f"sim:{spec}: pcap needs a wire (wire=loopback)")
@@ -114,6 +112,18 @@ def open_virtio_net(spec: str) -> SimNetDevice:
     if "pcap" in opts and wire is not None:
         wire.add_tap(PcapTap(opts["pcap"]))
     return SimNetDevice(model, wire, name=f"sim:{spec}")
+
+
+def loopback_wire(model: VirtioNetDevice) -> LoopbackWire:
+    """Plug ``model`` into a wire that brings every frame it sends back to its own receive queue."""
+    loop = LoopbackWire(model)
+    model.attach(loop.port)
+    return loop
+
+
+def loopback_device(model: VirtioNetDevice, name: str) -> SimNetDevice:
+    """An already built model (any constructor arguments) on a loopback wire, as a ``PciDevice``."""
+    return SimNetDevice(model, loopback_wire(model), name=name)
 
 
 def register(registry: TargetRegistry) -> None:

@@ -11,9 +11,8 @@ from scapy.layers.l2 import Ether
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.pci_regs import NO_VECTOR
-from models.targets import SimNetDevice
+from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
-from models.virtio_net.wire import LoopbackWire
 from sim.memory import GuestMemory
 from testbenches.driver.virtio_net import DriverInitError, GuestNetDriver, choose_features
 
@@ -114,9 +113,7 @@ def test_no_version_1_offered_fails(mem: GuestMemory) -> None:
 
 def test_single_msix_vector_shared(mem: GuestMemory) -> None:
     model = VirtioNetDevice(msix_vectors=1)
-    wire = LoopbackWire(model)
-    model.attach(wire.port)
-    dev = SimNetDevice(model, wire, "sim:one-vector")
+    dev = loopback_device(model, "sim:one-vector")
     drv = GuestNetDriver(dev, mem)
     try:
         drv.init()

@@ -14,10 +14,9 @@ from backend.drivers.quirks import IFCVF, NO_QUIRK, IdMatch, PciIds, Quirk, Quir
 from backend.drivers.virtio_pci import VirtioPciVdpaDevice
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import PciCfg
-from models.targets import SimNetDevice
+from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.split_engine import RingError, SplitQueue
-from models.virtio_net.wire import LoopbackWire
 from sim.memory import GuestMemory
 from sim.pci.endpoint import Bar, Register, RegisterBlock
 from testbenches.driver.vdpa_frontend import VdpaFrontend
@@ -71,10 +70,7 @@ class IfcvfLikeNet(VirtioNetDevice):
 
 
 def open_dev(cls: type[VirtioNetDevice]) -> SimNetDevice:
-    model = cls()
-    wire = LoopbackWire(model)
-    model.attach(wire.port)
-    return SimNetDevice(model, wire, f"sim:{cls.__name__}")
+    return loopback_device(cls(), f"sim:{cls.__name__}")
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ from scapy.layers.l2 import Ether
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
 from backend.drivers.virtio_pci import VirtioPciModern, VirtioPciVdpaDevice
+from backend.eventloop import wait_eventfd
 from backend.pci.device import PciDevice
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import NO_VECTOR, CapType, CommonCfg
-from models.targets import SimNetDevice
+from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
-from models.virtio_net.wire import LoopbackWire
 from sim.memory import GuestMemory
-from testbenches.driver.vdpa_frontend import VdpaFrontend, wait_eventfd
+from testbenches.driver.vdpa_frontend import VdpaFrontend
 
 MEM = 4 << 20
 WANT = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.EVENT_IDX, NetF.MAC, NetF.STATUS)
@@ -128,9 +128,7 @@ def test_kick_relay_when_device_has_no_ioeventfd(sim: SimNetDevice, mem: GuestMe
 
 def test_shared_vectors_fan_out(mem: GuestMemory) -> None:
     model = VirtioNetDevice(msix_vectors=2)
-    wire = LoopbackWire(model)
-    model.attach(wire.port)
-    dev = SimNetDevice(model, wire, "sim:small-msix")
+    dev = loopback_device(model, "sim:small-msix")
     vdpa = VirtioPciVdpaDevice(dev)
     fe = VdpaFrontend(vdpa, mem)
     try:
