@@ -36,6 +36,7 @@ from rich.console import Console
 
 from backend.device import VdpaDevice, VdpaError
 from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.eventloop import consume_eventfd
 from backend.pci.device import PciDevice
 from backend.targets import TargetRegistry, default_registry
 from backend.vhost_user.server import VhostUserServer
@@ -161,6 +162,8 @@ LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 #: Name given to the server; its session threads are ``<name>-<id>``, logged as ``<name>#<id>``.
 SERVER_NAME = "vhost-user"
+#: Seconds between connection attempts of ``serve --client --reconnect`` while no frontend listens.
+RECONNECT_INTERVAL = 0.2
 #: Target schemes of the bench that have no provider in this build yet.
 PLANNED_SCHEMES = ("rtl", "vfio", "vfio-user")
 
@@ -294,46 +297,92 @@ def _wait_readable(fds: Sequence[int]) -> list[int]:
             return ready
 
 
+def _connect(path: str, factory: Callable[[], VdpaDevice], stop_fd: int, *, first_id: int,
+             retry: float | None) -> VhostUserServer | None:
+    """A client-mode server connected to the frontend at ``path``.
+
+    With ``retry`` (``--reconnect``) a frontend that is not listening yet is tried again every ``retry``
+    seconds, the wait being on ``stop_fd`` so a signal ends it at once; returns None when stopped.
+    """
+    waiting = False
+    while True:
+        try:
+            return VhostUserServer(path, factory, connect=True, name=SERVER_NAME, first_id=first_id)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if retry is None:
+                raise ServeError(f"--socket {path}: cannot connect to a frontend at it: {exc.strerror}") from None
+            if not waiting:
+                SERVE_LOG.info("waiting for a frontend to listen on %s (%s)", path, exc.strerror)
+                waiting = True
+        except OSError as exc:
+            raise ServeError(f"--socket {path}: cannot connect to a frontend at it: {exc.strerror or exc}") from None
+        if select.select([stop_fd], [], [], retry)[0]:
+            return None
+
+
+def _serve_client(args: argparse.Namespace, factory: Callable[[], VdpaDevice], stop_fd: int) -> int:
+    """Client mode: one connection at a time; with ``--reconnect`` a new one after each ends."""
+    path: str = args.socket
+    retry = RECONNECT_INTERVAL if args.reconnect else None
+    next_id = 1
+    ended_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        while True:
+            server = _connect(path, factory, stop_fd, first_id=next_id, retry=retry)
+            if server is None:
+                SERVE_LOG.info("signal received: shutting down")
+                return 0
+            next_id += 1
+            record = server.sessions[0]
+            watcher = threading.Thread(target=_set_eventfd_when, args=(record.ended, ended_fd),
+                                       name="serve-client-watch", daemon=True)
+            watcher.start()
+            SERVE_LOG.info("connected to %s (client mode), device %s", path, args.device)
+            print(f"connected to {path}", flush=True)
+            signalled = stop_fd in _wait_readable([stop_fd, ended_fd])
+            server.close(timeout=args.close_timeout)
+            watcher.join(args.close_timeout)
+            if watcher.is_alive():  # a stuck session: leave the fd to the watcher
+                ended_fd = -1
+                return 1
+            consume_eventfd(ended_fd)
+            if signalled:
+                SERVE_LOG.info("signal received: shutting down")
+                return 0
+            if not args.reconnect:
+                SERVE_LOG.info("frontend connection ended: shutting down")
+                return 1 if record.reason is not None else 0
+            SERVE_LOG.info("frontend connection ended: reconnecting")
+    finally:
+        if ended_fd >= 0:
+            os.close(ended_fd)
+        SERVE_LOG.info("stopped")
+
+
 def _serve(args: argparse.Namespace, stop_fd: int) -> int:
     path: str = args.socket
     spec = normalize_target(args.device)
+    args.device = spec
     registry = default_registry()
     check_device_spec(registry, spec)
-    if not args.client:
-        _claim_socket(path)
+    factory = _device_factory(registry, spec)
+    if args.client:
+        return _serve_client(args, factory, stop_fd)
+    _claim_socket(path)
     try:
-        server = VhostUserServer(path, _device_factory(registry, spec), connect=args.client, name=SERVER_NAME)
+        server = VhostUserServer(path, factory, name=SERVER_NAME)
     except OSError as exc:
-        action = "cannot connect to a frontend at" if args.client else "cannot listen on"
-        raise ServeError(f"--socket {path}: {action} it: {exc.strerror or exc}") from None
-    watcher: threading.Thread | None = None
-    signalled = False
-    ended_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        raise ServeError(f"--socket {path}: cannot listen on it: {exc.strerror or exc}") from None
     try:
-        if args.client:
-            # One connection; it was started by the constructor. Its end ends the command.
-            watcher = threading.Thread(target=_set_eventfd_when, args=(server.sessions[0].ended, ended_fd),
-                                       name="serve-client-watch", daemon=True)
-            watcher.start()
-            SERVE_LOG.info("connected to %s (client mode), device %s", path, spec)
-            print(f"connected to {path}", flush=True)
-        else:
-            SERVE_LOG.info("listening on %s, a fresh %s per connection", path, spec)
-            print(f"listening on {path}", flush=True)
-        signalled = stop_fd in _wait_readable([stop_fd, ended_fd])
-        SERVE_LOG.info("%s: shutting down", "signal received" if signalled else "frontend connection ended")
+        SERVE_LOG.info("listening on %s, a fresh %s per connection", path, spec)
+        print(f"listening on {path}", flush=True)
+        _wait_readable([stop_fd])
+        SERVE_LOG.info("signal received: shutting down")
     finally:
         server.close(timeout=args.close_timeout)
-        if not args.client:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        if watcher is not None:
-            watcher.join(args.close_timeout)
-        if watcher is None or not watcher.is_alive():  # else a stuck session: leave the fd to the watcher
-            os.close(ended_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     SERVE_LOG.info("stopped")
-    if args.client and not signalled and server.sessions[0].reason is not None:
-        return 1
     return 0
 
 
@@ -392,6 +441,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--client", action="store_true",
                    help="connect to a frontend listening at PATH (DPDK virtio_user server=1) instead of "
                         "listening; serves that one connection and exits when it ends")
+    p.add_argument("--reconnect", action="store_true",
+                   help="with --client: wait for the frontend to listen, and connect again each time the "
+                        "connection ends (until SIGINT/SIGTERM)")
     p.add_argument("--device", default=DEFAULT_TARGET, metavar="SPEC",
                    help=f"target spec opened per connection (default {DEFAULT_TARGET}), e.g. "
                         "sim:virtio-net,queues=2,mac=02:00:00:00:00:01,wire=loopback")

@@ -103,14 +103,14 @@ class SessionRecord:
 
 class VhostUserServer:
     def __init__(self, path: str, factory: DeviceFactory, *, connect: bool = False, backlog: int = 8,
-                 name: str = "vhost-user") -> None:
+                 name: str = "vhost-user", first_id: int = 1) -> None:
         self.path = path
         self.factory = factory
         self.name = name
         self.sessions: list[SessionRecord] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._next_id = 1
+        self._next_id = first_id  # session numbers go on across the servers of a reconnecting client
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
