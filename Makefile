@@ -19,7 +19,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend sim models testbenches tests
+	$(BIN)/ruff check backend sim models testbenches tests bench
 	$(BIN)/mypy
 
 suite: $(STAMP)

@@ -9,6 +9,8 @@ watch set changes or the loop closes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import select
@@ -17,6 +19,15 @@ import threading
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+_PR_SET_NAME = 15
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def set_native_thread_name(name: str) -> None:
+    """Name the calling OS thread (``/proc/PID/task/TID/comm``, 15 bytes) so that tools and the bench
+    can tell the backend's threads from a simulated device's threads in the same process."""
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 class EventLoop:
@@ -56,6 +67,7 @@ class EventLoop:
             return len(self._sel.get_map()) - 1
 
     def _run(self) -> None:
+        set_native_thread_name(self.name)
         while not self._stop.is_set():
             for key, _ in self._sel.select():
                 if key.data is None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.device import VdpaDevice
+from backend.eventloop import set_native_thread_name
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import SessionClosed, VhostUserSession
 
@@ -185,6 +186,7 @@ class VhostUserServer:
 
     def _run(self, rec: SessionRecord) -> None:
         label = f"{self.name}#{rec.id}"
+        set_native_thread_name(f"{self.name}-{rec.id}")
         try:
             device = self.factory()
         except Exception as exc:  # a device that cannot be opened ends this session only

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from testbenches.peers.process import PeerProcess
+from testbenches.peers.process import PeerProcess, find_program
 
 READY_TIMEOUT = 30.0
 
@@ -15,8 +15,9 @@ class ServeProcess:
     """``python -m testbenches.cli serve --socket PATH --device SPEC [extra]``; output in ``log``."""
 
     def __init__(self, socket_path: str, device: str, *, log: Path, client: bool = False, reconnect: bool = False,
-                 verbose: bool = False, extra: tuple[str, ...] = ()) -> None:
-        argv = [sys.executable, "-m", "testbenches.cli", "serve", "--socket", socket_path, "--device", device]
+                 verbose: bool = False, extra: tuple[str, ...] = (), cpu: int | None = None) -> None:
+        pin = [find_program("taskset", "apt-get install util-linux"), "-c", str(cpu)] if cpu is not None else []
+        argv = [*pin, sys.executable, "-m", "testbenches.cli", "serve", "--socket", socket_path, "--device", device]
         if client:
             argv.append("--client")
         if reconnect:
@@ -30,6 +31,10 @@ class ServeProcess:
 
     def wait_connected(self, timeout: float = READY_TIMEOUT, *, since: int = 0) -> None:
         self.proc.wait_for(r"connected to ", timeout, since=since)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # taskset execs the server: same PID
 
     def stop(self) -> int:
         return self.proc.stop()
