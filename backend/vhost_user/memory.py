@@ -310,6 +310,11 @@ class MemoryTable:
         """True when every ``(addr, size)`` range (ring addresses, say) lies inside one region."""
         return not self.uncovered(ranges, space)
 
+    def overlaps(self, gpa: int, size: int) -> bool:
+        """True when any region shares a byte with guest-physical ``[gpa, gpa + size)``."""
+        return any(e.region.guest_phys_addr < gpa + size and gpa < e.region.guest_phys_addr + e.region.memory_size
+                   for e in self._entries)
+
     # --- device programming -------------------------------------------------------------------
 
     def program(self, device: DmaTarget) -> None:

@@ -53,17 +53,24 @@ from typing import Final
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
 from backend.vhost_user import messages as m
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
-from backend.virtio.features import DeviceStatus, F, has
+from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
+from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
 from backend.virtio.split_ring import SplitLayout, is_valid_split_size
 
 log = logging.getLogger(__name__)
 
+#: virtio-net features that live on the control queue. Frontends run their own control queue and
+#: only tell the backend which rings to use, so the device's control queue belongs to the backend
+#: (:mod:`backend.vhost_user.shadow_cvq`); of its commands only the queue-pair count is carried
+#: (MQ, from SET_VRING_ENABLE). The others are not offered.
+CVQ_FEATURES: Final = bits(NetF.CTRL_VQ, NetF.CTRL_GUEST_OFFLOADS, *(
+    r.feature for r in NET_DEPENDENCIES if NetF.CTRL_VQ in r.all_of and r.feature != NetF.MQ))
 #: Device features never offered to the frontend: packed rings (GET/SET_VRING_BASE would need the
 #: packed encoding, not implemented), ACCESS_PLATFORM (needs IOTLB messages, not implemented),
 #: and the transport features this backend keeps for itself.
 HIDDEN_FEATURES: Final = ((1 << F.RING_PACKED) | (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
                           | (1 << F.SUSPEND) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
-                          | (1 << m.VHOST_F_LOG_ALL))
+                          | (1 << m.VHOST_F_LOG_ALL) | CVQ_FEATURES)
 #: Transport features the backend negotiates with the device on its own behalf when offered.
 BACKEND_FEATURES: Final = (1 << F.RING_RESET) | (1 << F.SUSPEND)
 #: Protocol features implemented by this session.
@@ -143,11 +150,23 @@ class VhostUserSession:
         self.stats = SessionStats()
         self._status = 0  # what the frontend set through SET_STATUS
         self._closed = False
+        self._cvq: ShadowControlQueue | None = None  # the device's control queue, when MQ is negotiated
+        self._pairs_set = 1  # queue pairs the device was told to use (1 after every reset)
 
     # --- offers ---------------------------------------------------------------------------
 
     def offered_features(self) -> int:
-        return (self.device.get_device_features() & ~HIDDEN_FEATURES) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+        offer = self.device.get_device_features()
+        if not has(offer, NetF.CTRL_VQ):
+            offer &= ~(1 << NetF.MQ)  # (a device breaking NETFEAT-DEV-09) the backend could not set the pairs
+        return (offer & ~HIDDEN_FEATURES) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def _data_vq_count(self) -> int:
+        """Rings a frontend may use: all but the control queue (the last, odd one) when the device has one."""
+        count = self.device.get_vq_count()
+        if has(self.device.get_device_features(), NetF.CTRL_VQ) and count % 2:
+            return count - 1
+        return count
 
     def offered_protocol_features(self) -> int:
         return SUPPORTED_PROTOCOL_FEATURES
@@ -274,6 +293,8 @@ class VhostUserSession:
             raise SessionError(f"features {extra:#x} were not offered")
         wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
         device_features = wanted | (self.device.get_device_features() & BACKEND_FEATURES)
+        if has(wanted, NetF.MQ):
+            device_features |= 1 << NetF.CTRL_VQ  # the backend's own control queue sets the pairs
         status = self.device.get_status()
         if status & DeviceStatus.FEATURES_OK:
             if self.device.get_driver_features() != device_features:
@@ -300,14 +321,18 @@ class VhostUserSession:
         if status & DeviceStatus.FEATURES_OK and not cur & DeviceStatus.FEATURES_OK:
             raise SessionError(f"status {status:#x} sets FEATURES_OK before SET_FEATURES")
         target = status | (cur & _NEGOTIATED)
-        if status & DeviceStatus.DRIVER_OK and not cur & DeviceStatus.DRIVER_OK:
+        starting = bool(status & DeviceStatus.DRIVER_OK and not cur & DeviceStatus.DRIVER_OK)
+        if starting:
             self._check_ready_to_run()
             for index, ring in sorted(self.rings.items()):
                 if ring.enabled and not ring.pushed:
                     self._push_ring(index, ring)
+            self._setup_cvq()
         if target != cur:
             self.device.set_status(target)
         self._status = status
+        if starting:
+            self._sync_pairs()
 
     def _check_ready_to_run(self) -> None:
         if self.table is None:
@@ -315,6 +340,7 @@ class VhostUserSession:
 
     def _reset(self) -> None:
         self.device.reset()
+        self._close_cvq()
         for ring in self.rings.values():
             self._close_fds(list(ring.fds()))
         self.rings.clear()
@@ -340,6 +366,9 @@ class VhostUserSession:
             if missing:
                 i, a, s = missing[0]
                 raise SessionError(f"new memory table no longer covers ring {i} at gpa [{a:#x}, {a + s:#x})")
+            if self._cvq is not None and new.overlaps(*self._cvq.range()):
+                raise SessionError(f"new memory table overlaps the backend's control queue at iova "
+                                   f"{self._cvq.range()[0]:#x}")
             if self.table is None:
                 new.program(self.device)
             else:
@@ -363,9 +392,10 @@ class VhostUserSession:
     # --- rings ------------------------------------------------------------------------------
 
     def _ring(self, index: int) -> RingState:
-        count = self.device.get_vq_count()
+        count = self._data_vq_count()
         if not 0 <= index < count:
-            raise SessionError(f"ring {index} does not exist (device has {count})")
+            extra = " and a control queue owned by the backend" if count < self.device.get_vq_count() else ""
+            raise SessionError(f"ring {index} does not exist (device has {count} data rings{extra})")
         return self.rings.setdefault(index, RingState())
 
     def _set_vring_num(self, st: m.VringState) -> None:
@@ -443,6 +473,8 @@ class VhostUserSession:
         elif ring.pushed:
             log.debug("%s: ring %d disabled; the device queue keeps running (cannot pause one queue)",
                       self.name, st.index)
+        if self.device.get_status() & DeviceStatus.DRIVER_OK:
+            self._sync_pairs()
 
     def _start_if_running(self, index: int, ring: RingState) -> None:
         """Hand an enabled ring to the device when it runs (or, without STATUS, start it)."""
@@ -454,6 +486,7 @@ class VhostUserSession:
         elif not self.has_protocol(m.ProtocolFeature.STATUS):
             self._check_ready_to_run()
             self._push_ring(index, ring)
+            self._setup_cvq()
             self.device.set_status(_NEGOTIATED | DeviceStatus.DRIVER_OK)
 
     def _push_ring(self, index: int, ring: RingState) -> None:
@@ -502,11 +535,54 @@ class VhostUserSession:
         elif all(r.stopped or not r.pushed for i, r in self.rings.items() if i != index):
             log.info("%s: last running ring stopped without RING_RESET: resetting the device", self.name)
             self.device.reset()
+            self._close_cvq()
             for r in self.rings.values():
                 r.pushed = False
         ring.pushed = False
         ring.stopped = True
         ring.base = 0
+
+    # --- the device's control queue (multiqueue) ---------------------------------------------
+
+    def _setup_cvq(self) -> None:
+        """Before DRIVER_OK: program the backend's control queue when MQ was negotiated."""
+        if self._cvq is not None or not has(self.device.get_driver_features(), NetF.MQ):
+            return
+        cvq = ShadowControlQueue(self.device, self.device.get_vq_count() - 1)
+        iova, size = cvq.range()
+        if self.table is not None and self.table.overlaps(iova, size):
+            cvq.close()
+            raise SessionError(f"memory table overlaps the backend's control queue at iova {iova:#x}")
+        try:
+            cvq.setup()
+        except BaseException:
+            cvq.close()
+            raise
+        self._cvq = cvq
+        self._pairs_set = 1
+
+    def _sync_pairs(self) -> None:
+        """Tell the device how many queue pairs to use: the leading pairs whose two rings are enabled."""
+        if self._cvq is None:
+            return
+        pairs = 0
+        while all(self.rings.get(2 * pairs + k, RingState()).enabled for k in (0, 1)):
+            pairs += 1
+        pairs = max(pairs, 1)
+        if pairs == self._pairs_set:
+            return
+        try:
+            self._cvq.set_queue_pairs(pairs)
+        except ControlQueueError as exc:
+            raise SessionError(f"queue pairs {self._pairs_set} -> {pairs}: {exc}") from None
+        log.info("%s: device uses %d queue pair(s)", self.name, pairs)
+        self._pairs_set = pairs
+
+    def _close_cvq(self) -> None:
+        if self._cvq is not None:
+            self._cvq.close()
+            self._cvq = None
+        self._pairs_set = 1
 
     # --- teardown ---------------------------------------------------------------------------
 
@@ -520,6 +596,7 @@ class VhostUserSession:
         except VdpaError as exc:
             log.warning("%s: device reset at close failed: %s", self.name, exc)
         finally:
+            self._close_cvq()
             for ring in self.rings.values():
                 self._close_fds(list(ring.fds()))
             self.rings.clear()

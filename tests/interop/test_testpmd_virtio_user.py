@@ -146,3 +146,24 @@ def test_backend_as_client_reconnects(tmp_path: Path, sock: str) -> None:
         assert len(negotiated(serve)) == 1 + RECONNECTS
         assert_clean_log(serve, 1 + RECONNECTS)
         assert serve.stop() == 0
+
+
+def test_two_queue_pairs(tmp_path: Path, sock: str) -> None:
+    """``queues=2,cq=1``: virtio_user runs the control queue itself and enables the second pair with
+    SET_VRING_ENABLE; the backend sets the device's pairs through its own control queue; both TX
+    queues carry traffic and it comes back."""
+    with ServeProcess(sock, "sim:virtio-net,queues=2,wire=loopback", log=tmp_path / "serve.log") as serve:
+        serve.wait_listening()
+        with Testpmd(virtio_user_vdev(sock, queues=2) + ",cq=1", log=tmp_path / "testpmd.log", cpu=1,
+                     extra_app=("--rxq=2", "--txq=2")) as tp:
+            tp.wait_ready()
+            run_traffic(tp)
+            xstats = dict(re.findall(r"(\w+): (\d+)", tp.command("show port xstats 0")))
+            assert int(xstats["tx_q0_good_packets"]) > 0 and int(xstats["tx_q1_good_packets"]) > 0, xstats
+            assert tp.quit() == 0
+        serve.proc.wait_for("frontend disconnected", 10.0)
+        [features] = negotiated(serve)
+        assert features & (1 << NetF.MQ) and features & (1 << NetF.CTRL_VQ)  # CTRL_VQ: the backend's own
+        assert "device uses 2 queue pair(s)" in serve.proc.output()
+        assert_clean_log(serve, 1)
+        assert serve.stop() == 0
