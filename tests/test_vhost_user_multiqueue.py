@@ -5,7 +5,6 @@ frontend's to touch."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,43 +12,22 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from backend.device import VdpaDevice
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
-from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import VhostUserServer
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
 from backend.virtio.features import NetF
-from models.targets import SimNetDevice
 from models.virtio_net.device import VirtioNetDevice
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import WANTED_FEATURES, FrontendError, VhostUserFrontend
+from tests.vhost_user_rig import Devices
 
 SPEC = "sim:virtio-net,queues=2,wire=loopback"
 MQ = 1 << NetF.MQ
 
 
-class Devices:
-    def __init__(self) -> None:
-        self.registry = default_registry()
-        self.made: list[VirtioPciVdpaDevice] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> VdpaDevice:
-        dev = VirtioPciVdpaDevice(self.registry.open(SPEC))
-        with self._lock:
-            self.made.append(dev)
-        return dev
-
-    def model(self, i: int = 0) -> VirtioNetDevice:
-        pci = self.made[i].pci
-        assert isinstance(pci, SimNetDevice)
-        return pci.model
-
-
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[Devices, str, GuestMemory]]:
-    devices = Devices()
+    devices = Devices(SPEC)
     path = str(tmp_path / "vu.sock")
     srv = VhostUserServer(path, devices)
     mem = GuestMemory.single(8 << 20, gpa=0x1_0000_0000)

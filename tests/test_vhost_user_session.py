@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backend.device import VdpaDevice
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
-from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import VhostUserServer
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
+from tests.vhost_user_rig import Devices
 
 SPEC = "sim:virtio-net,wire=loopback"
 MEM_SIZE = 4 << 20
@@ -26,21 +23,6 @@ UVA_OFFSET = 0x7F00_0000_0000  # frontend virtual = guest-physical + this
 def frame(i: int, size: int = 64) -> bytes:
     head = bytes.fromhex("02000000000102000000000208004500") + i.to_bytes(4, "big")
     return (head + bytes((i + k) & 0xFF for k in range(size)))[:size]
-
-
-class Devices:
-    """Factory that remembers the devices it handed out (thread safe: sessions call it)."""
-
-    def __init__(self) -> None:
-        self.registry = default_registry()
-        self.made: list[VirtioPciVdpaDevice] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> VdpaDevice:
-        dev = VirtioPciVdpaDevice(self.registry.open(SPEC))
-        with self._lock:
-            self.made.append(dev)
-        return dev
 
 
 @pytest.fixture

@@ -115,31 +115,22 @@ def test_traffic_comes_back(tmp_path: Path, sock: str, mrg_rxbuf: int, in_order:
     check_pcap(pcap, stats.rx_packets)
 
 
-def test_frontend_reconnects_to_listening_backend(tmp_path: Path, sock: str) -> None:
-    """testpmd quits and starts again three times; each new session gets a fresh device and traffic."""
-    with ServeProcess(sock, "sim:virtio-net,wire=loopback", log=tmp_path / "serve.log") as serve:
-        serve.wait_listening()
-        for round_ in range(1 + RECONNECTS):
-            with Testpmd(virtio_user_vdev(sock), log=tmp_path / f"testpmd{round_}.log", cpu=1) as tp:
-                tp.wait_ready()
-                run_traffic(tp)
-                assert tp.quit() == 0
-            serve.proc.wait_for(rf"vhost-user#{round_ + 1}: frontend disconnected", 10.0)
-        assert len(negotiated(serve)) == 1 + RECONNECTS
-        assert_clean_log(serve, 1 + RECONNECTS)
-        assert serve.stop() == 0
-
-
-def test_backend_as_client_reconnects(tmp_path: Path, sock: str) -> None:
-    """virtio_user ``server=1`` listens; ``serve --client --reconnect`` connects, and connects again
-    each time testpmd is restarted (three times)."""
-    with ServeProcess(sock, "sim:virtio-net,wire=loopback", log=tmp_path / "serve.log", client=True,
-                      reconnect=True) as serve:
+@pytest.mark.parametrize("backend_is_client", [False, True], ids=["backend-listens", "backend-connects"])
+def test_frontend_restarts_three_times(tmp_path: Path, sock: str, backend_is_client: bool) -> None:
+    """testpmd quits and starts again three times; every new session gets a fresh device and traffic.
+    ``backend-connects``: virtio_user ``server=1`` listens and ``serve --client --reconnect`` connects
+    again each time testpmd comes back."""
+    with ServeProcess(sock, "sim:virtio-net,wire=loopback", log=tmp_path / "serve.log", client=backend_is_client,
+                      reconnect=backend_is_client) as serve:
+        if not backend_is_client:
+            serve.wait_listening()
         for round_ in range(1 + RECONNECTS):
             since = serve.proc.mark()
-            with Testpmd(virtio_user_vdev(sock, server=True), log=tmp_path / f"testpmd{round_}.log", cpu=1) as tp:
+            with Testpmd(virtio_user_vdev(sock, server=backend_is_client), log=tmp_path / f"testpmd{round_}.log",
+                         cpu=1) as tp:
                 tp.wait_ready()
-                serve.wait_connected(since=since)
+                if backend_is_client:
+                    serve.wait_connected(since=since)
                 run_traffic(tp)
                 assert tp.quit() == 0
             serve.proc.wait_for(rf"vhost-user#{round_ + 1}: frontend disconnected", 10.0)
