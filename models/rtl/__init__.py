@@ -1,0 +1,58 @@
+"""SystemVerilog virtio-net accelerator: where its sources are and the constants a bridge needs.
+
+The RTL itself is in the ``*.sv`` files next to this module (see README.md for the
+register map and the engine's state machines); this module only names them in
+compile order so benches and the simulator bridge build the same design.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RTL_DIR = Path(__file__).resolve().parent
+
+#: Compile order: the package first, then leaves before the modules that instantiate them.
+SOURCES: tuple[str, ...] = (
+    "virtio_pkg.sv",
+    "vnet_buf.sv",
+    "vnet_dma.sv",
+    "virtio_pci_regs.sv",
+    "vnet_ring_engine.sv",
+    "virtio_net_top.sv",
+)
+TOP = "virtio_net_top"
+
+#: BAR0 layout served by the AXI4-Lite slave (offsets inside BAR0) and the parts the bridge serves.
+COMMON_CFG_OFF, COMMON_CFG_LEN = 0x0000, 0x40
+ISR_OFF, ISR_LEN = 0x1000, 0x4
+DEVICE_CFG_OFF, DEVICE_CFG_LEN = 0x2000, 0xC
+NOTIFY_OFF = 0x3000
+NOTIFY_OFF_MULTIPLIER = 4
+VQ_STATE_OFF, VQ_STATE_STRIDE = 0x3800, 4  # vendor block: {used_idx, last_avail_idx} per queue
+MSIX_TABLE_OFF, MSIX_PBA_OFF = 0x4000, 0x5000  # served by the bridge, not the RTL
+BAR0_SIZE = 0x8000
+AXIL_SPAN = 0x4000  # what the AXI4-Lite slave decodes
+
+
+#: ``last_err_code`` values: the driver error that made the device set DEVICE_NEEDS_RESET, with the
+#: requirement the driver broke (the ``err_e`` enum of virtio_pkg.sv).
+ERROR_CODES: dict[int, tuple[str, str]] = {
+    1: ("SPLIT-DRV-04", "avail ring names a descriptor >= queue size"),
+    2: ("SPLIT-DRV-04", "descriptor next >= queue size"),
+    3: ("SPLIT-DRV-08", "chain longer than the queue size (a loop)"),
+    4: ("SPLIT-DRV-11", "avail idx more than the queue size ahead of last_avail_idx"),
+    5: ("SPLIT-DRV-02", "device-readable descriptor after a device-writable one"),
+    6: ("SPLIT-DRV-06", "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC"),
+    7: ("FEAT-DRV-11", "bus error on a ring or buffer address (not mapped, or beyond ADDR_W)"),
+    8: ("PCI-DRV-17", "queue_enable with a bad queue_size or misaligned ring parts"),
+}
+
+
+def notify_len(num_queues: int) -> int:
+    """Length of the notification structure: one 2-byte doorbell per queue, NOTIFY_OFF_MULTIPLIER apart."""
+    return NOTIFY_OFF_MULTIPLIER * (num_queues - 1) + 2
+
+
+def source_paths() -> list[Path]:
+    """Absolute paths of :data:`SOURCES`, in compile order."""
+    return [RTL_DIR / name for name in SOURCES]

