@@ -3,6 +3,12 @@
 Every device access goes through :meth:`Iommu.read` / :meth:`Iommu.write` /
 :meth:`Iommu.view`. An access outside the mappings, or against their
 permission, raises :class:`DmaFaultError` and is recorded: never a silent read.
+
+A device model that moves many buffers at once uses the batch calls
+(:meth:`Iommu.gather`, :meth:`Iommu.scatter`, :meth:`Iommu.try_view`): every
+range is checked against the mappings (vectorised), and they stop before the
+first range that is not inside one permitted mapping, so the caller can take
+that one through :meth:`read` / :meth:`write`, which records the fault.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ import mmap
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
 
 from backend.pci.device import DmaFault, DmaFaultError, DmaPerm
 
@@ -30,10 +40,74 @@ class Mapping:
     offset: int
     mm: mmap.mmap = field(repr=False)
     view: memoryview = field(repr=False)
+    _bytes: NDArray[np.uint8] | None = field(default=None, repr=False)
+    _rows: dict[tuple[int, bool], NDArray[np.uint8]] = field(default_factory=dict, repr=False)
+    _words: NDArray[np.uint16] | None = field(default=None, repr=False)
 
     @property
     def end(self) -> int:
         return self.iova + self.size
+
+    def array(self) -> NDArray[np.uint8]:
+        """The mapped bytes as a numpy array (no copy; read-only for a read-only mapping)."""
+        arr = self._bytes
+        if arr is None:
+            arr = self._bytes = np.frombuffer(self.mm, dtype=np.uint8)
+        return arr
+
+    def rows(self, width: int, writable: bool) -> NDArray[np.uint8]:
+        """Every ``width``-byte window of the mapping as one row (no copy): ``rows(w)[offsets]`` moves
+        many equal ranges in one C loop."""
+        key = (width, writable)
+        win = self._rows.get(key)
+        if win is None:
+            if len(self._rows) >= _ROW_VIEWS:
+                self._rows.clear()
+            win = self._rows[key] = sliding_window_view(self.array(), width, writeable=writable)
+        return win
+
+    def words(self) -> NDArray[np.uint16]:
+        """The mapping as little-endian 16-bit words: an aligned element is read or written with one access."""
+        arr = self._words
+        if arr is None:
+            arr = self._words = np.frombuffer(self.mm, dtype="<u2")
+        return arr
+
+    def drop_arrays(self) -> None:
+        self._bytes = None
+        self._words = None
+        self._rows.clear()
+
+
+#: Window widths kept per mapping for :meth:`Mapping.rows` (frame sizes in flight are few).
+_ROW_VIEWS = 16
+
+
+@dataclass(frozen=True)
+class _BatchTable:
+    """The mappings as arrays (for checking many ranges at once) and as Python lists (for one range without
+    enum arithmetic); rebuilt after every map/unmap."""
+
+    maps: list[Mapping]
+    starts: NDArray[np.uint64]
+    lasts: NDArray[np.uint64]  # last byte of each mapping (a mapping may end at 2^64)
+    readable: NDArray[np.bool_]
+    writable: NDArray[np.bool_]
+    first: list[int]
+    last: list[int]
+    can_read: list[bool]
+    can_write: list[bool]
+
+    def holding(self, lo: int, hi: int, write: bool) -> int:
+        """Index of the one mapping holding bytes ``lo``..``hi`` (inclusive) with the permission, else -1."""
+        i = bisect.bisect_right(self.first, lo) - 1
+        if i < 0 or hi > self.last[i] or not (self.can_write[i] if write else self.can_read[i]):
+            return -1
+        return i
+
+
+#: Ranges of a batch starting below this cannot run past 2^64 (sizes are 32-bit descriptor lengths plus a little).
+_NO_WRAP = (1 << 64) - (1 << 34)
 
 
 class Iommu:
@@ -47,6 +121,7 @@ class Iommu:
         self.fault_log: list[DmaFault] = []  # every fault ever, for reports
         self.observers: list[AccessObserver] = []
         self.on_fault: Callable[[DmaFault], None] | None = None
+        self._batch: _BatchTable | None = None
 
     # --- control (driver side) ---------------------------------------------------------------
 
@@ -67,6 +142,7 @@ class Iommu:
             i = bisect.bisect(self._starts, iova)
             self._maps.insert(i, m)
             self._starts.insert(i, iova)
+            self._batch = None
 
     def unmap(self, iova: int, size: int) -> None:
         """Remove every mapping inside [iova, iova+size); partial overlap is refused (as VFIO type1)."""
@@ -82,7 +158,9 @@ class Iommu:
                     keep.append(m)
             self._maps = keep
             self._starts = [m.iova for m in keep]
+            self._batch = None
         for m in gone:
+            m.drop_arrays()
             m.view.release()
             try:
                 m.mm.close()
@@ -168,3 +246,201 @@ class Iommu:
         for m, off, n in pieces:
             m.view[off:off + n] = src[pos:pos + n]
             pos += n
+
+    # --- device side, fast paths -------------------------------------------------------------
+
+    def _batch_table(self) -> _BatchTable:
+        table = self._batch
+        if table is None:
+            with self._lock:
+                maps = list(self._maps)
+                first = [m.iova for m in maps]
+                last = [m.end - 1 for m in maps]
+                can_read = [bool(m.perm & DmaPerm.READ) for m in maps]
+                can_write = [bool(m.perm & DmaPerm.WRITE) for m in maps]
+                table = _BatchTable(maps, np.array(first, dtype=np.uint64), np.array(last, dtype=np.uint64),
+                                    np.array(can_read, dtype=np.bool_), np.array(can_write, dtype=np.bool_),
+                                    first, last, can_read, can_write)
+                self._batch = table
+        return table
+
+    # --- device side, one range without enum arithmetic (the hot ring accesses) ------------------
+
+    def read_quick(self, iova: int, size: int) -> bytes:
+        """:meth:`read`, with the common case (inside one readable mapping) decided on plain ints; anything
+        else goes through :meth:`read`, which records the fault."""
+        table = self._batch_table()
+        i = table.holding(iova, iova + size - 1, False) if size > 0 and iova >= 0 else -1
+        if i < 0:
+            return self.read(iova, size)
+        if self.observers:
+            self._observe(DmaPerm.READ, iova, size)
+        m = table.maps[i]
+        off = iova - m.iova
+        try:
+            return m.view[off:off + size].tobytes()
+        except ValueError:  # unmapped in between (its view released): the exact path says so
+            return self.read(iova, size)
+
+    def write_quick(self, iova: int, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`write`, with the common case decided on plain ints (else :meth:`write`, which records faults)."""
+        size = len(data)
+        table = self._batch_table()
+        i = table.holding(iova, iova + size - 1, True) if size > 0 and iova >= 0 else -1
+        if i < 0:
+            self.write(iova, data)
+            return
+        if self.observers:
+            self._observe(DmaPerm.WRITE, iova, size)
+        m = table.maps[i]
+        off = iova - m.iova
+        try:
+            m.view[off:off + size] = memoryview(data).cast("B")
+        except ValueError:  # unmapped in between
+            self.write(iova, data)
+
+    def read_u16(self, iova: int) -> int:
+        """A 16-bit ring field in one load: the driver moves avail idx while the device reads it, and two byte
+        loads could pair half of one value with half of the next. Anything unusual goes through :meth:`read`."""
+        table = self._batch_table()
+        i = table.holding(iova, iova + 1, False) if iova >= 0 and not iova & 1 else -1
+        if i < 0:
+            return int.from_bytes(self.read(iova, 2), "little")
+        if self.observers:
+            self._observe(DmaPerm.READ, iova, 2)
+        m = table.maps[i]
+        try:
+            return int(m.words()[(iova - m.iova) >> 1])
+        except ValueError:  # unmapped in between
+            return int.from_bytes(self.read(iova, 2), "little")
+
+    def write_u16(self, iova: int, value: int) -> None:
+        """A 16-bit ring field (used idx, used.flags, avail_event) in one store, so the driver never reads a
+        half-written index. Anything unusual goes through :meth:`write`."""
+        table = self._batch_table()
+        i = table.holding(iova, iova + 1, True) if iova >= 0 and not iova & 1 else -1
+        if i < 0:
+            self.write(iova, (value & 0xFFFF).to_bytes(2, "little"))
+            return
+        if self.observers:
+            self._observe(DmaPerm.WRITE, iova, 2)
+        m = table.maps[i]
+        try:
+            m.words()[(iova - m.iova) >> 1] = value & 0xFFFF
+        except ValueError:  # unmapped in between
+            self.write(iova, (value & 0xFFFF).to_bytes(2, "little"))
+
+    # --- device side, batches ---------------------------------------------------------------
+
+    def _check_batch(self, iovas: NDArray[np.uint64], sizes: NDArray[np.uint64] | int,
+                     write: bool) -> tuple[int, int, NDArray[np.intp] | None, _BatchTable]:
+        """How many leading ranges each lie inside one mapping with the permission, and where: the index of
+        the one mapping holding them all (then no array), or -1 and each range's mapping."""
+        table = self._batch_table()
+        n = len(iovas)
+        if n == 0 or not table.maps:
+            return 0, -1, None, table
+        lo = int(iovas.min())
+        top = int(iovas.max())
+        span = sizes if isinstance(sizes, int) else int(sizes.max())
+        if top < _NO_WRAP and span < 1 << 34:
+            # The usual batch: every range inside the span of one mapping, decided with a few reductions.
+            i = table.holding(lo, top + max(span, 1) - 1, write)
+            if i >= 0:
+                return n, i, None, table
+        if isinstance(sizes, int):
+            sizes = np.full(n, sizes, dtype=np.uint64)
+        which = np.searchsorted(table.starts, iovas, side="right").astype(np.intp) - 1
+        at = np.maximum(which, 0)
+        lasts = table.lasts[at]
+        last = iovas + (sizes - np.uint64(1))  # wraps for a range running past 2^64: then last < iova
+        inside = np.where(sizes > 0, (last >= iovas) & (last <= lasts), iovas <= lasts)
+        allowed = table.writable if write else table.readable
+        ok = (which >= 0) & inside & allowed[at]
+        bad = np.flatnonzero(~ok)
+        return (int(bad[0]) if len(bad) else n), -1, at, table
+
+    def try_view(self, iova: int, size: int, access: DmaPerm) -> memoryview | None:
+        """Like :meth:`view`, but None (and no fault) when the range is not inside one permitted mapping.
+
+        For speculative bulk reads (a whole descriptor table): the caller falls back to exact accesses,
+        which record a fault where one is due.
+        """
+        if size <= 0 or iova < 0:
+            return None
+        table = self._batch_table()
+        i = table.holding(iova, iova + size - 1, bool(access & DmaPerm.WRITE))
+        if i < 0:
+            return None
+        if self.observers:
+            self._observe(access, iova, size)
+        m = table.maps[i]
+        try:
+            return m.view[iova - m.iova:iova - m.iova + size]
+        except ValueError:  # unmapped in between
+            return None
+
+    def gather(self, iovas: NDArray[np.uint64],
+               sizes: NDArray[np.uint64] | int) -> tuple[NDArray[np.uint8], int]:
+        """Device reads of several ranges (``sizes`` an int: all that long), in order: their bytes back to back,
+        and how many ranges were read.
+
+        Stops before the first range that is not inside one readable mapping (none of it is read); the
+        caller reads that one with :meth:`read`, which records the fault (or crosses mappings).
+        """
+        n, single, at, table = self._check_batch(iovas, sizes, False)
+        if n == 0:
+            return np.empty(0, dtype=np.uint8), 0
+        if n < len(iovas):
+            iovas = iovas[:n]
+        sized = np.full(n, sizes, dtype=np.uint64) if isinstance(sizes, int) else sizes[:n]
+        if self.observers:
+            for iova, size in zip(iovas.tolist(), sized.tolist(), strict=True):
+                self._observe(DmaPerm.READ, iova, size)
+        width = sizes if isinstance(sizes, int) else int(sized[0])
+        try:
+            if single >= 0 and width > 0 and (isinstance(sizes, int) or int(sized.min()) == int(sized.max())):
+                # One mapping, equal sizes (a burst of same-sized frames): one fancy index over row windows.
+                m = table.maps[single]
+                offs = (iovas - np.uint64(m.iova)).astype(np.intp)
+                return m.rows(width, False)[offs].reshape(-1), n
+            where = np.full(n, single, dtype=np.intp) if at is None else at[:n]
+            offs = (iovas - table.starts[where]).astype(np.int64)
+            views = [m.view for m in table.maps]
+            parts = [views[a][o:o + k] for a, o, k in zip(where.tolist(), offs.tolist(), sized.tolist(), strict=True)]
+            return np.frombuffer(b"".join(parts), dtype=np.uint8), n
+        except ValueError:  # a mapping went away in between: nothing read, the exact path faults
+            return np.empty(0, dtype=np.uint8), 0
+
+    def scatter(self, iovas: NDArray[np.uint64], sizes: NDArray[np.uint64], data: NDArray[np.uint8]) -> int:
+        """Device writes of several ranges, in order, from ``data`` (their contents back to back).
+
+        Returns how many ranges were written: it stops before the first range that is not inside one
+        writable mapping (nothing of it is written); the caller writes that one with :meth:`write`.
+        """
+        n, single, at, table = self._check_batch(iovas, sizes, True)
+        if n == 0:
+            return 0
+        if n < len(iovas):
+            iovas, sizes = iovas[:n], sizes[:n]
+        if self.observers:
+            for iova, size in zip(iovas.tolist(), sizes.tolist(), strict=True):
+                self._observe(DmaPerm.WRITE, iova, size)
+        width = int(sizes[0])
+        try:
+            if single >= 0 and width > 0 and int(sizes.min()) == int(sizes.max()):
+                m = table.maps[single]
+                offs = (iovas - np.uint64(m.iova)).astype(np.intp)
+                m.rows(width, True)[offs] = data[:n * width].reshape(n, width)
+                return n
+            where = np.full(n, single, dtype=np.intp) if at is None else at[:n]
+            offs = (iovas - table.starts[where]).astype(np.int64)
+            views = [m.view for m in table.maps]
+            src = np.ascontiguousarray(data).data
+            pos = 0
+            for a, o, k in zip(where.tolist(), offs.tolist(), sizes.tolist(), strict=True):
+                views[a][o:o + k] = src[pos:pos + k]
+                pos += k
+            return n
+        except ValueError:  # a mapping went away in between: the exact path writes again, and faults
+            return 0

@@ -81,7 +81,7 @@ class VectorOutOfRangeAccepted(VirtioNetDevice):
 class NumBuffersZero(VirtioNetDevice):
     """Receive header carries num_buffers = 0 (a classic firmware bug without MRG_RXBUF)."""
 
-    def rx_header(self, frame: bytes) -> bytes:
+    def rx_header(self, frame: bytes, num_buffers: int = 1) -> bytes:
         return NetHdr(num_buffers=0).pack()
 
 

@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
+import numpy as np
 from scapy.fields import FlagsField, LEIntField, LELongField, LEShortField
 from scapy.packet import Packet
 
@@ -35,6 +36,9 @@ USED_ELEM_SIZE = 8
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 MAX_QUEUE_SIZE = 32768
+
+#: numpy view of the same layout, for decoding a window of descriptors in one go.
+DESC_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from models.virtio_net.device import DEFAULT_FEATURES, NetStats, VirtioNetDevice
 from models.virtio_net.split_engine import Chain, Dma, RingError, RingHooks, SplitQueue
 from models.virtio_net.transport import EndpointDma, VirtioPciFunction
-from models.virtio_net.wire import Collector, LoopbackWire, NullPort, PairWire, PcapTap, Port, Station, Wire
+from models.virtio_net.wire import Collector, FrameBatch, LoopbackWire, NullPort, PairWire, PcapTap, Port, Station, Wire
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -11,6 +11,7 @@ __all__ = [
     "Collector",
     "Dma",
     "EndpointDma",
+    "FrameBatch",
     "LoopbackWire",
     "NetStats",
     "NullPort",

@@ -11,17 +11,30 @@ Every bound is checked in :meth:`SplitQueue.parse_chain` /
 the requirement the driver broke, never an IndexError, a hang or an access
 outside the ring. The decisions a vendor implementation can get wrong are
 methods of :class:`RingHooks` so a bug variant is a one-method override.
+
+For throughput, a window of available chains can be decoded at once
+(:meth:`SplitQueue.plain_chains`, numpy over one read of the descriptor
+table): chains of one or two plain descriptors are recognised in bulk and
+everything else is left to :meth:`SplitQueue.parse_chain`, which keeps every
+check. The bulk path needs a :class:`BatchDma` and the stock
+:meth:`RingHooks.chain_continues`; a variant overriding that gets
+:meth:`parse_chain` for every chain.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
 
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
     DESC_ALIGN,
+    DESC_DTYPE,
     DESC_SIZE,
     U16,
     USED_ALIGN,
@@ -49,6 +62,39 @@ class Dma(Protocol):
     def write(self, iova: int, data: bytes | bytearray | memoryview) -> None: ...
 
 
+@runtime_checkable
+class BatchDma(Dma, Protocol):
+    """A :class:`Dma` that also moves many ranges per call; each range is IOMMU-checked, and a batch stops
+    before the first range outside the maps (left for ``read``/``write``, which record the fault)."""
+
+    def read_u16(self, iova: int) -> int:
+        """One aligned 16-bit load (ring indexes the other side updates concurrently)."""
+        ...
+
+    def write_u16(self, iova: int, value: int) -> None:
+        """One aligned 16-bit store."""
+        ...
+
+    def try_view(self, iova: int, n: int) -> memoryview | None: ...
+
+    def gather(self, iovas: NDArray[np.uint64],
+               sizes: NDArray[np.uint64] | int) -> tuple[NDArray[np.uint8], int]: ...
+
+    def scatter(self, iovas: NDArray[np.uint64], sizes: NDArray[np.uint64], data: NDArray[np.uint8]) -> int: ...
+
+
+_FENCE = threading.Lock()
+
+
+def full_barrier() -> None:
+    """Order a store to guest memory before a later load (the smp_mb() of the notification handshakes).
+
+    Taking a lock is a locked instruction, which x86 never reorders with either side.
+    """
+    with _FENCE:
+        pass
+
+
 class RingError(Exception):
     """The driver broke a rule of the ring; ``req_id`` is the violated driver requirement (e.g. SPLIT-DRV-04)."""
 
@@ -74,6 +120,37 @@ class Chain:
     @property
     def writable_len(self) -> int:
         return sum(n for _, n in self.writable)
+
+
+@dataclass(slots=True)
+class PlainChains:
+    """A window of available chains decoded in bulk.
+
+    Where ``plain`` is True (everywhere when it is None) the chain is one descriptor (``addr0``/``len0``)
+    or, where ``two`` is True (nowhere when it is None), that one linked to a second (``addr1``/``len1``);
+    no INDIRECT, all of the requested direction. The other chains are for :meth:`SplitQueue.parse_chain`.
+    """
+
+    count: int
+    plain: NDArray[np.bool_] | None
+    two: NDArray[np.bool_] | None
+    addr0: NDArray[np.uint64]
+    len0: NDArray[np.uint64]
+    addr1: NDArray[np.uint64] | None = None
+    len1: NDArray[np.uint64] | None = None
+
+    def prefix(self, ok: NDArray[np.bool_] | None = None) -> int:
+        """How many leading chains are plain (and ``ok``)."""
+        good = self.plain if ok is None else ok if self.plain is None else self.plain & ok
+        if good is None:
+            return self.count
+        bad = np.flatnonzero(~good)
+        return int(bad[0]) if len(bad) else self.count
+
+    @property
+    def room(self) -> NDArray[np.uint64]:
+        """Bytes in each chain."""
+        return self.len0 if self.len1 is None else self.len0 + self.len1
 
 
 class RingHooks:
@@ -128,6 +205,9 @@ class SplitQueue:
         self.dma = dma
         self.hooks = hooks
         self.notify_off = index
+        self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
+        # The bulk decoder follows NEXT itself, so a variant deciding that differently gets parse_chain.
+        self.bulk_ok = type(hooks).chain_continues is RingHooks.chain_continues
         self.reset()
 
     def reset(self) -> None:
@@ -167,20 +247,30 @@ class SplitQueue:
 
     # --- available ring ----------------------------------------------------------------------
 
+    def _read_u16(self, iova: int) -> int:
+        # Ring indexes move under the device's feet: one 16-bit load where the DMA offers it.
+        if self.batch_dma is not None:
+            return self.batch_dma.read_u16(iova)
+        value: int = U16.unpack(self.dma.read(iova, 2))[0]
+        return value
+
+    def _write_u16(self, iova: int, value: int) -> None:
+        if self.batch_dma is not None:
+            self.batch_dma.write_u16(iova, value & 0xFFFF)
+        else:
+            self.dma.write(iova, U16.pack(value & 0xFFFF))
+
     def read_avail_idx(self) -> int:
-        idx: int = U16.unpack(self.dma.read(self.driver + SplitLayout.AVAIL_IDX, 2))[0]
-        return idx
+        return self._read_u16(self.driver + SplitLayout.AVAIL_IDX)
 
     def read_avail_flags(self) -> int:
-        flags: int = U16.unpack(self.dma.read(self.driver + SplitLayout.AVAIL_FLAGS, 2))[0]
-        return flags
+        return self._read_u16(self.driver + SplitLayout.AVAIL_FLAGS)
 
     def read_used_event(self) -> int:
-        ev: int = U16.unpack(self.dma.read(self.driver + self.layout.used_event, 2))[0]
-        return ev
+        return self._read_u16(self.driver + self.layout.used_event)
 
     def write_avail_event(self, value: int) -> None:
-        self.dma.write(self.device + self.layout.avail_event, U16.pack(value & 0xFFFF))
+        self._write_u16(self.device + self.layout.avail_event, value)
 
     def available(self) -> int:
         """Entries the driver has made available beyond last_avail_idx (SPLIT-DRV-11 bounds it)."""
@@ -202,8 +292,69 @@ class SplitQueue:
             raw += self.dma.read(self.driver + SplitLayout.AVAIL_RING, 2 * (n - first))
         return list(struct.unpack(f"<{n}H", raw))
 
+    def peek_heads(self, n: int) -> NDArray[np.intp]:
+        """:meth:`peek` as an array."""
+        n = min(n, self.size)
+        if n <= 0:
+            return np.zeros(0, dtype=np.intp)
+        start = self.last_avail_idx % self.size
+        first = min(n, self.size - start)
+        raw = self.dma.read(self.driver + SplitLayout.AVAIL_RING + 2 * start, 2 * first)
+        if n > first:
+            raw += self.dma.read(self.driver + SplitLayout.AVAIL_RING, 2 * (n - first))
+        return np.frombuffer(raw, dtype="<u2").astype(np.intp)
+
     def consume(self, n: int = 1) -> None:
         self.last_avail_idx = (self.last_avail_idx + n) & 0xFFFF
+
+    def write_used_flags(self, flags: int) -> None:
+        """used.flags: VRING_USED_F_NO_NOTIFY or 0 (only without EVENT_IDX, SPLIT-DEV-18/19/20)."""
+        self._write_u16(self.device + SplitLayout.USED_FLAGS, flags)
+
+    # --- descriptor chains in bulk -----------------------------------------------------------
+
+    def read_desc_table(self) -> NDArray[np.void] | None:
+        """The descriptor table as one DMA read, or None when the bulk path is not available (no BatchDma,
+        a NEXT hook of a variant, or a table not inside one readable mapping: then every access is exact)."""
+        if self.batch_dma is None or not self.bulk_ok:
+            return None
+        view = self.batch_dma.try_view(self.desc, DESC_SIZE * self.size)
+        if view is None:
+            return None
+        return np.frombuffer(view, dtype=DESC_DTYPE)
+
+    def plain_chains(self, table: NDArray[np.void], heads: NDArray[np.intp], *, writable: bool) -> PlainChains:
+        """Decode the chains at ``heads`` that need none of parse_chain's judgement.
+
+        Plain: head < queue size; one descriptor, or one with NEXT to a second (index < queue size) without
+        NEXT; no INDIRECT; all device-writable (``writable``) or all device-readable; at most
+        max_chain_len descriptors and 2^32 bytes. Anything else, including every malformed chain, is not
+        plain and goes through :meth:`parse_chain`.
+        """
+        size = self.size
+        n = len(heads)
+        limit = self.hooks.max_chain_len(size)
+        want = int(DescFlags.WRITE) if writable else 0
+        inside_all = int(heads.max()) < size
+        d0 = table[heads if inside_all else np.where(heads < size, heads, 0)]
+        f0 = d0["flags"]
+        len0 = d0["len"].astype(np.uint64)
+        addr0 = d0["addr"]
+        single = f0 == want
+        if inside_all and limit >= 1 and bool(single.all()):
+            return PlainChains(n, None, None, addr0, len0)  # the usual burst: one descriptor each
+        inside = heads < size
+        single &= limit >= 1
+        nxt = d0["next"].astype(np.intp)
+        linked = (f0 == want | DescFlags.NEXT) & (nxt < size) & (limit >= 2)
+        if not linked.any():
+            return PlainChains(n, inside & single, None, addr0, len0)
+        d1 = table[np.where(linked, nxt, 0)]
+        zero = np.zeros(n, dtype=np.uint64)
+        len1 = d1["len"].astype(np.uint64)
+        two = linked & (d1["flags"] == want) & (len0 + len1 <= _MAX_CHAIN_BYTES)
+        return PlainChains(n, inside & (single | two), two, addr0, len0, np.where(two, d1["addr"], zero),
+                           np.where(two, len1, zero))
 
     # --- descriptor chains -------------------------------------------------------------------
 
@@ -309,20 +460,40 @@ class SplitQueue:
         n = len(elems) if count is None else count
         if n == 0:
             return self.used_idx, self.used_idx
-        size = self.size
-        start = (self.used_idx + n - len(elems)) % size
         buf = bytearray(USED_ELEM_SIZE * len(elems))
         for i, (head, length) in enumerate(elems):
             USED_ELEM.pack_into(buf, USED_ELEM_SIZE * i, head, length & 0xFFFFFFFF)
-        first = min(len(elems), size - start)
-        mv = memoryview(buf)
+        return self._publish_used(buf, len(elems), n)
+
+    def push_used_array(self, ids: NDArray[np.integer], lens: NDArray[np.integer],
+                        count: int | None = None) -> tuple[int, int]:
+        """:meth:`push_used` for elements given as arrays of ids and lens (one write, two if the ring wraps)."""
+        k = len(ids)
+        n = k if count is None else count
+        if n == 0:
+            return self.used_idx, self.used_idx
+        if k == 1:
+            raw = USED_ELEM.pack(int(ids[0]), int(lens[0]) & 0xFFFFFFFF)
+        else:
+            elems = np.empty((k, 2), dtype="<u4")
+            elems[:, 0] = ids
+            elems[:, 1] = lens  # a length beyond 32 bits keeps its low 32, as push_used does
+            raw = elems.tobytes()
+        return self._publish_used(raw, k, n)
+
+    def _publish_used(self, raw: bytes | bytearray, k: int, n: int) -> tuple[int, int]:
+        """Write ``k`` packed elements ending at the slot of entry used_idx + n - 1, then used idx + n."""
+        size = self.size
+        start = (self.used_idx + n - k) % size
+        first = min(k, size - start)
+        mv = memoryview(raw)
         base = self.device + SplitLayout.USED_RING
         self.dma.write(base + USED_ELEM_SIZE * start, mv[:USED_ELEM_SIZE * first])
-        if len(elems) > first:
+        if k > first:
             self.dma.write(base, mv[USED_ELEM_SIZE * first:])
         old = self.used_idx
         new = self.hooks.next_used_idx(old, n)
-        self.dma.write(self.device + SplitLayout.USED_IDX, U16.pack(new & 0xFFFF))
+        self._write_u16(self.device + SplitLayout.USED_IDX, new)
         self.used_idx = new
         return old, new
 
@@ -330,4 +501,4 @@ class SplitQueue:
         return self.hooks.needs_notification(self, old_idx, new_idx)
 
 
-__all__ = ["Chain", "Dma", "RingError", "RingHooks", "SplitQueue"]
+__all__ = ["BatchDma", "Chain", "Dma", "PlainChains", "RingError", "RingHooks", "SplitQueue", "full_barrier"]

@@ -14,7 +14,10 @@ import struct
 import threading
 from collections.abc import Callable
 
-from backend.pci.device import DmaFaultError
+import numpy as np
+from numpy.typing import NDArray
+
+from backend.pci.device import DmaFaultError, DmaPerm
 from backend.virtio.features import DeviceStatus, F, dependency_violations, has
 from backend.virtio.pci_regs import (
     COMMON_CFG_SIZE,
@@ -47,7 +50,10 @@ _LIVE = _DRIVER_OK | _FEATURES_OK
 
 
 class EndpointDma:
-    """The split engine's :class:`~models.virtio_net.split_engine.Dma` over the endpoint's bus-master DMA."""
+    """The split engine's :class:`~models.virtio_net.split_engine.BatchDma` over the endpoint's bus-master DMA.
+
+    The batch calls move nothing while bus mastering is off: the exact access that follows records the fault.
+    """
 
     def __init__(self, endpoint: PciEndpoint) -> None:
         self._ep = endpoint
@@ -57,6 +63,33 @@ class EndpointDma:
 
     def write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
         self._ep.dma_write(iova, data)
+
+    def read_u16(self, iova: int) -> int:
+        if not self._ep.config.bus_master:
+            return int.from_bytes(self._ep.dma_read(iova, 2), "little")  # records the fault
+        return self._ep.iommu.read_u16(iova)
+
+    def write_u16(self, iova: int, value: int) -> None:
+        if not self._ep.config.bus_master:
+            self._ep.dma_write(iova, (value & 0xFFFF).to_bytes(2, "little"))  # records the fault
+            return
+        self._ep.iommu.write_u16(iova, value)
+
+    def try_view(self, iova: int, n: int) -> memoryview | None:
+        if not self._ep.config.bus_master:
+            return None
+        return self._ep.iommu.try_view(iova, n, DmaPerm.READ)
+
+    def gather(self, iovas: NDArray[np.uint64],
+               sizes: NDArray[np.uint64] | int) -> tuple[NDArray[np.uint8], int]:
+        if not self._ep.config.bus_master:
+            return np.empty(0, dtype=np.uint8), 0
+        return self._ep.iommu.gather(iovas, sizes)
+
+    def scatter(self, iovas: NDArray[np.uint64], sizes: NDArray[np.uint64], data: NDArray[np.uint8]) -> int:
+        if not self._ep.config.bus_master:
+            return 0
+        return self._ep.iommu.scatter(iovas, sizes, data)
 
 
 class ModelEndpoint(PciEndpoint):
@@ -68,6 +101,15 @@ class ModelEndpoint(PciEndpoint):
     """
 
     after_access: Callable[[], None] | None = None
+
+    def dma_read(self, iova: int, size: int) -> bytes:
+        # The same checks as PciEndpoint's, with the IOMMU's int-only fast path for the ring accesses.
+        self._check_master(iova, size, DmaPerm.READ)
+        return self.iommu.read_quick(iova, size)
+
+    def dma_write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
+        self._check_master(iova, len(data), DmaPerm.WRITE)
+        self.iommu.write_quick(iova, data)
 
     def bar_write(self, index: int, offset: int, data: bytes) -> None:
         super().bar_write(index, offset, data)

@@ -75,7 +75,7 @@ class GuestNetDriver:
 
     def __init__(self, pci: PciDevice, mem: GuestMemory, *, alloc: Allocator | None = None,
                  queue_size: int = 256, features: int = DEFAULT_FEATURES, rx_buffers: int | None = None,
-                 reset_timeout: float = 1.0) -> None:
+                 reset_timeout: float = 1.0, merged_rx_size: int | None = None) -> None:
         self.pci = pci
         self.mem = mem
         if alloc is None:
@@ -85,6 +85,9 @@ class GuestNetDriver:
         self.queue_size = queue_size
         self.wanted = features
         self.rx_target = rx_buffers
+        #: Receive buffer size when VIRTIO_NET_F_MRG_RXBUF is negotiated (None: whole packets anyway); a packet
+        #: larger than one buffer then arrives in several, num_buffers in the header of the first.
+        self.merged_rx_size = merged_rx_size
         self.transport = VirtioPciModern(pci, reset_timeout=reset_timeout)
         self.offered = 0
         self.features = 0
@@ -259,7 +262,10 @@ class GuestNetDriver:
         return mtu
 
     def _rx_size(self) -> int:
-        """Each receive buffer holds a whole non-GSO packet of mtu plus link header (NET-DRV-08)."""
+        """Each receive buffer holds a whole non-GSO packet of mtu plus link header (NET-DRV-08); with
+        MRG_RXBUF the buffers may be smaller, but never smaller than the header (NET-DRV-55)."""
+        if self.merged_rx_size is not None and has(self.features, NetF.MRG_RXBUF):
+            return max(self.merged_rx_size, self.hdr_len)
         return self.hdr_len + ETH_HLEN + max(ETH_DATA_LEN, self.mtu() or 0)
 
     # --- notifications and interrupts --------------------------------------------------------------

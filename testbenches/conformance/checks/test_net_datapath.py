@@ -1,4 +1,5 @@
-"""virtio-net data path (5.1.6): transmit header handling, receive headers without offloads, MTU limits."""
+"""virtio-net data path (5.1.6): transmit header handling, receive headers without offloads, merged receive
+buffers, MTU limits."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from scapy.layers.l2 import Ether
 from backend.virtio.features import NetF, has
 from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, NetHdr
 from testbenches.conformance.checks._ring import (
+    DmaWatch,
     NetRig,
     OpenTarget,
     Posted,
@@ -181,3 +183,109 @@ def test_mtu_limits(open_target: OpenTarget, verdict: Verdict) -> None:
                       f"mtu {mtu}: sent frames of {[len(f) for f in over]} bytes then a {len(marker)}-byte marker; "
                       f"received lengths {lens} (nothing above {mtu + 14} may be delivered)")
         rig.tx.used()
+
+
+#: Receive buffer size of the merged-buffer check: smaller than most frames, so packets must spread.
+MERGED_UNIT = 128
+#: Longest frame the checks send (1500-byte payload and the Ethernet header), within any MTU the target offers.
+ETH_FRAME_MAX = 1514
+
+
+def _buffers_for(packet: int, unit: int) -> int:
+    return -(-packet // unit)
+
+
+@pytest.mark.req("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
+def test_receive_merged_buffers(open_target: OpenTarget, verdict: Verdict) -> None:
+    """With VIRTIO_NET_F_MRG_RXBUF a packet larger than one receive buffer takes several: num_buffers in the
+    first header counts them, all but the last are full, and they become used together."""
+    ids = ("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
+    with net_rig(open_target) as rig:
+        feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]))
+        if feats is None or not has(feats, NetF.MRG_RXBUF):
+            for rid in ids:
+                verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
+            return
+        rig.bring_up(feats, 64)
+        if not _loopback(rig, verdict, ids):
+            return
+        hl = rig.hdr_len
+        unit = MERGED_UNIT
+        # Every chain holds `unit` bytes (NET-DRV-55: at least a header), in one or two descriptors.
+        layouts = [[unit], [hl, unit - hl], [40, unit - 40]]
+        sizes = [60, unit - hl, unit - hl + 1, 300, 1000, ETH_FRAME_MAX]
+        frames = [make_frame(300 + i, n) for i, n in enumerate(sizes)]
+        need = sum(_buffers_for(hl + len(f), unit) for f in frames)
+        pending: dict[int, Posted] = {}
+        for i in range(need + 4):  # a few to spare: a device filling buffers part-way would take them
+            p = add_chain(rig.rx, [], layouts[i % len(layouts)])
+            poison(rig.mem, p)
+            pending[p.head] = p
+        rig.publish(rig.RX)
+        start = rig.rx.used_idx()
+        hdr = rig.tx_header()
+        with DmaWatch(rig.pci, rig.mem, {rig.RX: rig.rx}) as watch:
+            for f in frames:
+                add_chain(rig.tx, [hdr, f], [])
+            rig.publish(rig.TX)
+            got = rig.complete(rig.RX, pending, need)
+        rig.tx.used()
+        k = 0
+        ends: list[int] = []  # used entries consumed at the end of each packet
+        for j, f in enumerate(frames):
+            where = f"frame {j} ({len(f)} bytes, {hl + len(f)} with the header, buffers of {unit})"
+            if k >= len(got):
+                verdict.check("NET-DEV-31", False, f"{where}: no used entry left ({len(got)} in all)")
+                break
+            head_data = written_bytes(rig.mem, got[k][0], got[k][1])
+            nb = NetHdr.unpack(head_data.ljust(12, b"\0")).num_buffers
+            span = got[k:k + max(nb, 1)]
+            lens = [n for _, n in span]
+            data = b"".join(written_bytes(rig.mem, p, n) for p, n in span)
+            whole = len(span) == nb and sum(lens) == hl + len(f) and data[hl:] == f
+            verdict.check("NET-DEV-31", whole,
+                          f"{where}: num_buffers {nb}; the next {len(span)} used entries hold {sum(lens)} bytes, "
+                          f"frame {'intact' if data[hl:] == f else 'not intact'}")
+            verdict.check("NET-DEV-28", nb == len(span) and nb == _buffers_for(sum(lens), unit) and whole,
+                          f"{where}: num_buffers {nb} for used entries of lens {lens}")
+            full = [n == p.writable_len for p, n in span[:-1]]
+            verdict.check("NET-DEV-32", all(full),
+                          f"{where}: used lens {lens} of buffers of {[p.writable_len for p, _ in span]} bytes "
+                          "(all but the last must be full)")
+            k += len(span)
+            ends.append(k)
+        for p, _ in got:
+            rig.release(p)
+        # NET-DEV-33 (used idx): every publication of receiveq1's used idx ends on a packet boundary.
+        if watch.available:
+            published = [(w.value - start) & 0xFFFF for w in watch.idx_writes if w.queue == rig.RX]
+            split = [v for v in published if v not in ends]
+            verdict.check("NET-DEV-33", bool(published) and not split,
+                          f"used idx published at {published} entries, packets end at {ends}: "
+                          f"{split or 'no'} publication(s) split a packet")
+        # NET-DEV-33 (no partial packet): a packet too big for the buffers on offer is not delivered in part.
+        short = dict(pending)  # the spares still posted, and two more
+        for _ in range(2):
+            p = add_chain(rig.rx, [], [unit])
+            poison(rig.mem, p)
+            short[p.head] = p
+        rig.publish(rig.RX)
+        room = sum(p.writable_len for p in short.values())
+        if room + 100 > ETH_FRAME_MAX:  # the device left too many buffers behind above (already reported)
+            return
+        big, small = make_frame(400, room + 100), make_frame(401, 60)
+        add_chain(rig.tx, [hdr, big], [])
+        add_chain(rig.tx, [hdr, small], [])
+        rig.publish(rig.TX)
+        first = rig.complete(rig.RX, short, 1)
+        more = rig.complete(rig.RX, short, 1, timeout=rig.quiet)
+        rig.tx.used()
+        seen = [written_bytes(rig.mem, p, n) for p, n in first + more]
+        for p, _ in first + more:
+            rig.release(p)
+        verdict.check("NET-DEV-33", len(seen) == 1 and seen[0][hl:] == small
+                      and NetHdr.unpack(seen[0].ljust(12, b"\0")).num_buffers == 1,
+                      f"{len(short)} buffers of {room} bytes in all posted, a {len(big)}-byte then a "
+                      f"{len(small)}-byte frame sent: "
+                      f"{len(seen)} used entries ({[len(x) - hl for x in seen]} frame bytes), expected only the "
+                      "small frame, whole, in one buffer")
