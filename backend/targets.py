@@ -34,8 +34,10 @@ class TargetRegistry:
         return factory(rest)
 
 
-#: Modules that register targets when given a registry (``register(registry)``).
-PROVIDERS = ("models.targets",)
+#: Modules that register targets when given a registry (``register(registry)``): the simulated
+#: models, and the backend's own clients of devices in other processes (``vfio-user:PATH``) and of
+#: functions bound to Linux vfio-pci (``vfio:BDF``), and the RTL function under Verilator (``rtl:``).
+PROVIDERS = ("models.targets", "backend.pci.vfio_user", "backend.pci.vfio", "models.rtl.targets")
 
 
 def default_registry() -> TargetRegistry:

@@ -9,9 +9,10 @@ Subcommands:
 * ``report``: render several ``results.json`` side by side in one page.
 * ``serve``: a vhost-user backend on a unix socket, one fresh ``--device``
   per connection (see :func:`cmd_serve`).
+* ``device``: a simulated device in this process, served over vfio-user
+  (see :func:`cmd_device`); other processes open it as ``vfio-user:PATH``.
 
-``device`` is added by its owner later (each subcommand is one ``_add_*``
-function that sets ``func``).
+Each subcommand is one ``_add_*`` function that sets ``func``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ from rich.console import Console
 from backend.device import VdpaDevice, VdpaError
 from backend.drivers.virtio_pci import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd
-from backend.pci.device import PciDevice
+from backend.pci.device import PciDevice, PciError
 from backend.targets import TargetRegistry, default_registry
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus
+from models.targets import open_virtio_net
+from sim.pci_device import SimPciDevice
+from sim.vfio_user import VfioUserServer, claim_socket
 from testbenches.conformance.plugin import (
     DEFAULT_TARGET,
     ENTRY_POINT,
@@ -165,7 +169,7 @@ SERVER_NAME = "vhost-user"
 #: Seconds between connection attempts of ``serve --client --reconnect`` while no frontend listens.
 RECONNECT_INTERVAL = 0.2
 #: Target schemes of the bench that have no provider in this build yet.
-PLANNED_SCHEMES = ("rtl", "vfio", "vfio-user")
+PLANNED_SCHEMES = ("rtl",)
 
 
 class ServeError(Exception):
@@ -217,7 +221,7 @@ def check_device_spec(registry: TargetRegistry, spec: str) -> None:
         raise ServeError(f"--device {spec!r}: unknown target scheme {scheme!r} (available: {known})")
     try:
         _open_device(registry, spec, "probe").close()
-    except (ValueError, VdpaError, OSError) as exc:
+    except (ValueError, VdpaError, PciError, OSError) as exc:
         raise ServeError(f"--device {spec!r}: {exc}") from None
 
 
@@ -453,13 +457,94 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_serve)
 
 
+# --- device: a simulated device served over vfio-user ---------------------------------------
+
+#: Logger of the ``device`` command (sessions log under ``sim.vfio_user``).
+DEVICE_LOG = logging.getLogger("vdpa_bench.device")
+
+
+class DeviceError(Exception):
+    """A ``device`` setup problem, reported as one line (bad ``--model``, socket in use...)."""
+
+
+def _model_factory(spec: str) -> Callable[[], SimPciDevice]:
+    """``virtio-net[,key=value...]`` (the ``sim:`` options; a leading ``sim:`` is accepted) to a factory."""
+    model = spec.removeprefix("sim:")
+    try:
+        open_virtio_net(model).close()  # a bad spec fails now, not at the first connection
+    except (ValueError, OSError) as exc:
+        raise DeviceError(f"--model {spec!r}: {exc}") from None
+    return lambda: open_virtio_net(model)
+
+
+def _run_device(args: argparse.Namespace, stop_fd: int) -> int:
+    factory = _model_factory(args.model)
+    path: str = args.vfio_user
+    try:
+        claim_socket(path)
+        server = VfioUserServer(path, factory, max_devices=args.max_devices)
+    except OSError as exc:
+        raise DeviceError(f"--vfio-user {path}: {exc.strerror or exc}") from None
+    try:
+        DEVICE_LOG.info("listening on %s: %s over vfio-user (up to %d devices at once)", path, args.model,
+                        args.max_devices)
+        print(f"listening on {path}", flush=True)
+        _wait_readable([stop_fd])
+        DEVICE_LOG.info("signal received: shutting down")
+    finally:
+        server.close(timeout=args.close_timeout)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    DEVICE_LOG.info("stopped")
+    return 0
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0); setup errors exit 2."""
+    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        with _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO), \
+                _signals_to_eventfd(stop_fd, (signal.SIGINT, signal.SIGTERM)):
+            return _run_device(args, stop_fd)
+    except DeviceError as exc:
+        print(f"vdpa-bench device: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        os.close(stop_fd)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _add_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("device", help="serve a simulated device over vfio-user (target vfio-user:PATH)",
+                       description="Run a simulated device in this process and serve it over vfio-user on a "
+                                   "unix socket until SIGINT/SIGTERM. Prints 'listening on PATH' on stdout once "
+                                   "ready; client events are logged on stderr. Clients come one after the other "
+                                   "(the device is reset between them); a client connecting while the device is "
+                                   "in use gets another instance, up to --max-devices.")
+    p.add_argument("--model", default="virtio-net", metavar="SPEC",
+                   help="device model and options as in sim: targets, e.g. virtio-net,queues=2,wire=loopback")
+    p.add_argument("--vfio-user", required=True, metavar="PATH", help="unix socket to listen on")
+    p.add_argument("--max-devices", type=_positive_int, default=8, metavar="N",
+                   help="device instances served at the same time (default 8)")
+    p.add_argument("--close-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="bound on waiting for each client thread at shutdown (default 5)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
+    p.set_defaults(func=cmd_device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdpa-bench", description="userspace vDPA backend and virtio-net test bench")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_report(sub)
     _add_serve(sub)
-    # device (vfio-user device server) is added here by its owner.
+    _add_device(sub)
     return parser
 
 

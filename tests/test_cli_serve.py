@@ -129,8 +129,8 @@ def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path
 
 
 @pytest.mark.parametrize(("device", "message"), [
-    ("rtl:virtio-net", "rtl: targets are not available yet"),
-    ("vfio:0000:00:03.0", "vfio: targets are not available yet"),
+    ("rtl:virtio-net,sim=bogus", "sim='bogus' (known: verilator, icarus)"),
+    ("vfio:eth0", "vfio:eth0: not a PCI address"),
     ("bogus:virtio-net", "unknown target scheme 'bogus'"),
     ("sim:virtio-net,queues=many", "queues='many' is not an integer"),
 ])

@@ -101,7 +101,7 @@ def test_queues_programmed_kick_and_call(sim: SimNetDevice, mem: GuestMemory) ->
 
 
 class _NoIoeventfd:
-    """A PciDevice that cannot take ioeventfds (like a vfio-user server): the driver must relay."""
+    """A PciDevice that cannot take ioeventfds (a vfio-user server without our extension): the driver relays."""
 
     def __init__(self, inner: PciDevice) -> None:
         self._inner = inner

@@ -71,8 +71,11 @@ CVQ_FEATURES: Final = bits(NetF.CTRL_VQ, NetF.CTRL_GUEST_OFFLOADS, *(
 HIDDEN_FEATURES: Final = ((1 << F.RING_PACKED) | (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
                           | (1 << F.SUSPEND) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
                           | (1 << m.VHOST_F_LOG_ALL) | CVQ_FEATURES)
-#: Transport features the backend negotiates with the device on its own behalf when offered.
-BACKEND_FEATURES: Final = (1 << F.RING_RESET) | (1 << F.SUSPEND)
+#: Transport features the backend negotiates with the device on its own behalf when offered:
+#: ACCESS_PLATFORM because every frontend region is mapped through the device's IOMMU (a device
+#: behind an IOMMU may refuse FEATURES_OK without it, as QEMU's iommu_platform=on device does; the
+#: frontend is not offered it, which would need IOTLB messages), RING_RESET and SUSPEND to stop rings.
+BACKEND_FEATURES: Final = (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET) | (1 << F.SUSPEND)
 #: Protocol features implemented by this session.
 SUPPORTED_PROTOCOL_FEATURES: Final = (m.ProtocolFeature.MQ.mask | m.ProtocolFeature.REPLY_ACK.mask
                                       | m.ProtocolFeature.CONFIG.mask | m.ProtocolFeature.STATUS.mask

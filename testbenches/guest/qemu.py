@@ -79,7 +79,7 @@ class Guest:
     def __init__(self, workdir: Path, *, kernel: Kernel | None = None, modules: Sequence[str] = DEFAULT_MODULES,
                  memory_mb: int = 512, shared_memory: bool = False, share_root: Path | None = None,
                  extra_args: Sequence[str] = (), cmdline: Sequence[str] = (), allow_reboot: bool = False,
-                 name: str = "qemu") -> None:
+                 name: str = "qemu", machine: str = "pc", cpu: str | None = None) -> None:
         self.qemu = find_program(QEMU, QEMU_HINT)
         self.workdir = workdir
         self.kernel = kernel or fetch_kernel()
@@ -91,6 +91,8 @@ class Guest:
         self.cmdline = list(cmdline)
         self.allow_reboot = allow_reboot
         self.name = name
+        self.machine = machine  # q35 where a device needs PCIe or a vIOMMU (intel-iommu)
+        self.cpu = cpu  # e.g. "max": the host's Python extensions need more than TCG's default qemu64
         self.job_dir = workdir / "job"
         self.log_path = workdir / f"{name}-console.log"
         self.process: PeerProcess | None = None
@@ -98,7 +100,8 @@ class Guest:
 
     def argv(self) -> list[str]:
         append = ["console=ttyS0", "quiet", "panic=-1", f"vdpa.jobdir={JOB_TAG}"]
-        args = [self.qemu, "-accel", "tcg", "-machine", "pc", "-smp", "1", "-m", f"{self.memory_mb}M",
+        args = [self.qemu, "-accel", "tcg", "-machine", self.machine, *(("-cpu", self.cpu) if self.cpu else ()),
+                "-smp", "1", "-m", f"{self.memory_mb}M",
                 # no default NIC, VGA or monitor: the serial console is the only output
                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
                 "-kernel", str(self.kernel.image), "-initrd", str(self.initramfs),

@@ -32,6 +32,7 @@ from backend.virtio.features import DeviceStatus, F, bit
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.pci_regs import NO_VECTOR
 from sim.memory import Allocator, GuestMemory
+from testbenches.conformance.checks._support import GUEST_MEMORY_BASE
 from testbenches.driver.split_ring import DriverQueueError, DriverSplitQueue, UsedBuffer
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver
 
@@ -269,7 +270,7 @@ class Rig:
 @contextmanager
 def rig(open_target: OpenTarget, mem_size: int = MEM_SIZE) -> Iterator[Rig]:
     pci = open_target()
-    mem = GuestMemory.single(mem_size)
+    mem = GuestMemory.single(mem_size, gpa=GUEST_MEMORY_BASE)
     r: Rig | None = None
     try:
         r = Rig(pci, mem)

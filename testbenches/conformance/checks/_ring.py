@@ -42,6 +42,7 @@ from backend.virtio.split_ring import (
     vring_need_event,
 )
 from sim.memory import Allocator, GuestMemory
+from testbenches.conformance.checks._support import GUEST_MEMORY_BASE
 from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver, choose_features
 
@@ -254,9 +255,12 @@ class NetRig:
 
     # --- bring-up ------------------------------------------------------------------------------
 
-    def features_for(self, *, event_idx: bool = False, indirect: bool = True, in_order: bool = False,
+    def features_for(self, *, event_idx: bool = False, indirect: bool | None = None, in_order: bool = False,
                      extra: int = 0, drop: int = 0) -> int | None:
-        """The feature set for the wanted ring options, or None if the device does not offer one of them."""
+        """The feature set for the wanted ring options, or None if the device does not offer one of them
+        (``indirect=None``: INDIRECT_DESC where offered, for checks that do not depend on it)."""
+        if indirect is None:
+            indirect = has(self.offered, F.INDIRECT_DESC)
         want = {F.EVENT_IDX: event_idx, F.INDIRECT_DESC: indirect, F.IN_ORDER: in_order}
         for bit, on in want.items():
             if on and not has(self.offered, bit):
@@ -426,7 +430,7 @@ class NetRig:
 def net_rig(open_target: OpenTarget, spec: str | None = None, mem_size: int = DEFAULT_MEM) -> Iterator[NetRig]:
     """A fresh device (``spec`` or the session target) with guest memory mapped; closed on exit."""
     pci = open_target(spec) if spec else open_target()
-    with GuestMemory.single(mem_size) as mem:
+    with GuestMemory.single(mem_size, gpa=GUEST_MEMORY_BASE) as mem:
         rig = NetRig(pci, mem)
         try:
             yield rig

@@ -35,7 +35,7 @@ from backend.virtio.pci_regs import (
     walk_capabilities,
 )
 from sim.memory import GuestMemory
-from testbenches.conformance.checks._support import OpenTarget
+from testbenches.conformance.checks._support import GUEST_MEMORY_BASE, OpenTarget
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver
@@ -56,7 +56,7 @@ CAP_LEN, CAP_BAR, CAP_OFFSET, CAP_LENGTH = 2, 4, 8, 12  # byte offsets inside st
 
 @pytest.fixture
 def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM) as m:
+    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
         yield m
 
 
@@ -155,6 +155,7 @@ def test_drivers_bind_to_virtio_net_ids(open_target: OpenTarget, verdict: Verdic
         edited = ConfigSpaceEditor(real, [c.entry() for c in target_caps(real)], header=header)
         run = runner(TracingPciDevice(edited), mem)
         verdict.check(rid, run.ok, f"{name} on a function presenting {_ids(header, real)}: {run}")
+        real.close()  # a real function has one owner at a time (a VFIO group opens once)
 
 
 FOREIGN_IDS: dict[str, dict[int, bytes]] = {
@@ -369,6 +370,7 @@ def test_drivers_cope_with_capability_layouts(open_target: OpenTarget, verdict: 
         edited = ConfigSpaceEditor(real, presented.entries, alias_bar=presented.alias_bar)
         trace = TracingPciDevice(edited)
         _judge_layout(verdict, variant, presented, edited, trace, name, runner(trace, mem))
+        real.close()  # a real function has one owner at a time (a VFIO group opens once)
 
 
 @pytest.mark.req("CFG-DRV-05")
@@ -516,6 +518,7 @@ def test_drivers_cope_with_msix_table_sizes(open_target: OpenTarget, verdict: Ve
         verdict.check("PCI-DRV-31", run.ok and in_table,
                       f"{name} on an MSI-X Table Size of {size} (field {size - 1:#x}): {run}; vectors "
                       f"programmed {vectors}")
+        real.close()  # a real function has one owner at a time (a VFIO group opens once)
 
 
 @pytest.mark.req("PCI-DRV-37")

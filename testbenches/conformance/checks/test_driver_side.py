@@ -19,7 +19,7 @@ from backend.virtio.features import DEFINED_NET_PCI, NET_DEPENDENCIES, DeviceSta
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.pci_regs import CommonCfg
 from sim.memory import GuestMemory
-from testbenches.conformance.checks._support import OpenTarget
+from testbenches.conformance.checks._support import GUEST_MEMORY_BASE, OpenTarget
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DriverInitError, GuestNetDriver
@@ -42,7 +42,7 @@ RING = ("SPLIT-DRV-01", "SPLIT-DRV-02", "SPLIT-DRV-04", "SPLIT-DRV-05", "SPLIT-D
 
 @pytest.fixture
 def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM) as m:
+    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
         yield m
 
 
