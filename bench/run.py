@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from backend.vhost_user import messages as m
+from bench import rtl as bench_rtl
 from bench.cpu import ThreadTimes, split_cpu
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import VhostUserFrontend
@@ -202,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the window, default 1")
     ap.add_argument("--qsize", type=int, default=1024, help="virtio_user queue_size (both peers), default 1024")
     ap.add_argument("--out", type=Path, default=Path("reports/bench"), help="results.json goes here")
+    ap.add_argument("--only", choices=("all", "vhost", "rtl"), default="all",
+                    help="vhost: the data path against net_vhost; rtl: the RTL full stack (bench/rtl.py)")
     args = ap.parse_args(argv)
     console = Console()
+    if args.only == "rtl":
+        return bench_rtl.section(console, args.out)
     if (os.cpu_count() or 1) < 2:
         console.print("[yellow]one CPU: frontend and backend share it; ratios still compare like with like[/]")
     rates: list[RateSample] = []
@@ -229,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     console.print(f"results: {args.out / 'results.json'}")
-    return 0
+    return bench_rtl.section(console, args.out) if args.only == "all" else 0

@@ -92,6 +92,7 @@ module virtio_pci_regs
   // ---- state ------------------------------------------------------------------------------------
   logic [31:0] device_feature_select, driver_feature_select;
   logic [63:0] driver_features;
+  logic        driver_features_high;  // a non-zero bit was written above bit 63, where nothing is offered
   logic [15:0] config_msix_vector;
   logic [7:0]  status;
   logic [7:0]  config_generation;
@@ -242,6 +243,7 @@ module virtio_pci_regs
       aw_got <= 1'b0; w_got <= 1'b0; aw_addr <= '0; w_data <= '0; w_strb <= '0;
       s_axil_bvalid <= 1'b0; s_axil_rvalid <= 1'b0; s_axil_rdata <= '0;
       device_feature_select <= '0; driver_feature_select <= '0; driver_features <= '0;
+      driver_features_high <= 1'b0;
       negotiated <= '0; config_msix_vector <= NO_VECTOR; status <= '0; config_generation <= '0;
       queue_select <= '0; isr <= '0; resetting <= 1'b0; link_q <= 1'b0;
       q_vector <= {NUM_QUEUES{NO_VECTOR}}; q_enable <= '0; qreset_req <= '0;
@@ -275,6 +277,8 @@ module virtio_pci_regs
                 driver_features[31:0] <= merge32(driver_features[31:0], w_data, w_strb);
               else if (driver_feature_select == 32'd1)
                 driver_features[63:32] <= merge32(driver_features[63:32], w_data, w_strb);
+              else if ((w_data & {{8{w_strb[3]}}, {8{w_strb[2]}}, {8{w_strb[1]}}, {8{w_strb[0]}}}) != 32'h0)
+                driver_features_high <= 1'b1;  // accepting an unoffered bit: FEATURES_OK must not stick
             end
           CC_MSIX_NUMQ:
             if (|w_strb[1:0]) config_msix_vector <= valid_vector(merge16(config_msix_vector, w_data[15:0], w_strb[1:0]));
@@ -287,7 +291,7 @@ module virtio_pci_regs
                 // bits are cleared only by reset; DEVICE_NEEDS_RESET is the device's to set
                 nxt = status | (w_data[7:0] & ~S_DEVICE_NEEDS_RESET);
                 if ((nxt & S_FEATURES_OK) != 8'h0 && (status & S_FEATURES_OK) == 8'h0) begin
-                  if (features_acceptable(driver_features)) negotiated <= driver_features;
+                  if (features_acceptable(driver_features) && !driver_features_high) negotiated <= driver_features;
                   else nxt = nxt & ~S_FEATURES_OK;  // FEAT-DEV-03: the bit does not stick
                 end
                 status <= nxt;
@@ -372,6 +376,7 @@ module virtio_pci_regs
         status                <= '0;
         negotiated            <= '0;
         driver_features       <= '0;
+        driver_features_high  <= 1'b0;
         device_feature_select <= '0;
         driver_feature_select <= '0;
         queue_select          <= '0;

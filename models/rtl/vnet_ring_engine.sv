@@ -370,7 +370,11 @@ module vnet_ring_engine
       E_IDX_ISSUE: begin
         cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
         cmd_addr  = dev + 64'd2;
+`ifdef VNET_BUG_USED_WRAP
+        cmd_wdata = 64'(15'(used_idx[cq] + batch_n));  // seeded bug (tests/test_rtl_target.py): 15-bit used idx
+`else
         cmd_wdata = 64'(16'(used_idx[cq] + batch_n));
+`endif
       end
       E_NOTE_ISSUE: begin  // used_event (EVENT_IDX) or avail flags, read after used idx
         cmd_valid = !abort; cmd_len = 32'd2;
@@ -653,7 +657,11 @@ module vnet_ring_engine
 
         E_IDX_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_IDX_WAIT;
         E_IDX_WAIT: if (dma_done) begin
+`ifdef VNET_BUG_USED_WRAP
+          used_idx[cq] <= 16'(15'(used_idx[cq] + batch_n));  // seeded bug: wraps at 0x8000
+`else
           used_idx[cq] <= 16'(used_idx[cq] + batch_n);
+`endif
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
           end else begin
@@ -667,8 +675,14 @@ module vnet_ring_engine
             fail_code <= ERR_DMA; state <= E_FAIL;
           end else begin
             // SPLIT-DEV-09..14; used_idx already holds the new index
+`ifdef VNET_BUG_MISSED_IRQ
+            // seeded bug (tests/test_rtl_target.py): without EVENT_IDX transmit completions never notify
+            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
+                          : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0 && !is_tx) begin
+`else
             if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
                           : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
+`endif
               q_irq_valid <= 1'b1;
               q_irq_queue <= cq;
             end

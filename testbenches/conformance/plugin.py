@@ -110,6 +110,17 @@ class TargetOptions:
     sim: str | None = None
     waves: bool = False
 
+    def device_spec(self, spec: str, waves: Path | None = None) -> str:
+        """``spec`` with ``sim=`` and ``waves=PATH`` added when it is an ``rtl:`` target that lacks them."""
+        if not spec.startswith("rtl"):
+            return spec
+        have = {p.split("=", 1)[0] for p in spec.split(",")[1:]}
+        extra = [f"sim={self.sim}"] if self.sim and "sim" not in have else []
+        extra += [f"waves={waves}"] if waves is not None and "waves" not in have else []
+        if not extra:
+            return spec
+        return ",".join([spec if ":" in spec else "rtl:virtio-net", *extra])
+
 
 @dataclass
 class ConformanceRun:
@@ -365,13 +376,24 @@ def target_registry() -> TargetRegistry:
 class OpenTarget:
     """Opens fresh devices and remembers them so that they can all be closed."""
 
-    def __init__(self, registry: TargetRegistry, spec: str) -> None:
+    def __init__(self, registry: TargetRegistry, spec: str, options: TargetOptions | None = None,
+                 waves_stem: Path | None = None) -> None:
         self.registry = registry
         self.spec = spec
+        self.options = options
+        self.waves_stem = waves_stem  # --waves: each rtl: device writes <stem>-<n>.fst
+        self.waves: list[Path] = []
         self.opened: list[PciDevice] = []
 
     def __call__(self, spec: str | None = None) -> PciDevice:
-        device = self.registry.open(spec or self.spec)
+        spec = spec or self.spec
+        if self.options is not None:
+            wave = None
+            if self.waves_stem is not None and spec.startswith("rtl"):
+                wave = self.waves_stem.with_name(f"{self.waves_stem.name}-{len(self.waves)}.fst")
+                self.waves.append(wave)
+            spec = self.options.device_spec(spec, wave)
+        device = self.registry.open(spec)
         self.opened.append(device)
         return device
 
@@ -388,13 +410,29 @@ class OpenTarget:
 
 
 @pytest.fixture
-def open_target(target_registry: TargetRegistry, target_spec: str) -> Iterator[OpenTarget]:
-    """``dev = open_target()`` opens a fresh device of ``--target``; every one is closed at teardown."""
-    opener = OpenTarget(target_registry, target_spec)
+def open_target(target_registry: TargetRegistry, target_options: TargetOptions,
+                request: pytest.FixtureRequest) -> Iterator[OpenTarget]:
+    """``dev = open_target()`` opens a fresh device of ``--target``; every one is closed at teardown.
+
+    With ``--waves`` an ``rtl:`` device dumps an FST under ``<report dir>/waves/``; it is kept only when
+    the check failed."""
+    stem = None
+    if target_options.waves:
+        run = conformance_run(request.config)
+        folder = (run.report_dir or Path("reports") / target_name(target_options.spec)) / "waves"
+        stem = folder / "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.nodeid)
+    opener = OpenTarget(target_registry, target_options.spec, target_options, stem)
     try:
         yield opener
     finally:
-        opener.close_all()
+        try:
+            opener.close_all()
+        finally:
+            node = request.node
+            state = node.stash.get(STATE_KEY, None) if isinstance(node, pytest.Item) else None
+            failed = state is not None and (state.error is not None or state.verdict_failed)
+            for wave in opener.waves if not failed else []:
+                wave.unlink(missing_ok=True)
 
 
 @pytest.fixture

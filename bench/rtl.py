@@ -1,0 +1,197 @@
+"""The RTL section of ``make bench``: how fast the SystemVerilog function runs behind the whole stack.
+
+* plain loop: the Verilated design with nothing but the clock toggling, in C++ (no bus model, no
+  Python): the limit for this design on this machine.
+* full stack, Python frontend: ``VhostUserFrontend`` (virtio_user's message sequence) →
+  ``vdpa-bench serve --device rtl:virtio-net,wire=loopback`` → the design; frames exchanged in
+  batches of one ring's worth and compared byte for byte.
+* full stack, DPDK testpmd ``net_virtio_user`` (io forwarding loop seeded with ``tx_first``), when
+  testpmd is installed.
+
+Simulated cycles come from the serve log (the device logs them at close). The clock stops while the
+design is idle, so "cycles per second" is simulated cycles over the traffic window's wall time, and
+"clock running" divides by the time the clock thread actually ran the design. For reference
+(``shared/toolchain.md``): cocotb awaiting every edge from Python tops out near 0.19 M cycles/s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from models.rtl.targets import RtlOptions, build_variant
+from sim.memory import GuestMemory
+from sim.rtl.bridge import NativeBridge
+from sim.rtl.build import RtlBuildError
+from testbenches.frontend.vhost_user import VhostUserFrontend
+from testbenches.peers.process import MissingPeer
+from testbenches.peers.serve import ServeProcess
+from testbenches.peers.testpmd import Testpmd, virtio_user_vdev
+
+SPEC = "rtl:virtio-net,wire=loopback"
+PLAIN_CYCLES = 5_000_000
+FRAMES = 8192  # Python frontend: frames per run
+BATCH = 256  # one ring's worth per exchange
+FRAME_LEN = 64
+TESTPMD_WINDOW = 3.0
+GOAL_CYCLES = 1e6
+CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock running, (\d+) doorbells")
+REFERENCE_COCOTB_PER_EDGE = 0.19e6  # toolchain.md: Python awaiting every rising edge (Verilator)
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    frames: int
+    intact: int | None  # None: the frontend only counts frames (testpmd), it does not compare them
+    cycles: int
+    clock_seconds: float
+    kicks: int
+
+    @property
+    def pps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.seconds if self.seconds else 0.0
+
+    @property
+    def clock_cycles_per_s(self) -> float:
+        return self.cycles / self.clock_seconds if self.clock_seconds else 0.0
+
+
+def _frame(i: int) -> bytes:
+    head = bytes.fromhex("02000000000102000000000288b5") + i.to_bytes(4, "big")
+    return (head + bytes((i * 7 + k) & 0xFF for k in range(FRAME_LEN)))[:FRAME_LEN]
+
+
+def _session_cycles(serve: ServeProcess) -> tuple[int, float, int]:
+    """(cycles, clock seconds, kicks) of the last device serve closed (the session's)."""
+    runs = CYCLES_LINE.findall(serve.proc.output())
+    if not runs:
+        raise RuntimeError("serve logged no cycle count for the session's device")
+    c, s, k = runs[-1]
+    return int(c), float(s), int(k)
+
+
+def plain_loop() -> float:
+    """Cycles per second of the bare clock loop."""
+    bridge = NativeBridge(build_variant(RtlOptions("virtio-net")).library)
+    try:
+        bridge.reset()
+        bridge.bench_plain(PLAIN_CYCLES // 10)  # warm caches
+        return PLAIN_CYCLES / bridge.bench_plain(PLAIN_CYCLES)
+    finally:
+        bridge.close()
+
+
+def python_frontend(work: Path) -> Run:
+    sock = str(work / "py.sock")
+    with ServeProcess(sock, SPEC, log=work / "serve-py.log") as serve:
+        serve.wait_listening()
+        with GuestMemory.single(8 << 20, gpa=0x1_0000_0000) as mem:
+            fe = VhostUserFrontend.connect(sock, mem)
+            try:
+                fe.start(queues=(0, 1), size=BATCH)
+                intact = 0
+                t0 = time.perf_counter()
+                for start in range(0, FRAMES, BATCH):
+                    sent = [_frame(i) for i in range(start, min(FRAMES, start + BATCH))]
+                    got = fe.exchange(sent, timeout=20.0)
+                    intact += sum(a == b for a, b in zip(sent, got, strict=False))
+                seconds = time.perf_counter() - t0
+                fe.stop()
+            finally:
+                fe.close()
+        serve.proc.wait_for("frontend disconnected", 10.0)
+        serve.stop()
+        cycles, clock, kicks = _session_cycles(serve)
+    return Run("Python frontend", seconds, FRAMES, intact, cycles, clock, kicks)
+
+
+def testpmd_loop(work: Path) -> Run:
+    sock = str(work / "tp.sock")
+    with ServeProcess(sock, SPEC, log=work / "serve-tp.log", cpu=0) as serve:
+        serve.wait_listening()
+        with Testpmd(virtio_user_vdev(sock), log=work / "testpmd.log", cpu=1) as tp:
+            tp.wait_ready()
+            tp.command("set fwd io")
+            tp.command("start tx_first 32")
+            s0, t0 = tp.port_stats(), time.perf_counter()
+            # a measurement window, not a synchronisation: traffic runs while we wait
+            time.sleep(TESTPMD_WINDOW)
+            s1, t1 = tp.port_stats(), time.perf_counter()
+            tp.command("stop")
+            tp.quit()
+        serve.proc.wait_for("frontend disconnected", 10.0)
+        serve.stop()
+        cycles, clock, kicks = _session_cycles(serve)
+    frames = s1.rx_packets - s0.rx_packets
+    # cycles cover the whole session; scale to the window by its share of the frames received
+    share = frames / s1.rx_packets if s1.rx_packets else 0.0
+    return Run("testpmd io loop", t1 - t0, frames, None, int(cycles * share), clock * share, kicks)
+
+
+def section(console: Console, out: Path) -> int:
+    """Run the RTL benchmark, print the table, write ``out/rtl.json``; 0 unless something is missing."""
+    console.rule("RTL: SystemVerilog virtio-net under Verilator")
+    try:
+        t0 = time.perf_counter()
+        built = build_variant(RtlOptions("virtio-net"))
+        build_s = time.perf_counter() - t0
+    except RtlBuildError as exc:
+        console.print(f"[red]RTL bench needs the Verilator build[/]: {exc}")
+        return 2
+    plain = plain_loop()
+    runs: list[Run] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="vdpa-bench-rtl-") as tmp:
+        work = Path(tmp)
+        runs.append(python_frontend(work))
+        try:
+            runs.append(testpmd_loop(work))
+        except MissingPeer as exc:
+            notes.append(f"testpmd run skipped: {exc.program} missing ({exc.hint})")
+    table = Table(title=f"RTL full stack (build {'made' if built.fresh else 'cached'} in {build_s:.1f} s)")
+    for col in ("run", "frames", "intact", "pkt/s", "cycles/s", "cycles/s busy", "cycles/frame"):
+        table.add_column(col, justify="right")
+    table.add_row("plain C++ loop", "-", "-", "-", f"{plain / 1e6:.2f} M", "-", "-")
+    for r in runs:
+        intact = "counted" if r.intact is None else str(r.intact)
+        table.add_row(r.name, str(r.frames), intact, f"{r.pps:,.0f}", f"{r.cycles_per_s / 1e6:.2f} M",
+                      f"{r.clock_cycles_per_s / 1e6:.2f} M", f"{r.cycles / r.frames:.0f}" if r.frames else "-")
+    table.add_row("cocotb per edge*", "-", "-", "-",
+                  f"{REFERENCE_COCOTB_PER_EDGE / 1e6:.2f} M", "-", "-")
+    console.print(table)
+    console.print("cycles/s: simulated cycles over the traffic window (the clock stops while the design is "
+                  "idle); busy: over the time the clock ran. *cocotb awaiting every rising edge from Python, "
+                  "toolchain.md")
+    best = max((r.cycles_per_s for r in runs), default=0.0)
+    verdict = "met" if best >= GOAL_CYCLES else "NOT met"
+    console.print(f"goal >= {GOAL_CYCLES / 1e6:.0f} M simulated cycles/s full stack: {verdict} "
+                  f"(best {best / 1e6:.2f} M, {100 * best / plain:.0f}% of the plain loop)")
+    for n in notes:
+        console.print(f"[yellow]{n}[/]")
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"plain_cycles_per_s": plain, "runs": [asdict(r) | {"pps": r.pps, "cycles_per_s": r.cycles_per_s,
+                                                                "clock_cycles_per_s": r.clock_cycles_per_s}
+                                                   for r in runs],
+              "goal_cycles_per_s": GOAL_CYCLES, "goal_met": best >= GOAL_CYCLES, "notes": notes,
+              "cpus": os.cpu_count()}
+    (out / "rtl.json").write_text(json.dumps(result, indent=2))
+    console.print(f"results: {out / 'rtl.json'}")
+    bad = [r.name for r in runs if r.intact is not None and r.intact != r.frames]
+    if bad:
+        console.print(f"[red]frames came back altered or missing in: {', '.join(bad)}[/]")
+        return 1
+    return 0

@@ -1,0 +1,264 @@
+"""ctypes binding of the native bridge (``harness/bridge.cpp``) built by :mod:`sim.rtl.build`.
+
+One :class:`NativeBridge` is one instance of the Verilated design with its bus models. It is
+not thread-safe: :class:`sim.rtl.runner.RtlRunner` serialises every call except :meth:`wait`.
+ctypes releases the GIL for the duration of each call, so the clock runs while Python threads
+(the backend, the frontend's driver in the same process) go on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from pathlib import Path
+from typing import Any
+
+from backend.pci.device import DmaPerm
+
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_u16p = ctypes.POINTER(ctypes.c_uint16)
+_u32p = ctypes.POINTER(ctypes.c_uint32)
+_u64p = ctypes.POINTER(ctypes.c_uint64)
+_intp = ctypes.POINTER(ctypes.c_int)
+ObserveFn = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64)
+
+
+class Events(IntFlag):
+    FRAMES = 1
+    IRQS = 2
+    FAULTS = 4
+    INTX = 8
+    ERRORS = 16
+
+
+class RunResult(IntFlag):
+    IDLE = 1
+    EVENTS = 2
+    CYCLES = 4
+
+
+#: ``vb_axil``'s state bit: the design stayed idle after the access.
+AXIL_IDLE = 0x100
+
+
+class FaultReason(IntEnum):
+    UNMAPPED = 1
+    PERMISSION = 2
+    BUS_MASTER = 3
+    ADDRESS_SPACE = 4
+
+
+FAULT_TEXT = {
+    FaultReason.UNMAPPED: "no mapping covers the burst",
+    FaultReason.PERMISSION: "the mapping does not permit this access",
+    FaultReason.BUS_MASTER: "bus mastering is disabled in the PCI command register",
+    FaultReason.ADDRESS_SPACE: "burst runs past the end of the IOVA space",
+}
+
+#: ``vb_status`` fields: the bridge's own, then the design's status ports (vb_design.h order).
+STATUS_FIELDS = ("cycles", "intx", "kicks", "rx_fifo_drops", "busy_ns", "device_status", "last_err_code",
+                 "last_err_queue", "err_count", "stat_tx_packets", "stat_tx_dropped", "stat_rx_packets",
+                 "stat_rx_no_buffer", "stat_rx_dropped")
+
+
+@dataclass(frozen=True)
+class Fault:
+    iova: int
+    size: int
+    access: DmaPerm
+    reason: FaultReason
+
+
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "vb_new": (ctypes.c_void_p, [ctypes.c_char_p]),
+    "vb_free": (None, [ctypes.c_void_p]),
+    "vb_has_trace": (ctypes.c_int, []),
+    "vb_width": (ctypes.c_uint, [ctypes.c_void_p]),
+    "vb_reset": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_set_link": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_set_msix_enabled": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_set_bus_master": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_set_observer": (None, [ctypes.c_void_p, ObserveFn]),
+    "vb_set_wake_fd": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_dma_map": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
+                                  ctypes.c_int64, ctypes.c_int]),
+    "vb_dma_unmap": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
+    "vb_kick_add": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]),
+    "vb_kick_remove": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]),
+    "vb_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
+    "vb_axil": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                                 _u32p, _intp]),
+    "vb_push_frame": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32]),
+    "vb_pop_frames": (ctypes.c_int, [ctypes.c_void_p, _u8p, ctypes.c_uint64, _u32p, _u32p, ctypes.c_int]),
+    "vb_pop_irqs": (ctypes.c_int, [ctypes.c_void_p, _u16p, ctypes.c_int]),
+    "vb_pop_faults": (ctypes.c_int, [ctypes.c_void_p, _u64p, _u64p, _intp, _intp, ctypes.c_int]),
+    "vb_events": (ctypes.c_int, [ctypes.c_void_p]),
+    "vb_status": (ctypes.c_int, [ctypes.c_void_p, _u64p, ctypes.c_int]),
+    "vb_bench_plain": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_uint64]),
+}
+
+_FRAME_BUF = 1 << 18
+_MAX_FRAMES = 256
+_MAX_ITEMS = 256
+
+
+class BridgeError(Exception):
+    """The native bridge refused a request or the design's bus hung."""
+
+
+class _Closed:
+    """Stands in for the library after close: a late call raises instead of passing a freed handle."""
+
+    def __init__(self, library: Path) -> None:
+        self.library = library
+
+    def __getattr__(self, name: str) -> Any:
+        raise BridgeError(f"{name} on a closed bridge ({self.library})")
+
+
+class NativeBridge:
+    """One design instance and its bus models (see ``harness/bridge.cpp`` for the protocol)."""
+
+    def __init__(self, library: Path, waves: Path | None = None) -> None:
+        self.library = library
+        lib = ctypes.CDLL(str(library))
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        self._lib: Any = lib
+        self.has_trace = bool(lib.vb_has_trace())
+        if waves is not None and not self.has_trace:
+            raise BridgeError(f"{library} was built without tracing: waves need the --trace-fst variant")
+        handle = lib.vb_new(str(waves).encode() if waves is not None else None)
+        if not handle:
+            raise BridgeError("vb_new failed")
+        self._h = ctypes.c_void_p(handle)
+        self.data_bytes = int(lib.vb_width(self._h))
+        self._rdata = ctypes.c_uint32()
+        self._state = ctypes.c_int()
+        self._frame_buf = (ctypes.c_uint8 * _FRAME_BUF)()
+        self._lens = (ctypes.c_uint32 * _MAX_FRAMES)()
+        self._dests = (ctypes.c_uint32 * _MAX_FRAMES)()
+        self._irqs = (ctypes.c_uint16 * _MAX_ITEMS)()
+        self._f_iova = (ctypes.c_uint64 * _MAX_ITEMS)()
+        self._f_size = (ctypes.c_uint64 * _MAX_ITEMS)()
+        self._f_access = (ctypes.c_int * _MAX_ITEMS)()
+        self._f_reason = (ctypes.c_int * _MAX_ITEMS)()
+        self._status = (ctypes.c_uint64 * len(STATUS_FIELDS))()
+        self._observer: object = None  # the CFUNCTYPE object must outlive its use in C
+
+    def close(self) -> None:
+        if self._h:
+            self._lib.vb_free(self._h)
+            self._h = ctypes.c_void_p()
+            self._lib = _Closed(self.library)
+
+    # --- control -----------------------------------------------------------------------------------
+
+    def reset(self, cycles: int = 8) -> None:
+        self._lib.vb_reset(self._h, cycles)
+
+    def set_link(self, up: bool) -> None:
+        self._lib.vb_set_link(self._h, int(up))
+
+    def set_msix_enabled(self, on: bool) -> None:
+        self._lib.vb_set_msix_enabled(self._h, int(on))
+
+    def set_bus_master(self, on: bool) -> None:
+        self._lib.vb_set_bus_master(self._h, int(on))
+
+    def set_observer(self, fn: Callable[[int, int, int], None] | None) -> None:
+        self._observer = ObserveFn(fn) if fn is not None else ObserveFn()
+        self._lib.vb_set_observer(self._h, self._observer)
+
+    def set_wake_fd(self, fd: int) -> None:
+        self._lib.vb_set_wake_fd(self._h, fd)
+
+    # --- DMA table -----------------------------------------------------------------------------------
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        rc = int(self._lib.vb_dma_map(self._h, iova, size, fd, offset, int(perm)))
+        if rc < 0:
+            raise BridgeError(f"dma_map [{iova:#x}, +{size:#x}) of fd {fd}: errno {-rc}")
+
+    def dma_unmap(self, iova: int, size: int) -> int:
+        return int(self._lib.vb_dma_unmap(self._h, iova, size))
+
+    # --- doorbells -----------------------------------------------------------------------------------
+
+    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None:
+        rc = int(self._lib.vb_kick_add(self._h, fd, addr, value, width))
+        if rc < 0:
+            raise BridgeError(f"doorbell eventfd {fd} at {addr:#x} width {width}: errno {-rc}")
+
+    def kick_remove(self, fd: int, addr: int) -> bool:
+        return bool(self._lib.vb_kick_remove(self._h, fd, addr))
+
+    def wait(self, timeout_ms: int) -> int:
+        """Block (GIL released) until a doorbell or the wake eventfd is readable; no model access."""
+        return int(self._lib.vb_wait(self._h, timeout_ms))
+
+    # --- clock and bus -------------------------------------------------------------------------------
+
+    def run(self, max_cycles: int, event_delay: int) -> RunResult:
+        return RunResult(int(self._lib.vb_run(self._h, max_cycles, event_delay)))
+
+    def axil(self, write: bool, addr: int, data: int, strb: int) -> tuple[int, int]:
+        """One AXI4-Lite access run to its response: (read data, state: events | AXIL_IDLE)."""
+        n = int(self._lib.vb_axil(self._h, int(write), addr, data, strb, ctypes.byref(self._rdata),
+                                  ctypes.byref(self._state)))
+        if n < 0:
+            raise BridgeError(f"AXI4-Lite {'write' if write else 'read'} at {addr:#x}: no response")
+        return int(self._rdata.value), int(self._state.value)
+
+    # --- streams, interrupts, faults -------------------------------------------------------------------
+
+    def push_frame(self, frame: bytes, dest: int = 0) -> bool:
+        return int(self._lib.vb_push_frame(self._h, frame, len(frame), dest)) == 0
+
+    def pop_frames(self) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        while True:
+            n = int(self._lib.vb_pop_frames(self._h, self._frame_buf, _FRAME_BUF, self._lens, self._dests,
+                                            _MAX_FRAMES))
+            if n <= 0:
+                return out
+            raw = bytes(memoryview(self._frame_buf)[:sum(self._lens[:n])])
+            pos = 0
+            for i in range(n):
+                k = self._lens[i]
+                out.append((raw[pos:pos + k], int(self._dests[i])))
+                pos += k
+
+    def pop_irqs(self) -> list[int]:
+        out: list[int] = []
+        while True:
+            n = int(self._lib.vb_pop_irqs(self._h, self._irqs, _MAX_ITEMS))
+            if n <= 0:
+                return out
+            out.extend(self._irqs[:n])
+
+    def pop_faults(self) -> list[Fault]:
+        out: list[Fault] = []
+        while True:
+            n = int(self._lib.vb_pop_faults(self._h, self._f_iova, self._f_size, self._f_access, self._f_reason,
+                                            _MAX_ITEMS))
+            if n <= 0:
+                return out
+            out.extend(Fault(int(self._f_iova[i]), int(self._f_size[i]), DmaPerm(self._f_access[i]),
+                             FaultReason(self._f_reason[i])) for i in range(n))
+
+    def events(self) -> Events:
+        return Events(int(self._lib.vb_events(self._h)))
+
+    def status(self) -> dict[str, int]:
+        n = int(self._lib.vb_status(self._h, self._status, len(STATUS_FIELDS)))
+        return {STATUS_FIELDS[i]: int(self._status[i]) for i in range(n)}
+
+    def bench_plain(self, cycles: int) -> float:
+        """Seconds the bare clock loop (no bus models, no Python) takes for ``cycles``."""
+        return int(self._lib.vb_bench_plain(self._h, cycles)) / 1e9

@@ -1,0 +1,274 @@
+"""An RTL design as an in-process ``PciDevice``: the PCI endpoint is Python, the function is the design.
+
+The configuration space, capability list, BAR layout and the MSI-X table/PBA are built in Python
+with the endpoint framework (as for the behavioral models); the BAR range the design decodes is
+an :class:`AxiLiteBlock`, whose every access is an AXI4-Lite transfer on the design. DMA goes
+through the native bridge's table of IOMMU mappings, kept equal to the endpoint's :class:`Iommu`
+(which validates each map and holds the fault list ``dma_faults()`` drains). Doorbell eventfds
+(``ioeventfd``) are polled by the native bridge itself, which performs the doorbell write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from backend.pci.device import (
+    DmaFault,
+    DmaPerm,
+    IrqIndex,
+    PciError,
+    RegionFlags,
+    RegionIndex,
+    RegionInfo,
+)
+from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
+from sim.iommu import Iommu
+from sim.pci.endpoint import Bar, ConfigSpace, Msix, PciEndpoint
+from sim.rtl.bridge import FAULT_TEXT, Events, Fault
+from sim.rtl.runner import RtlRunner
+
+AXIL_WORD = 4
+
+
+class AxiLiteBlock:
+    """A BAR range served by the design's AXI4-Lite slave: accesses become 32-bit transfers with
+    byte strobes (reads of several words read each word once; the slave has no read strobes, so a
+    narrow read reads its whole word, as on the real bus)."""
+
+    def __init__(self, runner: RtlRunner, size: int) -> None:
+        self.runner = runner
+        self.size = size
+
+    def read(self, offset: int, size: int) -> bytes:
+        out = bytearray()
+        first = offset & ~(AXIL_WORD - 1)
+        for word in range(first, offset + size, AXIL_WORD):
+            out += self.runner.axil_read(word).to_bytes(AXIL_WORD, "little")
+        lo = offset - first
+        return bytes(out[lo:lo + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            addr = offset + pos
+            word = addr & ~(AXIL_WORD - 1)
+            lane = addr - word
+            n = min(AXIL_WORD - lane, len(data) - pos)
+            value = int.from_bytes(data[pos:pos + n], "little") << (8 * lane)
+            strb = ((1 << n) - 1) << lane
+            self.runner.axil_write(word, value, strb)
+            pos += n
+
+
+class RtlEndpoint(PciEndpoint):
+    """A PciEndpoint whose bus-mastering and MSI-X enable bits are inputs of the design and its bridge."""
+
+    def __init__(self, config: ConfigSpace, bars: list[Bar], msix: Msix | None, runner: RtlRunner,
+                 iommu: Iommu | None = None) -> None:
+        super().__init__(config, bars, msix, iommu)
+        self.runner = runner
+        self.reset_hooks.append(runner.reset)
+
+    def sync_inputs(self) -> None:
+        self.runner.set_inputs(bus_master=self.config.bus_master,
+                               msix_enabled=self.msix is not None and self.msix.enabled)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        super().config_write(offset, data)
+        self.sync_inputs()
+
+    def function_reset(self) -> None:
+        super().function_reset()
+        self.sync_inputs()
+
+
+class RtlPciDevice:
+    """Implements :class:`backend.pci.device.PciDevice` over an :class:`RtlEndpoint` and its runner.
+
+    ``model`` and ``wire`` are set by the target that builds the device (the stimulus the
+    conformance checks use, and the wire the transmit port feeds); ``loop`` is the clock runner,
+    whose ``errors`` list what crashed the device thread.
+    """
+
+    def __init__(self, endpoint: RtlEndpoint, name: str) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.runner = endpoint.runner
+        self.loop = self.runner
+        self.model: object = None
+        self.wire: object = None
+        self._ioeventfds: dict[tuple[int, int, int], int] = {}
+        self._frame_sink: Callable[[Sequence[tuple[bytes, int]]], None] | None = None
+        self._status_sink: Callable[[dict[str, int], Events], None] | None = None
+        self._closed = False
+        self.last_status: dict[str, int] = {}
+
+    def start(self, frames: Callable[[Sequence[tuple[bytes, int]]], None] | None = None,
+              status: Callable[[dict[str, int], Events], None] | None = None) -> None:
+        """Start the clock; transmitted frames go to ``frames``, error/INTx changes also to ``status``."""
+        self._frame_sink = frames
+        self._status_sink = status
+        self.endpoint.sync_inputs()
+        self.runner.start(self)
+
+    # --- EventSink (called on the clock thread) -------------------------------------------------------
+
+    def faults(self, faults: Sequence[Fault]) -> None:
+        iommu = self.endpoint.iommu
+        for f in faults:
+            iommu.fault(f.iova, f.size, f.access, f"{FAULT_TEXT[f.reason]} (RTL AXI4 burst at {f.iova:#x}, "
+                                                  f"{f.size} bytes, answered SLVERR)")
+
+    def status_changed(self, status: dict[str, int], events: Events) -> None:
+        self.last_status = status
+        if events & Events.INTX:
+            self.endpoint.set_intx(bool(status["intx"]))
+        if self._status_sink is not None:
+            self._status_sink(status, events)
+
+    def irqs(self, vectors: Sequence[int]) -> None:
+        msix = self.endpoint.msix
+        if msix is None:
+            return
+        for v in vectors:
+            msix.fire(v)
+
+    def frames(self, frames: Sequence[tuple[bytes, int]]) -> None:
+        if self._frame_sink is not None:
+            self._frame_sink(frames)
+
+    # --- regions ------------------------------------------------------------------------------------
+
+    def region_info(self, index: int) -> RegionInfo:
+        if index == RegionIndex.CONFIG:
+            return RegionInfo(index, PCI_CONFIG_SPACE_SIZE, RegionFlags.READ | RegionFlags.WRITE)
+        bar = self.endpoint.bars.get(index)
+        if bar is None:
+            return RegionInfo(index, 0, RegionFlags(0))
+        return RegionInfo(index, bar.size, RegionFlags.READ | RegionFlags.WRITE)
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if index == RegionIndex.CONFIG:
+            return self.endpoint.config_read(offset, size)
+        self._check_bar(index)
+        try:
+            return self.endpoint.bar_read(index, offset, size)
+        except ValueError as exc:
+            raise PciError(str(exc)) from None
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index == RegionIndex.CONFIG:
+            self.endpoint.config_write(offset, bytes(data))
+            return
+        self._check_bar(index)
+        try:
+            self.endpoint.bar_write(index, offset, bytes(data))
+        except ValueError as exc:
+            raise PciError(str(exc)) from None
+
+    def _check_bar(self, index: int) -> None:
+        if index not in self.endpoint.bars:
+            raise PciError(f"{self.name}: region {index} does not exist")
+
+    def region_mmap(self, index: int) -> memoryview | None:
+        return None  # every BAR access is a bus transfer on the design
+
+    # --- DMA ------------------------------------------------------------------------------------------
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        iommu = self.endpoint.iommu
+        try:
+            iommu.map(iova, size, fd, offset, perm)
+        except (ValueError, OSError) as exc:
+            raise PciError(f"{self.name}: dma_map: {exc}") from None
+        try:
+            self.runner.dma_map(iova, size, fd, offset, perm)
+        except Exception as exc:
+            iommu.unmap(iova, size)
+            raise PciError(f"{self.name}: dma_map: {exc}") from None
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        try:
+            self.endpoint.iommu.unmap(iova, size)
+        except ValueError as exc:
+            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
+        self.runner.dma_unmap(iova, size)
+
+    def dma_faults(self) -> list[DmaFault]:
+        return self.endpoint.iommu.drain_faults()
+
+    # --- interrupts ---------------------------------------------------------------------------------
+
+    def irq_count(self, index: int) -> int:
+        if index == IrqIndex.MSIX:
+            return self.endpoint.msix.table_size if self.endpoint.msix is not None else 0
+        if index == IrqIndex.INTX:
+            return 1
+        return 0
+
+    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
+        with self.endpoint.lock:
+            if index == IrqIndex.MSIX:
+                msix = self.endpoint.msix
+                if msix is None:
+                    raise PciError(f"{self.name}: no MSI-X capability")
+                if not fds:
+                    msix.unbind_all()
+                    msix.set_enabled(False)
+                else:
+                    try:
+                        msix.bind(start, list(fds))
+                    except ValueError as exc:
+                        raise PciError(f"{self.name}: {exc}") from None
+                    if not msix.enabled:
+                        msix.set_enabled(True)
+                self.endpoint.sync_inputs()
+            elif index == IrqIndex.INTX:
+                if start != 0 or len(fds) > 1:
+                    raise PciError("INTx has exactly one vector")
+                self.endpoint.intx_fd = fds[0] if fds else None
+            else:
+                raise PciError(f"{self.name}: irq index {index} not supported")
+
+    # --- ioeventfd ----------------------------------------------------------------------------------
+
+    def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
+        """Doorbells inside the design's AXI4-Lite range are written by the native bridge when ``fd``
+        fires (nothing in Python per kick); elsewhere the caller relays (returns False)."""
+        self._check_bar(index)
+        span = self._axil_span(index)
+        if span is None or not 0 <= offset < span or width not in (1, 2, 4) or (offset & 3) + width > 4:
+            return False
+        key = (index, offset, fd)
+        if key in self._ioeventfds:
+            self.runner.kick_remove(fd, offset)
+        self.runner.kick_add(fd, offset, (value or 0) & ((1 << (8 * width)) - 1), width)
+        self._ioeventfds[key] = width
+        return True
+
+    def _axil_span(self, index: int) -> int | None:
+        bar = self.endpoint.bars[index]
+        for off, block in bar.blocks:
+            if isinstance(block, AxiLiteBlock) and off == 0:
+                return block.size
+        return None
+
+    def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:
+        if self._ioeventfds.pop((index, offset, fd), None) is not None:
+            self.runner.kick_remove(fd, offset)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.endpoint.function_reset()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for index, offset, fd in list(self._ioeventfds):
+            self.ioeventfd_remove(index, offset, fd)
+        if self.endpoint.msix is not None:
+            self.endpoint.msix.unbind_all()
+        self.runner.close()
+        self.endpoint.iommu.unmap_all()

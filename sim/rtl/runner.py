@@ -1,0 +1,236 @@
+"""The clock of one RTL device: a thread that runs the design while it has work and sleeps on its
+doorbells otherwise, and the one place its events reach Python.
+
+* The clock thread calls :meth:`NativeBridge.run` in chunks. The native side stops when the design
+  is idle; the thread then blocks in :meth:`NativeBridge.wait` (``poll`` on the doorbell eventfds
+  and a wake eventfd, GIL released) until a kick, a frame, a register access or :meth:`close`.
+* Register accesses from any thread take :attr:`lock` and run the AXI4-Lite transfer to its
+  response on the calling thread (the design keeps running meanwhile). When the design is left
+  busy or with events pending, the clock thread is woken.
+* Events (transmitted frames, MSI-X vector requests, DMA faults, INTx and error changes) are
+  delivered by the clock thread only, in that order per batch: a fault and an error are on record
+  before the interrupt that reports them fires.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from backend.pci.device import DmaPerm
+from sim.rtl.bridge import AXIL_IDLE, Events, Fault, NativeBridge, RunResult
+
+#: Cycles per native run call while the design is busy (the thread checks for close in between).
+CHUNK = 1 << 20
+#: Cycles events may wait while the design stays busy: batches frames and interrupts under load,
+#: and costs nothing when the design goes idle (then they leave at once).
+EVENT_DELAY = 2048
+#: Bound on joining the clock thread at close.
+JOIN_TIMEOUT = 10.0
+
+AccessObserver = Callable[[DmaPerm, int, int], None]
+
+
+class EventSink(Protocol):
+    """Where a device's events go (the PCI function around the design)."""
+
+    def faults(self, faults: Sequence[Fault]) -> None: ...
+
+    def status_changed(self, status: dict[str, int], events: Events) -> None: ...
+
+    def irqs(self, vectors: Sequence[int]) -> None: ...
+
+    def frames(self, frames: Sequence[tuple[bytes, int]]) -> None: ...
+
+
+@dataclass
+class ClockStats:
+    cycles: int
+    busy_seconds: float
+    kicks: int
+
+
+class RtlRunner:
+    """Owns a :class:`NativeBridge`: the lock every access takes, the clock thread, event delivery."""
+
+    def __init__(self, bridge: NativeBridge, name: str, observers: list[AccessObserver]) -> None:
+        self.bridge = bridge
+        self.name = name
+        self.lock = threading.Lock()
+        #: Exceptions the clock thread caught (it stops on the first): a crashed device thread.
+        self.errors: list[BaseException] = []
+        self._observers = observers
+        self._observing = False
+        self._sink: EventSink | None = None
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        bridge.set_wake_fd(self._wake)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        # settle(): requests are numbered; a run that started after request n and ended idle with nothing
+        # left to deliver settles every request up to n
+        self._settled = threading.Condition()
+        self._requests = 0
+        self._settled_upto = 0
+
+    def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._thread = threading.Thread(target=self._clock, name=f"{self.name}-clock", daemon=True)
+        self._thread.start()
+
+    # --- the clock thread ----------------------------------------------------------------------------
+
+    def _observe(self, perm: int, iova: int, size: int) -> None:
+        access = DmaPerm(perm)
+        for obs in list(self._observers):
+            obs(access, iova, size)
+
+    def _sync_observer(self) -> None:
+        """Called with the lock held: the native side reports DMA accesses only while someone watches."""
+        want = bool(self._observers)
+        if want != self._observing:
+            self.bridge.set_observer(self._observe if want else None)
+            self._observing = want
+
+    def _clock(self) -> None:
+        try:
+            while not self._stop:
+                with self.lock:
+                    self._sync_observer()
+                    requested = self._requests
+                    result = self.bridge.run(CHUNK, EVENT_DELAY)
+                if result & RunResult.EVENTS:
+                    self._deliver()
+                elif result & RunResult.IDLE:
+                    with self._settled:
+                        self._settled_upto = max(self._settled_upto, requested)
+                        self._settled.notify_all()
+                    self.bridge.wait(-1)
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+    def _deliver(self) -> None:
+        with self.lock:
+            ev = self.bridge.events()
+            faults = self.bridge.pop_faults() if ev & Events.FAULTS else []
+            status = self.bridge.status() if ev & (Events.INTX | Events.ERRORS) else {}
+            irqs = self.bridge.pop_irqs() if ev & Events.IRQS else []
+            frames = self.bridge.pop_frames() if ev & Events.FRAMES else []
+        sink = self._sink
+        if sink is None:
+            return
+        if faults:
+            sink.faults(faults)
+        if status:
+            sink.status_changed(status, ev)
+        if frames:
+            sink.frames(frames)
+        if irqs:
+            sink.irqs(irqs)
+
+    def wake(self) -> None:
+        os.eventfd_write(self._wake, 1)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the clock thread found the design idle with nothing left to deliver, after
+        everything started before this call (loopback frames included); False on ``timeout``."""
+        with self._settled:
+            self._requests += 1
+            target = self._requests
+        self.wake()
+        with self._settled:
+            return self._settled.wait_for(lambda: self._settled_upto >= target or self._stop, timeout)
+
+    # --- accesses from other threads -----------------------------------------------------------------
+
+    def axil_read(self, addr: int) -> int:
+        with self.lock:
+            self._sync_observer()
+            data, state = self.bridge.axil(False, addr, 0, 0)
+        self._after(state)
+        return data
+
+    def axil_write(self, addr: int, data: int, strb: int) -> None:
+        with self.lock:
+            self._sync_observer()
+            _, state = self.bridge.axil(True, addr, data, strb)
+        self._after(state)
+
+    def _after(self, state: int) -> None:
+        # the clock thread takes over whatever the access started, and delivers its events
+        if state & ~AXIL_IDLE or not state & AXIL_IDLE:
+            self.wake()
+
+    def push_frames(self, frames: Sequence[tuple[bytes, int]]) -> int:
+        """Frames from the wire into the receive FIFO; returns how many the full FIFO dropped."""
+        dropped = 0
+        with self.lock:
+            for frame, dest in frames:
+                dropped += not self.bridge.push_frame(frame, dest)
+        self.wake()
+        return dropped
+
+    def set_link(self, up: bool) -> None:
+        with self.lock:
+            self.bridge.set_link(up)
+            self.bridge.run(4, 0)  # the register block samples the input: visible to the next access
+        self.wake()
+
+    def set_inputs(self, *, bus_master: bool, msix_enabled: bool) -> None:
+        with self.lock:
+            self.bridge.set_bus_master(bus_master)
+            self.bridge.set_msix_enabled(msix_enabled)
+        self.wake()
+
+    def reset(self) -> None:
+        """Function-level reset: rst_n pulsed; whatever the bus models held in flight is dropped."""
+        with self.lock:
+            self.bridge.reset()
+        self.wake()
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        with self.lock:
+            self.bridge.dma_map(iova, size, fd, offset, perm)
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        with self.lock:
+            self.bridge.dma_unmap(iova, size)
+
+    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None:
+        with self.lock:
+            self.bridge.kick_add(fd, addr, value, width)
+        self.wake()  # the clock thread waits on the new fd from now on
+
+    def kick_remove(self, fd: int, addr: int) -> None:
+        with self.lock:
+            self.bridge.kick_remove(fd, addr)
+        self.wake()
+
+    def status(self) -> dict[str, int]:
+        with self.lock:
+            return self.bridge.status()
+
+    def stats(self) -> ClockStats:
+        s = self.status()
+        return ClockStats(s["cycles"], s["busy_ns"] / 1e9, s["kicks"])
+
+    def intx(self) -> bool:
+        with self.lock:
+            return bool(self.bridge.status()["intx"])
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stop = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            self.wake()
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                raise RuntimeError(f"{self.name}: clock thread did not stop within {JOIN_TIMEOUT} s")
+        with self.lock:
+            self.bridge.close()
+        os.close(self._wake)
