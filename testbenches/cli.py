@@ -43,8 +43,9 @@ from backend.targets import TargetRegistry, default_registry
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus
 from models.targets import open_virtio_net
-from sim.pci_device import SimPciDevice
+from sim.rtl.device import RtlPciDevice
 from sim.vfio_user import VfioUserServer, claim_socket
+from sim.vfio_user.server import ExportedDevice
 from testbenches.conformance.plugin import (
     DEFAULT_TARGET,
     ENTRY_POINT,
@@ -467,8 +468,24 @@ class DeviceError(Exception):
     """A ``device`` setup problem, reported as one line (bad ``--model``, socket in use...)."""
 
 
-def _model_factory(spec: str) -> Callable[[], SimPciDevice]:
-    """``virtio-net[,key=value...]`` (the ``sim:`` options; a leading ``sim:`` is accepted) to a factory."""
+def _model_factory(spec: str) -> Callable[[], ExportedDevice]:
+    """``virtio-net[,key=value...]`` (the ``sim:`` options; a leading ``sim:`` is accepted), or an ``rtl:``
+    target spec (the RTL under Verilator), to a factory of devices to export."""
+    if spec.startswith("rtl:"):
+        registry = default_registry()
+
+        def open_rtl() -> ExportedDevice:
+            dev = registry.open(spec)
+            if not isinstance(dev, RtlPciDevice):
+                dev.close()
+                raise DeviceError(f"--model {spec!r}: not an RTL device")
+            return dev
+
+        try:
+            open_rtl().close()
+        except (ValueError, OSError, PciError) as exc:
+            raise DeviceError(f"--model {spec!r}: {exc}") from None
+        return open_rtl
     model = spec.removeprefix("sim:")
     try:
         open_virtio_net(model).close()  # a bad spec fails now, not at the first connection
@@ -528,7 +545,8 @@ def _add_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                                    "(the device is reset between them); a client connecting while the device is "
                                    "in use gets another instance, up to --max-devices.")
     p.add_argument("--model", default="virtio-net", metavar="SPEC",
-                   help="device model and options as in sim: targets, e.g. virtio-net,queues=2,wire=loopback")
+                   help="device model and options as in sim: targets, e.g. virtio-net,queues=2,wire=loopback, "
+                        "or an rtl: target spec (rtl:virtio-net)")
     p.add_argument("--vfio-user", required=True, metavar="PATH", help="unix socket to listen on")
     p.add_argument("--max-devices", type=_positive_int, default=8, metavar="N",
                    help="device instances served at the same time (default 8)")

@@ -33,6 +33,7 @@ from sim.memory import GuestMemory
 from sim.rtl.build import ToolchainMissing
 from testbenches.conformance.checks._bringup import NEEDS_RESET, TX, UNMAPPED_IOVA, rig, wait_fd
 from testbenches.frontend.vhost_user import VhostUserFrontend
+from testbenches.peers.process import PeerProcess
 from testbenches.peers.serve import ServeProcess
 from tests.suite_runner import ROOT, ids_with, run_suite
 
@@ -221,3 +222,21 @@ def test_waves_kept_for_a_failing_check_only(rtl_builds: None, tmp_path: Path) -
 def test_icarus_is_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="sim=icarus is not available"):
         default_registry().open(f"{RTL},sim=icarus")
+
+
+def test_rtl_over_vfio_user_passes_the_same_ids(rtl_builds: None, suites: dict[str, dict[str, Any]],
+                                                tmp_path: Path) -> None:
+    """The RTL exported from its own process (``vdpa-bench device --model rtl:virtio-net --vfio-user``)
+    passes exactly the ids it passes in process."""
+    sock = str(tmp_path / "rtl.sock")
+    argv = [sys.executable, "-m", "testbenches.cli", "device", "--model", RTL, "--vfio-user", sock]
+    with PeerProcess(argv, log=tmp_path / "device.log", cwd=ROOT, name="vdpa-bench-device") as dev:
+        dev.wait_for(r"(?m)^listening on ", 120.0)
+        data = run_suite(f"vfio-user:{sock}", tmp_path / "report", "-k", "not thousand")
+        assert dev.stop() == 0, dev.tail()
+    assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in sorted(ids_with(data, "failed"))}
+    in_process = ids_with(suites[RTL], "passed")
+    out_of_process = ids_with(data, "passed")
+    # SPLIT-DEV-04's check watches every DMA access as it happens: only in process (not applicable here)
+    assert in_process - out_of_process <= {"SPLIT-DEV-04"}, sorted(in_process - out_of_process)
+    assert out_of_process <= in_process, sorted(out_of_process - in_process)

@@ -1,8 +1,9 @@
 """vfio-user server: a simulated PCI function served from its own process.
 
 Each client connection is a :class:`Session` in its own thread. It serves the vfio-user
-commands from a :class:`~sim.pci_device.SimPciDevice` (the same access layer the in-process
-``sim:`` target uses, so both targets behave alike): region accesses go to the endpoint,
+commands from an :class:`ExportedDevice` (the behavioral model's :class:`~sim.pci_device.SimPciDevice`,
+the access layer the in-process ``sim:`` target uses, or the RTL's ``RtlPciDevice``, so the
+targets behave alike): region accesses go to the endpoint,
 ``DMA_MAP`` fds are mapped into the endpoint's IOMMU by this process (guest memory is shared,
 never copied over the socket), interrupts fire the client's eventfds through the endpoint's
 MSI-X/INTx, and an ioeventfd (the ``BENCH_IOEVENTFD`` extension) is waited on here and turned
@@ -28,12 +29,12 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from backend.eventloop import EventLoop, consume_eventfd
 from backend.pci import vfio_user_msg as m
-from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciError, RegionIndex
-from sim.pci_device import SimPciDevice
+from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice, PciError, RegionIndex
+from sim.pci.endpoint import PciEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,14 @@ ACQUIRE_TIMEOUT = 5.0
 #: Ended sessions kept in :attr:`VfioUserServer.sessions`.
 KEEP_ENDED = 256
 
-DeviceFactory = Callable[[], SimPciDevice]
+class ExportedDevice(PciDevice, Protocol):
+    """What the server exports: a simulated device with its endpoint (behavioral model or RTL)."""
+
+    @property
+    def endpoint(self) -> PciEndpoint: ...
+
+
+DeviceFactory = Callable[[], ExportedDevice]
 
 
 class Refused(Exception):
@@ -101,7 +109,7 @@ def _require_eventfds(fds: list[int]) -> None:
 class Session:
     """The server side of one connection, bound to one device while it lasts."""
 
-    def __init__(self, record: SessionRecord, dev: SimPciDevice, label: str) -> None:
+    def __init__(self, record: SessionRecord, dev: ExportedDevice, label: str) -> None:
         self.record = record
         self.sock = record.sock
         self.dev = dev
@@ -473,6 +481,9 @@ class Session:
         self.irq_fds.clear()
         if self.link_at_start is not None and self.port is not None:  # the cable as the client found it
             self.port.set_link(self.link_at_start)
+        for iova, size, _ in self.dev.endpoint.iommu.mappings():  # through the device: it may mirror them (RTL)
+            with contextlib.suppress(PciError):
+                self.dev.dma_unmap(iova, size)
         self.dev.endpoint.iommu.unmap_all()
         left = self.dev.dma_faults()
         if left:
@@ -489,8 +500,8 @@ class VfioUserServer:
         self.name = name
         self.max_devices = max_devices
         self.sessions: list[SessionRecord] = []
-        self.devices: list[SimPciDevice] = []
-        self._idle: list[SimPciDevice] = []
+        self.devices: list[ExportedDevice] = []
+        self._idle: list[ExportedDevice] = []
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # a device went idle
         self._building = 0
@@ -535,7 +546,7 @@ class VfioUserServer:
         record.thread = threading.Thread(target=self._serve, args=(record,), name=f"{self.name}-{sid}", daemon=True)
         record.thread.start()
 
-    def _acquire(self, record: SessionRecord) -> SimPciDevice | None:
+    def _acquire(self, record: SessionRecord) -> ExportedDevice | None:
         """An idle device (reset when its last client left), a new one, or after a bounded wait for one."""
         deadline = ACQUIRE_TIMEOUT
         with self._free:

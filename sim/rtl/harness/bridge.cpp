@@ -554,6 +554,9 @@ int vb_has_trace(void) { return VM_TRACE; }
 
 void vb_free(Bridge* b) {
   if (!b) return;
+  // final() runs on the calling thread, whose Verilator "current context" may still name a context
+  // already freed (a device evaluated and freed earlier on this thread): point it at this one.
+  Verilated::threadContextp(&b->ctx);
   b->top->final();
 #if VM_TRACE
   if (b->tfp) {
