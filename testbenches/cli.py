@@ -169,8 +169,6 @@ LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 SERVER_NAME = "vhost-user"
 #: Seconds between connection attempts of ``serve --client --reconnect`` while no frontend listens.
 RECONNECT_INTERVAL = 0.2
-#: Target schemes of the bench that have no provider in this build yet.
-PLANNED_SCHEMES = ("rtl",)
 
 
 class ServeError(Exception):
@@ -217,8 +215,6 @@ def check_device_spec(registry: TargetRegistry, spec: str) -> None:
         raise ServeError(f"--device {spec!r}: expected SCHEME:DEVICE[,key=value...], "
                          f"e.g. {DEFAULT_TARGET},wire=loopback")
     if scheme not in registry.factories:
-        if scheme in PLANNED_SCHEMES:
-            raise ServeError(f"--device {spec!r}: {scheme}: targets are not available yet (available: {known})")
         raise ServeError(f"--device {spec!r}: unknown target scheme {scheme!r} (available: {known})")
     try:
         _open_device(registry, spec, "probe").close()
