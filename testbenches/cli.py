@@ -23,8 +23,6 @@ import logging
 import os
 import select
 import signal
-import socket
-import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -40,11 +38,12 @@ from backend.drivers.virtio_pci import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd
 from backend.pci.device import PciDevice, PciError
 from backend.targets import TargetRegistry, default_registry
+from backend.unix_socket import claim_socket
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus
 from models.targets import open_virtio_net
 from sim.rtl.device import RtlPciDevice
-from sim.vfio_user import VfioUserServer, claim_socket
+from sim.vfio_user import VfioUserServer
 from sim.vfio_user.server import ExportedDevice
 from testbenches.conformance.plugin import (
     DEFAULT_TARGET,
@@ -234,24 +233,11 @@ def _device_factory(registry: TargetRegistry, spec: str) -> Callable[[], VdpaDev
 def _claim_socket(path: str) -> None:
     """Remove a socket left by a dead server at ``path``; refuse anything else found there."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ServeError(f"--socket {path}: exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        SERVE_LOG.info("removed stale socket %s", path)
-        return
+        claim_socket(path)
+    except FileExistsError as exc:
+        raise ServeError(f"--socket {path}: {exc}") from None
     except OSError as exc:
         raise ServeError(f"--socket {path}: cannot probe the existing socket: {exc}") from None
-    finally:
-        probe.close()
-    raise ServeError(f"--socket {path}: another process is listening there")
 
 
 @contextlib.contextmanager

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +15,9 @@ import pytest
 from backend.vhost_user import messages as m
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import VhostUserFrontend
+from tests.cli_child import EXIT_TIMEOUT, READY_TIMEOUT, CliChild
 
-REPO = Path(__file__).resolve().parent.parent
 SPEC = "sim:virtio-net,queues=1,mac=02:00:00:00:00:0a,wire=loopback"
-READY_TIMEOUT = 20.0
-EXIT_TIMEOUT = 15.0
 MEM_SIZE = 4 << 20
 #: ``2024-05-01 12:00:00.123 INFO    logger: message``
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z]+ +\S+: ")
@@ -34,50 +28,9 @@ def frame(i: int, size: int) -> bytes:
     return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
 
 
-class Child:
-    """A ``vdpa-bench serve`` process: stdout piped (the ready line), stderr into a file (the log)."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log_path = log
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "testbenches.cli", "serve", *args], cwd=REPO,
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        self.out = b""
-
-    def wait_line(self, prefix: str, timeout: float) -> str:
-        """The first stdout line starting with ``prefix``, read with select under a deadline."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.out.decode(errors="replace").splitlines():
-                if line.startswith(prefix):
-                    return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                pytest.fail(f"no {prefix!r} line within {timeout} s; stdout {self.out!r}; log:\n{self.log()}")
-            readable, _, _ = select.select([fd], [], [], left)
-            if readable:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    code = self.proc.wait(EXIT_TIMEOUT)
-                    pytest.fail(f"serve exited ({code}) before {prefix!r}; stdout {self.out!r}; log:\n{self.log()}")
-                self.out += chunk
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(EXIT_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
-def children() -> Iterator[list[Child]]:
-    made: list[Child] = []
+def children() -> Iterator[list[CliChild]]:
+    made: list[CliChild] = []
     yield made
     for child in made:
         child.kill()
@@ -85,9 +38,9 @@ def children() -> Iterator[list[Child]]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path: Path,
-                                                children: list[Child]) -> None:
+                                                children: list[CliChild]) -> None:
     path = str(tmp_path / "vu.sock")
-    child = Child(["--socket", path, "--device", SPEC], tmp_path / "serve.log")
+    child = CliChild("serve", ["--socket", path, "--device", SPEC], tmp_path / "serve.log")
     children.append(child)
     assert child.wait_line("listening on", READY_TIMEOUT) == f"listening on {path}"
 
@@ -134,9 +87,10 @@ def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path
     ("bogus:virtio-net", "unknown target scheme 'bogus'"),
     ("sim:virtio-net,queues=many", "queues='many' is not an integer"),
 ])
-def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path, children: list[Child]) -> None:
+def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path,
+                                      children: list[CliChild]) -> None:
     path = tmp_path / "vu.sock"
-    child = Child(["--socket", str(path), "--device", device], tmp_path / "serve.log")
+    child = CliChild("serve", ["--socket", str(path), "--device", device], tmp_path / "serve.log")
     children.append(child)
     code = child.proc.wait(EXIT_TIMEOUT)
     log = child.log()
@@ -145,14 +99,14 @@ def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path
     assert not path.exists(), "socket created for a device that cannot be served"
 
 
-def test_serve_client_mode_ends_with_its_connection(tmp_path: Path, children: list[Child]) -> None:
+def test_serve_client_mode_ends_with_its_connection(tmp_path: Path, children: list[CliChild]) -> None:
     """``--client``: serve connects to a listening frontend and exits 0 when that frontend hangs up."""
     path = str(tmp_path / "fe.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(path)
         listener.listen(1)
         listener.settimeout(READY_TIMEOUT)
-        child = Child(["--socket", path, "--client", "--device", SPEC], tmp_path / "serve.log")
+        child = CliChild("serve", ["--socket", path, "--client", "--device", SPEC], tmp_path / "serve.log")
         children.append(child)
         conn, _ = listener.accept()
     with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:

@@ -7,14 +7,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import select
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +34,9 @@ from sim.vfio_user import VfioUserServer
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import GuestNetDriver
 from testbenches.frontend.vhost_user import VhostUserFrontend
+from tests.cli_child import CliChild
 from tests.suite_runner import ids_with, run_suite
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "virtio-net,mac=02:00:00:00:00:0b,wire=loopback"
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 15.0
@@ -61,55 +57,12 @@ def frame(i: int, size: int = 96) -> bytes:
 # --- the device process -------------------------------------------------------------------------
 
 
-class DeviceProcess:
-    """``vdpa-bench device`` as a child: stdout piped (the ready line), stderr into a log file."""
-
-    def __init__(self, args: list[str], log: Path, command: str = "device") -> None:
-        self.log_path = log
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "testbenches.cli", command, *args], cwd=REPO,
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        self.out = b""
-
-    def wait_line(self, prefix: str, timeout: float = READY_TIMEOUT) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.out.decode(errors="replace").splitlines():
-                if line.startswith(prefix):
-                    return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                pytest.fail(f"no {prefix!r} line within {timeout}s; stdout {self.out!r}; log:\n{self.log()}")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    code = self.proc.wait(EXIT_TIMEOUT)
-                    pytest.fail(f"exited ({code}) before {prefix!r}; stdout {self.out!r}; log:\n{self.log()}")
-                self.out += chunk
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, signum: signal.Signals = signal.SIGTERM) -> int:
-        os.kill(self.proc.pid, signum)
-        return self.proc.wait(EXIT_TIMEOUT)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(EXIT_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, DeviceProcess]]:
+def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, CliChild]]:
     """One device process for the module: ``(socket path, process)``."""
     tmp = tmp_path_factory.mktemp("vfio-user")
     path = str(tmp / "dev.sock")
-    child = DeviceProcess(["--model", MODEL, "--vfio-user", path], tmp / "device.log")
+    child = CliChild("device", ["--model", MODEL, "--vfio-user", path], tmp / "device.log")
     try:
         assert child.wait_line("listening on") == f"listening on {path}"
         yield path, child
@@ -424,7 +377,7 @@ def test_server_after_hostile_clients_serves_a_good_one(inproc: VfioUserServer) 
 # --- a device in its own process ---------------------------------------------------------------
 
 
-def test_client_in_device_process(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
+def test_client_in_device_process(device: tuple[str, CliChild], mem: GuestMemory) -> None:
     path, _ = device
     dev = default_registry().open(f"vfio-user:{path}")
     assert isinstance(dev, VfioUserPciDevice)
@@ -466,7 +419,7 @@ def test_client_in_device_process(device: tuple[str, DeviceProcess], mem: GuestM
         dev.close()
 
 
-def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[str, DeviceProcess],
+def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[str, CliChild],
                                                                  mem: GuestMemory) -> None:
     path, _ = device
     dev = VfioUserPciDevice(path)
@@ -500,7 +453,7 @@ def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[s
         dev.close()
 
 
-def test_bench_port_link_and_wire(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
+def test_bench_port_link_and_wire(device: tuple[str, CliChild], mem: GuestMemory) -> None:
     """The device's bench port: the link is pulled and plugged (a config interrupt each time), a frame arrives
     from the wire; the link is back as found when the client leaves."""
     path, _ = device
@@ -536,7 +489,7 @@ def test_bench_port_link_and_wire(device: tuple[str, DeviceProcess], mem: GuestM
         dev.close()
 
 
-def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
+def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, CliChild], mem: GuestMemory) -> None:
     """The backend's vendor driver over vfio-user: the kick eventfds become the device process's ioeventfds
     (no relay thread in this process), the call eventfds its MSI-X vectors."""
     path, _ = device
@@ -555,7 +508,7 @@ def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, DeviceP
         vdpa.close()
 
 
-def test_server_refuses_messages_the_client_never_sends(device: tuple[str, DeviceProcess]) -> None:
+def test_server_refuses_messages_the_client_never_sends(device: tuple[str, CliChild]) -> None:
     """Requests the device cannot honour get an errno, and the connection stays usable."""
     path, _ = device
     client = RawClient(path)
@@ -680,7 +633,7 @@ def test_client_maps_regions_the_server_offers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_device_command_stops_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
     path = str(tmp_path / "d.sock")
-    child = DeviceProcess(["--model", "virtio-net,queues=2", "--vfio-user", path], tmp_path / "d.log")
+    child = CliChild("device", ["--model", "virtio-net,queues=2", "--vfio-user", path], tmp_path / "d.log")
     try:
         child.wait_line("listening on")
         VfioUserPciDevice(path).close()
@@ -699,7 +652,7 @@ def test_device_command_stops_cleanly(tmp_path: Path, signum: signal.Signals) ->
 
 
 def test_device_command_rejects_a_bad_model(tmp_path: Path) -> None:
-    child = DeviceProcess(["--model", "virtio-net,qsize=3", "--vfio-user", str(tmp_path / "x.sock")],
+    child = CliChild("device", ["--model", "virtio-net,qsize=3", "--vfio-user", str(tmp_path / "x.sock")],
                           tmp_path / "x.log")
     try:
         assert child.proc.wait(EXIT_TIMEOUT) == 2
@@ -709,8 +662,8 @@ def test_device_command_rejects_a_bad_model(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_device_socket_nobody_serves(tmp_path: Path) -> None:
-    serve = DeviceProcess(["--socket", str(tmp_path / "v.sock"), "--device", f"vfio-user:{tmp_path / 'none.sock'}"],
-                          tmp_path / "s.log", "serve")
+    serve = CliChild("serve", ["--socket", str(tmp_path / "v.sock"), "--device",
+                               f"vfio-user:{tmp_path / 'none.sock'}"], tmp_path / "s.log")
     try:
         assert serve.proc.wait(EXIT_TIMEOUT) == 2
         assert "cannot connect" in serve.log()
@@ -718,12 +671,12 @@ def test_serve_refuses_a_device_socket_nobody_serves(tmp_path: Path) -> None:
         serve.kill()
 
 
-def test_serve_drives_the_device_process(device: tuple[str, DeviceProcess], tmp_path: Path) -> None:
+def test_serve_drives_the_device_process(device: tuple[str, CliChild], tmp_path: Path) -> None:
     """``serve --device vfio-user:PATH``: a vhost-user frontend's traffic through the backend process to the
     device process and back, the backend moving no packet."""
     path, _ = device
     vhost = str(tmp_path / "vhost.sock")
-    serve = DeviceProcess(["--socket", vhost, "--device", f"vfio-user:{path}"], tmp_path / "serve.log", "serve")
+    serve = CliChild("serve", ["--socket", vhost, "--device", f"vfio-user:{path}"], tmp_path / "serve.log")
     try:
         serve.wait_line("listening on")
         with GuestMemory.single(MEM, gpa=GPA) as memory:
@@ -751,7 +704,7 @@ NOTIF_CHECK = "test_guest_driver_notification_formats"
 NOTIF_BITS = 1 << F.NOTIFICATION_DATA | 1 << F.NOTIF_CONFIG_DATA
 
 
-def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceProcess], tmp_path: Path) -> None:
+def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, CliChild], tmp_path: Path) -> None:
     """``pytest --target vfio-user:PATH`` against the out-of-process model passes every id the in-process model
     passes, except ids whose only check watches device DMA as it happens (reported not applicable)."""
     path, _ = device
@@ -774,7 +727,7 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
     finally:
         probe.close()
     notif_path = str(tmp_path / "notif.sock")
-    notif = DeviceProcess(["--model", f"{MODEL},features={offer:#x}", "--vfio-user", notif_path],
+    notif = CliChild("device", ["--model", f"{MODEL},features={offer:#x}", "--vfio-user", notif_path],
                           tmp_path / "notif.log")
     try:
         notif.wait_line("listening on")

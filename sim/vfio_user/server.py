@@ -625,24 +625,3 @@ class VfioUserServer:
         for dev in idle:
             dev.close()
         os.close(self._stop)
-
-
-def claim_socket(path: str) -> None:
-    """Remove a socket a dead server left at ``path``; refuse a live one or anything that is not a socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        log.info("removed stale socket %s", path)
-        return
-    finally:
-        probe.close()
-    raise FileExistsError(f"another process is listening on {path}")
