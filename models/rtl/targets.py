@@ -8,7 +8,9 @@ Spec: ``virtio-net[,key=value...]`` (``rtl`` alone means ``rtl:virtio-net``) wit
 - ``event_idx=0|1``  offer VIRTIO_F_EVENT_IDX (default 1)
 - ``data_w=N``   AXI4 / AXI4-Stream data width in bits, 32..512 (default 64)
 - ``wire=loopback|none``  (default loopback), ``pcap=PATH`` capture the wire
-- ``sim=verilator|icarus``  the simulator (default verilator)
+- ``sim=verilator|icarus``  the simulator (default verilator). ``icarus`` runs the design under cocotb
+  on Icarus Verilog in a device process of its own, reached over vfio-user (:mod:`sim.rtl.icarus`):
+  ~15x slower, no ``waves``, ``pcap`` or ``define``
 - ``waves=PATH`` write an FST of the device's whole life to PATH (a tracing build variant)
 - ``define=NAME[+NAME...]``  Verilog defines of the build (the seeded-bug variants of the tests)
 
@@ -26,10 +28,7 @@ design itself), so the suite reports those requirement ids "not offered".
 from __future__ import annotations
 
 import logging
-import shutil
 import struct
-import subprocess
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +74,8 @@ from sim.pci.endpoint import Bar, Capability, ConfigSpace, Msix
 from sim.rtl.bridge import Events, NativeBridge
 from sim.rtl.build import Built, Design, build
 from sim.rtl.device import AxiLiteBlock, RtlEndpoint, RtlPciDevice
-from sim.rtl.runner import RtlRunner
+from sim.rtl.icarus import IcarusDevice, IcarusError, build_icarus
+from sim.rtl.runner import RtlRunner, Runner
 
 LOG = logging.getLogger(__name__)
 
@@ -181,33 +181,45 @@ class RtlOptions:
         return Design("virtio_net", TOP, tuple(source_paths()), HARNESS_DIR, (VLT,), params, self.defines)
 
 
-def icarus_refusal() -> str:
-    """Why ``sim=icarus`` cannot serve this design, with Icarus Verilog's own words when it is installed."""
-    iverilog = shutil.which("iverilog")
-    if iverilog is None:
-        return "iverilog is not installed (apt-get install iverilog)"
-    with tempfile.TemporaryDirectory(prefix="vdpa-bench-iverilog-") as tmp:
-        proc = subprocess.run([iverilog, "-g2012", "-o", str(Path(tmp) / "top.vvp"), "-s", TOP,
-                               *map(str, source_paths())], capture_output=True, text=True, timeout=120,
-                              check=False)
-    if proc.returncode != 0:
-        first = (proc.stderr or proc.stdout).strip().splitlines()[:2]
-        return f"Icarus Verilog cannot compile models/rtl: {' / '.join(first)}"
-    return "Icarus Verilog compiles models/rtl, but the cocotb bridge for it is not implemented"
-
-
 def build_variant(opts: RtlOptions) -> Built:
     """The cached Verilator build for ``opts`` (built now when missing)."""
-    if opts.sim == "icarus":
-        raise ValueError(f"rtl: sim=icarus is not available: {icarus_refusal()}; use sim=verilator (the default)")
     return build(opts.design(), waves=opts.waves is not None)
+
+
+#: The device process of ``sim=icarus`` builds its function with this (``module:function``).
+ICARUS_FACTORY = f"{__name__}:icarus_function"
+
+
+def open_icarus(opts: RtlOptions) -> IcarusDevice:
+    """``sim=icarus``: the design under cocotb on Icarus in its own process, exported over vfio-user
+    (:mod:`sim.rtl.icarus`); returned is the vfio-user client, whose ``model`` is the bench port."""
+    if opts.waves is not None:
+        raise ValueError(f"rtl:{opts.spec}: waves= needs sim=verilator (the Icarus path writes no FST)")
+    if opts.pcap is not None or opts.defines:
+        raise ValueError(f"rtl:{opts.spec}: pcap= and define= need sim=verilator")
+    try:
+        vvp = build_icarus(TOP, source_paths(), opts.design().parameters)
+    except IcarusError as exc:
+        raise ValueError(f"rtl:{opts.spec}: sim=icarus is not available: {exc}") from None
+    spec = ",".join(p for p in opts.spec.split(",") if not p.strip().startswith("sim="))
+    return IcarusDevice(vvp, TOP, spec, ICARUS_FACTORY, name=f"rtl:{opts.spec}")
+
+
+def icarus_function(spec: str, runner: Runner, iommu: Iommu) -> RtlNetDevice:
+    """In the Icarus device process: the PCI function around the design (the same as in process)."""
+    opts = RtlOptions(spec)
+    name = f"rtl:{spec or 'virtio-net'},sim=icarus"
+    endpoint = _endpoint(opts, runner, iommu)
+    dev = RtlNetDevice(endpoint, name, RtlNetModel(runner, opts.mac, opts.pairs), opts.wire, opts.pcap)
+    dev.start(frames=dev._transmit, status=dev.model.status_changed)
+    return dev
 
 
 class RtlNetModel:
     """What the bench may do to the function from outside the bus: the ``model`` the conformance checks
     use on simulated targets (link input, frames from the wire, the driver errors it reported)."""
 
-    def __init__(self, runner: RtlRunner, mac: bytes, pairs: int) -> None:
+    def __init__(self, runner: Runner, mac: bytes, pairs: int) -> None:
         self._runner = runner
         self.mac = mac
         self.pairs = pairs
@@ -324,7 +336,7 @@ def _pci_cfg_window(config: ConfigSpace, bars: dict[int, Bar]) -> None:
     cap.on_read = read
 
 
-def _endpoint(opts: RtlOptions, runner: RtlRunner, iommu: Iommu) -> RtlEndpoint:
+def _endpoint(opts: RtlOptions, runner: Runner, iommu: Iommu) -> RtlEndpoint:
     bar = Bar(0, BAR0_SIZE, is64=True)
     msix = Msix(opts.msix_vectors, bar=0, table_offset=MSIX_TABLE_OFF, pba_offset=MSIX_PBA_OFF)
     if opts.msix_vectors * MSIX_ENTRY_SIZE > MSIX_PBA_OFF - MSIX_TABLE_OFF:
@@ -350,8 +362,10 @@ def _endpoint(opts: RtlOptions, runner: RtlRunner, iommu: Iommu) -> RtlEndpoint:
     return RtlEndpoint(config, [bar], msix, runner, iommu)
 
 
-def open_virtio_net(spec: str) -> RtlNetDevice:
+def open_virtio_net(spec: str) -> RtlNetDevice | IcarusDevice:
     opts = RtlOptions(spec)
+    if opts.sim == "icarus":
+        return open_icarus(opts)
     built = build_variant(opts)
     name = f"rtl:{spec or 'virtio-net'}"
     if opts.waves is not None:

@@ -15,23 +15,23 @@
 module virtio_net_top
   import virtio_pkg::*;
 #(
-  parameter int unsigned NUM_PAIRS      = 1,     // queue pairs; > 1 adds the control queue and MQ
-  parameter int unsigned DATA_W         = 64,    // AXI4 and AXI4-Stream data width, 32..1024
-  parameter int unsigned ADDR_W         = 64,
-  parameter int unsigned ID_W           = 4,
-  parameter int unsigned MAX_BURST      = 16,
-  parameter int unsigned MAX_QUEUE_SIZE = 256,
-  parameter int unsigned BUF_BYTES      = 2048,  // per direction; >= 12 + MTU + 18
+  parameter logic [31:0] NUM_PAIRS      = 1,     // queue pairs; > 1 adds the control queue and MQ
+  parameter logic [31:0] DATA_W         = 64,    // AXI4 and AXI4-Stream data width, 32..1024
+  parameter logic [31:0] ADDR_W         = 64,
+  parameter logic [31:0] ID_W           = 4,
+  parameter logic [31:0] MAX_BURST      = 16,
+  parameter logic [31:0] MAX_QUEUE_SIZE = 256,
+  parameter logic [31:0] BUF_BYTES      = 2048,  // per direction; >= 12 + MTU + 18
   parameter logic [47:0] MAC            = 48'h02_00_00_00_00_01,
   parameter logic [15:0] MTU            = 16'd1500,
   parameter bit          EVENT_IDX      = 1'b1,
   parameter bit          ACCESS_PLATFORM = 1'b1, // DMA addresses are IOVAs translated outside
   localparam bit          HAS_CTRL      = NUM_PAIRS > 1,
-  localparam int unsigned NUM_QUEUES    = 2 * NUM_PAIRS + (HAS_CTRL ? 1 : 0),
-  parameter int unsigned MSIX_VECTORS   = NUM_QUEUES + 1,
-  localparam int unsigned W             = DATA_W / 8,
-  localparam int unsigned QW            = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1,
-  localparam int unsigned PAIR_W        = NUM_PAIRS > 1 ? $clog2(NUM_PAIRS) : 1
+  localparam logic [31:0] NUM_QUEUES    = 2 * NUM_PAIRS + (HAS_CTRL ? 1 : 0),
+  parameter logic [31:0] MSIX_VECTORS   = NUM_QUEUES + 1,
+  localparam logic [31:0] W             = DATA_W / 8,
+  localparam logic [31:0] QW            = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1,
+  localparam logic [31:0] PAIR_W        = NUM_PAIRS > 1 ? $clog2(NUM_PAIRS) : 1
 ) (
   input  logic                clk,
   input  logic                rst_n,
@@ -135,15 +135,23 @@ module virtio_net_top
     | (64'd1 << F_NET_MAC) | (64'd1 << F_NET_STATUS) | (64'd1 << F_NET_MTU)
     | (64'(HAS_CTRL) << F_NET_CTRL_VQ) | (64'(HAS_CTRL) << F_NET_MQ);
 
+  // Parameter checks at elaboration; Icarus 11 has no elaboration system tasks, so there the same
+  // check stops the simulation at time 0.
+`ifdef __ICARUS__
+  `define VNET_PARAM_ERROR(msg) initial $fatal(1, msg);
+`else
+  `define VNET_PARAM_ERROR(msg) $error(msg);
+`endif
   if (NUM_PAIRS < 1 || NUM_PAIRS > 256) begin : g_pairs
-    $error("virtio_net_top: NUM_PAIRS must be 1..256");
+    `VNET_PARAM_ERROR("virtio_net_top: NUM_PAIRS must be 1..256")
   end
   if (BUF_BYTES < 32'(MTU) + 30 || (BUF_BYTES & (BUF_BYTES - 1)) != 0) begin : g_buf
-    $error("virtio_net_top: BUF_BYTES must be a power of two holding header + MTU + 18");
+    `VNET_PARAM_ERROR("virtio_net_top: BUF_BYTES must be a power of two holding header + MTU + 18")
   end
   if (DATA_W < 32 || (DATA_W & (DATA_W - 1)) != 0) begin : g_width
-    $error("virtio_net_top: DATA_W must be a power of two >= 32");
+    `VNET_PARAM_ERROR("virtio_net_top: DATA_W must be a power of two >= 32")
   end
+`undef VNET_PARAM_ERROR
 
   logic                        live, kick_valid, dev_reset_req, dev_reset_ack, vqs_wr_valid;
   logic                        fail_valid, q_irq_valid;

@@ -12,14 +12,14 @@
 module virtio_pci_regs
   import virtio_pkg::*;
 #(
-  parameter int unsigned NUM_QUEUES     = 2,
-  parameter int unsigned MAX_QUEUE_SIZE = 256,   // power of two <= 32768
-  parameter int unsigned MSIX_VECTORS   = 3,     // MSI-X table size of the function (bridge side)
+  parameter logic [31:0] NUM_QUEUES     = 2,
+  parameter logic [31:0] MAX_QUEUE_SIZE = 256,   // power of two <= 32768
+  parameter logic [31:0] MSIX_VECTORS   = 3,     // MSI-X table size of the function (bridge side)
   parameter logic [63:0] FEATURES       = 64'h0,
   parameter logic [47:0] MAC            = 48'h02_00_00_00_00_01,
   parameter logic [15:0] MTU            = 16'd1500,
   parameter logic [15:0] MAX_VQ_PAIRS   = 16'd1,
-  localparam int unsigned QW            = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1
+  localparam logic [31:0] QW            = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1
 ) (
   input  logic                         clk,
   input  logic                         rst_n,
@@ -86,7 +86,7 @@ module virtio_pci_regs
   output logic [QW-1:0]                last_err_queue,
   output logic [15:0]                  err_count
 );
-  localparam int unsigned NOTIFY_LEN = NOTIFY_OFF_MULTIPLIER * (NUM_QUEUES - 1) + 2;
+  localparam logic [31:0] NOTIFY_LEN = NOTIFY_OFF_MULTIPLIER * (NUM_QUEUES - 1) + 2;
   localparam logic [11:0] VQS_OFF    = 12'h800;  // vendor vq state block inside the notify page
 
   // ---- state ------------------------------------------------------------------------------------
@@ -114,6 +114,12 @@ module virtio_pci_regs
   logic [QW-1:0] sel;
   assign sel_ok = 32'(queue_select) < NUM_QUEUES;
   assign sel    = QW'(queue_select);
+  // the selected queue's ring addresses, named once (Icarus 11 cannot part-select a variably indexed
+  // element of a packed array)
+  logic [63:0] sel_desc, sel_driver, sel_device;
+  assign sel_desc   = q_desc[sel];
+  assign sel_driver = q_driver[sel];
+  assign sel_device = q_device[sel];
 
   // FEATURES_OK sticks for a subset of the offer that includes VERSION_1 and honours the one
   // dependency among the offered bits: MQ needs CTRL_VQ (FEAT-DEV-03, NETFEAT-DEV-09)
@@ -178,12 +184,12 @@ module virtio_pci_regs
           CC_STATUS_GEN_QSEL: rd_word = {queue_select, config_generation, status};
           CC_QSIZE_QVEC:      rd_word = sel_ok ? {q_vector[sel], q_size[sel]} : {NO_VECTOR, 16'h0};
           CC_QENABLE_QNOFF:   rd_word = sel_ok ? {16'(sel), 15'h0, q_enable[sel]} : 32'h0;
-          CC_QUEUE_DESC_LO:   rd_word = sel_ok ? q_desc[sel][31:0] : 32'h0;
-          CC_QUEUE_DESC_HI:   rd_word = sel_ok ? q_desc[sel][63:32] : 32'h0;
-          CC_QUEUE_DRIVER_LO: rd_word = sel_ok ? q_driver[sel][31:0] : 32'h0;
-          CC_QUEUE_DRIVER_HI: rd_word = sel_ok ? q_driver[sel][63:32] : 32'h0;
-          CC_QUEUE_DEVICE_LO: rd_word = sel_ok ? q_device[sel][31:0] : 32'h0;
-          CC_QUEUE_DEVICE_HI: rd_word = sel_ok ? q_device[sel][63:32] : 32'h0;
+          CC_QUEUE_DESC_LO:   rd_word = sel_ok ? sel_desc[31:0] : 32'h0;
+          CC_QUEUE_DESC_HI:   rd_word = sel_ok ? sel_desc[63:32] : 32'h0;
+          CC_QUEUE_DRIVER_LO: rd_word = sel_ok ? sel_driver[31:0] : 32'h0;
+          CC_QUEUE_DRIVER_HI: rd_word = sel_ok ? sel_driver[63:32] : 32'h0;
+          CC_QUEUE_DEVICE_LO: rd_word = sel_ok ? sel_device[31:0] : 32'h0;
+          CC_QUEUE_DEVICE_HI: rd_word = sel_ok ? sel_device[63:32] : 32'h0;
           CC_NOTIFDATA_QRESET: rd_word = sel_ok ? {15'h0, qreset_req[sel], 16'h0} : 32'h0;
           CC_ADMIN_QUEUE:     rd_word = 32'h0;  // admin_queue_index/num: no admin virtqueue
           default: rd_word = 32'h0;
@@ -219,7 +225,7 @@ module virtio_pci_regs
   logic enable_write, enable_bad;
   assign enable_write = wr_common && wword == CC_QENABLE_QNOFF && w_strb[0] && w_data[15:0] == 16'd1
                         && sel_ok && !q_enable[sel] && !resetting;
-  assign enable_bad   = enable_write && !ring_config_ok(q_size[sel], q_desc[sel][3:0], q_driver[sel][0], q_device[sel][1:0]);
+  assign enable_bad   = enable_write && !ring_config_ok(q_size[sel], sel_desc[3:0], sel_driver[0], sel_device[1:0]);
 
   // driver errors (this block's or the engine's) and configuration changes
   logic any_fail, link_change, cfg_irq;
@@ -305,12 +311,12 @@ module virtio_pci_regs
             if (|w_strb[3:2]) q_vector[sel] <= valid_vector(merge16(q_vector[sel], w_data[31:16], w_strb[3:2]));
           end
           CC_QENABLE_QNOFF: if (enable_write && !enable_bad) q_enable[sel] <= 1'b1;
-          CC_QUEUE_DESC_LO:   if (sel_ok && !q_enable[sel]) q_desc[sel][31:0]    <= merge32(q_desc[sel][31:0], w_data, w_strb);
-          CC_QUEUE_DESC_HI:   if (sel_ok && !q_enable[sel]) q_desc[sel][63:32]   <= merge32(q_desc[sel][63:32], w_data, w_strb);
-          CC_QUEUE_DRIVER_LO: if (sel_ok && !q_enable[sel]) q_driver[sel][31:0]  <= merge32(q_driver[sel][31:0], w_data, w_strb);
-          CC_QUEUE_DRIVER_HI: if (sel_ok && !q_enable[sel]) q_driver[sel][63:32] <= merge32(q_driver[sel][63:32], w_data, w_strb);
-          CC_QUEUE_DEVICE_LO: if (sel_ok && !q_enable[sel]) q_device[sel][31:0]  <= merge32(q_device[sel][31:0], w_data, w_strb);
-          CC_QUEUE_DEVICE_HI: if (sel_ok && !q_enable[sel]) q_device[sel][63:32] <= merge32(q_device[sel][63:32], w_data, w_strb);
+          CC_QUEUE_DESC_LO:   if (sel_ok && !q_enable[sel]) q_desc[sel] <= {sel_desc[63:32], merge32(sel_desc[31:0], w_data, w_strb)};
+          CC_QUEUE_DESC_HI:   if (sel_ok && !q_enable[sel]) q_desc[sel] <= {merge32(sel_desc[63:32], w_data, w_strb), sel_desc[31:0]};
+          CC_QUEUE_DRIVER_LO: if (sel_ok && !q_enable[sel]) q_driver[sel] <= {sel_driver[63:32], merge32(sel_driver[31:0], w_data, w_strb)};
+          CC_QUEUE_DRIVER_HI: if (sel_ok && !q_enable[sel]) q_driver[sel] <= {merge32(sel_driver[63:32], w_data, w_strb), sel_driver[31:0]};
+          CC_QUEUE_DEVICE_LO: if (sel_ok && !q_enable[sel]) q_device[sel] <= {sel_device[63:32], merge32(sel_device[31:0], w_data, w_strb)};
+          CC_QUEUE_DEVICE_HI: if (sel_ok && !q_enable[sel]) q_device[sel] <= {merge32(sel_device[63:32], w_data, w_strb), sel_device[31:0]};
           CC_NOTIFDATA_QRESET:
             // VIRTIO_F_RING_RESET: the queue reset runs until the engine acknowledges it (PCI-DEV-24)
             if (|w_strb[3:2] && w_data[31:16] == 16'd1 && sel_ok && negotiated[F_RING_RESET]) qreset_req[sel] <= 1'b1;

@@ -5,9 +5,9 @@ package virtio_pkg;
 
   // ---- BAR0 layout (README.md): common 0x0000, ISR 0x1000, device 0x2000, notify 0x3000, ------
   // ---- vendor vq state 0x3800; MSI-X table 0x4000 and PBA 0x5000 belong to the bridge ---------
-  localparam int unsigned COMMON_CFG_LEN     = 32'h40;
-  localparam int unsigned NET_CFG_LEN        = 32'hC;   // mac, status, max_virtqueue_pairs, mtu
-  localparam int unsigned NOTIFY_OFF_MULTIPLIER = 4;
+  localparam logic [31:0] COMMON_CFG_LEN     = 32'h40;
+  localparam logic [31:0] NET_CFG_LEN        = 32'hC;   // mac, status, max_virtqueue_pairs, mtu
+  localparam logic [31:0] NOTIFY_OFF_MULTIPLIER = 4;
 
   // ---- struct virtio_pci_common_cfg (4.1.4.3) -------------------------------------------------
   localparam logic [5:0] CC_DEVICE_FEATURE_SELECT = 6'h00;
@@ -56,7 +56,7 @@ package virtio_pkg;
   localparam logic [15:0] DESC_F_WRITE    = 16'h0002;
   localparam logic [15:0] DESC_F_INDIRECT = 16'h0004;
   localparam logic [15:0] VRING_AVAIL_F_NO_INTERRUPT = 16'h0001;
-  localparam int unsigned NET_HDR_LEN     = 12;  // struct virtio_net_hdr with num_buffers (VERSION_1)
+  localparam logic [31:0] NET_HDR_LEN     = 12;  // struct virtio_net_hdr with num_buffers (VERSION_1)
 
   // ---- control queue (5.1.6.5) ----------------------------------------------------------------
   localparam logic [7:0] VIRTIO_NET_CTRL_MQ              = 8'd4;

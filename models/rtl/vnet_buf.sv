@@ -9,9 +9,9 @@
 // The read port is combinational (distributed RAM), so a beat can be presented on an
 // AXI W channel or AXI-Stream port in the cycle it is addressed and held while stalled.
 module vnet_buf #(
-  parameter int unsigned W     = 8,     // bytes per beat, a power of two >= 4
-  parameter int unsigned BYTES = 2048,  // a power of two, a multiple of W
-  localparam int unsigned PW   = $clog2(BYTES)
+  parameter logic [31:0] W     = 8,     // bytes per beat, a power of two >= 4
+  parameter logic [31:0] BYTES = 2048,  // a power of two, a multiple of W
+  localparam logic [31:0] PW   = $clog2(BYTES)
 ) (
   input  logic              clk,
   // write port
@@ -23,11 +23,18 @@ module vnet_buf #(
   input  logic [PW-1:0]     rd_base,
   output logic [8*W-1:0]    rd_data
 );
-  localparam int unsigned LW   = $clog2(W);
-  localparam int unsigned ROWS = BYTES / W;
-  localparam int unsigned RW   = PW - LW;
+  localparam logic [31:0] LW   = $clog2(W);
+  localparam logic [31:0] ROWS = BYTES / W;
+  localparam logic [31:0] RW   = PW - LW;
 
   logic [7:0] mem [W][ROWS];
+  // The banks start at zero, as they do in a 2-state simulator (Verilator), so in a 4-state one
+  // (Icarus) bytes never written (lanes outside a beat's tkeep or wstrb) read 0 instead of X.
+  initial begin
+    for (int unsigned j = 0; j < W; j++) begin
+      for (int unsigned r = 0; r < ROWS; r++) mem[j][r] = 8'h00;
+    end
+  end
 
   // Bank j serves lane (j - base) mod W, at the row of position base + that lane.
   logic [LW-1:0] wr_lane [W];

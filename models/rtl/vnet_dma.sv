@@ -15,12 +15,12 @@
 // starts, which is the ordering the split ring needs (buffers, then used elements, then
 // used idx).
 module vnet_dma #(
-  parameter int unsigned ADDR_W    = 64,
-  parameter int unsigned DATA_W    = 64,   // 32..1024
-  parameter int unsigned ID_W      = 4,
-  parameter int unsigned MAX_BURST = 16,   // beats, 1..256
-  parameter int unsigned PW        = 11,   // frame buffer position width
-  localparam int unsigned W        = DATA_W / 8
+  parameter logic [31:0] ADDR_W    = 64,
+  parameter logic [31:0] DATA_W    = 64,   // 32..1024
+  parameter logic [31:0] ID_W      = 4,
+  parameter logic [31:0] MAX_BURST = 16,   // beats, 1..256
+  parameter logic [31:0] PW        = 11,   // frame buffer position width
+  localparam logic [31:0] W        = DATA_W / 8
 ) (
   input  logic                clk,
   input  logic                rst_n,
@@ -83,7 +83,7 @@ module vnet_dma #(
   input  logic                m_axi_rvalid,
   output logic                m_axi_rready
 );
-  localparam int unsigned LW = $clog2(W);
+  localparam logic [31:0] LW = $clog2(W);
   localparam logic [ID_W-1:0] ID = '0;
   localparam logic [12:0] BEATS_PER_4K = 13'(4096 / W);
   localparam logic [63:0] ADDR_HI = 64'(~((65'd1 << ADDR_W) - 65'd1));

@@ -26,18 +26,18 @@
 module vnet_ring_engine
   import virtio_pkg::*;
 #(
-  parameter int unsigned NUM_PAIRS    = 1,
-  parameter int unsigned NUM_QUEUES   = 2,  // 2 * NUM_PAIRS, + 1 (control queue) when NUM_PAIRS > 1
-  parameter int unsigned ADDR_W       = 64,
-  parameter int unsigned DATA_W       = 64,
-  parameter int unsigned ID_W         = 4,
-  parameter int unsigned MAX_BURST    = 16,
-  parameter int unsigned BUF_BYTES    = 2048,  // receive and transmit frame buffers, each
+  parameter logic [31:0] NUM_PAIRS    = 1,
+  parameter logic [31:0] NUM_QUEUES   = 2,  // 2 * NUM_PAIRS, + 1 (control queue) when NUM_PAIRS > 1
+  parameter logic [31:0] ADDR_W       = 64,
+  parameter logic [31:0] DATA_W       = 64,
+  parameter logic [31:0] ID_W         = 4,
+  parameter logic [31:0] MAX_BURST    = 16,
+  parameter logic [31:0] BUF_BYTES    = 2048,  // receive and transmit frame buffers, each
   parameter logic [15:0] MTU          = 16'd1500,
-  localparam int unsigned QW          = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1,
-  localparam int unsigned W           = DATA_W / 8,
-  localparam int unsigned PW          = $clog2(BUF_BYTES),
-  localparam int unsigned PAIR_W      = NUM_PAIRS > 1 ? $clog2(NUM_PAIRS) : 1
+  localparam logic [31:0] QW          = NUM_QUEUES > 1 ? $clog2(NUM_QUEUES) : 1,
+  localparam logic [31:0] W           = DATA_W / 8,
+  localparam logic [31:0] PW          = $clog2(BUF_BYTES),
+  localparam logic [31:0] PAIR_W      = NUM_PAIRS > 1 ? $clog2(NUM_PAIRS) : 1
 ) (
   input  logic                         clk,
   input  logic                         rst_n,
@@ -127,7 +127,7 @@ module vnet_ring_engine
   output logic [31:0]                  stat_rx_no_buffer, // no available receive chain
   output logic [31:0]                  stat_rx_dropped    // not ready, oversize, chain too small
 );
-  localparam int unsigned LW   = $clog2(W);
+  localparam logic [31:0] LW   = $clog2(W);
   localparam logic [PW:0] BUF  = (PW+1)'(BUF_BYTES);
   localparam logic [PW:0] HDR  = (PW+1)'(NET_HDR_LEN);
   localparam logic [15:0] ETH_P_8021Q = 16'h8100;

@@ -25,7 +25,7 @@ from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, ConfigSpace, Msix, PciEndpoint
 from sim.rtl.bridge import FAULT_TEXT, Events, Fault
-from sim.rtl.runner import RtlRunner
+from sim.rtl.runner import Runner
 
 AXIL_WORD = 4
 
@@ -35,7 +35,7 @@ class AxiLiteBlock:
     byte strobes (reads of several words read each word once; the slave has no read strobes, so a
     narrow read reads its whole word, as on the real bus)."""
 
-    def __init__(self, runner: RtlRunner, size: int) -> None:
+    def __init__(self, runner: Runner, size: int) -> None:
         self.runner = runner
         self.size = size
 
@@ -63,7 +63,7 @@ class AxiLiteBlock:
 class RtlEndpoint(PciEndpoint):
     """A PciEndpoint whose bus-mastering and MSI-X enable bits are inputs of the design and its bridge."""
 
-    def __init__(self, config: ConfigSpace, bars: list[Bar], msix: Msix | None, runner: RtlRunner,
+    def __init__(self, config: ConfigSpace, bars: list[Bar], msix: Msix | None, runner: Runner,
                  iommu: Iommu | None = None) -> None:
         super().__init__(config, bars, msix, iommu)
         self.runner = runner

