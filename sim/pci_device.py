@@ -19,21 +19,13 @@ from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
 from sim.pci.endpoint import PciEndpoint
 
 
-class SimPciDevice:
-    """Implements :class:`backend.pci.device.PciDevice` over a :class:`PciEndpoint`.
+class EndpointPciAccess:
+    """The part of :class:`backend.pci.device.PciDevice` every simulated endpoint serves alike: config
+    space and BAR accesses, recorded DMA faults, MSI-X/INTx binding. The behavioral model's
+    :class:`SimPciDevice` and the RTL's ``RtlPciDevice`` add DMA mapping, ioeventfds and their lifetime."""
 
-    ``ioeventfd`` is honoured by the device's own event loop thread: when the
-    frontend's kick eventfd fires, the loop performs the doorbell write, so no
-    relay runs in the backend (the in-process equivalent of KVM ioeventfd /
-    VFIO_DEVICE_IOEVENTFD).
-    """
-
-    def __init__(self, endpoint: PciEndpoint, name: str = "sim") -> None:
-        self.name = name
-        self.endpoint = endpoint
-        self.loop = EventLoop(f"{name}-events")
-        self._ioeventfds: dict[tuple[int, int, int], tuple[int, int | None]] = {}
-        self._closed = False
+    name: str
+    endpoint: PciEndpoint
 
     # --- regions -------------------------------------------------------------------------------
 
@@ -69,21 +61,7 @@ class SimPciDevice:
             raise PciError(f"{self.name}: region {index} does not exist")
 
     def region_mmap(self, index: int) -> memoryview | None:
-        return None  # every BAR is trapped: register side effects need the access
-
-    # --- DMA -----------------------------------------------------------------------------------
-
-    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
-        try:
-            self.endpoint.iommu.map(iova, size, fd, offset, perm)
-        except (ValueError, OSError) as exc:
-            raise PciError(f"{self.name}: dma_map: {exc}") from None
-
-    def dma_unmap(self, iova: int, size: int) -> None:
-        try:
-            self.endpoint.iommu.unmap(iova, size)
-        except ValueError as exc:
-            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
+        return None  # every BAR is trapped: register side effects need the access (a bus transfer on RTL)
 
     def dma_faults(self) -> list[DmaFault]:
         return self.endpoint.iommu.drain_faults()
@@ -106,19 +84,54 @@ class SimPciDevice:
                 if not fds:
                     msix.unbind_all()
                     msix.set_enabled(False)
-                    return
-                try:
-                    msix.bind(start, list(fds))
-                except ValueError as exc:
-                    raise PciError(f"{self.name}: {exc}") from None
-                if not msix.enabled:
-                    msix.set_enabled(True)
+                else:
+                    try:
+                        msix.bind(start, list(fds))
+                    except ValueError as exc:
+                        raise PciError(f"{self.name}: {exc}") from None
+                    if not msix.enabled:
+                        msix.set_enabled(True)
+                self._msix_changed()
             elif index == IrqIndex.INTX:
                 if start != 0 or len(fds) > 1:
                     raise PciError("INTx has exactly one vector")
                 self.endpoint.intx_fd = fds[0] if fds else None
             else:
                 raise PciError(f"{self.name}: irq index {index} not supported")
+
+    def _msix_changed(self) -> None:
+        """After MSI-X was bound or unbound (the RTL forwards the enable to the design)."""
+
+
+class SimPciDevice(EndpointPciAccess):
+    """Implements :class:`backend.pci.device.PciDevice` over a :class:`PciEndpoint`.
+
+    ``ioeventfd`` is honoured by the device's own event loop thread: when the
+    frontend's kick eventfd fires, the loop performs the doorbell write, so no
+    relay runs in the backend (the in-process equivalent of KVM ioeventfd /
+    VFIO_DEVICE_IOEVENTFD).
+    """
+
+    def __init__(self, endpoint: PciEndpoint, name: str = "sim") -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.loop = EventLoop(f"{name}-events")
+        self._ioeventfds: dict[tuple[int, int, int], tuple[int, int | None]] = {}
+        self._closed = False
+
+    # --- DMA -----------------------------------------------------------------------------------
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        try:
+            self.endpoint.iommu.map(iova, size, fd, offset, perm)
+        except (ValueError, OSError) as exc:
+            raise PciError(f"{self.name}: dma_map: {exc}") from None
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        try:
+            self.endpoint.iommu.unmap(iova, size)
+        except ValueError as exc:
+            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
 
     # --- ioeventfd -----------------------------------------------------------------------------
 

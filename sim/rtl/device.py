@@ -13,17 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from backend.pci.device import (
-    DmaFault,
     DmaPerm,
-    IrqIndex,
     PciError,
-    RegionFlags,
-    RegionIndex,
-    RegionInfo,
 )
-from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, ConfigSpace, Msix, PciEndpoint
+from sim.pci_device import EndpointPciAccess
 from sim.rtl.bridge import FAULT_TEXT, Events, Fault
 from sim.rtl.runner import Runner
 
@@ -82,13 +77,15 @@ class RtlEndpoint(PciEndpoint):
         self.sync_inputs()
 
 
-class RtlPciDevice:
+class RtlPciDevice(EndpointPciAccess):
     """Implements :class:`backend.pci.device.PciDevice` over an :class:`RtlEndpoint` and its runner.
 
     ``model`` and ``wire`` are set by the target that builds the device (the stimulus the
     conformance checks use, and the wire the transmit port feeds); ``loop`` is the clock runner,
     whose ``errors`` list what crashed the device thread.
     """
+
+    endpoint: RtlEndpoint
 
     def __init__(self, endpoint: RtlEndpoint, name: str) -> None:
         self.name = name
@@ -137,42 +134,6 @@ class RtlPciDevice:
         if self._frame_sink is not None:
             self._frame_sink(frames)
 
-    # --- regions ------------------------------------------------------------------------------------
-
-    def region_info(self, index: int) -> RegionInfo:
-        if index == RegionIndex.CONFIG:
-            return RegionInfo(index, PCI_CONFIG_SPACE_SIZE, RegionFlags.READ | RegionFlags.WRITE)
-        bar = self.endpoint.bars.get(index)
-        if bar is None:
-            return RegionInfo(index, 0, RegionFlags(0))
-        return RegionInfo(index, bar.size, RegionFlags.READ | RegionFlags.WRITE)
-
-    def region_read(self, index: int, offset: int, size: int) -> bytes:
-        if index == RegionIndex.CONFIG:
-            return self.endpoint.config_read(offset, size)
-        self._check_bar(index)
-        try:
-            return self.endpoint.bar_read(index, offset, size)
-        except ValueError as exc:
-            raise PciError(str(exc)) from None
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index == RegionIndex.CONFIG:
-            self.endpoint.config_write(offset, bytes(data))
-            return
-        self._check_bar(index)
-        try:
-            self.endpoint.bar_write(index, offset, bytes(data))
-        except ValueError as exc:
-            raise PciError(str(exc)) from None
-
-    def _check_bar(self, index: int) -> None:
-        if index not in self.endpoint.bars:
-            raise PciError(f"{self.name}: region {index} does not exist")
-
-    def region_mmap(self, index: int) -> memoryview | None:
-        return None  # every BAR access is a bus transfer on the design
-
     # --- DMA ------------------------------------------------------------------------------------------
 
     def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
@@ -194,41 +155,10 @@ class RtlPciDevice:
             raise PciError(f"{self.name}: dma_unmap: {exc}") from None
         self.runner.dma_unmap(iova, size)
 
-    def dma_faults(self) -> list[DmaFault]:
-        return self.endpoint.iommu.drain_faults()
-
     # --- interrupts ---------------------------------------------------------------------------------
 
-    def irq_count(self, index: int) -> int:
-        if index == IrqIndex.MSIX:
-            return self.endpoint.msix.table_size if self.endpoint.msix is not None else 0
-        if index == IrqIndex.INTX:
-            return 1
-        return 0
-
-    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
-        with self.endpoint.lock:
-            if index == IrqIndex.MSIX:
-                msix = self.endpoint.msix
-                if msix is None:
-                    raise PciError(f"{self.name}: no MSI-X capability")
-                if not fds:
-                    msix.unbind_all()
-                    msix.set_enabled(False)
-                else:
-                    try:
-                        msix.bind(start, list(fds))
-                    except ValueError as exc:
-                        raise PciError(f"{self.name}: {exc}") from None
-                    if not msix.enabled:
-                        msix.set_enabled(True)
-                self.endpoint.sync_inputs()
-            elif index == IrqIndex.INTX:
-                if start != 0 or len(fds) > 1:
-                    raise PciError("INTx has exactly one vector")
-                self.endpoint.intx_fd = fds[0] if fds else None
-            else:
-                raise PciError(f"{self.name}: irq index {index} not supported")
+    def _msix_changed(self) -> None:
+        self.endpoint.sync_inputs()  # the design's msix_enabled input follows the capability
 
     # --- ioeventfd ----------------------------------------------------------------------------------
 
