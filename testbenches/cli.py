@@ -360,32 +360,46 @@ def _serve(args: argparse.Namespace, stop_fd: int) -> int:
         server = VhostUserServer(path, factory, name=SERVER_NAME)
     except OSError as exc:
         raise ServeError(f"--socket {path}: cannot listen on it: {exc.strerror or exc}") from None
+    return _listen_until_signal(SERVE_LOG, path, f"a fresh {spec} per connection", server.close, args.close_timeout,
+                                stop_fd)
+
+
+def _listen_until_signal(logger: logging.Logger, path: str, what: str, close: Callable[[float], None],
+                         close_timeout: float, stop_fd: int) -> int:
+    """A listening server's life after setup: the ready line, the wait for a signal, close, socket removed."""
     try:
-        SERVE_LOG.info("listening on %s, a fresh %s per connection", path, spec)
+        logger.info("listening on %s, %s", path, what)
         print(f"listening on {path}", flush=True)
         _wait_readable([stop_fd])
-        SERVE_LOG.info("signal received: shutting down")
+        logger.info("signal received: shutting down")
     finally:
-        server.close(timeout=args.close_timeout)
+        close(close_timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    SERVE_LOG.info("stopped")
+    logger.info("stopped")
     return 0
+
+
+def _run_until_signal(command: str, body: Callable[[argparse.Namespace, int], int],
+                      setup_error: type[Exception], args: argparse.Namespace) -> int:
+    """Run ``body(args, stop_fd)`` with log lines on stderr and SIGINT/SIGTERM written to ``stop_fd``;
+    a ``setup_error`` is one line on stderr and exit status 2."""
+    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        with _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO), \
+                _signals_to_eventfd(stop_fd, (signal.SIGINT, signal.SIGTERM)):
+            return body(args, stop_fd)
+    except setup_error as exc:
+        print(f"vdpa-bench {command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        os.close(stop_fd)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or, with ``--client``, until the connection ends
     (exit 0 on a clean disconnect, 1 when the session was dropped). Setup errors exit 2."""
-    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    try:
-        with _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO), \
-                _signals_to_eventfd(stop_fd, (signal.SIGINT, signal.SIGTERM)):
-            return _serve(args, stop_fd)
-    except ServeError as exc:
-        print(f"vdpa-bench serve: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        os.close(stop_fd)
+    return _run_until_signal("serve", _serve, ServeError, args)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -484,32 +498,13 @@ def _run_device(args: argparse.Namespace, stop_fd: int) -> int:
         server = VfioUserServer(path, factory, max_devices=args.max_devices)
     except OSError as exc:
         raise DeviceError(f"--vfio-user {path}: {exc.strerror or exc}") from None
-    try:
-        DEVICE_LOG.info("listening on %s: %s over vfio-user (up to %d devices at once)", path, args.model,
-                        args.max_devices)
-        print(f"listening on {path}", flush=True)
-        _wait_readable([stop_fd])
-        DEVICE_LOG.info("signal received: shutting down")
-    finally:
-        server.close(timeout=args.close_timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    DEVICE_LOG.info("stopped")
-    return 0
+    return _listen_until_signal(DEVICE_LOG, path, f"{args.model} over vfio-user (up to {args.max_devices} devices "
+                                "at once)", server.close, args.close_timeout, stop_fd)
 
 
 def cmd_device(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit 0); setup errors exit 2."""
-    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    try:
-        with _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO), \
-                _signals_to_eventfd(stop_fd, (signal.SIGINT, signal.SIGTERM)):
-            return _run_device(args, stop_fd)
-    except DeviceError as exc:
-        print(f"vdpa-bench device: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        os.close(stop_fd)
+    return _run_until_signal("device", _run_device, DeviceError, args)
 
 
 def _positive_int(text: str) -> int:
