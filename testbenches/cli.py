@@ -34,7 +34,7 @@ import pytest
 from rich.console import Console
 
 from backend.device import VdpaDevice, VdpaError
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd
 from backend.pci.device import PciDevice, PciError
 from backend.targets import TargetRegistry, default_registry

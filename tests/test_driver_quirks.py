@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 
 from backend.device import NotSupported, VqState
 from backend.drivers.quirks import IFCVF, NO_QUIRK, IdMatch, PciIds, Quirk, QuirkTable, default_quirks
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import PciCfg
 from models.targets import SimNetDevice, loopback_device

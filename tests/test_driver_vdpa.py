@@ -9,7 +9,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
-from backend.drivers.virtio_pci import VirtioPciModern, VirtioPciVdpaDevice
+from backend.drivers.transport import VirtioPciModern
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import wait_eventfd
 from backend.pci.device import PciDevice
 from backend.targets import default_registry

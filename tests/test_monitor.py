@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.drivers.virtio_pci import VirtioPciModern
+from backend.drivers.transport import VirtioPciModern
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, bits
 from backend.virtio.pci_regs import CommonCfg

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.drivers.virtio_pci import VirtioPciModern, VirtioPciVdpaDevice
+from backend.drivers.transport import VirtioPciModern
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import new_eventfd
 from backend.pci import vfio_user_msg as m
 from backend.pci.device import DmaPerm, IrqIndex, PciError, RegionFlags, RegionIndex, config_read

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.pci.device import DmaPerm
 from backend.targets import default_registry
 from backend.vhost_user.memory import (

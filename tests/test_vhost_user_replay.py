@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import VhostUserSession

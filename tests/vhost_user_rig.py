@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from backend.device import VdpaDevice
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.targets import default_registry
 from models.targets import SimNetDevice
 from models.virtio_net.device import VirtioNetDevice

@@ -141,7 +141,7 @@ class VhostUserServer:
     def for_target(cls, path: str, spec: str, *, connect: bool = False) -> VhostUserServer:
         """Each session gets ``spec`` opened through the default target registry, driven by the
         generic virtio-pci vendor driver."""
-        from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+        from backend.drivers.vdpa import VirtioPciVdpaDevice
         from backend.targets import default_registry
 
         registry = default_registry()

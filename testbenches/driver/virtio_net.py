@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from backend.drivers.virtio_pci import VirtioPciError, VirtioPciModern
+from backend.drivers.transport import VirtioPciError, VirtioPciModern
 from backend.eventloop import wait_eventfd
 from backend.pci.device import DmaPerm, IrqIndex, PciDevice
 from backend.virtio.features import (

@@ -33,7 +33,7 @@ from typing import Any, Final
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from backend.drivers.virtio_pci import VirtioPciVdpaDevice
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import new_eventfd
 from backend.pci.device import IrqIndex
 from backend.pci.vfio import open_vfio

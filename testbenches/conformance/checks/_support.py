@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backend.drivers.virtio_pci import VirtioPciModern
+from backend.drivers.transport import VirtioPciModern
 from backend.pci.device import PciDevice
 from backend.virtio.features import DeviceStatus, F
 from testbenches.driver.virtio_net import choose_features

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 from backend.device import VdpaError
-from backend.drivers.virtio_pci import VirtioPciModern, VirtioPciVdpaDevice
+from backend.drivers.transport import VirtioPciModern
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.pci.device import PciDevice, PciError, RegionIndex
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.pci_regs import (

@@ -2,7 +2,7 @@
 
 The drivers under test are the bench's own: the guest driver
 (``testbenches.driver.virtio_net.GuestNetDriver``) and the backend's generic
-vendor driver (``backend.drivers.virtio_pci.VirtioPciVdpaDevice``), each run
+vendor driver (``backend.drivers.vdpa.VirtioPciVdpaDevice``), each run
 against the target through a :class:`TracingPciDevice`. Directed rows use a
 fault-injecting proxy that makes the device refuse or withhold features.
 """
@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.drivers.virtio_pci import VirtioPciModern, VirtioPciVdpaDevice
+from backend.drivers.transport import VirtioPciModern
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.pci.device import PciDevice
 from backend.virtio.features import DEFINED_NET_PCI, NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, describe, has
 from backend.virtio.net_hdr import NetHdr

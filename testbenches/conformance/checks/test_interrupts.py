@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.drivers.virtio_pci import VirtioPciModern
+from backend.drivers.transport import VirtioPciModern
 from backend.pci.device import config_read
 from backend.virtio.features import F, bit
 from backend.virtio.pci_regs import (

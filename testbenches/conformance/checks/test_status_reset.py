@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from backend.drivers.virtio_pci import VirtioPciModern
+from backend.drivers.transport import VirtioPciModern
 from backend.pci.device import DmaPerm
 from backend.virtio.features import F, has
 from backend.virtio.pci_regs import CommonCfg

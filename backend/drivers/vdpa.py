@@ -1,0 +1,466 @@
+"""The generic vDPA vendor driver: :class:`backend.device.VdpaDevice` over a virtio-pci function.
+
+It programs the device through the register layer (:mod:`backend.drivers.transport`)
+and consults the quirk table (:mod:`backend.drivers.quirks`) for what plain
+virtio-pci lacks (ring state, dirty logging, device-specific behaviour).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from backend.device import NotSupported, VdpaError, VqState
+from backend.drivers.quirks import PciIds, Quirk, QuirkTable, default_quirks
+from backend.drivers.transport import VirtioPciError, VirtioPciModern, config_fields, is_virtio_pci_id
+from backend.eventloop import EventLoop, consume_eventfd
+from backend.pci.device import (
+    DmaPerm,
+    IrqIndex,
+    PciDevice,
+    PciError,
+    read_int,
+    write_int,
+)
+from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.pci_regs import (
+    NO_VECTOR,
+)
+from backend.virtio.split_ring import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, is_valid_split_size
+
+
+@dataclass
+class _Vq:
+    num: int = 0
+    desc: int = 0
+    driver: int = 0
+    device: int = 0
+    ready: bool = False
+    state: VqState = field(default_factory=VqState)
+    kick_fd: int | None = None
+    call_fd: int | None = None
+    live: bool = False  # programmed into the device and enabled
+    kick: tuple[int, int, int] | None = None  # (bar, offset, fd) of a registered ioeventfd
+    relayed: bool = False
+
+
+class VirtioPciVdpaDevice:
+    """:class:`backend.device.VdpaDevice` over a virtio-pci modern function.
+
+    The vhost-user side may send queue parameters in any order; they are kept
+    here and written to the device when it goes live (DRIVER_OK, or
+    ``set_vq_ready`` after it), in the order 4.1.5.1.3 asks for: size,
+    addresses, vector, then queue_enable. Kick eventfds become ioeventfds on
+    the queue's doorbell; call eventfds are bound to MSI-X vectors.
+    """
+
+    #: Features never passed upward: a kick eventfd carries no data, so the doorbell could not
+    #: carry next_off/next_wrap as VIRTIO_F_NOTIFICATION_DATA requires.
+    HIDDEN_FEATURES = 1 << F.NOTIFICATION_DATA
+
+    def __init__(self, pci: PciDevice, *, quirks: QuirkTable | None = None, reset_timeout: float = 1.0,
+                 owns_pci: bool = True) -> None:
+        self.pci = pci
+        self.ids = PciIds.read(pci)
+        if not is_virtio_pci_id(self.ids.vendor, self.ids.device):
+            raise VdpaError(f"{pci.name}: {self.ids} is not a virtio PCI function")
+        self.quirk: Quirk = (quirks if quirks is not None else default_quirks()).lookup(self.ids)
+        try:
+            self.transport = VirtioPciModern(pci, reset_timeout=reset_timeout)
+        except VirtioPciError as exc:
+            raise VdpaError(str(exc)) from None
+        self.transport.enable_device()
+        # Taking the device over starts from a reset, whatever a previous owner left (INIT-DRV-01).
+        try:
+            self.transport.reset()
+        except VirtioPciError as exc:
+            raise VdpaError(str(exc)) from None
+        self._owns_pci = owns_pci
+        self._lock = threading.RLock()
+        self._relay: EventLoop | None = None
+        self._vqs: dict[int, _Vq] = {}
+        self._num_max: dict[int, int] = {}
+        self._config_fd: int | None = None
+        self._vectors: dict[str, int] | None = None  # "config" / "q<i>" -> vector, once planned
+        self._fanout: dict[int, int] = {}  # vector -> private eventfd relayed to several call fds
+        self._features = 0
+        self._closed = False
+
+    # helpers ---------------------------------------------------------------------------------
+
+    def _vq(self, index: int) -> _Vq:
+        if not 0 <= index < self.get_vq_count():
+            raise VdpaError(f"virtqueue {index} does not exist (device has {self.get_vq_count()})")
+        return self._vqs.setdefault(index, _Vq())
+
+    def _relay_thread(self) -> EventLoop:
+        if self._relay is None:
+            self._relay = EventLoop(f"{self.pci.name}-relay")
+        return self._relay
+
+    # features --------------------------------------------------------------------------------
+
+    def get_device_features(self) -> int:
+        return self.transport.device_features() & ~(self.HIDDEN_FEATURES | self.quirk.hide_features)
+
+    def set_driver_features(self, features: int) -> None:
+        with self._lock:
+            extra = features & ~self.get_device_features()
+            if extra:
+                raise VdpaError(f"features {extra:#x} were not offered (FEAT-DRV-01)")
+            if self.get_status() & DeviceStatus.FEATURES_OK:
+                raise VdpaError("features cannot change after FEATURES_OK (INIT-DRV-07)")
+            self.transport.write_driver_features(features)
+            self._features = features
+
+    def get_driver_features(self) -> int:
+        return self._features
+
+    # status ----------------------------------------------------------------------------------
+
+    def get_status(self) -> int:
+        return self.transport.status()
+
+    def set_status(self, status: int) -> None:
+        with self._lock:
+            if status == 0:
+                self.reset()
+                return
+            cur = self.get_status()
+            if cur & ~status & ~DeviceStatus.SUSPEND:
+                raise VdpaError(f"status {status:#x} would clear bits of {cur:#x} (STATUS-DRV-02)")
+            new = status & ~cur
+            if new & DeviceStatus.DRIVER_OK and not new & DeviceStatus.FAILED:
+                self._go_live()
+            self.transport.set_status(status)
+            if new & DeviceStatus.FEATURES_OK and not self.get_status() & DeviceStatus.FEATURES_OK:
+                raise VdpaError(f"device refused features {self._features:#x}: FEATURES_OK did not stick "
+                                "(INIT-DRV-08)")
+
+    # config space ----------------------------------------------------------------------------
+
+    def get_config_size(self) -> int:
+        return self.transport.device_config_size()
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        """Bytes of device config, each field read whole at its natural width (PCI-DRV-05) in one
+        generation-checked group (CFG-DRV-02); fields of unknown device types are read bytewise."""
+        fields = config_fields(self.ids.device, offset, size)
+        try:
+            values = self.transport.read_config_fields(fields)
+        except VirtioPciError as exc:
+            raise VdpaError(str(exc)) from None
+        raw = b"".join(v.to_bytes(w, "little") for v, (_, w) in zip(values, fields, strict=True))
+        start = offset - fields[0][0] if fields else 0
+        return raw[start:start + size]
+
+    def set_config(self, offset: int, data: bytes) -> None:
+        try:
+            self.transport.write_device_config(offset, data)
+        except VirtioPciError as exc:
+            raise VdpaError(str(exc)) from None
+
+    def get_config_generation(self) -> int:
+        return self.transport.config_generation()
+
+    # virtqueues ------------------------------------------------------------------------------
+
+    def get_vq_count(self) -> int:
+        return self.transport.num_queues()
+
+    def get_vq_num_max(self, index: int) -> int:
+        self._vq(index)
+        if index not in self._num_max:  # queue_size reads the maximum until the driver writes it
+            self._num_max[index] = self.transport.queue_size(index)
+        return self._num_max[index]
+
+    def set_vq_num(self, index: int, num: int) -> None:
+        vq = self._vq(index)
+        limit = self.get_vq_num_max(index)
+        packed = has(self._features, F.RING_PACKED)
+        if limit == 0:
+            raise VdpaError(f"virtqueue {index} is not available (queue_size reads 0)")
+        if not 0 < num <= limit or (not packed and not is_valid_split_size(num)):
+            raise VdpaError(f"virtqueue {index}: size {num} invalid (max {limit}, split rings need a power "
+                            "of two: PCI-DRV-17)")
+        vq.num = num
+
+    def set_vq_address(self, index: int, desc: int, driver: int, device: int) -> None:
+        vq = self._vq(index)
+        if not has(self._features, F.RING_PACKED) and (
+                desc % DESC_ALIGN or driver % AVAIL_ALIGN or device % USED_ALIGN):
+            raise VdpaError(f"virtqueue {index}: ring parts misaligned (SPLIT-DRV-01): "
+                            f"desc {desc:#x}, driver {driver:#x}, device {device:#x}")
+        vq.desc, vq.driver, vq.device = desc, driver, device
+
+    def set_vq_ready(self, index: int, ready: bool) -> None:
+        with self._lock:
+            vq = self._vq(index)
+            if ready:
+                vq.ready = True
+                if self._vectors is not None and not vq.live:  # already live: bring this one up now
+                    self._bind_irqs()
+                    self._program_queue(index, vq)
+                return
+            if vq.live:
+                if not has(self._features, F.RING_RESET):
+                    raise NotSupported(f"virtqueue {index}: disabling a live queue needs VIRTIO_F_RING_RESET "
+                                       "(queue_enable is never written 0: PCI-DRV-20)")
+                self._unregister_kick(vq)
+                try:
+                    self.transport.reset_queue(index)
+                except VirtioPciError as exc:
+                    raise VdpaError(str(exc)) from None
+                vq.live = False
+            vq.ready = False
+
+    def get_vq_ready(self, index: int) -> bool:
+        vq = self._vq(index)
+        return self.transport.queue_enabled(index) if vq.live else vq.ready
+
+    def set_vq_state(self, index: int, state: VqState) -> None:
+        vq = self._vq(index)
+        block = self.quirk.vq_state
+        if block is None:
+            if state.avail_idx != 0:
+                raise NotSupported(f"virtqueue {index}: virtio-pci has no register for last_avail_idx; only 0 "
+                                   "(the state after reset) can be set")
+            vq.state = state
+            return
+        vq.state = state
+        write_int(self.pci, block.bar, block.field_offset(index), block.width, state.avail_idx)
+
+    def get_vq_state(self, index: int) -> VqState:
+        vq = self._vq(index)
+        block = self.quirk.vq_state
+        if block is not None:
+            avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
+            return VqState(avail_idx=avail & 0xFFFF)
+        if vq.live:
+            raise NotSupported(f"virtqueue {index}: virtio-pci cannot report last_avail_idx of a running queue")
+        return vq.state
+
+    # kicks -----------------------------------------------------------------------------------
+
+    def set_vq_kick(self, index: int, fd: int | None) -> None:
+        with self._lock:
+            vq = self._vq(index)
+            self._unregister_kick(vq)
+            vq.kick_fd = fd
+            if vq.live:
+                self._register_kick(index, vq)
+
+    def _register_kick(self, index: int, vq: _Vq) -> None:
+        if vq.kick_fd is None:
+            return
+        bar, off, width = self.transport.notify_location(index)
+        value = self.transport.notify_value(index)
+        fd = vq.kick_fd
+        if self.pci.ioeventfd(bar, off, width, value, fd):
+            vq.kick = (bar, off, fd)
+            return
+        # The device cannot take the eventfd as its doorbell: relay it (the report says so).
+        transport, location = self.transport, (bar, off, width)
+
+        def relay() -> None:
+            if consume_eventfd(fd):
+                transport.notify(index, value, location=location)
+
+        self._relay_thread().watch(fd, relay)
+        vq.relayed = True
+
+    def _unregister_kick(self, vq: _Vq) -> None:
+        if vq.kick is not None:
+            bar, off, fd = vq.kick
+            self.pci.ioeventfd_remove(bar, off, fd)
+            vq.kick = None
+        if vq.relayed and vq.kick_fd is not None and self._relay is not None:
+            self._relay.unwatch(vq.kick_fd)
+        vq.relayed = False
+
+    def kicks_relayed(self) -> bool:
+        return any(vq.relayed for vq in self._vqs.values())
+
+    def calls_relayed(self) -> bool:
+        """True where vectors are shared and a relay fans one interrupt out to several call eventfds."""
+        return bool(self._fanout)
+
+    # interrupts ------------------------------------------------------------------------------
+
+    def set_vq_call(self, index: int, fd: int | None) -> None:
+        with self._lock:
+            self._vq(index).call_fd = fd
+            if self._vectors is not None:
+                self._bind_irqs()
+
+    def set_config_call(self, fd: int | None) -> None:
+        with self._lock:
+            self._config_fd = fd
+            if self._vectors is not None:
+                self._bind_irqs()
+
+    def vector_plan(self) -> dict[str, int]:
+        """Config on vector 0 and queue i on i+1; with a small table, queues share (PCI-DRV-34)."""
+        nvec = self.transport.msix_table_size()
+        nq = self.get_vq_count()
+        if nvec == 0:
+            return {}
+        plan = {"config": 0}
+        for q in range(nq):
+            plan[f"q{q}"] = q + 1 if nvec >= nq + 1 else min(1, nvec - 1)
+        return plan
+
+    def _bind_irqs(self) -> None:
+        """(Re)bind every planned vector to its eventfd(s); a shared vector is fanned out by the relay."""
+        if self._vectors is None:
+            self._vectors = self.vector_plan()
+        if not self._vectors:
+            if self._config_fd is not None or any(vq.call_fd is not None for vq in self._vqs.values()):
+                raise NotSupported(f"{self.pci.name}: no MSI-X vectors, call eventfds cannot be signalled")
+            return
+        targets: dict[int, list[int]] = {v: [] for v in set(self._vectors.values())}
+        if self._config_fd is not None:
+            targets[self._vectors["config"]].append(self._config_fd)
+        for q, vq in self._vqs.items():
+            if vq.call_fd is not None:
+                targets[self._vectors[f"q{q}"]].append(vq.call_fd)
+        fds: list[int | None] = [None] * (max(targets) + 1)
+        for vector, calls in targets.items():
+            if len(calls) <= 1:
+                self._drop_fanout(vector)
+                fds[vector] = calls[0] if calls else None
+            else:
+                fds[vector] = self._fanout_fd(vector, calls)
+        try:
+            self.pci.set_irqs(IrqIndex.MSIX, 0, fds)
+        except PciError as exc:
+            raise VdpaError(f"binding MSI-X vectors: {exc}") from None
+
+    def _fanout_fd(self, vector: int, calls: list[int]) -> int:
+        src = self._fanout.get(vector)
+        if src is None:
+            src = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._fanout[vector] = src
+        targets = tuple(calls)
+
+        def fan_out() -> None:
+            if consume_eventfd(src):
+                for fd in targets:  # every sharer hears it; spurious ones are allowed (SPLIT-DRV-16)
+                    os.eventfd_write(fd, 1)
+
+        self._relay_thread().watch(src, fan_out)
+        return src
+
+    def _drop_fanout(self, vector: int) -> None:
+        src = self._fanout.pop(vector, None)
+        if src is not None:
+            if self._relay is not None:
+                self._relay.unwatch(src)
+            os.close(src)
+
+    def _check_vector(self, what: str, wrote: int, got: int) -> None:
+        if got != wrote:
+            raise VdpaError(f"{what}: MSI-X vector {wrote} read back as {got:#x} (PCI-DRV-35)")
+
+    # going live ------------------------------------------------------------------------------
+
+    def _go_live(self) -> None:
+        """At DRIVER_OK: bind vectors, map config changes, program and enable every ready queue."""
+        self._bind_irqs()
+        assert self._vectors is not None
+        if self._vectors:
+            v = self._vectors["config"]
+            self._check_vector("config", v, self.transport.set_config_msix_vector(v))
+        for index, vq in sorted(self._vqs.items()):
+            if vq.ready and not vq.live:
+                self._program_queue(index, vq)
+
+    def _program_queue(self, index: int, vq: _Vq) -> None:
+        if vq.num == 0:
+            raise VdpaError(f"virtqueue {index} enabled without a size")
+        t = self.transport
+        t.set_queue_size(index, vq.num)
+        t.set_queue_addresses(index, vq.desc, vq.driver, vq.device)
+        assert self._vectors is not None
+        vector = self._vectors.get(f"q{index}", NO_VECTOR)
+        self._check_vector(f"virtqueue {index}", vector, t.set_queue_msix_vector(index, vector))
+        block = self.quirk.vq_state
+        if block is not None:
+            write_int(self.pci, block.bar, block.field_offset(index), block.width, vq.state.avail_idx)
+        t.enable_queue(index)
+        vq.live = True
+        self._register_kick(index, vq)
+
+    # suspend / resume --------------------------------------------------------------------------
+
+    def suspend(self) -> None:
+        if not has(self._features, F.SUSPEND):
+            raise NotSupported("suspend needs VIRTIO_F_SUSPEND")
+        with self._lock:
+            self.transport.add_status(DeviceStatus.SUSPEND)
+            try:
+                self.transport.wait_status(lambda s: bool(s & DeviceStatus.SUSPEND))
+            except VirtioPciError as exc:
+                raise VdpaError(str(exc)) from None
+
+    def resume(self) -> None:
+        if not has(self._features, F.SUSPEND):
+            raise NotSupported("resume needs VIRTIO_F_SUSPEND")
+        with self._lock:
+            self.transport.set_status(self.get_status() & ~DeviceStatus.SUSPEND)
+            try:
+                self.transport.wait_status(lambda s: not s & DeviceStatus.SUSPEND)
+            except VirtioPciError as exc:
+                raise VdpaError(str(exc)) from None
+
+    # DMA -------------------------------------------------------------------------------------
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        try:
+            self.pci.dma_map(iova, size, fd, offset, perm)
+        except PciError as exc:
+            raise VdpaError(str(exc)) from None
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        try:
+            self.pci.dma_unmap(iova, size)
+        except PciError as exc:
+            raise VdpaError(str(exc)) from None
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Device reset (bounded wait for status 0); kicks, vectors and queue setup are dropped."""
+        with self._lock:
+            for vq in self._vqs.values():
+                self._unregister_kick(vq)
+            for vector in list(self._fanout):
+                self._drop_fanout(vector)
+            if self._vectors:
+                try:
+                    self.pci.set_irqs(IrqIndex.MSIX, 0, [])
+                except PciError as exc:
+                    raise VdpaError(f"unbinding MSI-X vectors: {exc}") from None
+            self._vectors = None
+            self._vqs.clear()
+            self._num_max.clear()
+            self._config_fd = None
+            self._features = 0
+            try:
+                self.transport.reset()
+            except VirtioPciError as exc:
+                raise VdpaError(str(exc)) from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.reset()
+        finally:
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
+            if self._owns_pci:
+                self.pci.close()
