@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from backend.vhost_user import messages as m
+from bench import results as committed
 from bench import rtl as bench_rtl
 from bench.cpu import ThreadTimes, split_cpu
 from sim.memory import GuestMemory
@@ -191,8 +192,10 @@ def report(console: Console, rates: list[RateSample], mt_ours: list[float], mt_d
         "ratio_median": ratio,
         "mem_table_ms": {"ours": [1000 * x for x in mt_ours], "dpdk": [1000 * x for x in mt_dpdk]},
         "backend_cpu_pct_max": backend_cpu,
+        "goals": {"ratio_min": GOAL_RATIO, "mem_table_ms_max": GOAL_MEM_TABLE_MS,
+                  "backend_cpu_pct_max": GOAL_BACKEND_CPU},
         "goals_met": {name: met for name, _, _, met in verdicts},
-        "config": vars(args),
+        "config": {k: v for k, v in vars(args).items() if not isinstance(v, Path)},  # how, not where to
     }
 
 
@@ -202,13 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=3.0, help="measurement window in seconds, default 3")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the window, default 1")
     ap.add_argument("--qsize", type=int, default=1024, help="virtio_user queue_size (both peers), default 1024")
-    ap.add_argument("--out", type=Path, default=Path("reports/bench"), help="results.json goes here")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench"), help="results.json and rtl.json go here")
+    ap.add_argument("--commit", type=Path, default=committed.RESULTS_DIR / committed.BENCH_FILE,
+                    help="after a full run (--only all): the committed result (date, machine, every figure) "
+                         "and the README's figures rendered from it; default docs/results/bench.json")
     ap.add_argument("--only", choices=("all", "vhost", "rtl"), default="all",
                     help="vhost: the data path against net_vhost; rtl: the RTL full stack (bench/rtl.py)")
     args = ap.parse_args(argv)
     console = Console()
     if args.only == "rtl":
-        return bench_rtl.section(console, args.out)
+        return bench_rtl.section(console, args.out)[0]
+    recorded_on = committed.machine()  # the load average before the runs: the machine is often shared
     if (os.cpu_count() or 1) < 2:
         console.print("[yellow]one CPU: frontend and backend share it; ratios still compare like with like[/]")
     rates: list[RateSample] = []
@@ -234,4 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     console.print(f"results: {args.out / 'results.json'}")
-    return bench_rtl.section(console, args.out) if args.only == "all" else 0
+    if args.only != "all":
+        return 0
+    code, rtl = bench_rtl.section(console, args.out)
+    if code != 0 or rtl is None:
+        return code or 2
+    recorded_on["load_average_end"] = committed.machine()["load_average"]
+    committed.write_json(args.commit, {"date": committed.today(), "command": "make bench", "machine": recorded_on,
+                                       "vhost": results, "rtl": rtl})
+    console.print(f"committed result: {args.commit}")
+    if args.commit.resolve() == (committed.RESULTS_DIR / committed.BENCH_FILE).resolve():
+        committed.main(["readme"])
+    return 0
