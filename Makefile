@@ -52,9 +52,11 @@ demo: system $(STAMP)
 	exit $$status
 
 # Serial on purpose: the interop tests pin testpmd's busy-polling lcores to CPU 1 and the checks have
-# deadlines of about a second, so parallel workers would starve each other.
+# deadlines of about a second, so parallel workers would starve each other on small machines. On a
+# bigger one, PYTEST_ARGS='-n 4' (pytest-xdist) is there to try.
+PYTEST_ARGS ?=
 test: system $(STAMP) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend sim models testbenches tests bench
