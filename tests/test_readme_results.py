@@ -138,10 +138,12 @@ def test_the_layout_table_is_the_tree() -> None:
     assert not uncovered, f"top-level folders with no README layout row: {uncovered}"
 
 
-def test_the_readme_points_nowhere_outside_the_repository() -> None:
-    text = README.read_text(encoding="utf-8")
-    assert "../" not in text
+@pytest.mark.parametrize("doc", ["README.md", "docs/design.md"])
+def test_the_docs_point_nowhere_outside_the_repository(doc: str) -> None:
+    path = ROOT / doc
+    text = path.read_text(encoding="utf-8")
+    assert "../" not in text and "/work/" not in text, f"{doc} names a path outside the repository"
     for target in re.findall(r"\]\(([^)]+)\)", text):
         if re.match(r"[a-z]+://", target):
             continue
-        assert (ROOT / target.split("#")[0]).exists(), f"README links to {target}, not in the repository"
+        assert (path.parent / target.split("#")[0]).exists(), f"{doc} links to {target}, not in the repository"
