@@ -3,60 +3,48 @@ clean exit on SIGTERM/SIGINT, and fast failure on a device spec it cannot serve.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backend.vhost_user import messages as m
 from sim.memory import GuestMemory
+from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
-from tests.cli_child import EXIT_TIMEOUT, READY_TIMEOUT, CliChild
+from testbenches.peers.serve import ServeProcess
 
 SPEC = "sim:virtio-net,queues=1,mac=02:00:00:00:00:0a,wire=loopback"
-MEM_SIZE = 4 << 20
+READY_TIMEOUT = 20.0
+EXIT_TIMEOUT = 15.0
 #: ``2024-05-01 12:00:00.123 INFO    logger: message``
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z]+ +\S+: ")
 
 
-def frame(i: int, size: int) -> bytes:
-    head = bytes.fromhex("02000000000a020000000002080045") + i.to_bytes(4, "big")
-    return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
-
-
-@pytest.fixture
-def children() -> Iterator[list[CliChild]]:
-    made: list[CliChild] = []
-    yield made
-    for child in made:
-        child.kill()
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path: Path,
-                                                children: list[CliChild]) -> None:
-    path = str(tmp_path / "vu.sock")
-    child = CliChild("serve", ["--socket", path, "--device", SPEC], tmp_path / "serve.log")
-    children.append(child)
-    assert child.wait_line("listening on", READY_TIMEOUT) == f"listening on {path}"
+def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path: Path, sock: str,
+                                                mem: GuestMemory, started: contextlib.ExitStack) -> None:
+    path = sock
+    child = started.enter_context(ServeProcess(path, SPEC, log=tmp_path / "serve.out",
+                                               stderr_log=tmp_path / "serve.log"))
+    assert child.wait_listening(READY_TIMEOUT) == f"listening on {path}"
 
-    with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:
-        fe = VhostUserFrontend.connect(path, mem)
-        try:
-            fe.start(queues=(0, 1), size=256)
-            sent = [frame(i, 60 + (i * 13) % 1400) for i in range(100)]
-            got = fe.exchange(sent, timeout=10.0)
-            assert len(got) == len(sent), f"sent 100 frames, {len(got)} came back"
-            bad = [i for i, (a, b) in enumerate(zip(sent, got, strict=True)) if a != b]
-            assert not bad, f"frames {bad[:10]} came back altered"
-            bases = fe.stop()
-            assert bases[1] == 100, f"TX ring base {bases[1]} after 100 frames"
-        finally:
-            fe.close()
+    fe = VhostUserFrontend.connect(path, mem)
+    try:
+        fe.start(queues=(0, 1), size=256)
+        sent = [test_frame(i, 60 + (i * 13) % 1400) for i in range(100)]
+        got = fe.exchange(sent, timeout=10.0)
+        assert len(got) == len(sent), f"sent 100 frames, {len(got)} came back"
+        bad = [i for i, (a, b) in enumerate(zip(sent, got, strict=True)) if a != b]
+        assert not bad, f"frames {bad[:10]} came back altered"
+        bases = fe.stop()
+        assert bases[1] == 100, f"TX ring base {bases[1]} after 100 frames"
+    finally:
+        fe.close()
 
     # A second frontend breaks the protocol: only its session is dropped, with the reason logged.
     with GuestMemory.single(1 << 20) as small:
@@ -67,8 +55,8 @@ def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path
         finally:
             bad_fe.close()
 
-    os.kill(child.proc.pid, signum)
-    code = child.proc.wait(EXIT_TIMEOUT)
+    child.proc.send_signal(signum)
+    code = child.proc.wait_exit(EXIT_TIMEOUT)
     log = child.log()
     assert code == 0, f"exit status {code} after {signum.name}; log:\n{log}"
     assert not os.path.exists(path), "socket file left behind"
@@ -87,39 +75,39 @@ def test_serve_loopback_traffic_then_clean_exit(signum: signal.Signals, tmp_path
     ("bogus:virtio-net", "unknown target scheme 'bogus'"),
     ("sim:virtio-net,queues=many", "queues='many' is not an integer"),
 ])
-def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path,
-                                      children: list[CliChild]) -> None:
-    path = tmp_path / "vu.sock"
-    child = CliChild("serve", ["--socket", str(path), "--device", device], tmp_path / "serve.log")
-    children.append(child)
-    code = child.proc.wait(EXIT_TIMEOUT)
+def test_serve_rejects_unusable_device(device: str, message: str, tmp_path: Path, sock: str,
+                                      started: contextlib.ExitStack) -> None:
+    path = Path(sock)
+    child = started.enter_context(ServeProcess(sock, device, log=tmp_path / "serve.out",
+                                               stderr_log=tmp_path / "serve.log"))
+    code = child.proc.wait_exit(EXIT_TIMEOUT)
     log = child.log()
     assert code == 2, f"exit status {code} for --device {device}; stderr:\n{log}"
     assert message in log, f"{message!r} not in stderr:\n{log}"
     assert not path.exists(), "socket created for a device that cannot be served"
 
 
-def test_serve_client_mode_ends_with_its_connection(tmp_path: Path, children: list[CliChild]) -> None:
+def test_serve_client_mode_ends_with_its_connection(tmp_path: Path, sock: str, mem: GuestMemory,
+                                                    started: contextlib.ExitStack) -> None:
     """``--client``: serve connects to a listening frontend and exits 0 when that frontend hangs up."""
-    path = str(tmp_path / "fe.sock")
+    path = sock
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(path)
         listener.listen(1)
         listener.settimeout(READY_TIMEOUT)
-        child = CliChild("serve", ["--socket", path, "--client", "--device", SPEC], tmp_path / "serve.log")
-        children.append(child)
+        child = started.enter_context(ServeProcess(path, SPEC, client=True, log=tmp_path / "serve.out",
+                                                   stderr_log=tmp_path / "serve.log"))
         conn, _ = listener.accept()
-    with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:
-        fe = VhostUserFrontend(conn, mem)
-        try:
-            assert child.wait_line("connected to", READY_TIMEOUT) == f"connected to {path}"
-            fe.start(queues=(0, 1), size=256)
-            sent = [frame(i, 64) for i in range(20)]
-            assert fe.exchange(sent, timeout=10.0) == sent
-            fe.stop()
-        finally:
-            fe.close()
-    code = child.proc.wait(EXIT_TIMEOUT)
+    fe = VhostUserFrontend(conn, mem)
+    try:
+        assert child.wait_connected(READY_TIMEOUT) == f"connected to {path}"
+        fe.start(queues=(0, 1), size=256)
+        sent = [test_frame(i, 64) for i in range(20)]
+        assert fe.exchange(sent, timeout=10.0) == sent
+        fe.stop()
+    finally:
+        fe.close()
+    code = child.proc.wait_exit(EXIT_TIMEOUT)
     log = child.log()
     assert code == 0, f"exit status {code} after the frontend hung up; log:\n{log}"
     assert os.path.exists(path), "client mode removed the frontend's socket"

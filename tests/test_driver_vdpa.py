@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
 from backend.drivers.transport import VirtioPciModern
@@ -20,6 +18,7 @@ from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
 from sim.memory import GuestMemory
 from testbenches.driver.vdpa_frontend import VdpaFrontend
+from testbenches.frames import test_frame
 
 MEM = 4 << 20
 WANT = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.EVENT_IDX, NetF.MAC, NetF.STATUS)
@@ -29,13 +28,8 @@ def wait_fd(fd: int, timeout: float = 2.0) -> bool:
     return wait_eventfd(fd, timeout)
 
 
-def frame(i: int) -> bytes:
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / UDP(sport=i, dport=7)
-                 / (b"p" * (i % 50)))
-
-
 def loop_traffic(fe: VdpaFrontend, n: int = 10) -> list[bytes]:
-    return fe.exchange([frame(i) for i in range(n)], timeout=5.0)
+    return fe.exchange([test_frame(i) for i in range(n)], timeout=5.0)
 
 
 @pytest.fixture
@@ -83,7 +77,7 @@ def test_queues_programmed_kick_and_call(sim: SimNetDevice, mem: GuestMemory) ->
         assert isinstance(vdpa, VdpaDevice)
         assert vdpa.get_vq_ready(0) and vdpa.get_status() & DeviceStatus.DRIVER_OK
         got = loop_traffic(fe, 10)
-        assert got == [frame(i) for i in range(10)]
+        assert got == [test_frame(i) for i in range(10)]
         assert not vdpa.kicks_relayed() and not vdpa.calls_relayed()
         assert model.stats.tx_packets == 10 and model.errors == []
         # the config eventfd follows a link change
@@ -121,7 +115,7 @@ def test_kick_relay_when_device_has_no_ioeventfd(sim: SimNetDevice, mem: GuestMe
     try:
         fe.bring_up(WANT)
         assert vdpa.kicks_relayed()
-        assert loop_traffic(fe, 5) == [frame(i) for i in range(5)]
+        assert loop_traffic(fe, 5) == [test_frame(i) for i in range(5)]
     finally:
         vdpa.close()
         fe.close()
@@ -137,7 +131,7 @@ def test_shared_vectors_fan_out(mem: GuestMemory) -> None:
         fe.bring_up(WANT)
         assert vdpa.calls_relayed()
         assert model.queues[0].msix_vector == model.queues[1].msix_vector == 1
-        assert loop_traffic(fe, 5) == [frame(i) for i in range(5)]
+        assert loop_traffic(fe, 5) == [test_frame(i) for i in range(5)]
     finally:
         vdpa.close()
         fe.close()

@@ -24,7 +24,7 @@ from testbenches.guest.kernel import (
     fetch_kernel,
     has_pvh_entry,
 )
-from tests.interop.peers import require_program
+from testbenches.peers.process import require_program
 
 RELEASE = "6.1.0-99-amd64"
 

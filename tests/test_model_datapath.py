@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.l2 import Ether
 
 from backend.pci.device import DmaFaultError, DmaPerm
 from backend.virtio.features import DeviceStatus, F, NetF, bits
@@ -18,6 +17,7 @@ from models.virtio_net import Chain, Collector, FrameBatch, SplitQueue, VirtioNe
 from sim.iommu import PAGE_SIZE, Iommu
 from sim.memory import GuestMemory
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
+from testbenches.frames import MIN_LEN, test_frame
 from tests.test_model_device import FRAME, MEM, Guest, Ring, fired
 
 BASE = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.INDIRECT_DESC)
@@ -37,10 +37,6 @@ class PerChain(VirtioNetDevice):
 
 
 PER_CHAIN = f"model={__name__}:PerChain"
-
-
-def _frame(seq: int, n: int) -> bytes:
-    return bytes([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x88, 0xB5]) + bytes((seq + k) % 251 for k in range(n - 14))
 
 
 def _stats(model: VirtioNetDevice) -> dict[str, int]:
@@ -114,7 +110,7 @@ def _run_rx(spec: str, features: int, descs: list[tuple[int, int, int, int]], he
         for i, (addr, length, flags, nxt) in enumerate(descs):
             rx.put_desc(i, addr, length, flags, nxt)
         rx.add(heads)
-        g.model.receive_batch(FrameBatch.of(_frame(i, n) for i, n in enumerate(lengths)))
+        g.model.receive_batch(FrameBatch.of(test_frame(i, n) for i, n in enumerate(lengths)))
         # The bulk path publishes a run of frames with one used idx update, so one interrupt may cover several.
         return (g.mem.read(rx.used, 4 + 8 * rx.size), g.mem.read(RXBUF, 0x2000), g.status(),
                 [e.req_id for e in g.model.errors], [(f.iova, f.size) for f in g.dev.dma_faults()],
@@ -124,7 +120,7 @@ def _run_rx(spec: str, features: int, descs: list[tuple[int, int, int, int]], he
 
 
 @given(descs=st.lists(RX_DESCS, min_size=16, max_size=16), heads=st.lists(st.integers(0, 17), max_size=16),
-       lengths=st.lists(st.sampled_from([14, 60, 64, 100, 116, 117, 300, 1000]), min_size=1, max_size=12),
+       lengths=st.lists(st.sampled_from([MIN_LEN, 60, 64, 100, 116, 117, 300, 1000]), min_size=1, max_size=12),
        mrg=st.booleans(), in_order=st.booleans())
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_rx_bulk_path_agrees_with_per_chain(descs: list[tuple[int, int, int, int]], heads: list[int],
@@ -141,14 +137,14 @@ def test_a_burst_takes_the_bulk_path_and_a_variant_does_not() -> None:
             for k in range(8):
                 rx.add_chain([(RXBUF + 0x800 * k, 2048, True)])
             for k in range(8):
-                g.mem.write(BUF + 0x100 * k, NetHdr().pack() + _frame(k, 64))
+                g.mem.write(BUF + 0x100 * k, NetHdr().pack() + test_frame(k, 64))
             heads = [tx.add_chain([(BUF + 0x100 * k, HDR_SIZE + 64, False)]) for k in range(8)]
             tx.kick()
             assert tx.used_idx() == 8 and tx.used_elem(7) == (heads[7], 0)  # IN_ORDER: one element for the batch
             assert rx.used_idx() == 8
             assert [rx.used_elem(k) for k in range(8)] == [(k, HDR_SIZE + 64) for k in range(8)]
             for k in range(8):
-                assert g.mem.read(RXBUF + 0x800 * k, HDR_SIZE + 64) == NetHdr(num_buffers=1).pack() + _frame(k, 64)
+                assert g.mem.read(RXBUF + 0x800 * k, HDR_SIZE + 64) == NetHdr(num_buffers=1).pack() + test_frame(k, 64)
             s = g.model.stats
             assert (s.tx_bulk, s.rx_bulk) == ((8, 8) if bulk else (0, 0))
             assert s.tx_packets == s.rx_packets == 8
@@ -164,13 +160,13 @@ def test_fault_in_the_middle_of_a_burst() -> None:
         _rx, tx = g.bring_up(BASE)
         g.dev.dma_faults()
         for k in range(6):
-            g.mem.write(BUF + 0x100 * k, NetHdr().pack() + _frame(k, 64))
+            g.mem.write(BUF + 0x100 * k, NetHdr().pack() + test_frame(k, 64))
         addrs = [BUF, BUF + 0x100, MEM + 0x5000, BUF + 0x300]
         for a in addrs:
             tx.add_chain([(a, HDR_SIZE + 64, False)])
         tx.kick()
         # The two frames before the unmapped buffer went out; the fault is recorded where the read started.
-        assert col.take() == [_frame(0, 64), _frame(1, 64)]
+        assert col.take() == [test_frame(0, 64), test_frame(1, 64)]
         faults = g.dev.dma_faults()
         assert [(f.iova, f.size) for f in faults] == [(MEM + 0x5000 + HDR_SIZE, 64)]
         assert g.status() & DeviceStatus.DEVICE_NEEDS_RESET and g.model.errors[-1].req_id == "FEAT-DRV-11"
@@ -241,7 +237,7 @@ def _mrg_guest(features: int) -> tuple[Guest, Ring, Ring]:
 def test_merged_rx_spreads_a_packet_and_publishes_it_at_once() -> None:
     g, rx, tx = _mrg_guest(BASE | bits(NetF.MRG_RXBUF))
     try:
-        frame = _frame(7, 300)
+        frame = test_frame(7, 300)
         for k in range(4):  # 4 buffers of 100 bytes: 312 bytes take all four
             rx.add_chain([(RXBUF + 0x100 * k, 100, True)])
         published: list[int] = []
@@ -268,7 +264,7 @@ def test_merged_rx_out_of_buffers_drops_whole_packet() -> None:
     try:
         rx.add_chain([(RXBUF, 100, True)])
         rx.add_chain([(RXBUF + 0x100, 100, True)])
-        big, small = _frame(1, 500), _frame(2, 60)
+        big, small = test_frame(1, 500), test_frame(2, 60)
         g.mem.write(BUF, NetHdr().pack() + big)
         g.mem.write(BUF + 0x400, NetHdr().pack() + small)
         tx.add_chain([(BUF, HDR_SIZE + len(big), False)])
@@ -285,7 +281,7 @@ def test_without_mrg_a_small_buffer_waits() -> None:
     g, rx, tx = _mrg_guest(BASE)
     try:
         rx.add_chain([(RXBUF, 100, True)])
-        g.mem.write(BUF, NetHdr().pack() + _frame(1, 300))
+        g.mem.write(BUF, NetHdr().pack() + test_frame(1, 300))
         tx.add_chain([(BUF, HDR_SIZE + 300, False)])
         tx.kick()
         assert g.model.stats.rx_buffer_too_small == 1 and rx.used_idx() == 0  # NET-DEV-29
@@ -300,11 +296,10 @@ def test_guest_driver_reassembles_merged_buffers() -> None:
         try:
             drv.init()
             assert drv.rx_buf_size == 256
-            sent = [Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01", type=0x88B5) / bytes(n)
-                    for n in (50, 600, 1400)]
+            sent = [test_frame(i, n) for i, n in enumerate((64, 614, 1414))]
             drv.send(sent)
             got = drv.receive_raw(3, timeout=5.0)
-            assert [f.frame for f in got] == [bytes(p) for p in sent]
+            assert [f.frame for f in got] == sent
             assert [f.hdr.num_buffers for f in got] == [1, 3, 6]
         finally:
             drv.close()

@@ -32,9 +32,10 @@ from models.rtl.targets import RtlOptions, build_variant
 from sim.memory import GuestMemory
 from sim.rtl.build import ToolchainMissing
 from testbenches.conformance.checks._bringup import NEEDS_RESET, TX, UNMAPPED_IOVA, rig, wait_fd
+from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
-from testbenches.peers.process import PeerProcess
-from testbenches.peers.serve import ServeProcess
+from testbenches.peers.process import require_peer
+from testbenches.peers.serve import DeviceProcess, ServeProcess
 from tests.suite_runner import ROOT, ids_with, run_suite
 
 RTL = "rtl:virtio-net"
@@ -58,12 +59,8 @@ pytestmark = pytest.mark.timeout(900)
 def _build(spec: str) -> None:
     """Build (or find cached) a variant before any child process needs it; a missing tool skips, or fails
     under CI=true."""
-    try:
+    with require_peer(ToolchainMissing):
         build_variant(RtlOptions(spec))
-    except ToolchainMissing as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI=true: a missing tool fails the run)")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +131,6 @@ def test_seeded_rtl_bug_is_caught(define: str, suites: dict[str, dict[str, Any]]
     assert data["_exit"] != 0
 
 
-def _frame(i: int, size: int) -> bytes:
-    head = bytes.fromhex("02000000000a020000000002080045") + i.to_bytes(4, "big")
-    return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
-
-
 def test_full_stack_python_frontend_through_serve(rtl_builds: None, tmp_path: Path) -> None:
     """Python frontend → ``vdpa-bench serve --device rtl:...`` → the design → loopback wire → back."""
     sock = str(tmp_path / "vu.sock")
@@ -152,7 +144,8 @@ def test_full_stack_python_frontend_through_serve(rtl_builds: None, tmp_path: Pa
                 fe.start(queues=(0, 1), size=256)
                 sent_all: list[bytes] = []
                 for b in range(batches):
-                    sent = [_frame(b * per_batch + i, 60 + ((b * per_batch + i) * 13) % 1400) for i in range(per_batch)]
+                    seqs = range(b * per_batch, (b + 1) * per_batch)
+                    sent = [test_frame(s, 60 + (s * 13) % 1400) for s in seqs]
                     got = fe.exchange(sent, timeout=20.0)
                     assert len(got) == len(sent), f"batch {b}: {len(got)} of {len(sent)} frames came back"
                     bad = [i for i, (x, y) in enumerate(zip(sent, got, strict=True)) if x != y]
@@ -230,11 +223,10 @@ def test_rtl_over_vfio_user_passes_the_same_ids(rtl_builds: None, suites: dict[s
     """The RTL exported from its own process (``vdpa-bench device --model rtl:virtio-net --vfio-user``)
     passes exactly the ids it passes in process."""
     sock = str(tmp_path / "rtl.sock")
-    argv = [sys.executable, "-m", "testbenches.cli", "device", "--model", RTL, "--vfio-user", sock]
-    with PeerProcess(argv, log=tmp_path / "device.log", cwd=ROOT, name="vdpa-bench-device") as dev:
-        dev.wait_for(r"(?m)^listening on ", 120.0)
+    with DeviceProcess(sock, RTL, log=tmp_path / "device.log") as dev:
+        dev.wait_listening(120.0)
         data = run_suite(f"vfio-user:{sock}", tmp_path / "report", "-k", "not thousand")
-        assert dev.stop() == 0, dev.tail()
+        assert dev.stop() == 0, dev.proc.tail()
     assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in sorted(ids_with(data, "failed"))}
     in_process = ids_with(suites[RTL], "passed")
     out_of_process = ids_with(data, "passed")

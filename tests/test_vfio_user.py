@@ -34,15 +34,17 @@ from sim.memory import GuestMemory
 from sim.vfio_user import VfioUserServer
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import GuestNetDriver
+from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
-from tests.cli_child import CliChild
+from testbenches.peers.serve import DeviceProcess, ServeProcess
 from tests.suite_runner import ids_with, run_suite
 
 MODEL = "virtio-net,mac=02:00:00:00:00:0b,wire=loopback"
+MAC = b"\x02\x00\x00\x00\x00\x0b"
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 15.0
 WAIT = 5.0
-MEM = 4 << 20
+MEM = 4 << 20  # the shared ``mem`` fixture's size and address (tests/conftest.py)
 GPA = 0x1_0000_0000
 VIRTIO_VENDOR = 0x1AF4
 U16 = st.integers(0, 0xFFFF)
@@ -51,30 +53,21 @@ U64 = st.integers(0, (1 << 64) - 1)
 
 
 def frame(i: int, size: int = 96) -> bytes:
-    head = bytes.fromhex("02000000000b020000000002080045") + i.to_bytes(4, "big")
-    return (head + bytes((i * 5 + k) & 0xFF for k in range(size)))[:size]
+    """A test frame to the model's MAC address."""
+    return test_frame(i, size, dst=MAC)
 
 
 # --- the device process -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, CliChild]]:
+def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, DeviceProcess]]:
     """One device process for the module: ``(socket path, process)``."""
     tmp = tmp_path_factory.mktemp("vfio-user")
     path = str(tmp / "dev.sock")
-    child = CliChild("device", ["--model", MODEL, "--vfio-user", path], tmp / "device.log")
-    try:
-        assert child.wait_line("listening on") == f"listening on {path}"
+    with DeviceProcess(path, MODEL, log=tmp / "device.log") as child:
+        assert child.wait_listening(READY_TIMEOUT) == f"listening on {path}"
         yield path, child
-    finally:
-        child.kill()
-
-
-@pytest.fixture
-def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM, gpa=GPA) as memory:
-        yield memory
 
 
 # --- codec --------------------------------------------------------------------------------------
@@ -378,7 +371,7 @@ def test_server_after_hostile_clients_serves_a_good_one(inproc: VfioUserServer) 
 # --- a device in its own process ---------------------------------------------------------------
 
 
-def test_client_in_device_process(device: tuple[str, CliChild], mem: GuestMemory) -> None:
+def test_client_in_device_process(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
     path, _ = device
     dev = default_registry().open(f"vfio-user:{path}")
     assert isinstance(dev, VfioUserPciDevice)
@@ -420,7 +413,7 @@ def test_client_in_device_process(device: tuple[str, CliChild], mem: GuestMemory
         dev.close()
 
 
-def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[str, CliChild],
+def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[str, DeviceProcess],
                                                                  mem: GuestMemory) -> None:
     path, _ = device
     dev = VfioUserPciDevice(path)
@@ -454,7 +447,7 @@ def test_dma_fault_reported_and_next_client_finds_a_reset_device(device: tuple[s
         dev.close()
 
 
-def test_bench_port_link_and_wire(device: tuple[str, CliChild], mem: GuestMemory) -> None:
+def test_bench_port_link_and_wire(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
     """The device's bench port: the link is pulled and plugged (a config interrupt each time), a frame arrives
     from the wire; the link is back as found when the client leaves."""
     path, _ = device
@@ -490,7 +483,7 @@ def test_bench_port_link_and_wire(device: tuple[str, CliChild], mem: GuestMemory
         dev.close()
 
 
-def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, CliChild], mem: GuestMemory) -> None:
+def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, DeviceProcess], mem: GuestMemory) -> None:
     """The backend's vendor driver over vfio-user: the kick eventfds become the device process's ioeventfds
     (no relay thread in this process), the call eventfds its MSI-X vectors."""
     path, _ = device
@@ -509,7 +502,7 @@ def test_vendor_driver_kicks_reach_the_device_process(device: tuple[str, CliChil
         vdpa.close()
 
 
-def test_server_refuses_messages_the_client_never_sends(device: tuple[str, CliChild]) -> None:
+def test_server_refuses_messages_the_client_never_sends(device: tuple[str, DeviceProcess]) -> None:
     """Requests the device cannot honour get an errno, and the connection stays usable."""
     path, _ = device
     client = RawClient(path)
@@ -632,15 +625,15 @@ def test_client_maps_regions_the_server_offers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_device_command_stops_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
-    path = str(tmp_path / "d.sock")
-    child = CliChild("device", ["--model", "virtio-net,queues=2", "--vfio-user", path], tmp_path / "d.log")
-    try:
-        child.wait_line("listening on")
+def test_device_command_stops_cleanly(tmp_path: Path, sock: str, signum: signal.Signals) -> None:
+    path = sock
+    with DeviceProcess(path, "virtio-net,queues=2", log=tmp_path / "d.log") as child:
+        child.wait_listening(READY_TIMEOUT)
         VfioUserPciDevice(path).close()
         dev = VfioUserPciDevice(path)  # still connected when the signal comes
         try:
-            assert child.stop(signum) == 0, child.log()
+            child.proc.send_signal(signum)
+            assert child.proc.wait_exit(EXIT_TIMEOUT) == 0, child.log()
             with pytest.raises(VfioUserError, match="server closed the connection"):
                 config_read(dev, 0, 2)
         finally:
@@ -648,50 +641,36 @@ def test_device_command_stops_cleanly(tmp_path: Path, signum: signal.Signals) ->
         assert not os.path.exists(path)
         log = child.log()
         assert "client connected" in log and "signal received: shutting down" in log and "stopped" in log
-    finally:
-        child.kill()
 
 
-def test_device_command_rejects_a_bad_model(tmp_path: Path) -> None:
-    child = CliChild("device", ["--model", "virtio-net,qsize=3", "--vfio-user", str(tmp_path / "x.sock")],
-                          tmp_path / "x.log")
-    try:
-        assert child.proc.wait(EXIT_TIMEOUT) == 2
+def test_device_command_rejects_a_bad_model(tmp_path: Path, sock: str) -> None:
+    with DeviceProcess(sock, "virtio-net,qsize=3", log=tmp_path / "x.log") as child:
+        assert child.proc.wait_exit(EXIT_TIMEOUT) == 2
         assert "vdpa-bench device: error: --model 'virtio-net,qsize=3'" in child.log()
-    finally:
-        child.kill()
 
 
-def test_serve_refuses_a_device_socket_nobody_serves(tmp_path: Path) -> None:
-    serve = CliChild("serve", ["--socket", str(tmp_path / "v.sock"), "--device",
-                               f"vfio-user:{tmp_path / 'none.sock'}"], tmp_path / "s.log")
-    try:
-        assert serve.proc.wait(EXIT_TIMEOUT) == 2
+def test_serve_refuses_a_device_socket_nobody_serves(tmp_path: Path, sock_dir: Path) -> None:
+    with ServeProcess(str(sock_dir / "v.sock"), f"vfio-user:{sock_dir / 'none.sock'}", log=tmp_path / "s.log") as serve:
+        assert serve.proc.wait_exit(EXIT_TIMEOUT) == 2
         assert "cannot connect" in serve.log()
-    finally:
-        serve.kill()
 
 
-def test_serve_drives_the_device_process(device: tuple[str, CliChild], tmp_path: Path) -> None:
+def test_serve_drives_the_device_process(device: tuple[str, DeviceProcess], tmp_path: Path, sock: str,
+                                         mem: GuestMemory) -> None:
     """``serve --device vfio-user:PATH``: a vhost-user frontend's traffic through the backend process to the
     device process and back, the backend moving no packet."""
     path, _ = device
-    vhost = str(tmp_path / "vhost.sock")
-    serve = CliChild("serve", ["--socket", vhost, "--device", f"vfio-user:{path}"], tmp_path / "serve.log")
-    try:
-        serve.wait_line("listening on")
-        with GuestMemory.single(MEM, gpa=GPA) as memory:
-            fe = VhostUserFrontend.connect(vhost, memory)
-            try:
-                fe.start(queues=(0, 1), size=128)
-                sent = [frame(i, 60 + (i * 13) % 1400) for i in range(64)]
-                assert fe.exchange(sent, timeout=10.0) == sent
-                fe.stop()
-            finally:
-                fe.close()
-        assert serve.stop(signal.SIGTERM) == 0, serve.log()
-    finally:
-        serve.kill()
+    with ServeProcess(sock, f"vfio-user:{path}", log=tmp_path / "serve.log") as serve:
+        serve.wait_listening(READY_TIMEOUT)
+        fe = VhostUserFrontend.connect(sock, mem)
+        try:
+            fe.start(queues=(0, 1), size=128)
+            sent = [frame(i, 60 + (i * 13) % 1400) for i in range(64)]
+            assert fe.exchange(sent, timeout=10.0) == sent
+            fe.stop()
+        finally:
+            fe.close()
+        assert serve.stop() == 0, serve.log()
 
 
 # --- the conformance suite: the same ids as in process --------------------------------------------
@@ -705,7 +684,7 @@ NOTIF_CHECK = "test_guest_driver_notification_formats"
 NOTIF_BITS = 1 << F.NOTIFICATION_DATA | 1 << F.NOTIF_CONFIG_DATA
 
 
-def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, CliChild], tmp_path: Path) -> None:
+def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceProcess], tmp_path: Path) -> None:
     """``pytest --target vfio-user:PATH`` against the out-of-process model passes every id the in-process model
     passes, except ids whose only check watches device DMA as it happens (reported not applicable)."""
     path, _ = device
@@ -728,13 +707,9 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, CliChil
     finally:
         probe.close()
     notif_path = str(tmp_path / "notif.sock")
-    notif = CliChild("device", ["--model", f"{MODEL},features={offer:#x}", "--vfio-user", notif_path],
-                          tmp_path / "notif.log")
-    try:
-        notif.wait_line("listening on")
+    with DeviceProcess(notif_path, f"{MODEL},features={offer:#x}", log=tmp_path / "notif.log") as notif:
+        notif.wait_listening(READY_TIMEOUT)
         run("vfio-user-notif", f"vfio-user:{notif_path}", "-k", NOTIF_CHECK)
-    finally:
-        notif.kill()
 
     sim, vu, vu_notif = results["sim"], results["vfio-user"], results["vfio-user-notif"]
     for name, data in results.items():

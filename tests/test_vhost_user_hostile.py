@@ -37,6 +37,7 @@ from backend.vhost_user.server import ConnectionLost, SessionRecord, VhostUserSe
 from backend.vhost_user.session import SUPPORTED_PROTOCOL_FEATURES
 from backend.virtio.features import DeviceStatus
 from sim.memory import GuestMemory
+from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
 
 SPEC: Final = "sim:virtio-net,wire=loopback"
@@ -566,11 +567,6 @@ class Hostile:
 # --- the test -------------------------------------------------------------------------------------
 
 
-def frame(i: int, size: int) -> bytes:
-    head = bytes.fromhex("02000000000102000000000208004500") + i.to_bytes(4, "big")
-    return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
-
-
 def open_fds() -> dict[int, str]:
     """This process's open fds and what they point at (after a collection, so that objects other
     tests left for the garbage collector do not close theirs in the middle of the comparison)."""
@@ -605,7 +601,7 @@ def test_hostile_frontend_never_breaks_the_server(server: tuple[VhostUserServer,
 
         def traffic(tag: int) -> None:
             nonlocal checked
-            sent = [frame(tag * 8 + k, 60 + (tag * 37 + k * 101) % 1400) for k in range(4)]
+            sent = [test_frame(tag * 8 + k, 60 + (tag * 37 + k * 101) % 1400) for k in range(4)]
             got = good.exchange(sent, timeout=TIMEOUT)
             assert got == sent, f"good session after batch {tag}: sent {len(sent)} frames, got {len(got)} back intact"
             checked += len(sent)

@@ -12,17 +12,13 @@ import pytest
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import VhostUserServer
 from sim.memory import GuestMemory
+from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
 from tests.vhost_user_rig import Devices
 
 SPEC = "sim:virtio-net,wire=loopback"
 MEM_SIZE = 4 << 20
 UVA_OFFSET = 0x7F00_0000_0000  # frontend virtual = guest-physical + this
-
-
-def frame(i: int, size: int = 64) -> bytes:
-    head = bytes.fromhex("02000000000102000000000208004500") + i.to_bytes(4, "big")
-    return (head + bytes((i + k) & 0xFF for k in range(size)))[:size]
 
 
 @pytest.fixture
@@ -55,7 +51,7 @@ def started(path: str, mem: GuestMemory, uva_offset: int = 0) -> VhostUserFronte
 
 def traffic(fe: VhostUserFrontend, n: int, start: int = 0, batch: int = 50) -> None:
     for first in range(start, start + n, batch):
-        sent = [frame(i, 60 + i % 200) for i in range(first, min(first + batch, start + n))]
+        sent = [test_frame(i, 60 + i % 200) for i in range(first, min(first + batch, start + n))]
         got = fe.exchange(sent, timeout=5.0)
         assert got == sent, f"frames {first}..: sent {len(sent)}, got {len(got)} back"
 

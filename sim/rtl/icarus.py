@@ -7,27 +7,26 @@ project's vfio-user server and client carry BAR accesses, DMA mappings (fds: gue
 mapped by the device process, never copied), interrupts and doorbells between the two.
 
 :func:`build_icarus` caches the compiled design under ``build/rtl/icarus-<hash>/``;
-:class:`IcarusDevice` starts ``vvp`` with cocotb, waits (bounded) for its readiness line, is the
-vfio-user client of it, and stops it by PID on close (also when starting failed).
+:class:`IcarusDevice` starts ``vvp`` with cocotb as a :class:`~sim.child_process.ChildProcess`, waits
+(bounded) for its readiness line, is the vfio-user client of it, and stops it on close (also when
+starting failed): the control pipe closes, then the process group is killed if it does not exit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from backend.pci.vfio_user import VfioUserPciDevice
+from sim.child_process import ChildError, ChildProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOT = REPO / "build" / "rtl"
@@ -45,6 +44,8 @@ ENV_SPEC = "VDPA_ICARUS_SPEC"
 ENV_FACTORY = "VDPA_ICARUS_FACTORY"
 ENV_READY_FD = "VDPA_ICARUS_READY_FD"
 ENV_CONTROL_FD = "VDPA_ICARUS_CONTROL_FD"
+#: What the device process writes to ``ENV_READY_FD`` once its socket listens.
+READY_LINE = r"(?m)^listening on "
 
 
 class IcarusError(RuntimeError):
@@ -113,72 +114,43 @@ class IcarusDevice(VfioUserPciDevice):
     """The vfio-user client of a design served by its own ``vvp`` process, which it started and stops."""
 
     def __init__(self, vvp: Path, top: str, spec: str, factory: str, *, name: str) -> None:
+        import cocotb_tools.config
+
         self._dir = Path(tempfile.mkdtemp(prefix="vdpa-bench-icarus-"))
         self.log_path = self._dir / "device.log"
         sock = str(self._dir / "dev.sock")
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         control_r, self._control_w = os.pipe2(os.O_CLOEXEC)
         env = _cocotb_env(top)
-        env.update({ENV_SOCKET: sock, ENV_SPEC: spec, ENV_FACTORY: factory,
-                    ENV_READY_FD: str(ready_w), ENV_CONTROL_FD: str(control_r),
+        env.update({ENV_SOCKET: sock, ENV_SPEC: spec, ENV_FACTORY: factory, ENV_CONTROL_FD: str(control_r),
                     "COCOTB_RESULTS_FILE": str(self._dir / "results.xml")})
-        import cocotb_tools.config
-
         argv = ["vvp", "-m", str(cocotb_tools.config.lib_entry("vpi", "icarus")), str(vvp), "-none"]
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
         try:
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(argv, env=env, cwd=self._dir, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, pass_fds=(ready_w, control_r))
-            os.close(ready_w)
-            os.close(control_r)
-            self._await_ready(ready_r)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(ready_w)
-            with contextlib.suppress(OSError):
-                os.close(control_r)
-            os.close(ready_r)
-            self._stop_process()
-            raise
-        os.close(ready_r)
-        try:
+            # The readiness line goes to an fd of the child's own (cocotb owns its stdout), one that
+            # writes into the captured output.
+            self.proc = ChildProcess(argv, log=self.log_path, name="vvp", env=env, cwd=self._dir,
+                                     pass_fds=(control_r,), output_fd_env=ENV_READY_FD,
+                                     ready=READY_LINE, ready_timeout=READY_TIMEOUT)
             super().__init__(sock, name=name)
+        except ChildError as exc:
+            self._stop_process()
+            raise IcarusError(f"the Icarus device process did not come up: {exc}") from None
         except BaseException:
             self._stop_process()
             raise
-
-    def _await_ready(self, ready_r: int) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        line = b""
-        while b"\n" not in line:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([ready_r], [], [], left)[0]:
-                raise IcarusError(f"the Icarus device process did not come up within {READY_TIMEOUT} s; "
-                                  f"log:\n{self.log_tail()}")
-            chunk = os.read(ready_r, 256)
-            if not chunk:
-                raise IcarusError(f"the Icarus device process ended before serving; log:\n{self.log_tail()}")
-            line += chunk
+        finally:
+            os.close(control_r)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.proc.tail(lines) if self.proc is not None else ""
 
     def _stop_process(self) -> None:
         """Close the control pipe (the child's signal to stop), wait for the exit, else kill by PID."""
         if self._control_w >= 0:
             os.close(self._control_w)
             self._control_w = -1
-        proc = self.proc
-        if proc is not None:
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        if self.proc is not None:
+            self.proc.stop(STOP_TIMEOUT, signum=None)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:

@@ -11,14 +11,8 @@ import pytest
 
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.qemu import Guest, GuestError
-from tests.interop.guest import require_guest_kernel
 
 BOOT_TIMEOUT = 90.0
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Kernel:
-    return require_guest_kernel()
 
 
 def test_job_result_shares_and_exit_code(kernel: Kernel, tmp_path: Path) -> None:

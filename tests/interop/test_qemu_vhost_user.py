@@ -12,22 +12,19 @@ guest wrote.
 
 from __future__ import annotations
 
+import contextlib
 import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.qemu import Guest, vhost_user_net_args
-from testbenches.peers.process import PeerProcess
-from tests.interop.guest import require_guest_kernel
+from testbenches.peers.serve import ServeProcess
 
-REPO = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:0b:e7:01"
 #: ICMP payload sizes: small, medium and a full 1500-byte IP packet.
 SIZES = (56, 512, 1472)
@@ -83,20 +80,6 @@ snap after
 [ "$boot" = 1 ] && touch /job/reboot-request
 exit 0
 """.replace("@SIZES@", " ".join(map(str, SIZES))).replace("@PINGS@", str(PINGS)).replace("@PATTERN@", f"{PATTERN:02x}")
-
-@pytest.fixture(scope="module")
-def kernel() -> Kernel:
-    return require_guest_kernel()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[PeerProcess | Guest]]:
-    """Everything started here, stopped by PID at the end (also when the test fails)."""
-    started: list[PeerProcess | Guest] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
 
 def read_env(path: Path) -> dict[str, str]:
     assert path.exists(), f"the guest job left no {path.name}"
@@ -155,19 +138,17 @@ def check_pcap(path: Path, boots: int) -> None:
 
 
 def test_qemu_guest_virtio_net_on_serve_survives_reboot(kernel: Kernel, tmp_path: Path,
-                                                        processes: list[PeerProcess | Guest],
+                                                        started: contextlib.ExitStack,
                                                         record_property: Callable[[str, object], None]) -> None:
     sock = tmp_path / "vu.sock"
     pcap = tmp_path / "wire.pcap"
-    serve = PeerProcess([sys.executable, "-m", "testbenches.cli", "serve", "--socket", str(sock),
-                         "--device", f"sim:virtio-net,wire=loopback,pcap={pcap}"],
-                        log=tmp_path / "serve.log", cwd=REPO, name="serve")
-    processes.append(serve)
-    serve.wait_for(rf"(?m)^listening on {re.escape(str(sock))}$", READY_TIMEOUT)
+    serve = started.enter_context(ServeProcess(str(sock), f"sim:virtio-net,wire=loopback,pcap={pcap}",
+                                               log=tmp_path / "serve.log"))
+    assert serve.wait_listening(READY_TIMEOUT) == f"listening on {sock}"
 
     guest = Guest(tmp_path / "guest", kernel=kernel, shared_memory=True, allow_reboot=True,
                   extra_args=vhost_user_net_args(sock, mac=MAC))
-    processes.append(guest)
+    started.enter_context(guest)
     guest.boot(JOB)
 
     record_property("boot_to_job_s", round(guest.wait_job_start(BOOT_TIMEOUT, boot=1), 2))
@@ -181,9 +162,9 @@ def test_qemu_guest_virtio_net_on_serve_survives_reboot(kernel: Kernel, tmp_path
     assert guest.wait_exit(EXIT_TIMEOUT) == 0, f"QEMU exit status:\n{guest.console()[-3000:]}"
 
     # QEMU closed the connection when it exited; the backend saw one session through both boots.
-    serve.wait_for(r"vhost-user#1: frontend disconnected", EXIT_TIMEOUT)
-    assert serve.stop() == 0, f"serve exit status; log:\n{serve.tail()}"
-    log = serve.output()
+    serve.proc.wait_for(r"vhost-user#1: frontend disconnected", EXIT_TIMEOUT)
+    assert serve.stop() == 0, f"serve exit status; log:\n{serve.proc.tail()}"
+    log = serve.log()
     events = [(m.start(), m.group(1)) for m in re.finditer(
         r"vhost-user#1: (frontend connected|DRIVER_OK|device reset|frontend disconnected)", log)]
     # Consecutive resets count once: QEMU may reset a stopped device again.

@@ -9,9 +9,7 @@ design from the kick eventfds (no relay) and how many cycles were simulated.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,9 @@ import pytest
 from backend.virtio.features import F, NetF
 from models.rtl.targets import RtlOptions, build_variant
 from sim.rtl.build import ToolchainMissing
+from testbenches.peers.process import require_peer, require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
-from tests.interop.peers import in_ci, require_program
 from tests.interop.test_testpmd_virtio_user import assert_clean_log, check_pcap, negotiated, run_traffic
 
 CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock running, (\d+) doorbells")
@@ -30,20 +28,8 @@ CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock run
 @pytest.fixture(autouse=True)
 def _peers() -> None:
     require_program("dpdk-testpmd", INSTALL_HINT)
-    try:
+    with require_peer(ToolchainMissing):
         build_variant(RtlOptions("virtio-net"))  # serve then finds it cached instead of building at startup
-    except ToolchainMissing as exc:
-        if in_ci():
-            pytest.fail(f"{exc} (CI=true: a missing peer fails the run)")
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def sock(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "vhost.sock")
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 def test_testpmd_traffic_through_rtl(tmp_path: Path, sock: str) -> None:

@@ -8,10 +8,8 @@ times. Frames are checked on the wire (a pcap tap in the model) and in testpmd's
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,9 @@ from scapy.utils import rdpcap
 
 from backend.virtio.features import F, NetF
 from models.virtio_net.device import DEFAULT_FEATURES
+from testbenches.peers.process import require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, PortStats, Testpmd, virtio_user_vdev
-from tests.interop.peers import require_program
 
 #: testpmd's txonly frames: 64 bytes (no FCS on a virtio port).
 FRAME_LEN = 64
@@ -37,14 +35,6 @@ DRIVER_OK_LINE = re.compile(r"(vhost-user#\d+): DRIVER_OK: device running \(driv
 @pytest.fixture(autouse=True)
 def _testpmd_installed() -> None:
     require_program("dpdk-testpmd", INSTALL_HINT)
-
-
-@pytest.fixture
-def sock(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "vhost.sock")
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 def run_traffic(tp: Testpmd) -> PortStats:

@@ -35,7 +35,6 @@ from testbenches.guest.kernel import Kernel
 from testbenches.guest.qemu import Guest
 from testbenches.guest.vfio import CHROOT_JOB_DIR, VfioNic, bind_vfio_pci, host_python, vfio_guest
 from testbenches.guest.vfio_jobs import UNMAPPED_IOVA
-from tests.interop.guest import require_guest_kernel
 
 #: Left out for time (TCG runs the Python ~15x slower than the host): the two hypothesis checks that
 #: take 70 s and 140 s in the guest. With them the whole suite takes ~10 min there.
@@ -100,11 +99,6 @@ class GuestRun:
         path = self.job / "times"
         marks = dict(line.split() for line in path.read_text().splitlines()) if path.exists() else {}
         return {k: float(v) for k, v in marks.items()}
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Kernel:
-    return require_guest_kernel()
 
 
 @pytest.fixture(scope="module")

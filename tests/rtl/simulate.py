@@ -19,6 +19,9 @@ from typing import NoReturn
 
 import pytest
 
+from sim.rtl.icarus import icarus_missing
+from testbenches.peers.process import peer_missing
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOT = REPO / "build" / "rtl"
 #: Warnings fail the build (test_lint_clean holds the design to -Wall); cocotb runs `make -j<= 4 and cores>`.
@@ -31,10 +34,7 @@ ICARUS_TIMESCALE = ("1ns", "1ps")
 
 def missing(what: str, how: str) -> NoReturn:
     """A required tool is absent: skip with the install line, but fail under CI=true."""
-    message = f"{what} not found; install it with: {how}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    peer_missing(f"{what} not found; install it with: {how}")
 
 
 def verilator_bin() -> Path:
@@ -56,11 +56,9 @@ def verilator_bin() -> Path:
 
 def icarus_check() -> None:
     """``iverilog`` and ``vvp`` (Debian package iverilog, 11.0 tested) and the cocotb runner."""
-    for tool in ("iverilog", "vvp"):
-        if shutil.which(tool) is None:
-            missing(tool, "apt-get install iverilog")
-    if importlib.util.find_spec("cocotb_tools") is None or importlib.util.find_spec("cocotbext.axi") is None:
-        missing("cocotb / cocotbext-axi", "pip install -e '.[rtl]'")
+    reason = icarus_missing()
+    if reason is not None:
+        peer_missing(reason)
 
 
 def _stamp(sources: Sequence[Path], toplevel: str, parameters: Mapping[str, object], build_args: Sequence[str]) -> str:

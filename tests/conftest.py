@@ -1,0 +1,64 @@
+"""Fixtures the test modules share: guest memory, short socket paths, the processes a test starts
+(stopped at its end, also when it fails) and the QEMU guest kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sim.memory import GuestMemory
+from testbenches.guest.kernel import GuestKernelError, Kernel, fetch_kernel
+from testbenches.guest.qemu import QEMU, QEMU_HINT
+from testbenches.peers.process import MissingPeer, peer_missing, require_program
+
+#: Guest memory above 4 GiB: every address a driver writes needs the high half of its register.
+GPA = 0x1_0000_0000
+MEM_SIZE = 4 << 20
+
+
+@pytest.fixture
+def mem() -> Iterator[GuestMemory]:
+    """4 MiB of shared guest memory at :data:`GPA`."""
+    with GuestMemory.single(MEM_SIZE, gpa=GPA) as memory:
+        yield memory
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short, private directory for unix sockets: ``tmp_path`` can exceed the 107 bytes a socket
+    path may have."""
+    path = Path(tempfile.mkdtemp(prefix="vb-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sock(sock_dir: Path) -> str:
+    """A socket path nobody listens on yet."""
+    return str(sock_dir / "vu.sock")
+
+
+@pytest.fixture
+def started() -> Iterator[contextlib.ExitStack]:
+    """What the test starts (``started.enter_context(ServeProcess(...))``), stopped in reverse order at its
+    end, also when it fails."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def kernel() -> Kernel:
+    """The QEMU guest's kernel (fetched once with apt-get) and what booting it needs; missing ones skip on
+    a user's machine and fail when ``CI=true``."""
+    require_program(QEMU, QEMU_HINT)
+    require_program("busybox", "apt-get install busybox-static")
+    require_program("apt-get", "apt-get download needs apt (Debian)")
+    try:
+        return fetch_kernel()
+    except (MissingPeer, GuestKernelError) as exc:
+        peer_missing(f"guest kernel: {exc}")
