@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from testbenches import cli
+from testbenches.conformance import run as suite_run
 from testbenches.conformance.report import CheckRecord, Outcome, Results, Status, aggregate, render_html
 from testbenches.conformance.requirements import (
     AREAS,
@@ -28,7 +29,7 @@ from testbenches.conformance.requirements import (
 pytest_plugins = ["pytester"]
 
 #: ``-p testbenches.conformance.plugin`` only when the entry point is not installed.
-PLUGIN = tuple(cli._plugin_args())
+PLUGIN = tuple(suite_run._plugin_args())
 
 FAKE_TARGETS = """
 import pytest
@@ -180,6 +181,7 @@ def test_aggregation_precedence() -> None:
     assert aggregate([rec(Outcome.NOT_APPLICABLE), rec(Outcome.NOT_OFFERED)], kind) is Status.NOT_OFFERED
     assert aggregate([rec(Outcome.NOT_APPLICABLE)], kind) is Status.NOT_APPLICABLE
     assert aggregate([rec(Outcome.SKIPPED)], kind) is Status.NOT_COVERED
+    assert aggregate([rec(Outcome.NOT_JUDGED)], kind) is Status.NOT_COVERED
     assert aggregate([], CheckerKind.NOT_TESTABLE) is Status.NOT_TESTABLE
 
 
@@ -192,7 +194,10 @@ def test_statuses_are_aggregated_per_id(pytester: pytest.Pytester) -> None:
     ids = load_ids(out)
     status = {i: r["status"] for i, r in ids.items()}
     assert status["SPLIT-DEV-01"] == "passed"
-    assert status["SPLIT-DEV-02"] == "not testable"  # named but never judged by a test that judged others
+    assert status["SPLIT-DEV-02"] == "not testable"  # a row no check can decide, listed but not judged
+    assert ids["SPLIT-DEV-02"]["evidence"] == [
+        "listed by test_checks.py::test_verdict_pass_and_unjudged_id but not judged"
+    ]
     assert status["SPLIT-DEV-03"] == "failed"
     assert ids["SPLIT-DEV-03"]["evidence"] == [
         "test_checks.py::test_verdict_fail: descriptor 7 has next=9 beyond the table"
@@ -206,7 +211,8 @@ def test_statuses_are_aggregated_per_id(pytester: pytest.Pytester) -> None:
     assert status["NETCTRL-DEV-02"] == "not applicable"
     assert status["FEAT-DEV-01"] == "failed"
     assert ids["FEAT-DEV-01"]["checks"] == ["test_checks.py::test_pass_here", "test_checks.py::test_fail_elsewhere"]
-    assert status["FEAT-DEV-02"] == "passed"
+    assert status["FEAT-DEV-02"] == "not offered"  # test_offered_somewhere judged nothing
+    assert ids["FEAT-DEV-02"]["unjudged_by"] == ["test_checks.py::test_offered_somewhere"]
     assert status["PACKED-DEV-01"] == "not covered"
     assert "needs packed ring" in ids["PACKED-DEV-01"]["evidence"][0]
     assert status["PACKED-DEV-02"] == "failed"
@@ -406,7 +412,7 @@ def test_cli_run_writes_reports_and_exit_code(
             verdict.check("SPLIT-DEV-01", {body}, "evidence")
         """)
     )
-    monkeypatch.setattr(cli, "CHECKS_DIR", checks)
+    monkeypatch.setattr(suite_run, "CHECKS_DIR", checks)
     out = tmp_path / f"out_{expected}"
     code = cli.main(["run", "--target", "sim", "--out", str(out), "-k", "one"])
     assert code == expected

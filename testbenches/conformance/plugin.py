@@ -26,12 +26,15 @@ In a check:
 * ``target_spec`` (str), ``target_options`` (:class:`TargetOptions`) and
   ``open_target`` (call it to open a fresh device; all are closed at
   teardown, also when the check fails).
-* ``verdict``: soft, per-id assertions (:class:`Verdict`). A test that ends
-  with failed verdict checks fails, listing every failed id with its
-  evidence. A test that raises marks its ids without a verdict record
-  failed, with the exception as evidence; a test that passes without
-  explicit records passes its ids (a test that recorded some ids explicitly
-  claims nothing for the others). ``pytest.skip`` leaves unrecorded ids
+* ``verdict``: soft, per-id assertions (:class:`Verdict`). An id passes
+  only through ``verdict.check`` (a judgement the device could have
+  failed); ``verdict.not_offered`` / ``verdict.not_applicable`` say why it
+  was not judged. A test that ends with failed verdict checks fails,
+  listing every failed id with its evidence. A test that raises marks its
+  ids without a verdict record failed, with the exception as evidence; an
+  id a test that ran to its end lists but neither judges nor excuses is
+  *not covered*, with "listed by <check> but not judged" in the report
+  (it is no evidence either way). ``pytest.skip`` leaves unrecorded ids
   not covered; an xfail counts as a failure of its ids (a known
   non-conformance is still a non-conformance).
 
@@ -40,9 +43,10 @@ Hypothesis: ``@given`` tests that take the function-scoped ``verdict`` or
 ``@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])``;
 that is intended here, one verdict collects the outcome of every example.
 Alternatively take ``request`` and call ``verdict_for(request.node)``,
-which returns the same object without going through a fixture. Use plain
-``assert`` when hypothesis should shrink a counterexample: the shrunk
-failure then becomes the evidence for the test's unrecorded ids.
+which returns the same object without going through a fixture. A plain
+``assert`` lets hypothesis shrink a counterexample (the shrunk failure then
+becomes the evidence for the test's unrecorded ids), but passes nothing:
+judge the ids with ``verdict.check`` as well.
 
 Per id, over every test that covers it: failed if any failed, else passed
 if any passed, else not offered, else not applicable; no conclusive record
@@ -54,7 +58,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -490,7 +494,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         state.xfailed = f"xfail ({wasxfail or 'expected failure'}): {_describe(call, report)}"
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
-        state.skipped = state.skipped or str(reason)
+        state.skipped = state.skipped or str(reason).removeprefix("Skipped: ")  # pytest.skip() prefixes it
     elif report.failed and not (report.when == "call" and state.verdict_failed) and state.error is None:
         state.error = f"{report.when} error: {_describe(call, report)}"
     if report.when == "teardown":
@@ -513,9 +517,9 @@ def _finish_item(item: pytest.Item, ids: list[str], state: _ItemState) -> None:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed))
         elif state.skipped is not None:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.SKIPPED, state.skipped))
-        elif not recorded:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.PASSED))
-        # else: the test judged some ids explicitly and gave this one no opportunity: claim nothing
+        else:
+            # Running to the end without a judgement on an id is no evidence about it.
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.NOT_JUDGED))
 
 
 # -- end of session: results and reports ----------------------------------------
@@ -644,21 +648,3 @@ class RichProgress:
             self.progress.update(self._task, description="")
         self.progress.stop()
 
-
-def progress_plugin(on_item: Callable[[str, str], None]) -> ProgressPlugin:
-    """A progress plugin calling ``on_item(nodeid, outcome)`` after each test; for simple embedders."""
-
-    class _Callback:
-        def start(self, total: int) -> None:
-            pass
-
-        def item_started(self, nodeid: str) -> None:
-            pass
-
-        def item_finished(self, nodeid: str, outcome: str) -> None:
-            on_item(nodeid, outcome)
-
-        def stop(self) -> None:
-            pass
-
-    return ProgressPlugin(_Callback())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +33,8 @@ class Outcome(StrEnum):
     NOT_OFFERED = "not offered"
     NOT_APPLICABLE = "not applicable"
     SKIPPED = "skipped"
+    #: Listed in the check's marker, the check ran to its end, and it neither judged nor excused the id.
+    NOT_JUDGED = "not judged"
 
 
 class Status(StrEnum):
@@ -63,12 +65,20 @@ class CheckRecord:
     outcome: Outcome
     evidence: str = ""
 
+    def inconclusive_note(self) -> str | None:
+        """Why this record leaves its id without a verdict (skipped, not judged); None for conclusive ones."""
+        if self.outcome is Outcome.SKIPPED:
+            return f"{self.nodeid}: skipped: {self.evidence}"
+        if self.outcome is Outcome.NOT_JUDGED:
+            return f"listed by {self.nodeid} but not judged"
+        return None
+
 
 def aggregate(records: Sequence[CheckRecord], checker_kind: CheckerKind) -> Status:
     """Failed if any check failed; else passed if any passed; else not offered / not applicable.
 
-    Ids without a conclusive record are "not covered", or "not testable" when
-    the table says no check can decide them.
+    Ids without a conclusive record (none, skipped, listed but not judged) are
+    "not covered", or "not testable" when the table says no check can decide them.
     """
     present = {r.outcome for r in records}
     for outcome, status in _PRECEDENCE:
@@ -86,6 +96,8 @@ class IdResult:
     level: str
     checks: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    #: Checks that list the id in their marker but ran to their end without judging it.
+    unjudged_by: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +107,7 @@ class IdResult:
             "level": self.level,
             "checks": list(self.checks),
             "evidence": list(self.evidence),
+            "unjudged_by": list(self.unjudged_by),
         }
 
     @classmethod
@@ -107,6 +120,7 @@ class IdResult:
             level=str(data["level"]),
             checks=[str(c) for c in data.get("checks", [])],
             evidence=[str(e) for e in data.get("evidence", [])],
+            unjudged_by=[str(c) for c in data.get("unjudged_by", [])],
         )
 
 
@@ -135,7 +149,7 @@ class Results:
             wanted = {s: o for o, s in _PRECEDENCE}.get(status)
             evidence = [f"{r.nodeid}: {r.evidence}" for r in recs if r.outcome is wanted and r.evidence]
             if status in (Status.NOT_COVERED, Status.NOT_TESTABLE):
-                evidence = [f"{r.nodeid}: skipped: {r.evidence}" for r in recs if r.outcome is Outcome.SKIPPED]
+                evidence = [n for n in (r.inconclusive_note() for r in recs) if n is not None]
             ids[req_id] = IdResult(
                 id=req_id,
                 status=status,
@@ -144,12 +158,17 @@ class Results:
                 level=str(req.level),
                 checks=list(dict.fromkeys(r.nodeid for r in recs)),
                 evidence=evidence,
+                unjudged_by=list(dict.fromkeys(r.nodeid for r in recs if r.outcome is Outcome.NOT_JUDGED)),
             )
         return cls(target=target, started=started.isoformat(timespec="seconds"), duration=duration, ids=ids)
 
     # -- queries -----------------------------------------------------------
     def failed(self) -> list[IdResult]:
         return [r for r in self.ids.values() if r.status is Status.FAILED]
+
+    def unjudged(self) -> list[IdResult]:
+        """Ids left not covered although a check lists them: the check never judged them."""
+        return [r for r in self.ids.values() if r.status is Status.NOT_COVERED and r.unjudged_by]
 
     def counts(self) -> Counter[Status]:
         return Counter(r.status for r in self.ids.values())
@@ -240,6 +259,13 @@ def render_terminal(
     """Print the per-area table, then the failed ids (at most ``max_failed``) with the first lines of evidence."""
     console = console or Console()
     console.print(area_table(results))
+    unjudged = results.unjudged()
+    if unjudged:
+        console.print(
+            f"[yellow]{len(unjudged)} id(s) not covered although a check lists them (listed but not judged),"
+            " see report.html[/]",
+            highlight=False,
+        )
     failed = results.failed()
     if not failed:
         return
@@ -342,7 +368,3 @@ def write_requirements_junit(results: Results, path: Path) -> Path:
 
 def _skip_message(r: IdResult) -> str:
     return "; ".join([str(r.status), *r.evidence])
-
-
-def load_many(paths: Iterable[Path]) -> list[Results]:
-    return [Results.load(Path(p)) for p in paths]

@@ -1,0 +1,198 @@
+"""Verdict semantics of the conformance plugin: a *passed* id is one a check judged and found kept.
+
+Each case runs throwaway checks through the plugin in a pytester directory and
+reads the per-id results it wrote, the way a vendor reads ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from testbenches.conformance.report import CheckRecord, Outcome, Results, Status, aggregate, render_terminal
+from testbenches.conformance.requirements import CheckerKind, load_requirements
+from tests.test_conformance_framework import PLUGIN
+
+pytest_plugins = ["pytester"]
+
+
+def run(pytester: pytest.Pytester, checks: str) -> tuple[pytest.RunResult, dict[str, Any]]:
+    pytester.makepyfile(test_checks=checks)
+    out = pytester.path / "out"
+    result = pytester.runpytest(*PLUGIN, "--color=no", "-p", "no:cacheprovider", "--report-dir", str(out))
+    ids: dict[str, Any] = json.loads((out / "results.json").read_text())["ids"]
+    return result, ids
+
+
+def test_a_check_that_records_nothing_leaves_its_ids_not_covered(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-13", "SPLIT-DEV-14")
+def test_workloads():
+    assert sum(range(10)) == 45  # a check that asserts things but judges no id
+""")
+    result.assert_outcomes(passed=1)
+    for req_id in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
+        assert ids[req_id]["status"] == "not covered"
+        assert ids[req_id]["evidence"] == ["listed by test_checks.py::test_workloads but not judged"]
+        assert ids[req_id]["unjudged_by"] == ["test_checks.py::test_workloads"]
+        assert ids[req_id]["checks"] == ["test_checks.py::test_workloads"]
+
+
+def test_a_check_that_judges_one_of_two_listed_ids(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-13", "SPLIT-DEV-14")
+def test_one_of_two(verdict):
+    verdict.check("SPLIT-DEV-13", True, "used.idx advanced by one")
+""")
+    result.assert_outcomes(passed=1)
+    assert ids["SPLIT-DEV-13"]["status"] == "passed" and ids["SPLIT-DEV-13"]["unjudged_by"] == []
+    assert ids["SPLIT-DEV-14"]["status"] == "not covered"
+    assert ids["SPLIT-DEV-14"]["evidence"] == ["listed by test_checks.py::test_one_of_two but not judged"]
+
+
+def test_a_judgement_elsewhere_still_passes_and_names_the_silent_check(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-13")
+def test_judges(verdict):
+    verdict.check("SPLIT-DEV-13", True)
+
+@pytest.mark.req("SPLIT-DEV-13")
+def test_silent():
+    pass
+""")
+    result.assert_outcomes(passed=2)
+    assert ids["SPLIT-DEV-13"]["status"] == "passed"
+    assert ids["SPLIT-DEV-13"]["unjudged_by"] == ["test_checks.py::test_silent"]
+
+
+def test_a_feature_not_offered_reads_not_offered(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("NETFEAT-DEV-01", "NETFEAT-DEV-13")
+def test_features(verdict):
+    verdict.not_offered("NETFEAT-DEV-01", "VIRTIO_NET_F_CSUM not offered")
+    verdict.check("NETFEAT-DEV-13", True, "MAC offered and readable")
+
+@pytest.mark.req("NETFEAT-DEV-01")
+def test_lists_it_too():
+    pass
+""")
+    result.assert_outcomes(passed=2)
+    assert ids["NETFEAT-DEV-01"]["status"] == "not offered"
+    assert ids["NETFEAT-DEV-01"]["evidence"] == ["test_checks.py::test_features: VIRTIO_NET_F_CSUM not offered"]
+    assert ids["NETFEAT-DEV-01"]["unjudged_by"] == ["test_checks.py::test_lists_it_too"]
+    assert ids["NETFEAT-DEV-13"]["status"] == "passed"
+
+
+def test_a_failed_judgement_wins_over_passes(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-13")
+def test_keeps(verdict):
+    verdict.check("SPLIT-DEV-13", True)
+
+@pytest.mark.req("SPLIT-DEV-13")
+def test_breaks(verdict):
+    verdict.check("SPLIT-DEV-13", False, "used.idx went backwards")
+""")
+    result.assert_outcomes(passed=1, failed=1)
+    assert ids["SPLIT-DEV-13"]["status"] == "failed"
+    assert ids["SPLIT-DEV-13"]["evidence"] == ["test_checks.py::test_breaks: used.idx went backwards"]
+
+
+def test_errors_skips_and_xfails(pytester: pytest.Pytester) -> None:
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.fixture
+def broken():
+    raise OSError("device gone at setup")
+
+@pytest.mark.req("PCI-DEV-01", "PCI-DEV-02")
+def test_raises(verdict):
+    verdict.check("PCI-DEV-02", True)
+    raise RuntimeError("device went away")
+
+@pytest.mark.req("PCI-DEV-03")
+def test_setup_error(broken):
+    pass
+
+@pytest.mark.req("PACKED-DEV-01", "PACKED-DEV-03")
+def test_skips(verdict):
+    verdict.check("PACKED-DEV-03", True)
+    pytest.skip("needs packed ring")
+
+@pytest.mark.xfail(reason="known model bug")
+@pytest.mark.req("PACKED-DEV-02")
+def test_xfail():
+    assert False
+""")
+    result.assert_outcomes(passed=0, failed=1, errors=1, skipped=1, xfailed=1)
+    assert ids["PCI-DEV-01"]["status"] == "failed"
+    assert "RuntimeError: device went away" in ids["PCI-DEV-01"]["evidence"][0]
+    assert ids["PCI-DEV-02"]["status"] == "passed"  # judged before the exception
+    assert ids["PCI-DEV-03"]["status"] == "failed"
+    assert "setup error: OSError: device gone at setup" in ids["PCI-DEV-03"]["evidence"][0]
+    assert ids["PACKED-DEV-01"]["status"] == "not covered"
+    assert ids["PACKED-DEV-01"]["evidence"] == ["test_checks.py::test_skips: skipped: needs packed ring"]
+    assert ids["PACKED-DEV-01"]["unjudged_by"] == []  # skipped, not silently passed over
+    assert ids["PACKED-DEV-03"]["status"] == "passed"
+    assert ids["PACKED-DEV-02"]["status"] == "failed"
+    assert "known model bug" in ids["PACKED-DEV-02"]["evidence"][0]
+
+
+def test_not_judged_is_visible_in_every_report(pytester: pytest.Pytester) -> None:
+    result, _ = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-13")
+def test_silent():
+    pass
+""")
+    result.stdout.fnmatch_lines(["*1 id(s) not covered although a check lists them (listed but not judged)*"])
+    out = pytester.path / "out"
+    assert "listed by test_checks.py::test_silent but not judged" in (out / "report.html").read_text()
+    assert "listed by test_checks.py::test_silent but not judged" in (out / "requirements-junit.xml").read_text()
+
+
+def test_aggregation_of_records() -> None:
+    def rec(o: Outcome) -> CheckRecord:
+        return CheckRecord("t", o)
+
+    directed, untestable = CheckerKind.DIRECTED, CheckerKind.NOT_TESTABLE
+    assert aggregate([rec(Outcome.NOT_JUDGED)], directed) is Status.NOT_COVERED
+    assert aggregate([rec(Outcome.NOT_JUDGED), rec(Outcome.SKIPPED)], directed) is Status.NOT_COVERED
+    assert aggregate([rec(Outcome.NOT_JUDGED), rec(Outcome.PASSED)], directed) is Status.PASSED
+    assert aggregate([rec(Outcome.NOT_JUDGED), rec(Outcome.NOT_OFFERED)], directed) is Status.NOT_OFFERED
+    assert aggregate([rec(Outcome.NOT_JUDGED), rec(Outcome.FAILED)], directed) is Status.FAILED
+    assert aggregate([rec(Outcome.NOT_JUDGED)], untestable) is Status.NOT_TESTABLE
+
+
+def test_unjudged_survives_the_json_round_trip(tmp_path: Path) -> None:
+    records = {
+        "SPLIT-DEV-13": [CheckRecord("t::silent", Outcome.NOT_JUDGED)],
+        "SPLIT-DEV-14": [CheckRecord("t::judge", Outcome.PASSED), CheckRecord("t::silent", Outcome.NOT_JUDGED)],
+    }
+    res = Results.build("sim:virtio-net", datetime.now(UTC), 1.0, load_requirements(), records)
+    assert [r.id for r in res.unjudged()] == ["SPLIT-DEV-13"]
+    res.save(tmp_path / "r.json")
+    back = Results.load(tmp_path / "r.json")
+    assert back.ids == res.ids
+    assert back.ids["SPLIT-DEV-14"].unjudged_by == ["t::silent"]
+    text = StringIO()
+    render_terminal(back, Console(file=text, width=200))
+    assert "1 id(s) not covered although a check lists them" in text.getvalue()
