@@ -242,10 +242,6 @@ class VirtioPciModern:
                                  f"{cap.length:#x}")
         write_int(self.pci, cap.bar, cap.offset + off, width, value)
 
-    def has_common(self, fld: CommonCfg) -> bool:
-        """Whether the device's common structure is long enough to hold ``fld``."""
-        return fld + COMMON_CFG_WIDTH[fld] <= self.common.length
-
     def read_common(self, fld: CommonCfg) -> int:
         width = COMMON_CFG_WIDTH[fld]
         if width == 8:
@@ -361,11 +357,6 @@ class VirtioPciModern:
         self.write_common(CommonCfg.QUEUE_DESC, desc)
         self.write_common(CommonCfg.QUEUE_DRIVER, driver)
         self.write_common(CommonCfg.QUEUE_DEVICE, device)
-
-    def queue_addresses(self, queue: int) -> tuple[int, int, int]:
-        self.select_queue(queue)
-        return (self.read_common(CommonCfg.QUEUE_DESC), self.read_common(CommonCfg.QUEUE_DRIVER),
-                self.read_common(CommonCfg.QUEUE_DEVICE))
 
     def queue_msix_vector(self, queue: int) -> int:
         self.select_queue(queue)

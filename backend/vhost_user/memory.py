@@ -65,10 +65,6 @@ class MemoryRegion:
     def gpa_end(self) -> int:
         return self.guest_phys_addr + self.memory_size
 
-    @property
-    def uva_end(self) -> int:
-        return self.userspace_addr + self.memory_size
-
     def describe(self) -> str:
         return (f"gpa [{self.guest_phys_addr:#x}, {self.gpa_end:#x}) uva {self.userspace_addr:#x} "
                 f"size {self.memory_size:#x} offset {self.mmap_offset:#x} fd {self.fd}")

@@ -426,10 +426,6 @@ class PciEndpoint:
         if rising and self.intx_fd is not None and not self.config.command & PCI_COMMAND_INTX_DISABLE:
             os.eventfd_write(self.intx_fd, 1)
 
-    @property
-    def intx_level(self) -> bool:
-        return self._intx_level
-
     # --- accesses -----------------------------------------------------------------------------
 
     def bar_read(self, index: int, offset: int, size: int) -> bytes:
@@ -467,10 +463,6 @@ class PciEndpoint:
     def dma_write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
         self._check_master(iova, len(data), DmaPerm.WRITE)
         self.iommu.write(iova, data)
-
-    def dma_view(self, iova: int, size: int, access: DmaPerm) -> memoryview:
-        self._check_master(iova, size, access)
-        return self.iommu.view(iova, size, access)
 
     def function_reset(self) -> None:
         with self.lock:
