@@ -1,52 +1,81 @@
-"""Target registry: names such as ``sim:virtio-net`` or ``vfio:0000:00:03.0`` resolve to a ``PciDevice``.
+"""Target registry: specs such as ``sim:virtio-net`` or ``vfio:0000:00:03.0`` resolve to a ``PciDevice``.
 
-The backend never imports the simulator; ``sim``/``models`` register their
-factories here when they are imported (see :func:`load_default_targets`).
+Schemes come from the ``vdpa_bench.targets`` entry point group (:mod:`backend.providers`): this
+distribution registers ``vfio-user`` and ``vfio`` (the backend's own clients) and, for the bench,
+``sim`` and ``rtl``; a vendor package registers its own the same way. The backend never imports
+the simulator: a scheme's module is imported when a spec of that scheme is first opened, so an
+install without the bench extra serves ``vfio-user:`` and ``vfio:`` targets.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import EntryPoint
 
 from backend.pci.device import PciDevice
+from backend.providers import TARGETS_GROUP, ProviderError, describe, group, load
 
 Factory = Callable[[str], PciDevice]
 
 
-@dataclass
-class TargetRegistry:
-    """Scheme name (``sim``, ``rtl``, ``vfio-user``, ``vfio``) to a factory taking the rest of the spec."""
+class TargetSpecError(ValueError):
+    """A spec that names no known scheme, or is not ``SCHEME:...`` at all."""
 
-    factories: dict[str, Factory] = field(default_factory=dict)
+
+class TargetRegistry(Mapping[str, Factory]):
+    """Scheme name to a factory taking the rest of the spec; a mapping whose values load on first use.
+
+    ``providers`` are entry points (not loaded yet); :meth:`register` adds a factory directly (an
+    embedding program with a device of its own, a test).
+    """
+
+    def __init__(self, providers: Mapping[str, EntryPoint] | None = None) -> None:
+        self._providers = dict(providers or {})
+        self._loaded: dict[str, Factory] = {}
 
     def register(self, scheme: str, factory: Factory) -> None:
-        self.factories[scheme] = factory
+        self._loaded[scheme] = factory
+
+    @property
+    def schemes(self) -> list[str]:
+        return sorted(self._providers.keys() | self._loaded.keys())
+
+    @property
+    def factories(self) -> Mapping[str, Factory]:
+        return self
+
+    def __getitem__(self, scheme: str) -> Factory:
+        factory = self._loaded.get(scheme)
+        if factory is not None:
+            return factory
+        ep = self._providers[scheme]  # KeyError: unknown scheme, as for any mapping
+        loaded = load(ep)
+        if not callable(loaded):
+            raise ProviderError(f"{TARGETS_GROUP}: {describe(ep)} is not a factory (got {type(loaded).__name__})")
+        self._loaded[scheme] = loaded
+        return loaded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.schemes)
+
+    def __len__(self) -> int:
+        return len(self.schemes)
+
+    def __contains__(self, scheme: object) -> bool:
+        return scheme in self._loaded or scheme in self._providers
 
     def open(self, spec: str) -> PciDevice:
-        scheme, _, rest = spec.partition(":")
-        try:
-            factory = self.factories[scheme]
-        except KeyError:
-            known = ", ".join(sorted(self.factories)) or "none"
-            raise ValueError(f"unknown target {spec!r} (known schemes: {known})") from None
-        return factory(rest)
-
-
-#: Modules that register targets when given a registry (``register(registry)``): the simulated
-#: models, and the backend's own clients of devices in other processes (``vfio-user:PATH``) and of
-#: functions bound to Linux vfio-pci (``vfio:BDF``), and the RTL function under Verilator (``rtl:``).
-PROVIDERS = ("models.targets", "backend.pci.vfio_user", "backend.pci.vfio", "models.rtl.targets")
+        """Open ``SCHEME:REST``: raises TargetSpecError for an unknown scheme, ProviderError for a broken
+        provider, and whatever the factory raises for a bad or unreachable device (ValueError, OSError,
+        PciError)."""
+        scheme, sep, rest = spec.partition(":")
+        if scheme not in self:
+            known = ", ".join(f"{s}:" for s in self.schemes) or "none installed"
+            what = "expected SCHEME:DEVICE[,key=value...]" if not sep else f"unknown target scheme {scheme!r}"
+            raise TargetSpecError(f"{spec!r}: {what} (known schemes: {known})")
+        return self[scheme](rest)
 
 
 def default_registry() -> TargetRegistry:
-    """A registry filled by every provider importable here."""
-    registry = TargetRegistry()
-    for name in PROVIDERS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        module.register(registry)
-    return registry
+    """Every scheme installed (entry point group ``vdpa_bench.targets``), none loaded yet."""
+    return TargetRegistry(group(TARGETS_GROUP))

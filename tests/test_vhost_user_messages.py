@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.scapy_layers import VhostUserBackendHeader, VhostUserHeader
 from backend.vhost_user.messages import (
     BACKEND_SPECS,
     EMPTY,
@@ -59,8 +60,6 @@ from backend.vhost_user.messages import (
     SingleMemoryRegion,
     Status,
     TransferDirection,
-    VhostUserBackendHeader,
-    VhostUserHeader,
     VhostUserProtocolError,
     VringAddr,
     VringArea,

@@ -7,9 +7,11 @@ what the matching record says. Every record carries a ``why``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backend.pci.device import PciDevice, config_read
+from backend.providers import QUIRKS_GROUP, ProviderError, describe, group, load
 from backend.virtio.pci_regs import PciCfg
 
 
@@ -205,11 +207,34 @@ QEMU_VIRTIO_NET = Quirk(
 QEMU_VIRTIO_NET_IDS = IdMatch(0x1AF4, 0x1041, QEMU_SUBSYSTEM_VENDOR_ID, QEMU_SUBSYSTEM_DEVICE_ID)
 
 
-def default_quirks() -> QuirkTable:
-    """The table of every known entry (callers extend it with their own)."""
+def builtin_quirks() -> QuirkTable:
+    """This project's own entries."""
     return QuirkTable((
         (IdMatch(0x1AF4, 0x1041, INTEL_VENDOR_ID, IFCVF_SUBSYSTEM_DEVICE_ID), IFCVF),
     ))
 
 
-DEFAULT_QUIRKS = default_quirks()
+#: The built-in table alone (no installed providers consulted).
+DEFAULT_QUIRKS = builtin_quirks()
+
+
+def installed_quirks() -> tuple[tuple[IdMatch, Quirk], ...]:
+    """The entries of every ``vdpa_bench.quirks`` entry point (vendor packages), checked.
+
+    An entry point names an iterable of ``(IdMatch, Quirk)`` pairs; one that does not load or holds
+    anything else raises :class:`~backend.providers.ProviderError`.
+    """
+    entries: list[tuple[IdMatch, Quirk]] = []
+    for ep in group(QUIRKS_GROUP).values():
+        loaded = load(ep)
+        pairs = list(loaded) if isinstance(loaded, Iterable) else None
+        if pairs is None or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], IdMatch)
+                                    and isinstance(p[1], Quirk) for p in pairs):
+            raise ProviderError(f"{QUIRKS_GROUP}: {describe(ep)} is not an iterable of (IdMatch, Quirk) pairs")
+        entries += pairs
+    return tuple(entries)
+
+
+def default_quirks() -> QuirkTable:
+    """The built-in entries plus every installed provider's (callers extend it with their own)."""
+    return QuirkTable((*builtin_quirks().entries, *installed_quirks()))

@@ -1,4 +1,4 @@
-"""struct virtio_net_hdr (5.1.6) and a scapy layer for it.
+"""struct virtio_net_hdr (5.1.6); its scapy layer is in :mod:`backend.scapy_layers`.
 
 With VIRTIO_F_VERSION_1 the header always carries ``num_buffers`` (12 bytes);
 HASH_REPORT extends it to 20 bytes.
@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
-from scapy.fields import ByteEnumField, FlagsField, LEShortField
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet, bind_layers
 
 HDR = struct.Struct("<BBHHHHH")
 HDR_SIZE = 12
@@ -45,22 +41,3 @@ class NetHdr:
     @classmethod
     def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> NetHdr:
         return cls(*HDR.unpack_from(raw, offset))
-
-
-class VirtioNetHdr(Packet):
-    """scapy layer: ``VirtioNetHdr()/Ether()/IP()/...``; dissects the frame that follows."""
-
-    name = "virtio_net_hdr"
-    fields_desc = [
-        FlagsField("flags", 0, 8, ["NEEDS_CSUM", "DATA_VALID", "RSC_INFO"]),
-        ByteEnumField("gso_type", GSO_NONE, {GSO_NONE: "NONE", GSO_TCPV4: "TCPV4", GSO_UDP: "UDP",
-                                             GSO_TCPV6: "TCPV6", GSO_UDP_L4: "UDP_L4"}),
-        LEShortField("hdr_len", 0),
-        LEShortField("gso_size", 0),
-        LEShortField("csum_start", 0),
-        LEShortField("csum_offset", 0),
-        LEShortField("num_buffers", 0),
-    ]
-
-
-bind_layers(VirtioNetHdr, Ether)

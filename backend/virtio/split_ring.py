@@ -1,9 +1,7 @@
 """Split virtqueue wire format (2.7): descriptor table, available ring, used ring.
 
-One module for both sides. Fast codecs work on ``memoryview``/``bytes`` with
-precompiled ``struct`` objects and batch unpacking; the scapy layers at the
-bottom are for traces, pretty-printing and fuzzing, and a property test keeps
-the two in agreement.
+One module for both sides. Codecs work on ``memoryview``/``bytes`` with
+precompiled ``struct`` objects and batch unpacking.
 """
 
 from __future__ import annotations
@@ -11,10 +9,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntFlag
-
-import numpy as np
-from scapy.fields import FlagsField, LEIntField, LELongField, LEShortField
-from scapy.packet import Packet
 
 
 class DescFlags(IntFlag):
@@ -36,10 +30,6 @@ USED_ELEM_SIZE = 8
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 MAX_QUEUE_SIZE = 32768
-
-#: numpy view of the same layout, for decoding a window of descriptors in one go.
-DESC_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
-
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
@@ -124,26 +114,3 @@ def is_valid_split_size(size: int) -> bool:
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
     """True when ``event_idx`` lies in the window (old_idx, new_idx] modulo 2^16 (2.7.10)."""
     return (new_idx - event_idx - 1) & 0xFFFF < (new_idx - old_idx) & 0xFFFF
-
-
-class DescriptorPkt(Packet):
-    """scapy view of one descriptor, for traces and fuzzing."""
-
-    name = "virtq_desc"
-    fields_desc = [
-        LELongField("addr", 0),
-        LEIntField("len", 0),
-        FlagsField("flags", 0, -16, ["NEXT", "WRITE", "INDIRECT"]),
-        LEShortField("next", 0),
-    ]
-
-    def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
-        return b"", s
-
-
-class UsedElemPkt(Packet):
-    name = "virtq_used_elem"
-    fields_desc = [LEIntField("id", 0), LEIntField("len", 0)]
-
-    def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
-        return b"", s

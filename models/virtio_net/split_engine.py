@@ -34,7 +34,6 @@ from numpy.typing import NDArray
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
     DESC_ALIGN,
-    DESC_DTYPE,
     DESC_SIZE,
     U16,
     USED_ALIGN,
@@ -48,6 +47,9 @@ from backend.virtio.split_ring import (
     unpack_table,
     vring_need_event,
 )
+
+#: numpy view of the descriptor layout (DESC), for decoding a window of descriptors in one go.
+DESC_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
 
 #: With VIRTIO_F_IN_ORDER chains are contiguous (SPLIT-DRV-05), so this many descriptors are fetched per DMA read.
 IN_ORDER_DESC_WINDOW = 8

@@ -1,0 +1,50 @@
+"""``vdpa-bench run`` fails fast on a target it cannot use: exit 2, one line, under 2 s, no report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+#: The bound the command must answer within (Python start-up and imports included).
+FAST = 2.0
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 30.0) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "testbenches.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("bogus", "--target 'bogus': expected SCHEME:DEVICE"),
+    ("nosuch:virtio-net", "unknown target scheme 'nosuch'"),
+    ("sim:virtio-net,foo=1", "unknown option 'foo'"),
+    ("sim:virtio-net,model=no-such-model", "unknown model 'no-such-model'"),
+    ("vfio-user:{tmp}/missing.sock", "cannot connect"),
+])
+def test_run_rejects_a_target_it_cannot_use(target: str, message: str, tmp_path: Path) -> None:
+    target = target.format(tmp=tmp_path)
+    out = tmp_path / "out"
+    proc, took = run_cli(["run", "--target", target, "--out", str(out)], tmp_path)
+    assert proc.returncode == 2, f"exit status {proc.returncode}; stdout {proc.stdout!r} stderr {proc.stderr!r}"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vdpa-bench run: error: --target "), proc.stderr
+    assert message in lines[0], f"{message!r} not in {lines[0]!r}"
+    assert proc.stdout == "", f"stdout {proc.stdout!r}"
+    assert took < FAST, f"took {took:.2f} s"
+    assert not out.exists(), "a report directory was written"
+    assert not (tmp_path / "reports").exists(), "a report directory was written"
+
+
+def test_run_probes_before_the_checks(tmp_path: Path) -> None:
+    """A target that opens is opened once, then the checks run and write their report."""
+    out = tmp_path / "out"
+    proc, _ = run_cli(["run", "--target", "sim", "--out", str(out), "-k", "test_pci_identity", "--no-progress"],
+                      tmp_path, timeout=120.0)
+    assert proc.returncode in (0, 1), f"exit status {proc.returncode}; stderr {proc.stderr[-2000:]}"
+    assert (out / "results.json").exists(), f"no results; stdout {proc.stdout[-2000:]}"

@@ -1,0 +1,163 @@
+"""The backend ships alone: its daemon imports nothing of the bench, and a venv with ``pip install .`` (no
+extras) serves a device exported by the bench over vhost-user, by console script and by the embedding example."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sim.memory import GuestMemory
+from testbenches.frontend.vhost_user import VhostUserFrontend
+
+REPO = Path(__file__).resolve().parent.parent
+#: Modules of the bench (and of its extra) that the backend daemon must not pull in.
+BENCH_ONLY = ("pytest", "rich", "sim", "models", "testbenches", "scapy", "numpy", "hypothesis", "jinja2")
+READY_TIMEOUT = 30.0
+EXIT_TIMEOUT = 15.0
+MEM_SIZE = 4 << 20
+#: What a copy of the source tree leaves out (build products, caches, other venvs).
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "reports", "*.egg-info", "__pycache__", ".mypy_cache",
+                                    ".ruff_cache", ".hypothesis", ".pytest_cache", "vendor_example")
+
+
+def test_backend_daemon_imports_nothing_of_the_bench(tmp_path: Path) -> None:
+    code = ("import sys, backend.daemon, backend.lifecycle, backend.targets; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({BENCH_ONLY!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"the backend daemon imported {proc.stdout.strip()}"
+
+
+class Child:
+    """A process whose stdout is read line by line under a deadline; stopped by its PID."""
+
+    def __init__(self, argv: list[str], log: Path, cwd: Path) -> None:
+        self.log_path = log
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        self.out = b""
+
+    def wait_line(self, prefix: str) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            for line in self.out.decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no {prefix!r} line within {READY_TIMEOUT} s; log:\n{self.log()}")
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    pytest.fail(f"exited ({self.proc.wait(EXIT_TIMEOUT)}) before {prefix!r}; log:\n{self.log()}")
+                self.out += chunk
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(EXIT_TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(EXIT_TIMEOUT)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    made: list[Child] = []
+    yield made
+    for child in made:
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def backend_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding ``pip install <a copy of this tree>`` without extras."""
+    root = tmp_path_factory.mktemp("packaging")
+    source = root / "src"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE, symlinks=True)
+    env_dir = root / "venv"
+    venv.create(env_dir, with_pip=True)
+    proc = subprocess.run([str(env_dir / "bin" / "pip"), "install", "--quiet", str(source)], capture_output=True,
+                          text=True, timeout=540, check=False)
+    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    listed = subprocess.run([str(env_dir / "bin" / "pip"), "list", "--format=freeze"], capture_output=True, text=True,
+                            timeout=60, check=True).stdout
+    installed = {line.split("==")[0].lower() for line in listed.splitlines()}
+    assert not installed & {"pytest", "rich", "scapy", "numpy", "hypothesis", "jinja2"}, installed
+    return env_dir
+
+
+def frame(i: int, size: int) -> bytes:
+    head = bytes.fromhex("02000000000a020000000002080045") + i.to_bytes(4, "big")
+    return (head + bytes((i * 7 + k) & 0xFF for k in range(size)))[:size]
+
+
+def exchange_through(path: str) -> None:
+    """The bench's Python frontend moves frames through the backend at ``path`` (looped back by the device)."""
+    with GuestMemory.single(MEM_SIZE, gpa=0x1_0000_0000) as mem:
+        fe = VhostUserFrontend.connect(path, mem)
+        try:
+            fe.start(queues=(0, 1), size=256)
+            sent = [frame(i, 60 + (i * 13) % 1400) for i in range(50)]
+            got = fe.exchange(sent, timeout=10.0)
+            assert got == sent, f"sent {len(sent)} frames, {len(got)} came back (or altered)"
+            fe.stop()
+        finally:
+            fe.close()
+
+
+@pytest.mark.timeout(900)
+def test_backend_alone_serves_a_vfio_user_device(backend_venv: Path, tmp_path: Path,
+                                                 children: list[Child]) -> None:
+    bin_dir = backend_venv / "bin"
+    device_sock = str(tmp_path / "dev.sock")
+    device = Child([sys.executable, "-m", "testbenches.cli", "device", "--model", "virtio-net,wire=loopback",
+                    "--vfio-user", device_sock], tmp_path / "device.log", REPO)
+    children.append(device)
+    device.wait_line("listening on")
+
+    # Without the bench extra the bench's own commands say what is missing.
+    proc = subprocess.run([str(bin_dir / "vdpa-bench"), "run", "--target", "sim"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "vdpa-bench[bench]" in proc.stderr and len(proc.stderr.splitlines()) == 1, \
+        proc.stderr
+
+    # The console script, and vdpa-bench serve of the same install.
+    for argv in ([str(bin_dir / "vdpa-backend"), "serve"], [str(bin_dir / "vdpa-bench"), "serve"]):
+        vhost = str(tmp_path / "vhost.sock")
+        serve = Child([*argv, "--socket", vhost, "--device", f"vfio-user:{device_sock}"], tmp_path / "serve.log",
+                      tmp_path)
+        children.append(serve)
+        assert serve.wait_line("listening on") == f"listening on {vhost}"
+        exchange_through(vhost)
+        assert serve.stop() == 0, serve.log()
+        assert "DRIVER_OK" in serve.log(), serve.log()
+
+    # The embedding example, run by the backend venv's interpreter.
+    vhost = str(tmp_path / "embedded.sock")
+    embedded = Child([str(bin_dir / "python"), str(REPO / "examples" / "embed_backend.py"), vhost,
+                      f"vfio-user:{device_sock}"], tmp_path / "embed.log", tmp_path)
+    children.append(embedded)
+    assert embedded.wait_line("listening on") == f"listening on {vhost}"
+    exchange_through(vhost)
+    assert embedded.stop() == 0, embedded.log()

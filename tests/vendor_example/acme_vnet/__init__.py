@@ -1,0 +1,1 @@
+"""Acme VNet: an example vendor's virtio-net function for vdpa-bench (see ``pyproject.toml``)."""
