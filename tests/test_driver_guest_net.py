@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
@@ -15,6 +13,7 @@ from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
 from sim.memory import GuestMemory
 from testbenches.driver.virtio_net import DriverInitError, GuestNetDriver, choose_features
+from testbenches.frames import MIN_LEN, test_frame
 
 MEM = 8 << 20
 
@@ -31,9 +30,8 @@ def open_sim(spec: str = "sim:virtio-net,wire=loopback") -> SimNetDevice:
     return dev
 
 
-def frames(n: int) -> list[Ether]:
-    return [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:01") / IP(dst="10.0.0.2") / UDP(sport=1000 + i)
-            / bytes((i + k) % 256 for k in range(i % 200)) for i in range(n)]
+def frames(n: int) -> list[bytes]:
+    return [test_frame(i, MIN_LEN + i % 200) for i in range(n)]
 
 
 @pytest.mark.parametrize("spec", ["sim:virtio-net,wire=loopback",

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from backend.device import NotSupported, VqState
 from backend.drivers.quirks import IFCVF, NO_QUIRK, IdMatch, PciIds, Quirk, QuirkTable, default_quirks
@@ -20,8 +17,8 @@ from models.virtio_net.split_engine import RingError, SplitQueue
 from sim.memory import GuestMemory
 from sim.pci.endpoint import Bar, Register, RegisterBlock
 from testbenches.driver.vdpa_frontend import VdpaFrontend
+from testbenches.frames import test_frame
 
-MEM = 4 << 20
 WANT = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.EVENT_IDX, NetF.MAC)
 LM_BAR = 4
 LM_RING_STATE = 0x20
@@ -73,12 +70,6 @@ def open_dev(cls: type[VirtioNetDevice]) -> SimNetDevice:
     return loopback_device(cls(), f"sim:{cls.__name__}")
 
 
-@pytest.fixture
-def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM) as m:
-        yield m
-
-
 def test_table_lookup() -> None:
     table = default_quirks()
     ifc = PciIds(0x1AF4, 0x1041, 0x8086, 0x001A)
@@ -118,7 +109,7 @@ def test_ifcvf_vq_state_round_trip(mem: GuestMemory) -> None:
         # at 0 and see avail idx 1000 entries ahead (SPLIT-DRV-11) and stop.
         fe.bring_up(WANT, state=1000)
         assert vdpa.get_status() & DeviceStatus.DRIVER_OK
-        frames = [bytes(Ether() / IP() / UDP(sport=i)) for i in range(10)]
+        frames = [test_frame(i) for i in range(10)]
         assert fe.exchange(frames) == frames
         model = dev.model
         assert model.errors == []

@@ -20,7 +20,6 @@ from sim.memory import GuestMemory
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.frames import test_frame
 
-MEM = 4 << 20
 WANT = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.EVENT_IDX, NetF.MAC, NetF.STATUS)
 
 
@@ -37,12 +36,6 @@ def sim() -> Iterator[PciDevice]:
     dev = default_registry().open("sim:virtio-net,wire=loopback")
     yield dev
     dev.close()
-
-
-@pytest.fixture
-def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM) as m:
-        yield m
 
 
 def test_transport_discovery(sim: PciDevice) -> None:

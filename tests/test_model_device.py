@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from backend.pci.device import DmaPerm, IrqIndex, RegionIndex, config_read, config_write, read_int, write_int
@@ -42,9 +41,10 @@ from backend.virtio.split_ring import DESC, U16, USED_ELEM, DescFlags, SplitLayo
 from models.targets import SimNetDevice, open_virtio_net
 from models.virtio_net import Collector, PairWire, VirtioNetDevice
 from sim.memory import GuestMemory
+from testbenches.frames import test_frame
 
 MEM = 1 << 20
-FRAME = bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02", type=0x88B5) / (b"x" * 50))
+FRAME = test_frame(0, 64)
 ACK_DRV = int(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
 
 

@@ -19,22 +19,16 @@ from backend.virtio.features import DeviceStatus
 from backend.virtio.split_ring import Descriptor
 from sim.memory import GuestMemory
 from sim.rtl.icarus import IcarusDevice
-from testbenches.conformance.checks._bringup import frame
 from testbenches.driver.virtio_net import GuestNetDriver
+from testbenches.frames import test_frame
 from tests.rtl.simulate import icarus_check
 
 SPEC = "rtl:virtio-net,sim=icarus,mac=02:00:00:00:00:0b"
 WAIT = 20.0  # Icarus: ~50 k cycles/s
-MEM = 4 << 20
+MEM = 4 << 20  # the shared ``mem`` fixture's size and address (tests/conftest.py)
 GPA = 0x1_0000_0000
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM, gpa=GPA) as memory:
-        yield memory
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_frames_through_the_design_and_back(dev: IcarusDevice, mem: GuestMemory)
     try:
         drv.init()
         assert drv.mac() == bytes.fromhex("02000000000b")
-        sent = [frame(i, 60 + 97 * i) for i in range(12)]
+        sent = [test_frame(i, 60 + 97 * i) for i in range(12)]
         drv.send(sent)
         got = [f.frame for f in drv.receive_raw(len(sent), timeout=WAIT)]
         assert got == sent
@@ -76,8 +70,8 @@ def test_bench_port_link_and_wire(dev: IcarusDevice, mem: GuestMemory) -> None:
         assert drv.config_changed(WAIT) and not drv.link_up() and not port.link_up
         port.set_link(True)
         assert drv.config_changed(WAIT) and drv.link_up()
-        port.receive(frame(8))
-        assert [f.frame for f in drv.receive_raw(1, timeout=WAIT)] == [frame(8)]
+        port.receive(test_frame(8))
+        assert [f.frame for f in drv.receive_raw(1, timeout=WAIT)] == [test_frame(8)]
     finally:
         drv.close()
 
