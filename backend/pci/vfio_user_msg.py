@@ -42,16 +42,15 @@ from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Final
 
+from backend import wire
+from backend.pci import vfio_uapi as uapi
+
 # ---------------------------------------------------------------------------------------------
 # numbers
 
 
-class VfioUserProtocolError(Exception):
+class VfioUserProtocolError(wire.WireError):
     """A message that is not valid vfio-user on the wire; ``reason`` says what is wrong."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ConnectionClosed(Exception):
@@ -187,6 +186,39 @@ def _check(cond: bool, reason: str) -> None:
 
 def _exact(payload: bytes, size: int, what: str) -> None:
     _check(len(payload) == size, f"{what}: payload of {len(payload)} bytes, expected {size}")
+
+
+def _fixed(layout: wire.Layout, payload: bytes, what: str, *, argsz_exact: bool = False) -> dict[str, Any]:
+    """The fields of a payload that is exactly one ``argsz``-led struct.
+
+    ``argsz`` must be the struct's size, or (where the requester may take a longer reply) at least it.
+    """
+    _exact(payload, layout.size, what)
+    v = layout.unpack(payload)
+    if argsz_exact:
+        _check(v["argsz"] == layout.size, f"{what}: argsz {v['argsz']}, expected {layout.size}")
+    else:
+        _check(v["argsz"] >= layout.size, f"{what}: argsz {v['argsz']} below {layout.size}")
+    return v
+
+
+class _Struct:
+    """A payload that is exactly its struct ``FMT``, its fields named as the dataclass's."""
+
+    FMT: ClassVar[wire.Layout]
+
+    def pack(self) -> bytes:
+        return self.FMT.pack_obj(self)
+
+
+def _head(layout: wire.Layout, payload: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    """The fields of the struct a variable payload begins with, and the bytes after it."""
+    _check(len(payload) >= layout.size, f"{what}: payload of {len(payload)} bytes, at least {layout.size}")
+    return layout.unpack(payload), payload[layout.size:]
+
+
+def _known_flags(flags: int, known: int, what: str) -> None:
+    _check(not flags & ~int(known), f"{what}: unknown flags {flags:#x}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,17 +358,17 @@ class Version:
     minor: int
     caps: Capabilities = field(default_factory=Capabilities)
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<HH")
+    FMT: ClassVar = wire.Layout(major=wire.UINT16, minor=wire.UINT16)
 
     def pack(self) -> bytes:
         data = json.dumps({"capabilities": self.caps.to_json()}, separators=(",", ":")).encode()
-        return self.FMT.pack(self.major, self.minor) + data + b"\0"
+        return self.FMT.pack_obj(self) + data + b"\0"
 
     @classmethod
     def unpack(cls, payload: bytes) -> Version:
         _check(len(payload) >= cls.FMT.size, f"VERSION: payload of {len(payload)} bytes, at least 4 expected")
-        major, minor = cls.FMT.unpack_from(payload)
-        data = payload[cls.FMT.size:]
+        v = cls.FMT.unpack(payload)
+        major, minor, data = v["major"], v["minor"], payload[cls.FMT.size:]
         if not data:
             return cls(major, minor)
         _check(len(data) <= MAX_VERSION_DATA, f"VERSION: {len(data)} bytes of version data")
@@ -362,41 +394,35 @@ class DmaMap:
     address: int  # IOVA
     size: int
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIQQQ")
+    FMT: ClassVar = uapi.ARGSZ.extend(offset=wire.UINT64, address=wire.UINT64, size=wire.UINT64)
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.FMT.size, int(self.flags), self.offset, self.address, self.size)
+        return self.FMT.pack(argsz=self.FMT.size, flags=self.flags, offset=self.offset, address=self.address,
+                                size=self.size)
 
     @classmethod
     def unpack(cls, payload: bytes) -> DmaMap:
-        _exact(payload, cls.FMT.size, "DMA_MAP")
-        argsz, flags, offset, address, size = cls.FMT.unpack(payload)
-        _check(argsz == cls.FMT.size, f"DMA_MAP: argsz {argsz}, expected {cls.FMT.size}")
-        _check(not flags & ~int(DmaFlag.READ | DmaFlag.WRITE), f"DMA_MAP: unknown flags {flags:#x}")
-        _check(size > 0, "DMA_MAP: size 0")
-        _check(address + size - 1 <= _U64, "DMA_MAP: range wraps the 64-bit IOVA space")
-        return cls(DmaFlag(flags), offset, address, size)
+        v = _fixed(cls.FMT, payload, "DMA_MAP", argsz_exact=True)
+        _known_flags(v["flags"], DmaFlag.READ | DmaFlag.WRITE, "DMA_MAP")
+        _check(v["size"] > 0, "DMA_MAP: size 0")
+        _check(v["address"] + v["size"] - 1 <= _U64, "DMA_MAP: range wraps the 64-bit IOVA space")
+        return cls(DmaFlag(v["flags"]), v["offset"], v["address"], v["size"])
 
 
 @dataclass(frozen=True)
-class DmaUnmap:
+class DmaUnmap(_Struct):
     address: int
     size: int
     argsz: int = 24
     flags: int = 0
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIQQ")
-
-    def pack(self) -> bytes:
-        return self.FMT.pack(self.argsz, self.flags, self.address, self.size)
+    FMT: ClassVar = uapi.ARGSZ.extend(address=wire.UINT64, size=wire.UINT64)
 
     @classmethod
     def unpack(cls, payload: bytes) -> DmaUnmap:
-        _exact(payload, cls.FMT.size, "DMA_UNMAP")
-        argsz, flags, address, size = cls.FMT.unpack(payload)
-        _check(argsz >= cls.FMT.size, f"DMA_UNMAP: argsz {argsz} below {cls.FMT.size}")
-        _check(flags == 0, f"DMA_UNMAP: flags {flags:#x} (none defined)")
-        return cls(address, size, argsz, flags)
+        v = _fixed(cls.FMT, payload, "DMA_UNMAP")
+        _check(v["flags"] == 0, f"DMA_UNMAP: flags {v['flags']:#x} (none defined)")
+        return cls(**v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,40 +430,39 @@ class DmaUnmap:
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
+class DeviceInfo(_Struct):
     argsz: int = 16
     flags: DeviceFlag = DeviceFlag.NONE
     num_regions: int = 0
     num_irqs: int = 0
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIII")
-
-    def pack(self) -> bytes:
-        return self.FMT.pack(self.argsz, int(self.flags), self.num_regions, self.num_irqs)
+    #: vfio_device_info before the kernel added ``cap_offset``.
+    FMT: ClassVar = uapi.ARGSZ.extend(num_regions=wire.UINT32, num_irqs=wire.UINT32)
 
     @classmethod
     def unpack(cls, payload: bytes, *, reply: bool) -> DeviceInfo:
-        _exact(payload, cls.FMT.size, "DEVICE_GET_INFO")
-        argsz, flags, num_regions, num_irqs = cls.FMT.unpack(payload)
-        _check(argsz >= cls.FMT.size, f"DEVICE_GET_INFO: argsz {argsz} below {cls.FMT.size}")
+        v = _fixed(cls.FMT, payload, "DEVICE_GET_INFO")
+        flags, num_regions, num_irqs = v["flags"], v["num_regions"], v["num_irqs"]
         if reply:
-            _check(not flags & ~int(DeviceFlag.RESET | DeviceFlag.PCI), f"DEVICE_GET_INFO: unknown flags {flags:#x}")
+            _known_flags(flags, DeviceFlag.RESET | DeviceFlag.PCI, "DEVICE_GET_INFO")
             _check(num_regions <= 64 and num_irqs <= 64,
                    f"DEVICE_GET_INFO: {num_regions} regions, {num_irqs} irq types (64 at most)")
         else:
             _check(flags == num_regions == num_irqs == 0, "DEVICE_GET_INFO: request fields besides argsz not zero")
-        return cls(argsz, DeviceFlag(flags), num_regions, num_irqs)
+        return cls(**v | {"flags": DeviceFlag(flags)})
 
 
 @dataclass(frozen=True)
 class SparseMmapCap:
     areas: tuple[tuple[int, int], ...]  # (offset, size) pairs inside the region
 
-    HEAD: ClassVar[struct.Struct] = struct.Struct("<II")
-    AREA: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    #: After the capability header: ``vfio_region_info_cap_sparse_mmap``'s own fields, then the areas.
+    HEAD: ClassVar = wire.Layout(nr_areas=wire.UINT32, reserved=wire.UINT32)
+    AREA: ClassVar = uapi.SPARSE_MMAP_AREA
 
     def body(self) -> bytes:
-        return self.HEAD.pack(len(self.areas), 0) + b"".join(self.AREA.pack(o, s) for o, s in self.areas)
+        return self.HEAD.pack(nr_areas=len(self.areas), reserved=0) + b"".join(
+            self.AREA.pack(offset=o, size=s) for o, s in self.areas)
 
 
 @dataclass(frozen=True)
@@ -445,14 +470,14 @@ class TypeCap:
     type: int
     subtype: int
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<II")
+    FMT: ClassVar = wire.Layout(type=wire.UINT32, subtype=wire.UINT32)
 
     def body(self) -> bytes:
-        return self.FMT.pack(self.type, self.subtype)
+        return self.FMT.pack_obj(self)
 
 
 RegionCap = SparseMmapCap | TypeCap
-CAP_HEADER: Final = struct.Struct("<HHI")  # id, version, next (offset from the region info start)
+CAP_HEADER: Final = uapi.INFO_CAP_HEADER  # id, version, next (offset from the region info start)
 
 
 @dataclass(frozen=True)
@@ -464,23 +489,21 @@ class RegionInfo:
     caps: tuple[RegionCap, ...] = ()
     argsz: int = 32
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQ")
+    FMT: ClassVar = uapi.REGION_INFO
 
     @classmethod
     def request(cls, index: int, argsz: int = 256) -> RegionInfo:
         return cls(index, argsz=argsz)
 
     def pack_request(self) -> bytes:
-        return self.FMT.pack(self.argsz, 0, self.index, 0, 0, 0)
+        return self.FMT.pack(argsz=self.argsz, flags=0, index=self.index, cap_offset=0, size=0, offset=0)
 
     @classmethod
     def unpack_request(cls, payload: bytes) -> RegionInfo:
-        _exact(payload, cls.FMT.size, "DEVICE_GET_REGION_INFO")
-        argsz, flags, index, cap_offset, size, offset = cls.FMT.unpack(payload)
-        _check(argsz >= cls.FMT.size, f"DEVICE_GET_REGION_INFO: argsz {argsz} below {cls.FMT.size}")
-        _check(flags == cap_offset == size == offset == 0,
+        v = _fixed(cls.FMT, payload, "DEVICE_GET_REGION_INFO")
+        _check(v["flags"] == v["cap_offset"] == v["size"] == v["offset"] == 0,
                "DEVICE_GET_REGION_INFO: request fields besides argsz and index not zero")
-        return cls(index, argsz=argsz)
+        return cls(v["index"], argsz=v["argsz"])
 
     def pack_reply(self, max_argsz: int) -> bytes:
         """The reply; capabilities only when they fit into the requester's ``argsz`` (as VFIO does)."""
@@ -493,7 +516,7 @@ class RegionInfo:
                 cap_id = RegionCapId.SPARSE_MMAP if isinstance(cap, SparseMmapCap) else RegionCapId.TYPE
                 body = cap.body()
                 nxt = pos + CAP_HEADER.size + len(body) if i + 1 < len(self.caps) else 0
-                pieces.append(CAP_HEADER.pack(cap_id, 1, nxt) + body)
+                pieces.append(CAP_HEADER.pack(id=cap_id, version=1, next=nxt) + body)
                 pos += CAP_HEADER.size + len(body)
             chain = b"".join(pieces)
             flags |= RegionFlag.CAPS
@@ -501,20 +524,22 @@ class RegionInfo:
         if full > max_argsz:
             chain = b""
         cap_offset = self.FMT.size if chain else 0
-        return self.FMT.pack(full, int(flags), self.index, cap_offset, self.size, self.offset) + chain
+        return self.FMT.pack(argsz=full, flags=flags, index=self.index, cap_offset=cap_offset, size=self.size,
+                                offset=self.offset) + chain
 
     @classmethod
     def unpack_reply(cls, payload: bytes) -> RegionInfo:
         _check(len(payload) >= cls.FMT.size,
                f"DEVICE_GET_REGION_INFO reply: {len(payload)} bytes, at least {cls.FMT.size} expected")
-        argsz, flags, index, cap_offset, size, offset = cls.FMT.unpack_from(payload)
-        _check(not flags & ~int(RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS),
-               f"DEVICE_GET_REGION_INFO reply: unknown flags {flags:#x}")
+        v = cls.FMT.unpack(payload)
+        flags, size = v["flags"], v["size"]
+        _known_flags(flags, RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS,
+                     "DEVICE_GET_REGION_INFO reply")
         _check(size <= _U64 >> 1, f"DEVICE_GET_REGION_INFO reply: region size {size:#x}")
         caps: list[RegionCap] = []
-        if flags & RegionFlag.CAPS and cap_offset and len(payload) > cls.FMT.size:
-            caps = _parse_caps(payload, cap_offset)
-        return cls(index, RegionFlag(flags), size, offset, tuple(caps), argsz)
+        if flags & RegionFlag.CAPS and v["cap_offset"] and len(payload) > cls.FMT.size:
+            caps = _parse_caps(payload, v["cap_offset"])
+        return cls(v["index"], RegionFlag(flags), size, v["offset"], tuple(caps), v["argsz"])
 
 
 def _parse_caps(payload: bytes, first: int) -> list[RegionCap]:
@@ -524,50 +549,47 @@ def _parse_caps(payload: bytes, first: int) -> list[RegionCap]:
         # Offsets only move forward: a chain cannot loop.
         _check(pos >= RegionInfo.FMT.size and pos + CAP_HEADER.size <= len(payload),
                f"region capability at offset {pos} outside the {len(payload)}-byte reply")
-        cap_id, _version, nxt = CAP_HEADER.unpack_from(payload, pos)
+        head = CAP_HEADER.unpack(payload, pos)
+        cap_id, nxt = head["id"], head["next"]
         _check(nxt == 0 or nxt > pos, f"region capability at {pos} links back to {nxt}")
         end = nxt if nxt else len(payload)
         _check(end <= len(payload), f"region capability at {pos} links past the reply ({nxt})")
         body = payload[pos + CAP_HEADER.size:end]
         if cap_id == RegionCapId.SPARSE_MMAP:
             _check(len(body) >= SparseMmapCap.HEAD.size, "sparse mmap capability shorter than its header")
-            nr, _ = SparseMmapCap.HEAD.unpack_from(body)
+            nr = SparseMmapCap.HEAD.unpack(body)["nr_areas"]
             need = SparseMmapCap.HEAD.size + nr * SparseMmapCap.AREA.size
             _check(len(body) >= need, f"sparse mmap capability: {nr} areas need {need} bytes, {len(body)} given")
-            areas = tuple(SparseMmapCap.AREA.unpack_from(body, SparseMmapCap.HEAD.size + i * SparseMmapCap.AREA.size)
-                          for i in range(nr))
+            areas = tuple(tuple(SparseMmapCap.AREA.unpack(body, SparseMmapCap.HEAD.size + i * SparseMmapCap.AREA.size)
+                                .values()) for i in range(nr))
             caps.append(SparseMmapCap(areas))
         elif cap_id == RegionCapId.TYPE:
             _check(len(body) >= TypeCap.FMT.size, "region type capability shorter than 8 bytes")
-            caps.append(TypeCap(*TypeCap.FMT.unpack_from(body)))
+            caps.append(TypeCap(**TypeCap.FMT.unpack(body)))
         # other capability ids are skipped: they do not change how the region is accessed
         pos = nxt
     return caps
 
 
 @dataclass(frozen=True)
-class IrqInfo:
+class IrqInfo(_Struct):
     index: int
     flags: IrqInfoFlag = IrqInfoFlag.NONE
     count: int = 0
     argsz: int = 16
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIII")
-
-    def pack(self) -> bytes:
-        return self.FMT.pack(self.argsz, int(self.flags), self.index, self.count)
+    FMT: ClassVar = uapi.IRQ_INFO
 
     @classmethod
     def unpack(cls, payload: bytes, *, reply: bool) -> IrqInfo:
-        _exact(payload, cls.FMT.size, "DEVICE_GET_IRQ_INFO")
-        argsz, flags, index, count = cls.FMT.unpack(payload)
-        _check(argsz >= cls.FMT.size, f"DEVICE_GET_IRQ_INFO: argsz {argsz} below {cls.FMT.size}")
+        v = _fixed(cls.FMT, payload, "DEVICE_GET_IRQ_INFO")
+        flags, count = v["flags"], v["count"]
         if reply:
-            _check(not flags & ~0xF, f"DEVICE_GET_IRQ_INFO: unknown flags {flags:#x}")
+            _known_flags(flags, 0xF, "DEVICE_GET_IRQ_INFO")
             _check(count <= 2048, f"DEVICE_GET_IRQ_INFO: {count} interrupts (2048 at most)")
         else:
             _check(flags == count == 0, "DEVICE_GET_IRQ_INFO: request fields besides argsz and index not zero")
-        return cls(index, IrqInfoFlag(flags), count, argsz)
+        return cls(**v | {"flags": IrqInfoFlag(flags)})
 
 
 @dataclass(frozen=True)
@@ -578,7 +600,7 @@ class IrqSet:
     count: int
     data: bytes = b""  # one byte per interrupt with DATA_BOOL
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIIII")
+    FMT: ClassVar = uapi.IRQ_SET
 
     @property
     def data_kind(self) -> IrqSetFlag:
@@ -589,16 +611,15 @@ class IrqSet:
         return self.flags & IRQ_ACTION_MASK
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.FMT.size + len(self.data), int(self.flags), self.index, self.start,
-                             self.count) + self.data
+        return self.FMT.pack(argsz=self.FMT.size + len(self.data), flags=self.flags, index=self.index,
+                                start=self.start, count=self.count) + self.data
 
     @classmethod
     def unpack(cls, payload: bytes) -> IrqSet:
-        _check(len(payload) >= cls.FMT.size, f"DEVICE_SET_IRQS: payload of {len(payload)} bytes, at least 20")
-        argsz, flags, index, start, count = cls.FMT.unpack_from(payload)
-        data = payload[cls.FMT.size:]
-        _check(argsz == len(payload), f"DEVICE_SET_IRQS: argsz {argsz} but {len(payload)} bytes of payload")
-        _check(not flags & ~int(IRQ_DATA_MASK | IRQ_ACTION_MASK), f"DEVICE_SET_IRQS: unknown flags {flags:#x}")
+        v, data = _head(cls.FMT, payload, "DEVICE_SET_IRQS")
+        flags, index, start, count = v["flags"], v["index"], v["start"], v["count"]
+        _check(v["argsz"] == len(payload), f"DEVICE_SET_IRQS: argsz {v['argsz']} but {len(payload)} bytes of payload")
+        _known_flags(flags, IRQ_DATA_MASK | IRQ_ACTION_MASK, "DEVICE_SET_IRQS")
         kinds = [f for f in (IrqSetFlag.DATA_NONE, IrqSetFlag.DATA_BOOL, IrqSetFlag.DATA_EVENTFD) if flags & f]
         actions = [f for f in (IrqSetFlag.ACTION_MASK, IrqSetFlag.ACTION_UNMASK, IrqSetFlag.ACTION_TRIGGER)
                    if flags & f]
@@ -628,16 +649,15 @@ class RegionAccess:
     count: int
     data: bytes = b""
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<QII")
+    FMT: ClassVar = wire.Layout(offset=wire.UINT64, region=wire.UINT32, count=wire.UINT32)
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.offset, self.region, self.count) + self.data
+        return self.FMT.pack_obj(self) + self.data
 
     @classmethod
     def unpack(cls, payload: bytes, *, with_data: bool, what: str) -> RegionAccess:
-        _check(len(payload) >= cls.FMT.size, f"{what}: payload of {len(payload)} bytes, at least 16")
-        offset, region, count = cls.FMT.unpack_from(payload)
-        data = payload[cls.FMT.size:]
+        v, data = _head(cls.FMT, payload, what)
+        offset, region, count = v["offset"], v["region"], v["count"]
         if with_data:
             _check(len(data) == count, f"{what}: count {count} but {len(data)} data bytes")
         else:
@@ -666,22 +686,21 @@ class BenchIoeventfd:
     datamatch: int
     cookie: int
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQ")
+    FMT: ClassVar = uapi.ARGSZ.extend(index=wire.UINT32, width=wire.UINT32, offset=wire.UINT64,
+                                         datamatch=wire.UINT64, cookie=wire.UINT64)
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.FMT.size, int(self.flags), self.index, self.width, self.offset, self.datamatch,
-                             self.cookie)
+        return self.FMT.pack(argsz=self.FMT.size, **{n: getattr(self, n) for n in self.FMT.names[1:]})
 
     @classmethod
     def unpack(cls, payload: bytes) -> BenchIoeventfd:
-        _exact(payload, cls.FMT.size, "BENCH_IOEVENTFD")
-        argsz, flags, index, width, offset, datamatch, cookie = cls.FMT.unpack(payload)
-        _check(argsz == cls.FMT.size, f"BENCH_IOEVENTFD: argsz {argsz}, expected {cls.FMT.size}")
-        _check(not flags & ~int(IoeventfdFlag.DATAMATCH | IoeventfdFlag.REMOVE),
-               f"BENCH_IOEVENTFD: unknown flags {flags:#x}")
+        v = _fixed(cls.FMT, payload, "BENCH_IOEVENTFD", argsz_exact=True)
+        width, datamatch = v["width"], v["datamatch"]
+        _known_flags(v["flags"], IoeventfdFlag.DATAMATCH | IoeventfdFlag.REMOVE, "BENCH_IOEVENTFD")
         _check(width in (1, 2, 4, 8), f"BENCH_IOEVENTFD: width {width} (1, 2, 4 or 8)")
         _check(datamatch >> (8 * width) == 0, f"BENCH_IOEVENTFD: datamatch {datamatch:#x} wider than {width} bytes")
-        return cls(IoeventfdFlag(flags), index, width, offset, datamatch, cookie)
+        del v["argsz"]
+        return cls(**v | {"flags": IoeventfdFlag(v["flags"])})
 
 
 @dataclass(frozen=True)
@@ -691,12 +710,12 @@ class FaultRecord:
     access: int  # DmaPerm bits: 1 device read, 2 device write
     reason: str
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<QQII")
+    FMT: ClassVar = wire.Layout(iova=wire.UINT64, size=wire.UINT64, access=wire.UINT32, reason_len=wire.UINT32)
     MAX_REASON: ClassVar[int] = 512
 
     def pack(self) -> bytes:
         reason = self.reason.encode()[:self.MAX_REASON]
-        return self.FMT.pack(self.iova, self.size, self.access, len(reason)) + reason
+        return self.FMT.pack(iova=self.iova, size=self.size, access=self.access, reason_len=len(reason)) + reason
 
 
 @dataclass(frozen=True)
@@ -707,35 +726,37 @@ class BenchDmaFaults:
     faults: tuple[FaultRecord, ...] = ()
     argsz: int = 12  # request: the largest reply taken; reply: its size
 
-    REQ: ClassVar[struct.Struct] = struct.Struct("<II")
-    REPLY: ClassVar[struct.Struct] = struct.Struct("<III")
+    REQ: ClassVar = uapi.ARGSZ
+    REPLY: ClassVar = uapi.ARGSZ.extend(count=wire.UINT32)
 
     def pack_request(self) -> bytes:
-        return self.REQ.pack(self.argsz, 0)
+        return self.REQ.pack(argsz=self.argsz, flags=0)
 
     @classmethod
     def unpack_request(cls, payload: bytes) -> BenchDmaFaults:
         _exact(payload, cls.REQ.size, "BENCH_DMA_FAULTS")
-        argsz, flags = cls.REQ.unpack(payload)
-        _check(argsz >= cls.REPLY.size, f"BENCH_DMA_FAULTS: argsz {argsz} below {cls.REPLY.size}")
-        _check(flags == 0, f"BENCH_DMA_FAULTS: request flags {flags:#x}")
-        return cls(argsz=argsz)
+        v = cls.REQ.unpack(payload)
+        _check(v["argsz"] >= cls.REPLY.size, f"BENCH_DMA_FAULTS: argsz {v['argsz']} below {cls.REPLY.size}")
+        _check(v["flags"] == 0, f"BENCH_DMA_FAULTS: request flags {v['flags']:#x}")
+        return cls(argsz=v["argsz"])
 
     def pack_reply(self) -> bytes:
         body = b"".join(f.pack() for f in self.faults)
-        return self.REPLY.pack(self.REPLY.size + len(body), int(self.flags), len(self.faults)) + body
+        return self.REPLY.pack(argsz=self.REPLY.size + len(body), flags=self.flags, count=len(self.faults)) + body
 
     @classmethod
     def unpack_reply(cls, payload: bytes) -> BenchDmaFaults:
         _check(len(payload) >= cls.REPLY.size, f"BENCH_DMA_FAULTS reply: {len(payload)} bytes")
-        argsz, flags, count = cls.REPLY.unpack_from(payload)
+        v = cls.REPLY.unpack(payload)
+        argsz, flags = v["argsz"], v["flags"]
         _check(argsz == len(payload), f"BENCH_DMA_FAULTS reply: argsz {argsz} but {len(payload)} bytes")
-        _check(not flags & ~int(FaultsFlag.MORE), f"BENCH_DMA_FAULTS reply: unknown flags {flags:#x}")
+        _known_flags(flags, FaultsFlag.MORE, "BENCH_DMA_FAULTS reply")
         pos = cls.REPLY.size
         faults: list[FaultRecord] = []
-        for i in range(count):
+        for i in range(v["count"]):
             _check(pos + FaultRecord.FMT.size <= len(payload), f"BENCH_DMA_FAULTS reply: fault {i} truncated")
-            iova, size, access, n = FaultRecord.FMT.unpack_from(payload, pos)
+            rec = FaultRecord.FMT.unpack(payload, pos)
+            iova, size, access, n = rec["iova"], rec["size"], rec["access"], rec["reason_len"]
             pos += FaultRecord.FMT.size
             _check(access in (1, 2), f"BENCH_DMA_FAULTS reply: fault {i} access {access} (1 read, 2 write)")
             _check(n <= FaultRecord.MAX_REASON and pos + n <= len(payload),
@@ -762,17 +783,16 @@ class BenchPort:
     arg: int = 0
     data: bytes = b""
 
-    FMT: ClassVar[struct.Struct] = struct.Struct("<III")
+    FMT: ClassVar = wire.Layout(argsz=wire.UINT32, op=wire.UINT32, arg=wire.UINT32)
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.FMT.size + len(self.data), int(self.op), self.arg) + self.data
+        return self.FMT.pack(argsz=self.FMT.size + len(self.data), op=self.op, arg=self.arg) + self.data
 
     @classmethod
     def unpack(cls, payload: bytes) -> BenchPort:
-        _check(len(payload) >= cls.FMT.size, f"BENCH_PORT: payload of {len(payload)} bytes, at least 12")
-        argsz, op, arg = cls.FMT.unpack_from(payload)
-        data = payload[cls.FMT.size:]
-        _check(argsz == len(payload), f"BENCH_PORT: argsz {argsz} but {len(payload)} bytes")
+        v, data = _head(cls.FMT, payload, "BENCH_PORT")
+        op, arg = v["op"], v["arg"]
+        _check(v["argsz"] == len(payload), f"BENCH_PORT: argsz {v['argsz']} but {len(payload)} bytes")
         _check(op in PortOp._value2member_map_, f"BENCH_PORT: operation {op}")
         port_op = PortOp(op)
         if port_op is PortOp.SET_LINK:
