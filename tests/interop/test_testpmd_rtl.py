@@ -20,7 +20,13 @@ from sim.rtl.build import ToolchainMissing
 from testbenches.peers.process import require_peer, require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
-from tests.interop.test_testpmd_virtio_user import assert_clean_log, check_pcap, negotiated, run_traffic
+from tests.interop.test_testpmd_virtio_user import (
+    assert_clean_log,
+    check_pcap,
+    negotiated,
+    run_traffic,
+    two_queue_pairs,
+)
 
 CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock running, (\d+) doorbells")
 
@@ -59,18 +65,4 @@ def test_testpmd_two_queue_pairs_through_rtl(tmp_path: Path, sock: str) -> None:
     """``queues=2,cq=1``: the backend sets the RTL's pairs through the RTL's control queue
     (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET); both transmit queues carry traffic and it comes back."""
     build_variant(RtlOptions("virtio-net,queues=2"))
-    with ServeProcess(sock, "rtl:virtio-net,queues=2,wire=loopback", log=tmp_path / "serve.log") as serve:
-        serve.wait_listening()
-        with Testpmd(virtio_user_vdev(sock, queues=2) + ",cq=1", log=tmp_path / "testpmd.log", cpu=1,
-                     extra_app=("--rxq=2", "--txq=2")) as tp:
-            tp.wait_ready()
-            run_traffic(tp)
-            xstats = dict(re.findall(r"(\w+): (\d+)", tp.command("show port xstats 0")))
-            assert int(xstats["tx_q0_good_packets"]) > 0 and int(xstats["tx_q1_good_packets"]) > 0, xstats
-            assert tp.quit() == 0
-        serve.proc.wait_for("frontend disconnected", 10.0)
-        [features] = negotiated(serve)
-        assert features & (1 << NetF.MQ) and features & (1 << NetF.CTRL_VQ)
-        assert "device uses 2 queue pair(s)" in serve.proc.output()
-        assert_clean_log(serve, 1)
-        assert serve.stop() == 0
+    two_queue_pairs("rtl:virtio-net,queues=2,wire=loopback", sock, tmp_path)

@@ -133,7 +133,13 @@ def test_two_queue_pairs(tmp_path: Path, sock: str) -> None:
     """``queues=2,cq=1``: virtio_user runs the control queue itself and enables the second pair with
     SET_VRING_ENABLE; the backend sets the device's pairs through its own control queue; both TX
     queues carry traffic and it comes back."""
-    with ServeProcess(sock, "sim:virtio-net,queues=2,wire=loopback", log=tmp_path / "serve.log") as serve:
+    two_queue_pairs("sim:virtio-net,queues=2,wire=loopback", sock, tmp_path)
+
+
+def two_queue_pairs(device: str, sock: str, tmp_path: Path) -> None:
+    """testpmd with two queue pairs and its control queue on ``serve --device DEVICE``: both TX queues carry
+    traffic that comes back, MQ and CTRL_VQ negotiated, the device told to use both pairs."""
+    with ServeProcess(sock, device, log=tmp_path / "serve.log") as serve:
         serve.wait_listening()
         with Testpmd(virtio_user_vdev(sock, queues=2) + ",cq=1", log=tmp_path / "testpmd.log", cpu=1,
                      extra_app=("--rxq=2", "--txq=2")) as tp:
