@@ -31,10 +31,7 @@ peer ignores an unknown capability, so the client then falls back):
 
 from __future__ import annotations
 
-import array
-import contextlib
 import json
-import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -43,6 +40,7 @@ from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Final
 
 from backend import wire
+from backend.fd_channel import ControlTruncated, FdChannel, PeerClosed, close_fds, owned_fds
 from backend.pci import vfio_uapi as uapi
 
 # ---------------------------------------------------------------------------------------------
@@ -837,8 +835,6 @@ class PortState:
 # ---------------------------------------------------------------------------------------------
 # socket transport
 
-_FD_SIZE: Final = array.array("i").itemsize
-
 
 @dataclass
 class Message:
@@ -849,64 +845,37 @@ class Message:
     fds: list[int] = field(default_factory=list)
 
     def close_fds(self) -> None:
-        while self.fds:
-            with contextlib.suppress(OSError):
-                os.close(self.fds.pop())
+        fds = list(self.fds)
+        self.fds.clear()
+        close_fds(fds)
 
     def take_fd(self) -> int:
         return self.fds.pop(0)
 
 
-def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
-            fds.extend(arr)
-    return fds
-
-
-def _recv_into(sock: socket.socket, size: int, fds: list[int], max_fds: int, started: bool) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data, ancdata, flags, _ = sock.recvmsg(size - len(buf), socket.CMSG_SPACE(max(max_fds, 1) * _FD_SIZE))
-        fds.extend(_fds_of(ancdata))
-        if flags & socket.MSG_CTRUNC:
-            raise VfioUserProtocolError(f"more than {max_fds} fds came with one message")
-        if not data:
-            raise ConnectionClosed("connection closed", partial=started or bool(buf))
-        buf += data
-    return bytes(buf)
-
-
 def recv_message(sock: socket.socket, *, max_size: int, max_fds: int) -> Message:
-    """One message and every fd that came with it (header and payload).
+    """One message and every fd that came with it (header and payload), through :class:`FdChannel`.
 
-    On a protocol error the fds are closed and :class:`VfioUserProtocolError` is raised; the stream
-    cannot be trusted after it. A clean close between messages raises :class:`ConnectionClosed`.
+    On a protocol error (more than ``max_fds`` fds included) the fds are closed and
+    :class:`VfioUserProtocolError` is raised; the stream cannot be trusted after it. A close
+    raises :class:`ConnectionClosed` (``partial`` inside a message).
     """
-    fds: list[int] = []
-    try:
-        raw = _recv_into(sock, HEADER_SIZE, fds, max_fds, False)
-        header = Header.unpack(raw, max_size=max_size)
-        payload = _recv_into(sock, header.payload_size, fds, max_fds, True) if header.payload_size else b""
-        _check(len(fds) <= max_fds, f"{len(fds)} fds came with one message, at most {max_fds} accepted")
+    chan = FdChannel(sock, max_fds=max_fds)
+    with owned_fds() as fds:
+        try:
+            raw = chan.recv_exact(HEADER_SIZE, fds)
+            header = Header.unpack(raw, max_size=max_size)
+            payload = chan.recv_exact(header.payload_size, fds, started=True) if header.payload_size else b""
+        except PeerClosed as exc:
+            raise ConnectionClosed(str(exc), partial=exc.partial) from None
+        except ControlTruncated as exc:
+            raise VfioUserProtocolError(str(exc)) from None
         return Message(header, payload, fds)
-    except BaseException:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
 
 
 def send_message(sock: socket.socket, header: Header, payload: bytes = b"", fds: Sequence[int] = ()) -> None:
-    """Send header + payload in one ``sendmsg``; the fds go with its first byte."""
-    data = header.pack() + payload
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    sent = sock.sendmsg([data], anc)
-    if sent < len(data):
-        sock.sendall(data[sent:])
+    """Send header + payload; the fds go with its first byte."""
+    FdChannel(sock, max_fds=len(fds)).send(header.pack() + payload, fds)
 
 
 def command(msg_id: int, cmd: int, payload: bytes = b"", *, no_reply: bool = False) -> Header:

@@ -45,12 +45,12 @@ a failure ack; otherwise :class:`SessionClosed` tells the server to drop the con
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
+from backend.fd_channel import close_fds
 from backend.vhost_user import messages as m
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
@@ -140,7 +140,10 @@ class SessionStats:
 
 
 class VhostUserSession:
-    """Per-connection state; :meth:`handle` one decoded message at a time, :meth:`close` at the end."""
+    """Per-connection state; :meth:`handle` one decoded message at a time, :meth:`close` at the end.
+
+    The session owns ``device`` from construction: :meth:`close` closes it.
+    """
 
     def __init__(self, device: VdpaDevice, *, name: str = "vhost-user") -> None:
         self.device = device
@@ -590,7 +593,9 @@ class VhostUserSession:
     # --- teardown ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the device, unmap and close the memory table, close every fd the session holds."""
+        """Give back everything the session took: stop the device, close the backend's control queue and
+        every ring's eventfds, unmap and close the memory table, then close the device (the session owns
+        it). Each step runs even when an earlier one fails; after it the session holds no fd, mapping or thread."""
         if self._closed:
             return
         self._closed = True
@@ -599,24 +604,24 @@ class VhostUserSession:
         except VdpaError as exc:
             log.warning("%s: device reset at close failed: %s", self.name, exc)
         finally:
-            self._close_cvq()
-            for ring in self.rings.values():
-                self._close_fds(list(ring.fds()))
-            self.rings.clear()
-            if self.table is not None:
+            try:
+                self._close_cvq()
+            finally:
+                for ring in self.rings.values():
+                    self._close_fds(list(ring.fds()))
+                self.rings.clear()
                 try:
-                    self.table.close()
+                    if self.table is not None:
+                        self.table.close()
                 except MemoryTableError as exc:
                     log.warning("%s: memory table close: %s", self.name, exc)
-                self.table = None
+                finally:
+                    self.table = None
+                    self.device.close()
 
     @staticmethod
     def _close_fds(fds: Iterable[int]) -> None:
-        for fd in set(fds):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(set(fds))
 
 
 def _u64(p: m.Payload) -> int:

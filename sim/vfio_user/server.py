@@ -9,12 +9,14 @@ never copied over the socket), interrupts fire the client's eventfds through the
 MSI-X/INTx, and an ioeventfd (the ``BENCH_IOEVENTFD`` extension) is waited on here and turned
 into the doorbell write, so kicks do not pass through the client.
 
+Connections, their threads and their release are :class:`~backend.unix_socket.UnixSocketServer`'s;
+fds come and go through :class:`~backend.fd_channel.FdChannel` (:mod:`backend.pci.vfio_user_msg`).
 Clients come one after the other: when one goes away, its DMA mappings, interrupt eventfds and
 ioeventfds are dropped (every fd it passed is closed) and the device is reset, ready for the
-next. A client connecting while every device is in use gets another instance from the factory
-(up to ``max_devices``): the conformance suite opens several devices at once, as it does
-in process. A malformed message drops that client with a logged reason; a request the device
-refuses gets an error reply with an errno.
+next; the server keeps no more of an ended client than its record's reason. A client connecting
+while every device is in use gets another instance from the factory (up to ``max_devices``): the
+conformance suite opens several devices at once, as it does in process. A malformed message drops
+that client with a logged reason; a request the device refuses gets an error reply with an errno.
 """
 
 from __future__ import annotations
@@ -23,17 +25,17 @@ import contextlib
 import errno
 import logging
 import os
-import select
 import socket
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backend.eventloop import EventLoop, consume_eventfd
 from backend.pci import vfio_user_msg as m
 from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice, PciError, RegionIndex
+from backend.unix_socket import Connection, UnixSocketServer
 from sim.pci.endpoint import PciEndpoint
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,6 @@ MAX_MESSAGE = m.HEADER_SIZE + m.RegionAccess.FMT.size + SERVER_CAPS.max_data_xfe
 JOIN_TIMEOUT = 5.0
 #: Bound on a new client's wait for a device when ``max_devices`` are all in use.
 ACQUIRE_TIMEOUT = 5.0
-#: Ended sessions kept in :attr:`VfioUserServer.sessions`.
-KEEP_ENDED = 256
 
 class ExportedDevice(PciDevice, Protocol):
     """What the server exports: a simulated device with its endpoint (behavioral model or RTL)."""
@@ -74,16 +74,12 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass
-class SessionRecord:
-    """One client connection: why it ended (``reason`` None for a clean hang-up) and what it did."""
+@dataclass(eq=False)
+class SessionRecord(Connection):
+    """One client connection: why it ended (``reason`` None for a clean hang-up) and what it did; its
+    :class:`Session` while it lasts (dropped at the end, the device going back to the pool)."""
 
-    id: int
-    sock: socket.socket
-    thread: threading.Thread | None = None
-    reason: str | None = None
-    handled: int = 0
-    ended: threading.Event = field(default_factory=threading.Event)
+    session: Session | None = None
 
 
 @dataclass
@@ -144,33 +140,31 @@ class Session:
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        try:
-            while True:
-                try:
-                    msg = m.recv_message(self.sock, max_size=MAX_MESSAGE, max_fds=SERVER_MAX_FDS)
-                except m.ConnectionClosed as exc:
-                    if exc.partial:
-                        self.record.reason = "connection closed in the middle of a message"
-                    return
-                except m.VfioUserProtocolError as exc:
-                    self._drop(f"malformed message: {exc.reason}")
-                    return
-                except OSError as exc:
-                    self.record.reason = f"socket error: {exc.strerror or exc}"
-                    return
-                try:
-                    self._dispatch(msg)
-                except m.VfioUserProtocolError as exc:
-                    self._drop(f"malformed {msg.header.command_name()}: {exc.reason}")
-                    return
-                except OSError as exc:
-                    self.record.reason = f"socket error while replying: {exc.strerror or exc}"
-                    return
-                finally:
-                    msg.close_fds()
-                self.record.handled += 1
-        finally:
-            self.release()
+        """Serve messages until the client hangs up or is dropped; :meth:`release` gives back what it took."""
+        while True:
+            try:
+                msg = m.recv_message(self.sock, max_size=MAX_MESSAGE, max_fds=SERVER_MAX_FDS)
+            except m.ConnectionClosed as exc:
+                if exc.partial:
+                    self.record.reason = "connection closed in the middle of a message"
+                return
+            except m.VfioUserProtocolError as exc:
+                self._drop(f"malformed message: {exc.reason}")
+                return
+            except OSError as exc:
+                self.record.reason = f"socket error: {exc.strerror or exc}"
+                return
+            try:
+                self._dispatch(msg)
+            except m.VfioUserProtocolError as exc:
+                self._drop(f"malformed {msg.header.command_name()}: {exc.reason}")
+                return
+            except OSError as exc:
+                self.record.reason = f"socket error while replying: {exc.strerror or exc}"
+                return
+            finally:
+                msg.close_fds()
+            self.record.handled += 1
 
     def _drop(self, reason: str) -> None:
         self.record.reason = reason
@@ -490,75 +484,34 @@ class Session:
             log.info("%s: %d DMA fault(s) the client never collected, first: %s", self.label, len(left), left[0])
 
 
-class VfioUserServer:
+class VfioUserServer(UnixSocketServer[SessionRecord]):
     """Listens on ``path``; each connection is served by a device from ``factory`` (reused after a reset)."""
 
     def __init__(self, path: str, factory: DeviceFactory, *, name: str = "vfio-user", max_devices: int = 8,
                  backlog: int = 8) -> None:
-        self.path = path
         self.factory = factory
-        self.name = name
         self.max_devices = max_devices
-        self.sessions: list[SessionRecord] = []
         self.devices: list[ExportedDevice] = []
         self._idle: list[ExportedDevice] = []
-        self._lock = threading.Lock()
-        self._free = threading.Condition(self._lock)  # a device went idle
+        self._free = threading.Condition()  # guards the device pool; notified when a device goes idle
         self._building = 0
-        self._closed = False
-        self._next_id = 1
-        self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._listener.bind(path)
-            self._listener.listen(backlog)
-        except OSError:
-            self._listener.close()
-            os.close(self._stop)
-            raise
-        self._accepter = threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True)
-        self._accepter.start()
+        super().__init__(path, backlog=backlog, name=name)
 
-    def _accept_loop(self) -> None:
-        while True:
-            ready, _, _ = select.select([self._listener.fileno(), self._stop], [], [])
-            if self._stop in ready:
-                return
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            self._start_session(conn)
-
-    def _start_session(self, conn: socket.socket) -> None:
-        with self._lock:
-            if self._closed:
-                conn.close()
-                return
-            sid = self._next_id
-            self._next_id += 1
-            record = SessionRecord(sid, conn)
-            # Ended sessions are kept for inspection, the most recent ones only.
-            done = [r for r in self.sessions if r.ended.is_set()]
-            for old in done[:max(0, len(done) - KEEP_ENDED)]:
-                self.sessions.remove(old)
-            self.sessions.append(record)
-        record.thread = threading.Thread(target=self._serve, args=(record,), name=f"{self.name}-{sid}", daemon=True)
-        record.thread.start()
+    def new_connection(self, id: int, sock: socket.socket) -> SessionRecord:
+        return SessionRecord(id, sock)
 
     def _acquire(self, record: SessionRecord) -> ExportedDevice | None:
         """An idle device (reset when its last client left), a new one, or after a bounded wait for one."""
-        deadline = ACQUIRE_TIMEOUT
         with self._free:
             while True:
-                if self._closed:
+                if self.closed:
                     return None
                 if self._idle:
                     return self._idle.pop()
                 if self._building + len(self.devices) < self.max_devices:
                     self._building += 1
                     break
-                if not self._free.wait(deadline):
+                if not self._free.wait(ACQUIRE_TIMEOUT):
                     record.reason = f"all {self.max_devices} devices stayed in use for {ACQUIRE_TIMEOUT}s"
                     return None
         try:
@@ -573,55 +526,48 @@ class VfioUserServer:
             self.devices.append(dev)
         return dev
 
-    def _serve(self, record: SessionRecord) -> None:
+    def serve_connection(self, record: SessionRecord) -> None:
         label = f"{self.name}#{record.id}"
         dev = self._acquire(record)
         if dev is None:
             if record.reason:
                 log.warning("%s: refused: %s", label, record.reason)
-            record.sock.close()
-            record.ended.set()
             return
         log.info("%s: client connected (device %s)", label, dev.name)
-        session = Session(record, dev, label)
+        record.session = Session(record, dev, label)
+        record.session.run()
+
+    def release_connection(self, record: SessionRecord) -> None:
+        session, record.session = record.session, None
+        if session is None:
+            return
+        dev = session.dev
         try:
-            session.run()
-        except Exception as exc:  # a bug here must not take the server down, nor go unreported
-            record.reason = f"internal error: {exc!r}"
-            log.exception("%s: internal error", label)
+            session.release()
         finally:
-            with contextlib.suppress(OSError):
-                record.sock.close()
-            how = f"dropped ({record.reason})" if record.reason else "disconnected"
-            log.info("%s: client %s after %d message(s); device reset", label, how, record.handled)
             with self._free:
-                if self._closed:
-                    dev.close()
+                closing = self.closed  # read once: close() takes the idle devices after this
+                if closing:
                     self.devices.remove(dev)
                 else:
                     self._idle.append(dev)
                     self._free.notify()
-            record.ended.set()
+            if closing:
+                dev.close()
+
+    def connection_ended(self, record: SessionRecord) -> None:
+        how = f"dropped ({record.reason})" if record.reason else "disconnected"
+        log.info("%s#%d: client %s after %d message(s); device reset", self.name, record.id, how, record.handled)
+
+    def stopping(self) -> None:
+        with self._free:
+            self._free.notify_all()  # clients waiting for a device give up
 
     def close(self, timeout: float = JOIN_TIMEOUT) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._free.notify_all()
-            records = list(self.sessions)
+        super().close(timeout)
+        with self._free:
             idle, self._idle = self._idle, []
             for dev in idle:
                 self.devices.remove(dev)
-        os.eventfd_write(self._stop, 1)
-        self._accepter.join(timeout)
-        self._listener.close()
-        for record in records:
-            with contextlib.suppress(OSError):
-                record.sock.shutdown(socket.SHUT_RDWR)
-        for record in records:
-            if record.thread is not None:
-                record.thread.join(timeout)
         for dev in idle:
             dev.close()
-        os.close(self._stop)

@@ -16,12 +16,12 @@ Typical use::
 
 from __future__ import annotations
 
-import array
 import os
 import socket
 from collections.abc import Sequence
 
 from backend.eventloop import new_eventfd
+from backend.fd_channel import FdChannel
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import recv_message, send_message
 from backend.virtio.features import DeviceStatus, F
@@ -76,8 +76,7 @@ class VhostUserFrontend:
 
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Bytes as they are (hostile tests): no validation."""
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-        self.sock.sendmsg([data], anc)
+        FdChannel(self.sock, max_fds=len(fds)).send(data, fds)
 
     def recv(self) -> m.Message:
         msg = recv_message(self.sock, reply=True)
