@@ -59,7 +59,7 @@ test: system $(STAMP) lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend sim models testbenches tests bench
+	$(BIN)/ruff check backend sim models testbenches tests bench tools examples
 	$(BIN)/mypy
 
 suite: system $(STAMP)

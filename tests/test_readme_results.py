@@ -147,3 +147,12 @@ def test_the_docs_point_nowhere_outside_the_repository(doc: str) -> None:
         if re.match(r"[a-z]+://", target):
             continue
         assert (path.parent / target.split("#")[0]).exists(), f"{doc} links to {target}, not in the repository"
+
+
+def test_the_readme_examples_are_the_files_the_tests_run() -> None:
+    """Each ``<!-- example:PATH -->`` block in the README is that file, byte for byte."""
+    text = README.read_text()
+    blocks = re.findall(r"<!-- example:(\S+) -->\n```python\n(.*?)```\n<!-- /example -->", text, re.S)
+    assert blocks, "the README embeds no example program"
+    for path, body in blocks:
+        assert (ROOT / path).read_text() == body, f"README's copy of {path} differs from the file: re-paste it"
