@@ -11,15 +11,18 @@ Spec: ``virtio-net[,key=value...]`` with keys
 - ``inorder_batch=0|1``  return IN_ORDER TX batches as one used element (default 1)
 - ``wire=loopback|none``  (default loopback)
 - ``pcap=PATH``  capture the wire into a pcap file
-- ``model=package.module:Class``  a VirtioNetDevice subclass to build instead (vendor variants)
+- ``model=NAME``  an installed model variant (entry point group ``vdpa_bench.models``, e.g. a vendor's),
+  or ``package.module:Class``, a VirtioNetDevice subclass no distribution registers (test variants)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
-from backend.targets import TargetRegistry
+from backend.pci.abilities import Abilities, ErrorRecord, WireKind
+from backend.providers import MODELS_GROUP, group, load
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.wire import LoopbackWire, NullPort, PcapTap, Wire
 from sim.pci_device import SimPciDevice
@@ -35,6 +38,14 @@ class SimNetDevice(SimPciDevice):
         self.model = model
         self.wire = wire
 
+    def abilities(self) -> Abilities:
+        if self.wire is None:
+            wire, why = WireKind.NONE, f"{self.name}: the model's port is unplugged (wire=none)"
+        else:
+            wire, why = WireKind.LOOPBACK, f"{self.name}: the model's port is on a loopback wire"
+        return dataclasses.replace(super().abilities(), wire=wire, wire_why=why, port=self.model,
+                                   errors=ErrorRecord(self.model.errors))
+
     def close(self) -> None:
         super().close()
         if self.wire is not None:
@@ -48,17 +59,25 @@ def _int(key: str, value: str) -> int:
         raise ValueError(f"sim:virtio-net: {key}={value!r} is not an integer") from None
 
 
-def load_model_class(path: str) -> type[VirtioNetDevice]:
-    """``package.module:Class`` to a VirtioNetDevice subclass."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"sim:virtio-net: model={path!r} must be package.module:Class")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"sim:virtio-net: cannot load model {path!r}: {exc}") from None
+def load_model_class(name: str) -> type[VirtioNetDevice]:
+    """``model=NAME``: a model of the ``vdpa_bench.models`` entry point group (an installed variant), or
+    ``package.module:Class`` for a class that no distribution registers (the seeded-bug variants of the tests)."""
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        models = group(MODELS_GROUP)
+        if name not in models:
+            known = ", ".join(sorted(models)) or "none installed"
+            raise ValueError(f"sim:virtio-net: unknown model {name!r} (installed: {known}; or package.module:Class)")
+        cls = load(models[name])  # ProviderError names the broken entry point
+    elif not module_name or not attr:
+        raise ValueError(f"sim:virtio-net: model={name!r} must be NAME or package.module:Class")
+    else:
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"sim:virtio-net: cannot load model {name!r}: {exc}") from None
     if not isinstance(cls, type) or not issubclass(cls, VirtioNetDevice):
-        raise ValueError(f"sim:virtio-net: model {path!r} is not a VirtioNetDevice subclass")
+        raise ValueError(f"sim:virtio-net: model {name!r} is not a VirtioNetDevice subclass")
     return cls
 
 
@@ -124,7 +143,3 @@ def loopback_wire(model: VirtioNetDevice) -> LoopbackWire:
 def loopback_device(model: VirtioNetDevice, name: str) -> SimNetDevice:
     """An already built model (any constructor arguments) on a loopback wire, as a ``PciDevice``."""
     return SimNetDevice(model, loopback_wire(model), name=name)
-
-
-def register(registry: TargetRegistry) -> None:
-    registry.register("sim", open_virtio_net)

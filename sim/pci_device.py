@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
 from backend.eventloop import EventLoop
+from backend.pci.abilities import Abilities, ExceptionLog, ObserverList
 from backend.pci.device import (
     DmaFault,
     DmaPerm,
@@ -65,6 +67,10 @@ class EndpointPciAccess:
 
     def dma_faults(self) -> list[DmaFault]:
         return self.endpoint.iommu.drain_faults()
+
+    def abilities(self) -> Abilities:
+        """Every DMA access passes the endpoint's IOMMU model: observed as it happens, faults recorded."""
+        return Abilities(dma_observer=ObserverList(self.endpoint.iommu.observers), faults=self)
 
     # --- interrupts ----------------------------------------------------------------------------
 
@@ -156,6 +162,12 @@ class SimPciDevice(EndpointPciAccess):
             self.loop.unwatch(fd)
 
     # --- lifecycle -----------------------------------------------------------------------------
+
+    def abilities(self) -> Abilities:
+        # A doorbell write runs the model in the caller's thread: the work and its interrupts are done
+        # when it returns. Kicks by ioeventfd run on the event loop, whose failures it keeps.
+        return dataclasses.replace(super().abilities(), crashes=ExceptionLog(self.loop.errors),
+                                   synchronous_doorbell=True)
 
     def reset(self) -> None:
         self.endpoint.function_reset()

@@ -31,7 +31,7 @@ from backend.virtio.split_ring import DescFlags, Descriptor
 from models.rtl.targets import RtlOptions, build_variant
 from sim.memory import GuestMemory
 from sim.rtl.build import ToolchainMissing
-from testbenches.conformance.checks._bringup import NEEDS_RESET, TX, UNMAPPED_IOVA, rig, wait_fd
+from testbenches.conformance.harness import NEEDS_RESET, TX, UNMAPPED_IOVA, Bench, WireProbes, wait_fd
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
 from testbenches.peers.process import require_peer
@@ -176,7 +176,7 @@ def test_dma_outside_the_maps_is_a_reported_fault(rtl_builds: None) -> None:
         return dev
 
     try:
-        with rig(open_target) as r:
+        with Bench(open_target, f"{RTL},wire=none", WireProbes()).rig() as r:
             d = r.up(queue_size=8, rx_buffers=0)
             ring = d.queues[TX]
             hdr = ring.alloc_buffer(bytes(d.hdr_len))
@@ -190,7 +190,7 @@ def test_dma_outside_the_maps_is_a_reported_fault(rtl_builds: None) -> None:
             assert any(UNMAPPED_IOVA <= f.iova < UNMAPPED_IOVA + 64 for f in faults), faults
             assert "SLVERR" in faults[0].reason
             assert d.transport.status() & NEEDS_RESET
-            assert any(e.startswith("FEAT-DRV-11") for e in r.model.errors), r.model.errors
+            assert any(e.startswith("FEAT-DRV-11") for e in r.driver_errors() or []), r.driver_errors()
     finally:
         for dev in opened:
             dev.close()

@@ -12,7 +12,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from backend.pci.abilities import Abilities
 
 
 class PciError(Exception):
@@ -121,6 +124,13 @@ class PciDevice(Protocol):
     def reset(self) -> None:
         """Function-level reset."""
         ...
+
+    def abilities(self) -> Abilities:
+        """What the target offers the bench beyond this API (:mod:`backend.pci.abilities`): nothing unless
+        it declares more."""
+        from backend.pci.abilities import NOTHING
+
+        return NOTHING
 
     def close(self) -> None: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from backend.pci.abilities import Abilities
 from backend.pci.device import DmaFault, DmaPerm, PciDevice, RegionInfo
 
 
@@ -51,6 +52,9 @@ class PciDeviceProxy:
 
     def reset(self) -> None:
         self.inner.reset()
+
+    def abilities(self) -> Abilities:
+        return self.inner.abilities()
 
     def close(self) -> None:
         self.inner.close()

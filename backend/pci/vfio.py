@@ -27,10 +27,10 @@ Only ``fcntl.ioctl``, ``mmap`` and ``ctypes`` (the uapi of ``<linux/vfio.h>``):
 * :meth:`reset`: ``VFIO_DEVICE_RESET`` (FLR, PM or bus reset, as the kernel finds one).
 
 Target spec: ``vfio:BDF[,wire=loopback|none]``, e.g. ``vfio:0000:00:03.0`` (the domain may be left
-out). ``wire`` tells the bench what the function's port is connected to: ``loopback`` (the default,
-what the bench's data-path checks expect of a real card: a cable or a switch port sending every
-frame back) or ``none`` (nothing comes back; checks that must see transmitted frames again say
-"not applicable").
+out). ``wire`` tells the bench what the function's port is connected to: ``loopback`` (a cable or a switch
+port sending every frame back) or ``none`` (nothing comes back; checks that must see transmitted
+frames again say "not applicable"). Without it the conformance suite sends frames at bring-up and
+looks whether they come back.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 
+from backend.pci import vfio_uapi as uapi
+from backend.pci.abilities import Abilities, Lacking, WireKind
 from backend.pci.device import (
     DmaFault,
     DmaPerm,
@@ -60,9 +62,6 @@ from backend.pci.device import (
     RegionIndex,
     RegionInfo,
 )
-
-if TYPE_CHECKING:
-    from backend.targets import TargetRegistry
 
 # --- uapi: <linux/vfio.h> ---------------------------------------------------------------------
 
@@ -137,78 +136,22 @@ VFIO_DEVICE_IOEVENTFD_SIZE: Final = {1: 1 << 0, 2: 1 << 1, 4: 1 << 2, 8: 1 << 3}
 VFIO_PCI_NUM_REGIONS: Final = 9
 
 
-class GroupStatus(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32))
-
-
-class DeviceInfo(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("num_regions", ctypes.c_uint32),
-                ("num_irqs", ctypes.c_uint32), ("cap_offset", ctypes.c_uint32))
-
-
-class RegionInfoStruct(ctypes.Structure):
-    """``struct vfio_region_info``."""
-
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("index", ctypes.c_uint32),
-                ("cap_offset", ctypes.c_uint32), ("size", ctypes.c_uint64), ("offset", ctypes.c_uint64))
-
-
-class InfoCapHeader(ctypes.Structure):
-    _fields_ = (("id", ctypes.c_uint16), ("version", ctypes.c_uint16), ("next", ctypes.c_uint32))
-
-
-class SparseMmapArea(ctypes.Structure):
-    _fields_ = (("offset", ctypes.c_uint64), ("size", ctypes.c_uint64))
-
-
-class SparseMmapCap(ctypes.Structure):
-    """``struct vfio_region_info_cap_sparse_mmap`` without its trailing ``areas[]``."""
-
-    _fields_ = (("header", InfoCapHeader), ("nr_areas", ctypes.c_uint32), ("reserved", ctypes.c_uint32))
-
-
-class IrqInfo(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("index", ctypes.c_uint32),
-                ("count", ctypes.c_uint32))
-
-
-class IrqSet(ctypes.Structure):
-    """``struct vfio_irq_set`` without its trailing ``data[]``."""
-
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("index", ctypes.c_uint32),
-                ("start", ctypes.c_uint32), ("count", ctypes.c_uint32))
-
-
-class IommuType1Info(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("iova_pgsizes", ctypes.c_uint64),
-                ("cap_offset", ctypes.c_uint32))
-
-
-class IovaRangeCap(ctypes.Structure):
-    """``struct vfio_iommu_type1_info_cap_iova_range`` without its trailing ranges."""
-
-    _fields_ = (("header", InfoCapHeader), ("nr_iovas", ctypes.c_uint32), ("reserved", ctypes.c_uint32))
-
-
-class IovaRange(ctypes.Structure):
-    _fields_ = (("start", ctypes.c_uint64), ("end", ctypes.c_uint64))
-
-
-class DmaMap(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("vaddr", ctypes.c_uint64),
-                ("iova", ctypes.c_uint64), ("size", ctypes.c_uint64))
-
-
-class DmaUnmap(ctypes.Structure):
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("iova", ctypes.c_uint64),
-                ("size", ctypes.c_uint64))
-
-
-class IoeventfdStruct(ctypes.Structure):
-    """``struct vfio_device_ioeventfd``."""
-
-    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("offset", ctypes.c_uint64),
-                ("data", ctypes.c_uint64), ("fd", ctypes.c_int32))
+# The structs are declared once in vfio_uapi (vfio-user sends the same ones); these are their ctypes
+# forms, which the kernel writes results into.
+GroupStatus: Final = uapi.GROUP_STATUS.ctype("GroupStatus")
+DeviceInfo: Final = uapi.DEVICE_INFO.ctype("DeviceInfo")
+RegionInfoStruct: Final = uapi.REGION_INFO.ctype("RegionInfoStruct")
+InfoCapHeader: Final = uapi.INFO_CAP_HEADER.ctype("InfoCapHeader")
+SparseMmapArea: Final = uapi.SPARSE_MMAP_AREA.ctype("SparseMmapArea")
+SparseMmapCap: Final = uapi.SPARSE_MMAP_CAP.ctype("SparseMmapCap")
+IrqInfo: Final = uapi.IRQ_INFO.ctype("IrqInfo")
+IrqSet: Final = uapi.IRQ_SET.ctype("IrqSet")
+IommuType1Info: Final = uapi.IOMMU_TYPE1_INFO.ctype("IommuType1Info")
+IovaRangeCap: Final = uapi.IOVA_RANGE_CAP.ctype("IovaRangeCap")
+IovaRange: Final = uapi.IOVA_RANGE.ctype("IovaRange")
+DmaMap: Final = uapi.DMA_MAP.ctype("DmaMap")
+DmaUnmap: Final = uapi.DMA_UNMAP.ctype("DmaUnmap")
+IoeventfdStruct: Final = uapi.DEVICE_IOEVENTFD.ctype("IoeventfdStruct")
 
 
 S = TypeVar("S", bound=ctypes.Structure)
@@ -480,11 +423,11 @@ def iova_ranges(buf: bytes | bytearray, first: int) -> tuple[tuple[int, int], ..
 class VfioPciDevice:
     """Implements :class:`backend.pci.device.PciDevice` over Linux VFIO (``vfio-pci``)."""
 
-    def __init__(self, bdf: str | Bdf, *, name: str | None = None, wire: str | None = "loopback",
+    def __init__(self, bdf: str | Bdf, *, name: str | None = None, wire: WireKind = WireKind.UNKNOWN,
                  sysfs: Path = Path("/sys"), devdir: Path = Path("/dev/vfio"), kmsg: str | None = "/dev/kmsg") -> None:
         self.bdf = bdf if isinstance(bdf, Bdf) else Bdf.parse(bdf)
         self.name = name if name is not None else f"vfio:{self.bdf}"
-        #: What the port is wired to, as the conformance checks read it: "loopback", or None (nothing).
+        #: What the port is wired to, as the spec says (unknown: the conformance suite probes it).
         self.wire = wire
         self._sysfs = sysfs
         self._lock = threading.RLock()
@@ -869,6 +812,21 @@ class VfioPciDevice:
     def can_reset(self) -> bool:
         return bool(self.device_flags & VFIO_DEVICE_FLAGS_RESET)
 
+    def abilities(self) -> Abilities:
+        """A real function: faults from the kernel log where it can be read, the wire as the spec said;
+        no bench port, no recorded driver errors, no DMA observation."""
+        return Abilities(
+            wire=self.wire,
+            wire_why=(f"{self.name}: a real port, its cable is not known to the bench"
+                      if self.wire is WireKind.UNKNOWN else f"{self.name}: wire={self.wire} given in the target"),
+            port=Lacking(f"{self.name}: a real function's link and wire cannot be driven from the bench"),
+            errors=Lacking(f"{self.name}: a real function reports no driver errors beyond DEVICE_NEEDS_RESET"),
+            crashes=Lacking(f"{self.name}: a real function has no device thread to watch"),
+            dma_observer=Lacking(f"{self.name}: a real function's DMA accesses are not seen as they happen"),
+            faults=self if self._kmsg is not None else Lacking(
+                f"{self.name}: DMA faults cannot be observed: {self._kmsg_error}"),
+        )
+
     def reset(self) -> None:
         if not self.can_reset:
             raise VfioError(f"{self.name}: the kernel knows no reset method for this function (no FLR, PM or "
@@ -925,16 +883,12 @@ WIRES: Final = ("loopback", "none")
 
 
 def open_vfio(spec: str) -> VfioPciDevice:
-    """``vfio:`` target factory: ``spec`` is ``BDF[,wire=loopback|none]``."""
+    """``vfio:`` target factory: ``spec`` is ``BDF[,wire=loopback|none]`` (no ``wire``: probed by the suite)."""
     address, *items = [p.strip() for p in spec.split(",")]
-    wire = "loopback"
+    wire = WireKind.UNKNOWN
     for item in items:
         key, sep, value = item.partition("=")
         if key != "wire" or not sep or value not in WIRES:
             raise ValueError(f"vfio:{spec}: unknown option {item!r} (known: wire={'|'.join(WIRES)})")
-        wire = value
-    return VfioPciDevice(Bdf.parse(address), name=f"vfio:{spec}", wire=None if wire == "none" else wire)
-
-
-def register(registry: TargetRegistry) -> None:
-    registry.register("vfio", open_vfio)
+        wire = WireKind(value)
+    return VfioPciDevice(Bdf.parse(address), name=f"vfio:{spec}", wire=wire)

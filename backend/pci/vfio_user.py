@@ -18,7 +18,7 @@ Beyond standard vfio-user, when the server names the ``vdpa_bench`` capability:
   it logged, and frames delivered as if from the wire; the checks use it as they use a ``sim:``
   target's model for stimuli. None when the server has no such port.
 
-Target spec: ``vfio-user:PATH`` (the server's unix socket).
+Target spec: ``vfio-user:PATH[,wire=loopback|none]`` (the server's unix socket; ``wire`` as for ``vfio:``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from backend.pci import vfio_user_msg as m
+from backend.pci.abilities import Abilities, Lacking, WireKind
 from backend.pci.device import (
     DmaFault,
     DmaPerm,
@@ -42,9 +43,6 @@ from backend.pci.device import (
     RegionFlags,
     RegionInfo,
 )
-
-if TYPE_CHECKING:
-    from backend.targets import TargetRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,8 +76,10 @@ class VfioUserPciDevice:
     accesses in program order, as on a PCI bus with one outstanding non-posted request.
     """
 
-    def __init__(self, path: str, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: str, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 wire: WireKind = WireKind.UNKNOWN) -> None:
         self.path = path
+        self.wire = wire
         self.name = name if name is not None else f"vfio-user:{path}"
         self.timeout = timeout
         self._lock = threading.Lock()  # one request in flight
@@ -370,6 +370,22 @@ class VfioUserPciDevice:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
+    def abilities(self) -> Abilities:
+        """The bench port and fault list where the server offers them; DMA is served in the server's
+        process, so its accesses are not seen as they happen, and the wire is what the spec said."""
+        return Abilities(
+            wire=self.wire,
+            wire_why=(f"{self.name}: the device process does not say what its port is connected to"
+                      if self.wire is WireKind.UNKNOWN else f"{self.name}: wire={self.wire} given in the target"),
+            port=self.model if self.model is not None else Lacking(f"{self.name}: the server offers no bench port"),
+            errors=self.model if self.model is not None else Lacking(
+                f"{self.name}: the server offers no bench port (no recorded driver errors)"),
+            crashes=Lacking(f"{self.name}: the device process keeps failures of its own thread to itself"),
+            dma_observer=Lacking(f"{self.name}: device DMA happens in the server's process, not seen as it happens"),
+            faults=self if self.bench.dma_faults else Lacking(
+                f"{self.name}: the server reports no DMA faults (no vdpa_bench dma_faults capability)"),
+        )
+
     def reset(self) -> None:
         if not self.device_flags & m.DeviceFlag.RESET:
             raise VfioUserError(f"{self.name}: the device does not support reset", errno_mod.ENOTSUP)
@@ -416,6 +432,9 @@ class BenchPort:
         """The driver errors the device logged (each set DEVICE_NEEDS_RESET), oldest first."""
         return list(self.state().errors)
 
+    def driver_errors(self) -> list[str]:
+        return self.errors
+
     def set_link(self, up: bool) -> None:
         """Plug (True) or pull (False) the cable: the device reports a configuration change."""
         self._dev.bench_port(m.PortOp.SET_LINK, int(up))
@@ -434,14 +453,17 @@ def _write_reply(payload: bytes) -> m.RegionAccess:
 
 
 def open_vfio_user(rest: str) -> VfioUserPciDevice:
-    """``vfio-user:PATH`` (the part after the scheme is the socket path)."""
-    if not rest:
+    """``vfio-user:PATH[,wire=loopback|none]``: the server's socket path, and what the device's port is
+    connected to when the bench should not find out itself (default: unknown, probed by the suite)."""
+    path, sep, option = rest.partition(",wire=")
+    if not path:
         raise ValueError("vfio-user: target needs the server's socket path: vfio-user:PATH")
+    wire = WireKind.UNKNOWN
+    if sep:
+        if option not in (WireKind.LOOPBACK, WireKind.NONE):
+            raise ValueError(f"vfio-user:{rest}: wire={option!r} (known: loopback, none)")
+        wire = WireKind(option)
     try:
-        return VfioUserPciDevice(rest)
+        return VfioUserPciDevice(path, wire=wire)
     except VfioUserError as exc:  # the registry's callers report OSError/ValueError as a bad target
         raise ConnectionError(str(exc)) from None
-
-
-def register(registry: TargetRegistry) -> None:
-    registry.register("vfio-user", open_vfio_user)

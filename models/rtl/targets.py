@@ -27,13 +27,14 @@ design itself), so the suite reports those requirement ids "not offered".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from backend.targets import TargetRegistry
+from backend.pci.abilities import Abilities, ErrorRecord, WireKind
 from backend.virtio.pci_regs import (
     COMMON_CFG_SIZE,
     MSIX_ENTRY_SIZE,
@@ -275,6 +276,14 @@ class RtlNetDevice(RtlPciDevice):
                 self.wire.add_tap(PcapTap(pcap))
         self.dropped_tx = 0
 
+    def abilities(self) -> Abilities:
+        if self.wire is None:
+            wire, why = WireKind.NONE, f"{self.name}: the design's stream ports are unplugged (wire=none)"
+        else:
+            wire, why = WireKind.LOOPBACK, f"{self.name}: the design's stream ports are on a loopback wire"
+        return dataclasses.replace(super().abilities(), wire=wire, wire_why=why, port=self.model,
+                                   errors=ErrorRecord(self.model.errors))
+
     def _transmit(self, frames: Sequence[tuple[bytes, int]]) -> None:
         if isinstance(self.wire, LoopbackWire):
             self.wire.port.transmit_batch(FrameBatch.of(f for f, _ in frames))
@@ -382,7 +391,3 @@ def open_virtio_net(spec: str) -> RtlNetDevice | IcarusDevice:
         raise
     dev.start(frames=dev._transmit, status=dev.model.status_changed)
     return dev
-
-
-def register(registry: TargetRegistry) -> None:
-    registry.register("rtl", open_virtio_net)

@@ -10,8 +10,10 @@ through the native bridge's table of IOMMU mappings, kept equal to the endpoint'
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
+from backend.pci.abilities import Abilities, ExceptionLog
 from backend.pci.device import (
     DmaPerm,
     PciError,
@@ -188,6 +190,10 @@ class RtlPciDevice(EndpointPciAccess):
             self.runner.kick_remove(fd, offset)
 
     # --- lifecycle ----------------------------------------------------------------------------------
+
+    def abilities(self) -> Abilities:
+        # The clock thread runs the design: a doorbell returns before the design has acted on it.
+        return dataclasses.replace(super().abilities(), crashes=ExceptionLog(self.runner.errors))
 
     def reset(self) -> None:
         self.endpoint.function_reset()

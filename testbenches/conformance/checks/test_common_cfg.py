@@ -6,13 +6,13 @@ import pytest
 
 from backend.virtio.features import DEFINED_NET_PCI, DeviceStatus, F, has
 from backend.virtio.pci_regs import NO_VECTOR, CommonCfg
-from testbenches.conformance.checks._support import OpenTarget, acknowledge, negotiate, transport
+from testbenches.conformance.harness import Bench, acknowledge, negotiate
 from testbenches.conformance.plugin import Verdict
 
 
 @pytest.mark.req("PCI-DEV-08")
-def test_64bit_fields_take_independent_halves(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_64bit_fields_take_independent_halves(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     acknowledge(t)
     t.select_queue(0)
     common = t.common
@@ -28,8 +28,8 @@ def test_64bit_fields_take_independent_halves(open_target: OpenTarget, verdict: 
 
 
 @pytest.mark.req("PCI-DEV-14", "FEAT-DEV-04")
-def test_device_feature_windows(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_device_feature_windows(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     windows = []
     for sel in range(8):
         t.write_common(CommonCfg.DEVICE_FEATURE_SELECT, sel)
@@ -46,8 +46,8 @@ def test_device_feature_windows(open_target: OpenTarget, verdict: Verdict) -> No
 
 
 @pytest.mark.req("PCI-DEV-15")
-def test_driver_feature_reads_back(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_driver_feature_reads_back(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     acknowledge(t)
     offered = t.device_features()
     t.write_driver_features(offered)
@@ -59,8 +59,8 @@ def test_driver_feature_reads_back(open_target: OpenTarget, verdict: Verdict) ->
 
 
 @pytest.mark.req("PCI-DEV-18", "RESET-DEV-01", "PCI-DEV-19", "PCI-DEV-59")
-def test_reset_returns_everything_to_defaults(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_reset_returns_everything_to_defaults(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     offered = t.device_features()
     assert negotiate(t, offered & ~(1 << F.RING_PACKED)), "FEATURES_OK did not stick for the offered set"
     nq = t.num_queues()
@@ -90,8 +90,8 @@ def test_reset_returns_everything_to_defaults(open_target: OpenTarget, verdict: 
 
 
 @pytest.mark.req("PCI-DEV-25", "PCI-DEV-26")
-def test_queue_size(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_queue_size(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     packed = has(t.device_features(), F.RING_PACKED)
     nq = t.num_queues()
     for q in range(nq):
@@ -107,8 +107,8 @@ def test_queue_size(open_target: OpenTarget, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("PCI-DEV-27")
-def test_admin_queue_fields(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_admin_queue_fields(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     if not has(t.device_features(), F.ADMIN_VQ):
         verdict.not_offered("PCI-DEV-27", "VIRTIO_F_ADMIN_VQ not offered")
         return
@@ -119,8 +119,8 @@ def test_admin_queue_fields(open_target: OpenTarget, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("PCI-DEV-51", "PCI-DEV-52")
-def test_pci_cfg_access_window(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_pci_cfg_access_window(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     if t.pci_cfg_cap is None:
         pytest.fail("no PCI_CFG capability (PCI-DEV-50 reports it)")
     common = t.common
@@ -140,8 +140,8 @@ def test_pci_cfg_access_window(open_target: OpenTarget, verdict: Verdict) -> Non
 
 
 @pytest.mark.req("PCI-DEV-56", "PCI-DEV-57", "PCI-DEV-58", "PCI-DEV-60", "PCI-DEV-61")
-def test_msix_vector_mapping(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_msix_vector_mapping(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     table = t.msix_table_size()
     if not table:
         for rid in ("PCI-DEV-56", "PCI-DEV-57", "PCI-DEV-58", "PCI-DEV-60", "PCI-DEV-61"):

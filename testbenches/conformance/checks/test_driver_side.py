@@ -20,7 +20,7 @@ from backend.virtio.features import DEFINED_NET_PCI, NET_DEPENDENCIES, DeviceSta
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.pci_regs import CommonCfg
 from sim.memory import GuestMemory
-from testbenches.conformance.checks._support import GUEST_MEMORY_BASE, OpenTarget
+from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DriverInitError, GuestNetDriver
@@ -57,13 +57,9 @@ def _judge(verdict: Verdict, monitor: VirtioPciDriverMonitor | SplitRingMonitor,
         verdict.check(rid, ok, f"{driver}: " + "; ".join(evidence[:5]))
 
 
-def _loopback_spec(open_target: OpenTarget) -> PciDevice:
-    return open_target()
-
-
 @pytest.mark.req(*MONITORED, *RING)
-def test_guest_driver_bring_up_traffic_and_reset(open_target: OpenTarget, verdict: Verdict, mem: GuestMemory) -> None:
-    trace = TracingPciDevice(_loopback_spec(open_target))
+def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    trace = TracingPciDevice(bench.open())
     rings = SplitRingMonitor.attach(trace, mem.read)
     drv = GuestNetDriver(trace, mem, queue_size=64)
     try:
@@ -84,8 +80,8 @@ def test_guest_driver_bring_up_traffic_and_reset(open_target: OpenTarget, verdic
 
 
 @pytest.mark.req(*MONITORED, *RING)
-def test_vdpa_driver_bring_up_and_traffic(open_target: OpenTarget, verdict: Verdict, mem: GuestMemory) -> None:
-    trace = TracingPciDevice(_loopback_spec(open_target))
+def test_vdpa_driver_bring_up_and_traffic(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    trace = TracingPciDevice(bench.open())
     rings = SplitRingMonitor.attach(trace, mem.read)
     vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
     front = VdpaFrontend(vdpa, mem)
@@ -139,9 +135,9 @@ def _status_writes(trace: TracingPciDevice) -> list[int]:
 
 
 @pytest.mark.req("INIT-DRV-08", "INIT-DRV-11", "INIT-DRV-12", "STATUS-DRV-03")
-def test_guest_driver_gives_up_when_features_ok_does_not_stick(open_target: OpenTarget, verdict: Verdict,
+def test_guest_driver_gives_up_when_features_ok_does_not_stick(bench: Bench, verdict: Verdict,
                                                                mem: GuestMemory) -> None:
-    proxy = FaultInjector(open_target(), refuse_features_ok=True)
+    proxy = FaultInjector(bench.open(), refuse_features_ok=True)
     drv = GuestNetDriver(proxy, mem, queue_size=64)
     raised = False
     try:
@@ -167,8 +163,8 @@ def test_guest_driver_gives_up_when_features_ok_does_not_stick(open_target: Open
 
 
 @pytest.mark.req("FEAT-DRV-06")
-def test_guest_driver_fails_without_version_1(open_target: OpenTarget, verdict: Verdict, mem: GuestMemory) -> None:
-    proxy = FaultInjector(open_target(), hide=bits(F.VERSION_1))
+def test_guest_driver_fails_without_version_1(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    proxy = FaultInjector(bench.open(), hide=bits(F.VERSION_1))
     drv = GuestNetDriver(proxy, mem, queue_size=64)
     with pytest.raises(DriverInitError):
         drv.init()
@@ -179,10 +175,10 @@ def test_guest_driver_fails_without_version_1(open_target: OpenTarget, verdict: 
 
 
 @pytest.mark.req("FEAT-DRV-05", "FEAT-DRV-07", "FEAT-DRV-04")
-def test_guest_driver_falls_back_and_ignores_unknown_bits(open_target: OpenTarget, verdict: Verdict,
+def test_guest_driver_falls_back_and_ignores_unknown_bits(bench: Bench, verdict: Verdict,
                                                           mem: GuestMemory) -> None:
     unknown = bits(44, 45, 49, 100, 127)  # reserved / undefined in this spec version
-    proxy = FaultInjector(open_target(), hide=bits(F.EVENT_IDX, F.INDIRECT_DESC, NetF.MAC), add=unknown)
+    proxy = FaultInjector(bench.open(), hide=bits(F.EVENT_IDX, F.INDIRECT_DESC, NetF.MAC), add=unknown)
     drv = GuestNetDriver(proxy, mem, queue_size=64)
     try:
         drv.init()
@@ -205,12 +201,12 @@ NETFEAT_DRV = tuple(sorted({r.req_id.replace("-DEV-", "-DRV-") for r in NET_DEPE
 @pytest.mark.req("FEAT-DRV-02", *NETFEAT_DRV)
 @pytest.mark.parametrize("row", range(len(NET_DEPENDENCIES)))
 def test_guest_driver_never_acks_a_feature_without_its_prerequisites(
-        open_target: OpenTarget, verdict: Verdict, mem: GuestMemory, row: int) -> None:
+        bench: Bench, verdict: Verdict, mem: GuestMemory, row: int) -> None:
     dep = NET_DEPENDENCIES[row]
     rid = dep.req_id.replace("-DEV-", "-DRV-")
     # Offer the dependent feature while withholding its prerequisites (every all_of and any_of bit).
     prereq = bits(*dep.all_of, *dep.any_of)
-    proxy = FaultInjector(open_target(), add=bits(dep.feature), hide=prereq)
+    proxy = FaultInjector(bench.open(), add=bits(dep.feature), hide=prereq)
     drv = GuestNetDriver(proxy, mem, queue_size=64, features=DEFINED_NET_PCI)
     try:
         drv.init()
@@ -237,18 +233,18 @@ NOTIF_VARIANTS = {
 
 @pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-02", "NOTIF-DRV-04", "NOTIF-DRV-05", "NOTIF-DRV-06", "NOTIF-DRV-B01")
 @pytest.mark.parametrize("variant", sorted(NOTIF_VARIANTS))
-def test_guest_driver_notification_formats(open_target: OpenTarget, verdict: Verdict, mem: GuestMemory,
-                                           target_spec: str, variant: str) -> None:
+def test_guest_driver_notification_formats(bench: Bench, verdict: Verdict, mem: GuestMemory,
+                                           variant: str) -> None:
     wanted, ids = NOTIF_VARIANTS[variant]
-    dev = open_target()
+    dev = bench.open()
     offered = VirtioPciModern(dev).device_features()
     if offered & wanted != wanted:
-        if not target_spec.startswith("sim:"):
+        if not bench.configurable:
             for rid in ids:
                 verdict.not_offered(rid, f"the target does not offer {describe(wanted)}")
             return
         # The behavioral model implements both formats; offer them for this driver-side check.
-        dev = open_target(f"{target_spec},features={offered | wanted:#x}")
+        dev = bench.open(bench.variant(replace=True, features=f"{offered | wanted:#x}"))
     trace = TracingPciDevice(dev)
     rings = SplitRingMonitor.attach(trace, mem.read)
     drv = GuestNetDriver(trace, mem, queue_size=64)

@@ -6,16 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.drivers.transport import VirtioPciModern
 from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, dependency_violations, has
 from backend.virtio.pci_regs import NetCfg
-from testbenches.conformance.checks._support import (
-    OpenTarget,
-    acknowledge,
-    negotiate,
-    transport,
-    usable_features,
-    valid_subset,
-)
+from testbenches.conformance.harness import Bench, acknowledge, negotiate, usable_features, valid_subset
 from testbenches.conformance.plugin import Verdict
 
 PCI_EXT_CAP_ID_SRIOV = 0x10
@@ -25,8 +19,8 @@ NETFEAT_IDS = sorted({r.req_id for r in NET_DEPENDENCIES})
 
 @pytest.mark.req("FEAT-DEV-01", "FEAT-DEV-06", "FEAT-DEV-08", "FEAT-DEV-13", "FEAT-DEV-14", "FEAT-DEV-15",
                  "NETFEAT-DEV-13", *NETFEAT_IDS)
-def test_offered_features(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_offered_features(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     offered = t.device_features()
     broken = dependency_violations(offered)
     verdict.check("FEAT-DEV-01", not broken,
@@ -56,26 +50,27 @@ def test_offered_features(open_target: OpenTarget, verdict: Verdict) -> None:
 @pytest.mark.req("FEAT-DEV-02")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chosen=st.integers(min_value=0, max_value=(1 << 128) - 1))
-def test_every_valid_subset_is_accepted(open_target: OpenTarget, verdict: Verdict, chosen: int) -> None:
-    t = _cached_transport(open_target, verdict)
+def test_every_valid_subset_is_accepted(bench: Bench, verdict: Verdict, chosen: int) -> None:
+    t = _cached_transport(bench, verdict)
     offered = usable_features(t.device_features())
     subset = valid_subset(offered, chosen)
     ok = negotiate(t, subset)
     verdict.check("FEAT-DEV-02", ok, f"FEATURES_OK refused for the valid subset {subset:#x} of {offered:#x}")
 
 
-def _cached_transport(open_target: OpenTarget, verdict: Verdict):  # type: ignore[no-untyped-def]
+def _cached_transport(bench: Bench, verdict: Verdict) -> VirtioPciModern:
     # One device for all hypothesis examples of a test: each example starts with a reset anyway.
     cache = verdict.__dict__.setdefault("_transport", None)
     if cache is None:
-        cache = transport(open_target)
+        cache = bench.transport()
         verdict.__dict__["_transport"] = cache
+    assert isinstance(cache, VirtioPciModern)
     return cache
 
 
 @pytest.mark.req("FEAT-DEV-03")
-def test_unsupported_subset_is_refused(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_unsupported_subset_is_refused(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     offered = t.device_features()
     base = usable_features(offered)
     unoffered = [b for b in range(128) if not has(offered, b)]
@@ -94,8 +89,8 @@ def test_unsupported_subset_is_refused(open_target: OpenTarget, verdict: Verdict
 
 
 @pytest.mark.req("FEAT-DEV-05")
-def test_same_set_accepted_again_after_reset(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_same_set_accepted_again_after_reset(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     features = usable_features(t.device_features())
     first = negotiate(t, features)
     second = negotiate(t, features)
@@ -103,8 +98,8 @@ def test_same_set_accepted_again_after_reset(open_target: OpenTarget, verdict: V
 
 
 @pytest.mark.req("CFG-DEV-01")
-def test_device_config_readable_before_features_ok(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_device_config_readable_before_features_ok(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     acknowledge(t)
     size = t.device_config_size()
     early = t.read_device_config(0, min(size, NetCfg.DUPLEX + 1))

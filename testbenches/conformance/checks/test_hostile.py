@@ -23,24 +23,25 @@ from backend.pci.device import DmaFault, DmaPerm
 from backend.virtio.features import F, bit
 from backend.virtio.pci_regs import ISR_CONFIG, NO_VECTOR
 from backend.virtio.split_ring import DESC_SIZE, DescFlags, Descriptor
-from testbenches.conformance.checks._bringup import (
+from testbenches.conformance.chains import (
+    DmaWatch,
+    changed_outside,
+    fmt_faults,
+    fmt_runs,
+    ring_ranges,
+    snapshot,
+    status_text,
+)
+from testbenches.conformance.harness import (
     EVENT_WAIT,
     NEEDS_RESET,
     RX,
     TX,
     UNMAPPED_IOVA,
-    DmaRecorder,
-    OpenTarget,
+    Bench,
     Rig,
-    changed_outside,
     drain,
-    fmt_faults,
-    fmt_runs,
-    frame,
-    rig,
-    ring_ranges,
-    snapshot,
-    status_text,
+    make_frame,
     wait_fd,
     with_features,
 )
@@ -67,8 +68,8 @@ Build = Callable[[Rig, DriverSplitQueue], Planted]
 
 def _bufs(r: Rig, ring: DriverSplitQueue) -> tuple[int, int, int, int]:
     """A header and a frame buffer: (hdr gpa, hdr len, frame gpa, frame len)."""
-    f = frame(3)
-    return ring.alloc_buffer(bytes(r.d.hdr_len)), r.d.hdr_len, ring.alloc_buffer(f), len(f)
+    f = make_frame(3)
+    return ring.alloc_buffer(bytes(r.hdr_len)), r.hdr_len, ring.alloc_buffer(f), len(f)
 
 
 def _chain(ring: DriverSplitQueue, descs: dict[int, Descriptor], head: int = 0) -> Planted:
@@ -177,23 +178,23 @@ CASES = [
 
 
 def _reported(r: Rig, since: int) -> str:
-    model = r.model
-    if model is None:
+    errors = r.driver_errors()
+    if errors is None:
         return "device gives no error detail"
-    errs = list(model.errors)[since:]
+    errs = errors[since:]
     return f"device reported {errs[0]}" if errs else "device reported no ring error"
 
 
 def _error_count(r: Rig) -> int:
-    return len(r.model.errors) if r.model is not None else 0
+    return len(r.driver_errors() or [])
 
 
 def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
     """After a reset the device must carry a normal frame again (STATUS-DEV-02: the error is left by reset)."""
-    r.pci.dma_faults()
+    r.faults()
     d = r.up(queue_size=64, rx_buffers=8)
     status = d.transport.status()
-    sent = frame(42, 200)
+    sent = make_frame(42, 200)
     ring = d.queues[TX]
     heads = [ring.add([bytes(d.hdr_len) + sent], [])]  # one descriptor: nothing but the basics is exercised
     ring.publish()
@@ -201,19 +202,20 @@ def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
     done = r.wait_used(TX, 1)
     ok = [u.head for u in done] == heads and not status & NEEDS_RESET
     detail = f"TX used {[u.head for u in done]} for posted {heads}"
-    if r.has_loopback and ok:
+    if r.wire.looped and ok:
         rx = r.wait_used(RX, 1)
         back = rx[0].data[d.hdr_len:d.hdr_len + len(sent)] if rx else b""
         ok = ok and back == sent
-        detail += f", frame looped back {'intact' if back == sent else f'as {len(back)} bytes'}"
-    faults = r.pci.dma_faults()
+        detail += (f", {len(rx)} RX buffer used, frame looped back "
+                   f"{'intact' if back == sent else f'as {len(back)} bytes'}")
+    faults = r.faults()
     verdict.check("STATUS-DEV-02", ok and not faults,
                   f"after {what} and a reset: status {status_text(status)} at DRIVER_OK, {detail} "
                   f"(waited {EVENT_WAIT}s), {fmt_faults(faults)}")
 
 
 def _safety(r: Rig, verdict: Verdict, what: str, planted: tuple[int, ...], faults: list[DmaFault],
-            stray_mem: list[tuple[int, int]], rec: DmaRecorder, allowed: list[tuple[int, int]]) -> None:
+            stray_mem: list[tuple[int, int]], rec: DmaWatch, allowed: list[tuple[int, int]]) -> None:
     stray_faults = [f for f in faults if not any(p <= f.iova < p + PLANT_SPAN for p in planted)]
     verdict.check("STATUS-DEV-02", not stray_faults,
                   f"{what}: DMA faults away from the planted addresses "
@@ -223,15 +225,15 @@ def _safety(r: Rig, verdict: Verdict, what: str, planted: tuple[int, ...], fault
     if rec.available:
         stray = rec.outside(allowed, access=DmaPerm.WRITE)
         verdict.check("STATUS-DEV-02", not stray, f"{what}: device writes outside the used rings: {stray[:4]}")
-    errors = r.handler_errors()
+    errors = r.crashes()
     verdict.check("STATUS-DEV-02", not errors, f"{what}: the device thread raised {errors[:2]}")
 
 
 @pytest.mark.parametrize(("case", "irq_mode"), [pytest.param(c, "msix", id=c.build.__name__) for c in CASES]
                          + [pytest.param(CASES[0], "intx", id="desc_loop-intx")])
 @pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
-def test_hostile_ring_input(open_target: OpenTarget, verdict: Verdict, case: Case, irq_mode: str) -> None:
-    with rig(open_target) as r:
+def test_hostile_ring_input(bench: Bench, verdict: Verdict, case: Case, irq_mode: str) -> None:
+    with bench.rig() as r:
         d = r.up(features=case.features, queue_size=QSIZE, rx_buffers=0, irq_mode=irq_mode)
         if case.needs_indirect and not d.features & bit(F.INDIRECT_DESC):
             for rid in ("STATUS-DEV-02", "STATUS-DEV-03"):
@@ -242,13 +244,13 @@ def test_hostile_ring_input(open_target: OpenTarget, verdict: Verdict, case: Cas
         cfg_fd = d.irq_fds["config"]
         t.read_isr()
         drain(cfg_fd)
-        r.pci.dma_faults()
+        r.faults()
         since = _error_count(r)
         allowed = [ring_ranges(ring)["used"], ring_ranges(d.queues[RX])["used"]]
         planted = case.build(r, ring)
         what = f"{case.name} (breaks {case.rule})"
         before = snapshot(r.mem)
-        with DmaRecorder(r.iommu) as rec:
+        with r.dma_watch() as rec:
             crash = None
             try:
                 r.doorbell(TX, planted.avail_idx)
@@ -258,7 +260,7 @@ def test_hostile_ring_input(open_target: OpenTarget, verdict: Verdict, case: Cas
         after = snapshot(r.mem)
         status = t.status()
         isr = t.read_isr()
-        faults = r.pci.dma_faults()
+        faults = r.faults()
         verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
                       f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
                       f"{status_text(status)} (DEVICE_NEEDS_RESET expected); {_reported(r, since)}; "
@@ -273,8 +275,8 @@ def test_hostile_ring_input(open_target: OpenTarget, verdict: Verdict, case: Cas
 
 
 @pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
-def test_rings_outside_the_maps(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_rings_outside_the_maps(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(queue_size=QSIZE, rx_buffers=0, queues=False, driver_ok=False)
         t = d.transport
         size = min(QSIZE, t.queue_size(TX))
@@ -286,11 +288,11 @@ def test_rings_outside_the_maps(open_target: OpenTarget, verdict: Verdict) -> No
         d.driver_ok()
         cfg_fd = d.irq_fds["config"]
         drain(cfg_fd)
-        r.pci.dma_faults()
+        r.faults()
         since = _error_count(r)
         what = f"transmitq1 rings at IOVA {desc:#x}/{avail:#x}/{used:#x}, never mapped (breaks FEAT-DRV-11)"
         before = snapshot(r.mem)
-        with DmaRecorder(r.iommu) as rec:
+        with r.dma_watch() as rec:
             crash = None
             try:
                 r.doorbell(TX, 1)
@@ -299,7 +301,7 @@ def test_rings_outside_the_maps(open_target: OpenTarget, verdict: Verdict) -> No
             notified = wait_fd(cfg_fd, EVENT_WAIT)
         after = snapshot(r.mem)
         status = t.status()
-        faults = r.pci.dma_faults()
+        faults = r.faults()
         verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
                       f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
                       f"{status_text(status)}; {_reported(r, since)}; {fmt_faults(faults)}")
@@ -310,22 +312,22 @@ def test_rings_outside_the_maps(open_target: OpenTarget, verdict: Verdict) -> No
 
 
 @pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
-def test_queue_size_not_power_of_two(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_queue_size_not_power_of_two(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(rx_buffers=0, queues=False, driver_ok=False)
         t = d.transport
         qmax = t.queue_size(TX)
         bad = qmax - 1 if qmax > 2 else 3  # not a power of two (PCI-DRV-17)
         ring = DriverSplitQueue(r.mem, r.alloc, qmax, index=TX)
         since = _error_count(r)
-        r.pci.dma_faults()
+        r.faults()
         t.set_queue_size(TX, bad)
         t.set_queue_msix_vector(TX, d.vector_of(TX) if not d.intx else NO_VECTOR)
         t.set_queue_addresses(TX, ring.desc_addr, ring.avail_addr, ring.used_addr)
         t.enable_queue(TX)
         enabled = t.queue_enabled(TX)
         status = t.status()
-        faults = r.pci.dma_faults()
+        faults = r.faults()
         what = f"queue_size {bad} (maximum {qmax}) then queue_enable=1 (breaks PCI-DRV-17)"
         verdict.check("STATUS-DEV-02", (not enabled or bool(status & NEEDS_RESET)) and not faults,
                       f"{what}: queue_enable reads {int(enabled)}, status {status_text(status)} (expected the queue "

@@ -2,8 +2,9 @@
 
 INTx checks leave MSI-X disabled and bind the INTx eventfd; MSI-X checks bind
 one eventfd per vector. A configuration change is provoked through the
-simulator model's ``set_link``; targets without such a stimulus report the
-config-change rows not applicable here.
+target's port (``set_link``, declared in its abilities); targets without one
+report the config-change rows not applicable here. With a loopback wire the
+frames sent come back, and the receive side is counted too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from backend.drivers.transport import VirtioPciModern
+from backend.pci.abilities import Lacking, PortControl
 from backend.pci.device import config_read
 from backend.virtio.features import F, bit
 from backend.virtio.pci_regs import (
@@ -22,28 +24,27 @@ from backend.virtio.pci_regs import (
     NetCfg,
     PciCfg,
 )
-from testbenches.conformance.checks._bringup import (
+from testbenches.conformance.harness import (
     EVENT_WAIT,
     MAX_BOUND_VECTORS,
     QUIET_WAIT,
     RX,
     TX,
-    OpenTarget,
+    Bench,
     Rig,
+    acknowledge,
     drain,
-    frame,
-    rig,
+    make_frame,
+    need,
     signalled,
     wait_fd,
 )
-from testbenches.conformance.checks._support import acknowledge, transport
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.virtio_net import DEFAULT_FEATURES
 
 #: Interrupt routing is checked without EVENT_IDX: with avail.flags 0 every used buffer is then due a
 #: notification, so these checks do not depend on the notification suppression logic (SPLIT-DEV rows).
 ROUTING_FEATURES = DEFAULT_FEATURES & ~bit(F.EVENT_IDX)
-NO_STIMULUS = "the target offers no way to change its device configuration from the bench (no .model)"
 
 
 def pci_int_status(r: Rig) -> bool:
@@ -51,19 +52,16 @@ def pci_int_status(r: Rig) -> bool:
     return bool(config_read(r.pci, PciCfg.STATUS, 2) & PCI_STATUS_INTERRUPT)
 
 
-def toggle_link(r: Rig) -> bool | None:
-    """Flip the model's link; returns the new state, None where the target has no stimulus."""
-    model = r.model
-    if model is None:
-        return None
-    up = not bool(model.link_up)
-    model.set_link(up)
+def toggle_link(port: PortControl) -> bool:
+    """Flip the port's link; returns the new state."""
+    up = not port.link_up
+    port.set_link(up)
     return up
 
 
 @pytest.mark.req("PCI-DEV-39", "PCI-DEV-40", "PCI-DEV-41")
-def test_intx_used_buffer_isr(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(features=ROUTING_FEATURES, irq_mode="intx", queue_size=64, rx_buffers=8)
         t = d.transport
         intx = d.irq_fds["intx"]
@@ -71,11 +69,11 @@ def test_intx_used_buffer_isr(open_target: OpenTarget, verdict: Verdict) -> None
         idle_status, idle_isr = pci_int_status(r), t.read_isr()
         verdict.check("PCI-DEV-40", idle_status == bool(idle_isr),
                       f"idle: PCI Status.Interrupt={int(idle_status)} while ISR status reads {idle_isr:#x}")
-        r.send([frame(1)])
+        r.send([make_frame(1)])
         fired = wait_fd(intx, EVENT_WAIT)
         # Let every event of this exchange land (TX completion, and the looped-back frame) before sampling.
         used_tx = len(r.wait_used(TX, 1))
-        used_rx = len(r.wait_used(RX, 1)) if r.has_loopback else 0
+        used_rx = len(r.wait_used(RX, 1)) if r.wire.looped else 0
         status_before = pci_int_status(r)
         isr = t.read_isr()
         status_after = pci_int_status(r)
@@ -83,6 +81,10 @@ def test_intx_used_buffer_isr(open_target: OpenTarget, verdict: Verdict) -> None
         verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE),
                       f"MSI-X disabled, one frame sent: INTx {'asserted' if fired else f'not seen in {EVENT_WAIT}s'}, "
                       f"ISR read afterwards {isr:#x} (queue bit 0 expected set); used TX {used_tx}, RX {used_rx}")
+        if r.looped(verdict, "PCI-DEV-39"):
+            verdict.check("PCI-DEV-39", used_tx == 1 and used_rx == 1,
+                          f"MSI-X disabled, one frame sent on a loopback wire: used TX {used_tx}, RX {used_rx} "
+                          f"(1 each expected within {EVENT_WAIT}s)")
         verdict.check("PCI-DEV-40", status_before == bool(isr),
                       f"PCI Status.Interrupt={int(status_before)} sampled right before ISR read {isr:#x}")
         verdict.check("PCI-DEV-40", status_after == bool(isr_again),
@@ -94,18 +96,17 @@ def test_intx_used_buffer_isr(open_target: OpenTarget, verdict: Verdict) -> None
 
 @pytest.mark.parametrize("irq_mode", ["intx", "msix"])
 @pytest.mark.req("PCI-DEV-38", "PCI-DEV-40", "PCI-DEV-41")
-def test_config_change_sets_isr_bit1(open_target: OpenTarget, verdict: Verdict, irq_mode: str) -> None:
-    with rig(open_target) as r:
-        if r.model is None:
-            for rid in ("PCI-DEV-38", "PCI-DEV-40", "PCI-DEV-41"):
-                verdict.not_applicable(rid, NO_STIMULUS)
+def test_config_change_sets_isr_bit1(bench: Bench, verdict: Verdict, irq_mode: str) -> None:
+    with bench.rig() as r:
+        port = need(r.port, verdict, "PCI-DEV-38", "PCI-DEV-40", "PCI-DEV-41")
+        if port is None:
             return
         d = r.up(irq_mode=irq_mode, rx_buffers=0)
         t = d.transport
         t.read_isr()  # start from a clear ISR
         fd = d.irq_fds["config"]
         drain(fd)
-        up = toggle_link(r)
+        up = toggle_link(port)
         fired = wait_fd(fd, EVENT_WAIT)
         status_before = pci_int_status(r)
         isr = t.read_isr()
@@ -126,8 +127,8 @@ def test_config_change_sets_isr_bit1(open_target: OpenTarget, verdict: Verdict, 
 
 
 @pytest.mark.req("PCI-DEV-62", "PCI-DEV-63")
-def test_no_vector_raises_nothing(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         if not VirtioPciModern(r.pci).msix_table_size():
             for rid in ("PCI-DEV-62", "PCI-DEV-63"):
                 verdict.not_applicable(rid, "no MSI-X capability")
@@ -140,9 +141,9 @@ def test_no_vector_raises_nothing(open_target: OpenTarget, verdict: Verdict) -> 
         for fd in vecs.values():
             drain(fd)
         n = r.tx_room(4)
-        r.send([frame(i) for i in range(n)])
+        r.send([make_frame(i) for i in range(n)])
         used_tx = len(r.wait_used(TX, n))
-        used_rx = len(r.wait_used(RX, min(n, d.queues[RX].size))) if r.has_loopback else 0
+        used_rx = len(r.wait_used(RX, min(n, d.queues[RX].size))) if r.wire.looped else 0
         late = signalled(vecs, QUIET_WAIT)
         fired = sorted(set(r.fired + late))
         if used_tx == 0:
@@ -151,11 +152,15 @@ def test_no_vector_raises_nothing(open_target: OpenTarget, verdict: Verdict) -> 
             verdict.check("PCI-DEV-62", not fired,
                           f"queue vectors read back {read_back} (NO_VECTOR {NO_VECTOR:#x}); {used_tx} TX and "
                           f"{used_rx} RX buffers used, yet MSI-X eventfds fired: {fired}")
-        gen = t.config_generation()
-        up = toggle_link(r)
-        if up is None:
-            verdict.not_applicable("PCI-DEV-63", NO_STIMULUS)
+        if r.looped(verdict, "PCI-DEV-62"):
+            verdict.check("PCI-DEV-62", used_tx == n and used_rx == n,
+                          f"{n} frames sent on a loopback wire with every vector NO_VECTOR: used TX {used_tx}, "
+                          f"RX {used_rx} ({n} each expected within {EVENT_WAIT}s)")
+        port = need(r.port, verdict, "PCI-DEV-63")
+        if port is None:
             return
+        gen = t.config_generation()
+        up = toggle_link(port)
         fired = signalled(vecs, QUIET_WAIT)
         (status,) = t.read_config_fields([(NetCfg.STATUS, 2)])
         changed = t.config_generation() != gen or bool(status & VIRTIO_NET_S_LINK_UP) == up
@@ -166,8 +171,8 @@ def test_no_vector_raises_nothing(open_target: OpenTarget, verdict: Verdict) -> 
 
 
 @pytest.mark.req("PCI-DEV-56")
-def test_vector_mapping_end_to_end(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         table = VirtioPciModern(r.pci).msix_table_size()
         if not table:
             verdict.not_applicable("PCI-DEV-56", "no MSI-X capability")
@@ -180,7 +185,7 @@ def test_vector_mapping_end_to_end(open_target: OpenTarget, verdict: Verdict) ->
             fds = d.vector_fds()
             for fd in fds.values():
                 drain(fd)
-            r.send([frame(v)])
+            r.send([make_frame(v)])
             fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
             others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
             used = len(r.wait_used(TX, 1))
@@ -188,7 +193,9 @@ def test_vector_mapping_end_to_end(open_target: OpenTarget, verdict: Verdict) ->
                           f"transmitq1 mapped to vector {v} of {table}: that vector "
                           f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'} "
                           f"({used} TX buffer used)")
-            if n > 1 and toggle_link(r) is not None:
+            port = r.port
+            if n > 1 and not isinstance(port, Lacking):
+                toggle_link(port)
                 fired = wait_fd(fds[f"v{cfg_v}"], EVENT_WAIT)
                 others = signalled({k: f for k, f in fds.items() if k != f"v{cfg_v}"}, QUIET_WAIT)
                 verdict.check("PCI-DEV-56", fired and not others,
@@ -197,11 +204,10 @@ def test_vector_mapping_end_to_end(open_target: OpenTarget, verdict: Verdict) ->
 
 
 @pytest.mark.req("PCI-DEV-17")
-def test_config_generation_moves_with_config(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
-    model = getattr(t.pci, "model", None)
+def test_config_generation_moves_with_config(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
+    model = need(t.pci.abilities().port, verdict, "PCI-DEV-17")
     if model is None:
-        verdict.not_applicable("PCI-DEV-17", NO_STIMULUS)
         return
     acknowledge(t)
     start = t.config_generation()

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from backend.pci.abilities import Lacking
 from backend.virtio.features import DeviceStatus, NetF, bits, has
 from backend.virtio.pci_regs import VIRTIO_NET_S_LINK_UP, NetCfg
-from testbenches.conformance.checks._bringup import (
-    TX,
-    OpenTarget,
-    frame,
-    rig,
-    with_features,
-)
-from testbenches.conformance.checks._support import acknowledge, transport
+from testbenches.conformance.harness import TX, Bench, acknowledge, make_frame, with_features
 from testbenches.conformance.plugin import Verdict
 
 SPEED_UNKNOWN = 0xFFFFFFFF
@@ -25,8 +19,8 @@ DUPLEX_VALUES = (0x00, 0x01, 0xFF)
 
 
 @pytest.mark.req("NET-DEV-01", "NET-DEV-02", "NET-DEV-03", "NET-DEV-07", "NET-DEV-08", "NET-DEV-13", "NET-DEV-14")
-def test_offered_fields_in_range(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_offered_fields_in_range(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     acknowledge(t)
     offered = t.device_features()
     if has(offered, NetF.MQ):
@@ -60,8 +54,8 @@ def test_offered_fields_in_range(open_target: OpenTarget, verdict: Verdict) -> N
 
 
 @pytest.mark.req("NET-DEV-10", "NET-DEV-11", "NET-DEV-12")
-def test_speed_duplex(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_speed_duplex(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(features=with_features(NetF.SPEED_DUPLEX, NetF.STATUS), queue_size=32, rx_buffers=4)
         if not has(d.features, NetF.SPEED_DUPLEX):
             for rid in ("NET-DEV-10", "NET-DEV-11", "NET-DEV-12"):
@@ -76,15 +70,15 @@ def test_speed_duplex(open_target: OpenTarget, verdict: Verdict) -> None:
         if not has(d.features, NetF.STATUS):
             verdict.not_offered("NET-DEV-12", "VIRTIO_NET_F_STATUS not offered")
             return
-        # Sample while the link is up: across traffic, and (with the model) across a link flap.
+        # Sample while the link is up: across traffic, and (with the target's port) across a link flap.
         samples: list[tuple[int, ...]] = [(speed, duplex, status)]
-        n = r.send([frame(i) for i in range(r.tx_room(4))])
+        n = r.send([make_frame(i) for i in range(r.tx_room(4))])
         r.wait_used(TX, len(n))
         samples.append(tuple(t.read_config_fields(fields)))
-        model = r.model
-        if model is not None:
-            model.set_link(False)
-            model.set_link(True)
+        port = r.port
+        if not isinstance(port, Lacking):
+            port.set_link(False)
+            port.set_link(True)
             samples.append(tuple(t.read_config_fields(fields)))
         up = [(s, dx) for s, dx, st in samples if st & VIRTIO_NET_S_LINK_UP]
         if len(up) < 2:
@@ -97,8 +91,8 @@ def test_speed_duplex(open_target: OpenTarget, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("NET-DEV-04")
-def test_mtu_never_changes(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_mtu_never_changes(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(queue_size=32, rx_buffers=4)
         if not has(d.offered, NetF.MTU):
             verdict.not_offered("NET-DEV-04", "VIRTIO_NET_F_MTU not offered")
@@ -110,13 +104,14 @@ def test_mtu_never_changes(open_target: OpenTarget, verdict: Verdict) -> None:
             seen.append((when, t.read_config_fields([(NetCfg.MTU, 2)])[0]))
 
         sample("DRIVER_OK")
-        heads = r.send([frame(i, 300) for i in range(r.tx_room(4))])
+        heads = r.send([make_frame(i, 300) for i in range(r.tx_room(4))])
         r.wait_used(TX, len(heads))
         sample("after traffic")
-        if r.model is not None:
-            r.model.set_link(False)
+        port = r.port
+        if not isinstance(port, Lacking):
+            port.set_link(False)
             sample("link down")
-            r.model.set_link(True)
+            port.set_link(True)
             sample("link up again")
         t.reset()
         sample("after reset")
@@ -129,11 +124,12 @@ def test_mtu_never_changes(open_target: OpenTarget, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("CFG-DEV-01")
-def test_mac_and_link_status_match_the_device(open_target: OpenTarget, verdict: Verdict) -> None:
-    t = transport(open_target)
+def test_mac_and_link_status_match_the_device(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
     acknowledge(t)
     offered = t.device_features()
-    model = getattr(t.pci, "model", None)
+    port = t.pci.abilities().port
+    model = None if isinstance(port, Lacking) else port
     if not (has(offered, NetF.MAC) or has(offered, NetF.STATUS)):
         verdict.not_offered("CFG-DEV-01", "neither VIRTIO_NET_F_MAC nor VIRTIO_NET_F_STATUS offered")
         return

@@ -9,19 +9,8 @@ from scapy.layers.l2 import Ether
 
 from backend.virtio.features import NetF, has
 from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, NetHdr
-from testbenches.conformance.checks._ring import (
-    DmaWatch,
-    NetRig,
-    OpenTarget,
-    Posted,
-    add_chain,
-    make_frame,
-    net_rig,
-    poison,
-    split_at,
-    wire_of,
-    written_bytes,
-)
+from testbenches.conformance.chains import Posted, add_chain, poison, split_at, written_bytes
+from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
 
 #: Transmit header flag bits no feature of this spec version defines (NEEDS_CSUM, DATA_VALID, RSC_INFO
@@ -35,15 +24,8 @@ def _bits(*features: NetF) -> int:
     return sum(1 << f for f in features)
 
 
-def _loopback(rig: NetRig, verdict: Verdict, ids: tuple[str, ...]) -> bool:
-    if wire_of(rig.pci) == "loopback":
-        return True
-    for rid in ids:
-        verdict.not_applicable(rid, "target has no loopback wire: transmitted frames cannot be observed")
-    return False
 
-
-def _roundtrip(rig: NetRig, out: list[bytes], rx_size: int | None = None,
+def _roundtrip(rig: Rig, out: list[bytes], rx_size: int | None = None,
                rx_lens: list[int] | None = None) -> tuple[NetHdr | None, bytes, int]:
     """Send one TX chain, return (receive header, frame, used entries it took) from the looped-back copy."""
     r = add_chain(rig.rx, [], rx_lens or [rx_size or rig.rx_buf_size])
@@ -61,14 +43,14 @@ def _roundtrip(rig: NetRig, out: list[bytes], rx_size: int | None = None,
 
 
 @pytest.mark.req("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
-def test_transmit_header_fields_not_trusted(open_target: OpenTarget, verdict: Verdict) -> None:
+def test_transmit_header_fields_not_trusted(bench: Bench, verdict: Verdict) -> None:
     ids = ("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
-    with net_rig(open_target) as rig:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         # Checksum offloads on where offered: a device able to fill checksums is the one that could misuse them.
         feats = rig.features_for(extra=_bits(NetF.CSUM, NetF.GUEST_CSUM))
         assert feats is not None
         rig.bring_up(feats, 64)
-        if not _loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         pkt = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / IP(src="10.0.0.1", dst="10.0.0.2") \
             / UDP(sport=4000, dport=4001, chksum=0xBAD1) / (b"payload-" * 20)
@@ -99,9 +81,9 @@ def test_transmit_header_fields_not_trusted(open_target: OpenTarget, verdict: Ve
 
 
 @pytest.mark.req("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-31", "NET-DEV-34", "NET-DEV-55")
-def test_receive_header_without_offloads(open_target: OpenTarget, verdict: Verdict) -> None:
+def test_receive_header_without_offloads(bench: Bench, verdict: Verdict) -> None:
     ids = ("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-34", "NET-DEV-55")
-    with net_rig(open_target) as rig:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(drop=_bits(*GUEST_OFFLOADS))
         assert feats is not None
         rig.bring_up(feats, 64)
@@ -109,7 +91,7 @@ def test_receive_header_without_offloads(open_target: OpenTarget, verdict: Verdi
             verdict.not_applicable("NET-DEV-31", "this check negotiates without VIRTIO_NET_F_MRG_RXBUF")
         else:
             verdict.not_offered("NET-DEV-31", "VIRTIO_NET_F_MRG_RXBUF not offered")
-        if not _loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         hdr = rig.tx_header()
         limit = rig.rx_buf_size - rig.hdr_len
@@ -145,15 +127,15 @@ def test_receive_header_without_offloads(open_target: OpenTarget, verdict: Verdi
 
 
 @pytest.mark.req("NET-DEV-05", "NET-DEV-06")
-def test_mtu_limits(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_mtu_limits(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(extra=1 << NetF.MTU)
         if feats is None or not has(feats, NetF.MTU):
             verdict.not_offered("NET-DEV-05", "VIRTIO_NET_F_MTU not offered")
             verdict.not_offered("NET-DEV-06", "VIRTIO_NET_F_MTU not offered")
             return
         rig.bring_up(feats, 64)
-        if not _loopback(rig, verdict, ("NET-DEV-05", "NET-DEV-06")):
+        if not rig.looped(verdict, "NET-DEV-05", "NET-DEV-06"):
             return
         mtu = rig.drv.mtu() or 0
         hdr = rig.tx_header()
@@ -196,18 +178,18 @@ def _buffers_for(packet: int, unit: int) -> int:
 
 
 @pytest.mark.req("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
-def test_receive_merged_buffers(open_target: OpenTarget, verdict: Verdict) -> None:
+def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
     """With VIRTIO_NET_F_MRG_RXBUF a packet larger than one receive buffer takes several: num_buffers in the
     first header counts them, all but the last are full, and they become used together."""
     ids = ("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
-    with net_rig(open_target) as rig:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]))
         if feats is None or not has(feats, NetF.MRG_RXBUF):
             for rid in ids:
                 verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
             return
         rig.bring_up(feats, 64)
-        if not _loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         hl = rig.hdr_len
         unit = MERGED_UNIT
@@ -224,7 +206,7 @@ def test_receive_merged_buffers(open_target: OpenTarget, verdict: Verdict) -> No
         rig.publish(rig.RX)
         start = rig.rx.used_idx()
         hdr = rig.tx_header()
-        with DmaWatch(rig.pci, rig.mem, {rig.RX: rig.rx}) as watch:
+        with rig.dma_watch({rig.RX: rig.rx}) as watch:
             for f in frames:
                 add_chain(rig.tx, [hdr, f], [])
             rig.publish(rig.TX)

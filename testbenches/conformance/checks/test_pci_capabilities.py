@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from backend.pci.device import PciDevice, RegionIndex, config_read, read_int, write_int
@@ -24,9 +22,8 @@ from backend.virtio.pci_regs import (
     VirtioPciCap,
     walk_capabilities,
 )
+from testbenches.conformance.harness import Bench
 from testbenches.conformance.plugin import Verdict
-
-OpenTarget = Callable[..., PciDevice]
 
 #: Defined sizes of each capability structure (struct virtio_pci_cap + extra fields).
 CAP_MIN_LEN = {CapType.COMMON_CFG: 16, CapType.NOTIFY_CFG: 20, CapType.ISR_CFG: 16, CapType.DEVICE_CFG: 16,
@@ -62,8 +59,8 @@ def _offered_features(dev: PciDevice) -> int:
 
 
 @pytest.mark.req("PCI-DEV-02", "PCI-DEV-03", "PCI-DEV-05", "PCI-DEV-06", "PCI-DEV-07")
-def test_pci_identity(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_pci_identity(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     vendor = config_read(dev, PciCfg.VENDOR_ID, 2)
     device = config_read(dev, PciCfg.DEVICE_ID, 2)
     revision = config_read(dev, PciCfg.REVISION_ID, 1)
@@ -84,8 +81,8 @@ def test_pci_identity(open_target: OpenTarget, verdict: Verdict) -> None:
 
 @pytest.mark.req("PCI-DEV-09", "PCI-DEV-12", "PCI-DEV-13", "PCI-DEV-28", "PCI-DEV-37", "PCI-DEV-B01", "PCI-DEV-42",
                  "PCI-DEV-50")
-def test_virtio_capabilities_present_and_well_formed(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_virtio_capabilities_present_and_well_formed(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     caps = _virtio_caps(dev)
     by_type: dict[int, list[VirtioPciCap]] = {}
     for _raw, cap in caps:
@@ -112,8 +109,8 @@ def test_virtio_capabilities_present_and_well_formed(open_target: OpenTarget, ve
 
 @pytest.mark.req("PCI-DEV-29", "PCI-DEV-30", "PCI-DEV-31", "PCI-DEV-32", "PCI-DEV-33", "PCI-DEV-34", "PCI-DEV-35",
                  "PCI-DEV-36")
-def test_notify_capability_geometry(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_notify_capability_geometry(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     found = _first(dev, CapType.NOTIFY_CFG)
     assert found is not None, "no notify capability"
     raw, notify = found
@@ -153,8 +150,8 @@ def test_notify_capability_geometry(open_target: OpenTarget, verdict: Verdict) -
 
 
 @pytest.mark.req("PCI-DEV-43", "PCI-DEV-44")
-def test_shared_memory_capabilities(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_shared_memory_capabilities(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     shm = [(raw, cap) for raw, cap in _virtio_caps(dev) if cap.cfg_type == CapType.SHARED_MEMORY_CFG]
     if not shm:
         verdict.not_applicable("PCI-DEV-43", "no shared memory capability")
@@ -173,8 +170,8 @@ def test_shared_memory_capabilities(open_target: OpenTarget, verdict: Verdict) -
 
 
 @pytest.mark.req("PCI-DEV-47", "PCI-DEV-48", "PCI-DEV-49")
-def test_vendor_data_capabilities(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_vendor_data_capabilities(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     vendor = [raw for raw in _caps(dev) if raw.cfg_type == CapType.VENDOR_CFG]
     if not vendor:
         for rid in ("PCI-DEV-47", "PCI-DEV-48", "PCI-DEV-49"):
@@ -195,8 +192,8 @@ def test_vendor_data_capabilities(open_target: OpenTarget, verdict: Verdict) -> 
 
 
 @pytest.mark.req("PCI-DEV-53", "PCI-DEV-54")
-def test_msix_table_size(open_target: OpenTarget, verdict: Verdict) -> None:
-    dev = open_target()
+def test_msix_table_size(bench: Bench, verdict: Verdict) -> None:
+    dev = bench.open()
     msix = next((c for c in _caps(dev) if c.cap_id == PCI_CAP_ID_MSIX), None)
     if msix is None:
         verdict.not_applicable("PCI-DEV-53", "no MSI-X capability")
@@ -213,9 +210,9 @@ def test_msix_table_size(open_target: OpenTarget, verdict: Verdict) -> None:
                   f"irq count {dev.irq_count(2)}")
 
 
-def test_capability_list_is_sane(open_target: OpenTarget) -> None:
+def test_capability_list_is_sane(bench: Bench) -> None:
     """Not a requirement row: the list terminates and every vendor cap names an existing BAR."""
-    dev = open_target()
+    dev = bench.open()
     for raw in _caps(dev):
         if raw.cap_id == PCI_CAP_ID_VNDR and raw.virtio is not None and raw.virtio.cfg_type != CapType.PCI_CFG:
             assert dev.region_info(raw.virtio.bar).size > 0, f"cap at {raw.offset:#x} names empty BAR"

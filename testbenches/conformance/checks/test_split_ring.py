@@ -19,23 +19,18 @@ from backend.virtio.split_ring import (
     SplitLayout,
     vring_need_event,
 )
-from testbenches.conformance.checks._ring import (
-    TIMEOUT,
+from testbenches.conformance.chains import (
     DmaWatch,
-    NetRig,
-    OpenTarget,
     Posted,
     add_chain,
-    make_frame,
-    net_rig,
     overlaps,
     poison,
     split_at,
     uncovered,
     used_entry,
-    wire_of,
     written_bytes,
 )
+from testbenches.conformance.harness import RING_MEM_SIZE, TIMEOUT, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
 
 #: Buffers driven through one queue by the wrap check: past 2^16 with room to spare.
@@ -43,15 +38,8 @@ WRAP_TOTAL = 70_000
 WRAP_BUF = 512
 
 
-def _need_loopback(rig: NetRig, verdict: Verdict, ids: tuple[str, ...]) -> bool:
-    if wire_of(rig.pci) == "loopback":
-        return True
-    for rid in ids:
-        verdict.not_applicable(rid, "target has no loopback wire: transmitted frames cannot be observed")
-    return False
 
-
-def _post_rx(rig: NetRig, n: int, size: int | None = None, *, poisoned: bool = True) -> dict[int, Posted]:
+def _post_rx(rig: Rig, n: int, size: int | None = None, *, poisoned: bool = True) -> dict[int, Posted]:
     pending: dict[int, Posted] = {}
     for _ in range(n):
         p = add_chain(rig.rx, [], [size or rig.rx_buf_size])
@@ -62,7 +50,7 @@ def _post_rx(rig: NetRig, n: int, size: int | None = None, *, poisoned: bool = T
     return pending
 
 
-def _alive(rig: NetRig, verdict: Verdict, rid: str, what: str) -> bool:
+def _alive(rig: Rig, verdict: Verdict, rid: str, what: str) -> bool:
     st = rig.status()
     return verdict.check(rid, not st & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED),
                          f"{what}: device_status {st:#x} (DEVICE_NEEDS_RESET) after a valid chain; "
@@ -94,12 +82,12 @@ RX_SPLITS: list[tuple[str, list[int], int | None]] = [
 
 
 @pytest.mark.req("SPLIT-DEV-01")
-def test_descriptor_layout_does_not_change_the_frame(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_descriptor_layout_does_not_change_the_frame(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(indirect=True) or rig.features_for(indirect=False)
         assert feats is not None
         rig.bring_up(feats)
-        if not _need_loopback(rig, verdict, ("SPLIT-DEV-01",)):
+        if not rig.looped(verdict, "SPLIT-DEV-01"):
             return
         indirect_ok = has(rig.features, F.INDIRECT_DESC)
         hdr = rig.tx_header()
@@ -144,13 +132,13 @@ def test_descriptor_layout_does_not_change_the_frame(open_target: OpenTarget, ve
 
 
 @pytest.mark.req("SPLIT-DEV-03", "SPLIT-DEV-04", "SPLIT-DEV-06", "SPLIT-DEV-15", "SPLIT-DEV-16")
-def test_device_writes_only_writable_buffers_and_used_ring(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_device_writes_only_writable_buffers_and_used_ring(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(indirect=True, event_idx=False) or rig.features_for(indirect=False)
         assert feats is not None
         rig.bring_up(feats, 64)
         ids = ("SPLIT-DEV-03", "SPLIT-DEV-04", "SPLIT-DEV-06", "SPLIT-DEV-15", "SPLIT-DEV-16")
-        if not _need_loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         indirect_ok = has(rig.features, F.INDIRECT_DESC)
         hdr = rig.tx_header()
@@ -169,7 +157,7 @@ def test_device_writes_only_writable_buffers_and_used_ring(open_target: OpenTarg
             rx_pending[p.head] = p
             rx_all.append(p)
         rig.publish(rig.RX)
-        with DmaWatch(rig.pci, rig.mem, {rig.RX: rig.rx, rig.TX: rig.tx}) as watch:
+        with rig.dma_watch({rig.RX: rig.rx, rig.TX: rig.tx}) as watch:
             for i, f in enumerate(frames):
                 cuts = [[], [12], [4, 12, 30], [12, 13]][i % 4]
                 direct = [None, None, 0, 1][i % 4] if indirect_ok else None
@@ -181,8 +169,8 @@ def test_device_writes_only_writable_buffers_and_used_ring(open_target: OpenTarg
                     guarded = [(a, n) for p in rx_all + tx_all for a, n in p.tables + p.readable]
                     before = [rig.mem.read(a, n) for a, n in guarded]
                     rig.publish(rig.TX)
-                    done_rx, _ = rig.wait_used(rig.RX, len(tx_all))
-                    done_tx, _ = rig.wait_used(rig.TX, len(tx_all))
+                    done_rx, _ = rig.wait_used_idx(rig.RX, len(tx_all))
+                    done_tx, _ = rig.wait_used_idx(rig.TX, len(tx_all))
                     changed = [(a, n) for (a, n), b in zip(guarded, before, strict=True) if rig.mem.read(a, n) != b]
                     tables = {a for p in rx_all + tx_all for a, _ in p.tables}
                     verdict.check("SPLIT-DEV-06", not [c for c in changed if c[0] in tables],
@@ -216,7 +204,7 @@ def test_device_writes_only_writable_buffers_and_used_ring(open_target: OpenTarg
         _judge_dma(verdict, rig, watch, rx_all, tx_all, rx_got)
 
 
-def _judge_dma(verdict: Verdict, rig: NetRig, watch: DmaWatch, rx_all: list[Posted], tx_all: list[Posted],
+def _judge_dma(verdict: Verdict, rig: Rig, watch: DmaWatch, rx_all: list[Posted], tx_all: list[Posted],
                rx_got: list[tuple[Posted, int]]) -> None:
     rings = {rig.RX: rig.rx, rig.TX: rig.tx}
     used_areas = [(r.used_addr, r.layout.used_bytes) for r in rings.values()]
@@ -282,15 +270,15 @@ def _judge_dma(verdict: Verdict, rig: NetRig, watch: DmaWatch, rx_all: list[Post
 
 
 @pytest.mark.req("SPLIT-DEV-07", "SPLIT-DEV-08")
-def test_indirect_write_flag_and_mixed_chains(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_indirect_write_flag_and_mixed_chains(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(indirect=True)
         if feats is None:
             verdict.not_offered("SPLIT-DEV-07", "VIRTIO_F_INDIRECT_DESC not offered")
             verdict.not_offered("SPLIT-DEV-08", "VIRTIO_F_INDIRECT_DESC not offered")
             return
         rig.bring_up(feats, 32)
-        if not _need_loopback(rig, verdict, ("SPLIT-DEV-07", "SPLIT-DEV-08")):
+        if not rig.looped(verdict, "SPLIT-DEV-07", "SPLIT-DEV-08"):
             return
         hdr = rig.tx_header()
         cases: list[tuple[str, str, int, int, list[int], list[int]]] = [
@@ -333,24 +321,24 @@ def test_indirect_write_flag_and_mixed_chains(open_target: OpenTarget, verdict: 
 # --- SPLIT-DEV-09..14, 18, 20: notification suppression -----------------------------------------------
 
 
-def _tx_one(rig: NetRig, seq: int) -> tuple[int, int, int]:
+def _tx_one(rig: Rig, seq: int) -> tuple[int, int, int]:
     """Transmit one frame (looped back into a posted RX buffer); returns TX (old, new) used idx and the
     interrupts already consumed while waiting for the used entry (a device whose interrupt follows its used
     idx write closely can signal before the wait has seen the new idx)."""
     old = rig.tx.used_idx()
     add_chain(rig.tx, [rig.tx_header() + make_frame(seq, 80)], [])
     rig.publish(rig.TX)
-    _, seen = rig.wait_used(rig.TX, old + 1)
+    _, seen = rig.wait_used_idx(rig.TX, old + 1)
     return old, rig.tx.used_idx(), seen
 
 
 @pytest.mark.req("SPLIT-DEV-09", "SPLIT-DEV-10", "SPLIT-DEV-11", "SPLIT-DEV-18")
-def test_notifications_without_event_idx(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_notifications_without_event_idx(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(event_idx=False)
         assert feats is not None
         rig.bring_up(feats, 64)
-        if not _need_loopback(rig, verdict, ("SPLIT-DEV-09", "SPLIT-DEV-10", "SPLIT-DEV-11", "SPLIT-DEV-18")):
+        if not rig.looped(verdict, "SPLIT-DEV-09", "SPLIT-DEV-10", "SPLIT-DEV-11", "SPLIT-DEV-18"):
             return
         tx = rig.tx
         rx_pending = _post_rx(rig, 48, poisoned=False)
@@ -380,16 +368,16 @@ def test_notifications_without_event_idx(open_target: OpenTarget, verdict: Verdi
 
 
 @pytest.mark.req("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14", "SPLIT-DEV-20")
-def test_notifications_with_event_idx(open_target: OpenTarget, verdict: Verdict) -> None:
+def test_notifications_with_event_idx(bench: Bench, verdict: Verdict) -> None:
     ids = ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14", "SPLIT-DEV-20")
-    with net_rig(open_target) as rig:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(event_idx=True)
         if feats is None:
             for rid in ids:
                 verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
             return
         rig.bring_up(feats, 64)
-        if not _need_loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         tx = rig.tx
         tx.auto_used_event = False
@@ -429,12 +417,12 @@ def test_notifications_with_event_idx(open_target: OpenTarget, verdict: Verdict)
 
 
 @pytest.mark.req("SPLIT-DEV-22")
-def test_spurious_notifications_are_harmless(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_spurious_notifications_are_harmless(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for()
         assert feats is not None
         rig.bring_up(feats, 32)
-        if not _need_loopback(rig, verdict, ("SPLIT-DEV-22",)):
+        if not rig.looped(verdict, "SPLIT-DEV-22"):
             return
         # Before anything was made available.
         for _ in range(8):
@@ -446,14 +434,14 @@ def test_spurious_notifications_are_harmless(open_target: OpenTarget, verdict: V
         frame = make_frame(7, 200)
         t = add_chain(rig.tx, [rig.tx_header(), frame], [])
         rig.publish(rig.TX)
-        rig.wait_used(rig.TX, 1)
+        rig.wait_used_idx(rig.TX, 1)
         got = rig.complete(rig.RX, rx_pending, 1)
         # The same entries again: consumed ones must not be used twice.
         for _ in range(8):
             rig.kick(rig.TX)
         extra = rig.complete(rig.RX, rx_pending, 1, timeout=rig.quiet)
         verdict.check("SPLIT-DEV-22", len(got) == 1 and not extra and rig.tx.used_idx() == 1,
-                      f"1 frame sent, then 8 spurious kicks: {len(got) + len(extra)} frame(s) received, "
+                      f"1 frame sent, then 8 spurious kicks: {len(got) + len(extra)} make_frame(s) received, "
                       f"TX used idx {rig.tx.used_idx()} (expected 1)")
         rig.complete(rig.TX, {t.head: t}, 1)
         # Still works afterwards.
@@ -471,14 +459,14 @@ def test_spurious_notifications_are_harmless(open_target: OpenTarget, verdict: V
 
 
 @pytest.mark.req("FEAT-DEV-10")
-def test_in_order_used_in_availability_order(open_target: OpenTarget, verdict: Verdict) -> None:
-    with net_rig(open_target) as rig:
+def test_in_order_used_in_availability_order(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(in_order=True, indirect=True) or rig.features_for(in_order=True, indirect=False)
         if feats is None:
             verdict.not_offered("FEAT-DEV-10", "VIRTIO_F_IN_ORDER not offered")
             return
         rig.bring_up(feats, 32)
-        if not _need_loopback(rig, verdict, ("FEAT-DEV-10",)):
+        if not rig.looped(verdict, "FEAT-DEV-10"):
             return
         indirect_ok = has(rig.features, F.INDIRECT_DESC)
         hdr = rig.tx_header()
@@ -504,7 +492,7 @@ def test_in_order_used_in_availability_order(open_target: OpenTarget, verdict: V
             for q, ring, expect in pairs:
                 old = olds[q]
                 base = ring.used_addr + SplitLayout.USED_RING
-                done, _ = rig.wait_used(q, old + len(expect))
+                done, _ = rig.wait_used_idx(q, old + len(expect))
                 new = ring.used_idx()
                 raw = [USED_ELEM.unpack(rig.mem.read(base + USED_ELEM_SIZE * ((old + k) % ring.size),
                                                      USED_ELEM_SIZE)) for k in range(len(expect))]
@@ -532,13 +520,13 @@ def test_in_order_used_in_availability_order(open_target: OpenTarget, verdict: V
 
 
 @pytest.mark.req("SPLIT-DEV-15", "SPLIT-DEV-16", "SPLIT-DEV-13", "SPLIT-DEV-14")
-def test_used_idx_wraps_at_16_bits(open_target: OpenTarget, verdict: Verdict) -> None:
+def test_used_idx_wraps_at_16_bits(bench: Bench, verdict: Verdict) -> None:
     ids = ("SPLIT-DEV-15", "SPLIT-DEV-16", "SPLIT-DEV-13", "SPLIT-DEV-14")
-    with net_rig(open_target) as rig:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(event_idx=True, indirect=False) or rig.features_for(event_idx=False)
         assert feats is not None
         rig.bring_up(feats, 256)
-        if not _need_loopback(rig, verdict, ids):
+        if not rig.looped(verdict, *ids):
             return
         event_idx = has(rig.features, F.EVENT_IDX)
         if not event_idx:
@@ -583,8 +571,8 @@ def test_used_idx_wraps_at_16_bits(open_target: OpenTarget, verdict: Verdict) ->
                 rx.set_used_event((new - 1) & 0xFFFF)
             tx.write_avail_idx(new)
             rig.kick(rig.TX)
-            ok_rx, seen_rx = rig.wait_used(rig.RX, new)
-            ok_tx, seen_tx = rig.wait_used(rig.TX, new)
+            ok_rx, seen_rx = rig.wait_used_idx(rig.RX, new)
+            ok_tx, seen_tx = rig.wait_used_idx(rig.TX, new)
             got_rx, got_tx = rx.used_idx(), tx.used_idx()
             if not verdict.check("SPLIT-DEV-15", ok_rx and ok_tx,
                                  f"after {sent + cnt} buffers (used idx must be {(sent + cnt)} mod 2^16 = {new}) "

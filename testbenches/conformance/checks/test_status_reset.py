@@ -1,8 +1,9 @@
 """Device status (2.1), device reset (2.4) and per-queue reset with VIRTIO_F_RING_RESET (2.6.1, 4.1.4.3).
 
-"No DMA" is observed through the simulator's IOMMU access observers where the
-target has them; on every target the used rings, the interrupt eventfds and
-guest memory snapshots are compared.
+"No DMA" is observed through the target's DMA observer where it declares one;
+on every target the used rings, the interrupt eventfds and guest memory
+snapshots are compared. A frame from the wire is delivered through the target's
+port where it has one.
 """
 
 from __future__ import annotations
@@ -12,28 +13,29 @@ import time
 import pytest
 
 from backend.drivers.transport import VirtioPciModern
+from backend.pci.abilities import Lacking
 from backend.pci.device import DmaPerm
 from backend.virtio.features import F, has
 from backend.virtio.pci_regs import CommonCfg
-from testbenches.conformance.checks._bringup import (
+from testbenches.conformance.chains import (
+    changed_outside,
+    fmt_faults,
+    fmt_runs,
+    ring_ranges,
+    snapshot,
+    status_text,
+)
+from testbenches.conformance.harness import (
     EVENT_WAIT,
     NEEDS_RESET,
     QUIET_WAIT,
     RING_RESET_FEATURES,
     RX,
     TX,
-    DmaRecorder,
-    OpenTarget,
-    changed_outside,
+    Bench,
     drain,
-    fmt_faults,
-    fmt_runs,
-    frame,
-    rig,
-    ring_ranges,
+    make_frame,
     signalled,
-    snapshot,
-    status_text,
 )
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue
@@ -43,22 +45,22 @@ RING_RESET_IDS = ("PCI-DEV-20", "PCI-DEV-21", "PCI-DEV-22", "PCI-DEV-23", "PCI-D
 
 
 @pytest.mark.req("STATUS-DEV-01")
-def test_nothing_moves_before_driver_ok(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(queue_size=64, rx_buffers=4, driver_ok=False)  # rings live, DRIVER_OK not yet set
         fds = d.vector_fds()
         for fd in fds.values():
             drain(fd)
-        r.pci.dma_faults()
-        with DmaRecorder(r.iommu) as rec:
-            heads = r.add_tx([frame(i) for i in range(r.tx_room(3))])
+        r.faults()
+        with r.dma_watch() as rec:
+            heads = r.add_tx([make_frame(i) for i in range(r.tx_room(3))])
             r.doorbell(TX)
             r.doorbell(RX)
-            if r.model is not None:
-                r.model.receive(frame(7))  # a frame arriving from the wire meanwhile
+            if not isinstance(r.port, Lacking):
+                r.port.receive(make_frame(7))  # a frame arriving from the wire meanwhile
             fired = signalled(fds, QUIET_WAIT)
             used = {q: d.queues[q].used_idx() for q in (RX, TX)}
-        writes = [a for a in rec.accesses if a[0] & DmaPerm.WRITE]
+        writes = rec.writes()
         verdict.check("STATUS-DEV-01", used == {RX: 0, TX: 0} and not writes and not fired,
                       f"status {status_text(r.status())}: after kicking {len(heads)} TX and RX buffers, used idx "
                       f"RX={used[RX]} TX={used[TX]} (expected 0), device writes {len(writes)}, "
@@ -73,23 +75,23 @@ def test_nothing_moves_before_driver_ok(open_target: OpenTarget, verdict: Verdic
 
 
 @pytest.mark.req("RESET-DEV-02")
-def test_reset_device_stays_silent(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_reset_device_stays_silent(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(queue_size=64, rx_buffers=8)
         t = d.transport
         n = r.tx_room(2)
-        r.send([frame(i) for i in range(n)])
+        r.send([make_frame(i) for i in range(n)])
         warm = len(r.wait_used(TX, n))
         locations = {q: t.notify_location(q) for q in (RX, TX)}
         t.reset()  # device_status reads 0 when this returns
         fds = d.vector_fds()
         for fd in fds.values():
             drain(fd)
-        r.pci.dma_faults()
+        r.faults()
         used_before = {q: d.queues[q].used_idx() for q in (RX, TX)}
-        with DmaRecorder(r.iommu) as rec:
+        with r.dma_watch() as rec:
             # The driver, unaware, keeps posting into the old rings and ringing the old doorbells.
-            d.queues[TX].add([bytes(12), frame(5)], [])
+            d.queues[TX].add([bytes(12), make_frame(5)], [])
             d.queues[TX].publish()
             if d.queues[RX].num_free:
                 d.queues[RX].add([], [2048])
@@ -98,12 +100,12 @@ def test_reset_device_stays_silent(open_target: OpenTarget, verdict: Verdict) ->
             for q, loc in locations.items():
                 for value in (q, d.queues[q].published):
                     t.notify(q, value, location=loc)
-            if r.model is not None:
-                r.model.receive(frame(6))
+            if not isinstance(r.port, Lacking):
+                r.port.receive(make_frame(6))
             fired = signalled(fds, QUIET_WAIT)
             after = snapshot(r.mem)
         used_after = {q: d.queues[q].used_idx() for q in (RX, TX)}
-        faults = r.pci.dma_faults()
+        faults = r.faults()
         changed = changed_outside(r.mem, before, after, [])
         verdict.check("RESET-DEV-02", warm == n, f"before reset only {warm} of {n} TX buffers completed")
         evidence = (f"after reset (status {status_text(t.status())}), kicks on the old doorbells and a wire frame: "
@@ -127,8 +129,8 @@ def _poll_queue_reset(t: VirtioPciModern, q: int, timeout: float) -> list[int]:
 
 
 @pytest.mark.req(*RING_RESET_IDS)
-def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
-    with rig(open_target) as r:
+def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
         d = r.up(features=RING_RESET_FEATURES, queue_size=64, rx_buffers=0, queues=False, driver_ok=False)
         if not has(d.features, F.RING_RESET):
             for rid in RING_RESET_IDS:
@@ -146,7 +148,7 @@ def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
             v = t.read_common(CommonCfg.QUEUE_RESET)
             verdict.check("PCI-DEV-21", v == 0, f"queue {q}: queue_reset reads {v} after queue_enable=1")
         d.driver_ok()
-        heads = r.send([frame(i) for i in range(r.tx_room(3))])
+        heads = r.send([make_frame(i) for i in range(r.tx_room(3))])
         done = r.wait_used(TX, len(heads))
         old_size = d.queues[TX].size
         max_size = t.queue_size(TX)
@@ -169,11 +171,11 @@ def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
         old = d.queues[TX]
         tx_fd = d.irq_fds["tx"]
         drain(tx_fd)
-        r.pci.dma_faults()
+        r.faults()
         old_parts = list(ring_ranges(old).values())
         used_before = old.used_idx()
-        with DmaRecorder(r.iommu) as rec:
-            old.add([bytes(d.hdr_len), frame(9)], [])
+        with r.dma_watch() as rec:
+            old.add([bytes(d.hdr_len), make_frame(9)], [])
             old.publish()
             before = snapshot(r.mem)
             r.doorbell(TX)
@@ -186,7 +188,7 @@ def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
                       f"{fmt_runs(changed)}")
         quiet = not fired and old.used_idx() == used_before and not changed
         if rec.available:
-            touched = [a for a in rec.accesses if any(s <= a[1] < s + n for s, n in old_parts)]
+            touched = [a for a in rec.accesses if any(s <= a.iova < s + n for s, n in old_parts)]
             quiet = quiet and not rec.accesses
             verdict.check("RESET-DEV-03", not touched and not rec.accesses,
                           f"device accesses after the queue reset: {rec.describe()}")
@@ -213,10 +215,10 @@ def test_queue_reset(open_target: OpenTarget, verdict: Verdict) -> None:
         sent = 0
         first_idx = None
         problems: list[str] = []
-        with DmaRecorder(r.iommu) as rec:
+        with r.dma_watch() as rec:
             while sent < total:
                 n = min(batch, total - sent)
-                hs = r.send([frame(100 + sent + i) for i in range(n)])
+                hs = r.send([make_frame(100 + sent + i) for i in range(n)])
                 got = r.wait_used(TX, n)
                 if first_idx is None:
                     first_idx = ring.used_idx()

@@ -1,0 +1,661 @@
+"""The conformance checks' one bring-up rig, over what the target declares it offers.
+
+A check takes the ``bench`` fixture (:class:`Bench`, from ``checks/conftest.py``): ``bench.open()`` a
+fresh device, ``bench.transport()`` a reset register-level transport, ``bench.rig()`` a :class:`Rig`:
+one device, guest memory mapped identity into its IOMMU once, and :meth:`Rig.up` to bring it (again)
+to DRIVER_OK with the wanted features, queue size, receive buffers and interrupt wiring (MSI-X with
+one eventfd per vector and a chosen vector per event, NO_VECTOR allowed, or INTx).
+
+Everything beyond register access comes from ``PciDevice.abilities()``
+(:mod:`backend.pci.abilities`): the wire, the bench port (link, frames from the wire), the driver
+errors the device recorded, crashes of its thread, DMA observation, the fault list, a synchronous
+doorbell. :func:`need` turns a lacking ability into *not applicable* for the ids that need it. A
+target whose wire is unknown (a real card) is probed once per target at its first bring-up: frames
+out, do they come back? The answer (and why) is :attr:`Rig.wire`; :meth:`Rig.looped` reports the
+data-path ids *not applicable* when nothing comes back.
+
+Every wait is a bounded ``select`` on eventfds or a bounded poll of a used index.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from backend.drivers.transport import VirtioPciModern
+from backend.eventloop import consume_eventfd, new_eventfd, wait_eventfd
+from backend.pci.abilities import Abilities, Ability, Lacking, PortControl, WireKind
+from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice
+from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.net_hdr import NetHdr
+from backend.virtio.pci_regs import NO_VECTOR
+from backend.virtio.split_ring import vring_need_event
+from sim.memory import Allocator, GuestMemory
+from testbenches.conformance.chains import DmaWatch, Posted, add_chain
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.split_ring import DriverQueueError, DriverSplitQueue, UsedBuffer
+from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver, choose_features
+from testbenches.frames import MIN_LEN, test_frame
+
+T = TypeVar("T")
+OpenTarget = Callable[..., PciDevice]
+
+#: Where the checks' guest memory starts (IOVA = guest-physical address). Not 0: QEMU's virtio device
+#: takes a descriptor area at address 0 for "no queue" and ignores it (quirk ``qemu-virtio-net`` in
+#: backend/drivers/quirks.py); starting at 1 MiB keeps that one deviation from failing every data-path check.
+GUEST_MEMORY_BASE = 0x100000
+#: Guest memory of a rig: small where checks snapshot all of it, large for rings of 32768 entries.
+MEM_SIZE = 4 << 20
+RING_MEM_SIZE = 32 << 20
+#: Bound on waiting for an event that must come (only paid in full when the device misbehaves).
+EVENT_WAIT = 0.5
+#: How long silence is watched for when an event must NOT come.
+QUIET_WAIT = 0.05
+#: Longest wait of the ring-level helpers for something that must happen (an interrupt, a used entry).
+TIMEOUT = 1.0
+#: Once a device has missed one deadline, later ring-level waits on the same rig are this short: a broken
+#: device then fails every hypothesis example (and every shrink step) in milliseconds, not seconds.
+FAIL_FAST = 0.05
+#: Eventfds bound per bring-up at most (a real card may have a large MSI-X table).
+MAX_BOUND_VECTORS = 16
+#: An IOVA no check ever maps: far above the guest memory, page aligned.
+UNMAPPED_IOVA = 0x7F00_0000_0000
+#: Wire probe: how long frames are sent and waited for (a real link may take a moment to come up) ...
+PROBE_WAIT = 3.0
+#: ... and how often one more frame goes out meanwhile.
+PROBE_INTERVAL = 0.25
+#: Sequence numbers of the probe's frames (a frame that comes back is one of them, not other traffic).
+PROBE_SEQ = 0x9B0B_0000
+
+RX = GuestNetDriver.RX
+TX = GuestNetDriver.TX
+NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
+#: Feature bits the ring-level checks choose themselves.
+RING_BITS = (1 << F.EVENT_IDX) | (1 << F.INDIRECT_DESC) | (1 << F.IN_ORDER)
+
+drain = consume_eventfd
+wait_fd = wait_eventfd
+
+
+def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
+    """Names whose eventfd is signalled within ``timeout`` s (all consumed); [] if silence held."""
+    by_fd: dict[int, list[str]] = {}
+    for name, fd in fds.items():
+        by_fd.setdefault(fd, []).append(name)
+    ready, _, _ = select.select(list(by_fd), [], [], max(0.0, timeout))
+    out: list[str] = []
+    for fd in ready:
+        if drain(fd):
+            out.extend(by_fd[fd])
+    return sorted(out)
+
+
+def with_features(*extra: int) -> int:
+    """The guest driver's default wanted set plus ``extra`` feature bits."""
+    wanted = DEFAULT_FEATURES
+    for n in extra:
+        wanted |= 1 << n
+    return wanted
+
+
+RING_RESET_FEATURES = with_features(F.RING_RESET)
+
+
+def need(ability: Ability[T], verdict: Verdict, *ids: str) -> T | None:
+    """The ability, or None after reporting ``ids`` *not applicable* with the reason the target gave."""
+    if isinstance(ability, Lacking):
+        for rid in ids:
+            verdict.not_applicable(rid, ability.why)
+        return None
+    return ability
+
+
+# --- frames --------------------------------------------------------------------------------------------------
+
+
+def make_frame(seq: int = 0, length: int = 60) -> bytes:
+    """The bench's test frame (:func:`testbenches.frames.test_frame`); below its minimum length (ring checks
+    send frames down to a bare Ethernet header) the first ``length`` bytes of one."""
+    if length >= MIN_LEN:
+        return test_frame(seq, length)
+    return test_frame(seq, MIN_LEN)[:length]
+
+
+# --- the driver the rig brings the device up with --------------------------------------------------------
+
+
+class BenchDriver(GuestNetDriver):
+    """GuestNetDriver with explicit interrupt wiring.
+
+    ``irq_mode`` "msix": every vector up to :data:`MAX_BOUND_VECTORS` gets its
+    own eventfd (``irq_fds["v<n>"]``) and ``vectors`` maps "config", "rx" and
+    "tx" to a vector or NO_VECTOR (default 0, 1, 2 modulo the table).
+    ``irq_mode`` "intx": MSI-X stays disabled, one eventfd on INTx
+    (``irq_fds["intx"]``), and no vector is ever written.
+    """
+
+    def __init__(self, pci: PciDevice, mem: GuestMemory, *, alloc: Allocator) -> None:
+        super().__init__(pci, mem, alloc=alloc, rx_buffers=0)
+        self.irq_mode = "msix"
+        self.wanted_vectors: dict[str, int] = {}
+        self.vectors: dict[str, int] = {}
+        self.bound_vectors = 0
+
+    def configure(self, *, alloc: Allocator, queue_size: int, features: int, rx_buffers: int, irq_mode: str,
+                  vectors: Mapping[str, int] | None) -> None:
+        if irq_mode not in ("msix", "intx"):
+            raise ValueError(f"irq_mode {irq_mode!r}")
+        self.alloc = alloc
+        self.queue_size = queue_size
+        self.wanted = features
+        self.rx_target = rx_buffers
+        self.irq_mode = irq_mode
+        self.wanted_vectors = dict(vectors or {})
+
+    def setup_irqs(self) -> None:
+        self.intx = False
+        self.bound_vectors = 0
+        table = self.transport.msix_table_size()
+        if self.irq_mode == "intx" or table == 0:
+            fd = new_eventfd()
+            self.irq_fds = {"config": fd, "rx": fd, "tx": fd, "intx": fd}
+            self.pci.set_irqs(IrqIndex.INTX, 0, [fd])
+            self.intx = True
+            self.vectors = {"config": NO_VECTOR, "rx": NO_VECTOR, "tx": NO_VECTOR}
+            return
+        n = min(table, MAX_BOUND_VECTORS)
+        self.bound_vectors = n
+        defaults = {"config": 0, "rx": 1 % n, "tx": 2 % n}
+        self.vectors = {k: self.wanted_vectors.get(k, v) for k, v in defaults.items()}
+        fds = [new_eventfd() for _ in range(n)]
+        self.irq_fds = {f"v{i}": fd for i, fd in enumerate(fds)}
+        for name, vec in self.vectors.items():
+            if vec == NO_VECTOR:
+                self.irq_fds[name] = self.irq_fds.setdefault("unbound", new_eventfd())  # never signalled
+            elif 0 <= vec < n:
+                self.irq_fds[name] = fds[vec]
+            else:
+                raise ValueError(f"{name} vector {vec} outside the {n} bound vectors")
+        self.pci.set_irqs(IrqIndex.MSIX, 0, list(fds))
+        got = self.transport.set_config_msix_vector(self.vectors["config"])
+        if got != self.vectors["config"]:
+            self.fail()
+            raise DriverInitError(f"config_msix_vector {self.vectors['config']:#x} read back as {got:#x}")
+
+    def vector_of(self, queue: int) -> int:
+        if self.intx:
+            return NO_VECTOR
+        return self.vectors["rx" if queue == self.RX else "tx"]
+
+    def vector_fds(self) -> dict[str, int]:
+        """Every bound MSI-X vector's eventfd by name ("v0", ...), or {"intx": fd}."""
+        return {k: v for k, v in self.irq_fds.items() if k.startswith("v") or k == "intx"}
+
+
+@dataclass(frozen=True)
+class EventIdxStep:
+    """One EVENT_IDX notification experiment: used idx start -> new with used_event ``event``."""
+
+    start: int
+    new: int
+    event: int
+    flags: int
+    batch: int
+    want: bool
+    got: int
+    done: bool
+
+    def describe(self) -> str:
+        return (f"used idx {self.start}->{self.new} ({self.batch} buffer(s)), used_event {self.event} "
+                f"(used idx{(self.event - self.start + 0x8000) % 0x10000 - 0x8000:+d}), avail.flags={self.flags}: "
+                f"{self.got} interrupt(s), expected {int(self.want)} (vring_need_event)")
+
+
+# --- the wire ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What the device's port is connected to for this run, and how the bench knows."""
+
+    kind: WireKind
+    why: str
+
+    @property
+    def looped(self) -> bool:
+        return self.kind is WireKind.LOOPBACK
+
+
+@dataclass
+class WireProbes:
+    """Wire probe results per target spec, kept for the session: a real port is probed once."""
+
+    results: dict[str, Wire] = field(default_factory=dict)
+
+
+def probe_wire(r: Rig) -> Wire:
+    """Bring the device up, send frames for up to :data:`PROBE_WAIT` s and see whether one of them comes back."""
+    d = r.up(queue_size=64, rx_buffers=16)
+    sent: list[bytes] = []
+    strangers = 0
+    deadline = time.monotonic() + PROBE_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        if d.queues[TX].num_free >= 2:
+            f = make_frame(PROBE_SEQ + len(sent), 64)
+            sent.append(f)
+            r.send([f])
+        for u in r.wait_used(RX, 1, timeout=min(PROBE_INTERVAL, left)):
+            data = u.data[d.hdr_len:]
+            if any(data[:len(f)] == f for f in sent):
+                r.up(queue_size=64)  # leave the device as if freshly brought up
+                return Wire(WireKind.LOOPBACK, f"{r.pci.name}: probed at bring-up, a transmitted frame came back "
+                                               f"({len(sent)} sent)")
+            strangers += 1
+        d.queues[TX].used()
+    r.up(queue_size=64)
+    return Wire(WireKind.NONE, f"{r.pci.name}: probed at bring-up: {len(sent)} frames sent over {PROBE_WAIT}s, none "
+                               f"came back ({strangers} other frames received): the port is not looped back, "
+                               "transmitted frames cannot be observed (give wire=loopback to insist)")
+
+
+# --- the rig -----------------------------------------------------------------------------------------------
+
+
+class Rig:
+    """One device of the target plus guest memory; :meth:`up` brings it (again) to DRIVER_OK.
+
+    The ring-level helpers (:meth:`publish`, :meth:`complete`, :meth:`irqs`, :meth:`wait_used_idx`,
+    :meth:`event_idx_step`) drive receiveq1/transmitq1 directly, for checks that post their own chains.
+    """
+
+    RX = RX
+    TX = TX
+
+    def __init__(self, pci: PciDevice, mem: GuestMemory, wire: Wire | None = None) -> None:
+        self.pci = pci
+        self.mem = mem
+        self.abilities: Abilities = pci.abilities()
+        region = mem.regions[0]
+        self.alloc = Allocator(region.gpa, region.size)
+        self.mapped: list[tuple[int, int]] = []
+        for r in mem.regions:
+            pci.dma_map(r.gpa, r.size, r.fd, 0, DmaPerm.RW)
+            self.mapped.append((r.gpa, r.size))
+        self.drv = BenchDriver(pci, mem, alloc=self.alloc)
+        t = self.drv.transport
+        t.enable_device()
+        t.reset()
+        self.offered = t.device_features()
+        self.max_queue_size = t.queue_size(RX)
+        self.wire = wire if wire is not None else Wire(self.abilities.wire, self.abilities.wire_why)
+        self.brought_up = False
+        self.fired: list[str] = []  # interrupt eventfds seen signalled while waiting in wait_used
+        self.protocol_errors: list[str] = []  # used-ring breaches the driver side noticed in wait_used
+        #: How long "no interrupt" is waited for by the ring-level helpers: nothing where a doorbell write
+        #: returns after the work and its MSI-X message are done.
+        self.quiet = 0.0 if self.abilities.synchronous_doorbell else 0.02
+        self.doorbells = 0
+        self.patience = TIMEOUT  # drops to FAIL_FAST after the first missed deadline
+
+    # --- what the target declares ----------------------------------------------------------------------
+
+    @property
+    def port(self) -> Ability[PortControl]:
+        return self.abilities.port
+
+    def looped(self, verdict: Verdict, *ids: str) -> bool:
+        """True when transmitted frames come back; otherwise ``ids`` are reported not applicable, with why."""
+        if self.wire.looped:
+            return True
+        for rid in ids:
+            verdict.not_applicable(rid, f"transmitted frames cannot be observed: {self.wire.why}")
+        return False
+
+    def driver_errors(self) -> list[str] | None:
+        """The driver errors the device recorded, oldest first; None where the target does not report them."""
+        errors = self.abilities.errors
+        return None if isinstance(errors, Lacking) else errors.driver_errors()
+
+    def device_errors(self) -> str:
+        """The driver errors the device recorded, as evidence text."""
+        errors = self.driver_errors()
+        return "; ".join(errors) if errors is not None else "(the target does not report them)"
+
+    def crashes(self) -> list[str]:
+        """Failures of the device's own thread ([] where the target has none to report, see abilities)."""
+        log = self.abilities.crashes
+        return [] if isinstance(log, Lacking) else log.crashes()
+
+    def faults(self) -> list[DmaFault]:
+        """DMA faults since the last call (drained); [] where the target cannot report them (see abilities)."""
+        faults = self.abilities.faults
+        return [] if isinstance(faults, Lacking) else faults.dma_faults()
+
+    def dma_watch(self, rings: Mapping[int, DriverSplitQueue] | None = None) -> DmaWatch:
+        return DmaWatch(self.abilities.dma_observer, self.mem, rings)
+
+    # --- bring-up ----------------------------------------------------------------------------------------
+
+    def up(self, *, features: int = DEFAULT_FEATURES, exact: bool = False, queue_size: int = 256,
+           rx_buffers: int = 0, irq_mode: str = "msix", vectors: Mapping[str, int] | None = None,
+           queues: bool = True, driver_ok: bool = True) -> BenchDriver:
+        """Reset and initialise: ACK, DRIVER, features (``features`` is the wanted mask, or with ``exact``
+        the set written verbatim), FEATURES_OK, interrupts, then (``queues``) receiveq1/transmitq1 with
+        ``rx_buffers`` receive buffers posted, then (``driver_ok``) DRIVER_OK. Guest memory is allocated
+        afresh: the previous rings and buffers are gone with the reset."""
+        d = self.drv
+        d.reset()
+        region = self.mem.regions[0]
+        self.alloc = Allocator(region.gpa, region.size)
+        d.configure(alloc=self.alloc, queue_size=queue_size, features=features, rx_buffers=rx_buffers,
+                    irq_mode=irq_mode, vectors=vectors)
+        d.transport.enable_device()
+        d.acknowledge()
+        d.negotiate(features if exact else None)
+        d.features_ok()
+        d.setup_irqs()
+        if queues:
+            d.setup_queues()
+        if driver_ok:
+            d.driver_ok()
+        self.brought_up = True
+        self.doorbells = 0
+        return d
+
+    def bring_up(self, features: int, queue_size: int = 256) -> None:
+        """The 3.1.1 steps to DRIVER_OK with exactly ``features``, rings of ``queue_size``, no receive buffers."""
+        self.up(features=features, exact=True, queue_size=queue_size)
+
+    def features_for(self, *, event_idx: bool = False, indirect: bool | None = None, in_order: bool = False,
+                     extra: int = 0, drop: int = 0) -> int | None:
+        """The feature set for the wanted ring options, or None if the device does not offer one of them
+        (``indirect=None``: INDIRECT_DESC where offered, for checks that do not depend on it)."""
+        if indirect is None:
+            indirect = has(self.offered, F.INDIRECT_DESC)
+        want = {F.EVENT_IDX: event_idx, F.INDIRECT_DESC: indirect, F.IN_ORDER: in_order}
+        for bit, on in want.items():
+            if on and not has(self.offered, bit):
+                return None
+        base = DEFAULT_FEATURES & ~RING_BITS | extra
+        base |= sum(1 << bit for bit, on in want.items() if on)
+        chosen = choose_features(self.offered, base & ~drop)
+        return chosen if all(has(chosen, b) == on for b, on in want.items()) else None
+
+    @property
+    def features(self) -> int:
+        return self.drv.features
+
+    @property
+    def rx(self) -> DriverSplitQueue:
+        return self.drv.queues[RX]
+
+    @property
+    def tx(self) -> DriverSplitQueue:
+        return self.drv.queues[TX]
+
+    @property
+    def hdr_len(self) -> int:
+        return self.drv.hdr_len
+
+    @property
+    def rx_buf_size(self) -> int:
+        return self.drv.rx_buf_size
+
+    def tx_header(self, hdr: NetHdr | None = None) -> bytes:
+        return (hdr or NetHdr()).pack().ljust(self.hdr_len, b"\0")
+
+    def status(self) -> int:
+        return self.drv.transport.status()
+
+    # --- buffers through the driver's rings -----------------------------------------------------------
+
+    def doorbell(self, q: int, avail_idx: int | None = None) -> None:
+        """Available buffer notification for queue ``q``, whatever the driver state."""
+        t = self.drv.transport
+        ring = self.drv.queues.get(q)
+        idx = avail_idx if avail_idx is not None else (ring.published if ring is not None else 0)
+        t.notify(q, avail_idx=idx, location=t.notify_location(q))
+        self.doorbells += 1
+
+    def tx_room(self, want: int) -> int:
+        """How many of ``want`` frames transmitq1 can take now (two descriptors each)."""
+        return max(1, min(want, self.tx.num_free // 2))
+
+    def add_tx(self, frames: Sequence[bytes]) -> list[int]:
+        """Add ``frames`` (header + frame, two descriptors each) to transmitq1 and publish; no doorbell."""
+        hdr = self.tx_header()
+        heads = [self.tx.add([hdr, f], []) for f in frames]
+        self.tx.publish()
+        return heads
+
+    def send(self, frames: Sequence[bytes]) -> list[int]:
+        heads = self.add_tx(frames)
+        self.doorbell(TX)
+        return heads
+
+    def wait_used(self, q: int, count: int, timeout: float = EVENT_WAIT) -> list[UsedBuffer]:
+        """Collect used buffers of ``q`` until ``count`` arrived or ``timeout``.
+
+        Waits on every bound interrupt eventfd in slices of :data:`QUIET_WAIT` (so a queue mapped to
+        NO_VECTOR is still collected); the names of the eventfds seen signalled go to :attr:`fired`,
+        a used ring the driver side cannot accept stops the wait and is noted in :attr:`protocol_errors`.
+        """
+        ring = self.drv.queues[q]
+        wait_on = self.drv.vector_fds()
+        got: list[UsedBuffer] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got += ring.used()
+            except DriverQueueError as exc:
+                self.protocol_errors.append(f"queue {q}: {exc}")
+                return got
+            left = deadline - time.monotonic()
+            if len(got) >= count or left <= 0:
+                return got
+            self.fired += signalled(wait_on, min(left, QUIET_WAIT))
+
+    # --- chains the check posts itself -------------------------------------------------------------------
+
+    def publish(self, q: int) -> None:
+        """Make added entries visible and ring the doorbell whatever the suppression state says."""
+        self.drv.queues[q].publish()
+        self.kick(q)
+
+    def kick(self, q: int) -> None:
+        self.doorbell(q, self.drv.queues[q].published)
+
+    def irq_fd(self, q: int) -> int:
+        return self.drv.irq_fds["rx" if q == RX else "tx"]
+
+    def _missed(self) -> None:
+        self.patience = FAIL_FAST
+
+    def irqs(self, q: int, timeout: float) -> int:
+        """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none)."""
+        fd = self.irq_fd(q)
+        wait = max(0.0, min(timeout, self.patience))
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            if wait > self.quiet:
+                self._missed()
+            return 0
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            return 0
+
+    def drain_irqs(self) -> None:
+        for q in (RX, TX):
+            self.irqs(q, 0)
+
+    def wait_used_idx(self, q: int, target: int, timeout: float | None = None) -> tuple[bool, int]:
+        """Wait until used idx of ``q`` reads ``target`` (16-bit); interrupts seen meanwhile are returned."""
+        ring = self.drv.queues[q]
+        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
+        fd = self.irq_fd(q)
+        seen = 0
+        while ring.used_idx() != target & 0xFFFF:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._missed()
+                return False, seen
+            ready, _, _ = select.select([fd], [], [], min(left, 0.005))
+            if ready:
+                try:
+                    seen += os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
+        return True, seen
+
+    def event_idx_step(self, first_seq: int, event: int, flags: int, batch: int, length: int) -> EventIdxStep:
+        """With EVENT_IDX: set avail.flags and used_event = used idx + ``event``, transmit ``batch`` frames,
+        wait for them and count the TX interrupts; ``want`` is what vring_need_event says should happen."""
+        tx = self.tx
+        tx.write_avail_flags(flags)
+        start = tx.used_idx()
+        ev = (start + event) & 0xFFFF
+        tx.set_used_event(ev)
+        for k in range(batch):
+            add_chain(tx, [self.tx_header() + make_frame(first_seq + k, length)], [])
+        self.publish(TX)
+        done, seen = self.wait_used_idx(TX, start + batch)
+        new = tx.used_idx()
+        want = vring_need_event(ev, new, start)
+        got = seen + self.irqs(TX, TIMEOUT if want else self.quiet)
+        tx.used()
+        return EventIdxStep(start, new, ev, flags, batch, want, got, done)
+
+    def complete(self, q: int, pending: dict[int, Posted], count: int,
+                 timeout: float | None = None) -> list[tuple[Posted, int]]:
+        """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
+        ring = self.drv.queues[q]
+        got: list[tuple[Posted, int]] = []
+        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
+        while len(got) < count:
+            for u in ring.used():
+                p = pending.pop(u.head, None)
+                if p is None:
+                    raise AssertionError(f"queue {q}: used id {u.head} is not a chain in flight")
+                got.append((p, u.len))
+            if len(got) >= count:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._missed()
+                break
+            self.irqs(q, min(left, 0.05))
+        return got
+
+    def release(self, posted: Posted) -> None:
+        for gpa in posted.owned:
+            self.drv.alloc.free(gpa)
+        posted.owned = []
+
+    # --- teardown ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        try:
+            self.drv.close()
+        finally:
+            for gpa, size in self.mapped:
+                self.pci.dma_unmap(gpa, size)
+            self.mapped.clear()
+
+
+# --- the bench fixture ---------------------------------------------------------------------------------------
+
+
+class Bench:
+    """What a check gets to reach the target: fresh devices, transports and rigs of ``--target``."""
+
+    def __init__(self, open_target: OpenTarget, spec: str, probes: WireProbes) -> None:
+        self.open_target = open_target
+        self.spec = spec
+        self.probes = probes
+
+    def open(self, spec: str | None = None) -> PciDevice:
+        """A fresh device of ``spec`` (default the session's target); closed at teardown."""
+        return self.open_target(spec) if spec else self.open_target()
+
+    def transport(self) -> VirtioPciModern:
+        """A fresh device, reset, with memory decoding and bus mastering on."""
+        t = VirtioPciModern(self.open())
+        t.enable_device()
+        t.reset()
+        return t
+
+    @property
+    def configurable(self) -> bool:
+        """The target builds its device from spec options a check may vary (the behavioral model, ``sim:``)."""
+        return self.spec.startswith("sim:")
+
+    def variant(self, *, replace: bool = False, **opts: object) -> str:
+        """The target spec with ``key=value`` options (``replace``: also over the ones it has) where the
+        target is :attr:`configurable`; other targets are run as they are."""
+        if not self.configurable:
+            return self.spec
+        have = set() if replace else {p.split("=", 1)[0] for p in self.spec.split(",")[1:]}
+        extra = [f"{k}={v}" for k, v in opts.items() if k not in have]
+        return ",".join([self.spec, *extra])
+
+    def wire(self) -> Wire:
+        """What the target's port is connected to: as declared, or probed once (a device is opened for it)."""
+        known = self.probes.results.get(self.spec)
+        if known is not None:
+            return known
+        with self.rig() as r:
+            return r.wire
+
+    @contextmanager
+    def rig(self, spec: str | None = None, mem_size: int = MEM_SIZE) -> Iterator[Rig]:
+        """A :class:`Rig` on a fresh device; a wire the target does not know is probed once per spec."""
+        key = spec or self.spec
+        pci = self.open(spec)
+        with GuestMemory.single(mem_size, gpa=GUEST_MEMORY_BASE) as mem:
+            r = Rig(pci, mem, self.probes.results.get(key))
+            try:
+                if r.wire.kind is WireKind.UNKNOWN:
+                    r.wire = probe_wire(r)
+                self.probes.results[key] = r.wire
+                yield r
+            finally:
+                try:
+                    r.close()
+                finally:
+                    pci.close()  # a real function has one owner at a time: free it for the next open
+
+
+# --- register-level helpers --------------------------------------------------------------------------------
+
+
+def acknowledge(t: VirtioPciModern) -> None:
+    t.set_status(DeviceStatus.ACKNOWLEDGE)
+    t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
+
+
+def negotiate(t: VirtioPciModern, features: int) -> bool:
+    """Reset, ACK, DRIVER, write ``features``, set FEATURES_OK; True if it stuck."""
+    t.reset()
+    acknowledge(t)
+    t.write_driver_features(features)
+    t.add_status(DeviceStatus.FEATURES_OK)
+    return bool(t.status() & DeviceStatus.FEATURES_OK)
+
+
+def usable_features(offered: int) -> int:
+    """The offered set minus what the bench's driver side does not implement (packed ring)."""
+    return offered & ~(1 << F.RING_PACKED)
+
+
+def valid_subset(offered: int, chosen: int) -> int:
+    """``chosen`` restricted to ``offered``, with VERSION_1 and (when offered) ACCESS_PLATFORM, closed under
+    the dependency table. ACCESS_PLATFORM is kept because the bench always reaches the device through an
+    IOMMU, and a device MAY refuse to operate when it is not accepted (6.1): a set without it is not one the
+    device has to accept."""
+    return choose_features(offered, chosen | 1 << F.VERSION_1 | 1 << F.ACCESS_PLATFORM)
