@@ -28,6 +28,7 @@ SEQ_MAX = 0xFFFFFFFF
 SRC_IP, DST_IP = "10.0.0.1", "10.0.0.2"
 SPORT, DPORT = 49152, 9  # from an ephemeral port to discard
 MAC_LEN = 6
+_RAMP = bytes(range(256)) * 2  # every 256-byte rotation of 0..255 is a slice of it
 
 
 @functools.lru_cache(maxsize=4096)
@@ -54,7 +55,7 @@ def test_frame(seq: int = 0, length: int = 60, *, dst: bytes = b"\x02\x00\x00\x0
         raise ValueError(f"test frame MAC addresses are {MAC_LEN} bytes, got dst {dst.hex()} src {src.hex()}")
     fill = length - MIN_LEN
     start = (seq * 7) & 0xFF
-    pattern = bytes((start + k) & 0xFF for k in range(256))
+    pattern = _RAMP[start:start + 256]
     filler = (pattern * (fill // 256 + 1))[:fill]
     return _headers(length, bytes(dst), bytes(src)) + SEQ.pack(seq) + filler
 
