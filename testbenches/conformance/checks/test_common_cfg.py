@@ -12,19 +12,38 @@ from testbenches.conformance.plugin import Verdict
 
 @pytest.mark.req("PCI-DEV-08")
 def test_64bit_fields_take_independent_halves(bench: Bench, verdict: Verdict) -> None:
+    """Each 64-bit queue address field, for every queue: halves written in either order and one half alone,
+    each half read back alone (32-bit accesses at +0 and +4)."""
     t = bench.transport()
     acknowledge(t)
-    t.select_queue(0)
     common = t.common
-    for fld in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
-        # high half first, then low, then only the high half again: each half stays independent
-        t.pci.region_write(common.bar, common.offset + fld + 4, (0x12345678).to_bytes(4, "little"))
-        t.pci.region_write(common.bar, common.offset + fld, (0x9ABCDEF0).to_bytes(4, "little"))
-        first = t.read_common(fld)
-        t.pci.region_write(common.bar, common.offset + fld + 4, (0x1).to_bytes(4, "little"))
-        second = t.read_common(fld)
-        verdict.check("PCI-DEV-08", first == 0x123456789ABCDEF0 and second == 0x19ABCDEF0,
-                      f"{fld.name}: wrote halves, read back {first:#x} then {second:#x}")
+
+    def half(fld: CommonCfg, upper: bool) -> int:
+        return int.from_bytes(t.pci.region_read(common.bar, common.offset + fld + 4 * upper, 4), "little")
+
+    def write(fld: CommonCfg, upper: bool, value: int) -> None:
+        t.pci.region_write(common.bar, common.offset + fld + 4 * upper, value.to_bytes(4, "little"))
+
+    for q in range(t.num_queues()):
+        t.select_queue(q)
+        for fld in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
+            seen: list[tuple[str, int, int, int, int]] = []  # step, low, high read, low, high expected
+            for first_upper in (True, False):
+                lo, hi = (0x9ABC_DEF0, 0x1234_5678) if first_upper else (0x1357_9BD0, 0x0246_8ACE)
+                write(fld, first_upper, hi if first_upper else lo)
+                write(fld, not first_upper, lo if first_upper else hi)
+                seen.append((f"{'high' if first_upper else 'low'} half first", half(fld, False), half(fld, True),
+                             lo, hi))
+            write(fld, True, 0x1)  # only the high half again: the low half stays
+            seen.append(("high half alone", half(fld, False), half(fld, True), 0x1357_9BD0, 0x1))
+            write(fld, False, 0xFFFF_FFF0)  # only the low half again: the high half stays
+            seen.append(("low half alone", half(fld, False), half(fld, True), 0xFFFF_FFF0, 0x1))
+            whole = t.read_common(fld)
+            bad = [s for s in seen if s[1:3] != s[3:5]]
+            verdict.check("PCI-DEV-08", not bad and whole == 0x1_FFFF_FFF0,
+                          f"queue {q} {fld.name}: " + "; ".join(
+                              f"{step}: read {lo_r:#x}/{hi_r:#x}, wrote {lo_w:#x}/{hi_w:#x}"
+                              for step, lo_r, hi_r, lo_w, hi_w in bad) + f"; 64-bit value {whole:#x}")
 
 
 @pytest.mark.req("PCI-DEV-14", "FEAT-DEV-04")

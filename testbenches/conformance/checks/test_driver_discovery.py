@@ -43,7 +43,7 @@ from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench, need
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver
-from testbenches.monitor import Access, TracingPciDevice
+from testbenches.monitor import Access, TracingPciDevice, VirtioPciDriverMonitor
 from testbenches.monitor.config_proxy import (
     CapEntry,
     ConfigSpaceEditor,
@@ -173,8 +173,8 @@ def _ids(header: dict[int, bytes], dev: PciDevice) -> str:
             f"subsystem {word(PciCfg.SUBSYSTEM_ID, 2):#06x}")
 
 
-@pytest.mark.req("PCI-DRV-01", "PCI-DRV-02", "PCI-DRV-03")
-@pytest.mark.parametrize("variant", sorted(ID_VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(ID_VARIANTS[v][1]))
+                                     for v in sorted(ID_VARIANTS)])
 def test_drivers_bind_to_virtio_net_ids(bench: Bench, verdict: Verdict, mem: GuestMemory,
                                         variant: str) -> None:
     looped = bench.wire().looped
@@ -389,8 +389,8 @@ def _judge_layout(verdict: Verdict, variant: str, presented: Presented, edited: 
                       f"{head}; device config length seen {t.device_config_size()}")
 
 
-@pytest.mark.req("PCI-DRV-07", "PCI-DRV-08", "PCI-DRV-09", "PCI-DRV-10", "PCI-DRV-12", "CFG-DRV-04", "CFG-DRV-05")
-@pytest.mark.parametrize("variant", sorted(CAP_VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(*CAP_VARIANTS[v][1]))
+                                     for v in sorted(CAP_VARIANTS)])
 def test_drivers_cope_with_capability_layouts(bench: Bench, verdict: Verdict, mem: GuestMemory,
                                               variant: str) -> None:
     looped = bench.wire().looped
@@ -464,7 +464,7 @@ def _window_accesses(trace: TracingPciDevice, cap_off: int) -> list[tuple[str, i
     return out
 
 
-@pytest.mark.req("PCI-DRV-29", "PCI-DRV-30")
+@pytest.mark.req("PCI-DRV-29", "PCI-DRV-30", "PCI-DRV-14")
 def test_pci_cfg_window_accesses_stay_aligned_and_inside_structures(bench: Bench,
                                                                    verdict: Verdict) -> None:
     trace = TracingPciDevice(bench.open())
@@ -473,6 +473,7 @@ def test_pci_cfg_window_accesses_stay_aligned_and_inside_structures(bench: Bench
     if window is None:
         verdict.not_offered("PCI-DRV-29", "no PCI_CFG capability")
         verdict.not_offered("PCI-DRV-30", "no PCI_CFG capability")
+        verdict.not_offered("PCI-DRV-14", "no PCI_CFG capability: no capability the driver may write")
         return
     described = _described(trace.inner)  # read past the trace: the checker's reads are not the driver's
     common = t.common
@@ -504,6 +505,12 @@ def test_pci_cfg_window_accesses_stay_aligned_and_inside_structures(bench: Bench
     verdict.check("PCI-DRV-29", bool(seen) and not misaligned,
                   f"{len(seen)} pci_cfg_data accesses; windows with cap.offset not a multiple of cap.length: "
                   f"{misaligned[:4]}; requests refused before touching the window: {refused}")
+    # The window is the one capability whose fields a driver writes (bar, offset, length, data): the monitor
+    # checks that none of the transport's config writes fell on another capability or the window's header.
+    cap_writes = [a for a in trace.accesses if a.op == "w" and a.region == RegionIndex.CONFIG]
+    ok, evidence = VirtioPciDriverMonitor(trace).verdicts().get("PCI-DRV-14", (True, []))
+    verdict.check("PCI-DRV-14", bool(cap_writes) and ok,
+                  f"{len(cap_writes)} config-space writes by the transport using the PCI_CFG window: {evidence[:4]}")
     verdict.check("PCI-DRV-30", bool(seen) and not stray,
                   f"{len(seen)} pci_cfg_data accesses; outside every range described by the other virtio "
                   f"capabilities {[(b, hex(s), hex(e)) for b, s, e in described]}: {stray[:4]}; "
