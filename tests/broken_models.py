@@ -8,7 +8,7 @@ asserts that the conformance suite fails on each, naming the right requirement i
 from __future__ import annotations
 
 from backend.virtio.net_hdr import NetHdr
-from backend.virtio.split_ring import Descriptor
+from backend.virtio.split_ring import U16, Descriptor, SplitLayout
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.split_engine import Chain, SplitQueue
 
@@ -18,6 +18,14 @@ class UsedIdxNoWrap(VirtioNetDevice):
 
     def next_used_idx(self, used_idx: int, count: int) -> int:
         return (used_idx + count) % 0x8000
+
+
+class UsedIdxBeforeElement(VirtioNetDevice):
+    """used idx is bumped as soon as a chain's length is known, before its used element is written."""
+
+    def used_len_for(self, q: SplitQueue, chain: Chain, written: int) -> int:
+        self.dma.write(q.device + SplitLayout.USED_IDX, U16.pack((q.used_idx + 1) & 0xFFFF))
+        return written
 
 
 class NextIgnored(VirtioNetDevice):

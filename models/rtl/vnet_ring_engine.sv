@@ -283,6 +283,9 @@ module vnet_ring_engine
   logic [15:0]   pending;     // chains in this batch
   logic [15:0]   batch_n;     // chains done in this batch
   logic          evt_written; // avail_event already published in this pass (EVENT_IDX)
+`ifdef VNET_BUG_IDX_FIRST
+  logic          idx_early;   // seeded bug: this chain's used idx already published, its element not yet
+`endif
   logic [15:0]   head, cur;
   logic [16:0]   ndesc;
   logic          wr_seen;
@@ -366,6 +369,13 @@ module vnet_ring_engine
         cmd_addr  = dev + 64'd4 + 64'd8 * 64'(16'(used_idx[cq] + batch_n) & mask);
         // SPLIT-DEV-16: the bytes written into the chain
         cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need), 16'd0, head};
+`ifdef VNET_BUG_IDX_FIRST
+        if (!idx_early) begin  // seeded bug (tests/test_rtl_target.py): used idx first, then the element
+          cmd_len   = 32'd2;
+          cmd_addr  = dev + 64'd2;
+          cmd_wdata = 64'(16'(used_idx[cq] + batch_n + 16'd1));
+        end
+`endif
       end
       E_IDX_ISSUE: begin
         cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
@@ -393,6 +403,9 @@ module vnet_ring_engine
       is_ctrl <= 1'b0; have_ack <= 1'b0; ack_addr <= '0; ack_val <= '0; ack_len <= 1'b0; active_pairs <= 16'd1;
       tx_pair <= '0; m_axis_tdest <= '0;
       state <= E_IDLE; cq <= '0; is_tx <= 1'b0; pending <= '0; batch_n <= '0; evt_written <= 1'b0;
+`ifdef VNET_BUG_IDX_FIRST
+      idx_early <= 1'b0;
+`endif
       head <= '0; cur <= '0; ndesc <= '0; wr_seen <= 1'b0; d_addr <= '0; d_len <= '0; d_flags <= '0;
       d_next <= '0; bytes_rd <= '0; stored <= '0; written <= '0; xfer <= '0;
       last_avail <= '0; used_idx <= '0; kick_pend <= '0;
@@ -644,7 +657,15 @@ module vnet_ring_engine
         E_ELEM_WAIT: if (dma_done) begin
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
+`ifdef VNET_BUG_IDX_FIRST
+          end else if (!idx_early) begin
+            idx_early <= 1'b1;  // the used idx write is done: now the element
+            state     <= E_ELEM_ISSUE;
+`endif
           end else begin
+`ifdef VNET_BUG_IDX_FIRST
+            idx_early      <= 1'b0;
+`endif
             last_avail[cq] <= last_avail[cq] + 16'd1;
             batch_n        <= batch_n + 16'd1;
             if (!is_tx) begin
@@ -698,6 +719,9 @@ module vnet_ring_engine
             rx_consume      <= 1'b1;
             stat_rx_dropped <= stat_rx_dropped + 32'd1;
           end
+`ifdef VNET_BUG_IDX_FIRST
+          idx_early <= 1'b0;
+`endif
           state <= E_IDLE;
         end
 

@@ -4,8 +4,10 @@ Chains are posted with :func:`add_chain` (direct, all-indirect, or direct descri
 indirect one) and described by :class:`Posted` (the guest-physical ranges of every readable and
 writable buffer and table, as walked back from guest memory). :class:`DmaWatch` records every device
 DMA access where the target declares a DMA observer, with the value each used idx write published and
-the used ring as it was just before that write. Snapshots of guest memory (:func:`snapshot`,
-:func:`changed_outside`) show device writes on any target.
+the used ring as it was just before that write; :meth:`DmaWatch.exposures` turns that into the order
+of the device's used-ring writes (which used entries each used idx write exposed, and whether their len
+was written before it). Snapshots of guest memory (:func:`snapshot`, :func:`changed_outside`) show
+device writes on any target.
 """
 
 from __future__ import annotations
@@ -198,6 +200,10 @@ def uncovered(need: Sequence[tuple[int, int]], writes: Sequence[tuple[int, int]]
 
 # --- DMA watching ---------------------------------------------------------------------------------------
 
+#: Where the len field sits in a used element (after the 32-bit id), and its size.
+USED_LEN_OFFSET = 4
+USED_LEN_SIZE = 4
+
 
 @dataclass(frozen=True)
 class Access:
@@ -221,6 +227,26 @@ class IdxWrite:
     ring_before: bytes
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """One used entry as the used idx write that exposed it to the driver found it (SPLIT-DEV-15).
+
+    ``entry`` counts the queue's used entries from the watch's start (entry 0 sits in the slot of the used
+    idx the ring had then). ``len_written`` is the access number of the last device write covering the
+    entry's len field after the slot's previous entry was exposed and before this publication, None if
+    there was none: the device published used idx before it wrote that len.
+    """
+
+    queue: int
+    entry: int
+    slot: int
+    published: int  # access number of the used idx write
+    old: int  # the used idx before that write ...
+    value: int  # ... and the one it published
+    len_written: int | None
+    before: tuple[int, int]  # (id, len) the slot held just before the publication
+
+
 class DmaWatch:
     """Every device DMA access while active, plus each used idx publication of ``rings`` with the ring before it.
 
@@ -235,6 +261,8 @@ class DmaWatch:
         self.rings = dict(rings or {})
         self.accesses: list[Access] = []
         self.idx_writes: list[IdxWrite] = []
+        #: Each ring's used idx when the watch started: where its entry 0 is.
+        self.start: dict[int, int] = {}
         self._pending: tuple[int, int, bytes] | None = None
 
     @property
@@ -263,6 +291,7 @@ class DmaWatch:
                 self._pending = (seq, q, before)
 
     def __enter__(self) -> DmaWatch:
+        self.start = {q: ring.used_idx() for q, ring in self.rings.items()}
         if self.observer is not None:
             self.observer.add_observer(self._observe)
         return self
@@ -275,6 +304,48 @@ class DmaWatch:
     def writes(self) -> list[Access]:
         self._settle()
         return [a for a in self.accesses if a.is_write]
+
+    def exposures(self, q: int) -> list[Exposure]:
+        """Every used entry of queue ``q`` that a used idx write exposed while watched, in order.
+
+        The entries a write exposes are those between the used idx before it and the value it wrote, as the
+        driver counts them (mod 2^16). A write that covers used idx and an element at once lands both
+        together: that element does not count as written before.
+        """
+        self._settle()
+        ring = self.rings[q]
+        size = ring.size
+        ring_lo = ring.used_addr + SplitLayout.USED_RING
+        ring_hi = ring_lo + USED_ELEM_SIZE * size
+        published = {w.seq: w for w in self.idx_writes if w.queue == q}
+        len_writes: dict[int, list[int]] = {}  # slot -> access numbers of writes covering its len field
+        exposed_at: dict[int, int] = {}  # entry -> access number of the write that exposed it
+        out: list[Exposure] = []
+        prev = self.start.get(q, 0)
+        entry = 0
+        for a in list(self.accesses):
+            if not a.is_write:
+                continue
+            w = published.get(a.seq)
+            if w is not None:
+                for k in range(entry, entry + ((w.value - prev) & 0xFFFF)):
+                    slot = (self.start.get(q, 0) + k) % size
+                    after = exposed_at.get(k - size, -1)  # the slot's previous entry was exposed then
+                    seen = [s for s in len_writes.get(slot, ()) if after < s < a.seq]
+                    out.append(Exposure(q, k, slot, a.seq, prev, w.value, max(seen) if seen else None,
+                                        used_entry(w.ring_before, slot, size)))
+                    exposed_at[k] = a.seq
+                entry += (w.value - prev) & 0xFFFF
+                prev = w.value
+            lo, hi = max(a.iova, ring_lo), min(a.iova + a.size, ring_hi)
+            if lo >= hi:
+                continue
+            first, last = (lo - ring_lo) // USED_ELEM_SIZE, (hi - 1 - ring_lo) // USED_ELEM_SIZE
+            for slot in range(first, last + 1):
+                len_at = ring_lo + USED_ELEM_SIZE * slot + USED_LEN_OFFSET
+                if a.iova <= len_at and len_at + USED_LEN_SIZE <= a.iova + a.size:
+                    len_writes.setdefault(slot, []).append(a.seq)
+        return out
 
     def reads(self) -> list[Access]:
         return [a for a in self.accesses if a.perm & DmaPerm.READ and not a.is_write]

@@ -9,6 +9,9 @@ frames sent come back, and the receive side is counted too.
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
 
 from backend.drivers.transport import VirtioPciModern
@@ -18,6 +21,8 @@ from backend.virtio.features import F, bit
 from backend.virtio.pci_regs import (
     ISR_CONFIG,
     ISR_QUEUE,
+    MSIX_ENTRY_CTRL_MASKED,
+    MSIX_ENTRY_SIZE,
     NO_VECTOR,
     PCI_STATUS_INTERRUPT,
     VIRTIO_NET_S_LINK_UP,
@@ -50,6 +55,39 @@ ROUTING_FEATURES = DEFAULT_FEATURES & ~bit(F.EVENT_IDX)
 def pci_int_status(r: Rig) -> bool:
     """The Interrupt Status bit of the PCI Status register."""
     return bool(config_read(r.pci, PciCfg.STATUS, 2) & PCI_STATUS_INTERRUPT)
+
+
+#: Offset of the Vector Control dword in an MSI-X table entry (after the message address and data).
+MSIX_VECTOR_CONTROL = 12
+
+
+def mask_vector(r: Rig, vector: int, masked: bool) -> bool:
+    """Set or clear the Mask bit of ``vector``'s MSI-X table entry; True if it reads back so (a target whose
+    table the platform owns, as VFIO does, may not let the driver mask)."""
+    info = r.drv.transport.msix
+    assert info is not None
+    off = info.table_offset + MSIX_ENTRY_SIZE * vector + MSIX_VECTOR_CONTROL
+    r.pci.region_write(info.table_bar, off, struct.pack("<I", MSIX_ENTRY_CTRL_MASKED if masked else 0))
+    (ctrl,) = struct.unpack("<I", r.pci.region_read(info.table_bar, off, 4))
+    return bool(ctrl & MSIX_ENTRY_CTRL_MASKED) == masked
+
+
+def pending_vectors(r: Rig, count: int) -> list[int]:
+    """The vectors below ``count`` whose Pending Bit is set in the PBA."""
+    info = r.drv.transport.msix
+    assert info is not None
+    pba = r.pci.region_read(info.pba_bar, info.pba_offset, (count + 7) // 8)
+    return [v for v in range(count) if pba[v // 8] >> (v % 8) & 1]
+
+
+def wait_pending(r: Rig, count: int, vector: int, timeout: float = EVENT_WAIT) -> list[int]:
+    """Poll the PBA (bounded) until ``vector``'s bit is set; the pending vectors then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pending_vectors(r, count)
+        if vector in got or time.monotonic() >= deadline:
+            return got
+        time.sleep(0.002)  # a bounded poll of a register, not synchronisation by sleeping
 
 
 def toggle_link(port: PortControl) -> bool:
@@ -152,6 +190,22 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
             verdict.check("PCI-DEV-62", not fired,
                           f"queue vectors read back {read_back} (NO_VECTOR {NO_VECTOR:#x}); {used_tx} TX and "
                           f"{used_rx} RX buffers used, yet MSI-X eventfds fired: {fired}")
+        # Every bound vector masked: an unmapped event must not leave a pending bit on any of them either.
+        bound = d.bound_vectors
+        masked = all([mask_vector(r, v, True) for v in range(bound)])
+        if masked:
+            more = r.tx_room(2)
+            r.send([make_frame(0x200 + i) for i in range(more)])
+            used = len(r.wait_used(TX, more))
+            if r.wire.looped:
+                r.wait_used(RX, more)
+            held = pending_vectors(r, bound)
+            verdict.check("PCI-DEV-62", used == more and not held,
+                          f"every vector masked, queues on NO_VECTOR: {used} of {more} TX buffers used, pending bits "
+                          f"set: {held or 'none'}")
+        else:
+            verdict.not_applicable("PCI-DEV-62", "the MSI-X Mask bits do not stick: pending bits of masked vectors "
+                                                 "cannot be exercised on this target")
         if r.looped(verdict, "PCI-DEV-62"):
             verdict.check("PCI-DEV-62", used_tx == n and used_rx == n,
                           f"{n} frames sent on a loopback wire with every vector NO_VECTOR: used TX {used_tx}, "
@@ -164,10 +218,16 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
         fired = signalled(vecs, QUIET_WAIT)
         (status,) = t.read_config_fields([(NetCfg.STATUS, 2)])
         changed = t.config_generation() != gen or bool(status & VIRTIO_NET_S_LINK_UP) == up
-        verdict.check("PCI-DEV-63", not fired and changed,
+        held = pending_vectors(r, bound)  # every vector still masked where the target lets them be
+        for v in range(bound):
+            mask_vector(r, v, False)
+        late = signalled(vecs, QUIET_WAIT)
+        verdict.check("PCI-DEV-63", not fired and changed and not held and not late,
                       f"config_msix_vector {t.config_msix_vector():#x}; link set {'up' if up else 'down'} "
                       f"(status now {status:#x}, generation {gen} -> {t.config_generation()}); "
-                      f"MSI-X eventfds fired: {fired or 'none'}")
+                      f"MSI-X eventfds fired: {fired or 'none'}; "
+                      + (f"with every vector masked, pending bits {held or 'none'}, fired once unmasked: "
+                         f"{late or 'none'}" if masked else "(masking not possible on this target)"))
 
 
 @pytest.mark.req("PCI-DEV-56")
@@ -189,10 +249,29 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict) -> None:
             fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
             others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
             used = len(r.wait_used(TX, 1))
-            verdict.check("PCI-DEV-56", fired and not others,
+            left = pending_vectors(r, n)
+            verdict.check("PCI-DEV-56", fired and not others and not left,
                           f"transmitq1 mapped to vector {v} of {table}: that vector "
                           f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'} "
-                          f"({used} TX buffer used)")
+                          f"({used} TX buffer used), pending bits left set: {left or 'none'}")
+            # The same event with the vector masked: held as its pending bit, sent once unmasked.
+            if not mask_vector(r, v, True):
+                verdict.not_applicable("PCI-DEV-56", f"vector {v}'s Mask bit does not stick: masked vectors and "
+                                                     "their pending bits cannot be exercised on this target")
+            else:
+                r.send([make_frame(v + 0x100)])
+                used = len(r.wait_used(TX, 1))
+                held = wait_pending(r, n, v)
+                quiet = signalled(fds, QUIET_WAIT)
+                mask_vector(r, v, False)
+                fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
+                others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
+                after = pending_vectors(r, n)
+                verdict.check("PCI-DEV-56", held == [v] and not quiet and fired and not others and not after,
+                              f"transmitq1 on masked vector {v}: {used} TX buffer used, pending bits {held or 'none'} "
+                              f"(expected [{v}]), eventfds fired while masked: {quiet or 'none'}; unmasked: vector "
+                              f"{v} {'fired' if fired else f'silent for {EVENT_WAIT}s'}, others {others or 'none'}, "
+                              f"pending bits then {after or 'none'}")
             port = r.port
             if n > 1 and not isinstance(port, Lacking):
                 toggle_link(port)
