@@ -11,6 +11,7 @@ apart from ``ifcvf_vdpa.c``.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from backend.pci.device import (
     read_int,
     write_int,
 )
-from backend.virtio.features import F, has
+from backend.virtio.features import F, NetF, has
 from backend.virtio.pci_regs import (
     COMMON_CFG_WIDTH,
     MSIX_CONTROL_TABLE_SIZE_MASK,
@@ -80,6 +81,51 @@ def walk_capabilities(pci: PciDevice) -> list[tuple[int, int]]:
         out.append((config_read(pci, ptr, 1), ptr))
         ptr = config_read(pci, ptr + 1, 1) & 0xFC
     return out
+
+
+#: PCIe extended capabilities (config space 0x100-0xfff): the SR-IOV one gates VIRTIO_F_SR_IOV (FEAT-DRV-17).
+PCI_EXT_CAP_ID_SRIOV = 0x10
+#: PCIe extended configuration space ends here (4 KiB per function).
+PCIE_CONFIG_SPACE_SIZE = 0x1000
+#: Bound on the walk: at most this many 4-byte-aligned headers fit in extended space.
+_MAX_EXT_CAPS = (PCIE_CONFIG_SPACE_SIZE - PCI_CONFIG_SPACE_SIZE) // 4
+
+
+@dataclass(frozen=True)
+class ExtendedCaps:
+    """Extended capabilities found: (offset, id) in list order; ``config_size`` of the function."""
+
+    config_size: int
+    found: tuple[tuple[int, int], ...]
+
+    @property
+    def ids(self) -> set[int]:
+        return {cap_id for _, cap_id in self.found}
+
+    def describe(self) -> str:
+        if self.config_size <= PCI_CONFIG_SPACE_SIZE:
+            return f"config space is {self.config_size} bytes (no extended capabilities)"
+        caps = ", ".join(f"{cap_id:#06x}@{off:#x}" for off, cap_id in self.found) or "none"
+        return f"extended capabilities: {caps}"
+
+
+def extended_capabilities(dev: PciDevice) -> ExtendedCaps:
+    """Walk the extended capability list from 0x100 (header: id 16 bits, version 4, next 12)."""
+    size = dev.region_info(RegionIndex.CONFIG).size
+    found: list[tuple[int, int]] = []
+    if size <= PCI_CONFIG_SPACE_SIZE:
+        return ExtendedCaps(size, ())
+    off = PCI_CONFIG_SPACE_SIZE
+    seen: set[int] = set()
+    while off and off not in seen and PCI_CONFIG_SPACE_SIZE <= off <= min(size, PCIE_CONFIG_SPACE_SIZE) - 4 \
+            and len(found) < _MAX_EXT_CAPS:
+        seen.add(off)
+        (header,) = struct.unpack("<I", dev.region_read(RegionIndex.CONFIG, off, 4))
+        if header in (0, 0xFFFFFFFF):  # an empty list reads 0 at 0x100
+            break
+        found.append((off, header & 0xFFFF))
+        off = header >> 20 & 0xFFC
+    return ExtendedCaps(size, tuple(found))
 
 
 @dataclass(frozen=True)
@@ -503,14 +549,37 @@ def is_virtio_pci_id(vendor: int, device: int) -> bool:
         VIRTIO_PCI_DEVICE_ID_BASE <= device <= 0x107F or VIRTIO_NET_TRANSITIONAL_DEVICE_ID <= device <= 0x103F)
 
 
-#: Natural widths of virtio_net_config fields (5.1.4); mac is an array of bytes.
-NET_CONFIG_WIDTHS: tuple[tuple[int, int], ...] = (
-    *((NetCfg.MAC + i, 1) for i in range(6)), (NetCfg.STATUS, 2), (NetCfg.MAX_VIRTQUEUE_PAIRS, 2),
-    (NetCfg.MTU, 2), (NetCfg.SPEED, 4), (NetCfg.DUPLEX, 1), (NetCfg.RSS_MAX_KEY_SIZE, 1),
-    (NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2), (NetCfg.SUPPORTED_HASH_TYPES, 4),
+#: virtio_net_config fields (5.1.4): (offset, natural width, the features any one of which makes the field
+#: exist). mac is an array of bytes, so it is six one-byte fields.
+NET_CONFIG_FIELDS: tuple[tuple[int, int, tuple[int, ...]], ...] = (
+    *((NetCfg.MAC + i, 1, (NetF.MAC,)) for i in range(6)),
+    (NetCfg.STATUS, 2, (NetF.STATUS,)),
+    (NetCfg.MAX_VIRTQUEUE_PAIRS, 2, (NetF.MQ, NetF.RSS)),
+    (NetCfg.MTU, 2, (NetF.MTU,)),
+    (NetCfg.SPEED, 4, (NetF.SPEED_DUPLEX,)),
+    (NetCfg.DUPLEX, 1, (NetF.SPEED_DUPLEX,)),
+    (NetCfg.RSS_MAX_KEY_SIZE, 1, (NetF.RSS, NetF.HASH_REPORT)),
+    (NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2, (NetF.RSS, NetF.HASH_REPORT)),
+    (NetCfg.SUPPORTED_HASH_TYPES, 4, (NetF.RSS, NetF.HASH_REPORT)),
 )
+NET_CONFIG_WIDTHS: tuple[tuple[int, int], ...] = tuple((off, width) for off, width, _ in NET_CONFIG_FIELDS)
 _CONFIG_WIDTHS = {VIRTIO_PCI_DEVICE_ID_BASE + VIRTIO_ID_NET: NET_CONFIG_WIDTHS,
                   VIRTIO_NET_TRANSITIONAL_DEVICE_ID: NET_CONFIG_WIDTHS}
+
+
+_CONFIG_FEATURES = {VIRTIO_PCI_DEVICE_ID_BASE + VIRTIO_ID_NET: NET_CONFIG_FIELDS,
+                    VIRTIO_NET_TRANSITIONAL_DEVICE_ID: NET_CONFIG_FIELDS}
+
+
+def config_field_exists(pci_device_id: int, offset: int, offered: int) -> bool:
+    """Whether the device config field at ``offset`` exists under the ``offered`` features (CFG-DRV-03).
+
+    Fields of unknown device types, and bytes outside every known field, count as existing.
+    """
+    for off, width, features in _CONFIG_FEATURES.get(pci_device_id, ()):
+        if off <= offset < off + width:
+            return any(has(offered, f) for f in features)
+    return True
 
 
 def config_fields(pci_device_id: int, offset: int, size: int) -> list[tuple[int, int]]:

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 from backend.device import NotSupported, VdpaError, VqState
 from backend.drivers.quirks import PciIds, Quirk, QuirkTable, default_quirks
-from backend.drivers.transport import VirtioPciError, VirtioPciModern, config_fields, is_virtio_pci_id
+from backend.drivers.transport import (
+    PCI_EXT_CAP_ID_SRIOV,
+    VirtioPciError,
+    VirtioPciModern,
+    config_field_exists,
+    config_fields,
+    extended_capabilities,
+    is_virtio_pci_id,
+)
 from backend.eventloop import EventLoop, consume_eventfd
 from backend.pci.device import (
     DmaPerm,
@@ -102,7 +110,16 @@ class VirtioPciVdpaDevice:
     # features --------------------------------------------------------------------------------
 
     def get_device_features(self) -> int:
-        return self.transport.device_features() & ~(self.HIDDEN_FEATURES | self.quirk.hide_features)
+        offered = self.transport.device_features() & ~(self.HIDDEN_FEATURES | self.quirk.hide_features)
+        if has(offered, F.SR_IOV) and not self._has_sriov_capability():
+            offered &= ~(1 << F.SR_IOV)  # FEAT-DRV-17: never negotiated without an SR-IOV capability
+        return offered
+
+    def _has_sriov_capability(self) -> bool:
+        try:
+            return PCI_EXT_CAP_ID_SRIOV in extended_capabilities(self.pci).ids
+        except PciError:
+            return False
 
     def set_driver_features(self, features: int) -> None:
         with self._lock:
@@ -147,11 +164,15 @@ class VirtioPciVdpaDevice:
         """Bytes of device config, each field read whole at its natural width (PCI-DRV-05) in one
         generation-checked group (CFG-DRV-02); fields of unknown device types are read bytewise."""
         fields = config_fields(self.ids.device, offset, size)
+        # A field whose feature the device did not offer does not exist (CFG-DRV-03): a frontend that asks
+        # for the whole config gets zeros there, and the device is never asked.
+        offered = self.transport.device_features()
+        present = [f for f in fields if config_field_exists(self.ids.device, f[0], offered)]
         try:
-            values = self.transport.read_config_fields(fields)
+            values = dict(zip(present, self.transport.read_config_fields(present), strict=True))
         except VirtioPciError as exc:
             raise VdpaError(str(exc)) from None
-        raw = b"".join(v.to_bytes(w, "little") for v, (_, w) in zip(values, fields, strict=True))
+        raw = b"".join(values.get(f, 0).to_bytes(f[1], "little") for f in fields)
         start = offset - fields[0][0] if fields else 0
         return raw[start:start + size]
 

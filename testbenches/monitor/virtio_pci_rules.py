@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from backend.drivers.transport import NET_CONFIG_FIELDS
 from backend.pci.device import RegionIndex
 from backend.virtio.features import DEFINED_NET_PCI, DeviceStatus, F, NetF, dependency_violations, has
 from backend.virtio.pci_regs import (
@@ -23,7 +24,6 @@ from backend.virtio.pci_regs import (
     PCI_CAP_ID_MSIX,
     CapType,
     CommonCfg,
-    NetCfg,
     walk_capabilities,
 )
 from testbenches.monitor.pci_trace import Access, TracingPciDevice
@@ -100,12 +100,6 @@ _QUEUE_FIELDS = {CommonCfg.QUEUE_SIZE, CommonCfg.QUEUE_MSIX_VECTOR, CommonCfg.QU
                  CommonCfg.QUEUE_DEVICE, CommonCfg.QUEUE_NOTIF_CONFIG_DATA, CommonCfg.QUEUE_RESET}
 _READ_ONLY = {CommonCfg.DEVICE_FEATURE, CommonCfg.NUM_QUEUES, CommonCfg.CONFIG_GENERATION,
               CommonCfg.QUEUE_NOTIFY_OFF, CommonCfg.QUEUE_NOTIF_CONFIG_DATA}
-#: (offset, natural width, feature that makes the field exist or None)
-_NET_FIELDS = [(NetCfg.MAC, 1, NetF.MAC), (NetCfg.STATUS, 2, NetF.STATUS),
-               (NetCfg.MAX_VIRTQUEUE_PAIRS, 2, NetF.MQ), (NetCfg.MTU, 2, NetF.MTU),
-               (NetCfg.SPEED, 4, NetF.SPEED_DUPLEX), (NetCfg.DUPLEX, 1, NetF.SPEED_DUPLEX)]
-
-
 def _common_field(offset: int) -> CommonCfg | None:
     for f in CommonCfg:
         w = COMMON_CFG_WIDTH[f]
@@ -413,16 +407,15 @@ class VirtioPciDriverMonitor:
         for i, e in enumerate(ev):
             if e.kind not in ("devcfg_r", "devcfg_w"):
                 continue
-            for off, width, feat in _NET_FIELDS:
-                span = 6 if off == NetCfg.MAC else width
-                if off <= e.offset < off + span:
+            for off, width, feats in NET_CONFIG_FIELDS:
+                if off <= e.offset < off + width:
                     natural = e.size == width and e.offset % width == 0 if width > 1 else e.size == 1
                     yield Finding("PCI-DRV-05", natural,
                                   f"access #{e.seq}: {e.size}-byte access at device config {e.offset:#x}")
-                    if feat is not None and e.kind == "devcfg_r":
-                        yield Finding("CFG-DRV-03", has(offered, feat),
+                    if e.kind == "devcfg_r":
+                        yield Finding("CFG-DRV-03", any(has(offered, f) for f in feats),
                                       f"access #{e.seq}: read field at {e.offset:#x} whose feature "
-                                      f"{NetF(feat).name} was not offered")
+                                      f"{' or '.join(NetF(f).name for f in feats)} was not offered")
             if e.kind == "devcfg_r":
                 before = next((p for p in reversed(ev[:i]) if p.kind != "devcfg_r"), None)
                 after = next((p for p in ev[i + 1:] if p.kind != "devcfg_r"), None)

@@ -10,58 +10,23 @@ list, so that a driver can be shown a function with or without SR-IOV whatever t
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from backend.drivers.transport import (  # the walk is the driver's too (it hides SR_IOV without the capability)
+    PCI_EXT_CAP_ID_SRIOV,
+    PCIE_CONFIG_SPACE_SIZE,
+    ExtendedCaps,
+    extended_capabilities,
+)
 from backend.pci.device import PciDevice, RegionIndex, RegionInfo
 from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
 from testbenches.monitor.config_proxy import ConfigSpaceEditor, target_caps
 
-PCI_EXT_CAP_ID_SRIOV = 0x10
-#: PCIe extended configuration space ends here (4 KiB per function).
-PCIE_CONFIG_SPACE_SIZE = 0x1000
 #: The SR-IOV extended capability structure is 0x40 bytes (PCIe base spec 9.3.3).
 SRIOV_CAP_LEN = 0x40
 SRIOV_CONTROL = 0x08
 SRIOV_CONTROL_VF_ENABLE = 0x1
-#: Bound on the walk: at most this many 4-byte-aligned headers fit in extended space.
-_MAX_EXT_CAPS = (PCIE_CONFIG_SPACE_SIZE - PCI_CONFIG_SPACE_SIZE) // 4
 
-
-@dataclass(frozen=True)
-class ExtendedCaps:
-    """Extended capabilities found: (offset, id) in list order; ``config_size`` of the function."""
-
-    config_size: int
-    found: tuple[tuple[int, int], ...]
-
-    @property
-    def ids(self) -> set[int]:
-        return {cap_id for _, cap_id in self.found}
-
-    def describe(self) -> str:
-        if self.config_size <= PCI_CONFIG_SPACE_SIZE:
-            return f"config space is {self.config_size} bytes (no extended capabilities)"
-        caps = ", ".join(f"{cap_id:#06x}@{off:#x}" for off, cap_id in self.found) or "none"
-        return f"extended capabilities: {caps}"
-
-
-def extended_capabilities(dev: PciDevice) -> ExtendedCaps:
-    """Walk the extended capability list from 0x100 (header: id 16 bits, version 4, next 12)."""
-    size = dev.region_info(RegionIndex.CONFIG).size
-    found: list[tuple[int, int]] = []
-    if size <= PCI_CONFIG_SPACE_SIZE:
-        return ExtendedCaps(size, ())
-    off = PCI_CONFIG_SPACE_SIZE
-    seen: set[int] = set()
-    while off and off not in seen and PCI_CONFIG_SPACE_SIZE <= off <= min(size, PCIE_CONFIG_SPACE_SIZE) - 4 \
-            and len(found) < _MAX_EXT_CAPS:
-        seen.add(off)
-        (header,) = struct.unpack("<I", dev.region_read(RegionIndex.CONFIG, off, 4))
-        if header in (0, 0xFFFFFFFF):  # an empty list reads 0 at 0x100
-            break
-        found.append((off, header & 0xFFFF))
-        off = header >> 20 & 0xFFC
-    return ExtendedCaps(size, tuple(found))
+__all__ = ["PCI_EXT_CAP_ID_SRIOV", "ExtendedCaps", "SriovConfigSpace", "extended_capabilities", "sriov_capability"]
 
 
 def sriov_capability(total_vfs: int = 4) -> bytes:
