@@ -38,7 +38,6 @@ from backend.lifecycle import SetupError, listen_until_signal, run_until_signal,
 from backend.pci.device import PciDevice, PciError
 from backend.providers import ProviderError
 from backend.targets import TargetRegistry, TargetSpecError, default_registry
-from backend.unix_socket import claim_socket
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus
 
@@ -130,13 +129,9 @@ class VdpaBackend:
         """Listen on the unix socket ``path`` (a socket a dead server left there is removed first); stop
         with ``close()`` or by leaving its ``with`` block."""
         try:
-            claim_socket(path)
-        except FileExistsError as exc:
-            raise ServeError(f"--socket {path}: {exc}") from None
-        except OSError as exc:
-            raise ServeError(f"--socket {path}: cannot probe the existing socket: {exc}") from None
-        try:
             return VhostUserServer(path, self.device_factory(), name=SERVER_NAME)
+        except FileExistsError as exc:  # something else is there, or a live server (claim_socket says which)
+            raise ServeError(f"--socket {path}: {exc}") from None
         except OSError as exc:
             raise ServeError(f"--socket {path}: cannot listen on it: {exc.strerror or exc}") from None
 

@@ -9,7 +9,7 @@ install without the bench extra serves ``vfio-user:`` and ``vfio:`` targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib.metadata import EntryPoint
 
 from backend.pci.device import PciDevice
@@ -20,6 +20,31 @@ Factory = Callable[[str], PciDevice]
 
 class TargetSpecError(ValueError):
     """A spec that names no known scheme, or is not ``SCHEME:...`` at all."""
+
+
+def parse_spec(scheme: str, spec: str, keys: Collection[str]) -> tuple[str, dict[str, str]]:
+    """``DEVICE[,key=value...]`` (the part after ``SCHEME:``): the device and its options, each key one of
+    ``keys``. The one grammar of every scheme's spec; a provider checks the values it gives meaning to."""
+    device, *items = [p.strip() for p in spec.split(",")]
+    opts: dict[str, str] = {}
+    for item in items:
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{scheme}:{spec}: option {item!r} is not key=value")
+        if key not in keys:
+            raise ValueError(f"{scheme}:{spec}: unknown option {key!r} (known: {', '.join(keys)})")
+        opts[key] = value
+    return device, opts
+
+
+def spec_int(scheme: str, spec: str, key: str, value: str) -> int:
+    """An integer option (decimal, or 0x.. / 0o.. / 0b..)."""
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise ValueError(f"{scheme}:{spec}: {key}={value!r} is not an integer") from None
 
 
 class TargetRegistry(Mapping[str, Factory]):

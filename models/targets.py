@@ -19,15 +19,31 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
-from backend.pci.abilities import Abilities, ErrorRecord, WireKind
+from backend.pci.abilities import Abilities, ErrorRecord, PortControl, WireKind
 from backend.providers import MODELS_GROUP, group, load
+from backend.targets import parse_spec, spec_int
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.wire import LoopbackWire, NullPort, PcapTap, Wire
 from sim.pci_device import SimPciDevice
 
 KEYS = ("queues", "mac", "mtu", "qsize", "features", "notify_mult", "inorder_batch", "wire", "pcap", "model")
+#: Integer keys and the model's constructor argument each sets.
+INT_KEYS = {"queues": "pairs", "mtu": "mtu", "qsize": "max_queue_size", "features": "features",
+            "notify_mult": "notify_off_multiplier", "inorder_batch": "in_order_batch"}
+
+
+def wired_abilities(base: Abilities, where: str, wire: Wire | None, port: PortControl,
+                    errors: Sequence[object]) -> Abilities:
+    """``base`` with the bench port a simulated device offers: ``port`` (its link and wire), on a loopback
+    ``wire`` or unplugged (None), and the driver ``errors`` it records; ``where`` starts the reason."""
+    if wire is None:
+        kind, why = WireKind.NONE, f"{where} unplugged (wire=none)"
+    else:
+        kind, why = WireKind.LOOPBACK, f"{where} on a loopback wire"
+    return dataclasses.replace(base, wire=kind, wire_why=why, port=port, errors=ErrorRecord(errors))
 
 
 class SimNetDevice(SimPciDevice):
@@ -39,24 +55,13 @@ class SimNetDevice(SimPciDevice):
         self.wire = wire
 
     def abilities(self) -> Abilities:
-        if self.wire is None:
-            wire, why = WireKind.NONE, f"{self.name}: the model's port is unplugged (wire=none)"
-        else:
-            wire, why = WireKind.LOOPBACK, f"{self.name}: the model's port is on a loopback wire"
-        return dataclasses.replace(super().abilities(), wire=wire, wire_why=why, port=self.model,
-                                   errors=ErrorRecord(self.model.errors))
+        return wired_abilities(super().abilities(), f"{self.name}: the model's port is", self.wire, self.model,
+                               self.model.errors)
 
     def close(self) -> None:
         super().close()
         if self.wire is not None:
             self.wire.close()
-
-
-def _int(key: str, value: str) -> int:
-    try:
-        return int(value, 0)
-    except ValueError:
-        raise ValueError(f"sim:virtio-net: {key}={value!r} is not an integer") from None
 
 
 def load_model_class(name: str) -> type[VirtioNetDevice]:
@@ -81,40 +86,16 @@ def load_model_class(name: str) -> type[VirtioNetDevice]:
     return cls
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    kind, *items = [p.strip() for p in spec.split(",")]
-    opts: dict[str, str] = {}
-    for item in items:
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"sim:{spec}: option {item!r} is not key=value")
-        if key not in KEYS:
-            raise ValueError(f"sim:{spec}: unknown option {key!r} (known: {', '.join(KEYS)})")
-        opts[key] = value
-    return kind, opts
-
-
 def open_virtio_net(spec: str) -> SimNetDevice:
-    kind, opts = parse_spec(spec)
+    kind, opts = parse_spec("sim", spec, KEYS)
     if kind != "virtio-net":
         raise ValueError(f"sim:{spec}: unknown device {kind!r} (known: virtio-net)")
-    kwargs: dict[str, Any] = {}
-    if "queues" in opts:
-        kwargs["pairs"] = _int("queues", opts["queues"])
+    kwargs: dict[str, Any] = {arg: spec_int("sim", spec, key, value) for key, arg in INT_KEYS.items()
+                              if (value := opts.get(key)) is not None}
     if "mac" in opts:
         kwargs["mac"] = opts["mac"]
-    if "mtu" in opts:
-        kwargs["mtu"] = _int("mtu", opts["mtu"])
-    if "qsize" in opts:
-        kwargs["max_queue_size"] = _int("qsize", opts["qsize"])
-    if "features" in opts:
-        kwargs["features"] = _int("features", opts["features"])
-    if "notify_mult" in opts:
-        kwargs["notify_off_multiplier"] = _int("notify_mult", opts["notify_mult"])
-    if "inorder_batch" in opts:
-        kwargs["in_order_batch"] = bool(_int("inorder_batch", opts["inorder_batch"]))
+    if "in_order_batch" in kwargs:
+        kwargs["in_order_batch"] = bool(kwargs["in_order_batch"])
     cls = load_model_class(opts["model"]) if "model" in opts else VirtioNetDevice
     model = cls(**kwargs)
     wire_kind = opts.get("wire", "loopback")

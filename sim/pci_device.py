@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 
 from backend.eventloop import EventLoop
 from backend.pci.abilities import Abilities, ExceptionLog, ObserverList
@@ -21,10 +22,11 @@ from backend.virtio.pci_regs import PCI_CONFIG_SPACE_SIZE
 from sim.pci.endpoint import PciEndpoint
 
 
-class EndpointPciAccess:
+class EndpointPciAccess(ABC):
     """The part of :class:`backend.pci.device.PciDevice` every simulated endpoint serves alike: config
     space and BAR accesses, recorded DMA faults, MSI-X/INTx binding. The behavioral model's
-    :class:`SimPciDevice` and the RTL's ``RtlPciDevice`` add DMA mapping, ioeventfds and their lifetime."""
+    :class:`SimPciDevice` and the RTL's ``RtlPciDevice`` add ioeventfds and the thread that runs the device
+    (the RTL also hands DMA mappings to its bridge)."""
 
     name: str
     endpoint: PciEndpoint
@@ -64,6 +66,18 @@ class EndpointPciAccess:
 
     def region_mmap(self, index: int) -> memoryview | None:
         return None  # every BAR is trapped: register side effects need the access (a bus transfer on RTL)
+
+    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
+        try:
+            self.endpoint.iommu.map(iova, size, fd, offset, perm)
+        except (ValueError, OSError) as exc:
+            raise PciError(f"{self.name}: dma_map: {exc}") from None
+
+    def dma_unmap(self, iova: int, size: int) -> None:
+        try:
+            self.endpoint.iommu.unmap(iova, size)
+        except ValueError as exc:
+            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
 
     def dma_faults(self) -> list[DmaFault]:
         return self.endpoint.iommu.drain_faults()
@@ -105,8 +119,35 @@ class EndpointPciAccess:
             else:
                 raise PciError(f"{self.name}: irq index {index} not supported")
 
-    def _msix_changed(self) -> None:
+    def _msix_changed(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """After MSI-X was bound or unbound (the RTL forwards the enable to the design)."""
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    _ioeventfds: Mapping[tuple[int, int, int], object]
+    _closed: bool
+
+    @abstractmethod
+    def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None: ...
+
+    @abstractmethod
+    def _stop(self) -> None:
+        """Stop the thread that runs the device (its event loop, the RTL clock)."""
+
+    def reset(self) -> None:
+        self.endpoint.function_reset()
+
+    def close(self) -> None:
+        """Idempotent: ioeventfds removed, the device thread stopped, interrupts unbound, DMA unmapped."""
+        if self._closed:
+            return
+        self._closed = True
+        for index, offset, fd in list(self._ioeventfds):
+            self.ioeventfd_remove(index, offset, fd)
+        self._stop()
+        if self.endpoint.msix is not None:
+            self.endpoint.msix.unbind_all()
+        self.endpoint.iommu.unmap_all()
 
 
 class SimPciDevice(EndpointPciAccess):
@@ -124,20 +165,6 @@ class SimPciDevice(EndpointPciAccess):
         self.loop = EventLoop(f"{name}-events")
         self._ioeventfds: dict[tuple[int, int, int], tuple[int, int | None]] = {}
         self._closed = False
-
-    # --- DMA -----------------------------------------------------------------------------------
-
-    def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
-        try:
-            self.endpoint.iommu.map(iova, size, fd, offset, perm)
-        except (ValueError, OSError) as exc:
-            raise PciError(f"{self.name}: dma_map: {exc}") from None
-
-    def dma_unmap(self, iova: int, size: int) -> None:
-        try:
-            self.endpoint.iommu.unmap(iova, size)
-        except ValueError as exc:
-            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
 
     # --- ioeventfd -----------------------------------------------------------------------------
 
@@ -169,15 +196,5 @@ class SimPciDevice(EndpointPciAccess):
         return dataclasses.replace(super().abilities(), crashes=ExceptionLog(self.loop.errors),
                                    synchronous_doorbell=True)
 
-    def reset(self) -> None:
-        self.endpoint.function_reset()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for index, offset, fd in list(self._ioeventfds):
-            self.ioeventfd_remove(index, offset, fd)
+    def _stop(self) -> None:
         self.loop.close()
-        if self.endpoint.msix is not None:
-            self.endpoint.msix.unbind_all()

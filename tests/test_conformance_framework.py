@@ -211,6 +211,7 @@ def test_statuses_are_aggregated_per_id(pytester: pytest.Pytester) -> None:
     assert status["NETCTRL-DEV-02"] == "not applicable"
     assert status["FEAT-DEV-01"] == "failed"
     assert ids["FEAT-DEV-01"]["checks"] == ["test_checks.py::test_pass_here", "test_checks.py::test_fail_elsewhere"]
+    assert ids["FEAT-DEV-01"]["evidence"] == ["test_checks.py::test_fail_elsewhere: second look disagrees"]
     assert status["FEAT-DEV-02"] == "not offered"  # test_offered_somewhere judged nothing
     assert ids["FEAT-DEV-02"]["unjudged_by"] == ["test_checks.py::test_offered_somewhere"]
     assert status["PACKED-DEV-01"] == "not covered"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -24,10 +25,20 @@ def mem() -> Iterator[GuestMemory]:
         yield m
 
 
-def open_sim(spec: str = "sim:virtio-net,wire=loopback") -> SimNetDevice:
-    dev = default_registry().open(spec)
+@contextlib.contextmanager
+def driven(mem: GuestMemory, target: str | SimNetDevice = "sim:virtio-net,wire=loopback"
+           ) -> Iterator[tuple[SimNetDevice, GuestNetDriver]]:
+    """The device (a ``sim:`` spec, or one built) and a GuestNetDriver on it, both closed at the end."""
+    dev = default_registry().open(target) if isinstance(target, str) else target
     assert isinstance(dev, SimNetDevice)
-    return dev
+    try:
+        drv = GuestNetDriver(dev, mem)
+        try:
+            yield dev, drv
+        finally:
+            drv.close()
+    finally:
+        dev.close()
 
 
 def frames(n: int) -> list[bytes]:
@@ -38,9 +49,7 @@ def frames(n: int) -> list[bytes]:
                                   "sim:virtio-net,wire=loopback,qsize=32",
                                   "sim:virtio-net,wire=loopback,features=0x100030028"])
 def test_100_frames_loop_back_intact(mem: GuestMemory, spec: str) -> None:
-    dev = open_sim(spec)
-    drv = GuestNetDriver(dev, mem)
-    try:
+    with driven(mem, spec) as (dev, drv):
         drv.init()
         assert drv.status() == DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK \
             | DeviceStatus.DRIVER_OK
@@ -56,15 +65,10 @@ def test_100_frames_loop_back_intact(mem: GuestMemory, spec: str) -> None:
         assert drv.wait_tx_done(timeout=5.0)
         assert dev.model.errors == [] and dev.model.stats.rx_no_buffer == 0
         assert dev.dma_faults() == []
-    finally:
-        drv.close()
-        dev.close()
 
 
 def test_config_link_and_mac(mem: GuestMemory) -> None:
-    dev = open_sim("sim:virtio-net,wire=loopback,mac=02:11:22:33:44:55,mtu=9000")
-    drv = GuestNetDriver(dev, mem)
-    try:
+    with driven(mem, "sim:virtio-net,wire=loopback,mac=02:11:22:33:44:55,mtu=9000") as (dev, drv):
         drv.init()
         assert drv.mac() == bytes.fromhex("021122334455")
         assert drv.mtu() == 9000 and drv.rx_buf_size >= 9000 + 14 + 12  # NET-DRV-08
@@ -73,15 +77,10 @@ def test_config_link_and_mac(mem: GuestMemory) -> None:
         assert drv.config_changed(timeout=2.0)
         assert not drv.link_up()
         assert not drv.config_changed(timeout=0.05)  # bounded wait, nothing pending
-    finally:
-        drv.close()
-        dev.close()
 
 
 def test_features_refused_sets_failed(mem: GuestMemory) -> None:
-    dev = open_sim()
-    drv = GuestNetDriver(dev, mem)
-    try:
+    with driven(mem) as (_, drv):
         drv.transport.enable_device()
         drv.reset()
         drv.acknowledge()
@@ -92,37 +91,23 @@ def test_features_refused_sets_failed(mem: GuestMemory) -> None:
         # recovery starts with a reset (STATUS-DRV-03)
         drv.init()
         assert drv.status() & DeviceStatus.DRIVER_OK
-    finally:
-        drv.close()
-        dev.close()
 
 
 def test_no_version_1_offered_fails(mem: GuestMemory) -> None:
-    dev = open_sim("sim:virtio-net,wire=loopback,features=0x20")
-    drv = GuestNetDriver(dev, mem)
-    try:
+    with driven(mem, "sim:virtio-net,wire=loopback,features=0x20") as (_, drv):
         with pytest.raises(DriverInitError, match="VERSION_1"):
             drv.init()
         assert drv.status() & DeviceStatus.FAILED
-    finally:
-        drv.close()
-        dev.close()
 
 
 def test_single_msix_vector_shared(mem: GuestMemory) -> None:
     model = VirtioNetDevice(msix_vectors=1)
-    dev = loopback_device(model, "sim:one-vector")
-    drv = GuestNetDriver(dev, mem)
-    try:
+    with driven(mem, loopback_device(model, "sim:one-vector")) as (_, drv):
         drv.init()
         assert model.config_msix_vector == 0 and model.queues[0].msix_vector == model.queues[1].msix_vector == 0
         assert model.queues[0].msix_vector != NO_VECTOR
         sent = frames(20)
-        drv.send(sent)
-        assert [bytes(p) for p in drv.receive(20, timeout=5.0)] == [bytes(p) for p in sent]
-    finally:
-        drv.close()
-        dev.close()
+        assert drv.exchange(sent) == sent
 
 
 def test_choose_features_drops_broken_dependencies() -> None:

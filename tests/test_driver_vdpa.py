@@ -11,6 +11,7 @@ from backend.drivers.transport import VirtioPciModern
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import wait_eventfd
 from backend.pci.device import PciDevice
+from backend.pci.proxy import PciDeviceProxy
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import NO_VECTOR, CapType, CommonCfg
@@ -88,22 +89,15 @@ def test_queues_programmed_kick_and_call(sim: SimNetDevice, mem: GuestMemory) ->
         fe.close()
 
 
-class _NoIoeventfd:
+class _NoIoeventfd(PciDeviceProxy):
     """A PciDevice that cannot take ioeventfds (a vfio-user server without our extension): the driver relays."""
-
-    def __init__(self, inner: PciDevice) -> None:
-        self._inner = inner
-        self.name = inner.name
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
 
     def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
         return False
 
 
 def test_kick_relay_when_device_has_no_ioeventfd(sim: SimNetDevice, mem: GuestMemory) -> None:
-    vdpa = VirtioPciVdpaDevice(_NoIoeventfd(sim), owns_pci=False)  # type: ignore[arg-type]
+    vdpa = VirtioPciVdpaDevice(_NoIoeventfd(sim, sim.name), owns_pci=False)
     fe = VdpaFrontend(vdpa, mem)
     try:
         fe.bring_up(WANT)
@@ -165,31 +159,28 @@ def test_notification_data_is_hidden_and_unset_queue_has_no_vector(sim: SimNetDe
         fe.close()
 
 
-class _GenerationBump:
+class _GenerationBump(PciDeviceProxy):
     """Bumps config_generation during the first device-config read, as a config change racing the driver."""
 
     def __init__(self, inner: SimNetDevice) -> None:
-        self._inner = inner
-        self.name = inner.name
+        super().__init__(inner, inner.name)
+        self.model = inner.model
         self.bumped = False
         self.generation_reads = 0
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
     def region_read(self, index: int, offset: int, size: int) -> bytes:
-        model = self._inner.model
+        model = self.model
         if index == 0 and offset == model.common_off + CommonCfg.CONFIG_GENERATION:
             self.generation_reads += 1
         if index == 0 and model.devcfg_off <= offset < model.devcfg_off + 0x100 and not self.bumped:
             self.bumped = True
             model.config_generation += 1
-        return self._inner.region_read(index, offset, size)
+        return super().region_read(index, offset, size)
 
 
 def test_get_config_natural_width_and_generation_retry(sim: SimNetDevice) -> None:
     wrapped = _GenerationBump(sim)
-    vdpa = VirtioPciVdpaDevice(wrapped, owns_pci=False)  # type: ignore[arg-type]
+    vdpa = VirtioPciVdpaDevice(wrapped, owns_pci=False)
     try:
         mac = sim.model.mac
         assert vdpa.get_config(0, 6) == mac

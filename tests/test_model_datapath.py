@@ -3,6 +3,9 @@ and the IOMMU's batch calls underneath."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +16,7 @@ from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import DESC, U16, USED_ELEM, DescFlags, SplitLayout
 from models.targets import open_virtio_net
-from models.virtio_net import Chain, Collector, FrameBatch, SplitQueue, VirtioNetDevice
+from models.virtio_net import Chain, FrameBatch, SplitQueue, VirtioNetDevice
 from sim.iommu import PAGE_SIZE, Iommu
 from sim.memory import GuestMemory
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
@@ -60,10 +63,8 @@ DESCS = st.tuples(
 
 def _run_tx(spec: str, features: int, descs: list[tuple[int, int, int, int]], heads: list[int],
             avail_flags: int) -> tuple[object, ...]:
-    g = Guest(f"virtio-net,wire=none,{spec}" if spec else "virtio-net,wire=none")
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest(f"virtio-net,wire=none,{spec}" if spec else "virtio-net,wire=none") as g:
+        col = g.collect()
         _rx, tx = g.bring_up(features)
         g.mem.write(BUF, bytes(range(256)) * 32)
         for i, (addr, length, flags, nxt) in enumerate(descs):
@@ -77,8 +78,6 @@ def _run_tx(spec: str, features: int, descs: list[tuple[int, int, int, int]], he
         ring = g.mem.read(tx.used, 4 + 8 * tx.size)
         return (col.take(), ring, g.status(), [e.req_id for e in g.model.errors],
                 [(f.iova, f.size) for f in g.dev.dma_faults()], _stats(g.model), fired(g.calls[1]))
-    finally:
-        g.close()
 
 
 @given(descs=st.lists(DESCS, min_size=16, max_size=16), heads=st.lists(st.integers(0, 17), min_size=1, max_size=16),
@@ -103,8 +102,7 @@ RX_DESCS = st.tuples(
 
 def _run_rx(spec: str, features: int, descs: list[tuple[int, int, int, int]], heads: list[int],
             lengths: list[int]) -> tuple[object, ...]:
-    g = Guest(f"virtio-net,wire=none,{spec}" if spec else "virtio-net,wire=none")
-    try:
+    with Guest(f"virtio-net,wire=none,{spec}" if spec else "virtio-net,wire=none") as g:
         rx, _tx = g.bring_up(features)
         g.mem.write(RXBUF, bytes(0x2000))
         for i, (addr, length, flags, nxt) in enumerate(descs):
@@ -115,8 +113,6 @@ def _run_rx(spec: str, features: int, descs: list[tuple[int, int, int, int]], he
         return (g.mem.read(rx.used, 4 + 8 * rx.size), g.mem.read(RXBUF, 0x2000), g.status(),
                 [e.req_id for e in g.model.errors], [(f.iova, f.size) for f in g.dev.dma_faults()],
                 _stats(g.model), fired(g.calls[0]) > 0)
-    finally:
-        g.close()
 
 
 @given(descs=st.lists(RX_DESCS, min_size=16, max_size=16), heads=st.lists(st.integers(0, 17), max_size=16),
@@ -131,8 +127,7 @@ def test_rx_bulk_path_agrees_with_per_chain(descs: list[tuple[int, int, int, int
 
 def test_a_burst_takes_the_bulk_path_and_a_variant_does_not() -> None:
     for spec, bulk in (("", True), (PER_CHAIN, False)):
-        g = Guest(f"virtio-net,wire=loopback,{spec}" if spec else "virtio-net,wire=loopback")
-        try:
+        with Guest(f"virtio-net,wire=loopback,{spec}" if spec else "virtio-net,wire=loopback") as g:
             rx, tx = g.bring_up(BASE | bits(F.IN_ORDER))
             for k in range(8):
                 rx.add_chain([(RXBUF + 0x800 * k, 2048, True)])
@@ -148,15 +143,11 @@ def test_a_burst_takes_the_bulk_path_and_a_variant_does_not() -> None:
             s = g.model.stats
             assert (s.tx_bulk, s.rx_bulk) == ((8, 8) if bulk else (0, 0))
             assert s.tx_packets == s.rx_packets == 8
-        finally:
-            g.close()
 
 
 def test_fault_in_the_middle_of_a_burst() -> None:
-    g = Guest()
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest() as g:
+        col = g.collect()
         _rx, tx = g.bring_up(BASE)
         g.dev.dma_faults()
         for k in range(6):
@@ -171,8 +162,6 @@ def test_fault_in_the_middle_of_a_burst() -> None:
         assert [(f.iova, f.size) for f in faults] == [(MEM + 0x5000 + HDR_SIZE, 64)]
         assert g.status() & DeviceStatus.DEVICE_NEEDS_RESET and g.model.errors[-1].req_id == "FEAT-DRV-11"
         assert tx.used_idx() == 0  # the round was not returned, as on the per-chain path
-    finally:
-        g.close()
 
 
 # --- kick suppression without EVENT_IDX ---------------------------------------------------------------
@@ -180,8 +169,7 @@ def test_fault_in_the_middle_of_a_burst() -> None:
 
 def test_no_notify_while_busy_and_cleared_after() -> None:
     for event_idx in (False, True):
-        g = Guest()
-        try:
+        with Guest() as g:
             _rx, tx = g.bring_up(BASE | (bits(F.EVENT_IDX) if event_idx else 0))
             flags: list[int] = []
 
@@ -199,18 +187,14 @@ def test_no_notify_while_busy_and_cleared_after() -> None:
             # SPLIT-DEV-19: NO_NOTIFY set while the burst is taken, cleared before the device goes idle;
             # SPLIT-DEV-20: never touched with EVENT_IDX.
             assert flags == ([] if event_idx else [2, 2])
-        finally:
-            g.close()
 
 
 def test_buffers_added_under_no_notify_are_taken_without_a_kick() -> None:
-    g = Guest()
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest() as g:
+        col = g.collect()
         _rx, tx = g.bring_up(BASE)
         g.mem.write(BUF, NetHdr().pack() + FRAME)
-        added = []
+        added: list[int] = []
 
         def sneak(access: DmaPerm, iova: int, size: int) -> None:
             # The driver adds a buffer the moment the device sets NO_NOTIFY, and (seeing the flag) does not kick.
@@ -221,22 +205,20 @@ def test_buffers_added_under_no_notify_are_taken_without_a_kick() -> None:
         tx.add_chain([(BUF, HDR_SIZE + len(FRAME), False)])
         tx.kick()
         assert added and tx.used_idx() == 2 and len(col.take()) == 2
-    finally:
-        g.close()
 
 
 # --- merged receive buffers ----------------------------------------------------------------------------
 
 
-def _mrg_guest(features: int) -> tuple[Guest, Ring, Ring]:
-    g = Guest("virtio-net,wire=loopback")
-    rx, tx = g.bring_up(features)
-    return g, rx, tx
+@contextlib.contextmanager
+def _mrg_guest(features: int) -> Iterator[tuple[Guest, Ring, Ring]]:
+    with Guest("virtio-net,wire=loopback") as g:
+        rx, tx = g.bring_up(features)
+        yield g, rx, tx
 
 
 def test_merged_rx_spreads_a_packet_and_publishes_it_at_once() -> None:
-    g, rx, tx = _mrg_guest(BASE | bits(NetF.MRG_RXBUF))
-    try:
+    with _mrg_guest(BASE | bits(NetF.MRG_RXBUF)) as (g, rx, tx):
         frame = test_frame(7, 300)
         for k in range(4):  # 4 buffers of 100 bytes: 312 bytes take all four
             rx.add_chain([(RXBUF + 0x100 * k, 100, True)])
@@ -255,13 +237,10 @@ def test_merged_rx_spreads_a_packet_and_publishes_it_at_once() -> None:
         data = b"".join(g.mem.read(RXBUF + 0x100 * k, n) for k, n in enumerate([100, 100, 100, 12]))
         assert NetHdr.unpack(data).num_buffers == 4 and data[HDR_SIZE:] == frame  # NET-DEV-28/31
         assert g.model.stats.rx_packets == 1
-    finally:
-        g.close()
 
 
 def test_merged_rx_out_of_buffers_drops_whole_packet() -> None:
-    g, rx, tx = _mrg_guest(BASE | bits(NetF.MRG_RXBUF))
-    try:
+    with _mrg_guest(BASE | bits(NetF.MRG_RXBUF)) as (g, rx, tx):
         rx.add_chain([(RXBUF, 100, True)])
         rx.add_chain([(RXBUF + 0x100, 100, True)])
         big, small = test_frame(1, 500), test_frame(2, 60)
@@ -273,20 +252,15 @@ def test_merged_rx_out_of_buffers_drops_whole_packet() -> None:
         assert g.model.stats.rx_no_buffer == 1 and rx.used_idx() == 1
         assert rx.used_elem(0) == (0, HDR_SIZE + len(small))
         assert g.mem.read(RXBUF, HDR_SIZE + len(small)) == NetHdr(num_buffers=1).pack() + small
-    finally:
-        g.close()
 
 
 def test_without_mrg_a_small_buffer_waits() -> None:
-    g, rx, tx = _mrg_guest(BASE)
-    try:
+    with _mrg_guest(BASE) as (g, rx, tx):
         rx.add_chain([(RXBUF, 100, True)])
         g.mem.write(BUF, NetHdr().pack() + test_frame(1, 300))
         tx.add_chain([(BUF, HDR_SIZE + 300, False)])
         tx.kick()
         assert g.model.stats.rx_buffer_too_small == 1 and rx.used_idx() == 0  # NET-DEV-29
-    finally:
-        g.close()
 
 
 def test_guest_driver_reassembles_merged_buffers() -> None:

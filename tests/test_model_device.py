@@ -127,6 +127,18 @@ class Guest:
             os.close(fd)
         self.mem.close()
 
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def collect(self) -> Collector:
+        """The model's port attached to a collector of what it transmits."""
+        col = Collector()
+        self.model.attach(col)
+        return col
+
     # registers
     def cr(self, field: CommonCfg) -> int:
         return read_int(self.dev, 0, self.common + field, COMMON_CFG_WIDTH[field])
@@ -207,9 +219,8 @@ def fired(fd: int) -> int:
 
 @pytest.fixture
 def g() -> Iterator[Guest]:
-    guest = Guest()
-    yield guest
-    guest.close()
+    with Guest() as guest:
+        yield guest
 
 
 def test_pci_identity_and_capabilities(g: Guest) -> None:
@@ -275,10 +286,8 @@ def test_queue_fields_64bit_halves_and_bad_size(g: Guest) -> None:
 
 
 def test_tx_frame_reaches_collector_with_split_header() -> None:
-    g = Guest()
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest() as g:
+        col = g.collect()
         calls = g.msix(3)
         assert g.negotiate()
         g.cw(CommonCfg.CONFIG_MSIX_VECTOR, 2)
@@ -294,13 +303,10 @@ def test_tx_frame_reaches_collector_with_split_header() -> None:
         assert fired(calls[1]) == 1 and fired(calls[0]) == 0
         tx.kick()  # spurious: nothing new, nothing breaks (SPLIT-DEV-22)
         assert tx.used_idx() == 1 and not g.status() & DeviceStatus.DEVICE_NEEDS_RESET
-    finally:
-        g.close()
 
 
 def test_loopback_rx_delivery() -> None:
-    g = Guest("virtio-net,wire=loopback")
-    try:
+    with Guest("virtio-net,wire=loopback") as g:
         rx, tx = g.bring_up()
         rx.add_chain([(0x50000, 2048, True)])
         g.mem.write(0x40000, NetHdr().pack() + FRAME)
@@ -316,8 +322,6 @@ def test_loopback_rx_delivery() -> None:
         tx.add_chain([(0x40000, HDR_SIZE + len(FRAME), False)])
         tx.kick()
         assert g.model.stats.rx_no_buffer == 1 and rx.used_idx() == 1
-    finally:
-        g.close()
 
 
 def test_descriptor_loop_sets_needs_reset_and_config_interrupt(g: Guest) -> None:
@@ -351,10 +355,8 @@ def test_unmapped_buffer_is_a_recorded_dma_fault(g: Guest) -> None:
 
 
 def test_indirect_tx_and_indirect_with_next_is_refused() -> None:
-    g = Guest()
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest() as g:
+        col = g.collect()
         _rx, tx = g.bring_up()
         g.mem.write(0x40000, NetHdr().pack() + FRAME)
         tx.put_desc(0, 0x40000, HDR_SIZE, DescFlags.NEXT, 1, table=0x48000)
@@ -367,8 +369,6 @@ def test_indirect_tx_and_indirect_with_next_is_refused() -> None:
         tx.add([1])
         tx.kick()
         assert g.model.errors[-1].req_id == "SPLIT-DRV-09" and not col.take()
-    finally:
-        g.close()
 
 
 def test_event_idx_and_in_order_batching(g: Guest) -> None:
@@ -414,8 +414,7 @@ def test_queue_reset_with_ring_reset(g: Guest) -> None:
 
 
 def test_isr_and_intx_without_msix() -> None:
-    g = Guest("virtio-net,wire=loopback")
-    try:
+    with Guest("virtio-net,wire=loopback") as g:
         intx = os.eventfd(0, os.EFD_NONBLOCK)
         g.calls.append(intx)
         g.dev.set_irqs(IrqIndex.INTX, 0, [intx])
@@ -428,8 +427,6 @@ def test_isr_and_intx_without_msix() -> None:
         assert config_read(g.dev, PciCfg.STATUS, 2) & PCI_STATUS_INTERRUPT
         assert g.isr() == ISR_QUEUE and g.isr() == 0  # PCI-DEV-41
         assert not config_read(g.dev, PciCfg.STATUS, 2) & PCI_STATUS_INTERRUPT
-    finally:
-        g.close()
 
 
 def test_link_change_bumps_generation_and_notifies(g: Guest) -> None:
@@ -456,10 +453,8 @@ def test_pci_cfg_window(g: Guest) -> None:
 
 
 def test_kick_through_ioeventfd_in_event_loop_thread() -> None:
-    g = Guest()
-    try:
-        col = Collector()
-        g.model.attach(col)
+    with Guest() as g:
+        col = g.collect()
         _rx, tx = g.bring_up()
         kick = os.eventfd(0, os.EFD_NONBLOCK)
         g.calls.append(kick)
@@ -472,8 +467,6 @@ def test_kick_through_ioeventfd_in_event_loop_thread() -> None:
         ready, _, _ = select.select([g.calls[1]], [], [], 10)
         assert ready and fired(g.calls[1]) == 1
         assert col.take() == [FRAME] and tx.used_idx() == 1
-    finally:
-        g.close()
 
 
 def test_targets_registry_keys_and_model_class(tmp_path: object) -> None:
@@ -499,14 +492,11 @@ def test_targets_registry_keys_and_model_class(tmp_path: object) -> None:
 
 def test_pcap_tap_on_loopback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "wire.pcap")
-    g = Guest(f"virtio-net,pcap={path}")
-    try:
+    with Guest(f"virtio-net,pcap={path}") as g:
         _rx, tx = g.bring_up()
         g.mem.write(0x40000, NetHdr().pack() + FRAME)
         tx.add_chain([(0x40000, HDR_SIZE + len(FRAME), False)])
         tx.kick()
-    finally:
-        g.close()
     assert [bytes(p) for p in rdpcap(path)] == [FRAME]
 
 
@@ -518,8 +508,7 @@ class NoWrapUsed(VirtioNetDevice):
 
 
 def test_mq_control_queue_vq_pairs_set() -> None:
-    g = Guest("virtio-net,queues=2,wire=none")
-    try:
+    with Guest("virtio-net,queues=2,wire=none") as g:
         assert g.negotiate()
         ctrl = g.setup_queue(4)
         g.driver_ok()
@@ -528,8 +517,6 @@ def test_mq_control_queue_vq_pairs_set() -> None:
         ctrl.kick()
         assert ctrl.used_elem(0) == (0, 1) and g.mem.read(0x61000, 1) == b"\x00"
         assert g.model.active_pairs == 2
-    finally:
-        g.close()
 
 
 @given(table=st.binary(min_size=16 * 16, max_size=16 * 16), heads=st.lists(st.integers(0, 0xFFFF), max_size=20),
@@ -554,8 +541,7 @@ def test_hostile_rings_never_crash(g: Guest, table: bytes, heads: list[int], jum
 
 
 def test_pair_wire_between_two_devices() -> None:
-    a, b = Guest(), Guest()
-    try:
+    with Guest() as a, Guest() as b:
         wire = PairWire(a.model, b.model)
         a.model.attach(wire.port_a)
         b.model.attach(wire.port_b)
@@ -567,6 +553,3 @@ def test_pair_wire_between_two_devices() -> None:
         tx_a.kick()
         assert rx_b.used_elem(0) == (0, HDR_SIZE + len(FRAME)) and wire.frames == 1
         assert b.mem.read(0x50000 + HDR_SIZE, len(FRAME)) == FRAME
-    finally:
-        a.close()
-        b.close()

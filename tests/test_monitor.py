@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 from backend.drivers.transport import VirtioPciModern
@@ -14,14 +17,22 @@ from testbenches.driver.virtio_net import GuestNetDriver
 from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
 
 
+@contextlib.contextmanager
+def traced(spec: str = "sim:virtio-net,wire=none") -> Iterator[TracingPciDevice]:
+    """A ``sim:`` device behind the register trace the monitors read; the device closed at the end."""
+    dev = default_registry().open(spec)
+    try:
+        yield TracingPciDevice(dev)
+    finally:
+        dev.close()
+
+
 def _failed(trace: TracingPciDevice) -> set[str]:
     return {rid for rid, (ok, _) in VirtioPciDriverMonitor(trace).verdicts().items() if not ok}
 
 
 def test_a_sloppy_driver_is_caught() -> None:
-    dev = default_registry().open("sim:virtio-net,wire=none")
-    trace = TracingPciDevice(dev)
-    try:
+    with traced() as trace:
         t = VirtioPciModern(trace)
         t.enable_device()
         t.set_status(DeviceStatus.ACKNOWLEDGE)  # no reset first (INIT-DRV-01)
@@ -39,17 +50,13 @@ def test_a_sloppy_driver_is_caught() -> None:
         t.set_status(DeviceStatus.DRIVER)  # drops ACKNOWLEDGE (STATUS-DRV-02)
         t.set_status(0)
         t.set_status(DeviceStatus.ACKNOWLEDGE)  # re-init without polling for 0 (PCI-DRV-19)
-    finally:
-        dev.close()
     failed = _failed(trace)
     assert {"INIT-DRV-01", "FEAT-DRV-01", "FEAT-DRV-04", "INIT-DRV-13", "INIT-DRV-07", "PCI-DRV-15",
             "PCI-DRV-17", "PCI-DRV-20", "PCI-DRV-18", "STATUS-DRV-02", "PCI-DRV-19", "RESET-DRV-01"} <= failed
 
 
 def test_a_careful_driver_passes() -> None:
-    dev = default_registry().open("sim:virtio-net,wire=none")
-    trace = TracingPciDevice(dev)
-    try:
+    with traced() as trace:
         t = VirtioPciModern(trace)
         t.enable_device()
         t.reset()
@@ -63,8 +70,6 @@ def test_a_careful_driver_passes() -> None:
         t.enable_queue(0)
         t.add_status(DeviceStatus.DRIVER_OK)
         t.notify(0)
-    finally:
-        dev.close()
     verdicts = VirtioPciDriverMonitor(trace).verdicts()
     assert not _failed(trace), verdicts
     assert {"INIT-DRV-01", "INIT-DRV-02", "INIT-DRV-03", "PCI-DRV-18", "NOTIF-DRV-01", "NOTIF-DRV-03"} <= set(verdicts)
@@ -78,9 +83,7 @@ def test_a_careful_driver_passes() -> None:
     ("avail_flags", "SPLIT-DRV-14"),
 ])
 def test_ring_monitor_names_the_broken_rule(name: str, expected: str) -> None:
-    dev = default_registry().open("sim:virtio-net,wire=loopback")
-    trace = TracingPciDevice(dev)
-    with GuestMemory.single(4 << 20) as mem:
+    with traced("sim:virtio-net,wire=loopback") as trace, GuestMemory.single(4 << 20) as mem:
         rings = SplitRingMonitor.attach(trace, mem.read)
         drv = GuestNetDriver(trace, mem, queue_size=16)
         try:

@@ -3,27 +3,24 @@ extras) serves a device exported by the bench over vhost-user, by console script
 
 from __future__ import annotations
 
-import os
-import select
+import contextlib
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import venv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sim.child_process import ChildProcess
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import VhostUserFrontend
+from testbenches.peers.serve import LISTENING, DeviceProcess
 
 REPO = Path(__file__).resolve().parent.parent
 #: Modules of the bench (and of its extra) that the backend daemon must not pull in.
 BENCH_ONLY = ("pytest", "rich", "sim", "models", "testbenches", "scapy", "numpy", "hypothesis", "jinja2")
 READY_TIMEOUT = 30.0
-EXIT_TIMEOUT = 15.0
 MEM_SIZE = 4 << 20
 #: What a copy of the source tree leaves out (build products, caches, other venvs).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "reports", "*.egg-info", "__pycache__", ".mypy_cache",
@@ -37,56 +34,6 @@ def test_backend_daemon_imports_nothing_of_the_bench(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"the backend daemon imported {proc.stdout.strip()}"
-
-
-class Child:
-    """A process whose stdout is read line by line under a deadline; stopped by its PID."""
-
-    def __init__(self, argv: list[str], log: Path, cwd: Path) -> None:
-        self.log_path = log
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        self.out = b""
-
-    def wait_line(self, prefix: str) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            for line in self.out.decode(errors="replace").splitlines():
-                if line.startswith(prefix):
-                    return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                pytest.fail(f"no {prefix!r} line within {READY_TIMEOUT} s; log:\n{self.log()}")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    pytest.fail(f"exited ({self.proc.wait(EXIT_TIMEOUT)}) before {prefix!r}; log:\n{self.log()}")
-                self.out += chunk
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(EXIT_TIMEOUT)
-        finally:
-            if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(EXIT_TIMEOUT)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    made: list[Child] = []
-    yield made
-    for child in made:
-        child.stop()
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +73,18 @@ def exchange_through(path: str) -> None:
             fe.close()
 
 
+def child(argv: list[str], log: Path, cwd: Path) -> ChildProcess:
+    """``argv`` in ``cwd`` (the backend venv's programs run outside the source tree), up when it listens."""
+    return ChildProcess(argv, log=log, cwd=cwd, ready=LISTENING, ready_timeout=READY_TIMEOUT)
+
+
 @pytest.mark.timeout(900)
 def test_backend_alone_serves_a_vfio_user_device(backend_venv: Path, tmp_path: Path,
-                                                 children: list[Child]) -> None:
+                                                 started: contextlib.ExitStack) -> None:
     bin_dir = backend_venv / "bin"
     device_sock = str(tmp_path / "dev.sock")
-    device = Child([sys.executable, "-m", "testbenches.cli", "device", "--model", "virtio-net,wire=loopback",
-                    "--vfio-user", device_sock], tmp_path / "device.log", REPO)
-    children.append(device)
-    device.wait_line("listening on")
+    started.enter_context(DeviceProcess(device_sock, "virtio-net,wire=loopback",
+                                        log=tmp_path / "device.log")).wait_listening()
 
     # Without the bench extra the bench's own commands say what is missing.
     proc = subprocess.run([str(bin_dir / "vdpa-bench"), "run", "--target", "sim"], cwd=tmp_path, capture_output=True,
@@ -145,19 +95,17 @@ def test_backend_alone_serves_a_vfio_user_device(backend_venv: Path, tmp_path: P
     # The console script, and vdpa-bench serve of the same install.
     for argv in ([str(bin_dir / "vdpa-backend"), "serve"], [str(bin_dir / "vdpa-bench"), "serve"]):
         vhost = str(tmp_path / "vhost.sock")
-        serve = Child([*argv, "--socket", vhost, "--device", f"vfio-user:{device_sock}"], tmp_path / "serve.log",
-                      tmp_path)
-        children.append(serve)
-        assert serve.wait_line("listening on") == f"listening on {vhost}"
+        serve = started.enter_context(child([*argv, "--socket", vhost, "--device", f"vfio-user:{device_sock}"],
+                                            tmp_path / "serve.log", tmp_path))
+        assert serve.wait_for(LISTENING, 0).group(0) == f"listening on {vhost}"
         exchange_through(vhost)
-        assert serve.stop() == 0, serve.log()
-        assert "DRIVER_OK" in serve.log(), serve.log()
+        assert serve.stop() == 0, serve.output()
+        assert "DRIVER_OK" in serve.output(), serve.output()
 
     # The embedding example, run by the backend venv's interpreter.
     vhost = str(tmp_path / "embedded.sock")
-    embedded = Child([str(bin_dir / "python"), str(REPO / "examples" / "embed_backend.py"), vhost,
-                      f"vfio-user:{device_sock}"], tmp_path / "embed.log", tmp_path)
-    children.append(embedded)
-    assert embedded.wait_line("listening on") == f"listening on {vhost}"
+    embedded = started.enter_context(child([str(bin_dir / "python"), str(REPO / "examples" / "embed_backend.py"),
+                                            vhost, f"vfio-user:{device_sock}"], tmp_path / "embed.log", tmp_path))
+    assert embedded.wait_for(LISTENING, 0).group(0) == f"listening on {vhost}"
     exchange_through(vhost)
-    assert embedded.stop() == 0, embedded.log()
+    assert embedded.stop() == 0, embedded.output()

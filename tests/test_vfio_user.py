@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from backend.drivers.transport import VirtioPciModern
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import new_eventfd
+from backend.fd_channel import FdChannel
 from backend.pci import vfio_user_msg as m
 from backend.pci.device import DmaPerm, IrqIndex, PciError, RegionFlags, RegionIndex, config_read
 from backend.pci.vfio_user import VfioUserError, VfioUserPciDevice
@@ -271,9 +272,8 @@ class RawClient:
 
     def send(self, header: bytes, payload: bytes = b"", nfds: int = 0) -> None:
         fds = [new_eventfd() for _ in range(nfds)]
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{nfds}i", *fds))] if fds else []
         try:
-            self.sock.sendmsg([header + payload], anc)
+            FdChannel(self.sock, max_fds=0).send(header + payload, fds)  # sends only
         finally:
             for fd in fds:
                 os.close(fd)
@@ -403,9 +403,7 @@ def test_client_in_device_process(device: tuple[str, DeviceProcess], mem: GuestM
         try:
             drv.init()
             sent = [frame(i, 60 + 37 * i) for i in range(20)]
-            drv.send(sent)
-            got = [f.frame for f in drv.receive_raw(len(sent), timeout=WAIT)]
-            assert got == sent
+            assert drv.exchange(sent, WAIT) == sent
             assert drv.wait_tx_done(timeout=WAIT)
         finally:
             drv.close()

@@ -16,7 +16,6 @@ is left behind by the hostile sessions.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import gc
 import os
@@ -32,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from backend.fd_channel import FdChannel
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import ConnectionLost, SessionRecord, VhostUserServer, recv_message
 from backend.vhost_user.session import SUPPORTED_PROTOCOL_FEATURES
@@ -470,10 +470,7 @@ class Hostile:
         assert sock is not None
         fds = [make_fd(k) for k in kinds]
         try:
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-            sent = sock.sendmsg([data], anc)
-            if sent < len(data):
-                sock.sendall(data[sent:])
+            FdChannel(sock, max_fds=0).send(data, fds)  # sends only: no fds are received on it
         finally:
             for fd in fds:  # the backend has its own copies now
                 os.close(fd)

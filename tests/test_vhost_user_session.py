@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Iterator
@@ -29,21 +30,12 @@ def server(tmp_path: Path) -> Iterator[tuple[VhostUserServer, str]]:
     srv.close()
 
 
-@pytest.fixture
-def mems() -> Iterator[list[GuestMemory]]:
-    out: list[GuestMemory] = []
-    yield out
-    for mem in out:
-        mem.close()
+def new_mem(started: contextlib.ExitStack, gpa: int = 0x1_0000_0000) -> GuestMemory:
+    """Guest memory closed at the end of the test."""
+    return started.enter_context(GuestMemory.single(MEM_SIZE, gpa=gpa))
 
 
-def new_mem(mems: list[GuestMemory], gpa: int = 0x1_0000_0000) -> GuestMemory:
-    mem = GuestMemory.single(MEM_SIZE, gpa=gpa)
-    mems.append(mem)
-    return mem
-
-
-def started(path: str, mem: GuestMemory, uva_offset: int = 0) -> VhostUserFrontend:
+def running(path: str, mem: GuestMemory, uva_offset: int = 0) -> VhostUserFrontend:
     fe = VhostUserFrontend.connect(path, mem, uva_offset=uva_offset)
     fe.start(size=256)
     return fe
@@ -56,9 +48,10 @@ def traffic(fe: VhostUserFrontend, n: int, start: int = 0, batch: int = 50) -> N
         assert got == sent, f"frames {first}..: sent {len(sent)}, got {len(got)} back"
 
 
-def test_two_hundred_frames_with_translation(server: tuple[VhostUserServer, str], mems: list[GuestMemory]) -> None:
+def test_two_hundred_frames_with_translation(server: tuple[VhostUserServer, str],
+                                             started: contextlib.ExitStack) -> None:
     srv, path = server
-    fe = started(path, new_mem(mems), UVA_OFFSET)
+    fe = running(path, new_mem(started), UVA_OFFSET)
     try:
         assert fe.features & (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
         assert fe.protocol_features == (m.ProtocolFeature.MQ.mask | m.ProtocolFeature.REPLY_ACK.mask
@@ -75,9 +68,9 @@ def test_two_hundred_frames_with_translation(server: tuple[VhostUserServer, str]
 
 
 def test_advertised_features_hide_what_backend_cannot_do(server: tuple[VhostUserServer, str],
-                                                         mems: list[GuestMemory]) -> None:
+                                                         started: contextlib.ExitStack) -> None:
     _, path = server
-    fe = VhostUserFrontend.connect(path, new_mem(mems))
+    fe = VhostUserFrontend.connect(path, new_mem(started))
     try:
         offered = fe.negotiate(wanted=(1 << 64) - 1)
         for bit in (33, 34, 40, 43, m.VHOST_F_LOG_ALL):  # ACCESS_PLATFORM, RING_PACKED, RING_RESET, SUSPEND
@@ -89,10 +82,10 @@ def test_advertised_features_hide_what_backend_cannot_do(server: tuple[VhostUser
         fe.close()
 
 
-def test_two_sessions_on_two_devices(server: tuple[VhostUserServer, str], mems: list[GuestMemory]) -> None:
+def test_two_sessions_on_two_devices(server: tuple[VhostUserServer, str], started: contextlib.ExitStack) -> None:
     srv, path = server
-    a = started(path, new_mem(mems))
-    b = started(path, new_mem(mems, gpa=0x2_0000_0000), UVA_OFFSET)
+    a = running(path, new_mem(started))
+    b = running(path, new_mem(started, gpa=0x2_0000_0000), UVA_OFFSET)
     try:
         for k in range(4):
             traffic(a, 25, start=k * 25, batch=25)
@@ -107,11 +100,11 @@ def test_two_sessions_on_two_devices(server: tuple[VhostUserServer, str], mems: 
 
 @pytest.mark.parametrize("bad", ["bad_size", "unknown_request", "before_owner"])
 def test_malformed_message_drops_only_that_session(bad: str, server: tuple[VhostUserServer, str],
-                                                   mems: list[GuestMemory],
+                                                   started: contextlib.ExitStack,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     srv, path = server
-    good = started(path, new_mem(mems))
-    victim = VhostUserFrontend.connect(path, new_mem(mems, gpa=0x2_0000_0000))
+    good = running(path, new_mem(started))
+    victim = VhostUserFrontend.connect(path, new_mem(started, gpa=0x2_0000_0000))
     try:
         traffic(good, 20)
         with caplog.at_level(logging.WARNING):
@@ -139,9 +132,9 @@ def test_malformed_message_drops_only_that_session(bad: str, server: tuple[Vhost
 
 
 def test_message_before_owner_with_need_reply_gets_failure(server: tuple[VhostUserServer, str],
-                                                           mems: list[GuestMemory]) -> None:
+                                                           started: contextlib.ExitStack) -> None:
     _, path = server
-    fe = VhostUserFrontend.connect(path, new_mem(mems))
+    fe = VhostUserFrontend.connect(path, new_mem(started))
     try:
         with pytest.raises(FrontendError, match="refused"):
             fe.request(m.FrontendRequest.SET_VRING_NUM, m.VringState(0, 256), need_reply=True)
@@ -152,9 +145,9 @@ def test_message_before_owner_with_need_reply_gets_failure(server: tuple[VhostUs
 
 
 def test_ring_address_outside_memory_table_rejected(server: tuple[VhostUserServer, str],
-                                                    mems: list[GuestMemory]) -> None:
+                                                    started: contextlib.ExitStack) -> None:
     srv, path = server
-    mem = new_mem(mems)
+    mem = new_mem(started)
     fe = VhostUserFrontend.connect(path, mem, uva_offset=UVA_OFFSET)
     try:
         fe.negotiate()
@@ -174,10 +167,10 @@ def test_ring_address_outside_memory_table_rejected(server: tuple[VhostUserServe
         fe.close()
 
 
-def test_second_mem_table_at_run_time(server: tuple[VhostUserServer, str], mems: list[GuestMemory]) -> None:
+def test_second_mem_table_at_run_time(server: tuple[VhostUserServer, str], started: contextlib.ExitStack) -> None:
     srv, path = server
-    mem = new_mem(mems)
-    fe = started(path, mem, UVA_OFFSET)
+    mem = new_mem(started)
+    fe = running(path, mem, UVA_OFFSET)
     try:
         traffic(fe, 50)
         mem.add_region(0x1_8000_0000, MEM_SIZE, "hotplug")  # virtio_user's heap grew: a second region

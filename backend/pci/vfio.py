@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -62,6 +63,7 @@ from backend.pci.device import (
     RegionIndex,
     RegionInfo,
 )
+from backend.targets import parse_spec
 
 # --- uapi: <linux/vfio.h> ---------------------------------------------------------------------
 
@@ -75,60 +77,33 @@ def _io(nr: int) -> int:
 
 
 VFIO_API_VERSION: Final = 0
-VFIO_GET_API_VERSION: Final = _io(0)
-VFIO_CHECK_EXTENSION: Final = _io(1)
-VFIO_SET_IOMMU: Final = _io(2)
-VFIO_GROUP_GET_STATUS: Final = _io(3)
-VFIO_GROUP_SET_CONTAINER: Final = _io(4)
-VFIO_GROUP_UNSET_CONTAINER: Final = _io(5)
-VFIO_GROUP_GET_DEVICE_FD: Final = _io(6)
-VFIO_DEVICE_GET_INFO: Final = _io(7)
-VFIO_DEVICE_GET_REGION_INFO: Final = _io(8)
-VFIO_DEVICE_GET_IRQ_INFO: Final = _io(9)
-VFIO_DEVICE_SET_IRQS: Final = _io(10)
-VFIO_DEVICE_RESET: Final = _io(11)
-VFIO_IOMMU_GET_INFO: Final = _io(12)  # on the container fd (the same number is a device ioctl too)
-VFIO_IOMMU_MAP_DMA: Final = _io(13)
-VFIO_IOMMU_UNMAP_DMA: Final = _io(14)
-VFIO_DEVICE_IOEVENTFD: Final = _io(16)
+
+
+class Ioctl(IntEnum):
+    """The vfio ioctls, named as in the uapi without ``VFIO_``."""
+
+    GET_API_VERSION = _io(0)
+    CHECK_EXTENSION = _io(1)
+    SET_IOMMU = _io(2)
+    GROUP_GET_STATUS = _io(3)
+    GROUP_SET_CONTAINER = _io(4)
+    GROUP_UNSET_CONTAINER = _io(5)
+    GROUP_GET_DEVICE_FD = _io(6)
+    DEVICE_GET_INFO = _io(7)
+    DEVICE_GET_REGION_INFO = _io(8)
+    DEVICE_GET_IRQ_INFO = _io(9)
+    DEVICE_SET_IRQS = _io(10)
+    DEVICE_RESET = _io(11)
+    IOMMU_GET_INFO = _io(12)  # on the container fd (the same number is a device ioctl too)
+    IOMMU_MAP_DMA = _io(13)
+    IOMMU_UNMAP_DMA = _io(14)
+    DEVICE_IOEVENTFD = _io(16)
+
 
 # VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU
 VFIO_TYPE1_IOMMU: Final = 1
 VFIO_TYPE1v2_IOMMU: Final = 3
 VFIO_NOIOMMU_IOMMU: Final = 8
-
-VFIO_GROUP_FLAGS_VIABLE: Final = 1 << 0
-VFIO_GROUP_FLAGS_CONTAINER_SET: Final = 1 << 1
-
-VFIO_DEVICE_FLAGS_RESET: Final = 1 << 0
-VFIO_DEVICE_FLAGS_PCI: Final = 1 << 1
-
-VFIO_REGION_INFO_FLAG_READ: Final = 1 << 0
-VFIO_REGION_INFO_FLAG_WRITE: Final = 1 << 1
-VFIO_REGION_INFO_FLAG_MMAP: Final = 1 << 2
-VFIO_REGION_INFO_FLAG_CAPS: Final = 1 << 3
-VFIO_REGION_INFO_CAP_SPARSE_MMAP: Final = 1
-VFIO_REGION_INFO_CAP_TYPE: Final = 2
-VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: Final = 3
-
-VFIO_IRQ_INFO_EVENTFD: Final = 1 << 0
-VFIO_IRQ_INFO_MASKABLE: Final = 1 << 1
-VFIO_IRQ_INFO_AUTOMASKED: Final = 1 << 2
-VFIO_IRQ_INFO_NORESIZE: Final = 1 << 3
-
-VFIO_IRQ_SET_DATA_NONE: Final = 1 << 0
-VFIO_IRQ_SET_DATA_BOOL: Final = 1 << 1
-VFIO_IRQ_SET_DATA_EVENTFD: Final = 1 << 2
-VFIO_IRQ_SET_ACTION_MASK: Final = 1 << 3
-VFIO_IRQ_SET_ACTION_UNMASK: Final = 1 << 4
-VFIO_IRQ_SET_ACTION_TRIGGER: Final = 1 << 5
-
-VFIO_IOMMU_INFO_PGSIZES: Final = 1 << 0
-VFIO_IOMMU_INFO_CAPS: Final = 1 << 1
-VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: Final = 1
-
-VFIO_DMA_MAP_FLAG_READ: Final = 1 << 0
-VFIO_DMA_MAP_FLAG_WRITE: Final = 1 << 1
 
 VFIO_DEVICE_IOEVENTFD_SIZE: Final = {1: 1 << 0, 2: 1 << 1, 4: 1 << 2, 8: 1 << 3}
 
@@ -211,8 +186,10 @@ class Bdf:
 IoctlArg = int | bytearray | ctypes.Structure | ctypes.c_int32 | ctypes.Array[ctypes.c_char]
 
 
-def _ioctl(fd: int, request: int, arg: IoctlArg, what: str) -> int:
-    """``ioctl`` with a mutable argument (the kernel writes results back into it); OSError -> VfioError."""
+def _ioctl(fd: int, request: Ioctl, arg: IoctlArg, detail: str = "") -> int:
+    """``ioctl`` with a mutable argument (the kernel writes results back into it); OSError -> VfioError
+    naming the request and ``detail``."""
+    what = f"VFIO_{request.name} {detail}".rstrip()
     try:
         if isinstance(arg, int):
             return int(fcntl.ioctl(fd, request, arg))
@@ -344,7 +321,7 @@ class VfioRegion:
     def mappable(self) -> bool:
         """The whole region can be mmapped."""
         whole = self.sparse is None or self.msix_mappable or self.sparse == ((0, self.size),)
-        return bool(self.flags & VFIO_REGION_INFO_FLAG_MMAP) and self.size > 0 and whole
+        return bool(self.flags & uapi.RegionFlag.MMAP) and self.size > 0 and whole
 
 
 @dataclass(frozen=True)
@@ -398,13 +375,13 @@ def region_caps(buf: bytes | bytearray, first: int) -> tuple[tuple[tuple[int, in
     sparse: tuple[tuple[int, int], ...] | None = None
     msix_mappable = False
     for cap_id, off in _chain(buf, first):
-        if cap_id == VFIO_REGION_INFO_CAP_SPARSE_MMAP:
+        if cap_id == uapi.RegionCapId.SPARSE_MMAP:
             cap = SparseMmapCap.from_buffer_copy(buf, off)
             base = off + ctypes.sizeof(SparseMmapCap)
             areas = (SparseMmapArea.from_buffer_copy(buf, base + i * ctypes.sizeof(SparseMmapArea))
                      for i in range(cap.nr_areas))
             sparse = tuple((a.offset, a.size) for a in areas)
-        elif cap_id == VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
+        elif cap_id == uapi.RegionCapId.MSIX_MAPPABLE:
             msix_mappable = True
     return sparse, msix_mappable
 
@@ -412,7 +389,7 @@ def region_caps(buf: bytes | bytearray, first: int) -> tuple[tuple[tuple[int, in
 def iova_ranges(buf: bytes | bytearray, first: int) -> tuple[tuple[int, int], ...]:
     """The usable (inclusive) IOVA ranges from a type1 IOMMU info's capability chain; () if not given."""
     for cap_id, off in _chain(buf, first):
-        if cap_id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+        if cap_id == uapi.IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
             cap = IovaRangeCap.from_buffer_copy(buf, off)
             base = off + ctypes.sizeof(IovaRangeCap)
             return tuple((r.start, r.end) for r in (IovaRange.from_buffer_copy(buf, base + i * ctypes.sizeof(IovaRange))
@@ -494,7 +471,7 @@ class VfioPciDevice:
             self._container = os.open(devdir / "vfio", os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise VfioError(f"{self.name}: cannot open {devdir / 'vfio'}: {exc.strerror}", exc.errno or 0) from None
-        version = _ioctl(self._container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")
+        version = _ioctl(self._container, Ioctl.GET_API_VERSION, 0)
         if version != VFIO_API_VERSION:
             raise VfioError(f"{self.name}: VFIO API version {version}, this code speaks {VFIO_API_VERSION}")
         path = devdir / str(self.group_id)
@@ -505,21 +482,21 @@ class VfioPciDevice:
                     "a VFIO group has one owner)") if exc.errno == errno.EBUSY else ""
             raise VfioError(f"{self.name}: cannot open {path}: {exc.strerror}{hint}", exc.errno or 0) from None
         status = sized(GroupStatus)
-        _ioctl(self._group, VFIO_GROUP_GET_STATUS, status, "VFIO_GROUP_GET_STATUS")
-        if not status.flags & VFIO_GROUP_FLAGS_VIABLE:
+        _ioctl(self._group, Ioctl.GROUP_GET_STATUS, status)
+        if not status.flags & uapi.GroupFlag.VIABLE:
             raise VfioError(f"{self.name}: IOMMU group {self.group_id} is not viable: every function in it must "
                             f"be bound to vfio-pci or to no driver; members: {self._group_members()}")
         self.iommu_type = next((t for t in (VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU)
-                                if _ioctl(self._container, VFIO_CHECK_EXTENSION, t, "VFIO_CHECK_EXTENSION") > 0), 0)
+                                if _ioctl(self._container, Ioctl.CHECK_EXTENSION, t) > 0), 0)
         if not self.iommu_type:
-            noiommu = _ioctl(self._container, VFIO_CHECK_EXTENSION, VFIO_NOIOMMU_IOMMU, "VFIO_CHECK_EXTENSION") > 0
+            noiommu = _ioctl(self._container, Ioctl.CHECK_EXTENSION, VFIO_NOIOMMU_IOMMU) > 0
             raise VfioError(f"{self.name}: the VFIO container supports neither the type1v2 nor the type1 IOMMU"
                             + (" (only no-IOMMU mode, which gives no DMA isolation and is not used)" if noiommu
                                else " (modprobe vfio_iommu_type1)"))
         fd = ctypes.c_int32(self._container)
-        _ioctl(self._group, VFIO_GROUP_SET_CONTAINER, fd, "VFIO_GROUP_SET_CONTAINER")
+        _ioctl(self._group, Ioctl.GROUP_SET_CONTAINER, fd)
         try:
-            _ioctl(self._container, VFIO_SET_IOMMU, self.iommu_type, "VFIO_SET_IOMMU")
+            _ioctl(self._container, Ioctl.SET_IOMMU, self.iommu_type)
         except VfioError as exc:
             hint = (": the IOMMU has no interrupt remapping (enable it, e.g. QEMU -device intel-iommu,intremap=on, "
                     "or load vfio_iommu_type1 with allow_unsafe_interrupts=1)") if exc.errno == errno.EPERM else ""
@@ -528,23 +505,23 @@ class VfioPciDevice:
 
     def _iommu_info(self) -> None:
         info = sized(IommuType1Info)
-        _ioctl(self._container, VFIO_IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO")
-        self.iova_pgsizes = info.iova_pgsizes if info.flags & VFIO_IOMMU_INFO_PGSIZES else 0
-        if not info.flags & VFIO_IOMMU_INFO_CAPS or info.argsz <= ctypes.sizeof(IommuType1Info):
+        _ioctl(self._container, Ioctl.IOMMU_GET_INFO, info)
+        self.iova_pgsizes = info.iova_pgsizes if info.flags & uapi.IommuInfoFlag.PGSIZES else 0
+        if not info.flags & uapi.IommuInfoFlag.CAPS or info.argsz <= ctypes.sizeof(IommuType1Info):
             return
         buf = bytearray(info.argsz)
         ctypes.c_uint32.from_buffer(buf, 0).value = info.argsz
-        _ioctl(self._container, VFIO_IOMMU_GET_INFO, buf, "VFIO_IOMMU_GET_INFO")
+        _ioctl(self._container, Ioctl.IOMMU_GET_INFO, buf)
         self.iova_ranges = iova_ranges(buf, IommuType1Info.from_buffer_copy(buf).cap_offset)
 
     def _open_device(self) -> None:
         # GET_DEVICE_FD takes a char *: a mutable buffer, so that ioctl returns the new fd (with bytes,
         # fcntl.ioctl would return the buffer and drop the result).
         name = ctypes.create_string_buffer(str(self.bdf).encode())
-        self._device = _ioctl(self._group, VFIO_GROUP_GET_DEVICE_FD, name, f"VFIO_GROUP_GET_DEVICE_FD {self.bdf}")
+        self._device = _ioctl(self._group, Ioctl.GROUP_GET_DEVICE_FD, name, str(self.bdf))
         info = sized(DeviceInfo)
-        _ioctl(self._device, VFIO_DEVICE_GET_INFO, info, "VFIO_DEVICE_GET_INFO")
-        if not info.flags & VFIO_DEVICE_FLAGS_PCI:
+        _ioctl(self._device, Ioctl.DEVICE_GET_INFO, info)
+        if not info.flags & uapi.DeviceFlag.PCI:
             raise VfioError(f"{self.name}: VFIO device flags {info.flags:#x} do not say PCI")
         self.device_flags = info.flags
         self.regions = {i: self._region_info(i) for i in range(min(info.num_regions, VFIO_PCI_NUM_REGIONS))}
@@ -552,28 +529,28 @@ class VfioPciDevice:
 
     def _region_info(self, index: int) -> VfioRegion:
         info = sized(RegionInfoStruct, index=index)
-        what = f"VFIO_DEVICE_GET_REGION_INFO {index}"
+        what = str(index)
         try:
-            _ioctl(self._device, VFIO_DEVICE_GET_REGION_INFO, info, what)
+            _ioctl(self._device, Ioctl.DEVICE_GET_REGION_INFO, info, what)
         except VfioError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             return VfioRegion(index, 0, 0, 0)  # e.g. the VGA region of a function that is no VGA device
         sparse: tuple[tuple[int, int], ...] | None = None
         msix_mappable = False
-        if info.flags & VFIO_REGION_INFO_FLAG_CAPS and info.argsz > ctypes.sizeof(RegionInfoStruct):
+        if info.flags & uapi.RegionFlag.CAPS and info.argsz > ctypes.sizeof(RegionInfoStruct):
             buf = bytearray(info.argsz)
             head = RegionInfoStruct.from_buffer(buf)
             head.argsz, head.index = info.argsz, index
             del head  # release the export before ioctl takes the buffer
-            _ioctl(self._device, VFIO_DEVICE_GET_REGION_INFO, buf, what)
+            _ioctl(self._device, Ioctl.DEVICE_GET_REGION_INFO, buf, what)
             sparse, msix_mappable = region_caps(buf, RegionInfoStruct.from_buffer_copy(buf).cap_offset)
         return VfioRegion(index, info.flags, info.size, info.offset, sparse, msix_mappable)
 
     def _irq_info(self, index: int) -> VfioIrq:
         info = sized(IrqInfo, index=index)
         try:
-            _ioctl(self._device, VFIO_DEVICE_GET_IRQ_INFO, info, f"VFIO_DEVICE_GET_IRQ_INFO {index}")
+            _ioctl(self._device, Ioctl.DEVICE_GET_IRQ_INFO, info, str(index))
         except VfioError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -598,9 +575,9 @@ class VfioPciDevice:
         if region is None:
             return RegionInfo(index, 0, RegionFlags(0))
         flags = RegionFlags(0)
-        if region.flags & VFIO_REGION_INFO_FLAG_READ:
+        if region.flags & uapi.RegionFlag.READ:
             flags |= RegionFlags.READ
-        if region.flags & VFIO_REGION_INFO_FLAG_WRITE:
+        if region.flags & uapi.RegionFlag.WRITE:
             flags |= RegionFlags.WRITE
         if region.mappable:
             flags |= RegionFlags.MMAP
@@ -648,7 +625,7 @@ class VfioPciDevice:
         with self._lock:
             m = self._bar_mmaps.get(index)
             if m is None:
-                prot = mmap.PROT_READ | (mmap.PROT_WRITE if region.flags & VFIO_REGION_INFO_FLAG_WRITE else 0)
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if region.flags & uapi.RegionFlag.WRITE else 0)
                 try:
                     m = mmap.mmap(self._live(), region.size, mmap.MAP_SHARED, prot, offset=region.offset)
                 except OSError as exc:
@@ -670,11 +647,11 @@ class VfioPciDevice:
                             f"ranges {ranges}")
         with self._lock:
             vaddr = map_fd(fd, size, offset, writable=bool(perm & DmaPerm.WRITE))
-            flags = (VFIO_DMA_MAP_FLAG_READ if perm & DmaPerm.READ else 0) | \
-                    (VFIO_DMA_MAP_FLAG_WRITE if perm & DmaPerm.WRITE else 0)
+            flags = (uapi.DmaFlag.READ if perm & DmaPerm.READ else 0) | \
+                    (uapi.DmaFlag.WRITE if perm & DmaPerm.WRITE else 0)
             request = sized(DmaMap, flags=flags, vaddr=vaddr, iova=iova, size=size)
             try:
-                _ioctl(self._container, VFIO_IOMMU_MAP_DMA, request, f"VFIO_IOMMU_MAP_DMA [{iova:#x}, +{size:#x})")
+                _ioctl(self._container, Ioctl.IOMMU_MAP_DMA, request, f"[{iova:#x}, +{size:#x})")
             except VfioError as exc:
                 unmap_addr(vaddr, size)
                 raise VfioError(f"{self.name}: {exc}", exc.errno) from None
@@ -685,7 +662,7 @@ class VfioPciDevice:
             inside = [m for m in self._maps.values() if iova <= m.iova and m.iova + m.size <= iova + size]
             request = sized(DmaUnmap, iova=iova, size=size)
             try:
-                _ioctl(self._container, VFIO_IOMMU_UNMAP_DMA, request, f"VFIO_IOMMU_UNMAP_DMA [{iova:#x}, +{size:#x})")
+                _ioctl(self._container, Ioctl.IOMMU_UNMAP_DMA, request, f"[{iova:#x}, +{size:#x})")
             except VfioError as exc:
                 raise VfioError(f"{self.name}: {exc} (type1 unmaps whole mappings only)", exc.errno) from None
             for m in inside:
@@ -720,13 +697,12 @@ class VfioPciDevice:
 
     def irq_count(self, index: int) -> int:
         irq = self.irqs.get(index)
-        return irq.count if irq is not None and irq.flags & VFIO_IRQ_INFO_EVENTFD else 0
+        return irq.count if irq is not None and irq.flags & uapi.IrqInfoFlag.EVENTFD else 0
 
     def _set_irqs(self, index: int, start: int, fds: Sequence[int], what: str) -> None:
-        flags = VFIO_IRQ_SET_ACTION_TRIGGER | (VFIO_IRQ_SET_DATA_EVENTFD if fds else VFIO_IRQ_SET_DATA_NONE)
+        flags = uapi.IrqSetFlag.ACTION_TRIGGER | (uapi.IrqSetFlag.DATA_EVENTFD if fds else uapi.IrqSetFlag.DATA_NONE)
         try:
-            _ioctl(self._live(), VFIO_DEVICE_SET_IRQS, irq_set(index, start, flags, fds),
-                   f"VFIO_DEVICE_SET_IRQS {what}")
+            _ioctl(self._live(), Ioctl.DEVICE_SET_IRQS, irq_set(index, start, flags, fds), what)
         except VfioError as exc:
             raise VfioError(f"{self.name}: {exc}", exc.errno) from None
 
@@ -769,9 +745,9 @@ class VfioPciDevice:
         """A BAR access after INTx fired: unmask the line (the kernel re-signals if it is still asserted)."""
         if index > RegionIndex.BAR5 or IrqIndex.INTX not in self._irqs.bound:
             return
-        flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK
+        flags = uapi.IrqSetFlag.DATA_NONE | uapi.IrqSetFlag.ACTION_UNMASK
         with contextlib.suppress(VfioError):  # a device being closed: nothing left to unmask
-            _ioctl(self._live(), VFIO_DEVICE_SET_IRQS, irq_set(IrqIndex.INTX, 0, flags, count=1), "INTx unmask")
+            _ioctl(self._live(), Ioctl.DEVICE_SET_IRQS, irq_set(IrqIndex.INTX, 0, flags, count=1), "INTx unmask")
 
     # --- ioeventfd -----------------------------------------------------------------------------
 
@@ -785,7 +761,7 @@ class VfioPciDevice:
         request = sized(IoeventfdStruct, flags=size_flag, offset=region.offset + offset, data=data, fd=fd)
         with self._lock:
             try:
-                _ioctl(self._live(), VFIO_DEVICE_IOEVENTFD, request, "VFIO_DEVICE_IOEVENTFD")
+                _ioctl(self._live(), Ioctl.DEVICE_IOEVENTFD, request)
             except VfioError:
                 # Not supported by this vfio driver or kernel, the MSI-X table, or the same write already
                 # bound to another eventfd: the caller relays instead.
@@ -802,7 +778,7 @@ class VfioPciDevice:
             request = sized(IoeventfdStruct, flags=VFIO_DEVICE_IOEVENTFD_SIZE[entry.width],
                             offset=region.offset + offset, data=entry.data, fd=-1)
             try:
-                _ioctl(self._live(), VFIO_DEVICE_IOEVENTFD, request, "VFIO_DEVICE_IOEVENTFD remove")
+                _ioctl(self._live(), Ioctl.DEVICE_IOEVENTFD, request, "remove")
             except VfioError as exc:
                 raise VfioError(f"{self.name}: {exc}", exc.errno) from None
 
@@ -810,7 +786,7 @@ class VfioPciDevice:
 
     @property
     def can_reset(self) -> bool:
-        return bool(self.device_flags & VFIO_DEVICE_FLAGS_RESET)
+        return bool(self.device_flags & uapi.DeviceFlag.RESET)
 
     def abilities(self) -> Abilities:
         """A real function: faults from the kernel log where it can be read, the wire as the spec said;
@@ -833,7 +809,7 @@ class VfioPciDevice:
                             "bus reset); reset it through its own registers")
         with self._lock:
             try:
-                _ioctl(self._live(), VFIO_DEVICE_RESET, 0, "VFIO_DEVICE_RESET")
+                _ioctl(self._live(), Ioctl.DEVICE_RESET, 0)
             except VfioError as exc:
                 raise VfioError(f"{self.name}: {exc}", exc.errno) from None
 
@@ -884,11 +860,8 @@ WIRES: Final = ("loopback", "none")
 
 def open_vfio(spec: str) -> VfioPciDevice:
     """``vfio:`` target factory: ``spec`` is ``BDF[,wire=loopback|none]`` (no ``wire``: probed by the suite)."""
-    address, *items = [p.strip() for p in spec.split(",")]
-    wire = WireKind.UNKNOWN
-    for item in items:
-        key, sep, value = item.partition("=")
-        if key != "wire" or not sep or value not in WIRES:
-            raise ValueError(f"vfio:{spec}: unknown option {item!r} (known: wire={'|'.join(WIRES)})")
-        wire = WireKind(value)
-    return VfioPciDevice(Bdf.parse(address), name=f"vfio:{spec}", wire=wire)
+    address, opts = parse_spec("vfio", spec, ("wire",))
+    wire = opts.get("wire")
+    if wire is not None and wire not in WIRES:
+        raise ValueError(f"vfio:{spec}: wire={wire!r} (known: {', '.join(WIRES)})")
+    return VfioPciDevice(Bdf.parse(address), name=f"vfio:{spec}", wire=WireKind(wire or WireKind.UNKNOWN))

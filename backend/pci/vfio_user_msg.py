@@ -42,6 +42,14 @@ from typing import Any, ClassVar, Final
 from backend import wire
 from backend.fd_channel import ControlTruncated, FdChannel, PeerClosed, close_fds, owned_fds
 from backend.pci import vfio_uapi as uapi
+from backend.pci.vfio_uapi import IRQ_ACTION_MASK as IRQ_ACTION_MASK
+from backend.pci.vfio_uapi import IRQ_DATA_MASK as IRQ_DATA_MASK
+from backend.pci.vfio_uapi import DeviceFlag as DeviceFlag
+from backend.pci.vfio_uapi import DmaFlag as DmaFlag
+from backend.pci.vfio_uapi import IrqInfoFlag as IrqInfoFlag
+from backend.pci.vfio_uapi import IrqSetFlag as IrqSetFlag
+from backend.pci.vfio_uapi import RegionCapId as RegionCapId
+from backend.pci.vfio_uapi import RegionFlag as RegionFlag
 
 # ---------------------------------------------------------------------------------------------
 # numbers
@@ -117,51 +125,6 @@ MAX_VERSION_DATA: Final = 4096
 #: PCI region and irq indexes (VFIO_PCI_*_REGION_INDEX, VFIO_PCI_*_IRQ_INDEX).
 PCI_NUM_REGIONS: Final = 9  # BAR0..5, ROM, CONFIG, VGA
 PCI_NUM_IRQS: Final = 5  # INTX, MSI, MSIX, ERR, REQ
-
-
-class DeviceFlag(IntFlag):
-    NONE = 0
-    RESET = 1
-    PCI = 2
-
-
-class DmaFlag(IntFlag):
-    READ = 1  # the device may read the mapping
-    WRITE = 2  # the device may write it
-
-
-class RegionFlag(IntFlag):
-    NONE = 0
-    READ = 1
-    WRITE = 2
-    MMAP = 4
-    CAPS = 8
-
-
-class RegionCapId(IntEnum):
-    SPARSE_MMAP = 1
-    TYPE = 2
-
-
-class IrqInfoFlag(IntFlag):
-    NONE = 0
-    EVENTFD = 1
-    MASKABLE = 2
-    AUTOMASKED = 4
-    NORESIZE = 8
-
-
-class IrqSetFlag(IntFlag):
-    DATA_NONE = 1 << 0
-    DATA_BOOL = 1 << 1
-    DATA_EVENTFD = 1 << 2
-    ACTION_MASK = 1 << 3
-    ACTION_UNMASK = 1 << 4
-    ACTION_TRIGGER = 1 << 5
-
-
-IRQ_DATA_MASK: Final = IrqSetFlag.DATA_NONE | IrqSetFlag.DATA_BOOL | IrqSetFlag.DATA_EVENTFD
-IRQ_ACTION_MASK: Final = IrqSetFlag.ACTION_MASK | IrqSetFlag.ACTION_UNMASK | IrqSetFlag.ACTION_TRIGGER
 
 
 class IoeventfdFlag(IntFlag):

@@ -30,6 +30,7 @@ from backend.vhost_user.payloads import (
     DeviceStateResult,
     DeviceStateTransfer,
     Empty,
+    FdWord,
     Inflight,
     IotlbMsg,
     IotlbPerm,
@@ -126,7 +127,7 @@ def _fd_bounds(rule: FdRule, payload: Payload) -> tuple[int, int]:
             n = payload.nregions if isinstance(payload, MemoryTable) else 0
             return n, n
         case FdRule.UNLESS_NOFD | FdRule.DEVICE_STATE_REPLY:
-            nofd = payload.nofd if isinstance(payload, VringFile | VringArea | DeviceStateResult) else True
+            nofd = payload.nofd if isinstance(payload, FdWord) else True
             return (0, 0) if nofd else (1, 1)
         case FdRule.LOG_BASE:
             return (1, 1) if isinstance(payload, LogDescription) else (0, 0)

@@ -40,14 +40,6 @@ def _check_uint(name: str, value: int, bits: int) -> None:
         raise VhostUserProtocolError(f"{name}={value} does not fit u{bits}")
 
 
-def _vring_word(raw: Raw, what: str, low_bits: int = VRING_IDX_MASK) -> int:
-    """The u64 word of ``raw``, with bits 9-63 reserved."""
-    word: int = _WORD.unpack(raw)["word"]
-    if word & ~(low_bits | VRING_NOFD_MASK):
-        raise VhostUserProtocolError(f"{what} 0x{word:x} has reserved bits 9-63 set")
-    return word
-
-
 _WORD: Final = wire.Layout(word=wire.UINT64)
 
 
@@ -83,6 +75,42 @@ class _Payload(_Checked):
 
     def fields(self) -> dict[str, object]:
         return {self.TRACE_NAMES.get(name, name): int(getattr(self, name)) for name in self.LAYOUT.fields}
+
+
+class FdWord(_Payload):
+    """A body led by a u64 with a byte in bits 0-7 (the field named ``LOW``: a ring index, an error code) and
+    bit 8 set when no fd travels with the message (``nofd``); bits 9-63 are reserved. SET_VRING_KICK/CALL/ERR,
+    the vring area, the device state reply."""
+
+    __slots__ = ()
+    WHAT: ClassVar[str]
+    LOW: ClassVar[str]
+    nofd: bool
+
+    @property
+    def low(self) -> int:
+        value: int = getattr(self, self.LOW)
+        return value
+
+    @property
+    def word(self) -> int:
+        return vring_word(self.low, self.nofd)
+
+    @classmethod
+    def split_word(cls, raw: Raw) -> tuple[int, bool]:
+        """``low`` and ``nofd`` of the word leading ``raw``."""
+        word: int = _WORD.unpack(raw)["word"]
+        if word & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
+            raise VhostUserProtocolError(f"{cls.WHAT} 0x{word:x} has reserved bits 9-63 set")
+        return vring_index(word), vring_nofd(word)
+
+    @classmethod
+    def unpack(cls, raw: Raw) -> Self:
+        low, nofd = cls.split_word(raw)
+        return cls(**{cls.LOW: low, "nofd": nofd})
+
+    def fields(self) -> dict[str, object]:
+        return {self.LOW: self.low, "nofd": self.nofd}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,25 +197,15 @@ class VringState(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class VringFile(_Payload):
+class VringFile(FdWord):
     """u64 of SET_VRING_KICK/CALL/ERR: ring index in bits 0-7, bit 8 = no fd (poll)."""
 
     KIND: ClassVar[PayloadKind] = PayloadKind.VRING_FILE
     LAYOUT: ClassVar[wire.Layout] = _WORD
+    WHAT: ClassVar[str] = "vring fd word"
+    LOW: ClassVar[str] = "index"
     index: int
     nofd: bool = False
-
-    @property
-    def word(self) -> int:
-        return vring_word(self.index, self.nofd)
-
-    @classmethod
-    def unpack(cls, raw: Raw) -> Self:
-        word = _vring_word(raw, "vring fd word")
-        return cls(vring_index(word), vring_nofd(word))
-
-    def fields(self) -> dict[str, object]:
-        return {"index": self.index, "nofd": self.nofd}
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,28 +464,26 @@ class ConfigSpace(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class VringArea(_Payload):
+class VringArea(FdWord):
     """BACKEND_VRING_HOST_NOTIFIER_MSG: u64 (index bits 0-7, bit 8 = no fd: de-register), size, offset."""
 
     KIND: ClassVar[PayloadKind] = PayloadKind.VRING_AREA
     LAYOUT: ClassVar[wire.Layout] = _WORD.extend(size=wire.UINT64, offset=wire.UINT64)
+    WHAT: ClassVar[str] = "vring area word"
+    LOW: ClassVar[str] = "index"
     index: int
     size: int
     offset: int
     nofd: bool = False
 
-    @property
-    def word(self) -> int:
-        return vring_word(self.index, self.nofd)
-
     @classmethod
     def unpack(cls, raw: Raw) -> Self:
         v = cls.LAYOUT.unpack(raw)
-        word = _vring_word(raw, "vring area word")
-        return cls(vring_index(word), v["size"], v["offset"], vring_nofd(word))
+        index, nofd = cls.split_word(raw)
+        return cls(index, v["size"], v["offset"], nofd)
 
     def fields(self) -> dict[str, object]:
-        return {"index": self.index, "nofd": self.nofd, "area_size": self.size, "offset": self.offset}
+        return FdWord.fields(self) | {"area_size": self.size, "offset": self.offset}  # no super(): slots=True
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,11 +553,13 @@ class DeviceStateTransfer(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceStateResult(_Payload):
+class DeviceStateResult(FdWord):
     """SET_DEVICE_STATE_FD reply u64: bits 0-7 error (0 = ok), bit 8 = no fd returned."""
 
     KIND: ClassVar[PayloadKind] = PayloadKind.DEVICE_STATE_RESULT
     LAYOUT: ClassVar[wire.Layout] = _WORD
+    WHAT: ClassVar[str] = "device state reply"
+    LOW: ClassVar[str] = "error"
     error: int
     nofd: bool = True
 
@@ -549,18 +567,6 @@ class DeviceStateResult(_Payload):
         _check_uint("error", self.error, 8)
         if self.error and not self.nofd:
             raise VhostUserProtocolError("device state reply reports an error and returns an fd")
-
-    @property
-    def word(self) -> int:
-        return self.error | (VRING_NOFD_MASK if self.nofd else 0)
-
-    @classmethod
-    def unpack(cls, raw: Raw) -> Self:
-        word = _vring_word(raw, "device state reply", 0xFF)
-        return cls(word & 0xFF, bool(word & VRING_NOFD_MASK))
-
-    def fields(self) -> dict[str, object]:
-        return {"error": self.error, "nofd": self.nofd}
 
 
 @dataclass(frozen=True, slots=True)

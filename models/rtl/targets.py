@@ -27,14 +27,14 @@ design itself), so the suite reports those requirement ids "not offered".
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from backend.pci.abilities import Abilities, ErrorRecord, WireKind
+from backend.pci.abilities import Abilities
+from backend.targets import parse_spec, spec_int
 from backend.virtio.pci_regs import (
     COMMON_CFG_SIZE,
     MSIX_ENTRY_SIZE,
@@ -69,6 +69,7 @@ from models.rtl import (
     notify_len,
     source_paths,
 )
+from models.targets import wired_abilities
 from models.virtio_net.wire import FrameBatch, LoopbackWire, PcapTap, Wire
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, Capability, ConfigSpace, Msix
@@ -97,19 +98,9 @@ class RtlOptions:
     """A parsed ``rtl:virtio-net`` spec."""
 
     def __init__(self, spec: str) -> None:
-        kind, *items = [p.strip() for p in spec.split(",")] if spec.strip() else ["virtio-net"]
+        kind, opts = parse_spec("rtl", spec, KEYS) if spec.strip() else ("virtio-net", {})
         if kind not in ("virtio-net", ""):
             raise ValueError(f"rtl:{spec}: unknown device {kind!r} (known: virtio-net)")
-        opts: dict[str, str] = {}
-        for item in items:
-            if not item:
-                continue
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"rtl:{spec}: option {item!r} is not key=value")
-            if key not in KEYS:
-                raise ValueError(f"rtl:{spec}: unknown option {key!r} (known: {', '.join(KEYS)})")
-            opts[key] = value
         self.spec = spec
         self.pairs = self._int(opts, "queues", 1)
         if not 1 <= self.pairs <= 256:
@@ -148,14 +139,8 @@ class RtlOptions:
             if not d.replace("_", "").isalnum():
                 raise ValueError(f"rtl:{spec}: define {d!r} is not a Verilog identifier")
 
-    @staticmethod
-    def _int(opts: dict[str, str], key: str, default: int) -> int:
-        if key not in opts:
-            return default
-        try:
-            return int(opts[key], 0)
-        except ValueError:
-            raise ValueError(f"rtl:virtio-net: {key}={opts[key]!r} is not an integer") from None
+    def _int(self, opts: dict[str, str], key: str, default: int) -> int:
+        return spec_int("rtl", self.spec, key, opts[key]) if key in opts else default
 
     @property
     def num_queues(self) -> int:
@@ -277,12 +262,8 @@ class RtlNetDevice(RtlPciDevice):
         self.dropped_tx = 0
 
     def abilities(self) -> Abilities:
-        if self.wire is None:
-            wire, why = WireKind.NONE, f"{self.name}: the design's stream ports are unplugged (wire=none)"
-        else:
-            wire, why = WireKind.LOOPBACK, f"{self.name}: the design's stream ports are on a loopback wire"
-        return dataclasses.replace(super().abilities(), wire=wire, wire_why=why, port=self.model,
-                                   errors=ErrorRecord(self.model.errors))
+        return wired_abilities(super().abilities(), f"{self.name}: the design's stream ports are", self.wire,
+                               self.model, self.model.errors)
 
     def _transmit(self, frames: Sequence[tuple[bytes, int]]) -> None:
         if isinstance(self.wire, LoopbackWire):

@@ -139,22 +139,15 @@ class RtlPciDevice(EndpointPciAccess):
     # --- DMA ------------------------------------------------------------------------------------------
 
     def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
-        iommu = self.endpoint.iommu
-        try:
-            iommu.map(iova, size, fd, offset, perm)
-        except (ValueError, OSError) as exc:
-            raise PciError(f"{self.name}: dma_map: {exc}") from None
+        super().dma_map(iova, size, fd, offset, perm)  # the IOMMU model first: it checks the request
         try:
             self.runner.dma_map(iova, size, fd, offset, perm)
         except Exception as exc:
-            iommu.unmap(iova, size)
+            self.endpoint.iommu.unmap(iova, size)
             raise PciError(f"{self.name}: dma_map: {exc}") from None
 
     def dma_unmap(self, iova: int, size: int) -> None:
-        try:
-            self.endpoint.iommu.unmap(iova, size)
-        except ValueError as exc:
-            raise PciError(f"{self.name}: dma_unmap: {exc}") from None
+        super().dma_unmap(iova, size)
         self.runner.dma_unmap(iova, size)
 
     # --- interrupts ---------------------------------------------------------------------------------
@@ -195,16 +188,5 @@ class RtlPciDevice(EndpointPciAccess):
         # The clock thread runs the design: a doorbell returns before the design has acted on it.
         return dataclasses.replace(super().abilities(), crashes=ExceptionLog(self.runner.errors))
 
-    def reset(self) -> None:
-        self.endpoint.function_reset()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for index, offset, fd in list(self._ioeventfds):
-            self.ioeventfd_remove(index, offset, fd)
-        if self.endpoint.msix is not None:
-            self.endpoint.msix.unbind_all()
+    def _stop(self) -> None:
         self.runner.close()
-        self.endpoint.iommu.unmap_all()

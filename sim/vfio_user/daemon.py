@@ -17,7 +17,6 @@ from backend.lifecycle import SetupError, listen_until_signal, run_until_signal
 from backend.pci.device import PciError
 from backend.providers import ProviderError
 from backend.targets import TargetRegistry, TargetSpecError, default_registry
-from backend.unix_socket import claim_socket
 from sim.pci_device import EndpointPciAccess
 from sim.vfio_user.server import DeviceFactory, ExportedDevice, VfioUserServer
 
@@ -67,8 +66,7 @@ def serve_device(args: argparse.Namespace, stop_fd: int) -> int:
     factory = model_factory(args.model)
     path: str = args.vfio_user
     try:
-        claim_socket(path)
-        server = VfioUserServer(path, factory, max_devices=args.max_devices)
+        server = VfioUserServer(path, factory, max_devices=args.max_devices)  # a dead server's socket is removed
     except OSError as exc:
         raise DeviceError(f"--vfio-user {path}: {exc.strerror or exc}") from None
     return listen_until_signal(LOG, path, f"{args.model} over vfio-user (up to {args.max_devices} devices at once)",

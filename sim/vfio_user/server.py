@@ -30,10 +30,11 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from backend.eventloop import EventLoop, consume_eventfd
 from backend.pci import vfio_user_msg as m
+from backend.pci.abilities import Lacking
 from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice, PciError, RegionIndex
 from backend.unix_socket import Connection, UnixSocketServer
 from sim.pci.endpoint import PciEndpoint
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 SERVER_MAX_FDS = 64
 SERVER_CAPS = m.Capabilities(max_msg_fds=SERVER_MAX_FDS, max_data_xfer_size=m.DEFAULT_MAX_DATA_XFER,
                              bench=m.BenchCaps(ioeventfd=True, dma_faults=True, port=True))
-#: What a device's ``model`` must offer for the server to export it as the bench port.
-PORT_ATTRS = ("link_up", "mac", "errors", "set_link", "receive")
 #: Longest frame the bench port delivers (a jumbo frame with its link header).
 MAX_PORT_FRAME = 65550
 #: Longest message accepted: a REGION_WRITE of max_data_xfer_size plus its header.
@@ -118,8 +117,10 @@ class Session:
         self._io_lock = threading.Lock()  # an ioeventfd handler never reads an fd being removed
         self._io_loop: EventLoop | None = None
         self.faults: list[DmaFault] = []  # drained from the IOMMU, not yet sent
-        model = getattr(dev, "model", None)
-        self.port: Any = model if model is not None and all(hasattr(model, a) for a in PORT_ATTRS) else None
+        # The bench port is what the device declares: its port control and the driver errors it records.
+        abilities = dev.abilities()
+        self.port = None if isinstance(abilities.port, Lacking) else abilities.port
+        self.errors = None if isinstance(abilities.errors, Lacking) else abilities.errors
         self.link_at_start: bool | None = None  # the link before this client first changed it
         self._handlers: dict[int, Callable[[m.Message], bytes]] = {
             m.Command.VERSION: self._version,
@@ -436,7 +437,7 @@ class Session:
         if not self.bench.port or self.port is None:
             raise Refused(errno.ENOTSUP, "BENCH_PORT without the negotiated capability")
         if req.op is m.PortOp.STATE:
-            errors = tuple(str(e) for e in list(self.port.errors))
+            errors = tuple(self.errors.driver_errors()) if self.errors is not None else ()
             return m.PortState(bool(self.port.link_up), bytes(self.port.mac), errors).pack()
         if req.op is m.PortOp.SET_LINK:
             if self.link_at_start is None:

@@ -389,6 +389,12 @@ class GuestNetDriver:
             self.wait_irq("rx", left)
         return [self._backlog.popleft() for _ in range(min(count, len(self._backlog)))]
 
+    def exchange(self, frames: Sequence[bytes], timeout: float = 5.0) -> list[bytes]:
+        """Send ``frames`` and receive as many (as the frontends' ``exchange``): what a loopback wire returned,
+        fewer after ``timeout``. The transmit buffers may still be in flight (:meth:`wait_tx_done`)."""
+        self.send(frames, timeout=timeout)
+        return [f.frame for f in self.receive_raw(len(frames), timeout)]
+
     def receive(self, count: int, timeout: float = 5.0) -> list[Packet]:
         """Up to ``count`` received frames as scapy ``Ether`` packets."""
         return [Ether(f.frame) for f in self.receive_raw(count, timeout)]

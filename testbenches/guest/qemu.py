@@ -1,6 +1,6 @@
 """A Linux guest in QEMU 7.2 under TCG (no KVM), its serial console captured, running one job.
 
-``Guest`` starts ``qemu-system-x86_64`` through :class:`~testbenches.peers.process.PeerProcess`
+``Guest`` starts ``qemu-system-x86_64`` through :class:`~testbenches.peers.process.ChildProcess`
 (own process group, output captured, stopped by PID also when a check fails) with the cached
 kernel and initramfs (:mod:`testbenches.guest.kernel`, :mod:`testbenches.guest.initramfs`). The
 job script is written into the run's job directory, which the guest mounts read-write over
@@ -21,9 +21,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from sim.child_process import ChildError, ChildProcess
 from testbenches.guest.initramfs import DEFAULT_MODULES, MARKER_PREFIX, build_initramfs
 from testbenches.guest.kernel import Kernel, fetch_kernel
-from testbenches.peers.process import PeerError, PeerProcess, find_program
+from testbenches.peers.process import find_program
 
 QEMU: Final = "qemu-system-x86_64"
 QEMU_HINT: Final = "apt-get install qemu-system-x86"
@@ -95,7 +96,7 @@ class Guest:
         self.cpu = cpu  # e.g. "max": the host's Python extensions need more than TCG's default qemu64
         self.job_dir = workdir / "job"
         self.log_path = workdir / f"{name}-console.log"
-        self.process: PeerProcess | None = None
+        self.process: ChildProcess | None = None
         self._started = 0.0
 
     def argv(self) -> list[str]:
@@ -131,7 +132,7 @@ class Guest:
         (self.job_dir / "boots").unlink(missing_ok=True)
         (self.job_dir / "job.sh").write_text(job)
         self._started = time.monotonic()
-        self.process = PeerProcess(self.argv(), log=self.log_path, name=self.name)
+        self.process = ChildProcess(self.argv(), log=self.log_path, name=self.name)
 
     def stop(self) -> int | None:
         """Stop QEMU (SIGTERM, then SIGKILL) if it runs; its exit status."""
@@ -145,7 +146,7 @@ class Guest:
 
     # --- observing -----------------------------------------------------------------------------
 
-    def _proc(self) -> PeerProcess:
+    def _proc(self) -> ChildProcess:
         if self.process is None:
             raise GuestError(f"{self.name} not booted")
         return self.process
@@ -162,7 +163,7 @@ class Guest:
         """The first console match of ``pattern`` after ``since``; :class:`GuestError` on timeout or exit."""
         try:
             return self._proc().wait_for(pattern, timeout, since=since)
-        except PeerError as exc:
+        except ChildError as exc:
             raise GuestError(str(exc)) from None
 
     def _wait_marker(self, kind: str, timeout: float, boot: int | None, since: int) -> tuple[int, re.Match[str]]:
@@ -196,7 +197,7 @@ class Guest:
         """QEMU's exit status once the guest powered off."""
         try:
             return self._proc().wait_exit(timeout)
-        except PeerError as exc:
+        except ChildError as exc:
             raise GuestError(str(exc)) from None
 
     def run(self, job: str, timeout: float = BOOT_TIMEOUT) -> JobResult:

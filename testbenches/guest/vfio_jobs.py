@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import struct
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from backend.virtio.pci_regs import CommonCfg
 from sim.memory import GuestMemory
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
-from testbenches.peers.process import PeerProcess
+from testbenches.peers.serve import ServeProcess
 
 #: Guest memory of the frontends starts here, not at 0 (QEMU's device ignores a ring at IOVA 0).
 MEMORY_BASE: Final = 0x100000
@@ -66,11 +65,10 @@ def frames(tag: int, count: int = FRAMES) -> list[bytes]:
 
 def serve_traffic(device: str, workdir: Path, log: Path) -> dict[str, Any]:
     sock = workdir / "vu.sock"
-    serve = PeerProcess([sys.executable, "-m", "testbenches.cli", "serve", "--socket", str(sock), "--device", device],
-                        log=log, name="serve")
+    serve = ServeProcess(str(sock), device, log=log)
     result: dict[str, Any] = {"device": device}
     try:
-        serve.wait_for(rf"(?m)^listening on {re.escape(str(sock))}$", READY_TIMEOUT)
+        serve.wait_listening(READY_TIMEOUT)
         sent = frames(1)
         result["sent"] = [f.hex() for f in sent]
         with GuestMemory.single(MEMORY_SIZE, gpa=MEMORY_BASE) as mem:
@@ -87,10 +85,10 @@ def serve_traffic(device: str, workdir: Path, log: Path) -> dict[str, Any]:
                 result["error"] = f"{type(exc).__name__}: {exc}"
             finally:
                 fe.close()
-        serve.wait_for(r"vhost-user#1: (frontend disconnected|session dropped)", READY_TIMEOUT)
+        serve.proc.wait_for(r"vhost-user#1: (frontend disconnected|session dropped)", READY_TIMEOUT)
     finally:
         result["serve_exit"] = serve.stop()
-        result["serve_log"] = serve.output()
+        result["serve_log"] = serve.log()
     return result
 
 

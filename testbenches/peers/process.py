@@ -2,7 +2,7 @@
 skips a test on a user's machine (with the line that installs it) and fails it when ``CI=true``.
 
 The processes themselves are :class:`sim.child_process.ChildProcess` (output captured, bounded
-waits, stopped by PID); ``PeerProcess`` and ``PeerError`` are its names in the bench's peers.
+waits, stopped by PID).
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from typing import NoReturn
 
 import pytest
 
-from sim.child_process import ChildError as PeerError
-from sim.child_process import ChildProcess as PeerProcess
-
-__all__ = ["MissingPeer", "PeerError", "PeerProcess", "find_program", "in_ci", "peer_missing", "require_peer",
-           "require_program"]
+__all__ = ["MissingPeer", "find_program", "in_ci", "peer_missing", "require_peer", "require_program"]
 
 
 class MissingPeer(RuntimeError):

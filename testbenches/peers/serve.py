@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from testbenches.peers.process import PeerProcess, find_program
+from sim.child_process import ChildProcess
+from testbenches.peers.process import find_program
 
 READY_TIMEOUT = 30.0
 #: The ready lines, alone on their line (a log line that mentions them has a timestamp in front).
@@ -28,14 +29,14 @@ def cli_argv(command: str, *args: str) -> list[str]:
 class _Daemon:
     """What serve and device share: the ready lines, stop by PID, context manager."""
 
-    proc: PeerProcess
+    proc: ChildProcess
 
     @property
     def pid(self) -> int:
         return self.proc.pid  # taskset execs the program: same PID
 
     def wait_listening(self, timeout: float = READY_TIMEOUT) -> str:
-        """The ``listening on PATH`` line (:class:`~testbenches.peers.process.PeerError` if it does not come)."""
+        """The ``listening on PATH`` line (:class:`~testbenches.peers.process.ChildError` if it does not come)."""
         return self.proc.wait_for(LISTENING, timeout).group(0)
 
     def wait_connected(self, timeout: float = READY_TIMEOUT, *, since: int = 0) -> str:
@@ -68,7 +69,7 @@ class ServeProcess(_Daemon):
             argv.append("--reconnect")
         if verbose:
             argv.append("-v")
-        self.proc = PeerProcess([*argv, *extra], log=log, stderr_log=stderr_log, name="vdpa-bench-serve")
+        self.proc = ChildProcess([*argv, *extra], log=log, stderr_log=stderr_log, name="vdpa-bench-serve")
 
     def __enter__(self) -> ServeProcess:
         return self
@@ -80,7 +81,7 @@ class DeviceProcess(_Daemon):
 
     def __init__(self, socket_path: str, model: str, *, log: Path, stderr_log: Path | None = None) -> None:
         self.socket_path = socket_path
-        self.proc = PeerProcess(cli_argv("device", "--model", model, "--vfio-user", socket_path), log=log,
+        self.proc = ChildProcess(cli_argv("device", "--model", model, "--vfio-user", socket_path), log=log,
                                 stderr_log=stderr_log, name="vdpa-bench-device")
 
     def __enter__(self) -> DeviceProcess:

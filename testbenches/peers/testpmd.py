@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from testbenches.peers.process import PeerError, PeerProcess, find_program
+from sim.child_process import ChildError, ChildProcess
+from testbenches.peers.process import find_program
 
 INSTALL_HINT = "apt-get install dpdk-dev (testpmd ships in dpdk-dev on Debian 12)"
 PROMPT = re.compile(r"testpmd> ")
@@ -71,7 +72,7 @@ class PortStats:
             return cls(values["RX-packets"], values["RX-bytes"], values["RX-errors"], values["RX-missed"],
                        values["RX-nombuf"], values["TX-packets"], values["TX-bytes"], values["TX-errors"])
         except KeyError as exc:
-            raise PeerError(f"testpmd port stats without {exc}: {text!r}") from None
+            raise ChildError(f"testpmd port stats without {exc}: {text!r}") from None
 
 
 class Testpmd:
@@ -90,7 +91,7 @@ class Testpmd:
         argv = [stdbuf, "-oL", program, "--lcores", f"0@{cpu},1@{cpu}", "--no-pci", f"--file-prefix={self.prefix}",
                 "--no-huge", "-m", str(mem_mb), "--vdev", vdev, *extra_eal, "--", "-i", "--nb-cores=1",
                 f"--total-num-mbufs={mbufs}", *extra_app]
-        self.proc = PeerProcess(argv, log=log, interactive=True, name=name)
+        self.proc = ChildProcess(argv, log=log, interactive=True, name=name)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         self.proc.wait_for(PROMPT, timeout)
@@ -114,7 +115,7 @@ class Testpmd:
             try:
                 self.proc.send("quit\n")
                 return self.proc.wait_exit(timeout)
-            except (PeerError, OSError):
+            except (ChildError, OSError):
                 pass
         return self.proc.stop()
 

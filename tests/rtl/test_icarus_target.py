@@ -51,9 +51,7 @@ def test_frames_through_the_design_and_back(dev: IcarusDevice, mem: GuestMemory)
         drv.init()
         assert drv.mac() == bytes.fromhex("02000000000b")
         sent = [test_frame(i, 60 + 97 * i) for i in range(12)]
-        drv.send(sent)
-        got = [f.frame for f in drv.receive_raw(len(sent), timeout=WAIT)]
-        assert got == sent
+        assert drv.exchange(sent, WAIT) == sent
         assert drv.wait_tx_done(timeout=WAIT)
     finally:
         drv.close()
