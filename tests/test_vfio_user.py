@@ -675,7 +675,7 @@ def test_serve_drives_the_device_process(device: tuple[str, DeviceProcess], tmp_
 
 #: Why a check cannot judge an id on a device in another process: it watches every device DMA access as it
 #: happens (the in-process IOMMU's observers). Reported as not applicable, never failed.
-NOT_OBSERVABLE = "not observable on this target"
+NOT_OBSERVABLE = "not seen as it happens"  # the vfio-user client's declared lack of a DMA observer
 #: The driver-side check that reopens a sim: target with these bits added to the offer (a sim-only option);
 #: out of process, a device process started with that offer serves it.
 NOTIF_CHECK = "test_guest_driver_notification_formats"
