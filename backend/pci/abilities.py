@@ -114,6 +114,9 @@ class Abilities:
     #: A doorbell write returns after the device finished the work it started (and its interrupts):
     #: "no interrupt" needs no waiting for.
     synchronous_doorbell: bool = False
+    #: None when the driver masks MSI-X vectors in the table itself (the Mask bit, the PBA); otherwise why it
+    #: cannot (Linux vfio-pci owns the table: it drops writes there and reads it as all ones).
+    msix_masking: Lacking | None = None
 
 
 #: What a target that declares nothing offers.

@@ -801,6 +801,8 @@ class VfioPciDevice:
             dma_observer=Lacking(f"{self.name}: a real function's DMA accesses are not seen as they happen"),
             faults=self if self._kmsg is not None else Lacking(
                 f"{self.name}: DMA faults cannot be observed: {self._kmsg_error}"),
+            msix_masking=Lacking(f"{self.name}: vfio-pci owns the MSI-X table (writes there are dropped, reads "
+                                 "return all ones): vectors and their pending bits cannot be masked by the bench"),
         )
 
     def reset(self) -> None:

@@ -69,6 +69,8 @@ def mask_vector(r: Rig, vector: int, masked: bool) -> bool:
     off = info.table_offset + MSIX_ENTRY_SIZE * vector + MSIX_VECTOR_CONTROL
     r.pci.region_write(info.table_bar, off, struct.pack("<I", MSIX_ENTRY_CTRL_MASKED if masked else 0))
     (ctrl,) = struct.unpack("<I", r.pci.region_read(info.table_bar, off, 4))
+    if ctrl == 0xFFFFFFFF:  # an access the platform refused, not a Mask bit that stuck
+        return False
     return bool(ctrl & MSIX_ENTRY_CTRL_MASKED) == masked
 
 
@@ -192,7 +194,7 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
                           f"{used_rx} RX buffers used, yet MSI-X eventfds fired: {fired}")
         # Every bound vector masked: an unmapped event must not leave a pending bit on any of them either.
         bound = d.bound_vectors
-        masked = all([mask_vector(r, v, True) for v in range(bound)])
+        masked = r.abilities.msix_masking is None and all([mask_vector(r, v, True) for v in range(bound)])
         if masked:
             more = r.tx_room(2)
             r.send([make_frame(0x200 + i) for i in range(more)])
@@ -255,7 +257,9 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict) -> None:
                           f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'} "
                           f"({used} TX buffer used), pending bits left set: {left or 'none'}")
             # The same event with the vector masked: held as its pending bit, sent once unmasked.
-            if not mask_vector(r, v, True):
+            if r.abilities.msix_masking is not None:
+                verdict.not_applicable("PCI-DEV-56", r.abilities.msix_masking.why)
+            elif not mask_vector(r, v, True):
                 verdict.not_applicable("PCI-DEV-56", f"vector {v}'s Mask bit does not stick: masked vectors and "
                                                      "their pending bits cannot be exercised on this target")
             else:
