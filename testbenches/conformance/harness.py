@@ -651,11 +651,3 @@ def negotiate(t: VirtioPciModern, features: int) -> bool:
 def usable_features(offered: int) -> int:
     """The offered set minus what the bench's driver side does not implement (packed ring)."""
     return offered & ~(1 << F.RING_PACKED)
-
-
-def valid_subset(offered: int, chosen: int) -> int:
-    """``chosen`` restricted to ``offered``, with VERSION_1 and (when offered) ACCESS_PLATFORM, closed under
-    the dependency table. ACCESS_PLATFORM is kept because the bench always reaches the device through an
-    IOMMU, and a device MAY refuse to operate when it is not accepted (6.1): a set without it is not one the
-    device has to accept."""
-    return choose_features(offered, chosen | 1 << F.VERSION_1 | 1 << F.ACCESS_PLATFORM)
