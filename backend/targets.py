@@ -65,10 +65,6 @@ class TargetRegistry(Mapping[str, Factory]):
     def schemes(self) -> list[str]:
         return sorted(self._providers.keys() | self._loaded.keys())
 
-    @property
-    def factories(self) -> Mapping[str, Factory]:
-        return self
-
     def __getitem__(self, scheme: str) -> Factory:
         factory = self._loaded.get(scheme)
         if factory is not None:

@@ -197,7 +197,7 @@ def test_kmsg_record_text() -> None:
 
 
 def test_vfio_scheme_is_registered() -> None:
-    assert default_registry().factories["vfio"] is v.open_vfio
+    assert default_registry()["vfio"] is v.open_vfio
 
 
 def test_target_options_are_checked_before_the_device() -> None:
