@@ -154,14 +154,18 @@ class UnixSocketServer(ABC, Generic[C]):
             raise
         self._listener = listener
         self._bound = (st.st_dev, st.st_ino)
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept", daemon=True)
+        # The selector is made here, not in the accept thread: once this returns the server holds every
+        # fd it will hold while idle (a ready line printed after it is true, and fd counts are stable).
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+        sel.register(self._wake, selectors.EVENT_READ)
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(sel,), name=f"{self.name}-accept",
+                                               daemon=True)
         self._accept_thread.start()
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, selector: selectors.BaseSelector) -> None:
         assert self._listener is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._listener, selectors.EVENT_READ)
-            sel.register(self._wake, selectors.EVENT_READ)
+        with selector as sel:
             while True:
                 for key, _ in sel.select():
                     if key.fd == self._wake:
