@@ -93,3 +93,10 @@ def test_report_classifies_and_checks_equivalents(tmp_path: Path, monkeypatch: p
     text = as_md.read_text()
     assert "| models/virtio_net | 2 | 2 | 1 | 0 | 1 | 0 | 1 | 40.0 % |" in text
     assert "stopped at the time budget" in text and "+    return a or a" in text
+
+
+def test_only_selects_by_pattern_and_refuses_a_pattern_matching_nothing() -> None:
+    names = ["a.x_f__mutmut_1", "a.x_f__mutmut_2", "b.x_g__mutmut_1"]
+    assert mutate.select_only(names, ["a.*_2", "b.*"]) == ["a.x_f__mutmut_2", "b.x_g__mutmut_1"]
+    with pytest.raises(mutate.MutateError, match="matches no mutant"):
+        mutate.select_only(names, ["c.*"])

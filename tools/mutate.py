@@ -35,6 +35,7 @@ and not checked per package, and shows the diff of every survivor.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import random
@@ -373,7 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the scratch tree of the last run (its mutants, stats and results) if there is one")
     parser.add_argument("--equivalents", type=Path, default=EQUIVALENTS, help="equivalent mutants file")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
+                        help="run the mutants whose names match these shell patterns instead of a sample "
+                             "(to see whether a new check kills the survivors of the last report)")
     return parser
+
+
+def select_only(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The mutant names matching any of ``patterns`` (fnmatch, case-sensitive); an error when one matches none."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise MutateError(f"--only {pattern!r} matches no mutant")
+        chosen.update(hits)
+    return sorted(chosen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # mutmut has no "generate only": asked for a mutant that does not exist it generates every mutant,
         # records which check calls which function, and then stops with NO_MATCH.
         run_mutmut(tree, ["run", "--max-children", str(args.max_children), NO_MUTANT], log, expected_error=NO_MATCH)
-        names = draw_sample(read_results(tree), args.sample or None, args.seed)
+        generated = read_results(tree)
+        names = (select_only(sorted(generated), args.only) if args.only
+                 else draw_sample(generated, args.sample or None, args.seed))
         print(f"mutate: running {len(names)} mutants, budget {args.budget:g} min", flush=True)
         clock = time.monotonic()
         complete = run_mutmut(tree, ["run", "--max-children", str(args.max_children), *names], log,
