@@ -5,7 +5,8 @@ Spec: ``virtio-net[,key=value...]`` with keys
 - ``queues=N``   queue pairs (default 1)
 - ``mac=aa:bb:cc:dd:ee:ff``
 - ``mtu=N``      (default 1500)
-- ``qsize=N``    maximum queue size, a power of two up to 32768 (default 256)
+- ``queue_size_max=N`` (or ``qsize=N``)  maximum queue size, a power of two up to 32768 (default 32768: every
+  size a vhost-user frontend may ask for, as DPDK's net_vhost accepts; a smaller maximum models a smaller device)
 - ``features=0x..``  the feature offer, replacing the default
 - ``notify_mult=N``  notify_off_multiplier (default 4)
 - ``inorder_batch=0|1``  return IN_ORDER TX batches as one used element (default 1)
@@ -25,14 +26,16 @@ from typing import Any
 from backend.pci.abilities import Abilities, ErrorRecord, PortControl, WireKind
 from backend.providers import MODELS_GROUP, group, load
 from backend.targets import parse_spec, spec_int
+from backend.virtio.split_ring import MAX_QUEUE_SIZE
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.wire import LoopbackWire, NullPort, PcapTap, Wire
 from sim.pci_device import SimPciDevice
 
-KEYS = ("queues", "mac", "mtu", "qsize", "features", "notify_mult", "inorder_batch", "wire", "pcap", "model")
+KEYS = ("queues", "mac", "mtu", "qsize", "queue_size_max", "features", "notify_mult", "inorder_batch", "wire", "pcap",
+        "model")
 #: Integer keys and the model's constructor argument each sets.
-INT_KEYS = {"queues": "pairs", "mtu": "mtu", "qsize": "max_queue_size", "features": "features",
-            "notify_mult": "notify_off_multiplier", "inorder_batch": "in_order_batch"}
+INT_KEYS = {"queues": "pairs", "mtu": "mtu", "qsize": "max_queue_size", "queue_size_max": "max_queue_size",
+            "features": "features", "notify_mult": "notify_off_multiplier", "inorder_batch": "in_order_batch"}
 
 
 def wired_abilities(base: Abilities, where: str, wire: Wire | None, port: PortControl,
@@ -92,6 +95,9 @@ def open_virtio_net(spec: str) -> SimNetDevice:
         raise ValueError(f"sim:{spec}: unknown device {kind!r} (known: virtio-net)")
     kwargs: dict[str, Any] = {arg: spec_int("sim", spec, key, value) for key, arg in INT_KEYS.items()
                               if (value := opts.get(key)) is not None}
+    if "qsize" in opts and "queue_size_max" in opts:
+        raise ValueError(f"sim:{spec}: qsize and queue_size_max are the same option, give one")
+    kwargs.setdefault("max_queue_size", MAX_QUEUE_SIZE)
     if "mac" in opts:
         kwargs["mac"] = opts["mac"]
     if "in_order_batch" in kwargs:

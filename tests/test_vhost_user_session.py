@@ -76,7 +76,9 @@ def test_advertised_features_hide_what_backend_cannot_do(server: tuple[VhostUser
         for bit in (33, 34, 40, 43, m.VHOST_F_LOG_ALL):  # ACCESS_PLATFORM, RING_PACKED, RING_RESET, SUSPEND
             assert not offered >> bit & 1, f"feature bit {bit} offered in {offered:#x}"
         proto = fe._u64(m.FrontendRequest.GET_PROTOCOL_FEATURES)
-        assert not proto & m.ProtocolFeature.BACKEND_REQ.mask
+        assert proto & m.ProtocolFeature.BACKEND_REQ.mask  # config changes reach the frontend on it
+        for bit in (m.ProtocolFeature.LOG_SHMFD, m.ProtocolFeature.HOST_NOTIFIER, m.ProtocolFeature.INFLIGHT_SHMFD):
+            assert not proto & bit.mask, f"{bit.name} offered in {proto:#x}"
         assert fe._u64(m.FrontendRequest.GET_QUEUE_NUM) == 1
     finally:
         fe.close()

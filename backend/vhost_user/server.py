@@ -18,47 +18,22 @@ joins the threads within its timeout.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.device import VdpaDevice
-from backend.fd_channel import ControlTruncated, FdChannel, PeerClosed, owned_fds
 from backend.unix_socket import KEEP_ENDED, Connection, UnixSocketServer
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import SessionClosed, VhostUserSession
+from backend.vhost_user.stream import ConnectionLost as ConnectionLost
+from backend.vhost_user.stream import recv_message as recv_message
+from backend.vhost_user.stream import send_message as send_message
 
 log = logging.getLogger(__name__)
 
 DeviceFactory = Callable[[], VdpaDevice]
-
-#: The peer closed the connection (or it was shut down).
-ConnectionLost = PeerClosed
-
-
-def recv_message(sock: socket.socket, *, reply: bool | None = False,
-                 channel: m.Channel = m.Channel.MAIN) -> m.Message:
-    """Read one message and the fds that came with it.
-
-    On a protocol error the received fds are closed and :class:`~backend.vhost_user.messages.
-    VhostUserProtocolError` is raised; the stream cannot be trusted after it. :class:`ConnectionLost`
-    when the peer closed the connection.
-    """
-    chan = FdChannel(sock, max_fds=m.MAX_FDS)
-    with owned_fds() as fds:
-        try:
-            header = chan.recv_exact(m.HEADER_SIZE, fds)
-            hdr = m.parse_header(header, channel=channel, reply=reply)
-            payload = chan.recv_exact(hdr.size, fds, started=True) if hdr.size else b""
-        except ControlTruncated as exc:
-            raise m.VhostUserProtocolError(str(exc)) from None
-        return m.decode(header, payload, fds, channel=channel, reply=reply)
-
-
-def send_message(sock: socket.socket, msg: m.Message) -> None:
-    data, fds = msg.encode()
-    FdChannel(sock, max_fds=m.MAX_FDS).send(data, fds)
-
 
 @dataclass(eq=False)
 class SessionRecord(Connection):
@@ -103,28 +78,50 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             return
         session = rec.session = VhostUserSession(device, name=label)
         while True:
+            # Wait on the frontend and on the session's device events at once, so a configuration
+            # change or a dead device is acted on now rather than at the frontend's next message.
+            poller = select.poll()
+            poller.register(rec.sock, select.POLLIN)
+            for fd, events in session.watched():
+                poller.register(fd, events)
+            ready = dict(poller.poll())
+            # The frontend's message first: it may be waiting for our reply, and not reading the
+            # back-end channel a configuration change is sent on meanwhile.
+            if rec.sock.fileno() in ready and not self._serve_message(rec, session):
+                return
             try:
-                msg = recv_message(rec.sock)
-            except ConnectionLost:
-                return
-            except m.VhostUserProtocolError as exc:
-                rec.reason = f"malformed message: {exc.reason}"
-                return
-            except OSError as exc:
-                rec.reason = None if self.closed else f"socket error: {exc}"
-                return
-            try:
-                replies = session.handle(msg)
+                for fd in ready:
+                    if fd != rec.sock.fileno():
+                        session.service(fd)
             except SessionClosed as exc:
                 rec.reason = exc.reason
                 return
-            rec.handled += 1
-            try:
-                for reply in replies:
-                    send_message(rec.sock, reply)
-            except OSError as exc:
-                rec.reason = None if self.closed else f"socket error on reply: {exc}"
-                return
+
+    def _serve_message(self, rec: SessionRecord, session: VhostUserSession) -> bool:
+        """Read, handle and answer one frontend message; False (``rec.reason`` set) when the session ends."""
+        try:
+            msg = recv_message(rec.sock)
+        except ConnectionLost:
+            return False
+        except m.VhostUserProtocolError as exc:
+            rec.reason = f"malformed message: {exc.reason}"
+            return False
+        except OSError as exc:
+            rec.reason = None if self.closed else f"socket error: {exc}"
+            return False
+        try:
+            replies = session.handle(msg)
+        except SessionClosed as exc:
+            rec.reason = exc.reason
+            return False
+        rec.handled += 1
+        try:
+            for reply in replies:
+                send_message(rec.sock, reply)
+        except OSError as exc:
+            rec.reason = None if self.closed else f"socket error on reply: {exc}"
+            return False
+        return True
 
     def release_connection(self, rec: SessionRecord) -> None:
         if rec.session is not None:

@@ -12,11 +12,16 @@ Typical use::
     got = fe.exchange(frames)        # loopback device: frames come back on RX
     fe.stop()                        # SET_VRING_ENABLE 0 + GET_VRING_BASE per ring
     fe.close()
+
+With ``backend_req=True`` (:meth:`negotiate`, :meth:`start`) it also asks for BACKEND_REQ and CONFIG and hands
+the backend one end of a socket pair (``SET_BACKEND_REQ_FD``, where QEMU sends it: after the protocol
+features); :meth:`recv_backend` waits (bounded) for the backend's next request on it and answers it.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Sequence
 
@@ -32,6 +37,8 @@ from testbenches.driver.vdpa_frontend import exchange_frames
 R = m.FrontendRequest
 #: Protocol features virtio_user asks for (it sends MQ|REPLY_ACK|STATUS).
 WANTED_PROTOCOL = m.ProtocolFeature.MQ.mask | m.ProtocolFeature.REPLY_ACK.mask | m.ProtocolFeature.STATUS.mask
+#: Added with ``backend_req``: the back-end request channel, and GET_CONFIG to read what changed.
+BACKEND_PROTOCOL = m.ProtocolFeature.BACKEND_REQ.mask | m.ProtocolFeature.CONFIG.mask
 #: Virtio features this frontend accepts when offered (virtio_user's kind: no EVENT_IDX, no offloads).
 WANTED_FEATURES = (1 << F.VERSION_1) | (1 << F.INDIRECT_DESC) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
 _UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
@@ -59,6 +66,7 @@ class VhostUserFrontend:
         self.features = 0
         self.protocol_features = 0
         self.log: list[m.Message] = []  # every message sent and received, in order
+        self.backend_sock: socket.socket | None = None  # our end of the SET_BACKEND_REQ_FD channel
 
     @classmethod
     def connect(cls, path: str, mem: GuestMemory, *, uva_offset: int = 0,
@@ -118,19 +126,66 @@ class VhostUserFrontend:
         self.request(R.SET_MEM_TABLE, self.memory_table(), [r.fd for r in self.mem.regions],
                      need_reply=self._acked())
 
-    def negotiate(self, wanted: int = WANTED_FEATURES) -> int:
+    def negotiate(self, wanted: int = WANTED_FEATURES, *, backend_req: bool = False,
+                  protocol: int = WANTED_PROTOCOL) -> int:
+        """SET_OWNER, features, protocol features (``protocol`` of those offered); with ``backend_req``
+        also BACKEND_REQ and CONFIG and the back-end channel (which must then be offered)."""
         self.request(R.SET_OWNER)
         offered = self._u64(R.GET_FEATURES)
         if offered & (1 << m.VHOST_USER_F_PROTOCOL_FEATURES):
-            proto = self._u64(R.GET_PROTOCOL_FEATURES) & WANTED_PROTOCOL
+            want = protocol | (BACKEND_PROTOCOL if backend_req else 0)
+            proto = self._u64(R.GET_PROTOCOL_FEATURES) & want
             self.request(R.SET_PROTOCOL_FEATURES, m.U64(proto))
             self.protocol_features = proto
+        if backend_req:
+            if not self.protocol_features & m.ProtocolFeature.BACKEND_REQ.mask:
+                raise FrontendError("the backend does not offer BACKEND_REQ")
+            self.open_backend_channel()
         self.features = offered & wanted
         return self.features
 
-    def start(self, queues: Sequence[int] = (0, 1), size: int = 256, wanted: int = WANTED_FEATURES) -> None:
+    def open_backend_channel(self) -> None:
+        """SET_BACKEND_REQ_FD with one end of a fresh socket pair; the other end is :attr:`backend_sock`."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.request(R.SET_BACKEND_REQ_FD, m.EMPTY, [theirs.fileno()], need_reply=self._acked())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the backend has its own copy now
+        if self.backend_sock is not None:
+            self.backend_sock.close()
+        self.backend_sock = ours
+
+    def recv_backend(self, timeout: float | None = None, *, answer: int | None = 0) -> m.Message | None:
+        """The backend's next request on the back-end channel within ``timeout`` (None if none came).
+        A NEED_REPLY request is answered with ``answer`` (None: left unanswered, as a stuck frontend would)."""
+        if self.backend_sock is None:
+            raise FrontendError("no back-end channel: negotiate(backend_req=True) first")
+        ready, _, _ = select.select([self.backend_sock], [], [], self.timeout if timeout is None else timeout)
+        if not ready:
+            return None
+        msg = recv_message(self.backend_sock, channel=m.Channel.BACKEND)
+        self.log.append(msg)
+        if msg.need_reply and answer is not None:
+            reply = m.Message.ack(msg, answer)
+            self.log.append(reply)
+            send_message(self.backend_sock, reply)
+        return msg
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        """GET_CONFIG (needs CONFIG); an empty reply, the backend's failure signal, raises."""
+        reply = self.request(R.GET_CONFIG, m.ConfigSpace(offset, m.ConfigFlags(0), bytes(size)))
+        assert reply is not None
+        if not isinstance(reply.payload, m.ConfigSpace) or not reply.payload.data:
+            raise FrontendError(f"GET_CONFIG [{offset}, {offset + size}) refused")
+        return reply.payload.data
+
+    def start(self, queues: Sequence[int] = (0, 1), size: int = 256, wanted: int = WANTED_FEATURES, *,
+              backend_req: bool = False, protocol: int = WANTED_PROTOCOL) -> None:
         """The whole virtio_user sequence: owner, features, calls, status, memory, rings, DRIVER_OK."""
-        self.negotiate(wanted)
+        self.negotiate(wanted, backend_req=backend_req, protocol=protocol)
         for q in queues:
             self.calls[q] = new_eventfd()
             self.request(R.SET_VRING_CALL, m.VringFile(q), [self.calls[q]])
@@ -221,6 +276,9 @@ class VhostUserFrontend:
 
     def close(self) -> None:
         self.sock.close()
+        if self.backend_sock is not None:
+            self.backend_sock.close()
+            self.backend_sock = None
         for fd in [*self.kicks.values(), *self.calls.values()]:
             os.close(fd)
         self.kicks.clear()
