@@ -10,10 +10,11 @@ VENDOR_EXAMPLE := tests/vendor_example
 # python3-venv, make: the project itself; dpdk-dev: testpmd (the virtio_user frontend, net_vhost the
 # reference backend); qemu-system-x86, busybox-static, cpio, kmod: the QEMU guest that drives the
 # backend and Linux VFIO; g++, zlib1g-dev, liblz4-dev: Verilator builds of the RTL (lz4 for FST
-# waveforms); iverilog: the RTL under Icarus too. Peers a test needs and cannot find skip it
+# waveforms); iverilog: the RTL under Icarus too; chromium, chromium-driver: the campaign report's
+# browser test (headless, through selenium). Peers a test needs and cannot find skip it
 # locally and fail it when CI=true.
 DEBIAN_PACKAGES := python3-venv make dpdk-dev qemu-system-x86 busybox-static cpio kmod \
-	g++ zlib1g-dev liblz4-dev iverilog
+	g++ zlib1g-dev liblz4-dev iverilog chromium chromium-driver
 
 .PHONY: demo record test lint suite bench system clean mutate
 

@@ -8,6 +8,8 @@ Subcommands:
   also the console script ``vdpa-backend``).
 * ``device``: a simulated device served over vfio-user (:mod:`sim.vfio_user.daemon`); other
   processes open it as ``vfio-user:PATH``.
+* ``campaign``: a matrix of targets, profiles and seeds on Dask, one merged report and a history
+  (:mod:`testbenches.campaign.run`; needs the ``campaign`` extra).
 
 Each subcommand's module is imported only when it runs, so ``serve`` works in an install without the
 ``bench`` extra; there ``run``, ``report`` and ``device`` exit 2 with one line naming the extra.
@@ -68,6 +70,18 @@ def cmd_device(args: argparse.Namespace) -> int:
     return run_device(args, "vdpa-bench device")
 
 
+def cmd_campaign(args: argparse.Namespace) -> int:
+    if (code := _needs_bench("campaign")) is not None:
+        return code
+    if importlib.util.find_spec("distributed") is None:
+        print("vdpa-bench campaign: error: needs the campaign extra (distributed is not installed): "
+              "pip install 'vdpa-bench[campaign]'", file=sys.stderr, flush=True)
+        return 2
+    from testbenches.campaign.run import cmd_campaign as campaign
+
+    return campaign(args)
+
+
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the conformance checks against a target",
                        description="Open the target once (a bad or unreachable one: exit 2, no report), run the "
@@ -125,6 +139,25 @@ def _add_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_device)
 
 
+def _add_campaign(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("campaign", help="run a matrix of targets, profiles and seeds on Dask (docs/campaigns.md)",
+                       description="Run every cell of the campaign file (each the suite in its own process) on "
+                                   "Dask distributed, merge the cells into one report (report.html, junit.xml, "
+                                   "campaign.json) and add the campaign to the SQLite history. Exit 0 only when "
+                                   "every cell ran and no id failed; 2 for a bad campaign file.")
+    p.add_argument("file", metavar="FILE.toml", help="the campaign file")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
+    where.add_argument("--cluster", choices=("slurm", "lsf", "sge", "pbs"),
+                       help="submit workers to a farm with dask-jobqueue ([cluster.KIND] in the campaign file)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: the file's out, or reports/campaigns/NAME)")
+    p.add_argument("--history", metavar="SQLITE", help="history file (default: the file's history, or "
+                                                        "reports/campaigns/history.sqlite)")
+    p.add_argument("--cell", action="append", metavar="ID",
+                   help="rerun only this cell, here and without Dask, recording nothing (repeatable)")
+    p.set_defaults(func=cmd_campaign)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdpa-bench", description="userspace vDPA backend and virtio-net test bench")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -132,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_serve(sub)
     _add_device(sub)
+    _add_campaign(sub)
     return parser
 
 
