@@ -333,7 +333,11 @@ module virtio_pci_regs
       end
 
       // -- interrupts; PCI-DEV-41: reading ISR status clears it (so INTx drops); new events win
+`ifdef VNET_BUG_ISR_STICKY
+      isr <= isr | isr_set;  // seeded bug (tests/test_rtl_target.py): reading ISR status does not clear it
+`else
       isr <= ((do_read && s_axil_araddr[13:12] == 2'd1 && ra[11:2] == 10'd0) ? 2'b00 : isr) | isr_set;
+`endif
       if (q_irq_valid && !resetting && 32'(q_irq_queue) < NUM_QUEUES) begin
         if (msix_enabled) begin
           if (q_vector[q_irq_queue] != NO_VECTOR) irq_pending[q_irq_queue] <= 1'b1;  // else PCI-DEV-62

@@ -368,7 +368,12 @@ module vnet_ring_engine
         cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd8;
         cmd_addr  = dev + 64'd4 + 64'd8 * 64'(16'(used_idx[cq] + batch_n) & mask);
         // SPLIT-DEV-16: the bytes written into the chain
+`ifdef VNET_BUG_RX_USED_LEN
+        // seeded bug (tests/test_rtl_target.py): a receive chain's used len counts the frame, not the header
+        cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(rx_len), 16'd0, head};
+`else
         cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need), 16'd0, head};
+`endif
 `ifdef VNET_BUG_IDX_FIRST
         if (!idx_early) begin  // seeded bug (tests/test_rtl_target.py): used idx first, then the element
           cmd_len   = 32'd2;
@@ -603,9 +608,11 @@ module vnet_ring_engine
         E_DATA_NEXT: begin
           if ((d_flags & DESC_F_NEXT) == 16'h0) begin
             state <= E_CHAIN_END;
+`ifndef VNET_BUG_NEXT_UNCHECKED
           end else if (d_next >= size) begin
             fail_code <= ERR_NEXT_RANGE; state <= E_FAIL;  // SPLIT-DRV-04
-          end else begin
+`endif
+          end else begin  // seeded bug VNET_BUG_NEXT_UNCHECKED: next is followed past the descriptor table
             cur   <= d_next;
             state <= E_DESC_ISSUE;
           end
@@ -700,6 +707,12 @@ module vnet_ring_engine
             // seeded bug (tests/test_rtl_target.py): without EVENT_IDX transmit completions never notify
             if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
                           : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0 && !is_tx) begin
+`elsif VNET_BUG_NO_INTERRUPT_IGNORED
+            // seeded bug (tests/test_rtl_target.py): VRING_AVAIL_F_NO_INTERRUPT is read but not honoured
+            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n)) : 1'b1) begin
+`elsif VNET_BUG_USED_EVENT_IGNORED
+            // seeded bug (tests/test_rtl_target.py): with EVENT_IDX every used buffer notifies, used_event unread
+            if (event_idx ? 1'b1 : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
 `else
             if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
                           : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
