@@ -1,0 +1,125 @@
+"""The MSI-X table and Pending Bit Array as the PCI specification defines them (PCI-DEV-01, PCI-DEV-54).
+
+Per-vector masking of queue and configuration events is judged with the vector mapping in
+test_interrupts.py (PCI-DEV-56); here: the table's entries at the access widths the PCI specification
+allows (aligned dword and qword), every entry masked out of reset, the PBA read-only and sized for the
+table, and the Function Mask holding every vector's message as a pending bit until it is cleared.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.drivers.transport import MsixInfo
+from backend.pci.device import PciDevice, config_read, config_write, read_int, write_int
+from backend.virtio.features import F, bit
+from backend.virtio.pci_regs import (
+    MSIX_CONTROL_ENABLE,
+    MSIX_CONTROL_FUNCTION_MASK,
+    MSIX_ENTRY_CTRL_MASKED,
+    MSIX_ENTRY_SIZE,
+    MSIX_ENTRY_VECTOR_CTRL,
+)
+from testbenches.conformance.harness import EVENT_WAIT, TX, Bench, make_frame, wait_fd
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.virtio_net import DEFAULT_FEATURES
+
+#: Without EVENT_IDX and with avail.flags 0 every used buffer is due its notification.
+ROUTING_FEATURES = DEFAULT_FEATURES & ~bit(F.EVENT_IDX)
+
+
+def _pba(dev: PciDevice, info: MsixInfo) -> list[int]:
+    """The vectors whose Pending Bit is set."""
+    raw = dev.region_read(info.pba_bar, info.pba_offset, (info.table_size + 63) // 64 * 8)
+    return [v for v in range(info.table_size) if raw[v // 8] >> (v % 8) & 1]
+
+
+@pytest.mark.req("PCI-DEV-01", "PCI-DEV-54")
+def test_msix_table_entries_and_pba(bench: Bench, verdict: Verdict) -> None:
+    t = bench.transport()
+    dev = t.pci
+    info = t.msix
+    if info is None:
+        for rid in ("PCI-DEV-01", "PCI-DEV-54"):
+            verdict.not_applicable(rid, "no MSI-X capability")
+        return
+    masking = dev.abilities().msix_masking
+    if masking is not None:
+        for rid in ("PCI-DEV-01", "PCI-DEV-54"):
+            verdict.not_applicable(rid, f"the platform owns the MSI-X table: {masking.why}")
+        return
+    n = info.table_size
+    pba_len = (n + 63) // 64 * 8
+    bar_size = dev.region_info(info.pba_bar).size
+    verdict.check("PCI-DEV-54", info.pba_offset + pba_len <= bar_size,
+                  f"PBA of {n} vectors ({pba_len} bytes) at BAR{info.pba_bar}+{info.pba_offset:#x} vs BAR size "
+                  f"{bar_size:#x}")
+    entry = [info.table_offset + v * MSIX_ENTRY_SIZE for v in range(n)]
+    ctrls = [read_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4) for e in entry]
+    unmasked = [v for v, c in enumerate(ctrls) if not c & MSIX_ENTRY_CTRL_MASKED]
+    verdict.check("PCI-DEV-01", not unmasked, f"vectors {unmasked} read unmasked out of reset (every Mask bit is set)")
+    # Message address and data of every entry: a qword write reads back as dwords, dword writes as a qword.
+    for v, e in enumerate(entry):
+        address = 0xFEE0_0000 | (v << 12) | 0x5A5A_0000_0000_0000 | (v << 2)
+        data = 0x4000 | v
+        write_int(dev, info.table_bar, e, 8, address)
+        write_int(dev, info.table_bar, e + 8, 4, data)
+        lo, hi = read_int(dev, info.table_bar, e, 4), read_int(dev, info.table_bar, e + 4, 4)
+        got_data = read_int(dev, info.table_bar, e + 8, 4)
+        verdict.check("PCI-DEV-54", lo | hi << 32 == address and got_data == data,
+                      f"MSI-X entry {v}: address {address:#x} and data {data:#x} written read {hi << 32 | lo:#x}, "
+                      f"{got_data:#x}")
+        write_int(dev, info.table_bar, e, 4, address >> 32)  # dword writes, read back as one qword
+        write_int(dev, info.table_bar, e + 4, 4, address & 0xFFFFFFFF)
+        swapped = read_int(dev, info.table_bar, e, 8)
+        want = (address & 0xFFFFFFFF) << 32 | address >> 32
+        verdict.check("PCI-DEV-54", swapped == want, f"MSI-X entry {v}: dword writes {want:#x} read as qword "
+                                                      f"{swapped:#x}")
+        for ctrl in (0, MSIX_ENTRY_CTRL_MASKED):
+            write_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4, ctrl)
+            got = read_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4) & MSIX_ENTRY_CTRL_MASKED
+            verdict.check("PCI-DEV-01", got == ctrl, f"MSI-X entry {v}: Mask bit written {ctrl} reads {got}")
+    pending = _pba(dev, info)
+    verdict.check("PCI-DEV-01", not pending, f"pending bits {pending} with no event raised")
+    dev.region_write(info.pba_bar, info.pba_offset, b"\xff" * pba_len)
+    pending = _pba(dev, info)
+    verdict.check("PCI-DEV-01", not pending, f"the PBA is read-only, but writing ones set pending bits {pending}")
+
+
+@pytest.mark.req("PCI-DEV-01")
+def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig() as r:
+        masking = r.abilities.msix_masking
+        if masking is not None:
+            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+            return
+        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
+        info = d.transport.msix
+        if info is None or d.intx:
+            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability")
+            return
+        vector = d.vector_of(TX)
+        fd = r.irq_fd(TX)
+        r.drain_irqs()
+        control = config_read(r.pci, info.cap_offset + 2, 2)
+        config_write(r.pci, info.cap_offset + 2, 2, control | MSIX_CONTROL_FUNCTION_MASK)
+        ring = d.queues[TX]
+        heads = [ring.add([bytes(d.hdr_len) + make_frame(seq, 80)], []) for seq in range(2)]
+        ring.publish()
+        r.doorbell(TX)
+        used, seen = r.wait_used_idx(TX, len(heads), EVENT_WAIT)
+        early = wait_fd(fd, r.quiet) if not seen else True
+        pending = _pba(r.pci, info)
+        entry = read_int(r.pci, info.table_bar, info.table_offset + vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_VECTOR_CTRL,
+                         4)
+        verdict.check("PCI-DEV-01", used and not early and pending == [vector] and not entry & MSIX_ENTRY_CTRL_MASKED,
+                      f"Function Mask set: TX buffers {'used' if used else 'not used'}, vector {vector} "
+                      f"{'signalled' if early else 'silent'}, pending bits {pending} (expected [{vector}]), its own "
+                      f"Mask bit {entry & MSIX_ENTRY_CTRL_MASKED}")
+        config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
+        fired = wait_fd(fd, EVENT_WAIT)
+        after = _pba(r.pci, info)
+        verdict.check("PCI-DEV-01", fired and not after,
+                      f"Function Mask cleared: vector {vector} {'signalled' if fired else 'silent'}, pending bits "
+                      f"{after} (expected none)")
+        d.queues[TX].used()
