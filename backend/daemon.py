@@ -64,15 +64,20 @@ class SessionDevice(VirtioPciVdpaDevice):
 
     def __init__(self, pci: PciDevice, label: str, quirks: QuirkTable | None = None) -> None:
         self.label = label
+        self.sizes: dict[int, int] = {}  # ring sizes the frontend set, for the DRIVER_OK line
         super().__init__(pci, quirks=quirks)
+
+    def set_vq_num(self, index: int, num: int) -> None:
+        super().set_vq_num(index, num)
+        self.sizes[index] = num
 
     def set_status(self, status: int) -> None:
         before = self.get_status()
         super().set_status(status)
         if status & DeviceStatus.DRIVER_OK and not before & DeviceStatus.DRIVER_OK:
             ready = [i for i in range(self.get_vq_count()) if self.get_vq_ready(i)]
-            LOG.info("%s: DRIVER_OK: device running (driver features %#x, rings %s ready)",
-                     self.label, self.get_driver_features(), ready)
+            LOG.info("%s: DRIVER_OK: device running (driver features %#x, rings %s ready, sizes %s)",
+                     self.label, self.get_driver_features(), ready, [self.sizes.get(i, 0) for i in ready])
 
 
 def session_label() -> str:

@@ -31,7 +31,7 @@ from backend.pci.device import (
     read_int,
     write_int,
 )
-from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.features import DeviceStatus, F, dependency_violations, has
 from backend.virtio.pci_regs import (
     NO_VECTOR,
 )
@@ -126,6 +126,10 @@ class VirtioPciVdpaDevice:
             extra = features & ~self.get_device_features()
             if extra:
                 raise VdpaError(f"features {extra:#x} were not offered (FEAT-DRV-01)")
+            broken = dependency_violations(features)
+            if broken:  # a frontend asking for a feature without its prerequisite: never written (FEAT-DRV-02)
+                raise VdpaError(f"features {features:#x} lack prerequisites (FEAT-DRV-02): "
+                                + ", ".join(f"bit {r.feature} ({r.req_id.replace('-DEV-', '-DRV-')})" for r in broken))
             if self.get_status() & DeviceStatus.FEATURES_OK:
                 raise VdpaError("features cannot change after FEATURES_OK (INIT-DRV-07)")
             self.transport.write_driver_features(features)
@@ -149,6 +153,9 @@ class VirtioPciVdpaDevice:
                 raise VdpaError(f"status {status:#x} would clear bits of {cur:#x} (STATUS-DRV-02)")
             new = status & ~cur
             if new & DeviceStatus.DRIVER_OK and not new & DeviceStatus.FAILED:
+                if not cur & DeviceStatus.FEATURES_OK:  # a refused or skipped negotiation ends initialisation
+                    raise VdpaError(f"DRIVER_OK asked for ({status:#x}) while device status {cur:#x} holds no "
+                                    "FEATURES_OK (INIT-DRV-08, INIT-DRV-12)")
                 self._go_live()
             self.transport.set_status(status)
             if new & DeviceStatus.FEATURES_OK and not self.get_status() & DeviceStatus.FEATURES_OK:
@@ -177,8 +184,24 @@ class VirtioPciVdpaDevice:
         return raw[start:start + size]
 
     def set_config(self, offset: int, data: bytes) -> None:
+        """Write device config as whole fields at their natural width (PCI-DRV-05). A request that covers part
+        of a field, a field whose feature was not offered (CFG-DRV-03) or bytes beyond the structure is refused
+        before anything is written."""
+        end = offset + len(data)
+        if offset < 0 or end > self.get_config_size():
+            raise VdpaError(f"config write {offset:#x}+{len(data)} beyond the {self.get_config_size()}-byte "
+                            "device configuration")
+        fields = config_fields(self.ids.device, offset, len(data))
+        offered = self.transport.device_features()
+        for off, width in fields:
+            if off < offset or off + width > end:
+                raise VdpaError(f"config write {offset:#x}+{len(data)} covers part of the {width}-byte field at "
+                                f"{off:#x}: fields are written whole (PCI-DRV-05)")
+            if not config_field_exists(self.ids.device, off, offered):
+                raise VdpaError(f"config field at {off:#x} does not exist: its feature was not offered (CFG-DRV-03)")
         try:
-            self.transport.write_device_config(offset, data)
+            for off, width in fields:
+                self.transport.write_device_config(off, data[off - offset:off - offset + width], width)
         except VirtioPciError as exc:
             raise VdpaError(str(exc)) from None
 
@@ -472,6 +495,13 @@ class VirtioPciVdpaDevice:
                 self.transport.reset()
             except VirtioPciError as exc:
                 raise VdpaError(str(exc)) from None
+
+    def peer_fd(self) -> int | None:
+        """The fd of the function's own connection (a vfio-user socket), which hangs up when the device
+        process dies, so a backend can watch it; None for a function without one."""
+        get = getattr(self.pci, "peer_fd", None)
+        fd = get() if callable(get) and not self._closed else None
+        return fd if isinstance(fd, int) else None
 
     def close(self) -> None:
         if self._closed:

@@ -391,6 +391,11 @@ class VfioUserPciDevice:
             raise VfioUserError(f"{self.name}: the device does not support reset", errno_mod.ENOTSUP)
         self._call(m.Command.DEVICE_RESET)
 
+    def peer_fd(self) -> int | None:
+        """The connection's socket fd, to be polled for hang-up only (its data belongs to this client); None
+        once closed."""
+        return None if self._closed else self._sock.fileno()
+
     def close(self) -> None:
         """Hang up; the server drops this client's mappings, interrupts and ioeventfds and resets the device."""
         with self._lock:

@@ -393,12 +393,16 @@ class MemoryTable:
 
     # --- lifetime -----------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Unmap from the device (if programmed), drop the local mappings and close every fd."""
+    def close(self, *, unmap: bool = True) -> None:
+        """Unmap from the device (if programmed), drop the local mappings and close every fd. ``unmap=False``
+        when the device is gone (its process died): there is nothing left to unmap from."""
         if self._closed:
             return
         try:
-            self.unprogram()
+            if unmap:
+                self.unprogram()
+            else:
+                self._device = None
         finally:
             self._closed = True
             for e in self._entries:

@@ -230,15 +230,16 @@ class VhostUserSession:
         return []
 
     def _refuse(self, msg: m.Message, reason: str) -> list[m.Message]:
-        text = f"{self.name}: {msg.name} refused: {reason}"
-        self.stats.errors.append(text)
-        log.warning("%s", text)
+        text = f"{msg.name} refused: {reason}"
+        self.stats.errors.append(f"{self.name}: {text}")
         spec = m.spec_of(msg.request)
         if msg.request is m.FrontendRequest.GET_CONFIG:
+            log.warning("%s: %s", self.name, text)
             return [m.Message.reply_to(msg, m.EMPTY)]  # an empty GET_CONFIG reply signals failure
         if msg.need_reply and not spec.explicit_reply:
+            log.warning("%s: %s", self.name, text)
             return [m.Message.ack(msg, 1)]
-        raise SessionClosed(text)
+        raise SessionClosed(text)  # the server logs the session's end with this reason: one line
 
     def _dispatch(self, msg: m.Message) -> m.Message | None:
         R = m.FrontendRequest
@@ -731,7 +732,7 @@ class VhostUserSession:
                 self.rings.clear()
                 try:
                     if self.table is not None:
-                        self.table.close()
+                        self.table.close(unmap=self.device_lost is None)
                 except MemoryTableError as exc:
                     log.warning("%s: memory table close: %s", self.name, exc)
                 finally:
