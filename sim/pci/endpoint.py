@@ -233,9 +233,10 @@ class ConfigSpace:
     def read(self, offset: int, size: int) -> bytes:
         if offset < 0 or offset + size > PCI_CONFIG_SPACE_SIZE:
             return b"\xff" * size
-        cap = self._cap_at(offset)
-        if cap is not None and cap.on_read is not None and offset >= cap.offset + 2:
-            cap.on_read(offset - cap.offset - 2, size)
+        for cap in self.caps:  # each capability body the read covers sees it first (the PCI_CFG window fills)
+            lo, hi = max(offset, cap.offset + 2), min(offset + size, cap.offset + cap.length)
+            if cap.on_read is not None and lo < hi:
+                cap.on_read(lo - cap.offset - 2, hi - lo)
         out = bytearray(self.data[offset:offset + size])
         for i in range(size):
             o = offset + i

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from backend.pci.device import RegionIndex
 from backend.virtio.features import DEFINED_NET_PCI, DeviceStatus, F, has
-from backend.virtio.pci_regs import NO_VECTOR, CommonCfg
+from backend.virtio.pci_regs import NO_VECTOR, PCI_CFG_DATA, CommonCfg
 from testbenches.conformance.harness import Bench, acknowledge, negotiate
 from testbenches.conformance.plugin import Verdict
 
@@ -156,6 +157,30 @@ def test_pci_cfg_access_window(bench: Bench, verdict: Verdict) -> None:
                   "32-bit device_feature read through the window differs")
     status = t.pci_cfg_read(common.bar, common.offset + CommonCfg.DEVICE_STATUS, 1)
     verdict.check("PCI-DEV-52", status == t.status(), "8-bit device_status read through the window differs")
+    # Only a write of pci_cfg_data is forwarded: moving the window (bar, offset, length) and reading through it
+    # write nothing, though pci_cfg_data still holds what was last written.
+    t.pci_cfg_write(common.bar, common.offset + CommonCfg.QUEUE_SELECT, 2, 1)
+    t.write_common(CommonCfg.QUEUE_SELECT, 0)
+    before = t.pci.region_read(common.bar, common.offset, common.length)
+    for field, width in ((CommonCfg.DEVICE_STATUS, 1), (CommonCfg.NUM_QUEUES, 2), (CommonCfg.QUEUE_SELECT, 2),
+                         (CommonCfg.DEVICE_FEATURE_SELECT, 4)):
+        t.pci_cfg_read(common.bar, common.offset + field, width)
+    after = t.pci.region_read(common.bar, common.offset, common.length)
+    moved = [hex(o) for o in range(common.length) if before[o] != after[o]]
+    verdict.check("PCI-DEV-51", not moved, f"moving the window and reading through it changed common config bytes "
+                                           f"{moved} (only a write of pci_cfg_data goes to the BAR)")
+    # A read of pci_cfg_data is one whatever access covers it: here the whole capability, from its start and from
+    # cap_len on, each after queue_select changed behind the window's back.
+    cap = t.pci_cfg_cap
+    t.pci_cfg_read(common.bar, common.offset + CommonCfg.QUEUE_SELECT, 2)
+    for start in (cap.cap_offset, cap.cap_offset + 2):
+        want = 1 if start == cap.cap_offset else 0
+        t.write_common(CommonCfg.QUEUE_SELECT, want)
+        raw = t.pci.region_read(RegionIndex.CONFIG, start, cap.cap_offset + PCI_CFG_DATA + 2 - start)
+        got = int.from_bytes(raw[-2:], "little")
+        verdict.check("PCI-DEV-52", got == want,
+                      f"a {len(raw)}-byte config read from {start:#x} covering pci_cfg_data returned queue_select "
+                      f"{got} (it reads {want})")
 
 
 @pytest.mark.req("PCI-DEV-56", "PCI-DEV-57", "PCI-DEV-58", "PCI-DEV-60", "PCI-DEV-61")
