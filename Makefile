@@ -80,3 +80,9 @@ clean:
 
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
+
+# Coverage-guided fuzzing (tests/fuzz, atheris): every target in its own process, at least 100,000 inputs or
+# FUZZ_ARGS' bounds; the table and reports/fuzz/summary.json give inputs, coverage, crashes, hangs, peak RSS.
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(BIN)/python tools/fuzz.py $(FUZZ_ARGS)
