@@ -145,6 +145,26 @@ def indirect_not_negotiated(r: Rig, ring: DriverSplitQueue) -> Planted:
     return _chain(ring, {0: Descriptor(table, 2 * DESC_SIZE, INDIRECT, 0)})
 
 
+def readable_after_writable(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    return _chain(ring, {0: Descriptor(f, fl, WRITE | NEXT, 1), 1: Descriptor(h, hl, 0, 0)})
+
+
+def readable_in_indirect_after_writable(r: Rig, ring: DriverSplitQueue) -> Planted:
+    h, hl, f, fl = _bufs(r, ring)
+    table = ring.write_indirect([Descriptor(h, hl, 0, 0)])
+    return _chain(ring, {0: Descriptor(f, fl, WRITE | NEXT, 1), 1: Descriptor(table, DESC_SIZE, INDIRECT, 0)})
+
+
+def burst_buffer_unmapped(r: Rig, ring: DriverSplitQueue) -> Planted:
+    """Three plain one-descriptor chains in one burst, the middle one's buffer outside the maps."""
+    f = make_frame(3)
+    heads = [ring.add([bytes(r.hdr_len) + f], []) for _ in range(3)]
+    ring.write_desc(heads[1], Descriptor(UNMAPPED_IOVA, r.hdr_len + len(f), 0, 0))
+    ring.publish()
+    return Planted((UNMAPPED_IOVA,))
+
+
 def avail_idx_jump(r: Rig, ring: DriverSplitQueue) -> Planted:
     jump = ring.size + 1 + ring.published
     ring.write_avail_idx(jump)
@@ -165,6 +185,10 @@ CASES = [
     Case("next index beyond the queue", "SPLIT-DRV-04", next_out_of_range),
     Case("avail ring head beyond the queue", "SPLIT-DRV-04", head_out_of_range),
     Case("buffer outside the IOMMU maps", "FEAT-DRV-11", buffer_unmapped),
+    Case("one buffer of a burst outside the IOMMU maps", "FEAT-DRV-11", burst_buffer_unmapped),
+    Case("device-readable descriptor after a device-writable one", "SPLIT-DRV-02", readable_after_writable),
+    Case("indirect device-readable descriptor after a device-writable one", "SPLIT-DRV-02",
+         readable_in_indirect_after_writable, needs_indirect=True),
     Case("chain longer than the queue", "SPLIT-DRV-08", chain_longer_than_queue, needs_indirect=True),
     Case("indirect inside indirect", "SPLIT-DRV-07", nested_indirect, needs_indirect=True),
     Case("INDIRECT and NEXT on one descriptor", "SPLIT-DRV-09", indirect_and_next, needs_indirect=True),
@@ -311,27 +335,95 @@ def test_rings_outside_the_maps(bench: Bench, verdict: Verdict) -> None:
         _recovers(r, verdict, what)
 
 
+def _refused_at_enable(r: Rig, verdict: Verdict, what: str, size: int | None, shift: tuple[int, int, int]) -> None:
+    """Program transmitq1 with queue_size ``size`` (None: the maximum) and ring parts moved by ``shift`` bytes,
+    then queue_enable=1: the queue must stay disabled or the device ask for a reset, touching no memory."""
+    d = r.up(rx_buffers=0, queues=False, driver_ok=False)
+    t = d.transport
+    qmax = t.queue_size(TX)
+    ring = DriverSplitQueue(r.mem, r.alloc, qmax, index=TX)
+    since = _error_count(r)
+    r.faults()
+    t.set_queue_size(TX, qmax if size is None else size)
+    t.set_queue_msix_vector(TX, d.vector_of(TX) if not d.intx else NO_VECTOR)
+    t.set_queue_addresses(TX, ring.desc_addr + shift[0], ring.avail_addr + shift[1], ring.used_addr + shift[2])
+    t.enable_queue(TX)
+    enabled = t.queue_enabled(TX)
+    status = t.status()
+    faults = r.faults()
+    verdict.check("STATUS-DEV-02", (not enabled or bool(status & NEEDS_RESET)) and not faults,
+                  f"{what}: queue_enable reads {int(enabled)}, status {status_text(status)} (expected the queue "
+                  f"refused or DEVICE_NEEDS_RESET); {_reported(r, since)}; {fmt_faults(faults)}")
+    verdict.not_applicable("STATUS-DEV-03", "the error happens before DRIVER_OK: no notification is due")
+    ring.close()
+    _recovers(r, verdict, what)
+
+
 @pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
 def test_queue_size_not_power_of_two(bench: Bench, verdict: Verdict) -> None:
     with bench.rig() as r:
-        d = r.up(rx_buffers=0, queues=False, driver_ok=False)
-        t = d.transport
-        qmax = t.queue_size(TX)
+        qmax = r.max_queue_size
         bad = qmax - 1 if qmax > 2 else 3  # not a power of two (PCI-DRV-17)
-        ring = DriverSplitQueue(r.mem, r.alloc, qmax, index=TX)
-        since = _error_count(r)
+        _refused_at_enable(r, verdict, f"queue_size {bad} (maximum {qmax}) then queue_enable=1 (breaks PCI-DRV-17)",
+                           bad, (0, 0, 0))
+
+
+#: Ring parts moved off their alignment (SPLIT-DRV-01: descriptor table 16, driver area 2, device area 4 bytes).
+MISALIGNED = [("queue_desc", (8, 0, 0)), ("queue_driver", (0, 1, 0)), ("queue_device", (0, 0, 2))]
+
+
+@pytest.mark.parametrize(("part", "shift"), MISALIGNED, ids=[m[0] for m in MISALIGNED])
+@pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
+def test_ring_part_misaligned(bench: Bench, verdict: Verdict, part: str, shift: tuple[int, int, int]) -> None:
+    with bench.rig() as r:
+        _refused_at_enable(r, verdict, f"{part} {max(shift)} bytes off its alignment then queue_enable=1 "
+                                       "(breaks SPLIT-DRV-01)", None, shift)
+
+
+@pytest.mark.req("STATUS-DEV-02", "STATUS-DEV-03")
+def test_receive_buffer_outside_the_maps(bench: Bench, verdict: Verdict) -> None:
+    """A burst of frames arriving for three receive buffers, the last one outside the maps: the first two
+    frames may land, then the device asks for a reset, writing nowhere else."""
+    with bench.rig() as r:
+        d = r.up(queue_size=QSIZE, rx_buffers=0)
+        if not r.looped(verdict, "STATUS-DEV-02", "STATUS-DEV-03"):
+            return
+        t = d.transport
+        rx = d.queues[RX]
+        size = 2048
+        heads = [rx.add([], [size]) for _ in range(3)]
+        rx.write_desc(heads[2], Descriptor(UNMAPPED_IOVA, size, WRITE, 0))
+        rx.publish()
+        r.doorbell(RX)
+        cfg_fd = d.irq_fds["config"]
+        t.read_isr()
+        drain(cfg_fd)
         r.faults()
-        t.set_queue_size(TX, bad)
-        t.set_queue_msix_vector(TX, d.vector_of(TX) if not d.intx else NO_VECTOR)
-        t.set_queue_addresses(TX, ring.desc_addr, ring.avail_addr, ring.used_addr)
-        t.enable_queue(TX)
-        enabled = t.queue_enabled(TX)
+        since = _error_count(r)
+        ring = d.queues[TX]
+        for k in range(3):
+            ring.add([bytes(d.hdr_len) + make_frame(10 + k, 100)], [])
+        ring.publish()
+        good = [(rx.read_desc(h).addr, size) for h in heads[:2]]
+        allowed = [ring_ranges(ring)["used"], ring_ranges(rx)["used"], *good]
+        what = "a burst of 3 frames for 3 receive buffers, the third outside the IOMMU maps (breaks FEAT-DRV-11)"
+        before = snapshot(r.mem)
+        with r.dma_watch() as rec:
+            crash = None
+            try:
+                r.doorbell(TX)
+            except Exception as exc:  # the register access itself must not fail
+                crash = exc
+            notified = wait_fd(cfg_fd, EVENT_WAIT)
+        after = snapshot(r.mem)
         status = t.status()
         faults = r.faults()
-        what = f"queue_size {bad} (maximum {qmax}) then queue_enable=1 (breaks PCI-DRV-17)"
-        verdict.check("STATUS-DEV-02", (not enabled or bool(status & NEEDS_RESET)) and not faults,
-                      f"{what}: queue_enable reads {int(enabled)}, status {status_text(status)} (expected the queue "
-                      f"refused or DEVICE_NEEDS_RESET); {_reported(r, since)}; {fmt_faults(faults)}")
-        verdict.not_applicable("STATUS-DEV-03", "the error happens before DRIVER_OK: no notification is due")
-        ring.close()
+        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
+                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
+                      f"{status_text(status)} (DEVICE_NEEDS_RESET expected); {_reported(r, since)}; "
+                      f"{fmt_faults(faults)}")
+        verdict.check("STATUS-DEV-03", notified, f"{what}: config vector {d.vectors['config']} "
+                                                 f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}")
+        _safety(r, verdict, what, (UNMAPPED_IOVA,), list(faults), changed_outside(r.mem, before, after, allowed),
+                rec, allowed)
         _recovers(r, verdict, what)

@@ -196,6 +196,10 @@ def test_device_writes_only_writable_buffers_and_used_ring(bench: Bench, verdict
                           f"expected {want}; data {'intact' if data[rig.hdr_len:] == frames[i] else 'differs'}")
         verdict.check("SPLIT-DEV-16", len(rx_got) == len(frames) and len(tx_got) == len(frames),
                       f"{len(rx_got)} RX / {len(tx_got)} TX used entries of {len(frames)}")
+        # A transmit chain has no device-writable buffer: nothing can have been written, so used len is 0.
+        tx_lens = {p.head: n for p, n in tx_got if n}
+        verdict.check("SPLIT-DEV-16", not tx_lens,
+                      f"TX chains (device-readable only) returned with used len {tx_lens or 0} (expected 0)")
         for p in rx_all + tx_all:
             rig.release(p)
         if not watch.available:

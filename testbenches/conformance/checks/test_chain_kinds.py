@@ -1,0 +1,100 @@
+"""Chains with both device-readable and device-writable descriptors on the data queues (2.7.4, 2.7.5).
+
+A transmit chain may end in device-writable buffers and a receive chain may start with device-readable ones:
+the frame is the readable bytes after the header (transmit) and goes into the writable bytes (receive), the
+other part is neither sent nor written (SPLIT-DEV-01, SPLIT-DEV-03), and used len counts only bytes the device
+wrote into the writable part (SPLIT-DEV-16). Bursts mix these chains with plain ones, so a device that decodes
+many chains at once meets them among the others.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.virtio.features import F, has
+from testbenches.conformance.chains import Posted, add_chain, poison, split_at, written_bytes
+from testbenches.conformance.harness import RING_MEM_SIZE, Bench, make_frame
+from testbenches.conformance.plugin import Verdict
+
+POISON = 0xA5
+#: Device-writable tail of a transmit chain, and the device-readable head of a receive chain.
+TAIL = 64
+HEAD = 16
+IDS = ("SPLIT-DEV-01", "SPLIT-DEV-03", "SPLIT-DEV-16")
+
+
+def _changed(data: bytes) -> int:
+    """Bytes of a poisoned buffer that no longer hold the poison."""
+    return sum(b != POISON for b in data)
+
+
+@pytest.mark.req(*IDS)
+def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
+        feats = rig.features_for(indirect=None)
+        assert feats is not None
+        rig.bring_up(feats, 64)
+        if not rig.looped(verdict, *IDS):
+            return
+        indirect = has(rig.features, F.INDIRECT_DESC)
+        hdr = rig.tx_header()
+        head_bytes = bytes(range(0x40, 0x40 + HEAD))
+        for rnd in range(4):
+            frames = [make_frame(500 + 10 * rnd + k, 80 + 50 * k) for k in range(4)]
+            rx: dict[int, Posted] = {}
+            rx_kind: dict[int, str] = {}
+            for k, f in enumerate(frames):
+                need = rig.hdr_len + len(f)
+                if (rnd + k) % 2:
+                    p = add_chain(rig.rx, [head_bytes], [need + 40],
+                                  direct=1 if indirect and rnd >= 2 else None)
+                    rx_kind[p.head] = "readable head + writable"
+                else:
+                    p = add_chain(rig.rx, [], [need + 40])
+                    rx_kind[p.head] = "writable only"
+                poison(rig.mem, p, POISON)
+                rx[p.head] = p
+            rig.publish(rig.RX)
+            tx: dict[int, Posted] = {}
+            tx_kind: dict[int, str] = {}
+            for k, f in enumerate(frames):
+                if (rnd + k) % 2 == 0:
+                    cuts = [[], [rig.hdr_len]][rnd % 2]
+                    t = add_chain(rig.tx, split_at(hdr + f, cuts), [TAIL],
+                                  direct=0 if indirect and rnd >= 2 else None)
+                    tx_kind[t.head] = "readable + writable tail"
+                    poison(rig.mem, t, POISON)
+                else:
+                    t = add_chain(rig.tx, [hdr + f], [])
+                    tx_kind[t.head] = "readable only"
+                tx[t.head] = t
+            readable_before = {p.head: [rig.mem.read(a, n) for a, n in p.readable] for p in rx.values()}
+            rig.publish(rig.TX)
+            sent = rig.complete(rig.TX, dict(tx), len(frames))
+            got = rig.complete(rig.RX, dict(rx), len(frames))
+            where = f"round {rnd}"
+            for p, n in sent:
+                wrote = _changed(b"".join(rig.mem.read(a, ln) for a, ln in p.writable))
+                verdict.check("SPLIT-DEV-16", n <= wrote,
+                              f"{where}: TX chain {p.head} ({tx_kind[p.head]}): used len {n}, {wrote} byte(s) of its "
+                              f"writable part changed (used len counts bytes written)")
+            received = []
+            for p, n in got:
+                data = written_bytes(rig.mem, p, n)
+                received.append(data[rig.hdr_len:])
+                verdict.check("SPLIT-DEV-16", n == rig.hdr_len + len(data[rig.hdr_len:]) and
+                              data[rig.hdr_len:] in frames,
+                              f"{where}: RX chain {p.head} ({rx_kind[p.head]}): used len {n}, "
+                              f"{'one of the frames sent' if data[rig.hdr_len:] in frames else 'not a frame sent'}")
+                kept = [rig.mem.read(a, ln) for a, ln in p.readable] == readable_before[p.head]
+                verdict.check("SPLIT-DEV-03", kept,
+                              f"{where}: RX chain {p.head} ({rx_kind[p.head]}): device-readable head "
+                              f"{'untouched' if kept else 'written'}")
+            verdict.check("SPLIT-DEV-01", received == frames,
+                          f"{where}: TX kinds {list(tx_kind.values())}: received "
+                          f"{[len(r) for r in received]} bytes, sent {[len(f) for f in frames]} "
+                          f"({'identical, in order' if received == frames else 'different'})")
+            for p in list(tx.values()) + list(rx.values()):
+                rig.release(p)
+            if not sent or not got:
+                return

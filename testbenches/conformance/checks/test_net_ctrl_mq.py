@@ -1,0 +1,326 @@
+"""Control virtqueue and multiqueue receive steering (5.1.9.5, 5.1.9.5.6).
+
+One device with several queue pairs (``queues=4`` where the target is configurable), CTRL_VQ and MQ
+negotiated, every receiveq stocked. Frames of many IPv4 flows go out on a transmit queue and come back
+over the loopback wire; the receive queue each one lands on is the observation:
+
+- after initialization, and again after a reset, only receiveq1 (NETCTRL-DEV-25), also after commands
+  that are not VQ_PAIRS_SET (another class, another command) and after refused ones;
+- a VQ_PAIRS_SET of 1..max_virtqueue_pairs is acknowledged VIRTIO_NET_OK and from then on frames land
+  only on receiveq1..virtqueue_pairs (NETCTRL-DEV-26), each flow on one queue, spread over more than one
+  queue once several pairs are enabled (NETCTRL-DEV-B01);
+- each command, in every chain layout (one readable descriptor, class/command apart from the data, an
+  indirect table), gets its ack in the first device-writable byte, with a used len no larger than what the
+  device wrote (SPLIT-DEV-16), and a used buffer notification follows the avail.flags rule of the control
+  queue like any other queue (SPLIT-DEV-10/11).
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from backend.virtio.features import F, NetF, has
+from backend.virtio.pci_regs import NetCfg
+from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
+from testbenches.conformance.chains import Posted, add_chain, poison
+from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.split_ring import DriverSplitQueue, UsedBuffer
+
+#: Queue pairs of the device where the target is configurable (the behavioral model).
+PAIRS = 4
+QSIZE = 64
+RX_BUF = 2048
+#: Distinct IPv4 flows per traffic round, two frames each (different lengths and payloads).
+FLOWS = 24
+VIRTIO_NET_OK = 0
+VIRTIO_NET_ERR = 1
+VIRTIO_NET_CTRL_MQ = 4
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
+#: A class and a command this spec version does not define.
+UNKNOWN_CLASS = 0x7E
+UNKNOWN_MQ_COMMAND = 0x7F
+ACK_POISON = 0xA5
+IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11")
+
+
+def flow_frame(flow: int, k: int) -> bytes:
+    """Frame ``k`` of IPv4/UDP flow ``flow``: addresses and ports fixed per flow, length and payload per frame."""
+    pkt = (Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+           / IP(src=f"10.{flow >> 8}.{flow & 0xFF}.1", dst=f"10.200.{flow & 0xFF}.{2 + (flow >> 8)}")
+           / UDP(sport=1000 + flow, dport=2000 + 3 * flow)
+           / (struct.pack(">II", flow, k) + bytes([(flow + k) & 0xFF]) * (20 + 37 * k)))
+    return bytes(pkt)
+
+
+@dataclass
+class Ack:
+    """What came back for one control command."""
+
+    what: str
+    used: bool
+    ack: int | None  # the first device-writable byte (None: never returned)
+    used_len: int
+    ack_room: int  # device-writable bytes of the chain
+
+    def describe(self) -> str:
+        if not self.used:
+            return f"{self.what}: never returned in the used ring"
+        return f"{self.what}: ack byte {self.ack:#04x}, used len {self.used_len} ({self.ack_room} writable)" \
+            if self.ack is not None else f"{self.what}: used len {self.used_len}"
+
+
+class MqRig:
+    """Every queue of the device set up by hand: receiveq/transmitq 1..pairs and the control queue."""
+
+    def __init__(self, rig: Rig, features: int) -> None:
+        self.rig = rig
+        d = rig.up(features=features, exact=True, queues=False, driver_ok=False)
+        t = d.transport
+        self.mq = has(d.features, NetF.MQ)
+        self.max_pairs = int.from_bytes(t.read_device_config(NetCfg.MAX_VIRTQUEUE_PAIRS, 2, 2), "little") \
+            if self.mq else 1
+        self.pairs = self.max_pairs
+        self.ctrl = 2 * self.pairs
+        self.indirect = has(d.features, F.INDIRECT_DESC)
+        bound = d.bound_vectors
+        #: the control queue's own vector where there are enough of them, so its interrupts can be counted
+        self.ctrl_vector = 3 if bound > 3 else None
+        for q in range(self.ctrl + 1):
+            size = min(QSIZE, t.queue_size(q))
+            ring = DriverSplitQueue(rig.mem, rig.alloc, size, index=q)
+            d.queues[q] = ring
+            t.set_queue_size(q, size)
+            if not d.intx:
+                vec = self.ctrl_vector if q == self.ctrl and self.ctrl_vector is not None else d.vector_of(q % 2)
+                t.set_queue_msix_vector(q, vec)
+            t.set_queue_addresses(q, ring.desc_addr, ring.avail_addr, ring.used_addr)
+            t.enable_queue(q)
+        d.driver_ok()
+        self.rx_posted: dict[int, int] = {}
+        for q in self.rx_queues:
+            self.stock(q)
+
+    @property
+    def rx_queues(self) -> list[int]:
+        return [2 * p for p in range(self.pairs)]
+
+    def ring(self, q: int) -> DriverSplitQueue:
+        return self.rig.drv.queues[q]
+
+    def stock(self, q: int) -> None:
+        """Fill receive queue ``q`` with buffers up to its size."""
+        ring = self.ring(q)
+        while ring.num_free:
+            ring.add([], [RX_BUF])
+        ring.publish()
+        self.rig.doorbell(q)
+
+    # --- traffic ---------------------------------------------------------------------------------------
+
+    def traffic(self, frames: Sequence[bytes], txq: int = 1) -> dict[int, list[bytes]]:
+        """Send ``frames`` on transmit queue ``txq``; the frames (after the header) that came back, per receive
+        queue, waiting until all came back or :data:`EVENT_WAIT` passed."""
+        hdr = self.rig.tx_header()
+        tx = self.ring(txq)
+        tx.used()
+        for f in frames:
+            tx.add([hdr + f], [])  # one descriptor each: a burst of plain chains
+        tx.publish()
+        self.rig.doorbell(txq)
+        got: dict[int, list[bytes]] = {q: [] for q in self.rx_queues}
+        fds = list(set(self.rig.drv.vector_fds().values()))
+        deadline = time.monotonic() + EVENT_WAIT
+        while True:
+            for q in self.rx_queues:
+                for u in self.ring(q).used():
+                    got[q].append(u.data[self.rig.hdr_len:])
+            if sum(len(v) for v in got.values()) >= len(frames):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(fds, [], [], min(left, QUIET_WAIT))
+            for fd in ready:
+                drain(fd)
+        tx.used()
+        for q in self.rx_queues:
+            self.stock(q)
+        return got
+
+    # --- control queue ---------------------------------------------------------------------------------
+
+    def command(self, what: str, cls: int, cmd: int, data: bytes, *, layout: str = "one",
+                ack_room: int = 1) -> Ack:
+        """One command on the control queue, in ``layout``: "one" readable descriptor, "split" (class and
+        command apart from the data, as 5.1.9.5 draws it) or "indirect" (all in an indirect table)."""
+        ring = self.ring(self.ctrl)
+        head = bytes([cls, cmd])
+        out = [head + data] if layout == "one" or not data else [head, data]
+        p = add_chain(ring, out, [ack_room], direct=0 if layout == "indirect" else None)
+        poison(self.rig.mem, p, ACK_POISON)
+        ring.publish()
+        self.rig.doorbell(self.ctrl)
+        return self._wait_ack(what, p)
+
+    def _wait_ack(self, what: str, p: Posted) -> Ack:
+        ring = self.ring(self.ctrl)
+        deadline = time.monotonic() + EVENT_WAIT
+        used: list[UsedBuffer] = []
+        while not used and time.monotonic() < deadline:
+            used = ring.used()
+            if not used:
+                ready, _, _ = select.select(list(set(self.rig.drv.vector_fds().values())), [], [], QUIET_WAIT)
+                for fd in ready:
+                    drain(fd)
+        gpa, room = p.writable[0]
+        ack = self.rig.mem.read(gpa, 1)[0] if used else None
+        self.rig.release(p)
+        return Ack(what, bool(used), ack, used[0].len if used else -1, room)
+
+    def vq_pairs_set(self, n: int, layout: str = "one") -> Ack:
+        return self.command(f"VQ_PAIRS_SET {n} ({layout})", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                            struct.pack("<H", n), layout=layout)
+
+
+def _flows(first: int, count: int = FLOWS) -> tuple[list[bytes], list[int]]:
+    frames: list[bytes] = []
+    flow_of: list[int] = []
+    for fl in range(first, first + count):
+        for k in range(2):
+            frames.append(flow_frame(fl, k))
+            flow_of.append(fl)
+    return frames, flow_of
+
+
+def _placement(got: dict[int, list[bytes]], frames: Sequence[bytes], flow_of: Sequence[int]) -> tuple[
+        dict[int, set[int]], int, int]:
+    """Receive queues per flow, frames that came back intact, frames that came back changed."""
+    index = {f: i for i, f in enumerate(frames)}
+    where: dict[int, set[int]] = {}
+    intact = strange = 0
+    for q, datas in got.items():
+        for data in datas:
+            i = index.get(data)
+            if i is None:
+                strange += 1
+                continue
+            intact += 1
+            where.setdefault(flow_of[i], set()).add(q)
+    return where, intact, strange
+
+
+def _judge_steering(verdict: Verdict, m: MqRig, enabled: int, phase: str, first_flow: int, txq: int = 1) -> None:
+    """Traffic of :data:`FLOWS` flows: only receiveq1..``enabled`` used (NETCTRL-DEV-25 when ``enabled`` is 1
+    before any VQ_PAIRS_SET, else NETCTRL-DEV-26), and with several pairs each flow on one queue, the flows
+    on more than one queue (NETCTRL-DEV-B01)."""
+    frames, flow_of = _flows(first_flow)
+    got = m.traffic(frames, txq)
+    where, intact, strange = _placement(got, frames, flow_of)
+    counts = {q // 2 + 1: len(v) for q, v in got.items() if v}
+    text = (f"{phase}: {len(frames)} frames of {FLOWS} flows sent on queue {txq}, {intact} came back intact "
+            f"({strange} changed), per receiveq {counts or 'none'}")
+    beyond = {q: len(v) for q, v in got.items() if v and q // 2 >= enabled}
+    rid = "NETCTRL-DEV-25" if phase.startswith("before") or phase.startswith("after reset") else "NETCTRL-DEV-26"
+    verdict.check(rid, intact == len(frames) and not beyond and not strange,
+                  text + f"; only receiveq1..{enabled} may be used")
+    if enabled > 1:
+        split = sorted(fl for fl, qs in where.items() if len(qs) > 1)
+        verdict.check("NETCTRL-DEV-B01", intact == len(frames) and not split and len(counts) > 1,
+                      text + f"; flows on more than one queue: {split or 'none'}; receive queues used: "
+                             f"{len(counts)} of {enabled} enabled (steering spreads flows)")
+
+
+def _judge_ack(verdict: Verdict, a: Ack, want: int | None) -> None:
+    """SPLIT-DEV-16 for any command: returned, used len within the ack byte the device wrote; ``want``: the ack
+    a valid VQ_PAIRS_SET must get (NETCTRL-DEV-B01: multiqueue is enabled with it)."""
+    wrote = a.ack is not None and a.ack != ACK_POISON
+    verdict.check("SPLIT-DEV-16", a.used and a.used_len <= a.ack_room and (a.used_len == 0 or wrote)
+                  and a.ack in (VIRTIO_NET_OK, VIRTIO_NET_ERR),
+                  a.describe() + " (expected the ack, VIRTIO_NET_OK or ERR, in the first writable byte and a used "
+                                 "len no larger than the bytes written)")
+    if want is not None:
+        verdict.check("NETCTRL-DEV-B01", a.used and a.ack == want,
+                      a.describe() + f" (expected {'VIRTIO_NET_OK' if want == VIRTIO_NET_OK else 'VIRTIO_NET_ERR'})")
+
+
+def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
+    """The control queue follows avail.flags like any queue: an interrupt after a used command with flags 0
+    (SPLIT-DEV-11), none with VRING_AVAIL_F_NO_INTERRUPT (SPLIT-DEV-10)."""
+    if m.ctrl_vector is None:
+        for rid in ("SPLIT-DEV-10", "SPLIT-DEV-11"):
+            verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+        return
+    fd = m.rig.drv.irq_fds[f"v{m.ctrl_vector}"]
+    ring = m.ring(m.ctrl)
+    for flags in (0, VRING_AVAIL_F_NO_INTERRUPT, 0):
+        ring.write_avail_flags(flags)
+        drain(fd)
+        a = m.vq_pairs_set(1)
+        ready, _, _ = select.select([fd], [], [], EVENT_WAIT if not flags else max(m.rig.quiet, QUIET_WAIT))
+        fired = bool(ready) and drain(fd) > 0
+        what = f"control queue, avail.flags={flags}: {a.describe()}; interrupt {'came' if fired else 'did not come'}"
+        if flags:
+            verdict.check("SPLIT-DEV-10", a.used and not fired, what + " (expected none)")
+        else:
+            verdict.check("SPLIT-DEV-11", a.used and fired, what + " (expected one)")
+    ring.write_avail_flags(0)
+
+
+@pytest.mark.req(*IDS)
+def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(bench.variant(queues=PAIRS)) as rig:
+        feats = rig.features_for(event_idx=False, extra=(1 << NetF.CTRL_VQ) | (1 << NetF.MQ))
+        if feats is None or not has(feats, NetF.CTRL_VQ):
+            for rid in IDS:
+                verdict.not_offered(rid, "VIRTIO_NET_F_CTRL_VQ not offered")
+            return
+        if not has(feats, NetF.MQ):
+            for rid in ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+                verdict.not_offered(rid, "VIRTIO_NET_F_MQ not offered")
+        if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+            return
+        m = MqRig(rig, feats)
+        n = m.max_pairs
+        # Before any VQ_PAIRS_SET: receiveq1 only, also after commands that are not a valid VQ_PAIRS_SET.
+        if m.mq:
+            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET", 0)
+        for what, cls, cmd, data in (
+                (f"unknown MQ command {UNKNOWN_MQ_COMMAND:#x} carrying {n}", VIRTIO_NET_CTRL_MQ, UNKNOWN_MQ_COMMAND,
+                 struct.pack("<H", n)),
+                (f"unknown class {UNKNOWN_CLASS:#x} command 0 carrying {n}", UNKNOWN_CLASS,
+                 VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", n)),
+                (f"unknown class {UNKNOWN_CLASS:#x}, no data", UNKNOWN_CLASS, 1, b"")):
+            _judge_ack(verdict, m.command(what, cls, cmd, data), None)
+        refused = [m.vq_pairs_set(0), m.vq_pairs_set(n + 1)]  # NETCTRL-DRV-13 broken: the device may refuse
+        for a in refused:
+            _judge_ack(verdict, a, None)
+        if m.mq:
+            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET, after other commands and refused ones", 100)
+        if not m.mq:
+            _ctrl_notifications(verdict, m)
+            return
+        # Valid VQ_PAIRS_SET, in every command layout: OK, then steering within the enabled pairs.
+        layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
+        steps = sorted({1, min(2, n), n})
+        for i, pairs in enumerate(steps):
+            for layout in layouts:
+                _judge_ack(verdict, m.vq_pairs_set(pairs, layout), VIRTIO_NET_OK)
+            # frames go out on the last transmit queue now enabled: every pair carries traffic
+            _judge_steering(verdict, m, pairs, f"after VQ_PAIRS_SET {pairs}", 200 + 100 * i, txq=2 * pairs - 1)
+        # A larger ack buffer: the ack is its first byte.
+        big = m.command("VQ_PAIRS_SET with a 4-byte ack buffer", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                        struct.pack("<H", n), ack_room=4)
+        _judge_ack(verdict, big, VIRTIO_NET_OK)
+        _ctrl_notifications(verdict, m)
+        # After a reset and a new initialization: receiveq1 only again.
+        m = MqRig(rig, feats)
+        _judge_steering(verdict, m, 1, "after reset and a new initialization", 600)
