@@ -194,6 +194,32 @@ FOREIGN_IDS: dict[str, dict[int, bytes]] = {
 }
 
 
+#: Ids at the ends of both virtio ranges, and a transitional id with another vendor's subsystem ids (the quirk
+#: table keys on all four ids: a function that is not the one a record names is driven as plain virtio-pci).
+VDPA_ID_VARIANTS: dict[str, tuple[dict[int, bytes], str]] = {
+    "modern-0x1040": ({PciCfg.DEVICE_ID: struct.pack("<H", 0x1040)}, "PCI-DRV-01"),
+    "modern-0x107f": ({PciCfg.DEVICE_ID: struct.pack("<H", 0x107F)}, "PCI-DRV-01"),
+    "transitional-0x103f": ({PciCfg.DEVICE_ID: struct.pack("<H", 0x103F), PciCfg.REVISION_ID: b"\0"}, "PCI-DRV-02"),
+    "transitional-0x1000-subsystem-8086-001a": ({PciCfg.DEVICE_ID: struct.pack("<H", 0x1000), PciCfg.REVISION_ID: b"\0",
+                                                 PciCfg.SUBSYSTEM_VENDOR_ID: struct.pack("<H", 0x8086),
+                                                 PciCfg.SUBSYSTEM_ID: struct.pack("<H", 0x001A)}, "PCI-DRV-02"),
+}
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(VDPA_ID_VARIANTS[v][1]))
+                                     for v in sorted(VDPA_ID_VARIANTS)])
+def test_vdpa_driver_binds_every_virtio_id(bench: Bench, verdict: Verdict, mem: GuestMemory, variant: str) -> None:
+    """The vDPA driver is a driver for every virtio device type: it binds the whole modern range
+    (0x1040..0x107f) and the whole transitional range (0x1000..0x103f) and drives the function."""
+    looped = bench.wire().looped
+    header, rid = VDPA_ID_VARIANTS[variant]
+    real = bench.open()
+    run = run_vdpa(TracingPciDevice(ConfigSpaceEditor(real, [c.entry() for c in target_caps(real)], header=header)),
+                   mem, looped)
+    verdict.check(rid, run.ok, f"vDPA driver on a function presenting {_ids(header, real)}: {run}")
+    real.close()
+
+
 @pytest.mark.req("PCI-DRV-01")
 @pytest.mark.parametrize("variant", sorted(FOREIGN_IDS))
 def test_vdpa_driver_does_not_bind_foreign_ids(bench: Bench, verdict: Verdict, mem: GuestMemory,
@@ -231,11 +257,34 @@ def _fields(c: TargetCap) -> VirtioPciCap:
 
 @dataclass
 class Presented:
-    """A capability list to present, what it is, and how to judge the driver on it."""
+    """A capability list to present, what it is, and how to judge the driver on it; ``looped``: the last
+    entry's next pointer leads back to the first."""
 
     entries: list[CapEntry]
     what: str
     alias_bar: int | None = None
+    looped: bool = False
+
+
+#: Config-space reads a driver gets before a looped list counts as walked for ever (discovery takes ~100).
+WALK_READ_LIMIT = 20000
+
+
+class LoopedCapabilityList(ConfigSpaceEditor):
+    """The presented list with the last next pointer back to the first entry; config reads are counted and
+    fail past :data:`WALK_READ_LIMIT`, so a walk that never ends fails instead of hanging."""
+
+    def __init__(self, inner: PciDevice, caps: list[CapEntry]) -> None:
+        super().__init__(inner, caps)
+        self.image[self.placed[-1] + 1] = self.placed[0]
+        self.config_reads = 0
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if index == RegionIndex.CONFIG:
+            self.config_reads += 1
+            if self.config_reads > WALK_READ_LIMIT:
+                raise PciError(f"{self.name}: {WALK_READ_LIMIT} config reads: the capability walk does not end")
+        return super().region_read(index, offset, size)
 
 
 Layout = Callable[[PciDevice, list[TargetCap]], Presented]
@@ -328,10 +377,23 @@ def device_cfg_length(delta: int) -> Layout:
     return layout
 
 
+def looped_list(dev: PciDevice, caps: list[TargetCap]) -> Presented:
+    return Presented([c.entry() for c in caps], "the target's capabilities with the last next pointer leading back "
+                     "to the first", looped=True)
+
+
+def short_pci_cfg_first(dev: PciDevice, caps: list[TargetCap]) -> Presented:
+    short = CapEntry.synthetic(virtio_cap(CapType.PCI_CFG, 0, 0, 0))  # cap_len 16: no pci_cfg_data
+    return Presented([short, *(c.entry() for c in caps)],
+                     "a PCI_CFG capability too short to hold pci_cfg_data placed before the target's own")
+
+
 CAP_VARIANTS: dict[str, tuple[Layout, tuple[str, ...]]] = {
     "reserved-cfg-type-first": (reserved_cfg_types_first, ("PCI-DRV-07",)),
     "reserved-bar-first": (reserved_bar_duplicates_first, ("PCI-DRV-10",)),
     "two-instances": (aliased_duplicates_first, ("PCI-DRV-08",)),
+    "looped-list": (looped_list, ("PCI-DRV-08",)),
+    "short-pci-cfg-first": (short_pci_cfg_first, ("PCI-DRV-08",)),
     "long-cap-len": (enlarged_cap_len, ("PCI-DRV-09",)),
     "long-structures": (enlarged_structures, ("PCI-DRV-12", "CFG-DRV-04")),
     "minimal-device-cfg": (device_cfg_length(0), ("CFG-DRV-05",)),
@@ -374,6 +436,22 @@ def _judge_layout(verdict: Verdict, variant: str, presented: Presented, edited: 
                       f"{sorted(hex(p) for p in firsts)}); {len(stray)} accesses and {len(kicks)} doorbell "
                       f"eventfds on the second instances below {alias:#x}"
                       + (f", first {stray[0].op} at {stray[0].offset:#x}" if stray else ""))
+    elif variant == "looped-list":
+        found = sorted(hex(c.cap_offset) for c in t.vendor_caps)
+        virtio = sorted(hex(p) for p, e in zip(placed, presented.entries, strict=True) if e.image[0] == PCI_CAP_ID_VNDR)
+        verdict.check("PCI-DRV-08", run.ok and found == virtio,
+                      f"{head}; virtio capabilities found {found} (each presented once: {virtio})")
+    elif variant == "short-pci-cfg-first":
+        skipped = {off for off, _why in t.skipped_caps}
+        window = t.pci_cfg_cap
+        through = None
+        if window is not None:
+            through = t.pci_cfg_read(t.common.bar, t.common.offset + CommonCfg.NUM_QUEUES, 2)
+        direct = t.num_queues()
+        verdict.check("PCI-DRV-08", run.ok and placed[0] in skipped and (window is None or (
+                      window.cap_offset != placed[0] and through == direct)),
+                      f"{head}; short capability at {placed[0]:#x} skipped: {t.skipped_caps}; window used at "
+                      f"{window.cap_offset if window else None}; num_queues through it {through}, direct {direct}")
     elif variant == "long-cap-len":
         verdict.check("PCI-DRV-09", run.ok and len(used) == len(_struct_caps(target_caps(edited.inner))),
                       f"{head}; structures found {sorted(used)}; skipped {t.skipped_caps}")
@@ -398,7 +476,8 @@ def test_drivers_cope_with_capability_layouts(bench: Bench, verdict: Verdict, me
     for name, runner in (("guest driver", run_guest), ("vDPA driver", run_vdpa)):
         real = bench.open()
         presented = layout(real, target_caps(real))
-        edited = ConfigSpaceEditor(real, presented.entries, alias_bar=presented.alias_bar)
+        edited = (LoopedCapabilityList(real, presented.entries) if presented.looped
+                  else ConfigSpaceEditor(real, presented.entries, alias_bar=presented.alias_bar))
         trace = TracingPciDevice(edited)
         _judge_layout(verdict, variant, presented, edited, trace, name, runner(trace, mem, looped))
         real.close()  # a real function has one owner at a time (a VFIO group opens once)

@@ -390,3 +390,49 @@ def test_drivers_do_not_negotiate_sr_iov_without_the_capability(bench: Bench, ve
     verdict.check("FEAT-DRV-17", not any(has(a, F.SR_IOV) for a in acked),
                   f"{driver} driver: VIRTIO_F_SR_IOV acknowledged ({[hex(a) for a in acked]}) although the "
                   f"function has no SR-IOV capability ({ext.describe()})")
+
+
+#: Available indices at both ends of each half of the 16-bit counter: next_wrap is bit 15 of the index.
+AVAIL_IDX_EDGES = (0, 1, 0x7FFE, 0x7FFF, 0x8000, 0x8001, 0xFFFE, 0xFFFF)
+#: The rows of each notification format about the value written (the width rows need the doorbell write).
+NOTIF_VALUE_IDS = {"notification_data": ("NOTIF-DRV-04", "NOTIF-DRV-B01"), "notif_config_data": ("NOTIF-DRV-05",),
+                   "both": ("NOTIF-DRV-06", "NOTIF-DRV-B01")}
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(*NOTIF_VALUE_IDS[v]))
+                                     for v in sorted(NOTIF_VALUE_IDS)])
+def test_notification_value_over_the_whole_avail_idx_range(bench: Bench, verdict: Verdict, variant: str) -> None:
+    """The value the drivers' register layer puts in a notification, for available indices a run of a few
+    frames never reaches (past 0x7fff the wrap bit is set), decoded with the layout of 4.1.5.2 (vq index or
+    queue_notif_config_data in bits 0-15, next_off in 16-30, next_wrap in 31) or, without NOTIFICATION_DATA,
+    the 16-bit identifier alone."""
+    wanted, ids = NOTIF_VARIANTS[variant][0], NOTIF_VALUE_IDS[variant]
+    dev = bench.open()
+    offered = VirtioPciModern(dev).device_features()
+    if offered & wanted != wanted:
+        if not bench.configurable:
+            for rid in ids:
+                verdict.not_offered(rid, f"the target does not offer {describe(wanted)}")
+            return
+        dev = bench.open(bench.variant(replace=True, features=f"{offered | wanted:#x}"))
+    t = VirtioPciModern(dev)
+    t.enable_device()
+    t.reset()
+    t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)
+    t.write_driver_features((t.device_features() & bits(F.VERSION_1, F.ACCESS_PLATFORM)) | wanted)
+    t.add_status(DeviceStatus.FEATURES_OK)
+    with_data = has(wanted, F.NOTIFICATION_DATA)
+    wrong: list[str] = []
+    for q in (0, 1):
+        ident = t.queue_notif_config_data(q) if has(wanted, F.NOTIF_CONFIG_DATA) else q
+        for idx in AVAIL_IDX_EDGES:
+            value = t.notify_value(q, idx)
+            want = (ident & 0xFFFF, idx & 0x7FFF, idx >> 15) if with_data else (ident & 0xFFFF, 0, 0)
+            got = (value & 0xFFFF, value >> 16 & 0x7FFF, value >> 31)
+            if got != want or value >> 32:
+                wrong.append(f"queue {q} avail idx {idx:#x}: {value:#x} (expected identifier/next_off/next_wrap "
+                             f"{tuple(hex(x) for x in want)})")
+    t.reset()
+    for rid in ids:
+        verdict.check(rid, not wrong, f"{variant}: {len(AVAIL_IDX_EDGES)} available indices on queues 0 and 1: "
+                      f"{wrong[:4]}")
