@@ -10,15 +10,23 @@ again, moves frames intact, and serve's fd count is back to what it was idle.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import socket
+import struct
 import time
 from pathlib import Path
 
+import pytest
+
+from backend.vhost_user import messages as m
+from backend.vhost_user.server import MESSAGE_TIMEOUT, VhostUserServer
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
-from testbenches.frontend.vhost_user import VhostUserFrontend
+from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
 from testbenches.peers.serve import DeviceProcess, ServeProcess
+from tests.vhost_user_rig import Devices
 
 MODEL = "virtio-net,mac=02:00:00:00:00:0b,wire=loopback"
 MAC = b"\x02\x00\x00\x00\x00\x0b"
@@ -26,6 +34,9 @@ READY = 30.0
 NOTICE = 5.0  # bound on serve noticing the dead device and closing the frontend's connection
 MEM = 4 << 20
 GPA = 0x1_0000_0000
+R = m.FrontendRequest
+FLOOD = 100  # hostile connections per round
+RSS_SLACK_KIB = 8 << 10  # serve's RSS may grow this much over a second flood (allocator noise), not per message
 
 
 def frames(first: int, n: int) -> list[bytes]:
@@ -88,5 +99,94 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
     fe2.close()
     serve.proc.wait_for(r"vhost-user#2: frontend disconnected", NOTICE)
     assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
+    assert "Traceback" not in serve.proc.output()
+    assert serve.stop() == 0
+
+
+# --- hostile frontends: wrong kinds of memory fds, a flood of bad messages --------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.parametrize("kind", ["socket", "directory", "short memfd"])
+def test_mem_table_with_wrong_kind_of_fd_is_refused_with_the_reason(sock: str, started: contextlib.ExitStack,
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      kind: str) -> None:
+    started.enter_context(VhostUserServer(sock, Devices("sim:virtio-net,wire=loopback")))
+    mem = started.enter_context(GuestMemory.single(MEM, gpa=GPA))
+    fe = VhostUserFrontend.connect(sock, mem)
+    started.callback(fe.close)
+    fe.start()  # running: a bad new table must leave the current one in place
+    if kind == "socket":
+        a, b = socket.socketpair()
+        started.callback(a.close)
+        started.callback(b.close)
+        fd, reason = a.fileno(), "fd is a socket, not a memory file"
+    elif kind == "directory":
+        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        started.callback(os.close, fd)
+        reason = "fd is a directory, not a memory file"
+    else:
+        fd = os.memfd_create("short", os.MFD_CLOEXEC)
+        started.callback(os.close, fd)
+        os.ftruncate(fd, MEM // 2)
+        reason = "is beyond the end of the file"
+    with caplog.at_level(logging.WARNING, logger="backend.vhost_user"), pytest.raises(FrontendError, match="ack 1"):
+        fe.request(R.SET_MEM_TABLE, fe.memory_table(), [fd], need_reply=True)
+    assert any(reason in r.getMessage() for r in caplog.records), caplog.text
+    assert fe.exchange(frames(0, 8)) == frames(0, 8)
+    fe.set_mem_table()  # the right fd is still taken
+
+
+def test_flood_of_oversized_and_partial_messages_keeps_serve_bounded(tmp_path: Path, sock: str,
+                                                                     started: contextlib.ExitStack) -> None:
+    serve = started.enter_context(ServeProcess(sock, "sim:virtio-net,wire=loopback", log=tmp_path / "serve.log"))
+    serve.wait_listening(READY)
+    idle_fds = fd_count(serve.pid)
+
+    def hostile(i: int) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(NOTICE)
+            s.connect(sock)
+            if i % 2:  # a header announcing 2 GiB of payload
+                s.sendall(struct.pack("<III", R.SET_MEM_TABLE, 1, 1 << 31) + bytes(1000))
+            else:  # half a message, then the connection closes
+                s.sendall(struct.pack("<III", R.SET_FEATURES, 1, 8) + b"\x01\x02\x03")
+                s.shutdown(socket.SHUT_WR)
+            try:  # serve closes it (a reset: it left the 1000 bytes unread)
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+
+    for round_ in range(2):
+        for i in range(FLOOD):
+            hostile(i)
+        if round_ == 0:
+            baseline = rss_kib(serve.pid)  # after one flood: the allocator's pools are warm
+    grew = rss_kib(serve.pid) - baseline
+    assert grew < RSS_SLACK_KIB, f"serve RSS grew {grew} KiB over the second flood of {FLOOD} connections"
+
+    # A frontend that stalls mid-message holds its session only for the bounded wait.
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    started.callback(stalled.close)
+    stalled.connect(sock)
+    stalled.sendall(struct.pack("<III", R.SET_FEATURES, 1, 8) + b"\x01")
+    serve.proc.wait_for(r"session dropped: partial message: the rest did not arrive within", MESSAGE_TIMEOUT + NOTICE)
+    stalled.close()
+
+    mem = started.enter_context(GuestMemory.single(MEM, gpa=GPA))
+    fe = VhostUserFrontend.connect(sock, mem)
+    started.callback(fe.close)
+    fe.start()
+    assert fe.exchange(frames(0, 32)) == frames(0, 32)
+    fe.close()
+    serve.proc.wait_for(rf"vhost-user#{2 * FLOOD + 2}: frontend disconnected", NOTICE)
+    assert settled_fd_count(serve.pid, idle_fds) == idle_fds
     assert "Traceback" not in serve.proc.output()
     assert serve.stop() == 0

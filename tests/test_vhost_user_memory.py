@@ -7,6 +7,7 @@ import ctypes.util
 import mmap
 import os
 import resource
+import socket
 from collections.abc import Iterator
 from typing import cast
 
@@ -185,10 +186,28 @@ def test_rejects_bad_fd_and_closes_the_others(bad: str) -> None:
     check_rejected([good, MemoryRegion(PAGE, PAGE, PAGE, 0, fd)], "region 1 .*fd is not usable")
 
 
-def test_rejects_unmappable_fd() -> None:
-    r, w = os.pipe()
-    os.close(w)
-    check_rejected([MemoryRegion(0, PAGE, 0, 0, r)], "region 0 .*cannot map the fd")
+def wrong_kind_fd(kind: str) -> int:
+    """An fd that is not a memory file: what a confused or hostile frontend could send as a region."""
+    if kind == "socket":
+        a, b = socket.socketpair()
+        b.close()
+        return a.detach()
+    if kind == "directory":
+        return os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.close(w)
+        return r
+    if kind == "character device":
+        return os.open("/dev/zero", os.O_RDWR)
+    assert kind == "anonymous inode"
+    return os.eventfd(0)
+
+
+@pytest.mark.parametrize("kind", ["socket", "directory", "pipe", "character device", "anonymous inode"])
+def test_rejects_fd_that_is_not_a_memory_file(kind: str) -> None:
+    check_rejected([MemoryRegion(0, PAGE, 0, 0, wrong_kind_fd(kind))],
+                   f"region 0 .*fd is an? {kind}.*not a memory file")
 
 
 def test_fds_closed_on_close_and_only_once() -> None:

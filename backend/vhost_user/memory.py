@@ -208,7 +208,11 @@ class MemoryTable:
             st = os.fstat(r.fd)
         except OSError as exc:
             raise MemoryTableError(f"{name}: fd is not usable: {exc.strerror}") from None
-        if stat.S_ISREG(st.st_mode) and r.mmap_offset + r.memory_size > st.st_size:
+        if not stat.S_ISREG(st.st_mode):
+            # Guest memory is a file (memfd, tmpfs, hugetlbfs); mmap of anything else fails obscurely or,
+            # for a device node, maps something that is not the frontend's memory.
+            raise MemoryTableError(f"{name}: fd is {_fd_kind(st.st_mode)}, not a memory file (memfd, tmpfs, hugetlbfs)")
+        if r.mmap_offset + r.memory_size > st.st_size:
             raise MemoryTableError(f"{name}: offset + size {r.mmap_offset + r.memory_size:#x} "
                                    f"is beyond the end of the file ({st.st_size:#x} bytes)")
         base = r.mmap_offset - r.mmap_offset % PAGE_SIZE
@@ -457,6 +461,17 @@ class MemoryTable:
             except _DEVICE_ERRORS as exc:
                 problems.append(f"remap of {e.region.describe()} failed: {exc}")
         return problems
+
+
+def _fd_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    if stat.S_IFMT(mode) == 0:
+        return "an anonymous inode (an eventfd, epoll or similar)"
+    return f"of file type {stat.S_IFMT(mode):#o}"
 
 
 def _close_quietly(fd: int) -> None:

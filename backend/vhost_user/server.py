@@ -34,6 +34,8 @@ from backend.vhost_user.stream import send_message as send_message
 log = logging.getLogger(__name__)
 
 DeviceFactory = Callable[[], VdpaDevice]
+#: Seconds a frontend has to finish a message it started sending (and to take the replies).
+MESSAGE_TIMEOUT = 10.0
 
 @dataclass(eq=False)
 class SessionRecord(Connection):
@@ -98,13 +100,20 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
                 return
 
     def _serve_message(self, rec: SessionRecord, session: VhostUserSession) -> bool:
-        """Read, handle and answer one frontend message; False (``rec.reason`` set) when the session ends."""
+        """Read, handle and answer one frontend message; False (``rec.reason`` set) when the session ends.
+
+        Called when the socket is readable: a message that has started must be whole, and its replies
+        taken, within :data:`MESSAGE_TIMEOUT`, so a frontend stalling mid-message does not hold a thread."""
+        rec.sock.settimeout(MESSAGE_TIMEOUT)
         try:
             msg = recv_message(rec.sock)
         except ConnectionLost:
             return False
         except m.VhostUserProtocolError as exc:
             rec.reason = f"malformed message: {exc.reason}"
+            return False
+        except TimeoutError:
+            rec.reason = f"partial message: the rest did not arrive within {MESSAGE_TIMEOUT:g} s"
             return False
         except OSError as exc:
             rec.reason = None if self.closed else f"socket error: {exc}"
