@@ -44,6 +44,8 @@ OUTCOME_RAN = "ran"
 OUTCOME_CRASHED = "crashed"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_ERROR = "error"
+#: pytest exit statuses that carry verdicts: all passed, some failed.
+VERDICT_EXITS = (0, 1)
 
 
 def cell_from_json(data: Mapping[str, Any]) -> Cell:
@@ -101,7 +103,9 @@ def run_cell(cell: Cell, out_root: str, build: Mapping[str, Any] | None = None) 
             child.stop()
         record.update(exit=code, log_tail=child.tail(30))
         results = out / "results.json"
-        if outcome == OUTCOME_RAN and results.is_file():
+        # pytest's 0 (no failure) and 1 (tests failed) are verdicts; anything else (a collection error, an
+        # internal error, a signal) leaves results that judged nothing, so the cell is retried, then an error
+        if outcome == OUTCOME_RAN and code in VERDICT_EXITS and results.is_file():
             record.update(outcome=OUTCOME_RAN, results=json.loads(results.read_text(encoding="utf-8")))
             break
         record["outcome"] = OUTCOME_CRASHED if outcome == OUTCOME_RAN else OUTCOME_TIMEOUT

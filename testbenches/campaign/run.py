@@ -30,13 +30,14 @@ MAX_FAILED_SHOWN = 40
 
 def _cell_table(merged: Merged) -> Table:
     table = Table(title=f"campaign {merged.name}: {len(merged.cells)} cell(s)", title_justify="left")
-    for col in ("cell", "verdict", "passed", "failed", "s", "tries", "worker"):
+    table.add_column("cell", overflow="fold")
+    for col in ("verdict", "passed", "failed", "s", "tries", "worker"):
         table.add_column(col, justify="right" if col in ("passed", "failed", "s", "tries") else "left")
     style = {"passed": "green", "failed": "bold red", ERROR: "bold magenta"}
     for c in merged.cells:
         counts = c.counts()
         table.add_row(c.id, f"[{style[c.verdict]}]{c.verdict}[/]", str(counts["passed"]), str(counts[FAILED]),
-                      f"{c.duration:.1f}", str(c.attempts), c.worker)
+                      f"{c.duration:.1f}", str(c.attempts), c.worker.removeprefix("tcp://"))
     return table
 
 
