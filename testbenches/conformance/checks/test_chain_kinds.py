@@ -98,3 +98,31 @@ def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
                 rig.release(p)
             if not sent or not got:
                 return
+
+
+@pytest.mark.req("SPLIT-DEV-16")
+def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict) -> None:
+    """Transmit chains are returned whatever the wire does with the frames (unplugged where the target can be
+    built so): every chain, plain or not, one at a time or in a burst, comes back with used len 0, since a
+    chain without device-writable buffers leaves nothing written."""
+    with bench.rig(bench.variant(wire="none"), mem_size=RING_MEM_SIZE) as rig:
+        feats = rig.features_for(indirect=None)
+        assert feats is not None
+        rig.bring_up(feats, 64)
+        hdr = rig.tx_header()
+        indirect = has(rig.features, F.INDIRECT_DESC)
+        for burst in (1, 6):
+            pending: dict[int, Posted] = {}
+            for k in range(burst):
+                cuts = [[], [rig.hdr_len], [4, rig.hdr_len, 40]][k % 3]
+                t = add_chain(rig.tx, split_at(hdr + make_frame(700 + k, 64 + 20 * k), cuts), [],
+                              direct=0 if indirect and k == 5 else None)
+                pending[t.head] = t
+            rig.publish(rig.TX)
+            got = rig.complete(rig.TX, dict(pending), burst)
+            lens = {p.head: n for p, n in got}
+            verdict.check("SPLIT-DEV-16", len(got) == burst and not any(lens.values()),
+                          f"{rig.wire.why}: a burst of {burst} transmit chain(s): {len(got)} returned, used lens "
+                          f"{sorted(lens.values())} (expected 0 each)")
+            for p in pending.values():
+                rig.release(p)
