@@ -34,8 +34,8 @@ cannot pause one queue and resume it at the same index), so the frontend must no
 to a ring it disabled.
 
 SET_OWNER must come before anything that changes state. Read-only feature queries (GET_FEATURES,
-GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS) are answered before it, because QEMU
-sends them first (``tests/data/captures/qemu-7.2-guest-sequence.txt``).
+GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS) and SET_BACKEND_REQ_FD are taken before it,
+because QEMU sends them first (``tests/data/captures/qemu-7.2-guest-sequence.txt``).
 
 Errors: a request that cannot be honoured raises :class:`SessionError` inside :meth:`handle`; the
 session logs the reason and, when the frontend asked for a reply (``need_reply``), answers with
@@ -96,6 +96,7 @@ _PRE_OWNER: Final = frozenset({
     m.FrontendRequest.SET_OWNER, m.FrontendRequest.GET_FEATURES, m.FrontendRequest.GET_PROTOCOL_FEATURES,
     m.FrontendRequest.SET_PROTOCOL_FEATURES, m.FrontendRequest.GET_QUEUE_NUM,
     m.FrontendRequest.GET_MAX_MEM_SLOTS,
+    m.FrontendRequest.SET_BACKEND_REQ_FD,  # QEMU sends it during backend init, before SET_OWNER
 })
 _NEGOTIATED: Final = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
 #: What a peer connection's fd is polled for: only its hang-up (its data belongs to the device's client).
