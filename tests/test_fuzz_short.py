@@ -67,7 +67,7 @@ def test_short_fuzz_run(name: str, tmp_path: Path) -> None:
         with require_peer(ToolchainMissing):
             build_variant(RtlOptions("virtio-net"))
     res = _tool().run_target(name, runs=RTL_RUNS if name == "rtl-ring" else RUNS, max_total_time=FUZZ_SECONDS,
-                             rss_limit_mb=1024, timeout=20, max_len=8192, out=tmp_path, work=tmp_path / "corpus")
+                             rss_limit_mb=1024, timeout=60, max_len=8192, out=tmp_path, work=tmp_path / "corpus")
     log = Path(res.log).read_text(errors="replace")
     assert res.ok, f"{name}: {res}\n{log[-4000:]}"
     seeds = len(list((CORPUS / name).iterdir()))

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtl-runs", type=int, default=None, help="inputs for rtl-ring (default: --runs)")
     p.add_argument("--max-total-time", type=int, default=1200, help="seconds per target (-max_total_time)")
     p.add_argument("--rss-limit-mb", type=int, default=1024, help="-rss_limit_mb: more is a defect (unbounded memory)")
-    p.add_argument("--timeout", type=int, default=20, help="-timeout: seconds one input may take (a hang beyond)")
+    p.add_argument("--timeout", type=int, default=60, help="-timeout: seconds one input may take (a hang beyond)")
     p.add_argument("--max-len", type=int, default=8192, help="-max_len: bytes per input")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
