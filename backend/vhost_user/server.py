@@ -3,9 +3,11 @@
 ``VhostUserServer(path, factory)`` listens on ``path`` (or, with ``connect=True``, connects to a
 frontend that listens there, as DPDK virtio_user does with ``server=1``). Every connection gets a
 fresh device from ``factory`` and a :class:`~backend.vhost_user.session.VhostUserSession`; the
-session thread reads one message at a time (header, then payload, with the fds that came beside
-them, through :class:`~backend.fd_channel.FdChannel`), hands it to the session and writes the
-replies back.
+session thread polls the frontend's socket together with the session's device events (its
+configuration interrupt, the hang-up of a device reached over a connection), reads one message at a
+time (header, then payload, with the fds that came beside them, through :class:`~backend.fd_channel.
+FdChannel`; a started message must be whole within :data:`MESSAGE_TIMEOUT`), hands it to the session
+and writes the replies back, then lets the session act on the device events.
 
 A session whose frontend breaks the protocol is dropped with a logged reason; the others go on.
 When a session ends, everything it took is given back before its end is logged: the session
