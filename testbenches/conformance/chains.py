@@ -13,7 +13,7 @@ device writes on any target.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from backend.pci.abilities import Ability, DmaObserver, Lacking
@@ -29,6 +29,7 @@ from backend.virtio.split_ring import (
     SplitLayout,
 )
 from sim.memory import GuestMemory
+from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue
 
 # --- chains -----------------------------------------------------------------------------------------
@@ -364,6 +365,29 @@ class DmaWatch:
         items = [f"{'W' if a.is_write else 'R'} {a.size}B@{a.iova:#x}" for a in self.accesses[:limit]]
         more = len(self.accesses) - limit
         return ", ".join(items) + (f" (+{more} more)" if more > 0 else "") if items else "none"
+
+
+def judge_exposures(verdict: Verdict, rid: str, watch: DmaWatch, q: int, kind_of: Callable[[int], str],
+                    consumed: Sequence[tuple[int, int]] | None = None) -> int:
+    """Judge ``rid`` (SPLIT-DEV-15) per chain kind on every used entry a used idx write of queue ``q`` exposed:
+    its len written before that write, and (``consumed``: (id, len) the driver took per entry) holding the
+    len the driver then read. Returns how many entries were exposed."""
+    by_kind: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    exposures = watch.exposures(q)
+    for e in exposures:
+        kind = kind_of(e.entry)
+        counts[kind] = counts.get(kind, 0) + 1
+        bad = by_kind.setdefault(kind, [])
+        where = f"used idx {e.old}->{e.value} (access #{e.published}) exposed entry {e.entry} in ring[{e.slot}]"
+        if e.len_written is None:
+            bad.append(f"{where} before any write of its len")
+        elif consumed is not None and e.entry < len(consumed) and e.before[1] != consumed[e.entry][1]:
+            bad.append(f"{where} while it held id/len {e.before}; the driver then read {consumed[e.entry]}")
+    for kind, bad in sorted(by_kind.items()):
+        verdict.check(rid, not bad, f"queue {q}, {kind}: {len(bad)} of {counts[kind]} used entries exposed before "
+                                    "their len was written: " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    return len(exposures)
 
 
 # --- guest memory snapshots and evidence text ------------------------------------------------------------
