@@ -326,6 +326,7 @@ def test_vdpa_driver_gives_up_when_features_ok_does_not_stick(bench: Bench, verd
     verdict.check("INIT-DRV-12", outcomes["DRIVER_OK anyway"].startswith("refused")
                   and not any(w & DeviceStatus.DRIVER_OK for w in writes), evidence)
     verdict.check("FEAT-DRV-01", outcomes[f"bit {unoffered} not offered"].startswith("refused")
+                  and "FEAT-DRV-01" in outcomes[f"bit {unoffered} not offered"]
                   and not any(has(a, unoffered) for a in acked), f"acknowledged {[hex(a) for a in acked]}; {evidence}")
 
 
@@ -362,8 +363,10 @@ def test_vdpa_driver_never_acks_a_feature_without_its_prerequisites(bench: Bench
     evidence = (f"{NetF(dep.feature).name} shown ({has(shown, dep.feature)}) with its prerequisites "
                 f"{[NetF(b).name for b in (*dep.all_of, *dep.any_of)]} withheld; frontend asked for all: {outcome}; "
                 f"acknowledged {[hex(a) for a in acked]}; without it: FEATURES_OK {recovered}")
-    verdict.check(rid, not bad and recovered, evidence)
-    verdict.check("FEAT-DRV-02", not bad and recovered, evidence)
+    # a refusal tells the frontend which row its request breaks
+    told = outcome == "accepted" or rid in outcome
+    verdict.check(rid, not bad and recovered and told, evidence)
+    verdict.check("FEAT-DRV-02", not bad and recovered and told, evidence)
 
 
 def _without_broken(features: int) -> int:
@@ -458,7 +461,8 @@ def test_vdpa_driver_writes_set_config_as_whole_fields(bench: Bench, verdict: Ve
     """SET_CONFIG of existing fields reaches the device as writes of each field at its natural width, exactly
     the bytes asked; a request covering part of a field, a field whose feature was not offered, or bytes past
     the end is refused with nothing written (the register layer refuses the last one too)."""
-    trace = TracingPciDevice(bench.open())
+    device = bench.open()
+    trace = TracingPciDevice(device)
     vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
     outcomes: list[str] = []
     try:
@@ -474,25 +478,29 @@ def test_vdpa_driver_writes_set_config_as_whole_fields(bench: Bench, verdict: Ve
         for off, width in existing:  # each field alone, then all of them in one request
             vdpa.set_config(off, current[off:off + width])
             wanted.append((off, current[off:off + width]))
-        run = existing[:1]  # the leading run of adjacent existing fields, in one request
+        run = existing[:1]  # the leading run of adjacent existing fields, in one request, then without its first
         for o, w in existing[1:]:
             if o != run[-1][0] + run[-1][1]:
                 break
             run.append((o, w))
-        if run:
-            lo, hi = run[0][0], run[-1][0] + run[-1][1]
-            vdpa.set_config(lo, current[lo:hi])
-            wanted += [(o, current[o:o + w]) for o, w in run]
+        for part in (run, run[1:]):
+            if part:
+                lo, hi = part[0][0], part[-1][0] + part[-1][1]
+                vdpa.set_config(lo, current[lo:hi])
+                wanted += [(o, current[o:o + w]) for o, w in part]
         asked_well = len(trace.accesses)
-        bad_requests = [(o + 1, b"\0" * (w - 1)) for o, w in existing if w > 1]  # part of a field
-        bad_requests += [(o, b"\0" * w) for o, w in absent]  # a field that does not exist
-        bad_requests.append((size - 1, b"\0\0"))  # past the end
-        for off, data in bad_requests:
+        # requests the driver must refuse, with the rule each breaks: part of a field (either end), a field
+        # that does not exist, bytes past the end
+        bad_requests = [(o + 1, b"\0" * (w - 1), "PCI-DRV-05") for o, w in existing if w > 1]
+        bad_requests += [(o, b"\0" * (w - 1), "PCI-DRV-05") for o, w in existing if w > 1]
+        bad_requests += [(o, b"\0" * w, "CFG-DRV-03") for o, w in absent]
+        bad_requests.append((size - 1, b"\0\0", "beyond"))
+        for off, data, rule in bad_requests:
             try:
                 vdpa.set_config(off, data)
                 outcomes.append(f"{off:#x}+{len(data)} accepted")
-            except VdpaError:
-                outcomes.append(f"{off:#x}+{len(data)} refused")
+            except VdpaError as exc:
+                outcomes.append(f"{off:#x}+{len(data)} {'refused' if rule in str(exc) else 'refused without ' + rule}")
         try:
             vdpa.transport.write_device_config(size, b"\0")
             outcomes.append("register layer write past the end: accepted")
@@ -501,6 +509,28 @@ def test_vdpa_driver_writes_set_config_as_whole_fields(bench: Bench, verdict: Ve
         after = vdpa.get_config(0, size)
     finally:
         vdpa.close()
+    # The same function shown with every feature that makes a config field exist: the last field then exists,
+    # it is written whole up to the very end, and one byte more is refused before anything is written.
+    shown = FaultInjector(device, add=bits(*{f for _o, _w, fs in NET_CONFIG_FIELDS for f in fs}))
+    vdpa = VirtioPciVdpaDevice(shown, owns_pci=False)
+    try:
+        last, width = max((o, w) for o, w, _f in NET_CONFIG_FIELDS if o + w <= size)
+        start = len(shown.accesses)
+        vdpa.set_config(last, bytes(size - last))
+        to_the_end = len(shown.accesses)
+        try:
+            vdpa.set_config(last, bytes(size - last + 1))
+            outcomes.append(f"{last:#x}+{size - last + 1} with every field shown: accepted")
+        except VdpaError as exc:
+            outcomes.append(f"{last:#x}+{size - last + 1} with every field shown: "
+                            f"{'refused' if 'beyond' in str(exc) else 'refused without beyond'}")
+    finally:
+        vdpa.close()
+    assert shown.layout.device is not None
+    end_writes = [(a.seq < to_the_end, a.offset - shown.layout.device.offset, a.size)
+                  for a in shown.accesses[start:] if a.op == "w" and shown.layout.device.contains(a)]
+    if end_writes != [(True, last, width)]:
+        outcomes.append(f"writes for the last field: {end_writes} (expected one {width}-byte write at {last:#x})")
     layout = VirtioPciDriverMonitor(trace).layout
     assert layout.device is not None
     dev = layout.device
@@ -560,11 +590,12 @@ def test_vdpa_driver_relays_a_shared_vector_only_while_shared(bench: Bench, verd
 # --- ring state a frontend restores (vhost-user SET_VRING_BASE / GET_VRING_BASE) ----------------------------
 
 
-@pytest.mark.req("SPLIT-DRV-11")
+@pytest.mark.req("SPLIT-DRV-11", "INIT-DRV-07")
 def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
     """Without a vendor ring-state register the driver takes only the state after reset (avail idx 0) and
     refuses another one (the device would start at 0 and find avail idx 1000 entries ahead of it); a running
-    queue's state cannot be read back. The queues then run from 0."""
+    queue's state cannot be read back. The queues then run from 0. A frontend changing its features after
+    FEATURES_OK is refused, with nothing written to driver_feature."""
     trace = TracingPciDevice(bench.open())
     vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
     front = VdpaFrontend(vdpa, mem)
@@ -574,7 +605,12 @@ def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdi
             verdict.not_applicable("SPLIT-DRV-11", f"the function has a ring-state register ({vdpa.quirk.name})")
             return
         front.map_memory()
-        front.negotiate(vdpa.get_device_features() & ~NOT_IMPLEMENTED)
+        negotiated = front.negotiate(vdpa.get_device_features() & ~NOT_IMPLEMENTED)
+        try:
+            vdpa.set_driver_features(negotiated & ~bits(F.EVENT_IDX, F.INDIRECT_DESC))
+            late = "accepted"
+        except VdpaError as exc:
+            late = f"refused: {exc}"
         for what, state in (("state 0", 0), ("state 1000", 1000)):
             try:
                 vdpa.set_vq_state(1, VqState(avail_idx=state))
@@ -592,6 +628,9 @@ def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdi
     finally:
         vdpa.close()
         front.close()
+    unchanged, evidence = _monitor_ok(trace, "INIT-DRV-07")
+    verdict.check("INIT-DRV-07", unchanged and "INIT-DRV-07" in late,
+                  f"features changed after FEATURES_OK: {late}; {evidence[:3]}")
     verdict.check("SPLIT-DRV-11", outcomes == {"state 0": "accepted, reads 0", "state 1000": "refused",
                                                      "running": "refused"} and sent == len(FRAMES),
                   f"ring state requests on a function without a ring-state register: {outcomes}; "
