@@ -41,28 +41,25 @@ Errors: a request that cannot be honoured raises :class:`SessionError` inside :m
 session logs the reason and, when the frontend asked for a reply (``need_reply``), answers with
 a failure ack; otherwise :class:`SessionClosed` tells the server to drop the connection.
 
-Events from the device (:meth:`watched` and :meth:`service`, run by the server between messages): the
-device's configuration interrupt is bound to an eventfd of the session; when it fires (link change,
-DEVICE_NEEDS_RESET) the frontend gets ``CONFIG_CHANGE_MSG`` on the back-end request channel
-(``SET_BACKEND_REQ_FD``). A device reached over a connection (a vfio-user socket) gives that connection's
-fd (``peer_fd``); its hang-up ends the session at once, with the cause in one line.
+Events from the device (:meth:`watched` and :meth:`service`, run by the server between messages) are
+:mod:`backend.vhost_user.device_events`: a configuration change or DEVICE_NEEDS_RESET becomes
+``CONFIG_CHANGE_MSG`` on the back-end request channel (``SET_BACKEND_REQ_FD``); a device whose connection
+hangs up ends the session at once, with the cause in one line.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
-from backend.eventloop import consume_eventfd, new_eventfd
 from backend.fd_channel import close_fds
 from backend.pci.device import PciError
 from backend.vhost_user import messages as m
-from backend.vhost_user.backend_channel import BackendChannel, BackendChannelError
+from backend.vhost_user.backend_channel import BackendChannelError
+from backend.vhost_user.device_events import DeviceEvents, DeviceLost
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
 from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
@@ -99,8 +96,6 @@ _PRE_OWNER: Final = frozenset({
     m.FrontendRequest.SET_BACKEND_REQ_FD,  # QEMU sends it during backend init, before SET_OWNER
 })
 _NEGOTIATED: Final = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
-#: What a peer connection's fd is polled for: only its hang-up (its data belongs to the device's client).
-_HANGUP: Final = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class SessionError(Exception):
@@ -172,11 +167,7 @@ class VhostUserSession:
         self._closed = False
         self._cvq: ShadowControlQueue | None = None  # the device's control queue, when MQ is negotiated
         self._pairs_set = 1  # queue pairs the device was told to use (1 after every reset)
-        self._backend: BackendChannel | None = None  # SET_BACKEND_REQ_FD
-        self._config_fd = new_eventfd()  # the device's configuration interrupt
-        self._needs_reset_logged = False
-        self.device_lost: str | None = None  # why the device's connection ended, once it did
-        self.config_changes = 0  # configuration interrupts seen
+        self.events = DeviceEvents(device, name)  # configuration interrupt, back-end channel, peer watch
 
     # --- offers ---------------------------------------------------------------------------
 
@@ -221,7 +212,10 @@ class VhostUserSession:
         except SessionError as exc:
             return self._refuse(msg, exc.reason)
         except (VdpaError, PciError, MemoryTableError, m.VhostUserProtocolError) as exc:
-            self._check_peer()  # a dead device ends the session rather than refusing one request
+            try:
+                self.events.check_peer()  # a dead device ends the session rather than refusing one request
+            except DeviceLost as lost:
+                raise SessionClosed(f"device lost: {lost.reason}") from None
             return self._refuse(msg, f"device refused: {exc}")
         spec = m.spec_of(msg.request)
         if spec.explicit_reply:
@@ -359,7 +353,7 @@ class VhostUserSession:
                 if ring.enabled and not ring.pushed:
                     self._push_ring(index, ring)
             self._setup_cvq()
-            self._bind_config_call()
+            self.events.bind_config_call()
         if target != cur:
             self.device.set_status(target)
         self._status = status
@@ -521,7 +515,7 @@ class VhostUserSession:
             self._check_ready_to_run()
             self._push_ring(index, ring)
             self._setup_cvq()
-            self._bind_config_call()
+            self.events.bind_config_call()
             self.device.set_status(_NEGOTIATED | DeviceStatus.DRIVER_OK)
 
     def _push_ring(self, index: int, ring: RingState) -> None:
@@ -619,92 +613,32 @@ class VhostUserSession:
             self._cvq = None
         self._pairs_set = 1
 
-    # --- events from the device: configuration changes, a lost connection -----------------------
+    # --- events from the device (backend.vhost_user.device_events) ---------------------------
 
     def _set_backend_req_fd(self, msg: m.Message) -> None:
         if not self.has_protocol(m.ProtocolFeature.BACKEND_REQ):
             self._close_fds(msg.fds)
             raise SessionError(f"{msg.name} needs protocol feature BACKEND_REQ, not negotiated")
         try:
-            channel = BackendChannel.from_fd(msg.fds[0], name=self.name,
-                                             reply_ack=self.has_protocol(m.ProtocolFeature.REPLY_ACK))
+            self.events.set_backend_channel(msg.fds[0], reply_ack=self.has_protocol(m.ProtocolFeature.REPLY_ACK))
         except BackendChannelError as exc:
             raise SessionError(str(exc)) from None
-        if self._backend is not None:
-            self._backend.close()
-        self._backend = channel
 
-    def _bind_config_call(self) -> None:
-        """Before DRIVER_OK (a reset unbinds it): the device's configuration interrupt signals the session."""
-        try:
-            self.device.set_config_call(self._config_fd)
-        except NotSupported as exc:  # no MSI-X: configuration changes are only seen through GET_STATUS/CONFIG
-            log.info("%s: configuration interrupt not available: %s", self.name, exc)
-
-    def peer_fd(self) -> int | None:
-        """The fd of the device's own connection (a vfio-user socket), when it has one."""
-        get = getattr(self.device, "peer_fd", None)
-        fd = get() if callable(get) else None
-        return fd if isinstance(fd, int) and fd >= 0 else None
+    @property
+    def device_lost(self) -> str | None:
+        """Why the device's connection ended, once it did."""
+        return self.events.lost
 
     def watched(self) -> list[tuple[int, int]]:
         """(fd, poll events) the server waits on beside the frontend's socket; :meth:`service` handles them."""
-        if self._closed:
-            return []
-        out = [(self._config_fd, select.POLLIN)]
-        peer = self.peer_fd()
-        if peer is not None:
-            out.append((peer, _HANGUP))
-        return out
+        return [] if self._closed else self.events.watched()
 
     def service(self, fd: int) -> None:
         """One of :meth:`watched` is ready. Raises :class:`SessionClosed` when the device is gone."""
-        if fd == self._config_fd:
-            self._config_changed()
-        elif fd == self.peer_fd():
-            self._lose_device("the device's connection hung up (device process gone)")
-
-    def _lose_device(self, reason: str) -> None:
-        self.device_lost = reason
-        raise SessionClosed(f"device lost: {reason}")
-
-    def _check_peer(self) -> None:
-        peer = self.peer_fd()
-        if peer is None:
-            return
-        poller = select.poll()
-        poller.register(peer, _HANGUP)
-        if poller.poll(0):
-            self._lose_device("the device's connection hung up (device process gone)")
-
-    def _config_changed(self) -> None:
-        if not consume_eventfd(self._config_fd):
-            return  # raced with another read: nothing new
-        self.config_changes += 1
         try:
-            status = self.device.get_status()
-            generation = self.device.get_config_generation()
-        except (VdpaError, PciError) as exc:
-            self._check_peer()
-            raise SessionClosed(f"device unreachable after a configuration interrupt: {exc}") from None
-        if status & DeviceStatus.DEVICE_NEEDS_RESET:
-            what = "device raised DEVICE_NEEDS_RESET"
-            if not self._needs_reset_logged:
-                log.warning("%s: %s (status %#x)", self.name, what, status)
-                self._needs_reset_logged = True
-        else:
-            what = f"device configuration changed (generation {generation})"
-        if self._backend is None:
-            log.info("%s: %s; no backend request channel, the frontend learns it from GET_STATUS/GET_CONFIG",
-                     self.name, what)
-            return
-        log.info("%s: %s: sending %s", self.name, what, m.BackendRequest.CONFIG_CHANGE_MSG.wire_name)
-        try:
-            self._backend.request(m.BackendRequest.CONFIG_CHANGE_MSG)
-        except BackendChannelError as exc:
-            log.warning("%s: backend request channel dropped: %s", self.name, exc)
-            self._backend.close()
-            self._backend = None
+            self.events.service(fd)
+        except DeviceLost as exc:
+            raise SessionClosed(f"device lost: {exc.reason}") from None
 
     # --- teardown ---------------------------------------------------------------------------
 
@@ -715,10 +649,7 @@ class VhostUserSession:
         if self._closed:
             return
         self._closed = True
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-        os.close(self._config_fd)
+        self.events.close()
         try:
             if self.device_lost is None:  # a lost device cannot be reset; its fds are closed below
                 self.device.reset()
