@@ -93,10 +93,10 @@ def open_virtio_net(spec: str) -> SimNetDevice:
     kind, opts = parse_spec("sim", spec, KEYS)
     if kind != "virtio-net":
         raise ValueError(f"sim:{spec}: unknown device {kind!r} (known: virtio-net)")
-    kwargs: dict[str, Any] = {arg: spec_int("sim", spec, key, value) for key, arg in INT_KEYS.items()
-                              if (value := opts.get(key)) is not None}
-    if "qsize" in opts and "queue_size_max" in opts:
-        raise ValueError(f"sim:{spec}: qsize and queue_size_max are the same option, give one")
+    # In the spec's order, so of two spellings of one option (qsize, queue_size_max) the later wins,
+    # as a variant appending qsize=N to a spec expects.
+    kwargs: dict[str, Any] = {INT_KEYS[key]: spec_int("sim", spec, key, value) for key, value in opts.items()
+                              if key in INT_KEYS}
     kwargs.setdefault("max_queue_size", MAX_QUEUE_SIZE)
     if "mac" in opts:
         kwargs["mac"] = opts["mac"]
