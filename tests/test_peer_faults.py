@@ -77,9 +77,11 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
         tx.add([bytes(12) + f], [])
     fe.kick(1)
     since = serve.proc.mark()
+    killed = time.monotonic()
     dev.proc.stop(signum=signal.SIGKILL)
 
     assert fe.closed_by_peer(NOTICE), f"serve did not close the frontend's connection within {NOTICE} s"
+    print(f"frontend's connection closed {time.monotonic() - killed:.3f} s after SIGKILL to the device")
     serve.proc.wait_for(r"vhost-user#1: session dropped: device lost", NOTICE, since=since)
     fe.close()
     log = serve.proc.output()[since:]
