@@ -31,7 +31,7 @@ from backend.virtio.features import F, NetF, has
 from backend.virtio.pci_regs import NetCfg
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.chains import Posted, add_chain, poison
-from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
+from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, QUIET_WAIT, Bench, Rig, drain
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue, UsedBuffer
 
@@ -49,7 +49,8 @@ VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
 UNKNOWN_CLASS = 0x7E
 UNKNOWN_MQ_COMMAND = 0x7F
 ACK_POISON = 0xA5
-IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11")
+IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11",
+       "SPLIT-DEV-13", "SPLIT-DEV-14")
 
 
 def flow_frame(flow: int, k: int) -> bytes:
@@ -258,6 +259,51 @@ def _judge_ack(verdict: Verdict, a: Ack, want: int | None) -> None:
                       a.describe() + f" (expected {'VIRTIO_NET_OK' if want == VIRTIO_NET_OK else 'VIRTIO_NET_ERR'})")
 
 
+def _truncated_command(verdict: Verdict, m: MqRig) -> None:
+    """A chain holding only the class byte (breaks the command layout of 5.1.9.5): whatever the device does
+    with it, used len counts no byte it did not write (SPLIT-DEV-16)."""
+    ring = m.ring(m.ctrl)
+    p = add_chain(ring, [bytes([VIRTIO_NET_CTRL_MQ])], [1])
+    poison(m.rig.mem, p, ACK_POISON)
+    ring.publish()
+    m.rig.doorbell(m.ctrl)
+    a = m._wait_ack("a command of one byte (class only)", p)
+    wrote = 0 if a.ack in (None, ACK_POISON) else 1
+    status = m.rig.status()
+    verdict.check("SPLIT-DEV-16", (a.used and a.used_len <= wrote) or bool(status & NEEDS_RESET),
+                  a.describe() + f" (bytes written: {wrote}; device_status {status:#x})")
+
+
+def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
+    """With VIRTIO_F_EVENT_IDX the control queue notifies when the slot it fills is used_event (SPLIT-DEV-13)
+    and not when used_event lies ahead (SPLIT-DEV-14)."""
+    ev_feats = rig.features_for(event_idx=True, extra=(1 << NetF.CTRL_VQ) | (1 << NetF.MQ))
+    if ev_feats is None or not has(ev_feats, F.EVENT_IDX):
+        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
+            verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
+        return
+    m = MqRig(rig, ev_feats)
+    if m.ctrl_fd is None:
+        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
+            verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+        return
+    ring = m.ring(m.ctrl)
+    ring.auto_used_event = False
+    for ahead, rid in ((0, "SPLIT-DEV-13"), (5, "SPLIT-DEV-14"), (0, "SPLIT-DEV-13")):
+        ring.set_used_event((ring.used_idx() + ahead) & 0xFFFF)
+        drain(m.ctrl_fd)
+        before = m.ctrl_irqs
+        a = m.vq_pairs_set(1)
+        if m.ctrl_irqs == before:
+            ready, _, _ = select.select([m.ctrl_fd], [], [], EVENT_WAIT if not ahead else max(m.rig.quiet, QUIET_WAIT))
+            if ready:
+                m.ctrl_irqs += drain(m.ctrl_fd)
+        fired = m.ctrl_irqs > before
+        verdict.check(rid, a.used and fired == (not ahead),
+                      f"control queue with EVENT_IDX, used_event = used idx + {ahead}: {a.describe()}; interrupt "
+                      f"{'came' if fired else 'did not come'} (expected {'one' if not ahead else 'none'})")
+
+
 def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
     """The control queue follows avail.flags like any queue: an interrupt after a used command with flags 0
     (SPLIT-DEV-11), none with VRING_AVAIL_F_NO_INTERRUPT (SPLIT-DEV-10)."""
@@ -316,8 +362,10 @@ def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> N
             _judge_ack(verdict, a, None)
         if m.mq:
             _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET, after other commands and refused ones", 100)
+        _truncated_command(verdict, m)
         if not m.mq:
             _ctrl_notifications(verdict, m)
+            _event_idx_notifications(verdict, rig, feats)
             return
         # Valid VQ_PAIRS_SET, in every command layout: OK, then steering within the enabled pairs.
         layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
@@ -335,3 +383,4 @@ def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> N
         # After a reset and a new initialization: receiveq1 only again.
         m = MqRig(rig, feats)
         _judge_steering(verdict, m, 1, "after reset and a new initialization", 600)
+        _event_idx_notifications(verdict, rig, feats)
