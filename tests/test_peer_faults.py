@@ -172,6 +172,7 @@ def test_flood_of_oversized_and_partial_messages_keeps_serve_bounded(tmp_path: P
         if round_ == 0:
             baseline = rss_kib(serve.pid)  # after one flood: the allocator's pools are warm
     grew = rss_kib(serve.pid) - baseline
+    print(f"serve RSS {baseline} KiB after {FLOOD} hostile connections, {grew:+d} KiB after {FLOOD} more")
     assert grew < RSS_SLACK_KIB, f"serve RSS grew {grew} KiB over the second flood of {FLOOD} connections"
 
     # A frontend that stalls mid-message holds its session only for the bounded wait.
