@@ -16,7 +16,8 @@ from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
 from tests.interop.test_testpmd_virtio_user import assert_clean_log, check_pcap, negotiated, run_traffic
 
 #: The serve log's DRIVER_OK line: rings ready and the size the frontend gave each.
-SIZES = re.compile(r"DRIVER_OK: device running \(driver features 0x[0-9a-f]+, rings \[0, 1\] ready, sizes \[(\d+), (\d+)\]\)")
+SIZES = re.compile(r"DRIVER_OK: device running \(driver features 0x[0-9a-f]+, rings \[0, 1\] ready, "
+                   r"sizes \[(\d+), (\d+)\]\)")
 
 
 @pytest.fixture(autouse=True)
