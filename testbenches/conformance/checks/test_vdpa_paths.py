@@ -321,9 +321,11 @@ def test_vdpa_driver_gives_up_when_features_ok_does_not_stick(bench: Bench, verd
     writes = [e.value for e in events if e.kind == "status_w"]
     acked = [a for _o, a in mon.feature_timeline(events)[2]]
     evidence = f"status writes {[hex(w) for w in writes]}; {outcomes}"
+    # each refusal tells the frontend the rule it keeps
     verdict.check("INIT-DRV-08", outcomes["negotiation"].startswith("refused")
-                  and "FEATURES_OK" in outcomes["negotiation"], evidence)
+                  and "INIT-DRV-08" in outcomes["negotiation"], evidence)
     verdict.check("INIT-DRV-12", outcomes["DRIVER_OK anyway"].startswith("refused")
+                  and "INIT-DRV-12" in outcomes["DRIVER_OK anyway"]
                   and not any(w & DeviceStatus.DRIVER_OK for w in writes), evidence)
     verdict.check("FEAT-DRV-01", outcomes[f"bit {unoffered} not offered"].startswith("refused")
                   and "FEAT-DRV-01" in outcomes[f"bit {unoffered} not offered"]
@@ -590,12 +592,12 @@ def test_vdpa_driver_relays_a_shared_vector_only_while_shared(bench: Bench, verd
 # --- ring state a frontend restores (vhost-user SET_VRING_BASE / GET_VRING_BASE) ----------------------------
 
 
-@pytest.mark.req("SPLIT-DRV-11", "INIT-DRV-07")
+@pytest.mark.req("SPLIT-DRV-11", "INIT-DRV-07", "STATUS-DRV-02")
 def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
     """Without a vendor ring-state register the driver takes only the state after reset (avail idx 0) and
     refuses another one (the device would start at 0 and find avail idx 1000 entries ahead of it); a running
     queue's state cannot be read back. The queues then run from 0. A frontend changing its features after
-    FEATURES_OK is refused, with nothing written to driver_feature."""
+    FEATURES_OK is refused, with nothing written to driver_feature, and so is one clearing status bits."""
     trace = TracingPciDevice(bench.open())
     vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
     front = VdpaFrontend(vdpa, mem)
@@ -611,6 +613,11 @@ def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdi
             late = "accepted"
         except VdpaError as exc:
             late = f"refused: {exc}"
+        try:
+            vdpa.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)  # FEATURES_OK dropped
+            cleared = "accepted"
+        except VdpaError as exc:
+            cleared = f"refused: {exc}"
         for what, state in (("state 0", 0), ("state 1000", 1000)):
             try:
                 vdpa.set_vq_state(1, VqState(avail_idx=state))
@@ -628,6 +635,9 @@ def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdi
     finally:
         vdpa.close()
         front.close()
+    superset, status_evidence = _monitor_ok(trace, "STATUS-DRV-02")
+    verdict.check("STATUS-DRV-02", superset and "STATUS-DRV-02" in cleared,
+                  f"status FEATURES_OK cleared by the frontend: {cleared}; {status_evidence[:3]}")
     unchanged, evidence = _monitor_ok(trace, "INIT-DRV-07")
     verdict.check("INIT-DRV-07", unchanged and "INIT-DRV-07" in late,
                   f"features changed after FEATURES_OK: {late}; {evidence[:3]}")
