@@ -47,6 +47,10 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def settled_fd_count(pid: int, want: int, timeout: float = NOTICE) -> int:
     """serve's fd count once it equals ``want`` or ``timeout`` passed (a session's end is logged after its
     release, but the last close may trail the log line by a moment)."""
@@ -66,6 +70,7 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
     serve = started.enter_context(ServeProcess(vu_sock, f"vfio-user:{dev_sock}", log=tmp_path / "serve.log"))
     serve.wait_listening(READY)
     idle = fd_count(serve.pid)
+    idle_threads = thread_count(serve.pid)
 
     mem = started.enter_context(GuestMemory.single(MEM, gpa=GPA))
     fe = VhostUserFrontend.connect(vu_sock, mem)
@@ -88,6 +93,7 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
     assert "Traceback" not in log and "failed" not in log, log
     assert log.count("vhost-user#1") == 1, log  # the cause, in one line
     assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
+    assert thread_count(serve.pid) == idle_threads  # the session's thread (and its device's relay) ended
 
     # The next session, on a device process started again at the same path, moves frames intact.
     dev2 = started.enter_context(DeviceProcess(dev_sock, MODEL, log=tmp_path / "device2.log"))
