@@ -222,3 +222,22 @@ def test_broken_model_new_failures_reproduce_and_no_change(tmp_path: Path) -> No
         verdicts = db.execute("SELECT c.name, v.status FROM verdict v JOIN campaign c ON c.id = v.campaign "
                               "WHERE v.req_id = ? ORDER BY c.id", (BROKEN_ID,)).fetchall()
     assert [s for _, s in verdicts] == ["passed", "failed", "failed"]
+
+
+# -- a cell's timeout and retries ----------------------------------------------------------------------------
+
+
+def test_a_cell_over_its_timeout_is_stopped_retried_and_an_error(tmp_path: Path) -> None:
+    from testbenches.campaign.cell import run_cell
+    from testbenches.campaign.matrix import Cell
+    from testbenches.campaign.merge import CellRun
+
+    cell = Cell(id="slow", target="sim:virtio-net", seed=1, profile="default", settings={}, checks=FAST,
+                timeout=0.5, retries=1)
+    record = run_cell(cell, str(tmp_path))
+    assert (record["outcome"], record["attempts"], record["results"]) == ("timeout", 2, None)
+    assert len(list((tmp_path / "cells" / cell.slug).iterdir())) == 2  # each attempt its own directory
+    assert CellRun.from_record(record).verdict == "error"
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "testbenches.campaign.cell" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in
+                " ".join(p.info["cmdline"] or [])]
