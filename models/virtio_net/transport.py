@@ -45,6 +45,9 @@ _STRUCT_ALIGN = 0x1000
 _DRIVER_OK = int(DeviceStatus.DRIVER_OK)
 _FEATURES_OK = int(DeviceStatus.FEATURES_OK)
 _NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
+#: Driver errors a device keeps (the oldest go first): a driver repeating one forever must not grow the
+#: device's memory without bound (found by fuzzing; tests/test_fuzz_regressions.py).
+MAX_RECORDED_ERRORS = 4096
 _FAILED = int(DeviceStatus.FAILED)
 _LIVE = _DRIVER_OK | _FEATURES_OK
 
@@ -484,7 +487,9 @@ class VirtioPciFunction(RingHooks):
 
     def fail(self, err: RingError) -> None:
         """A driver error the device can leave only through reset: DEVICE_NEEDS_RESET (STATUS-DEV-02)."""
-        self.errors.append(err)
+        # Kept without its traceback: its frames (DMA buffers among their locals) held ~20 KB an error.
+        self.errors.append(err.with_traceback(None))
+        del self.errors[:-MAX_RECORDED_ERRORS]
         if self.status & _NEEDS_RESET:
             return
         self.status |= _NEEDS_RESET
