@@ -191,6 +191,7 @@ def test_vdpa_driver_disables_a_live_queue_only_by_queue_reset(bench: Bench, ver
             refused = str(exc)
         negotiated = has(front.features, F.RING_RESET)
         enabled_after = vdpa.transport.queue_enabled(1)  # the device's view, not the driver's record
+        reported = vdpa.get_vq_ready(1)  # the frontend's view: the same answer, as a bool
         if negotiated:
             state = vdpa.get_vq_state(1)  # a queue that no longer runs reports the state the frontend set
             old_kick, old_call = front.kicks[1], front.calls[1]
@@ -213,15 +214,58 @@ def test_vdpa_driver_disables_a_live_queue_only_by_queue_reset(bench: Bench, ver
     if negotiated:
         confirmed, how = _queue_reset_confirmed(events, 1)
         verdict.check("PCI-DRV-20", zero_enable and not refused, f"{head}; {evidence[:3]}")
-        verdict.check("PCI-DRV-21", confirmed and not enabled_after, f"{head}; {how}")
+        verdict.check("PCI-DRV-21", confirmed and not enabled_after and reported is False,
+                      f"{head}; {how}; reported to the frontend as ready={reported!r}")
         verdict.check("RESET-DRV-02", confirmed and state.avail_idx == 0, f"{head}; {how}; state {state}")
         reprogrammed = _programmed_before_enable(events, 1)
         verdict.check("RESET-DRV-04", reprogrammed and again == len(FRAMES) and first == len(FRAMES),
                       f"{head}; queue 1 fields written before it was enabled again: {reprogrammed}")
     else:
-        verdict.check("PCI-DRV-20", zero_enable and bool(refused) and enabled_after and again == len(FRAMES)
+        verdict.check("PCI-DRV-20", zero_enable and "PCI-DRV-20" in refused and enabled_after and reported is True
+                      and again == len(FRAMES)
                       and not any(e.field == CommonCfg.QUEUE_RESET and e.kind == "common_w" for e in events),
                       f"{head}; {evidence[:3]}")
+
+
+@pytest.mark.req("PCI-DRV-21")
+def test_vdpa_driver_does_not_take_an_unfinished_queue_reset_as_done(bench: Bench, verdict: Verdict,
+                                                                     mem: GuestMemory) -> None:
+    """queue_reset keeps reading 1 after the driver wrote it (the device never finishes the queue reset): the
+    frontend's disable is refused after the driver's bounded wait, saying so, and nothing more is written to
+    that queue; the queue stays the driver's running queue."""
+    trace = TracingPciDevice(CommonCfgEditor(bench.open(), queue_reset_lag=1 << 30))
+    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    try:
+        offered = vdpa.get_device_features()
+        if not has(offered, F.RING_RESET):
+            verdict.not_offered("PCI-DRV-21", "VIRTIO_F_RING_RESET not offered")
+            return
+        front.bring_up(offered & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
+        try:
+            vdpa.set_vq_ready(1, False)
+            outcome = "accepted"
+        except VdpaError as exc:
+            outcome = f"refused: {exc}"
+        try:
+            vdpa.get_vq_state(1)
+            running = False
+        except NotSupported:
+            running = True  # still live in the driver: its state cannot be read
+    finally:
+        vdpa.close()
+        front.close()
+    events = _events(trace)
+    start = next((i for i, e in enumerate(events) if e.kind == "common_w" and e.field == CommonCfg.QUEUE_RESET
+                  and e.queue == 1), len(events))
+    status_0 = next((i for i, e in enumerate(events) if i > start and e.kind == "status_w" and e.value == 0),
+                    len(events))
+    after = [f"{e.field.name}={e.value:#x}" for e in events[start + 1:status_0] if e.kind == "common_w"
+             and e.queue == 1 and e.field is not None]
+    verdict.check("PCI-DRV-21", start < len(events) and outcome.startswith("refused") and "reset" in outcome
+                  and running and not after,
+                  f"queue_reset never reads 0: disable {outcome}; queue still live in the driver: {running}; "
+                  f"queue 1 fields written after queue_reset=1, before the device reset: {after}")
 
 
 def _programmed_before_enable(events: list[Event], queue: int) -> bool:
@@ -573,6 +617,10 @@ def test_vdpa_driver_relays_a_shared_vector_only_while_shared(bench: Bench, verd
         vdpa.set_vq_call(0, None)
         alone = vdpa.calls_relayed()
         direct = _transmit(front, FRAMES, 2.0)
+        vdpa.set_vq_call(0, front.calls[0])  # the frontend hands the call eventfd back: shared again
+        again = vdpa.calls_relayed()
+        resumed = sum(f in FRAMES for f in front.exchange(FRAMES, timeout=2.0)) if looped \
+            else _transmit(front, FRAMES, 2.0)
         vdpa.reset()
         after_reset = vdpa.calls_relayed()
     finally:
@@ -582,10 +630,11 @@ def test_vdpa_driver_relays_a_shared_vector_only_while_shared(bench: Bench, verd
                       and e.field in (CommonCfg.QUEUE_MSIX_VECTOR, CommonCfg.CONFIG_MSIX_VECTOR)})
     ok, evidence = _monitor_ok(trace, "PCI-DRV-34")
     verdict.check("PCI-DRV-34", ok and all(v < 2 or v == 0xFFFF for v in vectors) and shared and not alone
-                  and not after_reset and delivered == len(FRAMES) and direct == len(FRAMES),
+                  and again and not after_reset and delivered == direct == resumed == len(FRAMES),
                   f"2-vector table: vectors programmed {vectors}; relayed while shared {shared}, after receiveq1's "
-                  f"call was dropped {alone}, after reset {after_reset}; {delivered}/{len(FRAMES)} frames with the "
-                  f"shared vector, {direct}/{len(FRAMES)} transmit completions signalled directly; {evidence[:3]}")
+                  f"call was dropped {alone}, once handed back {again}, after reset {after_reset}; "
+                  f"{delivered}/{len(FRAMES)} frames with the shared vector, {direct}/{len(FRAMES)} transmit "
+                  f"completions signalled directly, {resumed}/{len(FRAMES)} once shared again; {evidence[:3]}")
     real.close()  # a real function has one owner at a time (the bench closes it too, at teardown)
 
 
