@@ -130,11 +130,13 @@ def run_cells(client: Any, cells: Sequence[Cell], out_root: str, console: Consol
         task = progress.add_task("cells", total=len(cells), failed="")
         bad = 0
         for fut in as_completed(list(futures)):  # type: ignore[no-untyped-call]
-            cell = futures[fut]
+            cell = futures.pop(fut)
             try:
                 record = fut.result()
             except Exception as exc:  # KilledWorker and the like: that cell's error, the others go on
                 record = _lost(cell, exc)
+            # let go of the result: else a worker lost later would have Dask rerun cells already gathered
+            fut.release()
             records[cell.id] = record
             failed = record["results"] is None or any(
                 r["status"] == "failed" for r in record["results"]["ids"].values())
