@@ -122,6 +122,8 @@ class Iommu:
         self.observers: list[AccessObserver] = []
         self.on_fault: Callable[[DmaFault], None] | None = None
         self._batch: _BatchTable | None = None
+        #: Bumped by every map and unmap: a device caching arrays over the mappings keys them on it.
+        self.generation = 0
 
     # --- control (driver side) ---------------------------------------------------------------
 
@@ -143,6 +145,7 @@ class Iommu:
             self._maps.insert(i, m)
             self._starts.insert(i, iova)
             self._batch = None
+            self.generation += 1
 
     def unmap(self, iova: int, size: int) -> None:
         """Remove every mapping inside [iova, iova+size); partial overlap is refused (as VFIO type1)."""
@@ -159,6 +162,7 @@ class Iommu:
             self._maps = keep
             self._starts = [m.iova for m in keep]
             self._batch = None
+            self.generation += 1
         for m in gone:
             m.drop_arrays()
             m.view.release()
@@ -377,6 +381,23 @@ class Iommu:
         m = table.maps[i]
         try:
             return m.view[iova - m.iova:iova - m.iova + size]
+        except ValueError:  # unmapped in between
+            return None
+
+    def mapping_bytes(self, iova: int, size: int, write: bool) -> tuple[NDArray[np.uint8], int, int] | None:
+        """The bytes of the one mapping holding ``[iova, iova + size)`` with the permission, its first IOVA and its
+        last byte's, for compiled code that checks each range against those bounds itself; None when no one
+        mapping holds the range, or when observers are attached (they must see every access, so the batch calls
+        that report each range are used instead). Valid while :attr:`generation` stays the same."""
+        if self.observers or size <= 0 or iova < 0:
+            return None
+        table = self._batch_table()
+        i = table.holding(iova, iova + size - 1, write)
+        if i < 0:
+            return None
+        m = table.maps[i]
+        try:
+            return m.array(), m.iova, m.end - 1
         except ValueError:  # unmapped in between
             return None
 

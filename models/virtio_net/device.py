@@ -22,6 +22,7 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
+from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
@@ -46,6 +47,8 @@ _CTRL_MAX_COMMAND = 4096
 _MAX_TX_ROUNDS = 64
 #: Chains (or arriving frames) from which the bulk path is worth its fixed cost.
 _BATCH_MIN = 2
+#: Mappings the compiled TX reader switches between in one round (a driver's buffers are usually in one).
+_MAPPINGS_PER_ROUND = 4
 #: How long the TX side keeps looking at avail idx, once empty, while a driver is adding buffers as fast as they
 #: are taken (vhost-net's busyloop): a kick and wake-up per burst costs more, and moves the thread about.
 _POLL_SECONDS = 50e-6
@@ -148,6 +151,7 @@ class VirtioNetDevice(VirtioPciFunction):
                          msix_vectors=msix_vectors if msix_vectors is not None else max(num_queues + 1, 3),
                          notify_off_multiplier=notify_off_multiplier, iommu=iommu)
         self.hdr_len = HDR_SIZE  # VERSION_1 is required, so num_buffers is always present
+        self._hdr_u64 = np.uint64(self.hdr_len)
         self.bulk_tx = self._stock("tx_frame", "used_len_for")
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
 
@@ -299,9 +303,59 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def _tx_round(self, q: SplitQueue, pending: int) -> None:
         """Take ``pending`` available TX chains, put their frames on the wire, return them in one used update."""
-        heads = q.peek_heads(pending)
         ids: list[NDArray[np.integer]] = []
         lens: list[NDArray[np.integer]] = []
+        rest = pending - self._tx_compiled(q, pending, ids) if self.bulk_tx else pending
+        if rest:
+            if ids:
+                lens.append(np.zeros(pending - rest, dtype=np.uint32))
+            self._tx_rest(q, rest, ids, lens)
+        if self.in_order_batch and q.in_order:
+            # With IN_ORDER a batch may be returned as one used element for its last buffer (2.7.9).
+            last = int(ids[-1][-1])
+            old, new = q.push_used([(last, int(lens[-1][-1]) if lens else 0)], pending)
+        else:
+            used_ids = ids[0] if len(ids) == 1 else np.concatenate(ids)
+            used_lens = np.zeros(pending, dtype=np.uint32) if not lens else lens[0] if len(lens) == 1 \
+                else np.concatenate(lens)
+            old, new = q.push_used_array(used_ids, used_lens)
+        if q.needs_notification(old, new):
+            # Fired after this batch's frames are on the wire, so whoever waits on the interrupt sees them.
+            self.defer(lambda: self._notify_if_live(q))
+
+    def _tx_compiled(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]]) -> int:
+        """The leading run of one-descriptor chains through the compiled reader (models/virtio_net/fast_tx.py),
+        one call per mapping their buffers lie in; their heads go to ``ids`` (their used len is 0). Returns how
+        many were taken: the rest, from the first chain it would not take, is for :meth:`_tx_rest`."""
+        arrays = q.ring_arrays()
+        if arrays is None or q.hooks.max_chain_len(q.size) < 1:
+            return 0
+        gen, avail, table = arrays
+        taken = 0
+        for _ in range(_MAPPINGS_PER_ROUND):
+            slot = q.last_avail_idx % q.size
+            head = int(avail[slot])
+            # Only a hint for which mapping to hand the reader: it reads and checks every value itself.
+            mapping = q.frame_mapping(gen, int(table[head, 0])) if head < q.size else None
+            if mapping is None:
+                break
+            k, data, flens, heads, uniform = take_plain_tx(avail, slot, pending - taken, table, *mapping,
+                                                           self._hdr_u64)
+            if k == 0:
+                break
+            q.consume(k)
+            taken += k
+            self.stats.tx_bulk += k
+            ids.append(heads)
+            self._transmit_batch(FrameBatch(data, flens, uniform if uniform >= 0 else None))
+            if taken == pending:
+                break
+        return taken
+
+    def _tx_rest(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]],
+                 lens: list[NDArray[np.integer]]) -> None:
+        """``pending`` chains in numpy bulk where they are plain, else one by one through the exact parser."""
+        heads = q.peek_heads(pending)
         pos = 0
         table = q.read_desc_table() if self.bulk_tx and pending >= _BATCH_MIN else None
         if table is not None:
@@ -330,16 +384,6 @@ class VirtioNetDevice(VirtioPciFunction):
         while pos < pending:
             self._tx_chain(q, int(heads[pos]), ids, lens)
             pos += 1
-        used_ids = ids[0] if len(ids) == 1 else np.concatenate(ids)
-        used_lens = lens[0] if len(lens) == 1 else np.concatenate(lens)
-        if self.in_order_batch and q.in_order:
-            # With IN_ORDER a batch may be returned as one used element for its last buffer (2.7.9).
-            old, new = q.push_used_array(used_ids[-1:], used_lens[-1:], len(used_ids))
-        else:
-            old, new = q.push_used_array(used_ids, used_lens)
-        if q.needs_notification(old, new):
-            # Fired after this batch's frames are on the wire, so whoever waits on the interrupt sees them.
-            self.defer(lambda: self._notify_if_live(q))
 
     def _tx_chain(self, q: SplitQueue, head: int, ids: list[NDArray[np.integer]],
                   lens: list[NDArray[np.integer]]) -> None:

@@ -79,6 +79,17 @@ class BatchDma(Dma, Protocol):
 
     def try_view(self, iova: int, n: int) -> memoryview | None: ...
 
+    def generation(self) -> int | None:
+        """Changes with every map and unmap; None while arrays over guest memory must not be used at all
+        (bus mastering off): then only the checked calls move data."""
+        ...
+
+    def mapping_bytes(self, iova: int, n: int, write: bool) -> tuple[NDArray[np.uint8], int, int] | None:
+        """The bytes of the one mapping holding the range with the permission, its first IOVA and its last
+        byte's (valid for this :meth:`generation`); None when no one mapping holds it or every access must be
+        observed."""
+        ...
+
     def gather(self, iovas: NDArray[np.uint64],
                sizes: NDArray[np.uint64] | int) -> tuple[NDArray[np.uint8], int]: ...
 
@@ -226,6 +237,8 @@ class SplitQueue:
         self.indirect = False
         self.in_order = False
         self.layout = SplitLayout(self.size)
+        self._arrays: tuple[tuple[int, int, int, int], NDArray[np.uint16], NDArray[np.uint64]] | None = None
+        self._frames: tuple[int, NDArray[np.uint8], np.uint64, np.uint64] | None = None
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -324,6 +337,48 @@ class SplitQueue:
         if view is None:
             return None
         return np.frombuffer(view, dtype=DESC_DTYPE)
+
+    def ring_arrays(self) -> tuple[int, NDArray[np.uint16], NDArray[np.uint64]] | None:
+        """(the mappings' generation, the avail ring's entries, the descriptor table as (addr, len | flags << 32 |
+        next << 48) words): arrays over guest memory kept while the mappings and the ring addresses stay the
+        same; None when the bulk path is not available (as :meth:`read_desc_table`) or a ring is not inside
+        one readable mapping."""
+        dma = self.batch_dma
+        if dma is None or not self.bulk_ok:
+            return None
+        gen = dma.generation()
+        if gen is None:
+            return None
+        cached = self._arrays
+        if cached is not None and cached[0] == (gen, self.desc, self.driver, self.size):
+            return gen, cached[1], cached[2]
+        self._arrays = None
+        ring = self.driver + SplitLayout.AVAIL_RING
+        avail = dma.mapping_bytes(ring, 2 * self.size, False)
+        desc = dma.mapping_bytes(self.desc, DESC_SIZE * self.size, False)
+        if avail is None or desc is None:
+            return None
+        mem, base, _ = avail
+        entries = mem[ring - base:ring - base + 2 * self.size].view("<u2")
+        mem, base, _ = desc
+        words = mem[self.desc - base:self.desc - base + DESC_SIZE * self.size].view("<u8").reshape(self.size, 2)
+        self._arrays = ((gen, self.desc, self.driver, self.size), entries, words)
+        return gen, entries, words
+
+    def frame_mapping(self, gen: int, iova: int) -> tuple[NDArray[np.uint8], np.uint64, np.uint64] | None:
+        """The readable mapping holding ``iova`` as (bytes, first IOVA, last byte's IOVA), for mappings of
+        generation ``gen`` (from :meth:`ring_arrays`); the last one found is kept, a driver's buffers are
+        usually in one."""
+        cached = self._frames
+        if cached is not None and cached[0] == gen and cached[2] <= iova <= cached[3]:
+            return cached[1], cached[2], cached[3]
+        self._frames = None
+        found = None if self.batch_dma is None else self.batch_dma.mapping_bytes(iova, 1, False)
+        if found is None:
+            return None
+        mem, first, last = found
+        self._frames = (gen, mem, np.uint64(first), np.uint64(last))
+        return mem, self._frames[2], self._frames[3]
 
     def plain_chains(self, table: NDArray[np.void], heads: NDArray[np.intp], *, writable: bool) -> PlainChains:
         """Decode the chains at ``heads`` that need none of parse_chain's judgement.

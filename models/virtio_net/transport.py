@@ -83,6 +83,16 @@ class EndpointDma:
             return None
         return self._ep.iommu.try_view(iova, n, DmaPerm.READ)
 
+    def generation(self) -> int | None:
+        if not self._ep.config.bus_master:
+            return None
+        return self._ep.iommu.generation
+
+    def mapping_bytes(self, iova: int, n: int, write: bool) -> tuple[NDArray[np.uint8], int, int] | None:
+        if not self._ep.config.bus_master:
+            return None
+        return self._ep.iommu.mapping_bytes(iova, n, write)
+
     def gather(self, iovas: NDArray[np.uint64],
                sizes: NDArray[np.uint64] | int) -> tuple[NDArray[np.uint8], int]:
         if not self._ep.config.bus_master:
