@@ -131,6 +131,8 @@ def render_bench(results_dir: Path) -> str:
     if data is None or "vhost" not in data:
         return "No data-path result is committed yet: run `make bench`."
     v = data["vhost"]
+    if "sweep" in v:
+        return _render_sweep(data, v)
     ours = [r for r in v["rates"] if r["peer"] == "ours"]
     dpdk = [r for r in v["rates"] if r["peer"] == "dpdk"]
     goals = v["goals"]
@@ -150,6 +152,31 @@ def render_bench(results_dir: Path) -> str:
               f"| backend CPU while traffic runs (max) | **{_f(v['backend_cpu_pct_max'])} %** of a core "
               f"(goal < {goals['backend_cpu_pct_max']:g} %); the device model's threads "
               f"{min(device):.0f}-{max(device):.0f} % | n/a |"]
+    return "\n".join(lines)
+
+
+def _render_sweep(data: dict[str, Any], v: dict[str, Any]) -> str:
+    """The data path sweep (bench/datapath.py): one row per mode, frame size and queue size."""
+    sweep = v["sweep"]
+    goals = sweep["goals"]
+    runs = max((s["run"] for s in sweep["samples"]), default=0)
+    lines = [_machine_line(data | {"file": BENCH_FILE}, "make bench") + f" Medians of {runs} interleaved run(s).", "",
+             "| mode | frame | queue size | ours (Mpps) | net_vhost (Mpps) | ratio | ours ns/packet | "
+             "net_vhost ns/packet | device CPU ns/packet |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sweep["table"]:
+        lines.append(f"| {r['mode']} | {r['frame']} B | {r['qsize']} | {_f(r['ours_mpps'])} | {_f(r['dpdk_mpps'])} | "
+                     f"**{_f(r['ratio'])}** | {r['ours_ns']:.0f} | {r['dpdk_ns']:.0f} | {r['device_ns']:.0f} |")
+    ratio_goals = ", ".join(f"≥ {g:g} at {q}" for q, g in goals["ratio_min"].items())
+    met = ", ".join(f"{name}: {'met' if ok else 'not met'}" for name, ok in sweep["goals_met"].items())
+    mt = v["mem_table_ms"]
+    lines += ["", f"Goals (64-byte txonly): ratio {ratio_goals}; ns/packet at 256 at most {goals['flatness_max']:g}x "
+                  f"that at 1024. {met}.", "",
+              "| measure | vdpa-bench serve | DPDK net_vhost |", "|---|---|---|",
+              f"| SET_MEM_TABLE 256 MB, median of {len(mt['ours'])} | **{_f(statistics.median(mt['ours']))} ms** "
+              f"(goal ≤ {v['goals']['mem_table_ms_max']:g} ms) | {_f(statistics.median(mt['dpdk']), 1)} ms "
+              "(it populates the mapping) |",
+              f"| backend CPU while traffic runs (max) | **{_f(v['backend_cpu_pct_max'])} %** of a core "
+              f"(goal < {v['goals']['backend_cpu_pct_max']:g} %) | n/a |"]
     return "\n".join(lines)
 
 

@@ -16,8 +16,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -26,22 +24,18 @@ from rich.table import Table
 
 from backend.vhost_user import messages as m
 from bench import campaign as bench_campaign
-from bench import results as committed
 from bench import datapath
+from bench import results as committed
 from bench import rtl as bench_rtl
-from bench.cpu import ThreadTimes, split_cpu
 from sim.memory import GuestMemory
 from testbenches.frontend.vhost_user import VhostUserFrontend
 from testbenches.peers.process import MissingPeer
 from testbenches.peers.serve import ServeProcess
-from testbenches.peers.testpmd import Testpmd, vhost_vdev, virtio_user_vdev
+from testbenches.peers.testpmd import Testpmd, vhost_vdev
 
-BACKEND_CPU = 0  # the backend under test (ours or DPDK's) runs here
-FRONTEND_CPU = 1  # virtio_user's lcores run here
+BACKEND_CPU = datapath.BACKEND_CPU
 MEM_TABLE_SIZE = 256 << 20
-GOAL_RATIO = 0.10
 GOAL_MEM_TABLE_MS = 10.0
-GOAL_BACKEND_CPU = 1.0  # percent of one core
 
 
 def _mem_table_once(sock: str, mem: GuestMemory) -> float:

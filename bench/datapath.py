@@ -1,0 +1,299 @@
+"""The data path sweep: ``vdpa-bench serve`` + the behavioral model against DPDK's ``net_vhost``, at every
+queue size, for 64- and 1500-byte frames, with DPDK's virtio_user as the frontend in two modes:
+
+- ``txonly``: the frontend transmits as fast as the backend takes frames (the backend drops them: our model
+  on an unplugged wire, net_vhost in ``rxonly``); the rate is the frontend's TX counter.
+- ``io``: a loopback; the backend returns every frame to the frontend's receive queue (our model on a
+  loopback wire, net_vhost forwarding ``io``), the frontend forwards what it receives back (``io``, started
+  with ``tx_first``); the rate is the frontend's RX counter.
+
+Each cell (queue size, mode) runs ours then net_vhost back to back, every run through all cells, so load
+on a shared machine falls on both alike: the figures that count are the ratios of the same run. The
+per-packet cost printed is wall-clock time per packet (1 / rate); the device's CPU per packet is the
+model's thread time over the packets of the window.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.cpu import ThreadTimes, split_cpu
+from testbenches.peers.process import MissingPeer
+from testbenches.peers.serve import ServeProcess
+from testbenches.peers.testpmd import Testpmd, vhost_vdev, virtio_user_vdev
+
+BACKEND_CPU = 0  # the backend under test (ours or DPDK's) runs here
+FRONTEND_CPU = 1  # virtio_user's lcores run here
+QSIZES = (64, 256, 1024, 4096)
+MODES = ("txonly", "io")
+FRAMES = (64, 1500)
+#: Bursts the io loop starts with (``start tx_first N``, 32 frames each): more than the smallest ring holds.
+IO_BURSTS = 16
+#: Issue 16's goals, for 64-byte txonly: the ratio to net_vhost at 1024 and 256 entries, and how much more
+#: a packet may cost at 256 entries than at 1024.
+GOAL_RATIO = {1024: 0.5, 256: 0.35}
+GOAL_FLATNESS = 1.5
+GOAL_BACKEND_CPU = 1.0  # percent of one core
+#: py-spy writes its flame graph within this long after its duration (seconds).
+PROFILE_TIMEOUT = 60.0
+
+
+@dataclass
+class Sample:
+    peer: str  # "ours" or "dpdk"
+    run: int
+    qsize: int
+    mode: str
+    frame: int
+    mpps: float
+    backend_cpu_pct: float | None = None  # ours: backend threads (control plane)
+    device_cpu_pct: float | None = None  # ours: the simulated device's threads
+    device_ns_per_pkt: float | None = None  # ours: device thread time per packet
+
+
+@dataclass(frozen=True)
+class Window:
+    warmup: float
+    seconds: float
+
+
+def _window(seconds: float) -> None:
+    """Let traffic run for a measurement window (a measured interval, not a synchronisation)."""
+    time.sleep(seconds)
+
+
+def _measure(tp: Testpmd, mode: str, win: Window, read_cpu: Callable[[], None] | None) -> tuple[float, int]:
+    """Start the frontend in ``mode``; (seconds, frames counted in the window)."""
+    tp.command(f"set fwd {mode}")
+    tp.command(f"start tx_first {IO_BURSTS}" if mode == "io" else "start")
+    _window(win.warmup)
+    if read_cpu is not None:
+        read_cpu()
+    s0, t0 = tp.port_stats(), time.monotonic()
+    _window(win.seconds)
+    s1, t1 = tp.port_stats(), time.monotonic()
+    if read_cpu is not None:
+        read_cpu()
+    tp.command("stop")
+    frames = s1.rx_packets - s0.rx_packets if mode == "io" else s1.tx_packets - s0.tx_packets
+    return t1 - t0, frames
+
+
+def _read_into(readings: list[ThreadTimes], pid: int) -> None:
+    readings.append(ThreadTimes.read(pid))
+
+
+def _frame_sizes(mode: str) -> Iterator[tuple[int, ...]]:
+    """Frame sizes measured on one started pair: txonly changes size between windows; an io loop keeps the
+    frames it started with circulating, so each size gets a pair of its own."""
+    if mode == "txonly":
+        yield FRAMES
+    else:
+        for f in FRAMES:
+            yield (f,)
+
+
+def _frontend(sock: str, qsize: int, log: Path) -> Testpmd:
+    return Testpmd(virtio_user_vdev(sock, queue_size=qsize), log=log, cpu=FRONTEND_CPU, name="virtio_user")
+
+
+def ours(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window) -> list[Sample]:
+    tag = f"ours-{run}-{qsize}-{mode}-{frames[0]}"
+    sock = str(work / f"{tag}.sock")
+    wire = "loopback" if mode == "io" else "none"
+    out: list[Sample] = []
+    with ServeProcess(sock, f"sim:virtio-net,wire={wire},qsize={qsize}", log=work / f"{tag}-serve.log",
+                      cpu=BACKEND_CPU) as serve:
+        serve.wait_listening()
+        with _frontend(sock, qsize, work / f"{tag}-testpmd.log") as tp:
+            tp.wait_ready()
+            for frame in frames:
+                tp.command(f"set txpkts {frame}")
+                readings: list[ThreadTimes] = []
+                seconds, n = _measure(tp, mode, win, partial(_read_into, readings, serve.pid))
+                backend_s, device_s = split_cpu(readings[0], readings[1], "sim:")
+                out.append(Sample("ours", run, qsize, mode, frame, n / seconds / 1e6,
+                                  backend_cpu_pct=100 * backend_s / seconds, device_cpu_pct=100 * device_s / seconds,
+                                  device_ns_per_pkt=1e9 * device_s / n if n else None))
+            tp.quit()
+        serve.stop()
+    return out
+
+
+def dpdk(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window) -> list[Sample]:
+    tag = f"dpdk-{run}-{qsize}-{mode}-{frames[0]}"
+    sock = str(work / f"{tag}.sock")
+    out: list[Sample] = []
+    with Testpmd(vhost_vdev(sock), log=work / f"{tag}-vhost.log", cpu=BACKEND_CPU, name="net_vhost") as vh:
+        vh.wait_ready()
+        vh.command("set fwd io" if mode == "io" else "set fwd rxonly")
+        vh.command("start")
+        with _frontend(sock, qsize, work / f"{tag}-testpmd.log") as tp:
+            tp.wait_ready()
+            for frame in frames:
+                tp.command(f"set txpkts {frame}")
+                seconds, n = _measure(tp, mode, win, None)
+                out.append(Sample("dpdk", run, qsize, mode, frame, n / seconds / 1e6))
+            tp.quit()
+        vh.command("stop")
+        vh.quit()
+    return out
+
+
+def profile(work: Path, qsize: int, win: Window, out: Path) -> Sample:
+    """One txonly 64-byte window of ours with py-spy recording serve (all its threads) as a flame graph."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if spy is None:
+        raise MissingPeer("py-spy", "pip install py-spy (the bench extra)")
+    sock = str(work / "profile.sock")
+    recorder: list[subprocess.Popen[bytes]] = []
+    with ServeProcess(sock, f"sim:virtio-net,wire=none,qsize={qsize}", log=work / "profile-serve.log",
+                      cpu=BACKEND_CPU) as serve:
+        serve.wait_listening()
+        readings: list[ThreadTimes] = []
+
+        def during() -> None:
+            if not recorder:  # sampling without pausing serve, for the length of the window
+                recorder.append(subprocess.Popen(
+                    [spy, "record", "--pid", str(serve.pid), "--duration", str(max(1, round(win.seconds))),
+                     "--rate", "250", "--nonblocking", "--format", "flamegraph", "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            readings.append(ThreadTimes.read(serve.pid))
+
+        try:
+            with _frontend(sock, qsize, work / "profile-testpmd.log") as tp:
+                tp.wait_ready()
+                tp.command("set txpkts 64")
+                seconds, n = _measure(tp, "txonly", win, during)
+                tp.quit()
+            _, err = recorder[0].communicate(timeout=PROFILE_TIMEOUT)
+            if recorder[0].returncode != 0:
+                raise RuntimeError(f"py-spy failed ({recorder[0].returncode}): {err.decode(errors='replace')}")
+        finally:
+            for p in recorder:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=PROFILE_TIMEOUT)
+        serve.stop()
+    backend_s, device_s = split_cpu(readings[0], readings[1], "sim:")
+    return Sample("ours", 0, qsize, "txonly", 64, n / seconds / 1e6, backend_cpu_pct=100 * backend_s / seconds,
+                  device_cpu_pct=100 * device_s / seconds, device_ns_per_pkt=1e9 * device_s / n if n else None)
+
+
+def cells(qsizes: Sequence[int] = QSIZES, modes: Sequence[str] = MODES) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(queue size, mode, frame sizes) for each started pair, in the order a run goes through them."""
+    return [(q, mode, frames) for q in qsizes for mode in modes for frames in _frame_sizes(mode)]
+
+
+def sweep(work: Path, runs: int, win: Window, progress: Callable[[str], None], qsizes: Sequence[int] = QSIZES,
+          modes: Sequence[str] = MODES) -> list[Sample]:
+    samples: list[Sample] = []
+    for run in range(1, runs + 1):
+        for qsize, mode, frames in cells(qsizes, modes):
+            for peer, fn in (("ours", ours), ("dpdk", dpdk)):
+                progress(f"data path: run {run}/{runs}, queue size {qsize}, {mode} {'/'.join(map(str, frames))} B, "
+                         f"{peer}")
+                samples += fn(work, run, qsize, mode, frames, win)
+    return samples
+
+
+@dataclass(frozen=True)
+class Row:
+    """The medians of one (mode, frame, queue size) over the runs."""
+
+    mode: str
+    frame: int
+    qsize: int
+    ours_mpps: float
+    dpdk_mpps: float
+    ratio: float  # median of the runs' pair ratios
+    ours_ns: float  # wall-clock ns per packet (1 / rate)
+    dpdk_ns: float
+    device_ns: float  # device thread ns per packet
+    backend_cpu_pct: float  # max over the runs
+
+
+def rows(samples: list[Sample]) -> list[Row]:
+    out: list[Row] = []
+    for mode in MODES:
+        for frame in FRAMES:
+            for q in QSIZES:
+                o, d = (sorted((s for s in samples if (s.peer, s.mode, s.frame, s.qsize) == (peer, mode, frame, q)),
+                               key=lambda s: s.run) for peer in ("ours", "dpdk"))
+                if not o or len(o) != len(d):
+                    continue
+                om = statistics.median(s.mpps for s in o)
+                dm = statistics.median(s.mpps for s in d)
+                ratio = statistics.median(a.mpps / b.mpps if b.mpps else 0.0 for a, b in zip(o, d, strict=True))
+                dev = [s.device_ns_per_pkt for s in o if s.device_ns_per_pkt is not None]
+                out.append(Row(mode, frame, q, om, dm, ratio, 1e3 / om if om else float("inf"),
+                               1e3 / dm if dm else float("inf"), statistics.median(dev) if dev else float("nan"),
+                               max(s.backend_cpu_pct or 0.0 for s in o)))
+    return out
+
+
+def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
+    """(measure, value, goal, met) for issue 16's goals (64-byte txonly)."""
+    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
+    out: list[tuple[str, str, str, bool]] = []
+    for q, goal in GOAL_RATIO.items():
+        if q in tx:
+            out.append((f"ratio to net_vhost, queue size {q}", f"{tx[q].ratio:.3f}", f">= {goal}", tx[q].ratio >= goal))
+    if 256 in tx and 1024 in tx:
+        flat = tx[256].ours_ns / tx[1024].ours_ns
+        out.append(("ns per packet at 256 / at 1024", f"{flat:.2f}", f"<= {GOAL_FLATNESS}", flat <= GOAL_FLATNESS))
+    backend = max((r.backend_cpu_pct for r in table), default=0.0)
+    out.append(("backend CPU during traffic (max)", f"{backend:.2f} %", f"< {GOAL_BACKEND_CPU} %",
+                backend < GOAL_BACKEND_CPU))
+    return out
+
+
+def print_tables(console: Console, table: list[Row], runs: int, win: Window) -> list[tuple[str, str, str, bool]]:
+    for mode in MODES:
+        for frame in FRAMES:
+            part = [r for r in table if r.mode == mode and r.frame == frame]
+            if not part:
+                continue
+            t = Table(title=f"virtio_user {mode}, {frame} B, 1 queue, median of {runs} run(s), "
+                            f"{win.seconds:g} s windows, interleaved")
+            for col in ("queue size", "ours Mpps", "net_vhost Mpps", "ratio", "ours ns/pkt", "net_vhost ns/pkt",
+                        "device CPU ns/pkt", "backend CPU %"):
+                t.add_column(col, justify="right")
+            for r in part:
+                t.add_row(str(r.qsize), f"{r.ours_mpps:.3f}", f"{r.dpdk_mpps:.2f}", f"{r.ratio:.3f}",
+                          f"{r.ours_ns:.0f}", f"{r.dpdk_ns:.0f}", f"{r.device_ns:.0f}", f"{r.backend_cpu_pct:.2f}")
+            console.print(t)
+    verdicts = goals(table)
+    g = Table(title="goals (issue 16, 64-byte txonly)")
+    for col in ("measure", "value", "goal", "met"):
+        g.add_column(col)
+    for name, value, goal, met in verdicts:
+        g.add_row(name, value, goal, "[green]yes[/]" if met else "[red]no[/]")
+    console.print(g)
+    return verdicts
+
+
+def summary(samples: list[Sample], table: list[Row], verdicts: list[tuple[str, str, str, bool]]) -> dict[str, object]:
+    return {
+        "samples": [asdict(s) for s in samples],
+        "table": [asdict(r) for r in table],
+        "goals": {"ratio_min": {str(k): v for k, v in GOAL_RATIO.items()}, "flatness_max": GOAL_FLATNESS,
+                  "backend_cpu_pct_max": GOAL_BACKEND_CPU},
+        "goals_met": {name: met for name, _, _, met in verdicts},
+    }
+
+
+__all__ = ["FRAMES", "MODES", "QSIZES", "Row", "Sample", "Window", "cells", "goals", "print_tables", "profile",
+           "rows", "summary", "sweep"]

@@ -1,0 +1,66 @@
+"""The data path sweep's arithmetic and its README rendering (bench/datapath.py, bench/results.py), on made-up
+samples: medians per cell, ratios of the same run, per-packet cost, and issue 16's goals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import datapath
+from bench import results as committed
+from bench.datapath import Sample
+
+
+def _samples() -> list[Sample]:
+    out: list[Sample] = []
+    for run, load in ((1, 1.0), (2, 0.5)):  # run 2 on a busier machine: both peers slower, the ratio the same
+        for q, ours in ((256, 8.0), (1024, 12.0)):
+            out.append(Sample("ours", run, q, "txonly", 64, ours * load, backend_cpu_pct=0.0, device_cpu_pct=90.0,
+                              device_ns_per_pkt=1e3 / ours))
+            out.append(Sample("dpdk", run, q, "txonly", 64, 20.0 * load))
+    return out
+
+
+def test_rows_take_the_median_and_the_ratio_of_the_same_run() -> None:
+    rows = {r.qsize: r for r in datapath.rows(_samples())}
+    assert set(rows) == {256, 1024}
+    assert rows[256].ratio == pytest.approx(0.4) and rows[1024].ratio == pytest.approx(0.6)
+    assert rows[1024].ours_mpps == pytest.approx(9.0) and rows[1024].ours_ns == pytest.approx(1e3 / 9.0)
+    assert rows[256].device_ns == pytest.approx(125.0)
+
+
+def test_goals_of_issue_16() -> None:
+    verdicts = {name: met for name, _, _, met in datapath.goals(datapath.rows(_samples()))}
+    assert verdicts["ratio to net_vhost, queue size 1024"] and verdicts["ratio to net_vhost, queue size 256"]
+    assert verdicts["ns per packet at 256 / at 1024"]  # (1000/6) / (1000/9) = 1.5
+    slow = [s if (s.peer, s.qsize) != ("ours", 256) else Sample("ours", s.run, 256, "txonly", 64, s.mpps / 2,
+                                                                 backend_cpu_pct=2.0)
+            for s in _samples()]
+    verdicts = {name: met for name, _, _, met in datapath.goals(datapath.rows(slow))}
+    assert not verdicts["ratio to net_vhost, queue size 256"]
+    assert not verdicts["ns per packet at 256 / at 1024"]
+    assert not verdicts["backend CPU during traffic (max)"]
+
+
+def test_every_cell_of_a_run() -> None:
+    cells = datapath.cells()
+    assert len(cells) == len(datapath.QSIZES) * 3  # txonly both sizes on one pair, io one pair per size
+    assert (64, "txonly", (64, 1500)) in cells and (4096, "io", (1500,)) in cells
+
+
+def test_sweep_renders_in_the_readme(tmp_path: Path) -> None:
+    samples = _samples()
+    table = datapath.rows(samples)
+    data = {"date": "2030-01-02", "command": "make bench",
+            "machine": {"cpu_model": "Test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0], "kernel": "Linux",
+                        "python": "3.11"},
+            "vhost": {"sweep": datapath.summary(samples, table, datapath.goals(table)),
+                      "mem_table_ms": {"ours": [0.4], "dpdk": [45.0]}, "backend_cpu_pct_max": 0.0,
+                      "goals": {"mem_table_ms_max": 10.0, "backend_cpu_pct_max": 1.0}}}
+    committed.write_json(tmp_path / committed.BENCH_FILE, data)
+    text = committed.render_bench(tmp_path)
+    assert "| txonly | 64 B | 1024 | 9.00 | 15.00 | **0.60** | 111 | 67 | 83 |" in text
+    assert "Medians of 2 interleaved run(s)." in text
+    assert "ratio to net_vhost, queue size 256: met" in text
+    assert "**0.00 %** of a core" in text
