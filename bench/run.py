@@ -94,6 +94,7 @@ def report(console: Console, samples: list[datapath.Sample], mt_ours: list[float
                   + ("[green]met[/]" if met else "[red]not met[/]"))
     backend_cpu = max((r.backend_cpu_pct for r in table), default=0.0)
     return {
+        "machine": committed.machine(),  # the load average says how far the absolute figures can be trusted
         "sweep": datapath.summary(samples, table, verdicts),
         "mem_table_ms": {"ours": [1000 * x for x in mt_ours], "dpdk": [1000 * x for x in mt_dpdk]},
         "backend_cpu_pct_max": backend_cpu,
