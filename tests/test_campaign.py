@@ -241,3 +241,40 @@ def test_a_cell_over_its_timeout_is_stopped_retried_and_an_error(tmp_path: Path)
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if "testbenches.campaign.cell" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in
                 " ".join(p.info["cmdline"] or [])]
+
+
+# -- what the history calls new, fixed, flaky --------------------------------------------------------------
+
+
+def _record(cell_id: str, statuses: dict[str, str], seed: int = 1) -> dict[str, object]:
+    from testbenches.campaign.matrix import Cell
+
+    cell = Cell(id=cell_id, target="sim:virtio-net", seed=seed, profile="default", settings={})
+    ids = {i: {"status": s, "area": i.split("-")[0], "level": "MUST", "role": "device", "checks": ["t"],
+               "evidence": [f"t: {i} evidence"] if s == "failed" else []} for i, s in statuses.items()}
+    return {"cell": cell.to_json(), "outcome": "ran", "attempts": 1, "duration": 1.0, "worker": "w", "log_tail": "",
+            "results": {"ids": ids}}
+
+
+def test_history_tells_new_fixed_flaky_and_no_change(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from testbenches.campaign import history
+    from testbenches.campaign.merge import Merged
+
+    def run(rev: str, *records: dict[str, object]) -> history.History:
+        merged = Merged.build("h", tmp_path / "h.toml", list(records))  # type: ignore[arg-type]
+        with history.connect(tmp_path / "h.sqlite") as db:
+            cid = history.record(db, merged, started=datetime.now(UTC), duration=1.0, rev=rev, report=tmp_path)
+            return history.changes(db, cid)
+
+    first = run("a", _record("c1", {"FEAT-DEV-03": "passed", "PCI-DEV-19": "failed"}))
+    assert first.previous is None and first.changed() == {}
+    same = run("a", _record("c1", {"FEAT-DEV-03": "passed", "PCI-DEV-19": "failed"}))
+    assert same.previous is not None and same.changed() == {}
+    flaky = run("a", _record("c1", {"FEAT-DEV-03": "failed", "PCI-DEV-19": "failed"}))
+    assert {i: c.label() for i, c in flaky.changed().items()} == {"FEAT-DEV-03": "flaky in 1 cell(s)"}
+    code = run("b", _record("c1", {"FEAT-DEV-03": "failed", "PCI-DEV-19": "passed"}),
+               _record("c2", {"FEAT-DEV-03": "failed", "SPLIT-DEV-15": "failed"}, seed=2))
+    assert {i: c.label() for i, c in code.changed().items()} == {
+        "PCI-DEV-19": "fixed in 1 cell(s)", "SPLIT-DEV-15": "new failure in 1 cell(s)"}

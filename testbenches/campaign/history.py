@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from testbenches.campaign.matrix import CampaignError
 from testbenches.campaign.merge import FAILED, PASSED, Merged
 
 SCHEMA = """
@@ -36,9 +37,9 @@ CREATE TABLE IF NOT EXISTS cell (
     PRIMARY KEY (campaign, cell_id)
 );
 CREATE TABLE IF NOT EXISTS verdict (
-    campaign INTEGER NOT NULL REFERENCES campaign(id), cell_key TEXT NOT NULL, req_id TEXT NOT NULL,
+    campaign INTEGER NOT NULL REFERENCES campaign(id), cell_id TEXT NOT NULL, req_id TEXT NOT NULL,
     area TEXT NOT NULL, level TEXT NOT NULL, status TEXT NOT NULL,
-    PRIMARY KEY (campaign, cell_key, req_id)
+    PRIMARY KEY (campaign, cell_id, req_id)
 );
 CREATE INDEX IF NOT EXISTS verdict_req ON verdict (req_id);
 """
@@ -55,11 +56,24 @@ def revision(root: Path) -> str:
     return f"{head}+{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else head
 
 
+SCHEMA_VERSION = 2
+
+
+class HistoryError(CampaignError):
+    """The history file is not one this version writes."""
+
+
 @contextmanager
 def connect(path: Path) -> Iterator[sqlite3.Connection]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path)) as db:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            raise HistoryError(f"{path}: a campaign history of schema {version}, this version writes "
+                               f"{SCHEMA_VERSION}: start a new file (--history)")
         db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         yield db
 
 
@@ -78,8 +92,8 @@ def record(db: sqlite3.Connection, merged: Merged, *, started: datetime, duratio
             [(cid, c.id, c.key, c.target, c.seed, c.profile, c.verdict, c.outcome, c.attempts, c.duration, c.worker)
              for c in merged.cells])
         db.executemany(
-            "INSERT OR REPLACE INTO verdict VALUES (?, ?, ?, ?, ?, ?)",
-            [(cid, c.key, row.id, row.area, row.level, row.statuses[c.id])
+            "INSERT INTO verdict VALUES (?, ?, ?, ?, ?, ?)",
+            [(cid, c.id, row.id, row.area, row.level, row.statuses[c.id])
              for c in merged.cells for row in merged.rows.values()])
     return cid
 
@@ -117,10 +131,10 @@ def _previous(db: sqlite3.Connection, campaign: int) -> tuple[int, str] | None:
 
 
 def _verdicts(db: sqlite3.Connection, campaign: int) -> dict[str, dict[str, tuple[str, str]]]:
-    """req id -> cell key -> (status, cell id)."""
+    """req id -> cell key -> (status, cell id); cells of one key in a campaign are one experiment."""
     out: dict[str, dict[str, tuple[str, str]]] = {}
-    rows = db.execute("SELECT v.req_id, v.cell_key, v.status, c.cell_id FROM verdict v JOIN cell c "
-                      "ON c.campaign = v.campaign AND c.cell_key = v.cell_key WHERE v.campaign = ?", (campaign,))
+    rows = db.execute("SELECT v.req_id, c.cell_key, v.status, c.cell_id FROM verdict v JOIN cell c "
+                      "ON c.campaign = v.campaign AND c.cell_id = v.cell_id WHERE v.campaign = ?", (campaign,))
     for req_id, key, status, cell_id in rows:
         out.setdefault(req_id, {})[key] = (status, cell_id)
     return out

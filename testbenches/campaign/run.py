@@ -98,6 +98,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         campaign = load_campaign(Path(args.file), out=args.out, history=args.history)
         if args.cell:
             return _reproduce(campaign, list(args.cell), console)
+        with history.connect(campaign.history):
+            pass  # a history this version cannot extend is an error now, not after the cells ran
         started, t0 = datetime.now(UTC), time.monotonic()
         campaign.out.mkdir(parents=True, exist_ok=True)
         with engine.client_for(campaign, scheduler=args.scheduler, cluster=args.cluster) as client:
