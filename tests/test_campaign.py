@@ -263,7 +263,7 @@ def test_history_tells_new_fixed_flaky_and_no_change(tmp_path: Path) -> None:
     from testbenches.campaign.merge import Merged
 
     def run(rev: str, *records: dict[str, object]) -> history.History:
-        merged = Merged.build("h", tmp_path / "h.toml", list(records))  # type: ignore[arg-type]
+        merged = Merged.build("h", tmp_path / "h.toml", list(records))
         with history.connect(tmp_path / "h.sqlite") as db:
             cid = history.record(db, merged, started=datetime.now(UTC), duration=1.0, rev=rev, report=tmp_path)
             return history.changes(db, cid)
