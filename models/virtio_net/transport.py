@@ -115,15 +115,6 @@ class ModelEndpoint(PciEndpoint):
 
     after_access: Callable[[], None] | None = None
 
-    def dma_read(self, iova: int, size: int) -> bytes:
-        # The same checks as PciEndpoint's, with the IOMMU's int-only fast path for the ring accesses.
-        self._check_master(iova, size, DmaPerm.READ)
-        return self.iommu.read_quick(iova, size)
-
-    def dma_write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
-        self._check_master(iova, len(data), DmaPerm.WRITE)
-        self.iommu.write_quick(iova, data)
-
     def bar_write(self, index: int, offset: int, data: bytes) -> None:
         super().bar_write(index, offset, data)
         if self.after_access is not None:

@@ -459,11 +459,11 @@ class PciEndpoint:
 
     def dma_read(self, iova: int, size: int) -> bytes:
         self._check_master(iova, size, DmaPerm.READ)
-        return self.iommu.read(iova, size)
+        return self.iommu.read_quick(iova, size)
 
     def dma_write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
         self._check_master(iova, len(data), DmaPerm.WRITE)
-        self.iommu.write(iova, data)
+        self.iommu.write_quick(iova, data)
 
     def function_reset(self) -> None:
         with self.lock:
