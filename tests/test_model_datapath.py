@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from backend.pci.device import DmaFaultError, DmaPerm
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
-from backend.virtio.split_ring import DESC, U16, USED_ELEM, DescFlags, SplitLayout
+from backend.virtio.split_ring import DESC, U16, USED_ELEM, DescFlags, SplitLayout, vring_need_event
 from models.targets import open_virtio_net
 from models.virtio_net import Chain, FrameBatch, SplitQueue, VirtioNetDevice
 from sim.iommu import PAGE_SIZE, Iommu
@@ -205,6 +205,40 @@ def test_buffers_added_under_no_notify_are_taken_without_a_kick() -> None:
         tx.add_chain([(BUF, HDR_SIZE + len(FRAME), False)])
         tx.kick()
         assert added and tx.used_idx() == 2 and len(col.take()) == 2
+
+
+def test_a_producer_outlasting_the_round_budget_is_served_with_event_idx() -> None:
+    """A driver on another CPU adds a chain each time the device publishes a used idx and kicks only when
+    avail_event asks for it (vring_need_event). The device gives up the lock after its round budget; with
+    EVENT_IDX it must then ask for a kick at its position and come back for what the driver added without
+    one, or the queue stalls with buffers the driver was told need no notification."""
+    with Guest() as g:
+        col = g.collect()
+        _rx, tx = g.bring_up(BASE | bits(F.EVENT_IDX))
+        g.mem.write(BUF, NetHdr().pack() + FRAME)
+        extra = 150  # more than two round budgets, fewer than the ring holds at once
+        added: list[int] = []
+        owed: list[bool] = [False]
+        used_idx_at = tx.used + 2
+
+        def produce(access: DmaPerm, iova: int, size: int) -> None:
+            if access & DmaPerm.WRITE and iova <= used_idx_at < iova + size and len(added) < extra:
+                old = tx.avail_idx
+                added.append(tx.add_chain([(BUF, HDR_SIZE + len(FRAME), False)]))
+                event = U16.unpack(g.mem.read(tx.used + tx.lay.avail_event, 2))[0]
+                owed[0] |= vring_need_event(event, tx.avail_idx, old)
+
+        g.model.endpoint.iommu.observers.append(produce)
+        tx.add_chain([(BUF, HDR_SIZE + len(FRAME), False)])
+        tx.kick()
+        for _ in range(extra):  # the kicks the driver owes, each after the device answered the last one
+            if not owed[0]:
+                break
+            owed[0] = False
+            tx.kick()
+        assert len(added) == extra
+        assert tx.used_idx() == extra + 1, f"{extra + 1 - tx.used_idx()} chains left unused without a kick"
+        assert len(col.take()) == extra + 1
 
 
 # --- merged receive buffers ----------------------------------------------------------------------------

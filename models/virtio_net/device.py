@@ -276,9 +276,18 @@ class VirtioNetDevice(VirtioPciFunction):
                     quiet = True
                 self._tx_round(q, pending)
                 rounds += 1
-            if not q.event_idx:
-                # Out of rounds (the lock is given up now and then): kicks are wanted again, and what was added
-                # while they were off is taken now; anything added later comes with a kick.
+            if q.event_idx:
+                # Out of rounds (the lock is given up now and then): ask for a kick at the next entry, and come
+                # back for what is already there once the lock is released, since the driver may have decided
+                # against kicking for it by an older avail_event.
+                q.write_avail_event(q.last_avail_idx)
+                full_barrier()
+                if q.available():
+                    index = q.index
+                    self.defer(lambda: self.kick_locked(index))  # run_deferred's loop picks up what it defers
+            else:
+                # Out of rounds: kicks are wanted again, and what was added while they were off is taken now;
+                # anything added later comes with a kick.
                 if quiet:
                     q.write_used_flags(0)
                     quiet = False
