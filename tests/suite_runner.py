@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "testbenches" / "conformance" / "checks"
 
 
-def run_suite(target: str, out: Path, *extra: str, timeout: float = 600) -> dict[str, Any]:
-    """``pytest <checks> --target T --report-dir out``; returns the parsed results.json."""
+def run_suite(target: str, out: Path, *extra: str, timeout: float = 600,
+              modules: Sequence[Path] | None = None) -> dict[str, Any]:
+    """``pytest <checks> --target T --report-dir out`` (only ``modules`` of the checks when given); returns the
+    parsed results.json."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS), "--target", target,
+    paths = [str(m) for m in modules] if modules else [str(CHECKS)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, "--target", target,
            "--report-dir", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     results = out / "results.json"
@@ -32,3 +36,19 @@ def run_suite(target: str, out: Path, *extra: str, timeout: float = 600) -> dict
 
 def ids_with(data: dict[str, Any], status: str) -> set[str]:
     return {i for i, r in data["ids"].items() if r["status"] == status}
+
+
+def judging_modules(data: dict[str, Any], ids: Collection[str]) -> list[Path]:
+    """The check modules that judged ``ids`` in the run ``data`` (a whole-suite run on a sound target): running
+    only those on a variant seeded with a bug against ``ids`` asks the same checks the same questions."""
+    modules: set[Path] = set()
+    for rid in ids:
+        checks = data["ids"][rid]["checks"]
+        if not checks:
+            raise AssertionError(f"{rid}: no check judged it in the reference run")
+        # node ids are relative to where pytest ran (``checks/...`` or ``testbenches/conformance/checks/...``)
+        modules.update(CHECKS / Path(c.split("::", 1)[0]).name for c in checks)
+    missing = [m for m in modules if not m.is_file()]
+    if missing:
+        raise AssertionError(f"check modules named in the reference run are gone: {missing}")
+    return sorted(modules)

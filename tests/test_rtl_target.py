@@ -37,7 +37,7 @@ from testbenches.frontend.vhost_user import VhostUserFrontend
 from testbenches.peers.process import require_peer
 from testbenches.peers.serve import DeviceProcess, ServeProcess
 from tests.expected_ids import difference, expected_path, read_expected
-from tests.suite_runner import ROOT, ids_with, run_suite
+from tests.suite_runner import ROOT, ids_with, judging_modules, run_suite
 
 RTL = "rtl:virtio-net"
 SIM = "sim:virtio-net"
@@ -84,19 +84,21 @@ def rtl_builds() -> None:
 
 @pytest.fixture(scope="module")
 def suites(rtl_builds: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The suite on rtl and sim, then on every seeded-bug build: two child processes at a time (two cores)."""
-    jobs: list[tuple[str, str, tuple[str, ...]]] = [(RTL, RTL, ()), (SIM, SIM, ())]
-    jobs += [(define, f"{RTL},define={define}", VARIANT_ARGS) for define in SEEDED_BUGS]
-
-    def one(job: tuple[str, str, tuple[str, ...]]) -> tuple[str, dict[str, Any]]:
-        name, target, extra = job
+    """The whole suite on rtl and sim, then on every seeded-bug build the check modules that judged its ids on
+    rtl: two child processes at a time (two cores)."""
+    def one(job: tuple[str, str, tuple[str, ...], list[Path] | None]) -> tuple[str, dict[str, Any]]:
+        name, target, extra, modules = job
         out = tmp_path_factory.mktemp(name.replace(":", "-"))
-        data = run_suite(target, out, *extra)
+        data = run_suite(target, out, *extra, modules=modules)
         data["_dir"] = out
         return name, data
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, jobs))
+        results = dict(pool.map(one, [(RTL, RTL, (), None), (SIM, SIM, (), None)]))
+        variants = [(define, f"{RTL},define={define}", VARIANT_ARGS, judging_modules(results[RTL], ids))
+                    for define, ids in SEEDED_BUGS.items()]
+        results.update(pool.map(one, variants))
+    return results
 
 
 def test_suite_passes_on_rtl(suites: dict[str, dict[str, Any]]) -> None:
