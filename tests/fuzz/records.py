@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from backend.fd_channel import FdChannel
+
 #: Most fds one record may carry (vhost-user's limit; vfio-user servers take more, clients fewer).
 MAX_RECORD_FDS: Final = 8
 #: Most fds one input makes: bounds the fds in flight on the socket whatever the input says.
@@ -125,3 +127,16 @@ def leaked(before: set[int], after: set[int]) -> list[str]:
 
 class Defect(AssertionError):
     """A real defect found by a fuzz target (anything else a target raises is one too)."""
+
+
+def send_records(sock: socket.socket, data: bytes, scratch: str, max_fds: int) -> None:
+    """Send each record of ``data`` as one message with fds of its kinds (ours closed after the send)."""
+    chan = FdChannel(sock, max_fds=max_fds)
+    for r in records(data):
+        fds = [make_fd(k, scratch) for k in r.fd_kinds]
+        try:
+            if r.body:
+                chan.send(r.body, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)

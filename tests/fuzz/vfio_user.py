@@ -34,7 +34,7 @@ from backend.pci.device import DmaPerm, IrqIndex, PciError, RegionIndex
 from backend.pci.vfio_user import VfioUserPciDevice
 from sim.vfio_user.daemon import model_factory
 from sim.vfio_user.server import MAX_MESSAGE, SERVER_MAX_FDS, VfioUserServer
-from tests.fuzz.records import Defect, leaked, make_fd, open_fds, records
+from tests.fuzz.records import Defect, leaked, make_fd, open_fds, records, send_records
 
 MODEL: Final = "virtio-net,wire=loopback"
 SOCK_BUF: Final = 1 << 20
@@ -52,18 +52,6 @@ def _big_buffers(*socks: socket.socket) -> None:
     for s in socks:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
-
-
-def send_records(sock: socket.socket, data: bytes, scratch: str, max_fds: int) -> None:
-    chan = FdChannel(sock, max_fds=max_fds)
-    for r in records(data):
-        fds = [make_fd(k, scratch) for k in r.fd_kinds]
-        try:
-            if r.body:
-                chan.send(r.body, fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
 
 
 class VfioUserServerTarget:

@@ -21,11 +21,10 @@ import tempfile
 from backend.device import VdpaDevice
 from backend.drivers.quirks import default_quirks
 from backend.drivers.vdpa import VirtioPciVdpaDevice
-from backend.fd_channel import FdChannel
 from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import ConnectionLost, SessionRecord, VhostUserServer, recv_message
-from tests.fuzz.records import Defect, leaked, make_fd, open_fds, records
+from tests.fuzz.records import Defect, leaked, open_fds, send_records
 
 SPEC = "sim:virtio-net,wire=loopback"
 #: Socket buffers large enough that a whole input and all its replies fit before anyone reads.
@@ -80,15 +79,7 @@ class VhostUserSessionTarget:
             raise Defect(f"fds left open after the session ended ({rec.reason}): {left}")
 
     def _send_all(self, front: socket.socket, data: bytes) -> None:
-        chan = FdChannel(front, max_fds=m.MAX_FDS)
-        for r in records(data):
-            fds = [make_fd(k, self.scratch) for k in r.fd_kinds]
-            try:
-                if r.body:
-                    chan.send(r.body, fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+        send_records(front, data, self.scratch, m.MAX_FDS)
 
     def _check_device_threads(self) -> None:
         for dev in self.devices:
