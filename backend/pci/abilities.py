@@ -117,6 +117,10 @@ class Abilities:
     #: None when the driver masks MSI-X vectors in the table itself (the Mask bit, the PBA); otherwise why it
     #: cannot (Linux vfio-pci owns the table: it drops writes there and reads it as all ones).
     msix_masking: Lacking | None = None
+    #: None when the driver's config space accesses reach the function's own type-0 header (BARs, Command,
+    #: expansion ROM, capability bytes) and its own function-level reset; otherwise why not (Linux vfio-pci
+    #: emulates those registers and resets the function its own way).
+    config_header: Lacking | None = None
 
 
 #: What a target that declares nothing offers.

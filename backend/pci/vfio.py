@@ -803,6 +803,9 @@ class VfioPciDevice:
                 f"{self.name}: DMA faults cannot be observed: {self._kmsg_error}"),
             msix_masking=Lacking(f"{self.name}: vfio-pci owns the MSI-X table (writes there are dropped, reads "
                                  "return all ones): vectors and their pending bits cannot be masked by the bench"),
+            config_header=Lacking(f"{self.name}: vfio-pci emulates the BAR registers, the Command register, the "
+                                  "expansion ROM BAR and the MSI/MSI-X capabilities, and resets the function its own "
+                                  "way: the bench sees the kernel's registers there, not the function's"),
         )
 
     def reset(self) -> None:

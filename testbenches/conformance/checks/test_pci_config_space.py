@@ -72,9 +72,22 @@ def _cap_len(cfg: bytes, offset: int, cap_id: int) -> int:
     return MSIX_CAP_LEN if cap_id == PCI_CAP_ID_MSIX else 2
 
 
+def _header_judgeable(dev: PciDevice, verdict: Verdict, *ids: str) -> bool:
+    """False (the ids not applicable, with the target's reason) when config accesses do not reach the function's
+    own header: through Linux vfio-pci the kernel emulates the BARs, Command and the MSI-X capability."""
+    lack = dev.abilities().config_header
+    if lack is None:
+        return True
+    for rid in ids:
+        verdict.not_applicable(rid, f"the function's own PCI header is not reachable: {lack.why}")
+    return False
+
+
 @pytest.mark.req("PCI-DEV-01")
 def test_config_header_register_semantics(bench: Bench, verdict: Verdict) -> None:
     dev = bench.open()
+    if not _header_judgeable(dev, verdict, "PCI-DEV-01"):
+        return
     whole = _config(dev)
     for width in (1, 2, 4, 8):  # the same bytes whatever the access width
         pieces = b"".join(dev.region_read(RegionIndex.CONFIG, o, width) for o in range(0, PCI_CONFIG_SPACE_SIZE, width))
@@ -122,6 +135,8 @@ def test_config_header_register_semantics(bench: Bench, verdict: Verdict) -> Non
 @pytest.mark.req("PCI-DEV-01")
 def test_bar_sizing_and_programming(bench: Bench, verdict: Verdict) -> None:
     dev = bench.open()
+    if not _header_judgeable(dev, verdict, "PCI-DEV-01"):
+        return
     original = [config_read(dev, _bar_reg(s), 4) for s in range(BAR_SLOTS)]
     cfg = _config(dev)
     # Reading ISR status clears it: a BAR holding it has read side effects and must not be prefetchable.
@@ -177,6 +192,8 @@ def test_bar_sizing_and_programming(bench: Bench, verdict: Verdict) -> None:
 @pytest.mark.req("PCI-DEV-01")
 def test_capability_list_walk(bench: Bench, verdict: Verdict) -> None:
     dev = bench.open()
+    if not _header_judgeable(dev, verdict, "PCI-DEV-01"):
+        return
     cfg = _config(dev)
     ptr = cfg[PciCfg.CAPABILITIES_POINTER]
     verdict.check("PCI-DEV-01", ptr & 3 == 0 and 0x40 <= ptr <= 0xFC,
@@ -229,6 +246,8 @@ def test_capability_list_walk(bench: Bench, verdict: Verdict) -> None:
 @pytest.mark.req("PCI-DEV-01")
 def test_bus_master_enable_gates_dma(bench: Bench, verdict: Verdict) -> None:
     with bench.rig() as r:
+        if not _header_judgeable(r.pci, verdict, "PCI-DEV-01"):
+            return
         d = r.up(queue_size=8, rx_buffers=0)
         ring = d.queues[TX]
         ring.add([bytes(d.hdr_len) + make_frame(1, 100)], [])
@@ -294,6 +313,8 @@ def _msix(dev: PciDevice) -> tuple[int, int, int, int] | None:
 @pytest.mark.req("PCI-DEV-01", "PCI-DEV-19", "PCI-DEV-59")
 def test_function_level_reset_restores_defaults(bench: Bench, verdict: Verdict) -> None:
     with bench.rig() as r:
+        if not _header_judgeable(r.pci, verdict, "PCI-DEV-01", "PCI-DEV-19", "PCI-DEV-59"):
+            return
         d = r.up(queue_size=8, rx_buffers=2)
         t = d.transport
         msix = _msix(r.pci)
@@ -344,18 +365,22 @@ def _works_again(r: Rig, verdict: Verdict) -> None:
 def test_bar_access_at_every_width_and_offset(bench: Bench, verdict: Verdict) -> None:
     t = bench.transport()
     dev = t.pci
-    regions: list[tuple[str, int, int, int]] = []  # name, bar, offset, length: side-effect free to read
+    # name, bar, offset, length, the access widths whose result the specs define there (side-effect free reads).
+    # The virtio structures define only each field's natural width (4.1.3.1: QEMU's device returns 0 for a byte
+    # inside a 16-bit field), so they get no width sweep; the MSI-X table is defined for aligned dwords and
+    # qwords only (PCIe 7.7.2).
+    regions: list[tuple[str, int, int, int, tuple[int, ...]]] = []
     for cfg_type, name in ((CapType.COMMON_CFG, "common"), (CapType.DEVICE_CFG, "device")):
         cap = t.cap(cfg_type)
         if cap is not None:
-            regions.append((name, cap.bar, cap.offset, cap.length))
+            regions.append((name, cap.bar, cap.offset, cap.length, ()))
     msix = _msix(dev)
     if msix is not None:
         _, bir, table, size = msix
-        regions.append(("MSI-X table", bir, table, size * MSIX_ENTRY_SIZE))
-    for name, bar, offset, length in regions:
+        regions.append(("MSI-X table", bir, table, size * MSIX_ENTRY_SIZE, (4, 8)))
+    for name, bar, offset, length, widths in regions:
         whole = dev.region_read(bar, offset, length)
-        for width in (1, 2, 4, 8):
+        for width in widths:
             parts = b"".join(dev.region_read(bar, o, min(width, offset + length - o))
                              for o in range(offset, offset + length, width))
             verdict.check("PCI-DEV-01", parts == whole,
@@ -368,7 +393,7 @@ def test_bar_access_at_every_width_and_offset(bench: Bench, verdict: Verdict) ->
             verdict.check("PCI-DEV-01", across == halves,
                           f"{name}: 8 bytes at BAR{bar}+{end - 4:#x} read {across.hex()}, as two dwords "
                           f"{halves.hex()}")
-    known = [(bar, offset, offset + length) for _, bar, offset, length in regions]
+    known = [(bar, offset, offset + length) for _, bar, offset, length, _ in regions]
     for bar in range(BAR_SLOTS):
         size = dev.region_info(bar).size
         if not size:
