@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from backend.pci.abilities import Ability, DmaObserver, Lacking
 from backend.pci.device import DmaFault, DmaPerm
@@ -29,8 +30,10 @@ from backend.virtio.split_ring import (
     SplitLayout,
 )
 from sim.memory import GuestMemory
-from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue
+
+if TYPE_CHECKING:  # the plugin imports pytest and rich; the strategies built on this module must not
+    from testbenches.conformance.plugin import Verdict
 
 # --- chains -----------------------------------------------------------------------------------------
 
