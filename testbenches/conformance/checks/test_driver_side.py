@@ -10,7 +10,7 @@ fault-injecting proxy that makes the device refuse or withhold features.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -322,20 +322,29 @@ NOTIF_VARIANTS = {
 }
 
 
+def _open_offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> PciDevice | None:
+    """The target, offering the ``wanted`` feature bits: as it is, or (a configurable target: the behavioral model
+    implements every notification format) a variant offering them too; None, with ``ids`` not offered, when
+    neither can."""
+    dev = bench.open()
+    offered = VirtioPciModern(dev).device_features()
+    if offered & wanted == wanted:
+        return dev
+    if not bench.configurable:
+        for rid in ids:
+            verdict.not_offered(rid, f"the target does not offer {describe(wanted)}")
+        return None
+    return bench.open(bench.variant(replace=True, features=f"{offered | wanted:#x}"))
+
+
 @pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(*NOTIF_VARIANTS[v][1]))
                                      for v in sorted(NOTIF_VARIANTS)])
 def test_guest_driver_notification_formats(bench: Bench, verdict: Verdict, mem: GuestMemory,
                                            variant: str) -> None:
     wanted, ids = NOTIF_VARIANTS[variant]
-    dev = bench.open()
-    offered = VirtioPciModern(dev).device_features()
-    if offered & wanted != wanted:
-        if not bench.configurable:
-            for rid in ids:
-                verdict.not_offered(rid, f"the target does not offer {describe(wanted)}")
-            return
-        # The behavioral model implements both formats; offer them for this driver-side check.
-        dev = bench.open(bench.variant(replace=True, features=f"{offered | wanted:#x}"))
+    dev = _open_offering(bench, verdict, wanted, ids)
+    if dev is None:
+        return
     trace = TracingPciDevice(dev)
     rings = SplitRingMonitor.attach(trace, mem.read)
     # Exactly this variant's notification formats: a target offering both would otherwise put every
@@ -407,14 +416,9 @@ def test_notification_value_over_the_whole_avail_idx_range(bench: Bench, verdict
     queue_notif_config_data in bits 0-15, next_off in 16-30, next_wrap in 31) or, without NOTIFICATION_DATA,
     the 16-bit identifier alone."""
     wanted, ids = NOTIF_VARIANTS[variant][0], NOTIF_VALUE_IDS[variant]
-    dev = bench.open()
-    offered = VirtioPciModern(dev).device_features()
-    if offered & wanted != wanted:
-        if not bench.configurable:
-            for rid in ids:
-                verdict.not_offered(rid, f"the target does not offer {describe(wanted)}")
-            return
-        dev = bench.open(bench.variant(replace=True, features=f"{offered | wanted:#x}"))
+    dev = _open_offering(bench, verdict, wanted, ids)
+    if dev is None:
+        return
     t = VirtioPciModern(dev)
     t.enable_device()
     t.reset()
