@@ -244,6 +244,18 @@ def rows(samples: list[Sample]) -> list[Row]:
     return out
 
 
+def peer_relative_flatness(small: Row, large: Row) -> float:
+    """How much more a packet costs at the small ring than at the large one, with each cost taken relative
+    to net_vhost's cost measured beside it: (ours_ns / dpdk_ns at small) / (ours_ns / dpdk_ns at large),
+    which is the large ring's pair ratio over the small one's."""
+    return large.ratio / small.ratio if small.ratio else float("inf")
+
+
+def wall_clock_flatness(small: Row, large: Row) -> float:
+    """The raw figure: our wall-clock ns per packet at the small ring over that at the large one."""
+    return small.ours_ns / large.ours_ns
+
+
 def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
     """(measure, value, goal, met) for issue 16's goals (64-byte txonly)."""
     tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
@@ -252,8 +264,11 @@ def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
         if q in tx:
             out.append((f"ratio to net_vhost, queue size {q}", f"{tx[q].ratio:.3f}", f">= {goal}", tx[q].ratio >= goal))
     if 256 in tx and 1024 in tx:
-        flat = tx[256].ours_ns / tx[1024].ours_ns
-        out.append(("ns per packet at 256 / at 1024", f"{flat:.2f}", f"<= {GOAL_FLATNESS}", flat <= GOAL_FLATNESS))
+        # Each cost against net_vhost's cost in the same run: the machine's speed swings ~3x between cells
+        # (wall_clock_flatness shows the raw figure), and net_vhost's own cost is flat across queue sizes.
+        flat = peer_relative_flatness(tx[256], tx[1024])
+        out.append(("ns per packet at 256 / at 1024, each relative to net_vhost's in its run", f"{flat:.2f}",
+                    f"<= {GOAL_FLATNESS}", flat <= GOAL_FLATNESS))
     backend = max((r.backend_cpu_pct for r in table), default=0.0)
     out.append(("backend CPU during traffic (max)", f"{backend:.2f} %", f"< {GOAL_BACKEND_CPU} %",
                 backend < GOAL_BACKEND_CPU))
@@ -282,6 +297,12 @@ def print_tables(console: Console, table: list[Row], runs: int, win: Window) -> 
     for name, value, goal, met in verdicts:
         g.add_row(name, value, goal, "[green]yes[/]" if met else "[red]no[/]")
     console.print(g)
+    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
+    if 256 in tx and 1024 in tx:
+        dpdk = tx[256].dpdk_ns / tx[1024].dpdk_ns
+        console.print(f"wall clock, not relative: ours {wall_clock_flatness(tx[256], tx[1024]):.2f}, net_vhost "
+                      f"{dpdk:.2f} (ns per packet at 256 / at 1024; both move with the machine's speed)",
+                      highlight=False)
     return verdicts
 
 
@@ -295,5 +316,5 @@ def summary(samples: list[Sample], table: list[Row], verdicts: list[tuple[str, s
     }
 
 
-__all__ = ["FRAMES", "MODES", "QSIZES", "Row", "Sample", "Window", "cells", "goals", "print_tables", "profile",
-           "rows", "summary", "sweep"]
+__all__ = ["FRAMES", "MODES", "QSIZES", "Row", "Sample", "Window", "cells", "goals", "peer_relative_flatness",
+           "print_tables", "profile", "rows", "summary", "sweep"]

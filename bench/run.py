@@ -106,7 +106,7 @@ def report(console: Console, samples: list[datapath.Sample], mt_ours: list[float
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--runs", type=int, default=2, help="runs through every cell (interleaved), default 2")
+    ap.add_argument("--runs", type=int, default=3, help="runs through every cell (interleaved), default 3")
     ap.add_argument("--window", type=float, default=1.5, help="measurement window in seconds, default 1.5")
     ap.add_argument("--warmup", type=float, default=0.5, help="seconds of traffic before the window, default 0.5")
     ap.add_argument("--qsize", type=int, nargs="+", default=list(datapath.QSIZES),
