@@ -198,6 +198,26 @@ def render_rtl(results_dir: Path) -> str:
     return text + "".join(f" {note}." for note in r.get("notes", []))
 
 
+def render_campaign(results_dir: Path) -> str:
+    data = _load(results_dir, BENCH_FILE)
+    if data is None or not data.get("campaign"):
+        return "No campaign throughput is committed yet: run `make bench`."
+    c = data["campaign"]
+    serial, parallel = c["serial_wall_s"], c["parallel_wall_s"]
+    verdict = "met" if c["speedup"] >= c["goal_speedup"] else "not met"
+    return "\n".join([
+        f"Throughput, the same {c['cells']} cells ({c['checks']}) one after another and on {c['workers']} Dask "
+        f"workers: {_machine_line(data | {'file': BENCH_FILE}, 'make bench')}", "",
+        "| run | wall (s) | per cell (s) | cell's own run (s, mean) |", "|---|---|---|---|",
+        f"| one after another | {serial:.1f} | {serial / c['cells']:.2f} | "
+        f"{sum(c['serial_cell_s']) / c['cells']:.2f} |",
+        f"| {c['workers']} Dask workers | {parallel:.1f} | {parallel / c['cells']:.2f} | "
+        f"{sum(c['parallel_cell_s']) / c['cells']:.2f} |", "",
+        f"Speedup **{c['speedup']:.2f}x** (goal ≥ {c['goal_speedup']:g}x: {verdict}); the engine's overhead "
+        f"{c['overhead_per_cell_s']:.2f} s per cell; the cluster's start-up, {c['cluster_startup_s']:.1f} s, "
+        "is paid once per campaign and not counted."])
+
+
 def render_suite(results_dir: Path) -> str:
     files = sorted(results_dir.glob(f"{SUITE_PREFIX}*.json"))
     if not files:
@@ -218,6 +238,7 @@ def render_suite(results_dir: Path) -> str:
 #: Marker name → renderer. Every name must appear in the README exactly once.
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "bench": render_bench,
+    "campaign": render_campaign,
     "rtl": render_rtl,
     "suite": render_suite,
 }

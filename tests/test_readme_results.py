@@ -39,6 +39,10 @@ def _bench_json() -> dict[str, Any]:
         "rtl": {"plain_cycles_per_s": 5.1e6, "goal_cycles_per_s": 1e6, "notes": [],
                 "runs": [{"name": "Python frontend", "cycles_per_s": 1.25e6, "clock_cycles_per_s": 3e6},
                          {"name": "testpmd io loop", "cycles_per_s": 2.5e6, "clock_cycles_per_s": 4e6}]},
+        "campaign": {"cells": 4, "workers": 2, "checks": "test_features", "serial_wall_s": 20.0,
+                     "parallel_wall_s": 12.5, "speedup": 1.6, "overhead_per_cell_s": 0.5, "cluster_startup_s": 1.5,
+                     "serial_cell_s": [5.0, 5.0, 5.0, 5.0], "parallel_cell_s": [5.5, 5.5, 5.5, 5.5],
+                     "goal_speedup": 1.7, "goal_met": False},
     }
 
 
@@ -73,12 +77,17 @@ def test_bench_rendering_carries_every_figure_and_the_machine(tmp_path: Path) ->
     assert "Full stack 1.25 M simulated cycles/s with the Python frontend (3.00 M while the clock ran), " \
         "2.50 M with testpmd's io loop (4.00 M while the clock ran), against 5.10 M" in rtl
     assert "for a plain Verilator C++ loop of the same design (goal ≥ 1 M)" in rtl
+    campaign = committed.render_campaign(tmp_path)
+    assert "| one after another | 20.0 | 5.00 | 5.00 |" in campaign
+    assert "| 2 Dask workers | 12.5 | 3.12 | 5.50 |" in campaign
+    assert "Speedup **1.60x** (goal ≥ 1.7x: not met)" in campaign and "0.50 s per cell" in campaign
 
 
 def test_missing_results_render_as_the_command_to_run(tmp_path: Path) -> None:
     assert "run `make bench`" in committed.render_bench(tmp_path)
     assert "run `make bench`" in committed.render_rtl(tmp_path)
     assert "run `make demo`" in committed.render_suite(tmp_path)
+    assert "run `make bench`" in committed.render_campaign(tmp_path)
 
 
 def test_suite_summary_cli_records_counts_and_rerenders_the_readme(tmp_path: Path) -> None:
@@ -86,7 +95,8 @@ def test_suite_summary_cli_records_counts_and_rerenders_the_readme(tmp_path: Pat
     results.write_text(json.dumps(_suite_results()), encoding="utf-8")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:suite -->\nold\n<!-- /results:suite -->\n"
-                      "<!-- results:bench --><!-- /results:bench -->\n<!-- results:rtl -->\n<!-- /results:rtl -->\n",
+                      "<!-- results:bench --><!-- /results:bench -->\n<!-- results:rtl -->\n<!-- /results:rtl -->\n"
+                      "<!-- results:campaign --><!-- /results:campaign -->\n",
                       encoding="utf-8")
     out = tmp_path / "results"
     assert committed.main(["--results-dir", str(out), "--readme", str(readme), "suite", str(results)]) == 0
