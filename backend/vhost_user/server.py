@@ -109,7 +109,9 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
         rec.sock.settimeout(MESSAGE_TIMEOUT)
         try:
             msg = recv_message(rec.sock)
-        except ConnectionLost:
+        except ConnectionLost as exc:
+            # Between messages a close is the frontend's way to end; inside one it is a fault worth naming.
+            rec.reason = f"partial message: {exc}" if exc.partial else None
             return False
         except m.VhostUserProtocolError as exc:
             rec.reason = f"malformed message: {exc.reason}"
