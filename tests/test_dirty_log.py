@@ -6,12 +6,23 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend.eventloop import new_eventfd
+from backend.vhost_user import messages as m
 from backend.vhost_user.dirty_log import LOG_PAGE, DirtyLog, DirtyLogError, atomic_or_available, page_span
+from backend.vhost_user.server import VhostUserServer
+from backend.vhost_user.session import VhostUserSession
+from backend.virtio.features import DeviceStatus
+from sim.memory import GuestMemory
+from testbenches.frames import test_frame
+from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
+from tests.vhost_user_rig import Devices
 
 pytestmark = pytest.mark.skipif(not atomic_or_available(), reason="libatomic.so.1 missing: apt-get install libatomic1")
 
@@ -116,3 +127,216 @@ def test_concurrent_writers_lose_no_bit() -> None:
     finally:
         a.close()
         b.close()
+
+
+# --- the protocol through a real session ---------------------------------------------------------------
+
+GPA = 0x1_0000_0000
+MEM_SIZE = 4 << 20
+UVA_OFFSET = 0x7F00_0000_0000
+LOG_ALL = 1 << m.VHOST_F_LOG_ALL
+LOG_PROTOCOL = WANTED_PROTOCOL | m.ProtocolFeature.LOG_SHMFD.mask | m.ProtocolFeature.RARP.mask
+#: Bytes of log for the test memory: one bit per page up to its end.
+LOG_SIZE = -(-(GPA + MEM_SIZE) // LOG_PAGE // 8)
+R = m.FrontendRequest
+
+
+@dataclass
+class Rig:
+    devices: Devices
+    server: VhostUserServer
+    fe: VhostUserFrontend
+    mem: GuestMemory
+    log_fd: int  # the frontend's copy of the log
+
+    @property
+    def session(self) -> VhostUserSession:
+        s = self.server.sessions[0].session
+        assert s is not None
+        return s
+
+    def dirty(self) -> set[int]:
+        """Pages set in the log, read from the frontend's side of the memfd."""
+        raw = os.pread(self.log_fd, LOG_SIZE, 0)
+        return {i * 8 + b for i, v in enumerate(raw) if v for b in range(8) if v >> b & 1}
+
+    def clear(self) -> None:
+        os.pwrite(self.log_fd, bytes(LOG_SIZE), 0)
+
+
+def new_log_fd(size: int = LOG_SIZE) -> int:
+    fd = os.memfd_create("frontend-log", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def set_log_base(fe: VhostUserFrontend, fd: int, size: int = LOG_SIZE, offset: int = 0) -> int:
+    """SET_LOG_BASE with the log's fd; returns the u64 of the reply the backend always sends."""
+    fe.send(m.Message(R.SET_LOG_BASE, m.LogDescription(size, offset), (fd,)))
+    reply = fe.recv()
+    assert reply.request is R.SET_LOG_BASE and isinstance(reply.payload, m.U64)
+    return reply.payload.value
+
+
+def set_features(fe: VhostUserFrontend, features: int) -> None:
+    fe.request(R.SET_FEATURES, m.U64(features), need_reply=True)  # QEMU waits for it when LOG_ALL is set
+
+
+def start_logged(fe: VhostUserFrontend, log_fd: int, *, logging: bool, size: int = 64) -> None:
+    """QEMU's order with LOG_SHMFD: the log, then features with LOG_ALL, rings with VHOST_VRING_F_LOG."""
+    offered = fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
+    assert offered & LOG_ALL and fe.protocol_features == LOG_PROTOCOL
+    for q in (0, 1):
+        fe.calls[q] = new_eventfd()
+        fe.request(R.SET_VRING_CALL, m.VringFile(q), [fe.calls[q]])
+    fe.set_mem_table()
+    assert set_log_base(fe, log_fd) == 0
+    set_features(fe, offered if logging else offered & ~LOG_ALL)
+    up = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+    fe.request(R.SET_STATUS, m.Status(up), need_reply=True)
+    for q in (0, 1):
+        ring = fe.add_ring(q, size)
+        o = fe.uva_offset
+        fe.request(R.SET_VRING_ADDR, m.VringAddr(q, int(logging), ring.desc_addr + o, ring.used_addr + o,
+                                                 ring.avail_addr + o, ring.used_addr), need_reply=True)
+    for q in (0, 1):
+        fe.enable(q, True)
+    fe.request(R.SET_STATUS, m.Status(up | DeviceStatus.DRIVER_OK), need_reply=True)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    devices = Devices("sim:virtio-net,wire=loopback")
+    path = str(tmp_path / "vu.sock")
+    srv = VhostUserServer(path, devices)
+    mem = GuestMemory.single(MEM_SIZE, gpa=GPA)
+    fe = VhostUserFrontend.connect(path, mem, uva_offset=UVA_OFFSET)
+    log_fd = new_log_fd()
+    try:
+        yield Rig(devices, srv, fe, mem, log_fd)
+    finally:
+        fe.close()
+        srv.close()
+        mem.close()
+        os.close(log_fd)
+
+
+def test_log_all_log_shmfd_and_rarp_are_offered(rig: Rig) -> None:
+    offered = rig.fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
+    assert offered & LOG_ALL
+    assert rig.fe.protocol_features & m.ProtocolFeature.LOG_SHMFD.mask
+    assert rig.fe.protocol_features & m.ProtocolFeature.RARP.mask
+
+
+def test_set_log_base_is_answered_and_replaced(rig: Rig) -> None:
+    fe = rig.fe
+    fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
+    assert set_log_base(fe, rig.log_fd) == 0
+    first = rig.session.log
+    assert first is not None and first.limit >= GPA + MEM_SIZE
+    bigger = new_log_fd(2 * LOG_SIZE)
+    try:
+        assert set_log_base(fe, bigger, LOG_SIZE, LOG_SIZE) == 0  # a new log (QEMU resizes it) replaces the old
+    finally:
+        os.close(bigger)
+    second = rig.session.log
+    assert second is not None and second is not first and second.offset == LOG_SIZE
+    with pytest.raises(DirtyLogError, match="after close"):
+        first.mark(0, 1)  # the old mapping is gone
+    fe.request(R.GET_FEATURES)  # the session goes on
+
+
+def test_bad_log_base_is_refused_with_its_reply(rig: Rig) -> None:
+    fe = rig.fe
+    fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
+    assert set_log_base(fe, rig.log_fd, size=LOG_SIZE + 4096) == 1  # past the end of the fd
+    assert rig.session.log is None
+    assert any("runs past the end" in e for e in rig.session.stats.errors), rig.session.stats.errors
+
+
+def test_log_base_without_log_shmfd_is_refused(rig: Rig) -> None:
+    fe = rig.fe
+    fe.negotiate(WANTED_FEATURES | LOG_ALL)  # no LOG_SHMFD
+    with pytest.raises(FrontendError, match="refused"):
+        fe.request(R.SET_LOG_BASE, m.U64(0x1000), need_reply=True)
+    assert any("without LOG_SHMFD" in e for e in rig.session.stats.errors)
+
+
+def test_log_all_needs_a_log(rig: Rig) -> None:
+    fe = rig.fe
+    offered = fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
+    with pytest.raises(FrontendError, match="refused"):
+        set_features(fe, offered)
+    assert any("before SET_LOG_BASE" in e for e in rig.session.stats.errors)
+
+
+def test_send_rarp_is_accepted_and_recorded(rig: Rig) -> None:
+    fe = rig.fe
+    fe.negotiate(WANTED_FEATURES, protocol=LOG_PROTOCOL)
+    mac = bytes.fromhex("525400abcdef")
+    fe.request(R.SEND_RARP, m.U64(int.from_bytes(mac + b"\0\0", "little")), need_reply=True)
+    assert rig.session.stats.rarp == ["52:54:00:ab:cd:ef"]
+
+
+def test_send_rarp_needs_the_rarp_protocol_feature(rig: Rig) -> None:
+    rig.fe.negotiate(WANTED_FEATURES)
+    with pytest.raises(FrontendError, match="refused"):
+        rig.fe.request(R.SEND_RARP, m.U64(1), need_reply=True)
+
+
+def test_running_ring_takes_the_log_flag_but_no_new_address(rig: Rig) -> None:
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    ring = fe.rings[0]
+    o = fe.uva_offset
+    moved_log = ring.used_addr + 0x10_0000  # log_guest_addr need not be the used ring's own address
+    fe.request(R.SET_VRING_ADDR, m.VringAddr(0, 1, ring.desc_addr + o, ring.used_addr + o, ring.avail_addr + o,
+                                             moved_log), need_reply=True)
+    assert rig.session.rings[0].log_used and rig.session.rings[0].log_addr == moved_log
+    with pytest.raises(FrontendError, match="refused"):
+        fe.request(R.SET_VRING_ADDR, m.VringAddr(0, 1, ring.desc_addr + o + 4096, ring.used_addr + o,
+                                                 ring.avail_addr + o, ring.used_addr), need_reply=True)
+    traffic(fe, 20)
+    assert moved_log // LOG_PAGE in rig.dirty()  # the used ring's writes are logged at log_guest_addr
+
+
+def test_log_flag_needs_log_all(rig: Rig) -> None:
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=False)
+    ring = fe.rings[0]
+    o = fe.uva_offset
+    with pytest.raises(FrontendError, match="refused"):
+        fe.request(R.SET_VRING_ADDR, m.VringAddr(0, 1, ring.desc_addr + o, ring.used_addr + o, ring.avail_addr + o,
+                                                 ring.used_addr), need_reply=True)
+    assert any("VHOST_F_LOG_ALL is off" in e for e in rig.session.stats.errors)
+
+
+def test_log_all_on_a_running_ring_is_refused_where_the_state_cannot_move(rig: Rig) -> None:
+    """virtio-pci cannot restart a queue at a given last_avail_idx: the toggle is refused, traffic goes on."""
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=False)
+    traffic(fe, 10)
+    with pytest.raises(FrontendError, match="refused"):
+        set_features(fe, fe.features | LOG_ALL)
+    assert any("cannot change paths" in e for e in rig.session.stats.errors), rig.session.stats.errors
+    assert not rig.session.logging
+    traffic(fe, 10, start=10)
+    assert not rig.dirty()
+
+
+def traffic(fe: VhostUserFrontend, n: int, start: int = 0) -> None:
+    sent = [test_frame(i, 60 + i % 200) for i in range(start, start + n)]
+    assert fe.exchange(sent, timeout=10.0) == sent
+
+
+def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    assert set(rig.session._relays) == {0, 1}
+    traffic(fe, 30)
+    rx_used = fe.rings[0].used_addr // LOG_PAGE
+    assert rx_used in rig.dirty() and fe.rings[1].used_addr // LOG_PAGE in rig.dirty()
+    bases = fe.stop()
+    assert bases == {0: 30, 1: 30}
+    assert not rig.session._relays
+    assert not rig.session.stats.errors, rig.session.stats.errors

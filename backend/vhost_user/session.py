@@ -26,8 +26,18 @@ What it does with the device:
   memory. That equals the device's last_avail_idx only when the device held no buffers at the
   moment it stopped (true of the simulator's model; a limitation on real hardware).
 
+Dirty logging (live migration): ``VHOST_F_LOG_ALL`` and ``LOG_SHMFD`` are offered when the atomic OR
+of :mod:`backend.vhost_user.dirty_log` is available. SET_LOG_BASE maps the frontend's log (and is
+answered: QEMU waits for it), SET_VRING_ADDR may change only the logging flag and address of a
+running ring, and while LOG_ALL is on every ring the device runs goes through a used-ring relay
+(:mod:`backend.vhost_user.log_shadow`) that logs what the device wrote. Turning LOG_ALL on or off
+while a ring runs moves it between the direct path and the relay at the same ring state, which
+needs a device that reports and restores last_avail_idx (a quirk's vq-state register); otherwise
+the toggle is refused with the reason. SEND_RARP (protocol feature RARP) is logged: the device
+cannot announce on the guest's behalf without GUEST_ANNOUNCE, which needs its control queue.
+
 Known limits, each answered with a logged error rather than a silent misbehaviour: packed rings
-and dirty logging are not offered; a non-zero SET_VRING_BASE needs a device that can set
+are not offered; a non-zero SET_VRING_BASE needs a device that can set
 last_avail_idx (``VdpaDevice.set_vq_state``); SET_VRING_KICK without an fd (polling) is refused;
 SET_VRING_ENABLE 0 on a running ring is recorded but does not stop the device's queue (virtio-pci
 cannot pause one queue and resume it at the same index), so the frontend must not post buffers
@@ -50,6 +60,8 @@ hangs up ends the session at once, with the cause in one line.
 from __future__ import annotations
 
 import logging
+import os
+import select
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -60,6 +72,8 @@ from backend.pci.device import PciError
 from backend.vhost_user import messages as m
 from backend.vhost_user.backend_channel import BackendChannelError
 from backend.vhost_user.device_events import DeviceEvents, DeviceLost
+from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError, atomic_or_available
+from backend.vhost_user.log_shadow import LogShadowError, UsedRelay, shadow_range
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
 from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
@@ -79,6 +93,10 @@ CVQ_FEATURES: Final = bits(NetF.CTRL_VQ, NetF.CTRL_GUEST_OFFLOADS, *(
 HIDDEN_FEATURES: Final = ((1 << F.RING_PACKED) | (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
                           | (1 << F.SUSPEND) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
                           | (1 << m.VHOST_F_LOG_ALL) | CVQ_FEATURES)
+#: The vhost feature that turns dirty logging on; it is the backend's, never written to the device.
+LOG_ALL: Final = 1 << m.VHOST_F_LOG_ALL
+#: Protocol features of live migration, offered only when the dirty log can be written with an atomic OR.
+LOG_PROTOCOL_FEATURES: Final = m.ProtocolFeature.LOG_SHMFD.mask | m.ProtocolFeature.RARP.mask
 #: Transport features the backend negotiates with the device on its own behalf when offered:
 #: ACCESS_PLATFORM because every frontend region is mapped through the device's IOMMU (a device
 #: behind an IOMMU may refuse FEATURES_OK without it, as QEMU's iommu_platform=on device does; the
@@ -129,6 +147,8 @@ class RingState:
     enabled: bool = False
     pushed: bool = False  # handed to the device (ready)
     stopped: bool = False  # GET_VRING_BASE stopped it
+    log_used: bool = False  # VHOST_VRING_F_LOG: writes to the used ring are logged at log_addr
+    log_addr: int = 0  # log_guest_addr (guest-physical)
 
     def ranges(self) -> list[tuple[int, int]]:
         """The ring parts' guest-physical ranges (empty until the address is known)."""
@@ -146,6 +166,7 @@ class SessionStats:
     messages: int = 0
     errors: list[str] = field(default_factory=list)
     mem_tables: int = 0
+    rarp: list[str] = field(default_factory=list)  # MACs of SEND_RARP requests
 
 
 class VhostUserSession:
@@ -167,6 +188,9 @@ class VhostUserSession:
         self._closed = False
         self._cvq: ShadowControlQueue | None = None  # the device's control queue, when MQ is negotiated
         self._pairs_set = 1  # queue pairs the device was told to use (1 after every reset)
+        self.log: DirtyLog | None = None  # SET_LOG_BASE
+        self._log_event: int | None = None  # SET_LOG_FD: signalled after the log was written
+        self._relays: dict[int, UsedRelay] = {}  # rings on the logging path (log_shadow)
         self.events = DeviceEvents(device, name)  # configuration interrupt, back-end channel, peer watch
 
     # --- offers ---------------------------------------------------------------------------
@@ -175,7 +199,8 @@ class VhostUserSession:
         offer = self.device.get_device_features()
         if not has(offer, NetF.CTRL_VQ):
             offer &= ~(1 << NetF.MQ)  # (a device breaking NETFEAT-DEV-09) the backend could not set the pairs
-        return (offer & ~HIDDEN_FEATURES) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+        offer = (offer & ~HIDDEN_FEATURES) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+        return offer | (LOG_ALL if atomic_or_available() else 0)
 
     def _data_vq_count(self) -> int:
         """Rings a frontend may use: all but the control queue (the last, odd one) when the device has one."""
@@ -185,7 +210,12 @@ class VhostUserSession:
         return count
 
     def offered_protocol_features(self) -> int:
-        return SUPPORTED_PROTOCOL_FEATURES
+        return SUPPORTED_PROTOCOL_FEATURES | (LOG_PROTOCOL_FEATURES if atomic_or_available() else 0)
+
+    @property
+    def logging(self) -> bool:
+        """The frontend has VHOST_F_LOG_ALL on: every device write must reach the dirty log."""
+        return bool(self.features & LOG_ALL)
 
     def has_protocol(self, feature: m.ProtocolFeature) -> bool:
         return bool(self.protocol_features & feature.mask)
@@ -220,6 +250,8 @@ class VhostUserSession:
         spec = m.spec_of(msg.request)
         if spec.explicit_reply:
             return [reply] if reply is not None else []
+        if reply is not None:  # SET_LOG_BASE with LOG_SHMFD: its u64 reply doubles as the ack
+            return [reply]
         if msg.need_reply:
             return [m.Message.ack(msg, 0)]
         return []
@@ -231,8 +263,8 @@ class VhostUserSession:
         if msg.request is m.FrontendRequest.GET_CONFIG:
             log.warning("%s: %s", self.name, text)
             return [m.Message.reply_to(msg, m.EMPTY)]  # an empty GET_CONFIG reply signals failure
-        if msg.need_reply and not spec.explicit_reply:
-            log.warning("%s: %s", self.name, text)
+        if (msg.need_reply and not spec.explicit_reply) or isinstance(msg.payload, m.LogDescription):
+            log.warning("%s: %s", self.name, text)  # (QEMU waits for SET_LOG_BASE's reply either way)
             return [m.Message.ack(msg, 1)]
         raise SessionClosed(text)  # the server logs the session's end with this reason: one line
 
@@ -299,6 +331,20 @@ class VhostUserSession:
                 return m.Message.reply_to(msg, m.Status(self.device.get_status() & 0xFF))
             case R.SET_BACKEND_REQ_FD:
                 self._set_backend_req_fd(msg)
+            case R.SET_LOG_BASE:
+                self._set_log_base(msg)
+                return m.Message.reply_to(msg, m.U64(0))
+            case R.SET_LOG_FD:
+                if not self.has_protocol(m.ProtocolFeature.LOG_SHMFD):
+                    self._close_fds(msg.fds)
+                    raise SessionError(f"{msg.name} needs protocol feature LOG_SHMFD, not negotiated")
+                self._set_log_fd(msg.fds)
+            case R.SEND_RARP:
+                self._require(m.ProtocolFeature.RARP, msg)
+                mac = m.rarp_mac(_u64(p))
+                self.stats.rarp.append(mac)
+                log.info("%s: SEND_RARP for %s received; the device cannot announce it (no GUEST_ANNOUNCE "
+                         "without its control queue), the guest's own traffic updates the switches", self.name, mac)
             case _:
                 self._close_fds(msg.fds)
                 raise SessionError(f"{msg.name} is not supported by this backend")
@@ -316,7 +362,7 @@ class VhostUserSession:
             names = ", ".join(str(b) for b in range(64) if extra >> b & 1)
             raise SessionError(f"features {extra:#x} (bits {names}) were not offered: the device lacks them "
                                f"(offered {self.offered_features():#x})")
-        wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
+        wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES) & ~LOG_ALL
         device_features = wanted | (self.device.get_device_features() & BACKEND_FEATURES)
         if has(wanted, NetF.MQ):
             device_features |= 1 << NetF.CTRL_VQ  # the backend's own control queue sets the pairs
@@ -327,6 +373,8 @@ class VhostUserSession:
                                    f"({self.features:#x}) and the device is past FEATURES_OK")
         else:
             self._negotiate(device_features)
+        if bool(value & LOG_ALL) != self.logging:
+            self._switch_logging(bool(value & LOG_ALL))
         self.features = value
 
     def _negotiate(self, device_features: int) -> None:
@@ -366,6 +414,7 @@ class VhostUserSession:
 
     def _reset(self) -> None:
         self.device.reset()
+        self._close_relays()
         self._close_cvq()
         for ring in self.rings.values():
             self._close_fds(list(ring.fds()))
@@ -392,6 +441,8 @@ class VhostUserSession:
             if missing:
                 i, a, s = missing[0]
                 raise SessionError(f"new memory table no longer covers ring {i} at gpa [{a:#x}, {a + s:#x})")
+            if any(new.overlaps(*shadow_range(i)) for i in self._relays):
+                raise SessionError("new memory table overlaps the backend's shadow used rings")
             if self._cvq is not None and new.overlaps(*self._cvq.range()):
                 raise SessionError(f"new memory table overlaps the backend's control queue at iova "
                                    f"{self._cvq.range()[0]:#x}")
@@ -406,6 +457,7 @@ class VhostUserSession:
             raise
         self.table = new
         self.stats.mem_tables += 1
+        self._check_log_covers()
 
     def _translate(self, uva: int, size: int, what: str) -> int:
         if self.table is None:
@@ -450,17 +502,23 @@ class VhostUserSession:
 
     def _set_vring_addr(self, a: m.VringAddr) -> None:
         ring = self._ring(a.index)
-        if a.log_used:
-            raise SessionError(f"ring {a.index}: used-ring logging requested, dirty logging is not offered")
+        if a.log_used and not self.logging:
+            raise SessionError(f"ring {a.index}: used-ring logging (VHOST_VRING_F_LOG) requested while "
+                               "VHOST_F_LOG_ALL is off")
         if not ring.num:
             raise SessionError(f"ring {a.index}: SET_VRING_ADDR before SET_VRING_NUM")
-        if ring.pushed:
-            raise SessionError(f"ring {a.index}: address change while the ring runs")
         lay = SplitLayout(ring.num)
         desc = self._translate(a.desc, lay.desc_bytes, f"ring {a.index} descriptor table")
         avail = self._translate(a.avail, lay.avail_bytes, f"ring {a.index} available ring")
         used = self._translate(a.used, lay.used_bytes, f"ring {a.index} used ring")
+        if ring.pushed and (desc, avail, used) != (ring.desc, ring.avail, ring.used):
+            # QEMU resends a running ring's addresses to switch VHOST_VRING_F_LOG; only that may change
+            raise SessionError(f"ring {a.index}: address change while the ring runs")
         ring.desc, ring.avail, ring.used = desc, avail, used
+        ring.log_used, ring.log_addr = a.log_used, a.log
+        relay = self._relays.get(a.index)
+        if relay is not None:
+            relay.log_used = self._used_log_addr(ring)
 
     def _set_vring_fd(self, request: m.FrontendRequest, f: m.VringFile, fds: tuple[int, ...]) -> None:
         try:
@@ -481,7 +539,10 @@ class VhostUserSession:
                 self._start_if_running(f.index, ring)
         elif request is R.SET_VRING_CALL:
             old, ring.call = ring.call, fd
-            if ring.pushed:
+            relay = self._relays.get(f.index)
+            if relay is not None:
+                relay.call = fd  # the device signals the relay, which signals the frontend
+            elif ring.pushed:
                 self.device.set_vq_call(f.index, fd)
         else:
             old, ring.err = ring.err, fd  # kept for the frontend's sake; the device never reports errors here
@@ -528,12 +589,18 @@ class VhostUserSession:
         if not self.table.covers(ring.ranges(), AddressSpace.GPA):
             raise SessionError(f"ring {index} lies outside the current memory table")
         d = self.device
-        d.set_vq_num(index, ring.num)
-        d.set_vq_address(index, ring.desc, ring.avail, ring.used)
-        d.set_vq_state(index, VqState(avail_idx=ring.base))
-        d.set_vq_kick(index, ring.kick)
-        d.set_vq_call(index, ring.call)
-        d.set_vq_ready(index, True)
+        relay = self._new_relay(index, ring) if self.logging else None
+        try:
+            d.set_vq_num(index, ring.num)
+            d.set_vq_address(index, ring.desc, ring.avail, ring.used if relay is None else relay.iova)
+            d.set_vq_state(index, VqState(avail_idx=ring.base))
+            d.set_vq_kick(index, ring.kick)
+            d.set_vq_call(index, ring.call if relay is None else relay.device_call)
+            d.set_vq_ready(index, True)
+        except BaseException:
+            if relay is not None:
+                self._relays.pop(index).close()
+            raise
         ring.pushed = True
 
     def _get_vring_base(self, index: int) -> int:
@@ -546,7 +613,8 @@ class VhostUserSession:
             return base
         except NotSupported:
             pass
-        # The device cannot report last_avail_idx: stop it, then read what it left in the used ring.
+        # The device cannot report last_avail_idx: stop it, then read what it left in the used ring
+        # (after the relay, when logging, put the last entries there and in the log).
         self._stop_ring(index, ring)
         assert ring.used is not None and self.table is not None
         view = self.table.gpa_view(ring.used + 2, 2)
@@ -564,9 +632,11 @@ class VhostUserSession:
         elif all(r.stopped or not r.pushed for i, r in self.rings.items() if i != index):
             log.info("%s: last running ring stopped without RING_RESET: resetting the device", self.name)
             self.device.reset()
+            self._close_relays()
             self._close_cvq()
             for r in self.rings.values():
                 r.pushed = False
+        self._drop_relay(index)  # the device is done with the ring: its last used entries are logged
         ring.pushed = False
         ring.stopped = True
         ring.base = 0
@@ -613,6 +683,125 @@ class VhostUserSession:
             self._cvq = None
         self._pairs_set = 1
 
+    # --- dirty logging (backend.vhost_user.dirty_log, log_shadow) -------------------------------
+
+    def _set_log_base(self, msg: m.Message) -> None:
+        p = msg.payload
+        if not isinstance(p, m.LogDescription) or not self.has_protocol(m.ProtocolFeature.LOG_SHMFD):
+            self._close_fds(msg.fds)
+            raise SessionError("SET_LOG_BASE without LOG_SHMFD (a log in the frontend's address space) "
+                               "is not supported: negotiate LOG_SHMFD and pass the log's fd")
+        try:
+            new = DirtyLog(msg.fds[0], p.mmap_size, p.mmap_offset)
+        except DirtyLogError as exc:
+            raise SessionError(f"dirty log not mapped: {exc.reason}") from None
+        old, self.log = self.log, new
+        if old is not None:
+            self._relay_all()  # what the device wrote so far goes to the log the frontend is collecting
+            old.close()
+        log.info("%s: dirty log of %d bytes mapped (covers gpa [0, %#x))", self.name, new.size, new.limit)
+        self._check_log_covers()
+
+    def _check_log_covers(self) -> None:
+        """Warn when the memory table reaches past the log (writes there become reported errors)."""
+        if self.log is None or self.table is None:
+            return
+        top = max(r.gpa_end for r in self.table.regions)
+        if top > self.log.limit:
+            text = (f"memory table reaches gpa {top:#x}, past the dirty log's {self.log.limit:#x}: "
+                    "device writes there cannot be logged")
+            self.stats.errors.append(f"{self.name}: {text}")
+            log.warning("%s: %s", self.name, text)
+
+    def _set_log_fd(self, fds: tuple[int, ...]) -> None:
+        old, self._log_event = self._log_event, fds[0]
+        if old is not None:
+            self._close_fds([old])
+
+    def _switch_logging(self, on: bool) -> None:
+        """LOG_ALL toggled: move running rings to the relay (on) or back to the direct path (off)."""
+        if on and self.log is None:
+            raise SessionError("VHOST_F_LOG_ALL set before SET_LOG_BASE gave a log")
+        running = sorted(i for i, r in self.rings.items() if r.pushed)
+        if running:
+            for i in running:
+                self._check_can_move(i)
+        for i in running:
+            ring = self.rings[i]
+            base = self.device.get_vq_state(i).avail_idx
+            self._stop_ring(i, ring)
+            ring.base, ring.stopped = base, False
+            self.features = (self.features & ~LOG_ALL) | (LOG_ALL if on else 0)  # _push_ring reads it
+            self._push_ring(i, ring)
+        log.info("%s: dirty logging %s (%d running ring(s) moved)", self.name, "on" if on else "off", len(running))
+
+    def _check_can_move(self, index: int) -> None:
+        try:
+            self.device.get_vq_state(index)
+        except NotSupported as exc:
+            raise SessionError(f"ring {index} runs and cannot change paths at the same ring state ({exc}); "
+                               "dirty logging can be switched on this device only before the rings start") from None
+
+    def _used_log_addr(self, ring: RingState) -> int:
+        """Where writes to the frontend's used ring are logged: log_guest_addr with VHOST_VRING_F_LOG."""
+        assert ring.used is not None
+        return ring.log_addr if ring.log_used else ring.used
+
+    def _new_relay(self, index: int, ring: RingState) -> UsedRelay:
+        assert ring.desc is not None and ring.used is not None and self.table is not None
+        iova, size = shadow_range(index)
+        if self.table.overlaps(iova, size):
+            raise SessionError(f"memory table overlaps ring {index}'s shadow used ring at iova {iova:#x}")
+        relay = UsedRelay(self.device, index, ring.num, ring.desc, ring.used, self._used_log_addr(ring), ring.call,
+                          indirect=has(self.device.get_driver_features(), F.INDIRECT_DESC))
+        try:
+            relay.attach(self.table)
+        except BaseException:
+            relay.close()
+            raise
+        self._relays[index] = relay
+        return relay
+
+    def _relay(self, relay: UsedRelay, *, interrupt: bool) -> None:
+        """One pass of ``relay``; an entry that cannot be logged is a reported error, never a silent one."""
+        if self.table is None or self.log is None:
+            return
+        try:
+            n = relay.service(self.table, self.log) if interrupt else relay.relay(self.table, self.log)
+        except (DirtyLogError, LogShadowError, MemoryTableError) as exc:
+            text = f"ring {relay.index}: dirty logging failed: {exc}"
+            self.stats.errors.append(f"{self.name}: {text}")
+            log.error("%s: %s", self.name, text)
+            return
+        if n and self._log_event is not None:
+            os.eventfd_write(self._log_event, 1)
+
+    def _relay_all(self) -> None:
+        for relay in self._relays.values():
+            self._relay(relay, interrupt=False)
+
+    def _drop_relay(self, index: int) -> None:
+        relay = self._relays.pop(index, None)
+        if relay is None:
+            return
+        self._relay(relay, interrupt=False)
+        ring = self.rings.get(index)
+        if relay.call is not None and ring is not None and ring.call == relay.call:
+            os.eventfd_write(relay.call, 1)  # entries of the last pass may await an interrupt
+        relay.close()
+
+    def _close_relays(self) -> None:
+        for index in list(self._relays):
+            self._drop_relay(index)
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self._log_event is not None:
+            self._close_fds([self._log_event])
+            self._log_event = None
+
     # --- events from the device (backend.vhost_user.device_events) ---------------------------
 
     def _set_backend_req_fd(self, msg: m.Message) -> None:
@@ -631,10 +820,16 @@ class VhostUserSession:
 
     def watched(self) -> list[tuple[int, int]]:
         """(fd, poll events) the server waits on beside the frontend's socket; :meth:`service` handles them."""
-        return [] if self._closed else self.events.watched()
+        if self._closed:
+            return []
+        return self.events.watched() + [(r.device_call, select.POLLIN) for r in self._relays.values()]
 
     def service(self, fd: int) -> None:
         """One of :meth:`watched` is ready. Raises :class:`SessionClosed` when the device is gone."""
+        relay = next((r for r in self._relays.values() if r.device_call == fd), None)
+        if relay is not None:
+            self._relay(relay, interrupt=True)
+            return
         try:
             self.events.service(fd)
         except DeviceLost as exc:
@@ -657,6 +852,8 @@ class VhostUserSession:
             log.warning("%s: device reset at close failed: %s", self.name, exc)
         finally:
             try:
+                self._close_relays()
+                self._close_log()
                 self._close_cvq()
             finally:
                 for ring in self.rings.values():
