@@ -1,0 +1,819 @@
+"""The backend's register layer and vDPA driver held to the whole rule of each path, on any target (2.2, 2.4,
+4.1.3.1, 4.1.4.3, 4.1.5.1, 4.1.5.2, 6.1).
+
+Each check drives ``backend.drivers.transport.VirtioPciModern`` or ``backend.drivers.vdpa.VirtioPciVdpaDevice``
+the way a frontend or the guest driver does, and judges what reaches the function: every register access is
+seen through :class:`~testbenches.monitor.TracingPciDevice`, and where the rule is about what the device shows
+(a smaller queue, a vector that does not stick, an extended capability list, a vendor ring-state register),
+:class:`RegisterView` or :class:`RingStateRegisters` edit that one thing and keep the rest of the target live.
+The expected values are computed here from the spec's text, not with the driver's own helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from backend.device import NotSupported, VdpaError, VqState
+from backend.drivers.quirks import IdMatch, PciIds, Quirk, QuirkTable, VqStateBlock
+from backend.drivers.transport import (
+    NET_CONFIG_FIELDS,
+    VirtioPciError,
+    VirtioPciModern,
+    config_field_exists,
+    extended_capabilities,
+)
+from backend.drivers.vdpa import VirtioPciVdpaDevice
+from backend.pci.device import PciDevice, RegionFlags, RegionIndex, RegionInfo
+from backend.virtio.features import DeviceStatus, F, bits, has
+from backend.virtio.pci_regs import NO_VECTOR, PCI_CONFIG_SPACE_SIZE, CommonCfg, PciCfg
+from sim.memory import GuestMemory
+from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, SriovConfigSpace
+from testbenches.conformance.checks.test_driver_discovery import FRAMES, _transmit
+from testbenches.conformance.checks.test_driver_side import FaultInjector
+from testbenches.conformance.checks.test_vdpa_paths import NOT_IMPLEMENTED, CommonCfgEditor
+from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.vdpa_frontend import VdpaFrontend
+from testbenches.monitor import TracingPciDevice
+from testbenches.monitor.config_proxy import ConfigSpaceEditor, target_caps
+
+MEM = 8 << 20
+_UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
+
+
+@pytest.fixture
+def mem() -> Iterator[GuestMemory]:
+    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
+        yield m
+
+
+# --- what the checks see of the common configuration ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommonAccess:
+    """One access to the common configuration: field offset, width, value, and queue_select in force."""
+
+    seq: int
+    op: str
+    rel: int
+    size: int
+    value: int
+    queue: int
+
+
+def common_accesses(trace: TracingPciDevice, common_bar: int, common_offset: int,
+                    start: int = 0) -> list[CommonAccess]:
+    """The common-config accesses of ``trace`` from access ``start`` on, with the queue selected for each."""
+    out: list[CommonAccess] = []
+    qsel = 0
+    for a in trace.accesses:
+        if a.region != common_bar or not common_offset <= a.offset < common_offset + 0x40:
+            continue
+        rel = a.offset - common_offset
+        if a.op == "w" and rel == CommonCfg.QUEUE_SELECT:
+            qsel = a.value
+        if a.seq >= start:
+            out.append(CommonAccess(a.seq, a.op, rel, a.size, a.value, qsel))
+    return out
+
+
+class RegisterView(TracingPciDevice):
+    """The target as a device with other common-config answers, every access recorded.
+
+    ``queue_size_max``: queue -> the maximum queue_size shows until the driver writes that queue's size.
+    ``vector_refused``: ``"config"`` or ``"q<i>"``, whose MSI-X vector reads back NO_VECTOR after a write.
+    ``notif_config_data``: queue -> the queue_notif_config_data shown. ``notify_off``: queue -> the
+    queue_notify_off shown. ``sink_doorbells``: writes to the notification structure are recorded, not passed on
+    (the register layer is judged without ringing a device that is not live). ``set_irqs`` calls are recorded.
+    """
+
+    def __init__(self, inner: PciDevice, *, queue_size_max: dict[int, int] | None = None,
+                 vector_refused: frozenset[str] = frozenset(), notif_config_data: dict[int, int] | None = None,
+                 notify_off: dict[int, int] | None = None, sink_doorbells: bool = False) -> None:
+        super().__init__(inner)
+        t = VirtioPciModern(inner)  # discovery reads config space only
+        self.common, self.notify_cap = t.common, t.notify_cap
+        self.queue_size_max = dict(queue_size_max or {})
+        self.vector_refused = vector_refused
+        self.notif_config_data = dict(notif_config_data or {})
+        self.notify_off = dict(notify_off or {})
+        self.sink_doorbells = sink_doorbells
+        self.irq_bindings: list[tuple[int, int, list[int | None]]] = []
+        self._qsel = 0
+
+    def _rel(self, index: int, offset: int) -> int | None:
+        c = self.common
+        return offset - c.offset if index == c.bar and c.offset <= offset < c.offset + c.length else None
+
+    def _in_notify(self, index: int, offset: int) -> bool:
+        n = self.notify_cap
+        return index == n.bar and n.offset <= offset < n.offset + n.length
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        rel = self._rel(index, offset)
+        if rel == CommonCfg.QUEUE_SELECT:
+            self._qsel = int.from_bytes(data, "little")
+        elif rel == CommonCfg.QUEUE_SIZE:
+            self.queue_size_max.pop(self._qsel, None)  # from now on the device's own register answers
+        if self.sink_doorbells and self._in_notify(index, offset):
+            self._record("w", index, offset, bytes(data))
+            return
+        super().region_write(index, offset, data)
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        data = super().region_read(index, offset, size)
+        rel = self._rel(index, offset)
+        shown: int | None = None
+        if rel == CommonCfg.QUEUE_SIZE and self._qsel in self.queue_size_max:
+            shown = self.queue_size_max[self._qsel]
+        elif (rel == CommonCfg.CONFIG_MSIX_VECTOR and "config" in self.vector_refused) \
+                or (rel == CommonCfg.QUEUE_MSIX_VECTOR and f"q{self._qsel}" in self.vector_refused):
+            shown = NO_VECTOR
+        elif rel == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and self._qsel in self.notif_config_data:
+            shown = self.notif_config_data[self._qsel]
+        elif rel == CommonCfg.QUEUE_NOTIFY_OFF and self._qsel in self.notify_off:
+            shown = self.notify_off[self._qsel]
+        return data if shown is None else shown.to_bytes(size, "little")
+
+    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
+        self.irq_bindings.append((index, start, list(fds)))
+        super().set_irqs(index, start, fds)
+
+
+def _ids_quirk(dev: PciDevice, quirk: Quirk) -> QuirkTable:
+    """A table whose one entry matches this function exactly."""
+    ids = PciIds.read(dev)
+    return QuirkTable().extended(IdMatch(ids.vendor, ids.device, ids.subsystem_vendor, ids.subsystem_device), quirk)
+
+
+def _refusal(step: object) -> str:
+    """``"accepted"`` or ``"refused: <text>"`` for a call that may raise the driver's refusals."""
+    assert callable(step)
+    try:
+        step()
+    except (VdpaError, NotSupported, VirtioPciError, ValueError) as exc:
+        return f"refused: {type(exc).__name__}: {exc}"
+    return "accepted"
+
+
+# --- feature offering: what the vDPA driver passes upward (2.2.1, 6.1) ---------------------------------------
+
+#: Extended capability lists presented at 0x100..0xfff as (offset, id, version, next) headers; ``None`` keeps the
+#: target's own config space. Next pointers with their reserved low bits set are masked by a driver (PCIe 7.6.3).
+EXT_LISTS: dict[str, list[tuple[int, int, int, int]] | None] = {
+    "conventional_256": None,
+    "empty": [],
+    "sriov_alone": [(0x100, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+    "sriov_third": [(0x100, 0x0001, 2, 0x148), (0x148, 0x000D, 1, 0x2C3), (0x2C0, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+    "sriov_last_far": [(0x100, 0x000B, 1, 0x180), (0x180, 0x0003, 1, 0xFF8), (0xFF8, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+    "no_sriov": [(0x100, 0x0001, 2, 0x140), (0x140, 0x000E, 1, 0x3F0), (0x3F0, 0x0019, 1, 0)],
+    "loop_without_sriov": [(0x100, 0x0001, 1, 0x200), (0x200, 0x000D, 1, 0x100)],
+    "sriov_after_all_ones": [(0x100, 0x0001, 1, 0x140), (0x140, 0xFFFF, 0xF, 0xFFF),
+                             (0x180, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+    "sriov_after_zero_header": [(0x100, 0, 0, 0), (0x140, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+}
+
+
+def _header(cap_id: int, version: int, nxt: int) -> int:
+    return cap_id | version << 16 | nxt << 20
+
+
+def _present_ext_list(base: PciDevice, entries: list[tuple[int, int, int, int]]) -> SriovConfigSpace:
+    space = SriovConfigSpace(base, sriov=False)
+    for off, cap_id, version, nxt in entries:
+        rel = off - PCI_CONFIG_SPACE_SIZE
+        space.extended[rel:rel + 4] = struct.pack("<I", _header(cap_id, version, nxt))
+    return space
+
+
+def _expected_walk(entries: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+    """(offset, id) in list order, by PCIe 7.6.3: from 0x100 follow the next pointer (bits 31:20, low two bits
+    reserved) until it is 0, a header reads 0 or all ones, or an entry comes round again."""
+    headers = {off: _header(cap_id, version, nxt) for off, cap_id, version, nxt in entries}
+    out: list[tuple[int, int]] = []
+    off, seen = 0x100, set()
+    while off and off not in seen and 0x100 <= off <= 0xFFC:
+        seen.add(off)
+        header = headers.get(off, 0)
+        if header in (0, 0xFFFFFFFF):
+            break
+        out.append((off, header & 0xFFFF))
+        off = header >> 20 & ~3
+    return out
+
+
+@pytest.mark.req("FEAT-DRV-17", "FEAT-DRV-01")
+@pytest.mark.parametrize("ext", list(EXT_LISTS))
+def test_vdpa_driver_offers_upward_only_what_the_function_carries(bench: Bench, verdict: Verdict, ext: str) -> None:
+    """The function lists VIRTIO_F_SR_IOV and VIRTIO_F_NOTIFICATION_DATA among its features (shown by the
+    checks' proxy) and presents an extended capability list. The driver offers the frontend exactly the device's
+    features less NOTIFICATION_DATA (a kick eventfd cannot carry next_off/next_wrap), less what the quirk record
+    hides, and less SR_IOV unless an SR-IOV capability is reached by walking the list (next pointers masked,
+    loop-safe). A frontend asking for any of the withheld bits is refused with nothing written to driver_feature.
+    """
+    base = bench.open()
+    entries = EXT_LISTS[ext]
+    space: PciDevice = base if entries is None else _present_ext_list(base, entries)
+    shown = FaultInjector(space, add=bits(F.SR_IOV, F.NOTIFICATION_DATA))
+    device = VirtioPciModern(shown).device_features()
+    quirk_hidden = device & ~bits(F.VERSION_1, F.ACCESS_PLATFORM, F.SR_IOV, F.NOTIFICATION_DATA)
+    quirk_hidden &= -quirk_hidden  # the lowest offered feature the frontend could otherwise take
+    table = _ids_quirk(base, Quirk(name="hide-one", why="conformance check: a record hiding one feature",
+                                   hide_features=quirk_hidden))
+    walked = extended_capabilities(shown).found
+    want_walk = [] if entries is None else _expected_walk(entries)
+    has_sriov = any(cap_id == PCI_EXT_CAP_ID_SRIOV for _o, cap_id in want_walk)
+    vdpa = VirtioPciVdpaDevice(shown, quirks=table, owns_pci=False)
+    try:
+        offered = vdpa.get_device_features()
+        expected = device & ~bits(F.NOTIFICATION_DATA) & ~quirk_hidden & ~(0 if has_sriov else bits(F.SR_IOV))
+        withheld = [b for b in range(128) if has(device, b) and not has(expected, b)]
+        first = len(shown.accesses)
+        refusals = {b: _refusal(lambda b=b: vdpa.set_driver_features((offered | bits(b)) & ~NOT_IMPLEMENTED))
+                    for b in withheld}
+        drv_feature_writes = [a for a in shown.accesses[first:] if a.op == "w" and a.region == vdpa.transport.common.bar
+                              and a.offset == vdpa.transport.common.offset + CommonCfg.DRIVER_FEATURE]
+    finally:
+        vdpa.close()
+    head = (f"extended list {ext}: walked {[(hex(o), hex(i)) for o, i in walked]} (expected "
+            f"{[(hex(o), hex(i)) for o, i in want_walk]}); device {device:#x}, offered upward {offered:#x} "
+            f"(expected {expected:#x}); requests for withheld bits: {refusals}; driver_feature writes by them: "
+            f"{len(drv_feature_writes)}")
+    refused_all = all(r.startswith("refused") for r in refusals.values()) and not drv_feature_writes
+    verdict.check("FEAT-DRV-17", list(walked) == want_walk and has(offered, F.SR_IOV) == has_sriov
+                  and refused_all, head)
+    verdict.check("FEAT-DRV-01", offered == expected and refused_all and all("FEAT-DRV-01" in r for r in
+                                                                             refusals.values()), head)
+
+
+# --- driver features: both halves of every window, the record the frontend reads back (3.1.1) --------------
+
+
+@pytest.mark.req("INIT-DRV-03", "INIT-DRV-07")
+def test_register_layer_writes_every_feature_window_and_the_driver_keeps_its_record(bench: Bench,
+                                                                                     verdict: Verdict) -> None:
+    """Each 32-bit window of driver_feature is written after selecting it, with exactly that slice of the
+    features, low window first; a value that does not fit the windows is refused with nothing written. The vDPA
+    driver reports the features the device holds: none before a negotiation and after a reset, the frontend's
+    selection after it."""
+    trace = TracingPciDevice(bench.open())
+    problems: list[str] = []
+    for windows in (1, 2, 4):
+        t = VirtioPciModern(trace, feature_windows=windows)
+        t.reset()
+        common = t.common
+        for value in (0, (1 << 32 * windows) - 1, 0x0123456789ABCDEF_FEDCBA9876543210 & ((1 << 32 * windows) - 1),
+                      1 << (32 * windows - 1)):
+            start = len(trace.accesses)
+            t.write_driver_features(value)
+            got = [(a.rel, a.value) for a in common_accesses(trace, common.bar, common.offset, start) if a.op == "w"]
+            want = [x for sel in range(windows) for x in ((CommonCfg.DRIVER_FEATURE_SELECT, sel),
+                                                          (CommonCfg.DRIVER_FEATURE, value >> 32 * sel & 0xFFFFFFFF))]
+            if got != want:
+                problems.append(f"{windows} windows, {value:#x}: wrote {got}, expected {want}")
+            if t.negotiated != value:
+                problems.append(f"{windows} windows, {value:#x}: recorded as {t.negotiated:#x}")
+        for value in (1 << 32 * windows, 1 << (33 * windows), (1 << 32 * windows) | 1):
+            start = len(trace.accesses)
+            outcome = _refusal(lambda t=t, value=value: t.write_driver_features(value))
+            if not outcome.startswith("refused: VirtioPciError") or len(trace.accesses) != start:
+                problems.append(f"{windows} windows, {value:#x} does not fit: {outcome}, "
+                                f"{len(trace.accesses) - start} accesses")
+        t.reset()
+    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
+    try:
+        fresh = (vdpa.get_driver_features(), vdpa.transport.driver_features())
+        wanted = vdpa.get_device_features() & ~NOT_IMPLEMENTED
+        vdpa.set_status(DeviceStatus.ACKNOWLEDGE)
+        vdpa.set_status(_UP)
+        vdpa.set_driver_features(wanted)
+        negotiated = (vdpa.get_driver_features(), vdpa.transport.driver_features())
+        vdpa.set_status(_UP | DeviceStatus.FEATURES_OK)
+        late = _refusal(lambda: vdpa.set_driver_features(wanted & ~bits(F.EVENT_IDX)))
+        after_late = vdpa.get_driver_features()
+        vdpa.reset()
+        after_reset = vdpa.get_driver_features()
+    finally:
+        vdpa.close()
+    verdict.check("INIT-DRV-03", not problems and fresh == (0, 0) and negotiated == (wanted, wanted)
+                  and after_reset == 0,
+                  f"register layer: {problems[:4] or 'every window written as asked, oversize values refused'}; "
+                  f"vDPA driver features (record, device) fresh {fresh}, after the frontend's {wanted:#x}: "
+                  f"{negotiated}, after reset {after_reset:#x}")
+    verdict.check("INIT-DRV-07", late.startswith("refused") and "INIT-DRV-07" in late and after_late == wanted,
+                  f"features changed after FEATURES_OK: {late}; the driver then reports {after_late:#x}")
+
+
+# --- queue sizes and ring addresses a frontend asks for (4.1.4.3.2, 2.7) -------------------------------------
+
+SIZES = (0, 1, 2, 3, 16, 31, 32, 48, 64, 255, 256, 257, 1024, 32768, 32769, 65535)
+
+
+def _split_size_ok(n: int, limit: int) -> bool:
+    return 0 < n <= limit and n & (n - 1) == 0
+
+
+@pytest.mark.req("PCI-DRV-17")
+@pytest.mark.parametrize("limit", [0, 1, 2, 48, 256])
+def test_vdpa_driver_takes_the_queue_sizes_the_device_allows(bench: Bench, verdict: Verdict, limit: int) -> None:
+    """queue_size of both queues reads ``limit`` (the device's maximum; 0: not available). Every SET_VRING_NUM
+    from 0 to 65535 is taken exactly when it is a power of two no larger than the maximum, and nothing reaches
+    queue_size before the queue goes live; a queue index the device does not have is refused."""
+    view = RegisterView(bench.open(), queue_size_max={0: limit, 1: limit})
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    wrong: list[str] = []
+    unavailable: list[str] = []  # with a maximum of 0 every refusal says the queue is not available
+    try:
+        count = vdpa.get_vq_count()
+        start = len(view.accesses)
+        maxima = [vdpa.get_vq_num_max(q) for q in (0, 1)]
+        for q in (0, 1):
+            for n in SIZES:
+                outcome = _refusal(lambda q=q, n=n: vdpa.set_vq_num(q, n))
+                if (outcome == "accepted") != _split_size_ok(n, limit):
+                    wrong.append(f"q{q} size {n}: {outcome}")
+                if limit == 0:
+                    unavailable.append(outcome)
+                if outcome.startswith("refused") and not outcome.startswith("refused: VdpaError"):
+                    wrong.append(f"q{q} size {n}: {outcome} (not a VdpaError)")
+        absent = {q: _refusal(lambda q=q: vdpa.set_vq_num(q, 1)) for q in (-1, count, count + 7)}
+        size_writes = [a for a in common_accesses(view, view.common.bar, view.common.offset, start)
+                       if a.op == "w" and a.rel == CommonCfg.QUEUE_SIZE]
+    finally:
+        vdpa.close()
+    verdict.check("PCI-DRV-17", not wrong and maxima == [limit, limit] and not size_writes
+                  and all(o.startswith("refused: VdpaError") for o in absent.values())
+                  and all("not available" in m for m in unavailable),
+                  f"device maximum {limit} (driver read {maxima}); sizes taken wrongly: {wrong[:6]}; queue_size "
+                  f"writes before going live: {len(size_writes)}; queues the device lacks: {absent}")
+
+
+@pytest.mark.req("SPLIT-DRV-01")
+def test_vdpa_driver_refuses_misaligned_split_rings(bench: Bench, verdict: Verdict) -> None:
+    """SET_VRING_ADDR of a split ring: each part at its alignment (descriptor table 16, driver area 2, device area
+    4) is taken, and any part off its alignment is refused, for every queue."""
+    vdpa = VirtioPciVdpaDevice(bench.open(), owns_pci=False)
+    wrong: list[str] = []
+    try:
+        base = GUEST_MEMORY_BASE
+        for q in range(vdpa.get_vq_count()):
+            good = (base + 0x1000, base + 0x2002, base + 0x3004)
+            cases = [(good, True), ((base, base, base), True)]
+            for part, align in enumerate((16, 2, 4)):
+                for off in range(1, align):
+                    bad = list(good)
+                    bad[part] += off
+                    cases.append(((bad[0], bad[1], bad[2]), False))
+            for (desc, drv, dev), ok in cases:
+                outcome = _refusal(lambda q=q, a=desc, b=drv, c=dev: vdpa.set_vq_address(q, a, b, c))
+                if (outcome == "accepted") != ok:
+                    wrong.append(f"q{q} desc {desc:#x} driver {drv:#x} device {dev:#x}: {outcome}")
+    finally:
+        vdpa.close()
+    verdict.check("SPLIT-DRV-01", not wrong, f"ring addresses taken or refused wrongly: {wrong[:6]}")
+
+
+# --- programming queues, and the vendor ring-state register (4.1.5.1.3, vhost-user SET/GET_VRING_BASE) ------
+
+
+class RingStateRegisters(RegisterView):
+    """The target with a vendor register block in a BAR it does not implement: ``slots`` 32-bit (or wider)
+    slots of ring state, as a card with a live-migration block has. What the driver writes there is kept; the
+    checks fill slots to stand for the device's progress."""
+
+    def __init__(self, inner: PciDevice, bar: int, size: int = 0x1000) -> None:
+        super().__init__(inner)
+        self.block_bar = bar
+        self.block = bytearray(size)
+
+    def region_info(self, index: int) -> RegionInfo:
+        if index == self.block_bar:
+            return RegionInfo(index, len(self.block), RegionFlags.READ | RegionFlags.WRITE)
+        return super().region_info(index)
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if index != self.block_bar:
+            return super().region_read(index, offset, size)
+        data = bytes(self.block[offset:offset + size])
+        self._record("r", index, offset, data)
+        return data
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index != self.block_bar:
+            super().region_write(index, offset, data)
+            return
+        self._record("w", index, offset, bytes(data))
+        self.block[offset:offset + len(data)] = data
+
+
+def _free_bar(dev: PciDevice) -> int | None:
+    return next((i for i in range(RegionIndex.BAR5, RegionIndex.BAR0 - 1, -1) if dev.region_info(i).size == 0), None)
+
+
+@pytest.mark.req("PCI-DRV-18", "SPLIT-DRV-11", "NOTIF-DRV-01", "NOTIF-DRV-03")
+@pytest.mark.parametrize("width, stride", [pytest.param(2, 4, id="u16_slots"), pytest.param(4, 8, id="u32_slots")])
+def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, verdict: Verdict, mem: GuestMemory,
+                                                                width: int, stride: int) -> None:
+    """A function with a vendor ring-state register (one slot per queue, named by the quirk record). Before
+    going live SET/GET_VRING_BASE go to the queue's slot (the low 16 bits are last_avail_idx); at DRIVER_OK each
+    queue gets exactly the frontend's size, ring addresses (64-bit, low half first) and a vector inside the
+    table, its state written to its slot, and only then queue_enable 1; its kick eventfd becomes a 16-bit
+    doorbell carrying the queue index. While it runs, GET_VRING_BASE reads the slot."""
+    base = bench.open()
+    bar = _free_bar(base)
+    if bar is None:
+        for rid in ("PCI-DRV-18", "SPLIT-DRV-11", "NOTIF-DRV-01", "NOTIF-DRV-03"):
+            verdict.not_applicable(rid, "every BAR of the function is implemented: no room for a vendor block")
+        return
+    regs = RingStateRegisters(base, bar)
+    block = VqStateBlock(bar=bar, offset=0x40, stride=stride, width=width)
+    table = _ids_quirk(base, Quirk(name="ring-state", why="conformance check: a vendor ring-state block",
+                                   vq_state=block))
+    vdpa = VirtioPciVdpaDevice(regs, quirks=table, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    problems: list[str] = []
+    try:
+        count = vdpa.get_vq_count()
+        high = 0xA5A5 << 16 if width == 4 else 0
+        # before going live: each queue's state set and read back through its own slot
+        for q in range(count):
+            struct.pack_into("<I", regs.block, block.field_offset(q), 0xDEAD0000 | q)
+        for q, state in zip(range(count), (0x1234, 0xFFFF, 7, 0x8000), strict=False):
+            start = len(regs.accesses)
+            vdpa.set_vq_state(q, VqState(avail_idx=state))
+            wrote = [(a.offset, a.size, a.value) for a in regs.accesses[start:] if a.region == bar]
+            if wrote != [(block.field_offset(q), width, state)]:
+                problems.append(f"SET_VRING_BASE q{q}={state:#x} wrote {wrote}")
+            if width == 4:  # the slot's high half holds something else (a used idx): not part of the state
+                struct.pack_into("<H", regs.block, block.field_offset(q) + 2, high >> 16)
+            got = vdpa.get_vq_state(q).avail_idx
+            if got != state:
+                problems.append(f"GET_VRING_BASE q{q} read {got:#x} after {state:#x}")
+        vdpa.reset()
+        for q in range(count):  # poison: the state written at go-live must be seen replacing it
+            struct.pack_into("<I", regs.block, block.field_offset(q), 0xBEEFBEEF)
+        live_from = len(regs.accesses)
+        front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64, state=0)
+        sent = _transmit(front, FRAMES, 2.0)
+        table_size = vdpa.transport.msix_table_size()
+        struct.pack_into("<I", regs.block, block.field_offset(1), high | 0x0102)
+        running = vdpa.get_vq_state(1).avail_idx
+        rings = {q: (r.desc_addr, r.avail_addr, r.used_addr) for q, r in front.rings.items()}
+        doorbells = list(regs.ioeventfds)
+        notify_cap = vdpa.transport.notify_cap
+        notify_offs = {q: vdpa.transport.queue_notify_off(q) for q in (0, 1)}
+    finally:
+        vdpa.close()
+        front.close()
+    accesses = common_accesses(regs, regs.common.bar, regs.common.offset, live_from)
+    slot_writes = [(a.seq, a.offset, a.size, a.value) for a in regs.accesses[live_from:] if a.region == bar
+                   and a.op == "w"]
+    for q in (0, 1):
+        enable = next((a.seq for a in accesses if a.op == "w" and a.rel == CommonCfg.QUEUE_ENABLE and a.queue == q
+                       and a.value == 1), None)
+        if enable is None:
+            problems.append(f"q{q} never enabled")
+            continue
+        before = [a for a in accesses if a.op == "w" and a.queue == q and a.seq < enable]
+        fields = {(a.rel, a.size): a.value for a in before}
+        desc, drv, dev = rings[q]
+        want = {(CommonCfg.QUEUE_SIZE, 2): 64,
+                (CommonCfg.QUEUE_DESC, 4): desc & 0xFFFFFFFF, (CommonCfg.QUEUE_DESC + 4, 4): desc >> 32,
+                (CommonCfg.QUEUE_DRIVER, 4): drv & 0xFFFFFFFF, (CommonCfg.QUEUE_DRIVER + 4, 4): drv >> 32,
+                (CommonCfg.QUEUE_DEVICE, 4): dev & 0xFFFFFFFF, (CommonCfg.QUEUE_DEVICE + 4, 4): dev >> 32}
+        wrong = {hex(r): (fields.get((r, w)), v) for (r, w), v in want.items() if fields.get((r, w)) != v}
+        if wrong:
+            problems.append(f"q{q} programmed {wrong} (written, asked)")
+        for lo in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
+            order = [a.rel for a in before if a.rel in (lo, lo + 4)]
+            if order[-2:] != [lo, lo + 4]:
+                problems.append(f"q{q} {CommonCfg(lo).name} halves written in order {order}")
+        vector = fields.get((CommonCfg.QUEUE_MSIX_VECTOR, 2))
+        if vector is None or not (vector < table_size or vector == NO_VECTOR):
+            problems.append(f"q{q} vector {vector} (table of {table_size})")
+        slot = [w for w in slot_writes if w[1] == block.field_offset(q)]
+        if [(s[2], s[3]) for s in slot] != [(width, 0)] or slot[0][0] > enable:
+            problems.append(f"q{q} ring state writes {slot} (expected one {width}-byte 0 before enable #{enable})")
+    stray = [w for w in slot_writes if w[1] not in (block.field_offset(0), block.field_offset(1))]
+    if stray:
+        problems.append(f"writes to other slots: {stray}")
+    want_bells = sorted((notify_cap.bar, notify_cap.offset + notify_offs[q] * notify_cap.notify_off_multiplier, 2, q)
+                        for q in (0, 1))
+    bells_ok = sorted(doorbells) == want_bells
+    head = (f"vendor block in BAR{bar} ({width}-byte state, slots {stride} apart): {problems[:5] or 'as asked'}; "
+            f"GET_VRING_BASE of running q1 read {running:#x} (slot low half 0x102); {sent}/{len(FRAMES)} frames")
+    verdict.check("PCI-DRV-18", not problems and sent == len(FRAMES), head)
+    verdict.check("SPLIT-DRV-11", not problems and running == 0x0102 and sent == len(FRAMES), head)
+    verdict.check("NOTIF-DRV-01", bells_ok, f"doorbells registered {doorbells}, expected {want_bells}")
+    verdict.check("NOTIF-DRV-03", bells_ok, f"doorbells registered {doorbells}, expected {want_bells}")
+
+
+# --- MSI-X vectors that do not stick, and the config eventfd (4.1.5.1.2) ------------------------------------
+
+
+@pytest.mark.req("PCI-DRV-35")
+@pytest.mark.parametrize("refused", ["config", "q0", "q1"])
+def test_vdpa_driver_refuses_to_go_live_on_a_vector_that_did_not_stick(bench: Bench, verdict: Verdict,
+                                                                        mem: GuestMemory, refused: str) -> None:
+    """The ``refused`` event's MSI-X vector reads back NO_VECTOR after the driver maps it (the device could not
+    allocate it). The driver reads it back, refuses DRIVER_OK naming the event and the rule, never enables that
+    queue nor writes DRIVER_OK; after a reset a device that takes every vector goes live."""
+    view = RegisterView(bench.open(), vector_refused=frozenset({refused}))
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    try:
+        if vdpa.transport.msix_table_size() == 0:
+            verdict.not_applicable("PCI-DRV-35", "the function has no MSI-X vectors to map")
+            return
+        outcome = _refusal(lambda: front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1),
+                                                  size=64))
+        status = vdpa.get_status()
+        refused_until = len(view.accesses)
+        vdpa.reset()
+        front.close()
+        view.vector_refused = frozenset()
+        front = VdpaFrontend(vdpa, mem)  # the memory stays mapped across the reset, as the frontend's table does
+        front.negotiate(vdpa.get_device_features() & ~NOT_IMPLEMENTED)
+        vdpa.set_config_call(front.config_call)
+        for q in (0, 1):
+            front.add_queue(q, 64)
+        vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK)
+        live = bool(vdpa.get_status() & DeviceStatus.DRIVER_OK) and _transmit(front, FRAMES, 2.0) == len(FRAMES)
+    finally:
+        vdpa.close()
+        front.close()
+    failed = [a for a in common_accesses(view, view.common.bar, view.common.offset) if a.seq < refused_until]
+    read_back = any(a.op == "r" and a.rel == (CommonCfg.CONFIG_MSIX_VECTOR if refused == "config"
+                                               else CommonCfg.QUEUE_MSIX_VECTOR) for a in failed)
+    enabled = sorted({a.queue for a in failed if a.op == "w" and a.rel == CommonCfg.QUEUE_ENABLE})
+    driver_ok = any(a.op == "w" and a.rel == CommonCfg.DEVICE_STATUS and a.value & DeviceStatus.DRIVER_OK
+                    for a in failed)
+    name = "config" if refused == "config" else f"virtqueue {refused[1:]}"
+    queue = None if refused == "config" else int(refused[1:])
+    verdict.check("PCI-DRV-35", outcome.startswith("refused: VdpaError") and "PCI-DRV-35" in outcome
+                  and name in outcome and read_back and not driver_ok and queue not in enabled
+                  and not status & DeviceStatus.DRIVER_OK and live,
+                  f"{refused} vector reads back {NO_VECTOR:#x}: bring-up {outcome}; vector read back {read_back}; "
+                  f"queues enabled {enabled}; DRIVER_OK written {driver_ok}; after a reset on a device taking "
+                  f"every vector: live {live}")
+
+
+@pytest.mark.req("PCI-DRV-34")
+def test_vdpa_driver_binds_the_config_vector_to_the_frontends_latest_eventfd(bench: Bench, verdict: Verdict,
+                                                                             mem: GuestMemory) -> None:
+    """SET_CONFIG_CALL before DRIVER_OK binds nothing and programs nothing (the device is not live yet); at
+    DRIVER_OK the vector mapped to config changes (read back from config_msix_vector, inside the table) is bound
+    to the frontend's config eventfd; a new eventfd after DRIVER_OK replaces it at once, and none unbinds it."""
+    view = RegisterView(bench.open())
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    other = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    steps: dict[str, str] = {}
+    try:
+        table = vdpa.transport.msix_table_size()
+        if table == 0:
+            verdict.not_applicable("PCI-DRV-34", "the function has no MSI-X vectors")
+            return
+        front.map_memory()
+        front.negotiate(vdpa.get_device_features() & ~NOT_IMPLEMENTED)
+        vdpa.set_config_call(front.config_call)
+        for q in (0, 1):
+            front.add_queue(q, 64)
+        early_binds = list(view.irq_bindings)
+        early_enables = [a for a in common_accesses(view, view.common.bar, view.common.offset)
+                         if a.op == "w" and a.rel in (CommonCfg.QUEUE_ENABLE, CommonCfg.QUEUE_SIZE)]
+        vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK)
+        vector = vdpa.transport.config_msix_vector()
+
+        def bound() -> int | None:
+            fds = view.irq_bindings[-1][2] if view.irq_bindings else []
+            return fds[vector] if vector < len(fds) else None
+
+        steps["at DRIVER_OK"] = "frontend's" if bound() == front.config_call else f"fd {bound()}"
+        vdpa.set_config_call(other)
+        steps["replaced"] = "new" if bound() == other else f"fd {bound()}"
+        vdpa.set_config_call(None)
+        steps["dropped"] = "unbound" if bound() is None else f"fd {bound()}"
+        vdpa.set_config_call(front.config_call)
+        steps["handed back"] = "frontend's" if bound() == front.config_call else f"fd {bound()}"
+        sent = _transmit(front, FRAMES, 2.0)
+    finally:
+        vdpa.close()
+        front.close()
+        os.close(other)
+    verdict.check("PCI-DRV-34", not early_binds and not early_enables and vector < table
+                  and steps == {"at DRIVER_OK": "frontend's", "replaced": "new", "dropped": "unbound",
+                                "handed back": "frontend's"} and sent == len(FRAMES),
+                  f"before DRIVER_OK: {len(early_binds)} vector bindings, {len(early_enables)} queue writes; config "
+                  f"vector {vector} of {table}; config eventfd {steps}; {sent}/{len(FRAMES)} frames")
+
+
+# --- notifications through the register layer (4.1.5.2, 2.9) -----------------------------------------------
+
+NOTIF_COMBOS = {
+    "plain": 0,
+    "notification_data": bits(F.NOTIFICATION_DATA),
+    "notif_config_data": bits(F.NOTIF_CONFIG_DATA),
+    "both": bits(F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA),
+}
+AVAIL_IDXS = (0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x1234)
+
+
+@pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-02", "NOTIF-DRV-03", "NOTIF-DRV-04", "NOTIF-DRV-05", "NOTIF-DRV-06",
+                 "NOTIF-DRV-B01")
+def test_register_layer_notification_values(bench: Bench, verdict: Verdict) -> None:
+    """For each combination of VIRTIO_F_NOTIFICATION_DATA and VIRTIO_F_NOTIF_CONFIG_DATA written as the driver's
+    features, a notification of each queue for each available idx is one write at the queue's doorbell (notify
+    base + queue_notify_off * multiplier): 16 bits holding the queue index or its queue_notif_config_data, or 32
+    bits holding that identifier, next_off (avail idx bits 0-14) and next_wrap (bit 15). The device shows
+    queue_notif_config_data values unlike the queue index; the doorbells are recorded, not rung. A doorbell
+    beyond the notification structure is refused."""
+    view = RegisterView(bench.open(), sink_doorbells=True)
+    t = VirtioPciModern(view)
+    count = t.num_queues()
+    config_data = {q: 0x5A00 | (q * 0x11 + 3) & 0xFF for q in range(count)}  # unlike any queue index
+    view.notif_config_data = config_data
+    t.reset()
+    n = t.notify_cap
+    wrong: dict[str, list[str]] = {name: [] for name in NOTIF_COMBOS}
+    for name, extra in NOTIF_COMBOS.items():
+        t.write_driver_features(bits(F.VERSION_1) | extra)
+        data, config = has(extra, F.NOTIFICATION_DATA), has(extra, F.NOTIF_CONFIG_DATA)
+        for q in range(count):
+            ident = config_data[q] if config else q
+            at = n.offset + t.queue_notify_off(q) * n.notify_off_multiplier
+            for avail in (*AVAIL_IDXS, None):
+                want = ident | ((avail or 0) & 0x7FFF) << 16 | ((avail or 0) >> 15 & 1) << 31 if data else ident
+                width = 4 if data else 2
+                # a doorbell that would end past the notification structure is refused, not written
+                expected = [(n.bar, at, width, want)] if at + width <= n.offset + n.length else []
+                start = len(view.accesses)
+                if avail is None:
+                    value = t.notify_value(q)  # nothing made available since reset: avail idx 0
+                    rung = _refusal(lambda q=q: t.notify(q))
+                else:
+                    value = t.notify_value(q, avail)
+                    rung = _refusal(lambda q=q, avail=avail: t.notify(q, avail_idx=avail))
+                bells = [(a.region, a.offset, a.size, a.value) for a in view.accesses[start:]
+                         if a.op == "w" and a.region == n.bar and a.offset >= n.offset]
+                refused_right = rung == "accepted" if expected else rung.startswith("refused: VirtioPciError")
+                if bells != expected or value != want or not refused_right:
+                    wrong[name].append(f"q{q} avail {avail}: {bells} value {value:#x} ({rung}), expected "
+                                       f"{expected or 'a refusal'} value {want:#x}")
+    t.write_driver_features(bits(F.VERSION_1))
+    view.notify_off = {0: n.length // max(n.notify_off_multiplier, 1) + 1}
+    start = len(view.accesses)
+    beyond = _refusal(lambda: t.notify(0))
+    beyond_writes = [a for a in view.accesses[start:] if a.op == "w" and a.region == n.bar
+                     and n.offset <= a.offset]
+    t.reset()
+    view.close()
+    refused = beyond.startswith("refused: VirtioPciError") and not beyond_writes
+    ids = {"NOTIF-DRV-01": ["plain", "notif_config_data"], "NOTIF-DRV-02": ["notification_data", "both"],
+           "NOTIF-DRV-03": ["plain"], "NOTIF-DRV-04": ["notification_data"], "NOTIF-DRV-05": ["notif_config_data"],
+           "NOTIF-DRV-06": ["both"], "NOTIF-DRV-B01": ["notification_data", "both"]}
+    for rid, combos in ids.items():
+        bad = [w for c in combos for w in wrong[c]]
+        verdict.check(rid, not bad and (rid != "NOTIF-DRV-01" or refused),
+                      f"{count} queues x {len(AVAIL_IDXS) + 1} avail idx under {combos}: wrong {bad[:4]}; doorbell "
+                      f"beyond the structure: {beyond}, {len(beyond_writes)} writes")
+
+
+# --- device configuration at every width (4.1.3.1, 2.5) -----------------------------------------------------
+
+
+def _width_groups(device_id: int, size: int, offered: int) -> list[tuple[int, int, int]]:
+    """(offset, size, width) runs of adjacent existing fields of one natural width, each run written in one call."""
+    fields = sorted((o, w) for o, w, _f in NET_CONFIG_FIELDS if o + w <= size and config_field_exists(device_id, o,
+                                                                                                          offered))
+    runs: list[tuple[int, int, int]] = []
+    for o, w in fields:
+        if runs and runs[-1][2] == w and runs[-1][0] + runs[-1][1] == o:
+            runs[-1] = (runs[-1][0], runs[-1][1] + w, w)
+        else:
+            runs.append((o, w, w))
+    return runs
+
+
+@pytest.mark.req("PCI-DRV-05", "PCI-DRV-06", "CFG-DRV-02")
+def test_register_layer_device_config_accesses_of_every_width(bench: Bench, verdict: Verdict) -> None:
+    """The register layer reads device configuration as exactly the accesses asked for: ``width``-byte accesses
+    at each aligned offset of the span (8-byte ones as the low then the high 32-bit half), inside one
+    config_generation bracket, the bytes matching the device's; it writes existing fields as runs of their natural
+    width, each access carrying its own bytes. Requests not whole or not aligned to the width are refused before
+    any access, and so are accesses past the structure."""
+    trace = TracingPciDevice(bench.open())
+    t = VirtioPciModern(trace)
+    ref = VirtioPciModern(trace.inner)  # past the trace: the checker's own reads
+    dev = t.device_cap
+    problems: list[str] = []
+    if dev is None:
+        for rid in ("PCI-DRV-05", "PCI-DRV-06", "CFG-DRV-02"):
+            verdict.not_applicable(rid, "the function has no device configuration structure")
+        return
+    size = dev.length
+    image = b"".join(ref.read_device_config(o, 1, 1) for o in range(size))
+    gen = (t.common.bar, t.common.offset + CommonCfg.CONFIG_GENERATION)
+    for width in (1, 2, 4, 8):
+        for off in range(0, size - width + 1, width):
+            for span in (width, 2 * width, 3 * width):
+                if off + span > size:
+                    continue
+                start = len(trace.accesses)
+                got = t.read_device_config(off, span, width)
+                acc = trace.accesses[start:]
+                dev_reads = [(a.offset - dev.offset, a.size) for a in acc if a.region == dev.bar
+                             and dev.offset <= a.offset < dev.offset + size]
+                want = [(off + i + h, 4) for i in range(0, span, width) for h in (0, 4)] if width == 8 \
+                    else [(off + i, width) for i in range(0, span, width)]
+                gens = [a.seq for a in acc if (a.region, a.offset) == gen]
+                inside = all(gens and gens[0] < a.seq < gens[-1] for a in acc if a.region == dev.bar
+                             and dev.offset <= a.offset < dev.offset + size)
+                if got != image[off:off + span] or dev_reads != want or len(gens) != 2 or not inside:
+                    problems.append(f"read {off:#x}+{span}/{width}: {got.hex()} (device {image[off:off + span].hex()})"
+                                    f", accesses {dev_reads}, generation reads {len(gens)}")
+    for off, span, width in ((1, 2, 2), (2, 4, 4), (0, 3, 2), (4, 4, 8), (0, 6, 4)):
+        start = len(trace.accesses)
+        for what, step in (("read", lambda o=off, s=span, w=width: t.read_device_config(o, s, w)),
+                           ("write", lambda o=off, s=span, w=width: t.write_device_config(o, bytes(s), w))):
+            outcome = _refusal(step)
+            if not outcome.startswith("refused: ValueError") or len(trace.accesses) != start:
+                problems.append(f"{what} {off:#x}+{span}/{width}: {outcome}, {len(trace.accesses) - start} accesses")
+    start = len(trace.accesses)
+    past = _refusal(lambda: t.read_device_config(size, 4, 4)), _refusal(lambda: t.write_device_config(size, b"\0"))
+    if not all(p.startswith("refused: VirtioPciError") for p in past) or \
+            any(a.region == dev.bar and a.offset >= dev.offset + size - 4 for a in trace.accesses[start:]):
+        problems.append(f"past the structure: {past}")
+    offered = t.device_features()
+    device_id = PciIds.read(trace).device
+    writes_ok = True
+    for off, span, width in _width_groups(device_id, size, offered):
+        start = len(trace.accesses)
+        t.write_device_config(off, image[off:off + span], width)
+        wrote = [(a.offset - dev.offset, a.size, a.data) for a in trace.accesses[start:] if a.op == "w"]
+        want_w = [(off + i, width, image[off + i:off + i + width]) for i in range(0, span, width)]
+        if wrote != want_w:
+            writes_ok = False
+            problems.append(f"write {off:#x}+{span}/{width}: {wrote}, expected {want_w}")
+    after = b"".join(ref.read_device_config(o, 1, 1) for o in range(size))
+    trace.close()
+    head = f"{size}-byte device config: {problems[:5] or 'every access as asked'}; config unchanged {after == image}"
+    verdict.check("PCI-DRV-05", not problems and writes_ok, head)
+    verdict.check("PCI-DRV-06", not [p for p in problems if "/8" in p], head)
+    verdict.check("CFG-DRV-02", not [p for p in problems if "generation" in p], head)
+
+
+# --- taking the function over: ids, capabilities, reset (4.1.2.2, 4.1.4.1, 2.4) ----------------------------
+
+
+@pytest.mark.req("PCI-DRV-01", "RESET-DRV-01")
+def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: Verdict) -> None:
+    """The vDPA driver takes a function over only when it is a virtio function it can drive, and says why not:
+    another vendor or a device id outside 0x1040..0x107f and 0x1000..0x103f is refused, a function whose common
+    configuration capability is missing is refused naming it, and one whose reset never reads back 0 is refused
+    after the bounded wait naming the stuck status; none of them gets a status write after the refusal."""
+    outcomes: dict[str, str] = {}
+    accesses: dict[str, int] = {}
+    headers: tuple[tuple[str, dict[int, bytes]], ...] = (
+        ("vendor 0x8086", {PciCfg.VENDOR_ID: (0x8086).to_bytes(2, "little")}),
+        ("device 0x1080", {PciCfg.DEVICE_ID: (0x1080).to_bytes(2, "little")}),
+        ("device 0x0fff", {PciCfg.DEVICE_ID: (0x0FFF).to_bytes(2, "little")}),
+        ("transitional 0x1000", {PciCfg.DEVICE_ID: (0x1000).to_bytes(2, "little")}),
+        ("modern 0x1041", {}))
+    for name, header in headers:
+        base = bench.open()
+        trace = TracingPciDevice(ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], header=header))
+        outcomes[name] = _refusal(lambda trace=trace: VirtioPciVdpaDevice(trace, owns_pci=False).close())
+        accesses[name] = sum(1 for a in trace.accesses if a.region != RegionIndex.CONFIG and a.op == "w")
+        base.close()
+    base = bench.open()
+    caps = [c for c in target_caps(base) if c.cfg_type != 1]  # no COMMON_CFG
+    trace = TracingPciDevice(ConfigSpaceEditor(base, [c.entry() for c in caps]))
+    outcomes["no common cfg"] = _refusal(lambda: VirtioPciVdpaDevice(trace, owns_pci=False).close())
+    accesses["no common cfg"] = sum(1 for a in trace.accesses if a.region != RegionIndex.CONFIG)
+    base.close()
+    stuck = CommonCfgEditor(bench.open(), status_lag=1 << 30)
+    VirtioPciModern(stuck).set_status(DeviceStatus.ACKNOWLEDGE)  # a previous owner left it initialising
+    trace = TracingPciDevice(stuck)
+    outcomes["reset never completes"] = _refusal(
+        lambda: VirtioPciVdpaDevice(trace, reset_timeout=0.2, owns_pci=False).close())
+    common = VirtioPciModern(stuck.inner).common
+    status_writes = [a.value for a in common_accesses(trace, common.bar, common.offset)
+                     if a.op == "w" and a.rel == CommonCfg.DEVICE_STATUS]
+    wrong_ids = [n for n in ("vendor 0x8086", "device 0x1080", "device 0x0fff")
+                 if not outcomes[n].startswith("refused: VdpaError") or "not a virtio" not in outcomes[n]
+                 or accesses[n]]
+    right_ids = [n for n in ("transitional 0x1000", "modern 0x1041") if outcomes[n] != "accepted"]
+    no_common = outcomes["no common cfg"].startswith("refused: VdpaError") and "COMMON_CFG" in \
+        outcomes["no common cfg"] and not accesses["no common cfg"]
+    verdict.check("PCI-DRV-01", not wrong_ids and not right_ids and no_common,
+                  f"{outcomes}; BAR writes {accesses}")
+    verdict.check("RESET-DRV-01", outcomes["reset never completes"].startswith("refused: VdpaError")
+                  and "stuck" in outcomes["reset never completes"] and status_writes == [0],
+                  f"reset never completes: {outcomes['reset never completes']}; status writes {status_writes}")
