@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from backend.pci.device import DmaFault, DmaFaultError, DmaPerm
+from backend.sigbus_guard import guard_mapping
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -43,6 +45,9 @@ class Mapping:
     _bytes: NDArray[np.uint8] | None = field(default=None, repr=False)
     _rows: dict[tuple[int, bool], NDArray[np.uint8]] = field(default_factory=dict, repr=False)
     _words: NDArray[np.uint16] | None = field(default=None, repr=False)
+    guard: weakref.finalize | None = field(default=None, repr=False)  # type: ignore[type-arg]  # SIGBUS guard range
+    #: Its file was truncated under it (the SIGBUS guard replaced a page): every access faults from then on.
+    truncated: bool = False
 
     @property
     def end(self) -> int:
@@ -141,6 +146,15 @@ class Iommu:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if perm & DmaPerm.WRITE else 0)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=offset)
             m = Mapping(iova, size, perm, fd, offset, mm, memoryview(mm))
+            # A frontend may shrink the file under us: the guard turns the SIGBUS into a fault of this mapping.
+            owner, mapping = weakref.ref(self), weakref.ref(m)  # the guard must not keep either alive
+
+            def truncated(offset: int) -> None:
+                iommu, gone = owner(), mapping()
+                if iommu is not None and gone is not None:
+                    iommu._truncated(gone, offset)
+
+            m.guard = guard_mapping(m, mm, size, truncated)
             i = bisect.bisect(self._starts, iova)
             self._maps.insert(i, m)
             self._starts.insert(i, iova)
@@ -164,6 +178,8 @@ class Iommu:
             self._batch = None
             self.generation += 1
         for m in gone:
+            if m.guard is not None:
+                m.guard()  # released before the address range can be reused
             m.drop_arrays()
             m.view.release()
             try:
@@ -173,6 +189,16 @@ class Iommu:
 
     def unmap_all(self) -> None:
         self.unmap(0, 1 << 64)
+
+    def _truncated(self, m: Mapping, offset: int) -> None:
+        """The SIGBUS guard's report (on its thread): the page at ``offset`` in ``m`` is past the end of its file
+        now. The access that hit it completed on a zero page; from now on the mapping faults."""
+        with self._lock:
+            m.truncated = True
+            self._batch = None
+            self.generation += 1
+        iova = m.iova + offset
+        self._fault(iova, PAGE_SIZE, m.perm, f"memory behind IOVA {iova:#x} is gone: its file was truncated")
 
     def mappings(self) -> list[tuple[int, int, DmaPerm]]:
         return [(m.iova, m.size, m.perm) for m in self._maps]
@@ -209,6 +235,8 @@ class Iommu:
             if i < 0 or maps[i].end <= cur:
                 raise self._fault(iova, size, access, f"no mapping at IOVA {cur:#x}")
             m = maps[i]
+            if m.truncated:
+                raise self._fault(iova, size, access, f"mapping [{m.iova:#x}, {m.end:#x}): its file was truncated")
             if not m.perm & access:
                 raise self._fault(iova, size, access, f"mapping [{m.iova:#x}, {m.end:#x}) is {m.perm!r}")
             take = min(left, m.end - cur)
@@ -260,8 +288,9 @@ class Iommu:
                 maps = list(self._maps)
                 first = [m.iova for m in maps]
                 last = [m.end - 1 for m in maps]
-                can_read = [bool(m.perm & DmaPerm.READ) for m in maps]
-                can_write = [bool(m.perm & DmaPerm.WRITE) for m in maps]
+                # A truncated mapping is left to the exact path, which faults.
+                can_read = [bool(m.perm & DmaPerm.READ) and not m.truncated for m in maps]
+                can_write = [bool(m.perm & DmaPerm.WRITE) and not m.truncated for m in maps]
                 table = _BatchTable(maps, np.array(first, dtype=np.uint64), np.array(last, dtype=np.uint64),
                                     np.array(can_read, dtype=np.bool_), np.array(can_write, dtype=np.bool_),
                                     first, last, can_read, can_write)

@@ -32,6 +32,7 @@ import contextlib
 import mmap
 import os
 import stat
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,6 +41,7 @@ from typing import Protocol
 
 from backend.device import VdpaError
 from backend.pci.device import DmaPerm, PciError
+from backend.sigbus_guard import guard_mapping
 
 PAGE_SIZE = mmap.PAGESIZE
 #: vhost-user's VHOST_MEMORY_BASELINE_NREGIONS: the table size every frontend must fit in.
@@ -123,6 +125,17 @@ class _Mapped:
     backing: tuple[int, int]  # (st_dev, st_ino): which file, whatever the descriptor number
     mm: mmap.mmap = field(repr=False)
     view: memoryview = field(repr=False)  # exactly the region's bytes inside ``mm``
+    #: The mapping's range in the process's SIGBUS guard (the frontend may truncate the file).
+    guard: weakref.finalize | None = field(default=None, repr=False)  # type: ignore[type-arg]
+
+    def unmap(self) -> None:
+        self.view.release()
+        if self.guard is not None:
+            self.guard()  # released before the address range can be reused
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a caller still holds a view: the pages stay until it is dropped
 
 
 _DEVICE_ERRORS = (VdpaError, PciError, OSError, ValueError)
@@ -160,8 +173,7 @@ class MemoryTable:
                 entries.append(cls._map_region(i, r))
         except BaseException:
             for e in entries:
-                e.view.release()
-                e.mm.close()
+                e.unmap()
             for fd in fds:
                 _close_quietly(fd)
             raise
@@ -224,7 +236,10 @@ class MemoryTable:
         except (OSError, ValueError, OverflowError) as exc:
             raise MemoryTableError(f"{name}: cannot map the fd: {exc}") from None
         view = memoryview(mm)[lead:lead + r.memory_size]
-        return _Mapped(index, r, (st.st_dev, st.st_ino), mm, view)
+        # A frontend that shrinks the file later would make our next read of it a SIGBUS: guarded.
+        mapped = _Mapped(index, r, (st.st_dev, st.st_ino), mm, view)
+        mapped.guard = guard_mapping(mapped, mm, lead + r.memory_size)
+        return mapped
 
     # --- inspection ---------------------------------------------------------------------------
 
@@ -314,6 +329,22 @@ class MemoryTable:
         """True when any region shares a byte with guest-physical ``[gpa, gpa + size)``."""
         return any(e.region.guest_phys_addr < gpa + size and gpa < e.region.guest_phys_addr + e.region.memory_size
                    for e in self._entries)
+
+    def truncated(self) -> list[str]:
+        """The regions whose file is now shorter than the region (the frontend truncated it after SET_MEM_TABLE),
+        one description each. An fstat per region: called after the SIGBUS guard saw a fault, not per access."""
+        out = []
+        for e in self._entries:
+            r = e.region
+            try:
+                size = os.fstat(r.fd).st_size
+            except OSError as exc:
+                out.append(f"{_name(e.index, r)}: fd no longer usable: {exc.strerror}")
+                continue
+            if size < r.mmap_offset + r.memory_size:
+                out.append(f"{_name(e.index, r)}: its file was truncated to {size:#x} bytes, short of "
+                           f"offset + size {r.mmap_offset + r.memory_size:#x}")
+        return out
 
     # --- device programming -------------------------------------------------------------------
 
@@ -410,11 +441,7 @@ class MemoryTable:
         finally:
             self._closed = True
             for e in self._entries:
-                e.view.release()
-                try:
-                    e.mm.close()
-                except BufferError:
-                    pass  # a caller still holds a view: the pages stay until it is dropped
+                e.unmap()
             for fd in self._fds:
                 _close_quietly(fd)
             self._fds = set()

@@ -20,12 +20,15 @@ joins the threads within its timeout.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.device import VdpaDevice
+from backend.eventloop import consume_eventfd
+from backend.sigbus_guard import process_guard
 from backend.unix_socket import KEEP_ENDED, Connection, UnixSocketServer
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import SessionClosed, VhostUserSession
@@ -50,6 +53,9 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
     def __init__(self, path: str, factory: DeviceFactory, *, connect: bool = False, backlog: int = 8,
                  name: str = "vhost-user", first_id: int = 1, keep_ended: int = KEEP_ENDED) -> None:
         self.factory = factory
+        # Before the first session: a frontend's memory truncated under the device becomes a fault, not a SIGBUS
+        # that kills every session (installing it compiles the handler, which takes a few seconds).
+        self.guard = process_guard()
         # Session numbers go on across the servers of a reconnecting client (first_id).
         super().__init__(path, connect=connect, backlog=backlog, name=name, first_id=first_id,
                          keep_ended=keep_ended)
@@ -81,11 +87,20 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             rec.reason = f"no device for the session: {exc}"
             return
         session = rec.session = VhostUserSession(device, name=label)
+        memory_faults = self.guard.subscribe()
+        try:
+            self._serve_session(rec, session, memory_faults)
+        finally:
+            self.guard.unsubscribe(memory_faults)
+            os.close(memory_faults)
+
+    def _serve_session(self, rec: SessionRecord, session: VhostUserSession, memory_faults: int) -> None:
         while True:
             # Wait on the frontend and on the session's device events at once, so a configuration
             # change or a dead device is acted on now rather than at the frontend's next message.
             poller = select.poll()
             poller.register(rec.sock, select.POLLIN)
+            poller.register(memory_faults, select.POLLIN)
             for fd, events in session.watched():
                 poller.register(fd, events)
             ready = dict(poller.poll())
@@ -93,9 +108,15 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             # back-end channel a configuration change is sent on meanwhile.
             if rec.sock.fileno() in ready and not self._serve_message(rec, session):
                 return
+            if memory_faults in ready and consume_eventfd(memory_faults):
+                # Some guest memory in this process was truncated: this session's, if one of its files shrank.
+                lost = session.table.truncated() if session.table is not None else []
+                if lost:
+                    rec.reason = f"memory truncated under the device: {lost[0]}"
+                    return
             try:
                 for fd in ready:
-                    if fd != rec.sock.fileno():
+                    if fd not in (rec.sock.fileno(), memory_faults):
                         session.service(fd)
             except SessionClosed as exc:
                 rec.reason = exc.reason

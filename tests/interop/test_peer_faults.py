@@ -8,6 +8,7 @@ the wire: a pcap tap in the model; in testpmd's counters).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -119,6 +120,40 @@ def test_socket_closed_halfway_through_a_message(tmp_path: Path, sock: str, half
         lines = session_lines(serve, since, 1)
         assert lines == [f"{lines[0].split('vhost-user#1:')[0]}vhost-user#1: session dropped: partial message: "
                          f"{reason}"], lines
+        assert "Traceback" not in serve.proc.output()
+        assert settled_fd_count(serve.pid, idle) == idle, f"serve holds {fd_count(serve.pid)} fds, {idle} idle"
+
+        next_session_moves_frames(serve, sock, tmp_path, 2, pcap)
+        assert settled_fd_count(serve.pid, idle) == idle
+        assert serve.stop() == 0
+
+
+def test_memory_truncated_under_the_device(tmp_path: Path, sock: str) -> None:
+    """The frontend shrinks the memfd it passed in SET_MEM_TABLE (as DPDK's, it cannot be sealed) while the
+    device runs, then kicks: the device's next access would be a SIGBUS killing serve and every session in it.
+    serve's guard turns it into a fault: the session ends with the cause in one line, serve goes on."""
+    pcap = tmp_path / "wire.pcap"
+    with ServeProcess(sock, f"sim:virtio-net,wire=loopback,pcap={pcap}", log=tmp_path / "serve.log") as serve:
+        serve.wait_listening()
+        idle = fd_count(serve.pid)
+        since = serve.proc.mark()
+        with GuestMemory.single(MEM, gpa=GPA) as mem:
+            fe = VhostUserFrontend.connect(sock, mem)
+            try:
+                fe.start()
+                assert fe.exchange(frames(0, 32)) == frames(0, 32)
+                os.ftruncate(mem.regions[0].fd, 0)  # from here on this process must not touch the memory either
+                for kick in fe.kicks.values():  # straight to the eventfds: publishing would touch the rings
+                    os.eventfd_write(kick, 1)
+                assert fe.closed_by_peer(NOTICE), f"serve did not end the session within {NOTICE} s"
+            finally:
+                fe.close()
+        serve.proc.wait_for(r"vhost-user#1: session dropped", NOTICE, since=since)
+        lines = session_lines(serve, since, 1)
+        assert len(lines) == 1 and ("session dropped: memory truncated under the device: region 0 "
+                                    "(gpa [0x100000000, 0x100400000)") in lines[0], lines
+        assert "its file was truncated to 0x0 bytes" in lines[0], lines
+        assert serve.proc.proc.poll() is None, "serve died"
         assert "Traceback" not in serve.proc.output()
         assert settled_fd_count(serve.pid, idle) == idle, f"serve holds {fd_count(serve.pid)} fds, {idle} idle"
 
