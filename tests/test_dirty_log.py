@@ -10,15 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.eventloop import new_eventfd
+from backend.eventloop import new_eventfd, wait_eventfd
+from backend.pci.device import DmaPerm
 from backend.vhost_user import messages as m
 from backend.vhost_user.dirty_log import LOG_PAGE, DirtyLog, DirtyLogError, atomic_or_available, page_span
+from backend.vhost_user.log_shadow import UsedRelay
+from backend.vhost_user.memory import MemoryTable
 from backend.vhost_user.server import VhostUserServer
 from backend.vhost_user.session import VhostUserSession
 from backend.virtio.features import DeviceStatus
+from backend.virtio.net_hdr import HDR_SIZE, NetHdr
+from backend.virtio.split_ring import SplitLayout
+from models.targets import SimNetDevice
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
@@ -340,3 +346,115 @@ def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
     assert bases == {0: 30, 1: 30}
     assert not rig.session._relays
     assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+# --- the property: every page the device wrote is in the log ----------------------------------------------
+
+#: One RX buffer per frame: the frame, then how its writable space is cut and whether it is indirect.
+WORKLOAD = st.lists(st.tuples(st.integers(60, 1514), st.lists(st.integers(16, 1600), min_size=1, max_size=4),
+                              st.booleans()), min_size=1, max_size=12)
+
+
+class Watch:
+    """The device's writes into the frontend's memory, from the sim IOMMU's observer."""
+
+    def __init__(self, rig: Rig) -> None:
+        pci = rig.devices.made[0].pci
+        assert isinstance(pci, SimNetDevice)
+        self.iommu = pci.endpoint.iommu
+        self.pages: set[int] = set()
+        self.iommu.observers.append(self.seen)
+
+    def seen(self, access: DmaPerm, iova: int, size: int) -> None:
+        if access & DmaPerm.WRITE and GPA <= iova < GPA + MEM_SIZE:
+            self.pages |= set(page_span(iova, size))
+
+    def close(self) -> None:
+        self.iommu.observers.remove(self.seen)
+
+
+def run_workload(rig: Rig, workload: list[tuple[int, list[int], bool]], seq: int) -> None:
+    """Each frame goes out on TX and comes back into an RX buffer cut as the workload says."""
+    fe = rig.fe
+    rxq, txq = fe.rings[0], fe.rings[1]
+    frames = []
+    for k, (length, cuts, indirect) in enumerate(workload):
+        frame = test_frame(seq + k, length)
+        frames.append(frame)
+        room = sum(cuts)
+        lens = cuts if room >= length + HDR_SIZE else [*cuts[:-1], cuts[-1] + length + HDR_SIZE - room]
+        rxq.add([], lens, indirect=indirect)
+    fe.kick(0)
+    for frame in frames:
+        txq.add([NetHdr().pack() + frame], [])
+    fe.kick(1)
+    got: list[bytes] = []
+    while len(got) < len(frames):
+        got += [u.data[HDR_SIZE:] for u in rxq.used()]
+        if len(got) < len(frames):
+            assert wait_eventfd(fe.calls[0], 10.0), f"{len(got)} of {len(frames)} frames came back"
+    while txq.in_flight:
+        txq.used()
+        if txq.in_flight:
+            assert wait_eventfd(fe.calls[1], 10.0), "TX buffers not completed"
+    assert got == frames
+
+
+def unlogged(rig: Rig, watch: Watch) -> tuple[set[int], set[int]]:
+    """(pages the device wrote that the log lacks, logged pages that are neither written nor a used ring)."""
+    dirty = rig.dirty()
+    used_pages = {p for q in (0, 1) for p in page_span(rig.fe.rings[q].used_addr, SplitLayout(64).used_bytes)}
+    return watch.pages - dirty, dirty - watch.pages - used_pages
+
+
+def test_random_traffic_while_logging_logs_every_page_the_device_wrote(rig: Rig) -> None:
+    start_logged(rig.fe, rig.log_fd, logging=True)
+    watch = Watch(rig)
+    seq = 0
+
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(WORKLOAD)
+    def workload(w: list[tuple[int, list[int], bool]]) -> None:
+        nonlocal seq
+        rig.clear()
+        watch.pages.clear()
+        run_workload(rig, w, seq)
+        seq += len(w)
+        missing, extra = unlogged(rig, watch)
+        assert not missing, f"pages written by the device but not logged: {sorted(missing)[:8]}"
+        assert not extra, f"pages logged that the device did not write: {sorted(extra)[:8]}"
+        assert watch.pages, "the workload wrote nothing"
+
+    try:
+        workload()
+    finally:
+        watch.close()
+    assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+def test_the_property_catches_a_relay_that_skips_a_buffer(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeded bug: the relay logs only the first writable descriptor of each chain."""
+    real = UsedRelay._log_chain
+
+    class FirstOnly:
+        def __init__(self, log: DirtyLog) -> None:
+            self.log, self.marks = log, 0
+
+        def mark(self, gpa: int, length: int) -> None:
+            self.marks += 1
+            if self.marks == 1:
+                self.log.mark(gpa, length)
+
+    def log_chain(self: UsedRelay, table: MemoryTable, log: DirtyLog, head: int, written: int) -> None:
+        real(self, table, FirstOnly(log), head, written)  # type: ignore[arg-type]
+
+    start_logged(rig.fe, rig.log_fd, logging=True)
+    watch = Watch(rig)
+    try:
+        monkeypatch.setattr(UsedRelay, "_log_chain", log_chain)
+        run_workload(rig, [(1400, [200, 200, 1200], False)], 0)  # the frame spans pages past the first piece
+        monkeypatch.undo()
+        missing, _ = unlogged(rig, watch)
+    finally:
+        watch.close()
+    assert missing, "a relay that skipped written buffers went unnoticed"
