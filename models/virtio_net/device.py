@@ -22,7 +22,9 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
+from models.virtio_net import packed_datapath
 from models.virtio_net.fast_tx import take_plain_tx
+from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
@@ -85,6 +87,9 @@ class NetStats:
 
 class VirtioNetDevice(VirtioPciFunction):
     """virtio-net over virtio-pci modern, split rings; RX queue 2n, TX queue 2n+1, control queue last.
+
+    Packed rings when the offer (``features=``) has VIRTIO_F_RING_PACKED and the driver accepts it: chosen at
+    FEATURES_OK, served by :mod:`models.virtio_net.packed_datapath` (the default offer leaves it out).
 
     Constructor: ``pairs`` (queue pairs), ``mac``, ``mtu``, ``max_queue_size``,
     ``features`` (the offer; None = :data:`DEFAULT_FEATURES`, plus CTRL_VQ|MQ when
@@ -241,6 +246,9 @@ class VirtioNetDevice(VirtioPciFunction):
         elif q.index % 2:
             self._process_tx(q)
         # An RX kick only says buffers were added; they are used when frames arrive.
+
+    def process_packed_queue(self, q: PackedQueue) -> None:
+        packed_datapath.process(self, q)
 
     def _process_tx(self, q: SplitQueue) -> None:
         quiet = False  # used.flags holds VRING_USED_F_NO_NOTIFY: the driver adds buffers without kicking
@@ -499,7 +507,15 @@ class VirtioNetDevice(VirtioPciFunction):
         if self._oversize(frame):
             self.stats.rx_oversize += 1
             return
-        q = self.queues[2 * self.rx_pair_for(frame)]
+        pair = self.rx_pair_for(frame)
+        if self.ring_packed:
+            pq = self.packed_queues[2 * pair]
+            if not pq.enabled:
+                self.stats.rx_not_ready += 1
+                return
+            self.run_guarded(lambda rq: packed_datapath.receive(self, rq, frame), pq)
+            return
+        q = self.queues[2 * pair]
         if not q.enabled:
             self.stats.rx_not_ready += 1
             return
@@ -511,7 +527,7 @@ class VirtioNetDevice(VirtioPciFunction):
             if not self.live or not self.link_up:
                 self.stats.rx_not_ready += len(frames)
                 return
-            if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN:
+            if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN or self.ring_packed:
                 for frame in frames:
                     self._receive_one(frame)
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +38,7 @@ from backend.virtio.pci_regs import (
     VirtioPciCap,
 )
 from backend.virtio.split_ring import MAX_QUEUE_SIZE
+from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import RingError, RingHooks, SplitQueue
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, Capability, ConfigSpace, Msix, PciEndpoint, Register, RegisterBlock
@@ -50,6 +52,8 @@ _NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
 MAX_RECORDED_ERRORS = 4096
 _FAILED = int(DeviceStatus.FAILED)
 _LIVE = _DRIVER_OK | _FEATURES_OK
+#: Either ring layout's queue: the one VIRTIO_F_RING_PACKED chose at FEATURES_OK.
+AnyQueue = TypeVar("AnyQueue", SplitQueue, PackedQueue)
 
 
 class EndpointDma:
@@ -140,8 +144,8 @@ def _pow2_at_least(n: int) -> int:
     return p
 
 
-class VirtioPciFunction(RingHooks):
-    """Generic virtio-pci modern function. Override hooks (besides the ring ones of RingHooks):
+class VirtioPciFunction(RingHooks, PackedHooks):
+    """Generic virtio-pci modern function. Override hooks (besides the ring ones of RingHooks and PackedHooks):
 
     - :meth:`features_acceptable` (FEATURES_OK decision, FEAT-DEV-03)
     - :meth:`reset_queue` (what a device or queue reset does to one queue, PCI-DEV-19, RESET-DEV-04)
@@ -207,6 +211,9 @@ class VirtioPciFunction(RingHooks):
         self.endpoint.reset_hooks.append(self._function_reset)
         self.dma = EndpointDma(self.endpoint)
         self.queues = [SplitQueue(i, max_queue_size, self.dma, self) for i in range(num_queues)]
+        # The same queues in the packed layout, used from FEATURES_OK when VIRTIO_F_RING_PACKED was negotiated.
+        self.packed_queues = [PackedQueue(i, max_queue_size, self.dma, self) for i in range(num_queues)]
+        self.ring_packed = False
 
         self.common = RegisterBlock("common_cfg", COMMON_CFG_SIZE, self._common_registers())
         self.isr_block = _CallbackBlock(4, self._isr_read, lambda _o, _d: None)
@@ -283,8 +290,9 @@ class VirtioPciFunction(RingHooks):
 
     # --- common configuration (4.1.4.3) ----------------------------------------------------------
 
-    def _q(self) -> SplitQueue | None:
-        return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+    def _q(self) -> SplitQueue | PackedQueue | None:
+        queues: list[SplitQueue] | list[PackedQueue] = self.packed_queues if self.ring_packed else self.queues
+        return queues[self.queue_select] if self.queue_select < len(queues) else None
 
     def _qget(self, attr: str) -> Callable[[], int]:
         def get() -> int:
@@ -383,7 +391,7 @@ class VirtioPciFunction(RingHooks):
         q = self._q()
         if q is None or q.enabled or v != 1:
             return  # PCI-DRV-20: 0 is never written; re-enabling a live queue changes nothing
-        err = self.queue_config_error(q)
+        err = q.config_error() if isinstance(q, PackedQueue) else self.queue_config_error(q)
         if err is not None:
             # The queue stays disabled (queue_enable reads 0) and the device needs a reset.
             self.fail(err)
@@ -391,7 +399,7 @@ class VirtioPciFunction(RingHooks):
         self._activate(q)
         q.enabled = True
 
-    def _activate(self, q: SplitQueue) -> None:
+    def _activate(self, q: SplitQueue | PackedQueue) -> None:
         f = self.negotiated or self.driver_features
         q.activate(event_idx=has(f, F.EVENT_IDX), indirect=has(f, F.INDIRECT_DESC), in_order=has(f, F.IN_ORDER))
 
@@ -400,7 +408,10 @@ class VirtioPciFunction(RingHooks):
         if q is None or v != 1 or not has(self.negotiated, F.RING_RESET):
             return
         # The reset completes synchronously, so queue_reset and queue_enable read 0 afterwards (PCI-DEV-24).
-        self.reset_queue(q)
+        if isinstance(q, PackedQueue):
+            q.reset()  # positions and both wrap counters back to their defaults (RESET-DEV-04)
+        else:
+            self.reset_queue(q)
 
     # --- hooks -----------------------------------------------------------------------------------
 
@@ -418,9 +429,13 @@ class VirtioPciFunction(RingHooks):
 
     def notify_used(self, q: SplitQueue) -> None:
         """Used buffer notification: MSI-X vector of the queue, or ISR queue bit then INTx (PCI-DEV-39)."""
+        self.signal_queue(q.msix_vector)
+
+    def signal_queue(self, vector: int) -> None:
+        """Deliver a used buffer notification on ``vector`` (either ring layout)."""
         if self.msix.enabled:
-            if q.msix_vector != NO_VECTOR:  # PCI-DEV-62
-                self.msix.fire(q.msix_vector)
+            if vector != NO_VECTOR:  # PCI-DEV-62
+                self.msix.fire(vector)
             return
         self.isr |= ISR_QUEUE
         self.endpoint.set_intx(True)
@@ -455,6 +470,7 @@ class VirtioPciFunction(RingHooks):
             features = self.driver_features
             if self.features_acceptable(features):
                 self.negotiated = features
+                self.ring_packed = has(features, F.RING_PACKED)  # the layout every queue uses until reset
             else:
                 self.refused_features.append(features)
                 new &= ~_FEATURES_OK  # FEAT-DEV-03: the bit does not stick
@@ -463,6 +479,9 @@ class VirtioPciFunction(RingHooks):
             for q in self.queues:
                 if q.enabled:
                     self._activate(q)
+            for pq in self.packed_queues:
+                if pq.enabled:
+                    self._activate(pq)
             self.on_driver_ok()
 
     def on_driver_ok(self) -> None:
@@ -479,6 +498,9 @@ class VirtioPciFunction(RingHooks):
         self.config_msix_vector = NO_VECTOR  # PCI-DEV-59
         for q in self.queues:
             self.reset_queue(q)
+        for pq in self.packed_queues:
+            pq.reset()
+        self.ring_packed = False
         self.isr = 0
         self.endpoint.set_intx(False)
         self.on_reset()
@@ -533,6 +555,9 @@ class VirtioPciFunction(RingHooks):
         index = ident
         if has(self.negotiated, F.NOTIF_CONFIG_DATA):
             index = next((q.index for q in self.queues if self.notif_config_data(q.index) == ident), -1)
+        if self.ring_packed and has(self.negotiated, F.NOTIFICATION_DATA) and len(data) == 4:
+            self.kick_packed_locked(index, (value >> 16 & 0x7FFF, value >> 31))
+            return
         self.kick_locked(index)
 
     def kick(self, index: int) -> None:
@@ -543,13 +568,33 @@ class VirtioPciFunction(RingHooks):
 
     def kick_locked(self, index: int) -> None:
         """Available buffer notification for queue ``index``; spurious ones are harmless (SPLIT-DEV-22)."""
+        if self.ring_packed:
+            self.kick_packed_locked(index, None)
+            return
         with self.endpoint.lock:
             if not self.live or not 0 <= index < len(self.queues) or not self.queues[index].enabled:
                 self.ignored_kicks += 1
                 return
             self.run_guarded(self.process_queue, self.queues[index])
 
-    def run_guarded(self, fn: Callable[[SplitQueue], None], q: SplitQueue) -> None:
+    def kick_packed_locked(self, index: int, notification: tuple[int, int] | None) -> None:
+        """Available buffer notification for packed queue ``index``; with VIRTIO_F_NOTIFICATION_DATA
+        ``notification`` is its (next_off, next_wrap), checked against the ring (PACKED-DRV-04)."""
+        with self.endpoint.lock:
+            if not self.live or not 0 <= index < len(self.packed_queues) or not self.packed_queues[index].enabled:
+                self.ignored_kicks += 1
+                return
+            q = self.packed_queues[index]
+            if notification is not None:
+                self.run_guarded(lambda pq: pq.check_notification(*notification), q)
+                if not self.live:
+                    return
+            self.run_guarded(self.process_packed_queue, q)
+
+    def process_packed_queue(self, q: PackedQueue) -> None:
+        """Device type: handle an available buffer notification for packed queue ``q`` (lock held)."""
+
+    def run_guarded(self, fn: Callable[[AnyQueue], None], q: AnyQueue) -> None:
         """Run queue work; a driver error or DMA fault stops the device until reset."""
         try:
             fn(q)

@@ -1,0 +1,139 @@
+"""The model on packed queues: offered only through ``features=``, chosen at FEATURES_OK, frames both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from backend.pci.device import write_int
+from backend.virtio.features import DeviceStatus, F, NetF, bits, has
+from backend.virtio.net_hdr import HDR_SIZE, NetHdr
+from backend.virtio.packed_ring import PackedDescFlags, PackedDescriptor, avail_bits
+from backend.virtio.pci_regs import CommonCfg
+from models.virtio_net.device import DEFAULT_FEATURES
+from sim.memory import Allocator
+from testbenches.driver.packed import DriverPackedQueue
+from testbenches.frames import test_frame
+from tests.test_model_device import MEM, Guest, fired
+
+PACKED_OFFER = DEFAULT_FEATURES | bits(F.RING_PACKED, F.NOTIFICATION_DATA)
+SPEC = f"virtio-net,wire=none,features={PACKED_OFFER:#x}"
+BASE = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.RING_PACKED)
+
+
+@contextmanager
+def packed_guest(features: int, size: int) -> Iterator[tuple[Guest, DriverPackedQueue, DriverPackedQueue]]:
+    with Guest(SPEC) as g:
+        assert g.negotiate(features)
+        g.msix(3)
+        g.cw(CommonCfg.CONFIG_MSIX_VECTOR, 2)
+        alloc = Allocator(0x10000, MEM - 0x10000)
+        queues = []
+        for index in (0, 1):
+            q = DriverPackedQueue(g.mem, alloc, size, index=index, event_idx=has(features, F.EVENT_IDX),
+                                  in_order=has(features, F.IN_ORDER))
+            g.cw(CommonCfg.QUEUE_SELECT, index)
+            g.cw(CommonCfg.QUEUE_SIZE, size)
+            g.cw(CommonCfg.QUEUE_MSIX_VECTOR, index)
+            g.cw(CommonCfg.QUEUE_DESC, q.desc_addr)
+            g.cw(CommonCfg.QUEUE_DRIVER, q.driver_addr)
+            g.cw(CommonCfg.QUEUE_DEVICE, q.device_addr)
+            g.cw(CommonCfg.QUEUE_ENABLE, 1)
+            assert g.cr(CommonCfg.QUEUE_ENABLE) == 1, f"queue {index} of size {size} refused"
+            queues.append(q)
+        g.driver_ok()
+        yield g, queues[0], queues[1]
+
+
+def kick(g: Guest, q: DriverPackedQueue, features: int) -> None:
+    """Notify when the device event suppression structure asks for it; 32-bit with NOTIFICATION_DATA."""
+    if not q.kick_needed():
+        return
+    g.cw(CommonCfg.QUEUE_SELECT, q.index)
+    at = g.notify_base + g.cr(CommonCfg.QUEUE_NOTIFY_OFF) * g.notify_mult
+    if has(features, F.NOTIFICATION_DATA):
+        write_int(g.dev, 0, at, 4, q.notification_value())
+    else:
+        write_int(g.dev, 0, at, 2, q.index)
+
+
+def test_default_offer_has_no_packed_ring() -> None:
+    with Guest() as g:
+        assert not has(g.offered(), F.RING_PACKED)
+        assert g.negotiate() and not g.model.ring_packed
+
+
+FEATURE_SETS = {
+    "plain": BASE,
+    "indirect+event_idx": BASE | bits(F.INDIRECT_DESC, F.EVENT_IDX),
+    "in_order+notification_data": BASE | bits(F.IN_ORDER, F.NOTIFICATION_DATA),
+    "all+mrg_rxbuf": BASE | bits(F.INDIRECT_DESC, F.EVENT_IDX, F.IN_ORDER, F.NOTIFICATION_DATA, NetF.MRG_RXBUF),
+}
+
+
+@pytest.mark.parametrize("name", list(FEATURE_SETS))
+@pytest.mark.parametrize("size", [7, 100])
+def test_frames_move_on_packed_tx_and_rx_queues(name: str, size: int) -> None:
+    features = FEATURE_SETS[name]
+    indirect = has(features, F.INDIRECT_DESC)
+    with packed_guest(features, size) as (g, rx, tx):
+        assert g.model.ring_packed and g.model.negotiated == features
+        col = g.collect()
+        frames = [test_frame(i, 60 + 13 * i % 1400) for i in range(3 * size)]  # the rings wrap at least twice
+        got: list[bytes] = []
+        for i, frame in enumerate(frames):
+            hdr = NetHdr().pack()
+            tx.add([hdr, frame] if i % 2 else [hdr + frame], [], indirect=indirect and i % 3 == 0)
+            kick(g, tx, features)
+            for u in tx.used():
+                assert u.len == 0
+            if rx.num_free:
+                rx.add([], [HDR_SIZE + 1600] if i % 2 else [HDR_SIZE, 1600], indirect=indirect and i % 3 == 1)
+                kick(g, rx, features)
+            g.model.receive(frame)
+            for u in rx.used():
+                assert NetHdr.unpack(u.data[:HDR_SIZE]).num_buffers == 1
+                got.append(u.data[HDR_SIZE:])
+        assert col.frames == frames, "TX: every frame on the wire, intact and in order"
+        assert got == frames, "RX: every frame in a buffer, intact and in order"
+        assert not g.model.errors and not g.status() & DeviceStatus.DEVICE_NEEDS_RESET
+        assert fired(g.calls[0]) and fired(g.calls[1])
+        assert g.model.stats.tx_packets == g.model.stats.rx_packets == len(frames)
+        assert not tx.anomalies and not rx.anomalies
+
+
+def test_merged_rx_buffers_on_a_packed_ring() -> None:
+    features = BASE | bits(NetF.MRG_RXBUF)
+    with packed_guest(features, 16) as (g, rx, _tx):
+        for _ in range(6):
+            rx.add([], [200])
+        kick(g, rx, features)
+        frame = test_frame(7, 900)
+        g.model.receive(frame)
+        used = rx.used()
+        assert len(used) == 5 and [u.len for u in used] == [200] * 4 + [HDR_SIZE + 900 - 800]
+        data = b"".join(u.data for u in used)
+        assert NetHdr.unpack(data[:HDR_SIZE]).num_buffers == 5 and data[HDR_SIZE:] == frame
+
+
+def test_a_driver_error_on_a_packed_ring_sets_needs_reset_and_a_reset_returns_to_split() -> None:
+    with packed_guest(BASE, 8) as (g, _rx, tx):
+        head = PackedDescriptor(0x9000, 16, 0, int(PackedDescFlags.INDIRECT) | avail_bits(1))  # no INDIRECT_DESC
+        tx.expose_raw([head], 0)
+        kick(g, tx, BASE)
+        assert g.status() & DeviceStatus.DEVICE_NEEDS_RESET
+        assert [e.req_id for e in g.model.errors] == ["PACKED-DRV-12"]
+        g.cw(CommonCfg.DEVICE_STATUS, 0)
+        assert not g.model.ring_packed and g.model.packed_queues[1].next_avail == 0
+
+
+def test_packed_queue_size_zero_is_refused() -> None:
+    with Guest(SPEC) as g:
+        assert g.negotiate(BASE)
+        g.cw(CommonCfg.QUEUE_SELECT, 0)
+        g.cw(CommonCfg.QUEUE_SIZE, 0)
+        g.cw(CommonCfg.QUEUE_ENABLE, 1)
+        assert g.cr(CommonCfg.QUEUE_ENABLE) == 0
+        assert [e.req_id for e in g.model.errors] == ["PCI-DRV-16"]
