@@ -137,3 +137,29 @@ def test_packed_queue_size_zero_is_refused() -> None:
         g.cw(CommonCfg.QUEUE_ENABLE, 1)
         assert g.cr(CommonCfg.QUEUE_ENABLE) == 0
         assert [e.req_id for e in g.model.errors] == ["PCI-DRV-16"]
+
+
+def test_ring_reset_of_a_packed_queue_restores_positions_and_wrap_counters() -> None:
+    features = BASE | bits(F.RING_RESET)
+    with packed_guest(features, 5) as (g, _rx, tx):
+        for i in range(7):  # past the end of the ring: the wrap counters flipped
+            tx.add([NetHdr().pack() + test_frame(i, 60)], [])
+            kick(g, tx, features)
+            tx.used()
+        pq = g.model.packed_queues[1]
+        assert (pq.avail_wrap, pq.used_wrap) == (0, 0)
+        g.cw(CommonCfg.QUEUE_SELECT, 1)
+        g.cw(CommonCfg.QUEUE_RESET, 1)
+        assert g.cr(CommonCfg.QUEUE_RESET) == 0 and g.cr(CommonCfg.QUEUE_ENABLE) == 0
+        assert (pq.next_avail, pq.avail_wrap, pq.next_used, pq.used_wrap) == (0, 1, 0, 1)  # RESET-DEV-04
+
+
+def test_notification_data_past_what_was_made_available_is_a_driver_error() -> None:
+    features = BASE | bits(F.NOTIFICATION_DATA)
+    with packed_guest(features, 8) as (g, _rx, tx):
+        tx.add([NetHdr().pack() + test_frame(0, 60)], [])
+        g.cw(CommonCfg.QUEUE_SELECT, 1)
+        at = g.notify_base + g.cr(CommonCfg.QUEUE_NOTIFY_OFF) * g.notify_mult
+        write_int(g.dev, 0, at, 4, 1 | 3 << 16 | 1 << 31)  # next_off 3: slots 1 and 2 were never made available
+        assert [e.req_id for e in g.model.errors] == ["PACKED-DRV-04"]
+        assert g.status() & DeviceStatus.DEVICE_NEEDS_RESET

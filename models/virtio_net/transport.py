@@ -498,11 +498,11 @@ class VirtioPciFunction(RingHooks, PackedHooks):
         self.config_msix_vector = NO_VECTOR  # PCI-DEV-59
         for q in self.queues:
             self.reset_queue(q)
+        self.isr = 0
+        self.endpoint.set_intx(False)
         for pq in self.packed_queues:
             pq.reset()
         self.ring_packed = False
-        self.isr = 0
-        self.endpoint.set_intx(False)
         self.on_reset()
 
     def _function_reset(self) -> None:
