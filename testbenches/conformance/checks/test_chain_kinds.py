@@ -128,3 +128,51 @@ def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict) -> No
                           f"{sorted(lens.values())} (expected 0 each)")
             for p in pending.values():
                 rig.release(p)
+
+
+@pytest.mark.req("SPLIT-DEV-04")
+def test_transmit_chains_without_readable_buffers(bench: Bench, verdict: Verdict) -> None:
+    """A transmit chain whose buffers are all device-writable holds no frame: the device reads nothing of it, so
+    the header and frame a driver left there never reach the wire (SPLIT-DEV-04: transmitting them means reading
+    device-writable buffers). Such chains (one descriptor, two, behind an indirect pointer) come first in a burst
+    with ordinary chains behind them, which carry their frames as usual."""
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
+        feats = rig.features_for(indirect=None, drop=1 << NetF.MTU)
+        assert feats is not None
+        d = rig.up(features=feats, exact=True, queue_size=64, rx_buffers=32)
+        if not rig.looped(verdict, "SPLIT-DEV-04"):
+            return
+        hdr = rig.tx_header()
+        stray = [make_frame(800 + k, 90 + 10 * k) for k in range(3)]
+        good = [make_frame(810 + k, 70 + 10 * k) for k in range(3)]
+        indirect = has(d.features, F.INDIRECT_DESC)
+        writable: list[Posted] = []
+        for k, f in enumerate(stray):
+            t = add_chain(rig.tx, [], [rig.hdr_len + len(f)] if k == 0 else [rig.hdr_len, len(f)],
+                          direct=0 if indirect and k == 2 else None)
+            data = hdr + f
+            off = 0
+            for gpa, n in t.writable:
+                rig.mem.write(gpa, data[off:off + n])
+                off += n
+            writable.append(t)
+        tx = [add_chain(rig.tx, [hdr + f], []) for f in good]
+        with rig.dma_watch() as watch:
+            rig.publish(rig.TX)
+            received = [f.frame for f in d.receive_raw(len(good), 1.0)]
+            extra = [f.frame for f in d.receive_raw(1, 0.05)]
+        arrived = received + extra
+        leaked = [k for k, f in enumerate(stray) if f in arrived]
+        verdict.check("SPLIT-DEV-04", not leaked and received == good,
+                      f"transmit chains holding a frame only in device-writable buffers (one, two descriptors"
+                      f"{', indirect' if indirect else ''}) before {len(good)} ordinary ones: {len(arrived)} "
+                      f"frame(s) arrived, {'stray ' + str(leaked) if leaked else 'none of the strays'}, the ordinary "
+                      f"ones {'intact, in order' if received == good else 'not as sent'}; status "
+                      f"{rig.status():#x}")
+        if watch.available:
+            spans = [span for t in writable for span in t.writable]
+            reads = [a for a in watch.reads() if any(a.iova < g + n and g < a.iova + a.size for g, n in spans)]
+            verdict.check("SPLIT-DEV-04", not reads,
+                          f"device reads inside the device-writable buffers of those transmit chains: {reads[:4]}")
+        for p in [*writable, *tx]:
+            rig.release(p)

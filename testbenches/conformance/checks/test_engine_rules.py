@@ -223,9 +223,12 @@ BREACHES = [
 ]
 
 
+@pytest.mark.parametrize("burst", [False, True], ids=["alone", "burst"])
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.build.__name__) for c in BREACHES])
 @pytest.mark.req("STATUS-DEV-02")
-def test_chain_one_step_past_a_limit(bench: Bench, verdict: Verdict, case: Breach) -> None:
+def test_chain_one_step_past_a_limit(bench: Bench, verdict: Verdict, case: Breach, burst: bool) -> None:
+    """The chain alone, or first of a burst with an ordinary two-descriptor chain behind it (a device decoding
+    several available chains at once meets it among the others)."""
     with bench.rig() as r:
         feats = r.features_for(indirect=case.indirect)
         if feats is None:
@@ -233,11 +236,13 @@ def test_chain_one_step_past_a_limit(bench: Bench, verdict: Verdict, case: Breac
             return
         d = r.up(features=feats, exact=True, queue_size=QSIZE)
         rules = " or ".join(case.rules)
-        what = f"{case.what} (breaks {rules})"
+        what = f"{case.what} (breaks {rules}){', a good chain behind it' if burst else ''}"
         since = len(r.driver_errors() or [])
         cfg_fd = d.irq_fds["config"]
         drain(cfg_fd)
         case.build(r, r.tx)
+        if burst:
+            r.tx.add([r.tx_header(), make_frame(77)], [])
         r.tx.publish()
         crash = None
         try:
