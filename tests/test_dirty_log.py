@@ -238,14 +238,14 @@ def test_set_log_base_is_answered_and_replaced(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
     assert set_log_base(fe, rig.log_fd) == 0
-    first = rig.session.log
+    first = rig.session.dirty_log
     assert first is not None and first.limit >= GPA + MEM_SIZE
     bigger = new_log_fd(2 * LOG_SIZE)
     try:
         assert set_log_base(fe, bigger, LOG_SIZE, LOG_SIZE) == 0  # a new log (QEMU resizes it) replaces the old
     finally:
         os.close(bigger)
-    second = rig.session.log
+    second = rig.session.dirty_log
     assert second is not None and second is not first and second.offset == LOG_SIZE
     with pytest.raises(DirtyLogError, match="after close"):
         first.mark(0, 1)  # the old mapping is gone
@@ -256,7 +256,7 @@ def test_bad_log_base_is_refused_with_its_reply(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
     assert set_log_base(fe, rig.log_fd, size=LOG_SIZE + 4096) == 1  # past the end of the fd
-    assert rig.session.log is None
+    assert rig.session.dirty_log is None
     assert any("runs past the end" in e for e in rig.session.stats.errors), rig.session.stats.errors
 
 
@@ -325,7 +325,7 @@ def test_log_all_on_a_running_ring_is_refused_where_the_state_cannot_move(rig: R
     with pytest.raises(FrontendError, match="refused"):
         set_features(fe, fe.features | LOG_ALL)
     assert any("cannot change paths" in e for e in rig.session.stats.errors), rig.session.stats.errors
-    assert not rig.session.logging
+    assert not rig.session.logging_on
     traffic(fe, 10, start=10)
     assert not rig.dirty()
 
@@ -338,14 +338,41 @@ def traffic(fe: VhostUserFrontend, n: int, start: int = 0) -> None:
 def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
     fe = rig.fe
     start_logged(fe, rig.log_fd, logging=True)
-    assert set(rig.session._relays) == {0, 1}
+    assert rig.session.relayed_rings == {0, 1}
     traffic(fe, 30)
     rx_used = fe.rings[0].used_addr // LOG_PAGE
     assert rx_used in rig.dirty() and fe.rings[1].used_addr // LOG_PAGE in rig.dirty()
     bases = fe.stop()
     assert bases == {0: 30, 1: 30}
-    assert not rig.session._relays
+    assert not rig.session.relayed_rings
     assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+def test_entries_whose_interrupt_was_suppressed_still_reach_the_frontend(rig: Rig) -> None:
+    """A NAPI-style driver: RX interrupts off while it works, on again, then it waits for the interrupt. The
+    device used the RX buffers without an interrupt, so only the relay's timer can publish them."""
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    rxq, txq = fe.rings[0], fe.rings[1]
+    rxq.set_no_interrupt(True)
+    frames = [test_frame(i, 100 + i) for i in range(8)]
+    for _ in frames:
+        rxq.add([], [2048])
+    fe.kick(0)
+    for f in frames:
+        txq.add([NetHdr().pack() + f], [])
+    fe.kick(1)
+    while txq.in_flight:
+        txq.used()
+        if txq.in_flight:
+            assert wait_eventfd(fe.calls[1], 10.0), "TX buffers not completed"
+    rxq.set_no_interrupt(False)
+    got = [u.data[HDR_SIZE:] for u in rxq.used()]
+    while len(got) < len(frames):
+        assert wait_eventfd(fe.calls[0], 5.0), f"{len(got)} of {len(frames)} frames published: the relay held them"
+        got += [u.data[HDR_SIZE:] for u in rxq.used()]
+    assert got == frames
+    assert fe.rings[0].used_addr // LOG_PAGE in rig.dirty()
 
 
 # --- the property: every page the device wrote is in the log ----------------------------------------------

@@ -12,25 +12,45 @@ only then publishes the used index and signals the frontend's call eventfd. This
 used ring of DPDK's IFC VF software relay, here in the session's own thread.
 
 The frontend's ``flags`` and ``avail_event`` in its used ring are copied on every pass. The
-device's interrupt decision reads the frontend's ``used_event``/``flags`` directly, so an
-interrupt the frontend suppressed is also not seen here: those entries are published at the
-device's next interrupt or when the ring stops (GET_VRING_BASE relays before answering).
+device decides on interrupts from the frontend's ``used_event``/``flags`` and its own used index,
+so entries whose interrupt the frontend suppressed would wait in the shadow, and a frontend that
+skipped a kick on a ``flags``/``avail_event`` copied late would leave the device waiting. While
+any ring is relayed a timer (:data:`REFRESH_PERIOD`) also runs a pass: it publishes what is there,
+interrupts the frontend if it asks for it at the new index (as the device would have), and rings
+the device's doorbell when the frontend added buffers since the last tick (a spare kick is
+harmless). GET_VRING_BASE relays the last entries before it answers.
+
+:class:`LogShadow` is what a session holds: the log, the SET_LOG_FD eventfd, the relays and the timer.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from backend.device import VdpaDevice
 from backend.eventloop import consume_eventfd, new_eventfd
 from backend.pci.device import DmaPerm
-from backend.vhost_user.dirty_log import DirtyLog
-from backend.vhost_user.memory import MemoryTable
+from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError
+from backend.vhost_user.memory import MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
-from backend.virtio.split_ring import DESC, DESC_SIZE, USED_ELEM, USED_ELEM_SIZE, DescFlags, SplitLayout
+from backend.virtio.split_ring import (
+    DESC,
+    DESC_SIZE,
+    USED_ELEM,
+    USED_ELEM_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    DescFlags,
+    SplitLayout,
+    vring_need_event,
+)
+
+log = logging.getLogger(__name__)
 
 #: First shadow used ring's IOVA; ring ``q`` is at ``SHADOW_USED_IOVA + q * SHADOW_STRIDE``.
 SHADOW_USED_IOVA: Final = SHADOW_IOVA + 0x10_0000
@@ -38,6 +58,9 @@ SHADOW_USED_IOVA: Final = SHADOW_IOVA + 0x10_0000
 SHADOW_STRIDE: Final = 0x10_0000
 _PAGE: Final = 4096
 _U16: Final = struct.Struct("<H")
+#: Seconds between the timer's passes while a ring is relayed: the most an entry whose interrupt was
+#: suppressed, or a kick the frontend skipped on stale suppression fields, waits.
+REFRESH_PERIOD: Final = 0.002
 
 
 class LogShadowError(Exception):
@@ -61,17 +84,21 @@ class UsedRelay:
     :meth:`attach` maps the shadow; :meth:`close` unmaps it once the device stopped the ring.
     """
 
-    def __init__(self, device: VdpaDevice, index: int, num: int, desc: int, used: int, log_used: int,
-                 call: int | None, *, indirect: bool) -> None:
+    def __init__(self, device: VdpaDevice, index: int, num: int, desc: int, avail: int, used: int, log_used: int,
+                 call: int | None, kick: int | None, *, indirect: bool, event_idx: bool) -> None:
         self.device = device
         self.index = index
         self.num = num
         self.layout = SplitLayout(num)
         self.desc = desc
+        self.avail = avail
         self.used = used
         self.log_used = log_used
         self.call = call
+        self.kick = kick
         self.indirect = indirect
+        self.event_idx = event_idx
+        self._avail_seen = -1  # the frontend's avail idx at the last timer pass
         self.iova = shadow_range(index)[0]
         self.size = -(-self.layout.used_bytes // _PAGE) * _PAGE
         self.last = 0  # used index published to the frontend
@@ -100,6 +127,26 @@ class UsedRelay:
         n = self.relay(table, log)
         if self.call is not None:
             os.eventfd_write(self.call, 1)  # the device already applied the frontend's suppression
+        return n
+
+    def refresh(self, table: MemoryTable, log: DirtyLog) -> int:
+        """The timer's pass: relay, interrupt the frontend if it wants one now, kick if it added buffers."""
+        old = self.last
+        n = self.relay(table, log)
+        view = table.gpa_view(self.avail, self.layout.avail_bytes)
+        try:
+            flags, avail_idx = struct.unpack_from("<HH", view, 0)
+            used_event = _U16.unpack_from(view, self.layout.used_event)[0]
+        finally:
+            view.release()
+        wanted = vring_need_event(used_event, self.last, old) if self.event_idx else not (
+            flags & VRING_AVAIL_F_NO_INTERRUPT)
+        if n and wanted and self.call is not None:
+            os.eventfd_write(self.call, 1)
+        if avail_idx != self._avail_seen:
+            self._avail_seen = avail_idx
+            if self.kick is not None:
+                os.eventfd_write(self.kick, 1)
         return n
 
     def relay(self, table: MemoryTable, log: DirtyLog) -> int:
@@ -181,3 +228,168 @@ def _read_desc(table: MemoryTable, table_addr: int, i: int) -> tuple[int, int, i
     finally:
         view.release()
     return int(addr), int(length), int(flags), int(nxt)
+
+
+class _Timer:
+    """A periodic timerfd (``timerfd_create`` through ctypes: Python 3.11's os module lacks it)."""
+
+    _CLOCK_MONOTONIC: Final = 1
+    _TFD_FLAGS: Final = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK, TFD_CLOEXEC share their values
+
+    class _Spec(ctypes.Structure):
+        _fields_ = [("interval_sec", ctypes.c_long), ("interval_nsec", ctypes.c_long),
+                    ("value_sec", ctypes.c_long), ("value_nsec", ctypes.c_long)]
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._settime = libc.timerfd_settime
+        fd: int = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_FLAGS)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self.fd = fd
+        self.armed = False
+
+    def arm(self, period: float) -> None:
+        sec, nsec = int(period), int(period % 1 * 1e9)
+        self._set(self._Spec(sec, nsec, sec, nsec))
+        self.armed = True
+
+    def disarm(self) -> None:
+        self._set(self._Spec(0, 0, 0, 0))
+        self.armed = False
+
+    def _set(self, spec: _Timer._Spec) -> None:
+        if self._settime(self.fd, 0, ctypes.byref(spec), None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+
+    def consume(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class LogShadow:
+    """A session's dirty logging: the log, the SET_LOG_FD eventfd, one :class:`UsedRelay` per relayed ring.
+
+    ``report`` receives a line for every failure to log (a write outside the log, a chain the relay
+    cannot follow): reported, and the entries are still published so the guest does not stall.
+    """
+
+    def __init__(self, device: VdpaDevice, report: Callable[[str], None]) -> None:
+        self.device = device
+        self.report = report
+        self.log: DirtyLog | None = None
+        self.log_event: int | None = None
+        self.relays: dict[int, UsedRelay] = {}
+        self._timer: _Timer | None = None
+
+    def set_log(self, new: DirtyLog, table: MemoryTable | None) -> None:
+        """A new log replaces the old one; what the device wrote so far goes to the old one first."""
+        if self.log is not None:
+            self.flush(table)
+            self.log.close()
+        self.log = new
+
+    def set_log_event(self, fd: int) -> None:
+        old, self.log_event = self.log_event, fd
+        if old is not None:
+            os.close(old)
+
+    def uncovered(self, table: MemoryTable) -> str | None:
+        """Why the log cannot hold every page of ``table`` (None when it can)."""
+        if self.log is None:
+            return None
+        top = max(r.gpa_end for r in table.regions)
+        if top <= self.log.limit:
+            return None
+        return (f"memory table reaches gpa {top:#x}, past the dirty log's {self.log.limit:#x}: device writes "
+                "there cannot be logged")
+
+    def start(self, index: int, table: MemoryTable, *, num: int, desc: int, avail: int, used: int, log_used: int,
+              call: int | None, kick: int | None, indirect: bool, event_idx: bool) -> UsedRelay:
+        """A relay for ring ``index``, mapped; the caller points the device's used ring and call at it."""
+        relay = UsedRelay(self.device, index, num, desc, avail, used, log_used, call, kick, indirect=indirect,
+                          event_idx=event_idx)
+        try:
+            relay.attach(table)
+            if self._timer is None:
+                self._timer = _Timer()
+            if not self._timer.armed:
+                self._timer.arm(REFRESH_PERIOD)
+        except BaseException:
+            relay.close()
+            raise
+        self.relays[index] = relay
+        return relay
+
+    def stop(self, index: int, table: MemoryTable | None) -> None:
+        """Ring ``index`` stopped: its last entries are logged and published, the relay unmapped."""
+        relay = self.relays.pop(index, None)
+        if relay is None:
+            return
+        if table is not None:
+            self._pass(relay, table, relay.relay)
+        if relay.call is not None:
+            os.eventfd_write(relay.call, 1)  # entries of the last pass may await an interrupt
+        relay.close()
+        if not self.relays and self._timer is not None:
+            self._timer.disarm()
+
+    def stop_all(self, table: MemoryTable | None) -> None:
+        for index in list(self.relays):
+            self.stop(index, table)
+
+    def flush(self, table: MemoryTable | None) -> None:
+        """Relay every ring now (before the log changes hands)."""
+        if table is None:
+            return
+        for relay in self.relays.values():
+            self._pass(relay, table, relay.relay)
+
+    def watched(self) -> list[int]:
+        fds = [r.device_call for r in self.relays.values()]
+        return fds + ([self._timer.fd] if self._timer is not None and self._timer.armed else [])
+
+    def service(self, fd: int, table: MemoryTable | None) -> bool:
+        """Handle ``fd`` if it is one of :meth:`watched` (True), else leave it to the caller (False)."""
+        if self._timer is not None and fd == self._timer.fd:
+            self._timer.consume()
+            if table is not None:
+                for relay in self.relays.values():
+                    self._pass(relay, table, relay.refresh)
+            return True
+        signalled = next((r for r in self.relays.values() if r.device_call == fd), None)
+        if signalled is None:
+            return False
+        if table is not None:
+            self._pass(signalled, table, signalled.service)
+        return True
+
+    def _pass(self, relay: UsedRelay, table: MemoryTable, step: Callable[[MemoryTable, DirtyLog], int]) -> None:
+        if self.log is None:
+            return
+        try:
+            n = step(table, self.log)
+        except (DirtyLogError, LogShadowError, MemoryTableError) as exc:
+            self.report(f"ring {relay.index}: dirty logging failed: {exc}")
+            return
+        if n and self.log_event is not None:
+            os.eventfd_write(self.log_event, 1)
+
+    def close(self, table: MemoryTable | None) -> None:
+        self.stop_all(table)
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.log_event is not None:
+            os.close(self.log_event)
+            self.log_event = None

@@ -60,7 +60,6 @@ hangs up ends the session at once, with the cause in one line.
 from __future__ import annotations
 
 import logging
-import os
 import select
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ from backend.vhost_user import messages as m
 from backend.vhost_user.backend_channel import BackendChannelError
 from backend.vhost_user.device_events import DeviceEvents, DeviceLost
 from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError, atomic_or_available
-from backend.vhost_user.log_shadow import LogShadowError, UsedRelay, shadow_range
+from backend.vhost_user.log_shadow import LogShadow, UsedRelay, shadow_range
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
 from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
@@ -188,9 +187,7 @@ class VhostUserSession:
         self._closed = False
         self._cvq: ShadowControlQueue | None = None  # the device's control queue, when MQ is negotiated
         self._pairs_set = 1  # queue pairs the device was told to use (1 after every reset)
-        self.log: DirtyLog | None = None  # SET_LOG_BASE
-        self._log_event: int | None = None  # SET_LOG_FD: signalled after the log was written
-        self._relays: dict[int, UsedRelay] = {}  # rings on the logging path (log_shadow)
+        self._shadow = LogShadow(device, self._report)  # the dirty log and the rings relayed while logging
         self.events = DeviceEvents(device, name)  # configuration interrupt, back-end channel, peer watch
 
     # --- offers ---------------------------------------------------------------------------
@@ -213,7 +210,17 @@ class VhostUserSession:
         return SUPPORTED_PROTOCOL_FEATURES | (LOG_PROTOCOL_FEATURES if atomic_or_available() else 0)
 
     @property
-    def logging(self) -> bool:
+    def dirty_log(self) -> DirtyLog | None:
+        """The log SET_LOG_BASE mapped (None before it)."""
+        return self._shadow.log
+
+    @property
+    def relayed_rings(self) -> frozenset[int]:
+        """Rings whose used ring goes through the backend's relay (while logging)."""
+        return frozenset(self._shadow.relays)
+
+    @property
+    def logging_on(self) -> bool:
         """The frontend has VHOST_F_LOG_ALL on: every device write must reach the dirty log."""
         return bool(self.features & LOG_ALL)
 
@@ -338,7 +345,7 @@ class VhostUserSession:
                 if not self.has_protocol(m.ProtocolFeature.LOG_SHMFD):
                     self._close_fds(msg.fds)
                     raise SessionError(f"{msg.name} needs protocol feature LOG_SHMFD, not negotiated")
-                self._set_log_fd(msg.fds)
+                self._shadow.set_log_event(msg.fds[0])
             case R.SEND_RARP:
                 self._require(m.ProtocolFeature.RARP, msg)
                 mac = m.rarp_mac(_u64(p))
@@ -373,7 +380,7 @@ class VhostUserSession:
                                    f"({self.features:#x}) and the device is past FEATURES_OK")
         else:
             self._negotiate(device_features)
-        if bool(value & LOG_ALL) != self.logging:
+        if bool(value & LOG_ALL) != self.logging_on:
             self._switch_logging(bool(value & LOG_ALL))
         self.features = value
 
@@ -414,7 +421,7 @@ class VhostUserSession:
 
     def _reset(self) -> None:
         self.device.reset()
-        self._close_relays()
+        self._shadow.stop_all(self.table)
         self._close_cvq()
         for ring in self.rings.values():
             self._close_fds(list(ring.fds()))
@@ -441,7 +448,7 @@ class VhostUserSession:
             if missing:
                 i, a, s = missing[0]
                 raise SessionError(f"new memory table no longer covers ring {i} at gpa [{a:#x}, {a + s:#x})")
-            if any(new.overlaps(*shadow_range(i)) for i in self._relays):
+            if any(new.overlaps(*shadow_range(i)) for i in self._shadow.relays):
                 raise SessionError("new memory table overlaps the backend's shadow used rings")
             if self._cvq is not None and new.overlaps(*self._cvq.range()):
                 raise SessionError(f"new memory table overlaps the backend's control queue at iova "
@@ -502,7 +509,7 @@ class VhostUserSession:
 
     def _set_vring_addr(self, a: m.VringAddr) -> None:
         ring = self._ring(a.index)
-        if a.log_used and not self.logging:
+        if a.log_used and not self.logging_on:
             raise SessionError(f"ring {a.index}: used-ring logging (VHOST_VRING_F_LOG) requested while "
                                "VHOST_F_LOG_ALL is off")
         if not ring.num:
@@ -516,7 +523,7 @@ class VhostUserSession:
             raise SessionError(f"ring {a.index}: address change while the ring runs")
         ring.desc, ring.avail, ring.used = desc, avail, used
         ring.log_used, ring.log_addr = a.log_used, a.log
-        relay = self._relays.get(a.index)
+        relay = self._shadow.relays.get(a.index)
         if relay is not None:
             relay.log_used = self._used_log_addr(ring)
 
@@ -532,6 +539,8 @@ class VhostUserSession:
             if fd is None:
                 raise SessionError(f"ring {f.index}: polling mode (kick without fd) is not supported")
             old, ring.kick = ring.kick, fd
+            if (relay := self._shadow.relays.get(f.index)) is not None:
+                relay.kick = fd
             if ring.pushed:
                 self.device.set_vq_kick(f.index, fd)
             if not self.has_protocol_features_bit():
@@ -539,7 +548,7 @@ class VhostUserSession:
                 self._start_if_running(f.index, ring)
         elif request is R.SET_VRING_CALL:
             old, ring.call = ring.call, fd
-            relay = self._relays.get(f.index)
+            relay = self._shadow.relays.get(f.index)
             if relay is not None:
                 relay.call = fd  # the device signals the relay, which signals the frontend
             elif ring.pushed:
@@ -589,7 +598,7 @@ class VhostUserSession:
         if not self.table.covers(ring.ranges(), AddressSpace.GPA):
             raise SessionError(f"ring {index} lies outside the current memory table")
         d = self.device
-        relay = self._new_relay(index, ring) if self.logging else None
+        relay = self._new_relay(index, ring) if self.logging_on else None
         try:
             d.set_vq_num(index, ring.num)
             d.set_vq_address(index, ring.desc, ring.avail, ring.used if relay is None else relay.iova)
@@ -599,7 +608,7 @@ class VhostUserSession:
             d.set_vq_ready(index, True)
         except BaseException:
             if relay is not None:
-                self._relays.pop(index).close()
+                self._shadow.stop(index, None)
             raise
         ring.pushed = True
 
@@ -632,11 +641,11 @@ class VhostUserSession:
         elif all(r.stopped or not r.pushed for i, r in self.rings.items() if i != index):
             log.info("%s: last running ring stopped without RING_RESET: resetting the device", self.name)
             self.device.reset()
-            self._close_relays()
+            self._shadow.stop_all(self.table)
             self._close_cvq()
             for r in self.rings.values():
                 r.pushed = False
-        self._drop_relay(index)  # the device is done with the ring: its last used entries are logged
+        self._shadow.stop(index, self.table)  # the device is done with the ring: its last used entries are logged
         ring.pushed = False
         ring.stopped = True
         ring.base = 0
@@ -695,52 +704,38 @@ class VhostUserSession:
             new = DirtyLog(msg.fds[0], p.mmap_size, p.mmap_offset)
         except DirtyLogError as exc:
             raise SessionError(f"dirty log not mapped: {exc.reason}") from None
-        old, self.log = self.log, new
-        if old is not None:
-            self._relay_all()  # what the device wrote so far goes to the log the frontend is collecting
-            old.close()
+        self._shadow.set_log(new, self.table)
         log.info("%s: dirty log of %d bytes mapped (covers gpa [0, %#x))", self.name, new.size, new.limit)
         self._check_log_covers()
 
     def _check_log_covers(self) -> None:
         """Warn when the memory table reaches past the log (writes there become reported errors)."""
-        if self.log is None or self.table is None:
-            return
-        top = max(r.gpa_end for r in self.table.regions)
-        if top > self.log.limit:
-            text = (f"memory table reaches gpa {top:#x}, past the dirty log's {self.log.limit:#x}: "
-                    "device writes there cannot be logged")
-            self.stats.errors.append(f"{self.name}: {text}")
-            log.warning("%s: %s", self.name, text)
+        if self.table is not None and (text := self._shadow.uncovered(self.table)) is not None:
+            self._report(text, logging.WARNING)
 
-    def _set_log_fd(self, fds: tuple[int, ...]) -> None:
-        old, self._log_event = self._log_event, fds[0]
-        if old is not None:
-            self._close_fds([old])
+    def _report(self, text: str, level: int = logging.ERROR) -> None:
+        self.stats.errors.append(f"{self.name}: {text}")
+        log.log(level, "%s: %s", self.name, text)
 
     def _switch_logging(self, on: bool) -> None:
         """LOG_ALL toggled: move running rings to the relay (on) or back to the direct path (off)."""
-        if on and self.log is None:
+        if on and self._shadow.log is None:
             raise SessionError("VHOST_F_LOG_ALL set before SET_LOG_BASE gave a log")
         running = sorted(i for i, r in self.rings.items() if r.pushed)
-        if running:
-            for i in running:
-                self._check_can_move(i)
+        for i in running:
+            try:
+                self.device.get_vq_state(i)
+            except NotSupported as exc:
+                raise SessionError(f"ring {i} runs and cannot change paths at the same ring state ({exc}); dirty "
+                                   "logging can be switched on this device only before the rings start") from None
+        self.features = (self.features & ~LOG_ALL) | (LOG_ALL if on else 0)  # _push_ring reads it
         for i in running:
             ring = self.rings[i]
             base = self.device.get_vq_state(i).avail_idx
             self._stop_ring(i, ring)
             ring.base, ring.stopped = base, False
-            self.features = (self.features & ~LOG_ALL) | (LOG_ALL if on else 0)  # _push_ring reads it
             self._push_ring(i, ring)
         log.info("%s: dirty logging %s (%d running ring(s) moved)", self.name, "on" if on else "off", len(running))
-
-    def _check_can_move(self, index: int) -> None:
-        try:
-            self.device.get_vq_state(index)
-        except NotSupported as exc:
-            raise SessionError(f"ring {index} runs and cannot change paths at the same ring state ({exc}); "
-                               "dirty logging can be switched on this device only before the rings start") from None
 
     def _used_log_addr(self, ring: RingState) -> int:
         """Where writes to the frontend's used ring are logged: log_guest_addr with VHOST_VRING_F_LOG."""
@@ -748,59 +743,15 @@ class VhostUserSession:
         return ring.log_addr if ring.log_used else ring.used
 
     def _new_relay(self, index: int, ring: RingState) -> UsedRelay:
-        assert ring.desc is not None and ring.used is not None and self.table is not None
+        assert ring.desc is not None and ring.avail is not None and ring.used is not None
+        assert self.table is not None
         iova, size = shadow_range(index)
         if self.table.overlaps(iova, size):
             raise SessionError(f"memory table overlaps ring {index}'s shadow used ring at iova {iova:#x}")
-        relay = UsedRelay(self.device, index, ring.num, ring.desc, ring.used, self._used_log_addr(ring), ring.call,
-                          indirect=has(self.device.get_driver_features(), F.INDIRECT_DESC))
-        try:
-            relay.attach(self.table)
-        except BaseException:
-            relay.close()
-            raise
-        self._relays[index] = relay
-        return relay
-
-    def _relay(self, relay: UsedRelay, *, interrupt: bool) -> None:
-        """One pass of ``relay``; an entry that cannot be logged is a reported error, never a silent one."""
-        if self.table is None or self.log is None:
-            return
-        try:
-            n = relay.service(self.table, self.log) if interrupt else relay.relay(self.table, self.log)
-        except (DirtyLogError, LogShadowError, MemoryTableError) as exc:
-            text = f"ring {relay.index}: dirty logging failed: {exc}"
-            self.stats.errors.append(f"{self.name}: {text}")
-            log.error("%s: %s", self.name, text)
-            return
-        if n and self._log_event is not None:
-            os.eventfd_write(self._log_event, 1)
-
-    def _relay_all(self) -> None:
-        for relay in self._relays.values():
-            self._relay(relay, interrupt=False)
-
-    def _drop_relay(self, index: int) -> None:
-        relay = self._relays.pop(index, None)
-        if relay is None:
-            return
-        self._relay(relay, interrupt=False)
-        ring = self.rings.get(index)
-        if relay.call is not None and ring is not None and ring.call == relay.call:
-            os.eventfd_write(relay.call, 1)  # entries of the last pass may await an interrupt
-        relay.close()
-
-    def _close_relays(self) -> None:
-        for index in list(self._relays):
-            self._drop_relay(index)
-
-    def _close_log(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-        if self._log_event is not None:
-            self._close_fds([self._log_event])
-            self._log_event = None
+        features = self.device.get_driver_features()
+        return self._shadow.start(index, self.table, num=ring.num, desc=ring.desc, avail=ring.avail, used=ring.used,
+                                  log_used=self._used_log_addr(ring), call=ring.call, kick=ring.kick,
+                                  indirect=has(features, F.INDIRECT_DESC), event_idx=has(features, F.EVENT_IDX))
 
     # --- events from the device (backend.vhost_user.device_events) ---------------------------
 
@@ -822,13 +773,11 @@ class VhostUserSession:
         """(fd, poll events) the server waits on beside the frontend's socket; :meth:`service` handles them."""
         if self._closed:
             return []
-        return self.events.watched() + [(r.device_call, select.POLLIN) for r in self._relays.values()]
+        return self.events.watched() + [(fd, select.POLLIN) for fd in self._shadow.watched()]
 
     def service(self, fd: int) -> None:
         """One of :meth:`watched` is ready. Raises :class:`SessionClosed` when the device is gone."""
-        relay = next((r for r in self._relays.values() if r.device_call == fd), None)
-        if relay is not None:
-            self._relay(relay, interrupt=True)
+        if self._shadow.service(fd, self.table):
             return
         try:
             self.events.service(fd)
@@ -852,8 +801,7 @@ class VhostUserSession:
             log.warning("%s: device reset at close failed: %s", self.name, exc)
         finally:
             try:
-                self._close_relays()
-                self._close_log()
+                self._shadow.close(self.table)
                 self._close_cvq()
             finally:
                 for ring in self.rings.values():
