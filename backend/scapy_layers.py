@@ -87,7 +87,7 @@ class PackedDesc(Packet):
 
 
 class PackedEventSuppress(Packet):
-    """struct pvirtq_event_suppress (2.8.10), the view of :class:`backend.virtio.packed_ring.EventSuppress`:
+    """struct pvirtq_event_suppress (2.8.14), the view of :class:`backend.virtio.packed_ring.EventSuppress`:
     two little-endian 16-bit words, desc (desc_event_off:15, desc_event_wrap:1) and flags (desc_event_flags:2)."""
 
     name = "pvirtq_event_suppress"

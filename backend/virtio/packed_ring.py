@@ -141,7 +141,7 @@ def unpack_off_wrap(value: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class EventSuppress:
-    """struct pvirtq_event_suppress (2.8.10): where (``off``/``wrap``) and whether (``flags``) to notify.
+    """struct pvirtq_event_suppress (2.8.14): where (``off``/``wrap``) and whether (``flags``) to notify.
 
     The driver's area tells the device about used buffer notifications, the device's area tells the driver
     about available buffer notifications. ``reserved`` holds bits 2-15 of the flags word as read.

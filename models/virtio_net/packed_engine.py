@@ -49,8 +49,6 @@ from models.virtio_net.split_engine import BatchDma, Chain, Dma, RingError, full
 
 #: Descriptors fetched per DMA read while walking a list (lists are contiguous in a packed ring).
 DESC_WINDOW = 16
-#: Flags an indirect table entry may carry (PACKED-DRV-13).
-_INDIRECT_ENTRY_FLAGS = int(PackedDescFlags.WRITE)
 _NEXT = int(PackedDescFlags.NEXT)
 _WRITE = int(PackedDescFlags.WRITE)
 _INDIRECT = int(PackedDescFlags.INDIRECT)
@@ -85,7 +83,7 @@ class PackedHooks:
     - :meth:`packed_chain_continues`: does this descriptor link to the next slot? (the NEXT flag)
     - :meth:`packed_buffer_id`: the Buffer ID of a list (the last descriptor's id, 2.8.6).
     - :meth:`packed_indirect_count`: entries of an indirect table (len / 16, 2.8.7).
-    - :meth:`packed_indirect_entry_ok`: may an indirect entry carry these flags? (only WRITE, PACKED-DRV-13)
+    - :meth:`packed_indirect_entry_ok`: can the device follow an indirect entry with these flags? (not INDIRECT)
     - :meth:`packed_max_chain_len`: descriptor limit per list (PACKED-DEV-09; the queue size, PACKED-DRV-07).
     - :meth:`packed_advance_used`: the used position after ``n`` slots (the wrap counter flips at the end).
     - :meth:`packed_used_stores`: the stores that write one used descriptor, in order (flags last).
@@ -104,7 +102,9 @@ class PackedHooks:
         return desc.len // DESC_SIZE
 
     def packed_indirect_entry_ok(self, flags: int) -> bool:
-        return not flags & ~_INDIRECT_ENTRY_FLAGS
+        """WRITE is the only valid flag of an indirect entry (PACKED-DRV-13) and the device ignores the reserved
+        others (2.8.7), but INDIRECT there asks for a second level of tables no device follows: refused."""
+        return not flags & _INDIRECT
 
     def packed_max_chain_len(self, queue_size: int) -> int:
         return queue_size
@@ -371,9 +371,8 @@ class PackedQueue:
         writable_seen = False
         for i, d in enumerate(table):
             if not self.hooks.packed_indirect_entry_ok(d.flags):
-                what = "INDIRECT (a second level)" if d.flags & _INDIRECT else f"flags {d.flags:#x}"
                 raise RingError("PACKED-DRV-13", f"queue {self.index}: indirect entry {i} of buffer {chain.head} "
-                                                 f"carries {what}, only WRITE is allowed")
+                                                 f"carries flags {d.flags:#x}: INDIRECT inside an indirect table")
             chain.ndesc += 1
             writable_seen = self._add_buffer(chain, d.addr, d.len, d.flags, writable_seen)
 
@@ -403,7 +402,7 @@ class PackedQueue:
 
         Each used descriptor goes in the slot where its buffer's list began, in completion order
         (PACKED-DEV-02). With ``in_order_batch`` (VIRTIO_F_IN_ORDER) the whole batch is one used descriptor with
-        the last Buffer ID and length, at the first slot, and the device skips the batch's slots (2.8.9).
+        the last Buffer ID and length, at the first slot, and the device skips the batch's slots (2.8.8).
         The first used descriptor's flags are the last store, so a batch appears at once.
         Returns (old, new) used positions for :meth:`needs_notification`.
         """

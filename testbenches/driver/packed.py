@@ -59,7 +59,7 @@ class DriverPackedQueue:
 
     Parts are allocated at their spec alignment (PACKED-DRV-01) and zeroed, so both wrap counters start at 1
     over an all-zero ring. Buffer IDs come from a free list; with ``in_order`` (VIRTIO_F_IN_ORDER) a used
-    descriptor completes every buffer made available up to the one it names (2.8.9). With ``event_idx`` the
+    descriptor completes every buffer made available up to the one it names (2.8.8). With ``event_idx`` the
     driver asks for used buffer notifications by position (RING_EVENT_FLAGS_DESC) instead of ENABLE.
     """
 
@@ -260,7 +260,8 @@ class DriverPackedQueue:
                 if not is_used(flags, self.used_wrap):
                     break
                 ulen, uid = DESC.unpack(self.mem.read(base, DESC_SIZE))[1:3]
-                out.extend(self._complete(uid, ulen))
+                # len is reserved in a used descriptor without WRITE: the device wrote nothing (2.8.4)
+                out.extend(self._complete(uid, ulen if flags & _WRITE else 0))
             if not (self.event_idx and self.auto_used_event):
                 return out
             # Ask for a notification at the next used slot, then look again: a descriptor used before the device
@@ -276,7 +277,7 @@ class DriverPackedQueue:
             raise DriverQueueError(self.anomalies[-1])
         ids = [uid]
         if self.in_order:
-            # One used descriptor may stand for a batch: every buffer made available up to this one (2.8.9).
+            # One used descriptor may stand for a batch: every buffer made available up to this one (2.8.8).
             ids = []
             while self._order and self._order[0] != uid:
                 ids.append(self._order.popleft())
