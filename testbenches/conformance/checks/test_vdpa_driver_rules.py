@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,12 +30,13 @@ from backend.drivers.transport import (
     extended_capabilities,
 )
 from backend.drivers.vdpa import VirtioPciVdpaDevice
-from backend.pci.device import PciDevice, RegionFlags, RegionIndex, RegionInfo
+from backend.eventloop import consume_eventfd, wait_eventfd
+from backend.pci.device import IrqIndex, PciDevice, PciError, RegionFlags, RegionIndex, RegionInfo
 from backend.virtio.features import DeviceStatus, F, bits, has
 from backend.virtio.pci_regs import NO_VECTOR, PCI_CONFIG_SPACE_SIZE, CommonCfg, PciCfg
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, SriovConfigSpace
-from testbenches.conformance.checks.test_driver_discovery import FRAMES, _transmit
+from testbenches.conformance.checks.test_driver_discovery import FRAMES, _msix_variant, _transmit
 from testbenches.conformance.checks.test_driver_side import FaultInjector
 from testbenches.conformance.checks.test_vdpa_paths import NOT_IMPLEMENTED, CommonCfgEditor
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
@@ -147,9 +150,11 @@ class RegisterView(TracingPciDevice):
 
 
 def _ids_quirk(dev: PciDevice, quirk: Quirk) -> QuirkTable:
-    """A table whose one entry matches this function exactly."""
-    ids = PciIds.read(dev)
-    return QuirkTable().extended(IdMatch(ids.vendor, ids.device, ids.subsystem_vendor, ids.subsystem_device), quirk)
+    """A table whose one entry matches this function exactly (ids read here from the config header, 7.5.1)."""
+    header = dev.region_read(RegionIndex.CONFIG, 0, PciCfg.SUBSYSTEM_ID + 2)
+    vendor, device = struct.unpack_from("<HH", header, PciCfg.VENDOR_ID)
+    sub_vendor, sub_device = struct.unpack_from("<HH", header, PciCfg.SUBSYSTEM_VENDOR_ID)
+    return QuirkTable().extended(IdMatch(vendor, device, sub_vendor, sub_device), quirk)
 
 
 def _refusal(step: object) -> str:
@@ -177,7 +182,17 @@ EXT_LISTS: dict[str, list[tuple[int, int, int, int]] | None] = {
     "sriov_after_all_ones": [(0x100, 0x0001, 1, 0x140), (0x140, 0xFFFF, 0xF, 0xFFF),
                              (0x180, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
     "sriov_after_zero_header": [(0x100, 0, 0, 0), (0x140, PCI_EXT_CAP_ID_SRIOV, 1, 0)],
+    "unreadable": [(0x100, PCI_EXT_CAP_ID_SRIOV, 1, 0)],  # a 4 KiB region whose extended space fails to read
 }
+
+
+class UnreadableExtendedSpace(SriovConfigSpace):
+    """A 4 KiB config region whose extended space cannot be read (the access layer reports an error there)."""
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if index == RegionIndex.CONFIG and offset >= PCI_CONFIG_SPACE_SIZE:
+            raise PciError(f"{self.name}: extended config read at {offset:#x} failed")
+        return super().region_read(index, offset, size)
 
 
 def _header(cap_id: int, version: int, nxt: int) -> int:
@@ -220,14 +235,21 @@ def test_vdpa_driver_offers_upward_only_what_the_function_carries(bench: Bench, 
     base = bench.open()
     entries = EXT_LISTS[ext]
     space: PciDevice = base if entries is None else _present_ext_list(base, entries)
+    if ext == "unreadable":
+        space = UnreadableExtendedSpace(base, sriov=True)
     shown = FaultInjector(space, add=bits(F.SR_IOV, F.NOTIFICATION_DATA))
     device = VirtioPciModern(shown).device_features()
     quirk_hidden = device & ~bits(F.VERSION_1, F.ACCESS_PLATFORM, F.SR_IOV, F.NOTIFICATION_DATA)
     quirk_hidden &= -quirk_hidden  # the lowest offered feature the frontend could otherwise take
     table = _ids_quirk(base, Quirk(name="hide-one", why="conformance check: a record hiding one feature",
                                    hide_features=quirk_hidden))
-    walked = extended_capabilities(shown).found
+    try:
+        walked: tuple[tuple[int, int], ...] | str = extended_capabilities(shown).found
+    except PciError as exc:
+        walked = f"unreadable ({exc})"
     want_walk = [] if entries is None else _expected_walk(entries)
+    if ext == "unreadable":  # nothing can be found where nothing can be read: SR_IOV is not offered
+        want_walk = []
     has_sriov = any(cap_id == PCI_EXT_CAP_ID_SRIOV for _o, cap_id in want_walk)
     vdpa = VirtioPciVdpaDevice(shown, quirks=table, owns_pci=False)
     try:
@@ -241,12 +263,14 @@ def test_vdpa_driver_offers_upward_only_what_the_function_carries(bench: Bench, 
                               and a.offset == vdpa.transport.common.offset + CommonCfg.DRIVER_FEATURE]
     finally:
         vdpa.close()
-    head = (f"extended list {ext}: walked {[(hex(o), hex(i)) for o, i in walked]} (expected "
+    shown_walk = walked if isinstance(walked, str) else [(hex(o), hex(i)) for o, i in walked]
+    head = (f"extended list {ext}: walked {shown_walk} (expected "
             f"{[(hex(o), hex(i)) for o, i in want_walk]}); device {device:#x}, offered upward {offered:#x} "
             f"(expected {expected:#x}); requests for withheld bits: {refusals}; driver_feature writes by them: "
             f"{len(drv_feature_writes)}")
     refused_all = all(r.startswith("refused") for r in refusals.values()) and not drv_feature_writes
-    verdict.check("FEAT-DRV-17", list(walked) == want_walk and has(offered, F.SR_IOV) == has_sriov
+    walk_ok = isinstance(walked, str) if ext == "unreadable" else list(walked) == want_walk
+    verdict.check("FEAT-DRV-17", walk_ok and has(offered, F.SR_IOV) == has_sriov
                   and refused_all, head)
     verdict.check("FEAT-DRV-01", offered == expected and refused_all and all("FEAT-DRV-01" in r for r in
                                                                              refusals.values()), head)
@@ -416,25 +440,42 @@ def _free_bar(dev: PciDevice) -> int | None:
     return next((i for i in range(RegionIndex.BAR5, RegionIndex.BAR0 - 1, -1) if dev.region_info(i).size == 0), None)
 
 
+#: Intel IFC VF (subsystem 8086:001a): last_avail_idx in the low half of one 32-bit slot per queue at 0x20 of its
+#: live-migration BAR4 (Linux drivers/vdpa/ifcvf: IFCVF_LM_BAR, IFCVF_LM_RING_STATE_OFFSET).
+IFC_VF_SUBSYSTEM = (0x8086, 0x001A)
+IFC_VF_BAR, IFC_VF_RING_STATE, IFC_VF_SLOT = 4, 0x20, 4
+
+
 @pytest.mark.req("PCI-DRV-18", "SPLIT-DRV-11", "NOTIF-DRV-01", "NOTIF-DRV-03")
-@pytest.mark.parametrize("width, stride", [pytest.param(2, 4, id="u16_slots"), pytest.param(4, 8, id="u32_slots")])
+@pytest.mark.parametrize("layout", ["u16_slots", "u32_slots", "ifc_vf_builtin"])
 def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, verdict: Verdict, mem: GuestMemory,
-                                                                width: int, stride: int) -> None:
-    """A function with a vendor ring-state register (one slot per queue, named by the quirk record). Before
-    going live SET/GET_VRING_BASE go to the queue's slot (the low 16 bits are last_avail_idx); at DRIVER_OK each
-    queue gets exactly the frontend's size, ring addresses (64-bit, low half first) and a vector inside the
-    table, its state written to its slot, and only then queue_enable 1; its kick eventfd becomes a 16-bit
-    doorbell carrying the queue index. While it runs, GET_VRING_BASE reads the slot."""
+                                                                layout: str) -> None:
+    """A function with a vendor ring-state register (one slot per queue): one named by a quirk record of the
+    check's own, or the Intel IFC VF's, found by the driver's built-in table from the function's subsystem ids.
+    Before going live SET/GET_VRING_BASE go to the queue's slot (the low 16 bits are last_avail_idx); at
+    DRIVER_OK each queue gets exactly the frontend's size, ring addresses (64-bit, low half first) and a vector
+    inside the table, its state written to its slot, and only then queue_enable 1; its kick eventfd becomes a
+    16-bit doorbell carrying the queue index. While it runs, GET_VRING_BASE reads the slot."""
     base = bench.open()
-    bar = _free_bar(base)
-    if bar is None:
+    bar = IFC_VF_BAR if layout == "ifc_vf_builtin" else _free_bar(base)
+    if bar is None or base.region_info(bar).size:
         for rid in ("PCI-DRV-18", "SPLIT-DRV-11", "NOTIF-DRV-01", "NOTIF-DRV-03"):
-            verdict.not_applicable(rid, "every BAR of the function is implemented: no room for a vendor block")
+            verdict.not_applicable(rid, f"BAR{bar} of the function is implemented: no room for a vendor block")
         return
-    regs = RingStateRegisters(base, bar)
-    block = VqStateBlock(bar=bar, offset=0x40, stride=stride, width=width)
-    table = _ids_quirk(base, Quirk(name="ring-state", why="conformance check: a vendor ring-state block",
-                                   vq_state=block))
+    table: QuirkTable | None
+    if layout == "ifc_vf_builtin":
+        ifc = ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], header={
+            PciCfg.SUBSYSTEM_VENDOR_ID: IFC_VF_SUBSYSTEM[0].to_bytes(2, "little"),
+            PciCfg.SUBSYSTEM_ID: IFC_VF_SUBSYSTEM[1].to_bytes(2, "little")})
+        regs = RingStateRegisters(ifc, bar)
+        block, table = VqStateBlock(bar=bar, offset=IFC_VF_RING_STATE, stride=IFC_VF_SLOT, width=2), None
+    else:
+        regs = RingStateRegisters(base, bar)
+        block = VqStateBlock(bar=bar, offset=0x40, stride=4 if layout == "u16_slots" else 8,
+                             width=2 if layout == "u16_slots" else 4)
+        table = _ids_quirk(base, Quirk(name="ring-state", why="conformance check: a vendor ring-state block",
+                                       vq_state=block))
+    width = block.width
     vdpa = VirtioPciVdpaDevice(regs, quirks=table, owns_pci=False)
     front = VdpaFrontend(vdpa, mem)
     problems: list[str] = []
@@ -506,7 +547,7 @@ def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, ve
     want_bells = sorted((notify_cap.bar, notify_cap.offset + notify_offs[q] * notify_cap.notify_off_multiplier, 2, q)
                         for q in (0, 1))
     bells_ok = sorted(doorbells) == want_bells
-    head = (f"vendor block in BAR{bar} ({width}-byte state, slots {stride} apart): {problems[:5] or 'as asked'}; "
+    head = (f"vendor block in BAR{bar} ({width}-byte state, slots {block.stride} apart): {problems[:5] or 'as asked'}; "
             f"GET_VRING_BASE of running q1 read {running:#x} (slot low half 0x102); {sent}/{len(FRAMES)} frames")
     verdict.check("PCI-DRV-18", not problems and sent == len(FRAMES), head)
     verdict.check("SPLIT-DRV-11", not problems and running == 0x0102 and sent == len(FRAMES), head)
@@ -603,13 +644,16 @@ def test_vdpa_driver_binds_the_config_vector_to_the_frontends_latest_eventfd(ben
         vdpa.set_config_call(front.config_call)
         steps["handed back"] = "frontend's" if bound() == front.config_call else f"fd {bound()}"
         sent = _transmit(front, FRAMES, 2.0)
+        vdpa.reset()  # every vector unbound and MSI-X disabled: the seam's empty binding
+        steps["after reset"] = "all unbound" if view.irq_bindings[-1] == (IrqIndex.MSIX, 0, []) \
+            else f"{view.irq_bindings[-1]}"
     finally:
         vdpa.close()
         front.close()
         os.close(other)
     verdict.check("PCI-DRV-34", not early_binds and not early_enables and vector < table
                   and steps == {"at DRIVER_OK": "frontend's", "replaced": "new", "dropped": "unbound",
-                                "handed back": "frontend's"} and sent == len(FRAMES),
+                                "handed back": "frontend's", "after reset": "all unbound"} and sent == len(FRAMES),
                   f"before DRIVER_OK: {len(early_binds)} vector bindings, {len(early_enables)} queue writes; config "
                   f"vector {vector} of {table}; config eventfd {steps}; {sent}/{len(FRAMES)} frames")
 
@@ -817,3 +861,235 @@ def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: V
     verdict.check("RESET-DRV-01", outcomes["reset never completes"].startswith("refused: VdpaError")
                   and "stuck" in outcomes["reset never completes"] and status_writes == [0],
                   f"reset never completes: {outcomes['reset never completes']}; status writes {status_writes}")
+
+
+# --- a quirk record applies to its own function only ----------------------------------------------------------
+
+
+@pytest.mark.req("SPLIT-DRV-11")
+@pytest.mark.parametrize("ids", [
+    pytest.param((0x1041, 0x8086, 0x001A), id="ifc_vf"),
+    pytest.param((0x1041, 0x8087, 0x001A), id="other_subsystem_vendor"),
+    pytest.param((0x1041, 0x8086, 0x001B), id="other_subsystem_device"),
+    pytest.param((0x1000, 0x8086, 0x001A), id="other_device_id")])
+def test_vdpa_driver_uses_a_ring_state_register_only_on_the_card_that_has_it(bench: Bench, verdict: Verdict,
+                                                                            ids: tuple[int, int, int]) -> None:
+    """The function presents the IFC VF's ids, or ids that differ from them in one place. Only the IFC VF's
+    own get their ring state through its live-migration register (BAR4 0x20 + 4q); for any other function the
+    driver has no such register, so SET_VRING_BASE of a non-zero index is refused and BAR4 is never touched."""
+    base = bench.open()
+    if base.region_info(IFC_VF_BAR).size:
+        verdict.not_applicable("SPLIT-DRV-11", f"BAR{IFC_VF_BAR} of the function is implemented")
+        return
+    device, sub_vendor, sub_device = ids
+    edited = ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], header={
+        PciCfg.DEVICE_ID: device.to_bytes(2, "little"), PciCfg.SUBSYSTEM_VENDOR_ID: sub_vendor.to_bytes(2, "little"),
+        PciCfg.SUBSYSTEM_ID: sub_device.to_bytes(2, "little")})
+    regs = RingStateRegisters(edited, IFC_VF_BAR)
+    vdpa = VirtioPciVdpaDevice(regs, owns_pci=False)
+    try:
+        outcome = _refusal(lambda: vdpa.set_vq_state(1, VqState(avail_idx=5)))
+        read = _refusal(lambda: vdpa.get_vq_state(1))
+    finally:
+        vdpa.close()
+    touched = [(a.op, hex(a.offset), a.value) for a in regs.accesses if a.region == IFC_VF_BAR]
+    is_ifc = ids == (0x1041, *IFC_VF_SUBSYSTEM)
+    want = [("w", hex(IFC_VF_RING_STATE + IFC_VF_SLOT), 5), ("r", hex(IFC_VF_RING_STATE + IFC_VF_SLOT), 5)]
+    ok = (outcome == "accepted" and read == "accepted" and touched == want) if is_ifc else \
+        (outcome.startswith("refused: NotSupported") and not touched)
+    verdict.check("SPLIT-DRV-11", ok, f"ids 1af4:{device:04x} subsystem {sub_vendor:04x}:{sub_device:04x}: "
+                                      f"SET_VRING_BASE 5 {outcome}, GET_VRING_BASE {read}; BAR{IFC_VF_BAR} accesses "
+                                      f"{touched}")
+
+
+# --- a function without usable MSI-X vectors (4.1.5.1.2) ------------------------------------------------------
+
+
+@pytest.mark.req("PCI-DRV-34")
+def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, verdict: Verdict,
+                                                                mem: GuestMemory) -> None:
+    """The access layer binds no MSI-X vector. Queues then get NO_VECTOR (no event is mapped to a vector the
+    driver cannot bind), config_msix_vector is left alone, and the queues run, the frontend polling; a frontend
+    that hands over a call eventfd is told the driver cannot signal it, before DRIVER_OK is written."""
+    base = bench.open()
+    view = RegisterView(ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], msix_vectors=0))
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    try:
+        front.map_memory()
+        wanted = vdpa.get_device_features() & ~NOT_IMPLEMENTED
+        front.negotiate(wanted)
+        for q in (0, 1):
+            front.add_queue(q, 64)
+        with_call = _refusal(lambda: vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK))
+        refused_at = len(view.accesses)
+        vdpa.reset()
+        front.negotiate(wanted)
+        for q in (0, 1):
+            front.add_queue(q, 64)
+            vdpa.set_vq_call(q, None)  # the frontend polls its used rings
+        vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK)
+        ring = front.rings[1]
+        for f in FRAMES:
+            ring.add([bytes(12) + f], [])
+        front.kick(1)
+        done, deadline = 0, time.monotonic() + 5.0
+        while done < len(FRAMES) and time.monotonic() < deadline:  # no interrupt can come: poll, bounded
+            done += len(ring.used())
+            os.sched_yield()
+    finally:
+        vdpa.close()
+        front.close()
+    writes = [a for a in common_accesses(view, view.common.bar, view.common.offset) if a.op == "w"]
+    vectors = sorted({a.value for a in writes if a.rel == CommonCfg.QUEUE_MSIX_VECTOR and a.seq > refused_at})
+    config_vector = [a.value for a in writes if a.rel == CommonCfg.CONFIG_MSIX_VECTOR]
+    driver_ok_refused = [a for a in writes if a.seq < refused_at and a.rel == CommonCfg.DEVICE_STATUS
+                         and a.value & DeviceStatus.DRIVER_OK]
+    verdict.check("PCI-DRV-34", with_call.startswith("refused: NotSupported") and not driver_ok_refused
+                  and vectors == [NO_VECTOR] and not config_vector and done >= len(FRAMES),
+                  f"no bindable vector: DRIVER_OK with call eventfds {with_call}; queue vectors written {vectors}; "
+                  f"config vector writes {config_vector}; {done}/{len(FRAMES)} frames completed, polled")
+
+
+# --- kicks a function cannot take as ioeventfds, interrupts shared by queues --------------------------------
+
+
+class NoIoeventfd(RegisterView):
+    """A function whose access layer cannot turn an eventfd into a doorbell write (the driver relays)."""
+
+    def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
+        self.ioeventfds.append((index, offset, width, value))
+        return False
+
+
+@pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-03")
+def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """Where the function cannot take a kick eventfd as its doorbell, every kick the frontend signals becomes
+    a 16-bit write of the queue index at that queue's doorbell, and the queue runs; after a reset a kick on the
+    old eventfd writes nothing."""
+    view = NoIoeventfd(bench.open())
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    n = vdpa.transport.notify_cap
+    try:
+        front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
+        relayed = vdpa.kicks_relayed()
+        start = len(view.accesses)
+        sent = _transmit(front, FRAMES, 2.0)
+        offs = {q: vdpa.transport.queue_notify_off(q) for q in (0, 1)}
+        bells = [(a.offset - n.offset, a.size, a.value) for a in view.accesses[start:]
+                 if a.op == "w" and a.region == n.bar and n.offset <= a.offset < n.offset + n.length]
+        vdpa.reset()
+        after_reset = vdpa.kicks_relayed()
+        start = len(view.accesses)
+        os.eventfd_write(front.kicks[1], 1)
+        stray_after_reset = wait_for_access(view, start, 0.2)
+    finally:
+        vdpa.close()
+        front.close()
+    tx_bell = (offs[1] * n.notify_off_multiplier, 2, 1)
+    ok = relayed and sent == len(FRAMES) and bool(bells) and all(b == tx_bell for b in bells) \
+        and not after_reset and not stray_after_reset
+    evidence = (f"ioeventfd refused: kicks relayed {relayed}; {sent}/{len(FRAMES)} frames; doorbell writes "
+                f"{bells[:4]} (expected {tx_bell}); relayed after reset {after_reset}; a kick after reset wrote "
+                f"{stray_after_reset}")
+    verdict.check("NOTIF-DRV-01", ok, evidence)
+    verdict.check("NOTIF-DRV-03", ok, evidence)
+
+
+def wait_for_access(trace: TracingPciDevice, start: int, timeout: float) -> list[str]:
+    """Writes recorded after ``start`` within ``timeout`` (a relay thread acting on a signalled eventfd)."""
+    done = threading.Event()
+    trace.listeners.append(lambda a: done.set() if a.op == "w" else None)
+    try:
+        if len(trace.accesses) == start:
+            done.wait(timeout)
+    finally:
+        trace.listeners.pop()
+    return [f"{a.region}:{a.offset:#x}={a.value:#x}" for a in trace.accesses[start:] if a.op == "w"]
+
+
+@pytest.mark.req("PCI-DRV-34")
+def test_vdpa_driver_signals_every_sharer_of_a_vector(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """Two MSI-X vectors: config on 0, both queues on 1. A transmit completion on vector 1 signals both queues'
+    call eventfds (a spurious one is allowed, a missed one is not); once receiveq1 drops its eventfd transmitq1's
+    alone is signalled, and when it is handed back both are again."""
+    real = bench.open()
+    if VirtioPciModern(real).msix_table_size() < 2:
+        verdict.not_applicable("PCI-DRV-34", "the function has fewer than 2 MSI-X vectors")
+        return
+    view = RegisterView(_msix_variant(real, 2))
+    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    heard: dict[str, tuple[bool, bool]] = {}
+    try:
+        front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
+
+        def round_of(name: str) -> None:
+            for fd in front.calls.values():
+                consume_eventfd(fd)
+            ring = front.rings[1]
+            for f in FRAMES[:2]:
+                ring.add([bytes(12) + f], [])
+            front.kick(1)
+            tx = wait_eventfd(front.calls[1], 2.0)
+            rx = wait_eventfd(front.calls[0], 0.5)
+            ring.used()
+            heard[name] = (tx, rx)
+
+        round_of("shared")
+        vdpa.set_vq_call(0, None)
+        round_of("alone")
+        vdpa.set_vq_call(0, front.calls[0])
+        round_of("shared again")
+    finally:
+        vdpa.close()
+        front.close()
+    verdict.check("PCI-DRV-34", heard.get("shared") == (True, True) and heard.get("alone", (False,))[0]
+                  and heard.get("alone", (True, True))[1] is False and heard.get("shared again") == (True, True),
+                  f"call eventfds signalled (transmitq1, receiveq1) by transmit completions: {heard}")
+
+
+# --- device configuration of a type the driver has no layout for, and empty requests (2.5) -------------------
+
+
+@pytest.mark.req("CFG-DRV-02")
+def test_vdpa_driver_reads_config_of_an_unknown_device_type_bytewise(bench: Bench, verdict: Verdict) -> None:
+    """The function presents a virtio device id the driver has no field layout for. GET_CONFIG of any span is
+    answered with the device's bytes, read one byte at a time inside a config_generation bracket; SET_CONFIG
+    writes each byte as given; an empty GET_CONFIG is answered with nothing, for that type and for virtio-net."""
+    base = bench.open()
+    ref = VirtioPciModern(base)
+    size = ref.device_config_size()
+    image = b"".join(ref.read_device_config(o, 1, 1) for o in range(size))
+    trace = TracingPciDevice(ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)],
+                                               header={PciCfg.DEVICE_ID: (0x107E).to_bytes(2, "little")}))
+    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
+    wrong: list[str] = []
+    try:
+        dev = vdpa.transport.device_cap
+        assert dev is not None
+        for off, n in ((0, size), (1, 3), (size - 2, 2), (5, 4)):
+            start = len(trace.accesses)
+            got = vdpa.get_config(off, n)
+            reads = [(a.offset - dev.offset, a.size) for a in trace.accesses[start:] if a.region == dev.bar
+                     and dev.offset <= a.offset < dev.offset + size]
+            if got != image[off:off + n] or reads != [(off + i, 1) for i in range(n)]:
+                wrong.append(f"GET_CONFIG {off:#x}+{n}: {got.hex()} (device {image[off:off + n].hex()}), reads {reads}")
+        empty = vdpa.get_config(0, 0), vdpa.get_config(size, 0)
+        start = len(trace.accesses)
+        vdpa.set_config(0, image[:6])
+        wrote = [(a.offset - dev.offset, a.size, a.data) for a in trace.accesses[start:] if a.op == "w"
+                 and a.region == dev.bar and dev.offset <= a.offset < dev.offset + size]
+        if wrote != [(i, 1, image[i:i + 1]) for i in range(6)]:
+            wrong.append(f"SET_CONFIG 0+6 wrote {wrote}")
+    finally:
+        vdpa.close()
+    net = VirtioPciVdpaDevice(base, owns_pci=False)
+    try:
+        net_empty = net.get_config(0, 0), net.get_config(size, 0)
+    finally:
+        net.close()
+    verdict.check("CFG-DRV-02", not wrong and empty == (b"", b"") and net_empty == (b"", b""),
+                  f"device id 0x107e, {size}-byte config: {wrong[:4] or 'answered bytewise'}; empty requests "
+                  f"answered {empty} (virtio-net {net_empty})")
