@@ -348,6 +348,28 @@ def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
     assert not rig.session.stats.errors, rig.session.stats.errors
 
 
+def test_log_fd_is_signalled_after_the_log_was_written(rig: Rig) -> None:
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    event = new_eventfd()
+    try:
+        fe.request(R.SET_LOG_FD, m.EMPTY, [event], need_reply=True)
+        traffic(fe, 4)
+        assert wait_eventfd(event, 5.0), "SET_LOG_FD's eventfd not signalled after logged traffic"
+    finally:
+        os.close(event)
+
+
+def test_log_fd_needs_log_shmfd(rig: Rig) -> None:
+    rig.fe.negotiate(WANTED_FEATURES)
+    event = new_eventfd()
+    try:
+        with pytest.raises(FrontendError, match="refused"):
+            rig.fe.request(R.SET_LOG_FD, m.EMPTY, [event], need_reply=True)
+    finally:
+        os.close(event)
+
+
 def test_entries_whose_interrupt_was_suppressed_still_reach_the_frontend(rig: Rig) -> None:
     """A NAPI-style driver: RX interrupts off while it works, on again, then it waits for the interrupt. The
     device used the RX buffers without an interrupt, so only the relay's timer can publish them."""
