@@ -26,7 +26,6 @@ harmless). GET_VRING_BASE relays the last entries before it answers.
 from __future__ import annotations
 
 import ctypes
-import logging
 import mmap
 import os
 import struct
@@ -49,8 +48,6 @@ from backend.virtio.split_ring import (
     SplitLayout,
     vring_need_event,
 )
-
-log = logging.getLogger(__name__)
 
 #: First shadow used ring's IOVA; ring ``q`` is at ``SHADOW_USED_IOVA + q * SHADOW_STRIDE``.
 SHADOW_USED_IOVA: Final = SHADOW_IOVA + 0x10_0000
