@@ -13,6 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.device import VdpaDevice
+from backend.drivers.quirks import IFCVF
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import new_eventfd, wait_eventfd
 from backend.pci.device import DmaPerm
 from backend.vhost_user import messages as m
@@ -24,10 +27,11 @@ from backend.vhost_user.session import VhostUserSession
 from backend.virtio.features import DeviceStatus
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import SplitLayout
-from models.targets import SimNetDevice
+from models.targets import SimNetDevice, loopback_device
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
+from tests.test_driver_quirks import IfcvfLikeNet
 from tests.vhost_user_rig import Devices
 
 pytestmark = pytest.mark.skipif(not atomic_or_available(), reason="libatomic.so.1 missing: apt-get install libatomic1")
@@ -147,9 +151,22 @@ LOG_SIZE = -(-(GPA + MEM_SIZE) // LOG_PAGE // 8)
 R = m.FrontendRequest
 
 
+class IfcDevices:
+    """Sessions get the model variant with the IFC VF live-migration block (tests/test_driver_quirks.py),
+    driven through the IFCVF quirk: a device that reports and restores last_avail_idx."""
+
+    def __init__(self) -> None:
+        self.made: list[VirtioPciVdpaDevice] = []
+
+    def __call__(self) -> VdpaDevice:
+        dev = VirtioPciVdpaDevice(loopback_device(IfcvfLikeNet(), "sim:ifcvf-like"))
+        self.made.append(dev)
+        return dev
+
+
 @dataclass
 class Rig:
-    devices: Devices
+    devices: Devices | IfcDevices
     server: VhostUserServer
     fe: VhostUserFrontend
     mem: GuestMemory
@@ -212,7 +229,15 @@ def start_logged(fe: VhostUserFrontend, log_fd: int, *, logging: bool, size: int
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    devices = Devices("sim:virtio-net,wire=loopback")
+    yield from new_rig(tmp_path, Devices("sim:virtio-net,wire=loopback"))
+
+
+@pytest.fixture
+def ifc_rig(tmp_path: Path) -> Iterator[Rig]:
+    yield from new_rig(tmp_path, IfcDevices())
+
+
+def new_rig(tmp_path: Path, devices: Devices | IfcDevices) -> Iterator[Rig]:
     path = str(tmp_path / "vu.sock")
     srv = VhostUserServer(path, devices)
     mem = GuestMemory.single(MEM_SIZE, gpa=GPA)
@@ -507,3 +532,42 @@ def test_the_property_catches_a_relay_that_skips_a_buffer(rig: Rig, monkeypatch:
     finally:
         watch.close()
     assert missing, "a relay that skipped written buffers went unnoticed"
+
+
+def set_log_flag(fe: VhostUserFrontend, on: bool) -> None:
+    """QEMU's vhost_dev_set_log: every ring's addresses again, with or without VHOST_VRING_F_LOG."""
+    o = fe.uva_offset
+    for q, ring in fe.rings.items():
+        fe.request(R.SET_VRING_ADDR, m.VringAddr(q, int(on), ring.desc_addr + o, ring.used_addr + o,
+                                                 ring.avail_addr + o, ring.used_addr), need_reply=True)
+
+
+def test_log_all_toggled_on_running_rings_of_a_device_with_ring_state(ifc_rig: Rig) -> None:
+    """QEMU's migration: LOG_ALL on while traffic runs, the rings move to the relay at their ring state, every
+    page written is logged; LOG_ALL off, they go back to the direct path and nothing more is logged."""
+    rig = ifc_rig
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=False)
+    assert rig.devices.made[0].quirk is IFCVF
+    traffic(fe, 20)
+    assert not rig.session.relayed_rings and not rig.dirty()
+
+    set_features(fe, fe.features | LOG_ALL)
+    set_log_flag(fe, True)
+    assert rig.session.logging_on and rig.session.relayed_rings == {0, 1}
+    watch = Watch(rig)
+    try:
+        run_workload(rig, [(1400, [200, 1300], False), (900, [1000], True), (64, [16, 16, 64], False)], 20)
+        missing, extra = unlogged(rig, watch)
+    finally:
+        watch.close()
+    assert watch.pages and not missing and not extra, (sorted(missing), sorted(extra))
+
+    set_features(fe, fe.features & ~LOG_ALL)
+    set_log_flag(fe, False)
+    assert not rig.session.logging_on and not rig.session.relayed_rings
+    rig.clear()
+    traffic(fe, 20, start=23)
+    assert not rig.dirty(), "pages logged on the direct path"
+    assert fe.stop() == {0: 43, 1: 43}  # no buffer lost or repeated across the two moves
+    assert not rig.session.stats.errors, rig.session.stats.errors
