@@ -51,8 +51,8 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
     try:
         for _ in range(MAX_ROUNDS):
-            chains = q.peek_chains()
-            if not chains:
+            chain = q.chain_at()
+            if chain is None:
                 if not quiet:
                     return
                 q.want_kick_at_next()
@@ -64,10 +64,15 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
             if not quiet:
                 q.write_device_event(EventFlags.DISABLE)  # no kicks while the device is at work anyway
                 quiet = True
+            # One list at a time, as far as the ring went when this round began: a malformed one stops the
+            # device after the lists before it were served, as on a split ring.
             elems = []
-            for chain in chains:
+            slots = 0
+            while chain is not None:
                 q.consume(chain.slots)
+                slots += chain.slots
                 elems.append(UsedElem(chain.head, one(dev, q, chain), chain.slots))
+                chain = q.chain_at() if slots < q.size else None
             _publish(dev, q, elems, batch_ok and all(e.len == 0 for e in elems))
         # Out of rounds: kicks are wanted again, and what is already there is taken once the lock is released.
         q.want_kick_at_next()
