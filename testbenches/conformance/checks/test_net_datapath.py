@@ -12,6 +12,7 @@ from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, NetHdr
 from testbenches.conformance.chains import Posted, add_chain, poison, split_at, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
+from testbenches.frames import MAX_LEN
 
 #: Transmit header flag bits no feature of this spec version defines (NEEDS_CSUM, DATA_VALID, RSC_INFO
 #: and UDP_TUNNEL_CSUM are bits 0..3).
@@ -131,61 +132,82 @@ def test_receive_header_without_offloads(bench: Bench, verdict: Verdict) -> None
         rig.tx.used()
 
 
-@pytest.mark.req("NET-DEV-05", "NET-DEV-06")
+def _long_frame(seq: int, length: int) -> bytes:
+    """The test frame of ``length`` bytes; past the longest IPv4 test frame, that one padded with zeros."""
+    return make_frame(seq, min(length, MAX_LEN)) + bytes(max(0, length - MAX_LEN))
+
+
+#: MTUs the limits are also tried at on a target built from spec options (the bounds NET-DEV-02 allows).
+MTU_EDGES = (68, 65535)
+
+
+@pytest.mark.req("NET-DEV-02", "NET-DEV-05", "NET-DEV-06")
 def test_mtu_limits(bench: Bench, verdict: Verdict) -> None:
-    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(extra=1 << NetF.MTU)
-        if feats is None or not has(feats, NetF.MTU):
-            verdict.not_offered("NET-DEV-05", "VIRTIO_NET_F_MTU not offered")
-            verdict.not_offered("NET-DEV-06", "VIRTIO_NET_F_MTU not offered")
-            return
-        rig.bring_up(feats, 64)
-        if not rig.looped(verdict, "NET-DEV-05", "NET-DEV-06"):
-            return
-        mtu = rig.drv.mtu() or 0
-        hdr = rig.tx_header()
-        room = rig.hdr_len + mtu + 14 + 256  # big enough for an oversize frame, so only the MTU rule can stop it
-        # NET-DEV-06: exactly mtu + Ethernet header, forwarded whole.
-        full = make_frame(1, mtu + 14)
-        _, got, used = _roundtrip(rig, [hdr, full], rx_size=room)
-        verdict.check("NET-DEV-06", got == full and used == 1,
-                      f"mtu {mtu}: frame of {len(full)} bytes came back as {used} buffer(s) of {len(got)} bytes "
-                      f"({'intact' if got == full else 'not intact'})")
-        # An 802.1Q tag is part of the link-layer header: a tagged frame of mtu + 18 bytes is forwarded whole.
-        tagged = _tagged(make_frame(5, mtu + 14))
-        _, got, used = _roundtrip(rig, [hdr, tagged], rx_size=room)
-        verdict.check("NET-DEV-06", got == tagged and used == 1,
-                      f"mtu {mtu}: 802.1Q-tagged frame of {len(tagged)} bytes came back as {used} buffer(s) of "
-                      f"{len(got)} bytes ({'intact' if got == tagged else 'not intact'})")
-        # NET-DEV-05: longer frames never reach the receive queue; a marker frame proves the queue still runs.
-        # Each oversize frame goes out in a burst of its own with a marker behind it (frames arriving together
-        # are judged together, so one far too long must not be what gets the slightly long one dropped), then
-        # all of them in one burst.
-        over = [make_frame(2, mtu + 15), make_frame(3, mtu + 14 + 200), make_frame(6, mtu + 18),
-                _tagged(make_frame(7, mtu + 15)), _tagged(make_frame(8, mtu + 14), tpid=b"\x81\x01")]
-        bursts = [[f] for f in over] + [over]
-        pending: dict[int, Posted] = {}  # buffers a conforming device leaves posted serve the next burst
-        for k, burst in enumerate(bursts):
-            for _ in range(len(burst) + 1 - len(pending)):
-                p = add_chain(rig.rx, [], [room])
-                pending[p.head] = p
-            rig.publish(rig.RX)
-            marker = make_frame(40 + k, 100)
-            for f in [*burst, marker]:
-                add_chain(rig.tx, [hdr, f], [])
-            rig.publish(rig.TX)
-            got_all = rig.complete(rig.RX, pending, 1)
-            extra = rig.complete(rig.RX, pending, len(burst), timeout=rig.quiet)
-            lens = [n - rig.hdr_len for _, n in got_all + extra]
-            first = written_bytes(rig.mem, got_all[0][0], got_all[0][1])[rig.hdr_len:] if got_all else b""
-            verdict.check("NET-DEV-05", first == marker and len(lens) == 1,
-                          f"mtu {mtu}: sent frames of {[len(f) for f in burst]} bytes in one burst "
-                          f"(802.1Q-tagged, TPID 0x8100 or 0x8101: {[len(f) for f in burst if f[12] == 0x81]}) "
-                          f"then a {len(marker)}-byte marker; received lengths {lens} (only the marker: "
-                          f"nothing above {mtu + 14}, {mtu + 18} with an 802.1Q tag, may be delivered)")
-            for p, _ in got_all + extra:
-                rig.release(p)
-            rig.tx.used()
+    """The MTU the device reports is the one it enforces: on the target as it is and, where the bench builds the
+    device from options, at the smallest and largest MTU the spec allows."""
+    specs = [None, *(bench.variant(mtu=m, replace=True) for m in MTU_EDGES if bench.configurable)]
+    for spec in specs:
+        with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+            if not _mtu_limits(rig, verdict):
+                return
+
+
+def _mtu_limits(rig: Rig, verdict: Verdict) -> bool:
+    """NET-DEV-05/06 on one device; False when there is nothing more to judge (MTU not offered, no wire)."""
+    feats = rig.features_for(extra=1 << NetF.MTU)
+    if feats is None or not has(feats, NetF.MTU):
+        for rid in ("NET-DEV-02", "NET-DEV-05", "NET-DEV-06"):
+            verdict.not_offered(rid, "VIRTIO_NET_F_MTU not offered")
+        return False
+    rig.bring_up(feats, 64)
+    mtu = rig.drv.mtu() or 0
+    verdict.check("NET-DEV-02", 68 <= mtu <= 65535, f"{rig.pci.name}: mtu = {mtu}")
+    if not rig.looped(verdict, "NET-DEV-05", "NET-DEV-06"):
+        return False
+    hdr = rig.tx_header()
+    room = rig.hdr_len + mtu + 14 + 256  # big enough for an oversize frame, so only the MTU rule can stop it
+    # NET-DEV-06: exactly mtu + Ethernet header, forwarded whole.
+    full = _long_frame(1, mtu + 14)
+    _, got, used = _roundtrip(rig, [hdr, full], rx_size=room)
+    verdict.check("NET-DEV-06", got == full and used == 1,
+                  f"mtu {mtu}: frame of {len(full)} bytes came back as {used} buffer(s) of {len(got)} bytes "
+                  f"({'intact' if got == full else 'not intact'})")
+    # An 802.1Q tag is part of the link-layer header: a tagged frame of mtu + 18 bytes is forwarded whole.
+    tagged = _tagged(_long_frame(5, mtu + 14))
+    _, got, used = _roundtrip(rig, [hdr, tagged], rx_size=room)
+    verdict.check("NET-DEV-06", got == tagged and used == 1,
+                  f"mtu {mtu}: 802.1Q-tagged frame of {len(tagged)} bytes came back as {used} buffer(s) of "
+                  f"{len(got)} bytes ({'intact' if got == tagged else 'not intact'})")
+    # NET-DEV-05: longer frames never reach the receive queue; a marker frame proves the queue still runs.
+    # Each oversize frame goes out in a burst of its own with a marker behind it (frames arriving together
+    # are judged together, so one far too long must not be what gets the slightly long one dropped), then
+    # all of them in one burst.
+    over = [_long_frame(2, mtu + 15), _long_frame(3, mtu + 14 + 200), _long_frame(6, mtu + 18),
+            _tagged(_long_frame(7, mtu + 15)), _tagged(_long_frame(8, mtu + 14), tpid=b"\x81\x01")]
+    bursts = [[f] for f in over] + [over]
+    pending: dict[int, Posted] = {}  # buffers a conforming device leaves posted serve the next burst
+    for k, burst in enumerate(bursts):
+        for _ in range(len(burst) + 1 - len(pending)):
+            p = add_chain(rig.rx, [], [room])
+            pending[p.head] = p
+        rig.publish(rig.RX)
+        marker = _long_frame(40 + k, min(100, mtu + 14))  # within the smallest MTU too
+        for f in [*burst, marker]:
+            add_chain(rig.tx, [hdr, f], [])
+        rig.publish(rig.TX)
+        got_all = rig.complete(rig.RX, pending, 1)
+        extra = rig.complete(rig.RX, pending, len(burst), timeout=rig.quiet)
+        lens = [n - rig.hdr_len for _, n in got_all + extra]
+        first = written_bytes(rig.mem, got_all[0][0], got_all[0][1])[rig.hdr_len:] if got_all else b""
+        verdict.check("NET-DEV-05", first == marker and len(lens) == 1,
+                      f"mtu {mtu}: sent frames of {[len(f) for f in burst]} bytes in one burst "
+                      f"(802.1Q-tagged, TPID 0x8100 or 0x8101: {[len(f) for f in burst if f[12] == 0x81]}) "
+                      f"then a {len(marker)}-byte marker; received lengths {lens} (only the marker: "
+                      f"nothing above {mtu + 14}, {mtu + 18} with an 802.1Q tag, may be delivered)")
+        for p, _ in got_all + extra:
+            rig.release(p)
+        rig.tx.used()
+    return True
 
 
 #: Receive buffer size of the merged-buffer check: smaller than most frames, so packets must spread.
@@ -209,14 +231,17 @@ def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
             for rid in ids:
                 verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
             return
-        rig.bring_up(feats, 64)
+        rig.bring_up(feats, 256)
         if not rig.looped(verdict, *ids):
             return
         hl = rig.hdr_len
         unit = MERGED_UNIT
-        # Every chain holds `unit` bytes (NET-DRV-55: at least a header), in one or two descriptors.
-        layouts = [[unit], [hl, unit - hl], [40, unit - 40]]
-        sizes = [60, unit - hl, unit - hl + 1, 300, 1000, ETH_FRAME_MAX]
+        # Every chain holds `unit` bytes (NET-DRV-55: at least a header), in one, two or three descriptors cut at
+        # every offset of the header and inside the frame; packets that fill their last buffer exactly, or spill
+        # one byte into another.
+        layouts = [[unit], *([c, unit - c] for c in range(1, hl + 1)), [40, unit - 40], [1, hl, unit - hl - 1]]
+        sizes = [60, unit - hl, unit - hl + 1, 2 * unit - hl, 2 * unit - hl + 1, 300, 1000, ETH_FRAME_MAX,
+                 3 * unit - hl]
         frames = [make_frame(300 + i, n) for i, n in enumerate(sizes)]
         need = sum(_buffers_for(hl + len(f), unit) for f in frames)
         pending: dict[int, Posted] = {}
