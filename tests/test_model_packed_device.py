@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -15,7 +15,7 @@ from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.packed_ring import PackedDescFlags, PackedDescriptor, avail_bits
 from backend.virtio.pci_regs import CommonCfg
-from models.virtio_net.device import DEFAULT_FEATURES
+from models.virtio_net.device import DEFAULT_FEATURES, VirtioNetDevice
 from sim.memory import Allocator
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.frames import test_frame
@@ -26,9 +26,17 @@ SPEC = f"virtio-net,wire=none,features={PACKED_OFFER:#x}"
 BASE = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.RING_PACKED)
 
 
+class FirstIdOfBatch(VirtioNetDevice):
+    """A seeded bug through the device's packed hooks: an IN_ORDER batch returned with its first Buffer ID."""
+
+    def packed_in_order_id(self, ids: Sequence[int]) -> int:
+        return ids[0]
+
+
 @contextmanager
-def packed_guest(features: int, size: int) -> Iterator[tuple[Guest, DriverPackedQueue, DriverPackedQueue]]:
-    with Guest(SPEC) as g:
+def packed_guest(features: int, size: int, spec: str = SPEC) -> Iterator[tuple[Guest, DriverPackedQueue,
+                                                                               DriverPackedQueue]]:
+    with Guest(spec) as g:
         assert g.negotiate(features)
         g.msix(3)
         g.cw(CommonCfg.CONFIG_MSIX_VECTOR, 2)
@@ -210,3 +218,20 @@ def test_random_packed_workloads_through_the_model(size: int, extra: set[int], s
         assert col.frames == frames
         assert got == frames
         assert not g.model.errors and not tx.anomalies and not rx.anomalies
+
+
+def test_a_packed_hook_of_the_device_is_a_one_method_variant() -> None:
+    """The device carries the packed engine's hooks: overriding one seeds one bug, and the driver side sees it
+    (an IN_ORDER batch named by its first buffer completes only that one, and the ring stalls)."""
+    features = BASE | bits(F.IN_ORDER)
+    spec = f"{SPEC},model={__name__}:FirstIdOfBatch"
+    for variant, expect_all in ((SPEC, True), (spec, False)):
+        with packed_guest(features, 8, variant) as (g, _rx, tx):
+            g.collect()
+            tx.set_no_interrupt(True)
+            g.cw(CommonCfg.QUEUE_SELECT, 1)
+            at = g.notify_base + g.cr(CommonCfg.QUEUE_NOTIFY_OFF) * g.notify_mult
+            ids = [tx.add([NetHdr().pack() + test_frame(i, 60)], []) for i in range(3)]
+            write_int(g.dev, 0, at, 2, 1)  # one kick for the three: one batch
+            done = [u.head for u in tx.used()]
+            assert (done == ids) == expect_all, (variant, done, ids)
