@@ -8,8 +8,10 @@ Counter), and talks to guest memory only through the split engine's
 
 Memory access and judgement are apart. :meth:`PackedQueue.chain_at` only reads
 (the head's flags word, then the descriptors of the list, then an indirect
-table); every bound and rule is checked in the ``_check_*``/``_parse_*`` methods,
-which see decoded descriptors and never memory. A malformed ring raises
+table); every bound and rule of a list is checked in the ``_check_*``/``_parse_*``
+methods, which see decoded descriptors and never memory (the configuration in
+:meth:`PackedQueue.config_error`, notification data in
+:meth:`PackedQueue.check_notification`). A malformed ring raises
 :class:`~models.virtio_net.split_engine.RingError` naming the requirement the
 driver broke (PACKED-DRV-*), once per violation, never an IndexError, a hang
 or an access outside the ring.
