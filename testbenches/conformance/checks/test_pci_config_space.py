@@ -101,6 +101,12 @@ def test_config_header_register_semantics(bench: Bench, verdict: Verdict) -> Non
         verdict.check("PCI-DEV-01", after == before, f"read-only header dword {reg:#04x}: {before:#010x}, after "
                                                      f"writing its complement {after:#010x}")
     pin = config_read(dev, PciCfg.INTERRUPT_PIN, 1)
+    # A virtio function signals through INTx while MSI-X is off (4.1.4.5), and a single-function device may only
+    # use INTA# (Interrupt Pin 1).
+    multi = bool(whole[PciCfg.HEADER_TYPE] & 0x80)  # bit 7: multi-function
+    verdict.check("PCI-DEV-01", pin == 1 or (multi and 1 <= pin <= 4),
+                  f"Interrupt Pin reads {pin} in a {'multi' if multi else 'single'}-function device (INTA#, 1, "
+                  "expected)")
     config_write(dev, PciCfg.INTERRUPT_PIN, 1, ~pin)
     verdict.check("PCI-DEV-01", config_read(dev, PciCfg.INTERRUPT_PIN, 1) == pin,
                   f"Interrupt Pin {pin} changed by a write")
