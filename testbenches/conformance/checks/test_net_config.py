@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.drivers.transport import VirtioPciModern
 from backend.pci.abilities import Lacking
 from backend.virtio.features import DeviceStatus, NetF, bits, has
 from backend.virtio.pci_regs import VIRTIO_NET_S_LINK_UP, NetCfg
@@ -20,12 +21,25 @@ DUPLEX_VALUES = (0x00, 0x01, 0xFF)
 
 @pytest.mark.req("NET-DEV-01", "NET-DEV-02", "NET-DEV-03", "NET-DEV-07", "NET-DEV-08", "NET-DEV-13", "NET-DEV-14")
 def test_offered_fields_in_range(bench: Bench, verdict: Verdict) -> None:
-    t = bench.transport()
+    """On the target as it is and, where the bench builds the device from options, on one with several queue
+    pairs (so max_virtqueue_pairs is a field the driver reads)."""
+    specs: list[str | None] = [None, *([bench.variant(queues=3)] if bench.configurable else [])]
+    for spec in specs:
+        _offered_fields_in_range(VirtioPciModern(bench.open(spec)), verdict)
+
+
+def _offered_fields_in_range(t: VirtioPciModern, verdict: Verdict) -> None:
+    t.enable_device()
+    t.reset()
     acknowledge(t)
     offered = t.device_features()
     if has(offered, NetF.MQ):
         (pairs,) = t.read_config_fields([(NetCfg.MAX_VIRTQUEUE_PAIRS, 2)])
-        verdict.check("NET-DEV-01", 1 <= pairs <= 0x8000, f"MQ offered, max_virtqueue_pairs = {pairs:#x}")
+        # Receiveq1..N and transmitq1..N with N = max_virtqueue_pairs must all exist (5.1.2), with the
+        # control queue after them.
+        nq = t.num_queues()
+        verdict.check("NET-DEV-01", 1 <= pairs <= 0x8000 and nq >= 2 * pairs + 1,
+                      f"{t.pci.name}: MQ offered, max_virtqueue_pairs = {pairs:#x}, num_queues = {nq}")
     else:
         verdict.not_offered("NET-DEV-01", "VIRTIO_NET_F_MQ not offered")
     if has(offered, NetF.MTU):
