@@ -31,7 +31,7 @@ from backend.drivers.transport import (
 )
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd, wait_eventfd
-from backend.pci.device import IrqIndex, PciDevice, PciError, RegionFlags, RegionIndex, RegionInfo
+from backend.pci.device import DmaPerm, IrqIndex, PciDevice, PciError, RegionFlags, RegionIndex, RegionInfo
 from backend.virtio.features import DeviceStatus, F, bits, has
 from backend.virtio.pci_regs import NO_VECTOR, PCI_CONFIG_SPACE_SIZE, CommonCfg, PciCfg
 from sim.memory import GuestMemory
@@ -1093,3 +1093,41 @@ def test_vdpa_driver_reads_config_of_an_unknown_device_type_bytewise(bench: Benc
     verdict.check("CFG-DRV-02", not wrong and empty == (b"", b"") and net_empty == (b"", b""),
                   f"device id 0x107e, {size}-byte config: {wrong[:4] or 'answered bytewise'}; empty requests "
                   f"answered {empty} (virtio-net {net_empty})")
+
+
+# --- guest memory a frontend maps (2.2.1: VIRTIO_F_ACCESS_PLATFORM) -----------------------------------------
+
+
+@pytest.mark.req("FEAT-DRV-11")
+def test_vdpa_driver_maps_exactly_the_memory_the_frontend_names(bench: Bench, verdict: Verdict,
+                                                                 mem: GuestMemory) -> None:
+    """Each SET_MEM_TABLE region reaches the function's IOMMU as one map of that IOVA, size and permission; a
+    map overlapping one in place and an unmap that would split a mapping are refused (the access layer's
+    error, passed on); after the whole unmap the range is free again and the queues run on the frontend's own
+    table."""
+    trace = TracingPciDevice(bench.open())
+    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
+    front = VdpaFrontend(vdpa, mem)
+    region = mem.regions[0]
+    outcomes: dict[str, str] = {}
+    try:
+        half = region.size // 2
+        outcomes["map first half"] = _refusal(lambda: vdpa.dma_map(region.gpa, half, region.fd, 0, DmaPerm.READ))
+        outcomes["overlapping map"] = _refusal(
+            lambda: vdpa.dma_map(region.gpa + half - 4096, 8192, region.fd, half - 4096, DmaPerm.RW))
+        outcomes["unmap splitting it"] = _refusal(lambda: vdpa.dma_unmap(region.gpa, 4096))
+        outcomes["unmap"] = _refusal(lambda: vdpa.dma_unmap(region.gpa, half))
+        maps = list(trace.dma_maps)
+        front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
+        sent = _transmit(front, FRAMES, 2.0)
+        after = trace.dma_maps[len(maps):]
+    finally:
+        vdpa.close()
+        front.close()
+    want = {"map first half": "accepted", "unmap": "accepted"}
+    ok = all(outcomes[k] == v for k, v in want.items()) \
+        and all(outcomes[k].startswith("refused: VdpaError") for k in ("overlapping map", "unmap splitting it")) \
+        and maps[0] == (region.gpa, half, DmaPerm.READ) \
+        and after == [(r.gpa, r.size, DmaPerm.RW) for r in mem.regions] and sent == len(FRAMES)
+    verdict.check("FEAT-DRV-11", ok, f"{outcomes}; IOMMU maps {maps}, then the frontend's table {after}; "
+                                     f"{sent}/{len(FRAMES)} frames")
