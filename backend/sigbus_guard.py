@@ -133,7 +133,14 @@ class SigbusGuard:
         self._read, self._write = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._write, False)
         self.faults = 0  #: guarded SIGBUS seen (pages replaced), for reports
-        self._handler = _compile_handler(int(self._table.ctypes.data), MAX_RANGES, self._write)
+        # numba logs every compiler pass at DEBUG: thousands of lines in a ``serve -v`` log, none about serve.
+        numba_log = logging.getLogger("numba")
+        level = numba_log.level
+        numba_log.setLevel(max(level, logging.INFO))
+        try:
+            self._handler = _compile_handler(int(self._table.ctypes.data), MAX_RANGES, self._write)
+        finally:
+            numba_log.setLevel(level)
         act = _Sigaction()
         act.handler = self._handler.address
         act.flags = _SA_SIGINFO

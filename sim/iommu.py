@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from backend.pci.device import DmaFault, DmaFaultError, DmaPerm
-from backend.sigbus_guard import guard_mapping
+from backend.sigbus_guard import guard_mapping, process_guard
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -129,6 +129,9 @@ class Iommu:
         self._batch: _BatchTable | None = None
         #: Bumped by every map and unmap: a device caching arrays over the mappings keys them on it.
         self.generation = 0
+        # The process's SIGBUS guard comes with the first IOMMU, not its first map: its pipe and thread belong
+        # to the process from the device's creation on, like the device's own fds.
+        process_guard()
 
     # --- control (driver side) ---------------------------------------------------------------
 
