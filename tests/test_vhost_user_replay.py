@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from backend.drivers.vdpa import VirtioPciVdpaDevice
+from backend.sigbus_guard import process_guard
 from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import VhostUserSession
@@ -72,6 +73,7 @@ def check_reply(reply: m.Message, rec: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", SPLIT_CAPTURES)
 def test_replay_into_session(name: str) -> None:
     records = read_capture(CAPTURES / f"{name}.jsonl")
+    process_guard()  # the process's one SIGBUS guard (its pipe) is made on first mapping, not per session
     before = open_fds()
     device = VirtioPciVdpaDevice(default_registry().open("sim:virtio-net,wire=loopback"))
     session = VhostUserSession(device, name=f"replay:{name}")
