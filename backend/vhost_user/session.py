@@ -793,7 +793,6 @@ class VhostUserSession:
         if self._closed:
             return
         self._closed = True
-        self.events.close()
         try:
             if self.device_lost is None:  # a lost device cannot be reset; its fds are closed below
                 self.device.reset()
@@ -801,6 +800,9 @@ class VhostUserSession:
             log.warning("%s: device reset at close failed: %s", self.name, exc)
         finally:
             try:
+                # Only once the reset unbound it: a running device may raise its configuration interrupt until
+                # then (a DMA fault setting NEEDS_RESET), and must not write to a closed, or reused, eventfd.
+                self.events.close()
                 self._shadow.close(self.table)
                 self._close_cvq()
             finally:
