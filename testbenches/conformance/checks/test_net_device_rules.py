@@ -22,6 +22,7 @@ from backend.virtio.split_ring import (
     DESC,
     DESC_SIZE,
     U16,
+    USED_ELEM,
     USED_ELEM_SIZE,
     VRING_USED_F_NO_NOTIFY,
     DescFlags,
@@ -43,6 +44,9 @@ WRAP_TOTAL = 0x10000 + 1500
 WRAP_BUF = 512
 #: Lengths of the runs of equal layouts in the long run.
 WRAP_RUNS = (1, 2, 5, 16, 3, 64)
+#: Mark of a used slot the device has not written (IN_ORDER batches).
+SKIPPED_ID = 0xFFFF_FFFF
+SKIPPED = USED_ELEM.pack(SKIPPED_ID, 0)
 
 
 #: One chain of a burst: the frame, where it is cut, and how many ordinary descriptors precede an indirect
@@ -247,17 +251,20 @@ def _wrap_layout(s: int, hl: int, flen: int) -> int:
     return hl + 1 + s % (flen - 1)
 
 
-@pytest.mark.parametrize("event_idx", [False, True], ids=["used-flags", "event-idx"])
-@pytest.mark.req("SPLIT-DEV-01", "SPLIT-DEV-16", "SPLIT-DEV-18", "SPLIT-DEV-20")
-def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, event_idx: bool) -> None:
+@pytest.mark.parametrize(("event_idx", "in_order"), [(False, False), (True, False), (False, True)],
+                         ids=["used-flags", "event-idx", "in-order"])
+@pytest.mark.req("SPLIT-DEV-01", "SPLIT-DEV-16", "SPLIT-DEV-18", "SPLIT-DEV-20", "FEAT-DEV-10")
+def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, event_idx: bool, in_order: bool) -> None:
     rid = "SPLIT-DEV-20" if event_idx else "SPLIT-DEV-18"
-    ids = ("SPLIT-DEV-01", "SPLIT-DEV-16", rid)
+    ids = ("SPLIT-DEV-01", "SPLIT-DEV-16", rid, *(("FEAT-DEV-10",) if in_order else ()))
     verdict.not_applicable("SPLIT-DEV-18" if event_idx else "SPLIT-DEV-20",
                            f"this run {'negotiates' if event_idx else 'does not negotiate'} VIRTIO_F_EVENT_IDX")
+    if not in_order:
+        verdict.not_applicable("FEAT-DEV-10", "this run does not negotiate VIRTIO_F_IN_ORDER")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(event_idx=event_idx, indirect=False, drop=1 << NetF.MTU)
+        feats = rig.features_for(event_idx=event_idx, in_order=in_order, indirect=False, drop=1 << NetF.MTU)
         if feats is None:
-            verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
+            verdict.not_offered(ids[-1], f"VIRTIO_F_{'IN_ORDER' if in_order else 'EVENT_IDX'} not offered")
             return
         rig.bring_up(feats, WRAP_QSIZE)
         if not rig.looped(verdict, *ids):
@@ -272,7 +279,8 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
         per_round = min(WRAP_ROUND, pairs - 3)
         # The idx wrap under the suppression rule in use: EVENT_IDX's where offered (the used.flags run then
         # stays below it: rounds mid-ring only), else used.flags'.
-        total = WRAP_TOTAL if event_idx or not has(rig.offered, F.EVENT_IDX) else 20 * per_round
+        wraps = event_idx or (not has(rig.offered, F.EVENT_IDX) and not in_order)
+        total = WRAP_TOTAL if wraps else 20 * per_round
         txpool = rig.drv.alloc.alloc(pairs * WRAP_BUF, 64)
         rxpool = rig.drv.alloc.alloc(size * WRAP_BUF, 64)
         # Every RX slot owns one buffer; heads are recycled by hand (the queue's bookkeeping is bypassed).
@@ -308,6 +316,12 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
                     mem.write(tx.avail_addr + SplitLayout.AVAIL_RING + 2 * (s % size), U16.pack(2 * pair))
                     heads.append(2 * pair)
                 old, new = sent & 0xFFFF, (sent + cnt) & 0xFFFF
+                if in_order:
+                    # With IN_ORDER a device may write one used entry for a batch (2.7.9): the slots it skips
+                    # keep this mark, so written and skipped entries can be told apart.
+                    for q_used in (used_tx, used_rx):
+                        for k in range(cnt):
+                            mem.write(q_used + USED_ELEM_SIZE * ((sent + k) % size), SKIPPED)
                 tx.write_avail_idx(new)
                 # A driver kicks only when the device's suppression state asks for it (read after the idx store).
                 if event_idx:
@@ -334,6 +348,14 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
                 ring_rx = mem.read(used_rx, USED_ELEM_SIZE * size)
                 pool = mem.read(rxpool, size * WRAP_BUF)
                 tx_used = [used_entry(ring_tx, sent + k, size) for k in range(cnt)]
+                if in_order:
+                    seen = [i for i, _ in tx_used]
+                    stray = [i for i, h in zip(seen, heads, strict=True) if i not in (h, SKIPPED_ID)]
+                    verdict.check("FEAT-DEV-10", not stray and seen[-1] == heads[-1],
+                                  f"{where}: transmit used ids written in the order made available, the last one "
+                                  f"written: {stray[:4]} out of order, last {seen[-1]:#x} for {heads[-1]}")
+                    tx_used = [(h, 0) if i == SKIPPED_ID else (i, n)
+                               for (i, n), h in zip(tx_used, heads, strict=True)]
                 lens = {n for _, n in tx_used}
                 verdict.check("SPLIT-DEV-16", sorted(i for i, _ in tx_used) == sorted(heads) and lens == {0},
                               f"{where}: transmit used entries name each chain of the round once "
@@ -343,6 +365,11 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
                 repost: list[int] = []
                 for k, f in enumerate(frames):
                     uid, ulen = used_entry(ring_rx, sent + k, size)
+                    if in_order and uid == SKIPPED_ID:
+                        # Returned with a later entry: the chain made available at this position, len unknown.
+                        at = rx.avail_addr + SplitLayout.AVAIL_RING + 2 * ((sent + k) % size)
+                        repost.append(U16.unpack(mem.read(at, 2))[0])
+                        continue
                     repost.append(uid % size)
                     data = pool[(uid % size) * WRAP_BUF + hl:(uid % size) * WRAP_BUF + min(ulen, WRAP_BUF)]
                     if uid >= size or ulen != hl + len(f) or data != f:
