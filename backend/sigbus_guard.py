@@ -43,8 +43,9 @@ from backend.eventloop import new_eventfd
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
-#: Guarded ranges at most (each mapping of guest memory is one: 8 regions a table, two mappings a region).
-MAX_RANGES = 1024
+#: Guarded ranges at most (each mapping of guest memory is one: 8 regions a table, two mappings a region; the
+#: handler scans them only when a SIGBUS comes).
+MAX_RANGES = 4096
 BUS_ADRERR = 2  #: si_code of an access past the end of a mapped file
 _SA_SIGINFO = 4
 _MAP_FIXED, _MAP_PRIVATE, _MAP_ANONYMOUS = 0x10, 0x02, 0x20
