@@ -12,8 +12,11 @@ session that leaves anything behind shows as growth over the cycles.
     python -m bench.reconnect_storm --cycles 100 --way client
     python -m bench.reconnect_storm --cycles 10 --way resume  # one testpmd, serve restarted under it
 
-``resume`` does not pass today: on its new connection DPDK's virtio_user (server=1) first stops the rings it had
-running (SET_VRING_ENABLE 0, GET_VRING_BASE) before SET_OWNER, and serve refuses requests before SET_OWNER.
+``resume`` does not pass today. On its new connection DPDK 22.11's virtio_user (server=1) never sends SET_OWNER: it
+stops the rings it had running (SET_VRING_ENABLE 0, GET_VRING_BASE), negotiates again and restarts them, and serve
+refuses requests before SET_OWNER. With that check off the session reaches DRIVER_OK, but virtio_user sends
+SET_VRING_BASE 0 for rings whose indices have moved on, and the device raises NEEDS_RESET after one burst (DPDK's
+own vhost library takes last_avail_idx from the used ring's idx when the two differ).
 
 Exit status 1 when a cycle moved no traffic, lost more than the ring holds in flight, or serve's fds or RSS grew.
 """
