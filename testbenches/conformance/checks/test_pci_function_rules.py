@@ -3,6 +3,8 @@
 - A device reset leaves no interrupt behind: ISR status reads 0, the PCI Status Interrupt bit is clear and
   INTx is not signalled by the reset (RESET-DEV-02, PCI-DEV-40); every queue field reads what a fresh device
   reads (RESET-DEV-04, PCI-DEV-19, PCI-DEV-59); the next used buffer notification asserts INTx anew (PCI-DEV-39).
+- A fresh device reads as a reset one: device_status 0, nothing pending, no queue enabled, nothing mapped
+  (RESET-DEV-01, PCI-DEV-19, PCI-DEV-40, PCI-DEV-59).
 - Interrupt Disable in the PCI Command register holds INTx while the PCI Status Interrupt bit still mirrors
   ISR status; clearing ISR status by a read deasserts without a new interrupt (PCI-DEV-40, PCI-DEV-41).
 - Reading the bar, offset and length fields of the PCI_CFG capability reads nothing from the BAR: only a read
@@ -143,6 +145,27 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
                       f"Status.Interrupt={int(status_bit)}, INTx {'signalled' if signalled else 'quiet'}")
         verdict.check("PCI-DEV-40", status_bit == bool(isr),
                       f"after the reset PCI Status.Interrupt={int(status_bit)} while ISR status reads {isr:#x}")
+
+
+@pytest.mark.req("RESET-DEV-01", "PCI-DEV-19", "PCI-DEV-40", "PCI-DEV-59")
+def test_fresh_device_reads_as_reset(bench: Bench, verdict: Verdict) -> None:
+    """Power-on is a reset: before any driver write (memory decoding aside) device_status reads 0, ISR status and
+    the PCI Status Interrupt bit are clear, no queue is enabled and no event is mapped to a vector."""
+    t = VirtioPciModern(bench.open())
+    t.enable_device()
+    status = t.status()
+    status_bit = _int_status(t.pci)
+    isr = t.read_isr()
+    verdict.check("RESET-DEV-01", status == 0, f"a fresh device reads device_status {status:#x}")
+    verdict.check("PCI-DEV-40", not isr and not status_bit,
+                  f"a fresh device: ISR status {isr:#x}, PCI Status.Interrupt={int(status_bit)} (nothing happened yet)")
+    config_vector = t.config_msix_vector() if t.msix_table_size() else NO_VECTOR
+    verdict.check("PCI-DEV-59", config_vector == NO_VECTOR, f"a fresh device maps config to vector {config_vector:#x}")
+    for q in range(t.num_queues()):
+        now = _queue_fields(t, q)
+        verdict.check("PCI-DEV-19", not now.enabled, f"a fresh device: queue {q} enabled ({now.enabled})")
+        verdict.check("PCI-DEV-59", now.vector == NO_VECTOR, f"a fresh device: queue {q} mapped to vector "
+                                                             f"{now.vector:#x}")
 
 
 @pytest.mark.req("PCI-DEV-40", "PCI-DEV-41")
