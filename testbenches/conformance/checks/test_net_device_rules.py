@@ -26,12 +26,14 @@ from backend.virtio.split_ring import (
     USED_ELEM_SIZE,
     VRING_USED_F_NO_NOTIFY,
     DescFlags,
+    Descriptor,
     SplitLayout,
     vring_need_event,
 )
-from testbenches.conformance.chains import Posted, add_chain, poison, split_at, used_entry, written_bytes
+from testbenches.conformance.chains import Posted, add_chain, poison, split_at, used_entry, walk_chain, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.split_ring import DriverSplitQueue
 
 #: Receive features a device could use to change what it writes; left out so headers and frames are exact.
 GUEST_OFFLOADS = (NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_UFO, NetF.GUEST_USO4,
@@ -52,6 +54,46 @@ SKIPPED = USED_ELEM.pack(SKIPPED_ID, 0)
 #: One chain of a burst: the frame, where it is cut, and how many ordinary descriptors precede an indirect
 #: table (None: no indirect table).
 Item = tuple[bytes, list[int], int | None]
+
+
+#: Bytes left between the pieces of one chain (and kept poisoned): a device that takes a piece from where the
+#: previous one ended, instead of from its own descriptor, reads or writes the wrong bytes.
+GAP = 40
+GAP_FILL = 0x5A
+
+
+def _scattered_chain(ring: DriverSplitQueue, out: Sequence[bytes], in_lens: Sequence[int],
+                     direct: int | None = None) -> Posted:
+    """Like :func:`add_chain` (``direct``: ordinary descriptors before one indirect table), but every piece in a
+    buffer of its own with :data:`GAP` poisoned bytes after it, so no two pieces are adjacent in memory."""
+    pieces: list[tuple[int, int, int]] = []
+    owned: list[int] = []
+    for data in out:
+        gpa = ring.alloc_buffer(data + bytes([GAP_FILL]) * GAP)
+        owned.append(gpa)
+        pieces.append((gpa, len(data), 0))
+    for length in in_lens:
+        gpa = ring.alloc_buffer(bytes([GAP_FILL]) * (length + GAP))
+        owned.append(gpa)
+        pieces.append((gpa, length, DescFlags.WRITE))
+    ndesc = len(pieces) if direct is None else direct + 1
+    slots = [ring._free[i] for i in range(ndesc)]  # the ring's next free slots, as add_chain takes them
+    descs: dict[int, Descriptor] = {}
+    plain = pieces if direct is None else pieces[:direct]
+    for i, (gpa, n, fl) in enumerate(plain):
+        last = direct is None and i + 1 == len(plain)
+        descs[slots[i]] = Descriptor(gpa, n, fl | (0 if last else DescFlags.NEXT), 0 if last else slots[i + 1])
+    if direct is not None:
+        rest = pieces[direct:]
+        table = ring.write_indirect([Descriptor(gpa, n, fl | (DescFlags.NEXT if i + 1 < len(rest) else 0),
+                                                i + 1 if i + 1 < len(rest) else 0)
+                                     for i, (gpa, n, fl) in enumerate(rest)])
+        owned.append(table)
+        descs[slots[direct]] = Descriptor(table, DESC_SIZE * len(rest), DescFlags.INDIRECT, 0)
+    ring.add_raw(descs, slots[0])
+    posted = walk_chain(ring, slots[0])
+    posted.owned = owned
+    return posted
 
 
 def _bits(*features: NetF) -> int:
@@ -85,7 +127,7 @@ def _run_tx(rig: Rig, verdict: Verdict, label: str,
     tx: dict[int, Posted] = {}
     kinds: dict[int, str] = {}
     for frame, cuts, direct in burst:
-        t = add_chain(rig.tx, split_at(hdr + frame, cuts), [], direct=direct)
+        t = _scattered_chain(rig.tx, split_at(hdr + frame, cuts), [], direct=direct)
         tx[t.head] = t
         kinds[t.head] = _describe(cuts, direct)
     rig.publish(rig.TX)
@@ -191,7 +233,7 @@ def test_receive_buffers_split_at_every_offset(bench: Bench, verdict: Verdict) -
             rx: dict[int, Posted] = {}
             order: list[int] = []
             for _f, lens, direct in items:
-                p = add_chain(rig.rx, [], lens, direct=direct)
+                p = _scattered_chain(rig.rx, [], lens, direct=direct)
                 poison(rig.mem, p)
                 rx[p.head] = p
                 order.append(p.head)
@@ -282,6 +324,7 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
         wraps = event_idx or (not has(rig.offered, F.EVENT_IDX) and not in_order)
         total = WRAP_TOTAL if wraps else 20 * per_round
         txpool = rig.drv.alloc.alloc(pairs * WRAP_BUF, 64)
+        tailpool = rig.drv.alloc.alloc(pairs * WRAP_BUF, 64)  # second pieces: never adjacent to their first
         rxpool = rig.drv.alloc.alloc(size * WRAP_BUF, 64)
         # Every RX slot owns one buffer; heads are recycled by hand (the queue's bookkeeping is bypassed).
         mem.write(rx.desc_addr, b"".join(DESC.pack(rxpool + i * WRAP_BUF, WRAP_BUF, DescFlags.WRITE, 0)
@@ -305,12 +348,15 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
                     pair = s % pairs
                     buf = txpool + pair * WRAP_BUF
                     chain_len = hl + len(f)
-                    mem.write(buf, hdr + f)
                     cut = _wrap_layout(s, hl, len(f))
                     if cut:
+                        tail = tailpool + pair * WRAP_BUF
+                        mem.write(buf, (hdr + f)[:cut])
+                        mem.write(tail, (hdr + f)[cut:])
                         descs = (DESC.pack(buf, cut, DescFlags.NEXT, 2 * pair + 1)
-                                 + DESC.pack(buf + cut, chain_len - cut, 0, 0))
+                                 + DESC.pack(tail, chain_len - cut, 0, 0))
                     else:
+                        mem.write(buf, hdr + f)
                         descs = DESC.pack(buf, chain_len, 0, 0)
                     mem.write(tx.desc_addr + DESC_SIZE * 2 * pair, descs)
                     mem.write(tx.avail_addr + SplitLayout.AVAIL_RING + 2 * (s % size), U16.pack(2 * pair))
