@@ -22,8 +22,10 @@ from backend.virtio.packed_ring import (
     U16,
     PackedDescFlags,
     PackedDescriptor,
+    advance,
     avail_bits,
     is_used,
+    pack_ring,
     used_bits,
 )
 from testbenches.conformance.harness import (
@@ -221,6 +223,63 @@ def test_in_order_batches_name_the_last_buffer(bench: Bench, verdict: Verdict) -
             done += [u.head for u in used]
         verdict.check("PACKED-DEV-02", not bad, "; ".join(bad[:3]))
         verdict.check("FEAT-DEV-10", done == made, f"used order {done[:12]}..., made available {made[:12]}...")
+
+
+# --- device-readable buffers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.req("PACKED-DEV-04")
+def test_readable_buffers_stay_unwritten(bench: Bench, verdict: Verdict) -> None:
+    """Transmit lists (header and frame apart, every other one through an indirect table) over three laps of a
+    ring of 11 while frames loop back into receiveq1: every device-readable byte, the indirect tables included,
+    reads as the driver wrote it once the buffer is used."""
+    with bench.rig() as r:
+        if not _offered(r, verdict, ("PACKED-DEV-04",)):
+            return
+        indirect = has(r.offered, F.INDIRECT_DESC)
+        features = _features(r, indirect=indirect)
+        assert features is not None
+        r.up_packed(features, queue_size=11)
+        tx, rx = r.packed[TX], r.packed[RX]
+        hdr = r.tx_header()
+        bad: list[str] = []
+        readable: list[tuple[int, bytes]] = []  # (gpa, bytes the driver wrote) of every list in flight
+        for k in range(33):
+            w = avail_bits(tx.avail_wrap)
+            header, frame = hdr, make_frame(k, 60 + k)
+            h, f = tx.alloc_buffer(header), tx.alloc_buffer(frame)
+            parts = [(h, header), (f, frame)]
+            if indirect and k % 2:
+                table = pack_ring([PackedDescriptor(h, len(header), 0, 0), PackedDescriptor(f, len(frame), 0, 0)])
+                t = tx.alloc_buffer(table)
+                parts.append((t, table))
+                descs = [PackedDescriptor(t, len(table), k % tx.size, INDIRECT | w)]
+            else:
+                # The second slot may lie past the ring's end, in the next lap: its own wrap counter.
+                w2 = avail_bits(advance(tx.next_avail, tx.avail_wrap, 1, tx.size)[1])
+                descs = [PackedDescriptor(h, len(header), k % tx.size, NEXT | w),
+                         PackedDescriptor(f, len(frame), k % tx.size, w2)]
+            if r.wire.looped:
+                rx.add([], [r.hdr_len + MAX_FRAME])
+                r.kick_packed(RX)
+            tx.expose_raw(descs, k % tx.size)
+            readable += parts
+            r.kick_packed(TX)
+            used, why = _collect(r, TX, 1)
+            bad += why
+            if r.wire.looped:
+                bad += _collect(r, RX, 1)[1]
+            for gpa, data in readable:
+                now = r.mem.read(gpa, len(data))
+                if now != data:
+                    at = next(i for i, (a, b) in enumerate(zip(now, data, strict=True)) if a != b)
+                    bad.append(f"list {k}: device-readable buffer at {gpa:#x} changed at byte {at} "
+                               f"({data[at]:#04x} -> {now[at]:#04x})")
+            if used:
+                for gpa, _ in readable:
+                    tx.free_buffer(gpa)
+                readable = []
+        verdict.check("PACKED-DEV-04", not bad, "; ".join(bad[:4]))
 
 
 # --- descriptors that are not available -----------------------------------------------------------------------
