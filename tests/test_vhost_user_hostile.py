@@ -2,8 +2,10 @@
 
 Hypothesis generates batches of raw vhost-user messages (struct-packed headers, fds passed with
 SCM_RIGHTS): wrong sizes and flags, unknown requests, missing and extra fds, bad memory tables,
-ring addresses outside the table, out-of-range queue indices, requests before SET_OWNER, and
-shuffled valid bring-up sequences. Every message is sent synchronously and its outcome checked:
+ring addresses outside the table, out-of-range queue indices, requests before SET_OWNER (refused, except a
+ring stop, SET_VRING_ENABLE 0 or GET_VRING_BASE on an existing ring, which implies the owner as a frontend
+resuming on a restarted backend sends it), and shuffled valid bring-up sequences. Every message is sent
+synchronously and its outcome checked:
 
 * a well-formed request with need_reply gets an ack (1 whenever it is certainly wrong);
 * a message that is malformed on the wire ends the session with a ``malformed message`` reason;
@@ -59,6 +61,11 @@ PRE_OWNER: Final = frozenset({R.SET_OWNER, R.GET_FEATURES, R.GET_PROTOCOL_FEATUR
                               R.GET_QUEUE_NUM, R.GET_MAX_MEM_SLOTS})
 ALWAYS_ANSWERED: Final = frozenset({R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_QUEUE_NUM,
                                     R.GET_MAX_MEM_SLOTS, R.GET_CONFIG})
+
+
+def resume_stop(op: Op) -> bool:
+    """SET_VRING_ENABLE 0: with GET_VRING_BASE, the ring stop that may come before SET_OWNER (owner implied)."""
+    return op.request == R.SET_VRING_ENABLE and struct.unpack_from("<I", op.data, m.HEADER_SIZE + 4)[0] == 0
 
 
 class Form(Enum):
@@ -535,7 +542,11 @@ class Hostile:
         assert reply.request == op.request and isinstance(reply.payload, m.U64), f"{op.label}: got {reply}"
         value = reply.payload.value
         self.counts.ack(value)
-        if op.bad or (not self.owner and op.request not in PRE_OWNER):
+        if not self.owner and not op.bad and resume_stop(op):
+            # A ring stop before SET_OWNER is a frontend resuming on a restarted backend: the owner is implied.
+            assert value == 0, f"{op.label}: acked {value}, expected the owner implied by a resuming ring stop"
+            self.owner = True
+        elif op.bad or (not self.owner and op.request not in PRE_OWNER):
             assert value == 1, f"{op.label}: acked {value}, expected a failure (owner={self.owner})"
         elif op.request == R.SET_OWNER:
             assert value == int(self.owner), f"SET_OWNER acked {value} with owner={self.owner}"

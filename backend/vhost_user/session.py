@@ -45,7 +45,16 @@ to a ring it disabled.
 
 SET_OWNER must come before anything that changes state. Read-only feature queries (GET_FEATURES,
 GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS) and SET_BACKEND_REQ_FD are taken before it,
-because QEMU sends them first (``tests/data/captures/qemu-7.2-guest-sequence.txt``).
+because QEMU sends them first (``tests/data/captures/qemu-7.2-guest-sequence.txt``). One exception, for a
+frontend resuming rings it ran on an earlier backend (DPDK 22.11's virtio_user reconnecting, which never sends
+SET_OWNER again): a ring stop (SET_VRING_ENABLE 0 or GET_VRING_BASE on an existing ring) before SET_OWNER is
+honoured and implies the owner, with one log line; any other request before SET_OWNER is still refused.
+
+Resumed rings: such a frontend then sends SET_VRING_BASE 0 for rings whose used ring has moved on. A ring that
+goes live with base 0 while the frontend's used idx is not 0 starts at the used idx (what DPDK's vhost library
+does): every buffer made available after it is taken again, so a TX frame may be sent twice and nothing the
+device had not returned is lost. That needs a device that can set last_avail_idx; a plain virtio-pci queue
+always starts at 0, so there the ring is refused with the reason rather than run into DEVICE_NEEDS_RESET.
 
 Errors: a request that cannot be honoured raises :class:`SessionError` inside :meth:`handle`; the
 session logs the reason and, when the frontend asked for a reply (``need_reply``), answers with
@@ -112,6 +121,8 @@ _PRE_OWNER: Final = frozenset({
     m.FrontendRequest.GET_MAX_MEM_SLOTS,
     m.FrontendRequest.SET_BACKEND_REQ_FD,  # QEMU sends it during backend init, before SET_OWNER
 })
+#: Ring stops a frontend resuming on a restarted backend sends before (and instead of) SET_OWNER.
+_RESUME_STOPS: Final = frozenset({m.FrontendRequest.SET_VRING_ENABLE, m.FrontendRequest.GET_VRING_BASE})
 _NEGOTIATED: Final = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
 
 
@@ -178,6 +189,7 @@ class VhostUserSession:
         self.device = device
         self.name = name
         self.owner = False
+        self._owner_implied = False  # a resuming frontend's ring stop came first (see the module notes)
         self.features = 0  # acked by the frontend
         self.protocol_features = 0
         self.table: MemoryTable | None = None
@@ -242,10 +254,15 @@ class VhostUserSession:
             self._close_fds(msg.fds)
             raise SessionClosed(f"{msg.name}: not a frontend request")
         try:
-            if not self.owner and msg.request not in _PRE_OWNER:
+            implied = not self.owner and msg.request not in _PRE_OWNER and _is_resume_stop(msg)
+            if not self.owner and msg.request not in _PRE_OWNER and not implied:
                 self._close_fds(msg.fds)
                 raise SessionError(f"{msg.name} before SET_OWNER")
             reply = self._dispatch(msg)
+            if implied:
+                self.owner = self._owner_implied = True
+                log.info("%s: %s before SET_OWNER: a frontend resuming rings it ran on an earlier backend; owner "
+                         "implied", self.name, msg.name)
         except SessionError as exc:
             return self._refuse(msg, exc.reason)
         except (VdpaError, PciError, MemoryTableError, m.VhostUserProtocolError) as exc:
@@ -282,6 +299,8 @@ class VhostUserSession:
         assert isinstance(req, m.FrontendRequest)  # handle() checked it
         match req:
             case R.SET_OWNER:
+                if self._owner_implied:
+                    raise SessionError("SET_OWNER after the frontend resumed its rings without it (owner implied)")
                 if self.owner:
                     raise SessionError("SET_OWNER sent twice")
                 self.owner = True
@@ -404,9 +423,11 @@ class VhostUserSession:
         starting = bool(status & DeviceStatus.DRIVER_OK and not cur & DeviceStatus.DRIVER_OK)
         if starting:
             self._check_ready_to_run()
-            for index, ring in sorted(self.rings.items()):
-                if ring.enabled and not ring.pushed:
-                    self._push_ring(index, ring)
+            going = [(i, r) for i, r in sorted(self.rings.items()) if r.enabled and not r.pushed]
+            bases = [self._resume_base(i, r) for i, r in going]  # refuse before any ring reaches the device
+            for (index, ring), base in zip(going, bases, strict=True):
+                ring.base = base
+                self._push_ring(index, ring)
             self._setup_cvq()
             self.events.bind_config_call()
         if target != cur:
@@ -580,9 +601,11 @@ class VhostUserSession:
         if ring.pushed or not status & DeviceStatus.FEATURES_OK:
             return
         if status & DeviceStatus.DRIVER_OK:
+            ring.base = self._resume_base(index, ring)
             self._push_ring(index, ring)
         elif not self.has_protocol(m.ProtocolFeature.STATUS):
             self._check_ready_to_run()
+            ring.base = self._resume_base(index, ring)
             self._push_ring(index, ring)
             self._setup_cvq()
             self.events.bind_config_call()
@@ -612,6 +635,35 @@ class VhostUserSession:
             raise
         ring.pushed = True
 
+    def _resume_base(self, index: int, ring: RingState) -> int:
+        """The index a ring the frontend starts goes live at: its base, except base 0 on a used ring that has
+        moved on (a frontend resuming turned rings on a restarted backend), which starts at the used idx."""
+        if ring.base != 0 or self.table is None or not ring.ranges() or not self.table.covers(ring.ranges(),
+                                                                                              AddressSpace.GPA):
+            return ring.base  # an explicit base is the frontend's word; _push_ring refuses a ring it cannot reach
+        used_idx = self._read_used_idx(ring)
+        if used_idx == 0:
+            return 0
+        try:
+            self.device.set_vq_state(index, VqState(avail_idx=used_idx))
+        except NotSupported as exc:
+            raise SessionError(
+                f"ring {index}: the frontend resumes a ring whose used idx is {used_idx} with SET_VRING_BASE 0 (as "
+                "DPDK's virtio_user does after reconnecting to a restarted backend); this device can only start a "
+                f"queue at 0 ({exc}), so resuming needs a device with a vq-state register (a vendor quirk)") from None
+        log.warning("%s: ring %d: SET_VRING_BASE 0 but the used idx is %d: resuming at %d (buffers made available "
+                    "after it are taken again)", self.name, index, used_idx, used_idx)
+        return used_idx
+
+    def _read_used_idx(self, ring: RingState) -> int:
+        """The used ring's idx in the frontend's memory."""
+        assert ring.used is not None and self.table is not None
+        view = self.table.gpa_view(ring.used + 2, 2)
+        try:
+            return int.from_bytes(view, "little")
+        finally:
+            view.release()
+
     def _get_vring_base(self, index: int) -> int:
         ring = self._ring(index)
         if not ring.pushed:
@@ -625,12 +677,7 @@ class VhostUserSession:
         # The device cannot report last_avail_idx: stop it, then read what it left in the used ring
         # (after the relay, when logging, put the last entries there and in the log).
         self._stop_ring(index, ring)
-        assert ring.used is not None and self.table is not None
-        view = self.table.gpa_view(ring.used + 2, 2)
-        try:
-            base = int.from_bytes(view, "little")
-        finally:
-            view.release()
+        base = self._read_used_idx(ring)
         log.info("%s: ring %d base %d read from the used ring (device cannot report last_avail_idx)",
                  self.name, index, base)
         return base
@@ -833,6 +880,13 @@ class VhostUserSession:
 def _u64(p: m.Payload) -> int:
     assert isinstance(p, m.U64)
     return p.value
+
+
+def _is_resume_stop(msg: m.Message) -> bool:
+    """A ring stop that a frontend resuming on a restarted backend sends first: SET_VRING_ENABLE 0, GET_VRING_BASE."""
+    p = msg.payload
+    return (msg.request in _RESUME_STOPS and isinstance(p, m.VringState)
+            and (msg.request is m.FrontendRequest.GET_VRING_BASE or p.num == 0))
 
 
 def _state(p: m.Payload) -> m.VringState:
