@@ -8,6 +8,7 @@ check names reads *not offered*. Where it does, the rig brings receiveq1/transmi
 
 from __future__ import annotations
 
+import select
 import time
 from dataclasses import dataclass
 
@@ -20,12 +21,15 @@ from backend.virtio.packed_ring import (
     DESC_FLAGS_OFFSET,
     DESC_SIZE,
     U16,
+    EventFlags,
     PackedDescFlags,
     PackedDescriptor,
     advance,
     avail_bits,
     is_used,
+    linear,
     pack_ring,
+    packed_need_event,
     used_bits,
 )
 from testbenches.conformance.harness import (
@@ -223,6 +227,114 @@ def test_in_order_batches_name_the_last_buffer(bench: Bench, verdict: Verdict) -
             done += [u.head for u in used]
         verdict.check("PACKED-DEV-02", not bad, "; ".join(bad[:3]))
         verdict.check("FEAT-DEV-10", done == made, f"used order {done[:12]}..., made available {made[:12]}...")
+
+
+# --- used buffer notification suppression (driver event suppression structure, 2.8.10) ---------------------
+
+
+#: The packed form of the split rows on used buffer notification suppression (the issue asks the layout-independent
+#: rows on both layouts; every piece of evidence says "packed ring"): DISABLE is avail.flags=1 (SPLIT-DEV-10),
+#: ENABLE avail.flags=0 (SPLIT-DEV-11), DESC with EVENT_IDX is used_event (SPLIT-DEV-13 notify when crossed,
+#: SPLIT-DEV-14 not otherwise).
+SUPPRESS_IDS = {False: ("SPLIT-DEV-10", "SPLIT-DEV-11"), True: ("SPLIT-DEV-13", "SPLIT-DEV-14")}
+
+
+@dataclass(frozen=True)
+class Step:
+    mode: EventFlags
+    ahead: int  # DESC: the event position, slots after the next used one (negative: before it)
+    batch: int
+
+
+@st.composite
+def _suppression(draw: st.DrawFn, event_idx: bool) -> tuple[int, list[Step]]:
+    size = draw(st.one_of(st.sampled_from([3, 5, 10, 37]), st.integers(2, 100)), label="queue size")
+    modes = [EventFlags.DESC, EventFlags.DISABLE, EventFlags.ENABLE] if event_idx else [EventFlags.DISABLE,
+                                                                                        EventFlags.ENABLE]
+    step = st.builds(Step, st.sampled_from(modes), st.integers(-3, 12), st.integers(1, min(size, 6)))
+    # Each example ends with one step that must notify and one that must not, so both rows are judged.
+    ends = ([Step(EventFlags.DESC, 0, 1), Step(EventFlags.DESC, 1, 1)] if event_idx
+            else [Step(EventFlags.ENABLE, 0, 1), Step(EventFlags.DISABLE, 0, 1)])
+    return size, draw(st.lists(step, min_size=10, max_size=30), label="steps") + ends
+
+
+def _suppression_run(bench: Bench, verdict: Verdict, event_idx: bool, work: tuple[int, list[Step]]) -> None:
+    ids = SUPPRESS_IDS[event_idx]
+    size, steps = work
+    with bench.rig() as r:
+        if not _offered(r, verdict, ids):
+            return
+        size = min(size, r.max_queue_size)
+        features = r.features_for(event_idx=event_idx, extra=1 << F.RING_PACKED)
+        if features is None:
+            for rid in ids:
+                verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered with RING_PACKED")
+            return
+        r.up_packed(features, queue_size=size)
+        tx = r.packed[TX]
+        tx.auto_used_event = False  # the check alone writes the driver event suppression structure
+        fd = r.irq_fd(TX)
+        seq = 0
+        for st_ in steps:
+            start = (tx.next_used, tx.used_wrap)
+            lin = (linear(*start, size) + st_.ahead) % (2 * size)  # behind, inside, past or a lap ahead
+            ev = (lin % size, 1 if lin < size else 0)
+            tx.set_driver_event(st_.mode, *ev)
+            drain(fd)
+            for _ in range(st_.batch):
+                tx.add([r.tx_header() + make_frame(seq)], [])
+                seq += 1
+            r.kick_packed(TX)
+            new = advance(start[0], start[1], st_.batch, size)
+            last = advance(start[0], start[1], st_.batch - 1, size)
+            # Wait for the last used descriptor, counting interrupts meanwhile (the eventfd is read, not drained).
+            seen = 0
+            deadline = time.monotonic() + min(USED_WAIT, r.patience)
+            while not is_used(_raw_flags(tx, last[0]), last[1]) and (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([fd], [], [], min(left, 0.005))
+                if ready:
+                    seen += drain(fd)
+            done = tx.used()
+            if st_.mode == EventFlags.DESC:
+                want = packed_need_event(ev[0], ev[1], new[0], new[1], st_.batch, size)
+            else:
+                want = st_.mode == EventFlags.ENABLE
+            got = seen + r.irqs(TX, USED_WAIT if want else r.quiet)
+            what = (f"packed ring of {size}: {st_.batch} buffer(s) used at {start[0]}/wrap {start[1]} -> {new[0]}/wrap "
+                    f"{new[1]}, driver event {st_.mode.name}" + (f" at {ev[0]}/wrap {ev[1]}" if st_.mode ==
+                                                               EventFlags.DESC else "")
+                    + f": {got} interrupt(s), {len(done)} of {st_.batch} used")
+            if len(done) != st_.batch:
+                for rid in ids:
+                    verdict.check(rid, False, what + " (the buffers did not come back)")
+                return
+            if event_idx:
+                if want:
+                    verdict.check("SPLIT-DEV-13", got >= 1, what + " (the described descriptor was used: notify)")
+                else:
+                    verdict.check("SPLIT-DEV-14", got == 0, what + " (not reached or disabled: no notification)")
+            elif want:
+                verdict.check("SPLIT-DEV-11", got >= 1, what + " (ENABLE: notify)")
+            else:
+                verdict.check("SPLIT-DEV-10", got == 0, what + " (DISABLE: no notification)")
+
+
+@pytest.mark.req(*SUPPRESS_IDS[False])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(work=_suppression(False))
+def test_packed_enable_disable(bench: Bench, verdict: Verdict, work: tuple[int, list[Step]]) -> None:
+    """Without EVENT_IDX: RING_EVENT_FLAGS_DISABLE in the driver event suppression structure means no used buffer
+    notification, ENABLE one for the buffers used, across laps of a ring of any size."""
+    _suppression_run(bench, verdict, False, work)
+
+
+@pytest.mark.req(*SUPPRESS_IDS[True])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(work=_suppression(True))
+def test_packed_event_desc(bench: Bench, verdict: Verdict, work: tuple[int, list[Step]]) -> None:
+    """With EVENT_IDX: RING_EVENT_FLAGS_DESC at desc_event_off/wrap means a notification exactly when the used
+    descriptors just written cover that position (never a lap early or late), none otherwise; DISABLE none."""
+    _suppression_run(bench, verdict, True, work)
 
 
 # --- device-readable buffers -----------------------------------------------------------------------------------
