@@ -157,7 +157,8 @@ def loop_in_table(r: Rig, ring: DriverSplitQueue) -> None:
 
 
 def indirect_next_is_table_length(r: Rig, ring: DriverSplitQueue) -> None:
-    ring.add_raw({0: Descriptor(_table(ring, [(NEXT, 1), (NEXT, 2)]), 2 * DESC_SIZE, INDIRECT, 0)}, 0)
+    # The first entry names the slot just past the table, with entries still left to walk.
+    ring.add_raw({0: Descriptor(_table(ring, [(NEXT, 3), (0, 0), (0, 0)]), 3 * DESC_SIZE, INDIRECT, 0)}, 0)
 
 
 def loop_in_indirect_table(r: Rig, ring: DriverSplitQueue) -> None:
