@@ -42,6 +42,7 @@ from testbenches.conformance.harness import (
     Rig,
     drain,
     make_frame,
+    need,
     wait_fd,
 )
 from testbenches.conformance.plugin import Verdict
@@ -392,6 +393,41 @@ def test_readable_buffers_stay_unwritten(bench: Bench, verdict: Verdict) -> None
                     tx.free_buffer(gpa)
                 readable = []
         verdict.check("PACKED-DEV-04", not bad, "; ".join(bad[:4]))
+
+
+@pytest.mark.req("PACKED-DEV-05")
+def test_writable_buffers_not_read(bench: Bench, verdict: Verdict) -> None:
+    """Receive lists of two device-writable buffers (header, data) over three laps of a ring of 13, filled by
+    frames on the loopback wire, with every device DMA access watched: none reads a device-writable buffer."""
+    with bench.rig() as r:
+        if not _offered(r, verdict, ("PACKED-DEV-05",)):
+            return
+        if need(r.abilities.dma_observer, verdict, "PACKED-DEV-05") is None or not r.looped(verdict, "PACKED-DEV-05"):
+            return
+        features = _features(r)
+        assert features is not None
+        r.up_packed(features, queue_size=13)
+        tx, rx = r.packed[TX], r.packed[RX]
+        bad: list[str] = []
+        for k in range(39):
+            h, d = rx.alloc_buffer(r.hdr_len), rx.alloc_buffer(MAX_FRAME)
+            wraps = [rx.avail_wrap, advance(rx.next_avail, rx.avail_wrap, 1, rx.size)[1]]
+            ident = k % rx.size
+            rx.expose_raw([PackedDescriptor(h, r.hdr_len, ident, WRITE | NEXT | avail_bits(wraps[0])),
+                           PackedDescriptor(d, MAX_FRAME, ident, WRITE | avail_bits(wraps[1]))], ident)
+            r.kick_packed(RX)
+            tx.add([r.tx_header() + make_frame(k, 60 + k)], [])
+            with r.dma_watch() as watch:
+                r.kick_packed(TX)
+                got, why = _collect(r, RX, 1)
+                bad += why + _collect(r, TX, 1)[1]
+            read = [a for a in watch.accesses if not a.is_write
+                    and any(a.iova < gpa + n and gpa < a.iova + a.size for gpa, n in ((h, r.hdr_len), (d, MAX_FRAME)))]
+            bad += [f"frame {k}: device read {a.size} byte(s) at {a.iova:#x} of a device-writable buffer" for a in read]
+            if got:
+                rx.free_buffer(h)
+                rx.free_buffer(d)
+        verdict.check("PACKED-DEV-05", not bad, "; ".join(bad[:4]))
 
 
 # --- descriptors that are not available -----------------------------------------------------------------------
