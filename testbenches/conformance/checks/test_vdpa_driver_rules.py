@@ -32,6 +32,7 @@ from backend.drivers.transport import (
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd, wait_eventfd
 from backend.pci.device import DmaPerm, IrqIndex, PciDevice, PciError, RegionFlags, RegionIndex, RegionInfo
+from backend.pci.proxy import PciDeviceProxy
 from backend.virtio.features import DeviceStatus, F, bits, has
 from backend.virtio.pci_regs import NO_VECTOR, PCI_CONFIG_SPACE_SIZE, CommonCfg, PciCfg
 from sim.memory import GuestMemory
@@ -343,24 +344,34 @@ def _split_size_ok(n: int, limit: int) -> bool:
     return 0 < n <= limit and n & (n - 1) == 0
 
 
-@pytest.mark.req("PCI-DRV-17")
 @pytest.mark.parametrize("limit", [0, 1, 2, 48, 256])
-def test_vdpa_driver_takes_the_queue_sizes_the_device_allows(bench: Bench, verdict: Verdict, limit: int) -> None:
+@pytest.mark.parametrize("ring", [pytest.param("split", marks=pytest.mark.req("PCI-DRV-17")),
+                                  pytest.param("packed", marks=pytest.mark.req("PCI-DRV-16"))])
+def test_vdpa_driver_takes_the_queue_sizes_the_device_allows(bench: Bench, verdict: Verdict, limit: int,
+                                                             ring: str) -> None:
     """queue_size of both queues reads ``limit`` (the device's maximum; 0: not available). Every SET_VRING_NUM
-    from 0 to 65535 is taken exactly when it is a power of two no larger than the maximum, and nothing reaches
-    queue_size before the queue goes live; a queue index the device does not have is refused."""
+    from 0 to 65535 is taken exactly when it is no larger than the maximum and not 0, and for a split ring a
+    power of two (for a packed one any size: the frontend negotiated VIRTIO_F_RING_PACKED, shown offered);
+    nothing reaches queue_size before the queue goes live; a queue index the device does not have is refused."""
+    packed = ring == "packed"
     view = RegisterView(bench.open(), queue_size_max={0: limit, 1: limit})
-    vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
+    shown = FaultInjector(view, add=bits(F.RING_PACKED)) if packed else view
+    vdpa = VirtioPciVdpaDevice(shown, owns_pci=False)
+    rid = "PCI-DRV-16" if packed else "PCI-DRV-17"
     wrong: list[str] = []
     unavailable: list[str] = []  # with a maximum of 0 every refusal says the queue is not available
     try:
         count = vdpa.get_vq_count()
+        if packed:  # negotiated as far as the ring layout matters: driver_feature written, no FEATURES_OK
+            vdpa.set_status(DeviceStatus.ACKNOWLEDGE)
+            vdpa.set_status(_UP)
+            vdpa.set_driver_features(bits(F.VERSION_1, F.RING_PACKED))
         start = len(view.accesses)
         maxima = [vdpa.get_vq_num_max(q) for q in (0, 1)]
         for q in (0, 1):
             for n in SIZES:
                 outcome = _refusal(lambda q=q, n=n: vdpa.set_vq_num(q, n))
-                if (outcome == "accepted") != _split_size_ok(n, limit):
+                if (outcome == "accepted") != (0 < n <= limit if packed else _split_size_ok(n, limit)):
                     wrong.append(f"q{q} size {n}: {outcome}")
                 if limit == 0:
                     unavailable.append(outcome)
@@ -371,10 +382,11 @@ def test_vdpa_driver_takes_the_queue_sizes_the_device_allows(bench: Bench, verdi
                        if a.op == "w" and a.rel == CommonCfg.QUEUE_SIZE]
     finally:
         vdpa.close()
-    verdict.check("PCI-DRV-17", not wrong and maxima == [limit, limit] and not size_writes
+    verdict.check(rid, not wrong and maxima == [limit, limit] and not size_writes
                   and all(o.startswith("refused: VdpaError") for o in absent.values())
                   and all("not available" in m for m in unavailable),
-                  f"device maximum {limit} (driver read {maxima}); sizes taken wrongly: {wrong[:6]}; queue_size "
+                  f"{ring} ring, device maximum {limit} (driver read {maxima}); sizes taken wrongly: {wrong[:6]}; "
+                  f"queue_size "
                   f"writes before going live: {len(size_writes)}; queues the device lacks: {absent}")
 
 
@@ -858,9 +870,46 @@ def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: V
         outcomes["no common cfg"] and not accesses["no common cfg"]
     verdict.check("PCI-DRV-01", not wrong_ids and not right_ids and no_common,
                   f"{outcomes}; BAR writes {accesses}")
+    slow = SlowReset(bench.open(), lag=1.5)
+    VirtioPciModern(slow).set_status(DeviceStatus.ACKNOWLEDGE)
+    outcomes["reset taking 1.5 s, bound 3 s"] = _refusal(
+        lambda: VirtioPciVdpaDevice(slow, reset_timeout=3.0, owns_pci=False).close())
     verdict.check("RESET-DRV-01", outcomes["reset never completes"].startswith("refused: VdpaError")
-                  and "stuck" in outcomes["reset never completes"] and status_writes == [0],
-                  f"reset never completes: {outcomes['reset never completes']}; status writes {status_writes}")
+                  and "stuck" in outcomes["reset never completes"] and status_writes == [0]
+                  and outcomes["reset taking 1.5 s, bound 3 s"] == "accepted" and slow.stale_reads > 0,
+                  f"reset never completes: {outcomes['reset never completes']}; status writes {status_writes}; "
+                  f"a reset taking 1.5 s under the driver's 3 s bound: {outcomes['reset taking 1.5 s, bound 3 s']} "
+                  f"({slow.stale_reads} reads showed the old status)")
+
+
+class SlowReset(PciDeviceProxy):
+    """device_status keeps showing its value before a reset for ``lag`` seconds after 0 is written (a device
+    whose reset takes that long); the driver is judged on waiting within the bound it was given."""
+
+    def __init__(self, inner: PciDevice, lag: float) -> None:
+        super().__init__(inner, f"slow-reset({inner.name})")
+        self.common = VirtioPciModern(inner).common
+        self.lag = lag
+        self._old: tuple[int, float] | None = None  # (value shown, until)
+        self.stale_reads = 0
+
+    def _is_status(self, index: int, offset: int) -> bool:
+        return index == self.common.bar and offset == self.common.offset + CommonCfg.DEVICE_STATUS
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if self._is_status(index, offset) and data[0] == 0:
+            before = self.inner.region_read(index, offset, 1)[0]
+            self._old = (before, time.monotonic() + self.lag) if before else None
+        super().region_write(index, offset, data)
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if self._is_status(index, offset) and self._old is not None:
+            value, until = self._old
+            if time.monotonic() < until:
+                self.stale_reads += 1
+                return value.to_bytes(size, "little")
+            self._old = None
+        return super().region_read(index, offset, size)
 
 
 # --- a quirk record applies to its own function only ----------------------------------------------------------
@@ -906,13 +955,16 @@ def test_vdpa_driver_uses_a_ring_state_register_only_on_the_card_that_has_it(ben
 
 
 @pytest.mark.req("PCI-DRV-34")
+@pytest.mark.parametrize("msix", ["capability_unbindable", "no_capability"])
 def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, verdict: Verdict,
-                                                                mem: GuestMemory) -> None:
+                                                                mem: GuestMemory, msix: str) -> None:
     """The access layer binds no MSI-X vector. Queues then get NO_VECTOR (no event is mapped to a vector the
     driver cannot bind), config_msix_vector is left alone, and the queues run, the frontend polling; a frontend
     that hands over a call eventfd is told the driver cannot signal it, before DRIVER_OK is written."""
     base = bench.open()
-    view = RegisterView(ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], msix_vectors=0))
+    edited = _msix_variant(base, 0) if msix == "no_capability" else \
+        ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], msix_vectors=0)
+    view = RegisterView(edited)
     vdpa = VirtioPciVdpaDevice(view, owns_pci=False)
     front = VdpaFrontend(vdpa, mem)
     try:
