@@ -168,3 +168,25 @@ def test_unjudged_survives_the_json_round_trip(tmp_path: Path) -> None:
     text = StringIO()
     render_terminal(back, Console(file=text, width=200))
     assert "1 id(s) not covered although a check lists them" in text.getvalue()
+
+
+def test_evidence_past_the_limit_keeps_its_outcome() -> None:
+    """Notes beyond the kept evidence are counted per outcome: many "not offered" notes (a property check saying
+    so on every example) stay not offered, and a failure past the limit still fails with its count."""
+    from testbenches.conformance.plugin import Verdict
+
+    quiet = Verdict("t::quiet", ["NET-DEV-01"], max_evidence=2)
+    for i in range(5):
+        quiet.not_offered("NET-DEV-01", f"example {i}: MQ not offered")
+    recs = quiet.records()["NET-DEV-01"]
+    assert {r.outcome for r in recs} == {Outcome.NOT_OFFERED}
+    assert recs[-1].evidence == "... and 3 more" and quiet.failures() == {}
+
+    loud = Verdict("t::loud", ["NET-DEV-01"], max_evidence=2)
+    for i in range(3):
+        loud.not_offered("NET-DEV-01", f"example {i}")
+    for i in range(4):
+        loud.check("NET-DEV-01", False, f"failure {i}")
+    assert loud.failures() == {"NET-DEV-01": ["failure 0", "failure 1", "... and 2 more"]}
+    outcomes = [(r.outcome, r.evidence) for r in loud.records()["NET-DEV-01"]]
+    assert (Outcome.FAILED, "... and 2 more") in outcomes and (Outcome.NOT_OFFERED, "... and 1 more") in outcomes

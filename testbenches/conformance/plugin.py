@@ -165,7 +165,8 @@ class Verdict:
         self.max_evidence = max_evidence
         self._outcomes: dict[str, set[Outcome]] = {}
         self._notes: dict[str, list[tuple[Outcome, str]]] = {}
-        self._dropped: dict[str, int] = {}
+        #: Notes past max_evidence, counted per id and outcome (a "not offered" overflow is no failure).
+        self._dropped: dict[str, dict[Outcome, int]] = {}
 
     def _allowed(self, req_id: str) -> None:
         if req_id not in self.ids:
@@ -178,10 +179,11 @@ class Verdict:
         if outcome is Outcome.PASSED:
             return
         notes = self._notes.setdefault(req_id, [])
-        if len(notes) < self.max_evidence:
+        if sum(o is outcome for o, _ in notes) < self.max_evidence:
             notes.append((outcome, note))
         else:
-            self._dropped[req_id] = self._dropped.get(req_id, 0) + 1
+            dropped = self._dropped.setdefault(req_id, {})
+            dropped[outcome] = dropped.get(outcome, 0) + 1
 
     def check(self, req_id: str, condition: bool, evidence: str = "") -> bool:
         """Record that ``req_id`` holds (``condition`` true) or not; returns ``condition`` as a bool."""
@@ -207,8 +209,9 @@ class Verdict:
             for outcome, note in notes:
                 if outcome is Outcome.FAILED:
                     out.setdefault(req_id, []).append(note)
-            if req_id in out and self._dropped.get(req_id):
-                out[req_id].append(f"... and {self._dropped[req_id]} more")
+            more = self._dropped.get(req_id, {}).get(Outcome.FAILED, 0)
+            if req_id in out and more:
+                out[req_id].append(f"... and {more} more")
         return out
 
     def records(self) -> dict[str, list[CheckRecord]]:
@@ -219,8 +222,8 @@ class Verdict:
             if Outcome.PASSED in outcomes:
                 recs.append(CheckRecord(self.nodeid, Outcome.PASSED))
             recs.extend(CheckRecord(self.nodeid, o, n) for o, n in self._notes.get(req_id, []))
-            if self._dropped.get(req_id):
-                recs.append(CheckRecord(self.nodeid, Outcome.FAILED, f"... and {self._dropped[req_id]} more"))
+            recs.extend(CheckRecord(self.nodeid, o, f"... and {n} more")
+                        for o, n in self._dropped.get(req_id, {}).items())
         return out
 
     def failure_message(self) -> str:
