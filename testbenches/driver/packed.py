@@ -39,7 +39,7 @@ from backend.virtio.packed_ring import (
     packed_need_event,
 )
 from sim.memory import Allocator, GuestMemory
-from testbenches.driver.split_ring import DriverQueueError, QueueFull, UsedBuffer
+from testbenches.driver.split_ring import DriverBuffers, DriverQueueError, QueueFull, UsedBuffer
 
 _NEXT = int(PackedDescFlags.NEXT)
 _WRITE = int(PackedDescFlags.WRITE)
@@ -54,7 +54,7 @@ class _Inflight:
     token: object = None
 
 
-class DriverPackedQueue:
+class DriverPackedQueue(DriverBuffers):
     """A packed virtqueue of ``size`` entries (any size 1..32768) whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (PACKED-DRV-01) and zeroed, so both wrap counters start at 1
@@ -124,23 +124,6 @@ class DriverPackedQueue:
     def read_desc(self, slot: int, table: int | None = None) -> PackedDescriptor:
         base = self.desc_addr if table is None else table
         return PackedDescriptor.unpack(self.mem.read(base + DESC_SIZE * slot, DESC_SIZE))
-
-    def write_indirect(self, descs: Sequence[PackedDescriptor]) -> int:
-        """Allocate and fill an indirect table verbatim; returns its gpa (free it with :meth:`free_buffer`)."""
-        gpa = self.alloc.alloc(DESC_SIZE * max(1, len(descs)), DESC_ALIGN)
-        self.mem.write(gpa, b"".join(d.pack() for d in descs))
-        return gpa
-
-    def alloc_buffer(self, data: bytes | int) -> int:
-        """Allocate a data buffer: filled with ``data``, or ``data`` zero bytes."""
-        raw = data if isinstance(data, bytes) else bytes(data)
-        gpa = self.alloc.alloc(max(1, len(raw)), 16)
-        if raw:
-            self.mem.write(gpa, raw)
-        return gpa
-
-    def free_buffer(self, gpa: int) -> None:
-        self.alloc.free(gpa)
 
     def expose_raw(self, descs: Sequence[PackedDescriptor], buffer_id: int, token: object = None) -> None:
         """Write ``descs`` from next_avail as they are (flags included, AVAIL/USED bits too) and move on past them,

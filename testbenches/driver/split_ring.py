@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
@@ -56,7 +57,36 @@ class _Inflight:
     token: object = None
 
 
-class DriverSplitQueue:
+class _Packable(Protocol):
+    def pack(self) -> bytes: ...
+
+
+class DriverBuffers:
+    """What both ring layouts' driver queues do alike: data buffers and indirect tables in guest memory.
+    Descriptors of both layouts are 16 bytes at 16-byte alignment (2.7.5, 2.8.13)."""
+
+    mem: GuestMemory
+    alloc: Allocator
+
+    def write_indirect(self, descs: Sequence[_Packable]) -> int:
+        """Allocate and fill an indirect table verbatim; returns its gpa (free it with :meth:`free_buffer`)."""
+        gpa = self.alloc.alloc(DESC_SIZE * max(1, len(descs)), DESC_ALIGN)
+        self.mem.write(gpa, b"".join(d.pack() for d in descs))
+        return gpa
+
+    def alloc_buffer(self, data: bytes | int) -> int:
+        """Allocate a data buffer: filled with ``data``, or ``data`` zero bytes."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        gpa = self.alloc.alloc(max(1, len(raw)), 16)
+        if raw:
+            self.mem.write(gpa, raw)
+        return gpa
+
+    def free_buffer(self, gpa: int) -> None:
+        self.alloc.free(gpa)
+
+
+class DriverSplitQueue(DriverBuffers):
     """A split virtqueue of ``size`` entries whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (SPLIT-DRV-01) and zeroed, so
@@ -129,23 +159,6 @@ class DriverSplitQueue:
     def read_desc(self, slot: int, table: int | None = None) -> Descriptor:
         base = self.desc_addr if table is None else table
         return Descriptor.unpack(self.mem.read(base + DESC_SIZE * slot, DESC_SIZE))
-
-    def write_indirect(self, descs: Sequence[Descriptor]) -> int:
-        """Allocate and fill an indirect table verbatim; returns its gpa (free it with :meth:`free_buffer`)."""
-        gpa = self.alloc.alloc(DESC_SIZE * max(1, len(descs)), DESC_ALIGN)
-        self.mem.write(gpa, b"".join(d.pack() for d in descs))
-        return gpa
-
-    def alloc_buffer(self, data: bytes | int) -> int:
-        """Allocate a data buffer: filled with ``data``, or ``data`` zero bytes."""
-        raw = data if isinstance(data, bytes) else bytes(data)
-        gpa = self.alloc.alloc(max(1, len(raw)), 16)
-        if raw:
-            self.mem.write(gpa, raw)
-        return gpa
-
-    def free_buffer(self, gpa: int) -> None:
-        self.alloc.free(gpa)
 
     def push_head(self, head: int) -> None:
         """Place ``head`` in the next avail ring slot without any bookkeeping or validation."""
