@@ -264,11 +264,11 @@ def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
         if q in tx:
             out.append((f"ratio to net_vhost, queue size {q}", f"{tx[q].ratio:.3f}", f">= {goal}", tx[q].ratio >= goal))
     if 256 in tx and 1024 in tx:
-        # Each cost against net_vhost's cost in the same run: the machine's speed swings ~3x between cells
-        # (wall_clock_flatness shows the raw figure), and net_vhost's own cost is flat across queue sizes.
-        flat = peer_relative_flatness(tx[256], tx[1024])
-        out.append(("ns per packet at 256 / at 1024, each relative to net_vhost's in its run", f"{flat:.2f}",
-                    f"<= {GOAL_FLATNESS}", flat <= GOAL_FLATNESS))
+        # Our own cost, as the issue defines it (medians over the runs). Taking each cost relative to
+        # net_vhost's would cancel the machine's swings only if net_vhost ran at one speed; on this machine it
+        # is bimodal (about 4.5 or 12.5 Mpps at any ring size, run to run), so that figure is printed, not judged.
+        flat = wall_clock_flatness(tx[256], tx[1024])
+        out.append(("ns per packet at 256 / at 1024", f"{flat:.2f}", f"<= {GOAL_FLATNESS}", flat <= GOAL_FLATNESS))
     backend = max((r.backend_cpu_pct for r in table), default=0.0)
     out.append(("backend CPU during traffic (max)", f"{backend:.2f} %", f"< {GOAL_BACKEND_CPU} %",
                 backend < GOAL_BACKEND_CPU))
@@ -300,9 +300,9 @@ def print_tables(console: Console, table: list[Row], runs: int, win: Window) -> 
     tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
     if 256 in tx and 1024 in tx:
         dpdk = tx[256].dpdk_ns / tx[1024].dpdk_ns
-        console.print(f"wall clock, not relative: ours {wall_clock_flatness(tx[256], tx[1024]):.2f}, net_vhost "
-                      f"{dpdk:.2f} (ns per packet at 256 / at 1024; both move with the machine's speed)",
-                      highlight=False)
+        device = tx[256].device_ns / tx[1024].device_ns
+        console.print(f"ns per packet at 256 / at 1024: device CPU {device:.2f}; net_vhost {dpdk:.2f}; ours relative "
+                      f"to net_vhost in each run {peer_relative_flatness(tx[256], tx[1024]):.2f}", highlight=False)
     return verdicts
 
 
