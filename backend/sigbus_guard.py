@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
 import mmap
 import os
@@ -35,8 +36,6 @@ import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from backend.eventloop import new_eventfd
 
@@ -127,7 +126,9 @@ class SigbusGuard:
     """The process's SIGBUS handler and its table of guarded ranges; see the module docstring."""
 
     def __init__(self) -> None:
-        self._table = np.zeros((MAX_RANGES, 2), dtype=np.uint64)
+        import numpy as np  # the bench's extra; the backend alone runs without a guard (see optional_guard)
+
+        self._table: Any = np.zeros((MAX_RANGES, 2), dtype=np.uint64)
         self._owners: dict[int, tuple[int, int, FaultCallback | None]] = {}  # slot -> (start, end, callback)
         self._subscribers: set[int] = set()
         self._lock = threading.Lock()
@@ -156,6 +157,8 @@ class SigbusGuard:
     def protect(self, start: int, size: int, on_fault: FaultCallback | None = None) -> int:
         """Guard process addresses ``[start, start + size)``; ``on_fault(address)`` runs (on the guard's thread)
         after a page in it was replaced. Returns the slot to :meth:`release`."""
+        import numpy as np
+
         with self._lock:
             free = np.flatnonzero(self._table[:, 0] == 0)
             if not len(free):
@@ -217,14 +220,18 @@ def guard_mapping(holder: object, mm: mmap.mmap, size: int,
     """Guard the first ``size`` bytes of ``mm`` for as long as ``holder`` lives; ``on_fault(offset)`` gets the
     offset in ``mm`` of a replaced page. Call the returned finalizer before closing ``mm`` (it runs once: the
     range is released then, or when ``holder`` is collected, whichever comes first)."""
+    guard = optional_guard()
+    if guard is None:
+        return weakref.finalize(holder, _nothing)
     base = address_of(mm)
-    guard = process_guard()
     callback = None if on_fault is None else (lambda addr: on_fault(addr - base))
     return weakref.finalize(holder, guard.release, guard.protect(base, size, callback))
 
 
 def address_of(mm: mmap.mmap) -> int:
     """The process address where ``mm`` is mapped (no export is kept: the mapping can still be closed)."""
+    import numpy as np
+
     arr = np.frombuffer(mm, dtype=np.uint8, count=1)
     try:
         return int(arr.ctypes.data)
@@ -235,6 +242,8 @@ def address_of(mm: mmap.mmap) -> int:
 _guard_lock = threading.Lock()
 #: The process's guard (signal dispositions are per process, so this one piece of state is too).
 _guard: list[SigbusGuard] = []
+#: Why there is no guard, once that was found (the warning is given once per process).
+_unguarded: list[str] = []
 
 
 def process_guard() -> SigbusGuard:
@@ -243,3 +252,31 @@ def process_guard() -> SigbusGuard:
         if not _guard:
             _guard.append(SigbusGuard())
         return _guard[0]
+
+
+def unavailable() -> str | None:
+    """Why the guard cannot be installed here (None when it can): its handler is compiled with numba, which the
+    bench's extra brings; ``pip install .`` alone does not."""
+    missing = [m for m in ("numpy", "numba") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
+def optional_guard() -> SigbusGuard | None:
+    """The process's guard where it can be installed; else None, after one warning that says what is lost."""
+    with _guard_lock:
+        if _guard:
+            return _guard[0]
+        if _unguarded:
+            return None
+        why = unavailable()
+        if why is not None:
+            _unguarded.append(why)
+            log.warning("no SIGBUS guard (%s): a frontend that truncates its memory under the device can end this "
+                        "process; install vdpa-bench[bench] for the guard", why)
+            return None
+        _guard.append(SigbusGuard())
+        return _guard[0]
+
+
+def _nothing() -> None:
+    """The release of a range no guard holds."""

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.device import VdpaDevice
-from backend.eventloop import consume_eventfd
-from backend.sigbus_guard import process_guard
+from backend.eventloop import consume_eventfd, new_eventfd
+from backend.sigbus_guard import optional_guard
 from backend.unix_socket import KEEP_ENDED, Connection, UnixSocketServer
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import SessionClosed, VhostUserSession
@@ -55,7 +55,7 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
         self.factory = factory
         # Before the first session: a frontend's memory truncated under the device becomes a fault, not a SIGBUS
         # that kills every session (installing it compiles the handler, which takes a few seconds).
-        self.guard = process_guard()
+        self.guard = optional_guard()
         # Session numbers go on across the servers of a reconnecting client (first_id).
         super().__init__(path, connect=connect, backlog=backlog, name=name, first_id=first_id,
                          keep_ended=keep_ended)
@@ -87,11 +87,13 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             rec.reason = f"no device for the session: {exc}"
             return
         session = rec.session = VhostUserSession(device, name=label)
-        memory_faults = self.guard.subscribe()
+        # Without a guard nothing signals this eventfd: the session just never hears of a truncation.
+        memory_faults = self.guard.subscribe() if self.guard is not None else new_eventfd()
         try:
             self._serve_session(rec, session, memory_faults)
         finally:
-            self.guard.unsubscribe(memory_faults)
+            if self.guard is not None:
+                self.guard.unsubscribe(memory_faults)
             os.close(memory_faults)
 
     def _serve_session(self, rec: SessionRecord, session: VhostUserSession, memory_faults: int) -> None:
