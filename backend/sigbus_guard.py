@@ -143,14 +143,27 @@ class SigbusGuard:
             self._handler = _compile_handler(int(self._table.ctypes.data), MAX_RANGES, self._write)
         finally:
             numba_log.setLevel(level)
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._install()
+        self._thread = threading.Thread(target=self._dispatch, name="sigbus-guard", daemon=True)
+        self._thread.start()
+
+    def _install(self) -> None:
         act = _Sigaction()
         act.handler = self._handler.address
         act.flags = _SA_SIGINFO
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.sigaction(int(signal.SIGBUS), ctypes.byref(act), None) != 0:
+        if self._libc.sigaction(int(signal.SIGBUS), ctypes.byref(act), None) != 0:
             raise OSError(ctypes.get_errno(), "sigaction(SIGBUS) failed")
-        self._thread = threading.Thread(target=self._dispatch, name="sigbus-guard", daemon=True)
-        self._thread.start()
+
+    def _reclaim(self) -> None:
+        """Install the handler again if something replaced it since (``faulthandler.enable()`` does, and a
+        pytest session run in process enables it): a guarded range is only safe while the handler is ours."""
+        now = _Sigaction()
+        if self._libc.sigaction(int(signal.SIGBUS), None, ctypes.byref(now)) != 0:
+            raise OSError(ctypes.get_errno(), "sigaction(SIGBUS) query failed")
+        if now.handler != self._handler.address:
+            log.warning("the SIGBUS handler was replaced (faulthandler?): the guard installs its own again")
+            self._install()
 
     # --- ranges and subscribers ---------------------------------------------------------------
 
@@ -160,6 +173,7 @@ class SigbusGuard:
         import numpy as np
 
         with self._lock:
+            self._reclaim()
             free = np.flatnonzero(self._table[:, 0] == 0)
             if not len(free):
                 raise RuntimeError(f"more than {MAX_RANGES} guarded mappings")

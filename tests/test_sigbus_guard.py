@@ -104,3 +104,22 @@ def test_a_sigbus_outside_guest_memory_still_kills() -> None:
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stdout, proc.stderr)
     assert "read" not in proc.stdout
+
+
+def test_the_guard_takes_its_handler_back(memfd: int) -> None:
+    """faulthandler.enable() (a pytest session run in process does it) replaces the SIGBUS handler; the next
+    guarded mapping installs the guard's own again, so truncated memory still faults instead of killing."""
+    import faulthandler
+
+    process_guard()
+    was_enabled = faulthandler.is_enabled()
+    faulthandler.enable()
+    try:
+        iommu = Iommu()
+        iommu.map(IOVA, SIZE, memfd, 0, DmaPerm.RW)
+        os.ftruncate(memfd, 4096)
+        assert iommu.read_quick(IOVA + 8192, 4) == bytes(4)  # a zero page, not a SIGBUS
+        iommu.unmap_all()
+    finally:
+        if not was_enabled:
+            faulthandler.disable()
