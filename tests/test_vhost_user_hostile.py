@@ -36,7 +36,6 @@ from hypothesis import strategies as st
 from backend.fd_channel import FdChannel
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import ConnectionLost, SessionRecord, VhostUserServer, recv_message
-from backend.vhost_user.session import SUPPORTED_PROTOCOL_FEATURES
 from backend.virtio.features import DeviceStatus
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
@@ -91,6 +90,7 @@ class Limits:
     vq_count: int
     vq_max: int
     offered: int
+    protocol: int  # the protocol features the session offers (the log features only where the atomic OR loads)
 
 
 def wire(request: int, payload: bytes = b"", flags: int = V | NR, size: int | None = None) -> bytes:
@@ -188,20 +188,20 @@ def bad_ops(draw: st.DrawFn, lim: Limits) -> Op:
         extra = draw(U64S.filter(lambda v: v & ~lim.offered != 0))
         return Op(f"SET_FEATURES {extra:#x}", R.SET_FEATURES, wire(R.SET_FEATURES, u64(extra)), Form.ACKED, True)
     if kind == 11:
-        extra = draw(U64S.filter(lambda v: v & ~SUPPORTED_PROTOCOL_FEATURES != 0))
+        extra = draw(U64S.filter(lambda v: v & ~lim.protocol != 0))
         return Op(f"SET_PROTOCOL_FEATURES {extra:#x}", R.SET_PROTOCOL_FEATURES,
                   wire(R.SET_PROTOCOL_FEATURES, u64(extra)), Form.ACKED, True)
     if kind == 12:
         return Op("SET_MEM_TABLE postcopy ack", R.SET_MEM_TABLE, wire(R.SET_MEM_TABLE, u64(draw(U64S))),
                   Form.ACKED, True)
     if kind == 13:
-        req = draw(st.sampled_from([R.SEND_RARP, R.NET_SET_MTU, R.CLOSE_CRYPTO_SESSION, R.SET_LOG_BASE]))
+        req = draw(st.sampled_from([R.NET_SET_MTU, R.CLOSE_CRYPTO_SESSION]))  # SEND_RARP, SET_LOG_BASE: served now
         return Op(f"unsupported {req.name}", req, wire(req, u64(draw(U64S))), Form.ACKED, True)
     if kind == 14:
         req = draw(st.sampled_from([R.SET_VRING_ENDIAN, R.VRING_KICK]))
         return Op(f"unsupported {req.name}", req, wire(req, state(q, draw(U32))), Form.ACKED, True)
     if kind == 15:
-        req = draw(st.sampled_from([R.SET_LOG_FD, R.SET_BACKEND_REQ_FD, R.GPU_SET_SOCKET]))
+        req = draw(st.sampled_from([R.SET_BACKEND_REQ_FD, R.GPU_SET_SOCKET]))  # SET_LOG_FD is served with LOG_SHMFD
         fd = draw(st.sampled_from(["ev", "mem"]))
         return Op(f"unsupported {req.name} with {fd}", req, wire(req), Form.ACKED, True, (fd,))
     req = draw(st.sampled_from([R.ADD_MEM_REG, R.REM_MEM_REG, R.POSTCOPY_LISTEN]))
@@ -259,7 +259,7 @@ def valid_ops(draw: st.DrawFn, lim: Limits) -> Op:
         v = draw(U64S) & lim.offered
         return Op(f"SET_FEATURES {v:#x}", R.SET_FEATURES, wire(R.SET_FEATURES, u64(v)), Form.ACKED)
     if kind == 3:
-        v = draw(U64S) & SUPPORTED_PROTOCOL_FEATURES
+        v = draw(U64S) & lim.protocol
         return Op(f"SET_PROTOCOL_FEATURES {v:#x}", R.SET_PROTOCOL_FEATURES, wire(R.SET_PROTOCOL_FEATURES, u64(v)),
                   Form.ACKED)
     if kind == 4:
@@ -605,7 +605,8 @@ def test_hostile_frontend_never_breaks_the_server(server: tuple[VhostUserServer,
         good_rec = srv.sessions[0]
         session = good_rec.session
         assert session is not None
-        lim = Limits(session.device.get_vq_count(), session.device.get_vq_num_max(0), session.offered_features())
+        lim = Limits(session.device.get_vq_count(), session.device.get_vq_num_max(0), session.offered_features(),
+                     session.offered_protocol_features())
         checked = 0
 
         def traffic(tag: int) -> None:
