@@ -23,7 +23,6 @@ from backend.virtio.packed_ring import (
     EVENT_ALIGN,
     EVENT_FLAGS,
     EVENT_SIZE,
-    U16,
     EventFlags,
     EventSuppress,
     PackedDescFlags,
@@ -93,17 +92,6 @@ class DriverPackedQueue(DriverBuffers):
         self.anomalies: list[str] = []  # device protocol breaches noticed while consuming
 
     # --- small accessors -----------------------------------------------------------------------
-
-    def _u16(self, gpa: int) -> int:
-        value: int = U16.unpack(self.mem.read(gpa, 2))[0]
-        return value
-
-    def _w16(self, gpa: int, value: int) -> None:
-        self.mem.write(gpa, U16.pack(value & 0xFFFF))
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
 
     @property
     def pending(self) -> int:

@@ -10,7 +10,7 @@ tables that a correct driver would never publish.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +67,18 @@ class DriverBuffers:
 
     mem: GuestMemory
     alloc: Allocator
+    _inflight: Sized  # buffers made available and not yet used, by head or Buffer ID
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _u16(self, gpa: int) -> int:
+        value: int = U16.unpack(self.mem.read(gpa, 2))[0]
+        return value
+
+    def _w16(self, gpa: int, value: int) -> None:
+        self.mem.write(gpa, U16.pack(value & 0xFFFF))
 
     def write_indirect(self, descs: Sequence[_Packable]) -> int:
         """Allocate and fill an indirect table verbatim; returns its gpa (free it with :meth:`free_buffer`)."""
@@ -120,20 +132,9 @@ class DriverSplitQueue(DriverBuffers):
 
     # --- small accessors -----------------------------------------------------------------------
 
-    def _u16(self, gpa: int) -> int:
-        value: int = U16.unpack(self.mem.read(gpa, 2))[0]
-        return value
-
-    def _w16(self, gpa: int, value: int) -> None:
-        self.mem.write(gpa, U16.pack(value & 0xFFFF))
-
     @property
     def num_free(self) -> int:
         return len(self._free)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
 
     @property
     def pending(self) -> int:
