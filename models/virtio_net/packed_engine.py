@@ -47,7 +47,7 @@ from backend.virtio.packed_ring import (
     unpack_ring,
     used_bits,
 )
-from models.virtio_net.split_engine import BatchDma, Chain, Dma, RingError, full_barrier
+from models.virtio_net.split_engine import BatchDma, Chain, Dma, RingAccess, RingError, full_barrier
 
 #: Descriptors fetched per DMA read while walking a list (lists are contiguous in a packed ring).
 DESC_WINDOW = 16
@@ -139,7 +139,7 @@ class PackedHooks:
         return True
 
 
-class PackedQueue:
+class PackedQueue(RingAccess):
     """One packed virtqueue: configuration registers plus device progress.
 
     ``desc``/``driver``/``device`` are the descriptor ring and the driver and device event suppression
@@ -200,19 +200,6 @@ class PackedQueue:
         self.in_order = in_order
 
     # --- memory access (reads and writes only; no judgement) -----------------------------------
-
-    def _read_u16(self, iova: int) -> int:
-        # The flags word moves under the device's feet: one 16-bit load where the DMA offers it.
-        if self.batch_dma is not None:
-            return self.batch_dma.read_u16(iova)
-        value: int = U16.unpack(self.dma.read(iova, 2))[0]
-        return value
-
-    def _write_u16(self, iova: int, value: int) -> None:
-        if self.batch_dma is not None:
-            self.batch_dma.write_u16(iova, value & 0xFFFF)
-        else:
-            self.dma.write(iova, U16.pack(value & 0xFFFF))
 
     def read_desc_flags(self, off: int) -> int:
         return self._read_u16(self.desc + DESC_SIZE * off + DESC_FLAGS_OFFSET)

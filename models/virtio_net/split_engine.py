@@ -201,7 +201,27 @@ class RingHooks:
         return not q.read_avail_flags() & VRING_AVAIL_F_NO_INTERRUPT
 
 
-class SplitQueue:
+class RingAccess:
+    """The 16-bit ring fields both layouts read and write while the driver may change them (split ring indexes,
+    packed descriptor flags): one 16-bit load or store where the DMA offers it."""
+
+    dma: Dma
+    batch_dma: BatchDma | None
+
+    def _read_u16(self, iova: int) -> int:
+        if self.batch_dma is not None:
+            return self.batch_dma.read_u16(iova)
+        value: int = U16.unpack(self.dma.read(iova, 2))[0]
+        return value
+
+    def _write_u16(self, iova: int, value: int) -> None:
+        if self.batch_dma is not None:
+            self.batch_dma.write_u16(iova, value & 0xFFFF)
+        else:
+            self.dma.write(iova, U16.pack(value & 0xFFFF))
+
+
+class SplitQueue(RingAccess):
     """One split virtqueue: configuration registers plus device progress.
 
     Configuration fields (``size``, ``desc``, ``driver``, ``device``,
@@ -261,19 +281,6 @@ class SplitQueue:
         self.in_order = in_order
 
     # --- available ring ----------------------------------------------------------------------
-
-    def _read_u16(self, iova: int) -> int:
-        # Ring indexes move under the device's feet: one 16-bit load where the DMA offers it.
-        if self.batch_dma is not None:
-            return self.batch_dma.read_u16(iova)
-        value: int = U16.unpack(self.dma.read(iova, 2))[0]
-        return value
-
-    def _write_u16(self, iova: int, value: int) -> None:
-        if self.batch_dma is not None:
-            self.batch_dma.write_u16(iova, value & 0xFFFF)
-        else:
-            self.dma.write(iova, U16.pack(value & 0xFFFF))
 
     def read_avail_idx(self) -> int:
         return self._read_u16(self.driver + SplitLayout.AVAIL_IDX)
