@@ -1,42 +1,43 @@
-"""The backend's register layer and vDPA driver held to the whole rule of each path, on any target (2.2, 2.4,
-4.1.3.1, 4.1.4.3, 4.1.5.1, 4.1.5.2, 6.1).
+"""The backend's vDPA driver (``backend.drivers.vdpa.VirtioPciVdpaDevice``) held to the whole rule of each path,
+on any target (2.2, 2.4, 4.1.2.2, 4.1.4.3, 4.1.5.1, 6.1).
 
-Each check drives ``backend.drivers.transport.VirtioPciModern`` or ``backend.drivers.vdpa.VirtioPciVdpaDevice``
-the way a frontend or the guest driver does, and judges what reaches the function: every register access is
-seen through :class:`~testbenches.monitor.TracingPciDevice`, and where the rule is about what the device shows
-(a smaller queue, a vector that does not stick, an extended capability list, a vendor ring-state register),
-:class:`RegisterView` or :class:`RingStateRegisters` edit that one thing and keep the rest of the target live.
-The expected values are computed here from the spec's text, not with the driver's own helpers.
+Each check drives the driver the way a vhost-vDPA frontend does and judges what reaches the function: every
+register access is seen through :class:`~testbenches.monitor.TracingPciDevice`, and where the rule is about what
+the device shows (a smaller queue, a vector that does not stick, an extended capability list, a vendor ring-state
+register), the views of :mod:`testbenches.conformance.checks.register_view` edit that one thing and keep the rest
+of the target live. The expected values are computed here from the spec's text, not with the driver's own helpers.
+The register layer beneath the driver is judged in test_register_layer_rules.py.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 
-from backend.device import NotSupported, VdpaError, VqState
-from backend.drivers.quirks import IdMatch, PciIds, Quirk, QuirkTable, VqStateBlock
-from backend.drivers.transport import (
-    NET_CONFIG_FIELDS,
-    VirtioPciError,
-    VirtioPciModern,
-    config_field_exists,
-    extended_capabilities,
-)
+from backend.device import VqState
+from backend.drivers.quirks import IdMatch, Quirk, QuirkTable, VqStateBlock
+from backend.drivers.transport import VirtioPciModern, extended_capabilities
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import consume_eventfd, wait_eventfd
-from backend.pci.device import DmaPerm, IrqIndex, PciDevice, PciError, RegionFlags, RegionIndex, RegionInfo
-from backend.pci.proxy import PciDeviceProxy
+from backend.pci.device import DmaPerm, IrqIndex, PciDevice, PciError, RegionIndex
 from backend.virtio.features import DeviceStatus, F, bits, has
 from backend.virtio.pci_regs import NO_VECTOR, PCI_CONFIG_SPACE_SIZE, CommonCfg, PciCfg
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, SriovConfigSpace
+from testbenches.conformance.checks.register_view import (
+    UP,
+    NoIoeventfd,
+    RegisterView,
+    RingStateRegisters,
+    SlowReset,
+    common_accesses,
+    refusal,
+    wait_for_access,
+)
 from testbenches.conformance.checks.test_driver_discovery import FRAMES, _msix_variant, _transmit
 from testbenches.conformance.checks.test_driver_side import FaultInjector
 from testbenches.conformance.checks.test_vdpa_paths import NOT_IMPLEMENTED, CommonCfgEditor
@@ -47,7 +48,6 @@ from testbenches.monitor import TracingPciDevice
 from testbenches.monitor.config_proxy import ConfigSpaceEditor, target_caps
 
 MEM = 8 << 20
-_UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
 
 
 @pytest.fixture
@@ -56,116 +56,12 @@ def mem() -> Iterator[GuestMemory]:
         yield m
 
 
-# --- what the checks see of the common configuration ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommonAccess:
-    """One access to the common configuration: field offset, width, value, and queue_select in force."""
-
-    seq: int
-    op: str
-    rel: int
-    size: int
-    value: int
-    queue: int
-
-
-def common_accesses(trace: TracingPciDevice, common_bar: int, common_offset: int,
-                    start: int = 0) -> list[CommonAccess]:
-    """The common-config accesses of ``trace`` from access ``start`` on, with the queue selected for each."""
-    out: list[CommonAccess] = []
-    qsel = 0
-    for a in trace.accesses:
-        if a.region != common_bar or not common_offset <= a.offset < common_offset + 0x40:
-            continue
-        rel = a.offset - common_offset
-        if a.op == "w" and rel == CommonCfg.QUEUE_SELECT:
-            qsel = a.value
-        if a.seq >= start:
-            out.append(CommonAccess(a.seq, a.op, rel, a.size, a.value, qsel))
-    return out
-
-
-class RegisterView(TracingPciDevice):
-    """The target as a device with other common-config answers, every access recorded.
-
-    ``queue_size_max``: queue -> the maximum queue_size shows until the driver writes that queue's size.
-    ``vector_refused``: ``"config"`` or ``"q<i>"``, whose MSI-X vector reads back NO_VECTOR after a write.
-    ``notif_config_data``: queue -> the queue_notif_config_data shown. ``notify_off``: queue -> the
-    queue_notify_off shown. ``sink_doorbells``: writes to the notification structure are recorded, not passed on
-    (the register layer is judged without ringing a device that is not live). ``set_irqs`` calls are recorded.
-    """
-
-    def __init__(self, inner: PciDevice, *, queue_size_max: dict[int, int] | None = None,
-                 vector_refused: frozenset[str] = frozenset(), notif_config_data: dict[int, int] | None = None,
-                 notify_off: dict[int, int] | None = None, sink_doorbells: bool = False) -> None:
-        super().__init__(inner)
-        t = VirtioPciModern(inner)  # discovery reads config space only
-        self.common, self.notify_cap = t.common, t.notify_cap
-        self.queue_size_max = dict(queue_size_max or {})
-        self.vector_refused = vector_refused
-        self.notif_config_data = dict(notif_config_data or {})
-        self.notify_off = dict(notify_off or {})
-        self.sink_doorbells = sink_doorbells
-        self.irq_bindings: list[tuple[int, int, list[int | None]]] = []
-        self._qsel = 0
-
-    def _rel(self, index: int, offset: int) -> int | None:
-        c = self.common
-        return offset - c.offset if index == c.bar and c.offset <= offset < c.offset + c.length else None
-
-    def _in_notify(self, index: int, offset: int) -> bool:
-        n = self.notify_cap
-        return index == n.bar and n.offset <= offset < n.offset + n.length
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None:
-        rel = self._rel(index, offset)
-        if rel == CommonCfg.QUEUE_SELECT:
-            self._qsel = int.from_bytes(data, "little")
-        elif rel == CommonCfg.QUEUE_SIZE:
-            self.queue_size_max.pop(self._qsel, None)  # from now on the device's own register answers
-        if self.sink_doorbells and self._in_notify(index, offset):
-            self._record("w", index, offset, bytes(data))
-            return
-        super().region_write(index, offset, data)
-
-    def region_read(self, index: int, offset: int, size: int) -> bytes:
-        data = super().region_read(index, offset, size)
-        rel = self._rel(index, offset)
-        shown: int | None = None
-        if rel == CommonCfg.QUEUE_SIZE and self._qsel in self.queue_size_max:
-            shown = self.queue_size_max[self._qsel]
-        elif (rel == CommonCfg.CONFIG_MSIX_VECTOR and "config" in self.vector_refused) \
-                or (rel == CommonCfg.QUEUE_MSIX_VECTOR and f"q{self._qsel}" in self.vector_refused):
-            shown = NO_VECTOR
-        elif rel == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and self._qsel in self.notif_config_data:
-            shown = self.notif_config_data[self._qsel]
-        elif rel == CommonCfg.QUEUE_NOTIFY_OFF and self._qsel in self.notify_off:
-            shown = self.notify_off[self._qsel]
-        return data if shown is None else shown.to_bytes(size, "little")
-
-    def set_irqs(self, index: int, start: int, fds: Sequence[int | None]) -> None:
-        self.irq_bindings.append((index, start, list(fds)))
-        super().set_irqs(index, start, fds)
-
-
 def _ids_quirk(dev: PciDevice, quirk: Quirk) -> QuirkTable:
     """A table whose one entry matches this function exactly (ids read here from the config header, 7.5.1)."""
     header = dev.region_read(RegionIndex.CONFIG, 0, PciCfg.SUBSYSTEM_ID + 2)
     vendor, device = struct.unpack_from("<HH", header, PciCfg.VENDOR_ID)
     sub_vendor, sub_device = struct.unpack_from("<HH", header, PciCfg.SUBSYSTEM_VENDOR_ID)
     return QuirkTable().extended(IdMatch(vendor, device, sub_vendor, sub_device), quirk)
-
-
-def _refusal(step: object) -> str:
-    """``"accepted"`` or ``"refused: <text>"`` for a call that may raise the driver's refusals."""
-    assert callable(step)
-    try:
-        step()
-    except (VdpaError, NotSupported, VirtioPciError, ValueError) as exc:
-        return f"refused: {type(exc).__name__}: {exc}"
-    return "accepted"
 
 
 # --- feature offering: what the vDPA driver passes upward (2.2.1, 6.1) ---------------------------------------
@@ -258,7 +154,7 @@ def test_vdpa_driver_offers_upward_only_what_the_function_carries(bench: Bench, 
         expected = device & ~bits(F.NOTIFICATION_DATA) & ~quirk_hidden & ~(0 if has_sriov else bits(F.SR_IOV))
         withheld = [b for b in range(128) if has(device, b) and not has(expected, b)]
         first = len(shown.accesses)
-        refusals = {b: _refusal(lambda b=b: vdpa.set_driver_features((offered | bits(b)) & ~NOT_IMPLEMENTED))
+        refusals = {b: refusal(lambda b=b: vdpa.set_driver_features((offered | bits(b)) & ~NOT_IMPLEMENTED))
                     for b in withheld}
         drv_feature_writes = [a for a in shown.accesses[first:] if a.op == "w" and a.region == vdpa.transport.common.bar
                               and a.offset == vdpa.transport.common.offset + CommonCfg.DRIVER_FEATURE]
@@ -275,64 +171,6 @@ def test_vdpa_driver_offers_upward_only_what_the_function_carries(bench: Bench, 
                   and refused_all, head)
     verdict.check("FEAT-DRV-01", offered == expected and refused_all and all("FEAT-DRV-01" in r for r in
                                                                              refusals.values()), head)
-
-
-# --- driver features: both halves of every window, the record the frontend reads back (3.1.1) --------------
-
-
-@pytest.mark.req("INIT-DRV-03", "INIT-DRV-07")
-def test_register_layer_writes_every_feature_window_and_the_driver_keeps_its_record(bench: Bench,
-                                                                                     verdict: Verdict) -> None:
-    """Each 32-bit window of driver_feature is written after selecting it, with exactly that slice of the
-    features, low window first; a value that does not fit the windows is refused with nothing written. The vDPA
-    driver reports the features the device holds: none before a negotiation and after a reset, the frontend's
-    selection after it."""
-    trace = TracingPciDevice(bench.open())
-    problems: list[str] = []
-    for windows in (1, 2, 4):
-        t = VirtioPciModern(trace, feature_windows=windows)
-        t.reset()
-        common = t.common
-        for value in (0, (1 << 32 * windows) - 1, 0x0123456789ABCDEF_FEDCBA9876543210 & ((1 << 32 * windows) - 1),
-                      1 << (32 * windows - 1)):
-            start = len(trace.accesses)
-            t.write_driver_features(value)
-            got = [(a.rel, a.value) for a in common_accesses(trace, common.bar, common.offset, start) if a.op == "w"]
-            want = [x for sel in range(windows) for x in ((CommonCfg.DRIVER_FEATURE_SELECT, sel),
-                                                          (CommonCfg.DRIVER_FEATURE, value >> 32 * sel & 0xFFFFFFFF))]
-            if got != want:
-                problems.append(f"{windows} windows, {value:#x}: wrote {got}, expected {want}")
-            if t.negotiated != value:
-                problems.append(f"{windows} windows, {value:#x}: recorded as {t.negotiated:#x}")
-        for value in (1 << 32 * windows, 1 << (33 * windows), (1 << 32 * windows) | 1):
-            start = len(trace.accesses)
-            outcome = _refusal(lambda t=t, value=value: t.write_driver_features(value))
-            if not outcome.startswith("refused: VirtioPciError") or len(trace.accesses) != start:
-                problems.append(f"{windows} windows, {value:#x} does not fit: {outcome}, "
-                                f"{len(trace.accesses) - start} accesses")
-        t.reset()
-    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
-    try:
-        fresh = (vdpa.get_driver_features(), vdpa.transport.driver_features())
-        wanted = vdpa.get_device_features() & ~NOT_IMPLEMENTED
-        vdpa.set_status(DeviceStatus.ACKNOWLEDGE)
-        vdpa.set_status(_UP)
-        vdpa.set_driver_features(wanted)
-        negotiated = (vdpa.get_driver_features(), vdpa.transport.driver_features())
-        vdpa.set_status(_UP | DeviceStatus.FEATURES_OK)
-        late = _refusal(lambda: vdpa.set_driver_features(wanted & ~bits(F.EVENT_IDX)))
-        after_late = vdpa.get_driver_features()
-        vdpa.reset()
-        after_reset = vdpa.get_driver_features()
-    finally:
-        vdpa.close()
-    verdict.check("INIT-DRV-03", not problems and fresh == (0, 0) and negotiated == (wanted, wanted)
-                  and after_reset == 0,
-                  f"register layer: {problems[:4] or 'every window written as asked, oversize values refused'}; "
-                  f"vDPA driver features (record, device) fresh {fresh}, after the frontend's {wanted:#x}: "
-                  f"{negotiated}, after reset {after_reset:#x}")
-    verdict.check("INIT-DRV-07", late.startswith("refused") and "INIT-DRV-07" in late and after_late == wanted,
-                  f"features changed after FEATURES_OK: {late}; the driver then reports {after_late:#x}")
 
 
 # --- queue sizes and ring addresses a frontend asks for (4.1.4.3.2, 2.7) -------------------------------------
@@ -364,20 +202,20 @@ def test_vdpa_driver_takes_the_queue_sizes_the_device_allows(bench: Bench, verdi
         count = vdpa.get_vq_count()
         if packed:  # negotiated as far as the ring layout matters: driver_feature written, no FEATURES_OK
             vdpa.set_status(DeviceStatus.ACKNOWLEDGE)
-            vdpa.set_status(_UP)
+            vdpa.set_status(UP)
             vdpa.set_driver_features(bits(F.VERSION_1, F.RING_PACKED))
         start = len(view.accesses)
         maxima = [vdpa.get_vq_num_max(q) for q in (0, 1)]
         for q in (0, 1):
             for n in SIZES:
-                outcome = _refusal(lambda q=q, n=n: vdpa.set_vq_num(q, n))
+                outcome = refusal(lambda q=q, n=n: vdpa.set_vq_num(q, n))
                 if (outcome == "accepted") != (0 < n <= limit if packed else _split_size_ok(n, limit)):
                     wrong.append(f"q{q} size {n}: {outcome}")
                 if limit == 0:
                     unavailable.append(outcome)
                 if outcome.startswith("refused") and not outcome.startswith("refused: VdpaError"):
                     wrong.append(f"q{q} size {n}: {outcome} (not a VdpaError)")
-        absent = {q: _refusal(lambda q=q: vdpa.set_vq_num(q, 1)) for q in (-1, count, count + 7)}
+        absent = {q: refusal(lambda q=q: vdpa.set_vq_num(q, 1)) for q in (-1, count, count + 7)}
         size_writes = [a for a in common_accesses(view, view.common.bar, view.common.offset, start)
                        if a.op == "w" and a.rel == CommonCfg.QUEUE_SIZE]
     finally:
@@ -407,7 +245,7 @@ def test_vdpa_driver_refuses_misaligned_split_rings(bench: Bench, verdict: Verdi
                     bad[part] += off
                     cases.append(((bad[0], bad[1], bad[2]), False))
             for (desc, drv, dev), ok in cases:
-                outcome = _refusal(lambda q=q, a=desc, b=drv, c=dev: vdpa.set_vq_address(q, a, b, c))
+                outcome = refusal(lambda q=q, a=desc, b=drv, c=dev: vdpa.set_vq_address(q, a, b, c))
                 if (outcome == "accepted") != ok:
                     wrong.append(f"q{q} desc {desc:#x} driver {drv:#x} device {dev:#x}: {outcome}")
     finally:
@@ -416,36 +254,6 @@ def test_vdpa_driver_refuses_misaligned_split_rings(bench: Bench, verdict: Verdi
 
 
 # --- programming queues, and the vendor ring-state register (4.1.5.1.3, vhost-user SET/GET_VRING_BASE) ------
-
-
-class RingStateRegisters(RegisterView):
-    """The target with a vendor register block in a BAR it does not implement: ``slots`` 32-bit (or wider)
-    slots of ring state, as a card with a live-migration block has. What the driver writes there is kept; the
-    checks fill slots to stand for the device's progress."""
-
-    def __init__(self, inner: PciDevice, bar: int, size: int = 0x1000) -> None:
-        super().__init__(inner)
-        self.block_bar = bar
-        self.block = bytearray(size)
-
-    def region_info(self, index: int) -> RegionInfo:
-        if index == self.block_bar:
-            return RegionInfo(index, len(self.block), RegionFlags.READ | RegionFlags.WRITE)
-        return super().region_info(index)
-
-    def region_read(self, index: int, offset: int, size: int) -> bytes:
-        if index != self.block_bar:
-            return super().region_read(index, offset, size)
-        data = bytes(self.block[offset:offset + size])
-        self._record("r", index, offset, data)
-        return data
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index != self.block_bar:
-            super().region_write(index, offset, data)
-            return
-        self._record("w", index, offset, bytes(data))
-        self.block[offset:offset + len(data)] = data
 
 
 def _free_bar(dev: PciDevice) -> int | None:
@@ -584,7 +392,7 @@ def test_vdpa_driver_refuses_to_go_live_on_a_vector_that_did_not_stick(bench: Be
         if vdpa.transport.msix_table_size() == 0:
             verdict.not_applicable("PCI-DRV-35", "the function has no MSI-X vectors to map")
             return
-        outcome = _refusal(lambda: front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1),
+        outcome = refusal(lambda: front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1),
                                                   size=64))
         status = vdpa.get_status()
         refused_until = len(view.accesses)
@@ -670,161 +478,6 @@ def test_vdpa_driver_binds_the_config_vector_to_the_frontends_latest_eventfd(ben
                   f"vector {vector} of {table}; config eventfd {steps}; {sent}/{len(FRAMES)} frames")
 
 
-# --- notifications through the register layer (4.1.5.2, 2.9) -----------------------------------------------
-
-NOTIF_COMBOS = {
-    "plain": 0,
-    "notification_data": bits(F.NOTIFICATION_DATA),
-    "notif_config_data": bits(F.NOTIF_CONFIG_DATA),
-    "both": bits(F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA),
-}
-AVAIL_IDXS = (0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x1234)
-
-
-@pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-02", "NOTIF-DRV-03", "NOTIF-DRV-04", "NOTIF-DRV-05", "NOTIF-DRV-06",
-                 "NOTIF-DRV-B01")
-def test_register_layer_notification_values(bench: Bench, verdict: Verdict) -> None:
-    """For each combination of VIRTIO_F_NOTIFICATION_DATA and VIRTIO_F_NOTIF_CONFIG_DATA written as the driver's
-    features, a notification of each queue for each available idx is one write at the queue's doorbell (notify
-    base + queue_notify_off * multiplier): 16 bits holding the queue index or its queue_notif_config_data, or 32
-    bits holding that identifier, next_off (avail idx bits 0-14) and next_wrap (bit 15). The device shows
-    queue_notif_config_data values unlike the queue index; the doorbells are recorded, not rung. A doorbell
-    beyond the notification structure is refused."""
-    view = RegisterView(bench.open(), sink_doorbells=True)
-    t = VirtioPciModern(view)
-    count = t.num_queues()
-    config_data = {q: 0x5A00 | (q * 0x11 + 3) & 0xFF for q in range(count)}  # unlike any queue index
-    view.notif_config_data = config_data
-    t.reset()
-    n = t.notify_cap
-    wrong: dict[str, list[str]] = {name: [] for name in NOTIF_COMBOS}
-    for name, extra in NOTIF_COMBOS.items():
-        t.write_driver_features(bits(F.VERSION_1) | extra)
-        data, config = has(extra, F.NOTIFICATION_DATA), has(extra, F.NOTIF_CONFIG_DATA)
-        for q in range(count):
-            ident = config_data[q] if config else q
-            at = n.offset + t.queue_notify_off(q) * n.notify_off_multiplier
-            for avail in (*AVAIL_IDXS, None):
-                want = ident | ((avail or 0) & 0x7FFF) << 16 | ((avail or 0) >> 15 & 1) << 31 if data else ident
-                width = 4 if data else 2
-                # a doorbell that would end past the notification structure is refused, not written
-                expected = [(n.bar, at, width, want)] if at + width <= n.offset + n.length else []
-                start = len(view.accesses)
-                if avail is None:
-                    value = t.notify_value(q)  # nothing made available since reset: avail idx 0
-                    rung = _refusal(lambda q=q: t.notify(q))
-                else:
-                    value = t.notify_value(q, avail)
-                    rung = _refusal(lambda q=q, avail=avail: t.notify(q, avail_idx=avail))
-                bells = [(a.region, a.offset, a.size, a.value) for a in view.accesses[start:]
-                         if a.op == "w" and a.region == n.bar and a.offset >= n.offset]
-                refused_right = rung == "accepted" if expected else rung.startswith("refused: VirtioPciError")
-                if bells != expected or value != want or not refused_right:
-                    wrong[name].append(f"q{q} avail {avail}: {bells} value {value:#x} ({rung}), expected "
-                                       f"{expected or 'a refusal'} value {want:#x}")
-    t.write_driver_features(bits(F.VERSION_1))
-    view.notify_off = {0: n.length // max(n.notify_off_multiplier, 1) + 1}
-    start = len(view.accesses)
-    beyond = _refusal(lambda: t.notify(0))
-    beyond_writes = [a for a in view.accesses[start:] if a.op == "w" and a.region == n.bar
-                     and n.offset <= a.offset]
-    t.reset()
-    view.close()
-    refused = beyond.startswith("refused: VirtioPciError") and not beyond_writes
-    ids = {"NOTIF-DRV-01": ["plain", "notif_config_data"], "NOTIF-DRV-02": ["notification_data", "both"],
-           "NOTIF-DRV-03": ["plain"], "NOTIF-DRV-04": ["notification_data"], "NOTIF-DRV-05": ["notif_config_data"],
-           "NOTIF-DRV-06": ["both"], "NOTIF-DRV-B01": ["notification_data", "both"]}
-    for rid, combos in ids.items():
-        bad = [w for c in combos for w in wrong[c]]
-        verdict.check(rid, not bad and (rid != "NOTIF-DRV-01" or refused),
-                      f"{count} queues x {len(AVAIL_IDXS) + 1} avail idx under {combos}: wrong {bad[:4]}; doorbell "
-                      f"beyond the structure: {beyond}, {len(beyond_writes)} writes")
-
-
-# --- device configuration at every width (4.1.3.1, 2.5) -----------------------------------------------------
-
-
-def _width_groups(device_id: int, size: int, offered: int) -> list[tuple[int, int, int]]:
-    """(offset, size, width) runs of adjacent existing fields of one natural width, each run written in one call."""
-    fields = sorted((o, w) for o, w, _f in NET_CONFIG_FIELDS if o + w <= size and config_field_exists(device_id, o,
-                                                                                                          offered))
-    runs: list[tuple[int, int, int]] = []
-    for o, w in fields:
-        if runs and runs[-1][2] == w and runs[-1][0] + runs[-1][1] == o:
-            runs[-1] = (runs[-1][0], runs[-1][1] + w, w)
-        else:
-            runs.append((o, w, w))
-    return runs
-
-
-@pytest.mark.req("PCI-DRV-05", "PCI-DRV-06", "CFG-DRV-02")
-def test_register_layer_device_config_accesses_of_every_width(bench: Bench, verdict: Verdict) -> None:
-    """The register layer reads device configuration as exactly the accesses asked for: ``width``-byte accesses
-    at each aligned offset of the span (8-byte ones as the low then the high 32-bit half), inside one
-    config_generation bracket, the bytes matching the device's; it writes existing fields as runs of their natural
-    width, each access carrying its own bytes. Requests not whole or not aligned to the width are refused before
-    any access, and so are accesses past the structure."""
-    trace = TracingPciDevice(bench.open())
-    t = VirtioPciModern(trace)
-    ref = VirtioPciModern(trace.inner)  # past the trace: the checker's own reads
-    dev = t.device_cap
-    problems: list[str] = []
-    if dev is None:
-        for rid in ("PCI-DRV-05", "PCI-DRV-06", "CFG-DRV-02"):
-            verdict.not_applicable(rid, "the function has no device configuration structure")
-        return
-    size = dev.length
-    image = b"".join(ref.read_device_config(o, 1, 1) for o in range(size))
-    gen = (t.common.bar, t.common.offset + CommonCfg.CONFIG_GENERATION)
-    for width in (1, 2, 4, 8):
-        for off in range(0, size - width + 1, width):
-            for span in (width, 2 * width, 3 * width):
-                if off + span > size:
-                    continue
-                start = len(trace.accesses)
-                got = t.read_device_config(off, span, width)
-                acc = trace.accesses[start:]
-                dev_reads = [(a.offset - dev.offset, a.size) for a in acc if a.region == dev.bar
-                             and dev.offset <= a.offset < dev.offset + size]
-                want = [(off + i + h, 4) for i in range(0, span, width) for h in (0, 4)] if width == 8 \
-                    else [(off + i, width) for i in range(0, span, width)]
-                gens = [a.seq for a in acc if (a.region, a.offset) == gen]
-                inside = all(gens and gens[0] < a.seq < gens[-1] for a in acc if a.region == dev.bar
-                             and dev.offset <= a.offset < dev.offset + size)
-                if got != image[off:off + span] or dev_reads != want or len(gens) != 2 or not inside:
-                    problems.append(f"read {off:#x}+{span}/{width}: {got.hex()} (device {image[off:off + span].hex()})"
-                                    f", accesses {dev_reads}, generation reads {len(gens)}")
-    for off, span, width in ((1, 2, 2), (2, 4, 4), (0, 3, 2), (4, 4, 8), (0, 6, 4)):
-        start = len(trace.accesses)
-        for what, step in (("read", lambda o=off, s=span, w=width: t.read_device_config(o, s, w)),
-                           ("write", lambda o=off, s=span, w=width: t.write_device_config(o, bytes(s), w))):
-            outcome = _refusal(step)
-            if not outcome.startswith("refused: ValueError") or len(trace.accesses) != start:
-                problems.append(f"{what} {off:#x}+{span}/{width}: {outcome}, {len(trace.accesses) - start} accesses")
-    start = len(trace.accesses)
-    past = _refusal(lambda: t.read_device_config(size, 4, 4)), _refusal(lambda: t.write_device_config(size, b"\0"))
-    if not all(p.startswith("refused: VirtioPciError") for p in past) or \
-            any(a.region == dev.bar and a.offset >= dev.offset + size - 4 for a in trace.accesses[start:]):
-        problems.append(f"past the structure: {past}")
-    offered = t.device_features()
-    device_id = PciIds.read(trace).device
-    writes_ok = True
-    for off, span, width in _width_groups(device_id, size, offered):
-        start = len(trace.accesses)
-        t.write_device_config(off, image[off:off + span], width)
-        wrote = [(a.offset - dev.offset, a.size, a.data) for a in trace.accesses[start:] if a.op == "w"]
-        want_w = [(off + i, width, image[off + i:off + i + width]) for i in range(0, span, width)]
-        if wrote != want_w:
-            writes_ok = False
-            problems.append(f"write {off:#x}+{span}/{width}: {wrote}, expected {want_w}")
-    after = b"".join(ref.read_device_config(o, 1, 1) for o in range(size))
-    trace.close()
-    head = f"{size}-byte device config: {problems[:5] or 'every access as asked'}; config unchanged {after == image}"
-    verdict.check("PCI-DRV-05", not problems and writes_ok, head)
-    verdict.check("PCI-DRV-06", not [p for p in problems if "/8" in p], head)
-    verdict.check("CFG-DRV-02", not [p for p in problems if "generation" in p], head)
-
-
 # --- taking the function over: ids, capabilities, reset (4.1.2.2, 4.1.4.1, 2.4) ----------------------------
 
 
@@ -845,19 +498,19 @@ def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: V
     for name, header in headers:
         base = bench.open()
         trace = TracingPciDevice(ConfigSpaceEditor(base, [c.entry() for c in target_caps(base)], header=header))
-        outcomes[name] = _refusal(lambda trace=trace: VirtioPciVdpaDevice(trace, owns_pci=False).close())
+        outcomes[name] = refusal(lambda trace=trace: VirtioPciVdpaDevice(trace, owns_pci=False).close())
         accesses[name] = sum(1 for a in trace.accesses if a.region != RegionIndex.CONFIG and a.op == "w")
         base.close()
     base = bench.open()
     caps = [c for c in target_caps(base) if c.cfg_type != 1]  # no COMMON_CFG
     trace = TracingPciDevice(ConfigSpaceEditor(base, [c.entry() for c in caps]))
-    outcomes["no common cfg"] = _refusal(lambda: VirtioPciVdpaDevice(trace, owns_pci=False).close())
+    outcomes["no common cfg"] = refusal(lambda: VirtioPciVdpaDevice(trace, owns_pci=False).close())
     accesses["no common cfg"] = sum(1 for a in trace.accesses if a.region != RegionIndex.CONFIG)
     base.close()
     stuck = CommonCfgEditor(bench.open(), status_lag=1 << 30)
     VirtioPciModern(stuck).set_status(DeviceStatus.ACKNOWLEDGE)  # a previous owner left it initialising
     trace = TracingPciDevice(stuck)
-    outcomes["reset never completes"] = _refusal(
+    outcomes["reset never completes"] = refusal(
         lambda: VirtioPciVdpaDevice(trace, reset_timeout=0.2, owns_pci=False).close())
     common = VirtioPciModern(stuck.inner).common
     status_writes = [a.value for a in common_accesses(trace, common.bar, common.offset)
@@ -872,7 +525,7 @@ def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: V
                   f"{outcomes}; BAR writes {accesses}")
     slow = SlowReset(bench.open(), lag=1.5)
     VirtioPciModern(slow).set_status(DeviceStatus.ACKNOWLEDGE)
-    outcomes["reset taking 1.5 s, bound 3 s"] = _refusal(
+    outcomes["reset taking 1.5 s, bound 3 s"] = refusal(
         lambda: VirtioPciVdpaDevice(slow, reset_timeout=3.0, owns_pci=False).close())
     verdict.check("RESET-DRV-01", outcomes["reset never completes"].startswith("refused: VdpaError")
                   and "stuck" in outcomes["reset never completes"] and status_writes == [0]
@@ -880,36 +533,6 @@ def test_vdpa_driver_refuses_a_function_it_cannot_drive(bench: Bench, verdict: V
                   f"reset never completes: {outcomes['reset never completes']}; status writes {status_writes}; "
                   f"a reset taking 1.5 s under the driver's 3 s bound: {outcomes['reset taking 1.5 s, bound 3 s']} "
                   f"({slow.stale_reads} reads showed the old status)")
-
-
-class SlowReset(PciDeviceProxy):
-    """device_status keeps showing its value before a reset for ``lag`` seconds after 0 is written (a device
-    whose reset takes that long); the driver is judged on waiting within the bound it was given."""
-
-    def __init__(self, inner: PciDevice, lag: float) -> None:
-        super().__init__(inner, f"slow-reset({inner.name})")
-        self.common = VirtioPciModern(inner).common
-        self.lag = lag
-        self._old: tuple[int, float] | None = None  # (value shown, until)
-        self.stale_reads = 0
-
-    def _is_status(self, index: int, offset: int) -> bool:
-        return index == self.common.bar and offset == self.common.offset + CommonCfg.DEVICE_STATUS
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if self._is_status(index, offset) and data[0] == 0:
-            before = self.inner.region_read(index, offset, 1)[0]
-            self._old = (before, time.monotonic() + self.lag) if before else None
-        super().region_write(index, offset, data)
-
-    def region_read(self, index: int, offset: int, size: int) -> bytes:
-        if self._is_status(index, offset) and self._old is not None:
-            value, until = self._old
-            if time.monotonic() < until:
-                self.stale_reads += 1
-                return value.to_bytes(size, "little")
-            self._old = None
-        return super().region_read(index, offset, size)
 
 
 # --- a quirk record applies to its own function only ----------------------------------------------------------
@@ -937,8 +560,8 @@ def test_vdpa_driver_uses_a_ring_state_register_only_on_the_card_that_has_it(ben
     regs = RingStateRegisters(edited, IFC_VF_BAR)
     vdpa = VirtioPciVdpaDevice(regs, owns_pci=False)
     try:
-        outcome = _refusal(lambda: vdpa.set_vq_state(1, VqState(avail_idx=5)))
-        read = _refusal(lambda: vdpa.get_vq_state(1))
+        outcome = refusal(lambda: vdpa.set_vq_state(1, VqState(avail_idx=5)))
+        read = refusal(lambda: vdpa.get_vq_state(1))
     finally:
         vdpa.close()
     touched = [(a.op, hex(a.offset), a.value) for a in regs.accesses if a.region == IFC_VF_BAR]
@@ -973,7 +596,7 @@ def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, ve
         front.negotiate(wanted)
         for q in (0, 1):
             front.add_queue(q, 64)
-        with_call = _refusal(lambda: vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK))
+        with_call = refusal(lambda: vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK))
         refused_at = len(view.accesses)
         vdpa.reset()
         front.negotiate(wanted)
@@ -1004,14 +627,6 @@ def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, ve
 
 
 # --- kicks a function cannot take as ioeventfds, interrupts shared by queues --------------------------------
-
-
-class NoIoeventfd(RegisterView):
-    """A function whose access layer cannot turn an eventfd into a doorbell write (the driver relays)."""
-
-    def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
-        self.ioeventfds.append((index, offset, width, value))
-        return False
 
 
 @pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-03")
@@ -1047,18 +662,6 @@ def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verd
                 f"{stray_after_reset}")
     verdict.check("NOTIF-DRV-01", ok, evidence)
     verdict.check("NOTIF-DRV-03", ok, evidence)
-
-
-def wait_for_access(trace: TracingPciDevice, start: int, timeout: float) -> list[str]:
-    """Writes recorded after ``start`` within ``timeout`` (a relay thread acting on a signalled eventfd)."""
-    done = threading.Event()
-    trace.listeners.append(lambda a: done.set() if a.op == "w" else None)
-    try:
-        if len(trace.accesses) == start:
-            done.wait(timeout)
-    finally:
-        trace.listeners.pop()
-    return [f"{a.region}:{a.offset:#x}={a.value:#x}" for a in trace.accesses[start:] if a.op == "w"]
 
 
 @pytest.mark.req("PCI-DRV-34")
@@ -1164,11 +767,11 @@ def test_vdpa_driver_maps_exactly_the_memory_the_frontend_names(bench: Bench, ve
     outcomes: dict[str, str] = {}
     try:
         half = region.size // 2
-        outcomes["map first half"] = _refusal(lambda: vdpa.dma_map(region.gpa, half, region.fd, 0, DmaPerm.READ))
-        outcomes["overlapping map"] = _refusal(
+        outcomes["map first half"] = refusal(lambda: vdpa.dma_map(region.gpa, half, region.fd, 0, DmaPerm.READ))
+        outcomes["overlapping map"] = refusal(
             lambda: vdpa.dma_map(region.gpa + half - 4096, 8192, region.fd, half - 4096, DmaPerm.RW))
-        outcomes["unmap splitting it"] = _refusal(lambda: vdpa.dma_unmap(region.gpa, 4096))
-        outcomes["unmap"] = _refusal(lambda: vdpa.dma_unmap(region.gpa, half))
+        outcomes["unmap splitting it"] = refusal(lambda: vdpa.dma_unmap(region.gpa, 4096))
+        outcomes["unmap"] = refusal(lambda: vdpa.dma_unmap(region.gpa, half))
         maps = list(trace.dma_maps)
         front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
         sent = _transmit(front, FRAMES, 2.0)
