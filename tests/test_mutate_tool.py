@@ -100,3 +100,25 @@ def test_only_selects_by_pattern_and_refuses_a_pattern_matching_nothing() -> Non
     assert mutate.select_only(names, ["a.*_2", "b.*"]) == ["a.x_f__mutmut_2", "b.x_g__mutmut_1"]
     with pytest.raises(mutate.MutateError, match="matches no mutant"):
         mutate.select_only(names, ["c.*"])
+
+
+def test_paths_narrow_the_sample_to_files_and_refuse_a_pattern_matching_none() -> None:
+    narrowed = mutate.in_paths(MUTANTS, ["sim/pci/*", "backend/drivers/vdpa.py"])
+    assert {v[0] for v in narrowed.values()} == {"sim/pci/endpoint.py", "backend/drivers/vdpa.py"}
+    assert len(narrowed) == 40
+    sample = mutate.draw_sample(narrowed, 8, seed=5)
+    assert len(sample) == 8 and all(n in narrowed for n in sample)
+    with pytest.raises(mutate.MutateError, match="matches no mutated file"):
+        mutate.in_paths(MUTANTS, ["models/virtio_net/split_engine.py"])
+
+
+def test_replay_takes_the_survivors_of_a_report(tmp_path: Path) -> None:
+    report = tmp_path / "mutation.json"
+    report.write_text(json.dumps({"mutants": [
+        {"name": "a__mutmut_2", "status": "survived"}, {"name": "a__mutmut_1", "status": "killed"},
+        {"name": "b__mutmut_1", "status": "suspicious"}, {"name": "c__mutmut_1", "status": "equivalent"}]}))
+    assert mutate.survivors_of(report) == ["a__mutmut_2", "b__mutmut_1"]
+    report.write_text("{}")
+    with pytest.raises(mutate.MutateError, match="not a mutation report"):
+        mutate.survivors_of(report)
+    assert mutate.main(["--only", "x*", "--paths", "sim/*"]) == 2

@@ -380,9 +380,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the scratch tree of the last run (its mutants, stats and results) if there is one")
     parser.add_argument("--equivalents", type=Path, default=EQUIVALENTS, help="equivalent mutants file")
     parser.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
-                        help="run the mutants whose names match these shell patterns instead of a sample "
-                             "(to see whether a new check kills the survivors of the last report)")
+                        help="run the mutants whose names match these shell patterns instead of a sample")
+    parser.add_argument("--paths", nargs="+", metavar="PATTERN", default=None,
+                        help="draw the sample only from the mutants of the files matching these shell patterns "
+                             "(e.g. 'models/virtio_net/split_engine.py' 'sim/pci/*'), each package in proportion")
+    parser.add_argument("--replay", type=Path, metavar="REPORT", default=None,
+                        help="run the mutants that survived in REPORT (a mutation.json) instead of a sample, "
+                             "to see whether new checks kill them; a name gone since is an error")
     return parser
+
+
+def in_paths(mutants: dict[str, tuple[str, int | None]], patterns: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """The mutants whose source file matches any of ``patterns`` (fnmatch on the path, ``sim/pci/*``); an error
+    when a pattern matches no file that has mutants."""
+    sources = {source for source, _code in mutants.values()}
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(s, pattern) for s in sources):
+            raise MutateError(f"--paths {pattern!r} matches no mutated file")
+    return {n: v for n, v in mutants.items() if any(fnmatch.fnmatchcase(v[0], p) for p in patterns)}
+
+
+def survivors_of(report: Path) -> list[str]:
+    """The mutants a report left *survived* or *suspicious* (to see whether new checks kill them now)."""
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+        return sorted(m["name"] for m in data["mutants"] if m["status"] in ("survived", "suspicious"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MutateError(f"--replay {report}: not a mutation report ({exc})") from exc
 
 
 def select_only(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
@@ -401,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample < 0 or args.budget <= 0 or args.max_children < 1:
         print("mutate: --sample >= 0, --budget > 0 and --max-children >= 1", file=sys.stderr)
         return 2
+    if sum(x is not None for x in (args.only, args.replay, args.paths)) > 1:
+        print("mutate: --only, --replay and --paths choose the mutants differently: give one", file=sys.stderr)
+        return 2
     try:
         equivalents = load_equivalents(args.equivalents)
         work = args.out / "work"
@@ -416,8 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # records which check calls which function, and then stops with NO_MATCH.
         run_mutmut(tree, ["run", "--max-children", str(args.max_children), NO_MUTANT], log, expected_error=NO_MATCH)
         generated = read_results(tree)
-        names = (select_only(sorted(generated), args.only) if args.only
-                 else draw_sample(generated, args.sample or None, args.seed))
+        if args.replay is not None:
+            names = survivors_of(args.replay)
+            gone = [n for n in names if n not in generated]
+            if gone:
+                raise MutateError(f"--replay: {len(gone)} survivor(s) no longer generated, e.g. {gone[0]}")
+        elif args.only:
+            names = select_only(sorted(generated), args.only)
+        else:
+            population = generated if args.paths is None else in_paths(generated, args.paths)
+            names = draw_sample(population, args.sample or None, args.seed)
         print(f"mutate: running {len(names)} mutants, budget {args.budget:g} min", flush=True)
         clock = time.monotonic()
         complete = run_mutmut(tree, ["run", "--max-children", str(args.max_children), *names], log,
