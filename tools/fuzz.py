@@ -33,7 +33,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 SEEDS: Final = ROOT / "tests" / "fuzz" / "corpus"
 OUT: Final = ROOT / "reports" / "fuzz"
 #: Every target, cheapest first (the same names as tests.fuzz.targets.TARGETS).
-TARGETS: Final = ("split-ring", "vhost-user-session", "vfio-user-server", "vfio-user-client", "rtl-ring")
+TARGETS: Final = ("split-ring", "packed-ring", "vhost-user-session", "vfio-user-server", "vfio-user-client", "rtl-ring")
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/\S+.*?exec/s: (\d+) rss: (\d+)Mb")
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)")

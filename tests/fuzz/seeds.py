@@ -10,7 +10,12 @@
   client's scripted calls) and the server's replies to each script;
 * split-ring / rtl-ring: well-formed rings (single and chained buffers, indirect tables, EVENT_IDX,
   IN_ORDER, mergeable receive buffers, full rings) and a few classic malformed ones (a loop, an index
-  past the ring, avail idx ahead by more than the ring).
+  past the ring, avail idx ahead by more than the ring);
+* packed-ring: the same for packed rings (sizes that are not powers of two, NOTIFICATION_DATA, a list
+  across the ring's end) and packed faults (a list longer than the ring, a list's slot not made available,
+  INDIRECT in a NEXT list, a notification past the ring).
+
+``python -m tests.fuzz.seeds [TARGET...]`` rewrites only the named corpora.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
 from typing import Final
@@ -31,6 +37,8 @@ from backend.targets import default_registry
 from backend.vhost_user import messages as m
 from backend.vhost_user.session import VhostUserSession
 from backend.virtio.features import DeviceStatus
+from backend.virtio.packed_ring import DESC as PACKED_DESC
+from backend.virtio.packed_ring import PackedDescFlags
 from backend.virtio.split_ring import DESC, DescFlags
 from sim.memory import GuestMemory
 from sim.vfio_user.daemon import model_factory
@@ -217,6 +225,58 @@ def ring_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def _packed(q: int, descs: list[tuple[int, int, int, int]], first: int = 0, event: bytes | None = None) -> bytes:
+    """Packed descriptors (addr, len, id, flags) from slot ``first``, each made available for wrap 1 (AVAIL set)."""
+    desc, driver, _ = ring.LAYOUT[q]
+    avail = int(PackedDescFlags.AVAIL)
+    out = _patch(desc + 16 * first, b"".join(PACKED_DESC.pack(a, n, i, f | avail) for a, n, i, f in descs))
+    if event is not None:
+        out += _patch(driver, event)
+    return out
+
+
+def packed_ring_seeds() -> dict[str, bytes]:
+    N, W, IND = int(PackedDescFlags.NEXT), int(PackedDescFlags.WRITE), int(PackedDescFlags.INDIRECT)
+    all_kicks = ring.KICK_RX | ring.KICK_TX | ring.WIRE_FRAME
+    # feature_bits: bit i of tests.fuzz.ring.PACKED_OPTIONAL (EVENT_IDX, INDIRECT, IN_ORDER, MRG_RXBUF, NOTIF._DATA)
+    EV, INDF, INO, MRG, ND = 1, 2, 4, 8, 16
+    head = bytes([127, 99])  # 128 and 100 entries
+    frame = bytes(12) + test_frame(0, 64)
+    rx = _packed(0, [(0x8000, 2048, 0, W)])
+    return {
+        "tx-rx-single": head + bytes([0, all_kicks]) + _packed(1, [(0x6000, len(frame), 0, 0)])
+        + _patch(0x6000, frame) + rx,
+        "tx-rx-notification-data": head + bytes([ND, all_kicks]) + _packed(1, [(0x6000, len(frame), 5, 0)])
+        + _patch(0x6000, frame) + _packed(0, [(0x8000, 2048, 7, W)]),
+        "tx-chain-rx-chain": head + bytes([0, all_kicks])
+        + _packed(1, [(0x6000, 12, 0, N), (0x6010, 64, 3, 0)]) + _patch(0x6000, bytes(12))
+        + _patch(0x6010, test_frame(1, 64)) + _packed(0, [(0x8000, 12, 0, W | N), (0x8010, 2000, 9, W)]),
+        "tx-indirect": head + bytes([INDF, all_kicks]) + _packed(1, [(0x7000, 32, 4, IND)])
+        + _patch(0x7000, PACKED_DESC.pack(0x6000, 12, 0, 0) + PACKED_DESC.pack(0x6010, 64, 0, 0))
+        + _patch(0x6010, test_frame(2, 64)) + rx,
+        "event-idx": head + bytes([EV | ND, all_kicks | ring.KICK_AGAIN])
+        + _packed(1, [(0x6000, len(frame), 0, 0), (0x6100, len(frame), 1, 0)], event=struct.pack("<HH", 1 | 1 << 15, 2))
+        + _patch(0x6000, frame) + _patch(0x6100, frame) + rx,
+        "in-order-mrg": head + bytes([INO | MRG, all_kicks]) + _packed(1, [(0x6000, len(frame), 0, 0)])
+        + _patch(0x6000, frame) + _packed(0, [(0x8000 + 0x40 * i, 0x40, i, W) for i in range(4)]),
+        "full-ring-odd": bytes([2, 4, ND, all_kicks]) + _packed(1, [(0x6000, len(frame), i, 0) for i in range(5)])
+        + _patch(0x6000, frame) + _packed(0, [(0x8000, 2048, i, W) for i in range(3)]),
+        # Three lists, then one from the last slot across the end: its next slot holds the first list's used
+        # descriptor by then (the driver never reclaimed it), not one available for the flipped wrap counter.
+        "list-across-end": bytes([127, 3, 0, ring.KICK_TX]) + _packed(1, [(0x6010, 76, i, 0) for i in range(3)])
+        + _packed(1, [(0x6000, 12, 3, N)], first=3) + _patch(0x6000, bytes(12)) + _patch(0x6010, frame),
+        "list-longer-than-ring": head + bytes([0, ring.KICK_TX]) + _packed(1, [(0x6000, 8, 0, N)] * 100),
+        "list-slot-not-available": head + bytes([0, ring.KICK_TX])
+        + _packed(1, [(0x6000, 8, 0, N)]) + _patch(ring.LAYOUT[1][0] + 16, PACKED_DESC.pack(0x6010, 8, 1, 0)),
+        "indirect-in-list": head + bytes([INDF, ring.KICK_TX]) + _packed(1, [(0x6000, 8, 0, N), (0x7000, 16, 1, IND)])
+        + _patch(0x7000, PACKED_DESC.pack(0x6010, 8, 0, 0)),
+        "notify-past-ring": head + bytes([ND, ring.KICK_TX | ring.HOSTILE_NOTIFY])
+        + _packed(1, [(0x6000, len(frame), 0, 0)]) + _patch(0x6000, frame) + bytes([0xF0]),
+        "outside-mapping": head + bytes([0, all_kicks]) + _packed(1, [(0x10_0000, 76, 0, 0)])
+        + _packed(0, [(0xFFFF_FFFF_F000, 2048, 0, W)]),
+    }
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
@@ -229,18 +289,26 @@ def write(target: str, seeds: dict[str, bytes]) -> None:
         (d / f"{name}-{digest}").write_bytes(data)
 
 
-def main() -> None:
-    write("vhost-user-session", vhost_user_seeds())
-    servers, clients = vfio_user_seeds()
-    write("vfio-user-server", servers)
-    write("vfio-user-client", clients)
-    rings = ring_seeds()
-    write("split-ring", rings)
-    write("rtl-ring", rings)
+def main(only: list[str]) -> None:
+    def wanted(*names: str) -> bool:
+        return not only or any(n in only for n in names)
+
+    if wanted("vhost-user-session"):
+        write("vhost-user-session", vhost_user_seeds())
+    if wanted("vfio-user-server", "vfio-user-client"):
+        servers, clients = vfio_user_seeds()
+        write("vfio-user-server", servers)
+        write("vfio-user-client", clients)
+    if wanted("split-ring", "rtl-ring"):
+        rings = ring_seeds()
+        write("split-ring", rings)
+        write("rtl-ring", rings)
+    if wanted("packed-ring"):
+        write("packed-ring", packed_ring_seeds())
     for d in sorted(CORPUS.iterdir()):
         files = list(d.iterdir())
         print(f"{d.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

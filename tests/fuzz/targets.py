@@ -61,6 +61,12 @@ def _split_ring() -> Target:
     return RingTarget("sim:virtio-net,wire=loopback")
 
 
+def _packed_ring() -> Target:
+    from tests.fuzz.ring import PackedRingTarget
+
+    return PackedRingTarget()
+
+
 def _rtl_ring() -> Target:
     from tests.fuzz.ring import RingTarget
 
@@ -74,6 +80,7 @@ NOT_INSTRUMENTED: Final = {
     "vfio-user-server": NUMBA + ["backend.drivers.transport"],
     "vfio-user-client": NUMBA,
     "split-ring": NUMBA + PLUMBING,
+    "packed-ring": NUMBA + PLUMBING,
     "rtl-ring": NUMBA + PLUMBING,
 }
 
@@ -83,6 +90,7 @@ TARGETS: Final[dict[str, Callable[[], Target]]] = {
     "vfio-user-server": _vfio_user_server,
     "vfio-user-client": _vfio_user_client,
     "split-ring": _split_ring,
+    "packed-ring": _packed_ring,
     "rtl-ring": _rtl_ring,
 }
 
