@@ -36,10 +36,20 @@ needs a device that reports and restores last_avail_idx (a quirk's vq-state regi
 the toggle is refused with the reason. SEND_RARP (protocol feature RARP) is logged: the device
 cannot announce on the guest's behalf without GUEST_ANNOUNCE, which needs its control queue.
 
-Known limits, each answered with a logged error rather than a silent misbehaviour: packed rings
-are not offered; a non-zero SET_VRING_BASE needs a device that can set
-last_avail_idx (``VdpaDevice.set_vq_state``); SET_VRING_KICK without an fd (polling) is refused;
-SET_VRING_ENABLE 0 on a running ring is recorded but does not stop the device's queue (virtio-pci
+Packed rings (``VIRTIO_F_RING_PACKED``) are offered when the device offers them. SET_VRING_ADDR then names the
+descriptor ring and the driver and device event suppression areas (in the avail and used fields), and
+SET/GET_VRING_BASE carry the packed state (:mod:`backend.vhost_user.ring_state`): bits 0-14 the avail
+index, 15 its wrap counter, 16-30 the used index, 31 its wrap counter; a frontend sending bits 16-31 as zero
+(DPDK 22.11's virtio_user sends 0x8000 at start) means used = avail. A device without a state register runs a
+packed ring only from its start (0 with both wrap counters 1); GET_VRING_BASE on it stops the ring and reads
+the position from the ring: where the driver's AVAIL bits end, which is the
+device's position when it had used every buffer made available (a drained TX ring) and past the device's
+position by the buffers a receive ring still had posted. Not with packed rings: dirty logging (the used-ring
+relay is split) and multiqueue (the backend's control queue is split), both refused at SET_FEATURES.
+
+Known limits, each answered with a logged error rather than a silent misbehaviour: a non-zero SET_VRING_BASE
+needs a device that can set last_avail_idx (``VdpaDevice.set_vq_state``); SET_VRING_KICK without an fd
+(polling) is refused; SET_VRING_ENABLE 0 on a running ring is recorded but does not stop the device's queue (virtio-pci
 cannot pause one queue and resume it at the same index), so the frontend must not post buffers
 to a ring it disabled.
 
@@ -83,8 +93,10 @@ from backend.vhost_user.device_events import DeviceEvents, DeviceLost
 from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError, atomic_or_available
 from backend.vhost_user.log_shadow import LogShadow, UsedRelay, shadow_range
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
+from backend.vhost_user.ring_state import packed_num, packed_ring_position, packed_state
 from backend.vhost_user.shadow_cvq import ControlQueueError, ShadowControlQueue
 from backend.virtio.features import NET_DEPENDENCIES, DeviceStatus, F, NetF, bits, has
+from backend.virtio.packed_ring import EVENT_SIZE, PackedLayout, is_valid_packed_size
 from backend.virtio.split_ring import SplitLayout, is_valid_split_size
 
 log = logging.getLogger(__name__)
@@ -95,10 +107,9 @@ log = logging.getLogger(__name__)
 #: (MQ, from SET_VRING_ENABLE). The others are not offered.
 CVQ_FEATURES: Final = bits(NetF.CTRL_VQ, NetF.CTRL_GUEST_OFFLOADS, *(
     r.feature for r in NET_DEPENDENCIES if NetF.CTRL_VQ in r.all_of and r.feature != NetF.MQ))
-#: Device features never offered to the frontend: packed rings (GET/SET_VRING_BASE would need the
-#: packed encoding, not implemented), ACCESS_PLATFORM (needs IOTLB messages, not implemented),
+#: Device features never offered to the frontend: ACCESS_PLATFORM (needs IOTLB messages, not implemented),
 #: and the transport features this backend keeps for itself.
-HIDDEN_FEATURES: Final = ((1 << F.RING_PACKED) | (1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
+HIDDEN_FEATURES: Final = ((1 << F.ACCESS_PLATFORM) | (1 << F.RING_RESET)
                           | (1 << F.SUSPEND) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
                           | (1 << m.VHOST_F_LOG_ALL) | CVQ_FEATURES)
 #: The vhost feature that turns dirty logging on; it is the backend's, never written to the device.
@@ -147,7 +158,8 @@ class RingState:
     """What the frontend said about one ring; addresses are guest-physical (translated)."""
 
     num: int = 0
-    base: int = 0
+    state: VqState = field(default_factory=VqState)  # where the ring goes live (SET_VRING_BASE)
+    packed: bool = False  # VIRTIO_F_RING_PACKED: avail/used are the driver/device event suppression areas
     desc: int | None = None
     avail: int | None = None
     used: int | None = None
@@ -164,6 +176,8 @@ class RingState:
         """The ring parts' guest-physical ranges (empty until the address is known)."""
         if self.desc is None or self.avail is None or self.used is None or not self.num:
             return []
+        if self.packed:
+            return [(self.desc, PackedLayout(self.num).desc_bytes), (self.avail, EVENT_SIZE), (self.used, EVENT_SIZE)]
         lay = SplitLayout(self.num)
         return [(self.desc, lay.desc_bytes), (self.avail, lay.avail_bytes), (self.used, lay.used_bytes)]
 
@@ -333,7 +347,7 @@ class VhostUserSession:
                 self._set_vring_addr(p)
             case R.GET_VRING_BASE:
                 st = _state(p)
-                return m.Message.reply_to(msg, m.VringState(st.index, self._get_vring_base(st.index)))
+                return m.Message.reply_to(msg, self._get_vring_base(st.index))
             case R.SET_VRING_KICK | R.SET_VRING_CALL | R.SET_VRING_ERR:
                 assert isinstance(p, m.VringFile)
                 self._set_vring_fd(req, p, msg.fds)
@@ -388,6 +402,10 @@ class VhostUserSession:
             names = ", ".join(str(b) for b in range(64) if extra >> b & 1)
             raise SessionError(f"features {extra:#x} (bits {names}) were not offered: the device lacks them "
                                f"(offered {self.offered_features():#x})")
+        if has(value, F.RING_PACKED) and value & (LOG_ALL | 1 << NetF.MQ):
+            raise SessionError(f"features {value:#x}: packed rings with "
+                               f"{'dirty logging' if value & LOG_ALL else 'multiqueue'} are not supported (the "
+                               f"backend's {'used-ring relay' if value & LOG_ALL else 'control queue'} is split)")
         wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES) & ~LOG_ALL
         device_features = wanted | (self.device.get_device_features() & BACKEND_FEATURES)
         if has(wanted, NetF.MQ):
@@ -424,9 +442,9 @@ class VhostUserSession:
         if starting:
             self._check_ready_to_run()
             going = [(i, r) for i, r in sorted(self.rings.items()) if r.enabled and not r.pushed]
-            bases = [self._resume_base(i, r) for i, r in going]  # refuse before any ring reaches the device
-            for (index, ring), base in zip(going, bases, strict=True):
-                ring.base = base
+            states = [self._resume_state(i, r) for i, r in going]  # refuse before any ring reaches the device
+            for (index, ring), state in zip(going, states, strict=True):
+                ring.state = state
                 self._push_ring(index, ring)
             self._setup_cvq()
             self.events.bind_config_call()
@@ -509,23 +527,40 @@ class VhostUserSession:
         limit = self.device.get_vq_num_max(st.index)
         if st.num > limit:
             raise SessionError(f"ring {st.index}: size {st.num} exceeds the device's maximum queue size {limit}")
-        if not is_valid_split_size(st.num):
+        if self.packed:
+            if not is_valid_packed_size(st.num):
+                raise SessionError(f"ring {st.index}: packed ring size {st.num} is not in 1..{limit}")
+        elif not is_valid_split_size(st.num):
             raise SessionError(f"ring {st.index}: size {st.num} is not a power of two in 1..{limit}")
         if ring.pushed:
             raise SessionError(f"ring {st.index}: size change while the ring runs")
         ring.num = st.num
+        ring.packed = self.packed
+
+    @property
+    def packed(self) -> bool:
+        """The frontend accepted VIRTIO_F_RING_PACKED: every ring of the device is packed."""
+        return has(self.features, F.RING_PACKED)
 
     def _set_vring_base(self, st: m.VringState) -> None:
         ring = self._ring(st.index)
-        if st.num > 0xFFFF:
+        if self.packed:
+            state = packed_state(st)
+            for name, idx in (("avail", state.avail_idx), ("used", state.used_idx)):
+                if ring.num and idx >= ring.num:
+                    raise SessionError(f"ring {st.index}: packed base {st.num:#x}: {name} index {idx} is outside "
+                                       f"the ring of {ring.num}")
+        elif st.num > 0xFFFF:
             raise SessionError(f"ring {st.index}: split ring base {st.num:#x} does not fit 16 bits")
+        else:
+            state = VqState(avail_idx=st.num)
         if ring.pushed:
             raise SessionError(f"ring {st.index}: SET_VRING_BASE while the ring runs")
         try:
-            self.device.set_vq_state(st.index, VqState(avail_idx=st.num))
+            self.device.set_vq_state(st.index, state)
         except NotSupported as exc:
-            raise SessionError(f"ring {st.index}: cannot resume at base {st.num}: {exc}") from None
-        ring.base = st.num
+            raise SessionError(f"ring {st.index}: cannot resume at base {st.num:#x}: {exc}") from None
+        ring.state = state
         ring.stopped = False
 
     def _set_vring_addr(self, a: m.VringAddr) -> None:
@@ -535,10 +570,18 @@ class VhostUserSession:
                                "VHOST_F_LOG_ALL is off")
         if not ring.num:
             raise SessionError(f"ring {a.index}: SET_VRING_ADDR before SET_VRING_NUM")
-        lay = SplitLayout(ring.num)
-        desc = self._translate(a.desc, lay.desc_bytes, f"ring {a.index} descriptor table")
-        avail = self._translate(a.avail, lay.avail_bytes, f"ring {a.index} available ring")
-        used = self._translate(a.used, lay.used_bytes, f"ring {a.index} used ring")
+        if ring.packed != self.packed and ring.pushed:
+            raise SessionError(f"ring {a.index}: ring layout change while the ring runs")
+        ring.packed = self.packed
+        if ring.packed:
+            desc = self._translate(a.desc, PackedLayout(ring.num).desc_bytes, f"ring {a.index} descriptor ring")
+            avail = self._translate(a.avail, EVENT_SIZE, f"ring {a.index} driver event suppression area")
+            used = self._translate(a.used, EVENT_SIZE, f"ring {a.index} device event suppression area")
+        else:
+            lay = SplitLayout(ring.num)
+            desc = self._translate(a.desc, lay.desc_bytes, f"ring {a.index} descriptor table")
+            avail = self._translate(a.avail, lay.avail_bytes, f"ring {a.index} available ring")
+            used = self._translate(a.used, lay.used_bytes, f"ring {a.index} used ring")
         if ring.pushed and (desc, avail, used) != (ring.desc, ring.avail, ring.used):
             # QEMU resends a running ring's addresses to switch VHOST_VRING_F_LOG; only that may change
             raise SessionError(f"ring {a.index}: address change while the ring runs")
@@ -601,11 +644,11 @@ class VhostUserSession:
         if ring.pushed or not status & DeviceStatus.FEATURES_OK:
             return
         if status & DeviceStatus.DRIVER_OK:
-            ring.base = self._resume_base(index, ring)
+            ring.state = self._resume_state(index, ring)
             self._push_ring(index, ring)
         elif not self.has_protocol(m.ProtocolFeature.STATUS):
             self._check_ready_to_run()
-            ring.base = self._resume_base(index, ring)
+            ring.state = self._resume_state(index, ring)
             self._push_ring(index, ring)
             self._setup_cvq()
             self.events.bind_config_call()
@@ -625,7 +668,7 @@ class VhostUserSession:
         try:
             d.set_vq_num(index, ring.num)
             d.set_vq_address(index, ring.desc, ring.avail, ring.used if relay is None else relay.iova)
-            d.set_vq_state(index, VqState(avail_idx=ring.base))
+            d.set_vq_state(index, ring.state)
             d.set_vq_kick(index, ring.kick)
             d.set_vq_call(index, ring.call if relay is None else relay.device_call)
             d.set_vq_ready(index, True)
@@ -635,15 +678,16 @@ class VhostUserSession:
             raise
         ring.pushed = True
 
-    def _resume_base(self, index: int, ring: RingState) -> int:
-        """The index a ring the frontend starts goes live at: its base, except base 0 on a used ring that has
-        moved on (a frontend resuming turned rings on a restarted backend), which starts at the used idx."""
-        if ring.base != 0 or self.table is None or not ring.ranges() or not self.table.covers(ring.ranges(),
-                                                                                              AddressSpace.GPA):
-            return ring.base  # an explicit base is the frontend's word; _push_ring refuses a ring it cannot reach
+    def _resume_state(self, index: int, ring: RingState) -> VqState:
+        """The state a ring the frontend starts goes live at: its base, except a split ring's base 0 on a used ring
+        that has moved on (a frontend resuming turned rings on a restarted backend), which starts at the used idx.
+        (A packed ring keeps no used index in memory to resume from: its base is taken as given.)"""
+        if (ring.packed or ring.state.avail_idx != 0 or self.table is None or not ring.ranges()
+                or not self.table.covers(ring.ranges(), AddressSpace.GPA)):
+            return ring.state  # an explicit base is the frontend's word; _push_ring refuses a ring it cannot reach
         used_idx = self._read_used_idx(ring)
         if used_idx == 0:
-            return 0
+            return ring.state
         try:
             self.device.set_vq_state(index, VqState(avail_idx=used_idx))
         except NotSupported as exc:
@@ -653,7 +697,7 @@ class VhostUserSession:
                 f"queue at 0 ({exc}), so resuming needs a device with a vq-state register (a vendor quirk)") from None
         log.warning("%s: ring %d: SET_VRING_BASE 0 but the used idx is %d: resuming at %d (buffers made available "
                     "after it are taken again)", self.name, index, used_idx, used_idx)
-        return used_idx
+        return VqState(avail_idx=used_idx)
 
     def _read_used_idx(self, ring: RingState) -> int:
         """The used ring's idx in the frontend's memory."""
@@ -664,23 +708,41 @@ class VhostUserSession:
         finally:
             view.release()
 
-    def _get_vring_base(self, index: int) -> int:
+    def _get_vring_base(self, index: int) -> m.VringState:
         ring = self._ring(index)
+        state = self._stopped_state(index, ring)
+        if ring.packed:
+            return packed_num(index, state)
+        return m.VringState(index, state.avail_idx)
+
+    def _stopped_state(self, index: int, ring: RingState) -> VqState:
+        """Stop a running ring and say where it stopped (a ring not running: where it would start)."""
         if not ring.pushed:
-            return ring.base
+            return ring.state
         try:
-            base = self.device.get_vq_state(index).avail_idx
+            state = self.device.get_vq_state(index)
             self._stop_ring(index, ring)
-            return base
+            return state
         except NotSupported:
             pass
-        # The device cannot report last_avail_idx: stop it, then read what it left in the used ring
-        # (after the relay, when logging, put the last entries there and in the log).
+        # The device cannot report its state: stop it, then read what it left in the ring (after the relay, when
+        # logging, put the last entries there and in the log).
+        start = ring.state
         self._stop_ring(index, ring)
+        if ring.packed:
+            assert ring.desc is not None and self.table is not None
+            view = self.table.gpa_view(ring.desc, PackedLayout(ring.num).desc_bytes)
+            try:
+                off, wrap = packed_ring_position(view, ring.num, (start.avail_idx, start.avail_wrap))
+            finally:
+                view.release()
+            log.info("%s: ring %d stopped at slot %d wrap %d, read from the ring's AVAIL bits (device cannot report "
+                     "its state)", self.name, index, off, wrap)
+            return VqState(avail_idx=off, avail_wrap=wrap, used_idx=off, used_wrap=wrap)
         base = self._read_used_idx(ring)
         log.info("%s: ring %d base %d read from the used ring (device cannot report last_avail_idx)",
                  self.name, index, base)
-        return base
+        return VqState(avail_idx=base)
 
     def _stop_ring(self, index: int, ring: RingState) -> None:
         if has(self.device.get_driver_features(), F.RING_RESET):
@@ -695,7 +757,7 @@ class VhostUserSession:
         self._shadow.stop(index, self.table)  # the device is done with the ring: its last used entries are logged
         ring.pushed = False
         ring.stopped = True
-        ring.base = 0
+        ring.state = VqState()
 
     # --- the device's control queue (multiqueue) ---------------------------------------------
 
@@ -768,6 +830,8 @@ class VhostUserSession:
         """LOG_ALL toggled: move running rings to the relay (on) or back to the direct path (off)."""
         if on and self._shadow.log is None:
             raise SessionError("VHOST_F_LOG_ALL set before SET_LOG_BASE gave a log")
+        if on and self.packed:
+            raise SessionError("VHOST_F_LOG_ALL with packed rings: the used-ring relay is split only")
         running = sorted(i for i, r in self.rings.items() if r.pushed)
         for i in running:
             try:
@@ -778,9 +842,9 @@ class VhostUserSession:
         self.features = (self.features & ~LOG_ALL) | (LOG_ALL if on else 0)  # _push_ring reads it
         for i in running:
             ring = self.rings[i]
-            base = self.device.get_vq_state(i).avail_idx
+            state = self.device.get_vq_state(i)
             self._stop_ring(i, ring)
-            ring.base, ring.stopped = base, False
+            ring.state, ring.stopped = state, False
             self._push_ring(i, ring)
         log.info("%s: dirty logging %s (%d running ring(s) moved)", self.name, "on" if on else "off", len(running))
 
@@ -892,3 +956,4 @@ def _is_resume_stop(msg: m.Message) -> bool:
 def _state(p: m.Payload) -> m.VringState:
     assert isinstance(p, m.VringState)
     return p
+

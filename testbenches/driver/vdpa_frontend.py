@@ -18,6 +18,7 @@ from backend.pci.device import DmaPerm
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from sim.memory import Allocator, GuestMemory
+from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 
 _UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
@@ -98,7 +99,8 @@ class VdpaFrontend:
         self.calls.clear()
 
 
-def exchange_frames(rxq: DriverSplitQueue, txq: DriverSplitQueue, call_rx: int, call_tx: int,
+def exchange_frames(rxq: DriverSplitQueue | DriverPackedQueue, txq: DriverSplitQueue | DriverPackedQueue,
+                    call_rx: int, call_tx: int,
                     kick_rx: Callable[[], object], kick_tx: Callable[[], object], frames: Sequence[bytes],
                     timeout: float, buf_size: int = 2048) -> list[bytes]:
     """Post a receive buffer per frame, transmit the frames, and collect what arrives within ``timeout``

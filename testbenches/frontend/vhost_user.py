@@ -2,7 +2,8 @@
 
 It owns the guest side: a memfd :class:`~sim.memory.GuestMemory` shared as the memory table
 (frontend virtual address = guest-physical address + ``uva_offset``, so a non-zero offset makes
-the backend translate), split rings built with :class:`DriverSplitQueue`, and one kick and one
+the backend translate), split rings built with :class:`DriverSplitQueue` (or, with ``packed=True`` in
+:meth:`start`, packed rings built with :class:`DriverPackedQueue`), and one kick and one
 call eventfd per ring. Every wait is bounded (socket timeout, ``select`` on eventfds).
 
 Typical use::
@@ -29,8 +30,9 @@ from backend.eventloop import new_eventfd
 from backend.fd_channel import FdChannel
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import recv_message, send_message
-from backend.virtio.features import DeviceStatus, F
+from backend.virtio.features import DeviceStatus, F, has
 from sim.memory import Allocator, GuestMemory
+from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.vdpa_frontend import exchange_frames
 
@@ -42,6 +44,8 @@ BACKEND_PROTOCOL = m.ProtocolFeature.BACKEND_REQ.mask | m.ProtocolFeature.CONFIG
 #: Virtio features this frontend accepts when offered (virtio_user's kind: no EVENT_IDX, no offloads).
 WANTED_FEATURES = (1 << F.VERSION_1) | (1 << F.INDIRECT_DESC) | (1 << m.VHOST_USER_F_PROTOCOL_FEATURES)
 _UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+#: SET_VRING_BASE of a packed ring at its start, as DPDK 22.11's virtio_user sends it: avail wrap counter 1 only.
+PACKED_START = 1 << 15
 
 
 class FrontendError(Exception):
@@ -60,7 +64,7 @@ class VhostUserFrontend:
             alloc = Allocator(region.gpa, region.size)
         self.alloc = alloc
         self.timeout = timeout
-        self.rings: dict[int, DriverSplitQueue] = {}
+        self.rings: dict[int, DriverSplitQueue | DriverPackedQueue] = {}
         self.kicks: dict[int, int] = {}
         self.calls: dict[int, int] = {}
         self.features = 0
@@ -183,9 +187,12 @@ class VhostUserFrontend:
         return reply.payload.data
 
     def start(self, queues: Sequence[int] = (0, 1), size: int = 256, wanted: int = WANTED_FEATURES, *,
-              backend_req: bool = False, protocol: int = WANTED_PROTOCOL) -> None:
-        """The whole virtio_user sequence: owner, features, calls, status, memory, rings, DRIVER_OK."""
-        self.negotiate(wanted, backend_req=backend_req, protocol=protocol)
+              backend_req: bool = False, protocol: int = WANTED_PROTOCOL, packed: bool = False) -> None:
+        """The whole virtio_user sequence: owner, features, calls, status, memory, rings, DRIVER_OK; with
+        ``packed`` VIRTIO_F_RING_PACKED is asked for and must be offered."""
+        self.negotiate(wanted | (1 << F.RING_PACKED if packed else 0), backend_req=backend_req, protocol=protocol)
+        if packed and not has(self.features, F.RING_PACKED):
+            raise FrontendError("packed rings asked for, VIRTIO_F_RING_PACKED not offered")
         for q in queues:
             self.calls[q] = new_eventfd()
             self.request(R.SET_VRING_CALL, m.VringFile(q), [self.calls[q]])
@@ -204,13 +211,22 @@ class VhostUserFrontend:
         if status:
             self.request(R.SET_STATUS, m.Status(_UP | DeviceStatus.DRIVER_OK), need_reply=self._acked())
 
-    def add_ring(self, index: int, size: int) -> DriverSplitQueue:
-        ring = DriverSplitQueue(self.mem, self.alloc, size, index=index, event_idx=False)
+    def add_ring(self, index: int, size: int, base: int | None = None) -> DriverSplitQueue | DriverPackedQueue:
+        """One ring in the negotiated layout; ``base`` is SET_VRING_BASE's value (default: the ring's start)."""
+        ring: DriverSplitQueue | DriverPackedQueue
+        if has(self.features, F.RING_PACKED):
+            ring = DriverPackedQueue(self.mem, self.alloc, size, index=index, in_order=has(self.features, F.IN_ORDER))
+            parts = (ring.desc_addr, ring.driver_addr, ring.device_addr)  # SET_VRING_ADDR's desc, avail, used
+            start = PACKED_START
+        else:
+            ring = DriverSplitQueue(self.mem, self.alloc, size, index=index, event_idx=False)
+            parts = (ring.desc_addr, ring.avail_addr, ring.used_addr)
+            start = 0
         self.rings[index] = ring
         self.kicks[index] = new_eventfd()
         self.request(R.SET_VRING_NUM, m.VringState(index, size))
-        self.request(R.SET_VRING_BASE, m.VringState(index, 0))
-        self.set_ring_addr(index, ring.desc_addr, ring.avail_addr, ring.used_addr)
+        self.request(R.SET_VRING_BASE, m.VringState(index, start if base is None else base))
+        self.set_ring_addr(index, *parts)
         self.request(R.SET_VRING_KICK, m.VringFile(index), [self.kicks[index]])
         return ring
 
@@ -250,7 +266,8 @@ class VhostUserFrontend:
     # --- traffic ------------------------------------------------------------------------------
 
     def kick(self, index: int) -> bool:
-        if self.rings[index].publish():
+        ring = self.rings[index]
+        if ring.kick_needed() if isinstance(ring, DriverPackedQueue) else ring.publish():
             os.eventfd_write(self.kicks[index], 1)
             return True
         return False
