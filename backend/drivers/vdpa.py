@@ -265,9 +265,9 @@ class VirtioPciVdpaDevice:
         vq = self._vq(index)
         block = self.quirk.vq_state
         if block is None:
-            if state.avail_idx != 0:
-                raise NotSupported(f"virtqueue {index}: virtio-pci has no register for last_avail_idx; only 0 "
-                                   "(the state after reset) can be set")
+            if state != VqState():  # a packed ring's wrap counters too: both start at 1
+                raise NotSupported(f"virtqueue {index}: virtio-pci has no register for the ring state; only the "
+                                   f"state after reset (index 0, wrap counters 1) can be set, not {state}")
             vq.state = state
             return
         vq.state = state
