@@ -110,12 +110,10 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             # back-end channel a configuration change is sent on meanwhile.
             if rec.sock.fileno() in ready and not self._serve_message(rec, session):
                 return
-            if memory_faults in ready and consume_eventfd(memory_faults):
-                # Some guest memory in this process was truncated: this session's, if one of its files shrank.
-                lost = session.table.truncated() if session.table is not None else []
-                if lost:
-                    rec.reason = f"memory truncated under the device: {lost[0]}"
-                    return
+            # Some guest memory in this process was truncated: this session's, if one of its files shrank.
+            if memory_faults in ready and consume_eventfd(memory_faults) and self._truncated(rec, session):
+                return
+            config_changes = session.events.config_changes
             try:
                 for fd in ready:
                     if fd not in (rec.sock.fileno(), memory_faults):
@@ -123,6 +121,18 @@ class VhostUserServer(UnixSocketServer[SessionRecord]):
             except SessionClosed as exc:
                 rec.reason = exc.reason
                 return
+            # A device in its own process (vfio-user) has its own SIGBUS guard: a file truncated under it comes
+            # back as that device's DMA fault and DEVICE_NEEDS_RESET, a configuration interrupt here.
+            if session.events.config_changes != config_changes and self._truncated(rec, session):
+                return
+
+    @staticmethod
+    def _truncated(rec: SessionRecord, session: VhostUserSession) -> bool:
+        """True (``rec.reason`` set) when one of the session's memory files is shorter than its region."""
+        lost = session.table.truncated() if session.table is not None else []
+        if lost:
+            rec.reason = f"memory truncated under the device: {lost[0]}"
+        return bool(lost)
 
     def _serve_message(self, rec: SessionRecord, session: VhostUserSession) -> bool:
         """Read, handle and answer one frontend message; False (``rec.reason`` set) when the session ends.
