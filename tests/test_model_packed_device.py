@@ -1,4 +1,5 @@
-"""The model on packed queues: offered only through ``features=``, chosen at FEATURES_OK, frames both ways."""
+"""The model on packed queues: offered by default (``features=`` may withhold it), chosen at FEATURES_OK, frames both
+ways."""
 
 from __future__ import annotations
 
@@ -70,10 +71,14 @@ def kick(g: Guest, q: DriverPackedQueue, features: int) -> None:
         write_int(g.dev, 0, at, 2, q.index)
 
 
-def test_default_offer_has_no_packed_ring() -> None:
+def test_default_offer_has_packed_ring_the_driver_chooses() -> None:
+    """The default offer has RING_PACKED; the layout is what the driver acknowledged at FEATURES_OK."""
     with Guest() as g:
-        assert not has(g.offered(), F.RING_PACKED)
-        assert g.negotiate() and not g.model.ring_packed
+        assert has(g.offered(), F.RING_PACKED)
+        assert g.negotiate() and not g.model.ring_packed  # the guest acknowledges every bit but RING_PACKED
+        assert g.negotiate(g.offered()) and g.model.ring_packed
+    with Guest(f"virtio-net,wire=none,features={DEFAULT_FEATURES & ~bits(F.RING_PACKED):#x}") as g:
+        assert not has(g.offered(), F.RING_PACKED)  # features= withholds it
 
 
 FEATURE_SETS = {

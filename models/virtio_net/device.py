@@ -31,9 +31,10 @@ from models.virtio_net.wire import FrameBatch, NullPort, Port
 from sim.iommu import Iommu
 from sim.pci.endpoint import Register
 
-#: What the model offers unless told otherwise.
+#: What the model offers unless told otherwise. Both ring layouts: a device offers RING_PACKED, the driver chooses
+#: it or not at FEATURES_OK (a driver that does not know bit 34 gets split rings, as before).
 DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.INDIRECT_DESC, F.EVENT_IDX, F.IN_ORDER,
-                        F.RING_RESET,
+                        F.RING_RESET, F.RING_PACKED,
                         NetF.MAC, NetF.MTU, NetF.STATUS, NetF.SPEED_DUPLEX, NetF.MRG_RXBUF)
 #: Added to the default offer when more than one queue pair exists (MQ depends on CTRL_VQ, NETFEAT-DEV-09).
 MQ_FEATURES = bits(NetF.CTRL_VQ, NetF.MQ)
@@ -88,8 +89,8 @@ class NetStats:
 class VirtioNetDevice(VirtioPciFunction):
     """virtio-net over virtio-pci modern, split rings; RX queue 2n, TX queue 2n+1, control queue last.
 
-    Packed rings when the offer (``features=``) has VIRTIO_F_RING_PACKED and the driver accepts it: chosen at
-    FEATURES_OK, served by :mod:`models.virtio_net.packed_datapath` (the default offer leaves it out).
+    Packed rings when the offer has VIRTIO_F_RING_PACKED (the default offer does; ``features=`` may withhold it)
+    and the driver accepts it: chosen at FEATURES_OK, served by :mod:`models.virtio_net.packed_datapath`.
 
     Constructor: ``pairs`` (queue pairs), ``mac``, ``mtu``, ``max_queue_size``,
     ``features`` (the offer; None = :data:`DEFAULT_FEATURES`, plus CTRL_VQ|MQ when

@@ -6,6 +6,12 @@ one device, guest memory mapped identity into its IOMMU once, and :meth:`Rig.up`
 to DRIVER_OK with the wanted features, queue size, receive buffers and interrupt wiring (MSI-X with
 one eventfd per vector and a chosen vector per event, NO_VECTOR allowed, or INTx).
 
+The ring layout is the check's explicit choice: ``Rig.up(layout="split")`` (the default) never negotiates
+VIRTIO_F_RING_PACKED, ``layout="packed"`` always does (:meth:`Rig.offers` first says *not offered* where the
+target lacks it). Checks that hold for either layout take the ``ring_layout`` fixture (``checks/conftest.py``) and
+post through the layout-agnostic helpers (:meth:`Rig.ring`, :meth:`Rig.add_chain`, :meth:`Rig.publish`,
+:meth:`Rig.complete`, :meth:`Rig.send`, :meth:`Rig.wait_used`); their verdicts are recorded per layout.
+
 Everything beyond register access comes from ``PciDevice.abilities()``
 (:mod:`backend.pci.abilities`): the wire, the bench port (link, frames from the wire), the driver
 errors the device recorded, crashes of its thread, DMA observation, the fault list, a synchronous
@@ -37,8 +43,9 @@ from backend.virtio.pci_regs import NO_VECTOR
 from backend.virtio.split_ring import vring_need_event
 from sim.memory import Allocator, GuestMemory
 from testbenches.conformance.chains import DmaWatch, Posted, add_chain
+from testbenches.conformance.packed_chains import add_packed_chain
 from testbenches.conformance.plugin import Verdict
-from testbenches.driver.packed import DriverPackedQueue
+from testbenches.driver.layout import DriverRing, Layout, PackedDriverRing, layout_features, layout_of
 from testbenches.driver.split_ring import DriverQueueError, DriverSplitQueue, UsedBuffer
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver, choose_features
 from testbenches.frames import MIN_LEN, test_frame
@@ -302,7 +309,6 @@ class Rig:
         self.quiet = 0.0 if self.abilities.synchronous_doorbell else 0.02
         self.doorbells = 0
         self.patience = TIMEOUT  # drops to FAIL_FAST after the first missed deadline
-        self.packed: dict[int, DriverPackedQueue] = {}  # the rings of the last up_packed
 
     # --- what the target declares ----------------------------------------------------------------------
 
@@ -343,23 +349,43 @@ class Rig:
 
     # --- bring-up ----------------------------------------------------------------------------------------
 
+    def offers(self, layout: Layout, verdict: Verdict, *ids: str) -> bool:
+        """True when the target offers ``layout``; otherwise ``ids`` read *not offered* (once per test, so a
+        hypothesis test does not say it for every example). Split rings need no feature bit."""
+        if layout == "split" or has(self.offered, F.RING_PACKED):
+            return True
+        for rid in ids:
+            if not verdict.recorded(rid):
+                verdict.not_offered(rid, f"packed ring layout: VIRTIO_F_RING_PACKED (bit 34) not offered (device "
+                                         f"features {self.offered:#x})")
+        return False
+
     def up(self, *, features: int = DEFAULT_FEATURES, exact: bool = False, queue_size: int = 256,
            rx_buffers: int = 0, irq_mode: str = "msix", vectors: Mapping[str, int] | None = None,
-           queues: bool = True, driver_ok: bool = True) -> BenchDriver:
+           queues: bool = True, driver_ok: bool = True, layout: Layout = "split") -> BenchDriver:
         """Reset and initialise: ACK, DRIVER, features (``features`` is the wanted mask, or with ``exact``
         the set written verbatim), FEATURES_OK, interrupts, then (``queues``) receiveq1/transmitq1 with
         ``rx_buffers`` receive buffers posted, then (``driver_ok``) DRIVER_OK. Guest memory is allocated
-        afresh: the previous rings and buffers are gone with the reset."""
+        afresh: the previous rings and buffers are gone with the reset.
+
+        ``layout`` chooses the rings: "packed" adds VIRTIO_F_RING_PACKED to the features (the target must offer
+        it: :meth:`offers`), "split" never negotiates it (an exact set holding it is refused)."""
+        if exact and layout == "split" and has(features, F.RING_PACKED):
+            raise ValueError(f"features {features:#x} choose packed rings: ask for them with layout='packed'")
+        features = layout_features(features, layout)
         d = self.drv
         d.reset()
         region = self.mem.regions[0]
         self.alloc = Allocator(region.gpa, region.size)
-        self.packed = {}  # gone with the reset, like the split rings
         d.configure(alloc=self.alloc, queue_size=queue_size, features=features, rx_buffers=rx_buffers,
                     irq_mode=irq_mode, vectors=vectors)
         d.transport.enable_device()
         d.acknowledge()
         d.negotiate(features if exact else None)
+        if layout_of(d.features) != layout:
+            d.fail()
+            raise DriverInitError(f"{layout} rings asked for, features {d.features:#x} negotiated (device offers "
+                                  f"{d.offered:#x})")
         d.features_ok()
         d.setup_irqs()
         if queues:
@@ -370,29 +396,28 @@ class Rig:
         self.doorbells = 0
         return d
 
-    def up_packed(self, features: int, *, queue_size: int, irq_mode: str = "msix") -> dict[int, DriverPackedQueue]:
+    def up_packed(self, features: int, *, queue_size: int, irq_mode: str = "msix") -> dict[int, PackedDriverRing]:
         """Bring-up with VIRTIO_F_RING_PACKED: ``features`` (bit 34 included) written verbatim, receiveq1 and
-        transmitq1 as packed rings of ``queue_size`` (any size 1..32768) in place of split ones, DRIVER_OK last.
+        transmitq1 as packed rings of ``queue_size`` (any size 1..32768), no receive buffers, DRIVER_OK last.
         The rings are also :attr:`packed`; :meth:`kick_packed` notifies with the packed notification data."""
         if not has(features, F.RING_PACKED):
             raise ValueError(f"features {features:#x} lack VIRTIO_F_RING_PACKED")
-        d = self.up(features=features, exact=True, queue_size=queue_size, irq_mode=irq_mode, queues=False,
-                    driver_ok=False)
-        t = d.transport
-        self.packed = {}
-        for q in (RX, TX):
-            ring = DriverPackedQueue(self.mem, self.alloc, queue_size, index=q, event_idx=has(features, F.EVENT_IDX),
-                                     in_order=has(features, F.IN_ORDER))
-            t.set_queue_size(q, queue_size)
-            vector = d.vector_of(q)
-            got = t.set_queue_msix_vector(q, vector)
-            if got != vector:
-                raise DriverInitError(f"queue {q} MSI-X vector {vector} read back as {got:#x}")
-            t.set_queue_addresses(q, ring.desc_addr, ring.driver_addr, ring.device_addr)
-            t.enable_queue(q)
-            self.packed[q] = ring
-        d.driver_ok()
+        self.up(features=features, exact=True, queue_size=queue_size, irq_mode=irq_mode, layout="packed")
         return self.packed
+
+    @property
+    def packed(self) -> dict[int, PackedDriverRing]:
+        """receiveq1/transmitq1 when the last bring-up chose packed rings ({} on split rings)."""
+        return self.drv.packed
+
+    @property
+    def layout(self) -> Layout:
+        """The ring layout of the last bring-up."""
+        return layout_of(self.features)
+
+    def ring(self, q: int) -> DriverRing:
+        """Queue ``q`` of either layout, for the layout-agnostic helpers."""
+        return self.drv.ring(q)
 
     def kick_packed(self, q: int) -> None:
         """Available buffer notification for packed queue ``q``: with VIRTIO_F_NOTIFICATION_DATA the next slot and
@@ -403,16 +428,19 @@ class Rig:
         self.doorbells += 1
 
     def bring_up(self, features: int, queue_size: int = 256) -> None:
-        """The 3.1.1 steps to DRIVER_OK with exactly ``features``, rings of ``queue_size``, no receive buffers."""
-        self.up(features=features, exact=True, queue_size=queue_size)
+        """The 3.1.1 steps to DRIVER_OK with exactly ``features``, rings of ``queue_size`` in the layout the
+        features choose (:meth:`features_for`'s ``layout``), no receive buffers."""
+        self.up(features=features, exact=True, queue_size=queue_size, layout=layout_of(features))
 
     def features_for(self, *, event_idx: bool = False, indirect: bool | None = None, in_order: bool = False,
-                     extra: int = 0, drop: int = 0) -> int | None:
-        """The feature set for the wanted ring options, or None if the device does not offer one of them
-        (``indirect=None``: INDIRECT_DESC where offered, for checks that do not depend on it)."""
+                     extra: int = 0, drop: int = 0, layout: Layout = "split") -> int | None:
+        """The feature set for the wanted ring options and ``layout``, or None if the device does not offer one of
+        them (``indirect=None``: INDIRECT_DESC where offered, for checks that do not depend on it)."""
         if indirect is None:
             indirect = has(self.offered, F.INDIRECT_DESC)
-        want = {F.EVENT_IDX: event_idx, F.INDIRECT_DESC: indirect, F.IN_ORDER: in_order}
+        want = {F.EVENT_IDX: event_idx, F.INDIRECT_DESC: indirect, F.IN_ORDER: in_order,
+                F.RING_PACKED: layout == "packed"}
+        extra &= ~(1 << F.RING_PACKED)  # the layout says it
         for bit, on in want.items():
             if on and not has(self.offered, bit):
                 return None
@@ -425,13 +453,21 @@ class Rig:
     def features(self) -> int:
         return self.drv.features
 
+    def _split(self, q: int) -> DriverSplitQueue:
+        ring = self.drv.queues.get(q)
+        if ring is None:
+            raise ValueError(f"queue {q}: a split-ring helper on {self.layout} rings (use ring(q), add_chain)")
+        return ring
+
     @property
     def rx(self) -> DriverSplitQueue:
-        return self.drv.queues[RX]
+        """receiveq1 on split rings (split-only helpers: used_idx, used_event, raw avail writes)."""
+        return self._split(RX)
 
     @property
     def tx(self) -> DriverSplitQueue:
-        return self.drv.queues[TX]
+        """transmitq1 on split rings."""
+        return self._split(TX)
 
     @property
     def hdr_len(self) -> int:
@@ -452,20 +488,21 @@ class Rig:
     def doorbell(self, q: int, avail_idx: int | None = None) -> None:
         """Available buffer notification for queue ``q``, whatever the driver state."""
         t = self.drv.transport
-        ring = self.drv.queues.get(q)
+        ring = self.drv.queues.get(q) or self.drv.packed.get(q)
         idx = avail_idx if avail_idx is not None else (ring.published if ring is not None else 0)
         t.notify(q, avail_idx=idx, location=t.notify_location(q))
         self.doorbells += 1
 
     def tx_room(self, want: int) -> int:
         """How many of ``want`` frames transmitq1 can take now (two descriptors each)."""
-        return max(1, min(want, self.tx.num_free // 2))
+        return max(1, min(want, self.ring(TX).num_free // 2))
 
     def add_tx(self, frames: Sequence[bytes]) -> list[int]:
         """Add ``frames`` (header + frame, two descriptors each) to transmitq1 and publish; no doorbell."""
         hdr = self.tx_header()
-        heads = [self.tx.add([hdr, f], []) for f in frames]
-        self.tx.publish()
+        tx = self.ring(TX)
+        heads = [tx.add([hdr, f], []) for f in frames]
+        tx.publish()
         return heads
 
     def send(self, frames: Sequence[bytes]) -> list[int]:
@@ -480,7 +517,7 @@ class Rig:
         NO_VECTOR is still collected); the names of the eventfds seen signalled go to :attr:`fired`,
         a used ring the driver side cannot accept stops the wait and is noted in :attr:`protocol_errors`.
         """
-        ring = self.drv.queues[q]
+        ring = self.ring(q)
         wait_on = self.drv.vector_fds()
         got: list[UsedBuffer] = []
         deadline = time.monotonic() + timeout
@@ -497,13 +534,23 @@ class Rig:
 
     # --- chains the check posts itself -------------------------------------------------------------------
 
+    def add_chain(self, q: int, out: Sequence[bytes], in_lens: Sequence[int], *, direct: int | None = None,
+                  token: object = None) -> Posted:
+        """One chain on queue ``q`` of either layout (:func:`~testbenches.conformance.chains.add_chain` on split
+        rings, :func:`~testbenches.conformance.packed_chains.add_packed_chain` on packed ones, where a list with an
+        indirect table is that one descriptor: ``direct=k`` puts every piece in the table)."""
+        packed = self.drv.packed.get(q)
+        if packed is not None:
+            return add_packed_chain(packed, out, in_lens, indirect=direct is not None, token=token)
+        return add_chain(self._split(q), out, in_lens, direct=direct, token=token)
+
     def publish(self, q: int) -> None:
         """Make added entries visible and ring the doorbell whatever the suppression state says."""
-        self.drv.queues[q].publish()
+        self.ring(q).publish()
         self.kick(q)
 
     def kick(self, q: int) -> None:
-        self.doorbell(q, self.drv.queues[q].published)
+        self.doorbell(q, self.ring(q).published)
 
     def irq_fd(self, q: int) -> int:
         return self.drv.irq_fds["rx" if q == RX else "tx"]
@@ -569,7 +616,7 @@ class Rig:
     def complete(self, q: int, pending: dict[int, Posted], count: int,
                  timeout: float | None = None) -> list[tuple[Posted, int]]:
         """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
-        ring = self.drv.queues[q]
+        ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
         deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
         while len(got) < count:
@@ -683,6 +730,7 @@ def negotiate(t: VirtioPciModern, features: int) -> bool:
     return bool(t.status() & DeviceStatus.FEATURES_OK)
 
 
-def usable_features(offered: int) -> int:
-    """The offered set minus what the bench's driver side does not implement (packed ring)."""
-    return offered & ~(1 << F.RING_PACKED)
+def usable_features(offered: int, layout: Layout = "split") -> int:
+    """Every offered bit for rings of ``layout``: RING_PACKED is the layout's choice, never a side effect of
+    negotiating "everything" (split unless packed rings are asked for and offered)."""
+    return layout_features(offered, layout)

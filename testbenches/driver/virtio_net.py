@@ -33,6 +33,7 @@ from backend.virtio.features import (
 from backend.virtio.net_hdr import HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import NO_VECTOR, VIRTIO_NET_S_LINK_UP, NetCfg
 from sim.memory import Allocator, GuestMemory
+from testbenches.driver.layout import DriverRing, PackedDriverRing, layout_of, new_ring, ring_addresses, ring_size
 from testbenches.driver.split_ring import DriverSplitQueue, QueueFull, UsedBuffer
 
 ETH_HLEN = 14
@@ -91,7 +92,8 @@ class GuestNetDriver:
         self.transport = VirtioPciModern(pci, reset_timeout=reset_timeout)
         self.offered = 0
         self.features = 0
-        self.queues: dict[int, DriverSplitQueue] = {}
+        self.queues: dict[int, DriverSplitQueue] = {}  # split rings (RING_PACKED not negotiated)
+        self.packed: dict[int, PackedDriverRing] = {}  # packed rings (RING_PACKED negotiated)
         self.irq_fds: dict[str, int] = {}  # "config" / "rx" / "tx" -> eventfd (may be one shared fd)
         self.intx = False
         self._notify_loc: dict[int, tuple[int, int, int]] = {}
@@ -189,28 +191,30 @@ class GuestNetDriver:
 
     def setup_queues(self) -> None:
         """Queue discovery and setup per 4.1.5.1.3: size, vector, addresses, then queue_enable."""
-        event_idx = has(self.features, F.EVENT_IDX)
+        layout = layout_of(self.features)  # the layout the driver chose at negotiation
         for q in (self.RX, self.TX):
             limit = self.transport.queue_size(q)
             if limit == 0:
                 self.fail()
                 raise DriverInitError(f"virtqueue {q} is not available")
-            size = min(self.queue_size, limit)
-            size = 1 << (size.bit_length() - 1)  # powers of two only (PCI-DRV-17)
-            ring = DriverSplitQueue(self.mem, self.alloc, size, index=q, event_idx=event_idx)
-            self.queues[q] = ring
+            size = ring_size(layout, self.queue_size, limit)  # split: powers of two only (PCI-DRV-17)
+            ring = new_ring(layout, self.mem, self.alloc, size, index=q, features=self.features)
+            if isinstance(ring, PackedDriverRing):
+                self.packed[q] = ring
+            else:
+                self.queues[q] = ring
             self.transport.set_queue_size(q, size)
             vector = self.vector_of(q)
             got = self.transport.set_queue_msix_vector(q, vector)
             if got != vector:
                 self.fail()
                 raise DriverInitError(f"queue {q} MSI-X vector {vector} read back as {got:#x}")
-            self.transport.set_queue_addresses(q, ring.desc_addr, ring.avail_addr, ring.used_addr)
+            self.transport.set_queue_addresses(q, *ring_addresses(ring))
             self.transport.enable_queue(q)
             self._notify_loc[q] = self.transport.notify_location(q)
         self.rx_buf_size = self._rx_size()
         # Populate the receive queue now; the doorbell waits for DRIVER_OK (INIT-DRV-09/13).
-        self.post_rx(self.rx_target if self.rx_target is not None else self.queues[self.RX].size)
+        self.post_rx(self.rx_target if self.rx_target is not None else self.ring(self.RX).size)
 
     def driver_ok(self) -> None:
         """DRIVER_OK last (INIT-DRV-10), then the notifications held back until now."""
@@ -270,9 +274,14 @@ class GuestNetDriver:
 
     # --- notifications and interrupts --------------------------------------------------------------
 
+    def ring(self, q: int) -> DriverRing:
+        """Queue ``q`` of either layout."""
+        split = self.queues.get(q)
+        return split if split is not None else self.packed[q]
+
     def notify(self, q: int) -> bool:
         """Publish what was added to queue ``q``; ring the doorbell if the device wants it and it is live."""
-        if not self.queues[q].publish():
+        if not self.ring(q).publish():
             return False
         if not self._live:
             self._held_kicks.add(q)
@@ -281,7 +290,7 @@ class GuestNetDriver:
         return True
 
     def _ring_doorbell(self, q: int) -> None:
-        self.transport.notify(q, avail_idx=self.queues[q].published, location=self._notify_loc[q])
+        self.transport.notify(q, avail_idx=self.ring(q).published, location=self._notify_loc[q])
         self.notifications += 1
 
     def wait_irq(self, which: str, timeout: float) -> bool:
@@ -299,7 +308,7 @@ class GuestNetDriver:
 
     def post_rx(self, n: int, size: int | None = None) -> int:
         """Add up to ``n`` device-writable receive buffers; returns how many were added."""
-        ring = self.queues[self.RX]
+        ring = self.ring(self.RX)
         length = size if size is not None else self.rx_buf_size
         added = 0
         for _ in range(n):
@@ -312,11 +321,11 @@ class GuestNetDriver:
         return added
 
     def reclaim_tx(self) -> int:
-        return len(self.queues[self.TX].used())
+        return len(self.ring(self.TX).used())
 
     def send(self, frames: Iterable[Packet | bytes], hdr: NetHdr | None = None, timeout: float = 5.0) -> int:
         """Transmit frames, each behind a virtio_net_hdr (num_buffers 0, flags 0: NET-DRV-16/17)."""
-        ring = self.queues[self.TX]
+        ring = self.ring(self.TX)
         head = (hdr or NetHdr()).pack().ljust(self.hdr_len, b"\0")
         limit = (self.mtu() or ETH_DATA_LEN) + ETH_HLEN
         indirect = has(self.features, F.INDIRECT_DESC)
@@ -342,7 +351,7 @@ class GuestNetDriver:
 
     def wait_tx_done(self, timeout: float = 5.0) -> bool:
         """Wait until the device has used every transmit buffer."""
-        ring = self.queues[self.TX]
+        ring = self.ring(self.TX)
         deadline = time.monotonic() + timeout
         while True:
             self.reclaim_tx()
@@ -366,7 +375,7 @@ class GuestNetDriver:
             if has(self.features, NetF.MRG_RXBUF):
                 for _ in range(max(1, hdr.num_buffers) - 1):  # the rest of the packet follows in order
                     while i >= len(pending):
-                        more = self.queues[self.RX].used()
+                        more = self.ring(self.RX).used()
                         if not more:
                             raise TimeoutError("merged receive buffers missing from the used ring")
                         pending.extend(more)
@@ -380,7 +389,7 @@ class GuestNetDriver:
         """Up to ``count`` received frames with their headers, waiting at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while len(self._backlog) < count:
-            self._rx_complete(self.queues[self.RX].used())
+            self._rx_complete(self.ring(self.RX).used())
             if len(self._backlog) >= count:
                 break
             left = deadline - time.monotonic()
@@ -405,9 +414,11 @@ class GuestNetDriver:
         if self.irq_fds:  # unbind before the eventfds are closed
             self.pci.set_irqs(IrqIndex.INTX if self.intx else IrqIndex.MSIX, 0, [])
         self._held_kicks.clear()
-        for ring in self.queues.values():
+        rings: list[DriverRing] = [*self.queues.values(), *self.packed.values()]
+        for ring in rings:
             ring.close()
         self.queues.clear()
+        self.packed.clear()
         self._notify_loc.clear()
         self._backlog.clear()
         for fd in set(self.irq_fds.values()):

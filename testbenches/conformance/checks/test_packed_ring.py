@@ -78,7 +78,7 @@ def _not_offered(verdict: Verdict, ids: tuple[str, ...], why: str) -> None:
 
 def _features(r: Rig, *, indirect: bool = False, in_order: bool = False) -> int | None:
     """The rig's ring feature set with RING_PACKED; None if an asked-for option is not offered."""
-    return r.features_for(indirect=indirect, in_order=in_order, extra=1 << F.RING_PACKED)
+    return r.features_for(indirect=indirect, in_order=in_order, layout="packed")
 
 
 def _raw_flags(ring: DriverPackedQueue, slot: int) -> int:
@@ -272,7 +272,7 @@ def _suppression_run(bench: Bench, verdict: Verdict, event_idx: bool, work: tupl
         if not _offered(r, verdict, ids):
             return
         size = min(size, r.max_queue_size)
-        features = r.features_for(event_idx=event_idx, extra=1 << F.RING_PACKED)
+        features = r.features_for(event_idx=event_idx, layout="packed")
         if features is None:
             _not_offered(verdict, ids, "VIRTIO_F_EVENT_IDX not offered with RING_PACKED")
             return
