@@ -28,8 +28,8 @@ _prefixes = itertools.count()
 
 def virtio_user_vdev(path: str, *, queues: int = 1, queue_size: int | None = None, server: bool = False,
                      mrg_rxbuf: bool | None = None, in_order: bool | None = None, mac: str | None = None,
-                     index: int = 0) -> str:
-    """``net_virtio_user`` devargs (see DPDK's virtio_user documentation)."""
+                     index: int = 0, packed_vq: bool | None = None) -> str:
+    """``net_virtio_user`` devargs (see DPDK's virtio_user documentation); ``packed_vq`` asks for packed rings."""
     args = [f"net_virtio_user{index}", f"path={path}", f"queues={queues}"]
     if queue_size is not None:
         args.append(f"queue_size={queue_size}")
@@ -41,6 +41,8 @@ def virtio_user_vdev(path: str, *, queues: int = 1, queue_size: int | None = Non
         args.append(f"in_order={int(in_order)}")
     if mac is not None:
         args.append(f"mac={mac}")
+    if packed_vq is not None:
+        args.append(f"packed_vq={int(packed_vq)}")
     return ",".join(args)
 
 
