@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from testbenches.conformance.report import CheckRecord, Outcome, Results, Status, aggregate, render_terminal
+from testbenches.conformance.report import (
+    CheckRecord,
+    Outcome,
+    Results,
+    Status,
+    aggregate,
+    aggregate_layouts,
+    render_terminal,
+)
 from testbenches.conformance.requirements import CheckerKind, load_requirements
 from tests.test_conformance_framework import PLUGIN
 
@@ -190,3 +198,65 @@ def test_evidence_past_the_limit_keeps_its_outcome() -> None:
     assert loud.failures() == {"NET-DEV-01": ["failure 0", "failure 1", "... and 2 more"]}
     outcomes = [(r.outcome, r.evidence) for r in loud.records()["NET-DEV-01"]]
     assert (Outcome.FAILED, "... and 2 more") in outcomes and (Outcome.NOT_OFFERED, "... and 1 more") in outcomes
+
+
+def test_per_layout_aggregation_of_records() -> None:
+    """An id judged on both ring layouts passes only when no layout failed and every layout passed or was excused;
+    a failure on packed rings alone fails it, a packed run that did not judge it leaves it not covered."""
+    def rec(o: Outcome, layout: str) -> CheckRecord:
+        return CheckRecord(f"t::check[{layout}]", o, "" if o is Outcome.PASSED else f"{layout}: {o}", layout)
+
+    directed = CheckerKind.DIRECTED
+    cases = [
+        ([rec(Outcome.PASSED, "split"), rec(Outcome.PASSED, "packed")], Status.PASSED),
+        ([rec(Outcome.PASSED, "split"), rec(Outcome.FAILED, "packed")], Status.FAILED),
+        ([rec(Outcome.PASSED, "split"), rec(Outcome.NOT_OFFERED, "packed")], Status.PASSED),
+        ([rec(Outcome.PASSED, "split"), rec(Outcome.NOT_JUDGED, "packed")], Status.NOT_COVERED),
+        ([rec(Outcome.PASSED, "split"), rec(Outcome.SKIPPED, "packed")], Status.NOT_COVERED),
+        ([rec(Outcome.NOT_OFFERED, "split"), rec(Outcome.NOT_OFFERED, "packed")], Status.NOT_OFFERED),
+    ]
+    for records, want in cases:
+        status, layouts = aggregate_layouts(records, directed)
+        assert status is want, (records, status)
+        assert list(layouts) == ["split", "packed"]
+    # Records of checks without a layout keep the plain aggregation and no per-layout status.
+    assert aggregate_layouts([CheckRecord("t::plain", Outcome.PASSED)], directed) == (Status.PASSED, {})
+
+
+def test_a_failure_on_packed_rings_alone_fails_the_id_in_every_report(pytester: pytest.Pytester) -> None:
+    """Through the plugin: a check parametrised by ``ring_layout`` records each verdict with its layout; the id
+    fails for a packed failure although split passed, and results.json, the terminal table, report.html and the
+    per-requirement JUnit all name the layouts."""
+    pytester.makeconftest("""
+import pytest
+
+@pytest.fixture(params=["split", "packed"])
+def ring_layout(request):
+    return request.param
+""")
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.req("SPLIT-DEV-16", "SPLIT-DEV-01")
+def test_both_layouts(verdict, ring_layout):
+    verdict.check("SPLIT-DEV-16", ring_layout == "split", f"{ring_layout}: used len 3, 0 bytes written")
+    if ring_layout == "packed":
+        verdict.not_offered("SPLIT-DEV-01", "packed ring layout: VIRTIO_F_RING_PACKED not offered")
+    else:
+        verdict.check("SPLIT-DEV-01", True)
+""")
+    result.assert_outcomes(passed=1, failed=1)
+    assert ids["SPLIT-DEV-16"]["status"] == "failed"
+    assert ids["SPLIT-DEV-16"]["layouts"] == {"split": "passed", "packed": "failed"}
+    assert ids["SPLIT-DEV-16"]["evidence"] == ["test_checks.py::test_both_layouts[packed]: packed: used len 3, "
+                                               "0 bytes written"]
+    assert ids["SPLIT-DEV-01"]["status"] == "passed"
+    assert ids["SPLIT-DEV-01"]["layouts"] == {"split": "passed", "packed": "not offered"}
+    out = pytester.path / "out"
+    html = (out / "report.html").read_text()
+    assert "packed: failed" in html and "packed: not offered" in html and "Per ring layout" in html
+    junit = (out / "requirements-junit.xml").read_text()
+    assert 'name="layout packed" value="failed"' in junit and "split passed, packed failed: " in junit
+    text = "\n".join(result.outlines)
+    assert "SPLIT-DEV-16 (MUST) [split passed, packed failed]" in text
+    assert "packed rings: 2 id(s) judged per layout: 0 passed, 1 failed, 1 not offered" in text

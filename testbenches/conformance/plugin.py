@@ -51,6 +51,14 @@ judge the ids with ``verdict.check`` as well.
 Per id, over every test that covers it: failed if any failed, else passed
 if any passed, else not offered, else not applicable; no conclusive record
 gives "not covered" ("not testable" for rows of that checker kind).
+
+Ring layouts: a check parametrised by ``ring_layout`` (the fixture of
+``checks/conftest.py``, values "split" and "packed") records every outcome
+with the layout of its run, and the report shows each id's status per
+layout. Such an id passes only if no layout failed and every layout that
+ran passed or was excused (not offered, not applicable): a failure on packed
+rings alone fails it, a packed run that left it unjudged leaves it not
+covered (:func:`~testbenches.conformance.report.aggregate_layouts`).
 """
 
 from __future__ import annotations
@@ -86,6 +94,9 @@ DEFAULT_TARGET = "sim:virtio-net"
 #: Short target names and what they stand for.
 TARGET_ALIASES: dict[str, str] = {"sim": DEFAULT_TARGET}
 MARKER = "req"
+#: The parameter (fixture) name whose value is the ring layout a check ran on (not "layout": a vDPA check
+#: already parametrises the layout of a state block by that name).
+LAYOUT_PARAM = "ring_layout"
 #: Failure evidence kept per id and test; more failures are only counted.
 MAX_EVIDENCE = 10
 
@@ -159,10 +170,11 @@ RUN_KEY = pytest.StashKey[ConformanceRun]()
 class Verdict:
     """Soft assertions about individual requirement ids inside one test."""
 
-    def __init__(self, nodeid: str, ids: Sequence[str], max_evidence: int = MAX_EVIDENCE) -> None:
+    def __init__(self, nodeid: str, ids: Sequence[str], max_evidence: int = MAX_EVIDENCE, layout: str = "") -> None:
         self.nodeid = nodeid
         self.ids = tuple(ids)
         self.max_evidence = max_evidence
+        self.layout = layout  # the ring layout of this run ("" when the check is not parametrised by it)
         self._outcomes: dict[str, set[Outcome]] = {}
         self._notes: dict[str, list[tuple[Outcome, str]]] = {}
         #: Notes past max_evidence, counted per id and outcome (a "not offered" overflow is no failure).
@@ -220,9 +232,9 @@ class Verdict:
         for req_id, outcomes in self._outcomes.items():
             recs = out.setdefault(req_id, [])
             if Outcome.PASSED in outcomes:
-                recs.append(CheckRecord(self.nodeid, Outcome.PASSED))
-            recs.extend(CheckRecord(self.nodeid, o, n) for o, n in self._notes.get(req_id, []))
-            recs.extend(CheckRecord(self.nodeid, o, f"... and {n} more")
+                recs.append(CheckRecord(self.nodeid, Outcome.PASSED, layout=self.layout))
+            recs.extend(CheckRecord(self.nodeid, o, n, self.layout) for o, n in self._notes.get(req_id, []))
+            recs.extend(CheckRecord(self.nodeid, o, f"... and {n} more", self.layout)
                         for o, n in self._dropped.get(req_id, {}).items())
         return out
 
@@ -261,11 +273,18 @@ def req_ids(item: pytest.Item) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def item_layout(item: pytest.Item) -> str:
+    """The ring layout a parametrised item runs on (its ``ring_layout`` parameter), "" if it has none."""
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get(LAYOUT_PARAM) if callspec is not None else None
+    return "" if value is None else str(value)
+
+
 def verdict_for(item: pytest.Item) -> Verdict:
     """The verdict of a test item (created on first use); same object as the ``verdict`` fixture."""
     verdict = item.stash.get(VERDICT_KEY, None)
     if verdict is None:
-        verdict = Verdict(item.nodeid, req_ids(item))
+        verdict = Verdict(item.nodeid, req_ids(item), layout=item_layout(item))
         item.stash[VERDICT_KEY] = verdict
     return verdict
 
@@ -510,19 +529,20 @@ def _finish_item(item: pytest.Item, ids: list[str], state: _ItemState) -> None:
     run.items_with_ids += 1
     verdict = item.stash.get(VERDICT_KEY, None)
     recorded = verdict.records() if verdict is not None else {}
+    layout = item_layout(item)
     for req_id in ids:
         if req_id in recorded:
             for record in recorded[req_id]:
                 run.add(req_id, record)
         elif state.error is not None:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.error))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.error, layout))
         elif state.xfailed is not None:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed, layout))
         elif state.skipped is not None:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.SKIPPED, state.skipped))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.SKIPPED, state.skipped, layout))
         else:
             # Running to the end without a judgement on an id is no evidence about it.
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.NOT_JUDGED))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.NOT_JUDGED, layout=layout))
 
 
 # -- end of session: results and reports ----------------------------------------

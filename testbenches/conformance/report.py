@@ -4,6 +4,10 @@
 * :func:`render_html` - one self-contained page (Jinja2); several
   :class:`Results` (for example ``sim`` and ``rtl``) are shown side by side.
 * :func:`write_requirements_junit` - one JUnit test case per requirement id.
+
+Checks parametrised by ring layout (the ``layout`` fixture) record each outcome with its layout; an id then
+also gets a status per layout (:attr:`IdResult.layouts`), and passes only when no layout failed and every
+layout that judged it passed, was not offered or does not apply (:func:`aggregate_layouts`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import jinja2
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from testbenches.conformance.requirements import CheckerKind, RequirementSet, load_requirements
@@ -64,6 +69,8 @@ class CheckRecord:
     nodeid: str
     outcome: Outcome
     evidence: str = ""
+    #: The ring layout the check ran on ("split", "packed"); "" for checks not parametrised by layout.
+    layout: str = ""
 
     def inconclusive_note(self) -> str | None:
         """Why this record leaves its id without a verdict (skipped, not judged); None for conclusive ones."""
@@ -87,6 +94,27 @@ def aggregate(records: Sequence[CheckRecord], checker_kind: CheckerKind) -> Stat
     return Status.NOT_TESTABLE if checker_kind is CheckerKind.NOT_TESTABLE else Status.NOT_COVERED
 
 
+#: Per-layout statuses that let an id pass: judged and passed, or excused with a reason.
+_LAYOUT_OK = (Status.PASSED, Status.NOT_OFFERED, Status.NOT_APPLICABLE)
+
+
+def aggregate_layouts(records: Sequence[CheckRecord], checker_kind: CheckerKind) -> tuple[Status, dict[str, Status]]:
+    """The id's status and its status per ring layout (records tagged with one).
+
+    As :func:`aggregate`, except that a passed id whose checks on some layout left it without a verdict
+    (skipped, listed but not judged) is *not covered*: an id passes only on every layout the target offers.
+    A failure on any one layout fails the id."""
+    status = aggregate(records, checker_kind)
+    by_layout: dict[str, list[CheckRecord]] = {}
+    for r in records:
+        if r.layout:
+            by_layout.setdefault(r.layout, []).append(r)
+    layouts = {lay: aggregate(recs, checker_kind) for lay, recs in by_layout.items()}
+    if status is Status.PASSED and any(s not in _LAYOUT_OK for s in layouts.values()):
+        status = Status.NOT_COVERED
+    return status, layouts
+
+
 @dataclass
 class IdResult:
     id: str
@@ -98,6 +126,12 @@ class IdResult:
     evidence: list[str] = field(default_factory=list)
     #: Checks that list the id in their marker but ran to their end without judging it.
     unjudged_by: list[str] = field(default_factory=list)
+    #: Status per ring layout, for ids judged by checks parametrised by layout ({} otherwise).
+    layouts: dict[str, Status] = field(default_factory=dict)
+
+    def layout_text(self) -> str:
+        """``split passed, packed not offered`` ("" without per-layout verdicts)."""
+        return ", ".join(f"{lay} {st}" for lay, st in self.layouts.items())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +142,7 @@ class IdResult:
             "checks": list(self.checks),
             "evidence": list(self.evidence),
             "unjudged_by": list(self.unjudged_by),
+            "layouts": {lay: str(st) for lay, st in self.layouts.items()},
         }
 
     @classmethod
@@ -121,6 +156,7 @@ class IdResult:
             checks=[str(c) for c in data.get("checks", [])],
             evidence=[str(e) for e in data.get("evidence", [])],
             unjudged_by=[str(c) for c in data.get("unjudged_by", [])],
+            layouts={str(lay): Status(st) for lay, st in data.get("layouts", {}).items()},
         )
 
 
@@ -145,7 +181,7 @@ class Results:
         ids: dict[str, IdResult] = {}
         for req_id, req in requirements.items():
             recs = records.get(req_id, [])
-            status = aggregate(recs, req.checker_kind)
+            status, layouts = aggregate_layouts(recs, req.checker_kind)
             wanted = {s: o for o, s in _PRECEDENCE}.get(status)
             evidence = [f"{r.nodeid}: {r.evidence}" for r in recs if r.outcome is wanted and r.evidence]
             if status in (Status.NOT_COVERED, Status.NOT_TESTABLE):
@@ -159,6 +195,7 @@ class Results:
                 checks=list(dict.fromkeys(r.nodeid for r in recs)),
                 evidence=evidence,
                 unjudged_by=list(dict.fromkeys(r.nodeid for r in recs if r.outcome is Outcome.NOT_JUDGED)),
+                layouts=layouts,
             )
         return cls(target=target, started=started.isoformat(timespec="seconds"), duration=duration, ids=ids)
 
@@ -173,6 +210,14 @@ class Results:
     def counts(self) -> Counter[Status]:
         return Counter(r.status for r in self.ids.values())
 
+    def layout_counts(self) -> dict[str, Counter[Status]]:
+        """Per ring layout: how many ids judged per layout have each status on it."""
+        out: dict[str, Counter[Status]] = {}
+        for r in self.ids.values():
+            for lay, st in r.layouts.items():
+                out.setdefault(lay, Counter())[st] += 1
+        return out
+
     def area_counts(self) -> dict[str, Counter[Status]]:
         out: dict[str, Counter[Status]] = {}
         for r in self.ids.values():
@@ -183,7 +228,8 @@ class Results:
         def flat(c: Counter[Status]) -> dict[str, int]:
             return {"total": sum(c.values()), **{str(s): c.get(s, 0) for s in Status}}
 
-        return {**flat(self.counts()), "areas": {a: flat(c) for a, c in self.area_counts().items()}}
+        return {**flat(self.counts()), "areas": {a: flat(c) for a, c in self.area_counts().items()},
+                "layouts": {lay: flat(c) for lay, c in self.layout_counts().items()}}
 
     # -- JSON --------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -259,6 +305,11 @@ def render_terminal(
     """Print the per-area table, then the failed ids (at most ``max_failed``) with the first lines of evidence."""
     console = console or Console()
     console.print(area_table(results))
+    for lay, c in results.layout_counts().items():
+        console.print(f"{lay} rings: {sum(c.values())} id(s) judged per layout: {c[Status.PASSED]} passed, "
+                      f"{c[Status.FAILED]} failed, {c[Status.NOT_OFFERED]} not offered, "
+                      f"{c[Status.NOT_APPLICABLE]} not applicable, "
+                      f"{c[Status.NOT_COVERED] + c[Status.NOT_TESTABLE]} not judged", highlight=False)
     unjudged = results.unjudged()
     if unjudged:
         console.print(
@@ -273,7 +324,9 @@ def render_terminal(
     if len(failed) > max_failed:
         console.print(f"  (first {max_failed} shown, all are in report.html)")
     for r in failed[:max_failed]:
-        console.print(f"  [bold red]{r.id}[/] ({r.level}) checks: {', '.join(r.checks) or '-'}", highlight=False)
+        layouts = escape(f" [{r.layout_text()}]") if r.layouts else ""
+        console.print(f"  [bold red]{r.id}[/] ({r.level}){layouts} checks: {', '.join(r.checks) or '-'}",
+                      highlight=False)
         for line in r.evidence[:max_evidence]:
             console.print(f"      {line}", markup=False, highlight=False)
         if len(r.evidence) > max_evidence:
@@ -319,6 +372,7 @@ def render_html(
             requirements=list(reqs.values()),
             areas=areas,
             totals=[res.counts() for res in results],
+            layout_rows=[(res.target, lay, c) for res in results for lay, c in res.layout_counts().items()],
             statuses=list(Status),
             Status=Status,
         )
@@ -353,10 +407,14 @@ def write_requirements_junit(results: Results, path: Path) -> Path:
             case = ET.SubElement(suite, "testcase", classname=f"{results.target}.{area}", name=r.id)
             props = ET.SubElement(case, "properties")
             ET.SubElement(props, "property", name="status", value=str(r.status))
+            for lay, st in r.layouts.items():
+                ET.SubElement(props, "property", name=f"layout {lay}", value=str(st))
             for check in r.checks:
                 ET.SubElement(props, "property", name="check", value=check)
             if r.status is Status.FAILED:
-                failure = ET.SubElement(case, "failure", message=r.evidence[0] if r.evidence else "failed")
+                message = r.evidence[0] if r.evidence else "failed"
+                failure = ET.SubElement(case, "failure", message=f"{r.layout_text()}: {message}" if r.layouts
+                                        else message)
                 failure.text = "\n".join(r.evidence)
             elif r.status is not Status.PASSED:
                 ET.SubElement(case, "skipped", message=_skip_message(r))
@@ -367,4 +425,4 @@ def write_requirements_junit(results: Results, path: Path) -> Path:
 
 
 def _skip_message(r: IdResult) -> str:
-    return "; ".join([str(r.status), *r.evidence])
+    return "; ".join([str(r.status) + (f" ({r.layout_text()})" if r.layouts else ""), *r.evidence])
