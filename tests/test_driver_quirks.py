@@ -7,13 +7,24 @@ import struct
 import pytest
 
 from backend.device import NotSupported, VqState
-from backend.drivers.quirks import IFCVF, NO_QUIRK, IdMatch, PciIds, Quirk, QuirkTable, default_quirks
+from backend.drivers.quirks import (
+    IFCVF,
+    NO_QUIRK,
+    VDPA_BENCH_RTL,
+    IdMatch,
+    PciIds,
+    QueueStop,
+    Quirk,
+    QuirkTable,
+    default_quirks,
+)
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import PciCfg
 from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.split_engine import RingError, SplitQueue
+from models.virtio_net.vq_state_block import VqStateNetDevice
 from sim.memory import GuestMemory
 from sim.pci.endpoint import Bar, Register, RegisterBlock
 from testbenches.driver.vdpa_frontend import VdpaFrontend
@@ -75,6 +86,9 @@ def test_table_lookup() -> None:
     ifc = PciIds(0x1AF4, 0x1041, 0x8086, 0x001A)
     assert table.lookup(ifc) is IFCVF and IFCVF.why
     assert table.lookup(PciIds(0x1AF4, 0x1041, 0x1AF4, 0x1100)) is NO_QUIRK
+    rtl = table.lookup(PciIds(0x1AF4, 0x1041, 0x1DB5, 0x0501))
+    assert rtl is VDPA_BENCH_RTL and rtl.vq_state is not None and rtl.vq_state.stop is QueueStop.QUEUE_RESET
+    assert (rtl.vq_state.bar, rtl.vq_state.offset, rtl.vq_state.stride, rtl.vq_state.width) == (0, 0x3800, 4, 2)
     generic = Quirk(name="all-virtio", why="test")
     specific = Quirk(name="one", why="test")
     t2 = table.extended(IdMatch(vendor=0x1AF4), generic).extended(IdMatch(0x1AF4, 0x1041, 0x8086, 0x001A), specific)
@@ -116,6 +130,50 @@ def test_ifcvf_vq_state_round_trip(mem: GuestMemory) -> None:
         assert vdpa.get_vq_state(1).avail_idx == 1010  # progress read back from the vendor block
         assert vdpa.get_vq_state(0).avail_idx == 1010
         assert model.queues[1].last_avail_idx == 1010
+    finally:
+        vdpa.close()
+        fe.close()
+
+
+def test_rtl_quirk_stops_the_queue_to_read_its_state(mem: GuestMemory) -> None:
+    """The RTL's record on the model variant with its registers: a running queue's state is read by stopping it
+    (queue reset), the block keeps the stop position, a stopped queue reports it, and resuming loads it."""
+    dev = open_dev(VqStateNetDevice)
+    vdpa = VirtioPciVdpaDevice(dev)
+    fe = VdpaFrontend(vdpa, mem)
+    try:
+        assert vdpa.quirk is VDPA_BENCH_RTL
+        vdpa.set_vq_state(0, VqState(avail_idx=7))
+        assert vdpa.get_vq_state(0).avail_idx == 7
+        vdpa.reset()
+        fe.bring_up(WANT | bits(F.RING_RESET), state=1000)
+        frames = [test_frame(i) for i in range(10)]
+        assert fe.exchange(frames) == frames
+        model = dev.model
+        assert model.queues[1].enabled
+        assert vdpa.get_vq_state(1).avail_idx == 1010  # stopped here
+        assert not model.queues[1].enabled and model.queues[1].last_avail_idx == 0  # reset, as RESET-DEV-04 says
+        assert model.held[1] == (1010, 1010)  # what the block reads until the queue is enabled again
+        assert vdpa.get_vq_state(1).avail_idx == 1010  # a stopped queue reports where it stopped
+        vdpa.set_vq_ready(1, False)
+        vdpa.set_vq_state(1, VqState(avail_idx=1010))
+        vdpa.set_vq_ready(1, True)  # loaded on enable
+        assert model.queues[1].enabled and model.queues[1].last_avail_idx == 1010
+        more = [test_frame(i) for i in range(10, 14)]
+        assert fe.exchange(more) == more
+        assert model.errors == []
+    finally:
+        vdpa.close()
+        fe.close()
+
+
+def test_rtl_quirk_without_ring_reset_refuses_a_running_queue(mem: GuestMemory) -> None:
+    vdpa = VirtioPciVdpaDevice(open_dev(VqStateNetDevice))
+    fe = VdpaFrontend(vdpa, mem)
+    try:
+        fe.bring_up(WANT)
+        with pytest.raises(NotSupported, match="VIRTIO_F_RING_RESET"):
+            vdpa.get_vq_state(1)
     finally:
         vdpa.close()
         fe.close()

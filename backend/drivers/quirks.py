@@ -7,6 +7,7 @@ what the matching record says. Every record carries a ``why``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,19 +52,32 @@ class IdMatch:
         return sum(x is not None for x in (self.vendor, self.device, self.subsystem_vendor, self.subsystem_device))
 
 
+class QueueStop(enum.Enum):
+    """How the driver stops a running queue before reading its ring position (GET_VRING_BASE)."""
+
+    #: Nothing stops it: the field is read while the queue runs, so the device may move on right after.
+    NONE = "none"
+    #: A VIRTIO_F_RING_RESET queue reset (queue_reset 1, wait for 0). The device finishes the chain in service
+    #: (used element and used idx written) before the reset completes, and its field keeps the position the
+    #: queue stopped at until the queue is enabled again: the read is exact.
+    QUEUE_RESET = "queue_reset"
+
+
 @dataclass(frozen=True)
 class VqStateBlock:
     """A vendor register block that holds each queue's last_avail_idx (split rings).
 
     Queue ``q``'s field sits at ``offset + q * stride`` in BAR ``bar`` and is
     ``width`` bytes wide; the device loads it when the queue is enabled and
-    keeps it current while the queue runs.
+    keeps it current while the queue runs. ``stop`` says how a running queue is
+    stopped so that the field holds where it stopped.
     """
 
     bar: int
     offset: int
     stride: int
     width: int = 2
+    stop: QueueStop = QueueStop.NONE
 
     def field_offset(self, queue: int) -> int:
         return self.offset + queue * self.stride
@@ -132,6 +146,27 @@ IFCVF = Quirk(
          "restored there."),
     vq_state=VqStateBlock(bar=4, offset=0x20, stride=4, width=2),
 )
+
+
+#: The project's RTL virtio-net function (models/rtl) under its own subsystem ids: the vendor id of its vendor
+#: data capability, and a subsystem device id of its own (>= 0x40: non-transitional, PCI-DEV-07).
+VDPA_BENCH_VENDOR_ID = 0x1DB5
+VDPA_BENCH_RTL_SUBSYSTEM_ID = 0x0501
+#: BAR0 0x3800 + 4q: {used_idx[31:16], last_avail_idx[15:0]} of queue q (models/rtl/README.md).
+VDPA_BENCH_RTL_VQ_STATE = VqStateBlock(bar=0, offset=0x3800, stride=4, width=2, stop=QueueStop.QUEUE_RESET)
+
+VDPA_BENCH_RTL = Quirk(
+    name="vdpa-bench-rtl-vq-state",
+    why=("vdpa-bench RTL virtio-net (subsystem 1db5:0501) keeps each queue's ring position in a vendor block in "
+         "BAR0 at 0x3800, one 32-bit word per queue {used_idx, last_avail_idx}. A write of the low half while the "
+         "queue is disabled sets both indices (an in-order ring resumed there has used everything before it) and "
+         "is loaded when queue_enable is written 1; a queue enabled without such a write starts at 0. Reads are "
+         "live while the queue runs. A running queue is stopped with a queue reset (VIRTIO_F_RING_RESET): the "
+         "device finishes the chain in service, and the word keeps the stop position until the next enable, so "
+         "GET_VRING_BASE is exact with buffers in flight."),
+    vq_state=VDPA_BENCH_RTL_VQ_STATE,
+)
+VDPA_BENCH_RTL_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_RTL_SUBSYSTEM_ID)
 
 
 QEMU_SUBSYSTEM_VENDOR_ID = 0x1AF4
@@ -211,6 +246,7 @@ def builtin_quirks() -> QuirkTable:
     """This project's own entries."""
     return QuirkTable((
         (IdMatch(0x1AF4, 0x1041, INTEL_VENDOR_ID, IFCVF_SUBSYSTEM_DEVICE_ID), IFCVF),
+        (VDPA_BENCH_RTL_IDS, VDPA_BENCH_RTL),
     ))
 
 

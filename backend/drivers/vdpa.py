@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from backend.device import NotSupported, VdpaError, VqState
-from backend.drivers.quirks import PciIds, Quirk, QuirkTable, default_quirks
+from backend.drivers.quirks import PciIds, QueueStop, Quirk, QuirkTable, default_quirks
 from backend.drivers.transport import (
     PCI_EXT_CAP_ID_SRIOV,
     VirtioPciError,
@@ -51,6 +51,7 @@ class _Vq:
     live: bool = False  # programmed into the device and enabled
     kick: tuple[int, int, int] | None = None  # (bar, offset, fd) of a registered ioeventfd
     relayed: bool = False
+    reset_unfinished: bool = False  # a queue reset the device never completed: it may still run the queue
 
 
 class VirtioPciVdpaDevice:
@@ -253,6 +254,7 @@ class VirtioPciVdpaDevice:
                 try:
                     self.transport.reset_queue(index)
                 except VirtioPciError as exc:
+                    vq.reset_unfinished = True
                     raise VdpaError(str(exc)) from None
                 vq.live = False
             vq.ready = False
@@ -274,14 +276,40 @@ class VirtioPciVdpaDevice:
         write_int(self.pci, block.bar, block.field_offset(index), block.width, state.avail_idx)
 
     def get_vq_state(self, index: int) -> VqState:
+        """The queue's ring position. With a quirk whose block stops the queue first (GET_VRING_BASE stops the
+        ring), a running queue is stopped here and the position it stopped at is read, exact with buffers in
+        flight; a stopped queue then reports that, or what the frontend set since."""
         vq = self._vq(index)
         block = self.quirk.vq_state
+        if block is not None and block.stop is QueueStop.QUEUE_RESET:
+            if not vq.live:
+                return vq.state
+            self._stop_queue(index, vq)
+            avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
+            vq.state = VqState(avail_idx=avail & 0xFFFF)
+            return vq.state
         if block is not None:
             avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
             return VqState(avail_idx=avail & 0xFFFF)
         if vq.live:
             raise NotSupported(f"virtqueue {index}: virtio-pci cannot report last_avail_idx of a running queue")
         return vq.state
+
+    def _stop_queue(self, index: int, vq: _Vq) -> None:
+        """Stop a running queue with a queue reset, after which the quirk's block holds where it stopped."""
+        if not has(self._features, F.RING_RESET):
+            raise NotSupported(f"virtqueue {index}: {self.quirk.name} stops a queue with a queue reset, which needs "
+                               "VIRTIO_F_RING_RESET; without it a running queue's state cannot be read exactly")
+        if vq.reset_unfinished:
+            raise NotSupported(f"virtqueue {index}: its earlier queue reset never completed, so the device may still "
+                               "run it; its state cannot be read")
+        self._unregister_kick(vq)
+        try:
+            self.transport.reset_queue(index)
+        except VirtioPciError as exc:
+            vq.reset_unfinished = True
+            raise VdpaError(f"virtqueue {index}: stopping it to read its state: {exc}") from None
+        vq.live = False
 
     # kicks -----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from backend.drivers.quirks import VDPA_BENCH_RTL_SUBSYSTEM_ID, VDPA_BENCH_VENDOR_ID
 from backend.pci.abilities import Abilities
 from backend.targets import parse_spec, spec_int
 from backend.virtio.pci_regs import (
@@ -85,9 +86,13 @@ KEYS = ("queues", "mac", "mtu", "qsize", "event_idx", "data_w", "wire", "pcap", 
 SIMULATORS = ("verilator", "icarus")
 HARNESS_DIR = RTL_DIR / "harness"
 VLT = HARNESS_DIR / "virtio_net.vlt"
-SUBSYSTEM_ID = 0x1100  # >= 0x40: a non-transitional device (PCI-DEV-07)
+#: The function's own subsystem ids (not the behavioral model's 1af4:1100): the vDPA driver's quirk table knows
+#: its vendor vq-state block by them (backend/drivers/quirks.py, VDPA_BENCH_RTL). >= 0x40: non-transitional
+#: (PCI-DEV-07).
+SUBSYSTEM_VENDOR_ID = VDPA_BENCH_VENDOR_ID
+SUBSYSTEM_ID = VDPA_BENCH_RTL_SUBSYSTEM_ID
 REVISION = 1
-VENDOR_DATA_ID = 0x1DB5
+VENDOR_DATA_ID = VDPA_BENCH_VENDOR_ID
 VENDOR_DATA = b"VDPABENCH-RTL\0"
 DEFAULT_MAC = "02:00:00:00:00:01"
 #: Bound on letting in-flight work finish before a stimulus (only paid under continuous traffic).
@@ -336,7 +341,7 @@ def _endpoint(opts: RtlOptions, runner: Runner, iommu: Iommu) -> RtlEndpoint:
     bar.mount(MSIX_PBA_OFF, msix.pba_block)
     config = ConfigSpace(vendor_id=VIRTIO_PCI_VENDOR_ID, device_id=VIRTIO_PCI_DEVICE_ID_BASE + VIRTIO_ID_NET,
                          revision=REVISION, class_code=PCI_CLASS_NETWORK_ETHERNET,
-                         subsystem_vendor_id=VIRTIO_PCI_VENDOR_ID, subsystem_id=SUBSYSTEM_ID, bars=[bar],
+                         subsystem_vendor_id=SUBSYSTEM_VENDOR_ID, subsystem_id=SUBSYSTEM_ID, bars=[bar],
                          interrupt_status=runner.intx)
     _virtio_cap(config, CapType.COMMON_CFG, COMMON_CFG_OFF, COMMON_CFG_SIZE)
     _virtio_cap(config, CapType.NOTIFY_CFG, NOTIFY_OFF, notify_len(opts.num_queues),

@@ -142,6 +142,9 @@ module vnet_ring_engine
   // ---- per-queue progress (the device's private ring state, RESET-DEV-04) --------------------
   logic [NUM_QUEUES-1:0][15:0] last_avail, used_idx;
   logic [NUM_QUEUES-1:0]       kick_pend;
+  // vq state written through the vendor block since the queue's last reset (it starts there), and
+  // queue_enable one cycle late (its rising edge is where a queue starts)
+  logic [NUM_QUEUES-1:0]       vqs_loaded, q_enable_q;
   assign vqs_last_avail = last_avail;
   assign vqs_used_idx   = used_idx;
 
@@ -310,10 +313,24 @@ module vnet_ring_engine
   logic [PW:0] need;  // header + frame
   assign need = rx_len + HDR;
 
-  // A reset of the device or of this queue, or the device leaving DRIVER_OK, ends the service
-  // at the next bus transfer boundary.
-  logic abort;
-  assign abort = dev_reset_req || qreset_req[cq] || !live || !q_enable[cq];
+  // A device reset or the device leaving DRIVER_OK ends the service at the next bus transfer
+  // boundary (halt). A queue reset is also a stop a vDPA driver uses to read the ring position
+  // (GET_VRING_BASE): it ends the service only between chains (abort), so a chain already taken
+  // is finished, used element and used idx written, and the vq state block then says exactly
+  // where the queue stopped (a frame sent is never counted as not yet taken).
+  logic halt, abort;
+`ifdef VNET_BUG_STOP_MID_CHAIN
+  // seeded bug (tests/test_ring_state.py): a queue reset cuts a chain short, so a frame already sent (or a batch's
+  // elements already written) is not counted in the stop position, or the used idx is never written
+  assign halt  = dev_reset_req || qreset_req[cq] || !live || !q_enable[cq];
+`else
+  assign halt  = dev_reset_req || !live || !q_enable[cq];
+`endif
+  assign abort = halt || qreset_req[cq];
+  // the next chain of a batch already under way is taken despite a queue reset only when the request
+  // came after the last element's check (the batch's used idx must still be written)
+  logic head_abort;
+  assign head_abort = batch_n == '0 ? abort : halt;
 
   // u16 (new - event - 1) < u16 (new - old): the used_event index was crossed (2.7.10)
   function automatic logic need_event(input logic [15:0] ev, input logic [15:0] new_idx, input logic [15:0] old_idx);
@@ -348,24 +365,24 @@ module vnet_ring_engine
         cmd_wdata = 64'(last_avail[cq]);
       end
       E_HEAD_ISSUE: begin
-        cmd_valid = !abort; cmd_len = 32'd2;
+        cmd_valid = !head_abort; cmd_len = 32'd2;
         cmd_addr  = drv + 64'd4 + 64'd2 * 64'(last_avail[cq] & mask);
       end
       E_DESC_ISSUE: begin
-        cmd_valid = !abort; cmd_len = 32'd16;
+        cmd_valid = !halt; cmd_len = 32'd16;
         cmd_addr  = dsc + 64'd16 * 64'(cur);
       end
       E_DATA_ISSUE: begin
-        cmd_valid = !abort; cmd_small = 1'b0; cmd_write = !is_tx;
+        cmd_valid = !halt; cmd_small = 1'b0; cmd_write = !is_tx;
         cmd_addr  = d_addr; cmd_len = 32'(xfer);
         cmd_pos   = is_tx ? PW'(stored) : PW'(written);
       end
       E_ACK_ISSUE: begin
-        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd1;
+        cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd1;
         cmd_addr  = ack_addr; cmd_wdata = 64'(ack_val);
       end
       E_ELEM_ISSUE: begin
-        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd8;
+        cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd8;
         cmd_addr  = dev + 64'd4 + 64'd8 * 64'(16'(used_idx[cq] + batch_n) & mask);
         // SPLIT-DEV-16: the bytes written into the chain
 `ifdef VNET_BUG_RX_USED_LEN
@@ -383,7 +400,7 @@ module vnet_ring_engine
 `endif
       end
       E_IDX_ISSUE: begin
-        cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
+        cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd2;
         cmd_addr  = dev + 64'd2;
 `ifdef VNET_BUG_USED_WRAP
         cmd_wdata = 64'(15'(used_idx[cq] + batch_n));  // seeded bug (tests/test_rtl_target.py): 15-bit used idx
@@ -392,7 +409,7 @@ module vnet_ring_engine
 `endif
       end
       E_NOTE_ISSUE: begin  // used_event (EVENT_IDX) or avail flags, read after used idx
-        cmd_valid = !abort; cmd_len = 32'd2;
+        cmd_valid = !halt; cmd_len = 32'd2;
         cmd_addr  = event_idx ? drv + 64'd4 + 64'd2 * 64'(size) : drv;
       end
       default: ;
@@ -413,7 +430,7 @@ module vnet_ring_engine
 `endif
       head <= '0; cur <= '0; ndesc <= '0; wr_seen <= 1'b0; d_addr <= '0; d_len <= '0; d_flags <= '0;
       d_next <= '0; bytes_rd <= '0; stored <= '0; written <= '0; xfer <= '0;
-      last_avail <= '0; used_idx <= '0; kick_pend <= '0;
+      last_avail <= '0; used_idx <= '0; kick_pend <= '0; vqs_loaded <= '0; q_enable_q <= '0;
       dev_reset_ack <= 1'b0; qreset_ack <= '0; fail_valid <= 1'b0; fail_code <= ERR_NONE; fail_queue <= '0;
       q_irq_valid <= 1'b0; q_irq_queue <= '0; rx_consume <= 1'b0; tx_go <= 1'b0;
       tx_active <= 1'b0; tx_spos <= '0; tx_end <= '0;
@@ -449,6 +466,20 @@ module vnet_ring_engine
           used_idx[vqs_wr_queue]   <= vqs_wr_data[15:0];  // in-order restore: all before it were used
         end
         if (vqs_wr_half[1]) used_idx[vqs_wr_queue] <= vqs_wr_data[31:16];
+        vqs_loaded[vqs_wr_queue] <= 1'b1;
+      end
+
+      // queue_enable 1: a queue whose state was not written since its reset starts at 0 (RESET-DEV-04);
+      // until then a reset queue's indices stay readable in the vendor block (where it stopped)
+      q_enable_q <= q_enable;
+      for (int unsigned q = 0; q < NUM_QUEUES; q++) begin
+        if (q_enable[q] && !q_enable_q[q]) begin
+          if (!vqs_loaded[q]) begin
+            last_avail[q] <= '0;
+            used_idx[q]   <= '0;
+          end
+          vqs_loaded[q] <= 1'b0;
+        end
       end
 
       unique case (state)
@@ -457,15 +488,16 @@ module vnet_ring_engine
             last_avail    <= '0;
             used_idx      <= '0;
             kick_pend     <= '0;
+            vqs_loaded    <= '0;
             active_pairs  <= 16'd1;
             rx_consume    <= rx_full;
             dev_reset_ack <= 1'b1;
           end else if (qreset_req != '0) begin
             for (int unsigned q = 0; q < NUM_QUEUES; q++) begin
               if (qreset_req[q]) begin
-                last_avail[q] <= '0;
-                used_idx[q]   <= '0;
+                // indices kept for the vendor block until the queue is enabled again (see above)
                 kick_pend[q]  <= 1'b0;
+                vqs_loaded[q] <= 1'b0;
                 qreset_ack[q] <= 1'b1;
               end
             end
@@ -539,7 +571,7 @@ module vnet_ring_engine
           if (dma_err) fail_code <= ERR_DMA;
         end
 
-        E_HEAD_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_HEAD_WAIT;
+        E_HEAD_ISSUE: if (head_abort) state <= E_ABORT; else if (cmd_ready) state <= E_HEAD_WAIT;
         E_HEAD_WAIT: if (dma_done) begin
           head     <= sr_u16_0;
           cur      <= sr_u16_0;
@@ -559,7 +591,7 @@ module vnet_ring_engine
           end
         end
 
-        E_DESC_ISSUE: if (abort) state <= E_ABORT;
+        E_DESC_ISSUE: if (halt) state <= E_ABORT;
           else if (ndesc >= 17'(size)) begin
             fail_code <= ERR_CHAIN_LEN; state <= E_FAIL;  // more descriptors than the table: a loop
           end else if (cmd_ready) begin
@@ -596,7 +628,7 @@ module vnet_ring_engine
           xfer  <= (is_tx == readable) ? data_bytes : '0;
           state <= (is_tx == readable && data_bytes != '0) ? E_DATA_ISSUE : E_DATA_NEXT;
         end
-        E_DATA_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_DATA_WAIT;
+        E_DATA_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_DATA_WAIT;
         E_DATA_WAIT: if (dma_done) begin
           if (is_tx) stored <= stored + xfer; else written <= written + xfer;
           if (dma_err) begin
@@ -650,7 +682,7 @@ module vnet_ring_engine
 
         E_TX_STREAM: if (!tx_go && !tx_active) state <= E_ELEM_ISSUE;
 
-        E_ACK_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_ACK_WAIT;
+        E_ACK_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_ACK_WAIT;
         E_ACK_WAIT: if (dma_done) begin
           ack_len <= 1'b1;
           if (dma_err) begin
@@ -660,7 +692,7 @@ module vnet_ring_engine
           end
         end
 
-        E_ELEM_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_ELEM_WAIT;
+        E_ELEM_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_ELEM_WAIT;
         E_ELEM_WAIT: if (dma_done) begin
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
@@ -683,7 +715,7 @@ module vnet_ring_engine
           end
         end
 
-        E_IDX_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_IDX_WAIT;
+        E_IDX_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_IDX_WAIT;
         E_IDX_WAIT: if (dma_done) begin
 `ifdef VNET_BUG_USED_WRAP
           used_idx[cq] <= 16'(15'(used_idx[cq] + batch_n));  // seeded bug: wraps at 0x8000
@@ -697,7 +729,7 @@ module vnet_ring_engine
           end
         end
 
-        E_NOTE_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_NOTE_WAIT;
+        E_NOTE_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_NOTE_WAIT;
         E_NOTE_WAIT: if (dma_done) begin
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;

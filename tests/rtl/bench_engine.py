@@ -642,7 +642,8 @@ async def queue_reset_and_link(dut: HierarchyObject) -> None:
         else:
             raise AssertionError("queue reset did not complete")
         assert await bench.bar.common(C.QUEUE_ENABLE) == 0
-        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 0, "RESET-DEV-04: indices back to 0"
+        # the vendor block keeps where the queue stopped until it is enabled again (GET_VRING_BASE)
+        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 3 * 0x10001
         cov.hit("queue_reset", "done")
         bench.txq.close()
         fresh = DriverSplitQueue(bench.mem, bench.alloc, QSIZE, index=TXQ)
@@ -653,6 +654,8 @@ async def queue_reset_and_link(dut: HierarchyObject) -> None:
         await bench.bar.set_common(C.QUEUE_DRIVER, fresh.avail_addr)
         await bench.bar.set_common(C.QUEUE_DEVICE, fresh.used_addr)
         await bench.bar.set_common(C.QUEUE_ENABLE, 1)
+        # enabled without a vq state write: it starts at 0 (RESET-DEV-04)
+        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 0, "RESET-DEV-04: indices back to 0"
         frame = ethernet(rng, 300)
         bench.add_tx(frame, [7], [4, 5])
         await bench.publish(fresh)
@@ -671,4 +674,63 @@ async def queue_reset_and_link(dut: HierarchyObject) -> None:
         assert [u.len for u in fresh.used()] == [0, 0], "a frame dropped for link down is still returned"
         cov.hit("link_down", "tx_dropped")
         dut.link_up.value = 1
+    cov.close()
+
+
+@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
+async def queue_stop_mid_traffic_resumes_exactly(dut: HierarchyObject) -> None:
+    """A queue reset requested while the engine works through a batch of transmit chains is a stop: the chain
+    in service is finished (sent, used element and used idx written), the vendor block then reads the position
+    the ring stopped at, equal to the used idx in memory and to the frames on the wire. The queue enabled again
+    after a vq state write resumes there (load on enable) and sends the rest: every frame exactly once."""
+    rng = random.Random(SEED + 9)
+    cov = Coverage("engine_queue_stop")
+    cov.expect("stopped_after", ["some", "all"])  # "none" when the request beats the first chain
+    cov.expect("resumed", [True])
+    with GuestMemory.single(MEM_SIZE) as mem:
+        bench = await make_bench(dut, mem)
+        for attempt, delay in enumerate([0, 5, 40, 150, 300, 600, 1000, 1600, 8000]):
+            await bench.init(BASE_FEATURES | bits(F.RING_RESET))
+            start_idx = bench.txq.used_idx()
+            frames = [ethernet(rng, 64 + 8 * k) + attempt.to_bytes(2, "big") for k in range(QSIZE - 2)]
+            for f in frames:
+                bench.add_tx(f, [], [0])
+            await bench.publish(bench.txq)
+            if delay:
+                await ClockCycles(dut.clk, delay)
+            await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
+            await bench.bar.set_common(C.QUEUE_RESET, 1)
+            for _ in range(200):
+                await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
+                if await bench.bar.common(C.QUEUE_RESET) == 0:
+                    break
+            else:
+                raise AssertionError("queue reset did not complete")
+            state = await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4)
+            stopped = (state & 0xFFFF) - start_idx
+            sent = []
+            while not bench.sink.empty():
+                sent.append(bytes((await bench.sink.recv()).tdata))
+            assert state >> 16 == state & 0xFFFF == bench.txq.used_idx(), (
+                f"vq state {state:#x}, used idx in memory {bench.txq.used_idx()}")
+            assert sent == frames[:stopped], f"stopped at {stopped}, {len(sent)} frames on the wire"
+            cov.hit("stopped_after", "none" if stopped == 0 else "all" if stopped == len(frames) else "some")
+            # resume the same rings at the stop position: size, addresses, vector, state, enable
+            q = bench.txq
+            await bench.bar.set_common(C.QUEUE_SIZE, QSIZE)
+            await bench.bar.set_common(C.QUEUE_MSIX_VECTOR, VEC_TX)
+            await bench.bar.set_common(C.QUEUE_DESC, q.desc_addr)
+            await bench.bar.set_common(C.QUEUE_DRIVER, q.avail_addr)
+            await bench.bar.set_common(C.QUEUE_DEVICE, q.used_addr)
+            await bench.bar.write(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, state & 0xFFFF, 2)
+            await bench.bar.set_common(C.QUEUE_ENABLE, 1)
+            assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == state, "loaded on enable"
+            await bench.kick(q)
+            rest = [bytes((await bench.sink.recv()).tdata) for _ in frames[stopped:]]
+            assert rest == frames[stopped:]
+            await bench.wait_used(q, q.avail_idx)
+            await bench.quiet(200)
+            assert bench.sink.empty(), "a frame was sent twice"
+            q.used()
+            cov.hit("resumed", True)
     cov.close()
