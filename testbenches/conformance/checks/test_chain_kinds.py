@@ -4,7 +4,8 @@ A transmit chain may end in device-writable buffers and a receive chain may star
 the frame is the readable bytes after the header (transmit) and goes into the writable bytes (receive), the
 other part is neither sent nor written (SPLIT-DEV-01, SPLIT-DEV-03), and used len counts only bytes the device
 wrote into the writable part (SPLIT-DEV-16). Bursts mix these chains with plain ones, so a device that decodes
-many chains at once meets them among the others.
+many chains at once meets them among the others. Every check runs on both ring layouts (``ring_layout``): on
+packed rings a list with an indirect table is that one descriptor (PACKED-DRV-15).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import pytest
 
 from backend.virtio.features import F, NetF, has
-from testbenches.conformance.chains import Posted, add_chain, poison, split_at, written_bytes
+from testbenches.conformance.chains import Posted, poison, split_at, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, make_frame
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 
 POISON = 0xA5
 #: Device-writable tail of a transmit chain, and the device-readable head of a receive chain.
@@ -29,11 +31,13 @@ def _changed(data: bytes) -> int:
 
 
 @pytest.mark.req(*IDS)
-def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
+def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
+        if not rig.offers(ring_layout, verdict, *IDS):
+            return
         # Without VIRTIO_NET_F_MTU (no check of the others leaves it out): no length limit of the device's own
         # may then stop these ordinary frames.
-        feats = rig.features_for(indirect=None, drop=1 << NetF.MTU)
+        feats = rig.features_for(indirect=None, drop=1 << NetF.MTU, layout=ring_layout)
         assert feats is not None
         rig.bring_up(feats, 64)
         if not rig.looped(verdict, *IDS):
@@ -48,11 +52,11 @@ def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
             for k, f in enumerate(frames):
                 need = rig.hdr_len + len(f)
                 if (rnd + k) % 2:
-                    p = add_chain(rig.rx, [head_bytes], [need + 40],
-                                  direct=1 if indirect and rnd >= 2 else None)
+                    p = rig.add_chain(rig.RX, [head_bytes], [need + 40],
+                                      direct=1 if indirect and rnd >= 2 else None)
                     rx_kind[p.head] = "readable head + writable"
                 else:
-                    p = add_chain(rig.rx, [], [need + 40])
+                    p = rig.add_chain(rig.RX, [], [need + 40])
                     rx_kind[p.head] = "writable only"
                 poison(rig.mem, p, POISON)
                 rx[p.head] = p
@@ -62,12 +66,12 @@ def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
             for k, f in enumerate(frames):
                 if (rnd + k) % 2 == 0:
                     cuts = [[], [rig.hdr_len]][rnd % 2]
-                    t = add_chain(rig.tx, split_at(hdr + f, cuts), [TAIL],
-                                  direct=0 if indirect and rnd >= 2 else None)
+                    t = rig.add_chain(rig.TX, split_at(hdr + f, cuts), [TAIL],
+                                      direct=0 if indirect and rnd >= 2 else None)
                     tx_kind[t.head] = "readable + writable tail"
                     poison(rig.mem, t, POISON)
                 else:
-                    t = add_chain(rig.tx, [hdr + f], [])
+                    t = rig.add_chain(rig.TX, [hdr + f], [])
                     tx_kind[t.head] = "readable only"
                 tx[t.head] = t
             readable_before = {p.head: [rig.mem.read(a, n) for a, n in p.readable] for p in rx.values()}
@@ -103,12 +107,14 @@ def test_mixed_chains_in_bursts(bench: Bench, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("SPLIT-DEV-16")
-def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict) -> None:
+def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """Transmit chains are returned whatever the wire does with the frames (unplugged where the target can be
     built so): every chain, plain or not, one at a time or in a burst, comes back with used len 0, since a
     chain without device-writable buffers leaves nothing written."""
     with bench.rig(bench.variant(wire="none"), mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(indirect=None)
+        if not rig.offers(ring_layout, verdict, "SPLIT-DEV-16"):
+            return
+        feats = rig.features_for(indirect=None, layout=ring_layout)
         assert feats is not None
         rig.bring_up(feats, 64)
         hdr = rig.tx_header()
@@ -117,8 +123,8 @@ def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict) -> No
             pending: dict[int, Posted] = {}
             for k in range(burst):
                 cuts = [[], [rig.hdr_len], [4, rig.hdr_len, 40]][k % 3]
-                t = add_chain(rig.tx, split_at(hdr + make_frame(700 + k, 64 + 20 * k), cuts), [],
-                              direct=0 if indirect and k == 5 else None)
+                t = rig.add_chain(rig.TX, split_at(hdr + make_frame(700 + k, 64 + 20 * k), cuts), [],
+                                  direct=0 if indirect and k == 5 else None)
                 pending[t.head] = t
             rig.publish(rig.TX)
             got = rig.complete(rig.TX, dict(pending), burst)
@@ -131,15 +137,17 @@ def test_transmit_with_nothing_on_the_wire(bench: Bench, verdict: Verdict) -> No
 
 
 @pytest.mark.req("SPLIT-DEV-04")
-def test_transmit_chains_without_readable_buffers(bench: Bench, verdict: Verdict) -> None:
+def test_transmit_chains_without_readable_buffers(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """A transmit chain whose buffers are all device-writable holds no frame: the device reads nothing of it, so
     the header and frame a driver left there never reach the wire (SPLIT-DEV-04: transmitting them means reading
     device-writable buffers). Such chains (one descriptor, two, behind an indirect pointer) come first in a burst
     with ordinary chains behind them, which carry their frames as usual."""
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(indirect=None, drop=1 << NetF.MTU)
+        if not rig.offers(ring_layout, verdict, "SPLIT-DEV-04"):
+            return
+        feats = rig.features_for(indirect=None, drop=1 << NetF.MTU, layout=ring_layout)
         assert feats is not None
-        d = rig.up(features=feats, exact=True, queue_size=64, rx_buffers=32)
+        d = rig.up(features=feats, exact=True, queue_size=64, rx_buffers=32, layout=ring_layout)
         if not rig.looped(verdict, "SPLIT-DEV-04"):
             return
         hdr = rig.tx_header()
@@ -148,15 +156,15 @@ def test_transmit_chains_without_readable_buffers(bench: Bench, verdict: Verdict
         indirect = has(d.features, F.INDIRECT_DESC)
         writable: list[Posted] = []
         for k, f in enumerate(stray):
-            t = add_chain(rig.tx, [], [rig.hdr_len + len(f)] if k == 0 else [rig.hdr_len, len(f)],
-                          direct=0 if indirect and k == 2 else None)
+            t = rig.add_chain(rig.TX, [], [rig.hdr_len + len(f)] if k == 0 else [rig.hdr_len, len(f)],
+                              direct=0 if indirect and k == 2 else None)
             data = hdr + f
             off = 0
             for gpa, n in t.writable:
                 rig.mem.write(gpa, data[off:off + n])
                 off += n
             writable.append(t)
-        tx = [add_chain(rig.tx, [hdr + f], []) for f in good]
+        tx = [rig.add_chain(rig.TX, [hdr + f], []) for f in good]
         with rig.dma_watch() as watch:
             rig.publish(rig.TX)
             received = [f.frame for f in d.receive_raw(len(good), 1.0)]

@@ -1,5 +1,5 @@
 """virtio-net data path (5.1.6): transmit header handling, receive headers without offloads, merged receive
-buffers, MTU limits."""
+buffers, MTU limits; on both ring layouts (``ring_layout``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from scapy.layers.l2 import Ether
 
 from backend.virtio.features import NetF, has
 from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, NetHdr
-from testbenches.conformance.chains import Posted, add_chain, poison, split_at, written_bytes
+from testbenches.conformance.chains import Posted, poison, split_at, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 from testbenches.frames import MAX_LEN
 
 #: Transmit header flag bits no feature of this spec version defines (NEEDS_CSUM, DATA_VALID, RSC_INFO
@@ -34,10 +35,10 @@ def _tagged(frame: bytes, tpid: bytes = b"\x81\x00") -> bytes:
 def _roundtrip(rig: Rig, out: list[bytes], rx_size: int | None = None,
                rx_lens: list[int] | None = None) -> tuple[NetHdr | None, bytes, int]:
     """Send one TX chain, return (receive header, frame, used entries it took) from the looped-back copy."""
-    r = add_chain(rig.rx, [], rx_lens or [rx_size or rig.rx_buf_size])
+    r = rig.add_chain(rig.RX, [], rx_lens or [rx_size or rig.rx_buf_size])
     poison(rig.mem, r)
     rig.publish(rig.RX)
-    t = add_chain(rig.tx, out, [])
+    t = rig.add_chain(rig.TX, out, [])
     rig.publish(rig.TX)
     got = rig.complete(rig.RX, {r.head: r}, 1)
     rig.complete(rig.TX, {t.head: t}, 1)
@@ -49,11 +50,13 @@ def _roundtrip(rig: Rig, out: list[bytes], rx_size: int | None = None,
 
 
 @pytest.mark.req("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
-def test_transmit_header_fields_not_trusted(bench: Bench, verdict: Verdict) -> None:
+def test_transmit_header_fields_not_trusted(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     ids = ("NET-DEV-15", "NET-DEV-16", "NET-DEV-21", "NET-DEV-26")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
+        if not rig.offers(ring_layout, verdict, *ids):
+            return
         # Checksum offloads on where offered: a device able to fill checksums is the one that could misuse them.
-        feats = rig.features_for(extra=_bits(NetF.CSUM, NetF.GUEST_CSUM))
+        feats = rig.features_for(extra=_bits(NetF.CSUM, NetF.GUEST_CSUM), layout=ring_layout)
         assert feats is not None
         rig.bring_up(feats, 64)
         if not rig.looped(verdict, *ids):
@@ -87,10 +90,12 @@ def test_transmit_header_fields_not_trusted(bench: Bench, verdict: Verdict) -> N
 
 
 @pytest.mark.req("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-31", "NET-DEV-34", "NET-DEV-55")
-def test_receive_header_without_offloads(bench: Bench, verdict: Verdict) -> None:
+def test_receive_header_without_offloads(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     ids = ("NET-DEV-28", "NET-DEV-29", "NET-DEV-30", "NET-DEV-34", "NET-DEV-55")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(drop=_bits(*GUEST_OFFLOADS))
+        if not rig.offers(ring_layout, verdict, *ids, "NET-DEV-31"):
+            return
+        feats = rig.features_for(drop=_bits(*GUEST_OFFLOADS), layout=ring_layout)
         assert feats is not None
         rig.bring_up(feats, 64)
         if has(rig.offered, NetF.MRG_RXBUF):
@@ -105,13 +110,13 @@ def test_receive_header_without_offloads(bench: Bench, verdict: Verdict) -> None
         pending: dict[int, Posted] = {}
         layouts: list[list[int]] = [[rig.rx_buf_size], [rig.hdr_len, limit], [4, 100, rig.rx_buf_size - 104]]
         for i in range(len(sizes)):
-            p = add_chain(rig.rx, [], layouts[i % len(layouts)])
+            p = rig.add_chain(rig.RX, [], layouts[i % len(layouts)])
             poison(rig.mem, p)
             pending[p.head] = p
         rig.publish(rig.RX)
         frames = [make_frame(100 + i, n) for i, n in enumerate(sizes)]
         for f in frames:
-            add_chain(rig.tx, [hdr, f], [])
+            rig.add_chain(rig.TX, [hdr, f], [])
         rig.publish(rig.TX)
         got = rig.complete(rig.RX, pending, len(frames))
         verdict.check("NET-DEV-29", len(got) == len(frames),
@@ -129,7 +134,7 @@ def test_receive_header_without_offloads(bench: Bench, verdict: Verdict) -> None
             verdict.check("NET-DEV-34", h.flags == 0, f"{where}: flags {h.flags:#x} without GUEST_CSUM")
             verdict.check("NET-DEV-55", h.gso_type == GSO_NONE,
                           f"{where}: gso_type {h.gso_type:#x} without guest GSO features")
-        rig.tx.used()
+        rig.ring(rig.TX).used()
 
 
 def _long_frame(seq: int, length: int) -> bytes:
@@ -142,19 +147,20 @@ MTU_EDGES = (68, 65535)
 
 
 @pytest.mark.req("NET-DEV-02", "NET-DEV-05", "NET-DEV-06")
-def test_mtu_limits(bench: Bench, verdict: Verdict) -> None:
+def test_mtu_limits(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """The MTU the device reports is the one it enforces: on the target as it is and, where the bench builds the
     device from options, at the smallest and largest MTU the spec allows."""
     specs = [None, *(bench.variant(mtu=m, replace=True) for m in MTU_EDGES if bench.configurable)]
     for spec in specs:
         with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-            if not _mtu_limits(rig, verdict):
+            if not rig.offers(ring_layout, verdict, "NET-DEV-02", "NET-DEV-05", "NET-DEV-06") or \
+                    not _mtu_limits(rig, verdict, ring_layout):
                 return
 
 
-def _mtu_limits(rig: Rig, verdict: Verdict) -> bool:
+def _mtu_limits(rig: Rig, verdict: Verdict, layout: Layout) -> bool:
     """NET-DEV-05/06 on one device; False when there is nothing more to judge (MTU not offered, no wire)."""
-    feats = rig.features_for(extra=1 << NetF.MTU)
+    feats = rig.features_for(extra=1 << NetF.MTU, layout=layout)
     if feats is None or not has(feats, NetF.MTU):
         for rid in ("NET-DEV-02", "NET-DEV-05", "NET-DEV-06"):
             verdict.not_offered(rid, "VIRTIO_NET_F_MTU not offered")
@@ -188,12 +194,12 @@ def _mtu_limits(rig: Rig, verdict: Verdict) -> bool:
     pending: dict[int, Posted] = {}  # buffers a conforming device leaves posted serve the next burst
     for k, burst in enumerate(bursts):
         for _ in range(len(burst) + 1 - len(pending)):
-            p = add_chain(rig.rx, [], [room])
+            p = rig.add_chain(rig.RX, [], [room])
             pending[p.head] = p
         rig.publish(rig.RX)
         marker = _long_frame(40 + k, min(100, mtu + 14))  # within the smallest MTU too
         for f in [*burst, marker]:
-            add_chain(rig.tx, [hdr, f], [])
+            rig.add_chain(rig.TX, [hdr, f], [])
         rig.publish(rig.TX)
         got_all = rig.complete(rig.RX, pending, 1)
         extra = rig.complete(rig.RX, pending, len(burst), timeout=rig.quiet)
@@ -206,7 +212,7 @@ def _mtu_limits(rig: Rig, verdict: Verdict) -> bool:
                       f"nothing above {mtu + 14}, {mtu + 18} with an 802.1Q tag, may be delivered)")
         for p, _ in got_all + extra:
             rig.release(p)
-        rig.tx.used()
+        rig.ring(rig.TX).used()
     return True
 
 
@@ -221,12 +227,15 @@ def _buffers_for(packet: int, unit: int) -> int:
 
 
 @pytest.mark.req("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
-def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
+def test_receive_merged_buffers(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """With VIRTIO_NET_F_MRG_RXBUF a packet larger than one receive buffer takes several: num_buffers in the
-    first header counts them, all but the last are full, and they become used together."""
+    first header counts them, all but the last are full, and they become used together (on split rings the used
+    idx publications are watched too; a packed ring has no used idx, its buffers are judged as they come)."""
     ids = ("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]))
+        if not rig.offers(ring_layout, verdict, *ids):
+            return
+        feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]), layout=ring_layout)
         if feats is None or not has(feats, NetF.MRG_RXBUF):
             for rid in ids:
                 verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
@@ -246,18 +255,19 @@ def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
         need = sum(_buffers_for(hl + len(f), unit) for f in frames)
         pending: dict[int, Posted] = {}
         for i in range(need + 4):  # a few to spare: a device filling buffers part-way would take them
-            p = add_chain(rig.rx, [], layouts[i % len(layouts)])
+            p = rig.add_chain(rig.RX, [], layouts[i % len(layouts)])
             poison(rig.mem, p)
             pending[p.head] = p
         rig.publish(rig.RX)
-        start = rig.rx.used_idx()
+        split = ring_layout == "split"
+        start = rig.rx.used_idx() if split else 0
         hdr = rig.tx_header()
-        with rig.dma_watch({rig.RX: rig.rx}) as watch:
+        with rig.dma_watch({rig.RX: rig.rx} if split else None) as watch:
             for f in frames:
-                add_chain(rig.tx, [hdr, f], [])
+                rig.add_chain(rig.TX, [hdr, f], [])
             rig.publish(rig.TX)
             got = rig.complete(rig.RX, pending, need)
-        rig.tx.used()
+        rig.ring(rig.TX).used()
         k = 0
         ends: list[int] = []  # used entries consumed at the end of each packet
         for j, f in enumerate(frames):
@@ -285,16 +295,16 @@ def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
         for p, _ in got:
             rig.release(p)
         # NET-DEV-33 (used idx): every publication of receiveq1's used idx ends on a packet boundary.
-        if watch.available:
+        if watch.available and split:
             published = [(w.value - start) & 0xFFFF for w in watch.idx_writes if w.queue == rig.RX]
-            split = [v for v in published if v not in ends]
-            verdict.check("NET-DEV-33", bool(published) and not split,
+            inside = [v for v in published if v not in ends]
+            verdict.check("NET-DEV-33", bool(published) and not inside,
                           f"used idx published at {published} entries, packets end at {ends}: "
-                          f"{split or 'no'} publication(s) split a packet")
+                          f"{inside or 'no'} publication(s) split a packet")
         # NET-DEV-33 (no partial packet): a packet too big for the buffers on offer is not delivered in part.
         short = dict(pending)  # the spares still posted, and two more
         for _ in range(2):
-            p = add_chain(rig.rx, [], [unit])
+            p = rig.add_chain(rig.RX, [], [unit])
             poison(rig.mem, p)
             short[p.head] = p
         rig.publish(rig.RX)
@@ -302,12 +312,12 @@ def test_receive_merged_buffers(bench: Bench, verdict: Verdict) -> None:
         if room + 100 > ETH_FRAME_MAX:  # the device left too many buffers behind above (already reported)
             return
         big, small = make_frame(400, room + 100), make_frame(401, 60)
-        add_chain(rig.tx, [hdr, big], [])
-        add_chain(rig.tx, [hdr, small], [])
+        rig.add_chain(rig.TX, [hdr, big], [])
+        rig.add_chain(rig.TX, [hdr, small], [])
         rig.publish(rig.TX)
         first = rig.complete(rig.RX, short, 1)
         more = rig.complete(rig.RX, short, 1, timeout=rig.quiet)
-        rig.tx.used()
+        rig.ring(rig.TX).used()
         seen = [written_bytes(rig.mem, p, n) for p, n in first + more]
         for p, _ in first + more:
             rig.release(p)
