@@ -39,6 +39,7 @@ from backend.pci.abilities import Abilities, Ability, Lacking, PortControl, Wire
 from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import NetHdr
+from backend.virtio.packed_ring import advance, is_used, linear
 from backend.virtio.pci_regs import NO_VECTOR
 from backend.virtio.split_ring import vring_need_event
 from sim.memory import Allocator, GuestMemory
@@ -418,6 +419,20 @@ class Rig:
     def ring(self, q: int) -> DriverRing:
         """Queue ``q`` of either layout, for the layout-agnostic helpers."""
         return self.drv.ring(q)
+
+    def used_mark(self, q: int) -> int:
+        """How far the device has marked buffers used on queue ``q``, read without consuming anything: the used
+        idx of a split ring; on a packed ring the driver's next used position (counted over two laps, like the
+        wrap counter) plus the slots from there that read as used, so a device that marks one moves it."""
+        packed = self.drv.packed.get(q)
+        if packed is None:
+            return self._split(q).used_idx()
+        off, wrap = packed.next_used, packed.used_wrap
+        ahead = 0
+        while ahead < packed.size and is_used(packed.read_desc(off).flags, wrap):
+            off, wrap = advance(off, wrap, 1, packed.size)
+            ahead += 1
+        return (linear(packed.next_used, packed.used_wrap, packed.size) + ahead) % (2 * packed.size)
 
     def kick_packed(self, q: int) -> None:
         """Available buffer notification for packed queue ``q``: with VIRTIO_F_NOTIFICATION_DATA the next slot and

@@ -4,7 +4,8 @@ INTx checks leave MSI-X disabled and bind the INTx eventfd; MSI-X checks bind
 one eventfd per vector. A configuration change is provoked through the
 target's port (``set_link``, declared in its abilities); targets without one
 report the config-change rows not applicable here. With a loopback wire the
-frames sent come back, and the receive side is counted too.
+frames sent come back, and the receive side is counted too. The checks whose
+interrupts come from used buffers run on both ring layouts (``ring_layout``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from testbenches.conformance.harness import (
     wait_fd,
 )
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 from testbenches.driver.virtio_net import DEFAULT_FEATURES
 
 #: Interrupt routing is checked without EVENT_IDX: with avail.flags 0 every used buffer is then due a
@@ -100,9 +102,11 @@ def toggle_link(port: PortControl) -> bool:
 
 
 @pytest.mark.req("PCI-DEV-39", "PCI-DEV-40", "PCI-DEV-41")
-def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict) -> None:
+def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
-        d = r.up(features=ROUTING_FEATURES, irq_mode="intx", queue_size=64, rx_buffers=8)
+        if not r.offers(ring_layout, verdict, "PCI-DEV-39", "PCI-DEV-40", "PCI-DEV-41"):
+            return
+        d = r.up(features=ROUTING_FEATURES, irq_mode="intx", queue_size=64, rx_buffers=8, layout=ring_layout)
         t = d.transport
         intx = d.irq_fds["intx"]
         drain(intx)
@@ -167,14 +171,16 @@ def test_config_change_sets_isr_bit1(bench: Bench, verdict: Verdict, irq_mode: s
 
 
 @pytest.mark.req("PCI-DEV-62", "PCI-DEV-63")
-def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
+def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
+        if not r.offers(ring_layout, verdict, "PCI-DEV-62", "PCI-DEV-63"):
+            return
         if not VirtioPciModern(r.pci).msix_table_size():
             for rid in ("PCI-DEV-62", "PCI-DEV-63"):
                 verdict.not_applicable(rid, "no MSI-X capability")
             return
         d = r.up(features=ROUTING_FEATURES, vectors={"config": NO_VECTOR, "rx": NO_VECTOR, "tx": NO_VECTOR},
-                 queue_size=64, rx_buffers=8)
+                 queue_size=64, rx_buffers=8, layout=ring_layout)
         t = d.transport
         read_back = {q: t.queue_msix_vector(q) for q in (RX, TX)}
         vecs = d.vector_fds()
@@ -183,7 +189,7 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
         n = r.tx_room(4)
         r.send([make_frame(i) for i in range(n)])
         used_tx = len(r.wait_used(TX, n))
-        used_rx = len(r.wait_used(RX, min(n, d.queues[RX].size))) if r.wire.looped else 0
+        used_rx = len(r.wait_used(RX, min(n, r.ring(RX).size))) if r.wire.looped else 0
         late = signalled(vecs, QUIET_WAIT)
         fired = sorted(set(r.fired + late))
         if used_tx == 0:
@@ -233,8 +239,10 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("PCI-DEV-56")
-def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict) -> None:
+def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
+        if not r.offers(ring_layout, verdict, "PCI-DEV-56"):
+            return
         table = VirtioPciModern(r.pci).msix_table_size()
         if not table:
             verdict.not_applicable("PCI-DEV-56", "no MSI-X capability")
@@ -243,7 +251,7 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict) -> None:
         for v in sorted({0, 1, n // 2, n - 1} & set(range(n))):
             cfg_v = (v + 1) % n
             d = r.up(features=ROUTING_FEATURES, vectors={"tx": v, "rx": NO_VECTOR, "config": cfg_v}, queue_size=32,
-                     rx_buffers=0)
+                     rx_buffers=0, layout=ring_layout)
             fds = d.vector_fds()
             for fd in fds.values():
                 drain(fd)

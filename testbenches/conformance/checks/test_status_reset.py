@@ -3,7 +3,9 @@
 "No DMA" is observed through the target's DMA observer where it declares one;
 on every target the used rings, the interrupt eventfds and guest memory
 snapshots are compared. A frame from the wire is delivered through the target's
-port where it has one.
+port where it has one. Device status and device reset run on both ring layouts (``ring_layout``); the used
+rings are compared through :meth:`~testbenches.conformance.harness.Rig.used_mark` (a split used idx, or how far
+a packed ring's descriptors read as used).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from testbenches.conformance.harness import (
     signalled,
 )
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 from testbenches.driver.split_ring import DriverSplitQueue
 
 RING_RESET_IDS = ("PCI-DEV-20", "PCI-DEV-21", "PCI-DEV-22", "PCI-DEV-23", "PCI-DEV-24",
@@ -45,9 +48,12 @@ RING_RESET_IDS = ("PCI-DEV-20", "PCI-DEV-21", "PCI-DEV-22", "PCI-DEV-23", "PCI-D
 
 
 @pytest.mark.req("STATUS-DEV-01")
-def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict) -> None:
+def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
-        d = r.up(queue_size=64, rx_buffers=4, driver_ok=False)  # rings live, DRIVER_OK not yet set
+        if not r.offers(ring_layout, verdict, "STATUS-DEV-01"):
+            return
+        # Rings live, DRIVER_OK not yet set.
+        d = r.up(queue_size=64, rx_buffers=4, driver_ok=False, layout=ring_layout)
         fds = d.vector_fds()
         for fd in fds.values():
             drain(fd)
@@ -59,7 +65,7 @@ def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict) -> None:
             if not isinstance(r.port, Lacking):
                 r.port.receive(make_frame(7))  # a frame arriving from the wire meanwhile
             fired = signalled(fds, QUIET_WAIT)
-            used = {q: d.queues[q].used_idx() for q in (RX, TX)}
+            used = {q: r.used_mark(q) for q in (RX, TX)}
         writes = rec.writes()
         verdict.check("STATUS-DEV-01", used == {RX: 0, TX: 0} and not writes and not fired,
                       f"status {status_text(r.status())}: after kicking {len(heads)} TX and RX buffers, used idx "
@@ -75,9 +81,11 @@ def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("RESET-DEV-02")
-def test_reset_device_stays_silent(bench: Bench, verdict: Verdict) -> None:
+def test_reset_device_stays_silent(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
-        d = r.up(queue_size=64, rx_buffers=8)
+        if not r.offers(ring_layout, verdict, "RESET-DEV-02"):
+            return
+        d = r.up(queue_size=64, rx_buffers=8, layout=ring_layout)
         t = d.transport
         n = r.tx_room(2)
         r.send([make_frame(i) for i in range(n)])
@@ -89,23 +97,23 @@ def test_reset_device_stays_silent(bench: Bench, verdict: Verdict) -> None:
         for fd in fds.values():
             drain(fd)
         r.faults()
-        used_before = {q: d.queues[q].used_idx() for q in (RX, TX)}
+        used_before = {q: r.used_mark(q) for q in (RX, TX)}
         with r.dma_watch() as rec:
             # The driver, unaware, keeps posting into the old rings and ringing the old doorbells.
-            d.queues[TX].add([bytes(12), make_frame(5)], [])
-            d.queues[TX].publish()
-            if d.queues[RX].num_free:
-                d.queues[RX].add([], [2048])
-                d.queues[RX].publish()
+            r.ring(TX).add([bytes(12), make_frame(5)], [])
+            r.ring(TX).publish()
+            if r.ring(RX).num_free:
+                r.ring(RX).add([], [2048])
+                r.ring(RX).publish()
             before = snapshot(r.mem)
             for q, loc in locations.items():
-                for value in (q, d.queues[q].published):
+                for value in (q, r.ring(q).published):
                     t.notify(q, value, location=loc)
             if not isinstance(r.port, Lacking):
                 r.port.receive(make_frame(6))
             fired = signalled(fds, QUIET_WAIT)
             after = snapshot(r.mem)
-        used_after = {q: d.queues[q].used_idx() for q in (RX, TX)}
+        used_after = {q: r.used_mark(q) for q in (RX, TX)}
         faults = r.faults()
         changed = changed_outside(r.mem, before, after, [])
         evidence = (f"after reset (status {status_text(t.status())}), kicks on the old doorbells and a wire frame: "
