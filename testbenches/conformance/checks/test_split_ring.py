@@ -1,4 +1,9 @@
-"""Split virtqueue, device side (2.7): descriptor handling, DMA discipline, used ring, notification suppression."""
+"""Split virtqueue, device side (2.7): descriptor handling, DMA discipline, used ring, notification suppression.
+
+SPLIT-DEV-01 (the frame does not depend on how the driver cut it into descriptors) holds for either ring layout
+and runs on both (``ring_layout``; on packed rings a layout with direct descriptors before an indirect table is
+posted as one indirect list, PACKED-DRV-15); the rest is about the split ring's own parts.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from testbenches.conformance.chains import (
 )
 from testbenches.conformance.harness import RING_MEM_SIZE, TIMEOUT, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 
 #: Buffers driven through one queue by the wrap check: past 2^16 with room to spare.
 WRAP_TOTAL = 70_000
@@ -44,7 +50,7 @@ WRAP_BUF = 512
 def _post_rx(rig: Rig, n: int, size: int | None = None, *, poisoned: bool = True) -> dict[int, Posted]:
     pending: dict[int, Posted] = {}
     for _ in range(n):
-        p = add_chain(rig.rx, [], [size or rig.rx_buf_size])
+        p = rig.add_chain(rig.RX, [], [size or rig.rx_buf_size])
         if poisoned:
             poison(rig.mem, p)
         pending[p.head] = p
@@ -84,9 +90,12 @@ RX_SPLITS: list[tuple[str, list[int], int | None]] = [
 
 
 @pytest.mark.req("SPLIT-DEV-01")
-def test_descriptor_layout_does_not_change_the_frame(bench: Bench, verdict: Verdict) -> None:
+def test_descriptor_layout_does_not_change_the_frame(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(indirect=True) or rig.features_for(indirect=False)
+        if not rig.offers(ring_layout, verdict, "SPLIT-DEV-01"):
+            return
+        feats = rig.features_for(indirect=True, layout=ring_layout) or rig.features_for(indirect=False,
+                                                                                        layout=ring_layout)
         assert feats is not None
         rig.bring_up(feats)
         if not rig.looped(verdict, "SPLIT-DEV-01"):
@@ -99,7 +108,7 @@ def test_descriptor_layout_does_not_change_the_frame(bench: Bench, verdict: Verd
             if direct is not None and not indirect_ok:
                 continue
             pending = _post_rx(rig, 1)
-            t = add_chain(rig.tx, split_at(hdr + frame, cuts), [], direct=direct)
+            t = rig.add_chain(rig.TX, split_at(hdr + frame, cuts), [], direct=direct)
             rig.publish(rig.TX)
             got = rig.complete(rig.RX, pending, 1)
             rig.complete(rig.TX, {t.head: t}, 1)
@@ -115,10 +124,10 @@ def test_descriptor_layout_does_not_change_the_frame(bench: Bench, verdict: Verd
                 continue
             total = rig.hdr_len + len(frame)
             lens = [len(p) for p in split_at(bytes(total + 16), cuts)]
-            p = add_chain(rig.rx, [], lens, direct=direct)
+            p = rig.add_chain(rig.RX, [], lens, direct=direct)
             poison(rig.mem, p)
             rig.publish(rig.RX)
-            t = add_chain(rig.tx, [hdr, frame], [])
+            t = rig.add_chain(rig.TX, [hdr, frame], [])
             rig.publish(rig.TX)
             got = rig.complete(rig.RX, {p.head: p}, 1)
             rig.complete(rig.TX, {t.head: t}, 1)
