@@ -87,7 +87,7 @@ class SplitRingMonitor:
             self._queue_write(e)
         elif e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and e.queue >= 0:
             self._queues.setdefault(e.queue, _Queue()).config_data = e.value
-        elif e.kind == "notify":
+        elif e.kind == "notify" and not has(self._features, F.RING_PACKED):  # packed rings: packed_ring_rules
             if has(self._features, F.NOTIFICATION_DATA):
                 self._check_notification_data(e)
             for index, q in self._queues.items():
@@ -106,7 +106,7 @@ class SplitRingMonitor:
             q.avail = q.avail & ~(0xFFFFFFFF << shift) | e.value << shift
         elif e.field == CommonCfg.QUEUE_DEVICE:
             q.used = q.used & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_ENABLE and e.value == 1:
+        elif e.field == CommonCfg.QUEUE_ENABLE and e.value == 1 and not has(self._features, F.RING_PACKED):
             self._enabled(e.queue, q)
         elif e.field == CommonCfg.QUEUE_RESET and e.value == 1:
             q.live = False
@@ -148,7 +148,7 @@ class SplitRingMonitor:
     def inspect(self) -> None:
         """Look at every live queue now (for doorbells that bypass the trace, e.g. ioeventfd kicks)."""
         for index, q in self._queues.items():
-            if q.live:
+            if q.live and not has(self._features, F.RING_PACKED):
                 self._inspect(index, q)
 
     def _inspect(self, index: int, q: _Queue) -> None:
