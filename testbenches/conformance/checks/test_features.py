@@ -1,4 +1,8 @@
-"""Feature bits (2.2, 6, 5.1.3): what is offered, and how negotiation is accepted or refused."""
+"""Feature bits (2.2, 6, 5.1.3): what is offered, and how negotiation is accepted or refused.
+
+Acceptance and refusal run for both ring layouts (``ring_layout``): the sets negotiated hold VIRTIO_F_RING_PACKED
+exactly on the packed run (which reads *not offered* where the device lacks it).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,19 @@ from backend.virtio.pci_regs import NetCfg
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, extended_capabilities
 from testbenches.conformance.harness import Bench, acknowledge, negotiate, usable_features
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 from testbenches.strategies import feature_sets
 
 NETFEAT_IDS = sorted({r.req_id for r in NET_DEPENDENCIES})
+
+
+def _layout_offered(offered: int, layout: Layout, verdict: Verdict, rid: str) -> bool:
+    """True unless packed rings are asked for and not offered (then ``rid`` reads not offered, once)."""
+    if layout == "split" or has(offered, F.RING_PACKED):
+        return True
+    if not verdict.recorded(rid):
+        verdict.not_offered(rid, f"packed ring layout: VIRTIO_F_RING_PACKED not offered ({offered:#x})")
+    return False
 
 
 @pytest.mark.req("FEAT-DEV-01", "FEAT-DEV-06", "FEAT-DEV-08", "FEAT-DEV-13", "FEAT-DEV-14", "FEAT-DEV-15",
@@ -60,12 +74,16 @@ def test_offered_features(bench: Bench, verdict: Verdict) -> None:
 @pytest.mark.req("FEAT-DEV-02")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_every_valid_subset_is_accepted(bench: Bench, verdict: Verdict, data: st.DataObject) -> None:
+def test_every_valid_subset_is_accepted(bench: Bench, verdict: Verdict, data: st.DataObject,
+                                        ring_layout: Layout) -> None:
     t = _cached_transport(bench, verdict)
-    offered = usable_features(t.device_features())
+    if not _layout_offered(t.device_features(), ring_layout, verdict, "FEAT-DEV-02"):
+        return
+    offered = usable_features(t.device_features(), ring_layout)
     # VERSION_1 and (when offered) ACCESS_PLATFORM stay in: the bench always reaches the device through an
-    # IOMMU, and a device MAY refuse to operate when ACCESS_PLATFORM is not accepted (6.1).
-    required = (1 << F.VERSION_1 | 1 << F.ACCESS_PLATFORM) & offered
+    # IOMMU, and a device MAY refuse to operate when ACCESS_PLATFORM is not accepted (6.1). RING_PACKED is the
+    # layout's choice, in every set of the packed run.
+    required = (1 << F.VERSION_1 | 1 << F.ACCESS_PLATFORM | 1 << F.RING_PACKED) & offered
     subset = data.draw(feature_sets(offered, required=required), label="features")
     ok = negotiate(t, subset)
     verdict.check("FEAT-DEV-02", ok, f"FEATURES_OK refused for the valid subset {subset:#x} of {offered:#x}")
@@ -82,12 +100,14 @@ def _cached_transport(bench: Bench, verdict: Verdict) -> VirtioPciModern:
 
 
 @pytest.mark.req("FEAT-DEV-03")
-def test_unsupported_subset_is_refused(bench: Bench, verdict: Verdict) -> None:
+def test_unsupported_subset_is_refused(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """Every bit the device does not offer, in each of the four 32-bit driver_feature windows, added alone to
     an accepted set: the device cannot work with a feature it does not have, so FEATURES_OK must stay clear."""
     t = bench.transport()
     offered = t.device_features()
-    base = usable_features(offered)
+    if not _layout_offered(offered, ring_layout, verdict, "FEAT-DEV-03"):
+        return
+    base = usable_features(offered, ring_layout)
     assert negotiate(t, base), f"FEATURES_OK refused for the offered set {base:#x} (FEAT-DEV-02 reports it)"
     stuck = [b for b in range(128) if not has(offered, b) and negotiate(t, base | 1 << b)]
     unoffered = sum(1 for b in range(128) if not has(offered, b))
@@ -96,9 +116,11 @@ def test_unsupported_subset_is_refused(bench: Bench, verdict: Verdict) -> None:
 
 
 @pytest.mark.req("FEAT-DEV-05")
-def test_same_set_accepted_again_after_reset(bench: Bench, verdict: Verdict) -> None:
+def test_same_set_accepted_again_after_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     t = bench.transport()
-    features = usable_features(t.device_features())
+    if not _layout_offered(t.device_features(), ring_layout, verdict, "FEAT-DEV-05"):
+        return
+    features = usable_features(t.device_features(), ring_layout)
     first = negotiate(t, features)
     second = negotiate(t, features)
     verdict.check("FEAT-DEV-05", first and second, f"FEATURES_OK first={first}, after reset={second}")
