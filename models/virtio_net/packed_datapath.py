@@ -2,9 +2,10 @@
 
 The model's split data path lives in :mod:`models.virtio_net.device`, with its bulk numpy paths; this is the
 packed counterpart, chain by chain through :class:`~models.virtio_net.packed_engine.PackedQueue` with every
-check of the engine. The device's per-chain hooks ``tx_frame``, ``rx_header`` and ``control_command`` apply
-here too; ``used_len_for`` and ``notify_used`` take a split queue, so this path writes the bytes written and
-signals the queue's vector itself.
+check of the engine, except the transmit queue's runs of one-descriptor lists, taken in bulk by
+:mod:`models.virtio_net.packed_fast` when the device keeps every per-list hook as it is. The device's per-chain
+hooks ``tx_frame``, ``rx_header`` and ``control_command`` apply here too; ``used_len_for`` and ``notify_used``
+take a split queue, so this path writes the bytes written and signals the queue's vector itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from backend.pci.device import DmaFaultError
 from backend.virtio.features import NetF, has
 from backend.virtio.packed_ring import EventFlags, advance
+from models.virtio_net import packed_fast
 from models.virtio_net.packed_engine import PackedChain, PackedQueue, UsedElem
 from models.virtio_net.split_engine import RingError, full_barrier
 
@@ -49,8 +51,18 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     ask for one at the next slot and look once more (a list made available while they were off came without)."""
     quiet = False
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
+    bulk = one is _tx_chain and packed_fast.bulk_ok(dev)
     try:
         for _ in range(MAX_ROUNDS):
+            if bulk and q.head_available():
+                if not quiet:
+                    q.write_device_event(EventFlags.DISABLE)
+                    quiet = True
+                taken, old, new = packed_fast.tx_run(dev, q)
+                if taken:
+                    if q.needs_notification(old, new):
+                        dev.signal_queue(q.msix_vector)
+                    continue
             chain = q.chain_at()
             if chain is None:
                 if not quiet:
@@ -73,6 +85,8 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
                 slots += chain.slots
                 elems.append(UsedElem(chain.head, one(dev, q, chain), chain.slots))
                 chain = q.chain_at() if slots < q.size else None
+                if bulk and chain is not None and _plain(chain):
+                    break  # the rest of the run goes in bulk, next round
             _publish(dev, q, elems, batch_ok and all(e.len == 0 for e in elems))
         # Out of rounds: kicks are wanted again, and what is already there is taken once the lock is released.
         q.want_kick_at_next()
@@ -86,6 +100,11 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
             with contextlib.suppress(DmaFaultError):
                 q.want_kick_at_next()
         raise
+
+
+def _plain(chain: PackedChain) -> bool:
+    """A list the bulk path would take (one device-readable descriptor; its buffer checks are the bulk path's)."""
+    return chain.slots == 1 and chain.ndesc == 1 and not chain.writable
 
 
 def _tx_chain(dev: VirtioNetDevice, q: PackedQueue, chain: PackedChain) -> int:

@@ -1,0 +1,203 @@
+"""The packed transmit queue's common case in bulk: a run of one-descriptor lists taken, sent and returned at once.
+
+The per-list path (:mod:`models.virtio_net.packed_datapath` through
+:class:`~models.virtio_net.packed_engine.PackedQueue`) costs a dozen Python calls and DMA accesses per list. Most
+lists a driver transmits are one device-readable descriptor holding header and frame (DPDK's virtio PMD and
+Linux both push the header in front of the frame), so this module takes the leading run of those in two
+compiled calls over the descriptor ring's mapping, gathers their frames in one copy and writes their used
+descriptors in one scatter, the first one's flags last (so the driver sees the run used at once, as with
+:meth:`PackedQueue.push_used`).
+
+It judges nothing. A slot is taken only when its flags are exactly the AVAIL/USED bits of the driver wrap
+counter there (no NEXT, INDIRECT or WRITE), its buffer is longer than the virtio-net header and lies inside
+the one readable mapping handed in. The first slot that is anything else ends the run and is left to the
+per-list path with every check of the engine. A device whose class overrides any per-list packed hook, or
+``tx_frame``, never gets here (:func:`bulk_ok`), so a seeded bug shows exactly as written.
+
+Memory order: the flags of the whole run are read first (one compiled call), then, after a full barrier, the
+rest of each descriptor (a second call), each value read once; the driver wrote every descriptor before its
+flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import numba as nb  # type: ignore[import-untyped]
+import numpy as np
+from numpy.typing import NDArray
+
+from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags, advance, used_bits
+from models.virtio_net.fast_tx import _copy_bytes
+from models.virtio_net.packed_engine import PackedHooks, PackedQueue
+from models.virtio_net.split_engine import full_barrier
+from models.virtio_net.wire import FrameBatch
+
+if TYPE_CHECKING:
+    from models.virtio_net.device import VirtioNetDevice
+
+#: The packed hooks a list or its used descriptor goes through; a variant overriding one gets the per-list path.
+PER_LIST_HOOKS = ("packed_chain_continues", "packed_buffer_id", "packed_indirect_count", "packed_indirect_entry_ok",
+                  "packed_max_chain_len", "packed_advance_used", "packed_used_stores", "packed_in_order_id")
+_AVAIL = int(PackedDescFlags.AVAIL)
+_USED = int(PackedDescFlags.USED)
+_U64 = np.uint64
+_USED_WORD_OFFSET = 8  # len (u32), id (u16), flags (u16): the second 8-byte word of a descriptor
+
+TxRun = tuple[int, NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint16], int]
+
+
+def _count_avail(words: NDArray[np.uint64], off: int, wrap: int, limit: int) -> int:
+    """Slots from ``off`` (driver wrap counter ``wrap``) whose flags are exactly the AVAIL/USED bits of that
+    counter, up to ``limit``: one-descriptor lists made available, nothing else set."""
+    size = words.shape[0]
+    k = 0
+    while k < limit:
+        want = _AVAIL if wrap else _USED
+        if (words[off, 1] >> _U64(48)) != _U64(want):
+            break
+        k += 1
+        off += 1
+        if off == size:
+            off = 0
+            wrap ^= 1
+    return k
+
+
+def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], mem_iova: np.uint64,
+          mem_last: np.uint64, hdr: np.uint64) -> TxRun:
+    """Of ``k`` slots from ``off`` (counted by :func:`_count_avail`), the leading ones whose buffer holds more than
+    the header and lies in ``mem`` (IOVA ``mem_iova`` to ``mem_last``): (taken, frames back to back, each frame's
+    length, each list's Buffer ID, the common frame length or -1)."""
+    size = words.shape[0]
+    offs = np.empty(k, np.int64)
+    lens = np.empty(k, np.int64)
+    ids = np.empty(k, np.uint16)
+    total = 0
+    n = 0
+    slot = off
+    while n < k:
+        word = words[slot, 1]
+        addr = words[slot, 0]
+        length = word & _U64(0xFFFFFFFF)
+        if length <= hdr or addr < mem_iova or addr > mem_last or length - _U64(1) > mem_last - addr:
+            break  # no frame after the header, or outside this mapping: the per-list path decides
+        offs[n] = np.int64(addr - mem_iova + hdr)
+        lens[n] = np.int64(length - hdr)
+        ids[n] = np.uint16((word >> _U64(32)) & _U64(0xFFFF))
+        total += lens[n]
+        n += 1
+        slot += 1
+        if slot == size:
+            slot = 0
+    out = np.empty(total, np.uint8)
+    uniform = lens[0] if n else -1
+    pos = 0
+    for i in range(n):
+        m = lens[i]
+        if m != uniform:
+            uniform = -1
+        _copy_bytes(out, pos, mem, offs[i], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
+        pos += m
+    return n, out, lens[:n], ids[:n], uniform
+
+
+def _signatures(kind: str) -> list[object]:
+    out: list[object] = []
+    for ro in (False, True):
+        words = nb.types.Array(nb.uint64, 2, "C", readonly=ro)
+        if kind == "count":
+            out.append(nb.int64(words, nb.int64, nb.int64, nb.int64))
+            continue
+        mem = nb.types.Array(nb.uint8, 1, "C", readonly=ro)
+        result = nb.types.Tuple((  # type: ignore[no-untyped-call]
+            nb.int64, nb.uint8[::1], nb.int64[::1], nb.uint16[::1], nb.int64))
+        out.append(result(words, nb.int64, nb.int64, mem, nb.uint64, nb.uint64, nb.uint64))
+    return out
+
+
+count_avail = cast(Callable[[NDArray[np.uint64], int, int, int], int],
+                   nb.njit(_signatures("count"), cache=True, nogil=True, boundscheck=False)(_count_avail))
+take = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64], TxRun],
+            nb.njit(_signatures("take"), cache=True, nogil=True, boundscheck=False)(_take))
+
+
+def bulk_ok(dev: VirtioNetDevice) -> bool:
+    """The device keeps every per-list packed hook and ``tx_frame`` as VirtioNetDevice has them."""
+    return dev.bulk_tx and all(getattr(type(dev), h) is getattr(PackedHooks, h) for h in PER_LIST_HOOKS)
+
+
+def ring_words(q: PackedQueue) -> NDArray[np.uint64] | None:
+    """The descriptor ring as (addr, len | id << 32 | flags << 48) words over guest memory, valid while the mappings
+    stay as they are (the caller holds the device's lock); None when it is not inside one readable mapping or
+    every access must be observed."""
+    dma = q.batch_dma
+    if dma is None or dma.generation() is None:
+        return None
+    found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, False)
+    if found is None:
+        return None
+    mem, base, _ = found
+    return mem[q.desc - base:q.desc - base + DESC_SIZE * q.size].view("<u8").reshape(q.size, 2)
+
+
+def tx_run(dev: VirtioNetDevice, q: PackedQueue) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """Take, send and return the leading run of plain one-descriptor lists at next_avail.
+
+    Returns (lists taken, used position before, after); 0 taken when the head is not plain (or the device holds
+    lists: the used position must be where the run starts), for the per-list path.
+    """
+    old = (q.next_used, q.used_wrap)
+    dma = q.batch_dma
+    if dma is None or old != (q.next_avail, q.avail_wrap) or q.size < 1:
+        return 0, old, old
+    words = ring_words(q)
+    if words is None:
+        return 0, old, old
+    k = count_avail(words, q.next_avail, q.avail_wrap, q.size)
+    if k == 0:
+        return 0, old, old
+    full_barrier()  # the flags were read before the rest of each descriptor
+    mapping = dma.mapping_bytes(int(words[q.next_avail, 0]), 1, False)  # a hint: take() checks every buffer
+    if mapping is None:
+        return 0, old, old
+    mem, first, last = mapping
+    n, data, lens, ids, uniform = take(words, q.next_avail, k, mem, _U64(first), _U64(last), _U64(dev.hdr_len))
+    if n == 0:
+        return 0, old, old
+    q.consume(n)
+    dev.stats.tx_bulk += n
+    dev._transmit_batch(FrameBatch(data, lens, uniform if uniform >= 0 else None))
+    if q.in_order and dev.in_order_batch:
+        _write_used(q, old, np.array([ids[-1]], dtype=np.uint16))  # one used descriptor for the batch (2.8.8)
+    else:
+        _write_used(q, old, ids)
+    new = advance(old[0], old[1], n, q.size)
+    q.next_used, q.used_wrap = new
+    return n, old, new
+
+
+def _write_used(q: PackedQueue, at: tuple[int, int], ids: NDArray[np.uint16]) -> None:
+    """Used descriptors (len 0: nothing written into a TX buffer) for ``ids`` from position ``at``, one slot each;
+    the first one's flags are the last store."""
+    dma = q.batch_dma
+    assert dma is not None
+    size = q.size
+    n = len(ids)
+    slots = (at[0] + np.arange(n, dtype=np.int64)) % size
+    wraps = np.where(at[0] + np.arange(n) < size, at[1], at[1] ^ 1)
+    flags = np.where(wraps == 1, used_bits(1), used_bits(0)).astype(np.uint64)
+    words = (ids.astype(np.uint64) << _U64(32)) | (flags << _U64(48))
+    iovas = (q.desc + DESC_SIZE * slots + _USED_WORD_OFFSET).astype(np.uint64)
+    if n > 1:
+        done = dma.scatter(iovas[1:], np.full(n - 1, 8, dtype=np.uint64), words[1:].view(np.uint8))
+        if done != n - 1:  # outside the maps: the checked write records the fault
+            i = 1 + done
+            dma.write(int(iovas[i]), words[i:i + 1].tobytes())
+    head = int(iovas[0])
+    dma.write(head, words[:1].tobytes()[:6])  # len and id before the flags (PACKED-DEV-07)
+    dma.write_u16(head - _USED_WORD_OFFSET + DESC_FLAGS_OFFSET, int(flags[0]))
+
+
+__all__ = ["PER_LIST_HOOKS", "bulk_ok", "count_avail", "ring_words", "take", "tx_run"]
