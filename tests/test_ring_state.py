@@ -16,11 +16,13 @@ refused with the named limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,9 +31,11 @@ from hypothesis import strategies as st
 from backend.device import NotSupported, VqState
 from backend.drivers.quirks import NO_QUIRK, VDPA_BENCH_RTL, PciIds
 from backend.drivers.vdpa import VirtioPciVdpaDevice
-from backend.eventloop import wait_eventfd
+from backend.eventloop import new_eventfd, wait_eventfd
 from backend.pci.device import PciDevice
 from backend.targets import default_registry
+from backend.vhost_user import messages as vm
+from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from models.rtl.targets import RtlOptions, build_variant
@@ -41,7 +45,9 @@ from sim.rtl.build import ToolchainMissing
 from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.frames import test_frame
+from testbenches.frontend.vhost_user import WANTED_FEATURES, VhostUserFrontend
 from testbenches.peers.process import require_peer
+from tests.vhost_user_rig import Devices
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -52,6 +58,8 @@ QSIZE = 256
 WANT = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.EVENT_IDX, F.RING_RESET, NetF.MAC)
 MEM_SIZE = 4 << 20
 GPA = 1 << 20
+UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+VR = vm.FrontendRequest
 WAIT = 20.0  # bound on any wait for the device (the RTL under a loaded machine is slow)
 
 
@@ -289,3 +297,103 @@ def test_a_stop_that_cuts_a_chain_short_is_caught(rtl_built: None) -> None:
             break
     assert failures, "60 mid-traffic stops on the seeded-bug build all resumed exactly"
     print(f"\n  seeded stop bug caught after {attempt + 1} workload(s): {failures[0]}")
+
+
+# --- the same through vhost-user: GET_VRING_BASE / SET_VRING_BASE on real sessions ---------------------------
+
+
+def vhost_user_take_over(old: VhostUserFrontend, path: str, bases: dict[int, int]) -> VhostUserFrontend:
+    """A frontend on a second backend taking ``old``'s rings over at ``bases`` (a migrated guest's rings)."""
+    fe = VhostUserFrontend.connect(path, old.mem)
+    fe.alloc, fe.rings = old.alloc, dict(old.rings)
+    fe.negotiate(old.features)
+    assert fe.features == old.features
+    for q in fe.rings:
+        fe.calls[q] = new_eventfd()
+        fe.request(VR.SET_VRING_CALL, vm.VringFile(q), [fe.calls[q]])
+    fe.request(VR.SET_FEATURES, vm.U64(fe.features))
+    fe.request(VR.SET_STATUS, vm.Status(UP), need_reply=True)
+    fe.set_mem_table()
+    for q, ring in fe.rings.items():
+        fe.kicks[q] = new_eventfd()
+        fe.request(VR.SET_VRING_NUM, vm.VringState(q, QSIZE))
+        fe.request(VR.SET_VRING_BASE, vm.VringState(q, bases[q]))
+        assert isinstance(ring, DriverSplitQueue)
+        fe.set_ring_addr(q, ring.desc_addr, ring.avail_addr, ring.used_addr)
+        fe.request(VR.SET_VRING_KICK, vm.VringFile(q), [fe.kicks[q]])
+    for q in fe.rings:
+        fe.enable(q, True)
+    fe.request(VR.SET_STATUS, vm.Status(UP | DeviceStatus.DRIVER_OK), need_reply=True)
+    return fe
+
+
+def get_vring_base(fe: VhostUserFrontend, q: int) -> int:
+    reply = fe.request(VR.GET_VRING_BASE, vm.VringState(q, 0))
+    assert reply is not None and isinstance(reply.payload, vm.VringState)
+    return reply.payload.num
+
+
+def bounded_used(ring: DriverSplitQueue, call: int, idx: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while ring.used_idx() != idx & 0xFFFF:
+        left = deadline - time.monotonic()
+        assert left > 0, f"queue {ring.index}: used idx stuck at {ring.used_idx()}, expected {idx & 0xFFFF}"
+        wait_eventfd(call, min(left, 0.05))
+
+
+@pytest.mark.parametrize("spec", TARGETS)
+def test_get_vring_base_mid_traffic_through_vhost_user(spec: str, request: pytest.FixtureRequest,
+                                                       tmp_path: Path) -> None:
+    """A frontend on ``serve``'s session runs traffic, asks GET_VRING_BASE of the transmit ring right after its
+    kicks (the session stops the ring through the driver's quirk and answers the position), then of the receive
+    ring once everything sent came back; a second backend with a fresh device gets the rings with SET_VRING_BASE
+    at those positions and carries the rest: every frame exactly once, in order."""
+    if spec == RTL:
+        request.getfixturevalue("rtl_built")
+    frames = frames_for(160)
+    with GuestMemory.single(MEM_SIZE, gpa=GPA) as mem, contextlib.ExitStack() as stack:
+        first = VhostUserServer(str(tmp_path / "a.sock"), Devices(spec))
+        stack.callback(first.close)
+        fe = VhostUserFrontend.connect(str(tmp_path / "a.sock"), mem)
+        stack.callback(fe.close)
+        fe.start(size=QSIZE, wanted=WANTED_FEATURES & ~bits(F.INDIRECT_DESC))
+        rx, tx = fe.rings[RXQ], fe.rings[TXQ]
+        assert isinstance(rx, DriverSplitQueue) and isinstance(tx, DriverSplitQueue)
+        for _ in frames:
+            rx.add([], [2048])
+        fe.kick(RXQ)
+        for k in range(0, 96, 16):
+            for f in frames[k:k + 16]:
+                tx.add([NetHdr().pack() + f], [])
+            tx.publish()
+            os.eventfd_write(fe.kicks[TXQ], 1)
+        stopped_tx = get_vring_base(fe, TXQ)
+        assert tx.used_idx() == stopped_tx <= 96
+        bounded_used(rx, fe.calls[RXQ], stopped_tx)
+        stopped_rx = get_vring_base(fe, RXQ)
+        assert stopped_rx == rx.used_idx() == stopped_tx
+        got = received(rx)
+        tx.used()
+        old = first.sessions[0].session
+        assert old is not None and isinstance(old.device, VirtioPciVdpaDevice) and old.device.quirk is VDPA_BENCH_RTL
+        # the session wrote RING_RESET to the device for itself: the quirk's stop, not the used-ring fallback
+        assert has(old.device.get_driver_features(), F.RING_RESET)
+        first.close()
+        second = VhostUserServer(str(tmp_path / "b.sock"), Devices(spec))
+        stack.callback(second.close)
+        fe2 = vhost_user_take_over(fe, str(tmp_path / "b.sock"), {RXQ: stopped_rx, TXQ: stopped_tx})
+        stack.callback(fe2.close)
+        for f in frames[96:]:
+            tx.add([NetHdr().pack() + f], [])
+        for q, ring in ((RXQ, rx), (TXQ, tx)):
+            ring.publish()
+            os.eventfd_write(fe2.kicks[q], 1)
+        bounded_used(tx, fe2.calls[TXQ], len(frames))
+        bounded_used(rx, fe2.calls[RXQ], len(frames))
+        got += received(rx)
+        tx.used()
+        assert [seq_of(f) for f in got] == list(range(len(frames)))
+        assert got == frames
+        session = second.sessions[0].session
+        assert session is not None
+        assert not session.stats.errors, session.stats.errors
