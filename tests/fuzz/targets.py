@@ -22,7 +22,7 @@ from typing import Final, Protocol
 #: Packages whose code is instrumented for coverage.
 INSTRUMENTED: Final = ["backend", "sim", "models", "testbenches", "tests.fuzz"]
 #: Modules compiled by numba: it reads the bytecode itself and cannot compile atheris' probes.
-NUMBA: Final = ["models.virtio_net.fast_tx", "backend.sigbus_guard"]
+NUMBA: Final = ["models.virtio_net.fast_tx", "models.virtio_net.packed_fast", "backend.sigbus_guard"]
 #: The register plumbing between a driver and a simulated function (PCI endpoint, virtio-pci transport):
 #: every input of the device-side targets runs through it thousands of times, but it is not what they
 #: fuzz, and left uninstrumented the runs go about twice as fast (atheris excludes exact module names).
