@@ -4,7 +4,9 @@ The drivers under test are the bench's own: the guest driver
 (``testbenches.driver.virtio_net.GuestNetDriver``) and the backend's generic
 vendor driver (``backend.drivers.vdpa.VirtioPciVdpaDevice``), each run
 against the target through a :class:`TracingPciDevice`. Directed rows use a
-fault-injecting proxy that makes the device refuse or withhold features.
+fault-injecting proxy that makes the device refuse or withhold features. The guest driver's bring-up, traffic
+and reset run on both ring layouts (``ring_layout``): the register rows are judged on each, the split ring rows
+on split rings (not applicable on packed ones).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, SriovConfigSpace, extended_capabilities
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout as RingLayout
+from testbenches.driver.layout import layout_features
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver
 from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
@@ -115,18 +119,29 @@ def _ring_ids(verdict: Verdict, offered: int, event_idx: bool, driver: str) -> t
     pytest.param(True, id="event_idx", marks=pytest.mark.req("SPLIT-DRV-14")),
     pytest.param(False, id="no_event_idx", marks=pytest.mark.req("SPLIT-DRV-12"))])
 def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict, mem: GuestMemory,
-                                                 event_idx: bool) -> None:
+                                                 event_idx: bool, ring_layout: RingLayout) -> None:
+    ring_rule = EVENT_IDX_RULE[event_idx]
+    split_rows = (*RING, *INDIRECT, ring_rule)
+    if ring_layout == "packed":
+        offer = bench.transport().device_features()
+        if not has(offer, F.RING_PACKED):
+            for rid in (*MONITORED, *DOORBELL, *split_rows, "PCI-DRV-14", "PCI-DRV-26"):
+                verdict.not_offered(rid, f"packed ring layout: VIRTIO_F_RING_PACKED not offered ({offer:#x})")
+            return
+        for rid in (*split_rows, "PCI-DRV-17"):  # PCI-DRV-17: the power-of-two queue size of split rings
+            verdict.not_applicable(rid, "a split ring rule; this run drives packed rings")
     trace = TracingPciDevice(bench.open())
-    rings = SplitRingMonitor.attach(trace, mem.read)
+    rings = SplitRingMonitor.attach(trace, mem.read) if ring_layout == "split" else None
     wanted = DEFAULT_FEATURES if event_idx else DEFAULT_FEATURES & ~bits(F.EVENT_IDX)
-    drv = CountingGuestDriver(trace, mem, queue_size=64, features=wanted)
+    drv = CountingGuestDriver(trace, mem, queue_size=64, features=layout_features(wanted, ring_layout))
     try:
         drv.init()
         offered, negotiated, intx = drv.offered, drv.features, drv.intx
+        assert has(negotiated, F.RING_PACKED) == (ring_layout == "packed"), f"negotiated {negotiated:#x}"
         drv.send([FRAME] * 8)
         drv.wait_tx_done(timeout=5.0)
         if has(drv.features, F.INDIRECT_DESC):  # an indirect chain too: header and frame in a table
-            drv.queues[drv.TX].add([NetHdr().pack(), FRAME], [], indirect=True)
+            drv.ring(drv.TX).add([NetHdr().pack(), FRAME], [], indirect=True)
             drv.notify(drv.TX)
             drv.wait_tx_done(timeout=5.0)
         # The transmit completions raised a queue interrupt (nothing suppresses them): the driver handles it.
@@ -136,7 +151,7 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         drv.init()
     finally:
         drv.close()
-    name = f"guest driver ({'with' if event_idx else 'without'} EVENT_IDX)"
+    name = f"guest driver ({'with' if event_idx else 'without'} EVENT_IDX, {ring_layout} rings)"
     monitor = VirtioPciDriverMonitor(trace)
     _judge(verdict, monitor, name, (*MONITORED, *DOORBELL))
     _judge_cap_writes(verdict, trace, monitor, name)
@@ -144,6 +159,8 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         ok, evidence = monitor.verdicts().get("PCI-DRV-26", (True, []))
         verdict.check("PCI-DRV-26", ok, f"{name}: {handled} queue interrupt(s) handled with MSI-X; "
                       + "; ".join(evidence[:5]))
+    if rings is None:
+        return
     ring_ids = _ring_ids(verdict, offered, event_idx, name)
     _judge(verdict, rings, name, (*ring_ids, *_indirect_or_not_offered(verdict, offered, negotiated, name)))
 
