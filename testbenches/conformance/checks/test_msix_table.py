@@ -34,6 +34,15 @@ def _pba(dev: PciDevice, info: MsixInfo) -> list[int]:
     return [v for v in range(info.table_size) if raw[v // 8] >> (v % 8) & 1]
 
 
+def _address(v: int) -> int:
+    """A message address unlike every other entry's, with both halves non-zero."""
+    return 0xFEE0_0000 | (v << 12) | 0x5A5A_0000_0000_0000 | (v << 2)
+
+
+def _swapped(address: int) -> int:
+    return (address & 0xFFFFFFFF) << 32 | address >> 32
+
+
 @pytest.mark.req("PCI-DEV-01", "PCI-DEV-54")
 def test_msix_table_entries_and_pba(bench: Bench, verdict: Verdict) -> None:
     t = bench.transport()
@@ -61,7 +70,7 @@ def test_msix_table_entries_and_pba(bench: Bench, verdict: Verdict) -> None:
                                          f"bits 0)")
     # Message address and data of every entry: a qword write reads back as dwords, dword writes as a qword.
     for v, e in enumerate(entry):
-        address = 0xFEE0_0000 | (v << 12) | 0x5A5A_0000_0000_0000 | (v << 2)
+        address = _address(v)
         data = 0x4000 | v
         write_int(dev, info.table_bar, e, 8, address)
         write_int(dev, info.table_bar, e + 8, 4, data)
@@ -73,13 +82,22 @@ def test_msix_table_entries_and_pba(bench: Bench, verdict: Verdict) -> None:
         write_int(dev, info.table_bar, e, 4, address >> 32)  # dword writes, read back as one qword
         write_int(dev, info.table_bar, e + 4, 4, address & 0xFFFFFFFF)
         swapped = read_int(dev, info.table_bar, e, 8)
-        want = (address & 0xFFFFFFFF) << 32 | address >> 32
+        want = _swapped(address)
         verdict.check("PCI-DEV-54", swapped == want, f"MSI-X entry {v}: dword writes {want:#x} read as qword "
                                                       f"{swapped:#x}")
         for ctrl in (0, MSIX_ENTRY_CTRL_MASKED):
             write_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4, ctrl)
             got = read_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4) & MSIX_ENTRY_CTRL_MASKED
             verdict.check("PCI-DEV-01", got == ctrl, f"MSI-X entry {v}: Mask bit written {ctrl} reads {got}")
+    # Each entry is its own registers: once all are written, every one still holds its own last values (a write
+    # that reached a neighbouring entry or field, or moved the table, shows here and not in the entry's read-back).
+    final = {v: (_swapped(_address(v)), 0x4000 | v, MSIX_ENTRY_CTRL_MASKED) for v in range(n)}
+    held = {v: (read_int(dev, info.table_bar, e, 8), read_int(dev, info.table_bar, e + 8, 4),
+                read_int(dev, info.table_bar, e + MSIX_ENTRY_VECTOR_CTRL, 4) & MSIX_ENTRY_CTRL_MASKED)
+            for v, e in enumerate(entry)}
+    moved = {v: tuple(hex(x) for x in held[v]) for v in range(n) if held[v] != final[v]}
+    verdict.check("PCI-DEV-54", not moved, f"after writing all {n} entries, entries not holding their own last "
+                                           f"address, data and Mask bit: {moved}")
     pending = _pba(dev, info)
     verdict.check("PCI-DEV-01", not pending, f"pending bits {pending} with no event raised")
     dev.region_write(info.pba_bar, info.pba_offset, b"\xff" * pba_len)
