@@ -8,7 +8,11 @@ queue size, for 64- and 1500-byte frames, with DPDK's virtio_user as the fronten
   with ``tx_first``); the rate is the frontend's RX counter.
 
 Each cell (queue size, mode) runs ours then net_vhost back to back, every run through all cells, so load
-on a shared machine falls on both alike: the figures that count are the ratios of the same run. The
+on a shared machine falls on both alike: the figures that count are the ratios of the same run.
+
+Rings are split unless a cell says packed: the 64-byte txonly cells at 256 and 1024 entries also run with
+packed rings (``packed_vq=1``; net_vhost takes packed rings from a frontend that asks), and issue 11 wants the
+packed ratio to net_vhost at least :data:`GOAL_PACKED_VS_SPLIT` of the split one of the same run. The
 per-packet cost printed is wall-clock time per packet (1 / rate); the device's CPU per packet is the
 model's thread time over the packets of the window.
 """
@@ -16,6 +20,7 @@ model's thread time over the packets of the window.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,7 +34,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from backend.virtio.features import F
 from bench.cpu import ThreadTimes, split_cpu
+from models.virtio_net.device import DEFAULT_FEATURES
 from testbenches.peers.process import MissingPeer
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import Testpmd, vhost_vdev, virtio_user_vdev
@@ -39,6 +46,14 @@ FRONTEND_CPU = 1  # virtio_user's lcores run here
 QSIZES = (64, 256, 1024, 4096)
 MODES = ("txonly", "io")
 FRAMES = (64, 1500)
+LAYOUTS = ("split", "packed")
+#: Cells that also run on packed rings: (queue sizes, mode, frame sizes).
+PACKED_QSIZES = (256, 1024)
+PACKED_CELL = ("txonly", (64,))
+#: Issue 11: the packed ratio to net_vhost at least this share of the split ratio of the same run.
+GOAL_PACKED_VS_SPLIT = 0.8
+#: What serve's model offers in packed cells: its default offer with RING_PACKED, whatever the default is.
+PACKED_OFFER = DEFAULT_FEATURES | 1 << F.RING_PACKED
 #: Bursts the io loop starts with (``start tx_first N``, 32 frames each): more than the smallest ring holds.
 IO_BURSTS = 16
 #: Issue 16's goals, for 64-byte txonly: the ratio to net_vhost at 1024 and 256 entries, and how much more
@@ -46,6 +61,7 @@ IO_BURSTS = 16
 GOAL_RATIO = {1024: 0.5, 256: 0.35}
 GOAL_FLATNESS = 1.5
 GOAL_BACKEND_CPU = 1.0  # percent of one core
+_DRIVER_OK = re.compile(r"DRIVER_OK: device running \(driver features (0x[0-9a-f]+)")
 #: py-spy writes its flame graph within this long after its duration (seconds).
 PROFILE_TIMEOUT = 60.0
 
@@ -61,6 +77,7 @@ class Sample:
     backend_cpu_pct: float | None = None  # ours: backend threads (control plane)
     device_cpu_pct: float | None = None  # ours: the simulated device's threads
     device_ns_per_pkt: float | None = None  # ours: device thread time per packet
+    layout: str = "split"  # the rings the frontend asked for ("split" or "packed")
 
 
 @dataclass(frozen=True)
@@ -105,19 +122,22 @@ def _frame_sizes(mode: str) -> Iterator[tuple[int, ...]]:
             yield (f,)
 
 
-def _frontend(sock: str, qsize: int, log: Path) -> Testpmd:
-    return Testpmd(virtio_user_vdev(sock, queue_size=qsize), log=log, cpu=FRONTEND_CPU, name="virtio_user")
+def _frontend(sock: str, qsize: int, log: Path, layout: str = "split") -> Testpmd:
+    vdev = virtio_user_vdev(sock, queue_size=qsize, packed_vq=True if layout == "packed" else None)
+    return Testpmd(vdev, log=log, cpu=FRONTEND_CPU, name="virtio_user")
 
 
-def ours(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window) -> list[Sample]:
-    tag = f"ours-{run}-{qsize}-{mode}-{frames[0]}"
+def ours(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window,
+         layout: str = "split") -> list[Sample]:
+    tag = f"ours-{run}-{qsize}-{mode}-{frames[0]}-{layout}"
     sock = str(work / f"{tag}.sock")
     wire = "loopback" if mode == "io" else "none"
+    offer = f",features={PACKED_OFFER:#x}" if layout == "packed" else ""
     out: list[Sample] = []
-    with ServeProcess(sock, f"sim:virtio-net,wire={wire},qsize={qsize}", log=work / f"{tag}-serve.log",
+    with ServeProcess(sock, f"sim:virtio-net,wire={wire},qsize={qsize}{offer}", log=work / f"{tag}-serve.log",
                       cpu=BACKEND_CPU) as serve:
         serve.wait_listening()
-        with _frontend(sock, qsize, work / f"{tag}-testpmd.log") as tp:
+        with _frontend(sock, qsize, work / f"{tag}-testpmd.log", layout) as tp:
             tp.wait_ready()
             for frame in frames:
                 tp.command(f"set txpkts {frame}")
@@ -126,26 +146,35 @@ def ours(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], w
                 backend_s, device_s = split_cpu(readings[0], readings[1], "sim:")
                 out.append(Sample("ours", run, qsize, mode, frame, n / seconds / 1e6,
                                   backend_cpu_pct=100 * backend_s / seconds, device_cpu_pct=100 * device_s / seconds,
-                                  device_ns_per_pkt=1e9 * device_s / n if n else None))
+                                  device_ns_per_pkt=1e9 * device_s / n if n else None, layout=layout))
             tp.quit()
         serve.stop()
+    if layout == "packed" and not _negotiated_packed(serve.log()):
+        raise RuntimeError(f"{tag}: the frontend did not negotiate packed rings (serve log: {work / tag}-serve.log)")
     return out
 
 
-def dpdk(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window) -> list[Sample]:
-    tag = f"dpdk-{run}-{qsize}-{mode}-{frames[0]}"
+def _negotiated_packed(serve_log: str) -> bool:
+    """Every session in ``serve_log`` reached DRIVER_OK with RING_PACKED among the driver features."""
+    found = [int(f, 16) for f in _DRIVER_OK.findall(serve_log)]
+    return bool(found) and all(f >> F.RING_PACKED & 1 for f in found)
+
+
+def dpdk(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], win: Window,
+         layout: str = "split") -> list[Sample]:
+    tag = f"dpdk-{run}-{qsize}-{mode}-{frames[0]}-{layout}"
     sock = str(work / f"{tag}.sock")
     out: list[Sample] = []
     with Testpmd(vhost_vdev(sock), log=work / f"{tag}-vhost.log", cpu=BACKEND_CPU, name="net_vhost") as vh:
         vh.wait_ready()
         vh.command("set fwd io" if mode == "io" else "set fwd rxonly")
         vh.command("start")
-        with _frontend(sock, qsize, work / f"{tag}-testpmd.log") as tp:
+        with _frontend(sock, qsize, work / f"{tag}-testpmd.log", layout) as tp:
             tp.wait_ready()
             for frame in frames:
                 tp.command(f"set txpkts {frame}")
                 seconds, n = _measure(tp, mode, win, None)
-                out.append(Sample("dpdk", run, qsize, mode, frame, n / seconds / 1e6))
+                out.append(Sample("dpdk", run, qsize, mode, frame, n / seconds / 1e6, layout=layout))
             tp.quit()
         vh.command("stop")
         vh.quit()
@@ -192,20 +221,29 @@ def profile(work: Path, qsize: int, win: Window, out: Path) -> Sample:
                   device_cpu_pct=100 * device_s / seconds, device_ns_per_pkt=1e9 * device_s / n if n else None)
 
 
-def cells(qsizes: Sequence[int] = QSIZES, modes: Sequence[str] = MODES) -> list[tuple[int, str, tuple[int, ...]]]:
-    """(queue size, mode, frame sizes) for each started pair, in the order a run goes through them."""
-    return [(q, mode, frames) for q in qsizes for mode in modes for frames in _frame_sizes(mode)]
+Cell = tuple[int, str, tuple[int, ...], str]
+
+
+def cells(qsizes: Sequence[int] = QSIZES, modes: Sequence[str] = MODES) -> list[Cell]:
+    """(queue size, mode, frame sizes, ring layout) for each started pair, in the order a run goes through them:
+    every split cell, and after each queue size's split cells its packed one (:data:`PACKED_QSIZES`)."""
+    out: list[Cell] = []
+    for q in qsizes:
+        out += [(q, mode, frames, "split") for mode in modes for frames in _frame_sizes(mode)]
+        if q in PACKED_QSIZES and PACKED_CELL[0] in modes:
+            out.append((q, *PACKED_CELL, "packed"))
+    return out
 
 
 def sweep(work: Path, runs: int, win: Window, progress: Callable[[str], None], qsizes: Sequence[int] = QSIZES,
           modes: Sequence[str] = MODES) -> list[Sample]:
     samples: list[Sample] = []
     for run in range(1, runs + 1):
-        for qsize, mode, frames in cells(qsizes, modes):
+        for qsize, mode, frames, layout in cells(qsizes, modes):
             for peer, fn in (("ours", ours), ("dpdk", dpdk)):
                 progress(f"data path: run {run}/{runs}, queue size {qsize}, {mode} {'/'.join(map(str, frames))} B, "
-                         f"{peer}")
-                samples += fn(work, run, qsize, mode, frames, win)
+                         f"{layout}, {peer}")
+                samples += fn(work, run, qsize, mode, frames, win, layout)
     return samples
 
 
@@ -223,25 +261,35 @@ class Row:
     dpdk_ns: float
     device_ns: float  # device thread ns per packet
     backend_cpu_pct: float  # max over the runs
+    layout: str = "split"
 
 
 def rows(samples: list[Sample]) -> list[Row]:
     out: list[Row] = []
-    for mode in MODES:
-        for frame in FRAMES:
-            for q in QSIZES:
-                o, d = (sorted((s for s in samples if (s.peer, s.mode, s.frame, s.qsize) == (peer, mode, frame, q)),
-                               key=lambda s: s.run) for peer in ("ours", "dpdk"))
-                if not o or len(o) != len(d):
-                    continue
-                om = statistics.median(s.mpps for s in o)
-                dm = statistics.median(s.mpps for s in d)
-                ratio = statistics.median(a.mpps / b.mpps if b.mpps else 0.0 for a, b in zip(o, d, strict=True))
-                dev = [s.device_ns_per_pkt for s in o if s.device_ns_per_pkt is not None]
-                out.append(Row(mode, frame, q, om, dm, ratio, 1e3 / om if om else float("inf"),
-                               1e3 / dm if dm else float("inf"), statistics.median(dev) if dev else float("nan"),
-                               max(s.backend_cpu_pct or 0.0 for s in o)))
+    for layout in LAYOUTS:
+        for mode in MODES:
+            for frame in FRAMES:
+                for q in QSIZES:
+                    key = (mode, frame, q, layout)
+                    o, d = (sorted((s for s in samples
+                                    if s.peer == peer and (s.mode, s.frame, s.qsize, s.layout) == key),
+                                   key=lambda s: s.run) for peer in ("ours", "dpdk"))
+                    if not o or len(o) != len(d):
+                        continue
+                    om = statistics.median(s.mpps for s in o)
+                    dm = statistics.median(s.mpps for s in d)
+                    ratio = statistics.median(a.mpps / b.mpps if b.mpps else 0.0 for a, b in zip(o, d, strict=True))
+                    dev = [s.device_ns_per_pkt for s in o if s.device_ns_per_pkt is not None]
+                    out.append(Row(mode, frame, q, om, dm, ratio, 1e3 / om if om else float("inf"),
+                                   1e3 / dm if dm else float("inf"), statistics.median(dev) if dev else float("nan"),
+                                   max(s.backend_cpu_pct or 0.0 for s in o), layout))
     return out
+
+
+def packed_vs_split(table: list[Row]) -> dict[int, tuple[Row, Row]]:
+    """Queue size -> (split row, packed row) of the 64-byte txonly cells measured on both layouts."""
+    tx = {(r.layout, r.qsize): r for r in table if r.mode == "txonly" and r.frame == 64}
+    return {q: (tx["split", q], tx["packed", q]) for q in PACKED_QSIZES if ("split", q) in tx and ("packed", q) in tx}
 
 
 def peer_relative_flatness(small: Row, large: Row) -> float:
@@ -257,8 +305,8 @@ def wall_clock_flatness(small: Row, large: Row) -> float:
 
 
 def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
-    """(measure, value, goal, met) for issue 16's goals (64-byte txonly)."""
-    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
+    """(measure, value, goal, met) for issue 16's goals (64-byte txonly, split rings) and issue 11's (packed)."""
+    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64 and r.layout == "split"}
     out: list[tuple[str, str, str, bool]] = []
     for q, goal in GOAL_RATIO.items():
         if q in tx:
@@ -272,32 +320,39 @@ def goals(table: list[Row]) -> list[tuple[str, str, str, bool]]:
     backend = max((r.backend_cpu_pct for r in table), default=0.0)
     out.append(("backend CPU during traffic (max)", f"{backend:.2f} %", f"< {GOAL_BACKEND_CPU} %",
                 backend < GOAL_BACKEND_CPU))
+    for q, (split, packed) in packed_vs_split(table).items():
+        share = packed.ratio / split.ratio if split.ratio else 0.0
+        out.append((f"packed ratio / split ratio, queue size {q}", f"{share:.3f} ({packed.ratio:.3f} / "
+                    f"{split.ratio:.3f})", f">= {GOAL_PACKED_VS_SPLIT}", share >= GOAL_PACKED_VS_SPLIT))
     return out
 
 
 def print_tables(console: Console, table: list[Row], runs: int, win: Window) -> list[tuple[str, str, str, bool]]:
-    for mode in MODES:
-        for frame in FRAMES:
-            part = [r for r in table if r.mode == mode and r.frame == frame]
-            if not part:
-                continue
-            t = Table(title=f"virtio_user {mode}, {frame} B, 1 queue, median of {runs} run(s), "
-                            f"{win.seconds:g} s windows, interleaved")
-            for col in ("queue size", "ours Mpps", "net_vhost Mpps", "ratio", "ours ns/pkt", "net_vhost ns/pkt",
-                        "device CPU ns/pkt", "backend CPU %"):
-                t.add_column(col, justify="right")
-            for r in part:
-                t.add_row(str(r.qsize), f"{r.ours_mpps:.3f}", f"{r.dpdk_mpps:.2f}", f"{r.ratio:.3f}",
-                          f"{r.ours_ns:.0f}", f"{r.dpdk_ns:.0f}", f"{r.device_ns:.0f}", f"{r.backend_cpu_pct:.2f}")
-            console.print(t)
+    for layout, mode, frame in ((la, mo, fr) for la in LAYOUTS for mo in MODES for fr in FRAMES):
+        part = [r for r in table if (r.mode, r.frame, r.layout) == (mode, frame, layout)]
+        if not part:
+            continue
+        t = Table(title=f"virtio_user {mode}, {frame} B, {layout} rings, 1 queue, median of {runs} run(s), "
+                        f"{win.seconds:g} s windows, interleaved")
+        for col in ("queue size", "ours Mpps", "net_vhost Mpps", "ratio", "ours ns/pkt", "net_vhost ns/pkt",
+                    "device CPU ns/pkt", "backend CPU %"):
+            t.add_column(col, justify="right")
+        for r in part:
+            t.add_row(str(r.qsize), f"{r.ours_mpps:.3f}", f"{r.dpdk_mpps:.2f}", f"{r.ratio:.3f}",
+                      f"{r.ours_ns:.0f}", f"{r.dpdk_ns:.0f}", f"{r.device_ns:.0f}", f"{r.backend_cpu_pct:.2f}")
+        console.print(t)
     verdicts = goals(table)
-    g = Table(title="goals (issue 16, 64-byte txonly)")
+    g = Table(title="goals (64-byte txonly: issue 16 on split rings, issue 11 packed against split)")
     for col in ("measure", "value", "goal", "met"):
         g.add_column(col)
     for name, value, goal, met in verdicts:
         g.add_row(name, value, goal, "[green]yes[/]" if met else "[red]no[/]")
     console.print(g)
-    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64}
+    tx = {r.qsize: r for r in table if r.mode == "txonly" and r.frame == 64 and r.layout == "split"}
+    for q, (split, packed) in packed_vs_split(table).items():
+        console.print(f"queue size {q}, 64-byte txonly: ratio to net_vhost split {split.ratio:.3f}, packed "
+                      f"{packed.ratio:.3f} (ours {split.ours_mpps:.3f} / {packed.ours_mpps:.3f} Mpps, net_vhost "
+                      f"{split.dpdk_mpps:.2f} / {packed.dpdk_mpps:.2f} Mpps)", highlight=False)
     if 256 in tx and 1024 in tx:
         dpdk = tx[256].dpdk_ns / tx[1024].dpdk_ns
         device = tx[256].device_ns / tx[1024].device_ns
@@ -311,10 +366,10 @@ def summary(samples: list[Sample], table: list[Row], verdicts: list[tuple[str, s
         "samples": [asdict(s) for s in samples],
         "table": [asdict(r) for r in table],
         "goals": {"ratio_min": {str(k): v for k, v in GOAL_RATIO.items()}, "flatness_max": GOAL_FLATNESS,
-                  "backend_cpu_pct_max": GOAL_BACKEND_CPU},
+                  "backend_cpu_pct_max": GOAL_BACKEND_CPU, "packed_vs_split_min": GOAL_PACKED_VS_SPLIT},
         "goals_met": {name: met for name, _, _, met in verdicts},
     }
 
 
-__all__ = ["FRAMES", "MODES", "QSIZES", "Row", "Sample", "Window", "cells", "goals", "peer_relative_flatness",
-           "print_tables", "profile", "rows", "summary", "sweep"]
+__all__ = ["FRAMES", "LAYOUTS", "MODES", "PACKED_QSIZES", "QSIZES", "Row", "Sample", "Window", "cells", "goals",
+           "packed_vs_split", "peer_relative_flatness", "print_tables", "profile", "rows", "summary", "sweep"]

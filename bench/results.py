@@ -164,13 +164,16 @@ def _render_sweep(data: dict[str, Any], v: dict[str, Any]) -> str:
              "| mode | frame | queue size | ours (Mpps) | net_vhost (Mpps) | ratio | ours ns/packet | "
              "net_vhost ns/packet | device CPU ns/packet |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sweep["table"]:
-        lines.append(f"| {r['mode']} | {r['frame']} B | {r['qsize']} | {_f(r['ours_mpps'])} | {_f(r['dpdk_mpps'])} | "
+        mode = r["mode"] if r.get("layout", "split") == "split" else f"{r['mode']} ({r['layout']} rings)"
+        lines.append(f"| {mode} | {r['frame']} B | {r['qsize']} | {_f(r['ours_mpps'])} | {_f(r['dpdk_mpps'])} | "
                      f"**{_f(r['ratio'])}** | {r['ours_ns']:.0f} | {r['dpdk_ns']:.0f} | {r['device_ns']:.0f} |")
     ratio_goals = ", ".join(f"≥ {g:g} at {q}" for q, g in goals["ratio_min"].items())
     met = ", ".join(f"{name}: {'met' if ok else 'not met'}" for name, ok in sweep["goals_met"].items())
     mt = v["mem_table_ms"]
+    packed = (f"; packed ratio at least {goals['packed_vs_split_min']:g} of the split one"
+              if "packed_vs_split_min" in goals else "")
     lines += ["", f"Goals (64-byte txonly): ratio {ratio_goals}; ns/packet at 256 at most {goals['flatness_max']:g}x "
-                  f"that at 1024. {met}.", "",
+                  f"that at 1024{packed}. {met}.", "",
               "| measure | vdpa-bench serve | DPDK net_vhost |", "|---|---|---|",
               f"| SET_MEM_TABLE 256 MB, median of {len(mt['ours'])} | **{_f(statistics.median(mt['ours']))} ms** "
               f"(goal ≤ {v['goals']['mem_table_ms_max']:g} ms) | {_f(statistics.median(mt['dpdk']), 1)} ms "

@@ -56,8 +56,56 @@ def test_flatness_figures() -> None:
 
 def test_every_cell_of_a_run() -> None:
     cells = datapath.cells()
-    assert len(cells) == len(datapath.QSIZES) * 3  # txonly both sizes on one pair, io one pair per size
-    assert (64, "txonly", (64, 1500)) in cells and (4096, "io", (1500,)) in cells
+    # txonly both sizes on one pair, io one pair per size; 64-byte txonly on packed rings at 256 and 1024 too
+    assert len(cells) == len(datapath.QSIZES) * 3 + 2
+    assert (64, "txonly", (64, 1500), "split") in cells and (4096, "io", (1500,), "split") in cells
+    assert [c for c in cells if c[3] == "packed"] == [(256, "txonly", (64,), "packed"),
+                                                      (1024, "txonly", (64,), "packed")]
+    assert cells.index((256, "txonly", (64,), "packed")) < cells.index((1024, "txonly", (64, 1500), "split"))
+    assert not [c for c in datapath.cells(modes=("io",)) if c[3] == "packed"]
+
+
+def _with_packed(share: float) -> list[Sample]:
+    """The split samples plus packed ones whose ratio to net_vhost is ``share`` of the split ratio in each run."""
+    out = _samples()
+    for s in list(out):
+        if s.peer == "ours":
+            dpdk = next(d for d in out if (d.peer, d.run, d.qsize) == ("dpdk", s.run, s.qsize))
+            out.append(Sample("ours", s.run, s.qsize, "txonly", 64, s.mpps * share * 0.5, backend_cpu_pct=0.0,
+                              layout="packed"))
+            out.append(Sample("dpdk", s.run, s.qsize, "txonly", 64, dpdk.mpps * 0.5, layout="packed"))
+    return out
+
+
+def test_packed_rows_and_issue_11_goal() -> None:
+    table = datapath.rows(_with_packed(0.9))
+    split_rows = [r for r in table if r.layout == "split"]
+    assert {r.qsize for r in split_rows} == {256, 1024} and len(table) == 4
+    pairs = datapath.packed_vs_split(table)
+    assert set(pairs) == {256, 1024}
+    assert pairs[256][1].ratio == pytest.approx(0.9 * pairs[256][0].ratio)
+    verdicts = {name: met for name, _, _, met in datapath.goals(table)}
+    assert verdicts["packed ratio / split ratio, queue size 256"]
+    assert verdicts["packed ratio / split ratio, queue size 1024"]
+    assert verdicts["ratio to net_vhost, queue size 256"]  # split goals judge split rows only
+    verdicts = {name: met for name, _, _, met in datapath.goals(datapath.rows(_with_packed(0.7)))}
+    assert not verdicts["packed ratio / split ratio, queue size 1024"]
+
+
+def test_packed_rows_render_in_the_readme(tmp_path: Path) -> None:
+    samples = _with_packed(0.9)
+    table = datapath.rows(samples)
+    data = {"date": "2030-01-02", "command": "make bench",
+            "machine": {"cpu_model": "Test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0], "kernel": "Linux",
+                        "python": "3.11"},
+            "vhost": {"sweep": datapath.summary(samples, table, datapath.goals(table)),
+                      "mem_table_ms": {"ours": [0.4], "dpdk": [45.0]}, "backend_cpu_pct_max": 0.0,
+                      "goals": {"mem_table_ms_max": 10.0, "backend_cpu_pct_max": 1.0}}}
+    committed.write_json(tmp_path / committed.BENCH_FILE, data)
+    text = committed.render_bench(tmp_path)
+    assert "| txonly (packed rings) | 64 B | 1024 |" in text
+    assert "packed ratio at least 0.8 of the split one" in text
+    assert "packed ratio / split ratio, queue size 256: met" in text
 
 
 def test_sweep_renders_in_the_readme(tmp_path: Path) -> None:
