@@ -260,3 +260,24 @@ def test_both_layouts(verdict, ring_layout):
     text = "\n".join(result.outlines)
     assert "SPLIT-DEV-16 (MUST) [split passed, packed failed]" in text
     assert "packed rings: 2 id(s) judged per layout: 0 passed, 1 failed, 1 not offered" in text
+
+
+def test_a_single_layout_check_names_its_layout_with_a_marker(pytester: pytest.Pytester) -> None:
+    """``@pytest.mark.ring_layout("packed")`` on a check that runs on packed rings only: its verdicts show under
+    that layout beside the split check's, and the id passes when both did."""
+    result, ids = run(pytester, """
+import pytest
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req("SPLIT-DEV-13")
+def test_split_suppression(verdict):
+    verdict.check("SPLIT-DEV-13", True)
+
+@pytest.mark.ring_layout("packed")
+@pytest.mark.req("SPLIT-DEV-13")
+def test_packed_suppression(verdict):
+    verdict.check("SPLIT-DEV-13", True)
+""")
+    result.assert_outcomes(passed=2)
+    assert ids["SPLIT-DEV-13"]["status"] == "passed"
+    assert ids["SPLIT-DEV-13"]["layouts"] == {"split": "passed", "packed": "passed"}

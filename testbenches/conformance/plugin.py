@@ -58,7 +58,9 @@ with the layout of its run, and the report shows each id's status per
 layout. Such an id passes only if no layout failed and every layout that
 ran passed or was excused (not offered, not applicable): a failure on packed
 rings alone fails it, a packed run that left it unjudged leaves it not
-covered (:func:`~testbenches.conformance.report.aggregate_layouts`).
+covered (:func:`~testbenches.conformance.report.aggregate_layouts`). A check
+that runs on one layout only says which with ``@pytest.mark.ring_layout("packed")``
+(on the test, class or module), so its verdicts show under that layout too.
 """
 
 from __future__ import annotations
@@ -274,9 +276,12 @@ def req_ids(item: pytest.Item) -> list[str]:
 
 
 def item_layout(item: pytest.Item) -> str:
-    """The ring layout a parametrised item runs on (its ``ring_layout`` parameter), "" if it has none."""
+    """The ring layout an item runs on: its ``ring_layout`` parameter, else its ``ring_layout`` marker, else ""."""
     callspec = getattr(item, "callspec", None)
     value = callspec.params.get(LAYOUT_PARAM) if callspec is not None else None
+    if value is None:
+        mark = item.get_closest_marker(LAYOUT_PARAM)
+        value = mark.args[0] if mark is not None and mark.args else None
     return "" if value is None else str(value)
 
 
@@ -338,6 +343,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f'{MARKER}(*ids): requirement ids (virtio-requirements.csv) this check covers, e.g. {MARKER}("SPLIT-DEV-13")',
+    )
+    config.addinivalue_line(
+        "markers",
+        f'{LAYOUT_PARAM}(layout): the ring layout ("split", "packed") a check that runs on one layout only uses; its '
+        "verdicts are recorded under that layout",
     )
     report_dir = config.getoption("report_dir")
     config.stash[RUN_KEY] = ConformanceRun(

@@ -49,6 +49,9 @@ from testbenches.conformance.plugin import Verdict
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverQueueError, UsedBuffer
 
+#: Every verdict here is about packed rings (the layout-independent rows among them show under that layout).
+pytestmark = pytest.mark.ring_layout("packed")
+
 NEXT = int(PackedDescFlags.NEXT)
 WRITE = int(PackedDescFlags.WRITE)
 INDIRECT = int(PackedDescFlags.INDIRECT)

@@ -331,6 +331,7 @@ def _tx_one(rig: Rig, seq: int) -> tuple[int, int, int]:
     return old, rig.tx.used_idx(), seen
 
 
+@pytest.mark.ring_layout("split")  # the packed form of SPLIT-DEV-10/11 is in test_packed_ring
 @pytest.mark.req("SPLIT-DEV-09", "SPLIT-DEV-10", "SPLIT-DEV-11", "SPLIT-DEV-18")
 def test_notifications_without_event_idx(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
@@ -365,6 +366,7 @@ def test_notifications_without_event_idx(bench: Bench, verdict: Verdict) -> None
         rig.complete(rig.RX, rx_pending, seq)
 
 
+@pytest.mark.ring_layout("split")  # the packed form of SPLIT-DEV-13/14 is in test_packed_ring
 @pytest.mark.req("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14", "SPLIT-DEV-20")
 def test_notifications_with_event_idx(bench: Bench, verdict: Verdict) -> None:
     ids = ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14", "SPLIT-DEV-20")
