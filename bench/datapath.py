@@ -62,6 +62,7 @@ GOAL_RATIO = {1024: 0.5, 256: 0.35}
 GOAL_FLATNESS = 1.5
 GOAL_BACKEND_CPU = 1.0  # percent of one core
 _DRIVER_OK = re.compile(r"DRIVER_OK: device running \(driver features (0x[0-9a-f]+)")
+_VHOST_FEATURES = re.compile(r"negotiated Virtio features: (0x[0-9a-f]+)")
 #: py-spy writes its flame graph within this long after its duration (seconds).
 PROFILE_TIMEOUT = 60.0
 
@@ -154,9 +155,9 @@ def ours(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], w
     return out
 
 
-def _negotiated_packed(serve_log: str) -> bool:
-    """Every session in ``serve_log`` reached DRIVER_OK with RING_PACKED among the driver features."""
-    found = [int(f, 16) for f in _DRIVER_OK.findall(serve_log)]
+def _negotiated_packed(log: str, line: re.Pattern[str] | None = None) -> bool:
+    """Every session in a serve log (or, with ``line``, net_vhost's) negotiated RING_PACKED."""
+    found = [int(f, 16) for f in (line or _DRIVER_OK).findall(log)]
     return bool(found) and all(f >> F.RING_PACKED & 1 for f in found)
 
 
@@ -178,6 +179,9 @@ def dpdk(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], w
             tp.quit()
         vh.command("stop")
         vh.quit()
+    if layout == "packed" and not _negotiated_packed((work / f"{tag}-vhost.log").read_text(errors="replace"),
+                                                     _VHOST_FEATURES):
+        raise RuntimeError(f"{tag}: net_vhost did not negotiate packed rings (log: {work / tag}-vhost.log)")
     return out
 
 
