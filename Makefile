@@ -62,7 +62,7 @@ record: system $(STAMP)
 # bigger one, PYTEST_ARGS='-n 4' (pytest-xdist) is there to try.
 PYTEST_ARGS ?=
 test: system $(STAMP) lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend sim models testbenches tests bench tools examples
