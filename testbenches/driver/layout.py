@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from backend.virtio.features import F, has
+from backend.virtio.packed_ring import EVENT_SIZE
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue, UsedBuffer
@@ -100,5 +101,21 @@ def ring_addresses(ring: DriverSplitQueue | DriverPackedQueue) -> tuple[int, int
     return ring.desc_addr, ring.avail_addr, ring.used_addr
 
 
-__all__ = ["LAYOUTS", "DriverRing", "Layout", "PackedDriverRing", "layout_features", "layout_of", "new_ring",
-           "ring_addresses", "ring_size"]
+def ring_parts(ring: DriverSplitQueue | DriverPackedQueue) -> dict[str, tuple[int, int]]:
+    """The ring's parts in guest memory by name, as (gpa, bytes)."""
+    if isinstance(ring, DriverPackedQueue):
+        return {"desc": (ring.desc_addr, ring.layout.desc_bytes), "driver": (ring.driver_addr, EVENT_SIZE),
+                "device": (ring.device_addr, EVENT_SIZE)}
+    return {"desc": (ring.desc_addr, ring.layout.desc_bytes), "avail": (ring.avail_addr, ring.layout.avail_bytes),
+            "used": (ring.used_addr, ring.layout.used_bytes)}
+
+
+def device_written_parts(ring: DriverSplitQueue | DriverPackedQueue) -> list[tuple[int, int]]:
+    """The ring parts a device writes: the used ring (split); the descriptor ring, where used descriptors go, and
+    the device event suppression structure (packed)."""
+    parts = ring_parts(ring)
+    return [parts["desc"], parts["device"]] if isinstance(ring, DriverPackedQueue) else [parts["used"]]
+
+
+__all__ = ["LAYOUTS", "DriverRing", "Layout", "PackedDriverRing", "device_written_parts", "layout_features",
+           "layout_of", "new_ring", "ring_addresses", "ring_parts", "ring_size"]

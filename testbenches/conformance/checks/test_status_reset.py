@@ -3,9 +3,9 @@
 "No DMA" is observed through the target's DMA observer where it declares one;
 on every target the used rings, the interrupt eventfds and guest memory
 snapshots are compared. A frame from the wire is delivered through the target's
-port where it has one. Device status and device reset run on both ring layouts (``ring_layout``); the used
-rings are compared through :meth:`~testbenches.conformance.harness.Rig.used_mark` (a split used idx, or how far
-a packed ring's descriptors read as used).
+port where it has one. Device status, device reset and queue reset run on both ring layouts (``ring_layout``);
+the used rings are compared through :meth:`~testbenches.conformance.harness.Rig.used_mark` (a split used idx, or
+how far a packed ring's descriptors read as used).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from testbenches.conformance.chains import (
     changed_outside,
     fmt_faults,
     fmt_runs,
-    ring_ranges,
     snapshot,
     status_text,
 )
@@ -40,7 +39,15 @@ from testbenches.conformance.harness import (
     signalled,
 )
 from testbenches.conformance.plugin import Verdict
-from testbenches.driver.layout import Layout
+from testbenches.driver.layout import (
+    Layout,
+    PackedDriverRing,
+    device_written_parts,
+    new_ring,
+    ring_addresses,
+    ring_parts,
+    ring_size,
+)
 from testbenches.driver.split_ring import DriverSplitQueue
 
 RING_RESET_IDS = ("PCI-DEV-20", "PCI-DEV-21", "PCI-DEV-22", "PCI-DEV-23", "PCI-DEV-24",
@@ -137,9 +144,12 @@ def _poll_queue_reset(t: VirtioPciModern, q: int, timeout: float) -> list[int]:
 
 
 @pytest.mark.req(*RING_RESET_IDS)
-def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
+def test_queue_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig() as r:
-        d = r.up(features=RING_RESET_FEATURES, queue_size=64, rx_buffers=0, queues=False, driver_ok=False)
+        if not r.offers(ring_layout, verdict, *RING_RESET_IDS):
+            return
+        d = r.up(features=RING_RESET_FEATURES, queue_size=64, rx_buffers=0, queues=False, driver_ok=False,
+                 layout=ring_layout)
         if not has(d.features, F.RING_RESET):
             for rid in RING_RESET_IDS:
                 verdict.not_offered(rid, "VIRTIO_F_RING_RESET not offered")
@@ -158,7 +168,7 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
         d.driver_ok()
         heads = r.send([make_frame(i) for i in range(r.tx_room(3))])
         done = r.wait_used(TX, len(heads))
-        old_size = d.queues[TX].size
+        old_size = r.ring(TX).size
         max_size = t.queue_size(TX)
         assert len(done) == len(heads), f"only {len(done)} of TX buffers {heads} completed before the queue reset"
 
@@ -175,12 +185,12 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
         verdict.check("PCI-DEV-22", rx_alive, "resetting transmitq1 also disabled receiveq1")
 
         # --- the reset queue must stay quiet (RESET-DEV-03) ---
-        old = d.queues[TX]
+        old = d.queues.get(TX) or d.packed[TX]
         tx_fd = d.irq_fds["tx"]
         drain(tx_fd)
         r.faults()
-        old_parts = list(ring_ranges(old).values())
-        used_before = old.used_idx()
+        old_parts = list(ring_parts(old).values())
+        used_before = r.used_mark(TX)
         with r.dma_watch() as rec:
             old.add([bytes(d.hdr_len), make_frame(9)], [])
             old.publish()
@@ -189,11 +199,12 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
             fired = signalled({"tx": tx_fd}, QUIET_WAIT)
             after = snapshot(r.mem)
         changed = changed_outside(r.mem, before, after, [])
-        verdict.check("RESET-DEV-03", not fired and old.used_idx() == used_before and not changed,
-                      f"after queue_reset, a buffer posted and kicked on the old ring: tx interrupt "
-                      f"{fired or 'none'}, used idx {used_before} -> {old.used_idx()}, memory changed at "
-                      f"{fmt_runs(changed)}")
-        quiet = not fired and old.used_idx() == used_before and not changed
+        used_after = r.used_mark(TX)
+        verdict.check("RESET-DEV-03", not fired and used_after == used_before and not changed,
+                      f"after queue_reset, a buffer posted and kicked on the old {ring_layout} ring: tx interrupt "
+                      f"{fired or 'none'}, used {'idx' if ring_layout == 'split' else 'position'} {used_before} -> "
+                      f"{used_after}, memory changed at {fmt_runs(changed)}")
+        quiet = not fired and used_after == used_before and not changed
         if rec.available:
             touched = [a for a in rec.accesses if any(s <= a.iova < s + n for s, n in old_parts)]
             quiet = quiet and not rec.accesses
@@ -206,17 +217,21 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
 
         # --- re-enable with fresh, smaller rings (RESET-DEV-04/05) ---
         old.close()
-        new_size = max(2, min(8, old_size // 4))
-        ring = DriverSplitQueue(r.mem, r.alloc, new_size, index=TX, event_idx=has(d.features, F.EVENT_IDX))
-        d.queues[TX] = ring
+        # A smaller ring; on packed rings one that is no power of two (any size is allowed there).
+        new_size = ring_size(ring_layout, max(2, min(8, old_size // 4)) - (ring_layout == "packed"), old_size)
+        ring = new_ring(ring_layout, r.mem, r.alloc, new_size, index=TX, features=d.features)
+        if isinstance(ring, PackedDriverRing):
+            d.packed[TX] = ring
+        else:
+            d.queues[TX] = ring
         t.set_queue_size(TX, new_size)
         t.set_queue_msix_vector(TX, d.vector_of(TX))
-        t.set_queue_addresses(TX, ring.desc_addr, ring.avail_addr, ring.used_addr)
+        t.set_queue_addresses(TX, *ring_addresses(ring))
         t.enable_queue(TX)
         verdict.check("RESET-DEV-05", t.queue_size(TX) == new_size and t.queue_enabled(TX),
                       f"re-enable with queue_size {new_size}: reads size {t.queue_size(TX)}, "
                       f"enable {int(t.queue_enabled(TX))}")
-        used_range = ring_ranges(ring)["used"]
+        device_parts = device_written_parts(ring)
         batch = max(1, new_size // 4)  # two descriptors per frame: a batch fills at most half the ring
         total = 2 * new_size + batch  # the new ring wraps at least twice
         sent = 0
@@ -228,7 +243,9 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
                 hs = r.send([make_frame(100 + sent + i) for i in range(n)])
                 got = r.wait_used(TX, n)
                 if first_idx is None:
-                    first_idx = ring.used_idx()
+                    # Split: the used idx restarted at 0. Packed: the used descriptors came where the fresh ring
+                    # starts (slot 0, wrap counter 1), or the driver would not have found them.
+                    first_idx = ring.used_idx() if isinstance(ring, DriverSplitQueue) else len(got)
                 if sorted(u.head for u in got) != sorted(hs) or r.protocol_errors:
                     problems.append(f"batch at {sent}: used heads {[u.head for u in got]} vs posted {hs}")
                     problems += r.protocol_errors
@@ -236,13 +253,17 @@ def test_queue_reset(bench: Bench, verdict: Verdict) -> None:
                 sent += n
         status = t.status()
         verdict.check("RESET-DEV-04", first_idx == batch and not status & NEEDS_RESET and not r.protocol_errors,
-                      f"first {batch} buffers on the re-enabled queue: used idx reads {first_idx} "
-                      f"(expected {batch}: progress restarts at 0; it was {len(heads)} before the reset), "
-                      f"status {status_text(status)}, {r.protocol_errors or 'used ring consistent'}")
+                      f"first {batch} buffers on the re-enabled {ring_layout} queue: "
+                      + (f"used idx reads {first_idx} (expected {batch}: progress restarts at 0; it was "
+                         f"{len(heads)} before the reset)" if ring_layout == "split" else
+                         f"{first_idx} used descriptors found from slot 0 with wrap counter 1 (expected {batch}; "
+                         f"{len(heads)} buffers went through before the reset)")
+                      + f", status {status_text(status)}, {r.protocol_errors or 'used ring consistent'}")
         verdict.check("RESET-DEV-05", not problems and not ring.anomalies and sent == total,
                       f"{sent}/{total} buffers completed on the ring shrunk from {old_size} (max {max_size}) "
                       f"to {new_size}: {problems + ring.anomalies or 'ok'}")
         if rec.available:
-            stray = rec.outside([used_range], access=DmaPerm.WRITE)
+            stray = rec.outside(device_parts, access=DmaPerm.WRITE)
             verdict.check("RESET-DEV-05", not stray,
-                          f"device writes outside the new {new_size}-entry used ring: {stray[:4]}")
+                          f"device writes outside the ring parts a device writes of the new {new_size}-entry "
+                          f"{ring_layout} ring: {stray[:4]}")
