@@ -592,12 +592,14 @@ class Rig:
             self.irqs(q, 0)
 
     def wait_used_idx(self, q: int, target: int, timeout: float | None = None) -> tuple[bool, int]:
-        """Wait until used idx of ``q`` reads ``target`` (16-bit); interrupts seen meanwhile are returned."""
-        ring = self.drv.queues[q]
+        """Wait until :meth:`used_mark` of ``q`` reads ``target`` (a split used idx, 16-bit; a packed position,
+        modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed."""
+        packed = self.drv.packed.get(q)
+        modulo = 2 * packed.size if packed is not None else 0x10000
         deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
         fd = self.irq_fd(q)
         seen = 0
-        while ring.used_idx() != target & 0xFFFF:
+        while self.used_mark(q) != target % modulo:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._missed()
