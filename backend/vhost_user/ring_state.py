@@ -11,7 +11,7 @@ from typing import Final
 
 from backend.device import VqState
 from backend.vhost_user import messages as m
-from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags, advance
+from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags
 
 
 def packed_state(st: m.VringState) -> VqState:
@@ -31,19 +31,23 @@ def packed_num(index: int, state: VqState) -> m.VringState:
 _AVAIL_FLAG: Final = int(PackedDescFlags.AVAIL)
 
 
-def packed_ring_position(desc_ring: memoryview | bytes, size: int, start: tuple[int, int]) -> tuple[int, int]:
-    """The first slot from ``start`` (offset, wrap counter) whose AVAIL bit is not that of its lap: where the
-    driver stopped making descriptors available. Slots the device used keep AVAIL equal to their lap's wrap
-    counter (used descriptors set AVAIL and USED alike), so after a device that used everything made available
-    it is also the device's position. A full lap of available slots ends one lap on (the ring was full)."""
-    off, wrap = start
-    for _ in range(size):
-        at = DESC_SIZE * off + DESC_FLAGS_OFFSET
-        flags = int.from_bytes(desc_ring[at:at + 2], "little")
-        if bool(flags & _AVAIL_FLAG) != bool(wrap):
-            break
-        off, wrap = advance(off, wrap, 1, size)
-    return off, wrap
+def packed_ring_position(desc_ring: memoryview | bytes, size: int) -> tuple[int, int]:
+    """Where the driver stopped making descriptors available: (offset, wrap counter) of the next slot it would use.
+
+    The driver writes slots in order, each with the AVAIL bit of its lap's wrap counter, and a used descriptor
+    keeps AVAIL equal to USED equal to that counter, so the ring holds the current lap's AVAIL bit up to the
+    driver's position and the previous lap's after it (an untouched ring: all zeros, the first lap not begun).
+    After a device that used everything made available it is also the device's position, however many laps
+    the ring went round."""
+    def avail(slot: int) -> int:
+        at = DESC_SIZE * slot + DESC_FLAGS_OFFSET
+        return 1 if int.from_bytes(desc_ring[at:at + 2], "little") & _AVAIL_FLAG else 0
+
+    lap = avail(0)
+    for slot in range(1, size):
+        if avail(slot) != lap:
+            return slot, lap
+    return 0, lap ^ 1  # a whole lap with one bit: the next slot is the first of the next lap
 
 
 __all__ = ["packed_num", "packed_ring_position", "packed_state"]

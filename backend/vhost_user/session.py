@@ -727,13 +727,12 @@ class VhostUserSession:
             pass
         # The device cannot report its state: stop it, then read what it left in the ring (after the relay, when
         # logging, put the last entries there and in the log).
-        start = ring.state
         self._stop_ring(index, ring)
         if ring.packed:
             assert ring.desc is not None and self.table is not None
             view = self.table.gpa_view(ring.desc, PackedLayout(ring.num).desc_bytes)
             try:
-                off, wrap = packed_ring_position(view, ring.num, (start.avail_idx, start.avail_wrap))
+                off, wrap = packed_ring_position(view, ring.num)
             finally:
                 view.release()
             log.info("%s: ring %d stopped at slot %d wrap %d, read from the ring's AVAIL bits (device cannot report "

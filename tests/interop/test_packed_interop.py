@@ -9,6 +9,7 @@ frames intact on the wire (scapy) and no errors in the frontend's counters.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,3 +134,27 @@ def test_qemu_guest_packed_on_serve(kernel: Kernel, tmp_path: Path, started: con
     out = serve.proc.output()
     assert "refused" not in out and "Traceback" not in out, out[-3000:]
     qemu_job.check_pcap(pcap, 2)
+
+
+def test_testpmd_packed_port_restart(tmp_path: Path, sock: str) -> None:
+    """``port stop`` / ``port start`` on packed rings, then quit: traffic comes back before and after, and at the
+    end virtio_user stops both rings (GET_VRING_BASE in the packed encoding, read from the rings after laps of
+    traffic) with nothing refused."""
+    _testpmd()
+    with ServeProcess(sock, DEVICE, log=tmp_path / "serve.log") as serve:
+        serve.wait_listening()
+        with Testpmd(virtio_user_vdev(sock, packed_vq=True), log=tmp_path / "testpmd.log", cpu=1) as tp:
+            tp.wait_ready()
+            run_traffic(tp)
+            tp.command("port stop all")
+            tp.command("port start all")
+            tp.command("clear port stats all")
+            run_traffic(tp)
+            assert tp.quit() == 0
+        serve.proc.wait_for("frontend disconnected", 10.0)
+        [features] = negotiated(serve)
+        assert features >> F.RING_PACKED & 1, f"{features:#x}"
+        stops = re.findall(r"ring (\d) stopped at slot (\d+) wrap (\d)", serve.proc.output())
+        assert sorted(q for q, _, _ in stops) == ["0", "1"], stops
+        assert_clean_log(serve, 1)
+        assert serve.stop() == 0
