@@ -17,7 +17,7 @@ import pytest
 
 from sim.rtl.build import ToolchainMissing
 from testbenches.peers.process import require_peer
-from tests.fuzz.targets import CORPUS, TARGETS
+from tests.fuzz.targets import CORPUS, NUMBA, TARGETS, numba_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 3000
@@ -41,6 +41,12 @@ def test_tool_and_registry_name_the_same_targets() -> None:
     assert set(_tool().TARGETS) == set(TARGETS)
     for name in TARGETS:
         assert any((CORPUS / name).iterdir()), f"no seeds committed for {name}"
+
+
+def test_numba_modules_are_found_by_their_source() -> None:
+    found = numba_modules()
+    assert set(NUMBA) <= set(found), f"compiled modules not found by numba_modules(): {set(NUMBA) - set(found)}"
+    assert "models.virtio_net.split_engine" not in found
 
 
 def test_parse_reads_libfuzzer_output() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,23 @@ from typing import Final, Protocol
 
 #: Packages whose code is instrumented for coverage.
 INSTRUMENTED: Final = ["backend", "sim", "models", "testbenches", "tests.fuzz"]
-#: Modules compiled by numba: it reads the bytecode itself and cannot compile atheris' probes.
+ROOT: Final = Path(__file__).resolve().parent.parent.parent
+
+
+def numba_modules(root: Path = ROOT) -> list[str]:
+    """The instrumented packages' modules that use numba: it reads their bytecode itself and cannot compile
+    atheris' probes, so they stay uninstrumented (found by their source, so a new compiled module cannot
+    stop every target at start)."""
+    out = []
+    for package in INSTRUMENTED:
+        base = root.joinpath(*package.split("."))
+        for path in sorted(base.rglob("*.py")) if base.is_dir() else []:
+            if re.search(r"^\s*(import numba|from numba)", path.read_text(errors="replace"), re.MULTILINE):
+                out.append(".".join(path.relative_to(root).with_suffix("").parts))
+    return out
+
+
+#: Modules compiled by numba (with numba_modules(): the ones known when this was written).
 NUMBA: Final = ["models.virtio_net.fast_tx", "models.virtio_net.packed_fast", "backend.sigbus_guard"]
 #: The register plumbing between a driver and a simulated function (PCI endpoint, virtio-pci transport):
 #: every input of the device-side targets runs through it thousands of times, but it is not what they
@@ -102,7 +119,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"usage: {argv[0]} {{{','.join(TARGETS)}}} [libFuzzer options] [corpus dirs]")
     name = argv[1]
     logging.basicConfig(level=logging.ERROR)
-    with atheris.instrument_imports(include=INSTRUMENTED, exclude=NOT_INSTRUMENTED[name]):
+    exclude = sorted(set(NOT_INSTRUMENTED[name]) | set(numba_modules()))
+    with atheris.instrument_imports(include=INSTRUMENTED, exclude=exclude):
         target = TARGETS[name]()
     atexit.register(target.close)
     atheris.Setup([argv[0], *argv[2:]], target.one_input)
