@@ -282,12 +282,12 @@ class VirtioPciVdpaDevice:
         vq = self._vq(index)
         block = self.quirk.vq_state
         if block is not None and block.stop is QueueStop.QUEUE_RESET:
-            if not vq.live:
+            with self._lock:
+                if vq.live:
+                    self._stop_queue(index, vq)
+                    avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
+                    vq.state = VqState(avail_idx=avail & 0xFFFF)
                 return vq.state
-            self._stop_queue(index, vq)
-            avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
-            vq.state = VqState(avail_idx=avail & 0xFFFF)
-            return vq.state
         if block is not None:
             avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
             return VqState(avail_idx=avail & 0xFFFF)
