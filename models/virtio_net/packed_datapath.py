@@ -52,14 +52,17 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     quiet = False
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
     bulk = one is _tx_chain and packed_fast.bulk_ok(dev)
+    runs = 0
     try:
         for _ in range(MAX_ROUNDS):
-            if bulk and q.head_available():
+            # After two runs a producer is at work: look at the ring a little longer before waiting for a kick.
+            if bulk and (q.head_available() or (runs > 1 and packed_fast.poll_head(q))):
                 if not quiet:
                     q.write_device_event(EventFlags.DISABLE)
                     quiet = True
                 taken, old, new = packed_fast.tx_run(dev, q)
                 if taken:
+                    runs += 1
                     if q.needs_notification(old, new):
                         dev.signal_queue(q.msix_vector)
                     continue

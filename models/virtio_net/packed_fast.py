@@ -5,7 +5,7 @@ The per-list path (:mod:`models.virtio_net.packed_datapath` through
 lists a driver transmits are one device-readable descriptor holding header and frame (DPDK's virtio PMD and
 Linux both push the header in front of the frame), so this module takes the leading run of those in two
 compiled calls over the descriptor ring's mapping, gathers their frames in one copy and writes their used
-descriptors in one scatter, the first one's flags last (so the driver sees the run used at once, as with
+descriptors in one compiled call, the first one's flags last (so the driver sees the run used at once, as with
 :meth:`PackedQueue.push_used`).
 
 It judges nothing. A slot is taken only when its flags are exactly the AVAIL/USED bits of the driver wrap
@@ -21,6 +21,7 @@ flags.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -44,6 +45,9 @@ _AVAIL = int(PackedDescFlags.AVAIL)
 _USED = int(PackedDescFlags.USED)
 _U64 = np.uint64
 _USED_WORD_OFFSET = 8  # len (u32), id (u16), flags (u16): the second 8-byte word of a descriptor
+#: How long the TX side keeps looking at the next slot, once it is not available, while a driver makes lists
+#: available as fast as they are taken (as the split path's _POLL_SECONDS).
+POLL_SECONDS = 50e-6
 
 TxRun = tuple[int, NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint16], int]
 
@@ -103,8 +107,24 @@ def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], m
     return n, out, lens[:n], ids[:n], uniform
 
 
+def _put_used(words: NDArray[np.uint64], off: int, wrap: int, ids: NDArray[np.uint16]) -> None:
+    """Used descriptors (len 0) for ``ids[1:]`` in the slots after ``off`` (the first one's is the caller's, last):
+    each one 8-byte store of len, id and flags, so a driver never sees a used flag over a stale id."""
+    size = words.shape[0]
+    for i in range(1, ids.shape[0]):
+        off += 1
+        if off == size:
+            off = 0
+            wrap ^= 1
+        flags = _U64(_AVAIL | _USED) if wrap else _U64(0)
+        words[off, 1] = (_U64(ids[i]) << _U64(32)) | (flags << _U64(48))
+
+
 def _signatures(kind: str) -> list[object]:
     out: list[object] = []
+    if kind == "put":
+        ids = nb.types.Array(nb.uint16, 1, "C")
+        return [nb.void(nb.types.Array(nb.uint64, 2, "C"), nb.int64, nb.int64, ids)]
     for ro in (False, True):
         words = nb.types.Array(nb.uint64, 2, "C", readonly=ro)
         if kind == "count":
@@ -121,6 +141,8 @@ count_avail = cast(Callable[[NDArray[np.uint64], int, int, int], int],
                    nb.njit(_signatures("count"), cache=True, nogil=True, boundscheck=False)(_count_avail))
 take = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64], TxRun],
             nb.njit(_signatures("take"), cache=True, nogil=True, boundscheck=False)(_take))
+put_used = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint16]], None],
+                nb.njit(_signatures("put"), cache=True, nogil=True, boundscheck=False)(_put_used))
 
 
 def bulk_ok(dev: VirtioNetDevice) -> bool:
@@ -128,18 +150,28 @@ def bulk_ok(dev: VirtioNetDevice) -> bool:
     return dev.bulk_tx and all(getattr(type(dev), h) is getattr(PackedHooks, h) for h in PER_LIST_HOOKS)
 
 
-def ring_words(q: PackedQueue) -> NDArray[np.uint64] | None:
+def ring_words(q: PackedQueue, write: bool = False) -> NDArray[np.uint64] | None:
     """The descriptor ring as (addr, len | id << 32 | flags << 48) words over guest memory, valid while the mappings
-    stay as they are (the caller holds the device's lock); None when it is not inside one readable mapping or
-    every access must be observed."""
+    stay as they are (the caller holds the device's lock); None when it is not inside one readable (``write``:
+    writable) mapping or every access must be observed."""
     dma = q.batch_dma
     if dma is None or dma.generation() is None:
         return None
-    found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, False)
+    found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, write)
     if found is None:
         return None
     mem, base, _ = found
     return mem[q.desc - base:q.desc - base + DESC_SIZE * q.size].view("<u8").reshape(q.size, 2)
+
+
+def poll_head(q: PackedQueue) -> bool:
+    """Whether the next slot is made available within :data:`POLL_SECONDS`: a bounded look, never a wait (the split
+    TX path's busy look, vhost-net's busyloop: a kick and a wake-up per burst cost more)."""
+    deadline = time.perf_counter() + POLL_SECONDS
+    while time.perf_counter() < deadline:
+        if q.head_available():
+            return True
+    return False
 
 
 def tx_run(dev: VirtioNetDevice, q: PackedQueue) -> tuple[int, tuple[int, int], tuple[int, int]]:
@@ -152,7 +184,7 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue) -> tuple[int, tuple[int, int], 
     dma = q.batch_dma
     if dma is None or old != (q.next_avail, q.avail_wrap) or q.size < 1:
         return 0, old, old
-    words = ring_words(q)
+    words = ring_words(q, write=True)  # used descriptors go there too; a ring the device cannot write: per list
     if words is None:
         return 0, old, old
     k = count_avail(words, q.next_avail, q.avail_wrap, q.size)
@@ -170,34 +202,22 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue) -> tuple[int, tuple[int, int], 
     dev.stats.tx_bulk += n
     dev._transmit_batch(FrameBatch(data, lens, uniform if uniform >= 0 else None))
     if q.in_order and dev.in_order_batch:
-        _write_used(q, old, np.array([ids[-1]], dtype=np.uint16))  # one used descriptor for the batch (2.8.8)
-    else:
-        _write_used(q, old, ids)
+        ids = ids[-1:]  # one used descriptor for the batch, with the last Buffer ID (2.8.8)
+    put_used(words, old[0], old[1], ids)
+    _write_first_used(q, old, int(ids[0]))
     new = advance(old[0], old[1], n, q.size)
     q.next_used, q.used_wrap = new
     return n, old, new
 
 
-def _write_used(q: PackedQueue, at: tuple[int, int], ids: NDArray[np.uint16]) -> None:
-    """Used descriptors (len 0: nothing written into a TX buffer) for ``ids`` from position ``at``, one slot each;
-    the first one's flags are the last store."""
+def _write_first_used(q: PackedQueue, at: tuple[int, int], buffer_id: int) -> None:
+    """The run's first used descriptor: len 0 and the id, then the flags, the store that hands the run back."""
     dma = q.batch_dma
     assert dma is not None
-    size = q.size
-    n = len(ids)
-    slots = (at[0] + np.arange(n, dtype=np.int64)) % size
-    wraps = np.where(at[0] + np.arange(n) < size, at[1], at[1] ^ 1)
-    flags = np.where(wraps == 1, used_bits(1), used_bits(0)).astype(np.uint64)
-    words = (ids.astype(np.uint64) << _U64(32)) | (flags << _U64(48))
-    iovas = (q.desc + DESC_SIZE * slots + _USED_WORD_OFFSET).astype(np.uint64)
-    if n > 1:
-        done = dma.scatter(iovas[1:], np.full(n - 1, 8, dtype=np.uint64), words[1:].view(np.uint8))
-        if done != n - 1:  # outside the maps: the checked write records the fault
-            i = 1 + done
-            dma.write(int(iovas[i]), words[i:i + 1].tobytes())
-    head = int(iovas[0])
-    dma.write(head, words[:1].tobytes()[:6])  # len and id before the flags (PACKED-DEV-07)
-    dma.write_u16(head - _USED_WORD_OFFSET + DESC_FLAGS_OFFSET, int(flags[0]))
+    base = q.desc + DESC_SIZE * at[0]
+    dma.write(base + _USED_WORD_OFFSET, bytes(4) + buffer_id.to_bytes(2, "little"))  # before the flags (PACKED-DEV-07)
+    dma.write_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
 
 
-__all__ = ["PER_LIST_HOOKS", "bulk_ok", "count_avail", "ring_words", "take", "tx_run"]
+__all__ = ["PER_LIST_HOOKS", "POLL_SECONDS", "bulk_ok", "count_avail", "poll_head", "put_used", "ring_words", "take",
+           "tx_run"]
