@@ -8,6 +8,8 @@ table, and the Function Mask holding every vector's message as a pending bit unt
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from backend.drivers.transport import MsixInfo
@@ -20,7 +22,7 @@ from backend.virtio.pci_regs import (
     MSIX_ENTRY_SIZE,
     MSIX_ENTRY_VECTOR_CTRL,
 )
-from testbenches.conformance.harness import EVENT_WAIT, TX, Bench, make_frame, wait_fd
+from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, TX, Bench, drain, make_frame, wait_fd
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.virtio_net import DEFAULT_FEATURES
 
@@ -142,3 +144,54 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
                       f"Function Mask cleared: vector {vector} {'signalled' if fired else 'silent'}, pending bits "
                       f"{after} (expected none)")
         d.queues[TX].used()
+
+
+@pytest.mark.req("PCI-DEV-01")
+def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: Verdict) -> None:
+    """Messages for two vectors while the Function Mask is set: a transmit completion (transmitq1's vector) and the
+    configuration change the device owes when it sets DEVICE_NEEDS_RESET (a transmit chain naming a descriptor
+    past the queue size, STATUS-DEV-03). Each sets its own Pending Bit and neither clears the other's; clearing
+    the Function Mask sends each message on its own vector and clears every Pending Bit."""
+    with bench.rig() as r:
+        masking = r.abilities.msix_masking
+        if masking is not None:
+            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+            return
+        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
+        info = d.transport.msix
+        if info is None or d.intx or d.vectors["config"] == d.vector_of(TX):
+            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability, or too few vectors for config and "
+                                                 "transmitq1 to have one each")
+            return
+        config_vector, tx_vector = d.vectors["config"], d.vector_of(TX)
+        config_fd, tx_fd = d.irq_fds["config"], r.irq_fd(TX)
+        d.transport.read_isr()
+        r.drain_irqs()
+        drain(config_fd)
+        control = config_read(r.pci, info.cap_offset + 2, 2)
+        config_write(r.pci, info.cap_offset + 2, 2, control | MSIX_CONTROL_FUNCTION_MASK)
+        ring = d.queues[TX]
+        ring.add([bytes(d.hdr_len) + make_frame(0, 80)], [])
+        ring.publish()
+        r.doorbell(TX)
+        used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
+        after_tx = _pba(r.pci, info)
+        ring.push_head(ring.size + 5)  # the device refuses the ring: DEVICE_NEEDS_RESET and a config change
+        ring.publish()
+        r.doorbell(TX)
+        deadline = time.monotonic() + EVENT_WAIT
+        while not d.transport.status() & NEEDS_RESET and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling a register the device sets from its own thread, bounded
+        needs_reset = bool(d.transport.status() & NEEDS_RESET)
+        early = bool(seen) or wait_fd(tx_fd, 0) or wait_fd(config_fd, r.quiet)
+        held = _pba(r.pci, info)
+        config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
+        fired = {"config": wait_fd(config_fd, EVENT_WAIT), "transmitq1": wait_fd(tx_fd, EVENT_WAIT)}
+        after = _pba(r.pci, info)
+        both = sorted((config_vector, tx_vector))
+        verdict.check("PCI-DEV-01", used and after_tx == [tx_vector] and needs_reset and not early and held == both
+                      and all(fired.values()) and not after,
+                      f"Function Mask set: transmit completion {'used' if used else 'not used'}, pending bits "
+                      f"{after_tx} (expected [{tx_vector}]); DEVICE_NEEDS_RESET "
+                      f"{'set' if needs_reset else 'not set'}, pending bits {held} (expected {both}), a message sent "
+                      f"while masked: {early}; mask cleared: {fired}, pending bits then {after}")
