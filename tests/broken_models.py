@@ -7,9 +7,13 @@ asserts that the conformance suite fails on each, naming the right requirement i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from backend.virtio.net_hdr import NetHdr
+from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, PackedDescriptor
 from backend.virtio.split_ring import U16, Descriptor, SplitLayout
 from models.virtio_net.device import VirtioNetDevice
+from models.virtio_net.packed_engine import PackedQueue, Position
 from models.virtio_net.split_engine import Chain, SplitQueue
 
 
@@ -96,5 +100,72 @@ class NumBuffersZero(VirtioNetDevice):
 class NoNeedsResetOnLoop(VirtioNetDevice):
     """A looping descriptor chain is silently dropped: no DEVICE_NEEDS_RESET, no config interrupt."""
 
-    def fail(self, err: object) -> None:  # type: ignore[override]
+    def fail(self, err: object) -> None:
         self.errors.append(err)  # type: ignore[arg-type]
+
+
+# --- packed rings (run on a target offering VIRTIO_F_RING_PACKED: see PACKED_SPEC in tests/test_broken_models.py) --
+
+
+class PackedUsedWrapNotFlipped(VirtioNetDevice):
+    """The Device Ring Wrap Counter is not toggled at the ring's end: the second lap's used flags carry wrap 1."""
+
+    def packed_advance_used(self, off: int, wrap: int, n: int, size: int) -> Position:
+        return (off + n) % size, wrap
+
+
+class PackedBufferIdOfFirst(VirtioNetDevice):
+    """A list's Buffer ID is read from its first descriptor instead of its last (2.8.6)."""
+
+    def packed_buffer_id(self, descs: Sequence[PackedDescriptor]) -> int:
+        return descs[0].id
+
+
+class PackedUsedLenOffByOne(VirtioNetDevice):
+    """The used descriptor's len counts one byte more than the device wrote."""
+
+    def packed_used_stores(self, buffer_id: int, length: int, flags: int) -> list[tuple[int, bytes]]:
+        return super().packed_used_stores(buffer_id, length + 1 if length else 0, flags)
+
+
+class PackedUsedFlagsFirst(VirtioNetDevice):
+    """The used flags are stored before the id and len: the descriptor changes after its USED flag flipped."""
+
+    def packed_used_stores(self, buffer_id: int, length: int, flags: int) -> list[tuple[int, bytes]]:
+        return [(DESC_FLAGS_OFFSET, U16.pack(flags)),
+                (8, (length & 0xFFFFFFFF).to_bytes(4, "little") + (buffer_id & 0xFFFF).to_bytes(2, "little"))]
+
+
+class PackedInOrderFirstId(VirtioNetDevice):
+    """IN_ORDER: a batch's used descriptor names the first buffer of the batch, not the last (2.8.8)."""
+
+    def packed_in_order_id(self, ids: Sequence[int]) -> int:
+        return ids[0]
+
+
+class PackedSuppressionIgnored(VirtioNetDevice):
+    """The driver event suppression structure is never read: every used update notifies (DISABLE ignored)."""
+
+    def packed_needs_notification(self, q: PackedQueue, old: Position, new: Position) -> bool:
+        return True
+
+
+class PackedDescWrapIgnored(VirtioNetDevice):
+    """RING_EVENT_FLAGS_DESC: desc_event_wrap is ignored, the offset taken in the lap the used index is in."""
+
+    def packed_event_crossed(self, event: Position, new: Position, count: int, size: int) -> bool:
+        return super().packed_event_crossed((event[0], new[1]), new, count, size)
+
+
+class PackedNestedIndirectFollowed(VirtioNetDevice):
+    """An INDIRECT entry inside an indirect table is taken as a plain buffer: no DEVICE_NEEDS_RESET."""
+
+    def packed_indirect_entry_ok(self, flags: int) -> bool:
+        return True
+
+
+class PackedNextIgnored(VirtioNetDevice):
+    """The list walker ignores VIRTQ_DESC_F_NEXT on packed rings: every list is its first descriptor."""
+
+    def packed_chain_continues(self, desc: PackedDescriptor) -> bool:
+        return False
