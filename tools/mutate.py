@@ -55,9 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The packages whose mutants the suite has to kill.
 PACKAGES: tuple[str, ...] = ("models/virtio_net", "sim/pci", "backend/drivers")
 #: Files of those packages mutmut must leave alone: numba compiles their functions, and a mutmut trampoline
-#: (``**kwargs`` forwarding, the DICT_MERGE opcode) is not something numba can compile. The kernel judges
-#: nothing; tests/test_model_fast_tx.py holds it to the checked path it shortcuts.
-NOT_MUTATED: tuple[str, ...] = ("models/virtio_net/fast_tx.py",)
+#: (``**kwargs`` forwarding, the DICT_MERGE opcode) is not something numba can compile. The kernels judge
+#: nothing; tests/test_model_fast_tx.py and tests/test_packed_fast_tx.py hold them to the checked paths they
+#: shortcut.
+NOT_MUTATED: tuple[str, ...] = ("models/virtio_net/fast_tx.py", "models/virtio_net/packed_fast.py")
 #: Every package copied into mutmut's tree, so that nothing is imported from the original.
 CODE: tuple[str, ...] = ("backend", "sim", "models", "testbenches")
 CHECKS = "testbenches/conformance/checks"
