@@ -52,6 +52,7 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     quiet = False
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
     bulk = one is _tx_chain and packed_fast.bulk_ok(dev)
+    maps = packed_fast.TxMaps(q)
     runs = 0
     try:
         for _ in range(MAX_ROUNDS):
@@ -60,7 +61,7 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
                 if not quiet:
                     q.write_device_event(EventFlags.DISABLE)
                     quiet = True
-                taken, old, new = packed_fast.tx_run(dev, q)
+                taken, old, new = packed_fast.tx_run(dev, q, maps)
                 if taken:
                     runs += 1
                     if q.needs_notification(old, new):

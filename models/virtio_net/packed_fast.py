@@ -150,18 +150,51 @@ def bulk_ok(dev: VirtioNetDevice) -> bool:
     return dev.bulk_tx and all(getattr(type(dev), h) is getattr(PackedHooks, h) for h in PER_LIST_HOOKS)
 
 
-def ring_words(q: PackedQueue, write: bool = False) -> NDArray[np.uint64] | None:
+def ring_words(q: PackedQueue) -> NDArray[np.uint64] | None:
     """The descriptor ring as (addr, len | id << 32 | flags << 48) words over guest memory, valid while the mappings
-    stay as they are (the caller holds the device's lock); None when it is not inside one readable (``write``:
-    writable) mapping or every access must be observed."""
+    stay as they are (:class:`TxMaps`); None when it is not inside one writable mapping (the used descriptors go
+    there too) or every access must be observed."""
     dma = q.batch_dma
     if dma is None or dma.generation() is None:
         return None
-    found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, write)
+    found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, True)
     if found is None:
         return None
     mem, base, _ = found
     return mem[q.desc - base:q.desc - base + DESC_SIZE * q.size].view("<u8").reshape(q.size, 2)
+
+
+class TxMaps:
+    """The ring words and the last frame mapping of one queue, kept across the runs of one service call while the
+    mappings' generation stays the same (a new memory table changes it)."""
+
+    def __init__(self, q: PackedQueue) -> None:
+        self.q = q
+        self._gen: int | None = None
+        self._words: NDArray[np.uint64] | None = None
+        self._frames: tuple[NDArray[np.uint8], np.uint64, np.uint64] | None = None
+
+    def words(self) -> NDArray[np.uint64] | None:
+        dma = self.q.batch_dma
+        gen = None if dma is None else dma.generation()
+        if gen is None:
+            return None
+        if gen != self._gen:
+            self._gen, self._words, self._frames = gen, ring_words(self.q), None
+        return self._words
+
+    def frames(self, iova: int) -> tuple[NDArray[np.uint8], np.uint64, np.uint64] | None:
+        """The readable mapping holding ``iova`` (call after :meth:`words`, which checks the generation)."""
+        f = self._frames
+        if f is not None and f[1] <= iova <= f[2]:
+            return f
+        dma = self.q.batch_dma
+        found = None if dma is None else dma.mapping_bytes(iova, 1, False)
+        if found is None:
+            return None
+        mem, first, last = found
+        self._frames = (mem, _U64(first), _U64(last))
+        return self._frames
 
 
 def poll_head(q: PackedQueue) -> bool:
@@ -174,28 +207,26 @@ def poll_head(q: PackedQueue) -> bool:
     return False
 
 
-def tx_run(dev: VirtioNetDevice, q: PackedQueue) -> tuple[int, tuple[int, int], tuple[int, int]]:
+def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tuple[int, int], tuple[int, int]]:
     """Take, send and return the leading run of plain one-descriptor lists at next_avail.
 
     Returns (lists taken, used position before, after); 0 taken when the head is not plain (or the device holds
     lists: the used position must be where the run starts), for the per-list path.
     """
     old = (q.next_used, q.used_wrap)
-    dma = q.batch_dma
-    if dma is None or old != (q.next_avail, q.avail_wrap) or q.size < 1:
+    if old != (q.next_avail, q.avail_wrap):
         return 0, old, old
-    words = ring_words(q, write=True)  # used descriptors go there too; a ring the device cannot write: per list
+    words = maps.words()
     if words is None:
         return 0, old, old
     k = count_avail(words, q.next_avail, q.avail_wrap, q.size)
     if k == 0:
         return 0, old, old
     full_barrier()  # the flags were read before the rest of each descriptor
-    mapping = dma.mapping_bytes(int(words[q.next_avail, 0]), 1, False)  # a hint: take() checks every buffer
+    mapping = maps.frames(int(words[q.next_avail, 0]))  # a hint: take() checks every buffer
     if mapping is None:
         return 0, old, old
-    mem, first, last = mapping
-    n, data, lens, ids, uniform = take(words, q.next_avail, k, mem, _U64(first), _U64(last), _U64(dev.hdr_len))
+    n, data, lens, ids, uniform = take(words, q.next_avail, k, *mapping, _U64(dev.hdr_len))
     if n == 0:
         return 0, old, old
     q.consume(n)
@@ -219,5 +250,5 @@ def _write_first_used(q: PackedQueue, at: tuple[int, int], buffer_id: int) -> No
     dma.write_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
 
 
-__all__ = ["PER_LIST_HOOKS", "POLL_SECONDS", "bulk_ok", "count_avail", "poll_head", "put_used", "ring_words", "take",
-           "tx_run"]
+__all__ = ["PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail", "poll_head", "put_used", "ring_words",
+           "take", "tx_run"]
