@@ -32,7 +32,7 @@ from testbenches.driver.layout import Layout as RingLayout
 from testbenches.driver.layout import layout_features
 from testbenches.driver.vdpa_frontend import VdpaFrontend
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, DriverInitError, GuestNetDriver
-from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
+from testbenches.monitor import PackedRingMonitor, SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
 from testbenches.monitor.virtio_pci_rules import Layout
 
 MEM = 8 << 20
@@ -62,7 +62,7 @@ def mem() -> Iterator[GuestMemory]:
         yield m
 
 
-def _judge(verdict: Verdict, monitor: VirtioPciDriverMonitor | SplitRingMonitor, driver: str,
+def _judge(verdict: Verdict, monitor: VirtioPciDriverMonitor | SplitRingMonitor | PackedRingMonitor, driver: str,
            ids: tuple[str, ...]) -> None:
     verdicts = monitor.verdicts()
     for rid in ids:
@@ -333,10 +333,15 @@ def test_guest_driver_never_acks_a_feature_without_its_prerequisites(
 
 
 NOTIF_VARIANTS = {
-    "notification_data": (bits(F.NOTIFICATION_DATA), ("NOTIF-DRV-02", "NOTIF-DRV-04", "NOTIF-DRV-B01")),
+    "notification_data": (bits(F.NOTIFICATION_DATA), ("NOTIF-DRV-02", "NOTIF-DRV-04", "NOTIF-DRV-B01",
+                                                      "PACKED-DRV-04")),
     "notif_config_data": (bits(F.NOTIF_CONFIG_DATA), ("NOTIF-DRV-01", "NOTIF-DRV-05")),
-    "both": (bits(F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA), ("NOTIF-DRV-02", "NOTIF-DRV-06", "NOTIF-DRV-B01")),
+    "both": (bits(F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA), ("NOTIF-DRV-02", "NOTIF-DRV-06", "NOTIF-DRV-B01",
+                                                               "PACKED-DRV-04")),
 }
+#: The notification data of one layout only: next_off/next_wrap as a split avail idx, or as a packed ring's
+#: next slot and Driver Ring Wrap Counter (judged by the ring monitor of that layout).
+LAYOUT_ROWS = {"split": ("NOTIF-DRV-B01",), "packed": ("PACKED-DRV-04",)}
 
 
 def _open_offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> PciDevice | None:
@@ -357,17 +362,26 @@ def _open_offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[st
 @pytest.mark.parametrize("variant", [pytest.param(v, id=v, marks=pytest.mark.req(*NOTIF_VARIANTS[v][1]))
                                      for v in sorted(NOTIF_VARIANTS)])
 def test_guest_driver_notification_formats(bench: Bench, verdict: Verdict, mem: GuestMemory,
-                                           variant: str) -> None:
+                                           variant: str, ring_layout: RingLayout) -> None:
+    """The guest driver's doorbells in each notification format, on both ring layouts: the register rows on
+    each, the notification data's position on split rings (NOTIF-DRV-B01) and on packed ones (PACKED-DRV-04)."""
     wanted, ids = NOTIF_VARIANTS[variant]
-    dev = _open_offering(bench, verdict, wanted, ids)
+    other = "packed" if ring_layout == "split" else "split"
+    for rid in LAYOUT_ROWS[other]:
+        if rid in ids:
+            verdict.not_applicable(rid, f"a {other} ring rule; this run drives {ring_layout} rings")
+    ids = tuple(rid for rid in ids if rid not in LAYOUT_ROWS[other])
+    dev = _open_offering(bench, verdict, layout_features(wanted, ring_layout), ids)
     if dev is None:
         return
     trace = TracingPciDevice(dev)
-    rings = SplitRingMonitor.attach(trace, mem.read)
+    rings = SplitRingMonitor.attach(trace, mem.read) if ring_layout == "split" else \
+        PackedRingMonitor.attach(trace, mem.read)
     # Exactly this variant's notification formats: a target offering both would otherwise put every
     # variant in the "both" format and leave the single-format rows unexercised.
     notif = bits(F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA)
-    drv = GuestNetDriver(trace, mem, queue_size=64, features=(DEFAULT_FEATURES & ~notif) | wanted)
+    drv = GuestNetDriver(trace, mem, queue_size=64,
+                         features=layout_features((DEFAULT_FEATURES & ~notif) | wanted, ring_layout))
     try:
         drv.init()
         verdict_features = drv.features & notif
