@@ -28,6 +28,7 @@ from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, SriovConfigSpace, extended_capabilities
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
+from testbenches.conformance.write_order import RecordingMemory, flag_order_breaches
 from testbenches.driver.layout import Layout as RingLayout
 from testbenches.driver.layout import layout_features
 from testbenches.driver.vdpa_frontend import VdpaFrontend
@@ -57,9 +58,14 @@ EVENT_IDX_RULE = {True: "SPLIT-DRV-14", False: "SPLIT-DRV-12"}
 
 
 @pytest.fixture
-def mem() -> Iterator[GuestMemory]:
-    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
+def mem() -> Iterator[RecordingMemory]:
+    """Guest memory that keeps the driver's stores in order (the packed run judges PACKED-DRV-16 on them)."""
+    m = RecordingMemory()
+    try:
+        m.add_region(GUEST_MEMORY_BASE, MEM, "guest-ram")
         yield m
+    finally:
+        m.close()
 
 
 def _judge(verdict: Verdict, monitor: VirtioPciDriverMonitor | SplitRingMonitor | PackedRingMonitor, driver: str,
@@ -114,27 +120,34 @@ def _ring_ids(verdict: Verdict, offered: int, event_idx: bool, driver: str) -> t
     return (*RING, rid)
 
 
-@pytest.mark.req(*MONITORED, *DOORBELL, *RING, *INDIRECT, "PCI-DRV-14", "PCI-DRV-26")
+@pytest.mark.req(*MONITORED, *DOORBELL, *RING, *INDIRECT, "PCI-DRV-14", "PCI-DRV-26", "PACKED-DRV-16")
 @pytest.mark.parametrize("event_idx", [
     pytest.param(True, id="event_idx", marks=pytest.mark.req("SPLIT-DRV-14")),
     pytest.param(False, id="no_event_idx", marks=pytest.mark.req("SPLIT-DRV-12"))])
-def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict, mem: GuestMemory,
+def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict, mem: RecordingMemory,
                                                  event_idx: bool, ring_layout: RingLayout) -> None:
+    """Bring-up, traffic (indirect too), reset and a second bring-up of the guest driver; on packed rings its
+    stores into the descriptor rings are replayed for PACKED-DRV-16 (head flags stored alone, after the body)."""
     ring_rule = EVENT_IDX_RULE[event_idx]
     split_rows = (*RING, *INDIRECT, ring_rule)
     if ring_layout == "packed":
         offer = bench.transport().device_features()
         if not has(offer, F.RING_PACKED):
-            for rid in (*MONITORED, *DOORBELL, *split_rows, "PCI-DRV-14", "PCI-DRV-26"):
+            for rid in (*MONITORED, *DOORBELL, *split_rows, "PCI-DRV-14", "PCI-DRV-26", "PACKED-DRV-16"):
                 verdict.not_offered(rid, f"packed ring layout: VIRTIO_F_RING_PACKED not offered ({offer:#x})")
             return
         for rid in (*split_rows, "PCI-DRV-17"):  # PCI-DRV-17: the power-of-two queue size of split rings
             verdict.not_applicable(rid, "a split ring rule; this run drives packed rings")
+    else:
+        verdict.not_applicable("PACKED-DRV-16", "a packed ring rule; this run drives split rings")
+    # Per bring-up: the descriptor rings and the stores made while they lived.
+    lives: list[tuple[list[tuple[int, int]], int, int]] = []
     trace = TracingPciDevice(bench.open())
     rings = SplitRingMonitor.attach(trace, mem.read) if ring_layout == "split" else None
     wanted = DEFAULT_FEATURES if event_idx else DEFAULT_FEATURES & ~bits(F.EVENT_IDX)
     drv = CountingGuestDriver(trace, mem, queue_size=64, features=layout_features(wanted, ring_layout))
     try:
+        start = len(mem.stores)
         drv.init()
         offered, negotiated, intx = drv.offered, drv.features, drv.intx
         assert has(negotiated, F.RING_PACKED) == (ring_layout == "packed"), f"negotiated {negotiated:#x}"
@@ -147,8 +160,13 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         # The transmit completions raised a queue interrupt (nothing suppresses them): the driver handles it.
         drv.wait_irq("tx", 1.0)
         handled = drv.handled
+        lives.append(([(r.desc_addr, r.size) for r in drv.packed.values()], start, len(mem.stores)))
         drv.reset()  # a second bring-up exercises reset polling and re-initialisation
+        start = len(mem.stores)
         drv.init()
+        drv.send([FRAME] * 2)
+        drv.wait_tx_done(timeout=5.0)
+        lives.append(([(r.desc_addr, r.size) for r in drv.packed.values()], start, len(mem.stores)))
     finally:
         drv.close()
     name = f"guest driver ({'with' if event_idx else 'without'} EVENT_IDX, {ring_layout} rings)"
@@ -160,6 +178,13 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         verdict.check("PCI-DRV-26", ok, f"{name}: {handled} queue interrupt(s) handled with MSI-X; "
                       + "; ".join(evidence[:5]))
     if rings is None:
+        replays = [(addr, flag_order_breaches(mem.stores[a:b], addr, size)) for areas, a, b in lives
+                   for addr, size in areas]
+        heads = sum(r.heads for _, r in replays)
+        bad = [f"ring at {addr:#x}: {b}" for addr, r in replays for b in r.breaches]
+        if heads:
+            verdict.check("PACKED-DRV-16", not bad, f"{name}: {heads} lists handed over on {len(replays)} rings; "
+                          + "; ".join(bad[:4]))
         return
     ring_ids = _ring_ids(verdict, offered, event_idx, name)
     _judge(verdict, rings, name, (*ring_ids, *_indirect_or_not_offered(verdict, offered, negotiated, name)))
