@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.virtio.packed_ring import DESC, DESC_SIZE, avail_bits, used_bits
+from backend.virtio.packed_ring import DESC, DESC_SIZE, PackedDescFlags, avail_bits, used_bits
 from sim.memory import Allocator, GuestMemory
 from testbenches.conformance.write_order import RecordingMemory, flag_order_breaches
 from testbenches.driver.layout import PackedDriverRing
@@ -59,3 +59,16 @@ def test_a_head_stored_whole_or_over_a_stale_body_is_caught(mem: RecordingMemory
     assert len(got.breaches) == 2
     assert "head slot 1" in got.breaches[0] and "one 16-byte store" in got.breaches[0]
     assert "head slot 2" in got.breaches[1] and "not stored since" in got.breaches[1]
+
+
+def test_a_list_running_past_the_ring_is_reported(mem: RecordingMemory) -> None:
+    """Every slot says NEXT and the head is handed over last: the walk runs out of ring (PACKED-DRV-06/07)."""
+    ring = PackedDriverRing(mem, Allocator(BASE, 1 << 20), SIZE, index=1)
+    nxt = int(PackedDescFlags.NEXT)
+    for slot in range(1, SIZE):
+        mem.write(ring.desc_addr + DESC_SIZE * slot, DESC.pack(0x2000, 4, 0, nxt | avail_bits(1)))
+    mem.write(ring.desc_addr, DESC.pack(0x2000, 4, 0, 0)[:14])
+    mem.write(ring.desc_addr + 14, int(nxt | avail_bits(1)).to_bytes(2, "little"))
+    got = flag_order_breaches(mem.stores, ring.desc_addr, SIZE)
+    assert got.heads == 1 and got.breaches == [] and got.lengths == [SIZE]
+    assert len(got.overlong) == 1 and "slot 0" in got.overlong[0]

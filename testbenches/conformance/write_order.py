@@ -10,7 +10,7 @@ head's body and flags at once, or flags over a body not written since the slot w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, U16, PackedDescFlags, advance, is_avail
 from sim.memory import GuestMemory
@@ -36,6 +36,10 @@ class FlagOrder:
 
     heads: int
     breaches: list[str]
+    #: Descriptors in each list handed over, walked along NEXT (at most the ring's size).
+    lengths: list[int] = field(default_factory=list)
+    #: Lists whose NEXT chain went on past the ring's size (a list longer than the queue: PACKED-DRV-06/07).
+    overlong: list[str] = field(default_factory=list)
 
 
 def flag_order_breaches(stores: Sequence[tuple[int, bytes]], desc_addr: int, size: int) -> FlagOrder:
@@ -49,8 +53,7 @@ def flag_order_breaches(stores: Sequence[tuple[int, bytes]], desc_addr: int, siz
     shadow = bytearray(DESC_SIZE * size)
     body_fresh = [False] * size
     pos, wrap = 0, 1
-    heads = 0
-    breaches: list[str] = []
+    out = FlagOrder(0, [])
     for n, (gpa, data) in enumerate(stores):
         lo, hi = max(gpa, desc_addr), min(gpa + len(data), end)
         if lo >= hi:
@@ -68,19 +71,23 @@ def flag_order_breaches(stores: Sequence[tuple[int, bytes]], desc_addr: int, siz
                 continue
             flags = _flags(shadow, slot)
             if slot == pos and is_avail(flags, wrap):
-                heads += 1
+                out.heads += 1
                 if body:
-                    breaches.append(f"store #{n}: head slot {slot}: addr/len/id and flags {flags:#06x} in one "
+                    out.breaches.append(f"store #{n}: head slot {slot}: addr/len/id and flags {flags:#06x} in one "
                                     f"{len(data)}-byte store (no barrier can separate them)")
                 elif not body_fresh[slot]:
-                    breaches.append(f"store #{n}: head slot {slot}: flags {flags:#06x} stored, addr/len/id not "
+                    out.breaches.append(f"store #{n}: head slot {slot}: flags {flags:#06x} stored, addr/len/id not "
                                     "stored since the slot was last handed over")
                 length = 1
                 while length < size and _flags(shadow, (slot + length - 1) % size) & _NEXT:
                     length += 1
+                out.lengths.append(length)
+                if _flags(shadow, (slot + length - 1) % size) & _NEXT:
+                    out.overlong.append(f"store #{n}: the list at slot {slot} still says NEXT after {size} "
+                                        "descriptors (longer than the queue)")
                 pos, wrap = advance(pos, wrap, length, size)
             body_fresh[slot] = False
-    return FlagOrder(heads, breaches)
+    return out
 
 
 def _flags(shadow: bytearray, slot: int) -> int:

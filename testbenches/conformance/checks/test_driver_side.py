@@ -53,6 +53,10 @@ DOORBELL = ("INIT-DRV-13", "NOTIF-DRV-01", "NOTIF-DRV-03")
 RING = ("SPLIT-DRV-01", "SPLIT-DRV-02", "SPLIT-DRV-04", "SPLIT-DRV-08", "SPLIT-DRV-11", "SPLIT-DRV-19")
 #: Rules on indirect tables, judged where the driver negotiated INDIRECT_DESC and built one.
 INDIRECT = ("SPLIT-DRV-06", "SPLIT-DRV-07", "SPLIT-DRV-09")
+#: Packed rows read from the order of the driver's stores into its descriptor rings (write_order.py): lists
+#: handed over by the head's flags stored alone after its body, and none longer than the device allows (it states
+#: no limit below the queue size).
+PACKED_ORDER = ("PACKED-DRV-06", "PACKED-DRV-16")
 #: avail.flags without EVENT_IDX (0 or 1) and with it (0): one run each.
 EVENT_IDX_RULE = {True: "SPLIT-DRV-14", False: "SPLIT-DRV-12"}
 
@@ -120,7 +124,7 @@ def _ring_ids(verdict: Verdict, offered: int, event_idx: bool, driver: str) -> t
     return (*RING, rid)
 
 
-@pytest.mark.req(*MONITORED, *DOORBELL, *RING, *INDIRECT, "PCI-DRV-14", "PCI-DRV-26", "PACKED-DRV-16")
+@pytest.mark.req(*MONITORED, *DOORBELL, *RING, *INDIRECT, "PCI-DRV-14", "PCI-DRV-26", *PACKED_ORDER)
 @pytest.mark.parametrize("event_idx", [
     pytest.param(True, id="event_idx", marks=pytest.mark.req("SPLIT-DRV-14")),
     pytest.param(False, id="no_event_idx", marks=pytest.mark.req("SPLIT-DRV-12"))])
@@ -133,13 +137,14 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
     if ring_layout == "packed":
         offer = bench.transport().device_features()
         if not has(offer, F.RING_PACKED):
-            for rid in (*MONITORED, *DOORBELL, *split_rows, "PCI-DRV-14", "PCI-DRV-26", "PACKED-DRV-16"):
+            for rid in (*MONITORED, *DOORBELL, *split_rows, "PCI-DRV-14", "PCI-DRV-26", *PACKED_ORDER):
                 verdict.not_offered(rid, f"packed ring layout: VIRTIO_F_RING_PACKED not offered ({offer:#x})")
             return
         for rid in (*split_rows, "PCI-DRV-17"):  # PCI-DRV-17: the power-of-two queue size of split rings
             verdict.not_applicable(rid, "a split ring rule; this run drives packed rings")
     else:
-        verdict.not_applicable("PACKED-DRV-16", "a packed ring rule; this run drives split rings")
+        for rid in PACKED_ORDER:
+            verdict.not_applicable(rid, "a packed ring rule; this run drives split rings")
     # Per bring-up: the descriptor rings and the stores made while they lived.
     lives: list[tuple[list[tuple[int, int]], int, int]] = []
     trace = TracingPciDevice(bench.open())
@@ -185,6 +190,12 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         if heads:
             verdict.check("PACKED-DRV-16", not bad, f"{name}: {heads} lists handed over on {len(replays)} rings; "
                           + "; ".join(bad[:4]))
+            limits = sorted({size for areas, _, _ in lives for _, size in areas})
+            longest = max(n for _, r in replays for n in r.lengths)
+            overlong = [o for _, r in replays for o in r.overlong]
+            verdict.check("PACKED-DRV-06", not overlong and longest <= min(limits),
+                          f"{name}: longest list {longest} descriptors, queue size(s) {limits} (the device states no "
+                          f"smaller limit); {'; '.join(overlong[:3]) or 'no list runs on past the ring'}")
         return
     ring_ids = _ring_ids(verdict, offered, event_idx, name)
     _judge(verdict, rings, name, (*ring_ids, *_indirect_or_not_offered(verdict, offered, negotiated, name)))
