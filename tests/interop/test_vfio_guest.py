@@ -47,7 +47,7 @@ from testbenches.guest.vfio_jobs import UNMAPPED_IOVA
 UNTRIAGED = ("test_vdpa_paths", "test_chain_kinds", "test_net_ctrl_mq", "test_feature_windows_after_reset",
              "test_busy_driver", "test_used_ring_order", "test_vdpa_driver_rules", "test_engine_rules",
              "test_pci_function_rules", "test_net_device_rules", "test_packed_ring", "test_register_layer_rules",
-             "test_packed_hostile", "test_packed_properties", "test_packed_driver_side")
+             "test_packed_hostile", "test_packed_properties", "test_packed_driver_side", "test_ring_permissions")
 DESELECT = " and ".join(["not test_random_chains_deliver_the_same_frame", "not test_thousand_random_ring_workloads",
                          *(f"not {m}" for m in UNTRIAGED)])
 #: Bound on the whole guest run; ~3 min on an idle two-core host.
