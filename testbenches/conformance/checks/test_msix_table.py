@@ -13,7 +13,7 @@ import time
 import pytest
 
 from backend.drivers.transport import MsixInfo
-from backend.pci.device import PciDevice, config_read, config_write, read_int, write_int
+from backend.pci.device import IrqIndex, PciDevice, config_read, config_write, read_int, write_int
 from backend.virtio.features import F, bit
 from backend.virtio.pci_regs import (
     MSIX_CONTROL_ENABLE,
@@ -195,3 +195,41 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
                       f"{after_tx} (expected [{tx_vector}]); DEVICE_NEEDS_RESET "
                       f"{'set' if needs_reset else 'not set'}, pending bits {held} (expected {both}), a message sent "
                       f"while masked: {early}; mask cleared: {fired}, pending bits then {after}")
+
+
+@pytest.mark.req("PCI-DEV-01")
+def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Verdict) -> None:
+    """transmitq1's vector loses its eventfd (SET_IRQS with none for that vector, as VFIO's user does when it
+    withdraws a trigger): the platform masks the vector, so a transmit completion sets its Pending Bit and sends
+    nothing; binding an eventfd again unmasks it and the held message arrives, the Pending Bit cleared."""
+    with bench.rig() as r:
+        masking = r.abilities.msix_masking
+        if masking is not None:
+            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+            return
+        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
+        info = d.transport.msix
+        if info is None or d.intx:
+            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability")
+            return
+        vector, fd = d.vector_of(TX), r.irq_fd(TX)
+        r.drain_irqs()
+        r.pci.set_irqs(IrqIndex.MSIX, vector, [None])
+        ctrl = read_int(r.pci, info.table_bar, info.table_offset + vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_VECTOR_CTRL, 4)
+        ring = d.queues[TX]
+        ring.add([bytes(d.hdr_len) + make_frame(0, 80)], [])
+        ring.publish()
+        r.doorbell(TX)
+        used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
+        early = bool(seen) or wait_fd(fd, r.quiet)
+        held = _pba(r.pci, info)
+        r.pci.set_irqs(IrqIndex.MSIX, vector, [fd])
+        fired = wait_fd(fd, EVENT_WAIT)
+        after = _pba(r.pci, info)
+        ring.used()
+        verdict.check("PCI-DEV-01", bool(ctrl & MSIX_ENTRY_CTRL_MASKED) and used and not early and held == [vector]
+                      and fired and not after,
+                      f"vector {vector} without an eventfd: Mask bit {ctrl & MSIX_ENTRY_CTRL_MASKED}, transmit "
+                      f"completion {'used' if used else 'not used'}, a message sent {early}, pending bits {held} "
+                      f"(expected [{vector}]); eventfd bound again: {'signalled' if fired else 'silent'}, pending "
+                      f"bits {after}")
