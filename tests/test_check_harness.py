@@ -146,3 +146,37 @@ def test_unlooped_port_makes_data_path_ids_not_applicable(device_process: Any, t
     assert "probed at bring-up" in evidence and "none came back" in evidence, evidence[:500]
     # the drivers' bring-up and transmission are still judged without a wire
     assert {"PCI-DRV-01", "PCI-DRV-07"} <= ids_with(data, "passed")
+
+
+def test_the_ring_layout_is_the_rigs_explicit_choice(bench_on: Any) -> None:
+    """On the model's default offer: the default bring-up keeps split rings although packed ones are offered, an
+    exact set holding RING_PACKED with the split layout is refused, layout="packed" negotiates it and the
+    layout-agnostic helpers carry frames on it; where the offer withholds it, packed reads not offered and a
+    packed bring-up stops with the reason."""
+    from backend.virtio.features import F, has
+    from models.virtio_net.device import DEFAULT_FEATURES as MODEL_OFFER
+    from testbenches.conformance.plugin import Verdict
+    from testbenches.driver.virtio_net import DriverInitError
+
+    with bench_on("sim:virtio-net").rig() as r:
+        assert has(r.offered, F.RING_PACKED)
+        r.up(rx_buffers=4)
+        assert r.layout == "split" and not has(r.features, F.RING_PACKED) and r.packed == {}
+        with pytest.raises(ValueError, match="layout='packed'"):
+            r.up(features=r.offered, exact=True)
+        r.up(rx_buffers=4, queue_size=13, layout="packed")
+        assert r.layout == "packed" and set(r.packed) == {RX, TX} and r.ring(TX).size == 13
+        with pytest.raises(ValueError, match="split-ring helper on packed rings"):
+            _ = r.tx
+        frames = [make_frame(k, 80) for k in range(3)]
+        r.send(frames)
+        assert len(r.wait_used(TX, 3, timeout=EVENT_WAIT)) == 3
+        got = r.wait_used(RX, 3, timeout=EVENT_WAIT)
+        assert [u.data[r.hdr_len:] for u in got] == frames
+    withheld = f"sim:virtio-net,features={MODEL_OFFER & ~(1 << F.RING_PACKED):#x}"
+    with bench_on(withheld).rig() as r:
+        verdict = Verdict("t::packed", ["SPLIT-DEV-01"])
+        assert not r.offers("packed", verdict, "SPLIT-DEV-01") and r.offers("split", verdict)
+        assert [rec.outcome.value for rec in verdict.records()["SPLIT-DEV-01"]] == ["not offered"]
+        with pytest.raises(DriverInitError, match="packed rings asked for"):
+            r.up(layout="packed")
