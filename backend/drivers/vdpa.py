@@ -456,7 +456,9 @@ class VirtioPciVdpaDevice:
         vector = self._vectors.get(f"q{index}", NO_VECTOR)
         self._check_vector(f"virtqueue {index}", vector, t.set_queue_msix_vector(index, vector))
         block = self.quirk.vq_state
-        if block is not None:
+        # A queue of a block that starts at 0 unless written (the stop-by-reset kind) is left alone when it starts
+        # at 0: a frontend that never uses ring state never touches the vendor registers.
+        if block is not None and not (block.stop is QueueStop.QUEUE_RESET and vq.state == VqState()):
             write_int(self.pci, block.bar, block.field_offset(index), block.width, vq.state.avail_idx)
         t.enable_queue(index)
         vq.live = True
