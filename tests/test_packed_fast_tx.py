@@ -15,13 +15,17 @@ from collections.abc import Sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.virtio.features import F, bits, has
+from backend.pci.device import DmaPerm
+from backend.virtio.features import DeviceStatus, F, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
-from backend.virtio.packed_ring import PackedDescriptor
+from backend.virtio.packed_ring import DESC, PackedDescriptor, avail_bits
+from backend.virtio.pci_regs import CommonCfg
 from models.virtio_net import packed_fast
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.packed_engine import PackedHooks
+from sim.memory import Allocator, GuestMemory
 from testbenches.frames import test_frame
+from tests.test_model_device import MEM, Guest
 from tests.test_model_packed_device import BASE, PACKED_OFFER, kick, packed_guest
 
 SPEC = f"virtio-net,wire=none,features={PACKED_OFFER:#x}"
@@ -121,3 +125,34 @@ def test_a_run_that_wraps_the_ring_in_bulk() -> None:
         q = g.model.packed_queues[1]
         assert (q.next_avail, q.avail_wrap, q.next_used, q.used_wrap) == (3, 0, 3, 0)
         assert len(frames[0]) + HDR_SIZE > HDR_SIZE
+
+
+def test_a_ring_the_device_may_only_write_is_not_read_in_bulk() -> None:
+    """transmitq1's descriptor ring in a page mapped write-only: the device's read of it faults (NEEDS_RESET) and
+    no frame leaves (the bulk path looks at the head through the checked read first, and takes its array only
+    over a mapping it may read as well as write)."""
+    iova, page = 0x7E00_0000_0000, 0x1000
+    with Guest(SPEC) as g, GuestMemory.single(page, gpa=iova, name="ring-page") as ring:
+        assert g.negotiate(BASE)
+        g.msix(3)
+        col = g.collect()
+        alloc = Allocator(0x10000, MEM - 0x10000)
+        frame = NetHdr().pack() + test_frame(0, 64)
+        buf = alloc.alloc(len(frame))
+        g.mem.write(buf, frame)
+        events = alloc.alloc(8, 4)
+        g.mem.write(events, bytes(8))
+        ring.write(iova, DESC.pack(buf, len(frame), 0, avail_bits(1)))
+        region = ring.regions[0]
+        g.dev.dma_map(iova, page, region.fd, 0, DmaPerm.WRITE)
+        g.cw(CommonCfg.QUEUE_SELECT, 1)
+        g.cw(CommonCfg.QUEUE_SIZE, 8)
+        g.cw(CommonCfg.QUEUE_MSIX_VECTOR, 1)
+        g.cw(CommonCfg.QUEUE_DESC, iova)
+        g.cw(CommonCfg.QUEUE_DRIVER, events)
+        g.cw(CommonCfg.QUEUE_DEVICE, events + 4)
+        g.cw(CommonCfg.QUEUE_ENABLE, 1)
+        g.driver_ok()
+        g.notify(1)
+        assert col.frames == [] and g.model.stats.tx_packets == 0
+        assert g.status() & DeviceStatus.DEVICE_NEEDS_RESET

@@ -663,6 +663,9 @@ class VhostUserSession:
             raise SessionError(f"ring {index} enabled without a memory table")
         if not self.table.covers(ring.ranges(), AddressSpace.GPA):
             raise SessionError(f"ring {index} lies outside the current memory table")
+        if ring.packed and max(ring.state.avail_idx, ring.state.used_idx) >= ring.num:
+            raise SessionError(f"ring {index}: packed base {ring.state} lies outside the ring of {ring.num} (the size "
+                               "came after the base)")
         d = self.device
         relay = self._new_relay(index, ring) if self.logging_on else None
         try:

@@ -152,13 +152,15 @@ def bulk_ok(dev: VirtioNetDevice) -> bool:
 
 def ring_words(q: PackedQueue) -> NDArray[np.uint64] | None:
     """The descriptor ring as (addr, len | id << 32 | flags << 48) words over guest memory, valid while the mappings
-    stay as they are (:class:`TxMaps`); None when it is not inside one writable mapping (the used descriptors go
-    there too) or every access must be observed."""
+    stay as they are (:class:`TxMaps`); None when it is not inside one mapping the device may both read and write
+    (the used descriptors go there too; a ring it may only write is never read through the array) or every access
+    must be observed."""
     dma = q.batch_dma
     if dma is None or dma.generation() is None:
         return None
     found = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, True)
-    if found is None:
+    readable = dma.mapping_bytes(q.desc, DESC_SIZE * q.size, False)
+    if found is None or readable is None or readable[1] != found[1]:
         return None
     mem, base, _ = found
     return mem[q.desc - base:q.desc - base + DESC_SIZE * q.size].view("<u8").reshape(q.size, 2)
