@@ -714,7 +714,7 @@ class VhostUserSession:
     def _get_vring_base(self, index: int) -> m.VringState:
         ring = self._ring(index)
         state = self._stopped_state(index, ring)
-        if ring.packed:
+        if ring.packed or self.packed:  # (a ring of a packed session never set up: its start, packed)
             return packed_num(index, state)
         return m.VringState(index, state.avail_idx)
 
