@@ -17,6 +17,7 @@ import bisect
 import mmap
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ from backend.pci.device import DmaFault, DmaFaultError, DmaPerm
 from backend.sigbus_guard import guard_mapping, process_guard
 
 PAGE_SIZE = mmap.PAGESIZE
+#: Faults kept, pending and logged: the newest. A device serving one hostile driver for long (a pooled
+#: vfio-user device, a fuzz run) faults without end, so an unbounded record is unbounded memory.
+MAX_RECORDED_FAULTS = 4096
 
 #: Called on every device access (after the permission check): (access, iova, size).
 AccessObserver = Callable[[DmaPerm, int, int], None]
@@ -122,8 +126,8 @@ class Iommu:
         self._maps: list[Mapping] = []
         self._starts: list[int] = []
         self._lock = threading.Lock()
-        self._faults: list[DmaFault] = []
-        self.fault_log: list[DmaFault] = []  # every fault ever, for reports
+        self._faults: deque[DmaFault] = deque(maxlen=MAX_RECORDED_FAULTS)
+        self.fault_log: deque[DmaFault] = deque(maxlen=MAX_RECORDED_FAULTS)  # the newest faults, for reports
         self.observers: list[AccessObserver] = []
         self.on_fault: Callable[[DmaFault], None] | None = None
         self._batch: _BatchTable | None = None
@@ -208,7 +212,8 @@ class Iommu:
 
     def drain_faults(self) -> list[DmaFault]:
         with self._lock:
-            out, self._faults = self._faults, []
+            out = list(self._faults)
+            self._faults.clear()
         return out
 
     # --- device side ------------------------------------------------------------------------
