@@ -122,3 +122,13 @@ def test_replay_takes_the_survivors_of_a_report(tmp_path: Path) -> None:
     with pytest.raises(mutate.MutateError, match="not a mutation report"):
         mutate.survivors_of(report)
     assert mutate.main(["--only", "x*", "--paths", "sim/*"]) == 2
+
+
+def test_mutants_of_a_source_carry_the_lines_they_change(tmp_path: Path) -> None:
+    (tmp_path / "setup.cfg").write_text(mutate.mutmut_config())
+    for package in mutate.CODE:
+        (tmp_path / package).mkdir()
+    got = mutate.mutants_of_source(tmp_path, "models/virtio_net/x.py", "def f(a):\n    return a + 1\n")
+    assert got and all(n.startswith("models.virtio_net.x.x_f__mutmut_") for n in got)
+    assert ["return a - 1"] in got.values()
+    assert all(len(lines) == 1 for lines in got.values())  # one line changed each, the def line not among them

@@ -35,6 +35,8 @@ and not checked per package, and shows the diff of every survivor.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import fnmatch
 import json
 import os
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paths", nargs="+", metavar="PATTERN", default=None,
                         help="draw the sample only from the mutants of the files matching these shell patterns "
                              "(e.g. 'models/virtio_net/split_engine.py' 'sim/pci/*'), each package in proportion")
+    parser.add_argument("--check-equivalents", action="store_true",
+                        help="only check the equivalents file against the code (--rev, default HEAD): every entry "
+                             "names a mutant mutmut still makes, with the line it changes; exit 1 if not")
     parser.add_argument("--replay", type=Path, metavar="REPORT", default=None,
                         help="run the mutants that survived in REPORT (a mutation.json) instead of a sample, "
                              "to see whether new checks kill them; a name gone since is an error")
@@ -410,6 +415,57 @@ def survivors_of(report: Path) -> list[str]:
         raise MutateError(f"--replay {report}: not a mutation report ({exc})") from exc
 
 
+def mutants_of_source(tree: Path, source: str, code: str) -> dict[str, list[str]]:
+    """Every mutant mutmut makes of ``code`` (the file ``source`` of the packages), by full name, with the lines it
+    adds (as ``mutmut show`` would show them); mutmut reads its configuration from ``tree``, nothing is run."""
+    from mutmut.mutation.file_mutation import mutate_file_contents  # the pinned mutmut of the dev extra
+
+    with contextlib.chdir(tree):
+        mutated = mutate_file_contents(source, code)
+    lines = mutated.code.splitlines()
+    spans = mutated.line_span_by_function_name
+
+    def body(name: str) -> list[str]:
+        span = spans[name]
+        return lines[span.start - 1:span.end]
+
+    module = source.removesuffix(".py").replace("/", ".")
+    out: dict[str, list[str]] = {}
+    for name in mutated.mutant_names:
+        orig = name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+        mutant = [line.replace(name, orig, 1) for line in body(name)]
+        diff = difflib.unified_diff(body(orig), mutant, lineterm="", n=0)
+        out[f"{module}.{name}"] = mutated_lines("\n".join(diff))
+    return out
+
+
+def stale_equivalents(tree: Path, rev: str, equivalents: dict[str, Equivalent]) -> list[str]:
+    """Entries of the equivalents file that no longer name a mutant of ``rev``, or whose listed line is not what
+    that mutant changes now: a check of the file against the code, without running a mutant."""
+    generated: dict[str, list[str]] = {}
+    for name in _rev_files(rev):
+        if name.endswith(".py") and name not in NOT_MUTATED and any(name.startswith(p + "/") for p in PACKAGES):
+            code = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout
+            generated.update(mutants_of_source(tree, name, code))
+    problems = []
+    for name, entry in sorted(equivalents.items()):
+        if name not in generated:
+            problems.append(f"{name}: listed as equivalent but no such mutant in {rev}")
+        elif entry.line not in generated[name]:
+            problems.append(f"{name}: listed line {entry.line!r} is not what it mutates in {rev} "
+                            f"({generated[name]})")
+    return problems
+
+
+def _rev_files(rev: str) -> list[str]:
+    out = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "--", *PACKAGES], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise MutateError(f"git ls-tree {rev}: {out.stderr.strip()}")
+    return out.stdout.split()
+
+
 def select_only(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     """The mutant names matching any of ``patterns`` (fnmatch, case-sensitive); an error when one matches none."""
     chosen: set[str] = set()
@@ -431,6 +487,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         equivalents = load_equivalents(args.equivalents)
+        if args.check_equivalents:
+            scratch = args.out / "check"
+            scratch.mkdir(parents=True, exist_ok=True)
+            (scratch / "setup.cfg").write_text(mutmut_config(), encoding="utf-8")
+            for package in CODE:  # mutmut's configuration wants its source paths to exist
+                (scratch / package).mkdir(exist_ok=True)
+            problems = stale_equivalents(scratch, args.rev or "HEAD", equivalents)
+            print("\n".join(problems) or f"mutate: all {len(equivalents)} equivalents name a mutant of "
+                                          f"{args.rev or 'HEAD'} with its line")
+            return 1 if problems else 0
         work = args.out / "work"
         log = args.out / "mutmut.log"
         args.out.mkdir(parents=True, exist_ok=True)
