@@ -26,6 +26,8 @@ not settle or reset within its bound, a DMA fault for an access inside the mappi
 canary; on split rings a used idx beyond what the driver made available or a used id that is not a
 descriptor index; on packed rings a device write to a descriptor slot the driver never made available,
 or a used descriptor whose flags do not mark it used or whose Buffer ID no available descriptor had.
+The ring checks are left out for an input whose device-writable buffers (or indirect tables) reach a
+ring: the device's writes there are the frame's bytes, which need not look like a ring.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from backend.virtio.packed_ring import (
     notification_data,
     used_bits,
 )
-from backend.virtio.split_ring import SplitLayout
+from backend.virtio.split_ring import DESC as SPLIT_DESC
+from backend.virtio.split_ring import DescFlags, SplitLayout
 from tests.fuzz.records import Defect
 
 #: Guest memory the device may reach (mapped at iova 0); as much again follows it unmapped, as canary.
@@ -77,6 +80,8 @@ SETTLE_TIMEOUT: Final = 5.0
 MAX_SIZE_LOG2: Final = 8  # rings of 2..256 entries fit LAYOUT's 4 KiB slots
 FRAME: Final = bytes.fromhex("02000000000102000000000208004500") + bytes(44)
 _WRITE: Final = int(PackedDescFlags.WRITE)
+_SPLIT_WRITE: Final = int(DescFlags.WRITE)
+_SPLIT_INDIRECT: Final = int(DescFlags.INDIRECT)
 _INDIRECT: Final = int(PackedDescFlags.INDIRECT)
 _OWNER: Final = int(PackedDescFlags.AVAIL | PackedDescFlags.USED)
 
@@ -211,6 +216,8 @@ class RingTarget(_RingTargetBase):
 
     def __init__(self, spec: str = "sim:virtio-net,wire=loopback") -> None:
         super().__init__(spec)
+        self.avail_before = [0, 0]
+        self.rings_written_as_data = False
 
     def sizes(self, head: bytes) -> list[int]:
         return [1 << (1 + head[i] % MAX_SIZE_LOG2) for i in (0, 1)]
@@ -220,10 +227,28 @@ class RingTarget(_RingTargetBase):
             n = SplitLayout(size).used_bytes
             self.mem[used:used + n] = bytes(n)
 
+    def before_kicks(self, sizes: list[int]) -> None:
+        self.avail_before = [struct.unpack_from("<H", self.mem, avail + SplitLayout.AVAIL_IDX)[0]
+                             for _, avail, _ in LAYOUT]
+        writable: list[tuple[int, int]] = []
+        for (desc, _, _), size in zip(LAYOUT, sizes, strict=True):
+            for addr, length, flags, _ in SPLIT_DESC.iter_unpack(self.mem[desc:desc + DESC_SIZE * size]):
+                if flags & _SPLIT_INDIRECT:
+                    writable.append((addr, length))  # the table itself: a changed entry changes the chain
+                    writable.extend((a, n) for a, n, f, _ in _table(self.mem, addr, length, SPLIT_DESC)
+                                    if f & _SPLIT_WRITE)
+                elif flags & _SPLIT_WRITE:
+                    writable.append((addr, length))
+        layouts = [(SplitLayout(size), parts) for size, parts in zip(sizes, LAYOUT, strict=True)]
+        self.rings_written_as_data = any(
+            _overlaps(writable, desc, desc + lay.desc_bytes) or _overlaps(writable, avail, avail + lay.avail_bytes)
+            or _overlaps(writable, used, used + lay.used_bytes) for lay, (desc, avail, used) in layouts)
+
     def check_rings(self, sizes: list[int]) -> None:
+        if self.rings_written_as_data:
+            return
         needs_reset = self.needs_reset
-        for (_, avail, used), size in zip(LAYOUT, sizes, strict=True):
-            (avail_idx,) = struct.unpack_from("<H", self.mem, avail + SplitLayout.AVAIL_IDX)
+        for (_, _, used), size, avail_idx in zip(LAYOUT, sizes, self.avail_before, strict=True):
             (used_idx,) = struct.unpack_from("<H", self.mem, used + SplitLayout.USED_IDX)
             if used_idx > avail_idx and not needs_reset:
                 raise Defect(f"{self.spec}: used idx {used_idx} beyond avail idx {avail_idx} (size {size})")
@@ -231,6 +256,15 @@ class RingTarget(_RingTargetBase):
                 (ident,) = struct.unpack_from("<I", self.mem, used + SplitLayout.USED_RING + 8 * slot)
                 if ident >= size:
                     raise Defect(f"{self.spec}: used element {slot} names id {ident}, queue size {size}")
+
+
+def _table(mem: mmap.mmap, addr: int, length: int, fmt: struct.Struct) -> list[tuple[int, int, int, int]]:
+    """The entries of an indirect table as the driver wrote it (inside the mapping; at most 256), read
+    before the kicks."""
+    n = min(length // DESC_SIZE, 256)
+    if addr >= MEM or addr + DESC_SIZE * n > MEM:
+        return []
+    return list(fmt.iter_unpack(mem[addr:addr + DESC_SIZE * n]))
 
 
 def _overlaps(ranges: Sequence[tuple[int, int]], lo: int, hi: int) -> bool:
@@ -268,7 +302,7 @@ class PackedRingTarget(_RingTargetBase):
             for addr, length, _, flags in DESC.iter_unpack(before):
                 if flags & _INDIRECT:
                     writable.append((addr, length))
-                    writable.extend((a, n) for a, n, _, f in self._table(addr, length) if f & _WRITE)
+                    writable.extend((a, n) for a, n, _, f in _table(self.mem, addr, length, DESC) if f & _WRITE)
                 elif flags & _WRITE:
                     writable.append((addr, length))
         self.rings_written_as_data = any(_overlaps(writable, desc, desc + DESC_SIZE * size)
@@ -314,11 +348,3 @@ class PackedRingTarget(_RingTargetBase):
                     raise Defect(f"{where}: the device wrote flags {flags:#x}, not a used descriptor")
                 if ident not in ids:
                     raise Defect(f"{where}: used Buffer ID {ident} was not in an available descriptor")
-
-    def _table(self, addr: int, length: int) -> list[tuple[int, int, int, int]]:
-        """The entries of an indirect table as the driver wrote it (inside the mapping; at most 256), read
-        before the kicks."""
-        n = min(length // DESC_SIZE, 256)
-        if addr >= MEM or addr + DESC_SIZE * n > MEM:
-            return []
-        return list(DESC.iter_unpack(self.mem[addr:addr + DESC_SIZE * n]))
