@@ -153,7 +153,7 @@ def test_rtl_quirk_stops_the_queue_to_read_its_state(mem: GuestMemory) -> None:
         assert model.queues[1].enabled
         assert vdpa.get_vq_state(1).avail_idx == 1010  # stopped here
         assert not model.queues[1].enabled and model.queues[1].last_avail_idx == 0  # reset, as RESET-DEV-04 says
-        assert model.held[1] == (1010, 1010)  # what the block reads until the queue is enabled again
+        assert model.held[1] == 1010 * 0x10001  # what the block reads until the queue is enabled again
         assert vdpa.get_vq_state(1).avail_idx == 1010  # a stopped queue reports where it stopped
         vdpa.set_vq_ready(1, False)
         vdpa.set_vq_state(1, VqState(avail_idx=1010))

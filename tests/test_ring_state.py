@@ -42,8 +42,9 @@ from models.rtl.targets import RtlOptions, build_variant
 from models.virtio_net.vq_state_block import SPEC as SIM_VQ_STATE
 from sim.memory import GuestMemory
 from sim.rtl.build import ToolchainMissing
+from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
-from testbenches.driver.vdpa_frontend import VdpaFrontend
+from testbenches.driver.vdpa_frontend import VdpaFrontend, exchange_frames
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, VhostUserFrontend
 from testbenches.peers.process import require_peer
@@ -397,3 +398,103 @@ def test_get_vring_base_mid_traffic_through_vhost_user(spec: str, request: pytes
         session = second.sessions[0].session
         assert session is not None
         assert not session.stats.errors, session.stats.errors
+
+
+# --- packed rings (the model's variant: the RTL has split rings only) ----------------------------------------
+
+PACKED_QSIZE = 64
+
+
+def packed_position(ring: DriverPackedQueue) -> tuple[int, int]:
+    return ring.next_used, ring.used_wrap
+
+
+def bring_up_packed(front: VdpaFrontend, vdpa: VirtioPciVdpaDevice, rings: dict[int, DriverPackedQueue],
+                    states: dict[int, VqState] | None) -> None:
+    """Packed rings on ``vdpa`` (made here when ``rings`` is empty), at ``states`` when given."""
+    front.vdpa = vdpa
+    front.map_memory()
+    assert has(front.negotiate(WANT | bits(F.RING_PACKED)), F.RING_PACKED)
+    vdpa.set_config_call(front.config_call)
+    for q in (RXQ, TXQ):
+        if q not in rings:
+            rings[q] = DriverPackedQueue(front.mem, front.alloc, PACKED_QSIZE, index=q, event_idx=True)
+            front.kicks[q], front.calls[q] = new_eventfd(), new_eventfd()
+        ring = rings[q]
+        vdpa.set_vq_num(q, ring.size)
+        vdpa.set_vq_address(q, ring.desc_addr, ring.driver_addr, ring.device_addr)
+        if states is not None:
+            vdpa.set_vq_state(q, states[q])
+        vdpa.set_vq_kick(q, front.kicks[q])
+        vdpa.set_vq_call(q, front.calls[q])
+        vdpa.set_vq_ready(q, True)
+    vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK)
+
+
+def collect(ring: DriverPackedQueue, call: int, count: int) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + WAIT
+    while len(out) < count:
+        out += [u.data[HDR_SIZE:] for u in ring.used()]
+        left = deadline - time.monotonic()
+        assert left > 0 or len(out) >= count, f"queue {ring.index}: {len(out)} of {count} buffers used"
+        if len(out) < count:
+            wait_eventfd(call, min(max(left, 0.001), 0.05))
+    return out
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 3, 5, 6])
+def test_packed_ring_state_mid_traffic(stop_after: int) -> None:
+    """Packed rings across their wrap: GET_VRING_BASE gives avail and used index and wrap counter where the device
+    stopped (equal, as it used everything it took in order, and equal to where the driver finds its last used
+    descriptor), and a fresh device resumed there carries the rest, every frame once."""
+    warm = [test_frame(1000 + i) for i in range(40)]  # moves both rings near their end: the test traffic wraps
+    chunks = [8] * 6
+    frames = frames_for(sum(chunks))
+    with GuestMemory.single(MEM_SIZE, gpa=GPA) as mem:
+        front: VdpaFrontend | None = None
+        rings: dict[int, DriverPackedQueue] = {}
+        try:
+            with driven(SIM_VQ_STATE) as a:
+                front = VdpaFrontend(a, mem)
+                bring_up_packed(front, a, rings, None)
+                rx, tx = rings[RXQ], rings[TXQ]
+                assert exchange_frames(rx, tx, front.calls[RXQ], front.calls[TXQ],
+                                       lambda: os.eventfd_write(front.kicks[RXQ], 1) if rx.kick_needed() else None,
+                                       lambda: os.eventfd_write(front.kicks[TXQ], 1) if tx.kick_needed() else None,
+                                       warm, WAIT) == warm
+                for _ in frames:
+                    rx.add([], [2048])
+                rx.kick_needed()
+                os.eventfd_write(front.kicks[RXQ], 1)
+                sent = 0
+                for n in chunks[:stop_after]:
+                    for f in frames[sent:sent + n]:
+                        tx.add([NetHdr().pack() + f], [])
+                    sent += n
+                    tx.kick_needed()
+                    os.eventfd_write(front.kicks[TXQ], 1)
+                st_tx = a.get_vq_state(TXQ)
+                done = len(tx.used())
+                assert (st_tx.avail_idx, st_tx.avail_wrap) == (st_tx.used_idx, st_tx.used_wrap) == packed_position(tx)
+                first = collect(rx, front.calls[RXQ], done)
+                st_rx = a.get_vq_state(RXQ)
+                rx.used()
+                assert (st_rx.avail_idx, st_rx.avail_wrap) == (st_rx.used_idx, st_rx.used_wrap) == packed_position(rx)
+            with driven(SIM_VQ_STATE) as b:
+                bring_up_packed(front, b, rings, {RXQ: st_rx, TXQ: st_tx})
+                for n in chunks[stop_after:]:
+                    for f in frames[sent:sent + n]:
+                        tx.add([NetHdr().pack() + f], [])
+                    sent += n
+                tx.kick_needed()
+                os.eventfd_write(front.kicks[TXQ], 1)
+                os.eventfd_write(front.kicks[RXQ], 1)
+                second = collect(rx, front.calls[RXQ], len(frames) - done)
+                collect(tx, front.calls[TXQ], len(frames) - done - len(tx.used()))  # reclaim what is left
+                assert b.get_vq_state(TXQ).used_wrap != 1 or b.get_vq_state(TXQ).used_idx < 40, "the rings wrapped"
+        finally:
+            if front is not None:
+                front.close()
+    assert first + second == frames, [seq_of(f) for f in first + second]
+    assert len(first) == done

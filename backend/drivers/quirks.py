@@ -70,7 +70,10 @@ class VqStateBlock:
     Queue ``q``'s field sits at ``offset + q * stride`` in BAR ``bar`` and is
     ``width`` bytes wide; the device loads it when the queue is enabled and
     keeps it current while the queue runs. ``stop`` says how a running queue is
-    stopped so that the field holds where it stopped.
+    stopped so that the field holds where it stopped. With ``packed``, a packed
+    ring's state is the slot's whole 32-bit word in vhost-user's layout (bits
+    0-14 avail index, 15 avail wrap counter, 16-30 used index, 31 used wrap
+    counter); without it the block knows split rings only.
     """
 
     bar: int
@@ -78,6 +81,7 @@ class VqStateBlock:
     stride: int
     width: int = 2
     stop: QueueStop = QueueStop.NONE
+    packed: bool = False
 
     def field_offset(self, queue: int) -> int:
         return self.offset + queue * self.stride
@@ -153,7 +157,8 @@ IFCVF = Quirk(
 VDPA_BENCH_VENDOR_ID = 0x1DB5
 VDPA_BENCH_RTL_SUBSYSTEM_ID = 0x0501
 #: BAR0 0x3800 + 4q: {used_idx[31:16], last_avail_idx[15:0]} of queue q (models/rtl/README.md).
-VDPA_BENCH_RTL_VQ_STATE = VqStateBlock(bar=0, offset=0x3800, stride=4, width=2, stop=QueueStop.QUEUE_RESET)
+VDPA_BENCH_RTL_VQ_STATE = VqStateBlock(bar=0, offset=0x3800, stride=4, width=2, stop=QueueStop.QUEUE_RESET,
+                                       packed=True)
 
 VDPA_BENCH_RTL = Quirk(
     name="vdpa-bench-rtl-vq-state",
@@ -163,7 +168,9 @@ VDPA_BENCH_RTL = Quirk(
          "is loaded when queue_enable is written 1; a queue enabled without such a write starts at 0. Reads are "
          "live while the queue runs. A running queue is stopped with a queue reset (VIRTIO_F_RING_RESET): the "
          "device finishes the chain in service, and the word keeps the stop position until the next enable, so "
-         "GET_VRING_BASE is exact with buffers in flight."),
+         "GET_VRING_BASE is exact with buffers in flight. With packed rings (the behavioral model's variant with "
+         "these registers; the RTL itself has split rings only) the word is the packed state in vhost-user's "
+         "layout, written whole."),
     vq_state=VDPA_BENCH_RTL_VQ_STATE,
 )
 VDPA_BENCH_RTL_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_RTL_SUBSYSTEM_ID)

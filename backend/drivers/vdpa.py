@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from backend.device import NotSupported, VdpaError, VqState
-from backend.drivers.quirks import PciIds, QueueStop, Quirk, QuirkTable, default_quirks
+from backend.drivers.quirks import PciIds, QueueStop, Quirk, QuirkTable, VqStateBlock, default_quirks
 from backend.drivers.transport import (
     PCI_EXT_CAP_ID_SRIOV,
     VirtioPciError,
@@ -272,8 +272,29 @@ class VirtioPciVdpaDevice:
                                    f"state after reset (index 0, wrap counters 1) can be set, not {state}")
             vq.state = state
             return
+        word = self._state_word(index, block, state)
         vq.state = state
-        write_int(self.pci, block.bar, block.field_offset(index), block.width, state.avail_idx)
+        write_int(self.pci, block.bar, block.field_offset(index), 4 if self._packed() else block.width, word)
+
+    def _packed(self) -> bool:
+        return has(self._features, F.RING_PACKED)
+
+    def _state_word(self, index: int, block: VqStateBlock, state: VqState) -> int:
+        """What the block is written: last_avail_idx, or a packed ring's whole state word."""
+        if not self._packed():
+            return state.avail_idx
+        if not block.packed:
+            raise NotSupported(f"virtqueue {index}: {self.quirk.name}'s ring-state register holds split rings only")
+        return (state.avail_idx & 0x7FFF | (state.avail_wrap & 1) << 15 | (state.used_idx & 0x7FFF) << 16
+                | (state.used_wrap & 1) << 31)
+
+    def _read_state(self, index: int, block: VqStateBlock) -> VqState:
+        if not self._packed():
+            return VqState(avail_idx=read_int(self.pci, block.bar, block.field_offset(index), block.width) & 0xFFFF)
+        if not block.packed:
+            raise NotSupported(f"virtqueue {index}: {self.quirk.name}'s ring-state register holds split rings only")
+        word = read_int(self.pci, block.bar, block.field_offset(index), 4)
+        return VqState(word & 0x7FFF, word >> 15 & 1, word >> 16 & 0x7FFF, word >> 31 & 1)
 
     def get_vq_state(self, index: int) -> VqState:
         """The queue's ring position. With a quirk whose block stops the queue first (GET_VRING_BASE stops the
@@ -284,13 +305,14 @@ class VirtioPciVdpaDevice:
         if block is not None and block.stop is QueueStop.QUEUE_RESET:
             with self._lock:
                 if vq.live:
+                    if self._packed() and not block.packed:
+                        raise NotSupported(f"virtqueue {index}: {self.quirk.name}'s ring-state register holds split "
+                                           "rings only")
                     self._stop_queue(index, vq)
-                    avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
-                    vq.state = VqState(avail_idx=avail & 0xFFFF)
+                    vq.state = self._read_state(index, block)
                 return vq.state
         if block is not None:
-            avail = read_int(self.pci, block.bar, block.field_offset(index), block.width)
-            return VqState(avail_idx=avail & 0xFFFF)
+            return self._read_state(index, block)
         if vq.live:
             raise NotSupported(f"virtqueue {index}: virtio-pci cannot report last_avail_idx of a running queue")
         return vq.state
@@ -459,7 +481,8 @@ class VirtioPciVdpaDevice:
         # A queue of a block that starts at 0 unless written (the stop-by-reset kind) is left alone when it starts
         # at 0: a frontend that never uses ring state never touches the vendor registers.
         if block is not None and not (block.stop is QueueStop.QUEUE_RESET and vq.state == VqState()):
-            write_int(self.pci, block.bar, block.field_offset(index), block.width, vq.state.avail_idx)
+            write_int(self.pci, block.bar, block.field_offset(index), 4 if self._packed() else block.width,
+                      self._state_word(index, block, vq.state))
         t.enable_queue(index)
         vq.live = True
         self._register_kick(index, vq)
