@@ -23,7 +23,6 @@ from testbenches.conformance.harness import Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.monitor import TracingPciDevice
 
-
 # --- driver features: both halves of every window, the record the frontend reads back (3.1.1) --------------
 
 
