@@ -24,14 +24,15 @@ FRAME = bytes.fromhex("020000000001020000000002") + b"\x08\x00" + bytes(range(50
 
 
 @contextlib.contextmanager
-def packed_driver(features: int = PACKED, queue_size: int = 13) -> Iterator[tuple[GuestNetDriver, PackedRingMonitor,
-                                                                               SplitRingMonitor]]:
-    """The guest driver on packed rings of ``queue_size`` behind the register trace, both ring monitors attached."""
+def packed_driver(features: int = PACKED, queue_size: int = 13, observe: bool = True) -> Iterator[
+        tuple[GuestNetDriver, PackedRingMonitor, SplitRingMonitor]]:
+    """The guest driver on packed rings of ``queue_size`` behind the register trace, both ring monitors attached
+    (the packed one without the device's DMA where not ``observe``, as on a target lacking a DMA observer)."""
     dev = default_registry().open(SPEC)
     try:
         with GuestMemory.single(4 << 20) as mem:
             trace = TracingPciDevice(dev)
-            packed = PackedRingMonitor.attach(trace, mem.read)
+            packed = PackedRingMonitor.attach(trace, mem.read, observe=observe)
             split = SplitRingMonitor.attach(trace, mem.read)
             drv = GuestNetDriver(trace, mem, queue_size=queue_size, features=features)
             try:
@@ -174,3 +175,78 @@ def test_packed_rings_must_be_aligned() -> None:
     finally:
         dev.close()
     assert "PACKED-DRV-01" in _failed(mon), mon.verdicts()
+
+
+# --- without a DMA observer (a device in another process): only what the looks at the doorbells show ---------------
+
+
+@contextlib.contextmanager
+def doorbells_past_the_trace(drv: GuestNetDriver) -> Iterator[None]:
+    """The driver's doorbells reach the device without crossing the register trace (as an ioeventfd's do), so the
+    device uses what the driver exposes while the monitor takes no look."""
+    trace = drv.transport.pci
+    assert isinstance(trace, TracingPciDevice)
+    drv.transport.pci = trace.inner
+    try:
+        yield
+    finally:
+        drv.transport.pci = trace
+
+
+@pytest.mark.parametrize("used_again", [False, True], ids=["reused", "reused-and-used-again"])
+def test_no_observer_a_slot_reused_between_looks_is_not_failed(used_again: bool) -> None:
+    """The look at a doorbell takes a full ring of lists; the device then uses them all and the driver takes them
+    and makes a new list available in the first slot (and, ``used_again``, the device uses it too) before the next
+    look. A careful driver: without the device's DMA the order is unknown, so the queue is given up, not failed."""
+    with packed_driver(observe=False) as (drv, mon, _):
+        ring: PackedDriverRing = drv.packed[drv.TX]
+        drv.send([FRAME] * ring.size)  # one doorbell, the look before the device: every slot in flight
+        assert drv.wait_tx_done(timeout=5.0)
+        assert ring.in_flight == 0 and (ring.next_avail, ring.avail_wrap) == (0, 0)
+        if used_again:
+            with doorbells_past_the_trace(drv):
+                drv.send([FRAME] * 3)
+                assert drv.wait_tx_done(timeout=5.0)
+        drv.send([FRAME])  # the next look: slot 0 no longer holds the list the monitor saw there
+        assert drv.wait_tx_done(timeout=5.0)
+        mon.inspect()
+        failed = _failed(mon)
+        given_up = list(mon.given_up)
+    assert not failed, failed
+    assert any(line.startswith(f"queue {drv.TX}: ") and "PACKED-DRV-02/03/10" in line for line in given_up), given_up
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("in-flight descriptor rewritten", "PACKED-DRV-03"),
+    ("readable after writable", "PACKED-DRV-08"),
+    ("tail not available", "PACKED-DRV-11"),
+])
+def test_no_observer_still_names_a_provable_break(name: str, expected: str) -> None:
+    """Without the device's DMA, a look between every batch keeps the monitor's order of events; a list the device
+    has not used (its slot still reads as made available) whose address the driver changes is the driver's doing,
+    as are the rules one look proves. The planted list stays in the first lap: a tail whose flags read as used for
+    its wrap counter could be a used descriptor the device wrote there, so past the wrap (flags 0) it is given up."""
+    with packed_driver(observe=False) as (drv, mon, _):
+        for _ in range(2):  # looking after every batch (the look at the next doorbell sees it used)
+            drv.send([FRAME] * 5)
+            assert drv.wait_tx_done(timeout=5.0)
+            mon.inspect()
+        assert not _failed(mon) and not mon.given_up, (_failed(mon), mon.given_up)
+        _plant(name, drv)
+        failed = _failed(mon)
+    assert expected in failed, (name, mon.verdicts(), mon.given_up)
+    if expected == "PACKED-DRV-03":
+        assert "PACKED-DRV-02" in failed
+
+
+def test_no_observer_an_overwritten_list_is_given_up_not_failed() -> None:
+    """A list exposed over one in flight: with the device's DMA seen it is a PACKED-DRV-10 break (above); without,
+    the device may have used the first list and the driver taken it, so the queue is given up."""
+    with packed_driver(observe=False) as (drv, mon, _):
+        drv.send([FRAME] * 5)
+        assert drv.wait_tx_done(timeout=5.0)
+        mon.inspect()
+        _plant("no room for the list", drv)
+        failed = _failed(mon)
+    assert not {"PACKED-DRV-02", "PACKED-DRV-03", "PACKED-DRV-10"} & set(failed), failed
+    assert mon.given_up

@@ -18,6 +18,16 @@ Counter) and of the lists in flight, so it judges:
 - PACKED-DRV-17: no list made available while the device asked for notifications is left without one (judged when
   the driver resets the device, or at :meth:`PackedRingMonitor.verdicts`).
 
+Where the target reports no device DMA (the device runs in another process) the monitor only sees the rings at its
+looks, so the device may use a list and the driver take it and reuse its slots between two of them. A look then
+judges a queue only while the ring shows no such step: the slot at the used position still holds its list as made
+available (or a used descriptor for the used wrap counter), every other slot in flight holds what the driver or,
+for a used descriptor, the device wrote there. Anything else (a slot of the other lap, a used descriptor the monitor
+never saw made available, a list with no room) means the order of events is unknown: the queue's in-flight
+judgement (PACKED-DRV-02/03/10 and what follows from its positions) is given up with a note in
+:attr:`PackedRingMonitor.given_up`, never failed. A descriptor address changed while its slot still reads as made
+available is the driver's write (the device never writes the address) and stays a failure.
+
 It reads guest memory only; it never writes and never touches the device.
 """
 
@@ -111,19 +121,23 @@ class PackedRingMonitor:
     _decoder: Decoder | None = None
     _observed: bool = False  # device DMA reported: used updates are seen as they happen
     unreadable: list[str] = field(default_factory=list)  # queues given up because their memory could not be read
+    #: Queues whose in-flight judgement was given up without a DMA observer: the order of the device's used writes
+    #: and the driver's reuse of slots between two looks is unknown (what was seen, per queue).
+    given_up: list[str] = field(default_factory=list)
     #: The device's DMA is reported on its own thread where it has one; the register trace on the driver's.
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
-    def attach(cls, trace: TracingPciDevice, read: ReadMem) -> PackedRingMonitor:
-        """Follow ``trace``'s register traffic, and the device's DMA where the target reports it: the used updates
-        then happen as the device writes them, before the driver can take a used descriptor and reuse its slot
-        (without it, a slot the driver reused between two doorbells ends the queue's judgement)."""
+    def attach(cls, trace: TracingPciDevice, read: ReadMem, *, observe: bool = True) -> PackedRingMonitor:
+        """Follow ``trace``'s register traffic, and the device's DMA where the target reports it (and ``observe``):
+        the used updates then happen as the device writes them, before the driver can take a used descriptor and
+        reuse its slot (without it, a slot the driver reused between two looks ends the queue's judgement).
+        ``observe=False`` keeps to the register trace, as on a target without a DMA observer."""
         mon = cls(read, Layout.discover(trace))
         mon._decoder = Decoder(mon.layout)
         trace.listeners.append(mon._on_access)
         observer = trace.abilities().dma_observer
-        if not isinstance(observer, Lacking):
+        if observe and not isinstance(observer, Lacking):
             observer.add_observer(mon._on_dma)
             mon._observed = True
         return mon
@@ -144,6 +158,13 @@ class PackedRingMonitor:
 
     def _note(self, rid: str, ok: bool, evidence: str) -> None:
         self.findings.append(Finding(rid, ok, evidence))
+
+    def _give_up(self, index: int, q: _Queue, seen: str) -> None:
+        """No DMA observer and a ring the monitor's order of events does not explain: stop judging the queue."""
+        q.lost = True
+        self.given_up.append(f"queue {index}: {seen}; the device's used writes and the driver's reuse of slots "
+                             "between two looks cannot be ordered without a DMA observer, in-flight rules "
+                             "(PACKED-DRV-02/03/10) no longer judged")
 
     # --- following the register traffic -----------------------------------------------------------
 
@@ -261,9 +282,10 @@ class PackedRingMonitor:
         for index, q in self._queues.items():
             if q.live and not q.lost and self.packed:
                 try:
-                    self._take_used(index, q)
-                    self._check_unchanged(index, q)
-                    self._take_available(index, q)
+                    # Each step stops where the one before gave the queue up: its positions mean nothing then.
+                    for step in (self._take_used, self._check_unchanged, self._take_available):
+                        if not q.lost:
+                            step(index, q)
                 except Exception as exc:  # the ring is not in memory the monitor can read (any more)
                     q.lost = True
                     self.unreadable.append(f"queue {index}: ring unreadable, no longer judged: {exc}")
@@ -276,9 +298,15 @@ class PackedRingMonitor:
         IN_ORDER, every list up to the one it names), and the position moves past the slots they took."""
         while q.inflight and not q.lost:
             d = self._desc(q, q.next_used)
+            if is_used(d.flags, q.used_wrap) and not self._observed:
+                d = self._desc(q, q.next_used)  # read again: the id the device stored before these flags
             if not is_used(d.flags, q.used_wrap):
-                if not self._observed and is_avail(d.flags, q.used_wrap ^ 1):
-                    q.lost = True  # taken and reused between two looks: which list it freed is unknown
+                if not self._observed and not is_avail(d.flags, q.used_wrap):
+                    # Used, taken and reused (and maybe used again) since the last look: which list it freed and
+                    # what the driver owns now are unknown.
+                    self._give_up(index, q, f"the used position (slot {q.next_used}, wrap {q.used_wrap}) holds "
+                                            f"flags {d.flags:#06x}, neither the list made available there nor "
+                                            "a used descriptor")
                 return
             self._used(index, q, d.id)
 
@@ -301,7 +329,10 @@ class PackedRingMonitor:
 
     def _check_unchanged(self, index: int, q: _Queue) -> None:
         """PACKED-DRV-02/03: the lists still in flight read as they were exposed. Only slots the device cannot have
-        written a used descriptor into yet are compared: past the used position, and there the address alone."""
+        written a used descriptor into yet are compared: past the used position, and there the address alone.
+        Without a DMA observer the device may be writing used descriptors past the used position (a batch whose
+        first flags it stores last), so the address alone is compared everywhere, and a slot reading as neither
+        made available nor used for its wrap counter gives the queue up."""
         used_lin = linear(q.next_used, q.used_wrap, q.size)
         span = (linear(q.next_avail, q.avail_wrap, q.size) - used_lin) % (2 * q.size)
         for x in q.inflight:
@@ -312,7 +343,13 @@ class PackedRingMonitor:
                 ahead = (linear(slot, wrap, q.size) - used_lin) % (2 * q.size)
                 if ahead >= span:
                     continue  # behind the used position: a used descriptor of another list is there now
-                same = now[:8] == was[:8] if ahead == 0 else now == was
+                if not self._observed:
+                    flags = PackedDescriptor.unpack(now).flags
+                    if not is_avail(flags, wrap) and not is_used(flags, wrap):
+                        self._give_up(index, q, f"slot {slot} of buffer {x.buffer_id} in flight holds flags "
+                                                f"{flags:#06x}, of neither this lap's list nor its used descriptor")
+                        return
+                same = now[:8] == was[:8] if ahead == 0 or not self._observed else now == was
                 if not same:
                     what = (f"queue {index}: slot {slot} of buffer {x.buffer_id} changed while the device owns it "
                             f"({was.hex()} -> {now.hex()})")
@@ -330,10 +367,20 @@ class PackedRingMonitor:
         while True:
             head = self._desc(q, q.next_avail)
             if not is_avail(head.flags, q.avail_wrap):
+                if not self._observed and is_used(head.flags, q.avail_wrap) and q.size > q.inflight_slots:
+                    self._give_up(index, q, f"slot {q.next_avail} holds a used descriptor for wrap "
+                                            f"{q.avail_wrap}, of a list made available and used since the last look")
                 return
             descs, complete = self._gather(q)
             where = f"queue {index} list at slot {q.next_avail} (wrap {q.avail_wrap})"
             room = q.size - q.inflight_slots
+            if not self._observed and (len(descs) > room or (complete and self._used_after(q, len(descs)))):
+                # The device may have used lists in flight and the driver taken them since the last look, or have
+                # written a used descriptor of a later list into this one's tail (used lists are not followed
+                # past the ones the monitor saw made available).
+                self._give_up(index, q, f"{where}: {len(descs)} descriptor(s) exposed with {room} slot(s) free "
+                                        f"as last seen{', ' + complete if complete else ''}")
+                return
             self._note("PACKED-DRV-07", complete != "loops",
                        f"{where}: NEXT runs on past {q.size} descriptors (the queue size)")
             self._note("PACKED-DRV-10", len(descs) <= room,
@@ -351,6 +398,11 @@ class PackedRingMonitor:
             if complete:
                 q.lost = True  # the rest of the list is not there: where the next one starts is unknown
                 return
+
+    def _used_after(self, q: _Queue, count: int) -> bool:
+        """Whether the slot ``count`` slots past next_avail holds a used descriptor for its wrap counter."""
+        slot, wrap = advance(q.next_avail, q.avail_wrap, count, q.size)
+        return is_used(self._desc(q, slot).flags, wrap)
 
     def _gather(self, q: _Queue) -> tuple[list[PackedDescriptor], str]:
         """The list from next_avail: (descriptors, '' | why it is not complete | 'loops')."""
