@@ -48,6 +48,9 @@ _USED_WORD_OFFSET = 8  # len (u32), id (u16), flags (u16): the second 8-byte wor
 #: How long the TX side keeps looking at the next slot, once it is not available, while a driver makes lists
 #: available as fast as they are taken (as the split path's _POLL_SECONDS).
 POLL_SECONDS = 50e-6
+#: A run this long is taken at once; a shorter one is looked at again while it grows (DPDK's TX burst is 32).
+BURST = 32
+GATHER_SECONDS = 5e-6
 
 TxRun = tuple[int, NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint16], int]
 
@@ -209,6 +212,21 @@ def poll_head(q: PackedQueue) -> bool:
     return False
 
 
+def _gather_burst(words: NDArray[np.uint64], q: PackedQueue, k: int) -> int:
+    """A driver makes a burst available slot by slot (each head's flags its own store), so a device looking at the
+    ring mid-burst sees a few slots and would pay a run's fixed cost for each few. Short of :data:`BURST` slots,
+    look again while the count grows, for at most :data:`GATHER_SECONDS` (a bounded look, never a wait)."""
+    if k >= BURST or k >= q.size:
+        return k
+    deadline = time.perf_counter() + GATHER_SECONDS
+    while time.perf_counter() < deadline:
+        more = count_avail(words, q.next_avail, q.avail_wrap, q.size)
+        if more == k or more >= BURST:
+            return more
+        k = more
+    return k
+
+
 def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tuple[int, int], tuple[int, int]]:
     """Take, send and return the leading run of plain one-descriptor lists at next_avail.
 
@@ -224,6 +242,7 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
     k = count_avail(words, q.next_avail, q.avail_wrap, q.size)
     if k == 0:
         return 0, old, old
+    k = _gather_burst(words, q, k)
     full_barrier()  # the flags were read before the rest of each descriptor
     mapping = maps.frames(int(words[q.next_avail, 0]))  # a hint: take() checks every buffer
     if mapping is None:
@@ -252,5 +271,5 @@ def _write_first_used(q: PackedQueue, at: tuple[int, int], buffer_id: int) -> No
     dma.write_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
 
 
-__all__ = ["PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail", "poll_head", "put_used", "ring_words",
-           "take", "tx_run"]
+__all__ = ["BURST", "GATHER_SECONDS", "PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail",
+           "poll_head", "put_used", "ring_words", "take", "tx_run"]
