@@ -12,8 +12,10 @@ user space:
 * a SIGBUS handler compiled with numba (no Python runs in it: it is async-signal-safe) looks the faulting address
   up in a table of guarded ranges (the mappings of guest memory). Inside one, it maps an anonymous zero page over
   the faulting page (``MAP_FIXED``), so the interrupted access completes harmlessly (reads see zeros, writes land
-  in a private page the frontend never sees), and writes the ``siginfo`` to a pipe. Outside every guarded range
-  (a real bug) it restores the default action and returns, and the access kills the process as before;
+  in a private page the frontend never sees), sets the range's flag (native code that accesses guest memory
+  itself, the RTL bridge, reads it after each access: :meth:`SigbusGuard.fault_flag`), and writes the ``siginfo``
+  to a pipe. Outside every guarded range (a real bug) it restores the default action and returns, and the
+  access kills the process as before;
 * a dispatcher thread reads the pipe and calls the callback registered with the range (the IOMMU marks the
   mapping faulty, so the device's next access raises a DMA fault) and signals every subscriber's eventfd (a
   vhost-user session then checks its regions' sizes, once, and ends with the cause in one line).
@@ -62,8 +64,9 @@ class _Sigaction(ctypes.Structure):
                 ("restorer", ctypes.c_void_p)]
 
 
-def _compile_handler(table: int, slots: int, pipe_w: int) -> Any:
-    """The SIGBUS handler as a C function: ``table`` is the address of ``slots`` (start, end) pairs of uint64."""
+def _compile_handler(table: int, hits: int, slots: int, pipe_w: int) -> Any:
+    """The SIGBUS handler as a C function: ``table`` is the address of ``slots`` (start, end) pairs of uint64,
+    ``hits`` of ``slots`` uint64 flags, one set for a range when a page in it was replaced."""
     import numba as nb
     from llvmlite import ir  # type: ignore[import-untyped]
     from numba.extending import intrinsic
@@ -92,7 +95,16 @@ def _compile_handler(table: int, slots: int, pipe_w: int) -> Any:
 
         return nb.types.uint32(nb.types.uint64), codegen
 
+    def set_u64(typingctx: object, addr: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+            builder.store_atomic(ir.Constant(ir.IntType(64), 1), ptr, "monotonic", 8)
+            return context.get_dummy_value()
+
+        return nb.types.none(nb.types.uint64), codegen
+
     load_u64: Any = intrinsic(u64_at)
+    store_one: Any = intrinsic(set_u64)
     load_u32: Any = intrinsic(u32_at)
 
     page_mask = nb.types.uint64(~(PAGE_SIZE - 1) & (1 << 64) - 1)
@@ -104,10 +116,12 @@ def _compile_handler(table: int, slots: int, pipe_w: int) -> Any:
         code: int = load_u32(info + 8)
         addr = load_u64(info + 16)
         hit = False
+        slot = 0
         for i in range(slots):
             start = load_u64(table + 16 * i)
             if start != 0 and start <= addr < load_u64(table + 16 * i + 8):
                 hit = True
+                slot = i
                 break
         if not hit or code != BUS_ADRERR:
             c_signal(sigbus, 0)  # SIG_DFL: the access runs again and the fault kills, as without the guard
@@ -116,6 +130,8 @@ def _compile_handler(table: int, slots: int, pipe_w: int) -> Any:
         if c_mmap(page, PAGE_SIZE, _PROT_RW, _MAP_FIXED | _MAP_PRIVATE | _MAP_ANONYMOUS, -1, 0) == failed:
             c_signal(sigbus, 0)
             return
+        # Seen by native code on this thread as soon as the access completes (before the dispatcher runs).
+        store_one(hits + 8 * slot)
         c_write(pipe_w, info, head)  # a full pipe drops the record: the page is already safe
 
     # Pointer arguments taken as integers (the same registers in the C calling convention).
@@ -129,6 +145,7 @@ class SigbusGuard:
         import numpy as np  # the bench's extra; the backend alone runs without a guard (see optional_guard)
 
         self._table: Any = np.zeros((MAX_RANGES, 2), dtype=np.uint64)
+        self._hits: Any = np.zeros(MAX_RANGES, dtype=np.uint64)  # per slot: a page in it was replaced
         self._owners: dict[int, tuple[int, int, FaultCallback | None]] = {}  # slot -> (start, end, callback)
         self._subscribers: set[int] = set()
         self._lock = threading.Lock()
@@ -140,7 +157,8 @@ class SigbusGuard:
         level = numba_log.level
         numba_log.setLevel(max(level, logging.INFO))
         try:
-            self._handler = _compile_handler(int(self._table.ctypes.data), MAX_RANGES, self._write)
+            self._handler = _compile_handler(int(self._table.ctypes.data), int(self._hits.ctypes.data), MAX_RANGES,
+                                             self._write)
         finally:
             numba_log.setLevel(level)
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -179,9 +197,16 @@ class SigbusGuard:
                 raise RuntimeError(f"more than {MAX_RANGES} guarded mappings")
             slot = int(free[0])
             self._owners[slot] = (start, start + size, on_fault)
+            self._hits[slot] = 0
             self._table[slot, 1] = start + size  # end first: the handler reads a slot as live once start is set
             self._table[slot, 0] = start
             return slot
+
+    def fault_flag(self, slot: int) -> int:
+        """The address of a uint64 that the handler sets (to 1, before it returns) when it replaces a page in the
+        slot's range: native code that accesses the range itself (the RTL bridge) reads it right after an access,
+        on the same thread, and so faults that very access, without waiting for the dispatcher's report."""
+        return int(self._hits.ctypes.data) + 8 * slot
 
     def release(self, slot: int) -> None:
         """Stop guarding a range (before its memory is unmapped: addresses are reused)."""

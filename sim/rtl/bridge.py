@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.pci.device import DmaPerm
+from backend.sigbus_guard import optional_guard
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _u16p = ctypes.POINTER(ctypes.c_uint16)
@@ -48,6 +49,9 @@ class FaultReason(IntEnum):
     PERMISSION = 2
     BUS_MASTER = 3
     ADDRESS_SPACE = 4
+    #: The beat touched a page whose file the frontend truncated (the SIGBUS guard replaced it), or an earlier
+    #: beat did: the mapping faults from then on.
+    GONE = 5
 
 
 FAULT_TEXT = {
@@ -55,6 +59,7 @@ FAULT_TEXT = {
     FaultReason.PERMISSION: "the mapping does not permit this access",
     FaultReason.BUS_MASTER: "bus mastering is disabled in the PCI command register",
     FaultReason.ADDRESS_SPACE: "burst runs past the end of the IOVA space",
+    FaultReason.GONE: "the memory behind it is gone: its file was truncated",
 }
 
 #: ``vb_status`` fields: the bridge's own, then the design's status ports (vb_design.h order).
@@ -85,6 +90,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "vb_dma_map": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
                                   ctypes.c_int64, ctypes.c_int]),
     "vb_dma_unmap": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
+    "vb_dma_host": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_uint64]),
+    "vb_dma_guard": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]),
     "vb_kick_add": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]),
     "vb_kick_remove": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]),
     "vb_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
@@ -150,9 +157,12 @@ class NativeBridge:
         self._f_reason = (ctypes.c_int * _MAX_ITEMS)()
         self._status = (ctypes.c_uint64 * len(STATUS_FIELDS))()
         self._observer: object = None  # the CFUNCTYPE object must outlive its use in C
+        #: The bridge's own mappings of guest memory in the process's SIGBUS guard: iova -> (size, slot).
+        self._guarded: dict[int, tuple[int, int]] = {}
 
     def close(self) -> None:
         if self._h:
+            self._unguard(0, 1 << 64)  # before vb_free unmaps: a released address range may be reused
             self._lib.vb_free(self._h)
             self._h = ctypes.c_void_p()
             self._lib = _Closed(self.library)
@@ -184,9 +194,29 @@ class NativeBridge:
         rc = int(self._lib.vb_dma_map(self._h, iova, size, fd, offset, int(perm)))
         if rc < 0:
             raise BridgeError(f"dma_map [{iova:#x}, +{size:#x}) of fd {fd}: errno {-rc}")
+        # A frontend may shrink the file under this mapping: the guard turns the SIGBUS into a flag the bridge
+        # reads after each access (no Python per beat), which faults the access (SLVERR) and the mapping.
+        guard = optional_guard()
+        if guard is not None:
+            slot = guard.protect(int(self._lib.vb_dma_host(self._h, iova)), size)
+            self._guarded[iova] = (size, slot)
+            if int(self._lib.vb_dma_guard(self._h, iova, guard.fault_flag(slot))) < 0:
+                self._unguard(iova, size)
+                self._lib.vb_dma_unmap(self._h, iova, size)
+                raise BridgeError(f"dma_map [{iova:#x}, +{size:#x}): the new mapping is not in the table")
 
     def dma_unmap(self, iova: int, size: int) -> int:
+        self._unguard(iova, size)
         return int(self._lib.vb_dma_unmap(self._h, iova, size))
+
+    def _unguard(self, iova: int, size: int) -> None:
+        """Release the guard's ranges of the mappings inside ``[iova, iova + size)`` (before they are unmapped)."""
+        guard = optional_guard() if self._guarded else None
+        for start, (length, slot) in list(self._guarded.items()):
+            if start >= iova and start + length <= iova + size:
+                del self._guarded[start]
+                if guard is not None:
+                    guard.release(slot)
 
     # --- doorbells -----------------------------------------------------------------------------------
 

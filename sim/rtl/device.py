@@ -21,7 +21,7 @@ from backend.pci.device import (
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, ConfigSpace, Msix, PciEndpoint
 from sim.pci_device import EndpointPciAccess
-from sim.rtl.bridge import FAULT_TEXT, Events, Fault
+from sim.rtl.bridge import FAULT_TEXT, Events, Fault, FaultReason
 from sim.rtl.runner import Runner
 
 AXIL_WORD = 4
@@ -115,8 +115,11 @@ class RtlPciDevice(EndpointPciAccess):
     def faults(self, faults: Sequence[Fault]) -> None:
         iommu = self.endpoint.iommu
         for f in faults:
-            iommu.fault(f.iova, f.size, f.access, f"{FAULT_TEXT[f.reason]} (RTL AXI4 burst at {f.iova:#x}, "
-                                                  f"{f.size} bytes, answered SLVERR)")
+            # A truncated file is named as the IOMMU model names it (serve and the logs match on the words).
+            what = (f"memory behind IOVA {f.iova:#x} is gone: its file was truncated" if f.reason == FaultReason.GONE
+                    else FAULT_TEXT[f.reason])
+            iommu.fault(f.iova, f.size, f.access, f"{what} (RTL AXI4 burst at {f.iova:#x}, {f.size} bytes, "
+                                                  f"answered SLVERR)")
 
     def status_changed(self, status: dict[str, int], events: Events) -> None:
         self.last_status = status

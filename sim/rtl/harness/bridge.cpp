@@ -8,7 +8,10 @@
 //   m_axi_*   DMA: an AXI4 slave here serves every burst from guest memory through a table of
 //             IOMMU mappings (iova -> mmap of the guest memory fd, permission); an access outside
 //             them, against their permission or with bus mastering off is answered SLVERR and
-//             recorded as a fault for Python's IOMMU fault list: never a silent read
+//             recorded as a fault for Python's IOMMU fault list: never a silent read. So is a beat
+//             that touched a page whose file the frontend truncated: the process's SIGBUS guard
+//             (backend/sigbus_guard.py) replaces the page and sets the mapping's flag, read here
+//             after each access (one load), and the mapping faults from then on
 //   s_axis_*  frames from the wire (a FIFO Python fills), m_axis_* frames to the wire (collected)
 //   irq_*     MSI-X vector requests, queued for Python (it owns the MSI-X table); intx level
 //
@@ -76,7 +79,7 @@ constexpr unsigned DATA_BYTES = sizeof(VbTop::m_axi_wdata);
 static_assert(DATA_BYTES >= 4 && DATA_BYTES <= 64, "the bridge serves DATA_W 32..512");
 
 enum Perm { PERM_READ = 1, PERM_WRITE = 2 };
-enum FaultReason { FAULT_UNMAPPED = 1, FAULT_PERM = 2, FAULT_MASTER = 3, FAULT_SPACE = 4 };
+enum FaultReason { FAULT_UNMAPPED = 1, FAULT_PERM = 2, FAULT_MASTER = 3, FAULT_SPACE = 4, FAULT_GONE = 5 };
 enum Event { EV_FRAMES = 1, EV_IRQS = 2, EV_FAULTS = 4, EV_INTX = 8, EV_ERRORS = 16 };
 enum RunResult { RUN_IDLE = 1, RUN_EVENTS = 2, RUN_CYCLES = 4, RUN_STUCK = 8 };
 
@@ -89,6 +92,7 @@ struct Mapping {
   uint64_t iova, size;
   uint8_t* host;
   int perm;
+  const uint64_t* gone;  // the SIGBUS guard's flag for this mapping (nullptr: unguarded)
 };
 
 struct Fault {
@@ -137,6 +141,7 @@ struct Bridge {
   bool rd_active = false, rd_fault = false;
   uint64_t rd_addr = 0;
   uint8_t* rd_host = nullptr;  // the burst's bytes, translated once at AR (nullptr: look up per beat)
+  const uint64_t* rd_gone = nullptr;  // the guard's flag of rd_host's mapping
   unsigned rd_left = 0;
   // write channel
   bool wr_active = false, wr_resp = false, wr_fault = false;
@@ -192,8 +197,21 @@ const Mapping* find_map(Bridge* b, uint64_t lo, uint64_t hi_incl) {
   return &*it;
 }
 
+// The guard's handler runs on this thread, inside the access: a compiler fence keeps the load after it.
+bool gone(const uint64_t* flag) {
+  if (flag == nullptr) return false;
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  return __atomic_load_n(flag, __ATOMIC_RELAXED) != 0;
+}
+
+void record_fault(Bridge* b, uint64_t iova, uint64_t size, int perm, int reason) {
+  b->faults.push_back(Fault{iova, size, perm, reason});
+  b->events |= EV_FAULTS;
+}
+
 // nullptr and a recorded fault when [iova, iova+size) is not inside one mapping with `perm`
-uint8_t* translate(Bridge* b, uint64_t iova, uint64_t size, int perm) {
+// (`flag`, when given, gets the mapping's truncation flag, to read after the access)
+uint8_t* translate(Bridge* b, uint64_t iova, uint64_t size, int perm, const uint64_t** flag = nullptr) {
   int reason = 0;
   uint8_t* host = nullptr;
   if (!b->bus_master) {
@@ -207,14 +225,14 @@ uint8_t* translate(Bridge* b, uint64_t iova, uint64_t size, int perm) {
       reason = FAULT_UNMAPPED;
     } else if (!(m->perm & perm)) {
       reason = FAULT_PERM;
+    } else if (gone(m->gone)) {
+      reason = FAULT_GONE;
     } else {
       host = m->host + (iova - m->iova);
+      if (flag) *flag = m->gone;
     }
   }
-  if (host == nullptr) {
-    b->faults.push_back(Fault{iova, size, perm, reason});
-    b->events |= EV_FAULTS;
-  }
+  if (host == nullptr) record_fault(b, iova, size, perm, reason);
   return host;
 }
 
@@ -341,7 +359,8 @@ void step(Bridge* b) {
     b->rd_addr = ar_addr & ~uint64_t(w - 1);
     b->rd_left = ar_len + 1;
     uint64_t size = uint64_t(b->rd_left) * w;
-    b->rd_host = translate(b, b->rd_addr, size, PERM_READ);
+    b->rd_gone = nullptr;
+    b->rd_host = translate(b, b->rd_addr, size, PERM_READ, &b->rd_gone);
     b->rd_fault = b->rd_host == nullptr;
     if (b->observe && !b->rd_fault) b->observe(PERM_READ, b->rd_addr, size);
   }
@@ -365,7 +384,8 @@ void step(Bridge* b) {
     b->wr_fault = false;
     if (first < n) {
       uint64_t lo = b->wr_addr + first, size = last - first + 1;
-      uint8_t* host = translate(b, lo, size, PERM_WRITE);
+      const uint64_t* flag = nullptr;
+      uint8_t* host = translate(b, lo, size, PERM_WRITE, &flag);
       if (host == nullptr) {
         b->wr_fault = true;
       } else {
@@ -380,6 +400,10 @@ void step(Bridge* b) {
           i = j;
         }
         __atomic_thread_fence(__ATOMIC_RELEASE);
+        if (gone(flag)) {  // a page of it went with the file: the stores landed on the guard's private page
+          record_fault(b, lo, size, PERM_WRITE, FAULT_GONE);
+          b->wr_fault = true;
+        }
       }
     }
     b->wr_len = 0;
@@ -428,14 +452,22 @@ void step(Bridge* b) {
   t->m_axi_arready = !b->rd_active;
   t->m_axi_rvalid = b->rd_active;
   if (b->rd_active) {
+    const uint64_t* flag = b->rd_gone;
     if (b->rd_fault) {
       std::memset(beat, 0, w);
     } else if (b->rd_host) {
       std::memcpy(beat, b->rd_host, w);
     } else {
       const Mapping* m = find_map(b, b->rd_addr, b->rd_addr + w - 1);
-      if (m) std::memcpy(beat, m->host + (b->rd_addr - m->iova), w);
+      flag = m ? m->gone : nullptr;
+      if (m && !gone(flag)) std::memcpy(beat, m->host + (b->rd_addr - m->iova), w);
       else std::memset(beat, 0, w);  // unmapped during the burst (checked whole at AR): reads as 0
+    }
+    if (!b->rd_fault && gone(flag)) {
+      // the beat read a page the guard put in place of one truncated away: its zeros are not data
+      record_fault(b, b->rd_addr, w, PERM_READ, FAULT_GONE);
+      b->rd_fault = true;
+      std::memset(beat, 0, w);
     }
     put_bytes(t->m_axi_rdata, beat, w);
     t->m_axi_rresp = b->rd_fault ? 2 : 0;  // SLVERR
@@ -499,6 +531,7 @@ void clear_buses(Bridge* b) {
   b->rd_active = b->wr_active = b->wr_resp = false;
   b->wr_len = 0;
   b->rd_host = nullptr;
+  b->rd_gone = nullptr;
   b->axil_q.clear();
   b->axil_busy = false;
   b->axil_done_id = b->axil_next_id - 1;
@@ -609,17 +642,35 @@ int vb_dma_map(Bridge* b, uint64_t iova, uint64_t size, int fd, int64_t offset, 
   int prot = PROT_READ | ((perm & PERM_WRITE) ? PROT_WRITE : 0);
   void* p = mmap(nullptr, size, prot, MAP_SHARED, fd, offset);
   if (p == MAP_FAILED) return -errno;
-  Mapping m{iova, size, static_cast<uint8_t*>(p), perm};
+  Mapping m{iova, size, static_cast<uint8_t*>(p), perm, nullptr};
   auto it = std::upper_bound(b->maps.begin(), b->maps.end(), iova,
                              [](uint64_t v, const Mapping& x) { return v < x.iova; });
   b->maps.insert(it, m);
   return 0;
 }
 
+// The host address of the mapping at `iova` (0: none), for Python to guard it.
+uint64_t vb_dma_host(Bridge* b, uint64_t iova) {
+  for (auto& m : b->maps)
+    if (m.iova == iova) return reinterpret_cast<uint64_t>(m.host);
+  return 0;
+}
+
+// The SIGBUS guard's flag for the mapping at `iova` (SigbusGuard.fault_flag): set, the mapping faults.
+int vb_dma_guard(Bridge* b, uint64_t iova, const uint64_t* flag) {
+  for (auto& m : b->maps)
+    if (m.iova == iova) {
+      m.gone = flag;
+      return 0;
+    }
+  return -ENOENT;
+}
+
 // Removes every mapping inside [iova, iova+size) (Python's IOMMU has refused partial overlaps).
 int vb_dma_unmap(Bridge* b, uint64_t iova, uint64_t size) {
   int n = 0;
   b->rd_host = nullptr;  // a burst in progress looks its pages up again, beat by beat
+  b->rd_gone = nullptr;
   uint64_t end = iova + size;  // may wrap to 0 for the whole space
   for (auto it = b->maps.begin(); it != b->maps.end();) {
     bool inside = it->iova >= iova && (end == 0 || it->iova + it->size <= end);
