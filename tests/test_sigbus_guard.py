@@ -6,17 +6,20 @@ The serve-level fault (a frontend truncating its memfd mid-session) is tests/int
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from backend.pci.device import DmaFaultError, DmaPerm
-from backend.sigbus_guard import MAX_RANGES, process_guard
+from backend.sigbus_guard import MAX_RANGES, address_of, process_guard
 from backend.vhost_user.memory import MemoryRegion, MemoryTable
 from sim.iommu import Iommu
 
@@ -123,3 +126,73 @@ def test_the_guard_takes_its_handler_back(memfd: int) -> None:
     finally:
         if not was_enabled:
             faulthandler.disable()
+
+
+def test_the_range_flag_is_set_before_the_access_returns(memfd: int) -> None:
+    """Native code that maps guest memory itself (the RTL bridge) reads the range's flag right after an access: the
+    handler sets it on the faulting thread, before the access completes; a new range starts clear."""
+    guard = process_guard()
+    mm = mmap.mmap(memfd, SIZE)
+    slot = guard.protect(address_of(mm), SIZE)
+    try:
+        flag = ctypes.c_uint64.from_address(guard.fault_flag(slot))
+        assert mm[4100] == 0 and flag.value == 0
+        os.ftruncate(memfd, 4096)
+        assert mm[8192] == 0  # a zero page, not a SIGBUS ...
+        assert flag.value == 1  # ... and flagged already, with no wait for the dispatcher
+    finally:
+        guard.release(slot)
+    again = guard.protect(address_of(mm), SIZE)
+    try:
+        assert ctypes.c_uint64.from_address(guard.fault_flag(again)).value == 0
+    finally:
+        guard.release(again)
+        mm.close()
+
+
+def test_rtl_dma_into_truncated_memory_is_a_reported_fault() -> None:
+    """The RTL bridge maps guest memory itself; a transmit buffer in a page the frontend truncated away: the
+    burst is answered SLVERR and reported as the truncation (never zeros read as data, never a SIGBUS), the
+    function sets DEVICE_NEEDS_RESET, and this process (the device's, as in ``serve --device rtl:``) goes on."""
+    from backend.targets import default_registry
+    from backend.virtio.split_ring import DescFlags, Descriptor
+    from models.rtl.targets import RtlOptions, build_variant
+    from sim.rtl.build import ToolchainMissing
+    from testbenches.conformance.harness import NEEDS_RESET, TX, Bench, WireProbes, wait_fd
+    from testbenches.peers.process import require_peer
+
+    spec = "rtl:virtio-net,wire=none"
+    with require_peer(ToolchainMissing):
+        build_variant(RtlOptions(spec.removeprefix("rtl:")))
+    registry = default_registry()
+    opened: list[Any] = []
+
+    def open_target(name: str | None = None) -> Any:
+        dev = registry.open(name or spec)
+        opened.append(dev)
+        return dev
+
+    before = live_slots()
+    try:
+        with Bench(open_target, spec, WireProbes()).rig() as r:
+            d = r.up(queue_size=8, rx_buffers=0)
+            region = r.mem.regions[0]
+            tail = region.gpa + region.size - 4096  # far above the rings and the header the allocator placed
+            ring = d.queues[TX]
+            hdr = ring.alloc_buffer(bytes(d.hdr_len))
+            ring.add_raw({0: Descriptor(hdr, d.hdr_len, DescFlags.NEXT, 1), 1: Descriptor(tail, 64, 0, 0)}, 0)
+            ring.publish()
+            r.pci.dma_faults()
+            os.ftruncate(region.fd, region.size // 2)  # the rings' half stays
+            r.doorbell(TX)
+            assert wait_fd(d.irq_fds["config"], NOTICE), "no configuration change notification"
+            faults = r.pci.dma_faults()
+            gone = [f for f in faults if "its file was truncated" in f.reason]
+            assert gone and all(f.access == DmaPerm.READ and "SLVERR" in f.reason for f in gone), faults
+            assert tail <= gone[0].iova < tail + 64, faults
+            assert d.transport.status() & NEEDS_RESET
+            assert live_slots() > before  # the bridge's mapping is guarded while mapped ...
+    finally:
+        for dev in opened:
+            dev.close()
+    assert live_slots() == before  # ... and released with it
