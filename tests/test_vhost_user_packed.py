@@ -229,3 +229,26 @@ def test_packed_ring_position_is_where_the_driver_stopped(size: int, total: int,
         put_flags(ring, at[0], used_bits(at[1]) if i < total - outstanding else avail_bits(at[1]))
         at = advance(at[0], at[1], 1, size)
     assert packed_ring_position(bytes(ring), size) == at
+
+
+def test_packed_state_through_a_device_with_a_state_register(tmp_path: Path, started: contextlib.ExitStack) -> None:
+    """The model variant with the RTL's vq-state block: GET_VRING_BASE reads the packed state from the device, and a
+    fresh session's device takes a non-zero packed base (refused on a plain virtio-pci function above)."""
+    spec = "sim:virtio-net,wire=loopback,model=models.virtio_net.vq_state_block:VqStateNetDevice"
+    srv, path = started.enter_context(serve(tmp_path, spec))
+    fe = packed_frontend(path, started, 100)
+    traffic(fe, 250)
+    bases = fe.stop()
+    # 250 one-slot buffers on a ring of 100: slot 50 of the third lap, both wrap counters back at 1
+    want = 50 | 1 << 15 | 50 << 16 | 1 << 31
+    assert bases == {0: want, 1: want}, {q: f"{b:#x}" for q, b in bases.items()}
+    fe2 = VhostUserFrontend.connect(path, new_mem(started))
+    started.callback(fe2.close)
+    fe2.negotiate(WANTED_FEATURES | 1 << F.RING_PACKED)
+    fe2.request(R.SET_FEATURES, m.U64(fe2.features))
+    fe2.set_mem_table()
+    fe2.request(R.SET_VRING_NUM, m.VringState(1, 100))
+    fe2.request(R.SET_VRING_BASE, m.VringState(1, want), need_reply=True)
+    reply = fe2.request(R.GET_VRING_BASE, m.VringState(1, 0))
+    assert reply is not None and isinstance(reply.payload, m.VringState) and reply.payload.num == want
+    assert not any("refused" in e for r in srv.sessions if r.session for e in r.session.stats.errors)
