@@ -54,6 +54,22 @@ def frames(first: int, n: int) -> list[bytes]:
     return [test_frame(i, 128, dst=MAC) for i in range(first, first + n)]
 
 
+def truncate_memory_mid_session(sock: str) -> None:
+    """A frontend on ``sock`` moves 32 frames, truncates its memory file to 0 and kicks every ring straight
+    through the eventfds (publishing would touch the rings): serve must end the session within NOTICE s."""
+    with GuestMemory.single(MEM, gpa=GPA) as mem:
+        fe = VhostUserFrontend.connect(sock, mem)
+        try:
+            fe.start()
+            assert fe.exchange(frames(0, 32)) == frames(0, 32)
+            os.ftruncate(mem.regions[0].fd, 0)  # from here on this process must not touch the memory either
+            for kick in fe.kicks.values():
+                os.eventfd_write(kick, 1)
+            assert fe.closed_by_peer(NOTICE), f"serve did not end the session within {NOTICE} s"
+        finally:
+            fe.close()
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -152,17 +168,7 @@ def test_memory_truncated_under_a_device_process(tmp_path: Path, sock_dir: Path,
     idle = fd_count(serve.pid)
     since, dev_since = serve.proc.mark(), dev.proc.mark()
 
-    with GuestMemory.single(MEM, gpa=GPA) as mem:
-        fe = VhostUserFrontend.connect(vu_sock, mem)
-        try:
-            fe.start()
-            assert fe.exchange(frames(0, 32)) == frames(0, 32)
-            os.ftruncate(mem.regions[0].fd, 0)  # from here on this process must not touch the memory either
-            for kick in fe.kicks.values():  # straight to the eventfds: publishing would touch the rings
-                os.eventfd_write(kick, 1)
-            assert fe.closed_by_peer(NOTICE), f"serve did not end the session within {NOTICE} s"
-        finally:
-            fe.close()
+    truncate_memory_mid_session(vu_sock)
     dev.proc.wait_for(r"vfio-user#\d+: DMA fault at IOVA 0x[0-9a-f]+ \(\+0x[0-9a-f]+\): memory behind IOVA "
                       r"0x[0-9a-f]+ is gone: its file was truncated", NOTICE, since=dev_since)
     serve.proc.wait_for(r"vhost-user#1: session dropped", NOTICE, since=since)

@@ -8,7 +8,6 @@ the wire: a pcap tap in the model; in testpmd's counters).
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import struct
@@ -25,7 +24,7 @@ from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
 from tests.interop.test_testpmd_virtio_user import BURSTS, TRAFFIC_TIMEOUT, check_pcap, run_traffic
 from tests.soak import fd_count
-from tests.test_peer_faults import GPA, MEM, NOTICE, frames, settled_fd_count
+from tests.test_peer_faults import GPA, MEM, NOTICE, frames, settled_fd_count, truncate_memory_mid_session
 
 R = m.FrontendRequest
 #: Frames testpmd must have received before it is killed (the loop is running at full speed then).
@@ -137,17 +136,7 @@ def test_memory_truncated_under_the_device(tmp_path: Path, sock: str) -> None:
         serve.wait_listening()
         idle = fd_count(serve.pid)
         since = serve.proc.mark()
-        with GuestMemory.single(MEM, gpa=GPA) as mem:
-            fe = VhostUserFrontend.connect(sock, mem)
-            try:
-                fe.start()
-                assert fe.exchange(frames(0, 32)) == frames(0, 32)
-                os.ftruncate(mem.regions[0].fd, 0)  # from here on this process must not touch the memory either
-                for kick in fe.kicks.values():  # straight to the eventfds: publishing would touch the rings
-                    os.eventfd_write(kick, 1)
-                assert fe.closed_by_peer(NOTICE), f"serve did not end the session within {NOTICE} s"
-            finally:
-                fe.close()
+        truncate_memory_mid_session(sock)
         serve.proc.wait_for(r"vhost-user#1: session dropped", NOTICE, since=since)
         # The device may read a zero page before the guard's report ends the session, raise NEEDS_RESET and have
         # it logged (the frontend learns it from the status): the cause is the one line ending the session.
