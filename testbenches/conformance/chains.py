@@ -30,7 +30,7 @@ from backend.virtio.split_ring import (
     SplitLayout,
 )
 from sim.memory import GuestMemory
-from testbenches.driver.split_ring import DriverSplitQueue
+from testbenches.driver.split_ring import DriverBuffers, DriverSplitQueue
 
 if TYPE_CHECKING:  # the plugin imports pytest and rich; the strategies built on this module must not
     from testbenches.conformance.plugin import Verdict
@@ -79,6 +79,30 @@ def walk_chain(ring: DriverSplitQueue, head: int) -> Posted:
     raise AssertionError(f"chain at {head} loops in the driver's own table")
 
 
+def lay_out_pieces(ring: DriverBuffers, out: Sequence[bytes], in_lens: Sequence[int],
+                   write_flag: int) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """The buffers of one chain or list in guest memory, for either ring layout: the readable ``out`` pieces carved
+    out of one allocation, the writable ones out of another. Returns the allocations (freed once the device used
+    the chain) and the pieces as (gpa, len, ``write_flag`` or 0)."""
+    owned: list[int] = []
+    parts: list[tuple[int, int, int]] = []
+    if out:
+        base = ring.alloc_buffer(b"".join(out))
+        owned.append(base)
+        off = 0
+        for data in out:
+            parts.append((base + off, len(data), 0))
+            off += len(data)
+    if in_lens:
+        base = ring.alloc_buffer(sum(in_lens))
+        owned.append(base)
+        off = 0
+        for length in in_lens:
+            parts.append((base + off, length, write_flag))
+            off += length
+    return owned, parts
+
+
 def add_chain(ring: DriverSplitQueue, out: Sequence[bytes], in_lens: Sequence[int], *, direct: int | None = None,
               pointer_flags: int = 0, token: object = None) -> Posted:
     """Expose one chain: readable ``out`` then writable ``in_lens``.
@@ -98,23 +122,7 @@ def add_chain(ring: DriverSplitQueue, out: Sequence[bytes], in_lens: Sequence[in
     ndesc = pieces if direct is None else direct + 1
     if ring.num_free < ndesc:
         raise ValueError(f"{ndesc} descriptors needed, {ring.num_free} free")
-    owned: list[int] = []
-    parts: list[tuple[int, int, int]] = []
-    if out:
-        blob = b"".join(out)
-        base = ring.alloc_buffer(blob)
-        owned.append(base)
-        off = 0
-        for data in out:
-            parts.append((base + off, len(data), 0))
-            off += len(data)
-    if in_lens:
-        base = ring.alloc_buffer(sum(in_lens))
-        owned.append(base)
-        off = 0
-        for length in in_lens:
-            parts.append((base + off, length, DescFlags.WRITE))
-            off += length
+    owned, parts = lay_out_pieces(ring, out, in_lens, DescFlags.WRITE)
     # The ring keeps its free descriptor slots privately; a raw chain takes the next ones in its order.
     slots = list(itertools.islice(ring._free, ndesc))
     descs: dict[int, Descriptor] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from backend.virtio.packed_ring import DESC_SIZE, PackedDescFlags, PackedDescriptor, advance, avail_bits
-from testbenches.conformance.chains import Posted
+from testbenches.conformance.chains import Posted, lay_out_pieces
 from testbenches.driver.packed import DriverPackedQueue
 
 _NEXT = int(PackedDescFlags.NEXT)
@@ -31,22 +31,7 @@ def add_packed_chain(ring: DriverPackedQueue, out: Sequence[bytes], in_lens: Seq
     slots = 1 if indirect else pieces
     if ring.num_free < slots or not ring._free_ids:  # a raw list takes a Buffer ID like add() does
         raise ValueError(f"{slots} ring slots needed, {ring.num_free} free")
-    owned: list[int] = []
-    parts: list[tuple[int, int, int]] = []  # (gpa, len, WRITE or 0)
-    if out:
-        base = ring.alloc_buffer(b"".join(out))
-        owned.append(base)
-        off = 0
-        for data in out:
-            parts.append((base + off, len(data), 0))
-            off += len(data)
-    if in_lens:
-        base = ring.alloc_buffer(sum(in_lens))
-        owned.append(base)
-        off = 0
-        for length in in_lens:
-            parts.append((base + off, length, _WRITE))
-            off += length
+    owned, parts = lay_out_pieces(ring, out, in_lens, _WRITE)
     buffer_id = ring._free_ids.popleft()  # back on the free list once the list is used
     posted = Posted(buffer_id, token=token)
     posted.readable = [(g, n) for g, n, w in parts if not w]
