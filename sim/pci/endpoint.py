@@ -298,7 +298,6 @@ class Msix:
         struct.pack_into("<HII", self.cap.body, 0, table_size - 1, table_offset | bar, pba_offset | bar)
         self.table_block = _ArrayBlock(self.table, on_write=self._table_written)
         self.pba_block = _ArrayBlock(self.pba, read_only=True)
-        self.delivered: list[int] = []  # per-vector delivery log (sequence of vectors)
         self.lock = threading.RLock()
         self.reset()
 
@@ -356,7 +355,6 @@ class Msix:
 
     def _send(self, vector: int) -> bool:
         fd = self.fds[vector]
-        self.delivered.append(vector)
         if fd is None:
             return False
         os.eventfd_write(fd, 1)
