@@ -37,6 +37,9 @@ class EventLoop:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
+        # Held while a handler runs: unwatch() waits on it, so once unwatch returns no handler of that fd is
+        # running or about to run, and its owner may close the fd (whose number the kernel may then reuse).
+        self._dispatch = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
@@ -54,12 +57,16 @@ class EventLoop:
         os.eventfd_write(self._wake, 1)
 
     def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd``; on return no handler of it runs any more (from the loop's own thread, a handler may
+        unwatch its own or another fd)."""
         with self._lock:
             try:
                 self._sel.unregister(fd)
             except (KeyError, ValueError):
                 return
         os.eventfd_write(self._wake, 1)
+        with self._dispatch:  # a handler of fd that select() already returned has finished, or will be skipped
+            pass
 
     @property
     def watched(self) -> int:
@@ -76,11 +83,16 @@ class EventLoop:
                     except BlockingIOError:
                         pass
                     continue
-                try:
-                    key.data()
-                except Exception as exc:  # one failing handler must not take the others down
-                    log.exception("%s: handler for fd %s failed", self.name, key.fd)
-                    self.errors.append(exc)
+                with self._dispatch:
+                    with self._lock:  # unwatched (or watched anew) since select() returned: not this handler's
+                        current = self._sel.get_map().get(key.fd) if not self._stop.is_set() else None
+                    if current is not key:
+                        continue
+                    try:
+                        key.data()
+                    except Exception as exc:  # one failing handler must not take the others down
+                        log.exception("%s: handler for fd %s failed", self.name, key.fd)
+                        self.errors.append(exc)
 
     def close(self) -> None:
         self._stop.set()
