@@ -17,6 +17,7 @@ SOURCES: tuple[str, ...] = (
     "vnet_buf.sv",
     "vnet_dma.sv",
     "virtio_pci_regs.sv",
+    "vnet_rx_in.sv",
     "vnet_ring_engine.sv",
     "virtio_net_top.sv",
 )
@@ -28,7 +29,7 @@ ISR_OFF, ISR_LEN = 0x1000, 0x4
 DEVICE_CFG_OFF, DEVICE_CFG_LEN = 0x2000, 0xC
 NOTIFY_OFF = 0x3000
 NOTIFY_OFF_MULTIPLIER = 4
-VQ_STATE_OFF, VQ_STATE_STRIDE = 0x3800, 4  # vendor block: {used_idx, last_avail_idx} per queue
+VQ_STATE_OFF, VQ_STATE_STRIDE = 0x3800, 4  # vendor block: {used_idx, last_avail_idx} per queue (README)
 MSIX_TABLE_OFF, MSIX_PBA_OFF = 0x4000, 0x5000  # served by the bridge, not the RTL
 BAR0_SIZE = 0x8000
 AXIL_SPAN = 0x4000  # what the AXI4-Lite slave decodes
@@ -45,6 +46,10 @@ ERROR_CODES: dict[int, tuple[str, str]] = {
     6: ("SPLIT-DRV-06", "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC"),
     7: ("FEAT-DRV-11", "bus error on a ring or buffer address (not mapped, or beyond ADDR_W)"),
     8: ("PCI-DRV-17", "queue_enable with a bad queue_size or misaligned ring parts"),
+    9: ("PACKED-DRV-11", "packed: a descriptor of a list not made available for the driver wrap counter"),
+    10: ("PACKED-DRV-07", "packed: list longer than the queue size"),
+    11: ("PACKED-DRV-12", "packed: INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC"),
+    12: ("PACKED-DRV-08", "packed: device-readable descriptor after a device-writable one"),
 }
 
 

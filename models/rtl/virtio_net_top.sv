@@ -1,5 +1,5 @@
 // virtio-net accelerator function: virtio-pci modern register blocks (BAR0, AXI4-Lite slave),
-// split-ring engine (AXI4 master onto guest memory), frames on AXI4-Stream, interrupt
+// ring engine (split and packed rings) (AXI4 master onto guest memory), frames on AXI4-Stream, interrupt
 // requests as MSI-X vector numbers (valid/ready) plus the INTx level.
 //
 // What a PCI bridge adds around it: the configuration space with the virtio capabilities
@@ -8,9 +8,10 @@
 // on the AXI4 master path (SLVERR/DECERR for unmapped addresses), and the wire.
 //
 // Offered features: VERSION_1, ACCESS_PLATFORM, ORDER_PLATFORM, RING_RESET, EVENT_IDX
-// (parameter), NET_F_MAC, NET_F_STATUS, NET_F_MTU, and with NUM_PAIRS > 1 NET_F_CTRL_VQ and
+// (parameter), RING_PACKED (parameter; split or packed rings as negotiated), NET_F_MAC,
+// NET_F_STATUS, NET_F_MTU, and with NUM_PAIRS > 1 NET_F_CTRL_VQ and
 // NET_F_MQ (the control queue takes VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET). Not offered, so not
-// implemented: INDIRECT_DESC, IN_ORDER, packed rings, NOTIFICATION_DATA, MRG_RXBUF, offloads,
+// implemented: INDIRECT_DESC, IN_ORDER, NOTIFICATION_DATA, MRG_RXBUF, offloads,
 // RSS, the other control classes.
 module virtio_net_top
   import virtio_pkg::*;
@@ -26,6 +27,7 @@ module virtio_net_top
   parameter logic [15:0] MTU            = 16'd1500,
   parameter bit          EVENT_IDX      = 1'b1,
   parameter bit          ACCESS_PLATFORM = 1'b1, // DMA addresses are IOVAs translated outside
+  parameter bit          RING_PACKED    = 1'b1,  // offer VIRTIO_F_RING_PACKED (the layout is chosen at FEATURES_OK)
   localparam bit          HAS_CTRL      = NUM_PAIRS > 1,
   localparam logic [31:0] NUM_QUEUES    = 2 * NUM_PAIRS + (HAS_CTRL ? 1 : 0),
   parameter logic [31:0] MSIX_VECTORS   = NUM_QUEUES + 1,
@@ -132,6 +134,7 @@ module virtio_net_top
   localparam logic [63:0] FEATURES =
       (64'd1 << F_VERSION_1) | (64'd1 << F_ORDER_PLATFORM) | (64'd1 << F_RING_RESET)
     | (64'(ACCESS_PLATFORM) << F_ACCESS_PLATFORM) | (64'(EVENT_IDX) << F_EVENT_IDX)
+    | (64'(RING_PACKED) << F_RING_PACKED)
     | (64'd1 << F_NET_MAC) | (64'd1 << F_NET_STATUS) | (64'd1 << F_NET_MTU)
     | (64'(HAS_CTRL) << F_NET_CTRL_VQ) | (64'(HAS_CTRL) << F_NET_MQ);
 

@@ -1,7 +1,8 @@
 // virtio-pci modern register blocks of BAR0 behind an AXI4-Lite slave (32-bit data):
 //   0x0000 common configuration (4.1.4.3)       0x2000 virtio-net device configuration (5.1.4)
 //   0x1000 ISR status, read to clear (4.1.4.5)   0x3000 notification doorbells (4.1.4.4)
-//   0x3800 vendor block: per-queue {used_idx, last_avail_idx} (vq state for vDPA set/get_vq_state)
+//   0x3800 vendor block: per-queue {used_idx, last_avail_idx} (vq state for vDPA set/get_vq_state; on packed
+//          rings {used wrap, used offset, avail wrap, avail offset}, vhost-user's packed state)
 // plus the interrupt unit: queue and configuration notifications become MSI-X requests
 // (vector + valid/ready) or ISR bits and the INTx level, as the function's MSI-X enable says.
 //
@@ -141,11 +142,12 @@ module virtio_pci_regs
     return {strb[1] ? wd[15:8] : old[15:8], strb[0] ? wd[7:0] : old[7:0]};
   endfunction
 
-  // PCI-DRV-17: power of two <= the maximum; SPLIT-DRV-01: 16/2/4-byte aligned parts (low address bits given)
-  function automatic logic ring_config_ok(input logic [15:0] size, input logic [3:0] desc_lo, input logic driver_lo,
-                                          input logic [1:0] device_lo);
-    return size != 16'd0 && (size & (size - 16'd1)) == 16'd0 && 32'(size) <= MAX_QUEUE_SIZE
-           && desc_lo == 4'h0 && !driver_lo && device_lo == 2'b00;
+  // Split rings (PCI-DRV-17, SPLIT-DRV-01): a power of two <= the maximum, 16/2/4-byte aligned parts. Packed rings
+  // (VIRTIO_F_RING_PACKED negotiated; 2.8, PACKED-DRV-01): any size 1..the maximum, 16/4/4-byte aligned parts.
+  function automatic logic ring_config_ok(input logic packed_ring, input logic [15:0] size, input logic [3:0] desc_lo,
+                                          input logic [1:0] driver_lo, input logic [1:0] device_lo);
+    return size != 16'd0 && (packed_ring || (size & (size - 16'd1)) == 16'd0) && 32'(size) <= MAX_QUEUE_SIZE
+           && desc_lo == 4'h0 && driver_lo[0] == 1'b0 && !(packed_ring && driver_lo[1]) && device_lo == 2'b00;
   endfunction
 
   // ---- AXI4-Lite write channel ----------------------------------------------------------------
@@ -225,7 +227,8 @@ module virtio_pci_regs
   logic enable_write, enable_bad;
   assign enable_write = wr_common && wword == CC_QENABLE_QNOFF && w_strb[0] && w_data[15:0] == 16'd1
                         && sel_ok && !q_enable[sel] && !resetting;
-  assign enable_bad   = enable_write && !ring_config_ok(q_size[sel], sel_desc[3:0], sel_driver[0], sel_device[1:0]);
+  assign enable_bad   = enable_write && !ring_config_ok(negotiated[F_RING_PACKED], q_size[sel], sel_desc[3:0], sel_driver[1:0],
+                                                     sel_device[1:0]);
 
   // driver errors (this block's or the engine's) and configuration changes
   logic any_fail, link_change, cfg_irq;

@@ -22,6 +22,18 @@
 //
 // Notifications: with EVENT_IDX negotiated the used_event test (vring_need_event), else
 // the avail ring's VRING_AVAIL_F_NO_INTERRUPT flag, read after used idx is written.
+//
+// Packed rings (VIRTIO_F_RING_PACKED negotiated at FEATURES_OK, 2.8): the same walk over a ring of
+// 16-byte descriptors {addr, len, id, flags}. A list is taken when its head's flags word (read
+// alone, first) says available for the Driver Ring Wrap Counter; its descriptors follow in the
+// next slots (NEXT), each checked available too; the Buffer ID is the last one's id. The used
+// descriptor goes where the list began: id and len first, then the flags word (AVAIL = USED =
+// Device Ring Wrap Counter, WRITE when bytes were written), so it is handed back by one 16-bit
+// store. Positions are {wrap, offset[14:0]} in last_avail/used_idx (the vq state block shows
+// vhost-user's packed state); any queue size works. After a batch the driver event suppression
+// structure decides the notification (ENABLE, DISABLE, DESC with EVENT_IDX). The device event
+// suppression structure is not written: it stays ENABLE (the driver's zeroed area), every kick
+// is taken.
 // Bound checks stop the engine with fail_valid (the register block sets DEVICE_NEEDS_RESET).
 module vnet_ring_engine
   import virtio_pkg::*;
@@ -127,10 +139,8 @@ module vnet_ring_engine
   output logic [31:0]                  stat_rx_no_buffer, // no available receive chain
   output logic [31:0]                  stat_rx_dropped    // not ready, oversize, chain too small
 );
-  localparam logic [31:0] LW   = $clog2(W);
   localparam logic [PW:0] BUF  = (PW+1)'(BUF_BYTES);
   localparam logic [PW:0] HDR  = (PW+1)'(NET_HDR_LEN);
-  localparam logic [15:0] ETH_P_8021Q = 16'h8100;
   localparam bit          HAS_CTRL    = NUM_PAIRS > 1;
 
   // The control queue's index depends on MQ (5.1.2: N = 1 unless MQ is negotiated).
@@ -196,62 +206,18 @@ module vnet_ring_engine
     end
   end
 
-  // ---- receive input: one frame buffered at a time ----------------------------------------------
+  // ---- receive input: one frame buffered at a time (vnet_rx_in) ---------------------------------
   logic          rx_full;      // a frame waits for the engine
   logic [PW:0]   rx_len;       // its length (without header)
-  logic [PW:0]   rx_pos;       // bytes of the frame being received
-  logic          rx_over;      // longer than the buffer: dropped at tlast
-  logic [15:0]   rx_etype;
   logic [PAIR_W-1:0] rx_pair;  // tdest of the waiting frame
   logic          rx_consume;   // engine: the waiting frame is done with (delivered or dropped)
   logic          rx_in_drop;   // frame dropped at the input
-  logic [LW:0]   rx_nbytes;
-  logic [PW+1:0] rx_end;
-  logic [PW:0]   rx_limit;
 
-  always_comb begin
-    rx_nbytes = '0;
-    for (int unsigned k = 0; k < W; k++) rx_nbytes = rx_nbytes + (LW+1)'(s_axis_tkeep[k]);
-  end
-  assign s_axis_tready = !rx_full;
-  assign rx_end        = (PW+2)'(rx_pos) + (PW+2)'(rx_nbytes);
-  assign rxb_wr_en     = s_axis_tvalid && s_axis_tready && !rx_over && rx_end <= (PW+2)'(BUF - HDR);
-  assign rxb_wr_base   = PW'(rx_pos + HDR);
-  assign rxb_wr_mask   = s_axis_tkeep;
-  // NET-DEV-05 with VIRTIO_NET_F_MTU: at most mtu plus the Ethernet header (and an 802.1Q tag)
-  assign rx_limit      = (PW+1)'(32'(MTU) + 32'd14 + ((rx_etype == ETH_P_8021Q) ? 32'd4 : 32'd0));
-
-  always_ff @(posedge clk or negedge rst_n) begin
-    if (!rst_n) begin
-      rx_full <= 1'b0; rx_len <= '0; rx_pos <= '0; rx_over <= 1'b0; rx_etype <= '0; rx_in_drop <= 1'b0;
-      rx_pair <= '0;
-    end else begin
-      rx_in_drop <= 1'b0;
-      if (rx_consume) rx_full <= 1'b0;
-      if (s_axis_tvalid && s_axis_tready) begin
-        for (int unsigned k = 0; k < W; k++) begin
-          if (s_axis_tkeep[k] && (PW+2)'(rx_pos) + (PW+2)'(k) == (PW+2)'(12)) rx_etype[15:8] <= s_axis_tdata[8*k +: 8];
-          if (s_axis_tkeep[k] && (PW+2)'(rx_pos) + (PW+2)'(k) == (PW+2)'(13)) rx_etype[7:0]  <= s_axis_tdata[8*k +: 8];
-        end
-        if (s_axis_tlast) begin
-          rx_pos   <= '0;
-          rx_over  <= 1'b0;
-          rx_etype <= '0;
-          if (rx_over || rx_end > (PW+2)'(BUF - HDR) || rx_end == '0 || !link_up
-              || (negotiated[F_NET_MTU] && rx_end > (PW+2)'(rx_limit))) begin
-            rx_in_drop <= 1'b1;
-          end else begin
-            rx_full <= 1'b1;
-            rx_len  <= (PW+1)'(rx_end);
-            rx_pair <= s_axis_tdest;
-          end
-        end else if (!rx_over) begin
-          if (rx_end > (PW+2)'(BUF - HDR)) rx_over <= 1'b1;  // keep taking beats, drop at tlast
-          else rx_pos <= (PW+1)'(rx_end);
-        end
-      end
-    end
-  end
+  vnet_rx_in #(.W(W), .PW(PW), .PAIR_W(PAIR_W), .BUF_BYTES(BUF_BYTES), .HDR_LEN(NET_HDR_LEN), .MTU(MTU)) u_rx_in (
+    .clk, .rst_n, .s_axis_tdata, .s_axis_tkeep, .s_axis_tlast, .s_axis_tvalid, .s_axis_tready, .s_axis_tdest,
+    .link_up, .mtu_limit(negotiated[F_NET_MTU]), .consume(rx_consume), .full(rx_full), .len(rx_len),
+    .pair(rx_pair), .in_drop(rx_in_drop), .buf_wr_en(rxb_wr_en), .buf_wr_base(rxb_wr_base), .buf_wr_mask(rxb_wr_mask)
+  );
 
   // ---- transmit output: streams buffer positions 12 .. tx_end-1 ---------------------------------
   logic        tx_go, tx_active;
@@ -269,8 +235,8 @@ module vnet_ring_engine
   typedef enum logic [4:0] {
     E_IDLE, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
     E_DESC_ISSUE, E_DESC_WAIT, E_DATA_SIZE, E_DATA_ISSUE, E_DATA_WAIT, E_DATA_NEXT, E_CHAIN_END,
-    E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_IDX_ISSUE, E_IDX_WAIT, E_NOTE_ISSUE, E_NOTE_WAIT, E_FAIL,
-    E_ABORT
+    E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_UFLAGS_ISSUE, E_UFLAGS_WAIT, E_IDX_ISSUE,
+    E_IDX_WAIT, E_NOTE_ISSUE, E_NOTE_WAIT, E_FAIL, E_ABORT
   } estate_e;
   estate_e state;
 
@@ -295,6 +261,10 @@ module vnet_ring_engine
   logic [63:0]   d_addr;
   logic [31:0]   d_len;
   logic [15:0]   d_flags, d_next;
+  logic [15:0]   d_id;        // packed: the descriptor's Buffer ID
+  logic          cur_wrap;    // packed: the Driver Ring Wrap Counter at slot cur
+  logic [16:0]   batch_slots; // packed: ring slots used in this batch
+  logic          packed_ring;
   logic [32:0]   bytes_rd;    // readable bytes of the TX chain
   logic [PW:0]   stored;      // of which held in the transmit buffer
   logic [PW:0]   written;     // RX bytes written into the chain
@@ -309,6 +279,15 @@ module vnet_ring_engine
   assign dev       = q_device[cq];
   assign dsc       = q_desc[cq];
   assign event_idx = negotiated[F_EVENT_IDX];
+  assign packed_ring = negotiated[F_RING_PACKED];
+  // the served queue's positions, named once (Icarus 11 cannot part-select a variably indexed element)
+  logic [15:0] q_avail, q_used;
+  assign q_avail = last_avail[cq];
+  assign q_used  = used_idx[cq];
+
+  // packed: the flags of a descriptor just read (split: its flags sit where packed keeps the id)
+  logic [15:0] rd_flags;
+  assign rd_flags = packed_ring ? small_rdata[127:112] : small_rdata[111:96];
 
   logic [PW:0] need;  // header + frame
   assign need = rx_len + HDR;
@@ -346,6 +325,17 @@ module vnet_ring_engine
     else       data_bytes = (33'(d_len) < 33'(rx_left)) ? (PW+1)'(d_len) : rx_left;
   end
 
+  // packed: the used descriptor of the list in service: bytes written (SPLIT-DEV-16's len) and the flags word
+  logic [31:0] used_len;
+  logic [15:0] used_flags;
+  assign used_len = is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need);
+`ifdef VNET_BUG_PACKED_USED_WRAP
+  // seeded bug (tests/test_rtl_target.py): the Device Ring Wrap Counter is never flipped (always 1)
+  assign used_flags = packed_used_flags(1'b1, used_len != 32'd0);
+`else
+  assign used_flags = packed_used_flags(q_used[15], used_len != 32'd0);
+`endif
+
   // DMA command per state
   always_comb begin
     cmd_valid = 1'b0;
@@ -356,8 +346,12 @@ module vnet_ring_engine
     cmd_pos   = '0;
     cmd_wdata = '0;
     unique case (state)
-      E_AVAIL_ISSUE: begin  // flags and idx in one read
+      E_AVAIL_ISSUE: begin  // flags and idx in one read; packed: the head's flags word alone
         cmd_valid = !abort; cmd_addr = drv; cmd_len = 32'd4;
+        if (packed_ring) begin
+          cmd_addr = dsc + 64'd16 * 64'(q_avail[14:0]) + 64'd14;
+          cmd_len  = 32'd2;
+        end
       end
       E_EVT_ISSUE: begin    // avail_event = last_avail_idx: kick me at the next entry
         cmd_valid = !abort; cmd_write = 1'b1; cmd_len = 32'd2;
@@ -391,12 +385,33 @@ module vnet_ring_engine
 `else
         cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need), 16'd0, head};
 `endif
+        if (packed_ring) begin  // used descriptor: len and id at bytes 8..13 of the list's first slot
+          cmd_len   = 32'd6;
+          cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd8;
+          cmd_wdata = {16'd0, d_id, used_len};
+`ifdef VNET_BUG_PACKED_FLAGS_FIRST
+          // seeded bug (tests/test_rtl_target.py): the flags word is written first, id and len after it
+          cmd_len   = 32'd2;
+          cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd14;
+          cmd_wdata = 64'(used_flags);
+`endif
+        end
 `ifdef VNET_BUG_IDX_FIRST
         if (!idx_early) begin  // seeded bug (tests/test_rtl_target.py): used idx first, then the element
           cmd_len   = 32'd2;
           cmd_addr  = dev + 64'd2;
           cmd_wdata = 64'(16'(used_idx[cq] + batch_n + 16'd1));
         end
+`endif
+      end
+      E_UFLAGS_ISSUE: begin  // packed: the flags word hands the used descriptor back, last
+        cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd2;
+        cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd14;
+        cmd_wdata = 64'(used_flags);
+`ifdef VNET_BUG_PACKED_FLAGS_FIRST
+        cmd_len   = 32'd6;
+        cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd8;
+        cmd_wdata = {16'd0, d_id, used_len};
 `endif
       end
       E_IDX_ISSUE: begin
@@ -411,6 +426,10 @@ module vnet_ring_engine
       E_NOTE_ISSUE: begin  // used_event (EVENT_IDX) or avail flags, read after used idx
         cmd_valid = !halt; cmd_len = 32'd2;
         cmd_addr  = event_idx ? drv + 64'd4 + 64'd2 * 64'(size) : drv;
+        if (packed_ring) begin  // the driver event suppression structure {desc, flags}
+          cmd_addr = drv;
+          cmd_len  = 32'd4;
+        end
       end
       default: ;
     endcase
@@ -419,6 +438,15 @@ module vnet_ring_engine
   logic [15:0] sr_u16_0, sr_u16_1;
   assign sr_u16_0 = small_rdata[15:0];
   assign sr_u16_1 = small_rdata[31:16];
+
+  // packed: desc_event_flags of the driver event suppression structure, as the engine honours them
+  logic [1:0] ev_flags;
+`ifdef VNET_BUG_PACKED_DISABLE_IGNORED
+  // seeded bug (tests/test_rtl_target.py): RING_EVENT_FLAGS_DISABLE is read but taken as ENABLE
+  assign ev_flags = sr_u16_1[1:0] == RING_EVENT_FLAGS_DISABLE ? RING_EVENT_FLAGS_ENABLE : sr_u16_1[1:0];
+`else
+  assign ev_flags = sr_u16_1[1:0];
+`endif
 
   always_ff @(posedge clk or negedge rst_n) begin
     if (!rst_n) begin
@@ -429,7 +457,7 @@ module vnet_ring_engine
       idx_early <= 1'b0;
 `endif
       head <= '0; cur <= '0; ndesc <= '0; wr_seen <= 1'b0; d_addr <= '0; d_len <= '0; d_flags <= '0;
-      d_next <= '0; bytes_rd <= '0; stored <= '0; written <= '0; xfer <= '0;
+      d_next <= '0; d_id <= '0; cur_wrap <= 1'b0; batch_slots <= '0; bytes_rd <= '0; stored <= '0; written <= '0; xfer <= '0;
       last_avail <= '0; used_idx <= '0; kick_pend <= '0; vqs_loaded <= '0; q_enable_q <= '0;
       dev_reset_ack <= 1'b0; qreset_ack <= '0; fail_valid <= 1'b0; fail_code <= ERR_NONE; fail_queue <= '0;
       q_irq_valid <= 1'b0; q_irq_queue <= '0; rx_consume <= 1'b0; tx_go <= 1'b0;
@@ -474,9 +502,9 @@ module vnet_ring_engine
       q_enable_q <= q_enable;
       for (int unsigned q = 0; q < NUM_QUEUES; q++) begin
         if (q_enable[q] && !q_enable_q[q]) begin
-          if (!vqs_loaded[q]) begin
-            last_avail[q] <= '0;
-            used_idx[q]   <= '0;
+          if (!vqs_loaded[q]) begin  // packed: offset 0, both wrap counters 1
+            last_avail[q] <= packed_ring ? PACKED_START : '0;
+            used_idx[q]   <= packed_ring ? PACKED_START : '0;
           end
           vqs_loaded[q] <= 1'b0;
         end
@@ -508,6 +536,8 @@ module vnet_ring_engine
             cq      <= rq;
             is_tx   <= 1'b0;
             is_ctrl <= 1'b0;
+            batch_n     <= '0;
+            batch_slots <= '0;
             if (live && q_enable[rq]) begin
               state <= E_AVAIL_ISSUE;
             end else begin
@@ -526,6 +556,8 @@ module vnet_ring_engine
                   is_ctrl     <= queue_is_ctrl(negotiated, QW'(q));
                   tx_pair     <= PAIR_W'(q / 2);
                   evt_written <= 1'b0;
+                  batch_n     <= '0;
+                  batch_slots <= '0;
                   state       <= E_AVAIL_ISSUE;
                 end else begin
                   kick_pend[q] <= 1'b0;  // SPLIT-DEV-22: a kick for a queue that is not running is ignored
@@ -544,6 +576,28 @@ module vnet_ring_engine
         E_AVAIL_WAIT: if (dma_done) begin
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
+          end else if (packed_ring) begin
+            // PACKED-DEV-06: the head is taken only when its flags say available for the driver wrap counter
+            if (packed_is_avail(sr_u16_0, q_avail[15])) begin
+              cur      <= 16'(q_avail[14:0]);
+              cur_wrap <= q_avail[15];
+              ndesc    <= '0;
+              wr_seen  <= 1'b0;
+              bytes_rd <= '0;
+              stored   <= '0;
+              written  <= '0;
+              have_ack <= 1'b0;
+              ack_len  <= 1'b0;
+              state    <= E_DESC_ISSUE;
+            end else if (batch_n != '0) begin
+              state <= E_NOTE_ISSUE;
+            end else begin
+              if (!is_tx) begin
+                stat_rx_no_buffer <= stat_rx_no_buffer + 32'd1;
+                rx_consume        <= 1'b1;
+              end
+              state <= E_IDLE;
+            end
           end else if (16'(sr_u16_1 - last_avail[cq]) > size) begin
             fail_code <= ERR_AVAIL_AHEAD; state <= E_FAIL;  // SPLIT-DRV-11
           end else if (sr_u16_1 == last_avail[cq]) begin
@@ -593,7 +647,8 @@ module vnet_ring_engine
 
         E_DESC_ISSUE: if (halt) state <= E_ABORT;
           else if (ndesc >= 17'(size)) begin
-            fail_code <= ERR_CHAIN_LEN; state <= E_FAIL;  // more descriptors than the table: a loop
+            // more descriptors than the table: a loop (split), a list longer than the ring (PACKED-DRV-07)
+            fail_code <= packed_ring ? ERR_P_CHAIN_LEN : ERR_CHAIN_LEN; state <= E_FAIL;
           end else if (cmd_ready) begin
             ndesc <= ndesc + 17'd1;
             state <= E_DESC_WAIT;
@@ -601,16 +656,21 @@ module vnet_ring_engine
         E_DESC_WAIT: if (dma_done) begin
           d_addr  <= small_rdata[63:0];
           d_len   <= small_rdata[95:64];
-          d_flags <= small_rdata[111:96];
+          d_flags <= rd_flags;
           d_next  <= small_rdata[127:112];
+          d_id    <= small_rdata[111:96];
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
-          end else if ((small_rdata[111:96] & DESC_F_INDIRECT) != 16'h0) begin
-            fail_code <= ERR_INDIRECT; state <= E_FAIL;  // SPLIT-DRV-06: not offered
-          end else if ((small_rdata[111:96] & DESC_F_WRITE) == 16'h0 && wr_seen) begin
-            fail_code <= ERR_RD_AFTER_WR; state <= E_FAIL;  // SPLIT-DRV-02
+          end else if (packed_ring && !packed_is_avail(rd_flags, cur_wrap)) begin
+            fail_code <= ERR_NOT_AVAIL; state <= E_FAIL;  // PACKED-DRV-11: the list's slots go available first
+          end else if ((rd_flags & DESC_F_INDIRECT) != 16'h0) begin
+            // SPLIT-DRV-06, PACKED-DRV-12: not offered
+            fail_code <= packed_ring ? ERR_P_INDIRECT : ERR_INDIRECT; state <= E_FAIL;
+          end else if ((rd_flags & DESC_F_WRITE) == 16'h0 && wr_seen) begin
+            // SPLIT-DRV-02, PACKED-DRV-08
+            fail_code <= packed_ring ? ERR_P_RD_AFTER_WR : ERR_RD_AFTER_WR; state <= E_FAIL;
           end else begin
-            if ((small_rdata[111:96] & DESC_F_WRITE) != 16'h0) wr_seen <= 1'b1;
+            if ((rd_flags & DESC_F_WRITE) != 16'h0) wr_seen <= 1'b1;
             state <= E_DATA_SIZE;
           end
         end
@@ -640,6 +700,10 @@ module vnet_ring_engine
         E_DATA_NEXT: begin
           if ((d_flags & DESC_F_NEXT) == 16'h0) begin
             state <= E_CHAIN_END;
+          end else if (packed_ring) begin  // the next slot, the wrap counter flipping at the ring's end
+            cur      <= cur + 16'd1 == size ? 16'd0 : cur + 16'd1;
+            cur_wrap <= cur + 16'd1 == size ? !cur_wrap : cur_wrap;
+            state    <= E_DESC_ISSUE;
 `ifndef VNET_BUG_NEXT_UNCHECKED
           end else if (d_next >= size) begin
             fail_code <= ERR_NEXT_RANGE; state <= E_FAIL;  // SPLIT-DRV-04
@@ -696,6 +760,8 @@ module vnet_ring_engine
         E_ELEM_WAIT: if (dma_done) begin
           if (dma_err) begin
             fail_code <= ERR_DMA; state <= E_FAIL;
+          end else if (packed_ring) begin
+            state <= E_UFLAGS_ISSUE;
 `ifdef VNET_BUG_IDX_FIRST
           end else if (!idx_early) begin
             idx_early <= 1'b1;  // the used idx write is done: now the element
@@ -712,6 +778,24 @@ module vnet_ring_engine
               rx_consume      <= 1'b1;
             end
             state <= (batch_n + 16'd1 < pending && !abort) ? E_HEAD_ISSUE : E_IDX_ISSUE;
+          end
+        end
+
+        E_UFLAGS_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_UFLAGS_WAIT;
+        E_UFLAGS_WAIT: if (dma_done) begin
+          if (dma_err) begin
+            fail_code <= ERR_DMA; state <= E_FAIL;
+          end else begin
+            // the list's slots are consumed and used; a transmit batch goes on while slots are available
+            last_avail[cq] <= packed_advance(last_avail[cq], ndesc, size);
+            used_idx[cq]   <= packed_advance(used_idx[cq], ndesc, size);
+            batch_n        <= batch_n + 16'd1;
+            batch_slots    <= batch_slots + ndesc;
+            if (!is_tx) begin
+              stat_rx_packets <= stat_rx_packets + 32'd1;
+              rx_consume      <= 1'b1;
+            end
+            state <= (is_tx && batch_slots + ndesc < 17'(size) && !abort) ? E_AVAIL_ISSUE : E_NOTE_ISSUE;
           end
         end
 
@@ -735,6 +819,16 @@ module vnet_ring_engine
             fail_code <= ERR_DMA; state <= E_FAIL;
           end else begin
             // SPLIT-DEV-09..14; used_idx already holds the new index
+            if (packed_ring) begin
+              // driver event suppression: DISABLE never, DESC (EVENT_IDX) when the batch covered the event
+              // position, ENABLE (and the undefined values) always
+              if (ev_flags != RING_EVENT_FLAGS_DISABLE
+                  && (ev_flags == RING_EVENT_FLAGS_ENABLE || ev_flags != RING_EVENT_FLAGS_DESC || !event_idx
+                      || packed_need_event(sr_u16_0, used_idx[cq], batch_slots, size))) begin
+                q_irq_valid <= 1'b1;
+                q_irq_queue <= cq;
+              end
+            end else
 `ifdef VNET_BUG_MISSED_IRQ
             // seeded bug (tests/test_rtl_target.py): without EVENT_IDX transmit completions never notify
             if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
