@@ -24,7 +24,10 @@ What it does with the device:
   ``get_vq_state`` when the device can report it; a plain virtio-pci function cannot, so the ring
   is stopped first (queue reset with ``RING_RESET``) and the base is the used index read from guest
   memory. That equals the device's last_avail_idx only when the device held no buffers at the
-  moment it stopped (true of the simulator's model; a limitation on real hardware).
+  moment it stopped (true of the simulator's model; a limitation on real hardware). QEMU 7.2 stops a
+  running device with SET_STATUS 0 first and GET_VRING_BASE after it (``vhost_dev_stop``): the reset
+  stops each running ring the same way and keeps where it stopped, and a GET_VRING_BASE of a ring not
+  set up again since answers that (a migration carries it to the destination's SET_VRING_BASE).
 
 Dirty logging (live migration): ``VHOST_F_LOG_ALL`` and ``LOG_SHMFD`` are offered when the atomic OR
 of :mod:`backend.vhost_user.dirty_log` is available. SET_LOG_BASE maps the frontend's log (and is
@@ -214,6 +217,8 @@ class VhostUserSession:
         self._cvq: ShadowControlQueue | None = None  # the device's control queue, when MQ is negotiated
         self._pairs_set = 1  # queue pairs the device was told to use (1 after every reset)
         self._shadow = LogShadow(device, self._report)  # the dirty log and the rings relayed while logging
+        #: where the rings running at the last reset stopped (packed, state), for a GET_VRING_BASE after it
+        self._stopped_at_reset: dict[int, tuple[bool, VqState]] = {}
         self.events = DeviceEvents(device, name)  # configuration interrupt, back-end channel, peer watch
 
     # --- offers ---------------------------------------------------------------------------
@@ -459,12 +464,21 @@ class VhostUserSession:
             raise SessionError("DRIVER_OK without a memory table")
 
     def _reset(self) -> None:
+        stopped: dict[int, tuple[bool, VqState]] = {}
+        for index, ring in sorted(self.rings.items()):
+            if not ring.pushed:
+                continue
+            try:  # (the last ring stopped may reset the device already: the rings after it are not pushed)
+                stopped[index] = (ring.packed, self._stopped_state(index, ring))
+            except (VdpaError, PciError, SessionError) as exc:
+                log.warning("%s: ring %d: where it stopped at the reset is unknown: %s", self.name, index, exc)
         self.device.reset()
         self._shadow.stop_all(self.table)
         self._close_cvq()
         for ring in self.rings.values():
             self._close_fds(list(ring.fds()))
         self.rings.clear()
+        self._stopped_at_reset = stopped
         self.features = 0
         self._status = 0
         if self.table is not None:  # the device stays mapped; the table is kept for the next start
@@ -712,6 +726,9 @@ class VhostUserSession:
             view.release()
 
     def _get_vring_base(self, index: int) -> m.VringState:
+        if index not in self.rings and index in self._stopped_at_reset:  # stopped by the reset, not set up since
+            packed, state = self._stopped_at_reset.pop(index)
+            return packed_num(index, state) if packed else m.VringState(index, state.avail_idx)
         ring = self._ring(index)
         state = self._stopped_state(index, ring)
         if ring.packed or self.packed:  # (a ring of a packed session never set up: its start, packed)
