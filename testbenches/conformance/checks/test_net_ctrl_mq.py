@@ -30,9 +30,10 @@ from scapy.layers.l2 import Ether
 from backend.virtio.features import F, NetF, has
 from backend.virtio.pci_regs import NetCfg
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
-from testbenches.conformance.chains import Posted, add_chain, poison
+from testbenches.conformance.chains import Posted, poison
 from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, QUIET_WAIT, Bench, Rig, drain
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import DriverRing, Layout, PackedDriverRing, new_ring, ring_addresses, ring_size
 from testbenches.driver.split_ring import DriverSplitQueue, UsedBuffer
 
 #: Queue pairs of the device where the target is configurable (the behavioral model).
@@ -80,11 +81,14 @@ class Ack:
 
 
 class MqRig:
-    """Every queue of the device set up by hand: receiveq/transmitq 1..pairs and the control queue."""
+    """Every queue of the device set up by hand: receiveq/transmitq 1..pairs and the control queue, as rings of
+    ``layout`` (packed rings of ``qsize`` entries, any size; split ones of the power of two at most that)."""
 
-    def __init__(self, rig: Rig, features: int) -> None:
+    def __init__(self, rig: Rig, features: int, layout: Layout = "split", qsize: int = QSIZE,
+                 ctrl_qsize: int = QSIZE) -> None:
         self.rig = rig
-        d = rig.up(features=features, exact=True, queues=False, driver_ok=False)
+        self.layout = layout
+        d = rig.up(features=features, exact=True, queues=False, driver_ok=False, layout=layout)
         t = d.transport
         self.mq = has(d.features, NetF.MQ)
         self.max_pairs = int.from_bytes(t.read_device_config(NetCfg.MAX_VIRTQUEUE_PAIRS, 2, 2), "little") \
@@ -99,14 +103,18 @@ class MqRig:
         #: interrupts of the control queue's vector consumed while waiting for something else
         self.ctrl_irqs = 0
         for q in range(self.ctrl + 1):
-            size = min(QSIZE, t.queue_size(q))
-            ring = DriverSplitQueue(rig.mem, rig.alloc, size, index=q)
-            d.queues[q] = ring
+            size = ring_size(layout, ctrl_qsize if q == self.ctrl else qsize, t.queue_size(q))
+            # no EVENT_IDX on these rings: the checks that want it write used_event / the driver event themselves
+            ring = new_ring(layout, rig.mem, rig.alloc, size, index=q, features=d.features & ~(1 << F.EVENT_IDX))
+            if isinstance(ring, PackedDriverRing):
+                d.packed[q] = ring
+            else:
+                d.queues[q] = ring
             t.set_queue_size(q, size)
             if not d.intx:
                 vec = self.ctrl_vector if q == self.ctrl and self.ctrl_vector is not None else d.vector_of(q % 2)
                 t.set_queue_msix_vector(q, vec)
-            t.set_queue_addresses(q, ring.desc_addr, ring.avail_addr, ring.used_addr)
+            t.set_queue_addresses(q, *ring_addresses(ring))
             t.enable_queue(q)
         d.driver_ok()
         self.rx_posted: dict[int, int] = {}
@@ -117,8 +125,16 @@ class MqRig:
     def rx_queues(self) -> list[int]:
         return [2 * p for p in range(self.pairs)]
 
-    def ring(self, q: int) -> DriverSplitQueue:
+    def ring(self, q: int) -> DriverRing:
+        return self.rig.drv.ring(q)
+
+    def split(self, q: int) -> DriverSplitQueue:
+        """Queue ``q`` as the split ring it is (the checks of avail.flags and used_event)."""
         return self.rig.drv.queues[q]
+
+    def packed(self, q: int) -> PackedDriverRing:
+        """Queue ``q`` as the packed ring it is (the checks of the driver event suppression structure)."""
+        return self.rig.drv.packed[q]
 
     def stock(self, q: int) -> None:
         """Fill receive queue ``q`` with buffers up to its size."""
@@ -171,12 +187,11 @@ class MqRig:
                 ack_room: int = 1) -> Ack:
         """One command on the control queue, in ``layout``: "one" readable descriptor, "split" (class and
         command apart from the data, as 5.1.9.5 draws it) or "indirect" (all in an indirect table)."""
-        ring = self.ring(self.ctrl)
         head = bytes([cls, cmd])
         out = [head + data] if layout == "one" or not data else [head, data]
-        p = add_chain(ring, out, [ack_room], direct=0 if layout == "indirect" else None)
+        p = self.rig.add_chain(self.ctrl, out, [ack_room], direct=0 if layout == "indirect" else None)
         poison(self.rig.mem, p, ACK_POISON)
-        ring.publish()
+        self.ring(self.ctrl).publish()
         self.rig.doorbell(self.ctrl)
         return self._wait_ack(what, p)
 
@@ -262,10 +277,9 @@ def _judge_ack(verdict: Verdict, a: Ack, want: int | None) -> None:
 def _truncated_command(verdict: Verdict, m: MqRig) -> None:
     """A chain holding only the class byte (breaks the command layout of 5.1.9.5): whatever the device does
     with it, used len counts no byte it did not write (SPLIT-DEV-16)."""
-    ring = m.ring(m.ctrl)
-    p = add_chain(ring, [bytes([VIRTIO_NET_CTRL_MQ])], [1])
+    p = m.rig.add_chain(m.ctrl, [bytes([VIRTIO_NET_CTRL_MQ])], [1])
     poison(m.rig.mem, p, ACK_POISON)
-    ring.publish()
+    m.ring(m.ctrl).publish()
     m.rig.doorbell(m.ctrl)
     a = m._wait_ack("a command of one byte (class only)", p)
     wrote = 0 if a.ack in (None, ACK_POISON) else 1
@@ -287,7 +301,7 @@ def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
         for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
             verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
         return
-    ring = m.ring(m.ctrl)
+    ring = m.split(m.ctrl)
     ring.auto_used_event = False
     for ahead, rid in ((0, "SPLIT-DEV-13"), (5, "SPLIT-DEV-14"), (0, "SPLIT-DEV-13")):
         ring.set_used_event((ring.used_idx() + ahead) & 0xFFFF)
@@ -313,7 +327,7 @@ def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
         return
     fd = m.ctrl_fd
     assert fd is not None
-    ring = m.ring(m.ctrl)
+    ring = m.split(m.ctrl)
     for flags in (0, VRING_AVAIL_F_NO_INTERRUPT, 0):
         ring.write_avail_flags(flags)
         drain(fd)

@@ -1,0 +1,168 @@
+"""Control virtqueue and multiqueue receive steering on packed rings (5.1.9.5, 5.1.9.5.6 over 2.8).
+
+The rules of :mod:`test_net_ctrl_mq` on a device whose every queue is a packed ring (``queues=4`` where the target is
+configurable), CTRL_VQ and MQ negotiated with VIRTIO_F_RING_PACKED. The receive and transmit rings have a size that
+is not a power of two; the control queue's ring is small, so its lists cross the ring's end and both wrap counters
+flip several times over the commands:
+
+- after initialization, after commands that are not a valid VQ_PAIRS_SET and after refused ones, and again after a
+  reset: frames land only on receiveq1 (NETCTRL-DEV-25);
+- a VQ_PAIRS_SET of 1..max_virtqueue_pairs, in every list layout (one readable descriptor, class and command apart
+  from the data, an indirect table), is acknowledged VIRTIO_NET_OK, and from then on frames land only on
+  receiveq1..virtqueue_pairs (NETCTRL-DEV-26), each flow on one queue, spread over more than one (NETCTRL-DEV-B01);
+- every command gets its ack in the first device-writable byte with a used len no larger than the bytes the device
+  wrote (SPLIT-DEV-16, the layout-independent row, shown under packed);
+- the control queue's used buffer notifications follow the driver event suppression structure like any packed
+  queue: RING_EVENT_FLAGS_DISABLE none (SPLIT-DEV-10), ENABLE one (SPLIT-DEV-11), and with VIRTIO_F_EVENT_IDX,
+  RING_EVENT_FLAGS_DESC at the slot the command's used descriptor fills one (SPLIT-DEV-13), a slot ahead none
+  (SPLIT-DEV-14); the packed forms of those rows, as in :mod:`test_packed_ring`.
+"""
+
+from __future__ import annotations
+
+import select
+
+import pytest
+
+from backend.virtio.features import NetF, has
+from backend.virtio.packed_ring import EventFlags, advance
+from testbenches.conformance.checks.test_net_ctrl_mq import (
+    PAIRS,
+    UNKNOWN_CLASS,
+    UNKNOWN_MQ_COMMAND,
+    VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_OK,
+    Ack,
+    MqRig,
+    _judge_ack,
+    _judge_steering,
+    _truncated_command,
+)
+from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
+from testbenches.conformance.plugin import Verdict
+
+pytestmark = pytest.mark.ring_layout("packed")
+
+IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11",
+       "SPLIT-DEV-13", "SPLIT-DEV-14")
+#: Receive and transmit rings: not a power of two.
+QSIZE = 61
+#: The control queue's ring: a command takes up to three slots, so every second or third one crosses the end.
+CTRL_QSIZE = 5
+CTRL_FEATURES = (1 << NetF.CTRL_VQ) | (1 << NetF.MQ)
+
+
+def _mq_rig(rig: Rig, features: int) -> MqRig:
+    return MqRig(rig, features, "packed", QSIZE, CTRL_QSIZE)
+
+
+def _command_irq(m: MqRig, expect: bool) -> tuple[Ack, bool]:
+    """A VQ_PAIRS_SET 1 on the control queue: its ack and whether the control queue's vector fired for it."""
+    fd = m.ctrl_fd
+    assert fd is not None
+    drain(fd)
+    before = m.ctrl_irqs
+    a = m.vq_pairs_set(1)
+    if m.ctrl_irqs == before:  # not already seen while the used descriptor was awaited
+        ready, _, _ = select.select([fd], [], [], EVENT_WAIT if expect else max(m.rig.quiet, QUIET_WAIT))
+        if ready:
+            m.ctrl_irqs += drain(fd)
+    return a, m.ctrl_irqs > before
+
+
+def _ctrl_enable_disable(verdict: Verdict, m: MqRig) -> None:
+    """DISABLE: no used buffer notification for the control queue (SPLIT-DEV-10); ENABLE: one (SPLIT-DEV-11)."""
+    if m.ctrl_vector is None:
+        for rid in ("SPLIT-DEV-10", "SPLIT-DEV-11"):
+            verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+        return
+    ring = m.packed(m.ctrl)
+    for flags in (EventFlags.ENABLE, EventFlags.DISABLE, EventFlags.ENABLE, EventFlags.DISABLE):
+        ring.set_driver_event(flags)
+        a, fired = _command_irq(m, flags == EventFlags.ENABLE)
+        what = (f"packed control queue of {ring.size}, driver event {flags.name}: {a.describe()}; interrupt "
+                f"{'came' if fired else 'did not come'}")
+        if flags == EventFlags.DISABLE:
+            verdict.check("SPLIT-DEV-10", a.used and not fired, what + " (expected none)")
+        else:
+            verdict.check("SPLIT-DEV-11", a.used and fired, what + " (expected one)")
+    ring.set_driver_event(EventFlags.ENABLE)
+
+
+def _ctrl_event_desc(verdict: Verdict, rig: Rig) -> None:
+    """With EVENT_IDX: RING_EVENT_FLAGS_DESC at the slot the next used descriptor fills gives one notification
+    (SPLIT-DEV-13), at a slot ahead of it none (SPLIT-DEV-14), over commands that cross the ring's end."""
+    feats = rig.features_for(event_idx=True, extra=CTRL_FEATURES, layout="packed")
+    if feats is None:
+        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
+            verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered with RING_PACKED")
+        return
+    m = _mq_rig(rig, feats)
+    if m.ctrl_fd is None:
+        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
+            verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+        return
+    ring = m.packed(m.ctrl)
+    # VQ_PAIRS_SET 1 is a list of two slots (command, ack) and one used descriptor in the first: the event at that
+    # slot is crossed, one at the slot after the list (or further) is not
+    for ahead in (0, 2, 0, 3, 0, 2, 0):
+        off, wrap = advance(ring.next_used, ring.used_wrap, ahead, ring.size)
+        ring.set_driver_event(EventFlags.DESC, off, wrap)
+        a, fired = _command_irq(m, not ahead)
+        rid = "SPLIT-DEV-14" if ahead else "SPLIT-DEV-13"
+        verdict.check(rid, a.used and fired == (not ahead),
+                      f"packed control queue of {ring.size}, driver event DESC at {off}/wrap {wrap} ({ahead} slot(s) "
+                      f"after the one the command's used descriptor fills, the list takes 2): {a.describe()}; "
+                      f"interrupt "
+                      f"{'came' if fired else 'did not come'} (expected {'none' if ahead else 'one'})")
+
+
+@pytest.mark.req(*IDS)
+def test_packed_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> None:
+    with bench.rig(bench.variant(queues=PAIRS)) as rig:
+        if not rig.offers("packed", verdict, *IDS):
+            return
+        feats = rig.features_for(event_idx=False, extra=CTRL_FEATURES, layout="packed")
+        if feats is None or not has(feats, NetF.CTRL_VQ):
+            for rid in IDS:
+                verdict.not_offered(rid, "VIRTIO_NET_F_CTRL_VQ not offered with RING_PACKED")
+            return
+        if not has(feats, NetF.MQ):
+            for rid in ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+                verdict.not_offered(rid, "VIRTIO_NET_F_MQ not offered")
+        if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+            return
+        m = _mq_rig(rig, feats)
+        n = m.max_pairs
+        if m.mq:
+            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET (packed rings)", 0)
+        for what, cls, cmd, data in (
+                (f"unknown MQ command {UNKNOWN_MQ_COMMAND:#x} carrying {n}", VIRTIO_NET_CTRL_MQ, UNKNOWN_MQ_COMMAND,
+                 n.to_bytes(2, "little")),
+                (f"unknown class {UNKNOWN_CLASS:#x} command 0 carrying {n}", UNKNOWN_CLASS,
+                 VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, n.to_bytes(2, "little")),
+                (f"unknown class {UNKNOWN_CLASS:#x}, no data", UNKNOWN_CLASS, 1, b"")):
+            _judge_ack(verdict, m.command(what, cls, cmd, data), None)
+        for a in (m.vq_pairs_set(0), m.vq_pairs_set(n + 1)):  # NETCTRL-DRV-13 broken: the device may refuse
+            _judge_ack(verdict, a, None)
+        if m.mq:
+            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET, after other commands and refused ones (packed "
+                                           "rings)", 100)
+        _truncated_command(verdict, m)
+        if m.mq:
+            layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
+            for i, pairs in enumerate(sorted({1, min(2, n), n})):
+                for layout in layouts:
+                    _judge_ack(verdict, m.vq_pairs_set(pairs, layout), VIRTIO_NET_OK)
+                # frames go out on the last transmit queue now enabled: every pair carries traffic
+                _judge_steering(verdict, m, pairs, f"after VQ_PAIRS_SET {pairs} (packed rings)", 200 + 100 * i,
+                                txq=2 * pairs - 1)
+            big = m.command("VQ_PAIRS_SET with a 4-byte ack buffer", VIRTIO_NET_CTRL_MQ,
+                            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, n.to_bytes(2, "little"), ack_room=4)
+            _judge_ack(verdict, big, VIRTIO_NET_OK)
+        _ctrl_enable_disable(verdict, m)
+        if m.mq:
+            m = _mq_rig(rig, feats)
+            _judge_steering(verdict, m, 1, "after reset and a new initialization (packed rings)", 600)
+        _ctrl_event_desc(verdict, rig)
