@@ -726,7 +726,8 @@ class VhostUserSession:
             view.release()
 
     def _get_vring_base(self, index: int) -> m.VringState:
-        if index not in self.rings and index in self._stopped_at_reset:  # stopped by the reset, not set up since
+        kept = self.rings.get(index)
+        if (kept is None or not kept.num) and index in self._stopped_at_reset:  # stopped by the reset, not set up since
             packed, state = self._stopped_at_reset.pop(index)
             return packed_num(index, state) if packed else m.VringState(index, state.avail_idx)
         ring = self._ring(index)
