@@ -54,10 +54,13 @@ class VhostUserRecorder:
         with self._lock:
             return list(self._messages)
 
-    def ring_bases(self, request: m.FrontendRequest, direction: str) -> dict[int, int]:
-        """``index -> num`` of every VringState ``request`` message seen going ``direction`` (the last one wins)."""
-        return {msg.payload.index: msg.payload.num for msg in self.messages()
-                if msg.request is request and msg.direction == direction and isinstance(msg.payload, m.VringState)}
+    def ring_bases(self, request: m.FrontendRequest, direction: str) -> dict[int, list[int]]:
+        """``index -> [num, ...]`` of the VringState ``request`` messages seen going ``direction``, in order."""
+        bases: dict[int, list[int]] = {}
+        for msg in self.messages():
+            if msg.request is request and msg.direction == direction and isinstance(msg.payload, m.VringState):
+                bases.setdefault(msg.payload.index, []).append(msg.payload.num)
+        return bases
 
     def _accept(self) -> None:
         self._listener.settimeout(ACCEPT_TIMEOUT)
