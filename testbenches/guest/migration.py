@@ -174,7 +174,10 @@ class MigrationGuest:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.process = ChildProcess(self.argv, log=workdir / f"{name}-console.log", name=name, interactive=True)
-            self.qmp.accept(QMP_TIMEOUT)
+            try:
+                self.qmp.accept(QMP_TIMEOUT)
+            except QmpError as exc:
+                raise QmpError(f"{name}: {exc}\n{self.process.tail()}") from None
         except BaseException:
             self.stop()
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,7 @@ class Recorded:
     direction: str
     request: m.Request
     payload: m.Payload
+    at: float  # time.monotonic() when the relay read it
 
 
 class VhostUserRecorder:
@@ -97,7 +99,7 @@ class VhostUserRecorder:
                 self.errors.append(f"{'reply' if reply else 'request'} stream: {exc}")
                 break
             with self._lock:
-                self._messages.append(Recorded(msg.direction, msg.request, msg.payload))
+                self._messages.append(Recorded(msg.direction, msg.request, msg.payload, time.monotonic()))
             try:
                 send_message(dst, msg)
             except OSError:

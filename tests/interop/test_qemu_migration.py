@@ -33,7 +33,7 @@ from scapy.layers.inet import ICMP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from backend.vhost_user.messages import FrontendRequest
+from backend.vhost_user.messages import FrontendRequest, Status
 from models.virtio_net.vq_state_block import SPEC as SIM_VQ_STATE
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.migration import MigrationGuest, MigrationStats, migrate
@@ -186,6 +186,18 @@ def check_wires(pcaps: list[Path]) -> tuple[int, int]:
     return requests[0], requests[1]
 
 
+def source_stop_ms(recorder: VhostUserRecorder) -> float:
+    """How long the source's backend took to stop the device, as the relay saw it: from QEMU's SET_STATUS 0 (the
+    first message of its stop) to the last GET_VRING_BASE answer."""
+    messages = recorder.messages()
+    answers = [r.at for r in messages if r.request is FrontendRequest.GET_VRING_BASE and r.direction == "B->F"]
+    assert answers, "the source never answered GET_VRING_BASE"
+    resets = [r.at for r in messages if r.request is FrontendRequest.SET_STATUS and r.direction == "F->B"
+              and isinstance(r.payload, Status) and r.payload.value == 0 and r.at <= answers[0]]
+    assert resets, "QEMU's stop sequence did not begin with SET_STATUS 0"
+    return (answers[-1] - resets[-1]) * 1000
+
+
 def free_udp_port() -> int:
     """A UDP port on 127.0.0.1 free now (the built-in NIC's socket binds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -266,6 +278,9 @@ def test_qemu_guest_migrates_between_serves_under_traffic(kernel: Kernel, tmp_pa
     given = recorders[0].ring_bases(FrontendRequest.GET_VRING_BASE, "B->F")
     taken = recorders[1].ring_bases(FrontendRequest.SET_VRING_BASE, "F->B")
     ended = recorders[1].ring_bases(FrontendRequest.GET_VRING_BASE, "B->F")
+    stop_ms = source_stop_ms(recorders[0])
+    record_property("vhost_user_source_stop_ms", round(stop_ms, 1))
+    print(f"serve's part of the source's stop (SET_STATUS 0 to the last GET_VRING_BASE answer): {stop_ms:.1f} ms")
     print(f"ring bases: source GET_VRING_BASE {given}, destination SET_VRING_BASE {taken}, destination "
           f"GET_VRING_BASE at power-off {ended}")
     assert set(given) == {0, 1} and given == taken and all(len(b) == 1 for b in given.values()), \
