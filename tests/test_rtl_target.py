@@ -58,6 +58,15 @@ SEEDED_BUGS: dict[str, set[str]] = {
     "VNET_BUG_USED_EVENT_IGNORED": {"SPLIT-DEV-14"},  # with EVENT_IDX every used buffer notifies, used_event unread
     "VNET_BUG_RX_USED_LEN": {"SPLIT-DEV-16"},  # a receive chain's used len leaves out the virtio_net_hdr
     "VNET_BUG_ISR_STICKY": {"PCI-DEV-41"},  # reading ISR status does not clear it
+    # packed rings: the Device Ring Wrap Counter never flips, so from the second lap on the used flags say "used"
+    # for the wrong lap and the driver never sees its buffers come back
+    "VNET_BUG_PACKED_USED_WRAP": {"PACKED-DEV-02"},
+    # a used descriptor's flags word is written before its id and len: the device changes a descriptor after
+    # handing it back (the DMA order watch), and a fast driver reads a stale id or len
+    "VNET_BUG_PACKED_FLAGS_FIRST": {"PACKED-DEV-07"},
+    # RING_EVENT_FLAGS_DISABLE in the driver event suppression structure is read but taken as ENABLE (the packed
+    # form of VRING_AVAIL_F_NO_INTERRUPT)
+    "VNET_BUG_PACKED_DISABLE_IGNORED": {"SPLIT-DEV-10"},
 }
 #: The property run over 1000+ random workloads proves the design, not a seeded bug's detection.
 VARIANT_ARGS = ("-k", "not thousand_workloads")
