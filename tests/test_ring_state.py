@@ -400,7 +400,7 @@ def test_get_vring_base_mid_traffic_through_vhost_user(spec: str, request: pytes
         assert not session.stats.errors, session.stats.errors
 
 
-# --- packed rings (the model's variant: the RTL has split rings only) ----------------------------------------
+# --- packed rings (the RTL and the model's variant) --------------------------------------------------------
 
 PACKED_QSIZE = 64
 
@@ -443,11 +443,14 @@ def collect(ring: DriverPackedQueue, call: int, count: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("spec", TARGETS)
 @pytest.mark.parametrize("stop_after", [0, 1, 3, 5, 6])
-def test_packed_ring_state_mid_traffic(stop_after: int) -> None:
+def test_packed_ring_state_mid_traffic(stop_after: int, spec: str, request: pytest.FixtureRequest) -> None:
     """Packed rings across their wrap: GET_VRING_BASE gives avail and used index and wrap counter where the device
     stopped (equal, as it used everything it took in order, and equal to where the driver finds its last used
     descriptor), and a fresh device resumed there carries the rest, every frame once."""
+    if spec == RTL:
+        request.getfixturevalue("rtl_built")
     warm = [test_frame(1000 + i) for i in range(40)]  # moves both rings near their end: the test traffic wraps
     chunks = [8] * 6
     frames = frames_for(sum(chunks))
@@ -455,7 +458,7 @@ def test_packed_ring_state_mid_traffic(stop_after: int) -> None:
         front: VdpaFrontend | None = None
         rings: dict[int, DriverPackedQueue] = {}
         try:
-            with driven(SIM_VQ_STATE) as a:
+            with driven(spec) as a:
                 front = VdpaFrontend(a, mem)
                 bring_up_packed(front, a, rings, None)
                 rx, tx = rings[RXQ], rings[TXQ]
@@ -481,7 +484,7 @@ def test_packed_ring_state_mid_traffic(stop_after: int) -> None:
                 st_rx = a.get_vq_state(RXQ)
                 rx.used()
                 assert (st_rx.avail_idx, st_rx.avail_wrap) == (st_rx.used_idx, st_rx.used_wrap) == packed_position(rx)
-            with driven(SIM_VQ_STATE) as b:
+            with driven(spec) as b:
                 bring_up_packed(front, b, rings, {RXQ: st_rx, TXQ: st_tx})
                 for n in chunks[stop_after:]:
                     for f in frames[sent:sent + n]:
