@@ -5,7 +5,9 @@ in both, the job baked into the initramfs (``/etc/job.sh``: no virtio-9p job dir
 migrate), the serial console captured, and a QMP monitor. The monitor is a socket this process listens on and
 QEMU connects to at its start (``-chardev socket,path=...`` in client mode), so no polling for QEMU's socket to
 appear. The destination starts with ``-incoming defer`` and gets its URI with ``migrate-incoming``, which returns
-once it listens.
+once it listens; it starts paused (``-S``), so that when the migration has completed both sides' guest RAM can be
+compared (:func:`differing_pages`: equal unless a page written during the migration was not in a dirty log) before
+:func:`resume` lets the guest run on.
 
 :func:`migrate` runs the migration from the source and waits for its end through QMP's ``MIGRATION`` events (the
 ``events`` capability), then reads ``query-migrate``: QEMU's own ``downtime`` and ``total-time`` in ms. Every wait
@@ -14,7 +16,10 @@ has a deadline; the processes are :class:`~sim.child_process.ChildProcess` (stop
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -36,6 +41,10 @@ MIGRATION_MODULES: Final = ("virtio_pci", "virtio_net")
 #: Migration bandwidth for both runs: QEMU 7.2's default (32 MiB/s) would spend seconds on a 128 MiB guest.
 MAX_BANDWIDTH: Final = 1 << 30
 _END_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+#: How the memfd of a ``memory-backend-memfd`` shows in ``/proc/PID/fd`` (QEMU 7.2 names it after the type).
+_RAM_MEMFD: Final = "/memfd:memory-backend-memfd"
+PAGE: Final = 4096
+_CHUNK: Final = 1 << 20
 
 
 class QmpError(RuntimeError):
@@ -152,7 +161,8 @@ class MigrationGuest:
     """One QEMU of a migration pair, in ``workdir``: console on stdio (its stdin a pipe: :meth:`send` types on the
     guest's serial line), QMP at ``qmp_path`` (a short path: socket names are limited to 107 bytes).
 
-    ``net_args`` give the NIC under test; ``incoming`` starts it as a migration destination (``-incoming defer``).
+    ``net_args`` give the NIC under test; ``incoming`` starts it as a migration destination (``-incoming defer``,
+    paused until :func:`resume`).
     The guest runs ``job`` from its initramfs and prints ``vdpa-guest: boot 1 job exit N`` at its end.
     """
 
@@ -169,7 +179,7 @@ class MigrationGuest:
                      # a vhost-user backend maps guest RAM from this fd; the built-in NIC gets the same memory
                      "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on", "-numa", "node,memdev=mem",
                      "-chardev", f"socket,id=qmp,path={qmp_path}", "-mon", "chardev=qmp,mode=control",
-                     *net_args, *(("-incoming", "defer") if incoming else ()),
+                     *net_args, *(("-incoming", "defer", "-S") if incoming else ()),
                      "-append", "console=ttyS0 quiet panic=-1"]
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -228,5 +238,32 @@ def migrate(source: MigrationGuest, destination: MigrationGuest, uri: str, timeo
     stats = MigrationStats.from_query(info)
     if end["data"]["status"] != "completed" or stats.status != "completed":
         raise QmpError(f"migration {end['data']['status']}: {info}")
-    destination.qmp.wait_event("RESUME", max(0.0, deadline - time.monotonic()))
+    destination.qmp.wait_event("MIGRATION", max(0.0, deadline - time.monotonic()), status=_END_STATES)
     return stats
+
+
+def resume(destination: MigrationGuest, timeout: float = QMP_TIMEOUT) -> None:
+    """Let the migrated guest run on the destination (``cont``), once it runs."""
+    destination.qmp.command("cont", timeout=timeout)
+    destination.qmp.wait_event("RESUME", timeout)
+
+
+def guest_ram(guest: MigrationGuest) -> Path:
+    """The guest RAM's memfd (``memory-backend-memfd,id=mem``) as QEMU holds it: ``/proc/PID/fd/N``."""
+    fds = Path(f"/proc/{guest.process.pid}/fd")
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            if os.readlink(fd).startswith(_RAM_MEMFD):
+                return fd
+    raise QmpError(f"{guest.name}: no {_RAM_MEMFD} among QEMU's fds")
+
+
+def differing_pages(a: Path, b: Path, size: int) -> list[int]:
+    """Offsets of the 4 KiB pages whose content differs between the memory files ``a`` and ``b`` (``size`` bytes)."""
+    out: list[int] = []
+    with a.open("rb") as fa, b.open("rb") as fb, mmap.mmap(fa.fileno(), size, prot=mmap.PROT_READ) as ma, \
+            mmap.mmap(fb.fileno(), size, prot=mmap.PROT_READ) as mb:
+        for off in range(0, size, _CHUNK):
+            if ma[off:off + _CHUNK] != mb[off:off + _CHUNK]:
+                out += [p for p in range(off, off + _CHUNK, PAGE) if ma[p:p + PAGE] != mb[p:p + PAGE]]
+    return out
