@@ -24,7 +24,7 @@ LINT_VARIANTS: list[dict[str, str]] = [
     {"DATA_W": "32"},
     {"DATA_W": "128", "MAX_BURST": "256"},
     {"DATA_W": "512", "BUF_BYTES": "4096", "ADDR_W": "48"},
-    {"EVENT_IDX": "0", "ACCESS_PLATFORM": "0", "MAX_QUEUE_SIZE": "32768"},
+    {"EVENT_IDX": "0", "ACCESS_PLATFORM": "0", "RING_PACKED": "0", "MAX_QUEUE_SIZE": "32768"},
     {"NUM_PAIRS": "2"},
     {"NUM_PAIRS": "5", "DATA_W": "32"},
 ]
