@@ -207,8 +207,12 @@ def test_queue_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> Non
         quiet = not fired and used_after == used_before and not changed
         if rec.available:
             touched = [a for a in rec.accesses if any(s <= a.iova < s + n for s, n in old_parts)]
-            quiet = quiet and not rec.accesses
-            verdict.check("RESET-DEV-03", not touched and not rec.accesses,
+            # receiveq1 stays live: frames the transmit traffic above looped back may still arrive (an asynchronous
+            # wire, as the RTL's) and the device looks at its ring for a buffer; those reads are no use of transmitq1
+            rx_parts = list(ring_parts(d.ring(RX)).values())
+            other = [a for a in rec.accesses if not any(s <= a.iova < s + n for s, n in rx_parts)]
+            quiet = quiet and not other
+            verdict.check("RESET-DEV-03", not touched and not other,
                           f"device accesses after the queue reset: {rec.describe()}")
         # A 0 read while the reset is still in progress would show as later activity on the queue.
         verdict.check("PCI-DEV-23", ones_then_zero and quiet,
