@@ -78,6 +78,17 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def settled_thread_count(pid: int, want: int, timeout: float = NOTICE) -> int:
+    """serve's thread count once it equals ``want`` or ``timeout`` passed (a session's thread logs the
+    disconnect before it has returned)."""
+    deadline = time.monotonic() + timeout
+    count = thread_count(pid)
+    while count != want and time.monotonic() < deadline:
+        time.sleep(0.05)  # sampling /proc, not synchronising: the bound is the deadline
+        count = thread_count(pid)
+    return count
+
+
 def settled_fd_count(pid: int, want: int, timeout: float = NOTICE) -> int:
     """serve's fd count once it equals ``want`` or ``timeout`` passed (a session's end is logged after its
     release, but the last close may trail the log line by a moment)."""
@@ -133,7 +144,8 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
     assert "Traceback" not in log and "failed" not in log, log
     assert log.count("vhost-user#1") == 1, log  # the cause, in one line
     assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
-    assert thread_count(serve.pid) == idle_threads  # the session's thread (and its device's relay) ended
+    # the session's thread (and its device's relay) ended
+    assert settled_thread_count(serve.pid, idle_threads) == idle_threads
 
     # The next session, on a device process started again at the same path, moves frames intact.
     dev2 = started.enter_context(DeviceProcess(dev_sock, model, log=tmp_path / "device2.log"))

@@ -33,7 +33,7 @@ from tests.interop.test_qemu_vhost_user import (
     read_env,
 )
 from tests.soak import fd_count
-from tests.test_peer_faults import NOTICE, settled_fd_count, thread_count
+from tests.test_peer_faults import NOTICE, settled_fd_count, settled_thread_count, thread_count
 
 #: The first guest's job: eth0 up, then echo requests back to back (each sent when the last reply came) until
 #: QEMU is killed.
@@ -99,7 +99,8 @@ def test_qemu_killed_mid_traffic(kernel: Kernel, tmp_path: Path, started: contex
     assert lines == [lines[0]] and "frontend disconnected" in lines[0], lines
     assert "Traceback" not in serve.proc.output()
     assert settled_fd_count(serve.pid, idle) == idle, f"serve holds {fd_count(serve.pid)} fds, {idle} idle"
-    assert thread_count(serve.pid) == idle_threads, "the session's thread did not end"
+    threads = settled_thread_count(serve.pid, idle_threads)
+    assert threads == idle_threads, f"the session's thread did not end: {threads} threads, {idle_threads} idle"
 
     # A second guest on the same serve: a fresh device in a new session, every echo of its job back intact.
     second = started.enter_context(Guest(tmp_path / "guest2", kernel=kernel, shared_memory=True, name="qemu2",

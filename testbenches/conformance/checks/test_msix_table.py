@@ -36,6 +36,20 @@ def _pba(dev: PciDevice, info: MsixInfo) -> list[int]:
     return [v for v in range(info.table_size) if raw[v // 8] >> (v % 8) & 1]
 
 
+def _pba_settled(dev: PciDevice, info: MsixInfo, expected: list[int], timeout: float = EVENT_WAIT) -> list[int]:
+    """The Pending Bits once they read ``expected``, or as they read when ``timeout`` ran out.
+
+    A device in its own process (vfio-user, a real card) sets a Pending Bit after the used index or status write
+    the check waited for, and nothing orders the driver's read of the PBA after it; a single read races the
+    device. The wait is bounded, so a device that never sets (or never clears) the bit still fails."""
+    deadline = time.monotonic() + timeout
+    pending = _pba(dev, info)
+    while pending != expected and time.monotonic() < deadline:
+        time.sleep(0.002)  # polling a register the device updates from its own thread, bounded
+        pending = _pba(dev, info)
+    return pending
+
+
 def _address(v: int) -> int:
     """A message address unlike every other entry's, with both halves non-zero."""
     return 0xFEE0_0000 | (v << 12) | 0x5A5A_0000_0000_0000 | (v << 2)
@@ -130,7 +144,7 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, len(heads), EVENT_WAIT)
         early = wait_fd(fd, r.quiet) if not seen else True
-        pending = _pba(r.pci, info)
+        pending = _pba_settled(r.pci, info, [vector])
         entry = read_int(r.pci, info.table_bar, info.table_offset + vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_VECTOR_CTRL,
                          4)
         verdict.check("PCI-DEV-01", used and not early and pending == [vector] and not entry & MSIX_ENTRY_CTRL_MASKED,
@@ -139,7 +153,7 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
                       f"Mask bit {entry & MSIX_ENTRY_CTRL_MASKED}")
         config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
         fired = wait_fd(fd, EVENT_WAIT)
-        after = _pba(r.pci, info)
+        after = _pba_settled(r.pci, info, [])
         verdict.check("PCI-DEV-01", fired and not after,
                       f"Function Mask cleared: vector {vector} {'signalled' if fired else 'silent'}, pending bits "
                       f"{after} (expected none)")
@@ -175,7 +189,7 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
         ring.publish()
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
-        after_tx = _pba(r.pci, info)
+        after_tx = _pba_settled(r.pci, info, [tx_vector])
         ring.push_head(ring.size + 5)  # the device refuses the ring: DEVICE_NEEDS_RESET and a config change
         ring.publish()
         r.doorbell(TX)
@@ -184,10 +198,10 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
             time.sleep(0.005)  # polling a register the device sets from its own thread, bounded
         needs_reset = bool(d.transport.status() & NEEDS_RESET)
         early = bool(seen) or wait_fd(tx_fd, 0) or wait_fd(config_fd, r.quiet)
-        held = _pba(r.pci, info)
+        held = _pba_settled(r.pci, info, sorted((config_vector, tx_vector)))
         config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
         fired = {"config": wait_fd(config_fd, EVENT_WAIT), "transmitq1": wait_fd(tx_fd, EVENT_WAIT)}
-        after = _pba(r.pci, info)
+        after = _pba_settled(r.pci, info, [])
         both = sorted((config_vector, tx_vector))
         verdict.check("PCI-DEV-01", used and after_tx == [tx_vector] and needs_reset and not early and held == both
                       and all(fired.values()) and not after,
@@ -222,10 +236,10 @@ def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Ve
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
         early = bool(seen) or wait_fd(fd, r.quiet)
-        held = _pba(r.pci, info)
+        held = _pba_settled(r.pci, info, [vector])
         r.pci.set_irqs(IrqIndex.MSIX, vector, [fd])
         fired = wait_fd(fd, EVENT_WAIT)
-        after = _pba(r.pci, info)
+        after = _pba_settled(r.pci, info, [])
         ring.used()
         verdict.check("PCI-DEV-01", bool(ctrl & MSIX_ENTRY_CTRL_MASKED) and used and not early and held == [vector]
                       and fired and not after,

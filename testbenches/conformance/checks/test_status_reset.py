@@ -209,7 +209,7 @@ def test_queue_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> Non
             touched = [a for a in rec.accesses if any(s <= a.iova < s + n for s, n in old_parts)]
             # receiveq1 stays live: frames the transmit traffic above looped back may still arrive (an asynchronous
             # wire, as the RTL's) and the device looks at its ring for a buffer; those reads are no use of transmitq1
-            rx_parts = list(ring_parts(d.ring(RX)).values())
+            rx_parts = list(ring_parts(d.queues.get(RX) or d.packed[RX]).values())
             other = [a for a in rec.accesses if not any(s <= a.iova < s + n for s, n in rx_parts)]
             quiet = quiet and not other
             verdict.check("RESET-DEV-03", not touched and not other,
