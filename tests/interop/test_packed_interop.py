@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from backend.virtio.features import F, NetF
+from models.rtl.targets import RtlOptions, build_variant
+from sim.rtl.build import ToolchainMissing
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.qemu import Guest, vhost_user_net_args
-from testbenches.peers.process import require_program
+from testbenches.peers.process import require_peer, require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
 from tests.interop import test_qemu_vhost_user as qemu_job
@@ -29,6 +31,8 @@ from tests.interop.test_testpmd_virtio_user import FRAME_LEN, assert_clean_log, 
 #: whatever the default becomes.
 PACKED_FEATURES = 0x8000011F30018028
 DEVICE = f"sim:virtio-net,wire=loopback,features={PACKED_FEATURES:#x}"
+#: The RTL offers RING_PACKED itself (its feature bits come from the design).
+RTL_DEVICE = "rtl:virtio-net,wire=loopback"
 TXONLY_TARGET = 4096
 TXONLY_TIMEOUT = 60.0
 
@@ -107,14 +111,19 @@ def packed_on(args: list[str]) -> list[str]:
     return out
 
 
-def test_qemu_guest_packed_on_serve(kernel: Kernel, tmp_path: Path, started: contextlib.ExitStack,
+@pytest.mark.parametrize("device", [DEVICE, RTL_DEVICE], ids=["model", "rtl"])
+def test_qemu_guest_packed_on_serve(kernel: Kernel, tmp_path: Path, started: contextlib.ExitStack, device: str,
                                     record_property: Callable[[str, object], None]) -> None:
-    """A Linux guest's virtio_net on packed rings (QEMU ``packed=on``) through serve: ping crosses the device
-    twice per echo, every echo answered with intact checksums, payloads intact on the wire; a guest reboot
-    (QEMU resets the device, the driver negotiates packed again) leaves a working device."""
+    """A Linux guest's virtio_net on packed rings (QEMU ``packed=on``) through serve, on the behavioral model and
+    on the RTL: ping crosses the device twice per echo, every echo answered with intact checksums, payloads
+    intact on the wire; a guest reboot (QEMU resets the device, the driver negotiates packed again) leaves a
+    working device."""
+    if device.startswith("rtl:"):
+        with require_peer(ToolchainMissing):
+            build_variant(RtlOptions("virtio-net"))  # serve then finds it cached instead of building at startup
     sock = tmp_path / "vu.sock"
     pcap = tmp_path / "wire.pcap"
-    serve = started.enter_context(ServeProcess(str(sock), f"{DEVICE},pcap={pcap}", log=tmp_path / "serve.log"))
+    serve = started.enter_context(ServeProcess(str(sock), f"{device},pcap={pcap}", log=tmp_path / "serve.log"))
     assert serve.wait_listening(qemu_job.READY_TIMEOUT) == f"listening on {sock}"
     guest = Guest(tmp_path / "guest", kernel=kernel, shared_memory=True, allow_reboot=True,
                   extra_args=packed_on(vhost_user_net_args(sock, mac=qemu_job.MAC)))
