@@ -12,7 +12,7 @@ and serves the same block (models/rtl/README.md, "Vendor vq state block"):
   driver's GET_VRING_BASE stops the queue that way). The model finishes a chain before a register access is
   served (both hold the device lock), so the stop position is exact, as the RTL's is.
 
-Packed rings too (the RTL has split rings only): with VIRTIO_F_RING_PACKED the word is vhost-user's packed state,
+Packed rings too, as the RTL's block does: with VIRTIO_F_RING_PACKED the word is vhost-user's packed state,
 bits 0-14 avail index, 15 avail wrap counter, 16-30 used index, 31 used wrap counter, with the same rules (a
 low-half write sets both halves: the ring resumes with everything before it used).
 """
