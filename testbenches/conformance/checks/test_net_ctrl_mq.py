@@ -346,6 +346,39 @@ def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
     ring.write_avail_flags(0)
 
 
+def judge_mq_commands(verdict: Verdict, m: MqRig, note: str = "") -> None:
+    """The MQ command sequence on either ring layout (``note`` says which in the evidence): receiveq1 only
+    before any VQ_PAIRS_SET, also after commands that are not a valid one (unknown command, unknown class,
+    pairs out of range, a truncated command); then, with MQ, every valid VQ_PAIRS_SET in every command layout
+    acknowledged and steering within the pairs it enabled, and a larger ack buffer's first byte the ack."""
+    n = m.max_pairs
+    if m.mq:
+        _judge_steering(verdict, m, 1, f"before VQ_PAIRS_SET{note}", 0)
+    for what, cls, cmd, data in (
+            (f"unknown MQ command {UNKNOWN_MQ_COMMAND:#x} carrying {n}", VIRTIO_NET_CTRL_MQ, UNKNOWN_MQ_COMMAND,
+             struct.pack("<H", n)),
+            (f"unknown class {UNKNOWN_CLASS:#x} command 0 carrying {n}", UNKNOWN_CLASS,
+             VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", n)),
+            (f"unknown class {UNKNOWN_CLASS:#x}, no data", UNKNOWN_CLASS, 1, b"")):
+        _judge_ack(verdict, m.command(what, cls, cmd, data), None)
+    for a in (m.vq_pairs_set(0), m.vq_pairs_set(n + 1)):  # NETCTRL-DRV-13 broken: the device may refuse
+        _judge_ack(verdict, a, None)
+    if m.mq:
+        _judge_steering(verdict, m, 1, f"before VQ_PAIRS_SET, after other commands and refused ones{note}", 100)
+    _truncated_command(verdict, m)
+    if not m.mq:
+        return
+    layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
+    for i, pairs in enumerate(sorted({1, min(2, n), n})):
+        for layout in layouts:
+            _judge_ack(verdict, m.vq_pairs_set(pairs, layout), VIRTIO_NET_OK)
+        # frames go out on the last transmit queue now enabled: every pair carries traffic
+        _judge_steering(verdict, m, pairs, f"after VQ_PAIRS_SET {pairs}{note}", 200 + 100 * i, txq=2 * pairs - 1)
+    big = m.command("VQ_PAIRS_SET with a 4-byte ack buffer", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                    struct.pack("<H", n), ack_room=4)
+    _judge_ack(verdict, big, VIRTIO_NET_OK)
+
+
 @pytest.mark.req(*IDS)
 def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(bench.variant(queues=PAIRS)) as rig:
@@ -360,39 +393,11 @@ def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> N
         if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
             return
         m = MqRig(rig, feats)
-        n = m.max_pairs
-        # Before any VQ_PAIRS_SET: receiveq1 only, also after commands that are not a valid VQ_PAIRS_SET.
-        if m.mq:
-            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET", 0)
-        for what, cls, cmd, data in (
-                (f"unknown MQ command {UNKNOWN_MQ_COMMAND:#x} carrying {n}", VIRTIO_NET_CTRL_MQ, UNKNOWN_MQ_COMMAND,
-                 struct.pack("<H", n)),
-                (f"unknown class {UNKNOWN_CLASS:#x} command 0 carrying {n}", UNKNOWN_CLASS,
-                 VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", n)),
-                (f"unknown class {UNKNOWN_CLASS:#x}, no data", UNKNOWN_CLASS, 1, b"")):
-            _judge_ack(verdict, m.command(what, cls, cmd, data), None)
-        refused = [m.vq_pairs_set(0), m.vq_pairs_set(n + 1)]  # NETCTRL-DRV-13 broken: the device may refuse
-        for a in refused:
-            _judge_ack(verdict, a, None)
-        if m.mq:
-            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET, after other commands and refused ones", 100)
-        _truncated_command(verdict, m)
+        judge_mq_commands(verdict, m)
         if not m.mq:
             _ctrl_notifications(verdict, m)
             _event_idx_notifications(verdict, rig, feats)
             return
-        # Valid VQ_PAIRS_SET, in every command layout: OK, then steering within the enabled pairs.
-        layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
-        steps = sorted({1, min(2, n), n})
-        for i, pairs in enumerate(steps):
-            for layout in layouts:
-                _judge_ack(verdict, m.vq_pairs_set(pairs, layout), VIRTIO_NET_OK)
-            # frames go out on the last transmit queue now enabled: every pair carries traffic
-            _judge_steering(verdict, m, pairs, f"after VQ_PAIRS_SET {pairs}", 200 + 100 * i, txq=2 * pairs - 1)
-        # A larger ack buffer: the ack is its first byte.
-        big = m.command("VQ_PAIRS_SET with a 4-byte ack buffer", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
-                        struct.pack("<H", n), ack_room=4)
-        _judge_ack(verdict, big, VIRTIO_NET_OK)
         _ctrl_notifications(verdict, m)
         # After a reset and a new initialization: receiveq1 only again.
         m = MqRig(rig, feats)

@@ -28,16 +28,10 @@ from backend.virtio.features import NetF, has
 from backend.virtio.packed_ring import EventFlags, advance
 from testbenches.conformance.checks.test_net_ctrl_mq import (
     PAIRS,
-    UNKNOWN_CLASS,
-    UNKNOWN_MQ_COMMAND,
-    VIRTIO_NET_CTRL_MQ,
-    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
-    VIRTIO_NET_OK,
     Ack,
     MqRig,
-    _judge_ack,
     _judge_steering,
-    _truncated_command,
+    judge_mq_commands,
 )
 from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
 from testbenches.conformance.plugin import Verdict
@@ -134,33 +128,7 @@ def test_packed_control_queue_and_receive_steering(bench: Bench, verdict: Verdic
         if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
             return
         m = _mq_rig(rig, feats)
-        n = m.max_pairs
-        if m.mq:
-            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET (packed rings)", 0)
-        for what, cls, cmd, data in (
-                (f"unknown MQ command {UNKNOWN_MQ_COMMAND:#x} carrying {n}", VIRTIO_NET_CTRL_MQ, UNKNOWN_MQ_COMMAND,
-                 n.to_bytes(2, "little")),
-                (f"unknown class {UNKNOWN_CLASS:#x} command 0 carrying {n}", UNKNOWN_CLASS,
-                 VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, n.to_bytes(2, "little")),
-                (f"unknown class {UNKNOWN_CLASS:#x}, no data", UNKNOWN_CLASS, 1, b"")):
-            _judge_ack(verdict, m.command(what, cls, cmd, data), None)
-        for a in (m.vq_pairs_set(0), m.vq_pairs_set(n + 1)):  # NETCTRL-DRV-13 broken: the device may refuse
-            _judge_ack(verdict, a, None)
-        if m.mq:
-            _judge_steering(verdict, m, 1, "before VQ_PAIRS_SET, after other commands and refused ones (packed "
-                                           "rings)", 100)
-        _truncated_command(verdict, m)
-        if m.mq:
-            layouts = ["one", "split", *(["indirect"] if m.indirect else [])]
-            for i, pairs in enumerate(sorted({1, min(2, n), n})):
-                for layout in layouts:
-                    _judge_ack(verdict, m.vq_pairs_set(pairs, layout), VIRTIO_NET_OK)
-                # frames go out on the last transmit queue now enabled: every pair carries traffic
-                _judge_steering(verdict, m, pairs, f"after VQ_PAIRS_SET {pairs} (packed rings)", 200 + 100 * i,
-                                txq=2 * pairs - 1)
-            big = m.command("VQ_PAIRS_SET with a 4-byte ack buffer", VIRTIO_NET_CTRL_MQ,
-                            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, n.to_bytes(2, "little"), ack_room=4)
-            _judge_ack(verdict, big, VIRTIO_NET_OK)
+        judge_mq_commands(verdict, m, " (packed rings)")
         _ctrl_enable_disable(verdict, m)
         if m.mq:
             m = _mq_rig(rig, feats)
