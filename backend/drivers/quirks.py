@@ -234,6 +234,14 @@ QEMU_VIRTIO_NET = Quirk(
                   "'2 direct + indirect (RX): device_status 0x4f'; 'used idx rx=3 tx=6 after 6 frames "
                   "looped back'. (The order of the used writes, SPLIT-DEV-15, is not observable through VFIO.)",
                   ("SPLIT-DEV-08", "SPLIT-DEV-16")),
+        Deviation("queue_msix_vector of a queue the device does not have takes the vector written to it "
+                  "(any queue_select below QEMU's 1024 queues keeps a vector, present or not), and a "
+                  "queue_select at or above 1024 is ignored, so the next read shows the previously selected "
+                  "queue's vector instead of NO_VECTOR.",
+                  f"{_QEMU_RUN}: 'num_queues 3: queue_msix_vector of absent queues (read, then read after "
+                  "writing 0) {3: ('0xffff', '0x0'), 4: ('0xffff', '0x0'), 32767: ('0x0', '0x0'), "
+                  "65535: ('0x0', '0x0')} (NO_VECTOR expected)'; queue 0 mapped to vector 0 reads 0x0.",
+                  ("PCI-DEV-58",)),
         Deviation("With VIRTIO_F_EVENT_IDX the first used buffer notification after a queue is set up is sent "
                   "whatever used_event says (QEMU's signalled_used_valid starts false).",
                   f"{_QEMU_RUN}: 'used idx 0->1 (1 buffer(s)), used_event 1 (used idx+1), avail.flags=0: 1 "
