@@ -1,5 +1,5 @@
 """Fixtures the test modules share: guest memory, short socket paths, the processes a test starts
-(stopped at its end, also when it fails) and the QEMU guest kernel."""
+(stopped at its end, also when it fails), the QEMU guest kernel and the whole suite's run on the model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from sim.memory import GuestMemory
 from testbenches.guest.kernel import GuestKernelError, Kernel, fetch_kernel
 from testbenches.guest.qemu import QEMU, QEMU_HINT
 from testbenches.peers.process import MissingPeer, peer_missing, require_program
+from tests.suite_runner import run_suite
 
 #: Guest memory above 4 GiB: every address a driver writes needs the high half of its register.
 GPA = 0x1_0000_0000
@@ -62,3 +64,13 @@ def kernel() -> Kernel:
         return fetch_kernel()
     except (MissingPeer, GuestKernelError) as exc:
         peer_missing(f"guest kernel: {exc}")
+
+
+@pytest.fixture(scope="session")
+def sim_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The whole conformance suite on ``sim:virtio-net`` in a child process, once per session: the model's own
+    test judges it, and the broken-model and RTL tests take it as their reference. ``_dir`` is its report."""
+    out = tmp_path_factory.mktemp("sim-suite")
+    data = run_suite("sim:virtio-net", out)
+    data["_dir"] = out
+    return data

@@ -1,6 +1,6 @@
 """The suite finds bugs: each deliberately broken model fails it, naming the right requirement ids.
 
-The suite runs once on the stock model; each variant then runs the check
+The suite runs once on the stock model (the session's ``sim_suite``); each variant then runs the check
 modules that judged its ids there, in a child process (two at a time: the
 machines have two cores); the parametrised tests read their variant's results.
 The packed-ring variants run on a spec that offers VIRTIO_F_RING_PACKED.
@@ -65,9 +65,11 @@ VARIANT_ARGS = ("-k", "not thousand_workloads")
 
 
 @pytest.fixture(scope="module")
-def variant_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    """The suite once on the stock model, then on each variant the check modules that judged its ids there."""
-    reference = run_suite("sim:virtio-net", tmp_path_factory.mktemp("stock"), *VARIANT_ARGS)
+def variant_results(sim_suite: dict[str, Any],
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
+    """The suite once on the stock model (the session's run), then on each variant the check modules that
+    judged its ids there."""
+    reference = sim_suite
     assert not ids_with(reference, "failed"), "the stock model fails ids: see tests/test_suite_on_sim.py"
 
     def one(variant: str) -> tuple[str, dict[str, Any]]:

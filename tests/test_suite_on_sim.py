@@ -3,14 +3,14 @@ ids of tests/data/expected-ids-sim.txt."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from tests.expected_ids import difference, expected_path, read_expected
-from tests.suite_runner import ids_with, run_suite
+from tests.suite_runner import ids_with
 
 
-def test_suite_passes_on_sim(tmp_path: Path) -> None:
-    data = run_suite("sim:virtio-net", tmp_path)
+def test_suite_passes_on_sim(sim_suite: dict[str, Any]) -> None:
+    data = sim_suite
     failed = ids_with(data, "failed")
     assert not failed, {i: data["ids"][i]["evidence"] for i in sorted(failed)}
     assert data["_exit"] == 0, data["_stdout"][-3000:]
@@ -18,4 +18,4 @@ def test_suite_passes_on_sim(tmp_path: Path) -> None:
     # The exact set, not a count: losing an id (a check that stopped judging it) fails the run.
     diff = difference(read_expected("sim"), passed, "sim:virtio-net", expected_path("sim"))
     assert not diff, diff
-    assert (tmp_path / "report.html").stat().st_size > 100_000  # all 490 rows
+    assert (data["_dir"] / "report.html").stat().st_size > 100_000  # all 490 rows
