@@ -92,6 +92,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-k", metavar="EXPR", help="only checks matching the pytest -k expression")
     p.add_argument("--sim", choices=("verilator", "icarus"), help="RTL simulator (rtl: target)")
     p.add_argument("--waves", action="store_true", help="dump waveforms (rtl: target)")
+    p.add_argument("--quirk", metavar="NAME",
+                   help="quirk entry whose recorded deviations describe the device; its failures are reported "
+                        "as 'deviation' (default: the entry the device's PCI ids match)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="plain pytest output instead of the progress bar")
     p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARG", help="extra pytest arguments after --")

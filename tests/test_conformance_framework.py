@@ -232,7 +232,7 @@ def test_reports_are_written(pytester: pytest.Pytester) -> None:
     junit = pytester.path / "pytest-junit.xml"
     result, out = run_checks(pytester, f"--junitxml={junit}")
     data = json.loads((out / "results.json").read_text())
-    assert set(data) == {"target", "started", "duration", "ids", "summary"}
+    assert set(data) == {"target", "started", "duration", "quirk", "ids", "summary"}
     assert data["target"] == "sim:virtio-net"
     assert len(data["ids"]) == 490
     assert data["summary"]["total"] == 490 and data["summary"]["failed"] == 4

@@ -92,12 +92,21 @@ class Deviation:
     """One way the device departs from the spec, as the conformance suite found it on the device itself.
 
     ``req_ids`` are the requirement ids the suite reports failed because of it (empty when the suite
-    works around it); ``evidence`` is what was observed, and where.
+    works around it); ``evidence`` is what was observed, and where. ``checks`` names the check functions
+    whose failures of those ids it explains; empty, a failure of those ids in any check. A failure it does
+    not explain stays a failure.
     """
 
     what: str
     evidence: str
     req_ids: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+
+    def explains(self, req_id: str, nodeid: str) -> bool:
+        """Whether the failure of ``req_id`` in the check ``nodeid`` (``path::name[params]``) is this one."""
+        if req_id not in self.req_ids:
+            return False
+        return not self.checks or nodeid.rpartition("::")[2].partition("[")[0] in self.checks
 
 
 @dataclass(frozen=True)
@@ -109,12 +118,16 @@ class Quirk:
     vq_state: VqStateBlock | None = None
     #: Feature bits the driver must not offer upward although the device lists them.
     hide_features: int = 0
-    #: Known deviations: they still fail in the conformance report (a non-conformance stays one),
-    #: this says what they are.
+    #: Known deviations: a conformance run that applies this entry reports the failures they explain as
+    #: *deviation* (with the entry named), apart from *failed* (testbenches/conformance/deviations.py).
     deviations: tuple[Deviation, ...] = ()
 
     def deviation_ids(self) -> frozenset[str]:
         return frozenset(rid for d in self.deviations for rid in d.req_ids)
+
+    def deviation_for(self, req_id: str, nodeid: str) -> Deviation | None:
+        """The recorded deviation that explains the failure of ``req_id`` in the check ``nodeid``, if any."""
+        return next((d for d in self.deviations if d.explains(req_id, nodeid)), None)
 
 
 NO_QUIRK = Quirk()
@@ -197,43 +210,48 @@ QEMU_VIRTIO_NET = Quirk(
                   "starts at 1 MiB for this reason (GUEST_MEMORY_BASE)."),
         Deviation("VIRTIO_F_ORDER_PLATFORM is not offered next to VIRTIO_F_ACCESS_PLATFORM.",
                   f"{_QEMU_RUN}: device features 0x10330bf8024 (bit 33 set, bit 36 clear).",
-                  ("FEAT-DEV-13",)),
+                  ("FEAT-DEV-13",), checks=("test_offered_features",)),
         Deviation("Feature bits it did not offer are dropped silently and FEATURES_OK is kept, instead of "
                   "FEATURES_OK being refused.",
                   f"{_QEMU_RUN}: 'FEATURES_OK stuck with unoffered bit 0' (and bits 11, 30, 42, 51, 60, 69...).",
-                  ("FEAT-DEV-03",)),
+                  ("FEAT-DEV-03",), checks=("test_unsupported_subset_is_refused",)),
         Deviation("Malformed rings do not set DEVICE_NEEDS_RESET: an indirect descriptor inside an indirect "
                   "table is used as a plain buffer, INDIRECT is honoured without VIRTIO_F_INDIRECT_DESC, an "
-                  "indirect table longer than the queue is walked, a queue size that is not a power of two is "
-                  "enabled, and a DMA the IOMMU refuses (buffer or ring outside the maps) is served as zeros "
-                  "(the buffer completes, the guest logs the DMAR fault).",
+                  "indirect table longer than the queue is walked, a queue size that is not a power of two and a "
+                  "ring part off its alignment are enabled, and a DMA the IOMMU refuses (buffer or ring outside "
+                  "the maps) is served as zeros (the buffer completes, the guest logs the DMAR fault).",
                   f"{_QEMU_RUN}: status 0x0f after each of these inputs, config vector silent for 0.5 s, ISR 0x1 "
                   "(the chain completed); 'DMA read of 4096 bytes at IOVA 0x7f0000000000: IOMMU (VT-d) fault "
                   "reason 0x04: Access beyond MGAW' with status 0x0f; 'queue_size 255 (maximum 256) then "
-                  "queue_enable=1: queue_enable reads 1, status 0x0b'.",
-                  ("STATUS-DEV-02", "STATUS-DEV-03")),
+                  "queue_enable=1: queue_enable reads 1, status 0x0b'; 'queue_driver 1 bytes off its alignment "
+                  "then queue_enable=1: queue_enable reads 1, status 0x0b'.",
+                  ("STATUS-DEV-02", "STATUS-DEV-03"),
+                  checks=("test_hostile_ring_input", "test_queue_size_not_power_of_two", "test_ring_part_misaligned",
+                          "test_receive_buffer_outside_the_maps", "test_rings_outside_the_maps")),
         Deviation("Without VIRTIO_NET_F_MRG_RXBUF num_buffers is not written (a 10-byte header is stored in the "
                   "12-byte VERSION_1 header, bytes 10-11 keep what the buffer held).",
                   f"{_QEMU_RUN}: 'frame 0 (60 bytes) in buffer 0: num_buffers 42405, expected 1' (0xa5a5, the "
                   "check's poison).",
-                  ("NET-DEV-28", "NET-DEV-30")),
+                  ("NET-DEV-28", "NET-DEV-30"), checks=("test_receive_header_without_offloads",)),
         Deviation("A received packet larger than the posted buffers is held until more buffers come (the "
                   "receive queue stalls behind it) instead of being dropped; nothing partial is delivered.",
                   f"{_QEMU_RUN}: '6 buffers of 768 bytes in all posted, a 868-byte then a 60-byte frame sent: "
                   "0 used entries'. The check expects the drop; the requirement text only forbids a partial packet.",
-                  ("NET-DEV-33",)),
+                  ("NET-DEV-33",), checks=("test_receive_merged_buffers",)),
         Deviation("Zero-length descriptors are refused ('zero sized buffers are not allowed'): "
                   "DEVICE_NEEDS_RESET, and the device ignores the queue from then on.",
                   f"{_QEMU_RUN}: TX 'zero-length pieces between' (6 readable descriptors): nothing received, then "
                   "'device_status 0x4f (DEVICE_NEEDS_RESET) after a valid chain'.",
-                  ("SPLIT-DEV-01",)),
+                  ("SPLIT-DEV-01",), checks=("test_descriptor_layout_does_not_change_the_frame",)),
         Deviation("An indirect descriptor after direct ones in a chain is not followed: on TX the table bytes "
                   "are sent as data, on RX the chain is refused with DEVICE_NEEDS_RESET (QEMU only honours "
                   "INDIRECT on the head descriptor). Later used entries of the check then never come.",
                   f"{_QEMU_RUN}: '1 direct + indirect (TX): frame of 500 received, used len 44 (expected 512)'; "
                   "'2 direct + indirect (RX): device_status 0x4f'; 'used idx rx=3 tx=6 after 6 frames "
                   "looped back'. (The order of the used writes, SPLIT-DEV-15, is not observable through VFIO.)",
-                  ("SPLIT-DEV-08", "SPLIT-DEV-16")),
+                  ("SPLIT-DEV-08", "SPLIT-DEV-16"),
+                  checks=("test_indirect_write_flag_and_mixed_chains",
+                          "test_device_writes_only_writable_buffers_and_used_ring")),
         Deviation("queue_msix_vector of a queue the device does not have takes the vector written to it "
                   "(any queue_select below QEMU's 1024 queues keeps a vector, present or not), and a "
                   "queue_select at or above 1024 is ignored, so the next read shows the previously selected "
@@ -241,13 +259,14 @@ QEMU_VIRTIO_NET = Quirk(
                   f"{_QEMU_RUN}: 'num_queues 3: queue_msix_vector of absent queues (read, then read after "
                   "writing 0) {3: ('0xffff', '0x0'), 4: ('0xffff', '0x0'), 32767: ('0x0', '0x0'), "
                   "65535: ('0x0', '0x0')} (NO_VECTOR expected)'; queue 0 mapped to vector 0 reads 0x0.",
-                  ("PCI-DEV-58",)),
+                  ("PCI-DEV-58",), checks=("test_absent_queue_has_no_vector",)),
         Deviation("With VIRTIO_F_EVENT_IDX the first used buffer notification after a queue is set up is sent "
                   "whatever used_event says (QEMU's signalled_used_valid starts false).",
                   f"{_QEMU_RUN}: 'used idx 0->1 (1 buffer(s)), used_event 1 (used idx+1), avail.flags=0: 1 "
                   "interrupt(s), expected 0'; 'used idx 0->250: TX used_event 249 gave 2 interrupt(s), expected "
                   "1'. The hypothesis check of the thresholds fails as a whole, naming all of its ids.",
-                  ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14")),
+                  ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14"),
+                  checks=("test_event_idx_thresholds", "test_used_idx_wraps_at_16_bits")),
     ),
 )
 
@@ -284,6 +303,14 @@ def installed_quirks() -> tuple[tuple[IdMatch, Quirk], ...]:
             raise ProviderError(f"{QUIRKS_GROUP}: {describe(ep)} is not an iterable of (IdMatch, Quirk) pairs")
         entries += pairs
     return tuple(entries)
+
+
+def named_quirks() -> dict[str, Quirk]:
+    """Every record known by name: the built-in ones, QEMU's (not matched by ids, see
+    :data:`QEMU_VIRTIO_NET_IDS`) and every installed provider's. A conformance run can be told which one
+    describes its device (``vdpa-bench run --quirk NAME``) where the ids do not tell."""
+    quirks = [q for _, q in (*builtin_quirks().entries, *installed_quirks())]
+    return {q.name: q for q in (*quirks, QEMU_VIRTIO_NET)}
 
 
 def default_quirks() -> QuirkTable:

@@ -19,7 +19,7 @@ from testbenches.campaign.merge import Merged
 
 CHART_W, CHART_H, PAD = 220, 70, 6
 #: Statuses in the order the status filter lists them ("error": the cell produced no results).
-STATUSES = ("failed", "passed", "not offered", "not applicable", "not covered", "not testable", "error")
+STATUSES = ("failed", "deviation", "passed", "not offered", "not applicable", "not covered", "not testable", "error")
 
 
 def _environment() -> jinja2.Environment:

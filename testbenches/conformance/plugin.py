@@ -78,6 +78,7 @@ import pytest
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from testbenches.conformance.deviations import KnownDeviations, UnknownQuirkError
 from testbenches.conformance.report import (
     CheckRecord,
     Outcome,
@@ -101,6 +102,8 @@ MARKER = "req"
 LAYOUT_PARAM = "ring_layout"
 #: Failure evidence kept per id and test; more failures are only counted.
 MAX_EVIDENCE = 10
+#: How the evidence of a check that raised (or was marked xfail) begins, apart from a verdict's own failures.
+ERROR_PREFIXES = ("setup error:", "call error:", "teardown error:", "xfail (")
 
 
 def normalize_target(spec: str) -> str:
@@ -151,9 +154,22 @@ class ConformanceRun:
     records: dict[str, list[CheckRecord]] = field(default_factory=dict)
     items_with_ids: int = 0
     results: Results | None = None
+    #: The device's quirk entry and the deviations it records (see :mod:`.deviations`).
+    known: KnownDeviations = field(default_factory=KnownDeviations)
 
     def add(self, req_id: str, record: CheckRecord) -> None:
+        """Record an outcome; a failure the device's quirk entry explains becomes a deviation."""
+        if record.outcome is Outcome.FAILED:
+            error = record.evidence.startswith(ERROR_PREFIXES)
+            known = self.known.explain(req_id, record.nodeid, record.evidence, error=error)
+            if known is not None:
+                record = CheckRecord(record.nodeid, Outcome.DEVIATION, known, record.layout)
         self.records.setdefault(req_id, []).append(record)
+
+    def all_known(self, verdict: Verdict) -> bool:
+        """Whether every failure ``verdict`` recorded is a known deviation of the device."""
+        return all(self.known.explain(rid, verdict.nodeid, note) is not None
+                   for rid, notes in verdict.failures().items() for note in notes)
 
     def finish(self) -> Results:
         self.results = Results.build(
@@ -162,6 +178,7 @@ class ConformanceRun:
             duration=time.monotonic() - self.clock,
             requirements=self.requirements,
             records=self.records,
+            quirk=self.known.describe(),
         )
         return self.results
 
@@ -256,6 +273,8 @@ class _ItemState:
     skipped: str | None = None
     xfailed: str | None = None
     verdict_failed: bool = False
+    #: Every verdict failure was a known deviation: the item was turned into an xfail by this plugin.
+    known_deviation: bool = False
 
 
 VERDICT_KEY = pytest.StashKey[Verdict]()
@@ -332,6 +351,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--waves", action="store_true", default=False, help="dump waveforms (rtl: target only)")
     group.addoption(
+        "--quirk",
+        default=None,
+        metavar="NAME",
+        help="the quirk entry whose recorded deviations describe the device (default: the one its PCI ids match)",
+    )
+    group.addoption(
         "--vdpa-progress",
         action="store_true",
         default=False,
@@ -350,6 +375,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "verdicts are recorded under that layout",
     )
     report_dir = config.getoption("report_dir")
+    quirk = config.getoption("quirk")
+    try:
+        known = KnownDeviations.named(quirk) if quirk else KnownDeviations()
+    except UnknownQuirkError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[RUN_KEY] = ConformanceRun(
         options=TargetOptions(
             spec=normalize_target(config.getoption("target")),
@@ -358,6 +388,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ),
         requirements=load_requirements(),
         report_dir=Path(report_dir) if report_dir else None,
+        known=known,
     )
     if config.getoption("vdpa_progress"):
         config.pluginmanager.register(ProgressPlugin(RichProgress(Console(stderr=True))), "vdpa-progress")
@@ -413,13 +444,14 @@ class OpenTarget:
     """Opens fresh devices and remembers them so that they can all be closed."""
 
     def __init__(self, registry: TargetRegistry, spec: str, options: TargetOptions | None = None,
-                 waves_stem: Path | None = None) -> None:
+                 waves_stem: Path | None = None, known: KnownDeviations | None = None) -> None:
         self.registry = registry
         self.spec = spec
         self.options = options
         self.waves_stem = waves_stem  # --waves: each rtl: device writes <stem>-<n>.fst
         self.waves: list[Path] = []
         self.opened: list[PciDevice] = []
+        self.known = known  # the run's quirk entry, chosen by the first device's ids when not named
 
     def __call__(self, spec: str | None = None) -> PciDevice:
         spec = spec or self.spec
@@ -431,6 +463,8 @@ class OpenTarget:
             spec = self.options.device_spec(spec, wave)
         device = self.registry.open(spec)
         self.opened.append(device)
+        if self.known is not None:
+            self.known.match(device)
         return device
 
     def close_all(self) -> None:
@@ -457,7 +491,8 @@ def open_target(target_registry: TargetRegistry, target_options: TargetOptions,
         run = conformance_run(request.config)
         folder = (run.report_dir or Path("reports") / target_name(target_options.spec)) / "waves"
         stem = folder / "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.nodeid)
-    opener = OpenTarget(target_registry, target_options.spec, target_options, stem)
+    opener = OpenTarget(target_registry, target_options.spec, target_options, stem,
+                        conformance_run(request.config).known)
     try:
         yield opener
     finally:
@@ -500,6 +535,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         raise
     if verdict is not None and verdict.failures():
         _state(item).verdict_failed = True
+        run = conformance_run(item.config)
+        if run.all_known(verdict):
+            _state(item).known_deviation = True
+            # pytest's own word for an expected failure: the run exits 0 when nothing else failed
+            pytest.xfail(f"known deviation(s) of {run.known.describe()}: {', '.join(verdict.failures())}")
         pytest.fail(verdict.failure_message(), pytrace=False)
 
 
@@ -522,7 +562,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return report
     state = _state(item)
     wasxfail = getattr(report, "wasxfail", None)
-    if report.skipped and wasxfail is not None:
+    if report.skipped and wasxfail is not None and state.known_deviation:
+        pass  # the verdict's own records say which ids deviated
+    elif report.skipped and wasxfail is not None:
         state.xfailed = f"xfail ({wasxfail or 'expected failure'}): {_describe(call, report)}"
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"

@@ -35,6 +35,8 @@ class Outcome(StrEnum):
 
     PASSED = "passed"
     FAILED = "failed"
+    #: Failed in the way a deviation recorded for the device (its quirk entry) describes.
+    DEVIATION = "deviation"
     NOT_OFFERED = "not offered"
     NOT_APPLICABLE = "not applicable"
     SKIPPED = "skipped"
@@ -47,6 +49,8 @@ class Status(StrEnum):
 
     PASSED = "passed"
     FAILED = "failed"
+    #: Every failure of the id is a known deviation of this device (named by its quirk entry, with evidence).
+    DEVIATION = "deviation"
     NOT_OFFERED = "not offered"
     NOT_APPLICABLE = "not applicable"
     NOT_COVERED = "not covered"
@@ -56,6 +60,7 @@ class Status(StrEnum):
 #: Precedence when aggregating: the first outcome present wins.
 _PRECEDENCE: tuple[tuple[Outcome, Status], ...] = (
     (Outcome.FAILED, Status.FAILED),
+    (Outcome.DEVIATION, Status.DEVIATION),
     (Outcome.PASSED, Status.PASSED),
     (Outcome.NOT_OFFERED, Status.NOT_OFFERED),
     (Outcome.NOT_APPLICABLE, Status.NOT_APPLICABLE),
@@ -82,7 +87,8 @@ class CheckRecord:
 
 
 def aggregate(records: Sequence[CheckRecord], checker_kind: CheckerKind) -> Status:
-    """Failed if any check failed; else passed if any passed; else not offered / not applicable.
+    """Failed if any check failed; else a deviation if a failure was a known one; else passed if any passed;
+    else not offered / not applicable.
 
     Ids without a conclusive record (none, skipped, listed but not judged) are
     "not covered", or "not testable" when the table says no check can decide them.
@@ -168,6 +174,8 @@ class Results:
     started: str
     duration: float
     ids: dict[str, IdResult]
+    #: The quirk entry whose recorded deviations the run applied, and how it was chosen ("" without one).
+    quirk: str = ""
 
     @classmethod
     def build(
@@ -177,6 +185,7 @@ class Results:
         duration: float,
         requirements: RequirementSet,
         records: dict[str, list[CheckRecord]],
+        quirk: str = "",
     ) -> Results:
         ids: dict[str, IdResult] = {}
         for req_id, req in requirements.items():
@@ -197,11 +206,16 @@ class Results:
                 unjudged_by=list(dict.fromkeys(r.nodeid for r in recs if r.outcome is Outcome.NOT_JUDGED)),
                 layouts=layouts,
             )
-        return cls(target=target, started=started.isoformat(timespec="seconds"), duration=duration, ids=ids)
+        return cls(target=target, started=started.isoformat(timespec="seconds"), duration=duration, ids=ids,
+                   quirk=quirk)
 
     # -- queries -----------------------------------------------------------
     def failed(self) -> list[IdResult]:
         return [r for r in self.ids.values() if r.status is Status.FAILED]
+
+    def deviations(self) -> list[IdResult]:
+        """Ids that failed only in ways the device's quirk entry records."""
+        return [r for r in self.ids.values() if r.status is Status.DEVIATION]
 
     def unjudged(self) -> list[IdResult]:
         """Ids left not covered although a check lists them: the check never judged them."""
@@ -237,6 +251,7 @@ class Results:
             "target": self.target,
             "started": self.started,
             "duration": round(self.duration, 3),
+            "quirk": self.quirk,
             "ids": {i: r.to_json() for i, r in self.ids.items()},
             "summary": self.summary(),
         }
@@ -248,6 +263,7 @@ class Results:
             started=str(data["started"]),
             duration=float(data["duration"]),
             ids={i: IdResult.from_json(i, d) for i, d in data["ids"].items()},
+            quirk=str(data.get("quirk", "")),
         )
 
     def save(self, path: Path) -> None:
@@ -264,6 +280,7 @@ class Results:
 _STYLE = {
     Status.PASSED: "green",
     Status.FAILED: "bold red",
+    Status.DEVIATION: "magenta",
     Status.NOT_OFFERED: "cyan",
     Status.NOT_APPLICABLE: "cyan",
     Status.NOT_COVERED: "yellow",
@@ -272,30 +289,28 @@ _STYLE = {
 
 
 def area_table(results: Results) -> Table:
-    table = Table(title=f"conformance: {results.target}", title_justify="left")
+    """Counts per area; the deviation column only when the run has known deviations."""
+    title = f"conformance: {results.target}" + (f" (quirk {results.quirk})" if results.quirk else "")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("area")
-    for name, style in (
-        ("passed", "green"),
-        ("failed", "red"),
-        ("not offered/n.a.", "cyan"),
-        ("not covered", "yellow"),
-        ("not testable", "dim"),
-    ):
+    columns: list[tuple[str, str, tuple[Status, ...]]] = [
+        ("passed", "green", (Status.PASSED,)),
+        ("failed", "red", (Status.FAILED,)),
+        ("deviation", "magenta", (Status.DEVIATION,)),
+        ("not offered/n.a.", "cyan", (Status.NOT_OFFERED, Status.NOT_APPLICABLE)),
+        ("not covered", "yellow", (Status.NOT_COVERED,)),
+        ("not testable", "dim", (Status.NOT_TESTABLE,)),
+    ]
+    if not results.deviations():
+        columns = [c for c in columns if c[0] != "deviation"]
+    for name, style, _ in columns:
         table.add_column(name, justify="right", style=style)
     table.add_column("total", justify="right", style="bold")
     per_area = results.area_counts()
     rows = [*per_area.items(), ("all", results.counts())]
     for i, (area, c) in enumerate(rows):
-        table.add_row(
-            area,
-            str(c[Status.PASSED]),
-            str(c[Status.FAILED]),
-            str(c[Status.NOT_OFFERED] + c[Status.NOT_APPLICABLE]),
-            str(c[Status.NOT_COVERED]),
-            str(c[Status.NOT_TESTABLE]),
-            str(sum(c.values())),
-            end_section=i == len(rows) - 2,
-        )
+        table.add_row(area, *(str(sum(c[s] for s in statuses)) for _, _, statuses in columns),
+                      str(sum(c.values())), end_section=i == len(rows) - 2)
     return table
 
 
@@ -317,6 +332,10 @@ def render_terminal(
             " see report.html[/]",
             highlight=False,
         )
+    deviations = results.deviations()
+    if deviations:
+        console.print(f"[magenta]{len(deviations)} known deviation(s) of {escape(results.quirk)}:[/] "
+                      + ", ".join(r.id for r in deviations), highlight=False)
     failed = results.failed()
     if not failed:
         return
@@ -411,6 +430,8 @@ def write_requirements_junit(results: Results, path: Path) -> Path:
                 ET.SubElement(props, "property", name=f"layout {lay}", value=str(st))
             for check in r.checks:
                 ET.SubElement(props, "property", name="check", value=check)
+            if r.status is Status.DEVIATION:
+                ET.SubElement(props, "property", name="quirk", value=results.quirk)
             if r.status is Status.FAILED:
                 message = r.evidence[0] if r.evidence else "failed"
                 failure = ET.SubElement(case, "failure", message=f"{r.layout_text()}: {message}" if r.layouts

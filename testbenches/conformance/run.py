@@ -22,6 +22,7 @@ from backend.device import VdpaError
 from backend.pci.device import PciError
 from backend.providers import ProviderError
 from backend.targets import TargetRegistry, default_registry
+from testbenches.conformance.deviations import KnownDeviations, UnknownQuirkError
 from testbenches.conformance.plugin import (
     ENTRY_POINT,
     ProgressPlugin,
@@ -91,6 +92,8 @@ def pytest_args(args: argparse.Namespace, out: Path) -> list[str]:
         argv += ["--sim", args.sim]
     if args.waves:
         argv.append("--waves")
+    if getattr(args, "quirk", None):
+        argv += ["--quirk", args.quirk]
     if args.progress:
         argv += ["-p", "no:terminal"]
     else:
@@ -111,6 +114,12 @@ def probe_target(spec: str, sim: str | None = None, registry: TargetRegistry | N
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.target = normalize_target(args.target)
+    if getattr(args, "quirk", None):
+        try:
+            KnownDeviations.named(args.quirk)
+        except UnknownQuirkError as exc:
+            print(f"vdpa-bench run: error: {exc}", file=sys.stderr, flush=True)
+            return 2
     problem = probe_target(args.target, args.sim)
     if problem is not None:
         print(f"vdpa-bench run: error: --target {problem}", file=sys.stderr, flush=True)
