@@ -104,6 +104,19 @@ def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
     return sorted(out)
 
 
+def quiesce(fds: Mapping[str, int], quiet: float = QUIET_WAIT, limit: float = EVENT_WAIT) -> list[str]:
+    """Consume what the device signals until it stays silent for ``quiet`` s (at most ``limit`` s in all);
+    returns every name seen. Work a check started (looped frames still arriving, their interrupts on the way
+    from a device in its own thread) ends before the check looks at what comes next."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + limit
+    while True:
+        fired = signalled(fds, min(quiet, max(0.0, deadline - time.monotonic())))
+        seen.update(fired)
+        if not fired or time.monotonic() >= deadline:
+            return sorted(seen)
+
+
 def with_features(*extra: int) -> int:
     """The guest driver's default wanted set plus ``extra`` feature bits."""
     wanted = DEFAULT_FEATURES
