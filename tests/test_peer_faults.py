@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,26 +79,25 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def settled_thread_count(pid: int, want: int, timeout: float = NOTICE) -> int:
-    """serve's thread count once it equals ``want`` or ``timeout`` passed (a session's thread logs the
-    disconnect before it has returned)."""
+def settled(count: Callable[[], int], want: int, timeout: float = NOTICE) -> int:
+    """``count()`` once it equals ``want`` or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
-    count = thread_count(pid)
-    while count != want and time.monotonic() < deadline:
+    value = count()
+    while value != want and time.monotonic() < deadline:
         time.sleep(0.05)  # sampling /proc, not synchronising: the bound is the deadline
-        count = thread_count(pid)
-    return count
+        value = count()
+    return value
+
+
+def settled_thread_count(pid: int, want: int, timeout: float = NOTICE) -> int:
+    """serve's thread count, settled (a session's thread logs the disconnect before it has returned)."""
+    return settled(lambda: thread_count(pid), want, timeout)
 
 
 def settled_fd_count(pid: int, want: int, timeout: float = NOTICE) -> int:
-    """serve's fd count once it equals ``want`` or ``timeout`` passed (a session's end is logged after its
-    release, but the last close may trail the log line by a moment)."""
-    deadline = time.monotonic() + timeout
-    count = fd_count(pid)
-    while count != want and time.monotonic() < deadline:
-        time.sleep(0.05)  # sampling /proc, not synchronising: the bound is the deadline
-        count = fd_count(pid)
-    return count
+    """serve's fd count, settled (a session's end is logged after its release, but the last close may trail
+    the log line by a moment)."""
+    return settled(lambda: fd_count(pid), want, timeout)
 
 
 @pytest.fixture(params=sorted(DEVICE_MODELS))

@@ -11,7 +11,7 @@ only by a deviation that names that check: "the check failed somehow" is no reco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,10 +29,9 @@ class KnownDeviations:
 
     quirk: Quirk | None = None
     source: str = ""
-    #: Set once the device's ids were read (or a name was given): nothing more to match.
+    #: Set once the device's ids were read (or a name was given): nothing more to match. A device whose ids
+    #: cannot be read leaves it unset; the entry is then looked up on the next open.
     settled: bool = False
-    #: Why the ids could not be read, if they could not (the entry is then looked up on the next open).
-    problem: str = field(default="", repr=False)
 
     @classmethod
     def named(cls, name: str) -> KnownDeviations:
@@ -52,8 +51,7 @@ class KnownDeviations:
 
         try:
             ids = PciIds.read(device)
-        except Exception as exc:  # a device that cannot answer config reads: the checks will say so
-            self.problem = f"PCI ids unreadable: {exc}"
+        except Exception:  # a device that cannot answer config reads: the checks will say so
             return
         quirk = default_quirks().lookup(ids)
         self.settled = True

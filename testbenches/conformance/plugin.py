@@ -102,8 +102,6 @@ MARKER = "req"
 LAYOUT_PARAM = "ring_layout"
 #: Failure evidence kept per id and test; more failures are only counted.
 MAX_EVIDENCE = 10
-#: How the evidence of a check that raised (or was marked xfail) begins, apart from a verdict's own failures.
-ERROR_PREFIXES = ("setup error:", "call error:", "teardown error:", "xfail (")
 
 
 def normalize_target(spec: str) -> str:
@@ -157,11 +155,11 @@ class ConformanceRun:
     #: The device's quirk entry and the deviations it records (see :mod:`.deviations`).
     known: KnownDeviations = field(default_factory=KnownDeviations)
 
-    def add(self, req_id: str, record: CheckRecord) -> None:
-        """Record an outcome; a failure the device's quirk entry explains becomes a deviation."""
+    def add(self, req_id: str, record: CheckRecord, *, raised: bool = False) -> None:
+        """Record an outcome; a failure the device's quirk entry explains becomes a deviation. ``raised``: the
+        failure is the check's exception (or xfail marker), not one of its verdicts."""
         if record.outcome is Outcome.FAILED:
-            error = record.evidence.startswith(ERROR_PREFIXES)
-            known = self.known.explain(req_id, record.nodeid, record.evidence, error=error)
+            known = self.known.explain(req_id, record.nodeid, record.evidence, error=raised)
             if known is not None:
                 record = CheckRecord(record.nodeid, Outcome.DEVIATION, known, record.layout)
         self.records.setdefault(req_id, []).append(record)
@@ -486,13 +484,12 @@ def open_target(target_registry: TargetRegistry, target_options: TargetOptions,
 
     With ``--waves`` an ``rtl:`` device dumps an FST under ``<report dir>/waves/``; it is kept only when
     the check failed."""
+    run = conformance_run(request.config)
     stem = None
     if target_options.waves:
-        run = conformance_run(request.config)
         folder = (run.report_dir or Path("reports") / target_name(target_options.spec)) / "waves"
         stem = folder / "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.nodeid)
-    opener = OpenTarget(target_registry, target_options.spec, target_options, stem,
-                        conformance_run(request.config).known)
+    opener = OpenTarget(target_registry, target_options.spec, target_options, stem, run.known)
     try:
         yield opener
     finally:
@@ -587,9 +584,9 @@ def _finish_item(item: pytest.Item, ids: list[str], state: _ItemState) -> None:
             for record in recorded[req_id]:
                 run.add(req_id, record)
         elif state.error is not None:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.error, layout))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.error, layout), raised=True)
         elif state.xfailed is not None:
-            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed, layout))
+            run.add(req_id, CheckRecord(item.nodeid, Outcome.FAILED, state.xfailed, layout), raised=True)
         elif state.skipped is not None:
             run.add(req_id, CheckRecord(item.nodeid, Outcome.SKIPPED, state.skipped, layout))
         else:

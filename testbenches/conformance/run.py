@@ -114,7 +114,7 @@ def probe_target(spec: str, sim: str | None = None, registry: TargetRegistry | N
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.target = normalize_target(args.target)
-    if getattr(args, "quirk", None):
+    if args.quirk:
         try:
             KnownDeviations.named(args.quirk)
         except UnknownQuirkError as exc:
