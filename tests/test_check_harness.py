@@ -13,11 +13,9 @@ import pytest
 from backend.pci.abilities import Lacking, WireKind
 from backend.pci.device import PciDevice
 from backend.targets import default_registry
-from models.rtl.targets import RtlOptions, build_variant
-from sim.rtl.build import ToolchainMissing
 from testbenches.conformance.harness import EVENT_WAIT, RX, TX, Bench, WireProbes, make_frame
-from testbenches.peers.process import require_peer
 from testbenches.peers.serve import DeviceProcess
+from tests.rtl_build import require_rtl_build
 from tests.suite_runner import ids_with, run_suite
 
 READY_TIMEOUT = 20.0
@@ -61,8 +59,7 @@ def bench_on() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def rtl_built() -> None:
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions("virtio-net"))
+    require_rtl_build("virtio-net")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,11 @@ from backend.vhost_user.session import VhostUserSession
 from backend.virtio.features import DeviceStatus, F
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import SplitLayout
-from models.rtl.targets import RtlOptions, build_variant
 from models.targets import loopback_device
 from sim.memory import GuestMemory
-from sim.rtl.build import ToolchainMissing
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
-from testbenches.peers.process import require_peer
+from tests.rtl_build import require_rtl_build
 from tests.test_driver_quirks import IfcvfLikeNet
 from tests.vhost_user_rig import Devices
 
@@ -492,8 +490,7 @@ def unlogged(rig: Rig, watch: Watch) -> tuple[set[int], set[int]]:
 def any_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     """A session on the behavioral model or on the RTL: neither logs its own writes, so both take the relay."""
     if request.param.startswith("rtl:"):
-        with require_peer(ToolchainMissing):
-            build_variant(RtlOptions("virtio-net"))
+        require_rtl_build("virtio-net")
     yield from new_rig(tmp_path, Devices(request.param))
 
 

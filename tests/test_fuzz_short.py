@@ -15,9 +15,8 @@ from types import ModuleType
 
 import pytest
 
-from sim.rtl.build import ToolchainMissing
-from testbenches.peers.process import require_peer
 from tests.fuzz.targets import CORPUS, NUMBA, TARGETS, numba_modules
+from tests.rtl_build import require_rtl_build
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 3000
@@ -68,10 +67,7 @@ def test_parse_reads_libfuzzer_output() -> None:
 def test_short_fuzz_run(name: str, tmp_path: Path) -> None:
     pytest.importorskip("atheris", reason="atheris is in the dev extra: .venv/bin/pip install -e '.[bench,dev]'")
     if name == "rtl-ring":
-        from models.rtl.targets import RtlOptions, build_variant
-
-        with require_peer(ToolchainMissing):
-            build_variant(RtlOptions("virtio-net"))
+        require_rtl_build("virtio-net")
     res = _tool().run_target(name, runs=RTL_RUNS if name == "rtl-ring" else RUNS, max_total_time=FUZZ_SECONDS,
                              rss_limit_mb=1024, timeout=60, max_len=8192, out=tmp_path, work=tmp_path / "corpus")
     log = Path(res.log).read_text(errors="replace")

@@ -26,13 +26,11 @@ import pytest
 
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import MESSAGE_TIMEOUT, VhostUserServer
-from models.rtl.targets import RtlOptions, build_variant
 from sim.memory import GuestMemory
-from sim.rtl.build import ToolchainMissing
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
-from testbenches.peers.process import require_peer
 from testbenches.peers.serve import DeviceProcess, ServeProcess
+from tests.rtl_build import require_rtl_build
 from tests.vhost_user_rig import Devices
 
 MODEL = "virtio-net,mac=02:00:00:00:00:0b,wire=loopback"
@@ -106,8 +104,7 @@ def device_model(request: pytest.FixtureRequest) -> str:
     process starts within its bound; a missing toolchain skips, or fails under CI=true)."""
     kind: str = request.param
     if kind == "rtl":
-        with require_peer(ToolchainMissing):
-            build_variant(RtlOptions(DEVICE_MODELS[kind].removeprefix("rtl:")))
+        require_rtl_build(DEVICE_MODELS[kind])
     return kind
 
 

@@ -38,16 +38,14 @@ from backend.vhost_user import messages as vm
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
-from models.rtl.targets import RtlOptions, build_variant
 from models.virtio_net.vq_state_block import SPEC as SIM_VQ_STATE
 from sim.memory import GuestMemory
-from sim.rtl.build import ToolchainMissing
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.vdpa_frontend import VdpaFrontend, exchange_frames
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, VhostUserFrontend
-from testbenches.peers.process import require_peer
+from tests.rtl_build import require_rtl_build
 from tests.vhost_user_rig import Devices
 
 pytestmark = pytest.mark.timeout(900)
@@ -66,8 +64,7 @@ WAIT = 20.0  # bound on any wait for the device (the RTL under a loaded machine 
 
 @pytest.fixture(scope="module")
 def rtl_built() -> None:
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions("virtio-net"))
+    require_rtl_build("virtio-net")
 
 
 def open_target(spec: str) -> PciDevice:
@@ -287,8 +284,7 @@ SEEDED_STOP_BUG = f"{RTL},define=VNET_BUG_STOP_MID_CHAIN"
 def test_a_stop_that_cuts_a_chain_short_is_caught(rtl_built: None) -> None:
     """The same stop/resume on the seeded-bug build fails within a bounded number of workloads: a frame sent but
     not counted is sent twice after the resume, or a batch's used idx is never written."""
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions(SEEDED_STOP_BUG.removeprefix("rtl:")))
+    require_rtl_build(SEEDED_STOP_BUG)
     failures: list[str] = []
     for attempt in range(60):
         try:

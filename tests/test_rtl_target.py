@@ -28,15 +28,13 @@ from scapy.utils import rdpcap
 from backend.pci.device import DmaPerm
 from backend.targets import default_registry
 from backend.virtio.split_ring import DescFlags, Descriptor
-from models.rtl.targets import RtlOptions, build_variant
 from sim.memory import GuestMemory
-from sim.rtl.build import ToolchainMissing
 from testbenches.conformance.harness import NEEDS_RESET, TX, UNMAPPED_IOVA, Bench, WireProbes, wait_fd
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import VhostUserFrontend
-from testbenches.peers.process import require_peer
 from testbenches.peers.serve import DeviceProcess, ServeProcess
 from tests.expected_ids import difference, expected_path, read_expected
+from tests.rtl_build import require_rtl_build
 from tests.suite_runner import ROOT, ids_with, judging_modules, run_suite
 
 RTL = "rtl:virtio-net"
@@ -76,17 +74,10 @@ MEM_SIZE = 8 << 20
 pytestmark = pytest.mark.timeout(900)
 
 
-def _build(spec: str) -> None:
-    """Build (or find cached) a variant before any child process needs it; a missing tool skips, or fails
-    under CI=true."""
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions(spec))
-
-
 @pytest.fixture(scope="module")
 def rtl_builds() -> None:
     """The default design (the seeded-bug variants are built by the jobs that run them, beside the RTL's run)."""
-    _build("virtio-net")
+    require_rtl_build("virtio-net")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +89,7 @@ def suites(rtl_builds: None, sim_suite: dict[str, Any],
     the variants need not wait for the RTL's whole run."""
     def one(job: tuple[str, str, tuple[str, ...], list[Path] | None]) -> tuple[str, dict[str, Any]]:
         name, target, extra, modules = job
-        _build(target.removeprefix("rtl:"))  # cached after the first time; a build error is named here
+        require_rtl_build(target)  # cached after the first time; a build error is named here
         out = tmp_path_factory.mktemp(name.replace(":", "-"))
         data = run_suite(target, out, *extra, modules=modules)
         data["_dir"] = out
@@ -224,7 +215,7 @@ def test_dma_outside_the_maps_is_a_reported_fault(rtl_builds: None) -> None:
 
 
 def test_waves_kept_for_a_failing_check_only(rtl_builds: None, tmp_path: Path) -> None:
-    _build("virtio-net,define=VNET_BUG_MISSED_IRQ,waves=unused.fst")  # the tracing variant
+    require_rtl_build("virtio-net,define=VNET_BUG_MISSED_IRQ,waves=unused.fst")  # the tracing variant
     failing = "testbenches/conformance/checks/test_split_ring.py::test_notifications_without_event_idx"
     passing = "testbenches/conformance/checks/test_common_cfg.py::test_queue_size"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

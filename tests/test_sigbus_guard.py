@@ -156,14 +156,11 @@ def test_rtl_dma_into_truncated_memory_is_a_reported_fault() -> None:
     function sets DEVICE_NEEDS_RESET, and this process (the device's, as in ``serve --device rtl:``) goes on."""
     from backend.targets import default_registry
     from backend.virtio.split_ring import DescFlags, Descriptor
-    from models.rtl.targets import RtlOptions, build_variant
-    from sim.rtl.build import ToolchainMissing
     from testbenches.conformance.harness import NEEDS_RESET, TX, Bench, WireProbes, wait_fd
-    from testbenches.peers.process import require_peer
+    from tests.rtl_build import require_rtl_build
 
     spec = "rtl:virtio-net,wire=none"
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions(spec.removeprefix("rtl:")))
+    require_rtl_build(spec)
     registry = default_registry()
     opened: list[Any] = []
 

@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 
 from backend.virtio.features import F, NetF
-from models.rtl.targets import RtlOptions, build_variant
-from sim.rtl.build import ToolchainMissing
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.qemu import Guest, vhost_user_net_args
-from testbenches.peers.process import require_peer, require_program
+from testbenches.peers.process import require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
 from tests.interop import test_qemu_vhost_user as qemu_job
 from tests.interop.test_testpmd_virtio_user import FRAME_LEN, assert_clean_log, check_pcap, negotiated, run_traffic
+from tests.rtl_build import require_rtl_build
 
 #: The model's offer with RING_PACKED (bit 34), as the default offer is; spelled out so the test keeps its meaning
 #: whatever the default becomes.
@@ -119,8 +118,7 @@ def test_qemu_guest_packed_on_serve(kernel: Kernel, tmp_path: Path, started: con
     intact on the wire; a guest reboot (QEMU resets the device, the driver negotiates packed again) leaves a
     working device."""
     if device.startswith("rtl:"):
-        with require_peer(ToolchainMissing):
-            build_variant(RtlOptions("virtio-net"))  # serve then finds it cached instead of building at startup
+        require_rtl_build("virtio-net")  # serve then finds it cached instead of building at startup
     sock = tmp_path / "vu.sock"
     pcap = tmp_path / "wire.pcap"
     serve = started.enter_context(ServeProcess(str(sock), f"{device},pcap={pcap}", log=tmp_path / "serve.log"))

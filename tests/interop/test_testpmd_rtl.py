@@ -17,8 +17,7 @@ import pytest
 
 from backend.virtio.features import F, NetF
 from models.rtl.targets import RtlOptions, build_variant
-from sim.rtl.build import ToolchainMissing
-from testbenches.peers.process import require_peer, require_program
+from testbenches.peers.process import require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, virtio_user_vdev
 from tests.interop.test_testpmd_virtio_user import (
@@ -28,6 +27,7 @@ from tests.interop.test_testpmd_virtio_user import (
     run_traffic,
     two_queue_pairs,
 )
+from tests.rtl_build import require_rtl_build
 
 CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock running, (\d+) doorbells")
 
@@ -35,8 +35,7 @@ CYCLES_LINE = re.compile(r"(\d+) cycles simulated, ([\d.]+) s with the clock run
 @pytest.fixture(autouse=True)
 def _peers() -> None:
     require_program("dpdk-testpmd", INSTALL_HINT)
-    with require_peer(ToolchainMissing):
-        build_variant(RtlOptions("virtio-net"))  # serve then finds it cached instead of building at startup
+    require_rtl_build("virtio-net")  # serve then finds it cached instead of building at startup
 
 
 def test_testpmd_traffic_through_rtl(tmp_path: Path, sock: str) -> None:
