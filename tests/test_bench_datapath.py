@@ -92,8 +92,8 @@ def test_packed_rows_and_issue_11_goal() -> None:
     assert not verdicts["packed ratio / split ratio, queue size 1024"]
 
 
-def test_packed_rows_render_in_the_readme(tmp_path: Path) -> None:
-    samples = _with_packed(0.9)
+def _readme_bench(tmp_path: Path, samples: list[Sample]) -> str:
+    """The README's bench section rendered from a committed results file holding the sweep of ``samples``."""
     table = datapath.rows(samples)
     data = {"date": "2030-01-02", "command": "make bench",
             "machine": {"cpu_model": "Test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0], "kernel": "Linux",
@@ -102,23 +102,18 @@ def test_packed_rows_render_in_the_readme(tmp_path: Path) -> None:
                       "mem_table_ms": {"ours": [0.4], "dpdk": [45.0]}, "backend_cpu_pct_max": 0.0,
                       "goals": {"mem_table_ms_max": 10.0, "backend_cpu_pct_max": 1.0}}}
     committed.write_json(tmp_path / committed.BENCH_FILE, data)
-    text = committed.render_bench(tmp_path)
+    return committed.render_bench(tmp_path)
+
+
+def test_packed_rows_render_in_the_readme(tmp_path: Path) -> None:
+    text = _readme_bench(tmp_path, _with_packed(0.9))
     assert "| txonly (packed rings) | 64 B | 1024 |" in text
     assert "packed ratio at least 0.8 of the split one" in text
     assert "packed ratio / split ratio, queue size 256: met" in text
 
 
 def test_sweep_renders_in_the_readme(tmp_path: Path) -> None:
-    samples = _samples()
-    table = datapath.rows(samples)
-    data = {"date": "2030-01-02", "command": "make bench",
-            "machine": {"cpu_model": "Test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0], "kernel": "Linux",
-                        "python": "3.11"},
-            "vhost": {"sweep": datapath.summary(samples, table, datapath.goals(table)),
-                      "mem_table_ms": {"ours": [0.4], "dpdk": [45.0]}, "backend_cpu_pct_max": 0.0,
-                      "goals": {"mem_table_ms_max": 10.0, "backend_cpu_pct_max": 1.0}}}
-    committed.write_json(tmp_path / committed.BENCH_FILE, data)
-    text = committed.render_bench(tmp_path)
+    text = _readme_bench(tmp_path, _samples())
     assert "| txonly | 64 B | 1024 | 9.00 | 15.00 | **0.60** | 111 | 67 | 83 |" in text
     assert "Medians of 2 interleaved run(s)." in text
     assert "ratio to net_vhost, queue size 256: met" in text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 
 import pytest
 
@@ -109,47 +111,44 @@ def test_vq_state_needs_the_quirk(cls: type[VirtioNetDevice], table: QuirkTable 
         vdpa.close()
 
 
-def test_ifcvf_vq_state_round_trip(mem: GuestMemory) -> None:
-    dev = open_dev(IfcvfLikeNet)
+@contextlib.contextmanager
+def resumed_at_1000(mem: GuestMemory, cls: type[VirtioNetDevice], quirk: Quirk,
+                    features: int) -> Iterator[tuple[VirtioNetDevice, VirtioPciVdpaDevice, VdpaFrontend]]:
+    """A model of ``cls`` under the vdpa driver, which must pick ``quirk``: the state set before the queue runs is
+    the state read; after a reset both rings resume at 1000, as after a migration, and move 10 frames. Yields the
+    model, the driver and the frontend, closed after."""
+    dev = open_dev(cls)
     vdpa = VirtioPciVdpaDevice(dev)
     fe = VdpaFrontend(vdpa, mem)
     try:
-        assert vdpa.quirk is IFCVF
-        # before the queue runs, the state set is the state read
+        assert vdpa.quirk is quirk
         vdpa.set_vq_state(0, VqState(avail_idx=7))
         assert vdpa.get_vq_state(0).avail_idx == 7
         vdpa.reset()
-        # resume both rings at 1000, as after a migration; without the quirk the device would start
-        # at 0 and see avail idx 1000 entries ahead (SPLIT-DRV-11) and stop.
-        fe.bring_up(WANT, state=1000)
+        fe.bring_up(features, state=1000)
         assert vdpa.get_status() & DeviceStatus.DRIVER_OK
         frames = [test_frame(i) for i in range(10)]
         assert fe.exchange(frames) == frames
-        model = dev.model
-        assert model.errors == []
-        assert vdpa.get_vq_state(1).avail_idx == 1010  # progress read back from the vendor block
-        assert vdpa.get_vq_state(0).avail_idx == 1010
-        assert model.queues[1].last_avail_idx == 1010
+        yield dev.model, vdpa, fe
     finally:
         vdpa.close()
         fe.close()
 
 
+def test_ifcvf_vq_state_round_trip(mem: GuestMemory) -> None:
+    # Without the quirk the device would start at 0 and see avail idx 1000 entries ahead (SPLIT-DRV-11) and stop.
+    with resumed_at_1000(mem, IfcvfLikeNet, IFCVF, WANT) as (model, vdpa, _):
+        assert model.errors == []
+        assert vdpa.get_vq_state(1).avail_idx == 1010  # progress read back from the vendor block
+        assert vdpa.get_vq_state(0).avail_idx == 1010
+        assert model.queues[1].last_avail_idx == 1010
+
+
 def test_rtl_quirk_stops_the_queue_to_read_its_state(mem: GuestMemory) -> None:
     """The RTL's record on the model variant with its registers: a running queue's state is read by stopping it
     (queue reset), the block keeps the stop position, a stopped queue reports it, and resuming loads it."""
-    dev = open_dev(VqStateNetDevice)
-    vdpa = VirtioPciVdpaDevice(dev)
-    fe = VdpaFrontend(vdpa, mem)
-    try:
-        assert vdpa.quirk is VDPA_BENCH_RTL
-        vdpa.set_vq_state(0, VqState(avail_idx=7))
-        assert vdpa.get_vq_state(0).avail_idx == 7
-        vdpa.reset()
-        fe.bring_up(WANT | bits(F.RING_RESET), state=1000)
-        frames = [test_frame(i) for i in range(10)]
-        assert fe.exchange(frames) == frames
-        model = dev.model
+    with resumed_at_1000(mem, VqStateNetDevice, VDPA_BENCH_RTL, WANT | bits(F.RING_RESET)) as (model, vdpa, fe):
+        assert isinstance(model, VqStateNetDevice)
         assert model.queues[1].enabled
         assert vdpa.get_vq_state(1).avail_idx == 1010  # stopped here
         assert not model.queues[1].enabled and model.queues[1].last_avail_idx == 0  # reset, as RESET-DEV-04 says
@@ -162,9 +161,6 @@ def test_rtl_quirk_stops_the_queue_to_read_its_state(mem: GuestMemory) -> None:
         more = [test_frame(i) for i in range(10, 14)]
         assert fe.exchange(more) == more
         assert model.errors == []
-    finally:
-        vdpa.close()
-        fe.close()
 
 
 def test_rtl_quirk_without_ring_reset_refuses_a_running_queue(mem: GuestMemory) -> None:

@@ -74,6 +74,19 @@ def packed_frontend(path: str, started: contextlib.ExitStack, size: int,
     return fe
 
 
+def packed_ring_sized(path: str, started: contextlib.ExitStack, mem: GuestMemory, queue: int, num: int,
+                      uva_offset: int = 0) -> VhostUserFrontend:
+    """A frontend on ``path`` that negotiated RING_PACKED, sent its features and memory table and set queue
+    ``queue``'s size to ``num``: the ring's base and addresses are next."""
+    fe = VhostUserFrontend.connect(path, mem, uva_offset=uva_offset)
+    started.callback(fe.close)
+    fe.negotiate(WANTED_FEATURES | 1 << F.RING_PACKED)
+    fe.request(R.SET_FEATURES, m.U64(fe.features))
+    fe.set_mem_table()
+    fe.request(R.SET_VRING_NUM, m.VringState(queue, num))
+    return fe
+
+
 def session_errors(srv: VhostUserServer) -> list[str]:
     s = srv.sessions[0].session
     assert s is not None
@@ -137,12 +150,7 @@ def test_packed_base_encoding_on_a_device_without_state_register(server: tuple[V
     """The ring's start is accepted in both frontends' forms (0x8000 from DPDK, 0x80008000 from QEMU); any other
     state is refused with the reason, as a non-zero split base is."""
     srv, path = server
-    fe = VhostUserFrontend.connect(path, new_mem(started))
-    started.callback(fe.close)
-    fe.negotiate(WANTED_FEATURES | 1 << F.RING_PACKED)
-    fe.request(R.SET_FEATURES, m.U64(fe.features))
-    fe.set_mem_table()
-    fe.request(R.SET_VRING_NUM, m.VringState(0, 100))
+    fe = packed_ring_sized(path, started, new_mem(started), 0, 100)
     for start in (PACKED_START, 0x8000_8000):
         fe.request(R.SET_VRING_BASE, m.VringState(0, start), need_reply=True)
     for bad, why in ((0, "wrap counters 1"), (5 | 1 << 15, "wrap counters 1"), (0x8000 | 100, "outside the ring"),
@@ -159,12 +167,7 @@ def test_packed_ring_areas_must_lie_in_the_table(server: tuple[VhostUserServer, 
                                                  started: contextlib.ExitStack) -> None:
     srv, path = server
     mem = new_mem(started)
-    fe = VhostUserFrontend.connect(path, mem, uva_offset=UVA_OFFSET)
-    started.callback(fe.close)
-    fe.negotiate(WANTED_FEATURES | 1 << F.RING_PACKED)
-    fe.request(R.SET_FEATURES, m.U64(fe.features))
-    fe.set_mem_table()
-    fe.request(R.SET_VRING_NUM, m.VringState(0, 1000))  # any size; its 16000-byte ring must fit
+    fe = packed_ring_sized(path, started, mem, 0, 1000, UVA_OFFSET)  # any size; its 16000-byte ring must fit
     end = mem.regions[0].end
     with pytest.raises(FrontendError, match="refused"):
         fe.set_ring_addr(0, end - 0x1000, end - 0x800, end - 0x400, need_reply=True)
@@ -242,12 +245,7 @@ def test_packed_state_through_a_device_with_a_state_register(tmp_path: Path, sta
     # 250 one-slot buffers on a ring of 100: slot 50 of the third lap, both wrap counters back at 1
     want = 50 | 1 << 15 | 50 << 16 | 1 << 31
     assert bases == {0: want, 1: want}, {q: f"{b:#x}" for q, b in bases.items()}
-    fe2 = VhostUserFrontend.connect(path, new_mem(started))
-    started.callback(fe2.close)
-    fe2.negotiate(WANTED_FEATURES | 1 << F.RING_PACKED)
-    fe2.request(R.SET_FEATURES, m.U64(fe2.features))
-    fe2.set_mem_table()
-    fe2.request(R.SET_VRING_NUM, m.VringState(1, 100))
+    fe2 = packed_ring_sized(path, started, new_mem(started), 1, 100)
     fe2.request(R.SET_VRING_BASE, m.VringState(1, want), need_reply=True)
     reply = fe2.request(R.GET_VRING_BASE, m.VringState(1, 0))
     assert reply is not None and isinstance(reply.payload, m.VringState) and reply.payload.num == want
