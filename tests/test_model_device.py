@@ -181,15 +181,19 @@ class Guest:
         self.dev.set_irqs(IrqIndex.MSIX, 0, fds)
         return fds
 
-    def setup_queue(self, index: int, size: int = 16, vector: int = NO_VECTOR) -> Ring:
-        ring = Ring(self, index, size, 0x10000 + index * 0x4000)
+    def program_queue(self, index: int, size: int, vector: int, areas: tuple[int, int, int]) -> None:
+        """Queue ``index``'s size, MSI-X vector and (descriptor, driver, device) areas, then queue_enable."""
         self.cw(CommonCfg.QUEUE_SELECT, index)
         self.cw(CommonCfg.QUEUE_SIZE, size)
         self.cw(CommonCfg.QUEUE_MSIX_VECTOR, vector)
-        self.cw(CommonCfg.QUEUE_DESC, ring.desc)
-        self.cw(CommonCfg.QUEUE_DRIVER, ring.avail)
-        self.cw(CommonCfg.QUEUE_DEVICE, ring.used)
+        for reg, addr in zip((CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE), areas,
+                             strict=True):
+            self.cw(reg, addr)
         self.cw(CommonCfg.QUEUE_ENABLE, 1)
+
+    def setup_queue(self, index: int, size: int = 16, vector: int = NO_VECTOR) -> Ring:
+        ring = Ring(self, index, size, 0x10000 + index * 0x4000)
+        self.program_queue(index, size, vector, (ring.desc, ring.avail, ring.used))
         return ring
 
     def driver_ok(self) -> None:

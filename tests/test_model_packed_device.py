@@ -18,6 +18,7 @@ from backend.virtio.packed_ring import PackedDescFlags, PackedDescriptor, avail_
 from backend.virtio.pci_regs import CommonCfg
 from models.virtio_net.device import DEFAULT_FEATURES, VirtioNetDevice
 from sim.memory import Allocator
+from testbenches.driver.layout import ring_addresses
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.frames import test_frame
 from tests.test_model_device import MEM, Guest, fired
@@ -46,13 +47,7 @@ def packed_guest(features: int, size: int, spec: str = SPEC) -> Iterator[tuple[G
         for index in (0, 1):
             q = DriverPackedQueue(g.mem, alloc, size, index=index, event_idx=has(features, F.EVENT_IDX),
                                   in_order=has(features, F.IN_ORDER))
-            g.cw(CommonCfg.QUEUE_SELECT, index)
-            g.cw(CommonCfg.QUEUE_SIZE, size)
-            g.cw(CommonCfg.QUEUE_MSIX_VECTOR, index)
-            g.cw(CommonCfg.QUEUE_DESC, q.desc_addr)
-            g.cw(CommonCfg.QUEUE_DRIVER, q.driver_addr)
-            g.cw(CommonCfg.QUEUE_DEVICE, q.device_addr)
-            g.cw(CommonCfg.QUEUE_ENABLE, 1)
+            g.program_queue(index, size, index, ring_addresses(q))
             assert g.cr(CommonCfg.QUEUE_ENABLE) == 1, f"queue {index} of size {size} refused"
             queues.append(q)
         g.driver_ok()
