@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backend.virtio.packed_ring import (
-    DESC_ALIGN,
     DESC_FLAGS_OFFSET,
     DESC_SIZE,
     EVENT_ALIGN,
@@ -47,7 +46,7 @@ from backend.virtio.packed_ring import (
     unpack_ring,
     used_bits,
 )
-from models.virtio_net.split_engine import BatchDma, Chain, Dma, RingAccess, RingError, full_barrier
+from models.virtio_net.split_engine import Chain, Dma, RingError, VirtQueue, full_barrier
 
 #: Descriptors fetched per DMA read while walking a list (lists are contiguous in a packed ring).
 DESC_WINDOW = 16
@@ -139,7 +138,7 @@ class PackedHooks:
         return True
 
 
-class PackedQueue(RingAccess):
+class PackedQueue(VirtQueue):
     """One packed virtqueue: configuration registers plus device progress.
 
     ``desc``/``driver``/``device`` are the descriptor ring and the driver and device event suppression
@@ -151,29 +150,16 @@ class PackedQueue(RingAccess):
     def __init__(self, index: int, max_size: int, dma: Dma, hooks: PackedHooks) -> None:
         if not is_valid_packed_size(max_size):
             raise ValueError(f"queue {index}: maximum size {max_size} is not within 1..32768")
-        self.index = index
-        self.max_size = max_size
-        self.dma = dma
         self.hooks = hooks
-        self.notify_off = index
-        self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
-        self.reset()
+        super().__init__(index, max_size, dma)
 
     def reset(self) -> None:
         """Back to the power-on defaults of the queue: configuration, positions, wrap counters 1."""
-        self.size = self.max_size
-        self.desc = 0
-        self.driver = 0
-        self.device = 0
-        self.msix_vector = 0xFFFF
-        self.enabled = False
+        super().reset()
         self.next_avail = 0
         self.avail_wrap = 1
         self.next_used = 0
         self.used_wrap = 1
-        self.event_idx = False
-        self.indirect = False
-        self.in_order = False
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -186,18 +172,7 @@ class PackedQueue(RingAccess):
         if not is_valid_packed_size(self.size) or self.size > self.max_size:
             return RingError("PCI-DRV-16", f"queue {self.index}: queue_size {self.size} is not within "
                                            f"1..{self.max_size}")
-        for name, addr, align in (("queue_desc", self.desc, DESC_ALIGN), ("queue_driver", self.driver, EVENT_ALIGN),
-                                  ("queue_device", self.device, EVENT_ALIGN)):
-            if addr % align:
-                return RingError("PACKED-DRV-01", f"queue {self.index}: {name} {addr:#x} is not {align}-byte "
-                                                  "aligned")
-        return None
-
-    def activate(self, *, event_idx: bool, indirect: bool, in_order: bool) -> None:
-        """Freeze the negotiated ring features when the queue goes live."""
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.in_order = in_order
+        return self.misaligned("PACKED-DRV-01", EVENT_ALIGN, EVENT_ALIGN)
 
     # --- memory access (reads and writes only; no judgement) -----------------------------------
 

@@ -201,12 +201,46 @@ class RingHooks:
         return not q.read_avail_flags() & VRING_AVAIL_F_NO_INTERRUPT
 
 
-class RingAccess:
-    """The 16-bit ring fields both layouts read and write while the driver may change them (split ring indexes,
-    packed descriptor flags): one 16-bit load or store where the DMA offers it."""
+class VirtQueue:
+    """What a queue of either layout has: the fields the common configuration structure exposes for it (``size``,
+    ``desc``, ``driver``, ``device``, ``msix_vector``, ``enabled``), the ring features frozen when it goes live, and
+    the 16-bit ring fields the driver may change meanwhile (split ring indexes, packed descriptor flags), read and
+    written with one 16-bit load or store where the DMA offers it. A layout adds its progress to :meth:`reset`."""
 
-    dma: Dma
-    batch_dma: BatchDma | None
+    def __init__(self, index: int, max_size: int, dma: Dma) -> None:
+        self.index = index
+        self.max_size = max_size
+        self.dma = dma
+        self.notify_off = index
+        self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the power-on defaults of the queue's configuration (2.6.1); RESET-DEV-04 for its progress."""
+        self.size = self.max_size
+        self.desc = 0
+        self.driver = 0
+        self.device = 0
+        self.msix_vector = 0xFFFF
+        self.enabled = False
+        self.event_idx = False
+        self.indirect = False
+        self.in_order = False
+
+    def activate(self, *, event_idx: bool, indirect: bool, in_order: bool) -> None:
+        """Freeze the negotiated ring features when the queue goes live."""
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.in_order = in_order
+
+    def misaligned(self, req_id: str, driver_align: int, device_align: int) -> RingError | None:
+        """The first ring area the driver programmed off its alignment (descriptors: DESC_ALIGN, 16 in both
+        layouts), as a breach of ``req_id``."""
+        for name, addr, align in (("queue_desc", self.desc, DESC_ALIGN), ("queue_driver", self.driver, driver_align),
+                                  ("queue_device", self.device, device_align)):
+            if addr % align:
+                return RingError(req_id, f"queue {self.index}: {name} {addr:#x} is not {align}-byte aligned")
+        return None
 
     def _read_u16(self, iova: int) -> int:
         if self.batch_dma is not None:
@@ -221,7 +255,7 @@ class RingAccess:
             self.dma.write(iova, U16.pack(value & 0xFFFF))
 
 
-class SplitQueue(RingAccess):
+class SplitQueue(VirtQueue):
     """One split virtqueue: configuration registers plus device progress.
 
     Configuration fields (``size``, ``desc``, ``driver``, ``device``,
@@ -233,29 +267,16 @@ class SplitQueue(RingAccess):
     def __init__(self, index: int, max_size: int, dma: Dma, hooks: RingHooks) -> None:
         if not is_valid_split_size(max_size):
             raise ValueError(f"queue {index}: maximum size {max_size} is not a power of two <= 32768")
-        self.index = index
-        self.max_size = max_size
-        self.dma = dma
         self.hooks = hooks
-        self.notify_off = index
-        self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
         # The bulk decoder follows NEXT itself, so a variant deciding that differently gets parse_chain.
         self.bulk_ok = type(hooks).chain_continues is RingHooks.chain_continues
-        self.reset()
+        super().__init__(index, max_size, dma)
 
     def reset(self) -> None:
         """Back to the power-on defaults of the queue (2.6.1: indices and configuration)."""
-        self.size = self.max_size
-        self.desc = 0
-        self.driver = 0
-        self.device = 0
-        self.msix_vector = 0xFFFF
-        self.enabled = False
+        super().reset()
         self.last_avail_idx = 0
         self.used_idx = 0
-        self.event_idx = False
-        self.indirect = False
-        self.in_order = False
         self.layout = SplitLayout(self.size)
         self._arrays: tuple[tuple[int, int, int, int], NDArray[np.uint16], NDArray[np.uint64]] | None = None
         self._frames: tuple[int, NDArray[np.uint8], np.uint64, np.uint64] | None = None
@@ -267,18 +288,12 @@ class SplitQueue(RingAccess):
         if not is_valid_split_size(self.size) or self.size > self.max_size:
             return RingError("PCI-DRV-17", f"queue {self.index}: queue_size {self.size} is not a power of two "
                                            f"<= {self.max_size}")
-        for name, addr, align in (("queue_desc", self.desc, DESC_ALIGN), ("queue_driver", self.driver, AVAIL_ALIGN),
-                                  ("queue_device", self.device, USED_ALIGN)):
-            if addr % align:
-                return RingError("SPLIT-DRV-01", f"queue {self.index}: {name} {addr:#x} is not {align}-byte aligned")
-        return None
+        return self.misaligned("SPLIT-DRV-01", AVAIL_ALIGN, USED_ALIGN)
 
     def activate(self, *, event_idx: bool, indirect: bool, in_order: bool) -> None:
         """Freeze the ring geometry and negotiated ring features when the queue goes live."""
         self.layout = SplitLayout(self.size)
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.in_order = in_order
+        super().activate(event_idx=event_idx, indirect=indirect, in_order=in_order)
 
     # --- available ring ----------------------------------------------------------------------
 
@@ -565,4 +580,5 @@ class SplitQueue(RingAccess):
         return self.hooks.needs_notification(self, old_idx, new_idx)
 
 
-__all__ = ["BatchDma", "Chain", "Dma", "PlainChains", "RingError", "RingHooks", "SplitQueue", "full_barrier"]
+__all__ = ["BatchDma", "Chain", "Dma", "PlainChains", "RingError", "RingHooks", "SplitQueue", "VirtQueue",
+           "full_barrier"]
