@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.pci.abilities import Lacking
@@ -60,14 +59,10 @@ from backend.virtio.packed_ring import (
     packed_need_event,
     unpack_ring,
 )
-from backend.virtio.pci_regs import CommonCfg
 from testbenches.monitor.pci_trace import Access, TracingPciDevice
-from testbenches.monitor.virtio_pci_rules import Decoder, Event, Finding, Layout
+from testbenches.monitor.ring_follow import QueueProgram, ReadMem, RingFollower
+from testbenches.monitor.virtio_pci_rules import Event, Finding
 
-ReadMem = Callable[[int, int], bytes]
-_NEXT = int(PackedDescFlags.NEXT)
-_WRITE = int(PackedDescFlags.WRITE)
-_INDIRECT = int(PackedDescFlags.INDIRECT)
 #: The rows this monitor judges (an id is only claimed when a run gave it an opportunity).
 PACKED_DRV_MONITORED = ("PACKED-DRV-01", "PACKED-DRV-02", "PACKED-DRV-03", "PACKED-DRV-04", "PACKED-DRV-07",
                         "PACKED-DRV-08", "PACKED-DRV-10", "PACKED-DRV-11", "PACKED-DRV-12", "PACKED-DRV-13",
@@ -86,13 +81,7 @@ class _List:
 
 
 @dataclass
-class _Queue:
-    size: int = 0
-    desc: int = 0
-    driver: int = 0
-    device: int = 0
-    live: bool = False
-    config_data: int | None = None
+class _Queue(QueueProgram):
     next_avail: int = 0
     avail_wrap: int = 1
     next_used: int = 0
@@ -109,16 +98,10 @@ class _Queue:
 
 
 @dataclass
-class PackedRingMonitor:
+class PackedRingMonitor(RingFollower[_Queue]):
     """Attach to a :class:`TracingPciDevice`; read :meth:`verdicts` after the run."""
 
-    read: ReadMem
-    layout: Layout
-    findings: list[Finding] = field(default_factory=list)
-    _queues: dict[int, _Queue] = field(default_factory=dict)
-    _features: int = 0
-    _feature_select: int = 0
-    _decoder: Decoder | None = None
+    RING_PACKED = True
     _observed: bool = False  # device DMA reported: used updates are seen as they happen
     unreadable: list[str] = field(default_factory=list)  # queues given up because their memory could not be read
     #: Queues whose in-flight judgement was given up without a DMA observer: the order of the device's used writes
@@ -133,28 +116,18 @@ class PackedRingMonitor:
         the used updates then happen as the device writes them, before the driver can take a used descriptor and
         reuse its slot (without it, a slot the driver reused between two looks ends the queue's judgement).
         ``observe=False`` keeps to the register trace, as on a target without a DMA observer."""
-        mon = cls(read, Layout.discover(trace))
-        mon._decoder = Decoder(mon.layout)
-        trace.listeners.append(mon._on_access)
+        mon = cls._following(trace, read)
         observer = trace.abilities().dma_observer
         if observe and not isinstance(observer, Lacking):
             observer.add_observer(mon._on_dma)
             mon._observed = True
         return mon
 
-    @property
-    def packed(self) -> bool:
-        return has(self._features, F.RING_PACKED)
-
     def verdicts(self) -> dict[str, tuple[bool, list[str]]]:
         """Per id: (every finding held, evidence of the failing ones); lost kicks are judged on the rings now."""
         with self._lock:
             self._check_lost_kicks()
-        out: dict[str, tuple[bool, list[str]]] = {}
-        for f in self.findings:
-            ok, ev = out.get(f.req_id, (True, []))
-            out[f.req_id] = (ok and f.ok, ev if f.ok else [*ev, f.evidence])
-        return out
+        return super().verdicts()
 
     def _note(self, rid: str, ok: bool, evidence: str) -> None:
         self.findings.append(Finding(rid, ok, evidence))
@@ -170,45 +143,21 @@ class PackedRingMonitor:
 
     def _on_access(self, a: Access) -> None:
         with self._lock:
-            self._follow(a)
+            super()._on_access(a)
 
-    def _follow(self, a: Access) -> None:
-        assert self._decoder is not None
-        e = self._decoder.feed(a)
-        if e is None:
-            return
-        if e.kind == "status_w" and e.value == 0:
-            self._check_lost_kicks()
-            self._queues.clear()
-            self._features = 0
-        elif e.kind == "common_w" and e.field == CommonCfg.DRIVER_FEATURE_SELECT:
-            self._feature_select = e.value
-        elif e.kind == "common_w" and e.field == CommonCfg.DRIVER_FEATURE:
-            sel = self._feature_select
-            self._features = self._features & ~(0xFFFFFFFF << (32 * sel)) | e.value << (32 * sel)
-        elif e.kind == "common_w" and e.queue >= 0:
-            self._queue_write(e)
-        elif e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and e.queue >= 0:
-            self._queues.setdefault(e.queue, _Queue()).config_data = e.value
-        elif e.kind == "notify" and self.packed:
-            self.inspect()
-            self._doorbell(e)
+    def _device_reset(self) -> None:
+        self._check_lost_kicks()
+        super()._device_reset()
 
-    def _queue_write(self, e: Event) -> None:
-        q = self._queues.setdefault(e.queue, _Queue())
-        shift = 32 * ((e.offset - int(e.field or 0)) // 4)  # 64-bit addresses arrive as two 32-bit halves
-        if e.field == CommonCfg.QUEUE_SIZE:
-            q.size = e.value
-        elif e.field == CommonCfg.QUEUE_DESC:
-            q.desc = q.desc & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_DRIVER:
-            q.driver = q.driver & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_DEVICE:
-            q.device = q.device & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_ENABLE and e.value == 1 and self.packed:
-            self._enabled(e.queue, q)
-        elif e.field == CommonCfg.QUEUE_RESET and e.value == 1:
-            self._queues[e.queue] = _Queue(config_data=q.config_data)
+    def _new_queue(self) -> _Queue:
+        return _Queue()
+
+    def _queue_reset(self, index: int, q: _Queue) -> None:
+        self._queues[index] = _Queue(config_data=q.config_data)
+
+    def _notified(self, e: Event) -> None:
+        self.inspect()
+        self._doorbell(e)
 
     def _enabled(self, index: int, q: _Queue) -> None:
         ok = q.desc % DESC_ALIGN == 0 and q.driver % EVENT_ALIGN == 0 and q.device % EVENT_ALIGN == 0
@@ -228,11 +177,7 @@ class PackedRingMonitor:
         if not has(self._features, F.NOTIFICATION_DATA):
             return
         ident, next_off, next_wrap = decode_notification_data(e.value)
-        if has(self._features, F.NOTIF_CONFIG_DATA):
-            index = next((i for i, q in self._queues.items() if q.config_data == ident), -1)
-        else:
-            index = ident
-        q = self._queues.get(index)
+        index, q = self._notified_queue(ident)
         if q is None or not q.live or q.lost:
             return
         self._note("PACKED-DRV-04", (next_off, next_wrap) == (q.next_avail, q.avail_wrap),
@@ -242,7 +187,7 @@ class PackedRingMonitor:
     def _on_dma(self, perm: DmaPerm, iova: int, size: int) -> None:
         """A device DMA access, reported before it lands. The store of the flags at a queue's used position hands
         the slot back: its id (stored before, 2.8.21.2) names the list, which is freed now."""
-        if not self.packed:
+        if not self.ring_negotiated:
             return
         with self._lock:
             self._dma(perm, iova, size)
@@ -280,7 +225,7 @@ class PackedRingMonitor:
 
     def _inspect_all(self) -> None:
         for index, q in self._queues.items():
-            if q.live and not q.lost and self.packed:
+            if q.live and not q.lost and self.ring_negotiated:
                 try:
                     # Each step stops where the one before gave the queue up: its positions mean nothing then.
                     for step in (self._take_used, self._check_unchanged, self._take_available):
@@ -414,7 +359,7 @@ class PackedRingMonitor:
                 return descs, (f"descriptor {len(descs)} (slot {slot}, flags {d.flags:#06x}) is not available for "
                                f"wrap counter {wrap} although the head is")
             descs.append(d)
-            if not d.flags & _NEXT or d.flags & _INDIRECT:
+            if not d.has_next or d.is_indirect:
                 return descs, ""
             if len(descs) >= q.size:
                 return descs, "loops"
@@ -423,14 +368,14 @@ class PackedRingMonitor:
     def _check_list(self, q: _Queue, descs: list[PackedDescriptor], where: str) -> None:
         writable_seen = False
         for i, d in enumerate(descs):
-            if d.flags & _INDIRECT:
+            if d.is_indirect:
                 self._note("PACKED-DRV-12", has(self._features, F.INDIRECT_DESC),
                            f"{where}: INDIRECT without VIRTIO_F_INDIRECT_DESC")
                 self._note("PACKED-DRV-15", len(descs) == 1,
                            f"{where}: INDIRECT descriptor {i} in a list of {len(descs)}")
                 writable_seen = self._check_table(q, d, where, writable_seen)
                 continue
-            if d.flags & _WRITE:
+            if d.is_write:
                 writable_seen = True
             else:
                 self._note("PACKED-DRV-08", not writable_seen, f"{where}: readable descriptor {i} after a writable one")
@@ -442,9 +387,9 @@ class PackedRingMonitor:
         if not ok_len:
             return writable_seen
         for j, e in enumerate(unpack_ring(self.read(d.addr, d.len))):
-            self._note("PACKED-DRV-13", not e.flags & ~_WRITE,
+            self._note("PACKED-DRV-13", not e.flags & ~PackedDescFlags.WRITE.value,
                        f"{where}: indirect entry {j} carries flags {e.flags:#06x} (only WRITE allowed)")
-            if e.flags & _WRITE:
+            if e.is_write:
                 writable_seen = True
             else:
                 self._note("PACKED-DRV-08", not writable_seen, f"{where}: readable indirect entry {j} after a "
@@ -464,7 +409,7 @@ class PackedRingMonitor:
         """PACKED-DRV-17: lists made available after the last doorbell and still not used, while the device event
         suppression structure asks for a notification for them (ENABLE, or DESC at a slot among them with
         EVENT_IDX). Only on queues whose doorbells cross the trace (ioeventfd kicks do not)."""
-        if not self.packed:
+        if not self.ring_negotiated:
             return
         self._inspect_all()
         for index, q in self._queues.items():

@@ -9,11 +9,10 @@ writes and never touches the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from backend.virtio.features import F, has
-from backend.virtio.pci_regs import CommonCfg
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
     DESC_ALIGN,
@@ -25,101 +24,53 @@ from backend.virtio.split_ring import (
     SplitLayout,
     unpack_table,
 )
-from testbenches.monitor.pci_trace import Access, TracingPciDevice
-from testbenches.monitor.virtio_pci_rules import Decoder, Event, Finding, Layout
-
-ReadMem = Callable[[int, int], bytes]
+from testbenches.monitor.pci_trace import TracingPciDevice
+from testbenches.monitor.ring_follow import QueueProgram, ReadMem, RingFollower
+from testbenches.monitor.virtio_pci_rules import Event, Finding
 
 
 @dataclass
-class _Queue:
-    size: int = 0
-    desc: int = 0
-    avail: int = 0
-    used: int = 0
-    live: bool = False
+class _Queue(QueueProgram):
     seen_avail_idx: int = 0
-    config_data: int | None = None
+
+    @property
+    def avail(self) -> int:
+        """The Driver Area of a split ring: its available ring."""
+        return self.driver
+
+    @property
+    def used(self) -> int:
+        """The Device Area of a split ring: its used ring."""
+        return self.device
 
 
 @dataclass
-class SplitRingMonitor:
+class SplitRingMonitor(RingFollower[_Queue]):
     """Attach to a :class:`TracingPciDevice`; read :attr:`findings` after the run."""
 
-    read: ReadMem
-    layout: Layout
-    findings: list[Finding] = field(default_factory=list)
-    _queues: dict[int, _Queue] = field(default_factory=dict)
-    _features: int = 0
-    _feature_select: int = 0
-    _decoder: Decoder | None = None
+    RING_PACKED = False
 
     @classmethod
     def attach(cls, trace: TracingPciDevice, read: ReadMem) -> SplitRingMonitor:
-        mon = cls(read, Layout.discover(trace))
-        mon._decoder = Decoder(mon.layout)
-        trace.listeners.append(mon._on_access)
-        return mon
-
-    def verdicts(self) -> dict[str, tuple[bool, list[str]]]:
-        out: dict[str, tuple[bool, list[str]]] = {}
-        for f in self.findings:
-            ok, ev = out.get(f.req_id, (True, []))
-            out[f.req_id] = (ok and f.ok, ev if f.ok else [*ev, f.evidence])
-        return out
+        return cls._following(trace, read)
 
     # --- following the register traffic -----------------------------------------------------------
 
-    def _on_access(self, a: Access) -> None:
-        assert self._decoder is not None
-        e = self._decoder.feed(a)
-        if e is None or not (e.kind.endswith(("_w", "notify")) or e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA):
-            return
-        if e.kind == "status_w" and e.value == 0:
-            self._queues.clear()
-            self._features = 0
-        elif e.kind == "common_w" and e.field == CommonCfg.DRIVER_FEATURE_SELECT:
-            self._feature_select = e.value
-        elif e.kind == "common_w" and e.field == CommonCfg.DRIVER_FEATURE:
-            sel = self._feature_select
-            self._features = self._features & ~(0xFFFFFFFF << (32 * sel)) | e.value << (32 * sel)
-        elif e.kind == "common_w" and e.queue >= 0:
-            self._queue_write(e)
-        elif e.kind == "common_r" and e.field == CommonCfg.QUEUE_NOTIF_CONFIG_DATA and e.queue >= 0:
-            self._queues.setdefault(e.queue, _Queue()).config_data = e.value
-        elif e.kind == "notify" and not has(self._features, F.RING_PACKED):  # packed rings: packed_ring_rules
-            if has(self._features, F.NOTIFICATION_DATA):
-                self._check_notification_data(e)
-            for index, q in self._queues.items():
-                if q.live:
-                    self._inspect(index, q)
+    def _new_queue(self) -> _Queue:
+        return _Queue()
 
-    def _queue_write(self, e: Event) -> None:
-        q = self._queues.setdefault(e.queue, _Queue())
-        half = (e.offset - int(e.field or 0)) // 4  # 64-bit addresses arrive as two 32-bit halves
-        shift = 32 * half
-        if e.field == CommonCfg.QUEUE_SIZE:
-            q.size = e.value
-        elif e.field == CommonCfg.QUEUE_DESC:
-            q.desc = q.desc & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_DRIVER:
-            q.avail = q.avail & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_DEVICE:
-            q.used = q.used & ~(0xFFFFFFFF << shift) | e.value << shift
-        elif e.field == CommonCfg.QUEUE_ENABLE and e.value == 1 and not has(self._features, F.RING_PACKED):
-            self._enabled(e.queue, q)
-        elif e.field == CommonCfg.QUEUE_RESET and e.value == 1:
-            q.live = False
-            q.seen_avail_idx = 0
+    def _queue_reset(self, index: int, q: _Queue) -> None:
+        q.live = False
+        q.seen_avail_idx = 0
+
+    def _notified(self, e: Event) -> None:
+        if has(self._features, F.NOTIFICATION_DATA):
+            self._check_notification_data(e)
+        self.inspect()
 
     def _check_notification_data(self, e: Event) -> None:
         """NOTIF-DRV-B01: next_off/next_wrap carry the new avail idx (bits 0-14 and bit 15)."""
-        ident = e.value & 0xFFFF
-        if has(self._features, F.NOTIF_CONFIG_DATA):
-            index = next((i for i, q in self._queues.items() if q.config_data == ident), -1)
-        else:
-            index = ident
-        q = self._queues.get(index)
+        index, q = self._notified_queue(e.value & 0xFFFF)
         if q is None or not q.live:
             return
         idx = U16.unpack(self.read(q.avail + 2, 2))[0]
@@ -148,7 +99,7 @@ class SplitRingMonitor:
     def inspect(self) -> None:
         """Look at every live queue now (for doorbells that bypass the trace, e.g. ioeventfd kicks)."""
         for index, q in self._queues.items():
-            if q.live and not has(self._features, F.RING_PACKED):
+            if q.live and self.ring_negotiated:
                 self._inspect(index, q)
 
     def _inspect(self, index: int, q: _Queue) -> None:
@@ -182,17 +133,10 @@ class SplitRingMonitor:
             return
         indirect_ok = has(self._features, F.INDIRECT_DESC)
         in_order = has(self._features, F.IN_ORDER)
-        seen: set[int] = set()
         count = 0
         total = 0
         writable_seen = False
-        i = head
-        while True:
-            if i in seen or i >= q.size:
-                self.findings.append(Finding("SPLIT-DRV-04", False, f"{where}: loops or leaves the table at {i}"))
-                return
-            seen.add(i)
-            d = table[i]
+        for i, d in self._links(where, table, head, "loops or leaves the table at"):
             count += 1
             if d.flags & DescFlags.INDIRECT:
                 self.findings.append(Finding("SPLIT-DRV-06", indirect_ok,
@@ -202,18 +146,15 @@ class SplitRingMonitor:
                 count, total, writable_seen = self._check_indirect(where, d, count, total, writable_seen, in_order)
             else:
                 total += d.len
-                if d.flags & DescFlags.WRITE:
-                    writable_seen = True
-                else:
-                    self.findings.append(Finding("SPLIT-DRV-02", not writable_seen,
-                                                 f"{where}: readable descriptor {i} after a writable one"))
+                writable_seen = self._writable_last(where, f"descriptor {i}", d, writable_seen)
             if not d.flags & DescFlags.NEXT or d.flags & DescFlags.INDIRECT:
                 break
             if in_order:
                 expect = 0 if i == q.size - 1 else i + 1
                 self.findings.append(Finding("SPLIT-DRV-05", d.next == expect,
                                              f"{where}: IN_ORDER descriptor {i} links to {d.next}, not {expect}"))
-            i = d.next
+        else:
+            return  # the chain loops or leaves the table: a SPLIT-DRV-04 failure, nothing more to count
         self.findings.append(Finding("SPLIT-DRV-08", count <= q.size,
                                      f"{where}: {count} descriptors in a queue of {q.size}"))
         self.findings.append(Finding("SPLIT-DRV-04", total <= 1 << 32, f"{where}: chain totals {total} bytes"))
@@ -224,28 +165,35 @@ class SplitRingMonitor:
             self.findings.append(Finding("SPLIT-DRV-08", False, f"{where}: indirect table length {d.len}"))
             return count, total, writable_seen
         table = unpack_table(self.read(d.addr, d.len))
-        n = len(table)
-        seen: set[int] = set()
-        j = 0
-        while True:
-            if j in seen or j >= n:
-                self.findings.append(Finding("SPLIT-DRV-04", False, f"{where}: indirect chain loops at {j}"))
-                break
-            seen.add(j)
-            e = table[j]
+        for j, e in self._links(where, table, 0, "indirect chain loops at"):
             count += 1
             self.findings.append(Finding("SPLIT-DRV-07", not e.flags & DescFlags.INDIRECT,
                                          f"{where}: indirect entry {j} is itself INDIRECT"))
             total += e.len
-            if e.flags & DescFlags.WRITE:
-                writable_seen = True
-            else:
-                self.findings.append(Finding("SPLIT-DRV-02", not writable_seen,
-                                             f"{where}: readable indirect entry {j} after a writable one"))
+            writable_seen = self._writable_last(where, f"indirect entry {j}", e, writable_seen)
             if not e.flags & DescFlags.NEXT:
                 break
             if in_order:
                 self.findings.append(Finding("SPLIT-DRV-10", e.next == j + 1,
                                              f"{where}: IN_ORDER indirect entry {j} links to {e.next}"))
-            j = e.next
         return count, total, writable_seen
+
+    def _writable_last(self, where: str, what: str, d: Descriptor, writable_seen: bool) -> bool:
+        """SPLIT-DRV-02 for the next descriptor of a chain: no device-readable one after a device-writable one.
+        Returns whether a writable one has been seen now."""
+        if d.flags & DescFlags.WRITE:
+            return True
+        self.findings.append(Finding("SPLIT-DRV-02", not writable_seen,
+                                     f"{where}: readable {what} after a writable one"))
+        return writable_seen
+
+    def _links(self, where: str, table: list[Descriptor], first: int, looped: str) -> Iterator[tuple[int, Descriptor]]:
+        """A chain's descriptors from ``first`` on, each with its index, following ``next`` for as long as the
+        caller goes on; one that repeats or leaves ``table`` ends the walk with a SPLIT-DRV-04 failure."""
+        seen: set[int] = set()
+        i = first
+        while i not in seen and i < len(table):
+            seen.add(i)
+            yield i, table[i]
+            i = table[i].next
+        self.findings.append(Finding("SPLIT-DRV-04", False, f"{where}: {looped} {i}"))

@@ -9,7 +9,7 @@ only claimed when it was really exercised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from backend.drivers.transport import NET_CONFIG_FIELDS
@@ -34,6 +34,15 @@ class Finding:
     req_id: str
     ok: bool
     evidence: str
+
+
+def verdicts_of(findings: Iterable[Finding]) -> dict[str, tuple[bool, list[str]]]:
+    """Per id: (every finding held, evidence of the failing ones in their order)."""
+    result: dict[str, tuple[bool, list[str]]] = {}
+    for f in findings:
+        ok, evidence = result.get(f.req_id, (True, []))
+        result[f.req_id] = (ok and f.ok, evidence if f.ok else [*evidence, f.evidence])
+    return result
 
 
 @dataclass(frozen=True)
@@ -167,13 +176,7 @@ class VirtioPciDriverMonitor:
 
     def verdicts(self) -> dict[str, tuple[bool, list[str]]]:
         """Per id: (all findings ok, evidence of the failing ones)."""
-        result: dict[str, tuple[bool, list[str]]] = {}
-        for f in self.findings():
-            ok, evidence = result.get(f.req_id, (True, []))
-            if not f.ok:
-                evidence = [*evidence, f.evidence]
-            result[f.req_id] = (ok and f.ok, evidence)
-        return result
+        return verdicts_of(self.findings())
 
     # features seen on the wire: offered (device_feature reads per select) and acked (driver_feature writes)
     def feature_timeline(self, ev: list[Event]) -> tuple[int, list[int], list[tuple[int, int]]]:
