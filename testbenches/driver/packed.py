@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from backend.virtio.packed_ring import (
     DESC,
@@ -38,7 +38,7 @@ from backend.virtio.packed_ring import (
     packed_need_event,
 )
 from sim.memory import Allocator, GuestMemory
-from testbenches.driver.split_ring import DriverBuffers, DriverQueueError, QueueFull, UsedBuffer
+from testbenches.driver.split_ring import DriverQueue, DriverQueueError, InflightBuffers, QueueFull, UsedBuffer
 
 _NEXT = int(PackedDescFlags.NEXT)
 _WRITE = int(PackedDescFlags.WRITE)
@@ -46,14 +46,11 @@ _INDIRECT = int(PackedDescFlags.INDIRECT)
 
 
 @dataclass
-class _Inflight:
-    slots: int  # ring slots the list occupies
-    buffers: list[tuple[int, int, bool]] = field(default_factory=list)  # (gpa, len, device-writable)
-    allocations: list[int] = field(default_factory=list)  # gpas to free on completion
-    token: object = None
+class _Inflight(InflightBuffers):
+    slots: int = 1  # ring slots the list occupies
 
 
-class DriverPackedQueue(DriverBuffers):
+class DriverPackedQueue(DriverQueue[_Inflight]):
     """A packed virtqueue of ``size`` entries (any size 1..32768) whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (PACKED-DRV-01) and zeroed, so both wrap counters start at 1
@@ -66,22 +63,13 @@ class DriverPackedQueue(DriverBuffers):
                  in_order: bool = False, auto_used_event: bool = True) -> None:
         if not is_valid_packed_size(size):
             raise ValueError(f"packed queue size {size} is not within 1..32768")
-        self.mem = mem
-        self.alloc = alloc
-        self.size = size
-        self.index = index
-        self.event_idx = event_idx
+        super().__init__(mem, alloc, size, index=index, event_idx=event_idx, auto_used_event=auto_used_event)
         self.in_order = in_order
-        self.auto_used_event = auto_used_event
         self.layout = PackedLayout(size)
-        self.desc_addr = alloc.alloc(self.layout.desc_bytes, DESC_ALIGN)
-        self.driver_addr = alloc.alloc(EVENT_SIZE, EVENT_ALIGN)  # driver event suppression (the driver writes)
-        self.device_addr = alloc.alloc(EVENT_SIZE, EVENT_ALIGN)  # device event suppression (the device writes)
-        for addr, n in ((self.desc_addr, self.layout.desc_bytes), (self.driver_addr, EVENT_SIZE),
-                        (self.device_addr, EVENT_SIZE)):
-            mem.write(addr, bytes(n))
+        # the driver event suppression structure is the driver's to write, the device one the device's
+        self.desc_addr, self.driver_addr, self.device_addr = self._alloc_parts(
+            (self.layout.desc_bytes, DESC_ALIGN), (EVENT_SIZE, EVENT_ALIGN), (EVENT_SIZE, EVENT_ALIGN))
         self._free_ids: deque[int] = deque(range(size))
-        self._inflight: dict[int, _Inflight] = {}
         self._order: deque[int] = deque()  # ids in the order they were made available (IN_ORDER completion)
         self.num_free = size  # ring slots not held by a list in flight
         self.next_avail = 0
@@ -89,7 +77,6 @@ class DriverPackedQueue(DriverBuffers):
         self.next_used = 0
         self.used_wrap = 1
         self._kicked = (0, 1)  # the avail position at the last notification decision
-        self.anomalies: list[str] = []  # device protocol breaches noticed while consuming
 
     # --- small accessors -----------------------------------------------------------------------
 
@@ -126,7 +113,7 @@ class DriverPackedQueue(DriverBuffers):
         if descs:
             self.mem.write(self.desc_addr + DESC_SIZE * slots[0], descs[0].pack()[:DESC_FLAGS_OFFSET])
             self._w16(self.desc_addr + DESC_SIZE * slots[0] + DESC_FLAGS_OFFSET, descs[0].flags)
-        self._inflight[buffer_id] = _Inflight(len(descs), token=token)
+        self._inflight[buffer_id] = _Inflight(slots=len(descs), token=token)
         self._order.append(buffer_id)
         self.num_free -= len(descs)
         self.next_avail, self.avail_wrap = pos
@@ -151,18 +138,8 @@ class DriverPackedQueue(DriverBuffers):
         if self.num_free < need or not self._free_ids:
             raise QueueFull(f"queue {self.index}: {need} slots needed, {self.num_free} free")
         buffer_id = self._free_ids.popleft()
-        rec = _Inflight(need, token=token)
-        parts: list[tuple[int, int, int]] = []  # (gpa, len, WRITE or 0)
-        for data in out:
-            gpa = self.alloc_buffer(data)
-            rec.allocations.append(gpa)
-            rec.buffers.append((gpa, len(data), False))
-            parts.append((gpa, len(data), 0))
-        for length in in_lens:
-            gpa = self.alloc_buffer(length)
-            rec.allocations.append(gpa)
-            rec.buffers.append((gpa, length, True))
-            parts.append((gpa, length, _WRITE))
+        rec = _Inflight(slots=need, token=token)
+        parts = self._place_buffers(rec, out, in_lens, _WRITE)
         if indirect:
             table = self.alloc.alloc(DESC_SIZE * n, DESC_ALIGN)
             rec.allocations.append(table)
@@ -259,34 +236,14 @@ class DriverPackedQueue(DriverBuffers):
         done: list[UsedBuffer] = []
         for i in ids:
             rec = self._inflight.pop(i)
-            length = ulen if i == uid else 0  # only the last of a batch carries its length
-            writable = sum(n for _, n, w in rec.buffers if w)
-            if length > writable and rec.buffers:
-                self.anomalies.append(f"used len {length} for buffer {i} exceeds its {writable} writable bytes")
-                length = writable
-            chunks: list[bytes] = []
-            left = length
-            for gpa, n, w in rec.buffers:
-                if w and left > 0:
-                    take = min(left, n)
-                    chunks.append(self.mem.read(gpa, take))
-                    left -= take
+            # only the last of a batch carries its length
+            length, data = self._written(rec, ulen if i == uid else 0, f"buffer {i}")
             self.next_used, self.used_wrap = advance(self.next_used, self.used_wrap, rec.slots, self.size)
             self.num_free += rec.slots
             self._free_ids.append(i)
-            for gpa in rec.allocations:
-                self.alloc.free(gpa)
-            done.append(UsedBuffer(i, length, b"".join(chunks), rec.token))
+            self._release(rec)
+            done.append(UsedBuffer(i, length, data, rec.token))
         return done
-
-    def close(self) -> None:
-        """Free the ring parts and every buffer still in flight."""
-        for rec in self._inflight.values():
-            for gpa in rec.allocations:
-                self.alloc.free(gpa)
-        self._inflight.clear()
-        for gpa in (self.desc_addr, self.driver_addr, self.device_addr):
-            self.alloc.free(gpa)
 
 
 __all__ = ["DriverPackedQueue"]

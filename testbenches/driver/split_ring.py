@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
@@ -50,11 +50,20 @@ class UsedBuffer:
 
 
 @dataclass
-class _Inflight:
-    descs: list[int]  # descriptor table slots the chain occupies
+class InflightBuffers:
+    """A buffer made available and not yet used, in either layout: its data buffers and what to free once used."""
+
     buffers: list[tuple[int, int, bool]] = field(default_factory=list)  # (gpa, len, device-writable)
     allocations: list[int] = field(default_factory=list)  # gpas to free on completion
     token: object = None
+
+
+@dataclass
+class _Inflight(InflightBuffers):
+    descs: list[int] = field(default_factory=list)  # descriptor table slots the chain occupies
+
+
+_Rec = TypeVar("_Rec", bound=InflightBuffers)
 
 
 class _Packable(Protocol):
@@ -62,8 +71,8 @@ class _Packable(Protocol):
 
 
 class DriverBuffers:
-    """What both ring layouts' driver queues do alike: data buffers and indirect tables in guest memory.
-    Descriptors of both layouts are 16 bytes at 16-byte alignment (2.7.5, 2.8.13)."""
+    """Data buffers and indirect tables in guest memory, as the queues of both ring layouts (and the conformance
+    rig's hostile lists) place them. Descriptors of both layouts are 16 bytes at 16-byte alignment (2.7.5, 2.8.13)."""
 
     mem: GuestMemory
     alloc: Allocator
@@ -98,7 +107,76 @@ class DriverBuffers:
         self.alloc.free(gpa)
 
 
-class DriverSplitQueue(DriverBuffers):
+class DriverQueue(DriverBuffers, Generic[_Rec]):
+    """What both layouts' driver queues keep alike: the queue's settings, its parts in guest memory (allocated at
+    their spec alignment and zeroed), the buffers in flight by head or Buffer ID, and the device's protocol
+    breaches noticed while consuming (``anomalies``)."""
+
+    def __init__(self, mem: GuestMemory, alloc: Allocator, size: int, *, index: int, event_idx: bool,
+                 auto_used_event: bool) -> None:
+        self.mem = mem
+        self.alloc = alloc
+        self.size = size
+        self.index = index
+        self.event_idx = event_idx
+        self.auto_used_event = auto_used_event
+        self._parts: list[int] = []
+        self._inflight: dict[int, _Rec] = {}
+        self.anomalies: list[str] = []  # device protocol breaches noticed while consuming
+
+    def _alloc_parts(self, *parts: tuple[int, int]) -> list[int]:
+        """The gpas of the queue's parts, (bytes, alignment) each, allocated and zeroed."""
+        gpas = [self.alloc.alloc(n, align) for n, align in parts]
+        for gpa, (n, _) in zip(gpas, parts, strict=True):
+            self.mem.write(gpa, bytes(n))
+        self._parts += gpas
+        return gpas
+
+    def _place_buffers(self, rec: _Rec, out: Sequence[bytes], in_lens: Sequence[int],
+                       write_flag: int) -> list[tuple[int, int, int]]:
+        """Allocate and fill the data buffers of one buffer, device-readable ``out`` then device-writable
+        ``in_lens``, kept in ``rec``; returns them as (gpa, len, ``write_flag`` or 0)."""
+        pieces: list[tuple[bytes | int, int, int]] = [(data, len(data), 0) for data in out]
+        pieces += [(length, length, write_flag) for length in in_lens]
+        parts: list[tuple[int, int, int]] = []
+        for data, length, flag in pieces:
+            gpa = self.alloc_buffer(data)
+            rec.allocations.append(gpa)
+            rec.buffers.append((gpa, length, bool(flag)))
+            parts.append((gpa, length, flag))
+        return parts
+
+    def _written(self, rec: _Rec, length: int, what: str) -> tuple[int, bytes]:
+        """The used ``length`` of ``rec`` (cut to its writable bytes, an anomaly when it claims more) and the bytes
+        the device wrote there; ``what`` names the buffer in the anomaly."""
+        writable = sum(n for _, n, w in rec.buffers if w)
+        if length > writable and rec.buffers:
+            self.anomalies.append(f"used len {length} for {what} exceeds its {writable} writable bytes")
+            length = writable
+        chunks: list[bytes] = []
+        left = length
+        for gpa, n, w in rec.buffers:
+            if w and left > 0:
+                take = min(left, n)
+                chunks.append(self.mem.read(gpa, take))
+                left -= take
+        return length, b"".join(chunks)
+
+    def _release(self, rec: _Rec) -> None:
+        """Free what ``rec`` allocated (its buffers, an indirect table)."""
+        for gpa in rec.allocations:
+            self.alloc.free(gpa)
+
+    def close(self) -> None:
+        """Free the ring parts and every buffer still in flight."""
+        for rec in self._inflight.values():
+            self._release(rec)
+        self._inflight.clear()
+        for gpa in self._parts:
+            self.alloc.free(gpa)
+
+
+class DriverSplitQueue(DriverQueue[_Inflight]):
     """A split virtqueue of ``size`` entries whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (SPLIT-DRV-01) and zeroed, so
@@ -110,25 +188,15 @@ class DriverSplitQueue(DriverBuffers):
                  event_idx: bool = False, auto_used_event: bool = True) -> None:
         if not is_valid_split_size(size):
             raise ValueError(f"split queue size {size} is not a power of two up to 32768")
-        self.mem = mem
-        self.alloc = alloc
-        self.size = size
-        self.index = index
-        self.event_idx = event_idx
-        self.auto_used_event = auto_used_event
+        super().__init__(mem, alloc, size, index=index, event_idx=event_idx, auto_used_event=auto_used_event)
         self.layout = SplitLayout(size)
-        self.desc_addr = alloc.alloc(self.layout.desc_bytes, DESC_ALIGN)
-        self.avail_addr = alloc.alloc(self.layout.avail_bytes, AVAIL_ALIGN)
-        self.used_addr = alloc.alloc(self.layout.used_bytes, USED_ALIGN)
-        for addr, n in ((self.desc_addr, self.layout.desc_bytes), (self.avail_addr, self.layout.avail_bytes),
-                        (self.used_addr, self.layout.used_bytes)):
-            mem.write(addr, bytes(n))
+        self.desc_addr, self.avail_addr, self.used_addr = self._alloc_parts(
+            (self.layout.desc_bytes, DESC_ALIGN), (self.layout.avail_bytes, AVAIL_ALIGN),
+            (self.layout.used_bytes, USED_ALIGN))
         self._free: deque[int] = deque(range(size))
-        self._inflight: dict[int, _Inflight] = {}
         self.avail_idx = 0  # next free avail ring slot (free-running, 16-bit wrap on write)
         self.published = 0  # avail idx the device has been shown
         self.last_used = 0  # next used ring entry to consume
-        self.anomalies: list[str] = []  # device protocol breaches noticed while consuming
 
     # --- small accessors -----------------------------------------------------------------------
 
@@ -206,18 +274,8 @@ class DriverSplitQueue(DriverBuffers):
         need = 1 if indirect else n
         if len(self._free) < need:
             raise QueueFull(f"queue {self.index}: {need} descriptors needed, {len(self._free)} free")
-        rec = _Inflight(descs=[], token=token)
-        parts: list[tuple[int, int, int]] = []  # (gpa, len, flags)
-        for data in out:
-            gpa = self.alloc_buffer(data)
-            rec.allocations.append(gpa)
-            rec.buffers.append((gpa, len(data), False))
-            parts.append((gpa, len(data), 0))
-        for length in in_lens:
-            gpa = self.alloc_buffer(length)
-            rec.allocations.append(gpa)
-            rec.buffers.append((gpa, length, True))
-            parts.append((gpa, length, DescFlags.WRITE))
+        rec = _Inflight(token=token)
+        parts = self._place_buffers(rec, out, in_lens, DescFlags.WRITE)
         if indirect:
             table = self.alloc.alloc(DESC_SIZE * n, DESC_ALIGN)
             rec.allocations.append(table)
@@ -293,27 +351,7 @@ class DriverSplitQueue(DriverBuffers):
         if rec is None:
             self.anomalies.append(f"used id {uid} is not the head of a buffer in flight")
             raise DriverQueueError(self.anomalies[-1])
-        writable = sum(length for _, length, w in rec.buffers if w)
-        if ulen > writable and rec.buffers:
-            self.anomalies.append(f"used len {ulen} for head {uid} exceeds its {writable} writable bytes")
-            ulen = writable
-        chunks: list[bytes] = []
-        left = ulen
-        for gpa, length, w in rec.buffers:
-            if w and left > 0:
-                take = min(left, length)
-                chunks.append(self.mem.read(gpa, take))
-                left -= take
+        ulen, data = self._written(rec, ulen, f"head {uid}")
         self._free.extend(rec.descs)
-        for gpa in rec.allocations:
-            self.alloc.free(gpa)
-        return UsedBuffer(uid, ulen, b"".join(chunks), rec.token)
-
-    def close(self) -> None:
-        """Free the ring parts and every buffer still in flight."""
-        for rec in self._inflight.values():
-            for gpa in rec.allocations:
-                self.alloc.free(gpa)
-        self._inflight.clear()
-        for gpa in (self.desc_addr, self.avail_addr, self.used_addr):
-            self.alloc.free(gpa)
+        self._release(rec)
+        return UsedBuffer(uid, ulen, data, rec.token)
