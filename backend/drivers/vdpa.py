@@ -250,13 +250,7 @@ class VirtioPciVdpaDevice:
                 if not has(self._features, F.RING_RESET):
                     raise NotSupported(f"virtqueue {index}: disabling a live queue needs VIRTIO_F_RING_RESET "
                                        "(queue_enable is never written 0: PCI-DRV-20)")
-                self._unregister_kick(vq)
-                try:
-                    self.transport.reset_queue(index)
-                except VirtioPciError as exc:
-                    vq.reset_unfinished = True
-                    raise VdpaError(str(exc)) from None
-                vq.live = False
+                self._reset_queue(index, vq, "")
             vq.ready = False
 
     def get_vq_ready(self, index: int) -> bool:
@@ -325,12 +319,17 @@ class VirtioPciVdpaDevice:
         if vq.reset_unfinished:
             raise NotSupported(f"virtqueue {index}: its earlier queue reset never completed, so the device may still "
                                "run it; its state cannot be read")
+        self._reset_queue(index, vq, f"virtqueue {index}: stopping it to read its state: ")
+
+    def _reset_queue(self, index: int, vq: _Vq, context: str) -> None:
+        """Take a live queue down with a queue reset; one the device never completes is remembered, since
+        the device may still run that queue."""
         self._unregister_kick(vq)
         try:
             self.transport.reset_queue(index)
         except VirtioPciError as exc:
             vq.reset_unfinished = True
-            raise VdpaError(f"virtqueue {index}: stopping it to read its state: {exc}") from None
+            raise VdpaError(f"{context}{exc}") from None
         vq.live = False
 
     # kicks -----------------------------------------------------------------------------------
