@@ -305,12 +305,16 @@ class VirtioPciModern:
 
     # features --------------------------------------------------------------------------------
 
-    def device_features(self) -> int:
+    def _read_features(self, select: CommonCfg, window: CommonCfg) -> int:
+        """A feature word read 32 bits at a time, each window chosen through ``select``."""
         features = 0
         for sel in range(self.feature_windows):
-            self.write_common(CommonCfg.DEVICE_FEATURE_SELECT, sel)
-            features |= self.read_common(CommonCfg.DEVICE_FEATURE) << (32 * sel)
+            self.write_common(select, sel)
+            features |= self.read_common(window) << (32 * sel)
         return features
+
+    def device_features(self) -> int:
+        return self._read_features(CommonCfg.DEVICE_FEATURE_SELECT, CommonCfg.DEVICE_FEATURE)
 
     def write_driver_features(self, features: int) -> None:
         if features >> (32 * self.feature_windows):
@@ -321,11 +325,7 @@ class VirtioPciModern:
         self.negotiated = features
 
     def driver_features(self) -> int:
-        features = 0
-        for sel in range(self.feature_windows):
-            self.write_common(CommonCfg.DRIVER_FEATURE_SELECT, sel)
-            features |= self.read_common(CommonCfg.DRIVER_FEATURE) << (32 * sel)
-        return features
+        return self._read_features(CommonCfg.DRIVER_FEATURE_SELECT, CommonCfg.DRIVER_FEATURE)
 
     # status ----------------------------------------------------------------------------------
 
@@ -381,22 +381,28 @@ class VirtioPciModern:
     def select_queue(self, queue: int) -> None:
         self.write_common(CommonCfg.QUEUE_SELECT, queue)
 
-    def queue_size(self, queue: int) -> int:
+    def read_queue(self, queue: int, fld: CommonCfg) -> int:
+        """A per-queue field of ``queue`` (selected first)."""
         self.select_queue(queue)
-        return self.read_common(CommonCfg.QUEUE_SIZE)
+        return self.read_common(fld)
+
+    def write_queue(self, queue: int, fld: CommonCfg, value: int) -> None:
+        """Write a per-queue field of ``queue`` (selected first); it stays selected."""
+        self.select_queue(queue)
+        self.write_common(fld, value)
+
+    def queue_size(self, queue: int) -> int:
+        return self.read_queue(queue, CommonCfg.QUEUE_SIZE)
 
     def set_queue_size(self, queue: int, size: int) -> None:
-        self.select_queue(queue)
-        self.write_common(CommonCfg.QUEUE_SIZE, size)
+        self.write_queue(queue, CommonCfg.QUEUE_SIZE, size)
 
     def queue_enabled(self, queue: int) -> bool:
-        self.select_queue(queue)
-        return bool(self.read_common(CommonCfg.QUEUE_ENABLE))
+        return bool(self.read_queue(queue, CommonCfg.QUEUE_ENABLE))
 
     def enable_queue(self, queue: int) -> None:
         """Write 1 to queue_enable; 0 is never written (PCI-DRV-20)."""
-        self.select_queue(queue)
-        self.write_common(CommonCfg.QUEUE_ENABLE, 1)
+        self.write_queue(queue, CommonCfg.QUEUE_ENABLE, 1)
 
     def set_queue_addresses(self, queue: int, desc: int, driver: int, device: int) -> None:
         self.select_queue(queue)
@@ -405,31 +411,25 @@ class VirtioPciModern:
         self.write_common(CommonCfg.QUEUE_DEVICE, device)
 
     def queue_msix_vector(self, queue: int) -> int:
-        self.select_queue(queue)
-        return self.read_common(CommonCfg.QUEUE_MSIX_VECTOR)
+        return self.read_queue(queue, CommonCfg.QUEUE_MSIX_VECTOR)
 
     def set_queue_msix_vector(self, queue: int, vector: int) -> int:
         """Map the queue's interrupt to ``vector`` and return what reads back (PCI-DRV-35)."""
-        self.select_queue(queue)
-        self.write_common(CommonCfg.QUEUE_MSIX_VECTOR, vector)
+        self.write_queue(queue, CommonCfg.QUEUE_MSIX_VECTOR, vector)
         return self.read_common(CommonCfg.QUEUE_MSIX_VECTOR)
 
     def queue_notify_off(self, queue: int) -> int:
-        self.select_queue(queue)
-        return self.read_common(CommonCfg.QUEUE_NOTIFY_OFF)
+        return self.read_queue(queue, CommonCfg.QUEUE_NOTIFY_OFF)
 
     def queue_notif_config_data(self, queue: int) -> int:
-        self.select_queue(queue)
-        return self.read_common(CommonCfg.QUEUE_NOTIF_CONFIG_DATA)
+        return self.read_queue(queue, CommonCfg.QUEUE_NOTIF_CONFIG_DATA)
 
     def reset_queue(self, queue: int, timeout: float | None = None) -> None:
         """VIRTIO_F_RING_RESET: write 1 to queue_reset, done only once it reads 0 (PCI-DRV-21)."""
-        self.select_queue(queue)
-        self.write_common(CommonCfg.QUEUE_RESET, 1)
+        self.write_queue(queue, CommonCfg.QUEUE_RESET, 1)
         deadline = time.monotonic() + (self.reset_timeout if timeout is None else timeout)
         while True:
-            self.select_queue(queue)
-            if self.read_common(CommonCfg.QUEUE_RESET) == 0:
+            if self.read_queue(queue, CommonCfg.QUEUE_RESET) == 0:
                 return
             now = time.monotonic()
             if now >= deadline:
