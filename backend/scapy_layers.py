@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from scapy.fields import (
+    AnyField,
     BitEnumField,
     BitField,
     ByteEnumField,
@@ -28,26 +29,27 @@ from backend.virtio.packed_ring import EventFlags, PackedDescFlags
 _FLAG_NAMES: Final = ["VERSION0", "VERSION1", "REPLY", "NEED_REPLY"]
 
 
+def _header_fields(requests: type[FrontendRequest] | type[BackendRequest]) -> list[AnyField]:
+    """u32 request, u32 flags, u32 size: the same header on both channels, which number requests apart."""
+    return [
+        LEIntEnumField("request", 0, {int(m): m.name for m in requests}),
+        FlagsField("flags", int(HeaderFlag.VERSION), -32, _FLAG_NAMES),
+        LEIntField("size", 0),
+    ]
+
+
 class VhostUserHeader(Packet):
     """The vhost-user main-channel header: ``VhostUserHeader(request=8, size=8)/Raw(...)``."""
 
     name = "vhost-user"
-    fields_desc = [
-        LEIntEnumField("request", 0, {int(m): m.name for m in FrontendRequest}),
-        FlagsField("flags", int(HeaderFlag.VERSION), -32, _FLAG_NAMES),
-        LEIntField("size", 0),
-    ]
+    fields_desc = _header_fields(FrontendRequest)
 
 
 class VhostUserBackendHeader(Packet):
     """The vhost-user back-end channel header (back-end request numbering)."""
 
     name = "vhost-user backend"
-    fields_desc = [
-        LEIntEnumField("request", 0, {int(m): m.name for m in BackendRequest}),
-        FlagsField("flags", int(HeaderFlag.VERSION), -32, _FLAG_NAMES),
-        LEIntField("size", 0),
-    ]
+    fields_desc = _header_fields(BackendRequest)
 
 
 class VirtioNetHdr(Packet):
