@@ -150,6 +150,15 @@ def _traffic(tp: Testpmd, number: int) -> tuple[int, int]:
     return stats.tx_packets, stats.rx_packets
 
 
+def _stop_serve(serve: ServeProcess, context: str) -> None:
+    """Stop ``serve``, which must have logged no traceback and must exit 0 on SIGTERM."""
+    if "Traceback" in serve.proc.output():
+        raise StormFailed(f"{context}traceback in the serve log:\n{serve.proc.tail()}")
+    code = serve.stop()
+    if code != 0:
+        raise StormFailed(f"{context}serve exited {code} on SIGTERM:\n{serve.proc.tail()}")
+
+
 def resume_storm(cycles: int, workdir: Path, progress: Callable[[Cycle], None] | None = None) -> StormResult:
     """One testpmd (virtio_user ``server=1``) for the whole run, and a new ``serve --client`` every cycle: virtio_user
     keeps its rings across the backend's restarts and hands their positions to the next serve (SET_VRING_BASE), so
@@ -174,11 +183,7 @@ def resume_storm(cycles: int, workdir: Path, progress: Callable[[Cycle], None] |
                 if result.idle_fds < 0:
                     result.idle_fds = fds
                 cycle = Cycle(number, sent, received, rss_kib(serve.pid), fds, time.monotonic() - start)
-                if "Traceback" in serve.proc.output():
-                    raise StormFailed(f"cycle {number}: traceback in the serve log:\n{serve.proc.tail()}")
-                code = serve.stop()
-                if code != 0:
-                    raise StormFailed(f"cycle {number}: serve exited {code} on SIGTERM:\n{serve.proc.tail()}")
+                _stop_serve(serve, f"cycle {number}: ")
             result.cycles.append(cycle)
             if progress is not None:
                 progress(cycle)
@@ -208,11 +213,7 @@ def storm(cycles: int, way: str, workdir: Path, progress: Callable[[Cycle], None
             result.cycles.append(cycle)
             if progress is not None:
                 progress(cycle)
-        if "Traceback" in serve.proc.output():
-            raise StormFailed(f"traceback in the serve log:\n{serve.proc.tail()}")
-        code = serve.stop()
-        if code != 0:
-            raise StormFailed(f"serve exited {code} on SIGTERM:\n{serve.proc.tail()}")
+        _stop_serve(serve, "")
     return result
 
 
