@@ -153,23 +153,25 @@ class Session:
                 if exc.partial:
                     self.record.reason = "connection closed in the middle of a message"
                 return
-            except m.VfioUserProtocolError as exc:
-                self._drop(f"malformed message: {exc.reason}")
-                return
-            except OSError as exc:
-                self.record.reason = f"socket error: {exc.strerror or exc}"
+            except (m.VfioUserProtocolError, OSError) as exc:
+                self._end(exc, "malformed message", "socket error")
                 return
             try:
                 self._dispatch(msg)
-            except m.VfioUserProtocolError as exc:
-                self._drop(f"malformed {msg.header.command_name()}: {exc.reason}")
-                return
-            except OSError as exc:
-                self.record.reason = f"socket error while replying: {exc.strerror or exc}"
+            except (m.VfioUserProtocolError, OSError) as exc:
+                self._end(exc, f"malformed {msg.header.command_name()}", "socket error while replying")
                 return
             finally:
                 msg.close_fds()
             self.record.handled += 1
+
+    def _end(self, exc: m.VfioUserProtocolError | OSError, malformed: str, socket_error: str) -> None:
+        """Record why the session ends: a malformed message drops the client (logged), a socket error
+        means the client is gone already."""
+        if isinstance(exc, m.VfioUserProtocolError):
+            self._drop(f"{malformed}: {exc.reason}")
+        else:
+            self.record.reason = f"{socket_error}: {exc.strerror or exc}"
 
     def _drop(self, reason: str) -> None:
         self.record.reason = reason
