@@ -19,7 +19,7 @@ import struct
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Final, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, Protocol, Self, TypeAlias, overload
 
 
 class WireError(Exception):
@@ -174,3 +174,26 @@ class Record:
     def wire_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.LAYOUT.fields}
 
+
+class _Flagged(Protocol):
+    @property
+    def flags(self) -> int: ...
+
+
+class FlagBit:
+    """A read-only bool attribute saying whether ``mask`` is set in the object's ``flags``, declared once
+    per flag: ``is_write = FlagBit(DescFlags.WRITE)`` (a descriptor's NEXT/WRITE/INDIRECT, a header's REPLY)."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: int) -> None:
+        self.mask = int(mask)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> FlagBit: ...
+
+    @overload
+    def __get__(self, obj: _Flagged, owner: type) -> bool: ...
+
+    def __get__(self, obj: _Flagged | None, owner: type) -> FlagBit | bool:
+        return self if obj is None else bool(obj.flags & self.mask)

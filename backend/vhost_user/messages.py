@@ -92,6 +92,7 @@ from backend.vhost_user.protocol import (
     vring_word,
 )
 from backend.virtio.features import DeviceStatus
+from backend.wire import FlagBit
 
 if TYPE_CHECKING:
     from scapy.packet import Packet
@@ -177,13 +178,8 @@ class _HeaderFlags:
     __slots__ = ()
     flags: int
 
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.flags & HeaderFlag.REPLY)
-
-    @property
-    def need_reply(self) -> bool:
-        return bool(self.flags & HeaderFlag.NEED_REPLY)
+    is_reply = FlagBit(HeaderFlag.REPLY)
+    need_reply = FlagBit(HeaderFlag.NEED_REPLY)
 
 
 @dataclass(frozen=True, slots=True)

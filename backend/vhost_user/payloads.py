@@ -224,9 +224,7 @@ class VringAddr(_Payload):
     avail: wire.U64
     log: wire.U64
 
-    @property
-    def log_used(self) -> bool:
-        return bool(self.flags & (1 << VHOST_VRING_F_LOG))
+    log_used = wire.FlagBit(1 << VHOST_VRING_F_LOG)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
+from backend.wire import FlagBit
+
 
 class PackedDescFlags(IntFlag):
     """``flags`` of a packed descriptor (2.8.13); NEXT/WRITE/INDIRECT as in the split ring."""
@@ -98,17 +100,9 @@ class PackedDescriptor:
     def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> PackedDescriptor:
         return cls(*DESC.unpack_from(raw, offset))
 
-    @property
-    def has_next(self) -> bool:
-        return bool(self.flags & PackedDescFlags.NEXT)
-
-    @property
-    def is_write(self) -> bool:
-        return bool(self.flags & PackedDescFlags.WRITE)
-
-    @property
-    def is_indirect(self) -> bool:
-        return bool(self.flags & PackedDescFlags.INDIRECT)
+    has_next = FlagBit(PackedDescFlags.NEXT)
+    is_write = FlagBit(PackedDescFlags.WRITE)
+    is_indirect = FlagBit(PackedDescFlags.INDIRECT)
 
     def is_avail(self, wrap: int) -> bool:
         return is_avail(self.flags, wrap)

@@ -10,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
+from backend.wire import FlagBit
+
 
 class DescFlags(IntFlag):
     NEXT = 1
@@ -45,17 +47,9 @@ class Descriptor:
     def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> Descriptor:
         return cls(*DESC.unpack_from(raw, offset))
 
-    @property
-    def has_next(self) -> bool:
-        return bool(self.flags & DescFlags.NEXT)
-
-    @property
-    def is_write(self) -> bool:
-        return bool(self.flags & DescFlags.WRITE)
-
-    @property
-    def is_indirect(self) -> bool:
-        return bool(self.flags & DescFlags.INDIRECT)
+    has_next = FlagBit(DescFlags.NEXT)
+    is_write = FlagBit(DescFlags.WRITE)
+    is_indirect = FlagBit(DescFlags.INDIRECT)
 
 
 def unpack_table(raw: bytes | memoryview) -> list[Descriptor]:
