@@ -85,6 +85,15 @@ def ring_size(layout: Layout, wanted: int, limit: int) -> int:
     return size if layout == "packed" else 1 << (size.bit_length() - 1)
 
 
+def default_allocator(mem: GuestMemory, alloc: Allocator | None = None) -> Allocator:
+    """``alloc`` when given, else an allocator over the whole of ``mem``'s first region, where a driver that was not
+    handed one places its rings and buffers."""
+    if alloc is not None:
+        return alloc
+    region = mem.regions[0]
+    return Allocator(region.gpa, region.size)
+
+
 def new_ring(layout: Layout, mem: GuestMemory, alloc: Allocator, size: int, *, index: int, features: int
              ) -> DriverSplitQueue | PackedDriverRing:
     """The queue of ``layout`` for the negotiated ``features`` (EVENT_IDX; IN_ORDER completions on packed rings)."""
@@ -117,5 +126,6 @@ def device_written_parts(ring: DriverSplitQueue | DriverPackedQueue) -> list[tup
     return [parts["desc"], parts["device"]] if isinstance(ring, DriverPackedQueue) else [parts["used"]]
 
 
-__all__ = ["LAYOUTS", "DriverRing", "Layout", "PackedDriverRing", "device_written_parts", "layout_features",
+__all__ = ["LAYOUTS", "DriverRing", "Layout", "PackedDriverRing", "default_allocator", "device_written_parts",
+           "layout_features",
            "layout_of", "new_ring", "ring_addresses", "ring_parts", "ring_size"]

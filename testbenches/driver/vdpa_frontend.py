@@ -18,6 +18,7 @@ from backend.pci.device import DmaPerm
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from sim.memory import Allocator, GuestMemory
+from testbenches.driver.layout import default_allocator
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 
@@ -28,10 +29,7 @@ class VdpaFrontend:
     def __init__(self, vdpa: VdpaDevice, mem: GuestMemory, alloc: Allocator | None = None) -> None:
         self.vdpa = vdpa
         self.mem = mem
-        if alloc is None:
-            region = mem.regions[0]
-            alloc = Allocator(region.gpa, region.size)
-        self.alloc = alloc
+        self.alloc = default_allocator(mem, alloc)
         self.rings: dict[int, DriverSplitQueue] = {}
         self.kicks: dict[int, int] = {}
         self.calls: dict[int, int] = {}

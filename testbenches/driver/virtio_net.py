@@ -33,7 +33,15 @@ from backend.virtio.features import (
 from backend.virtio.net_hdr import HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import NO_VECTOR, VIRTIO_NET_S_LINK_UP, NetCfg
 from sim.memory import Allocator, GuestMemory
-from testbenches.driver.layout import DriverRing, PackedDriverRing, layout_of, new_ring, ring_addresses, ring_size
+from testbenches.driver.layout import (
+    DriverRing,
+    PackedDriverRing,
+    default_allocator,
+    layout_of,
+    new_ring,
+    ring_addresses,
+    ring_size,
+)
 from testbenches.driver.split_ring import DriverSplitQueue, QueueFull, UsedBuffer
 
 ETH_HLEN = 14
@@ -79,10 +87,7 @@ class GuestNetDriver:
                  reset_timeout: float = 1.0, merged_rx_size: int | None = None) -> None:
         self.pci = pci
         self.mem = mem
-        if alloc is None:
-            region = mem.regions[0]
-            alloc = Allocator(region.gpa, region.size)
-        self.alloc = alloc
+        self.alloc = default_allocator(mem, alloc)
         self.queue_size = queue_size
         self.wanted = features
         self.rx_target = rx_buffers

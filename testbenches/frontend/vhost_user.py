@@ -32,6 +32,7 @@ from backend.vhost_user import messages as m
 from backend.vhost_user.server import recv_message, send_message
 from backend.virtio.features import DeviceStatus, F, has
 from sim.memory import Allocator, GuestMemory
+from testbenches.driver.layout import default_allocator
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.vdpa_frontend import exchange_frames
@@ -59,10 +60,7 @@ class VhostUserFrontend:
         self.sock.settimeout(timeout)
         self.mem = mem
         self.uva_offset = uva_offset
-        if alloc is None:
-            region = mem.regions[0]
-            alloc = Allocator(region.gpa, region.size)
-        self.alloc = alloc
+        self.alloc = default_allocator(mem, alloc)
         self.timeout = timeout
         self.rings: dict[int, DriverSplitQueue | DriverPackedQueue] = {}
         self.kicks: dict[int, int] = {}
