@@ -38,6 +38,15 @@ def ids_with(data: dict[str, Any], status: str) -> set[str]:
     return {i for i, r in data["ids"].items() if r["status"] == status}
 
 
+def assert_bug_caught(data: dict[str, Any], expected: Collection[str], what: str) -> None:
+    """The suite run ``data`` on a target seeded with the bug ``what`` failed every id of ``expected`` and exited
+    non-zero."""
+    failed = ids_with(data, "failed")
+    missing = set(expected) - failed
+    assert not missing, f"{what}: the suite did not fail {sorted(missing)}; it failed {sorted(failed)}"
+    assert data["_exit"] != 0, f"{what}: the suite run exited 0 despite failed ids"
+
+
 def judging_modules(data: dict[str, Any], ids: Collection[str]) -> list[Path]:
     """The check modules that judged ``ids`` in the run ``data`` (a whole-suite run on a sound target): running
     only those on a variant seeded with a bug against ``ids`` asks the same checks the same questions."""

@@ -98,6 +98,36 @@ def settled_fd_count(pid: int, want: int, timeout: float = NOTICE) -> int:
     return settled(lambda: fd_count(pid), want, timeout)
 
 
+def start_device(started: contextlib.ExitStack, sock_dir: Path, device_model: str, log: Path) -> DeviceProcess:
+    """A device process of ``device_model`` listening on sock_dir/dev.sock."""
+    dev = started.enter_context(DeviceProcess(str(sock_dir / "dev.sock"), DEVICE_MODELS[device_model], log=log))
+    dev.wait_listening(DEVICE_READY[device_model])
+    return dev
+
+
+def start_serve(started: contextlib.ExitStack, tmp_path: Path, sock_dir: Path) -> tuple[ServeProcess, str]:
+    """serve on sock_dir/vu.sock over the device process at sock_dir/dev.sock, and that vhost-user socket."""
+    vu_sock = str(sock_dir / "vu.sock")
+    serve = started.enter_context(ServeProcess(vu_sock, f"vfio-user:{sock_dir / 'dev.sock'}",
+                                               log=tmp_path / "serve.log"))
+    serve.wait_listening(READY)
+    return serve, vu_sock
+
+
+def second_session_moves_frames(started: contextlib.ExitStack, serve: ServeProcess, vu_sock: str, mem: GuestMemory,
+                                idle_fds: int) -> None:
+    """After a fault ended the first session, the next one (fresh rings in ``mem``) moves frames intact and leaves
+    serve's fd count where it was idle."""
+    fe2 = VhostUserFrontend.connect(vu_sock, mem)
+    started.callback(fe2.close)
+    fe2.start()
+    assert fe2.exchange(frames(200, 64)) == frames(200, 64)
+    fe2.stop()
+    fe2.close()
+    serve.proc.wait_for(r"vhost-user#2: frontend disconnected", NOTICE)
+    assert settled_fd_count(serve.pid, idle_fds) == idle_fds, os.listdir(f"/proc/{serve.pid}/fd")
+
+
 @pytest.fixture(params=sorted(DEVICE_MODELS))
 def device_model(request: pytest.FixtureRequest) -> str:
     """``--model`` of the device process: the model, or the RTL (its Verilator build made first, so the device
@@ -110,13 +140,8 @@ def device_model(request: pytest.FixtureRequest) -> str:
 
 def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, started: contextlib.ExitStack,
                                            device_model: str) -> None:
-    model, ready = DEVICE_MODELS[device_model], DEVICE_READY[device_model]
-    dev_sock = str(sock_dir / "dev.sock")
-    vu_sock = str(sock_dir / "vu.sock")
-    dev = started.enter_context(DeviceProcess(dev_sock, model, log=tmp_path / "device1.log"))
-    dev.wait_listening(ready)
-    serve = started.enter_context(ServeProcess(vu_sock, f"vfio-user:{dev_sock}", log=tmp_path / "serve.log"))
-    serve.wait_listening(READY)
+    dev = start_device(started, sock_dir, device_model, tmp_path / "device1.log")
+    serve, vu_sock = start_serve(started, tmp_path, sock_dir)
     idle = fd_count(serve.pid)
     idle_threads = thread_count(serve.pid)
 
@@ -145,17 +170,8 @@ def test_device_process_killed_mid_traffic(tmp_path: Path, sock_dir: Path, start
     assert settled_thread_count(serve.pid, idle_threads) == idle_threads
 
     # The next session, on a device process started again at the same path, moves frames intact.
-    dev2 = started.enter_context(DeviceProcess(dev_sock, model, log=tmp_path / "device2.log"))
-    dev2.wait_listening(ready)
-    fe2 = VhostUserFrontend.connect(vu_sock, mem)
-    started.callback(fe2.close)
-    fe2.alloc = type(fe.alloc)(mem.regions[0].gpa, mem.regions[0].size)  # fresh rings in the same memory
-    fe2.start()
-    assert fe2.exchange(frames(200, 64)) == frames(200, 64)
-    fe2.stop()
-    fe2.close()
-    serve.proc.wait_for(r"vhost-user#2: frontend disconnected", NOTICE)
-    assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
+    start_device(started, sock_dir, device_model, tmp_path / "device2.log")
+    second_session_moves_frames(started, serve, vu_sock, mem, idle)
     assert "Traceback" not in serve.proc.output()
     assert serve.stop() == 0
 
@@ -167,13 +183,8 @@ def test_memory_truncated_under_a_device_process(tmp_path: Path, sock_dir: Path,
     itself, under the same guard: the beat is answered SLVERR): the device logs it and raises
     DEVICE_NEEDS_RESET; serve, on that configuration interrupt, finds the region's file short and ends the session
     naming it, in one line. Device process and serve go on: the next session moves frames intact."""
-    model, ready = DEVICE_MODELS[device_model], DEVICE_READY[device_model]
-    dev_sock = str(sock_dir / "dev.sock")
-    vu_sock = str(sock_dir / "vu.sock")
-    dev = started.enter_context(DeviceProcess(dev_sock, model, log=tmp_path / "device.log"))
-    dev.wait_listening(ready)
-    serve = started.enter_context(ServeProcess(vu_sock, f"vfio-user:{dev_sock}", log=tmp_path / "serve.log"))
-    serve.wait_listening(READY)
+    dev = start_device(started, sock_dir, device_model, tmp_path / "device.log")
+    serve, vu_sock = start_serve(started, tmp_path, sock_dir)
     idle = fd_count(serve.pid)
     since, dev_since = serve.proc.mark(), dev.proc.mark()
 
@@ -193,15 +204,7 @@ def test_memory_truncated_under_a_device_process(tmp_path: Path, sock_dir: Path,
     assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
 
     # The same device process (reset when its client left) and serve: the next session moves frames intact.
-    mem2 = started.enter_context(GuestMemory.single(MEM, gpa=GPA))
-    fe2 = VhostUserFrontend.connect(vu_sock, mem2)
-    started.callback(fe2.close)
-    fe2.start()
-    assert fe2.exchange(frames(200, 64)) == frames(200, 64)
-    fe2.stop()
-    fe2.close()
-    serve.proc.wait_for(r"vhost-user#2: frontend disconnected", NOTICE)
-    assert settled_fd_count(serve.pid, idle) == idle, os.listdir(f"/proc/{serve.pid}/fd")
+    second_session_moves_frames(started, serve, vu_sock, started.enter_context(GuestMemory.single(MEM, gpa=GPA)), idle)
     assert serve.stop() == 0 and dev.stop() == 0
 
 
