@@ -49,6 +49,23 @@ def _copy_bytes(typingctx: object, dst: Any, dst_pos: Any, src: Any, src_pos: An
     return nb.types.void(dst, dst_pos, src, src_pos, n), codegen
 
 
+@nb.njit(cache=True, nogil=True, boundscheck=False)  # type: ignore[misc]
+def _gather_frames(mem: NDArray[np.uint8], offs: NDArray[np.int64], lens: NDArray[np.int64],
+                   n: int) -> tuple[NDArray[np.uint8], int]:
+    """The copy pass of both transmit kernels (split and packed rings): the ``n`` frames at ``offs``/``lens`` in
+    ``mem`` back to back, and their common length or -1. Compiled into its callers' compiled code."""
+    out = np.empty(lens[:n].sum(), np.uint8)
+    uniform = lens[0] if n else -1
+    pos = 0
+    for i in range(n):
+        m = lens[i]
+        if m != uniform:
+            uniform = -1
+        _copy_bytes(out, pos, mem, offs[i], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
+        pos += m
+    return out, uniform
+
+
 def _take_plain_tx(avail: NDArray[np.uint16], start: int, n: int, table: NDArray[np.uint64],
                    mem: NDArray[np.uint8], mem_iova: np.uint64, mem_last: np.uint64,
                    hdr: np.uint64) -> TxRun:
@@ -66,7 +83,6 @@ def _take_plain_tx(avail: NDArray[np.uint16], start: int, n: int, table: NDArray
     heads = np.empty(n, np.uint32)
     offs = np.empty(n, np.int64)
     lens = np.empty(n, np.int64)
-    total = 0
     k = 0
     while k < n:
         head = avail[(start + k) & mask]
@@ -82,17 +98,8 @@ def _take_plain_tx(avail: NDArray[np.uint16], start: int, n: int, table: NDArray
         heads[k] = head
         offs[k] = np.int64(addr - mem_iova + hdr)
         lens[k] = np.int64(length - hdr)
-        total += lens[k]
         k += 1
-    out = np.empty(total, np.uint8)
-    uniform = lens[0] if k else -1
-    pos = 0
-    for i in range(k):
-        m = lens[i]
-        if m != uniform:
-            uniform = -1
-        _copy_bytes(out, pos, mem, offs[i], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
-        pos += m
+    out, uniform = _gather_frames(mem, offs, lens, k)
     return k, out, lens[:k], heads[:k], uniform
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags, advance, used_bits
-from models.virtio_net.fast_tx import _copy_bytes
+from models.virtio_net.fast_tx import _gather_frames
 from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import full_barrier
 from models.virtio_net.wire import FrameBatch
@@ -81,7 +81,6 @@ def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], m
     offs = np.empty(k, np.int64)
     lens = np.empty(k, np.int64)
     ids = np.empty(k, np.uint16)
-    total = 0
     n = 0
     slot = off
     while n < k:
@@ -93,20 +92,11 @@ def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], m
         offs[n] = np.int64(addr - mem_iova + hdr)
         lens[n] = np.int64(length - hdr)
         ids[n] = np.uint16((word >> _U64(32)) & _U64(0xFFFF))
-        total += lens[n]
         n += 1
         slot += 1
         if slot == size:
             slot = 0
-    out = np.empty(total, np.uint8)
-    uniform = lens[0] if n else -1
-    pos = 0
-    for i in range(n):
-        m = lens[i]
-        if m != uniform:
-            uniform = -1
-        _copy_bytes(out, pos, mem, offs[i], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
-        pos += m
+    out, uniform = _gather_frames(mem, offs, lens, n)
     return n, out, lens[:n], ids[:n], uniform
 
 
