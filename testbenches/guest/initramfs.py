@@ -25,14 +25,13 @@ import hashlib
 import os
 import shutil
 import stat
-import struct
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from testbenches.guest.kernel import Kernel, cache_root
+from testbenches.guest.kernel import Kernel, cache_root, elf64_segments
 from testbenches.peers.process import MissingPeer
 
 #: virtio-pci and virtio-net for the NIC under test, 9p for the host and job directories,
@@ -129,9 +128,7 @@ def is_static_elf(elf: bytes) -> bool:
     """A 64-bit ELF without a program interpreter."""
     if elf[:5] != b"\x7fELF\x02":
         return False
-    phoff, = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    return all(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] != _PT_INTERP for i in range(phnum))
+    return all(p_type != _PT_INTERP for p_type, _, _ in elf64_segments(elf))
 
 
 def module_name(path: str) -> str:

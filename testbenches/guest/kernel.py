@@ -25,6 +25,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -184,14 +185,20 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
     return None
 
 
-def has_pvh_entry(elf: bytes) -> bool:
-    """Whether a 64-bit little-endian ELF kernel has a Xen ``PHYS32_ENTRY`` note (PVH boot)."""
-    if elf[:6] != b"\x7fELF\x02\x01":
-        return False
+def elf64_segments(elf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(p_type, p_offset, p_filesz) of each program header of a 64-bit little-endian ELF image, read as needed."""
     phoff, = struct.unpack_from("<Q", elf, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
     for i in range(phnum):
         p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
+        yield p_type, p_offset, p_filesz
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """Whether a 64-bit little-endian ELF kernel has a Xen ``PHYS32_ENTRY`` note (PVH boot)."""
+    if elf[:6] != b"\x7fELF\x02\x01":
+        return False
+    for p_type, p_offset, p_filesz in elf64_segments(elf):
         if p_type != _PT_NOTE:
             continue
         pos, end = p_offset, p_offset + p_filesz
