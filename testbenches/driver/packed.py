@@ -50,7 +50,7 @@ class _Inflight(InflightBuffers):
     slots: int = 1  # ring slots the list occupies
 
 
-class DriverPackedQueue(DriverQueue[_Inflight]):
+class DriverPackedQueue(DriverQueue[_Inflight, PackedDescriptor]):
     """A packed virtqueue of ``size`` entries (any size 1..32768) whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (PACKED-DRV-01) and zeroed, so both wrap counters start at 1
@@ -58,6 +58,8 @@ class DriverPackedQueue(DriverQueue[_Inflight]):
     descriptor completes every buffer made available up to the one it names (2.8.8). With ``event_idx`` the
     driver asks for used buffer notifications by position (RING_EVENT_FLAGS_DESC) instead of ENABLE.
     """
+
+    descriptor = PackedDescriptor
 
     def __init__(self, mem: GuestMemory, alloc: Allocator, size: int, *, index: int = 0, event_idx: bool = False,
                  in_order: bool = False, auto_used_event: bool = True) -> None:
@@ -89,16 +91,7 @@ class DriverPackedQueue(DriverQueue[_Inflight]):
     def device_event(self) -> EventSuppress:
         return EventSuppress.unpack(self.mem.read(self.device_addr, EVENT_SIZE))
 
-    # --- descriptor writes (also for hostile tests) ----------------------------------------------
-
-    def write_desc(self, slot: int, desc: PackedDescriptor, table: int | None = None) -> None:
-        """Write one descriptor verbatim into the ring (or into an indirect ``table`` at that gpa)."""
-        base = self.desc_addr if table is None else table
-        self.mem.write(base + DESC_SIZE * slot, desc.pack())
-
-    def read_desc(self, slot: int, table: int | None = None) -> PackedDescriptor:
-        base = self.desc_addr if table is None else table
-        return PackedDescriptor.unpack(self.mem.read(base + DESC_SIZE * slot, DESC_SIZE))
+    # --- raw lists (hostile tests, with write_desc) ---------------------------------------------
 
     def expose_raw(self, descs: Sequence[PackedDescriptor], buffer_id: int, token: object = None) -> None:
         """Write ``descs`` from next_avail as they are (flags included, AVAIL/USED bits too) and move on past them,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from backend.virtio.split_ring import (
     AVAIL_ALIGN,
@@ -63,11 +63,19 @@ class _Inflight(InflightBuffers):
     descs: list[int] = field(default_factory=list)  # descriptor table slots the chain occupies
 
 
-_Rec = TypeVar("_Rec", bound=InflightBuffers)
-
-
 class _Packable(Protocol):
     def pack(self) -> bytes: ...
+
+
+class _Codec(_Packable, Protocol):
+    """A descriptor of either layout: 16 bytes each way."""
+
+    @classmethod
+    def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> Self: ...
+
+
+_Rec = TypeVar("_Rec", bound=InflightBuffers)
+_Desc = TypeVar("_Desc", bound=_Codec)
 
 
 class DriverBuffers:
@@ -107,10 +115,13 @@ class DriverBuffers:
         self.alloc.free(gpa)
 
 
-class DriverQueue(DriverBuffers, Generic[_Rec]):
+class DriverQueue(DriverBuffers, Generic[_Rec, _Desc]):
     """What both layouts' driver queues keep alike: the queue's settings, its parts in guest memory (allocated at
-    their spec alignment and zeroed), the buffers in flight by head or Buffer ID, and the device's protocol
-    breaches noticed while consuming (``anomalies``)."""
+    their spec alignment and zeroed), its descriptors of type ``descriptor``, the buffers in flight by head or
+    Buffer ID, and the device's protocol breaches noticed while consuming (``anomalies``)."""
+
+    descriptor: type[_Desc]
+    desc_addr: int
 
     def __init__(self, mem: GuestMemory, alloc: Allocator, size: int, *, index: int, event_idx: bool,
                  auto_used_event: bool) -> None:
@@ -131,6 +142,16 @@ class DriverQueue(DriverBuffers, Generic[_Rec]):
             self.mem.write(gpa, bytes(n))
         self._parts += gpas
         return gpas
+
+    def write_desc(self, slot: int, desc: _Desc, table: int | None = None) -> None:
+        """Write one descriptor verbatim into the ring (or into an indirect ``table`` at that gpa)."""
+        self.mem.write(self._desc_gpa(slot, table), desc.pack())
+
+    def read_desc(self, slot: int, table: int | None = None) -> _Desc:
+        return self.descriptor.unpack(self.mem.read(self._desc_gpa(slot, table), DESC_SIZE))
+
+    def _desc_gpa(self, slot: int, table: int | None) -> int:
+        return (self.desc_addr if table is None else table) + DESC_SIZE * slot
 
     def _place_buffers(self, rec: _Rec, out: Sequence[bytes], in_lens: Sequence[int],
                        write_flag: int) -> list[tuple[int, int, int]]:
@@ -176,13 +197,15 @@ class DriverQueue(DriverBuffers, Generic[_Rec]):
             self.alloc.free(gpa)
 
 
-class DriverSplitQueue(DriverQueue[_Inflight]):
+class DriverSplitQueue(DriverQueue[_Inflight, Descriptor]):
     """A split virtqueue of ``size`` entries whose three parts live in guest memory.
 
     Parts are allocated at their spec alignment (SPLIT-DRV-01) and zeroed, so
     used.flags starts at 0 (SPLIT-DRV-19). With ``event_idx`` the driver keeps
     avail.flags at 0 and moves used_event instead (SPLIT-DRV-14).
     """
+
+    descriptor = Descriptor
 
     def __init__(self, mem: GuestMemory, alloc: Allocator, size: int, *, index: int = 0,
                  event_idx: bool = False, auto_used_event: bool = True) -> None:
@@ -218,16 +241,7 @@ class DriverSplitQueue(DriverQueue[_Inflight]):
     def avail_event(self) -> int:
         return self._u16(self.used_addr + self.layout.avail_event)
 
-    # --- descriptor writes (also for hostile tests) ----------------------------------------------
-
-    def write_desc(self, slot: int, desc: Descriptor, table: int | None = None) -> None:
-        """Write one descriptor into the ring's table (or into an indirect ``table`` at that gpa)."""
-        base = self.desc_addr if table is None else table
-        self.mem.write(base + DESC_SIZE * slot, desc.pack())
-
-    def read_desc(self, slot: int, table: int | None = None) -> Descriptor:
-        base = self.desc_addr if table is None else table
-        return Descriptor.unpack(self.mem.read(base + DESC_SIZE * slot, DESC_SIZE))
+    # --- avail ring writes (also for hostile tests, with write_desc) ----------------------------
 
     def push_head(self, head: int) -> None:
         """Place ``head`` in the next avail ring slot without any bookkeeping or validation."""
