@@ -117,6 +117,37 @@ def quiesce(fds: Mapping[str, int], quiet: float = QUIET_WAIT, limit: float = EV
             return sorted(seen)
 
 
+@dataclass(frozen=True)
+class HostileKick:
+    """A doorbell rung on planted input: what the register access raised (it must raise nothing) and whether the
+    configuration change notification (STATUS-DEV-03) came within :data:`EVENT_WAIT`."""
+
+    crash: Exception | None
+    notified: bool
+
+    @property
+    def doorbell(self) -> str:
+        return f"doorbell {'raised ' + repr(self.crash) if self.crash else 'returned'}"
+
+    @property
+    def notification(self) -> str:
+        return "fired" if self.notified else f"silent for {EVENT_WAIT}s"
+
+    def judge_notified(self, verdict: Verdict, what: str, config_vector: int) -> None:
+        """STATUS-DEV-03: the configuration change notification came on ``config_vector``."""
+        verdict.check("STATUS-DEV-03", self.notified, f"{what}: config vector {config_vector} {self.notification}")
+
+
+def hostile_kick(ring: Callable[[], object], config_fd: int) -> HostileKick:
+    """Ring a doorbell (``ring``) on planted input, then wait for the configuration change notification."""
+    crash: Exception | None = None
+    try:
+        ring()
+    except Exception as exc:  # the register access itself must not fail
+        crash = exc
+    return HostileKick(crash, wait_fd(config_fd, EVENT_WAIT))
+
+
 def with_features(*extra: int) -> int:
     """The guest driver's default wanted set plus ``extra`` feature bits."""
     wanted = DEFAULT_FEATURES
@@ -213,6 +244,14 @@ class BenchDriver(GuestNetDriver):
         if self.intx:
             return NO_VECTOR
         return self.vectors["rx" if queue == self.RX else "tx"]
+
+    def enable_queue_at(self, queue: int, size: int, desc: int, avail: int, used: int) -> None:
+        """Program ``queue`` by hand (``size``, its vector, the three ring parts at these IOVAs) and enable it."""
+        t = self.transport
+        t.set_queue_size(queue, size)
+        t.set_queue_msix_vector(queue, self.vector_of(queue))
+        t.set_queue_addresses(queue, desc, avail, used)
+        t.enable_queue(queue)
 
     def vector_fds(self) -> dict[str, int]:
         """Every bound MSI-X vector's eventfd by name ("v0", ...), or {"intx": fd}."""

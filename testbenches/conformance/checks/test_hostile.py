@@ -39,10 +39,11 @@ from testbenches.conformance.harness import (
     TX,
     UNMAPPED_IOVA,
     Bench,
+    HostileKick,
     Rig,
     drain,
+    hostile_kick,
     make_frame,
-    wait_fd,
     with_features,
 )
 from testbenches.conformance.plugin import Verdict
@@ -238,6 +239,24 @@ def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
                   f"(waited {EVENT_WAIT}s), {fmt_faults(faults)}")
 
 
+def _ring_planted(r: Rig, ring: Callable[[], object], cfg_fd: int,
+                  allowed: list[tuple[int, int]]) -> tuple[HostileKick, list[tuple[int, int]], DmaWatch]:
+    """Ring the doorbell on the planted input, watched: the kick, guest memory changed outside ``allowed`` (the
+    used rings) and the record of the device's DMA."""
+    before = snapshot(r.mem)
+    with r.dma_watch() as rec:
+        kick = hostile_kick(ring, cfg_fd)
+    return kick, changed_outside(r.mem, before, snapshot(r.mem), allowed), rec
+
+
+def _judge_needs_reset(r: Rig, verdict: Verdict, what: str, kick: HostileKick, status: int, expected: str,
+                       since: int, faults: list[DmaFault]) -> None:
+    """STATUS-DEV-02: the doorbell returned and the device set DEVICE_NEEDS_RESET."""
+    verdict.check("STATUS-DEV-02", kick.crash is None and bool(status & NEEDS_RESET),
+                  f"{what}: {kick.doorbell}, status {status_text(status)}{expected}; {_reported(r, since)}; "
+                  f"{fmt_faults(faults)}")
+
+
 def _safety(r: Rig, verdict: Verdict, what: str, planted: tuple[int, ...], faults: list[DmaFault],
             stray_mem: list[tuple[int, int]], rec: DmaWatch, allowed: list[tuple[int, int]]) -> None:
     stray_faults = [f for f in faults if not any(p <= f.iova < p + PLANT_SPAN for p in planted)]
@@ -273,28 +292,16 @@ def test_hostile_ring_input(bench: Bench, verdict: Verdict, case: Case, irq_mode
         allowed = [ring_ranges(ring)["used"], ring_ranges(d.queues[RX])["used"]]
         planted = case.build(r, ring)
         what = f"{case.name} (breaks {case.rule})"
-        before = snapshot(r.mem)
-        with r.dma_watch() as rec:
-            crash = None
-            try:
-                r.doorbell(TX, planted.avail_idx)
-            except Exception as exc:  # the register access itself must not fail
-                crash = exc
-            notified = wait_fd(cfg_fd, EVENT_WAIT)
-        after = snapshot(r.mem)
+        kick, stray_mem, rec = _ring_planted(r, lambda: r.doorbell(TX, planted.avail_idx), cfg_fd, allowed)
         status = t.status()
         isr = t.read_isr()
         faults = r.faults()
-        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
-                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
-                      f"{status_text(status)} (DEVICE_NEEDS_RESET expected); {_reported(r, since)}; "
-                      f"{fmt_faults(faults)}")
+        _judge_needs_reset(r, verdict, what, kick, status, " (DEVICE_NEEDS_RESET expected)",
+                           since, faults)
         how = "INTx" if d.intx else f"config vector {d.vectors['config']}"
-        verdict.check("STATUS-DEV-03", notified and (not d.intx or bool(isr & ISR_CONFIG)),
-                      f"{what}: status {status_text(status)}, {how} "
-                      f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}, ISR {isr:#x}")
-        _safety(r, verdict, what, planted.bad_iovas, list(faults),
-                changed_outside(r.mem, before, after, allowed), rec, allowed)
+        verdict.check("STATUS-DEV-03", kick.notified and (not d.intx or bool(isr & ISR_CONFIG)),
+                      f"{what}: status {status_text(status)}, {how} {kick.notification}, ISR {isr:#x}")
+        _safety(r, verdict, what, planted.bad_iovas, list(faults), stray_mem, rec, allowed)
         _recovers(r, verdict, what)
 
 
@@ -305,33 +312,19 @@ def test_rings_outside_the_maps(bench: Bench, verdict: Verdict) -> None:
         t = d.transport
         size = min(QSIZE, t.queue_size(TX))
         desc, avail, used = UNMAPPED_IOVA, UNMAPPED_IOVA + 0x1000, UNMAPPED_IOVA + 0x2000
-        t.set_queue_size(TX, size)
-        t.set_queue_msix_vector(TX, d.vector_of(TX))
-        t.set_queue_addresses(TX, desc, avail, used)
-        t.enable_queue(TX)
+        d.enable_queue_at(TX, size, desc, avail, used)
         d.driver_ok()
         cfg_fd = d.irq_fds["config"]
         drain(cfg_fd)
         r.faults()
         since = _error_count(r)
         what = f"transmitq1 rings at IOVA {desc:#x}/{avail:#x}/{used:#x}, never mapped (breaks FEAT-DRV-11)"
-        before = snapshot(r.mem)
-        with r.dma_watch() as rec:
-            crash = None
-            try:
-                r.doorbell(TX, 1)
-            except Exception as exc:
-                crash = exc
-            notified = wait_fd(cfg_fd, EVENT_WAIT)
-        after = snapshot(r.mem)
+        kick, stray_mem, rec = _ring_planted(r, lambda: r.doorbell(TX, 1), cfg_fd, [])
         status = t.status()
         faults = r.faults()
-        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
-                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
-                      f"{status_text(status)}; {_reported(r, since)}; {fmt_faults(faults)}")
-        verdict.check("STATUS-DEV-03", notified, f"{what}: config vector {d.vectors['config']} "
-                                                 f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}")
-        _safety(r, verdict, what, (desc,), list(faults), changed_outside(r.mem, before, after, []), rec, [])
+        _judge_needs_reset(r, verdict, what, kick, status, "", since, faults)
+        kick.judge_notified(verdict, what, d.vectors["config"])
+        _safety(r, verdict, what, (desc,), list(faults), stray_mem, rec, [])
         _recovers(r, verdict, what)
 
 
@@ -407,23 +400,11 @@ def test_receive_buffer_outside_the_maps(bench: Bench, verdict: Verdict) -> None
         good = [(rx.read_desc(h).addr, size) for h in heads[:2]]
         allowed = [ring_ranges(ring)["used"], ring_ranges(rx)["used"], *good]
         what = "a burst of 3 frames for 3 receive buffers, the third outside the IOMMU maps (breaks FEAT-DRV-11)"
-        before = snapshot(r.mem)
-        with r.dma_watch() as rec:
-            crash = None
-            try:
-                r.doorbell(TX)
-            except Exception as exc:  # the register access itself must not fail
-                crash = exc
-            notified = wait_fd(cfg_fd, EVENT_WAIT)
-        after = snapshot(r.mem)
+        kick, stray_mem, rec = _ring_planted(r, lambda: r.doorbell(TX), cfg_fd, allowed)
         status = t.status()
         faults = r.faults()
-        verdict.check("STATUS-DEV-02", crash is None and bool(status & NEEDS_RESET),
-                      f"{what}: doorbell {'raised ' + repr(crash) if crash else 'returned'}, status "
-                      f"{status_text(status)} (DEVICE_NEEDS_RESET expected); {_reported(r, since)}; "
-                      f"{fmt_faults(faults)}")
-        verdict.check("STATUS-DEV-03", notified, f"{what}: config vector {d.vectors['config']} "
-                                                 f"{'fired' if notified else f'silent for {EVENT_WAIT}s'}")
-        _safety(r, verdict, what, (UNMAPPED_IOVA,), list(faults), changed_outside(r.mem, before, after, allowed),
-                rec, allowed)
+        _judge_needs_reset(r, verdict, what, kick, status, " (DEVICE_NEEDS_RESET expected)",
+                           since, faults)
+        kick.judge_notified(verdict, what, d.vectors["config"])
+        _safety(r, verdict, what, (UNMAPPED_IOVA,), list(faults), stray_mem, rec, allowed)
         _recovers(r, verdict, what)
