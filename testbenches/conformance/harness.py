@@ -499,6 +499,18 @@ class Rig:
         features choose (:meth:`features_for`'s ``layout``), no receive buffers."""
         self.up(features=features, exact=True, queue_size=queue_size, layout=layout_of(features))
 
+    def up_offered(self, verdict: Verdict, ids: Sequence[str], features: int | None, why: str, *,
+                   queue_size: int = 256, needs: int | None = None) -> int | None:
+        """:meth:`bring_up` with ``features`` (from :meth:`features_for`), returned when frames come back; None
+        with ``ids`` reported not offered (``why``) when ``features`` is None or lacks bit ``needs``, or not
+        applicable when nothing comes back (:meth:`looped`)."""
+        if features is None or (needs is not None and not has(features, needs)):
+            for rid in ids:
+                verdict.not_offered(rid, why)
+            return None
+        self.bring_up(features, queue_size)
+        return features if self.looped(verdict, *ids) else None
+
     def features_for(self, *, event_idx: bool = False, indirect: bool | None = None, in_order: bool = False,
                      extra: int = 0, drop: int = 0, layout: Layout = "split") -> int | None:
         """The feature set for the wanted ring options and ``layout``, or None if the device does not offer one of

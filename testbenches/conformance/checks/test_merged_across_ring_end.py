@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.virtio.features import NetF, has
 from backend.virtio.net_hdr import NetHdr
 from testbenches.conformance.chains import Posted, poison, written_bytes
-from testbenches.conformance.checks.test_net_datapath import GUEST_OFFLOADS, MERGED_UNIT, _bits, _buffers_for
+from testbenches.conformance.checks.test_net_datapath import MERGED_UNIT, _buffers_for, merged_up
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
@@ -31,15 +30,7 @@ ROUNDS = 8
 @pytest.mark.req(*IDS)
 def test_merged_buffers_across_the_ring_end(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        if not rig.offers(ring_layout, verdict, *IDS):
-            return
-        feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]), layout=ring_layout)
-        if feats is None or not has(feats, NetF.MRG_RXBUF):
-            for rid in IDS:
-                verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
-            return
-        rig.bring_up(feats, QSIZE)
-        if not rig.looped(verdict, *IDS):
+        if not merged_up(rig, verdict, ring_layout, IDS, QSIZE):
             return
         hl = rig.hdr_len
         unit = MERGED_UNIT

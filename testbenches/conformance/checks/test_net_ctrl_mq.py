@@ -52,6 +52,9 @@ UNKNOWN_MQ_COMMAND = 0x7F
 ACK_POISON = 0xA5
 IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11",
        "SPLIT-DEV-13", "SPLIT-DEV-14")
+#: The ids judged by steering traffic over several queue pairs (VIRTIO_NET_F_MQ, frames that come back).
+STEERING_IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01")
+CTRL_FEATURES = (1 << NetF.CTRL_VQ) | (1 << NetF.MQ)
 
 
 def flow_frame(flow: int, k: int) -> bytes:
@@ -288,18 +291,29 @@ def _truncated_command(verdict: Verdict, m: MqRig) -> None:
                   a.describe() + f" (bytes written: {wrote}; device_status {status:#x})")
 
 
-def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
-    """With VIRTIO_F_EVENT_IDX the control queue notifies when the slot it fills is used_event (SPLIT-DEV-13)
-    and not when used_event lies ahead (SPLIT-DEV-14)."""
-    ev_feats = rig.features_for(event_idx=True, extra=(1 << NetF.CTRL_VQ) | (1 << NetF.MQ))
-    if ev_feats is None or not has(ev_feats, F.EVENT_IDX):
+def event_idx_control(rig: Rig, verdict: Verdict, layout: Layout, qsize: int = QSIZE,
+                      ctrl_qsize: int = QSIZE) -> MqRig | None:
+    """The queues set up (:class:`MqRig`) with VIRTIO_F_EVENT_IDX in ``layout`` and the control queue on a vector of
+    its own; None with SPLIT-DEV-13/14 reported not offered or not applicable."""
+    feats = rig.features_for(event_idx=True, extra=CTRL_FEATURES, layout=layout)
+    if feats is None or not has(feats, F.EVENT_IDX):
+        why = "VIRTIO_F_EVENT_IDX not offered" + (" with RING_PACKED" if layout == "packed" else "")
         for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
-            verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
-        return
-    m = MqRig(rig, ev_feats)
+            verdict.not_offered(rid, why)
+        return None
+    m = MqRig(rig, feats, layout, qsize, ctrl_qsize)
     if m.ctrl_fd is None:
         for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
             verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+        return None
+    return m
+
+
+def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
+    """With VIRTIO_F_EVENT_IDX the control queue notifies when the slot it fills is used_event (SPLIT-DEV-13)
+    and not when used_event lies ahead (SPLIT-DEV-14)."""
+    m = event_idx_control(rig, verdict, "split")
+    if m is None or m.ctrl_fd is None:
         return
     ring = m.split(m.ctrl)
     ring.auto_used_event = False
@@ -379,18 +393,27 @@ def judge_mq_commands(verdict: Verdict, m: MqRig, note: str = "") -> None:
     _judge_ack(verdict, big, VIRTIO_NET_OK)
 
 
+def control_features(rig: Rig, verdict: Verdict, layout: Layout) -> int | None:
+    """The features of the control queue checks in ``layout``: CTRL_VQ, MQ where offered, no EVENT_IDX. None with
+    :data:`IDS` reported not offered, or the steering ids not applicable where frames do not come back; without
+    MQ the steering ids read not offered."""
+    feats = rig.features_for(event_idx=False, extra=CTRL_FEATURES, layout=layout)
+    if feats is None or not has(feats, NetF.CTRL_VQ):
+        why = "VIRTIO_NET_F_CTRL_VQ not offered" + (" with RING_PACKED" if layout == "packed" else "")
+        for rid in IDS:
+            verdict.not_offered(rid, why)
+        return None
+    if not has(feats, NetF.MQ):
+        for rid in STEERING_IDS:
+            verdict.not_offered(rid, "VIRTIO_NET_F_MQ not offered")
+    return feats if rig.looped(verdict, *STEERING_IDS) else None
+
+
 @pytest.mark.req(*IDS)
 def test_control_queue_and_receive_steering(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(bench.variant(queues=PAIRS)) as rig:
-        feats = rig.features_for(event_idx=False, extra=(1 << NetF.CTRL_VQ) | (1 << NetF.MQ))
-        if feats is None or not has(feats, NetF.CTRL_VQ):
-            for rid in IDS:
-                verdict.not_offered(rid, "VIRTIO_NET_F_CTRL_VQ not offered")
-            return
-        if not has(feats, NetF.MQ):
-            for rid in ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
-                verdict.not_offered(rid, "VIRTIO_NET_F_MQ not offered")
-        if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+        feats = control_features(rig, verdict, "split")
+        if feats is None:
             return
         m = MqRig(rig, feats)
         judge_mq_commands(verdict, m)

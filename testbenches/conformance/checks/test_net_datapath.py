@@ -3,6 +3,8 @@ buffers, MTU limits; on both ring layouts (``ring_layout``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -222,6 +224,16 @@ MERGED_UNIT = 128
 ETH_FRAME_MAX = 1514
 
 
+def merged_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], queue_size: int) -> bool:
+    """Bring ``rig`` up in ``layout`` with VIRTIO_NET_F_MRG_RXBUF and no other receive offload, rings of
+    ``queue_size``; False with ``ids`` reported not offered, or not applicable where frames do not come back."""
+    if not rig.offers(layout, verdict, *ids):
+        return False
+    feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]), layout=layout)
+    return rig.up_offered(verdict, ids, feats, "VIRTIO_NET_F_MRG_RXBUF not offered", queue_size=queue_size,
+                          needs=NetF.MRG_RXBUF) is not None
+
+
 def _buffers_for(packet: int, unit: int) -> int:
     return -(-packet // unit)
 
@@ -233,15 +245,7 @@ def test_receive_merged_buffers(bench: Bench, verdict: Verdict, ring_layout: Lay
     idx publications are watched too; a packed ring has no used idx, its buffers are judged as they come)."""
     ids = ("NET-DEV-28", "NET-DEV-31", "NET-DEV-32", "NET-DEV-33")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        if not rig.offers(ring_layout, verdict, *ids):
-            return
-        feats = rig.features_for(extra=1 << NetF.MRG_RXBUF, drop=_bits(*GUEST_OFFLOADS[:-1]), layout=ring_layout)
-        if feats is None or not has(feats, NetF.MRG_RXBUF):
-            for rid in ids:
-                verdict.not_offered(rid, "VIRTIO_NET_F_MRG_RXBUF not offered")
-            return
-        rig.bring_up(feats, 256)
-        if not rig.looped(verdict, *ids):
+        if not merged_up(rig, verdict, ring_layout, ids, 256):
             return
         hl = rig.hdr_len
         unit = MERGED_UNIT

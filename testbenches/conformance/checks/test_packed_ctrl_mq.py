@@ -24,13 +24,15 @@ import select
 
 import pytest
 
-from backend.virtio.features import NetF, has
 from backend.virtio.packed_ring import EventFlags, advance
 from testbenches.conformance.checks.test_net_ctrl_mq import (
+    IDS,
     PAIRS,
     Ack,
     MqRig,
     _judge_steering,
+    control_features,
+    event_idx_control,
     judge_mq_commands,
 )
 from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
@@ -38,13 +40,10 @@ from testbenches.conformance.plugin import Verdict
 
 pytestmark = pytest.mark.ring_layout("packed")
 
-IDS = ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01", "SPLIT-DEV-16", "SPLIT-DEV-10", "SPLIT-DEV-11",
-       "SPLIT-DEV-13", "SPLIT-DEV-14")
 #: Receive and transmit rings: not a power of two.
 QSIZE = 61
 #: The control queue's ring: a command takes up to three slots, so every second or third one crosses the end.
 CTRL_QSIZE = 5
-CTRL_FEATURES = (1 << NetF.CTRL_VQ) | (1 << NetF.MQ)
 
 
 def _mq_rig(rig: Rig, features: int) -> MqRig:
@@ -87,15 +86,8 @@ def _ctrl_enable_disable(verdict: Verdict, m: MqRig) -> None:
 def _ctrl_event_desc(verdict: Verdict, rig: Rig) -> None:
     """With EVENT_IDX: RING_EVENT_FLAGS_DESC at the slot the next used descriptor fills gives one notification
     (SPLIT-DEV-13), at a slot ahead of it none (SPLIT-DEV-14), over commands that cross the ring's end."""
-    feats = rig.features_for(event_idx=True, extra=CTRL_FEATURES, layout="packed")
-    if feats is None:
-        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
-            verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered with RING_PACKED")
-        return
-    m = _mq_rig(rig, feats)
-    if m.ctrl_fd is None:
-        for rid in ("SPLIT-DEV-13", "SPLIT-DEV-14"):
-            verdict.not_applicable(rid, "fewer than 4 MSI-X vectors bound: the control queue has no vector of its own")
+    m = event_idx_control(rig, verdict, "packed", QSIZE, CTRL_QSIZE)
+    if m is None or m.ctrl_fd is None:
         return
     ring = m.packed(m.ctrl)
     # VQ_PAIRS_SET 1 is a list of two slots (command, ack) and one used descriptor in the first: the event at that
@@ -117,15 +109,8 @@ def test_packed_control_queue_and_receive_steering(bench: Bench, verdict: Verdic
     with bench.rig(bench.variant(queues=PAIRS)) as rig:
         if not rig.offers("packed", verdict, *IDS):
             return
-        feats = rig.features_for(event_idx=False, extra=CTRL_FEATURES, layout="packed")
-        if feats is None or not has(feats, NetF.CTRL_VQ):
-            for rid in IDS:
-                verdict.not_offered(rid, "VIRTIO_NET_F_CTRL_VQ not offered with RING_PACKED")
-            return
-        if not has(feats, NetF.MQ):
-            for rid in ("NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
-                verdict.not_offered(rid, "VIRTIO_NET_F_MQ not offered")
-        if not rig.looped(verdict, "NETCTRL-DEV-25", "NETCTRL-DEV-26", "NETCTRL-DEV-B01"):
+        feats = control_features(rig, verdict, "packed")
+        if feats is None:
             return
         m = _mq_rig(rig, feats)
         judge_mq_commands(verdict, m, " (packed rings)")

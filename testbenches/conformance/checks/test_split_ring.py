@@ -271,13 +271,8 @@ def _judge_dma(verdict: Verdict, rig: Rig, watch: DmaWatch, rx_all: list[Posted]
 @pytest.mark.req("SPLIT-DEV-07", "SPLIT-DEV-08")
 def test_indirect_write_flag_and_mixed_chains(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(indirect=True)
-        if feats is None:
-            verdict.not_offered("SPLIT-DEV-07", "VIRTIO_F_INDIRECT_DESC not offered")
-            verdict.not_offered("SPLIT-DEV-08", "VIRTIO_F_INDIRECT_DESC not offered")
-            return
-        rig.bring_up(feats, 32)
-        if not rig.looped(verdict, "SPLIT-DEV-07", "SPLIT-DEV-08"):
+        if rig.up_offered(verdict, ("SPLIT-DEV-07", "SPLIT-DEV-08"), rig.features_for(indirect=True),
+                          "VIRTIO_F_INDIRECT_DESC not offered", queue_size=32) is None:
             return
         hdr = rig.tx_header()
         cases: list[tuple[str, str, int, int, list[int], list[int]]] = [
@@ -371,13 +366,8 @@ def test_notifications_without_event_idx(bench: Bench, verdict: Verdict) -> None
 def test_notifications_with_event_idx(bench: Bench, verdict: Verdict) -> None:
     ids = ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14", "SPLIT-DEV-20")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(event_idx=True)
-        if feats is None:
-            for rid in ids:
-                verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
-            return
-        rig.bring_up(feats, 64)
-        if not rig.looped(verdict, *ids):
+        if rig.up_offered(verdict, ids, rig.features_for(event_idx=True), "VIRTIO_F_EVENT_IDX not offered",
+                          queue_size=64) is None:
             return
         tx = rig.tx
         tx.auto_used_event = False
@@ -469,11 +459,7 @@ def test_spurious_notifications_are_harmless(bench: Bench, verdict: Verdict, rin
 def test_in_order_used_in_availability_order(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
         feats = rig.features_for(in_order=True, indirect=True) or rig.features_for(in_order=True, indirect=False)
-        if feats is None:
-            verdict.not_offered("FEAT-DEV-10", "VIRTIO_F_IN_ORDER not offered")
-            return
-        rig.bring_up(feats, 32)
-        if not rig.looped(verdict, "FEAT-DEV-10"):
+        if rig.up_offered(verdict, ("FEAT-DEV-10",), feats, "VIRTIO_F_IN_ORDER not offered", queue_size=32) is None:
             return
         indirect_ok = has(rig.features, F.INDIRECT_DESC)
         hdr = rig.tx_header()
