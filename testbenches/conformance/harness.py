@@ -171,6 +171,20 @@ def need(ability: Ability[T], verdict: Verdict, *ids: str) -> T | None:
 # --- frames --------------------------------------------------------------------------------------------------
 
 
+def fitting_round(needs: Sequence[tuple[int, int]], start: int, tx_free: int, rx_free: int) -> list[int]:
+    """The frames from ``start`` on that go in one round: as many as the transmit and receive rings have free
+    descriptors for, ``needs`` being each frame's (transmit, receive) descriptors."""
+    batch: list[int] = []
+    for k in range(start, len(needs)):
+        need_tx, need_rx = needs[k]
+        if need_tx > tx_free or need_rx > rx_free:
+            break
+        tx_free -= need_tx
+        rx_free -= need_rx
+        batch.append(k)
+    return batch
+
+
 def make_frame(seq: int = 0, length: int = 60) -> bytes:
     """The bench's test frame (:func:`testbenches.frames.test_frame`); below its minimum length (ring checks
     send frames down to a bare Ethernet header) the first ``length`` bytes of one."""

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.packed_ring import EventFlags, advance, packed_need_event
-from testbenches.conformance.harness import RING_MEM_SIZE, RX, TX, Bench, Rig, drain, make_frame
+from testbenches.conformance.harness import RING_MEM_SIZE, RX, TX, Bench, Rig, drain, fitting_round, make_frame
 from testbenches.conformance.packed_lists import IdPool, Posted, post, rewrites_after_used, wait_used
 from testbenches.conformance.plugin import Verdict
 
@@ -129,18 +129,10 @@ def _run_workload(r: Rig, w: PackedWorkload, seq0: int, notifications: bool) -> 
     frames = [make_frame(seq0 + i, f.length) for i, f in enumerate(w.frames)]
     watch_rings = {RX: rx, TX: tx}
     ids = {RX: IdPool(w.size), TX: IdPool(w.size)}
+    needs = [(1 if f.tx_indirect else f.tx_pieces, 1 if f.rx_indirect else f.rx_pieces) for f in w.frames]
     i = 0
     while i < len(frames):
-        batch: list[int] = []
-        tx_free, rx_free = tx.num_free, rx.num_free
-        for k in range(i, len(frames)):
-            f = w.frames[k]
-            need_tx, need_rx = (1 if f.tx_indirect else f.tx_pieces), (1 if f.rx_indirect else f.rx_pieces)
-            if need_tx > tx_free or need_rx > rx_free:
-                break
-            tx_free -= need_tx
-            rx_free -= need_rx
-            batch.append(k)
+        batch = fitting_round(needs, i, tx.num_free, rx.num_free)
         if not batch:
             return "PACKED-DEV-02", f"frame {i} does not fit the ring of {w.size}"
         # Transmit completions notify as the mode says: DESC names the first used slot this round writes.

@@ -18,7 +18,7 @@ from backend.virtio.features import DeviceStatus, F, NetF, has
 from backend.virtio.net_hdr import GSO_NONE, NetHdr
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.chains import Posted, add_chain, poison, written_bytes
-from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
+from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, fitting_round, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.strategies import Workload, layouts, workloads
 
@@ -107,13 +107,9 @@ def test_random_chains_deliver_the_same_frame(bench: Bench, verdict: Verdict) ->
 def test_event_idx_thresholds(bench: Bench, verdict: Verdict) -> None:
     ids = ("SPLIT-DEV-12", "SPLIT-DEV-13", "SPLIT-DEV-14")
     with bench.rig(mem_size=RING_MEM_SIZE) as rig:
-        feats = rig.features_for(event_idx=True, indirect=False)
+        feats = rig.up_offered(verdict, ids, rig.features_for(event_idx=True, indirect=False),
+                               "VIRTIO_F_EVENT_IDX not offered", queue_size=64)
         if feats is None:
-            for rid in ids:
-                verdict.not_offered(rid, "VIRTIO_F_EVENT_IDX not offered")
-            return
-        rig.bring_up(feats, 64)
-        if not rig.looped(verdict, *ids):
             return
         steps = st.lists(st.tuples(st.integers(1, 8),  # buffers made used in one go
                                    st.one_of(st.integers(-3, 10), st.integers(0, 0xFFFF)),  # used_event - used idx
@@ -155,19 +151,10 @@ def _run_workload(rig: Rig, w: Workload, seq0: int) -> str:
     rig.bring_up(feats, size)
     hl = rig.hdr_len
     frames = [make_frame(seq0 + i, n) for i, (n, _, _) in enumerate(w.frames)]
+    needs = [(tl.descriptors(), rl.descriptors()) for _, tl, rl in w.frames]
     i = 0
     while i < len(frames):
-        # One round: as many frames as both rings have descriptors for.
-        rx_free, tx_free = rig.rx.num_free, rig.tx.num_free
-        batch: list[int] = []
-        for k in range(i, len(frames)):
-            _, tl, rl = w.frames[k]
-            need_tx, need_rx = tl.descriptors(), rl.descriptors()
-            if need_tx > tx_free or need_rx > rx_free:
-                break
-            tx_free -= need_tx
-            rx_free -= need_rx
-            batch.append(k)
+        batch = fitting_round(needs, i, rig.tx.num_free, rig.rx.num_free)
         if not batch:
             return f"frame {i} does not fit a queue of {size}"
         rx_pending: dict[int, Posted] = {}
