@@ -123,6 +123,14 @@ def add_chain(ring: DriverSplitQueue, out: Sequence[bytes], in_lens: Sequence[in
     if ring.num_free < ndesc:
         raise ValueError(f"{ndesc} descriptors needed, {ring.num_free} free")
     owned, parts = lay_out_pieces(ring, out, in_lens, DescFlags.WRITE)
+    return expose_pieces(ring, parts, owned, direct=direct, pointer_flags=pointer_flags, token=token)
+
+
+def expose_pieces(ring: DriverSplitQueue, parts: Sequence[tuple[int, int, int]], owned: list[int], *,
+                  direct: int | None = None, pointer_flags: int = 0, token: object = None) -> Posted:
+    """Expose pieces laid out in guest memory, (gpa, len, flags) each, as one chain on the ring's next free slots
+    (``direct`` and ``pointer_flags`` as in :func:`add_chain`); ``owned``, the allocations, go with the chain."""
+    ndesc = len(parts) if direct is None else direct + 1
     # The ring keeps its free descriptor slots privately; a raw chain takes the next ones in its order.
     slots = list(itertools.islice(ring._free, ndesc))
     descs: dict[int, Descriptor] = {}

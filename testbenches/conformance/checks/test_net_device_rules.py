@@ -26,11 +26,10 @@ from backend.virtio.split_ring import (
     USED_ELEM_SIZE,
     VRING_USED_F_NO_NOTIFY,
     DescFlags,
-    Descriptor,
     SplitLayout,
     vring_need_event,
 )
-from testbenches.conformance.chains import Posted, add_chain, poison, split_at, used_entry, walk_chain, written_bytes
+from testbenches.conformance.chains import Posted, add_chain, expose_pieces, poison, split_at, used_entry, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue
@@ -76,24 +75,7 @@ def _scattered_chain(ring: DriverSplitQueue, out: Sequence[bytes], in_lens: Sequ
         gpa = ring.alloc_buffer(bytes([GAP_FILL]) * (length + GAP))
         owned.append(gpa)
         pieces.append((gpa, length, DescFlags.WRITE))
-    ndesc = len(pieces) if direct is None else direct + 1
-    slots = [ring._free[i] for i in range(ndesc)]  # the ring's next free slots, as add_chain takes them
-    descs: dict[int, Descriptor] = {}
-    plain = pieces if direct is None else pieces[:direct]
-    for i, (gpa, n, fl) in enumerate(plain):
-        last = direct is None and i + 1 == len(plain)
-        descs[slots[i]] = Descriptor(gpa, n, fl | (0 if last else DescFlags.NEXT), 0 if last else slots[i + 1])
-    if direct is not None:
-        rest = pieces[direct:]
-        table = ring.write_indirect([Descriptor(gpa, n, fl | (DescFlags.NEXT if i + 1 < len(rest) else 0),
-                                                i + 1 if i + 1 < len(rest) else 0)
-                                     for i, (gpa, n, fl) in enumerate(rest)])
-        owned.append(table)
-        descs[slots[direct]] = Descriptor(table, DESC_SIZE * len(rest), DescFlags.INDIRECT, 0)
-    ring.add_raw(descs, slots[0])
-    posted = walk_chain(ring, slots[0])
-    posted.owned = owned
-    return posted
+    return expose_pieces(ring, pieces, owned, direct=direct)
 
 
 def _bits(*features: NetF) -> int:
