@@ -22,7 +22,17 @@ from backend.virtio.pci_regs import (
     MSIX_ENTRY_SIZE,
     MSIX_ENTRY_VECTOR_CTRL,
 )
-from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, TX, Bench, drain, make_frame, wait_fd
+from testbenches.conformance.harness import (
+    EVENT_WAIT,
+    NEEDS_RESET,
+    TX,
+    Bench,
+    BenchDriver,
+    Rig,
+    drain,
+    make_frame,
+    wait_fd,
+)
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.virtio_net import DEFAULT_FEATURES
 
@@ -121,18 +131,30 @@ def test_msix_table_entries_and_pba(bench: Bench, verdict: Verdict) -> None:
     verdict.check("PCI-DEV-01", not pending, f"the PBA is read-only, but writing ones set pending bits {pending}")
 
 
+def _msix_up(r: Rig, verdict: Verdict, vector_each: bool = False) -> tuple[BenchDriver, MsixInfo] | None:
+    """The device up on MSI-X whose masking the device itself honours; None with PCI-DEV-01 not applicable where
+    the platform owns masking or there is no MSI-X (with ``vector_each``: or config and transmitq1 share a
+    vector)."""
+    masking = r.abilities.msix_masking
+    if masking is not None:
+        verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+        return None
+    d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
+    info = d.transport.msix
+    if info is None or d.intx or (vector_each and d.vectors["config"] == d.vector_of(TX)):
+        verdict.not_applicable("PCI-DEV-01", "no MSI-X capability, or too few vectors for config and transmitq1 to "
+                                             "have one each" if vector_each else "no MSI-X capability")
+        return None
+    return d, info
+
+
 @pytest.mark.req("PCI-DEV-01")
 def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> None:
     with bench.rig() as r:
-        masking = r.abilities.msix_masking
-        if masking is not None:
-            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+        up = _msix_up(r, verdict)
+        if up is None:
             return
-        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
-        info = d.transport.msix
-        if info is None or d.intx:
-            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability")
-            return
+        d, info = up
         vector = d.vector_of(TX)
         fd = r.irq_fd(TX)
         r.drain_irqs()
@@ -167,16 +189,10 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
     past the queue size, STATUS-DEV-03). Each sets its own Pending Bit and neither clears the other's; clearing
     the Function Mask sends each message on its own vector and clears every Pending Bit."""
     with bench.rig() as r:
-        masking = r.abilities.msix_masking
-        if masking is not None:
-            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+        up = _msix_up(r, verdict, vector_each=True)
+        if up is None:
             return
-        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
-        info = d.transport.msix
-        if info is None or d.intx or d.vectors["config"] == d.vector_of(TX):
-            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability, or too few vectors for config and "
-                                                 "transmitq1 to have one each")
-            return
+        d, info = up
         config_vector, tx_vector = d.vectors["config"], d.vector_of(TX)
         config_fd, tx_fd = d.irq_fds["config"], r.irq_fd(TX)
         d.transport.read_isr()
@@ -217,15 +233,10 @@ def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Ve
     withdraws a trigger): the platform masks the vector, so a transmit completion sets its Pending Bit and sends
     nothing; binding an eventfd again unmasks it and the held message arrives, the Pending Bit cleared."""
     with bench.rig() as r:
-        masking = r.abilities.msix_masking
-        if masking is not None:
-            verdict.not_applicable("PCI-DEV-01", f"the platform owns MSI-X masking: {masking.why}")
+        up = _msix_up(r, verdict)
+        if up is None:
             return
-        d = r.up(features=ROUTING_FEATURES, queue_size=8, rx_buffers=0)
-        info = d.transport.msix
-        if info is None or d.intx:
-            verdict.not_applicable("PCI-DEV-01", "no MSI-X capability")
-            return
+        d, info = up
         vector, fd = d.vector_of(TX), r.irq_fd(TX)
         r.drain_irqs()
         r.pci.set_irqs(IrqIndex.MSIX, vector, [None])
