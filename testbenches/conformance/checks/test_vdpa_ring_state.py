@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -59,9 +60,11 @@ def mem() -> Iterator[GuestMemory]:
         yield m
 
 
-def _ring_state_function(bench: Bench, verdict: Verdict, ids: tuple[str, ...]) -> VirtioPciVdpaDevice | None:
-    """The vDPA driver over a function with a ring-state block stopped by queue reset, or None (ids not applicable
-    or not offered, with why)."""
+@contextmanager
+def _ring_state_function(bench: Bench, verdict: Verdict, ids: tuple[str, ...],
+                         mem: GuestMemory) -> Iterator[tuple[VirtioPciVdpaDevice, VdpaFrontend] | None]:
+    """The vDPA driver over a function with a ring-state block stopped by queue reset and a frontend over it, both
+    closed at the end; None (ids not applicable, with why) where the function has none."""
     spec = VQ_STATE_SPEC if bench.configurable else bench.spec
     vdpa = VirtioPciVdpaDevice(bench.open(spec), owns_pci=False)
     block = vdpa.quirk.vq_state
@@ -70,12 +73,18 @@ def _ring_state_function(bench: Bench, verdict: Verdict, ids: tuple[str, ...]) -
         why = f"the function has no ring-state block stopped by a queue reset (quirk {vdpa.quirk.name})"
     elif not has(vdpa.get_device_features(), F.RING_RESET):
         why = "VIRTIO_F_RING_RESET not offered: a running queue cannot be stopped to read its state"
-    if not why:
-        return vdpa
-    vdpa.close()
-    for rid in ids:
-        verdict.not_applicable(rid, why)
-    return None
+    if why:
+        vdpa.close()
+        for rid in ids:
+            verdict.not_applicable(rid, why)
+        yield None
+        return
+    front = VdpaFrontend(vdpa, mem)
+    try:
+        yield vdpa, front
+    finally:
+        vdpa.close()
+        front.close()
 
 
 SPLIT_IDS = ("SPLIT-DRV-11", "RESET-DEV-04")
@@ -84,11 +93,10 @@ SPLIT_IDS = ("SPLIT-DRV-11", "RESET-DEV-04")
 @pytest.mark.req(*SPLIT_IDS)
 def test_vdpa_driver_resumes_a_split_ring_where_the_frontend_left_it(bench: Bench, verdict: Verdict,
                                                                     mem: GuestMemory) -> None:
-    vdpa = _ring_state_function(bench, verdict, SPLIT_IDS)
-    if vdpa is None:
-        return
-    front = VdpaFrontend(vdpa, mem)
-    try:
+    with _ring_state_function(bench, verdict, SPLIT_IDS, mem) as opened:
+        if opened is None:
+            return
+        vdpa, front = opened
         front.bring_up(vdpa.get_device_features() & ~bits(F.RING_PACKED, F.IN_ORDER), queues=(0, TXQ),
                        size=SPLIT_SIZE, state=SPLIT_RESUME)
         sent = _transmit(front, FRAMES, USED_WAIT, tx=TXQ)
@@ -106,9 +114,6 @@ def test_vdpa_driver_resumes_a_split_ring_where_the_frontend_left_it(bench: Benc
         again = _transmit(front, FRAMES[:3], USED_WAIT, tx=TXQ)
         used_idx = ring.used_idx()
         restart = vdpa.get_vq_state(TXQ).avail_idx
-    finally:
-        vdpa.close()
-        front.close()
     verdict.check("RESET-DEV-04", again == 3 and used_idx == 3 and restart == 3,
                   f"after the queue reset that stopped transmitq1 at {stopped:#x}, enabled again on a fresh ring "
                   f"with the state after reset: {again}/3 frames sent, used idx {used_idx}, stop position "
@@ -165,11 +170,10 @@ class _PackedTx:
 @pytest.mark.ring_layout("packed")
 def test_vdpa_driver_resumes_a_packed_ring_with_its_wrap_counters(bench: Bench, verdict: Verdict,
                                                                   mem: GuestMemory) -> None:
-    vdpa = _ring_state_function(bench, verdict, PACKED_IDS)
-    if vdpa is None:
-        return
-    front = VdpaFrontend(vdpa, mem)
-    try:
+    with _ring_state_function(bench, verdict, PACKED_IDS, mem) as opened:
+        if opened is None:
+            return
+        vdpa, front = opened
         offered = vdpa.get_device_features()
         if not has(offered, F.RING_PACKED):
             for rid in PACKED_IDS:
@@ -200,9 +204,6 @@ def test_vdpa_driver_resumes_a_packed_ring_with_its_wrap_counters(bench: Bench, 
         tx = _PackedTx(front, VqState())
         ids, got = tx.send(3)
         restart = vdpa.get_vq_state(TXQ)
-    finally:
-        vdpa.close()
-        front.close()
     verdict.check("RESET-DEV-04", [u.head for u in got] == ids and restart == VqState(3, 1, 3, 1),
                   f"after the queue reset that stopped packed transmitq1 at {stopped}, enabled again on a fresh ring "
                   f"with the state after reset: {len(got)}/3 lists used, stop position {restart} (expected slot 3, "
