@@ -7,6 +7,7 @@ compile order so benches and the simulator bridge build the same design.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RTL_DIR = Path(__file__).resolve().parent
@@ -35,22 +36,16 @@ BAR0_SIZE = 0x8000
 AXIL_SPAN = 0x4000  # what the AXI4-Lite slave decodes
 
 
+def _error_codes() -> dict[int, tuple[str, str]]:
+    """The ``err_e`` codes of virtio_pkg.sv, whose comments say ``REQ-ID: what the driver did``."""
+    item = re.compile(r"^\s*ERR_\w+\s*=\s*4'd(\d+),?\s*//\s*([A-Z]+-[A-Z]+-\d+): (.+)$", re.MULTILINE)
+    source = (RTL_DIR / "virtio_pkg.sv").read_text()
+    return {int(code): (rid, text.rstrip()) for code, rid, text in item.findall(source)}
+
+
 #: ``last_err_code`` values: the driver error that made the device set DEVICE_NEEDS_RESET, with the
-#: requirement the driver broke (the ``err_e`` enum of virtio_pkg.sv).
-ERROR_CODES: dict[int, tuple[str, str]] = {
-    1: ("SPLIT-DRV-04", "avail ring names a descriptor >= queue size"),
-    2: ("SPLIT-DRV-04", "descriptor next >= queue size"),
-    3: ("SPLIT-DRV-08", "chain longer than the queue size (a loop)"),
-    4: ("SPLIT-DRV-11", "avail idx more than the queue size ahead of last_avail_idx"),
-    5: ("SPLIT-DRV-02", "device-readable descriptor after a device-writable one"),
-    6: ("SPLIT-DRV-06", "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC"),
-    7: ("FEAT-DRV-11", "bus error on a ring or buffer address (not mapped, or beyond ADDR_W)"),
-    8: ("PCI-DRV-17", "queue_enable with a bad queue_size or misaligned ring parts"),
-    9: ("PACKED-DRV-11", "packed: a descriptor of a list not made available for the driver wrap counter"),
-    10: ("PACKED-DRV-07", "packed: list longer than the queue size"),
-    11: ("PACKED-DRV-12", "packed: INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC"),
-    12: ("PACKED-DRV-08", "packed: device-readable descriptor after a device-writable one"),
-}
+#: requirement the driver broke (read from the ``err_e`` enum of virtio_pkg.sv, said there once).
+ERROR_CODES: dict[int, tuple[str, str]] = _error_codes()
 
 
 def notify_len(num_queues: int) -> int:

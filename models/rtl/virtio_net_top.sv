@@ -39,77 +39,15 @@ module virtio_net_top
   input  logic                rst_n,
 
   // BAR0 (offsets 0x0000..0x3FFF)
-  input  logic [13:0]         s_axil_awaddr,
-  input  logic [2:0]          s_axil_awprot,
-  input  logic                s_axil_awvalid,
-  output logic                s_axil_awready,
-  input  logic [31:0]         s_axil_wdata,
-  input  logic [3:0]          s_axil_wstrb,
-  input  logic                s_axil_wvalid,
-  output logic                s_axil_wready,
-  output logic [1:0]          s_axil_bresp,
-  output logic                s_axil_bvalid,
-  input  logic                s_axil_bready,
-  input  logic [13:0]         s_axil_araddr,
-  input  logic [2:0]          s_axil_arprot,
-  input  logic                s_axil_arvalid,
-  output logic                s_axil_arready,
-  output logic [31:0]         s_axil_rdata,
-  output logic [1:0]          s_axil_rresp,
-  output logic                s_axil_rvalid,
-  input  logic                s_axil_rready,
+  `VNET_AXIL_SLAVE_PORTS,
 
   // DMA onto guest memory
-  output logic [ID_W-1:0]     m_axi_awid,
-  output logic [ADDR_W-1:0]   m_axi_awaddr,
-  output logic [7:0]          m_axi_awlen,
-  output logic [2:0]          m_axi_awsize,
-  output logic [1:0]          m_axi_awburst,
-  output logic                m_axi_awlock,
-  output logic [3:0]          m_axi_awcache,
-  output logic [2:0]          m_axi_awprot,
-  output logic                m_axi_awvalid,
-  input  logic                m_axi_awready,
-  output logic [DATA_W-1:0]   m_axi_wdata,
-  output logic [W-1:0]        m_axi_wstrb,
-  output logic                m_axi_wlast,
-  output logic                m_axi_wvalid,
-  input  logic                m_axi_wready,
-  input  logic [ID_W-1:0]     m_axi_bid,
-  input  logic [1:0]          m_axi_bresp,
-  input  logic                m_axi_bvalid,
-  output logic                m_axi_bready,
-  output logic [ID_W-1:0]     m_axi_arid,
-  output logic [ADDR_W-1:0]   m_axi_araddr,
-  output logic [7:0]          m_axi_arlen,
-  output logic [2:0]          m_axi_arsize,
-  output logic [1:0]          m_axi_arburst,
-  output logic                m_axi_arlock,
-  output logic [3:0]          m_axi_arcache,
-  output logic [2:0]          m_axi_arprot,
-  output logic                m_axi_arvalid,
-  input  logic                m_axi_arready,
-  input  logic [ID_W-1:0]     m_axi_rid,
-  input  logic [DATA_W-1:0]   m_axi_rdata,
-  input  logic [1:0]          m_axi_rresp,
-  input  logic                m_axi_rlast,
-  input  logic                m_axi_rvalid,
-  output logic                m_axi_rready,
+  `VNET_AXI4_MASTER_PORTS,
 
   // frames from the wire and to the wire; tdest is the queue pair (receive: the pair the bridge
   // steers the frame to, used while VQ_PAIRS_SET enabled it; transmit: the pair it came from)
-  input  logic [DATA_W-1:0]   s_axis_tdata,
-  input  logic [W-1:0]        s_axis_tkeep,
-  input  logic                s_axis_tlast,
-  input  logic                s_axis_tvalid,
-  output logic                s_axis_tready,
-  input  logic [PAIR_W-1:0]   s_axis_tdest,
-  output logic [DATA_W-1:0]   m_axis_tdata,
-  output logic [W-1:0]        m_axis_tkeep,
-  output logic                m_axis_tlast,
-  output logic                m_axis_tvalid,
-  input  logic                m_axis_tready,
-  output logic [PAIR_W-1:0]   m_axis_tdest,
+  `VNET_AXIS_PORTS(s_axis, input, output),
+  `VNET_AXIS_PORTS(m_axis, output, input),
 
   // interrupts
   output logic                irq_valid,
@@ -125,11 +63,7 @@ module virtio_net_top
   output logic [3:0]          last_err_code,
   output logic [QW-1:0]       last_err_queue,
   output logic [15:0]         err_count,
-  output logic [31:0]         stat_tx_packets,
-  output logic [31:0]         stat_tx_dropped,
-  output logic [31:0]         stat_rx_packets,
-  output logic [31:0]         stat_rx_no_buffer,
-  output logic [31:0]         stat_rx_dropped
+  `VNET_STAT_PORTS
 );
   localparam logic [63:0] FEATURES =
       (64'd1 << F_VERSION_1) | (64'd1 << F_ORDER_PLATFORM) | (64'd1 << F_RING_RESET)
@@ -156,6 +90,7 @@ module virtio_net_top
   end
 `undef VNET_PARAM_ERROR
 
+  // the register block's and the ring engine's VNET_ENGINE_PORTS, which .* connects by name
   logic                        live, kick_valid, dev_reset_req, dev_reset_ack, vqs_wr_valid;
   logic                        fail_valid, q_irq_valid;
   logic [63:0]                 negotiated;
@@ -171,35 +106,10 @@ module virtio_net_top
   virtio_pci_regs #(
     .NUM_QUEUES(NUM_QUEUES), .MAX_QUEUE_SIZE(MAX_QUEUE_SIZE), .MSIX_VECTORS(MSIX_VECTORS),
     .FEATURES(FEATURES), .MAC(MAC), .MTU(MTU), .MAX_VQ_PAIRS(16'(NUM_PAIRS))
-  ) u_regs (
-    .clk, .rst_n,
-    .s_axil_awaddr, .s_axil_awprot, .s_axil_awvalid, .s_axil_awready, .s_axil_wdata, .s_axil_wstrb,
-    .s_axil_wvalid, .s_axil_wready, .s_axil_bresp, .s_axil_bvalid, .s_axil_bready, .s_axil_araddr,
-    .s_axil_arprot, .s_axil_arvalid, .s_axil_arready, .s_axil_rdata, .s_axil_rresp, .s_axil_rvalid,
-    .s_axil_rready,
-    .link_up, .msix_enabled, .irq_valid, .irq_vector, .irq_ready, .intx,
-    .live, .negotiated, .q_size, .q_desc, .q_driver, .q_device, .q_enable, .kick_valid, .kick_queue,
-    .dev_reset_req, .dev_reset_ack, .qreset_req, .qreset_ack, .vqs_wr_valid, .vqs_wr_queue, .vqs_wr_data,
-    .vqs_wr_half, .vqs_last_avail, .vqs_used_idx, .fail_valid, .fail_code, .fail_queue, .q_irq_valid,
-    .q_irq_queue, .device_status, .last_err_code(last_err), .last_err_queue, .err_count
-  );
+  ) u_regs (.*, .last_err_code(last_err));  // implicit: every other port by its name
 
   vnet_ring_engine #(
     .NUM_PAIRS(NUM_PAIRS), .NUM_QUEUES(NUM_QUEUES), .ADDR_W(ADDR_W), .DATA_W(DATA_W), .ID_W(ID_W), .MAX_BURST(MAX_BURST),
     .BUF_BYTES(BUF_BYTES), .MTU(MTU)
-  ) u_engine (
-    .clk, .rst_n,
-    .live, .negotiated, .q_size, .q_desc, .q_driver, .q_device, .q_enable, .kick_valid, .kick_queue,
-    .dev_reset_req, .dev_reset_ack, .qreset_req, .qreset_ack, .vqs_wr_valid, .vqs_wr_queue, .vqs_wr_data,
-    .vqs_wr_half, .vqs_last_avail, .vqs_used_idx, .fail_valid, .fail_code, .fail_queue, .q_irq_valid,
-    .q_irq_queue, .link_up,
-    .s_axis_tdata, .s_axis_tkeep, .s_axis_tlast, .s_axis_tvalid, .s_axis_tready, .s_axis_tdest,
-    .m_axis_tdata, .m_axis_tkeep, .m_axis_tlast, .m_axis_tvalid, .m_axis_tready, .m_axis_tdest,
-    .m_axi_awid, .m_axi_awaddr, .m_axi_awlen, .m_axi_awsize, .m_axi_awburst, .m_axi_awlock, .m_axi_awcache,
-    .m_axi_awprot, .m_axi_awvalid, .m_axi_awready, .m_axi_wdata, .m_axi_wstrb, .m_axi_wlast, .m_axi_wvalid,
-    .m_axi_wready, .m_axi_bid, .m_axi_bresp, .m_axi_bvalid, .m_axi_bready, .m_axi_arid, .m_axi_araddr,
-    .m_axi_arlen, .m_axi_arsize, .m_axi_arburst, .m_axi_arlock, .m_axi_arcache, .m_axi_arprot, .m_axi_arvalid,
-    .m_axi_arready, .m_axi_rid, .m_axi_rdata, .m_axi_rresp, .m_axi_rlast, .m_axi_rvalid, .m_axi_rready,
-    .stat_tx_packets, .stat_tx_dropped, .stat_rx_packets, .stat_rx_no_buffer, .stat_rx_dropped
-  );
+  ) u_engine (.*);
 endmodule

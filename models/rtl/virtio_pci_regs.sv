@@ -25,26 +25,8 @@ module virtio_pci_regs
   input  logic                         clk,
   input  logic                         rst_n,
 
-  // AXI4-Lite slave (BAR0 offsets 0x0000..0x3FFF)
-  input  logic [13:0]                  s_axil_awaddr,
-  input  logic [2:0]                   s_axil_awprot,
-  input  logic                         s_axil_awvalid,
-  output logic                         s_axil_awready,
-  input  logic [31:0]                  s_axil_wdata,
-  input  logic [3:0]                   s_axil_wstrb,
-  input  logic                         s_axil_wvalid,
-  output logic                         s_axil_wready,
-  output logic [1:0]                   s_axil_bresp,
-  output logic                         s_axil_bvalid,
-  input  logic                         s_axil_bready,
-  input  logic [13:0]                  s_axil_araddr,
-  input  logic [2:0]                   s_axil_arprot,
-  input  logic                         s_axil_arvalid,
-  output logic                         s_axil_arready,
-  output logic [31:0]                  s_axil_rdata,
-  output logic [1:0]                   s_axil_rresp,
-  output logic                         s_axil_rvalid,
-  input  logic                         s_axil_rready,
+  // AXI4-Lite slave
+  `VNET_AXIL_SLAVE_PORTS,
 
   input  logic                         link_up,
   input  logic                         msix_enabled,     // MSI-X Enable of the function's capability
@@ -55,31 +37,8 @@ module virtio_pci_regs
   input  logic                         irq_ready,
   output logic                         intx,
 
-  // to / from the ring engine
-  output logic                         live,
-  output logic [63:0]                  negotiated,
-  output logic [NUM_QUEUES-1:0][15:0]  q_size,
-  output logic [NUM_QUEUES-1:0][63:0]  q_desc,
-  output logic [NUM_QUEUES-1:0][63:0]  q_driver,
-  output logic [NUM_QUEUES-1:0][63:0]  q_device,
-  output logic [NUM_QUEUES-1:0]        q_enable,
-  output logic                         kick_valid,
-  output logic [QW-1:0]                kick_queue,
-  output logic                         dev_reset_req,
-  input  logic                         dev_reset_ack,
-  output logic [NUM_QUEUES-1:0]        qreset_req,
-  input  logic [NUM_QUEUES-1:0]        qreset_ack,
-  output logic                         vqs_wr_valid,
-  output logic [QW-1:0]                vqs_wr_queue,
-  output logic [31:0]                  vqs_wr_data,
-  output logic [1:0]                   vqs_wr_half,      // [0] last_avail_idx, [1] used_idx
-  input  logic [NUM_QUEUES-1:0][15:0]  vqs_last_avail,
-  input  logic [NUM_QUEUES-1:0][15:0]  vqs_used_idx,
-  input  logic                         fail_valid,
-  input  err_e                         fail_code,
-  input  logic [QW-1:0]                fail_queue,
-  input  logic                         q_irq_valid,
-  input  logic [QW-1:0]                q_irq_queue,
+  // to / from the ring engine; vqs_wr_half: [0] last_avail_idx, [1] used_idx
+  `VNET_ENGINE_PORTS(output, input),
 
   // debug / status for a bridge or bench
   output logic [7:0]                   device_status,
@@ -174,7 +133,7 @@ module virtio_pci_regs
     rd_word = 32'h0;
     unique case (s_axil_araddr[13:12])
       2'd0: if (ra < 12'(COMMON_CFG_LEN)) begin
-        unique case ({ra[5:2], 2'b00})
+        unique case (ra[5:2])
           CC_DEVICE_FEATURE_SELECT: rd_word = device_feature_select;
           // PCI-DEV-14: 32 bits of the offer per select value, 0 past bit 63
           CC_DEVICE_FEATURE: rd_word = device_feature_select == 32'd0 ? FEATURES[31:0]
@@ -220,8 +179,8 @@ module virtio_pci_regs
   assign wr_common = do_write && wreg == 2'd0 && wa < 12'(COMMON_CFG_LEN);
   assign wr_notify = do_write && wreg == 2'd3 && 32'(wa) < NOTIFY_LEN;
   assign wr_vqs    = do_write && wreg == 2'd3 && wa >= VQS_OFF && 32'(wa[10:2]) < NUM_QUEUES;
-  logic [5:0] wword;
-  assign wword = {wa[5:2], 2'b00};
+  logic [3:0] wword;  // common_cfg_word_e
+  assign wword = wa[5:2];
 
   // queue_enable 1 with a configuration that cannot run: the queue stays off, the device needs a reset
   logic enable_write, enable_bad;

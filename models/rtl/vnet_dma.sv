@@ -47,41 +47,7 @@ module vnet_dma #(
   input  logic [DATA_W-1:0]   buf_rd_data,
 
   // AXI4 master
-  output logic [ID_W-1:0]     m_axi_awid,
-  output logic [ADDR_W-1:0]   m_axi_awaddr,
-  output logic [7:0]          m_axi_awlen,
-  output logic [2:0]          m_axi_awsize,
-  output logic [1:0]          m_axi_awburst,
-  output logic                m_axi_awlock,
-  output logic [3:0]          m_axi_awcache,
-  output logic [2:0]          m_axi_awprot,
-  output logic                m_axi_awvalid,
-  input  logic                m_axi_awready,
-  output logic [DATA_W-1:0]   m_axi_wdata,
-  output logic [W-1:0]        m_axi_wstrb,
-  output logic                m_axi_wlast,
-  output logic                m_axi_wvalid,
-  input  logic                m_axi_wready,
-  input  logic [ID_W-1:0]     m_axi_bid,
-  input  logic [1:0]          m_axi_bresp,
-  input  logic                m_axi_bvalid,
-  output logic                m_axi_bready,
-  output logic [ID_W-1:0]     m_axi_arid,
-  output logic [ADDR_W-1:0]   m_axi_araddr,
-  output logic [7:0]          m_axi_arlen,
-  output logic [2:0]          m_axi_arsize,
-  output logic [1:0]          m_axi_arburst,
-  output logic                m_axi_arlock,
-  output logic [3:0]          m_axi_arcache,
-  output logic [2:0]          m_axi_arprot,
-  output logic                m_axi_arvalid,
-  input  logic                m_axi_arready,
-  input  logic [ID_W-1:0]     m_axi_rid,
-  input  logic [DATA_W-1:0]   m_axi_rdata,
-  input  logic [1:0]          m_axi_rresp,
-  input  logic                m_axi_rlast,
-  input  logic                m_axi_rvalid,
-  output logic                m_axi_rready
+  `VNET_AXI4_MASTER_PORTS
 );
   localparam logic [31:0] LW = $clog2(W);
   localparam logic [ID_W-1:0] ID = '0;

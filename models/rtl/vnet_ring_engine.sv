@@ -55,89 +55,20 @@ module vnet_ring_engine
   input  logic                         rst_n,
 
   // from / to the register block
-  input  logic                         live,
-  input  logic [63:0]                  negotiated,
-  input  logic [NUM_QUEUES-1:0][15:0]  q_size,
-  input  logic [NUM_QUEUES-1:0][63:0]  q_desc,
-  input  logic [NUM_QUEUES-1:0][63:0]  q_driver,
-  input  logic [NUM_QUEUES-1:0][63:0]  q_device,
-  input  logic [NUM_QUEUES-1:0]        q_enable,
-  input  logic                         kick_valid,
-  input  logic [QW-1:0]                kick_queue,
-  input  logic                         dev_reset_req,
-  output logic                         dev_reset_ack,
-  input  logic [NUM_QUEUES-1:0]        qreset_req,
-  output logic [NUM_QUEUES-1:0]        qreset_ack,
-  input  logic                         vqs_wr_valid,
-  input  logic [QW-1:0]                vqs_wr_queue,
-  input  logic [31:0]                  vqs_wr_data,
-  input  logic [1:0]                   vqs_wr_half,
-  output logic [NUM_QUEUES-1:0][15:0]  vqs_last_avail,
-  output logic [NUM_QUEUES-1:0][15:0]  vqs_used_idx,
-  output logic                         fail_valid,
-  output err_e                         fail_code,
-  output logic [QW-1:0]                fail_queue,
-  output logic                         q_irq_valid,
-  output logic [QW-1:0]                q_irq_queue,
+  `VNET_ENGINE_PORTS(input, output),
   input  logic                         link_up,
 
-  // frames from the wire (receive) and to the wire (transmit); tkeep packed from lane 0
-  input  logic [DATA_W-1:0]            s_axis_tdata,
-  input  logic [W-1:0]                 s_axis_tkeep,
-  input  logic                         s_axis_tlast,
-  input  logic                         s_axis_tvalid,
-  output logic                         s_axis_tready,
-  input  logic [PAIR_W-1:0]            s_axis_tdest,      // receive queue pair asked for
-  output logic [DATA_W-1:0]            m_axis_tdata,
-  output logic [W-1:0]                 m_axis_tkeep,
-  output logic                         m_axis_tlast,
-  output logic                         m_axis_tvalid,
-  input  logic                         m_axis_tready,
-  output logic [PAIR_W-1:0]            m_axis_tdest,      // pair of the transmit queue
+  // frames from the wire (receive; tdest the queue pair asked for) and to the wire (transmit; tdest
+  // the pair of the transmit queue)
+  `VNET_AXIS_PORTS(s_axis, input, output),
+  `VNET_AXIS_PORTS(m_axis, output, input),
 
   // AXI4 master (guest memory)
-  output logic [ID_W-1:0]              m_axi_awid,
-  output logic [ADDR_W-1:0]            m_axi_awaddr,
-  output logic [7:0]                   m_axi_awlen,
-  output logic [2:0]                   m_axi_awsize,
-  output logic [1:0]                   m_axi_awburst,
-  output logic                         m_axi_awlock,
-  output logic [3:0]                   m_axi_awcache,
-  output logic [2:0]                   m_axi_awprot,
-  output logic                         m_axi_awvalid,
-  input  logic                         m_axi_awready,
-  output logic [DATA_W-1:0]            m_axi_wdata,
-  output logic [W-1:0]                 m_axi_wstrb,
-  output logic                         m_axi_wlast,
-  output logic                         m_axi_wvalid,
-  input  logic                         m_axi_wready,
-  input  logic [ID_W-1:0]              m_axi_bid,
-  input  logic [1:0]                   m_axi_bresp,
-  input  logic                         m_axi_bvalid,
-  output logic                         m_axi_bready,
-  output logic [ID_W-1:0]              m_axi_arid,
-  output logic [ADDR_W-1:0]            m_axi_araddr,
-  output logic [7:0]                   m_axi_arlen,
-  output logic [2:0]                   m_axi_arsize,
-  output logic [1:0]                   m_axi_arburst,
-  output logic                         m_axi_arlock,
-  output logic [3:0]                   m_axi_arcache,
-  output logic [2:0]                   m_axi_arprot,
-  output logic                         m_axi_arvalid,
-  input  logic                         m_axi_arready,
-  input  logic [ID_W-1:0]              m_axi_rid,
-  input  logic [DATA_W-1:0]            m_axi_rdata,
-  input  logic [1:0]                   m_axi_rresp,
-  input  logic                         m_axi_rlast,
-  input  logic                         m_axi_rvalid,
-  output logic                         m_axi_rready,
+  `VNET_AXI4_MASTER_PORTS,
 
-  // statistics
-  output logic [31:0]                  stat_tx_packets,
-  output logic [31:0]                  stat_tx_dropped,   // empty, over-long or link down
-  output logic [31:0]                  stat_rx_packets,
-  output logic [31:0]                  stat_rx_no_buffer, // no available receive chain
-  output logic [31:0]                  stat_rx_dropped    // not ready, oversize, chain too small
+  // statistics: tx_dropped empty, over-long or link down; rx_no_buffer no available receive chain;
+  // rx_dropped not ready, oversize, chain too small
+  `VNET_STAT_PORTS
 );
   localparam logic [PW:0] BUF  = (PW+1)'(BUF_BYTES);
   localparam logic [PW:0] HDR  = (PW+1)'(NET_HDR_LEN);
@@ -172,17 +103,11 @@ module vnet_ring_engine
   logic [DATA_W-1:0] txb_wr_data, txb_rd_data, rxb_rd_data, dma_rd_data;
   logic              rxb_wr_en;
 
+  // .*: the command ports, small_rdata and the AXI4 master by their names
   vnet_dma #(.ADDR_W(ADDR_W), .DATA_W(DATA_W), .ID_W(ID_W), .MAX_BURST(MAX_BURST), .PW(PW)) u_dma (
-    .clk, .rst_n,
-    .cmd_valid, .cmd_ready, .cmd_write, .cmd_small, .cmd_addr, .cmd_len, .cmd_pos, .cmd_wdata,
-    .done(dma_done), .done_err(dma_err), .small_rdata,
+    .*, .done(dma_done), .done_err(dma_err),
     .buf_wr_en(txb_wr_en), .buf_wr_base(txb_wr_base), .buf_wr_mask(txb_wr_mask), .buf_wr_data(txb_wr_data),
-    .buf_rd_base(dma_rd_base), .buf_rd_data(dma_rd_data),
-    .m_axi_awid, .m_axi_awaddr, .m_axi_awlen, .m_axi_awsize, .m_axi_awburst, .m_axi_awlock, .m_axi_awcache,
-    .m_axi_awprot, .m_axi_awvalid, .m_axi_awready, .m_axi_wdata, .m_axi_wstrb, .m_axi_wlast, .m_axi_wvalid,
-    .m_axi_wready, .m_axi_bid, .m_axi_bresp, .m_axi_bvalid, .m_axi_bready, .m_axi_arid, .m_axi_araddr,
-    .m_axi_arlen, .m_axi_arsize, .m_axi_arburst, .m_axi_arlock, .m_axi_arcache, .m_axi_arprot, .m_axi_arvalid,
-    .m_axi_arready, .m_axi_rid, .m_axi_rdata, .m_axi_rresp, .m_axi_rlast, .m_axi_rvalid, .m_axi_rready
+    .buf_rd_base(dma_rd_base), .buf_rd_data(dma_rd_data)
   );
 
   vnet_buf #(.W(W), .BYTES(BUF_BYTES)) u_txbuf (
@@ -214,8 +139,7 @@ module vnet_ring_engine
   logic          rx_in_drop;   // frame dropped at the input
 
   vnet_rx_in #(.W(W), .PW(PW), .PAIR_W(PAIR_W), .BUF_BYTES(BUF_BYTES), .HDR_LEN(NET_HDR_LEN), .MTU(MTU)) u_rx_in (
-    .clk, .rst_n, .s_axis_tdata, .s_axis_tkeep, .s_axis_tlast, .s_axis_tvalid, .s_axis_tready, .s_axis_tdest,
-    .link_up, .mtu_limit(negotiated[F_NET_MTU]), .consume(rx_consume), .full(rx_full), .len(rx_len),
+    .*, .mtu_limit(negotiated[F_NET_MTU]), .consume(rx_consume), .full(rx_full), .len(rx_len),
     .pair(rx_pair), .in_drop(rx_in_drop), .buf_wr_en(rxb_wr_en), .buf_wr_base(rxb_wr_base), .buf_wr_mask(rxb_wr_mask)
   );
 
@@ -232,6 +156,7 @@ module vnet_ring_engine
   end
 
   // ---- engine -----------------------------------------------------------------------------------
+  // Each *_ISSUE state hands the DMA one command; its *_WAIT state, next in this order, takes the result.
   typedef enum logic [4:0] {
     E_IDLE, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
     E_DESC_ISSUE, E_DESC_WAIT, E_DATA_SIZE, E_DATA_ISSUE, E_DATA_WAIT, E_DATA_NEXT, E_CHAIN_END,
@@ -435,6 +360,30 @@ module vnet_ring_engine
     endcase
   end
 
+  // the states that wait for the command of the *_ISSUE state before them
+  function automatic logic awaits_dma(input estate_e s);
+    case (s)
+      E_AVAIL_WAIT, E_EVT_WAIT, E_HEAD_WAIT, E_DESC_WAIT, E_DATA_WAIT, E_ACK_WAIT, E_ELEM_WAIT, E_UFLAGS_WAIT,
+      E_IDX_WAIT, E_NOTE_WAIT: return 1'b1;
+      default: return 1'b0;
+    endcase
+  endfunction
+  // a *_WAIT state's command finished without a bus error (errors are handled once, after the state machine)
+  logic dma_ok;
+  assign dma_ok = dma_done && !dma_err;
+
+  // a chain (split) or descriptor list (packed) starts at slot first: nothing walked, read or written yet
+  task automatic begin_chain(input logic [15:0] first);
+    cur      <= first;
+    ndesc    <= '0;
+    wr_seen  <= 1'b0;
+    bytes_rd <= '0;
+    stored   <= '0;
+    written  <= '0;
+    have_ack <= 1'b0;
+    ack_len  <= 1'b0;
+  endtask
+
   logic [15:0] sr_u16_0, sr_u16_1;
   assign sr_u16_0 = small_rdata[15:0];
   assign sr_u16_1 = small_rdata[31:16];
@@ -573,21 +522,12 @@ module vnet_ring_engine
           state <= E_AVAIL_WAIT;
         end
 
-        E_AVAIL_WAIT: if (dma_done) begin
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else if (packed_ring) begin
+        E_AVAIL_WAIT: if (dma_ok) begin
+          if (packed_ring) begin
             // PACKED-DEV-06: the head is taken only when its flags say available for the driver wrap counter
             if (packed_is_avail(sr_u16_0, q_avail[15])) begin
-              cur      <= 16'(q_avail[14:0]);
+              begin_chain(16'(q_avail[14:0]));
               cur_wrap <= q_avail[15];
-              ndesc    <= '0;
-              wr_seen  <= 1'b0;
-              bytes_rd <= '0;
-              stored   <= '0;
-              written  <= '0;
-              have_ack <= 1'b0;
-              ack_len  <= 1'b0;
               state    <= E_DESC_ISSUE;
             end else if (batch_n != '0) begin
               state <= E_NOTE_ISSUE;
@@ -618,27 +558,17 @@ module vnet_ring_engine
         end
 
         E_EVT_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) state <= E_EVT_WAIT;
-        E_EVT_WAIT: if (dma_done) begin
+        E_EVT_WAIT: if (dma_ok) begin
           // look again: the driver may have added entries after reading the old avail_event
           evt_written <= 1'b1;
-          state       <= dma_err ? E_FAIL : E_AVAIL_ISSUE;
-          if (dma_err) fail_code <= ERR_DMA;
+          state       <= E_AVAIL_ISSUE;
         end
 
         E_HEAD_ISSUE: if (head_abort) state <= E_ABORT; else if (cmd_ready) state <= E_HEAD_WAIT;
-        E_HEAD_WAIT: if (dma_done) begin
-          head     <= sr_u16_0;
-          cur      <= sr_u16_0;
-          ndesc    <= '0;
-          wr_seen  <= 1'b0;
-          bytes_rd <= '0;
-          stored   <= '0;
-          written  <= '0;
-          have_ack <= 1'b0;
-          ack_len  <= 1'b0;
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else if (sr_u16_0 >= size) begin
+        E_HEAD_WAIT: if (dma_ok) begin
+          head <= sr_u16_0;
+          begin_chain(sr_u16_0);
+          if (sr_u16_0 >= size) begin
             fail_code <= ERR_HEAD_RANGE; state <= E_FAIL;  // SPLIT-DRV-04
           end else begin
             state <= E_DESC_ISSUE;
@@ -653,15 +583,13 @@ module vnet_ring_engine
             ndesc <= ndesc + 17'd1;
             state <= E_DESC_WAIT;
           end
-        E_DESC_WAIT: if (dma_done) begin
+        E_DESC_WAIT: if (dma_ok) begin
           d_addr  <= small_rdata[63:0];
           d_len   <= small_rdata[95:64];
           d_flags <= rd_flags;
           d_next  <= small_rdata[127:112];
           d_id    <= small_rdata[111:96];
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else if (packed_ring && !packed_is_avail(rd_flags, cur_wrap)) begin
+          if (packed_ring && !packed_is_avail(rd_flags, cur_wrap)) begin
             fail_code <= ERR_NOT_AVAIL; state <= E_FAIL;  // PACKED-DRV-11: the list's slots go available first
           end else if ((rd_flags & DESC_F_INDIRECT) != 16'h0) begin
             // SPLIT-DRV-06, PACKED-DRV-12: not offered
@@ -674,6 +602,10 @@ module vnet_ring_engine
             state <= E_DATA_SIZE;
           end
         end
+
+        // the commands that halt withdraws (see the command table): once taken, the *_WAIT state follows
+        E_DATA_ISSUE, E_ACK_ISSUE, E_ELEM_ISSUE, E_UFLAGS_ISSUE, E_IDX_ISSUE, E_NOTE_ISSUE:
+          if (halt) state <= E_ABORT; else if (cmd_ready) state <= state.next();
 
         // the readable part of a TX chain goes into the transmit buffer, the writable part of an
         // RX chain receives header + frame; everything else is only walked
@@ -688,14 +620,9 @@ module vnet_ring_engine
           xfer  <= (is_tx == readable) ? data_bytes : '0;
           state <= (is_tx == readable && data_bytes != '0) ? E_DATA_ISSUE : E_DATA_NEXT;
         end
-        E_DATA_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_DATA_WAIT;
-        E_DATA_WAIT: if (dma_done) begin
+        E_DATA_WAIT: if (dma_ok) begin
           if (is_tx) stored <= stored + xfer; else written <= written + xfer;
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else begin
-            state <= E_DATA_NEXT;
-          end
+          state <= E_DATA_NEXT;
         end
         E_DATA_NEXT: begin
           if ((d_flags & DESC_F_NEXT) == 16'h0) begin
@@ -746,21 +673,13 @@ module vnet_ring_engine
 
         E_TX_STREAM: if (!tx_go && !tx_active) state <= E_ELEM_ISSUE;
 
-        E_ACK_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_ACK_WAIT;
-        E_ACK_WAIT: if (dma_done) begin
+        E_ACK_WAIT: if (dma_ok) begin
           ack_len <= 1'b1;
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else begin
-            state <= E_ELEM_ISSUE;
-          end
+          state   <= E_ELEM_ISSUE;
         end
 
-        E_ELEM_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_ELEM_WAIT;
-        E_ELEM_WAIT: if (dma_done) begin
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else if (packed_ring) begin
+        E_ELEM_WAIT: if (dma_ok) begin
+          if (packed_ring) begin
             state <= E_UFLAGS_ISSUE;
 `ifdef VNET_BUG_IDX_FIRST
           end else if (!idx_early) begin
@@ -781,75 +700,60 @@ module vnet_ring_engine
           end
         end
 
-        E_UFLAGS_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_UFLAGS_WAIT;
-        E_UFLAGS_WAIT: if (dma_done) begin
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else begin
-            // the list's slots are consumed and used; a transmit batch goes on while slots are available
-            last_avail[cq] <= packed_advance(last_avail[cq], ndesc, size);
-            used_idx[cq]   <= packed_advance(used_idx[cq], ndesc, size);
-            batch_n        <= batch_n + 16'd1;
-            batch_slots    <= batch_slots + ndesc;
-            if (!is_tx) begin
-              stat_rx_packets <= stat_rx_packets + 32'd1;
-              rx_consume      <= 1'b1;
-            end
-            state <= (is_tx && batch_slots + ndesc < 17'(size) && !abort) ? E_AVAIL_ISSUE : E_NOTE_ISSUE;
+        E_UFLAGS_WAIT: if (dma_ok) begin
+          // the list's slots are consumed and used; a transmit batch goes on while slots are available
+          last_avail[cq] <= packed_advance(last_avail[cq], ndesc, size);
+          used_idx[cq]   <= packed_advance(used_idx[cq], ndesc, size);
+          batch_n        <= batch_n + 16'd1;
+          batch_slots    <= batch_slots + ndesc;
+          if (!is_tx) begin
+            stat_rx_packets <= stat_rx_packets + 32'd1;
+            rx_consume      <= 1'b1;
           end
+          state <= (is_tx && batch_slots + ndesc < 17'(size) && !abort) ? E_AVAIL_ISSUE : E_NOTE_ISSUE;
         end
 
-        E_IDX_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_IDX_WAIT;
-        E_IDX_WAIT: if (dma_done) begin
+        E_IDX_WAIT: if (dma_done) begin  // the queue's used idx moves on even when its write failed
 `ifdef VNET_BUG_USED_WRAP
           used_idx[cq] <= 16'(15'(used_idx[cq] + batch_n));  // seeded bug: wraps at 0x8000
 `else
           used_idx[cq] <= 16'(used_idx[cq] + batch_n);
 `endif
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else begin
-            state <= E_NOTE_ISSUE;
-          end
+          state <= E_NOTE_ISSUE;
         end
 
-        E_NOTE_ISSUE: if (halt) state <= E_ABORT; else if (cmd_ready) state <= E_NOTE_WAIT;
-        E_NOTE_WAIT: if (dma_done) begin
-          if (dma_err) begin
-            fail_code <= ERR_DMA; state <= E_FAIL;
-          end else begin
-            // SPLIT-DEV-09..14; used_idx already holds the new index
-            if (packed_ring) begin
-              // driver event suppression: DISABLE never, DESC (EVENT_IDX) when the batch covered the event
-              // position, ENABLE (and the undefined values) always
-              if (ev_flags != RING_EVENT_FLAGS_DISABLE
-                  && (ev_flags == RING_EVENT_FLAGS_ENABLE || ev_flags != RING_EVENT_FLAGS_DESC || !event_idx
-                      || packed_need_event(sr_u16_0, used_idx[cq], batch_slots, size))) begin
-                q_irq_valid <= 1'b1;
-                q_irq_queue <= cq;
-              end
-            end else
-`ifdef VNET_BUG_MISSED_IRQ
-            // seeded bug (tests/test_rtl_target.py): without EVENT_IDX transmit completions never notify
-            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
-                          : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0 && !is_tx) begin
-`elsif VNET_BUG_NO_INTERRUPT_IGNORED
-            // seeded bug (tests/test_rtl_target.py): VRING_AVAIL_F_NO_INTERRUPT is read but not honoured
-            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n)) : 1'b1) begin
-`elsif VNET_BUG_USED_EVENT_IGNORED
-            // seeded bug (tests/test_rtl_target.py): with EVENT_IDX every used buffer notifies, used_event unread
-            if (event_idx ? 1'b1 : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
-`else
-            if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
-                          : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
-`endif
+        E_NOTE_WAIT: if (dma_ok) begin
+          // SPLIT-DEV-09..14; used_idx already holds the new index
+          if (packed_ring) begin
+            // driver event suppression: DISABLE never, DESC (EVENT_IDX) when the batch covered the event
+            // position, ENABLE (and the undefined values) always
+            if (ev_flags != RING_EVENT_FLAGS_DISABLE
+                && (ev_flags == RING_EVENT_FLAGS_ENABLE || ev_flags != RING_EVENT_FLAGS_DESC || !event_idx
+                    || packed_need_event(sr_u16_0, used_idx[cq], batch_slots, size))) begin
               q_irq_valid <= 1'b1;
               q_irq_queue <= cq;
             end
-            if (is_tx) kick_pend[cq] <= 1'b1;  // look at the avail ring again before sleeping
-            evt_written <= 1'b0;
-            state <= E_IDLE;
+          end else
+`ifdef VNET_BUG_MISSED_IRQ
+          // seeded bug (tests/test_rtl_target.py): without EVENT_IDX transmit completions never notify
+          if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
+                        : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0 && !is_tx) begin
+`elsif VNET_BUG_NO_INTERRUPT_IGNORED
+          // seeded bug (tests/test_rtl_target.py): VRING_AVAIL_F_NO_INTERRUPT is read but not honoured
+          if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n)) : 1'b1) begin
+`elsif VNET_BUG_USED_EVENT_IGNORED
+          // seeded bug (tests/test_rtl_target.py): with EVENT_IDX every used buffer notifies, used_event unread
+          if (event_idx ? 1'b1 : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
+`else
+          if (event_idx ? need_event(sr_u16_0, used_idx[cq], 16'(used_idx[cq] - batch_n))
+                        : (sr_u16_0 & VRING_AVAIL_F_NO_INTERRUPT) == 16'h0) begin
+`endif
+            q_irq_valid <= 1'b1;
+            q_irq_queue <= cq;
           end
+          if (is_tx) kick_pend[cq] <= 1'b1;  // look at the avail ring again before sleeping
+          evt_written <= 1'b0;
+          state <= E_IDLE;
         end
 
         E_ABORT: begin
@@ -874,6 +778,12 @@ module vnet_ring_engine
 
         default: state <= E_IDLE;
       endcase
+
+      // a bus error (SLVERR/DECERR, an address beyond ADDR_W) on any ring or buffer access: a driver error
+      if (dma_done && dma_err && awaits_dma(state)) begin
+        fail_code <= ERR_DMA;
+        state     <= E_FAIL;
+      end
     end
   end
 

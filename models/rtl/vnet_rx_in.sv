@@ -13,16 +13,12 @@ module vnet_rx_in #(
   parameter logic [31:0] BUF_BYTES = 2048,
   parameter logic [31:0] HDR_LEN   = 12,
   parameter logic [15:0] MTU       = 16'd1500,
-  localparam logic [31:0] LW       = $clog2(W)
+  localparam logic [31:0] LW       = $clog2(W),
+  localparam logic [31:0] DATA_W   = 8 * W
 ) (
   input  logic              clk,
   input  logic              rst_n,
-  input  logic [8*W-1:0]    s_axis_tdata,
-  input  logic [W-1:0]      s_axis_tkeep,
-  input  logic              s_axis_tlast,
-  input  logic              s_axis_tvalid,
-  output logic              s_axis_tready,
-  input  logic [PAIR_W-1:0] s_axis_tdest,
+  `VNET_AXIS_PORTS(s_axis, input, output),
   input  logic              link_up,
   input  logic              mtu_limit,    // VIRTIO_NET_F_MTU negotiated
   input  logic              consume,      // the waiting frame is done with
