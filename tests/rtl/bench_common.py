@@ -1,6 +1,10 @@
-"""Pieces shared by the cocotb benches: clock and reset, and BAR0 access over AXI4-Lite."""
+"""Pieces shared by the cocotb benches: a test with its coverage record, clock and reset, BAR0 over AXI4-Lite."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import cocotb
 from cocotb.clock import Clock
@@ -10,6 +14,10 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from backend.virtio.pci_regs import COMMON_CFG_WIDTH, CommonCfg
 from models.rtl import COMMON_CFG_OFF
+from tests.rtl.coverage import Coverage
+
+if TYPE_CHECKING:
+    from cocotb._decorators import TestGenerator
 
 CLOCK_NS = 10
 
@@ -21,6 +29,21 @@ def workload(full: int, icarus: int) -> int:
     coverage bin, which the bench checks either way.
     """
     return icarus if cocotb.SIM_NAME.lower().startswith("icarus") else full
+
+
+def covered_test(timeout_us: int, body: Callable[..., object],
+                 run: Callable[[HierarchyObject, Coverage], Coroutine[Any, Any, None]], coverage: str,
+                 bins: Mapping[str, Iterable[Hashable]]) -> TestGenerator:
+    """``run`` as the cocotb test named and documented after the bench's ``body``: it gets the dut and a fresh
+    coverage record ``coverage`` expecting ``bins``, which is closed after it (every bin hit, the record written)."""
+
+    async def test(dut: HierarchyObject) -> None:
+        cov = Coverage(coverage, **bins)
+        await run(dut, cov)
+        cov.close()
+
+    functools.update_wrapper(test, body)
+    return cocotb.test(timeout_time=timeout_us, timeout_unit="us")(test)
 
 
 async def start(dut: HierarchyObject, inputs: dict[str, int]) -> None:
@@ -59,6 +82,11 @@ class Bar0:
             hi = await self.read(COMMON_CFG_OFF + field + 4, 4)
             return lo | hi << 32
         return await self.read(COMMON_CFG_OFF + field, width)
+
+    async def set_commons(self, values: Mapping[CommonCfg, int]) -> None:
+        """Write common configuration fields in the order given, as a driver's register script."""
+        for field, value in values.items():
+            await self.set_common(field, value)
 
     async def set_common(self, field: CommonCfg, value: int) -> None:
         width = COMMON_CFG_WIDTH[field]

@@ -12,9 +12,11 @@ vector (config 0, receiveq1 1, transmitq1 2).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import cocotb
 from cocotb.handle import HierarchyObject
@@ -29,8 +31,11 @@ from models.rtl import ISR_OFF, NOTIFY_OFF, NOTIFY_OFF_MULTIPLIER, VQ_STATE_OFF,
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.split_ring import DriverSplitQueue
 from tests.rtl import designs
-from tests.rtl.bench_common import Bar0, start, workload
+from tests.rtl.bench_common import Bar0, covered_test, start, workload
 from tests.rtl.coverage import Coverage
+
+if TYPE_CHECKING:
+    from cocotb._decorators import TestGenerator
 
 MTU = designs.TOP_MTU
 MAC = designs.TOP_MAC
@@ -48,6 +53,7 @@ ERR_NAMES = {1: "head_range", 2: "next_range", 3: "chain_len", 4: "avail_ahead",
 TIMEOUT_US = 20000
 CANARY = b"\xa5"
 CANARY_SLACK = 8
+Q = TypeVar("Q")
 
 
 def ethernet(rng: random.Random, length: int, ethertype: int = 0x0800) -> bytes:
@@ -66,7 +72,21 @@ def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-class NetBench:
+class QueuePair(Generic[Q]):
+    """receiveq1 and transmitq1 among a driver's ``queues`` (indices RXQ and TXQ), split or packed."""
+
+    queues: list[Q]
+
+    @property
+    def rxq(self) -> Q:
+        return self.queues[RXQ]
+
+    @property
+    def txq(self) -> Q:
+        return self.queues[TXQ]
+
+
+class NetBench(QueuePair[DriverSplitQueue]):
     """The driver side of the function plus the wire: BAR0, guest memory, the two queues, the streams."""
 
     def __init__(self, dut: HierarchyObject, mem: GuestMemory) -> None:
@@ -98,14 +118,6 @@ class NetBench:
             await ReadOnly()
             self.irqs.append(int(self.dut.irq_vector.value))
             self.irq_seen.set()
-
-    @property
-    def rxq(self) -> DriverSplitQueue:
-        return self.queues[RXQ]
-
-    @property
-    def txq(self) -> DriverSplitQueue:
-        return self.queues[TXQ]
 
     def stat(self, name: str) -> int:
         return int(getattr(self.dut, f"stat_{name}").value)
@@ -176,6 +188,36 @@ class NetBench:
     async def publish(self, q: DriverSplitQueue) -> None:
         if q.publish():
             await self.kick(q)
+
+    async def queue_reset(self, index: int, polls: int) -> None:
+        """VIRTIO_F_RING_RESET on queue ``index``: queue_reset 1, then read it until the reset is done (bounded)."""
+        await self.bar.set_common(C.QUEUE_SELECT, index)
+        await self.bar.set_common(C.QUEUE_RESET, 1)
+        for _ in range(polls):
+            await self.bar.set_common(C.QUEUE_SELECT, index)
+            if await self.bar.common(C.QUEUE_RESET) == 0:
+                return
+        raise AssertionError("queue reset did not complete")
+
+    async def stops_on_driver_error(self, qi: int, kick: Callable[[], Awaitable[None]], rng: random.Random,
+                                    publish: Callable[[], Awaitable[None]] | None = None) -> int:
+        """A malformed ring on queue ``qi`` is handed over (``publish``; then ``kick`` for a transmit queue, a frame
+        from the wire for a receive queue): the device must stop with DEVICE_NEEDS_RESET, the driver's bits kept,
+        name ``qi`` and notify a configuration change. Returns last_err_code."""
+        irqs_before = len(self.irqs)
+        if publish is not None:
+            await publish()
+        if qi == RXQ:
+            await self.source.send(ethernet(rng, 64))
+        else:
+            await kick()
+        status = await self.wait_status(S.DEVICE_NEEDS_RESET)
+        assert status & S.DRIVER_OK, "the driver's bits stay"
+        code = int(self.dut.last_err_code.value)
+        assert int(self.dut.last_err_queue.value) == qi
+        await self.wait_irq(VEC_CONFIG, irqs_before)  # STATUS-DEV-03
+        assert await self.bar.read(ISR_OFF, 1) & ISR_CONFIG
+        return code
 
     # --- buffers --------------------------------------------------------------------------------
 
@@ -268,469 +310,414 @@ async def make_bench(dut: HierarchyObject, mem: GuestMemory) -> NetBench:
     return NetBench(dut, mem)
 
 
+#: A test of the top: the bench on fresh guest memory, the test's seeded random source, its coverage record.
+BenchBody = Callable[[NetBench, random.Random, Coverage], Coroutine[Any, Any, None]]
+
+
+def bench_test(seed: int, coverage: str, /, **bins: Iterable[Hashable]) -> Callable[[BenchBody], TestGenerator]:
+    """Register ``body`` as a cocotb test under its own name: it runs on a reset design with a NetBench on
+    MEM_SIZE bytes of guest memory, ``random.Random(seed)`` and the record ``coverage`` expecting ``bins``."""
+
+    def register(body: BenchBody) -> TestGenerator:
+        async def run(dut: HierarchyObject, cov: Coverage) -> None:
+            rng = random.Random(seed)
+            with GuestMemory.single(MEM_SIZE) as mem:
+                await body(await make_bench(dut, mem), rng, cov)
+
+        return covered_test(TIMEOUT_US, body, run, coverage, bins)
+
+    return register
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def tx_random_chains(dut: HierarchyObject) -> None:
+@bench_test(SEED + 1, "engine_tx", chain_len=range(1, 5), hdr_split=[True, False],
+            frame_len=["<=64", "65..1023", ">=1024"], batch=["1", ">1"], irq=["tx"])
+async def tx_random_chains(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
     """Frames of random length in chains of 1..4 descriptors at random byte offsets, in batches."""
-    rng = random.Random(SEED + 1)
-    cov = Coverage("engine_tx")
-    cov.expect("chain_len", range(1, 5))
-    cov.expect("hdr_split", [True, False])
-    cov.expect("frame_len", ["<=64", "65..1023", ">=1024"])
-    cov.expect("batch", ["1", ">1"])
-    cov.expect("irq", ["tx"])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        cov.expect("start_lane", range(bench.lanes))
-        await bench.init()
-        sent: list[bytes] = []
-        received: list[bytes] = []
-        lengths = [14, 15, 60, 64, 65, 127, 128, 129, 1023, 1024, MTU + 14]
-        n_frames = workload(80, 36)
-        while len(sent) < n_frames:
-            batch = min(rng.randint(1, 5), n_frames - len(sent))
-            added = 0
-            for _ in range(batch):
-                pieces = rng.randint(1, 4)
-                if bench.txq.num_free < pieces:
-                    break
-                # every listed length twice (lane and burst edges), then random ones
-                if len(sent) < 2 * len(lengths):
-                    length = lengths[len(sent) % len(lengths)]
-                else:
-                    length = rng.randint(14, MTU + 14)
-                frame = ethernet(rng, length)
-                cuts = cuts_for(rng, HDR_SIZE + length, pieces)
-                offsets = [rng.randrange(bench.lanes) for _ in range(pieces)]
-                segs = bench.add_tx(frame, cuts, offsets)
-                sent.append(frame)
-                added += 1
-                cov.hit("chain_len", pieces)
-                cov.hit("hdr_split", bool(cuts) and cuts[0] < HDR_SIZE)
-                for addr, _ in segs:
-                    cov.hit("start_lane", addr % bench.lanes)  # first byte lane of each buffer
-                cov.hit("frame_len", "<=64" if length <= 64 else "65..1023" if length < 1024 else ">=1024")
-            if added:
-                cov.hit("batch", "1" if added == 1 else ">1")
-                irqs_before = len(bench.irqs)
-                await bench.publish(bench.txq)
-                for _ in range(added):
-                    received.append(await bench.recv_frame())
-                await bench.wait_used(bench.txq, bench.txq.published)
-                await bench.wait_irq(VEC_TX, irqs_before)
-                cov.hit("irq", "tx")
-            for used in bench.txq.used():
-                assert used.len == 0, f"TX used len {used.len}: the device writes nothing (SPLIT-DEV-16)"
-        assert received == sent, next(f"frame {i}: sent {len(a)} bytes, got {len(b)}"
-                                      for i, (a, b) in enumerate(zip(sent, received, strict=True)) if a != b)
-        assert bench.txq.anomalies == [], bench.txq.anomalies
-        assert bench.stat("tx_packets") == n_frames and bench.stat("tx_dropped") == 0
-        assert await bench.status() & S.DEVICE_NEEDS_RESET == 0
-    cov.close()
-
-
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def rx_into_posted_buffers(dut: HierarchyObject) -> None:
-    """Frames from the wire land behind a virtio_net_hdr in posted chains of 1..3 writable buffers."""
-    rng = random.Random(SEED + 2)
-    cov = Coverage("engine_rx")
-    cov.expect("chain_len", range(1, 4))
-    cov.expect("hdr_split", [True, False])
-    cov.expect("frame_len", ["<=64", "65..1023", ">=1024"])
-    cov.expect("drop", ["no_buffer", "too_small", "oversize", "vlan_fits", "link_down"])
-    cov.expect("irq", ["rx"])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        cov.expect("start_lane", range(bench.lanes))
-        await bench.init()
-        n_frames = workload(48, 20)
-        posted = 0
-        for i in range(n_frames):
-            while bench.rxq.num_free >= 3 and len(bench.rx_posted) < 6:
-                pieces = rng.randint(1, 3)
-                total = HDR_SIZE + MTU + 14 + rng.randrange(64)
-                cuts = cuts_for(rng, total, pieces)
-                if pieces > 1 and rng.random() < 0.4:  # the header itself spread over two buffers
-                    cuts[0] = rng.randint(1, HDR_SIZE - 1)
-                lens = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
-                offsets = [rng.randrange(bench.lanes) for _ in range(pieces)]
-                head = bench.post_rx(lens, offsets)
-                posted += 1
-                cov.hit("chain_len", pieces)
-                cov.hit("hdr_split", lens[0] < HDR_SIZE)
-                for _, addr, _ in bench.rx_posted[RXQ, head]:
-                    cov.hit("start_lane", addr % bench.lanes)
-            await bench.publish(bench.rxq)
-            length = [14, 60, 64, 65, 1024, MTU + 14][i] if i < 6 else rng.randint(14, MTU + 14)
-            frame = ethernet(rng, length)
-            irqs_before = len(bench.irqs)
-            used_before = bench.rxq.used_idx()
-            await bench.source.send(frame)
-            await bench.wait_used(bench.rxq, used_before + 1)
-            await bench.wait_irq(VEC_RX, irqs_before)
-            cov.hit("irq", "rx")
-            [used] = bench.rxq.used()
-            assert used.len == HDR_SIZE + length, f"used len {used.len} for a {length}-byte frame (SPLIT-DEV-16)"
-            got = bench.rx_data(used.head, used.len)
-            assert got == RX_HDR + frame, f"frame {i}: data differs"
-            cov.hit("frame_len", "<=64" if length <= 64 else "65..1023" if length < 1024 else ">=1024")
-        assert bench.stat("rx_packets") == n_frames
-
-        # the ring has buffers left: use them up, then a frame with nothing posted is dropped
-        while bench.rx_posted:
-            used_before = bench.rxq.used_idx()
-            await bench.source.send(ethernet(rng, 100))
-            await bench.wait_used(bench.rxq, used_before + 1)
-            for used in bench.rxq.used():
-                bench.rx_data(used.head, used.len)
-        await bench.source.send(ethernet(rng, 100))
-        await bench.source.wait()
-        await bench.quiet(200)
-        assert bench.stat("rx_no_buffer") == 1
-        cov.hit("drop", "no_buffer")
-
-        # NET-DEV-29 without MRG_RXBUF: a chain too small for the packet stays available, the frame is dropped
-        head = bench.post_rx([40], [0])
-        await bench.publish(bench.rxq)
-        used_before = bench.rxq.used_idx()
-        await bench.source.send(ethernet(rng, 100))
-        await bench.source.wait()
-        await bench.quiet(200)
-        assert bench.rxq.used_idx() == used_before and bench.stat("rx_dropped") == 1
-        cov.hit("drop", "too_small")
-        small = ethernet(rng, 28)  # 12 + 28 = 40 bytes fit exactly
-        await bench.source.send(small)
-        await bench.wait_used(bench.rxq, used_before + 1)
-        [used] = bench.rxq.used()
-        assert used.head == head and bench.rx_data(head, used.len) == RX_HDR + small
-
-        # NET-DEV-05 with VIRTIO_NET_F_MTU: longer than mtu + 14 (+ 4 with an 802.1Q tag) is dropped
-        bench.post_rx([HDR_SIZE + MTU + 40], [0])
-        await bench.publish(bench.rxq)
-        used_before = bench.rxq.used_idx()
-        await bench.source.send(ethernet(rng, MTU + 15))
-        await bench.source.wait()
-        await bench.quiet(200)
-        assert bench.rxq.used_idx() == used_before and bench.stat("rx_dropped") == 2
-        cov.hit("drop", "oversize")
-        tagged = ethernet(rng, MTU + 18, ethertype=0x8100)
-        await bench.source.send(tagged)
-        await bench.wait_used(bench.rxq, used_before + 1)
-        [used] = bench.rxq.used()
-        assert bench.rx_data(used.head, used.len) == RX_HDR + tagged
-        cov.hit("drop", "vlan_fits")
-
-        # link down: a configuration change notification, and frames from the wire are dropped
-        bench.post_rx([256], [0])
-        await bench.publish(bench.rxq)
-        irqs_before = len(bench.irqs)
-        dut.link_up.value = 0
-        await bench.wait_irq(VEC_CONFIG, irqs_before)
-        await bench.source.send(ethernet(rng, 64))
-        await bench.source.wait()
-        await bench.quiet(100)
-        assert bench.stat("rx_dropped") == 3 and bench.rxq.used_idx() == used_before + 1
-        cov.hit("drop", "link_down")
-        dut.link_up.value = 1
-        assert bench.rxq.anomalies == []
-    cov.close()
-
-
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def interrupt_suppression(dut: HierarchyObject) -> None:
-    """VRING_AVAIL_F_NO_INTERRUPT without EVENT_IDX; used_event (and avail_event) with it."""
-    rng = random.Random(SEED + 3)
-    cov = Coverage("engine_suppression")
-    cov.expect("no_event_idx", ["suppressed", "notified"])
-    cov.expect("event_idx", ["before_event", "crossed", "avail_event_written", "driver_kick_skipped"])
-    cov.expect("queue", ["tx", "rx"])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        await bench.init()
-
-        async def tx(n: int) -> None:
-            for _ in range(n):
-                bench.add_tx(ethernet(rng, 80), [], [0])
-            await bench.publish(bench.txq)
-            for _ in range(n):
-                await bench.recv_frame()
-            await bench.wait_used(bench.txq, bench.txq.published)
-            await bench.quiet()
-            bench.txq.used()
-
-        async def rx(n: int) -> None:
-            for _ in range(n):
-                bench.post_rx([200], [0])
-            await bench.publish(bench.rxq)
-            for _ in range(n):
-                used_before = bench.rxq.used_idx()
-                await bench.source.send(ethernet(rng, 80))
-                await bench.wait_used(bench.rxq, used_before + 1)
-            await bench.quiet()
-            for used in bench.rxq.used():
-                bench.rx_data(used.head, used.len)
-
-        # SPLIT-DEV-09/10: without EVENT_IDX the avail ring's flag decides
-        for q, vec, run in ((bench.txq, VEC_TX, tx), (bench.rxq, VEC_RX, rx)):
-            q.set_no_interrupt(True)
-            before = len(bench.irqs)
-            await run(3)
-            assert vec not in bench.irqs[before:], "interrupt despite VRING_AVAIL_F_NO_INTERRUPT"
-            cov.hit("no_event_idx", "suppressed")
-            q.set_no_interrupt(False)
-            before = len(bench.irqs)
-            await run(1)
-            assert bench.irqs[before:].count(vec) == 1
-            cov.hit("no_event_idx", "notified")
-            cov.hit("queue", "tx" if q is bench.txq else "rx")
-
-        # SPLIT-DEV-12/13: with EVENT_IDX only used_event counts (avail.flags is disregarded)
-        await bench.init(BASE_FEATURES | bits(F.EVENT_IDX))
-        for q, vec, run in ((bench.txq, VEC_TX, tx), (bench.rxq, VEC_RX, rx)):
-            q.auto_used_event = False
-            q.write_avail_flags(1)  # must be ignored with EVENT_IDX
-            q.set_used_event(q.used_idx() + 3)  # interrupt when entry used_idx+3 is used (idx passes +4)
-            before = len(bench.irqs)
-            await run(3)
-            assert vec not in bench.irqs[before:], "interrupt before used_event was crossed"
-            cov.hit("event_idx", "before_event")
-            await run(2)
-            assert bench.irqs[before:].count(vec) == 1, bench.irqs[before:]
-            cov.hit("event_idx", "crossed")
-            q.write_avail_flags(0)
-
-        # with EVENT_IDX the device asks for the next kick through avail_event once it ran dry
-        assert bench.txq.avail_event() == bench.txq.published, (bench.txq.avail_event(), bench.txq.published)
-        cov.hit("event_idx", "avail_event_written")
-        # the driver skips a doorbell when avail_event says the device has not caught up yet
-        bench.mem.write(bench.txq.used_addr + bench.txq.layout.avail_event, U16.pack(bench.txq.published + 5))
-        bench.add_tx(ethernet(rng, 70), [], [0])
-        assert not bench.txq.publish(), "no kick wanted below avail_event"
-        cov.hit("event_idx", "driver_kick_skipped")
-        await bench.kick(bench.txq)  # a spurious extra doorbell is harmless (SPLIT-DEV-22)
-        await bench.recv_frame()
-        await bench.wait_used(bench.txq, bench.txq.published)
-        assert bench.txq.anomalies == [] and bench.rxq.anomalies == []
-    cov.close()
-
-
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def used_idx_wraps(dut: HierarchyObject) -> None:
-    """Rings resumed at 0xFFF0 through the vq state block: used idx wraps over 65536 on both queues."""
-    rng = random.Random(SEED + 4)
-    cov = Coverage("engine_wrap")
-    cov.expect("wrap", ["tx", "rx"])
-    start_idx = 0xFFF0
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        await bench.init(start_idx=start_idx)
-        n_frames = workload(40, 20)  # a multiple of 4 past the 16 indices to the wrap
-        frames = [ethernet(rng, rng.randint(60, 300)) for _ in range(n_frames)]
-        for i in range(0, len(frames), 4):
-            for f in frames[i:i + 4]:
-                bench.add_tx(f, cuts_for(rng, HDR_SIZE + len(f), 2), [0, 3])
-            await bench.publish(bench.txq)
-            for f in frames[i:i + 4]:
-                assert await bench.recv_frame() == f
-            await bench.wait_used(bench.txq, bench.txq.published)
-            assert len(bench.txq.used()) == 4
-        assert bench.txq.used_idx() == (start_idx + n_frames) & 0xFFFF
-        cov.hit("wrap", "tx")
-        for f in frames:
-            bench.post_rx([400], [rng.randrange(bench.lanes)])
-            await bench.publish(bench.rxq)
-            used_before = bench.rxq.used_idx()
-            await bench.source.send(f)
-            await bench.wait_used(bench.rxq, used_before + 1)
-            [used] = bench.rxq.used()
-            assert bench.rx_data(used.head, used.len) == RX_HDR + f
-        assert bench.rxq.used_idx() == (start_idx + n_frames) & 0xFFFF
-        cov.hit("wrap", "rx")
-        state = await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4)
-        assert state == ((start_idx + n_frames) & 0xFFFF) * 0x10001, f"vq state {state:#x}"
-        assert bench.txq.anomalies == [] and bench.rxq.anomalies == []
-    cov.close()
-
-
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def hostile_rings_need_reset(dut: HierarchyObject) -> None:
-    """Each malformed ring stops the device with DEVICE_NEEDS_RESET and a config notification; reset recovers."""
-    rng = random.Random(SEED + 5)
-    cov = Coverage("engine_hostile")
-    cov.expect("error", ERR_NAMES.values())
-    cov.expect("queue", ["tx", "rx"])
-    cov.expect("recovered", [True])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        buf = 0x80000  # a data area outside the allocator's use
-
-        def chain(q: DriverSplitQueue, table: dict[int, Descriptor], head: int) -> None:
-            q.add_raw(table, head)
-
-        cases: list[tuple[str, int, Callable[[DriverSplitQueue], None]]] = [
-            ("chain_len", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.NEXT, 1),
-                                                   1: Descriptor(buf, 64, DescFlags.NEXT, 0)}, 0)),
-            ("chain_len", RXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.WRITE | DescFlags.NEXT, 0)}, 0)),
-            ("next_range", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.NEXT, QSIZE)}, 0)),
-            ("head_range", TXQ, lambda q: q.push_head(QSIZE)),
-            ("avail_ahead", TXQ, lambda q: setattr(q, "avail_idx", QSIZE + 1)),
-            ("rd_after_wr", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.WRITE | DescFlags.NEXT, 1),
-                                                     1: Descriptor(buf, 64, 0, 0)}, 0)),
-            ("indirect", TXQ, lambda q: chain(q, {0: Descriptor(buf, 32, DescFlags.INDIRECT, 0)}, 0)),
-            ("dma", TXQ, lambda q: chain(q, {0: Descriptor(1 << bench.addr_w, 64, 0, 0)}, 0)),
-        ]
-        errors_before = int(dut.err_count.value)
-        for name, qi, build in cases:
-            await bench.init()
-            q = bench.queues[qi]
-            build(q)
-            irqs_before = len(bench.irqs)
-            await bench.publish(q)
-            if qi == RXQ:
-                await bench.source.send(ethernet(rng, 64))
-            else:
-                await bench.kick(q)
-            status = await bench.wait_status(S.DEVICE_NEEDS_RESET)
-            assert status & S.DRIVER_OK, "the driver's bits stay"
-            code = int(dut.last_err_code.value)
-            assert ERR_NAMES.get(code) == name, f"{name}: last_err_code {code}"
-            assert int(dut.last_err_queue.value) == qi
-            await bench.wait_irq(VEC_CONFIG, irqs_before)  # STATUS-DEV-03
-            assert await bench.bar.read(ISR_OFF, 1) & ISR_CONFIG
-            assert q.used_idx() == 0, "nothing was returned from a malformed ring"
-            cov.hit("error", name)
-            cov.hit("queue", "tx" if qi == TXQ else "rx")
-        assert int(dut.err_count.value) == errors_before + len(cases)
-        assert bench.stat("tx_packets") == 0 and bench.sink.empty()
-
-        # a device reset brings it back
-        await bench.init()
-        frame = ethernet(rng, 200)
-        bench.add_tx(frame, [5, 100], [1, 2, 3])
-        await bench.publish(bench.txq)
-        assert await bench.recv_frame() == frame
-        await bench.wait_used(bench.txq, 1)
-        assert await bench.status() == S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK
-        cov.hit("recovered", True)
-    cov.close()
-
-
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def queue_reset_and_link(dut: HierarchyObject) -> None:
-    """VIRTIO_F_RING_RESET on the transmit queue mid-life; link down drops transmitted frames."""
-    rng = random.Random(SEED + 6)
-    cov = Coverage("engine_queue_reset_link")
-    cov.expect("queue_reset", ["done", "restarted"])
-    cov.expect("link_down", ["tx_dropped"])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        await bench.init(BASE_FEATURES | bits(F.RING_RESET))
-        for _ in range(3):
-            bench.add_tx(ethernet(rng, 90), [], [0])
-        await bench.publish(bench.txq)
-        for _ in range(3):
-            await bench.recv_frame()
-        await bench.wait_used(bench.txq, 3)
-        await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
-        await bench.bar.set_common(C.QUEUE_RESET, 1)
-        for _ in range(20):
-            await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
-            if await bench.bar.common(C.QUEUE_RESET) == 0:
+    cov.expect("start_lane", range(bench.lanes))
+    await bench.init()
+    sent: list[bytes] = []
+    received: list[bytes] = []
+    lengths = [14, 15, 60, 64, 65, 127, 128, 129, 1023, 1024, MTU + 14]
+    n_frames = workload(80, 36)
+    while len(sent) < n_frames:
+        batch = min(rng.randint(1, 5), n_frames - len(sent))
+        added = 0
+        for _ in range(batch):
+            pieces = rng.randint(1, 4)
+            if bench.txq.num_free < pieces:
                 break
-        else:
-            raise AssertionError("queue reset did not complete")
-        assert await bench.bar.common(C.QUEUE_ENABLE) == 0
-        # the vendor block keeps where the queue stopped until it is enabled again (GET_VRING_BASE)
-        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 3 * 0x10001
-        cov.hit("queue_reset", "done")
-        bench.txq.close()
-        fresh = DriverSplitQueue(bench.mem, bench.alloc, QSIZE, index=TXQ)
-        bench.queues[TXQ] = fresh
-        await bench.bar.set_common(C.QUEUE_SIZE, QSIZE)
-        await bench.bar.set_common(C.QUEUE_MSIX_VECTOR, VEC_TX)
-        await bench.bar.set_common(C.QUEUE_DESC, fresh.desc_addr)
-        await bench.bar.set_common(C.QUEUE_DRIVER, fresh.avail_addr)
-        await bench.bar.set_common(C.QUEUE_DEVICE, fresh.used_addr)
-        await bench.bar.set_common(C.QUEUE_ENABLE, 1)
-        # enabled without a vq state write: it starts at 0 (RESET-DEV-04)
-        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 0, "RESET-DEV-04: indices back to 0"
-        frame = ethernet(rng, 300)
-        bench.add_tx(frame, [7], [4, 5])
-        await bench.publish(fresh)
-        assert await bench.recv_frame() == frame
-        await bench.wait_used(fresh, 1)
-        cov.hit("queue_reset", "restarted")
+            # every listed length twice (lane and burst edges), then random ones
+            length = lengths[len(sent) % len(lengths)] if len(sent) < 2 * len(lengths) else rng.randint(14, MTU + 14)
+            frame = ethernet(rng, length)
+            cuts = cuts_for(rng, HDR_SIZE + length, pieces)
+            offsets = [rng.randrange(bench.lanes) for _ in range(pieces)]
+            segs = bench.add_tx(frame, cuts, offsets)
+            sent.append(frame)
+            added += 1
+            cov.hit("chain_len", pieces)
+            cov.hit("hdr_split", bool(cuts) and cuts[0] < HDR_SIZE)
+            for addr, _ in segs:
+                cov.hit("start_lane", addr % bench.lanes)  # first byte lane of each buffer
+            cov.hit("frame_len", "<=64" if length <= 64 else "65..1023" if length < 1024 else ">=1024")
+        if added:
+            cov.hit("batch", "1" if added == 1 else ">1")
+            irqs_before = len(bench.irqs)
+            await bench.publish(bench.txq)
+            for _ in range(added):
+                received.append(await bench.recv_frame())
+            await bench.wait_used(bench.txq, bench.txq.published)
+            await bench.wait_irq(VEC_TX, irqs_before)
+            cov.hit("irq", "tx")
+        for used in bench.txq.used():
+            assert used.len == 0, f"TX used len {used.len}: the device writes nothing (SPLIT-DEV-16)"
+    assert received == sent, next(f"frame {i}: sent {len(a)} bytes, got {len(b)}"
+                                  for i, (a, b) in enumerate(zip(sent, received, strict=True)) if a != b)
+    assert bench.txq.anomalies == [], bench.txq.anomalies
+    assert bench.stat("tx_packets") == n_frames and bench.stat("tx_dropped") == 0
+    assert await bench.status() & S.DEVICE_NEEDS_RESET == 0
 
-        dut.link_up.value = 0
+
+@bench_test(SEED + 2, "engine_rx", chain_len=range(1, 4), hdr_split=[True, False],
+            frame_len=["<=64", "65..1023", ">=1024"],
+            drop=["no_buffer", "too_small", "oversize", "vlan_fits", "link_down"], irq=["rx"])
+async def rx_into_posted_buffers(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """Frames from the wire land behind a virtio_net_hdr in posted chains of 1..3 writable buffers."""
+    dut = bench.dut
+    cov.expect("start_lane", range(bench.lanes))
+    await bench.init()
+    n_frames = workload(48, 20)
+    posted = 0
+    for i in range(n_frames):
+        while bench.rxq.num_free >= 3 and len(bench.rx_posted) < 6:
+            pieces = rng.randint(1, 3)
+            total = HDR_SIZE + MTU + 14 + rng.randrange(64)
+            cuts = cuts_for(rng, total, pieces)
+            if pieces > 1 and rng.random() < 0.4:  # the header itself spread over two buffers
+                cuts[0] = rng.randint(1, HDR_SIZE - 1)
+            lens = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+            offsets = [rng.randrange(bench.lanes) for _ in range(pieces)]
+            head = bench.post_rx(lens, offsets)
+            posted += 1
+            cov.hit("chain_len", pieces)
+            cov.hit("hdr_split", lens[0] < HDR_SIZE)
+            for _, addr, _ in bench.rx_posted[RXQ, head]:
+                cov.hit("start_lane", addr % bench.lanes)
+        await bench.publish(bench.rxq)
+        length = [14, 60, 64, 65, 1024, MTU + 14][i] if i < 6 else rng.randint(14, MTU + 14)
+        frame = ethernet(rng, length)
         irqs_before = len(bench.irqs)
-        await bench.wait_irq(VEC_CONFIG, irqs_before)
-        bench.add_tx(ethernet(rng, 300), [], [0])
-        await bench.publish(fresh)
-        await bench.wait_used(fresh, 2)
-        await bench.quiet(100)
-        assert bench.sink.empty() and bench.stat("tx_dropped") == 1
-        assert [u.len for u in fresh.used()] == [0, 0], "a frame dropped for link down is still returned"
-        cov.hit("link_down", "tx_dropped")
-        dut.link_up.value = 1
-    cov.close()
+        used_before = bench.rxq.used_idx()
+        await bench.source.send(frame)
+        await bench.wait_used(bench.rxq, used_before + 1)
+        await bench.wait_irq(VEC_RX, irqs_before)
+        cov.hit("irq", "rx")
+        [used] = bench.rxq.used()
+        assert used.len == HDR_SIZE + length, f"used len {used.len} for a {length}-byte frame (SPLIT-DEV-16)"
+        got = bench.rx_data(used.head, used.len)
+        assert got == RX_HDR + frame, f"frame {i}: data differs"
+        cov.hit("frame_len", "<=64" if length <= 64 else "65..1023" if length < 1024 else ">=1024")
+    assert bench.stat("rx_packets") == n_frames
+
+    # the ring has buffers left: use them up, then a frame with nothing posted is dropped
+    while bench.rx_posted:
+        used_before = bench.rxq.used_idx()
+        await bench.source.send(ethernet(rng, 100))
+        await bench.wait_used(bench.rxq, used_before + 1)
+        for used in bench.rxq.used():
+            bench.rx_data(used.head, used.len)
+    await bench.source.send(ethernet(rng, 100))
+    await bench.source.wait()
+    await bench.quiet(200)
+    assert bench.stat("rx_no_buffer") == 1
+    cov.hit("drop", "no_buffer")
+
+    # NET-DEV-29 without MRG_RXBUF: a chain too small for the packet stays available, the frame is dropped
+    head = bench.post_rx([40], [0])
+    await bench.publish(bench.rxq)
+    used_before = bench.rxq.used_idx()
+    await bench.source.send(ethernet(rng, 100))
+    await bench.source.wait()
+    await bench.quiet(200)
+    assert bench.rxq.used_idx() == used_before and bench.stat("rx_dropped") == 1
+    cov.hit("drop", "too_small")
+    small = ethernet(rng, 28)  # 12 + 28 = 40 bytes fit exactly
+    await bench.source.send(small)
+    await bench.wait_used(bench.rxq, used_before + 1)
+    [used] = bench.rxq.used()
+    assert used.head == head and bench.rx_data(head, used.len) == RX_HDR + small
+
+    # NET-DEV-05 with VIRTIO_NET_F_MTU: longer than mtu + 14 (+ 4 with an 802.1Q tag) is dropped
+    bench.post_rx([HDR_SIZE + MTU + 40], [0])
+    await bench.publish(bench.rxq)
+    used_before = bench.rxq.used_idx()
+    await bench.source.send(ethernet(rng, MTU + 15))
+    await bench.source.wait()
+    await bench.quiet(200)
+    assert bench.rxq.used_idx() == used_before and bench.stat("rx_dropped") == 2
+    cov.hit("drop", "oversize")
+    tagged = ethernet(rng, MTU + 18, ethertype=0x8100)
+    await bench.source.send(tagged)
+    await bench.wait_used(bench.rxq, used_before + 1)
+    [used] = bench.rxq.used()
+    assert bench.rx_data(used.head, used.len) == RX_HDR + tagged
+    cov.hit("drop", "vlan_fits")
+
+    # link down: a configuration change notification, and frames from the wire are dropped
+    bench.post_rx([256], [0])
+    await bench.publish(bench.rxq)
+    irqs_before = len(bench.irqs)
+    dut.link_up.value = 0
+    await bench.wait_irq(VEC_CONFIG, irqs_before)
+    await bench.source.send(ethernet(rng, 64))
+    await bench.source.wait()
+    await bench.quiet(100)
+    assert bench.stat("rx_dropped") == 3 and bench.rxq.used_idx() == used_before + 1
+    cov.hit("drop", "link_down")
+    dut.link_up.value = 1
+    assert bench.rxq.anomalies == []
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def queue_stop_mid_traffic_resumes_exactly(dut: HierarchyObject) -> None:
+@bench_test(SEED + 3, "engine_suppression", no_event_idx=["suppressed", "notified"],
+            event_idx=["before_event", "crossed", "avail_event_written", "driver_kick_skipped"], queue=["tx", "rx"])
+async def interrupt_suppression(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """VRING_AVAIL_F_NO_INTERRUPT without EVENT_IDX; used_event (and avail_event) with it."""
+    await bench.init()
+
+    async def tx(n: int) -> None:
+        for _ in range(n):
+            bench.add_tx(ethernet(rng, 80), [], [0])
+        await bench.publish(bench.txq)
+        for _ in range(n):
+            await bench.recv_frame()
+        await bench.wait_used(bench.txq, bench.txq.published)
+        await bench.quiet()
+        bench.txq.used()
+
+    async def rx(n: int) -> None:
+        for _ in range(n):
+            bench.post_rx([200], [0])
+        await bench.publish(bench.rxq)
+        for _ in range(n):
+            used_before = bench.rxq.used_idx()
+            await bench.source.send(ethernet(rng, 80))
+            await bench.wait_used(bench.rxq, used_before + 1)
+        await bench.quiet()
+        for used in bench.rxq.used():
+            bench.rx_data(used.head, used.len)
+
+    # SPLIT-DEV-09/10: without EVENT_IDX the avail ring's flag decides
+    for q, vec, run in ((bench.txq, VEC_TX, tx), (bench.rxq, VEC_RX, rx)):
+        q.set_no_interrupt(True)
+        before = len(bench.irqs)
+        await run(3)
+        assert vec not in bench.irqs[before:], "interrupt despite VRING_AVAIL_F_NO_INTERRUPT"
+        cov.hit("no_event_idx", "suppressed")
+        q.set_no_interrupt(False)
+        before = len(bench.irqs)
+        await run(1)
+        assert bench.irqs[before:].count(vec) == 1
+        cov.hit("no_event_idx", "notified")
+        cov.hit("queue", "tx" if q is bench.txq else "rx")
+
+    # SPLIT-DEV-12/13: with EVENT_IDX only used_event counts (avail.flags is disregarded)
+    await bench.init(BASE_FEATURES | bits(F.EVENT_IDX))
+    for q, vec, run in ((bench.txq, VEC_TX, tx), (bench.rxq, VEC_RX, rx)):
+        q.auto_used_event = False
+        q.write_avail_flags(1)  # must be ignored with EVENT_IDX
+        q.set_used_event(q.used_idx() + 3)  # interrupt when entry used_idx+3 is used (idx passes +4)
+        before = len(bench.irqs)
+        await run(3)
+        assert vec not in bench.irqs[before:], "interrupt before used_event was crossed"
+        cov.hit("event_idx", "before_event")
+        await run(2)
+        assert bench.irqs[before:].count(vec) == 1, bench.irqs[before:]
+        cov.hit("event_idx", "crossed")
+        q.write_avail_flags(0)
+
+    # with EVENT_IDX the device asks for the next kick through avail_event once it ran dry
+    assert bench.txq.avail_event() == bench.txq.published, (bench.txq.avail_event(), bench.txq.published)
+    cov.hit("event_idx", "avail_event_written")
+    # the driver skips a doorbell when avail_event says the device has not caught up yet
+    bench.mem.write(bench.txq.used_addr + bench.txq.layout.avail_event, U16.pack(bench.txq.published + 5))
+    bench.add_tx(ethernet(rng, 70), [], [0])
+    assert not bench.txq.publish(), "no kick wanted below avail_event"
+    cov.hit("event_idx", "driver_kick_skipped")
+    await bench.kick(bench.txq)  # a spurious extra doorbell is harmless (SPLIT-DEV-22)
+    await bench.recv_frame()
+    await bench.wait_used(bench.txq, bench.txq.published)
+    assert bench.txq.anomalies == [] and bench.rxq.anomalies == []
+
+
+@bench_test(SEED + 4, "engine_wrap", wrap=["tx", "rx"])
+async def used_idx_wraps(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """Rings resumed at 0xFFF0 through the vq state block: used idx wraps over 65536 on both queues."""
+    start_idx = 0xFFF0
+    await bench.init(start_idx=start_idx)
+    n_frames = workload(40, 20)  # a multiple of 4 past the 16 indices to the wrap
+    frames = [ethernet(rng, rng.randint(60, 300)) for _ in range(n_frames)]
+    for i in range(0, len(frames), 4):
+        for f in frames[i:i + 4]:
+            bench.add_tx(f, cuts_for(rng, HDR_SIZE + len(f), 2), [0, 3])
+        await bench.publish(bench.txq)
+        for f in frames[i:i + 4]:
+            assert await bench.recv_frame() == f
+        await bench.wait_used(bench.txq, bench.txq.published)
+        assert len(bench.txq.used()) == 4
+    assert bench.txq.used_idx() == (start_idx + n_frames) & 0xFFFF
+    cov.hit("wrap", "tx")
+    for f in frames:
+        bench.post_rx([400], [rng.randrange(bench.lanes)])
+        await bench.publish(bench.rxq)
+        used_before = bench.rxq.used_idx()
+        await bench.source.send(f)
+        await bench.wait_used(bench.rxq, used_before + 1)
+        [used] = bench.rxq.used()
+        assert bench.rx_data(used.head, used.len) == RX_HDR + f
+    assert bench.rxq.used_idx() == (start_idx + n_frames) & 0xFFFF
+    cov.hit("wrap", "rx")
+    state = await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4)
+    assert state == ((start_idx + n_frames) & 0xFFFF) * 0x10001, f"vq state {state:#x}"
+    assert bench.txq.anomalies == [] and bench.rxq.anomalies == []
+
+
+@bench_test(SEED + 5, "engine_hostile", error=ERR_NAMES.values(), queue=["tx", "rx"], recovered=[True])
+async def hostile_rings_need_reset(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """Each malformed ring stops the device with DEVICE_NEEDS_RESET and a config notification; reset recovers."""
+    dut = bench.dut
+    buf = 0x80000  # a data area outside the allocator's use
+
+    def chain(q: DriverSplitQueue, table: dict[int, Descriptor], head: int) -> None:
+        q.add_raw(table, head)
+
+    cases: list[tuple[str, int, Callable[[DriverSplitQueue], None]]] = [
+        ("chain_len", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.NEXT, 1),
+                                               1: Descriptor(buf, 64, DescFlags.NEXT, 0)}, 0)),
+        ("chain_len", RXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.WRITE | DescFlags.NEXT, 0)}, 0)),
+        ("next_range", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.NEXT, QSIZE)}, 0)),
+        ("head_range", TXQ, lambda q: q.push_head(QSIZE)),
+        ("avail_ahead", TXQ, lambda q: setattr(q, "avail_idx", QSIZE + 1)),
+        ("rd_after_wr", TXQ, lambda q: chain(q, {0: Descriptor(buf, 64, DescFlags.WRITE | DescFlags.NEXT, 1),
+                                                 1: Descriptor(buf, 64, 0, 0)}, 0)),
+        ("indirect", TXQ, lambda q: chain(q, {0: Descriptor(buf, 32, DescFlags.INDIRECT, 0)}, 0)),
+        ("dma", TXQ, lambda q: chain(q, {0: Descriptor(1 << bench.addr_w, 64, 0, 0)}, 0)),
+    ]
+    errors_before = int(dut.err_count.value)
+    for name, qi, build in cases:
+        await bench.init()
+        q = bench.queues[qi]
+        build(q)
+        code = await bench.stops_on_driver_error(qi, functools.partial(bench.kick, q), rng,
+                                                 functools.partial(bench.publish, q))
+        assert ERR_NAMES.get(code) == name, f"{name}: last_err_code {code}"
+        assert q.used_idx() == 0, "nothing was returned from a malformed ring"
+        cov.hit("error", name)
+        cov.hit("queue", "tx" if qi == TXQ else "rx")
+    assert int(dut.err_count.value) == errors_before + len(cases)
+    assert bench.stat("tx_packets") == 0 and bench.sink.empty()
+
+    # a device reset brings it back
+    await bench.init()
+    frame = ethernet(rng, 200)
+    bench.add_tx(frame, [5, 100], [1, 2, 3])
+    await bench.publish(bench.txq)
+    assert await bench.recv_frame() == frame
+    await bench.wait_used(bench.txq, 1)
+    assert await bench.status() == S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK
+    cov.hit("recovered", True)
+
+
+@bench_test(SEED + 6, "engine_queue_reset_link", queue_reset=["done", "restarted"], link_down=["tx_dropped"])
+async def queue_reset_and_link(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """VIRTIO_F_RING_RESET on the transmit queue mid-life; link down drops transmitted frames."""
+    dut = bench.dut
+    await bench.init(BASE_FEATURES | bits(F.RING_RESET))
+    for _ in range(3):
+        bench.add_tx(ethernet(rng, 90), [], [0])
+    await bench.publish(bench.txq)
+    for _ in range(3):
+        await bench.recv_frame()
+    await bench.wait_used(bench.txq, 3)
+    await bench.queue_reset(TXQ, 20)
+    assert await bench.bar.common(C.QUEUE_ENABLE) == 0
+    # the vendor block keeps where the queue stopped until it is enabled again (GET_VRING_BASE)
+    assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 3 * 0x10001
+    cov.hit("queue_reset", "done")
+    bench.txq.close()
+    fresh = DriverSplitQueue(bench.mem, bench.alloc, QSIZE, index=TXQ)
+    bench.queues[TXQ] = fresh
+    await bench.bar.set_common(C.QUEUE_SIZE, QSIZE)
+    await bench.bar.set_common(C.QUEUE_MSIX_VECTOR, VEC_TX)
+    await bench.bar.set_common(C.QUEUE_DESC, fresh.desc_addr)
+    await bench.bar.set_common(C.QUEUE_DRIVER, fresh.avail_addr)
+    await bench.bar.set_common(C.QUEUE_DEVICE, fresh.used_addr)
+    await bench.bar.set_common(C.QUEUE_ENABLE, 1)
+    # enabled without a vq state write: it starts at 0 (RESET-DEV-04)
+    assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == 0, "RESET-DEV-04: indices back to 0"
+    frame = ethernet(rng, 300)
+    bench.add_tx(frame, [7], [4, 5])
+    await bench.publish(fresh)
+    assert await bench.recv_frame() == frame
+    await bench.wait_used(fresh, 1)
+    cov.hit("queue_reset", "restarted")
+
+    dut.link_up.value = 0
+    irqs_before = len(bench.irqs)
+    await bench.wait_irq(VEC_CONFIG, irqs_before)
+    bench.add_tx(ethernet(rng, 300), [], [0])
+    await bench.publish(fresh)
+    await bench.wait_used(fresh, 2)
+    await bench.quiet(100)
+    assert bench.sink.empty() and bench.stat("tx_dropped") == 1
+    assert [u.len for u in fresh.used()] == [0, 0], "a frame dropped for link down is still returned"
+    cov.hit("link_down", "tx_dropped")
+    dut.link_up.value = 1
+
+
+# stopped_after: "none" when the request beats the first chain
+@bench_test(SEED + 9, "engine_queue_stop", stopped_after=["some", "all"], resumed=[True])
+async def queue_stop_mid_traffic_resumes_exactly(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
     """A queue reset requested while the engine works through a batch of transmit chains is a stop: the chain
     in service is finished (sent, used element and used idx written), the vendor block then reads the position
     the ring stopped at, equal to the used idx in memory and to the frames on the wire. The queue enabled again
     after a vq state write resumes there (load on enable) and sends the rest: every frame exactly once."""
-    rng = random.Random(SEED + 9)
-    cov = Coverage("engine_queue_stop")
-    cov.expect("stopped_after", ["some", "all"])  # "none" when the request beats the first chain
-    cov.expect("resumed", [True])
-    with GuestMemory.single(MEM_SIZE) as mem:
-        bench = await make_bench(dut, mem)
-        for attempt, delay in enumerate([0, 5, 40, 150, 300, 600, 1000, 1600, 8000]):
-            await bench.init(BASE_FEATURES | bits(F.RING_RESET))
-            start_idx = bench.txq.used_idx()
-            frames = [ethernet(rng, 64 + 8 * k) + attempt.to_bytes(2, "big") for k in range(QSIZE - 2)]
-            for f in frames:
-                bench.add_tx(f, [], [0])
-            await bench.publish(bench.txq)
-            if delay:
-                await ClockCycles(dut.clk, delay)
-            await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
-            await bench.bar.set_common(C.QUEUE_RESET, 1)
-            for _ in range(200):
-                await bench.bar.set_common(C.QUEUE_SELECT, TXQ)
-                if await bench.bar.common(C.QUEUE_RESET) == 0:
-                    break
-            else:
-                raise AssertionError("queue reset did not complete")
-            state = await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4)
-            stopped = (state & 0xFFFF) - start_idx
-            sent = []
-            while not bench.sink.empty():
-                sent.append(bytes((await bench.sink.recv()).tdata))
-            assert state >> 16 == state & 0xFFFF == bench.txq.used_idx(), (
-                f"vq state {state:#x}, used idx in memory {bench.txq.used_idx()}")
-            assert sent == frames[:stopped], f"stopped at {stopped}, {len(sent)} frames on the wire"
-            cov.hit("stopped_after", "none" if stopped == 0 else "all" if stopped == len(frames) else "some")
-            # resume the same rings at the stop position: size, addresses, vector, state, enable
-            q = bench.txq
-            await bench.bar.set_common(C.QUEUE_SIZE, QSIZE)
-            await bench.bar.set_common(C.QUEUE_MSIX_VECTOR, VEC_TX)
-            await bench.bar.set_common(C.QUEUE_DESC, q.desc_addr)
-            await bench.bar.set_common(C.QUEUE_DRIVER, q.avail_addr)
-            await bench.bar.set_common(C.QUEUE_DEVICE, q.used_addr)
-            await bench.bar.write(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, state & 0xFFFF, 2)
-            await bench.bar.set_common(C.QUEUE_ENABLE, 1)
-            assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == state, "loaded on enable"
-            await bench.kick(q)
-            rest = [bytes((await bench.sink.recv()).tdata) for _ in frames[stopped:]]
-            assert rest == frames[stopped:]
-            await bench.wait_used(q, q.avail_idx)
-            await bench.quiet(200)
-            assert bench.sink.empty(), "a frame was sent twice"
-            q.used()
-            cov.hit("resumed", True)
-    cov.close()
+    dut = bench.dut
+    for attempt, delay in enumerate([0, 5, 40, 150, 300, 600, 1000, 1600, 8000]):
+        await bench.init(BASE_FEATURES | bits(F.RING_RESET))
+        start_idx = bench.txq.used_idx()
+        frames = [ethernet(rng, 64 + 8 * k) + attempt.to_bytes(2, "big") for k in range(QSIZE - 2)]
+        for f in frames:
+            bench.add_tx(f, [], [0])
+        await bench.publish(bench.txq)
+        if delay:
+            await ClockCycles(dut.clk, delay)
+        await bench.queue_reset(TXQ, 200)
+        state = await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4)
+        stopped = (state & 0xFFFF) - start_idx
+        sent = []
+        while not bench.sink.empty():
+            sent.append(bytes((await bench.sink.recv()).tdata))
+        assert state >> 16 == state & 0xFFFF == bench.txq.used_idx(), (
+            f"vq state {state:#x}, used idx in memory {bench.txq.used_idx()}")
+        assert sent == frames[:stopped], f"stopped at {stopped}, {len(sent)} frames on the wire"
+        cov.hit("stopped_after", "none" if stopped == 0 else "all" if stopped == len(frames) else "some")
+        # resume the same rings at the stop position: size, addresses, vector, state, enable
+        q = bench.txq
+        await bench.bar.set_common(C.QUEUE_SIZE, QSIZE)
+        await bench.bar.set_common(C.QUEUE_MSIX_VECTOR, VEC_TX)
+        await bench.bar.set_common(C.QUEUE_DESC, q.desc_addr)
+        await bench.bar.set_common(C.QUEUE_DRIVER, q.avail_addr)
+        await bench.bar.set_common(C.QUEUE_DEVICE, q.used_addr)
+        await bench.bar.write(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, state & 0xFFFF, 2)
+        await bench.bar.set_common(C.QUEUE_ENABLE, 1)
+        assert await bench.bar.read(VQ_STATE_OFF + VQ_STATE_STRIDE * TXQ, 4) == state, "loaded on enable"
+        await bench.kick(q)
+        rest = [bytes((await bench.sink.recv()).tdata) for _ in frames[stopped:]]
+        assert rest == frames[stopped:]
+        await bench.wait_used(q, q.avail_idx)
+        await bench.quiet(200)
+        assert bench.sink.empty(), "a frame was sent twice"
+        q.used()
+        cov.hit("resumed", True)

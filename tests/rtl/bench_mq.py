@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 import struct
 
-import cocotb
-from cocotb.handle import HierarchyObject
 from cocotb.triggers import with_timeout
 from cocotbext.axi import AxiStreamFrame
 
@@ -18,10 +16,9 @@ from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_hdr import HDR_SIZE
 from backend.virtio.pci_regs import CommonCfg, NetCfg
 from models.rtl import DEVICE_CFG_OFF
-from sim.memory import GuestMemory
 from testbenches.driver.split_ring import DriverSplitQueue
 from tests.rtl import designs
-from tests.rtl.bench_engine import BASE_FEATURES, RX_HDR, SEED, TIMEOUT_US, NetBench, ethernet, make_bench
+from tests.rtl.bench_engine import BASE_FEATURES, RX_HDR, SEED, NetBench, bench_test, ethernet
 from tests.rtl.coverage import Coverage
 
 PAIRS = designs.TOP_MQ_PAIRS
@@ -58,95 +55,82 @@ async def receive_on(bench: NetBench, frame: bytes, pair: int) -> int:
     raise AssertionError(f"frame for pair {pair} never reached a receive queue")
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def control_queue_and_steering(dut: HierarchyObject) -> None:
-    rng = random.Random(SEED + 10)
-    cov = Coverage("mq_control_queue")
-    cov.expect("ctrl", ["vq_pairs_set_ok", "pairs_out_of_range", "pairs_zero", "unknown_class", "no_ack_room",
-                        "header_only"])
-    cov.expect("steer", ["pair0", "pair1", "pair1_before_set", "pair1_after_reset"])
-    cov.expect("tx_tdest", [0, 1])
-    with GuestMemory.single(1 << 20) as mem:
-        bench = await make_bench(dut, mem)
-        offered = await bench.bar.common(C.DEVICE_FEATURE)
-        assert offered & MQ == MQ, f"device_feature {offered:#x} lacks CTRL_VQ|MQ"
-        assert await bench.bar.common(C.NUM_QUEUES) == 2 * PAIRS + 1
-        assert await bench.bar.read(DEVICE_CFG_OFF + NetCfg.MAX_VIRTQUEUE_PAIRS, 2) == PAIRS
-        await bench.init(BASE_FEATURES | MQ, queues=2 * PAIRS + 1)
-        ctrlq = bench.queues[2 * PAIRS]
-        for q in (bench.queues[0], bench.queues[2]):
-            for _ in range(4):
-                bench.post_rx([HDR_SIZE + 200], [0], q)
-            await bench.publish(q)
-
-        # NETCTRL-DEV-25: until VQ_PAIRS_SET only receiveq1 is used, whatever the wire asks for
-        assert await receive_on(bench, ethernet(rng, 100), 1) == 0
-        cov.hit("steer", "pair1_before_set")
-        assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", PAIRS)) == (OK, 1)
-        cov.hit("ctrl", "vq_pairs_set_ok")
-        assert await receive_on(bench, ethernet(rng, 100), 1) == 2
-        cov.hit("steer", "pair1")
-        assert await receive_on(bench, ethernet(rng, 100), 0) == 0
-        cov.hit("steer", "pair0")
-
-        # transmitted frames carry their queue pair in tdest
-        for pair in (1, 0):
-            txq = bench.queues[2 * pair + 1]
-            frame = ethernet(rng, 128)
-            txq.add([bytes(HDR_SIZE) + frame], [])
-            await bench.publish(txq)
-            got = await with_timeout(bench.sink.recv(), 500, "us")
-            assert bytes(got.tdata) == frame and got.tdest == pair, (got.tdest, pair)
-            await bench.wait_used(txq, txq.published)
-            cov.hit("tx_tdest", pair)
-
-        for case, args in (("pairs_out_of_range", (CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", PAIRS + 1))),
-                           ("pairs_zero", (CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 0))),
-                           ("unknown_class", (CTRL_RX, RX_PROMISC, b"\x01"))):
-            assert await command(bench, ctrlq, *args) == (ERR, 1), case
-            cov.hit("ctrl", case)
-        # a refused command leaves the pairs alone
-        assert await receive_on(bench, ethernet(rng, 100), 1) == 2
-        # no writable byte: nothing written, used len 0; a header without its argument is refused
-        assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 1), ack_room=0) == (None, 0)
-        cov.hit("ctrl", "no_ack_room")
-        assert await receive_on(bench, ethernet(rng, 100), 1) == 2, "a command without an ack byte is not run"
-        assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, b"") == (ERR, 1)
-        cov.hit("ctrl", "header_only")
-
-        # a device reset returns to one active pair
-        await bench.init(BASE_FEATURES | MQ, queues=2 * PAIRS + 1)
-        for q in (bench.queues[0], bench.queues[2]):
+@bench_test(SEED + 10, "mq_control_queue",
+            ctrl=["vq_pairs_set_ok", "pairs_out_of_range", "pairs_zero", "unknown_class", "no_ack_room", "header_only"],
+            steer=["pair0", "pair1", "pair1_before_set", "pair1_after_reset"], tx_tdest=[0, 1])
+async def control_queue_and_steering(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    offered = await bench.bar.common(C.DEVICE_FEATURE)
+    assert offered & MQ == MQ, f"device_feature {offered:#x} lacks CTRL_VQ|MQ"
+    assert await bench.bar.common(C.NUM_QUEUES) == 2 * PAIRS + 1
+    assert await bench.bar.read(DEVICE_CFG_OFF + NetCfg.MAX_VIRTQUEUE_PAIRS, 2) == PAIRS
+    await bench.init(BASE_FEATURES | MQ, queues=2 * PAIRS + 1)
+    ctrlq = bench.queues[2 * PAIRS]
+    for q in (bench.queues[0], bench.queues[2]):
+        for _ in range(4):
             bench.post_rx([HDR_SIZE + 200], [0], q)
-            await bench.publish(q)
-        assert await receive_on(bench, ethernet(rng, 100), 1) == 0
-        cov.hit("steer", "pair1_after_reset")
-        assert all(q.anomalies == [] for q in bench.queues)
-    cov.close()
+        await bench.publish(q)
+
+    # NETCTRL-DEV-25: until VQ_PAIRS_SET only receiveq1 is used, whatever the wire asks for
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 0
+    cov.hit("steer", "pair1_before_set")
+    assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", PAIRS)) == (OK, 1)
+    cov.hit("ctrl", "vq_pairs_set_ok")
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 2
+    cov.hit("steer", "pair1")
+    assert await receive_on(bench, ethernet(rng, 100), 0) == 0
+    cov.hit("steer", "pair0")
+
+    # transmitted frames carry their queue pair in tdest
+    for pair in (1, 0):
+        txq = bench.queues[2 * pair + 1]
+        frame = ethernet(rng, 128)
+        txq.add([bytes(HDR_SIZE) + frame], [])
+        await bench.publish(txq)
+        got = await with_timeout(bench.sink.recv(), 500, "us")
+        assert bytes(got.tdata) == frame and got.tdest == pair, (got.tdest, pair)
+        await bench.wait_used(txq, txq.published)
+        cov.hit("tx_tdest", pair)
+
+    for case, args in (("pairs_out_of_range", (CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", PAIRS + 1))),
+                       ("pairs_zero", (CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 0))),
+                       ("unknown_class", (CTRL_RX, RX_PROMISC, b"\x01"))):
+        assert await command(bench, ctrlq, *args) == (ERR, 1), case
+        cov.hit("ctrl", case)
+    # a refused command leaves the pairs alone
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 2
+    # no writable byte: nothing written, used len 0; a header without its argument is refused
+    assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 1), ack_room=0) == (None, 0)
+    cov.hit("ctrl", "no_ack_room")
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 2, "a command without an ack byte is not run"
+    assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, b"") == (ERR, 1)
+    cov.hit("ctrl", "header_only")
+
+    # a device reset returns to one active pair
+    await bench.init(BASE_FEATURES | MQ, queues=2 * PAIRS + 1)
+    for q in (bench.queues[0], bench.queues[2]):
+        bench.post_rx([HDR_SIZE + 200], [0], q)
+        await bench.publish(q)
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 0
+    cov.hit("steer", "pair1_after_reset")
+    assert all(q.anomalies == [] for q in bench.queues)
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def control_queue_without_mq(dut: HierarchyObject) -> None:
+@bench_test(SEED + 11, "mq_ctrl_without_mq", case=["mq_without_ctrl_vq_refused", "ctrl_at_index_2", "steering_off"])
+async def control_queue_without_mq(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
     """CTRL_VQ without MQ: the control queue is queue 2 (5.1.2), MQ commands are refused; MQ needs CTRL_VQ."""
-    rng = random.Random(SEED + 11)
-    cov = Coverage("mq_ctrl_without_mq")
-    cov.expect("case", ["mq_without_ctrl_vq_refused", "ctrl_at_index_2", "steering_off"])
-    with GuestMemory.single(1 << 20) as mem:
-        bench = await make_bench(dut, mem)
-        status = await bench.negotiate(BASE_FEATURES | bits(NetF.MQ))
-        assert not status & S_FEATURES_OK, "FEATURES_OK with MQ but without CTRL_VQ (NETFEAT-DEV-09)"
-        cov.hit("case", "mq_without_ctrl_vq_refused")
-        await bench.init(BASE_FEATURES | bits(NetF.CTRL_VQ, F.EVENT_IDX), queues=3)
-        ctrlq = bench.queues[2]
-        assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 2)) == (ERR, 1)
-        cov.hit("case", "ctrl_at_index_2")
-        bench.post_rx([HDR_SIZE + 200], [3])
-        await bench.publish(bench.rxq)
-        before = bench.rxq.used_idx()
-        frame = ethernet(rng, 90)
-        await bench.source.send(AxiStreamFrame(frame, tdest=1))
-        await bench.wait_used(bench.rxq, before + 1)
-        [used] = bench.rxq.used()
-        assert bench.rx_data(used.head, used.len) == RX_HDR + frame
-        cov.hit("case", "steering_off")
-    cov.close()
+    status = await bench.negotiate(BASE_FEATURES | bits(NetF.MQ))
+    assert not status & S_FEATURES_OK, "FEATURES_OK with MQ but without CTRL_VQ (NETFEAT-DEV-09)"
+    cov.hit("case", "mq_without_ctrl_vq_refused")
+    await bench.init(BASE_FEATURES | bits(NetF.CTRL_VQ, F.EVENT_IDX), queues=3)
+    ctrlq = bench.queues[2]
+    assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", 2)) == (ERR, 1)
+    cov.hit("case", "ctrl_at_index_2")
+    bench.post_rx([HDR_SIZE + 200], [3])
+    await bench.publish(bench.rxq)
+    before = bench.rxq.used_idx()
+    frame = ethernet(rng, 90)
+    await bench.source.send(AxiStreamFrame(frame, tdest=1))
+    await bench.wait_used(bench.rxq, before + 1)
+    [used] = bench.rxq.used()
+    assert bench.rx_data(used.head, used.len) == RX_HDR + frame
+    cov.hit("case", "steering_off")

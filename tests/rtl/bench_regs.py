@@ -8,6 +8,9 @@ functional coverage and fails if one of its bins stayed empty.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
+
 import cocotb
 from cocotb.handle import HierarchyObject
 from cocotb.triggers import ClockCycles, RisingEdge
@@ -16,8 +19,11 @@ from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import ISR_CONFIG, ISR_QUEUE, NO_VECTOR, VIRTIO_NET_S_LINK_UP, CommonCfg, NetCfg
 from models.rtl import DEVICE_CFG_OFF, ISR_OFF, NOTIFY_OFF, NOTIFY_OFF_MULTIPLIER, VQ_STATE_OFF, VQ_STATE_STRIDE
 from tests.rtl import designs
-from tests.rtl.bench_common import Bar0, start
+from tests.rtl.bench_common import Bar0, covered_test, start
 from tests.rtl.coverage import Coverage
+
+if TYPE_CHECKING:
+    from cocotb._decorators import TestGenerator
 
 NUM_QUEUES = designs.REGS_NUM_QUEUES
 MAX_QUEUE_SIZE = designs.REGS_MAX_QUEUE_SIZE
@@ -89,6 +95,23 @@ async def setup(dut: HierarchyObject) -> tuple[Bar0, EngineSide]:
     return bar, engine
 
 
+#: A test of the block: the dut, BAR0, the engine's side of the ports, the test's coverage record.
+RegsBody = Callable[[HierarchyObject, Bar0, EngineSide, Coverage], Coroutine[Any, Any, None]]
+
+
+def regs_test(coverage: str, /, **bins: Iterable[Hashable]) -> Callable[[RegsBody], TestGenerator]:
+    """Register ``body`` as a cocotb test under its own name, on a reset block with :func:`setup`'s BAR0 and engine
+    side and the record ``coverage`` expecting ``bins``."""
+
+    def register(body: RegsBody) -> TestGenerator:
+        async def run(dut: HierarchyObject, cov: Coverage) -> None:
+            await body(dut, *await setup(dut), cov)
+
+        return covered_test(TIMEOUT_US, body, run, coverage, bins)
+
+    return register
+
+
 async def pulse(dut: HierarchyObject, values: dict[str, int], valid: str) -> None:
     """Drive ``values`` with ``valid`` high for one cycle."""
     for name, value in values.items():
@@ -122,12 +145,9 @@ async def device_reset(bar: Bar0, dut: HierarchyObject) -> list[int]:
     raise AssertionError(f"device_status never read 0 after reset: {seen}")
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def identity_and_device_config(dut: HierarchyObject) -> None:
-    bar, _ = await setup(dut)
-    cov = Coverage("regs_identity_devcfg")
-    cov.expect("devcfg_field", ["mac", "status", "max_virtqueue_pairs", "mtu"])
-    cov.expect("link_change", ["down", "up"])
+@regs_test("regs_identity_devcfg", devcfg_field=["mac", "status", "max_virtqueue_pairs", "mtu"],
+           link_change=["down", "up"])
+async def identity_and_device_config(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     assert await bar.common(C.NUM_QUEUES) == NUM_QUEUES
     for q in range(NUM_QUEUES):
         await bar.set_common(C.QUEUE_SELECT, q)
@@ -159,16 +179,11 @@ async def identity_and_device_config(dut: HierarchyObject) -> None:
     assert int(dut.intx.value) == 1
     assert await bar.read(ISR_OFF, 1) == ISR_CONFIG
     cov.hit("link_change", "up")
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def feature_windows_and_negotiation(dut: HierarchyObject) -> None:
-    bar, _ = await setup(dut)
-    cov = Coverage("regs_features")
-    cov.expect("device_feature_select", [0, 1, 2, "big"])
-    cov.expect("driver_feature_select", [0, 1, 2])
-    cov.expect("features_ok", ["accepted", "unoffered_bit", "no_version_1", "frozen_after"])
+@regs_test("regs_features", device_feature_select=[0, 1, 2, "big"], driver_feature_select=[0, 1, 2],
+           features_ok=["accepted", "unoffered_bit", "no_version_1", "frozen_after"])
+async def feature_windows_and_negotiation(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     for sel, want in ((0, FEATURES & 0xFFFFFFFF), (1, FEATURES >> 32), (2, 0), (0xFFFFFFFF, 0)):
         await bar.set_common(C.DEVICE_FEATURE_SELECT, sel)
         assert await bar.common(C.DEVICE_FEATURE_SELECT) == sel
@@ -200,14 +215,10 @@ async def feature_windows_and_negotiation(dut: HierarchyObject) -> None:
     assert await bar.common(C.DRIVER_FEATURE) == wanted & 0xFFFFFFFF
     assert int(dut.negotiated.value) == wanted
     cov.hit("features_ok", "frozen_after")
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def status_and_device_reset(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_status_reset")
-    cov.expect("status_write", ["accumulate", "needs_reset_ignored", "reset_pending", "reset_done"])
+@regs_test("regs_status_reset", status_write=["accumulate", "needs_reset_ignored", "reset_pending", "reset_done"])
+async def status_and_device_reset(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     await negotiate(bar, bits(F.VERSION_1))
     await bar.set_common(C.DEVICE_STATUS, S.DRIVER_OK)  # bits are only added, never cleared by a write
     live = S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK
@@ -219,12 +230,8 @@ async def status_and_device_reset(dut: HierarchyObject) -> None:
     cov.hit("status_write", "needs_reset_ignored")
 
     # program state that the reset must clear
-    await bar.set_common(C.CONFIG_MSIX_VECTOR, 0)
-    await bar.set_common(C.QUEUE_SELECT, 1)
-    await bar.set_common(C.QUEUE_SIZE, 64)
-    await bar.set_common(C.QUEUE_MSIX_VECTOR, 2)
-    await bar.set_common(C.QUEUE_DESC, 0x1_2345_6000)
-    await bar.set_common(C.DEVICE_FEATURE_SELECT, 1)
+    await bar.set_commons({C.CONFIG_MSIX_VECTOR: 0, C.QUEUE_SELECT: 1, C.QUEUE_SIZE: 64, C.QUEUE_MSIX_VECTOR: 2,
+                           C.QUEUE_DESC: 0x1_2345_6000, C.DEVICE_FEATURE_SELECT: 1})
     seen = await device_reset(bar, dut)
     # PCI-DRV-19: the reset is complete only when device_status reads 0; until the engine is
     # done it keeps reading the old value
@@ -240,16 +247,11 @@ async def status_and_device_reset(dut: HierarchyObject) -> None:
     assert await bar.common(C.QUEUE_MSIX_VECTOR) == NO_VECTOR
     assert await bar.common(C.QUEUE_DESC) == 0
     cov.hit("status_write", "reset_done")
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def queue_registers(dut: HierarchyObject) -> None:
-    bar, _ = await setup(dut)
-    cov = Coverage("regs_queues")
-    cov.expect("queue_select", ["0", "1", "out_of_range"])
-    cov.expect("vector", ["valid", "out_of_table", "no_vector"])
-    cov.expect("queue_enable", ["bad_size", "misaligned", "ok", "frozen_while_enabled"])
+@regs_test("regs_queues", queue_select=["0", "1", "out_of_range"], vector=["valid", "out_of_table", "no_vector"],
+           queue_enable=["bad_size", "misaligned", "ok", "frozen_while_enabled"])
+async def queue_registers(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     await bar.set_common(C.QUEUE_SELECT, 7)
     assert await bar.common(C.QUEUE_SIZE) == 0, "a queue that does not exist reads size 0"
     assert await bar.common(C.QUEUE_MSIX_VECTOR) == NO_VECTOR
@@ -296,12 +298,8 @@ async def queue_registers(dut: HierarchyObject) -> None:
     assert await bar.common(C.DEVICE_STATUS) & S.DEVICE_NEEDS_RESET
     cov.hit("queue_enable", "misaligned")
     await device_reset(bar, dut)
-    await bar.set_common(C.QUEUE_SELECT, 1)
-    await bar.set_common(C.QUEUE_SIZE, 64)
-    await bar.set_common(C.QUEUE_DESC, 0x10000)
-    await bar.set_common(C.QUEUE_DRIVER, 0x20002)
-    await bar.set_common(C.QUEUE_DEVICE, 0x30004)
-    await bar.set_common(C.QUEUE_ENABLE, 1)
+    await bar.set_commons({C.QUEUE_SELECT: 1, C.QUEUE_SIZE: 64, C.QUEUE_DESC: 0x10000, C.QUEUE_DRIVER: 0x20002,
+                           C.QUEUE_DEVICE: 0x30004, C.QUEUE_ENABLE: 1})
     assert await bar.common(C.QUEUE_ENABLE) == 1
     assert int(dut.q_enable.value) == 0b10
     assert await bar.common(C.DEVICE_STATUS) == 0
@@ -314,14 +312,10 @@ async def queue_registers(dut: HierarchyObject) -> None:
     assert await bar.common(C.QUEUE_DESC) == 0x10000
     assert await bar.common(C.QUEUE_ENABLE) == 1
     cov.hit("queue_enable", "frozen_while_enabled")
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def isr_read_to_clear_and_intx(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_isr")
-    cov.expect("isr_read", [0, ISR_QUEUE, ISR_CONFIG, ISR_QUEUE | ISR_CONFIG])
+@regs_test("regs_isr", isr_read=[0, ISR_QUEUE, ISR_CONFIG, ISR_QUEUE | ISR_CONFIG])
+async def isr_read_to_clear_and_intx(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     await negotiate(bar, bits(F.VERSION_1))
     await bar.set_common(C.DEVICE_STATUS, S.DRIVER_OK)
     assert await bar.read(ISR_OFF, 1) == 0
@@ -342,14 +336,10 @@ async def isr_read_to_clear_and_intx(dut: HierarchyObject) -> None:
     assert await bar.read(ISR_OFF, 1) == ISR_QUEUE | ISR_CONFIG
     cov.hit("isr_read", ISR_QUEUE | ISR_CONFIG)
     assert engine.irqs == [], "no MSI-X message while MSI-X is disabled"
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def msix_requests(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_msix")
-    cov.expect("irq", ["queue_vector", "queue_no_vector", "config_vector", "needs_reset_config"])
+@regs_test("regs_msix", irq=["queue_vector", "queue_no_vector", "config_vector", "needs_reset_config"])
+async def msix_requests(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     dut.msix_enabled.value = 1
     await negotiate(bar, bits(F.VERSION_1))
     await bar.set_common(C.DEVICE_STATUS, S.DRIVER_OK)
@@ -390,14 +380,10 @@ async def msix_requests(dut: HierarchyObject) -> None:
     dut.irq_ready.value = 1
     await ClockCycles(dut.clk, 3)
     assert engine.irqs[-1] == 1 and int(dut.irq_valid.value) == 0
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def notify_doorbells(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_notify")
-    cov.expect("kick", [0, 1, "bad_index"])
+@regs_test("regs_notify", kick=[0, 1, "bad_index"])
+async def notify_doorbells(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     for q in (1, 0, 1):
         await bar.write(NOTIFY_OFF + NOTIFY_OFF_MULTIPLIER * q, q, 2)
         cov.hit("kick", q)
@@ -405,14 +391,10 @@ async def notify_doorbells(dut: HierarchyObject) -> None:
     cov.hit("kick", "bad_index")
     await ClockCycles(dut.clk, 2)
     assert engine.kicks == [1, 0, 1], engine.kicks
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def queue_reset(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_queue_reset")
-    cov.expect("queue_reset", ["not_negotiated", "pending", "done"])
+@regs_test("regs_queue_reset", queue_reset=["not_negotiated", "pending", "done"])
+async def queue_reset(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     await negotiate(bar, bits(F.VERSION_1))
     await bar.set_common(C.DEVICE_STATUS, S.DRIVER_OK)
     await bar.set_common(C.QUEUE_SELECT, 1)
@@ -439,14 +421,10 @@ async def queue_reset(dut: HierarchyObject) -> None:
     assert await bar.common(C.QUEUE_MSIX_VECTOR) == NO_VECTOR
     assert await bar.common(C.DEVICE_STATUS) & S.DRIVER_OK, "a queue reset leaves the device running"
     cov.hit("queue_reset", "done")
-    cov.close()
 
 
-@cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def vq_state_block(dut: HierarchyObject) -> None:
-    bar, engine = await setup(dut)
-    cov = Coverage("regs_vq_state")
-    cov.expect("vq_state", ["read", "write_disabled", "write_enabled_ignored"])
+@regs_test("regs_vq_state", vq_state=["read", "write_disabled", "write_enabled_ignored"])
+async def vq_state_block(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
     dut.vqs_last_avail.value = 0x1234 << 16 | 0xABCD  # queue 1, queue 0
     dut.vqs_used_idx.value = 0x5678 << 16 | 0x0102
     await ClockCycles(dut.clk, 1)
@@ -463,4 +441,3 @@ async def vq_state_block(dut: HierarchyObject) -> None:
     await ClockCycles(dut.clk, 2)
     assert len(engine.vqs_writes) == 1, "the state of a running queue is not writable"
     cov.hit("vq_state", "write_enabled_ignored")
-    cov.close()

@@ -1,6 +1,6 @@
 """Functional coverage for the RTL benches: named bins, hit counts, a closure check and a JSON record.
 
-A bench declares the bins it must reach (``Coverage.expect``), records what it
+A bench declares the bins it must reach (``Coverage(name, point=bins)``, ``Coverage.expect``), records what it
 observed (``hit``) and ends with :meth:`Coverage.close`, which fails the test
 if a bin stayed empty and writes the counts where the pytest side collects them.
 """
@@ -21,10 +21,13 @@ class CoverageError(AssertionError):
 
 
 class Coverage:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, /, **bins: Iterable[Hashable]) -> None:
+        """A record ``name`` expecting ``bins`` (point name: its bins), as :meth:`expect` for each."""
         self.name = name
         self.expected: dict[str, set[str]] = {}
         self.hits: dict[str, Counter[str]] = {}
+        for point, values in bins.items():
+            self.expect(point, values)
 
     def expect(self, point: str, bins: Iterable[Hashable]) -> None:
         self.expected.setdefault(point, set()).update(str(b) for b in bins)
