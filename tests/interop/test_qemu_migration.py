@@ -45,6 +45,7 @@ from testbenches.guest.migration import MigrationGuest, MigrationStats, differin
 from testbenches.guest.qemu import vhost_user_net_args
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.vhost_user_recorder import VhostUserRecorder
+from tests.interop.test_qemu_vhost_user import NET_UP
 
 MAC = "52:54:00:0b:e7:03"
 MEMORY_MB = 128
@@ -75,19 +76,7 @@ set -u
 net=/sys/class/net/eth0
 say() { echo "vdpa-mig: $1=$2"; }
 [ -d $net ] || { echo "no eth0"; ls /sys/class/net; exit 10; }
-say driver "$(basename "$(readlink $net/device/driver)")"
-echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
-ip link set eth0 up || exit 11
-# operstate follows the carrier through the kernel's linkwatch work; poll it with a deadline (10 s)
-i=0
-while [ "$(cat $net/operstate)" != up ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-say operstate "$(cat $net/operstate)"
-ip addr add 10.0.0.1/24 dev eth0 && ip addr add 10.0.0.2/24 dev eth0 || exit 12
-echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter
-echo 0 > /proc/sys/net/ipv4/conf/eth0/rp_filter
-echo 1 > /proc/sys/net/ipv4/conf/eth0/accept_local
-ip rule add pref 10 iif lo lookup 100 && ip rule add pref 100 lookup local && ip rule del pref 0 || exit 13
-ip route add 10.0.0.0/24 dev eth0 table 100 || exit 14
+""" + NET_UP + r"""
 ping -A -q -c 3 -s @WARM_SIZE@ -W 5 -w 20 -I 10.0.0.1 10.0.0.2 > /tmp/warm.txt || { cat /tmp/warm.txt; exit 15; }
 say icmp_before "$(grep '^Icmp:' /proc/net/snmp | tr '\n' ';')"
 mkfifo /tmp/flow

@@ -39,16 +39,9 @@ READY_TIMEOUT = 30.0
 BOOT_TIMEOUT = 90.0
 EXIT_TIMEOUT = 30.0
 
-#: The start of every guest job here: eth0 up with two addresses, locally generated packets routed out of it.
-SETUP = r"""
-set -u
-boot=$VDPA_GUEST_BOOT
-out=/job/result-$boot.env
-net=/sys/class/net/eth0
-: > "$out"
-say() { echo "$1=$2" >> "$out"; }
-[ -d $net ] || { echo "no eth0"; ls /sys/class/net; exit 10; }
-say mac "$(cat $net/address)"
+#: eth0 (``$net``, known to exist) up with two addresses, locally generated packets routed out of it; what it finds
+#: is recorded with the job's ``say KEY VALUE``. The guest jobs of the QEMU tests start with it.
+NET_UP = r"""
 say driver "$(basename "$(readlink $net/device/driver)")"
 # Only the frames sent here may cross the device: no IPv6 autoconfiguration traffic.
 echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
@@ -67,7 +60,19 @@ echo 0 > /proc/sys/net/ipv4/conf/eth0/rp_filter
 echo 1 > /proc/sys/net/ipv4/conf/eth0/accept_local
 ip rule add pref 10 iif lo lookup 100 && ip rule add pref 100 lookup local && ip rule del pref 0 || exit 13
 ip route add 10.0.0.0/24 dev eth0 table 100 || exit 14
-"""
+""".lstrip("\n")
+
+#: The start of every guest job here: results in /job/result-N.env, then eth0 up (:data:`NET_UP`).
+SETUP = r"""
+set -u
+boot=$VDPA_GUEST_BOOT
+out=/job/result-$boot.env
+net=/sys/class/net/eth0
+: > "$out"
+say() { echo "$1=$2" >> "$out"; }
+[ -d $net ] || { echo "no eth0"; ls /sys/class/net; exit 10; }
+say mac "$(cat $net/address)"
+""" + NET_UP
 
 #: Runs in the guest at each boot; leaves ``/job/result-N.env`` (``key=value``) for the host. Boots 1..@REBOOTS@
 #: reboot the guest at their end. With @HOLD@ 1 the job waits, with the device running and its traffic done, for the
