@@ -8,8 +8,10 @@ times. Frames are checked on the wire (a pcap tap in the model) and in testpmd's
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,24 +87,33 @@ def check_pcap(path: Path, at_least: int) -> None:
         assert raw == first, f"frame {i} differs from the first frame: {raw.hex()} vs {first.hex()}"
 
 
-@pytest.mark.parametrize("mrg_rxbuf", [0, 1], ids=["mrg_rxbuf=0", "mrg_rxbuf=1"])
-@pytest.mark.parametrize("in_order", [0, 1], ids=["in_order=0", "in_order=1"])
-def test_traffic_comes_back(tmp_path: Path, sock: str, mrg_rxbuf: int, in_order: int) -> None:
+@contextlib.contextmanager
+def loopback_session(tmp_path: Path, sock: str, device: str, vdev: str) -> Iterator[ServeProcess]:
+    """serve on ``sock`` with ``device`` on a loopback wire captured to a pcap, and one testpmd session (``vdev``)
+    that moves traffic and quits. Yields serve once the session ended; then serve's log must be clean and its exit
+    0, and the capture must hold the frames testpmd received, intact."""
     pcap = tmp_path / "wire.pcap"
-    with ServeProcess(sock, f"sim:virtio-net,wire=loopback,pcap={pcap}", log=tmp_path / "serve.log") as serve:
+    with ServeProcess(sock, f"{device},wire=loopback,pcap={pcap}", log=tmp_path / "serve.log") as serve:
         serve.wait_listening()
-        with Testpmd(virtio_user_vdev(sock, mrg_rxbuf=bool(mrg_rxbuf), in_order=bool(in_order)),
-                     log=tmp_path / "testpmd.log", cpu=1) as tp:
+        with Testpmd(vdev, log=tmp_path / "testpmd.log", cpu=1) as tp:
             tp.wait_ready()
             stats = run_traffic(tp)
             assert tp.quit() == 0
         serve.proc.wait_for("frontend disconnected", 10.0)
-        [features] = negotiated(serve)
-        assert bool(features & (1 << F.IN_ORDER)) == bool(in_order and DEFAULT_FEATURES & (1 << F.IN_ORDER))
-        assert bool(features & (1 << NetF.MRG_RXBUF)) == bool(mrg_rxbuf and DEFAULT_FEATURES & (1 << NetF.MRG_RXBUF))
+        yield serve
         assert_clean_log(serve, 1)
         assert serve.stop() == 0
     check_pcap(pcap, stats.rx_packets)
+
+
+@pytest.mark.parametrize("mrg_rxbuf", [0, 1], ids=["mrg_rxbuf=0", "mrg_rxbuf=1"])
+@pytest.mark.parametrize("in_order", [0, 1], ids=["in_order=0", "in_order=1"])
+def test_traffic_comes_back(tmp_path: Path, sock: str, mrg_rxbuf: int, in_order: int) -> None:
+    vdev = virtio_user_vdev(sock, mrg_rxbuf=bool(mrg_rxbuf), in_order=bool(in_order))
+    with loopback_session(tmp_path, sock, "sim:virtio-net", vdev) as serve:
+        [features] = negotiated(serve)
+        assert bool(features & (1 << F.IN_ORDER)) == bool(in_order and DEFAULT_FEATURES & (1 << F.IN_ORDER))
+        assert bool(features & (1 << NetF.MRG_RXBUF)) == bool(mrg_rxbuf and DEFAULT_FEATURES & (1 << NetF.MRG_RXBUF))
 
 
 @pytest.mark.parametrize("backend_is_client", [False, True], ids=["backend-listens", "backend-connects"])
