@@ -177,7 +177,7 @@ class PackedQueue(VirtQueue):
     # --- memory access (reads and writes only; no judgement) -----------------------------------
 
     def read_desc_flags(self, off: int) -> int:
-        return self._read_u16(self.desc + DESC_SIZE * off + DESC_FLAGS_OFFSET)
+        return self.read_ring_u16(self.desc + DESC_SIZE * off + DESC_FLAGS_OFFSET)
 
     def _fetch(self, off: int, n: int) -> list[PackedDescriptor]:
         """``n`` descriptors from slot ``off`` (not past the ring's end) in one DMA read."""
@@ -206,14 +206,14 @@ class PackedQueue(VirtQueue):
 
     def read_driver_event(self) -> EventSuppress:
         """The driver event suppression structure (used buffer notifications); the flags word is read first."""
-        flags = self._read_u16(self.driver + EVENT_FLAGS)
-        off, wrap = unpack_off_wrap(self._read_u16(self.driver))
+        flags = self.read_ring_u16(self.driver + EVENT_FLAGS)
+        off, wrap = unpack_off_wrap(self.read_ring_u16(self.driver))
         return EventSuppress(off, wrap, flags & 0x3, flags >> 2)
 
     def write_device_event(self, flags: EventFlags, off: int = 0, wrap: int = 0) -> None:
         """The device event suppression structure (available buffer notifications): desc first, flags last."""
-        self._write_u16(self.device, off | (wrap & 1) << 15)
-        self._write_u16(self.device + EVENT_FLAGS, int(flags))
+        self.write_ring_u16(self.device, off | (wrap & 1) << 15)
+        self.write_ring_u16(self.device + EVENT_FLAGS, int(flags))
 
     def want_kick_at_next(self) -> None:
         """Ask for an available buffer notification when the next slot is made available: RING_EVENT_FLAGS_DESC
@@ -357,7 +357,7 @@ class PackedQueue(VirtQueue):
         base = self.desc + DESC_SIZE * off
         for at, data in self.hooks.packed_used_stores(buffer_id, length, flags):
             if at == DESC_FLAGS_OFFSET and len(data) == 2:
-                self._write_u16(base + at, U16.unpack(data)[0])  # the store that hands the slot back: one 16-bit
+                self.write_ring_u16(base + at, U16.unpack(data)[0])  # the store that hands the slot back: one 16-bit
             else:
                 self.dma.write(base + at, data)
 

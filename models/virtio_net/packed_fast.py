@@ -254,11 +254,10 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
 
 def _write_first_used(q: PackedQueue, at: tuple[int, int], buffer_id: int) -> None:
     """The run's first used descriptor: len 0 and the id, then the flags, the store that hands the run back."""
-    dma = q.batch_dma
-    assert dma is not None
     base = q.desc + DESC_SIZE * at[0]
-    dma.write(base + _USED_WORD_OFFSET, bytes(4) + buffer_id.to_bytes(2, "little"))  # before the flags (PACKED-DEV-07)
-    dma.write_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
+    # len and id before the flags (PACKED-DEV-07)
+    q.write_ring(base + _USED_WORD_OFFSET, bytes(4) + buffer_id.to_bytes(2, "little"))
+    q.write_ring_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
 
 
 __all__ = ["BURST", "GATHER_SECONDS", "PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail",

@@ -80,8 +80,8 @@ class BatchDma(Dma, Protocol):
     def try_view(self, iova: int, n: int) -> memoryview | None: ...
 
     def generation(self) -> int | None:
-        """Changes with every map and unmap; None while arrays over guest memory must not be used at all
-        (bus mastering off): then only the checked calls move data."""
+        """Changes with every map and unmap; None while arrays over guest memory must not be used at all (bus
+        mastering off, or every access must be observed): then only the checked calls move data."""
         ...
 
     def mapping_bytes(self, iova: int, n: int, write: bool) -> tuple[NDArray[np.uint8], int, int] | None:
@@ -213,6 +213,8 @@ class VirtQueue:
         self.dma = dma
         self.notify_off = index
         self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
+        self._read_areas: list[_Area] = []
+        self._write_areas: list[_Area] = []
         self.reset()
 
     def reset(self) -> None:
@@ -242,17 +244,66 @@ class VirtQueue:
                 return RingError(req_id, f"queue {self.index}: {name} {addr:#x} is not {align}-byte aligned")
         return None
 
-    def _read_u16(self, iova: int) -> int:
-        if self.batch_dma is not None:
-            return self.batch_dma.read_u16(iova)
-        value: int = U16.unpack(self.dma.read(iova, 2))[0]
-        return value
+    def read_ring_u16(self, iova: int) -> int:
+        """A 16-bit ring field in one load (the driver moves it meanwhile): from the words of its mapping while
+        :meth:`_ring_area` has them, else through the checked access, which records any fault."""
+        dma = self.batch_dma
+        if dma is None:
+            value: int = U16.unpack(self.dma.read(iova, 2))[0]
+            return value
+        area = self._ring_area(dma, iova, 2, self._read_areas, False)
+        if area is None:
+            return dma.read_u16(iova)
+        return int(area[1][(iova - area[2]) >> 1])
 
-    def _write_u16(self, iova: int, value: int) -> None:
-        if self.batch_dma is not None:
-            self.batch_dma.write_u16(iova, value & 0xFFFF)
-        else:
+    def write_ring_u16(self, iova: int, value: int) -> None:
+        """A 16-bit ring field in one store (indexes, flags: the driver never sees half of one), as
+        :meth:`read_ring_u16` reads."""
+        dma = self.batch_dma
+        if dma is None:
             self.dma.write(iova, U16.pack(value & 0xFFFF))
+            return
+        area = self._ring_area(dma, iova, 2, self._write_areas, True)
+        if area is None:
+            dma.write_u16(iova, value & 0xFFFF)
+        else:
+            area[1][(iova - area[2]) >> 1] = value & 0xFFFF
+
+    def write_ring(self, iova: int, data: bytes | bytearray | memoryview) -> None:
+        """Ring entries the device writes (used elements): straight into the mapping as :meth:`write_ring_u16` does."""
+        dma = self.batch_dma
+        area = None if dma is None else self._ring_area(dma, iova, len(data), self._write_areas, True)
+        if area is None:
+            self.dma.write(iova, data)
+        else:
+            off = iova - area[2]
+            area[0][off:off + len(data)] = data
+
+    def _ring_area(self, dma: BatchDma, iova: int, n: int, cache: list[_Area], write: bool) -> _Area | None:
+        """The mapping holding ring fields [iova, iova + n), kept while the mappings' generation stays the same: a
+        ring field is read or written a few times a round, and each checked access walks the endpoint and the
+        IOMMU. None where only the checked access may be used (bus mastering off, observers attached, no one
+        mapping with the permission holding the range, an odd address)."""
+        gen = dma.generation()
+        if gen is None or iova & 1 or n <= 0:
+            return None
+        for area in cache:
+            if area[3] == gen and area[2] <= iova and iova + n - 1 <= area[4]:
+                return area
+        found = dma.mapping_bytes(iova, n, write)
+        if found is None or found[1] & 1:
+            return None
+        mem, first, last = found
+        area = (mem.data.cast("B"), mem[:(last - first + 1) & ~1].view("<u2"), first, gen, last)
+        cache[:] = [a for a in cache if a[3] == gen][-(_AREAS_KEPT - 1):] + [area]
+        return area
+
+
+#: A mapping holding ring areas: its bytes, its 16-bit words, its first IOVA, the generation they are valid for and
+#: its last byte's IOVA.
+_Area = tuple[memoryview, NDArray[np.uint16], int, int, int]
+#: Mappings a queue keeps per direction (its ring areas are usually in one, at most in three).
+_AREAS_KEPT = 3
 
 
 class SplitQueue(VirtQueue):
@@ -298,16 +349,16 @@ class SplitQueue(VirtQueue):
     # --- available ring ----------------------------------------------------------------------
 
     def read_avail_idx(self) -> int:
-        return self._read_u16(self.driver + SplitLayout.AVAIL_IDX)
+        return self.read_ring_u16(self.driver + SplitLayout.AVAIL_IDX)
 
     def read_avail_flags(self) -> int:
-        return self._read_u16(self.driver + SplitLayout.AVAIL_FLAGS)
+        return self.read_ring_u16(self.driver + SplitLayout.AVAIL_FLAGS)
 
     def read_used_event(self) -> int:
-        return self._read_u16(self.driver + self.layout.used_event)
+        return self.read_ring_u16(self.driver + self.layout.used_event)
 
     def write_avail_event(self, value: int) -> None:
-        self._write_u16(self.device + self.layout.avail_event, value)
+        self.write_ring_u16(self.device + self.layout.avail_event, value)
 
     def available(self) -> int:
         """Entries the driver has made available beyond last_avail_idx (SPLIT-DRV-11 bounds it)."""
@@ -346,7 +397,7 @@ class SplitQueue(VirtQueue):
 
     def write_used_flags(self, flags: int) -> None:
         """used.flags: VRING_USED_F_NO_NOTIFY or 0 (only without EVENT_IDX, SPLIT-DEV-18/19/20)."""
-        self._write_u16(self.device + SplitLayout.USED_FLAGS, flags)
+        self.write_ring_u16(self.device + SplitLayout.USED_FLAGS, flags)
 
     # --- descriptor chains in bulk -----------------------------------------------------------
 
@@ -567,12 +618,12 @@ class SplitQueue(VirtQueue):
         first = min(k, size - start)
         mv = memoryview(raw)
         base = self.device + SplitLayout.USED_RING
-        self.dma.write(base + USED_ELEM_SIZE * start, mv[:USED_ELEM_SIZE * first])
+        self.write_ring(base + USED_ELEM_SIZE * start, mv[:USED_ELEM_SIZE * first])
         if k > first:
-            self.dma.write(base, mv[USED_ELEM_SIZE * first:])
+            self.write_ring(base, mv[USED_ELEM_SIZE * first:])
         old = self.used_idx
         new = self.hooks.next_used_idx(old, n)
-        self._write_u16(self.device + SplitLayout.USED_IDX, new)
+        self.write_ring_u16(self.device + SplitLayout.USED_IDX, new)
         self.used_idx = new
         return old, new
 

@@ -88,9 +88,10 @@ class EndpointDma:
         return self._ep.iommu.try_view(iova, n, DmaPerm.READ)
 
     def generation(self) -> int | None:
-        if not self._ep.config.bus_master:
+        iommu = self._ep.iommu
+        if not self._ep.config.bus_master or iommu.observers:  # observers see every access: no arrays then
             return None
-        return self._ep.iommu.generation
+        return iommu.generation
 
     def mapping_bytes(self, iova: int, n: int, write: bool) -> tuple[NDArray[np.uint8], int, int] | None:
         if not self._ep.config.bus_master:

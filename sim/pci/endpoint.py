@@ -211,7 +211,8 @@ class ConfigSpace:
 
     @property
     def bus_master(self) -> bool:
-        return bool(self.command & PCI_COMMAND_MASTER)
+        # Asked before every DMA: one byte test (Bus Master Enable is in the Command register's low byte).
+        return bool(self.data[PciCfg.COMMAND] & PCI_COMMAND_MASTER)
 
     def _bar_register(self, slot: int) -> int:
         """Value a BAR dword reads: programmed address bits | type bits (or the sizing mask)."""
