@@ -22,7 +22,7 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
-from models.virtio_net import packed_datapath
+from models.virtio_net import packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
@@ -160,6 +160,8 @@ class VirtioNetDevice(VirtioPciFunction):
         self._hdr_u64 = np.uint64(self.hdr_len)
         self.bulk_tx = self._stock("tx_frame", "used_len_for")
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
+        self.packed_bulk_tx = packed_fast.bulk_ok(self)
+        self._packed_tx_maps: dict[int, packed_fast.TxMaps] = {}
 
     def _stock(self, *hooks: str) -> bool:
         """True when this class keeps VirtioNetDevice's own version of every named hook."""
@@ -250,6 +252,13 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def process_packed_queue(self, q: PackedQueue) -> None:
         packed_datapath.process(self, q)
+
+    def packed_tx_maps(self, q: PackedQueue) -> packed_fast.TxMaps:
+        """The bulk TX path's arrays over packed queue ``q``, kept from one service call to the next."""
+        maps = self._packed_tx_maps.get(q.index)
+        if maps is None or maps.q is not q:
+            maps = self._packed_tx_maps[q.index] = packed_fast.TxMaps(q)
+        return maps
 
     def _process_tx(self, q: SplitQueue) -> None:
         quiet = False  # used.flags holds VRING_USED_F_NO_NOTIFY: the driver adds buffers without kicking

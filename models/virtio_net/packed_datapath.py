@@ -51,8 +51,8 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     ask for one at the next slot and look once more (a list made available while they were off came without)."""
     quiet = False
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
-    bulk = one is _tx_chain and packed_fast.bulk_ok(dev)
-    maps = packed_fast.TxMaps(q)
+    bulk = one is _tx_chain and dev.packed_bulk_tx
+    maps = dev.packed_tx_maps(q)
     runs = 0
     try:
         for _ in range(MAX_ROUNDS):

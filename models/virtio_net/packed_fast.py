@@ -160,22 +160,24 @@ def ring_words(q: PackedQueue) -> NDArray[np.uint64] | None:
 
 
 class TxMaps:
-    """The ring words and the last frame mapping of one queue, kept across the runs of one service call while the
-    mappings' generation stays the same (a new memory table changes it)."""
+    """The ring words and the last frame mapping of one queue, kept across runs and service calls while the mappings'
+    generation (a new memory table changes it), the ring's address and its size stay the same."""
 
     def __init__(self, q: PackedQueue) -> None:
         self.q = q
-        self._gen: int | None = None
+        self._key: tuple[int, int, int] | None = None
         self._words: NDArray[np.uint64] | None = None
         self._frames: tuple[NDArray[np.uint8], np.uint64, np.uint64] | None = None
 
     def words(self) -> NDArray[np.uint64] | None:
-        dma = self.q.batch_dma
+        q = self.q
+        dma = q.batch_dma
         gen = None if dma is None else dma.generation()
         if gen is None:
             return None
-        if gen != self._gen:
-            self._gen, self._words, self._frames = gen, ring_words(self.q), None
+        key = (gen, q.desc, q.size)
+        if key != self._key:
+            self._key, self._words, self._frames = key, ring_words(q), None
         return self._words
 
     def frames(self, iova: int) -> tuple[NDArray[np.uint8], np.uint64, np.uint64] | None:
