@@ -4,6 +4,7 @@ vfio-user), including by the interrupt and hostile-ring checks."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,24 @@ def test_targets_declare_their_abilities(bench_on: Any, device_process: Any) -> 
     assert told.wire is WireKind.NONE and "wire=none given" in told.wire_why
     with pytest.raises(ValueError, match="wire='sideways'"):
         default_registry().open(f"vfio-user:{path},wire=sideways")
+    assert remote.time_scale == 1.0
+    slow = bench_on(f"vfio-user:{path},wire=none,slowdown=8").open().abilities()
+    assert slow.time_scale == 8.0 and slow.wire is WireKind.NONE
+
+
+def test_a_slow_target_stretches_the_rigs_deadlines(bench_on: Any, device_process: Any) -> None:
+    """A target declaring a slowdown (a design on a slow simulator) gets that many times longer to do what must
+    happen: the ring-level waits and the patience left after a missed deadline stretch by it."""
+    path = device_process("virtio-net,wire=loopback")
+    waited = {}
+    for factor in (1, 6):
+        with bench_on(f"vfio-user:{path},wire=loopback,slowdown={factor}").rig() as r:
+            assert r.time_scale == factor and r.patience == pytest.approx(factor * 1.0)
+            r.up(queue_size=64, rx_buffers=8)
+            start = time.monotonic()
+            assert r.wait_used(RX, 1, timeout=0.1) == []  # nothing was sent: the whole (stretched) wait
+            waited[factor] = time.monotonic() - start
+    assert waited[1] < 0.5 <= waited[6], waited
 
 
 def _count_received(bench: Bench) -> tuple[str, int, int]:

@@ -121,6 +121,10 @@ class Abilities:
     #: expansion ROM, capability bytes) and its own function-level reset; otherwise why not (Linux vfio-pci
     #: emulates those registers and resets the function its own way).
     config_header: Lacking | None = None
+    #: How many times longer than a hardware function this target takes to do the same work (a simulator's
+    #: slowdown: Icarus runs a design about twenty times slower than Verilator). The checks stretch their
+    #: deadlines for what must happen by it, so a slow target is judged on what it does, not on its speed.
+    time_scale: float = 1.0
 
 
 #: What a target that declares nothing offers.

@@ -77,9 +77,10 @@ class VfioUserPciDevice:
     """
 
     def __init__(self, path: str, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 wire: WireKind = WireKind.UNKNOWN) -> None:
+                 wire: WireKind = WireKind.UNKNOWN, time_scale: float = 1.0) -> None:
         self.path = path
         self.wire = wire
+        self.time_scale = time_scale
         self.name = name if name is not None else f"vfio-user:{path}"
         self.timeout = timeout
         self._lock = threading.Lock()  # one request in flight
@@ -384,6 +385,7 @@ class VfioUserPciDevice:
             dma_observer=Lacking(f"{self.name}: device DMA happens in the server's process, not seen as it happens"),
             faults=self if self.bench.dma_faults else Lacking(
                 f"{self.name}: the server reports no DMA faults (no vdpa_bench dma_faults capability)"),
+            time_scale=self.time_scale,
         )
 
     def reset(self) -> None:
@@ -458,17 +460,40 @@ def _write_reply(payload: bytes) -> m.RegionAccess:
 
 
 def open_vfio_user(rest: str) -> VfioUserPciDevice:
-    """``vfio-user:PATH[,wire=loopback|none]``: the server's socket path, and what the device's port is
-    connected to when the bench should not find out itself (default: unknown, probed by the suite)."""
-    path, sep, option = rest.partition(",wire=")
+    """``vfio-user:PATH[,wire=loopback|none][,slowdown=N]``: the server's socket path; what the device's port is
+    connected to when the bench should not find out itself (default: unknown, probed by the suite); and how many
+    times slower than hardware the device behind it runs (a simulator: the checks' deadlines stretch by it)."""
+    path, *options = rest.split(",")
     if not path:
         raise ValueError("vfio-user: target needs the server's socket path: vfio-user:PATH")
     wire = WireKind.UNKNOWN
-    if sep:
-        if option not in (WireKind.LOOPBACK, WireKind.NONE):
-            raise ValueError(f"vfio-user:{rest}: wire={option!r} (known: loopback, none)")
-        wire = WireKind(option)
+    time_scale = 1.0
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "wire" and value in (WireKind.LOOPBACK, WireKind.NONE):
+            wire = WireKind(value)
+        elif key == "wire":
+            raise ValueError(f"vfio-user:{rest}: wire={value!r} (known: loopback, none)")
+        elif key == "slowdown":
+            time_scale = _slowdown(rest, value)
+        else:
+            raise ValueError(f"vfio-user:{rest}: unknown option {option!r} (known: wire=loopback|none, slowdown=N)")
     try:
-        return VfioUserPciDevice(path, wire=wire)
+        return VfioUserPciDevice(path, wire=wire, time_scale=time_scale)
     except VfioUserError as exc:  # the registry's callers report OSError/ValueError as a bad target
         raise ConnectionError(str(exc)) from None
+
+
+#: The largest slowdown a target may declare: beyond it a check's one-second deadline would exceed a quarter hour.
+MAX_SLOWDOWN = 1000.0
+
+
+def _slowdown(rest: str, value: str) -> float:
+    """``slowdown=N``: a number from 1 to :data:`MAX_SLOWDOWN`."""
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = float("nan")
+    if not 1.0 <= factor <= MAX_SLOWDOWN:  # also refuses nan
+        raise ValueError(f"vfio-user:{rest}: slowdown={value!r} (a number from 1 to {MAX_SLOWDOWN:g})")
+    return factor

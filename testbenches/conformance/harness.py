@@ -318,7 +318,7 @@ def probe_wire(r: Rig) -> Wire:
     d = r.up(queue_size=64, rx_buffers=16)
     sent: list[bytes] = []
     strangers = 0
-    deadline = time.monotonic() + PROBE_WAIT
+    deadline = time.monotonic() + PROBE_WAIT * r.time_scale
     while (left := deadline - time.monotonic()) > 0:
         if d.queues[TX].num_free >= 2:
             f = make_frame(PROBE_SEQ + len(sent), 64)
@@ -333,7 +333,8 @@ def probe_wire(r: Rig) -> Wire:
             strangers += 1
         d.queues[TX].used()
     r.up(queue_size=64)
-    return Wire(WireKind.NONE, f"{r.pci.name}: probed at bring-up: {len(sent)} frames sent over {PROBE_WAIT}s, none "
+    return Wire(WireKind.NONE, f"{r.pci.name}: probed at bring-up: {len(sent)} frames sent over "
+                               f"{PROBE_WAIT * r.time_scale:g}s, none "
                                f"came back ({strangers} other frames received): the port is not looped back, "
                                "transmitted frames cannot be observed (give wire=loopback to insist)")
 
@@ -374,8 +375,10 @@ class Rig:
         #: How long "no interrupt" is waited for by the ring-level helpers: nothing where a doorbell write
         #: returns after the work and its MSI-X message are done.
         self.quiet = 0.0 if self.abilities.synchronous_doorbell else 0.02
+        #: The target's declared slowdown: every ring-level deadline for what must happen is this many times longer.
+        self.time_scale = max(1.0, self.abilities.time_scale)
         self.doorbells = 0
-        self.patience = TIMEOUT  # drops to FAIL_FAST after the first missed deadline
+        self.patience = TIMEOUT * self.time_scale  # drops to FAIL_FAST after the first missed deadline
 
     # --- what the target declares ----------------------------------------------------------------------
 
@@ -613,7 +616,7 @@ class Rig:
         ring = self.ring(q)
         wait_on = self.drv.vector_fds()
         got: list[UsedBuffer] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.time_scale
         while True:
             try:
                 got += ring.used()
@@ -649,15 +652,15 @@ class Rig:
         return self.drv.irq_fds["rx" if q == RX else "tx"]
 
     def _missed(self) -> None:
-        self.patience = FAIL_FAST
+        self.patience = FAIL_FAST * self.time_scale
 
     def irqs(self, q: int, timeout: float) -> int:
         """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none)."""
         fd = self.irq_fd(q)
-        wait = max(0.0, min(timeout, self.patience))
+        wait = max(0.0, min(timeout * self.time_scale, self.patience))
         ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
-            if wait > self.quiet:
+            if wait > self.quiet * self.time_scale:
                 self._missed()
             return 0
         try:
@@ -674,7 +677,8 @@ class Rig:
         modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed."""
         packed = self.drv.packed.get(q)
         modulo = 2 * packed.size if packed is not None else 0x10000
-        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
+        deadline = time.monotonic() + min((timeout if timeout is not None else TIMEOUT) * self.time_scale,
+                                             self.patience)
         fd = self.irq_fd(q)
         seen = 0
         while self.used_mark(q) != target % modulo:
@@ -713,7 +717,8 @@ class Rig:
         """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
         ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
-        deadline = time.monotonic() + min(timeout if timeout is not None else TIMEOUT, self.patience)
+        deadline = time.monotonic() + min((timeout if timeout is not None else TIMEOUT) * self.time_scale,
+                                             self.patience)
         while len(got) < count:
             for u in ring.used():
                 p = pending.pop(u.head, None)
