@@ -299,156 +299,12 @@ void poll_kicks(Bridge* b) {
 
 // ---- one clock cycle -------------------------------------------------------------------------
 
-void step(Bridge* b) {
+// The design's bus inputs, as the bus models' state says (after clear_buses: no valid, ready for a new
+// AR/AW, a frame out and an interrupt request).
+void drive_inputs(Bridge* b) {
   VbTop* t = b->top;
   const unsigned w = b->w;
   uint8_t beat[128];
-
-  // handshakes at the coming rising edge (outputs settled after the previous falling edge)
-  const bool ar_hs = t->m_axi_arvalid && t->m_axi_arready;
-  const bool r_hs = t->m_axi_rvalid && t->m_axi_rready;
-  const bool aw_hs = t->m_axi_awvalid && t->m_axi_awready;
-  const bool w_hs = t->m_axi_wvalid && t->m_axi_wready;
-  const bool b_hs = t->m_axi_bvalid && t->m_axi_bready;
-  const bool si_hs = t->s_axis_tvalid && t->s_axis_tready;
-  const bool mo_hs = t->m_axis_tvalid && t->m_axis_tready;
-  const bool irq_hs = t->irq_valid && t->irq_ready;
-  const bool law_hs = t->s_axil_awvalid && t->s_axil_awready;
-  const bool lw_hs = t->s_axil_wvalid && t->s_axil_wready;
-  const bool lb_hs = t->s_axil_bvalid && t->s_axil_bready;
-  const bool lar_hs = t->s_axil_arvalid && t->s_axil_arready;
-  const bool lr_hs = t->s_axil_rvalid && t->s_axil_rready;
-
-  // what the design drives with those handshakes, sampled before the edge
-  uint64_t ar_addr = 0, aw_addr = 0;
-  unsigned ar_len = 0, aw_len = 0;
-  if (ar_hs) { ar_addr = t->m_axi_araddr; ar_len = t->m_axi_arlen; }
-  if (aw_hs) { aw_addr = t->m_axi_awaddr; aw_len = t->m_axi_awlen; }
-  bool w_last = false;
-  if (w_hs) {
-    get_bytes(t->m_axi_wdata, beat, w);
-    uint64_t strb = t->m_axi_wstrb;
-    if (b->wr_len + w <= sizeof b->wr_data) {
-      std::memcpy(b->wr_data + b->wr_len, beat, w);
-      for (unsigned k = 0; k < w; k++) b->wr_strb[b->wr_len + k] = (strb >> k) & 1;
-      b->wr_len += w;
-    }
-    w_last = t->m_axi_wlast;
-  }
-  bool mo_last = false;
-  uint32_t mo_dest = 0;
-  if (mo_hs) {
-    get_bytes(t->m_axis_tdata, beat, w);
-    uint64_t keep = t->m_axis_tkeep;
-    for (unsigned k = 0; k < w; k++)
-      if ((keep >> k) & 1) b->tx_cur.push_back(beat[k]);
-    mo_last = t->m_axis_tlast;
-    mo_dest = t->m_axis_tdest;
-  }
-  const uint16_t irq_vec = t->irq_vector;
-  const uint32_t l_rdata = t->s_axil_rdata;
-
-  // rising edge
-  t->clk = 1;
-  t->eval();
-  dump(b, 2 * b->cycles + 1);
-
-  // ---- bus models advance with the handshakes, then drive the next cycle's inputs ----
-  if (ar_hs) {
-    b->rd_active = true;
-    b->rd_addr = ar_addr & ~uint64_t(w - 1);
-    b->rd_left = ar_len + 1;
-    uint64_t size = uint64_t(b->rd_left) * w;
-    b->rd_gone = nullptr;
-    b->rd_host = translate(b, b->rd_addr, size, PERM_READ, &b->rd_gone);
-    b->rd_fault = b->rd_host == nullptr;
-    if (b->observe && !b->rd_fault) b->observe(PERM_READ, b->rd_addr, size);
-  }
-  if (r_hs) {
-    b->rd_addr += w;
-    if (b->rd_host) b->rd_host += w;
-    if (--b->rd_left == 0) b->rd_active = false;
-  }
-  if (aw_hs) {
-    b->wr_active = true;
-    b->wr_resp = false;
-    b->wr_addr = aw_addr & ~uint64_t(w - 1);
-    b->wr_beats = aw_len + 1;
-  }
-  if (w_last) {
-    // the whole burst is here: check the bytes it strobes, then store them (or nothing)
-    size_t n = b->wr_len;
-    size_t first = n, last = 0;
-    for (size_t i = 0; i < n; i++)
-      if (b->wr_strb[i]) { first = std::min(first, i); last = i; }
-    b->wr_fault = false;
-    if (first < n) {
-      uint64_t lo = b->wr_addr + first, size = last - first + 1;
-      const uint64_t* flag = nullptr;
-      uint8_t* host = translate(b, lo, size, PERM_WRITE, &flag);
-      if (host == nullptr) {
-        b->wr_fault = true;
-      } else {
-        // observers see a write before it lands (a monitor snapshots what it overwrites)
-        if (b->observe) b->observe(PERM_WRITE, lo, size);
-        size_t i = first;
-        while (i <= last) {
-          if (!b->wr_strb[i]) { i++; continue; }
-          size_t j = i;
-          while (j <= last && b->wr_strb[j]) j++;
-          store(host + (i - first), &b->wr_data[i], unsigned(j - i));
-          i = j;
-        }
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        if (gone(flag)) {  // a page of it went with the file: the stores landed on the guard's private page
-          record_fault(b, lo, size, PERM_WRITE, FAULT_GONE);
-          b->wr_fault = true;
-        }
-      }
-    }
-    b->wr_len = 0;
-    b->wr_resp = true;
-  }
-  if (b_hs) {
-    b->wr_active = false;
-    b->wr_resp = false;
-  }
-  if (si_hs) {
-    Frame& f = b->rx_fifo.front();
-    b->rx_pos += w;
-    if (b->rx_pos >= f.data.size()) {
-      b->rx_fifo.pop_front();
-      b->rx_pos = 0;
-    }
-  }
-  if (mo_last) {
-    b->tx_out.push_back(Frame{std::move(b->tx_cur), mo_dest});
-    b->tx_cur.clear();
-    b->events |= EV_FRAMES;
-  }
-  if (irq_hs) {
-    b->irqs.push_back(irq_vec);
-    b->events |= EV_IRQS;
-  }
-  // AXI4-Lite master
-  if (b->axil_busy) {
-    if (law_hs) b->axil_aw = true;
-    if (lw_hs) b->axil_w = true;
-    if (lar_hs) b->axil_ar = true;
-    if (lb_hs || lr_hs) {
-      if (lr_hs) b->axil_rdata = l_rdata;
-      b->axil_done_id = b->axil_cur.id;
-      b->axil_busy = false;
-    }
-  }
-  if (!b->axil_busy && !b->axil_q.empty()) {
-    b->axil_cur = b->axil_q.front();
-    b->axil_q.pop_front();
-    b->axil_busy = true;
-    b->axil_aw = b->axil_w = b->axil_ar = false;
-  }
-
-  // inputs for the next cycle
   t->m_axi_arready = !b->rd_active;
   t->m_axi_rvalid = b->rd_active;
   if (b->rd_active) {
@@ -504,6 +360,132 @@ void step(Bridge* b) {
   t->s_axil_arvalid = b->axil_busy && !c.write && !b->axil_ar;
   t->s_axil_araddr = c.addr;
   t->s_axil_rready = b->axil_busy && !c.write;
+}
+
+
+void step(Bridge* b) {
+  VbTop* t = b->top;
+  const unsigned w = b->w;
+  uint8_t beat[128];
+
+  // ---- the bus models take the transfers of the coming rising edge, read from the design's outputs as
+  // they settled after the previous falling edge (nothing here changes an input before the edge) ----
+  if (t->m_axi_arvalid && t->m_axi_arready) {
+    b->rd_active = true;
+    b->rd_addr = t->m_axi_araddr & ~uint64_t(w - 1);
+    b->rd_left = t->m_axi_arlen + 1;
+    uint64_t size = uint64_t(b->rd_left) * w;
+    b->rd_gone = nullptr;
+    b->rd_host = translate(b, b->rd_addr, size, PERM_READ, &b->rd_gone);
+    b->rd_fault = b->rd_host == nullptr;
+    if (b->observe && !b->rd_fault) b->observe(PERM_READ, b->rd_addr, size);
+  }
+  if (t->m_axi_rvalid && t->m_axi_rready) {
+    b->rd_addr += w;
+    if (b->rd_host) b->rd_host += w;
+    if (--b->rd_left == 0) b->rd_active = false;
+  }
+  if (t->m_axi_awvalid && t->m_axi_awready) {
+    b->wr_active = true;
+    b->wr_resp = false;
+    b->wr_addr = t->m_axi_awaddr & ~uint64_t(w - 1);
+    b->wr_beats = t->m_axi_awlen + 1;
+  }
+  const bool w_hs = t->m_axi_wvalid && t->m_axi_wready;
+  if (w_hs) {
+    get_bytes(t->m_axi_wdata, beat, w);
+    uint64_t strb = t->m_axi_wstrb;
+    if (b->wr_len + w <= sizeof b->wr_data) {
+      std::memcpy(b->wr_data + b->wr_len, beat, w);
+      for (unsigned k = 0; k < w; k++) b->wr_strb[b->wr_len + k] = (strb >> k) & 1;
+      b->wr_len += w;
+    }
+  }
+  if (w_hs && t->m_axi_wlast) {
+    // the whole burst is here: check the bytes it strobes, then store them (or nothing)
+    size_t n = b->wr_len;
+    size_t first = n, last = 0;
+    for (size_t i = 0; i < n; i++)
+      if (b->wr_strb[i]) { first = std::min(first, i); last = i; }
+    b->wr_fault = false;
+    if (first < n) {
+      uint64_t lo = b->wr_addr + first, size = last - first + 1;
+      const uint64_t* flag = nullptr;
+      uint8_t* host = translate(b, lo, size, PERM_WRITE, &flag);
+      if (host == nullptr) {
+        b->wr_fault = true;
+      } else {
+        // observers see a write before it lands (a monitor snapshots what it overwrites)
+        if (b->observe) b->observe(PERM_WRITE, lo, size);
+        size_t i = first;
+        while (i <= last) {
+          if (!b->wr_strb[i]) { i++; continue; }
+          size_t j = i;
+          while (j <= last && b->wr_strb[j]) j++;
+          store(host + (i - first), &b->wr_data[i], unsigned(j - i));
+          i = j;
+        }
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        if (gone(flag)) {  // a page of it went with the file: the stores landed on the guard's private page
+          record_fault(b, lo, size, PERM_WRITE, FAULT_GONE);
+          b->wr_fault = true;
+        }
+      }
+    }
+    b->wr_len = 0;
+    b->wr_resp = true;
+  }
+  if (t->m_axi_bvalid && t->m_axi_bready) {
+    b->wr_active = false;
+    b->wr_resp = false;
+  }
+  if (t->s_axis_tvalid && t->s_axis_tready) {
+    Frame& f = b->rx_fifo.front();
+    b->rx_pos += w;
+    if (b->rx_pos >= f.data.size()) {
+      b->rx_fifo.pop_front();
+      b->rx_pos = 0;
+    }
+  }
+  if (t->m_axis_tvalid && t->m_axis_tready) {
+    get_bytes(t->m_axis_tdata, beat, w);
+    uint64_t keep = t->m_axis_tkeep;
+    for (unsigned k = 0; k < w; k++)
+      if ((keep >> k) & 1) b->tx_cur.push_back(beat[k]);
+    if (t->m_axis_tlast) {
+      b->tx_out.push_back(Frame{std::move(b->tx_cur), uint32_t(t->m_axis_tdest)});
+      b->tx_cur.clear();
+      b->events |= EV_FRAMES;
+    }
+  }
+  if (t->irq_valid && t->irq_ready) {
+    b->irqs.push_back(t->irq_vector);
+    b->events |= EV_IRQS;
+  }
+  // AXI4-Lite master
+  if (b->axil_busy) {
+    if (t->s_axil_awvalid && t->s_axil_awready) b->axil_aw = true;
+    if (t->s_axil_wvalid && t->s_axil_wready) b->axil_w = true;
+    if (t->s_axil_arvalid && t->s_axil_arready) b->axil_ar = true;
+    const bool read_done = t->s_axil_rvalid && t->s_axil_rready;
+    if (read_done || (t->s_axil_bvalid && t->s_axil_bready)) {
+      if (read_done) b->axil_rdata = t->s_axil_rdata;
+      b->axil_done_id = b->axil_cur.id;
+      b->axil_busy = false;
+    }
+  }
+  if (!b->axil_busy && !b->axil_q.empty()) {
+    b->axil_cur = b->axil_q.front();
+    b->axil_q.pop_front();
+    b->axil_busy = true;
+    b->axil_aw = b->axil_w = b->axil_ar = false;
+  }
+
+  // rising edge, then the inputs of the next cycle
+  t->clk = 1;
+  t->eval();
+  dump(b, 2 * b->cycles + 1);
+  drive_inputs(b);
 
   // falling edge: the new inputs settle
   t->clk = 0;
@@ -538,20 +520,7 @@ void clear_buses(Bridge* b) {
   b->rx_fifo.clear();
   b->rx_pos = 0;
   b->tx_cur.clear();
-  VbTop* t = b->top;
-  t->m_axi_arready = 1;
-  t->m_axi_rvalid = 0;
-  t->m_axi_awready = 1;
-  t->m_axi_wready = 0;
-  t->m_axi_bvalid = 0;
-  t->s_axis_tvalid = 0;
-  t->m_axis_tready = 1;
-  t->irq_ready = 1;
-  t->s_axil_awvalid = 0;
-  t->s_axil_wvalid = 0;
-  t->s_axil_bready = 0;
-  t->s_axil_arvalid = 0;
-  t->s_axil_rready = 0;
+  drive_inputs(b);
 }
 
 }  // namespace
