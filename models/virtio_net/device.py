@@ -161,7 +161,6 @@ class VirtioNetDevice(VirtioPciFunction):
         self.bulk_tx = self._stock("tx_frame", "used_len_for")
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
         self.packed_bulk_tx = packed_fast.bulk_ok(self)
-        self._packed_tx_maps: dict[int, packed_fast.TxMaps] = {}
 
     def _stock(self, *hooks: str) -> bool:
         """True when this class keeps VirtioNetDevice's own version of every named hook."""
@@ -254,10 +253,11 @@ class VirtioNetDevice(VirtioPciFunction):
         packed_datapath.process(self, q)
 
     def packed_tx_maps(self, q: PackedQueue) -> packed_fast.TxMaps:
-        """The bulk TX path's arrays over packed queue ``q``, kept from one service call to the next."""
-        maps = self._packed_tx_maps.get(q.index)
-        if maps is None or maps.q is not q:
-            maps = self._packed_tx_maps[q.index] = packed_fast.TxMaps(q)
+        """The bulk TX path's arrays over packed queue ``q``, kept from one service call to the next (until the queue
+        resets)."""
+        maps = q.bulk_state
+        if not isinstance(maps, packed_fast.TxMaps):
+            maps = q.bulk_state = packed_fast.TxMaps(q)
         return maps
 
     def _process_tx(self, q: SplitQueue) -> None:

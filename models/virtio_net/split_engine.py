@@ -213,8 +213,6 @@ class VirtQueue:
         self.dma = dma
         self.notify_off = index
         self.batch_dma: BatchDma | None = dma if isinstance(dma, BatchDma) else None
-        self._read_areas: list[_Area] = []
-        self._write_areas: list[_Area] = []
         self.reset()
 
     def reset(self) -> None:
@@ -228,6 +226,11 @@ class VirtQueue:
         self.event_idx = False
         self.indirect = False
         self.in_order = False
+        # Arrays over guest memory go with the reset: held, they would keep an unmapped region's file open.
+        self._read_areas: list[_Area] = []
+        self._write_areas: list[_Area] = []
+        #: What a device's bulk path keeps over this queue's ring between service calls (dropped likewise).
+        self.bulk_state: object | None = None
 
     def activate(self, *, event_idx: bool, indirect: bool, in_order: bool) -> None:
         """Freeze the negotiated ring features when the queue goes live."""
