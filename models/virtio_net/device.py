@@ -55,6 +55,12 @@ _MAPPINGS_PER_ROUND = 4
 #: How long the TX side keeps looking at avail idx, once empty, while a driver is adding buffers as fast as they
 #: are taken (vhost-net's busyloop): a kick and wake-up per burst costs more, and moves the thread about.
 _POLL_SECONDS = 50e-6
+#: A TX round costs about the same fixed time for 30 chains as for 250; while a producer is at work, a round
+#: that would take fewer than _GATHER_CHAINS looks again for up to _GATHER_SECONDS as more become available
+#: (make bench, queue size 256, 64-byte txonly: 6.9 -> 8.0 Mpps median of three; at 1024 rounds are larger
+#: and it rarely applies). A bounded look, never a wait.
+_GATHER_CHAINS = 128
+_GATHER_SECONDS = 20e-6
 
 
 def parse_mac(mac: str | bytes) -> bytes:
@@ -292,6 +298,8 @@ class VirtioNetDevice(VirtioPciFunction):
                     # cost that would otherwise dominate.
                     q.write_used_flags(VRING_USED_F_NO_NOTIFY)
                     quiet = True
+                if rounds and pending < min(q.size // 2, _GATHER_CHAINS):
+                    pending = self._gather_avail(q, pending)
                 self._tx_round(q, pending)
                 rounds += 1
             if q.event_idx:
@@ -318,6 +326,18 @@ class VirtioNetDevice(VirtioPciFunction):
                 with contextlib.suppress(DmaFaultError):
                     q.write_used_flags(0)
             raise
+
+    def _gather_avail(self, q: SplitQueue, pending: int) -> int:
+        """While a producer is at work (a round already ran), a short round pays the round's whole fixed cost for a
+        few chains: look again as more become available, until _GATHER_CHAINS (at most half the ring) are or
+        _GATHER_SECONDS passed."""
+        deadline = time.perf_counter() + _GATHER_SECONDS
+        want = min(q.size // 2, _GATHER_CHAINS)
+        while time.perf_counter() < deadline:
+            pending = q.available()
+            if pending >= want:
+                break
+        return pending
 
     def _poll_avail(self, q: SplitQueue) -> int:
         """Entries that become available within _POLL_SECONDS (0 if none): a bounded look, never a wait."""

@@ -247,7 +247,8 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
     dev._transmit_batch(FrameBatch(data, lens, uniform if uniform >= 0 else None))
     if q.in_order and dev.in_order_batch:
         ids = ids[-1:]  # one used descriptor for the batch, with the last Buffer ID (2.8.8)
-    put_used(words, old[0], old[1], ids)
+    if len(ids) > 1:  # the first is written last, below; a single one needs no compiled call
+        put_used(words, old[0], old[1], ids)
     _write_first_used(q, old, int(ids[0]))
     new = advance(old[0], old[1], n, q.size)
     q.next_used, q.used_wrap = new
