@@ -273,7 +273,7 @@ class VirtioNetDevice(VirtioPciFunction):
             for _ in range(_MAX_TX_ROUNDS):
                 pending = q.available()
                 if not pending and rounds > 1:  # more came while the last rounds ran: a producer is at work
-                    pending = self._poll_avail(q)
+                    pending = self._look_avail(q, 0, 1, _POLL_SECONDS)
                 if not pending:
                     if q.event_idx:
                         # Ask for a kick at the next avail entry, then look again: the driver may have added
@@ -298,8 +298,10 @@ class VirtioNetDevice(VirtioPciFunction):
                     # cost that would otherwise dominate.
                     q.write_used_flags(VRING_USED_F_NO_NOTIFY)
                     quiet = True
-                if rounds and pending < min(q.size // 2, _GATHER_CHAINS):
-                    pending = self._gather_avail(q, pending)
+                if rounds:
+                    # A short round pays the whole fixed cost for a few chains: gather up to _GATHER_CHAINS (at most
+                    # half the ring) while the producer adds them.
+                    pending = self._look_avail(q, pending, min(q.size // 2, _GATHER_CHAINS), _GATHER_SECONDS)
                 self._tx_round(q, pending)
                 rounds += 1
             if q.event_idx:
@@ -327,26 +329,18 @@ class VirtioNetDevice(VirtioPciFunction):
                     q.write_used_flags(0)
             raise
 
-    def _gather_avail(self, q: SplitQueue, pending: int) -> int:
-        """While a producer is at work (a round already ran), a short round pays the round's whole fixed cost for a
-        few chains: look again as more become available, until _GATHER_CHAINS (at most half the ring) are or
-        _GATHER_SECONDS passed."""
-        deadline = time.perf_counter() + _GATHER_SECONDS
-        want = min(q.size // 2, _GATHER_CHAINS)
+    @staticmethod
+    def _look_avail(q: SplitQueue, pending: int, want: int, seconds: float) -> int:
+        """``pending`` entries available, looked at again until ``want`` are or ``seconds`` passed: a bounded look,
+        never a wait (the busy look for a producer at work, and the gathering of a short round)."""
+        if pending >= want:
+            return pending
+        deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             pending = q.available()
             if pending >= want:
                 break
         return pending
-
-    def _poll_avail(self, q: SplitQueue) -> int:
-        """Entries that become available within _POLL_SECONDS (0 if none): a bounded look, never a wait."""
-        deadline = time.perf_counter() + _POLL_SECONDS
-        while time.perf_counter() < deadline:
-            pending = q.available()
-            if pending:
-                return pending
-        return 0
 
     def _tx_round(self, q: SplitQueue, pending: int) -> None:
         """Take ``pending`` available TX chains, put their frames on the wire, return them in one used update."""
