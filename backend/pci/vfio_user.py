@@ -43,6 +43,7 @@ from backend.pci.device import (
     RegionFlags,
     RegionInfo,
 )
+from backend.targets import parse_spec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -463,21 +464,14 @@ def open_vfio_user(rest: str) -> VfioUserPciDevice:
     """``vfio-user:PATH[,wire=loopback|none][,slowdown=N]``: the server's socket path; what the device's port is
     connected to when the bench should not find out itself (default: unknown, probed by the suite); and how many
     times slower than hardware the device behind it runs (a simulator: the checks' deadlines stretch by it)."""
-    path, *options = rest.split(",")
+    path, opts = parse_spec("vfio-user", rest, ("wire", "slowdown"))
     if not path:
         raise ValueError("vfio-user: target needs the server's socket path: vfio-user:PATH")
-    wire = WireKind.UNKNOWN
-    time_scale = 1.0
-    for option in options:
-        key, _, value = option.partition("=")
-        if key == "wire" and value in (WireKind.LOOPBACK, WireKind.NONE):
-            wire = WireKind(value)
-        elif key == "wire":
-            raise ValueError(f"vfio-user:{rest}: wire={value!r} (known: loopback, none)")
-        elif key == "slowdown":
-            time_scale = _slowdown(rest, value)
-        else:
-            raise ValueError(f"vfio-user:{rest}: unknown option {option!r} (known: wire=loopback|none, slowdown=N)")
+    value = opts.get("wire")
+    if value is not None and value not in (WireKind.LOOPBACK, WireKind.NONE):
+        raise ValueError(f"vfio-user:{rest}: wire={value!r} (known: loopback, none)")
+    wire = WireKind(value or WireKind.UNKNOWN)
+    time_scale = _slowdown(rest, opts["slowdown"]) if "slowdown" in opts else 1.0
     try:
         return VfioUserPciDevice(path, wire=wire, time_scale=time_scale)
     except VfioUserError as exc:  # the registry's callers report OSError/ValueError as a bad target
