@@ -110,3 +110,17 @@ class FdChannel:
         sent = socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
         if sent < len(data):
             self.sock.sendall(data[sent:])
+
+
+def not_an_eventfd(fd: int) -> str | None:
+    """Why ``fd`` cannot serve as a kick or call eventfd (what it is instead), or None when it is an eventfd.
+
+    A frontend may pass any fd where the protocol says eventfd; a regular file or a socket would be accepted
+    by a device's doorbell and fail only when polled or written, far from the message that brought it."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return f"not an open fd ({exc.strerror})"
+    if target == "anon_inode:[eventfd]":
+        return None
+    return f"{target!r}, not an eventfd"

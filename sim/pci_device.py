@@ -171,7 +171,6 @@ class SimPciDevice(EndpointPciAccess):
     def ioeventfd(self, index: int, offset: int, width: int, value: int | None, fd: int) -> bool:
         self._check_bar(index)
         key = (index, offset, fd)
-        self._ioeventfds[key] = (width, value)
 
         def fire() -> None:
             # Readable means the counter is non-zero and the loop is its only reader, so this
@@ -181,7 +180,11 @@ class SimPciDevice(EndpointPciAccess):
             data = (v if v is not None else 0).to_bytes(w, "little")
             self.endpoint.bar_write(index, offset, data)
 
-        self.loop.watch(fd, fire)
+        try:
+            self.loop.watch(fd, fire)
+        except (OSError, ValueError) as exc:  # not pollable (a regular file) or not an fd: nothing is kept
+            raise PciError(f"{self.name}: ioeventfd on fd {fd}: {exc}") from None
+        self._ioeventfds[key] = (width, value)
         return True
 
     def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import select
 import struct
+import tempfile
 import threading
 
 import pytest
 
-from backend.pci.device import DmaFaultError, DmaPerm, IrqIndex, RegionIndex, config_read, config_write
+from backend.pci.device import (
+    DmaFaultError,
+    DmaPerm,
+    IrqIndex,
+    PciError,
+    RegionIndex,
+    config_read,
+    config_write,
+)
 from backend.virtio.pci_regs import (
     MSIX_CONTROL_FUNCTION_MASK,
     PCI_COMMAND_MASTER,
@@ -157,3 +166,16 @@ def test_ioeventfd_performs_the_register_write() -> None:
     finally:
         dev.close()
         os.close(kick)
+
+
+def test_ioeventfd_on_an_unpollable_fd_is_refused_and_keeps_nothing() -> None:
+    """A regular file cannot be waited on: the refusal names the fd and no registration is left behind
+    (a kept one would outlive the session that made it, and fire on whatever later reuses the number)."""
+    ep, _ = _endpoint(threading.Event())
+    dev = SimPciDevice(ep)
+    try:
+        with tempfile.TemporaryFile() as f, pytest.raises(PciError, match=f"ioeventfd on fd {f.fileno()}"):
+            dev.ioeventfd(0, 0x0, 4, 1, f.fileno())
+        assert not dev._ioeventfds and dev.loop.watched == 0
+    finally:
+        dev.close()

@@ -145,7 +145,7 @@ def bad_ops(draw: st.DrawFn, lim: Limits) -> Op:
     bad_q = draw(st.integers(lim.vq_count, 2**32 - 1) | st.integers(lim.vq_count, lim.vq_count + 8))
     bad_q8 = draw(st.integers(lim.vq_count, 255))
     q = draw(st.integers(0, lim.vq_count - 1))
-    kind = draw(st.integers(0, 16))
+    kind = draw(st.integers(0, 17))
     if kind == 0:
         req = draw(st.sampled_from([R.SET_VRING_NUM, R.SET_VRING_BASE, R.SET_VRING_ENABLE]))
         return Op(f"{req.name} queue {bad_q}", req, wire(req, state(bad_q, draw(U32))), Form.ACKED, True)
@@ -179,6 +179,9 @@ def bad_ops(draw: st.DrawFn, lim: Limits) -> Op:
         num = draw(st.integers(2, 2**32 - 1))
         return Op(f"SET_VRING_ENABLE {num}", R.SET_VRING_ENABLE, wire(R.SET_VRING_ENABLE, state(q, num)),
                   Form.ACKED, True)
+    if kind == 16:  # a memory file where an eventfd belongs: refused before any device sees it
+        req = draw(st.sampled_from([R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR]))
+        return Op(f"{req.name} with a memfd", req, wire(req, u64(q)), Form.ACKED, True, ("mem",))
     if kind == 8:
         return Op("SET_VRING_KICK nofd", R.SET_VRING_KICK, wire(R.SET_VRING_KICK, u64(q | m.VRING_NOFD_MASK)),
                   Form.ACKED, True)

@@ -348,7 +348,11 @@ class VirtioPciVdpaDevice:
         bar, off, width = self.transport.notify_location(index)
         value = self.transport.notify_value(index)
         fd = vq.kick_fd
-        if self.pci.ioeventfd(bar, off, width, value, fd):
+        try:
+            taken = self.pci.ioeventfd(bar, off, width, value, fd)
+        except PciError as exc:
+            raise VdpaError(f"virtqueue {index}: kick eventfd {fd} refused as its doorbell: {exc}") from None
+        if taken:
             vq.kick = (bar, off, fd)
             return
         # The device cannot take the eventfd as its doorbell: relay it (the report says so).
@@ -358,7 +362,10 @@ class VirtioPciVdpaDevice:
             if consume_eventfd(fd):
                 transport.notify(index, value, location=location)
 
-        self._relay_thread().watch(fd, relay)
+        try:
+            self._relay_thread().watch(fd, relay)
+        except (OSError, ValueError) as exc:
+            raise VdpaError(f"virtqueue {index}: kick eventfd {fd} cannot be relayed: {exc}") from None
         vq.relayed = True
 
     def _unregister_kick(self, vq: _Vq) -> None:

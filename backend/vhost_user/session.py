@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
-from backend.fd_channel import close_fds
+from backend.fd_channel import close_fds, not_an_eventfd
 from backend.pci.device import PciError
 from backend.vhost_user import messages as m
 from backend.vhost_user.backend_channel import BackendChannelError
@@ -613,6 +613,9 @@ class VhostUserSession:
             raise
         fd = fds[0] if fds else None
         R = m.FrontendRequest
+        if fd is not None and (problem := not_an_eventfd(fd)) is not None:
+            self._close_fds(fds)
+            raise SessionError(f"ring {f.index}: {request.name} fd is {problem}")
         if request is R.SET_VRING_KICK:
             if fd is None:
                 raise SessionError(f"ring {f.index}: polling mode (kick without fd) is not supported")
