@@ -31,6 +31,13 @@ DEVICE_CFG_OFF, DEVICE_CFG_LEN = 0x2000, 0xC
 NOTIFY_OFF = 0x3000
 NOTIFY_OFF_MULTIPLIER = 4
 VQ_STATE_OFF, VQ_STATE_STRIDE = 0x3800, 4  # vendor block: {used_idx, last_avail_idx} per queue (README)
+VQ_STATE_MAX_QUEUES = (0x3F00 - VQ_STATE_OFF) // VQ_STATE_STRIDE  # queues the vq state block reaches (448)
+#: Vendor dirty page log block (README "Vendor dirty page log block (0x3F00)"): 32-bit registers at these offsets.
+DIRTY_LOG_OFF = 0x3F00
+LOG_BASE_LO, LOG_BASE_HI, LOG_PAGES, LOG_CTRL, LOG_STATUS = (DIRTY_LOG_OFF + 4 * i for i in range(5))
+LOG_CTRL_ENABLE, LOG_CTRL_BUSY = 0x1, 0x2  # ENABLE (RW), BUSY (RO: a log write is in flight)
+LOG_STATUS_OVERFLOW, LOG_STATUS_FAULT = 0x1, 0x2  # write 1 to clear; both cleared when ENABLE goes 0->1
+LOG_PAGE_SHIFT = 12  # byte p of the bytemap stands for IOVA [p << 12, (p + 1) << 12)
 MSIX_TABLE_OFF, MSIX_PBA_OFF = 0x4000, 0x5000  # served by the bridge, not the RTL
 BAR0_SIZE = 0x8000
 AXIL_SPAN = 0x4000  # what the AXI4-Lite slave decodes

@@ -102,6 +102,10 @@ module virtio_net_top
   logic [1:0]                  vqs_wr_half;
   err_e                        fail_code, last_err;
   assign last_err_code = last_err;
+  // VNET_LOG_PORTS: the dirty page log block's registers (u_regs) and its write unit (u_engine's DMA)
+  logic                        log_enable, log_busy, log_overflow, log_fault;
+  logic [63:0]                 log_base;
+  logic [31:0]                 log_pages;
 
   virtio_pci_regs #(
     .NUM_QUEUES(NUM_QUEUES), .MAX_QUEUE_SIZE(MAX_QUEUE_SIZE), .MSIX_VECTORS(MSIX_VECTORS),

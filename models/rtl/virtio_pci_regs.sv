@@ -2,7 +2,9 @@
 //   0x0000 common configuration (4.1.4.3)       0x2000 virtio-net device configuration (5.1.4)
 //   0x1000 ISR status, read to clear (4.1.4.5)   0x3000 notification doorbells (4.1.4.4)
 //   0x3800 vendor block: per-queue {used_idx, last_avail_idx} (vq state for vDPA set/get_vq_state; on packed
-//          rings {used wrap, used offset, avail wrap, avail offset}, vhost-user's packed state)
+//          rings {used wrap, used offset, avail wrap, avail offset}, vhost-user's packed state), queues 0..447
+//   0x3F00 vendor block: dirty page log (LOG_BASE_LO/HI, LOG_PAGES, LOG_CTRL, LOG_STATUS); the DMA unit
+//          (vnet_dma) makes the log writes, this block holds the settings and the status
 // plus the interrupt unit: queue and configuration notifications become MSI-X requests
 // (vector + valid/ready) or ISR bits and the INTx level, as the function's MSI-X enable says.
 //
@@ -48,6 +50,10 @@ module virtio_pci_regs
 );
   localparam logic [31:0] NOTIFY_LEN = NOTIFY_OFF_MULTIPLIER * (NUM_QUEUES - 1) + 2;
   localparam logic [11:0] VQS_OFF    = 12'h800;  // vendor vq state block inside the notify page
+  localparam logic [11:0] LOG_OFF    = 12'hF00;  // vendor dirty page log block, five words
+  // dirty page log registers, by offset - LOG_OFF
+  localparam logic [7:0]  LOG_BASE_LO = 8'h00, LOG_BASE_HI = 8'h04, LOG_PAGES = 8'h08, LOG_CTRL = 8'h0C,
+                          LOG_STATUS = 8'h10;
 
   // ---- state ------------------------------------------------------------------------------------
   logic [31:0] device_feature_select, driver_feature_select;
@@ -63,6 +69,7 @@ module virtio_pci_regs
   logic [NUM_QUEUES-1:0][15:0] q_vector;
   logic [NUM_QUEUES-1:0]       irq_pending;
   logic        cfg_irq_pending;
+  logic [1:0]  log_status;  // {FAULT, OVERFLOW}, write 1 to clear
 
   assign device_status = status;
   assign dev_reset_req = resetting;
@@ -163,7 +170,16 @@ module virtio_pci_regs
         4'h8: rd_word = {MTU, MAX_VQ_PAIRS};
         default: rd_word = 32'h0;
       endcase
-      2'd3: if (ra >= VQS_OFF && 32'(ra[10:2]) < NUM_QUEUES) begin
+      2'd3: if (ra >= LOG_OFF) begin
+        unique case ({ra[7:2], 2'b00})
+          LOG_BASE_LO: rd_word = log_base[31:0];
+          LOG_BASE_HI: rd_word = log_base[63:32];
+          LOG_PAGES:   rd_word = log_pages;
+          LOG_CTRL:    rd_word = {30'h0, log_busy, log_enable};
+          LOG_STATUS:  rd_word = {30'h0, log_status};
+          default:     rd_word = 32'h0;
+        endcase
+      end else if (ra >= VQS_OFF && 32'(ra[10:2]) < NUM_QUEUES) begin
         rd_word = {vqs_used_idx[QW'(ra[10:2])], vqs_last_avail[QW'(ra[10:2])]};
       end
       default: rd_word = 32'h0;
@@ -175,10 +191,11 @@ module virtio_pci_regs
   logic [1:0]  wreg;
   assign wa   = aw_addr[11:0];
   assign wreg = aw_addr[13:12];
-  logic wr_common, wr_notify, wr_vqs;
+  logic wr_common, wr_notify, wr_vqs, wr_log;
   assign wr_common = do_write && wreg == 2'd0 && wa < 12'(COMMON_CFG_LEN);
   assign wr_notify = do_write && wreg == 2'd3 && 32'(wa) < NOTIFY_LEN;
-  assign wr_vqs    = do_write && wreg == 2'd3 && wa >= VQS_OFF && 32'(wa[10:2]) < NUM_QUEUES;
+  assign wr_vqs    = do_write && wreg == 2'd3 && wa >= VQS_OFF && wa < LOG_OFF && 32'(wa[10:2]) < NUM_QUEUES;
+  assign wr_log    = do_write && wreg == 2'd3 && wa >= LOG_OFF && !resetting;
   logic [3:0] wword;  // common_cfg_word_e
   assign wword = wa[5:2];
 
@@ -218,6 +235,7 @@ module virtio_pci_regs
       q_size <= {NUM_QUEUES{16'(MAX_QUEUE_SIZE)}}; q_desc <= '0; q_driver <= '0; q_device <= '0;
       irq_pending <= '0; cfg_irq_pending <= 1'b0; irq_valid <= 1'b0; irq_vector <= NO_VECTOR;
       last_err_code <= ERR_NONE; last_err_queue <= '0; err_count <= '0;
+      log_enable <= 1'b0; log_base <= '0; log_pages <= '0; log_status <= '0;
     end else begin
       // -- AXI-Lite handshakes
       if (s_axil_awvalid && s_axil_awready) begin aw_got <= 1'b1; aw_addr <= s_axil_awaddr; end
@@ -285,6 +303,24 @@ module virtio_pci_regs
           default: ;
         endcase
       end
+
+      // -- dirty page log: base and pages fixed while enabled; ENABLE 0->1 clears the status; the DMA unit's
+      //    OVERFLOW / FAULT events win over a write-1-to-clear in the same cycle
+      if (wr_log) begin
+        unique case ({wa[7:2], 2'b00})
+          LOG_BASE_LO: if (!log_enable) log_base[31:0]  <= merge32(log_base[31:0], w_data, w_strb);
+          LOG_BASE_HI: if (!log_enable) log_base[63:32] <= merge32(log_base[63:32], w_data, w_strb);
+          LOG_PAGES:   if (!log_enable) log_pages <= merge32(log_pages, w_data, w_strb);
+          LOG_CTRL: if (w_strb[0]) begin
+            log_enable <= w_data[0];
+            if (w_data[0] && !log_enable) log_status <= 2'b00;
+          end
+          LOG_STATUS: if (w_strb[0]) log_status <= log_status & ~w_data[1:0];
+          default: ;
+        endcase
+      end
+      if (log_overflow) log_status[0] <= 1'b1;
+      if (log_fault)    log_status[1] <= 1'b1;
 
       // -- driver errors: DEVICE_NEEDS_RESET, once (STATUS-DEV-02)
       if (any_fail) begin
@@ -363,6 +399,10 @@ module virtio_pci_regs
         q_device              <= '0;
         irq_pending           <= '0;
         cfg_irq_pending       <= 1'b0;
+        log_enable            <= 1'b0;  // the engine acknowledges in its idle state: no log write in flight
+        log_base              <= '0;
+        log_pages             <= '0;
+        log_status            <= '0;
       end
     end
   end

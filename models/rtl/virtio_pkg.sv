@@ -5,7 +5,8 @@
 package virtio_pkg;
 
   // ---- BAR0 layout (README.md): common 0x0000, ISR 0x1000, device 0x2000, notify 0x3000, ------
-  // ---- vendor vq state 0x3800; MSI-X table 0x4000 and PBA 0x5000 belong to the bridge ---------
+  // ---- vendor vq state 0x3800, vendor dirty page log 0x3F00; MSI-X table 0x4000 and PBA -------
+  // ---- 0x5000 belong to the bridge --------------------------------------------------------------
   localparam logic [31:0] COMMON_CFG_LEN     = 32'h40;
   localparam logic [31:0] NET_CFG_LEN        = 32'hC;   // mac, status, max_virtqueue_pairs, mtu
   localparam logic [31:0] NOTIFY_OFF_MULTIPLIER = 4;
@@ -189,6 +190,17 @@ endpackage
   to_tx  logic                p``_tready, \
   to_rx  logic [PAIR_W-1:0]   p``_tdest
 
+// The dirty page log block (BAR0 0x3F00, README.md): the register block's settings toward the DMA unit
+// (to_dma: through the ring engine) and the DMA unit's state and events back (to_regs). log_overflow and
+// log_fault are one-cycle pulses that set LOG_STATUS bits; log_busy is high while a log write is in flight.
+`define VNET_LOG_PORTS(to_dma, to_regs) \
+  to_dma  logic                          log_enable, \
+  to_dma  logic [63:0]                   log_base, \
+  to_dma  logic [31:0]                   log_pages, \
+  to_regs logic                          log_busy, \
+  to_regs logic                          log_overflow, \
+  to_regs logic                          log_fault
+
 // Between the register block and the ring engine: configuration and requests to the engine
 // (to_engine), the engine's progress, acknowledgements, errors and interrupts back (to_regs)
 `define VNET_ENGINE_PORTS(to_engine, to_regs) \
@@ -215,7 +227,8 @@ endpackage
   to_regs   virtio_pkg::err_e            fail_code, \
   to_regs   logic [QW-1:0]               fail_queue, \
   to_regs   logic                        q_irq_valid, \
-  to_regs   logic [QW-1:0]               q_irq_queue
+  to_regs   logic [QW-1:0]               q_irq_queue, \
+  `VNET_LOG_PORTS(to_engine, to_regs)
 
 // The engine's statistics, which the top passes out
 `define VNET_STAT_PORTS \

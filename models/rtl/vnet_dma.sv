@@ -14,6 +14,17 @@
 // response: everything the engine wrote earlier is visible before the next command
 // starts, which is the ordering the split ring needs (buffers, then used elements, then
 // used idx).
+//
+// Dirty page log (README.md, BAR0 0x3F00): while log_enable is set, a write burst the host
+// accepted (B OKAY) leaves its 4 KiB page pending (a burst never crosses a page); when the
+// command moves on to another page or ends, the pending page p gets its log write, the byte
+// 0x01 at log_base + p, a one-beat burst on this same master, before the next burst or the
+// done pulse. So the engine never sees a write done (and never writes a used idx after it)
+// before the write is in the log. p >= log_pages pulses log_overflow instead; a log write
+// the host refuses, or a log address beyond ADDR_W, pulses log_fault. Log writes are not
+// logged; a refused guest burst logs nothing of its own; cmd_nolog leaves a command unlogged.
+// log_enable 0 lets no new log write start (a pending page is dropped); log_busy is high
+// while one is in flight.
 module vnet_dma #(
   parameter logic [31:0] ADDR_W    = 64,
   parameter logic [31:0] DATA_W    = 64,   // 32..1024
@@ -34,6 +45,7 @@ module vnet_dma #(
   input  logic [31:0]         cmd_len,
   input  logic [PW-1:0]       cmd_pos,
   input  logic [63:0]         cmd_wdata,
+  input  logic                cmd_nolog,   // write: not logged in the dirty page log
   output logic                done,        // one cycle, command finished
   output logic                done_err,    // with done: a response was not OKAY
   output logic [127:0]        small_rdata,
@@ -46,6 +58,9 @@ module vnet_dma #(
   output logic [PW-1:0]       buf_rd_base,
   input  logic [DATA_W-1:0]   buf_rd_data,
 
+  // dirty page log settings and events
+  `VNET_LOG_PORTS(input, output),
+
   // AXI4 master
   `VNET_AXI4_MASTER_PORTS
 );
@@ -54,7 +69,8 @@ module vnet_dma #(
   localparam logic [12:0] BEATS_PER_4K = 13'(4096 / W);
   localparam logic [63:0] ADDR_HI = 64'(~((65'd1 << ADDR_W) - 65'd1));
 
-  typedef enum logic [2:0] {D_IDLE, D_AR, D_R, D_AW, D_W, D_B} state_e;
+  // D_LOG decides about the pending page; D_LAW, D_LW, D_LB carry its log write
+  typedef enum logic [3:0] {D_IDLE, D_AR, D_R, D_AW, D_W, D_B, D_LOG, D_LAW, D_LW, D_LB} state_e;
   state_e state;
 
   logic              write_q, small_q, err_q;
@@ -65,6 +81,20 @@ module vnet_dma #(
   logic [8:0]        beats_left;  // beats left in the current burst
   logic [LW-1:0]     lo;          // first lane of the current beat
   logic [63:0]       wdata_q;
+
+  // ---- dirty page log -------------------------------------------------------------------------
+  localparam logic [31:0] PGW = ADDR_W - 12;  // page number width
+  logic              nolog_q;     // this command is not logged
+  logic [PGW-1:0]    burst_page;  // page of the current write burst
+  logic              log_pend;    // burst_page was written (B OKAY) and waits for its log write
+  logic              fin_q;       // after the log write: the command is done ...
+  logic              fin_err_q;   // ... with this done_err
+  logic [ADDR_W-1:0] log_addr;    // the log byte being written
+  logic [63:0]       log_target;  // log_base + burst_page
+  logic              in_log;      // the master carries a log write
+  assign log_target = log_base + 64'(burst_page);
+  assign in_log     = state == D_LAW || state == D_LW || state == D_LB;
+  assign log_busy   = in_log;
 
   // ---- burst sizing: to the end of the range, the 4 KiB boundary, MAX_BURST ---------------
   logic [ADDR_W-1:0] abase;
@@ -106,9 +136,9 @@ module vnet_dma #(
   assign cmd_ready     = (state == D_IDLE);
   assign m_axi_awid    = ID;
   assign m_axi_arid    = ID;
-  assign m_axi_awaddr  = abase;
+  assign m_axi_awaddr  = in_log ? {log_addr[ADDR_W-1:LW], LW'(0)} : abase;
   assign m_axi_araddr  = abase;
-  assign m_axi_awlen   = 8'(nbeats - 9'd1);
+  assign m_axi_awlen   = in_log ? 8'd0 : 8'(nbeats - 9'd1);
   assign m_axi_arlen   = 8'(nbeats - 9'd1);
   assign m_axi_awsize  = 3'(LW);
   assign m_axi_arsize  = 3'(LW);
@@ -120,13 +150,13 @@ module vnet_dma #(
   assign m_axi_arcache = 4'b0011;
   assign m_axi_awprot  = 3'b000;   // unprivileged, secure, data
   assign m_axi_arprot  = 3'b000;
-  assign m_axi_awvalid = (state == D_AW);
+  assign m_axi_awvalid = (state == D_AW) || (state == D_LAW);
   assign m_axi_arvalid = (state == D_AR);
-  assign m_axi_wvalid  = (state == D_W);
-  assign m_axi_wdata   = small_q ? small_wbeat : buf_rd_data;
-  assign m_axi_wstrb   = lane_mask;
-  assign m_axi_wlast   = (beats_left == 9'd1);
-  assign m_axi_bready  = (state == D_B);
+  assign m_axi_wvalid  = (state == D_W) || (state == D_LW);
+  assign m_axi_wdata   = in_log ? {W{8'h01}} : small_q ? small_wbeat : buf_rd_data;
+  assign m_axi_wstrb   = in_log ? W'(1) << log_addr[LW-1:0] : lane_mask;
+  assign m_axi_wlast   = in_log || (beats_left == 9'd1);
+  assign m_axi_bready  = (state == D_B) || (state == D_LB);
   assign m_axi_rready  = (state == D_R);
 
   assign buf_rd_base   = beat_pos;
@@ -139,6 +169,21 @@ module vnet_dma #(
   logic r_bad, b_bad;
   assign r_bad = (m_axi_rresp != 2'b00) || (m_axi_rid != ID) || (m_axi_rlast != (beats_left == 9'd1));
   assign b_bad = (m_axi_bresp != 2'b00) || (m_axi_bid != ID);
+
+  // at a write burst's response: a page is pending after it (this burst's or an earlier one's in the
+  // same page), and the command leaves the page (it ends, or its next burst starts in another page)
+  logic pend_now, leave_page;
+  assign pend_now   = log_pend || (!b_bad && log_enable && !nolog_q);
+  assign leave_page = remaining == 33'd0 || b_bad || cur_addr[ADDR_W-1:12] != burst_page;
+
+  // D_LOG: the pending page is past the bytemap, or its log byte past ADDR_W (neither is written)
+  logic log_over, log_badaddr;
+  assign log_over    = 64'(burst_page) >= 64'(log_pages);
+  assign log_badaddr = (log_target & ADDR_HI) != 64'h0;
+  // the pending page is dealt with this cycle (dropped, refused, or its log write answered): after it
+  // comes the command's done pulse or its next burst
+  logic log_step;
+  assign log_step = (state == D_LOG && (!log_enable || log_over || log_badaddr)) || (state == D_LB && m_axi_bvalid);
 
   always_ff @(posedge clk or negedge rst_n) begin
     if (!rst_n) begin
@@ -156,9 +201,19 @@ module vnet_dma #(
       lo          <= '0;
       wdata_q     <= '0;
       small_rdata <= '0;
+      nolog_q     <= 1'b0;
+      burst_page  <= '0;
+      log_pend    <= 1'b0;
+      fin_q       <= 1'b0;
+      fin_err_q   <= 1'b0;
+      log_addr    <= '0;
+      log_overflow <= 1'b0;
+      log_fault   <= 1'b0;
     end else begin
-      done     <= 1'b0;
-      done_err <= 1'b0;
+      done         <= 1'b0;
+      done_err     <= 1'b0;
+      log_overflow <= 1'b0;
+      log_fault    <= 1'b0;
       unique case (state)
         D_IDLE: if (cmd_valid) begin
           write_q   <= cmd_write;
@@ -168,6 +223,8 @@ module vnet_dma #(
           remaining <= 33'(cmd_len);
           bias      <= cmd_pos - cmd_addr[PW-1:0];
           wdata_q   <= cmd_wdata;
+          nolog_q   <= cmd_nolog;
+          log_pend  <= 1'b0;
           if (cmd_small) small_rdata <= '0;
           if (cmd_len == 32'd0 || (cmd_addr & ADDR_HI) != 64'h0) begin
             done     <= 1'b1;
@@ -180,6 +237,7 @@ module vnet_dma #(
           beat_addr  <= abase;
           beats_left <= nbeats;
           lo         <= cur_addr[LW-1:0];
+          burst_page <= abase[ADDR_W-1:12];
           state      <= write_q ? D_W : D_R;
         end
         D_R, D_W: if ((state == D_R && m_axi_rvalid) || (state == D_W && m_axi_wready)) begin
@@ -211,7 +269,12 @@ module vnet_dma #(
           end
         end
         D_B: if (m_axi_bvalid) begin
-          if (remaining == 33'd0 || b_bad) begin
+          if (!b_bad && log_enable && !nolog_q) log_pend <= 1'b1;
+          fin_q     <= remaining == 33'd0 || b_bad;
+          fin_err_q <= b_bad;
+          if (pend_now && leave_page) begin
+            state <= D_LOG;
+          end else if (remaining == 33'd0 || b_bad) begin
             state    <= D_IDLE;
             done     <= 1'b1;
             done_err <= b_bad;
@@ -219,8 +282,32 @@ module vnet_dma #(
             state <= D_AW;
           end
         end
+        // the pending page: its log write, or OVERFLOW / FAULT without one, or nothing once disabled
+        D_LOG: begin
+          log_pend <= 1'b0;
+          if (log_enable) begin
+            if (log_over)         log_overflow <= 1'b1;
+            else if (log_badaddr) log_fault <= 1'b1;
+            else begin
+              log_addr <= ADDR_W'(log_target);
+              state    <= D_LAW;
+            end
+          end
+        end
+        D_LAW: if (m_axi_awready) state <= D_LW;
+        D_LW:  if (m_axi_wready) state <= D_LB;
+        D_LB:  if (m_axi_bvalid && b_bad) log_fault <= 1'b1;
         default: state <= D_IDLE;
       endcase
+      if (log_step) begin
+        if (fin_q) begin
+          state    <= D_IDLE;
+          done     <= 1'b1;
+          done_err <= fin_err_q;
+        end else begin
+          state <= D_AW;
+        end
+      end
     end
   end
 endmodule

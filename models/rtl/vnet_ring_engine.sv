@@ -95,6 +95,7 @@ module vnet_ring_engine
   logic [31:0]       cmd_len;
   logic [PW-1:0]     cmd_pos;
   logic [63:0]       cmd_wdata;
+  logic              cmd_nolog;
   logic              dma_done, dma_err;
   logic [127:0]      small_rdata;
   logic              txb_wr_en;
@@ -103,7 +104,7 @@ module vnet_ring_engine
   logic [DATA_W-1:0] txb_wr_data, txb_rd_data, rxb_rd_data, dma_rd_data;
   logic              rxb_wr_en;
 
-  // .*: the command ports, small_rdata and the AXI4 master by their names
+  // .*: the command ports, small_rdata, the dirty page log ports and the AXI4 master by their names
   vnet_dma #(.ADDR_W(ADDR_W), .DATA_W(DATA_W), .ID_W(ID_W), .MAX_BURST(MAX_BURST), .PW(PW)) u_dma (
     .*, .done(dma_done), .done_err(dma_err),
     .buf_wr_en(txb_wr_en), .buf_wr_base(txb_wr_base), .buf_wr_mask(txb_wr_mask), .buf_wr_data(txb_wr_data),
@@ -359,6 +360,15 @@ module vnet_ring_engine
       default: ;
     endcase
   end
+
+  // Every write the engine makes is logged while the dirty page log is on (vnet_dma does it)
+`ifdef VNET_BUG_LOG_SKIP_USED
+  // seeded bug (tests/rtl/test_rtl.py): used ring writes (split used elements and used idx, packed used
+  // descriptors) are not logged, so a migration misses the used ring pages
+  assign cmd_nolog = state == E_ELEM_ISSUE || state == E_UFLAGS_ISSUE || state == E_IDX_ISSUE;
+`else
+  assign cmd_nolog = 1'b0;
+`endif
 
   // the states that wait for the command of the *_ISSUE state before them
   function automatic logic awaits_dma(input estate_e s);

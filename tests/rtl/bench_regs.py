@@ -88,7 +88,7 @@ class EngineSide:
 async def setup(dut: HierarchyObject) -> tuple[Bar0, EngineSide]:
     await start(dut, {"link_up": 1, "msix_enabled": 0, "irq_ready": 1, "dev_reset_ack": 0, "qreset_ack": 0,
                       "vqs_last_avail": 0, "vqs_used_idx": 0, "fail_valid": 0, "fail_code": 0, "fail_queue": 0,
-                      "q_irq_valid": 0, "q_irq_queue": 0})
+                      "q_irq_valid": 0, "q_irq_queue": 0, "log_busy": 0, "log_overflow": 0, "log_fault": 0})
     bar = Bar0(dut)
     engine = EngineSide(dut)
     cocotb.start_soon(engine.run())
