@@ -92,3 +92,31 @@ class VdpaDevice(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceDirtyLog(VdpaDevice, Protocol):
+    """A device that logs its own DMA writes (a vendor block, named by the driver's quirk record), so dirty
+    logging for live migration needs no used-ring relay in the backend.
+
+    The log is a *bytemap* the caller owns and maps into the device: byte ``p`` set to nonzero means the device
+    wrote IOVA page ``p`` (4 KiB). :meth:`log_stop` returns once no log write is in flight.
+    """
+
+    def logs_dma_writes(self) -> bool:
+        """Whether this device has such a block (else the caller relays)."""
+        ...
+
+    def log_start(self, iova: int, pages: int) -> None:
+        """Log into the bytemap of ``pages`` bytes at ``iova`` (already mapped by the caller)."""
+        ...
+
+    def log_stop(self) -> None: ...
+
+    def log_running(self) -> bool:
+        """False once a device reset (or anything else) turned logging off."""
+        ...
+
+    def log_trouble(self) -> str | None:
+        """What the device reported since the last call (a write beyond the bytemap, a refused log write)."""
+        ...

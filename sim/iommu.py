@@ -35,6 +35,9 @@ MAX_RECORDED_FAULTS = 4096
 
 #: Called on every device access (after the permission check): (access, iova, size).
 AccessObserver = Callable[[DmaPerm, int, int], None]
+#: Called after a device write landed in memory: (iova, size). A device's own dirty page log hangs here, since
+#: a page must be marked after its bytes changed, never before (a log read in between would lose the write).
+WriteHook = Callable[[int, int], None]
 
 
 @dataclass
@@ -129,6 +132,7 @@ class Iommu:
         self._faults: deque[DmaFault] = deque(maxlen=MAX_RECORDED_FAULTS)
         self.fault_log: deque[DmaFault] = deque(maxlen=MAX_RECORDED_FAULTS)  # the newest faults, for reports
         self.observers: list[AccessObserver] = []
+        self.write_hooks: list[WriteHook] = []
         self.on_fault: Callable[[DmaFault], None] | None = None
         self._batch: _BatchTable | None = None
         #: Bumped by every map and unmap: a device caching arrays over the mappings keys them on it.
@@ -258,6 +262,15 @@ class Iommu:
         for obs in self.observers:
             obs(access, iova, size)
 
+    @property
+    def watched(self) -> bool:
+        """Someone must see each access (observers, write hooks): no arrays handed out then, every access is a call."""
+        return bool(self.observers or self.write_hooks)
+
+    def _written(self, iova: int, size: int) -> None:
+        for hook in self.write_hooks:
+            hook(iova, size)
+
     def view(self, iova: int, size: int, access: DmaPerm) -> memoryview:
         """Zero-copy window; the range must lie in one mapping (else use read/write)."""
         pieces = self._lookup(iova, size, access)
@@ -286,6 +299,8 @@ class Iommu:
         for m, off, n in pieces:
             m.view[off:off + n] = src[pos:pos + n]
             pos += n
+        if self.write_hooks:
+            self._written(iova, len(data))
 
     # --- device side, fast paths -------------------------------------------------------------
 
@@ -339,6 +354,9 @@ class Iommu:
             m.view[off:off + size] = memoryview(data).cast("B")
         except ValueError:  # unmapped in between
             self.write(iova, data)
+            return
+        if self.write_hooks:
+            self._written(iova, size)
 
     def read_u16(self, iova: int) -> int:
         """A 16-bit ring field in one load: the driver moves avail idx while the device reads it, and two byte
@@ -370,6 +388,9 @@ class Iommu:
             m.words()[(iova - m.iova) >> 1] = value & 0xFFFF
         except ValueError:  # unmapped in between
             self.write(iova, (value & 0xFFFF).to_bytes(2, "little"))
+            return
+        if self.write_hooks:
+            self._written(iova, 2)
 
     # --- device side, batches ---------------------------------------------------------------
 
@@ -426,7 +447,7 @@ class Iommu:
         last byte's, for compiled code that checks each range against those bounds itself; None when no one
         mapping holds the range, or when observers are attached (they must see every access, so the batch calls
         that report each range are used instead). Valid while :attr:`generation` stays the same."""
-        if self.observers or size <= 0 or iova < 0:
+        if self.watched or size <= 0 or iova < 0:
             return None
         table = self._batch_table()
         i = table.holding(iova, iova + size - 1, write)
@@ -490,15 +511,18 @@ class Iommu:
                 m = table.maps[single]
                 offs = (iovas - np.uint64(m.iova)).astype(np.intp)
                 m.rows(width, True)[offs] = data[:n * width].reshape(n, width)
-                return n
-            where = np.full(n, single, dtype=np.intp) if at is None else at[:n]
-            offs = (iovas - table.starts[where]).astype(np.int64)
-            views = [m.view for m in table.maps]
-            src = np.ascontiguousarray(data).data
-            pos = 0
-            for a, o, k in zip(where.tolist(), offs.tolist(), sizes.tolist(), strict=True):
-                views[a][o:o + k] = src[pos:pos + k]
-                pos += k
-            return n
+            else:
+                where = np.full(n, single, dtype=np.intp) if at is None else at[:n]
+                offs = (iovas - table.starts[where]).astype(np.int64)
+                views = [m.view for m in table.maps]
+                src = np.ascontiguousarray(data).data
+                pos = 0
+                for a, o, k in zip(where.tolist(), offs.tolist(), sizes.tolist(), strict=True):
+                    views[a][o:o + k] = src[pos:pos + k]
+                    pos += k
         except ValueError:  # a mapping went away in between: the exact path writes again, and faults
             return 0
+        if self.write_hooks:
+            for iova, size in zip(iovas.tolist(), sizes.tolist(), strict=True):
+                self._written(iova, size)
+        return n

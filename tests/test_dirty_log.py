@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from backend.virtio.features import DeviceStatus, F
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import SplitLayout
 from models.targets import loopback_device
+from models.virtio_net.dirty_log_block import SPEC as DIRTY_LOG_SPEC
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
@@ -224,6 +226,10 @@ def start_logged(fe: VhostUserFrontend, log_fd: int, *, logging: bool, size: int
         o = fe.uva_offset
         fe.request(R.SET_VRING_ADDR, m.VringAddr(q, int(logging), ring.desc_addr + o, ring.used_addr + o,
                                                  ring.avail_addr + o, ring.used_addr), need_reply=True)
+    # The rings' page holds no buffer, so a device that writes a used ring without logging it is seen.
+    top = max(r.used_addr + SplitLayout(size).used_bytes for r in fe.rings.values())
+    if top % LOG_PAGE:
+        assert fe.alloc.alloc(LOG_PAGE - top % LOG_PAGE) <= top + 16, "the allocator left room on the rings' page"
     for q in (0, 1):
         fe.enable(q, True)
     fe.request(R.SET_STATUS, m.Status(up | DeviceStatus.DRIVER_OK), need_reply=True)
@@ -486,12 +492,36 @@ def unlogged(rig: Rig, watch: Watch) -> tuple[set[int], set[int]]:
     return watch.pages - dirty, dirty - watch.pages - used_pages
 
 
-@pytest.fixture(params=["sim:virtio-net,wire=loopback", "rtl:virtio-net,wire=loopback"], ids=["sim", "rtl"])
+#: The behavioral model with the RTL's vendor blocks: it logs its own writes (models/virtio_net/dirty_log_block.py).
+SIM_DEVICE_LOG = f"{DIRTY_LOG_SPEC},wire=loopback"
+#: Its seeded bug (tests/broken_dirty_log.py).
+UNLOGGED_USED = "tests.broken_dirty_log:UsedRingNotLogged"
+
+
+@pytest.fixture(params=["sim:virtio-net,wire=loopback", SIM_DEVICE_LOG, "rtl:virtio-net,wire=loopback"],
+                ids=["sim-relay", "sim-device-log", "rtl-device-log"])
 def any_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
-    """A session on the behavioral model or on the RTL: neither logs its own writes, so both take the relay."""
+    """A session on the behavioral model, whose writes the backend's used-ring relay logs, or on a device that
+    logs its own writes through its vendor block (the model's variant with the RTL's blocks, the RTL)."""
     if request.param.startswith("rtl:"):
         require_rtl_build("virtio-net")
     yield from new_rig(tmp_path, Devices(request.param))
+
+
+def device_logs(rig: Rig) -> bool:
+    return rig.session.device_logging
+
+
+def settle(rig: Rig, watch: Watch, event: int, timeout: float = 5.0) -> None:
+    """Where the device logs its writes, the backend folds its bytemap into the log on a timer: wait (bounded,
+    on SET_LOG_FD's eventfd, which each fold that found pages signals) until every page written is there."""
+    if not device_logs(rig):
+        return
+    deadline = time.monotonic() + timeout
+    while watch.pages - rig.dirty():
+        left = deadline - time.monotonic()
+        if left <= 0 or not wait_eventfd(event, left):
+            return  # the property names what is missing
 
 
 def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) -> None:
@@ -500,6 +530,8 @@ def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) ->
     first one found, without ``shrink``)."""
     phases = tuple(Phase) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
     start_logged(rig.fe, rig.log_fd, logging=True)
+    event = new_eventfd()
+    rig.fe.request(R.SET_LOG_FD, m.EMPTY, [event], need_reply=True)
     watch = Watch(rig)
     seq = 0
 
@@ -512,6 +544,7 @@ def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) ->
         watch.pages.clear()
         run_workload(rig, w, seq)
         seq += len(w)
+        settle(rig, watch, event)
         missing, extra = unlogged(rig, watch)
         assert not missing, f"VHOST_F_LOG_ALL: pages written by the device but not logged: {sorted(missing)[:8]}"
         assert not extra, f"VHOST_F_LOG_ALL: pages logged that the device did not write: {sorted(extra)[:8]}"
@@ -521,6 +554,7 @@ def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) ->
         workload()
     finally:
         watch.close()
+        os.close(event)
 
 
 def test_random_traffic_while_logging_logs_every_page_the_device_wrote(any_rig: Rig) -> None:
@@ -530,7 +564,37 @@ def test_random_traffic_while_logging_logs_every_page_the_device_wrote(any_rig: 
     assert not any_rig.session.stats.errors, any_rig.session.stats.errors
 
 
-def test_the_property_catches_a_relay_that_skips_a_buffer(any_rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_random_traffic_on_a_device_logging_itself_relays_nothing(tmp_path: Path) -> None:
+    """A device whose quirk names a dirty page log keeps its rings on the direct path while logging: the backend
+    maps a bytemap and folds it, relays nothing, and the property holds (a few workloads; the full run is above)."""
+    rigs = new_rig(tmp_path, Devices(SIM_DEVICE_LOG))
+    rig = next(rigs)
+    try:
+        check_dirty_log_property(rig, 10)
+        assert rig.session.device_logging and not rig.session.relayed_rings
+        assert rig.devices.made[0].logs_dma_writes()
+        assert rig.fe.stop() and not rig.session.stats.errors, rig.session.stats.errors
+    finally:
+        rigs.close()
+
+
+@pytest.fixture(params=[f"sim:virtio-net,wire=loopback,model={UNLOGGED_USED}",
+                        "rtl:virtio-net,wire=loopback,define=VNET_BUG_LOG_SKIP_USED"],
+                ids=["sim-device-log", "rtl-device-log"])
+def unlogged_used_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    """A device whose own log skips its used-ring writes (the model's and the RTL's seeded bug)."""
+    if request.param.startswith("rtl:"):
+        require_rtl_build(request.param.replace(",wire=loopback", ""))
+    yield from new_rig(tmp_path, Devices(request.param))
+
+
+def test_the_property_catches_a_device_that_does_not_log_its_used_ring(unlogged_used_rig: Rig) -> None:
+    """Seeded bug: the device's log misses the pages of its used-ring writes; the property finds them."""
+    with pytest.raises(AssertionError, match="VHOST_F_LOG_ALL: pages written by the device but not logged"):
+        check_dirty_log_property(unlogged_used_rig, 200, shrink=False)
+
+
+def test_the_property_catches_a_relay_that_skips_a_buffer(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seeded bug: the relay logs only the first writable descriptor of each chain, so a frame whose receive
     chain has pieces on other pages leaves pages written but not logged; the property finds it."""
     real = UsedRelay._log_chain
@@ -550,7 +614,7 @@ def test_the_property_catches_a_relay_that_skips_a_buffer(any_rig: Rig, monkeypa
     monkeypatch.setattr(UsedRelay, "_log_chain", log_chain)
     # Finding the bug is the point; shrinking the workload on the RTL took 90 s of CI for nothing.
     with pytest.raises(AssertionError, match="VHOST_F_LOG_ALL: pages written by the device but not logged"):
-        check_dirty_log_property(any_rig, 200, shrink=False)
+        check_dirty_log_property(rig, 200, shrink=False)
 
 
 def set_log_flag(fe: VhostUserFrontend, on: bool) -> None:
@@ -590,3 +654,89 @@ def test_log_all_toggled_on_running_rings_of_a_device_with_ring_state(ifc_rig: R
     assert not rig.dirty(), "pages logged on the direct path"
     assert fe.stop() == {0: 43, 1: 43}  # no buffer lost or repeated across the two moves
     assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+# --- a device that logs its own writes: no relay, no ring moved, the last fold before the answer ----------------
+
+@pytest.fixture
+def logging_device_rig(tmp_path: Path) -> Iterator[Rig]:
+    yield from new_rig(tmp_path, Devices(SIM_DEVICE_LOG))
+
+
+def test_device_log_on_running_rings_is_complete_when_get_vring_base_answers(logging_device_rig: Rig) -> None:
+    """QEMU's migration on a device with a dirty page log: LOG_ALL on while traffic runs moves no ring (the
+    device logs into a bytemap the backend maps); at GET_VRING_BASE every page the device wrote is already in
+    the log, with no wait (the last fold comes before the answer); the ring state is exact."""
+    rig = logging_device_rig
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=False)
+    traffic(fe, 20)
+    assert not rig.dirty()
+    set_features(fe, fe.features | LOG_ALL)
+    set_log_flag(fe, True)
+    assert rig.session.device_logging and not rig.session.relayed_rings
+    model = rig.devices.model()
+    assert model.log_enabled and model.log_pages == LOG_SIZE * 8
+    watch = Watch(rig)
+    try:
+        run_workload(rig, [(1400, [200, 1300], False), (900, [1000], True), (64, [16, 16, 64], False)], 20)
+        assert fe.stop() == {0: 23, 1: 23}
+        missing, extra = unlogged(rig, watch)
+    finally:
+        watch.close()
+    assert watch.pages and not missing and not extra, (sorted(missing), sorted(extra))
+    assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+def test_device_log_off_folds_and_stops_logging(logging_device_rig: Rig) -> None:
+    """LOG_ALL off: what the device logged is in the log when SET_FEATURES is answered, the device stops
+    logging, the bytemap is unmapped, and later traffic marks nothing."""
+    rig = logging_device_rig
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    model = rig.devices.model()
+    iommu = model.endpoint.iommu
+    assert rig.session.device_logging and len(iommu.mappings()) == 2  # guest memory and the bytemap
+    watch = Watch(rig)
+    try:
+        run_workload(rig, [(600, [700], False), (1500, [800, 800], False)], 0)
+        set_features(fe, fe.features & ~LOG_ALL)
+        missing, _ = unlogged(rig, watch)
+    finally:
+        watch.close()
+    assert not missing, sorted(missing)
+    assert not rig.session.device_logging and not model.log_enabled and not iommu.write_hooks
+    assert len(iommu.mappings()) == 1
+    rig.clear()
+    traffic(fe, 10, start=2)
+    assert not rig.dirty(), "pages logged after LOG_ALL went off"
+    assert fe.stop() == {0: 12, 1: 12}
+
+
+def test_packed_rings_are_logged_by_a_device_that_logs_itself(logging_device_rig: Rig) -> None:
+    """Packed rings and LOG_ALL, refused where the backend would have to relay (its relay is split only), run
+    on a device that logs its own writes: buffers and the descriptor ring's used entries are in the log."""
+    rig = logging_device_rig
+    fe = rig.fe
+    fe.start(size=64, wanted=WANTED_FEATURES, protocol=LOG_PROTOCOL, packed=True)
+    assert set_log_base(fe, rig.log_fd) == 0
+    set_features(fe, fe.features | LOG_ALL)
+    assert rig.session.device_logging
+    watch = Watch(rig)
+    try:
+        traffic(fe, 40)
+        fe.stop()
+        missing = watch.pages - rig.dirty()
+    finally:
+        watch.close()
+    assert watch.pages and not missing, sorted(missing)
+    assert {p for q in (0, 1) for p in page_span(fe.rings[q].desc_addr, 16 * 64)} <= rig.dirty()
+    assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+def test_packed_rings_with_log_all_are_refused_where_the_backend_would_relay(rig: Rig) -> None:
+    fe = rig.fe
+    fe.start(size=64, wanted=WANTED_FEATURES, protocol=LOG_PROTOCOL, packed=True)
+    assert set_log_base(fe, rig.log_fd) == 0
+    with pytest.raises(FrontendError, match="refused"):
+        set_features(fe, fe.features | LOG_ALL)

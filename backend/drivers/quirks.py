@@ -87,6 +87,53 @@ class VqStateBlock:
         return self.offset + queue * self.stride
 
 
+class DirtyLogReg(enum.IntEnum):
+    """Offsets inside a :class:`DirtyLogBlock` (32-bit registers)."""
+
+    BASE_LO = 0x00
+    BASE_HI = 0x04
+    PAGES = 0x08
+    CTRL = 0x0C
+    STATUS = 0x10
+
+
+class DirtyLogCtrl(enum.IntFlag):
+    ENABLE = 1 << 0
+    BUSY = 1 << 1  # read-only: a log write is in flight
+
+
+class DirtyLogStatus(enum.IntFlag):
+    """Write 1 to clear; both cleared when ENABLE goes 0 -> 1."""
+
+    OVERFLOW = 1 << 0  # the device wrote a page the bytemap does not cover: that write is in no log
+    FAULT = 1 << 1  # the host refused a log write
+
+
+#: Bytes of the block.
+DIRTY_LOG_BLOCK_SIZE = 0x14
+
+
+@dataclass(frozen=True)
+class DirtyLogBlock:
+    """A vendor register block through which the device logs the pages it writes by DMA (live migration).
+
+    The driver gives it a *bytemap*: one byte per 4 KiB page of IOVA space, byte ``p`` for IOVA
+    ``[p * 4096, (p + 1) * 4096)``, ``pages`` bytes at IOVA ``base``. While ENABLE is set, after each DMA write to
+    host memory has been accepted, the device writes 0x01 to the byte of every page the write touched, and goes on
+    (publishes a used index, finishes a chain for a queue reset) only once those log writes completed. A byte per
+    page, not a bit: a device setting a bit would have to read-modify-write a byte others write too, and could
+    lose their bits; a whole byte written is never lost. The backend folds the bytemap into vhost-user's bitmap
+    (atomic exchange of each word, atomic OR of the bits). ``LOG_PAGES`` pages beyond the bytemap are reported
+    (OVERFLOW), never written. Registers: :class:`DirtyLogReg` at ``offset`` in BAR ``bar``.
+    """
+
+    bar: int
+    offset: int
+
+    def reg(self, which: DirtyLogReg) -> int:
+        return self.offset + which
+
+
 @dataclass(frozen=True)
 class Deviation:
     """One way the device departs from the spec, as the conformance suite found it on the device itself.
@@ -116,6 +163,8 @@ class Quirk:
     name: str = "none"
     why: str = ""
     vq_state: VqStateBlock | None = None
+    #: The device logs its own DMA writes there (live migration without the backend's used-ring relay).
+    dirty_log: DirtyLogBlock | None = None
     #: Feature bits the driver must not offer upward although the device lists them.
     hide_features: int = 0
     #: Known deviations: a conformance run that applies this entry reports the failures they explain as
@@ -173,6 +222,9 @@ VDPA_BENCH_RTL_SUBSYSTEM_ID = 0x0501
 VDPA_BENCH_RTL_VQ_STATE = VqStateBlock(bar=0, offset=0x3800, stride=4, width=2, stop=QueueStop.QUEUE_RESET,
                                        packed=True)
 
+#: BAR0 0x3F00: the dirty page log block (models/rtl/README.md).
+VDPA_BENCH_RTL_DIRTY_LOG = DirtyLogBlock(bar=0, offset=0x3F00)
+
 VDPA_BENCH_RTL = Quirk(
     name="vdpa-bench-rtl-vq-state",
     why=("vdpa-bench RTL virtio-net (subsystem 1db5:0501) keeps each queue's ring position in a vendor block in "
@@ -183,8 +235,11 @@ VDPA_BENCH_RTL = Quirk(
          "device finishes the chain in service, and the word keeps the stop position until the next enable, so "
          "GET_VRING_BASE is exact with buffers in flight. With packed rings (the behavioral model's variant with "
          "these registers; the RTL itself has split rings only) the word is the packed state in vhost-user's "
-         "layout, written whole."),
+         "layout, written whole. At BAR0 0x3F00 a dirty page log block: given a bytemap (one byte per 4 KiB page) "
+         "and enabled, the device writes 0x01 to the byte of every page it writes by DMA, so live migration needs "
+         "no used-ring relay in the backend."),
     vq_state=VDPA_BENCH_RTL_VQ_STATE,
+    dirty_log=VDPA_BENCH_RTL_DIRTY_LOG,
 )
 VDPA_BENCH_RTL_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_RTL_SUBSYSTEM_ID)
 

@@ -341,20 +341,27 @@ class VirtioPciModern:
         self.set_status(value)
         return value
 
-    def wait_status(self, predicate: Callable[[int], bool], timeout: float | None = None) -> int:
-        """Poll device_status until ``predicate`` holds; the spec's mechanism, bounded by a deadline."""
+    def poll(self, read: Callable[[], int], done: Callable[[int], bool], stuck: Callable[[int], str],
+             timeout: float | None = None) -> int:
+        """Read a register until ``done`` holds for its value (returned); past the deadline raise with ``stuck``'s
+        text for the last value. The spec's mechanism for status, queue reset and vendor busy bits: a device
+        answers at once or soon, so the first reads are back to back, then the poll backs off (up to 10 ms)."""
         deadline = time.monotonic() + (self.reset_timeout if timeout is None else timeout)
         spins = 0
         while True:
-            value = self.status()
-            if predicate(value):
+            value = read()
+            if done(value):
                 return value
             now = time.monotonic()
             if now >= deadline:
-                raise VirtioPciError(f"{self.pci.name}: device_status stuck at {value:#x}")
+                raise VirtioPciError(f"{self.pci.name}: {stuck(value)}")
             spins += 1
             if spins > 64:  # a slow device: back off instead of hammering the register
                 time.sleep(min(0.001 * (spins - 64), 0.01, deadline - now))
+
+    def wait_status(self, predicate: Callable[[int], bool], timeout: float | None = None) -> int:
+        """Poll device_status until ``predicate`` holds, bounded by a deadline."""
+        return self.poll(self.status, predicate, lambda v: f"device_status stuck at {v:#x}", timeout)
 
     def reset(self, timeout: float | None = None) -> None:
         """Write 0 to device_status and poll until it reads 0 (PCI-DRV-19)."""
@@ -427,14 +434,8 @@ class VirtioPciModern:
     def reset_queue(self, queue: int, timeout: float | None = None) -> None:
         """VIRTIO_F_RING_RESET: write 1 to queue_reset, done only once it reads 0 (PCI-DRV-21)."""
         self.write_queue(queue, CommonCfg.QUEUE_RESET, 1)
-        deadline = time.monotonic() + (self.reset_timeout if timeout is None else timeout)
-        while True:
-            if self.read_queue(queue, CommonCfg.QUEUE_RESET) == 0:
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                raise VirtioPciError(f"{self.pci.name}: queue {queue} reset did not complete")
-            time.sleep(min(0.001, deadline - now))
+        self.poll(lambda: self.read_queue(queue, CommonCfg.QUEUE_RESET), lambda v: v == 0,
+                  lambda _: f"queue {queue} reset did not complete", timeout)
 
     # notifications -----------------------------------------------------------------------------
 

@@ -12,7 +12,18 @@ import threading
 from dataclasses import dataclass, field
 
 from backend.device import NotSupported, VdpaError, VqState
-from backend.drivers.quirks import PciIds, QueueStop, Quirk, QuirkTable, VqStateBlock, default_quirks
+from backend.drivers.quirks import (
+    DirtyLogBlock,
+    DirtyLogCtrl,
+    DirtyLogReg,
+    DirtyLogStatus,
+    PciIds,
+    QueueStop,
+    Quirk,
+    QuirkTable,
+    VqStateBlock,
+    default_quirks,
+)
 from backend.drivers.transport import (
     PCI_EXT_CAP_ID_SRIOV,
     VirtioPciError,
@@ -514,6 +525,61 @@ class VirtioPciVdpaDevice:
                 self.transport.wait_status(lambda s: not s & DeviceStatus.SUSPEND)
             except VirtioPciError as exc:
                 raise VdpaError(str(exc)) from None
+
+    # dirty logging (DeviceDirtyLog, through the quirk's DirtyLogBlock) -------------------------
+
+    def logs_dma_writes(self) -> bool:
+        return self.quirk.dirty_log is not None
+
+    def _log_block(self) -> DirtyLogBlock:
+        block = self.quirk.dirty_log
+        if block is None:
+            raise NotSupported(f"{self.pci.name} ({self.quirk.name}): the device keeps no dirty page log")
+        return block
+
+    def log_start(self, iova: int, pages: int) -> None:
+        """Program the bytemap and enable logging; ENABLE must read back set."""
+        block = self._log_block()
+        if not 0 < pages < 1 << 32 or iova < 0 or iova + pages > 1 << 64:
+            raise VdpaError(f"dirty log bytemap of {pages} pages at IOVA {iova:#x} does not fit the block's registers")
+        with self._lock:
+            for reg, value in ((DirtyLogReg.CTRL, 0), (DirtyLogReg.BASE_LO, iova & 0xFFFF_FFFF),
+                               (DirtyLogReg.BASE_HI, iova >> 32), (DirtyLogReg.PAGES, pages),
+                               (DirtyLogReg.STATUS, int(DirtyLogStatus.OVERFLOW | DirtyLogStatus.FAULT)),
+                               (DirtyLogReg.CTRL, int(DirtyLogCtrl.ENABLE))):
+                write_int(self.pci, block.bar, block.reg(reg), 4, value)
+            if not self.log_running():
+                raise VdpaError(f"{self.pci.name}: dirty log ENABLE did not stick (LOG_CTRL at BAR{block.bar} "
+                                f"{block.reg(DirtyLogReg.CTRL):#x})")
+
+    def log_running(self) -> bool:
+        block = self._log_block()
+        return bool(read_int(self.pci, block.bar, block.reg(DirtyLogReg.CTRL), 4) & DirtyLogCtrl.ENABLE)
+
+    def log_stop(self) -> None:
+        """Disable logging and wait (bounded) until no log write is in flight: the bytemap is then final."""
+        block = self._log_block()
+        ctrl = block.reg(DirtyLogReg.CTRL)
+        with self._lock:
+            write_int(self.pci, block.bar, ctrl, 4, 0)
+            try:
+                self.transport.poll(lambda: read_int(self.pci, block.bar, ctrl, 4),
+                                    lambda v: not v & (DirtyLogCtrl.BUSY | DirtyLogCtrl.ENABLE),
+                                    lambda v: f"dirty log still busy after it was disabled (LOG_CTRL {v:#x})")
+            except VirtioPciError as exc:
+                raise VdpaError(str(exc)) from None
+
+    def log_trouble(self) -> str | None:
+        block = self._log_block()
+        status = DirtyLogStatus(read_int(self.pci, block.bar, block.reg(DirtyLogReg.STATUS), 4)
+                                & (DirtyLogStatus.OVERFLOW | DirtyLogStatus.FAULT))
+        if not status:
+            return None
+        write_int(self.pci, block.bar, block.reg(DirtyLogReg.STATUS), 4, int(status))
+        said = [text for bit, text in ((DirtyLogStatus.OVERFLOW, "wrote a page beyond the bytemap (not logged)"),
+                                       (DirtyLogStatus.FAULT, "had a log write refused by the IOMMU"))
+                if status & bit]
+        return f"{self.pci.name}: the device {' and '.join(said)}"
 
     # DMA -------------------------------------------------------------------------------------
 

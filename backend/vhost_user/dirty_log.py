@@ -25,7 +25,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Final
 
@@ -47,18 +47,37 @@ class DirtyLogError(Exception):
 
 
 @cache
-def _atomic_or() -> AtomicOr | None:
-    """``__atomic_fetch_or_1(ptr, value, memorder)`` from libatomic, or None where it is missing."""
+def _libatomic() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("atomic") or "libatomic.so.1"
     try:
-        lib = ctypes.CDLL(name)
-        fn = lib.__atomic_fetch_or_1
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int)
-    fn.restype = ctypes.c_uint8
+
+
+def _atomic(symbol: str, value_type: type[ctypes.c_uint8] | type[ctypes.c_uint64]) -> AtomicOr | None:
+    """``symbol(ptr, value, memorder)`` from libatomic, or None where it is missing."""
+    lib = _libatomic()
+    fn = getattr(lib, symbol, None) if lib is not None else None
+    if fn is None:
+        return None
+    fn.argtypes = (ctypes.c_void_p, value_type, ctypes.c_int)
+    fn.restype = value_type
     f: AtomicOr = fn
     return f
+
+
+@cache
+def _atomic_or() -> AtomicOr | None:
+    """``__atomic_fetch_or_1``: one byte's bits set, none another writer set lost."""
+    return _atomic("__atomic_fetch_or_1", ctypes.c_uint8)
+
+
+@cache
+def atomic_exchange_8() -> AtomicOr | None:
+    """``__atomic_exchange_8(ptr, value, memorder)``: a 64-bit word read and replaced in one step (a device byte
+    written between a separate read and clear would be lost)."""
+    return _atomic("__atomic_exchange_8", ctypes.c_uint64)
 
 
 def atomic_or_available() -> bool:
@@ -139,6 +158,24 @@ class DirtyLog:
                                 f"(covers [0, {self.limit:#x}))")
         for byte, mask in _byte_masks(span):
             self._or(self._base + byte, mask, _SEQ_CST)
+
+    def mark_pages(self, pages: Iterable[int]) -> None:
+        """Set the bits of ``pages`` (page numbers), one atomic OR per byte; a page past the log raises
+        DirtyLogError after every page inside it was set."""
+        if self._cells is None:
+            raise DirtyLogError("dirty log used after close")
+        masks: dict[int, int] = {}
+        outside = []
+        for page in pages:
+            if 0 <= page < self.pages:
+                masks[page >> 3] = masks.get(page >> 3, 0) | 1 << (page & 7)
+            else:
+                outside.append(page)
+        for byte, mask in masks.items():
+            self._or(self._base + byte, mask, _SEQ_CST)
+        if outside:
+            raise DirtyLogError(f"{len(outside)} page(s) outside the dirty log (covers {self.pages} pages), first "
+                                f"{min(outside)} (gpa {min(outside) * LOG_PAGE:#x})")
 
     def is_dirty(self, page: int) -> bool:
         if self._cells is None or not 0 <= page < self.pages:

@@ -20,7 +20,8 @@ interrupts the frontend if it asks for it at the new index (as the device would 
 the device's doorbell when the frontend added buffers since the last tick (a spare kick is
 harmless). GET_VRING_BASE relays the last entries before it answers.
 
-:class:`LogShadow` is what a session holds: the log, the SET_LOG_FD eventfd, the relays and the timer.
+:class:`LogShadow` is what a session holds: the log, the SET_LOG_FD eventfd, the relays and the timer; for a
+device that logs its own writes, the bytemap it writes instead of relays (:mod:`backend.vhost_user.device_log`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from backend.device import VdpaDevice
+from backend.device import DeviceDirtyLog, VdpaDevice, VdpaError
 from backend.eventloop import consume_eventfd, new_eventfd
-from backend.pci.device import DmaPerm
+from backend.pci.device import DmaPerm, PciError
+from backend.vhost_user.device_log import FOLD_PERIOD, DeviceLog
 from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError
 from backend.vhost_user.memory import MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
@@ -285,11 +287,67 @@ class LogShadow:
         self.log_event: int | None = None
         self.relays: dict[int, UsedRelay] = {}
         self._timer: _Timer | None = None
+        #: Instead of relays, while the device logs its own writes (backend.vhost_user.device_log).
+        self.device_log: DeviceLog | None = None
+        self._fold_timer: _Timer | None = None
+
+    def start_device_log(self, device: DeviceDirtyLog) -> DeviceLog:
+        """The device logs its writes into a bytemap covering the log's pages, folded on a timer from now on."""
+        assert self.log is not None and self.device_log is None
+        dlog = DeviceLog(device, self.log.pages)
+        try:
+            if self._fold_timer is None:
+                self._fold_timer = _Timer()
+            self._fold_timer.arm(FOLD_PERIOD)
+        except BaseException:
+            dlog.close()
+            raise
+        self.device_log = dlog
+        return dlog
+
+    def stop_device_log(self) -> None:
+        """Logging off: the device stops, what it logged is folded, the bytemap freed."""
+        dlog, self.device_log = self.device_log, None
+        if dlog is None:
+            return
+        if self._fold_timer is not None:
+            self._fold_timer.disarm()
+        try:
+            dlog.stop(None)
+        except (VdpaError, PciError) as exc:
+            self.report(f"device-side dirty log did not stop cleanly: {exc}")
+        finally:
+            self._fold(dlog)
+            dlog.close()
+
+    def fold(self) -> None:
+        """Move what the device logged into the log now (a ring's state is about to be answered, the log
+        changes hands)."""
+        if self.device_log is not None:
+            self._fold(self.device_log)
+
+    def _fold(self, dlog: DeviceLog) -> None:
+        if self.log is None:
+            return
+        try:
+            n = dlog.fold(self.log)
+        except DirtyLogError as exc:
+            self.report(f"device-side dirty log: {exc}")
+            n = 1
+        try:
+            trouble = dlog.device.log_trouble()
+        except (VdpaError, PciError) as exc:
+            trouble = f"its status cannot be read: {exc}"
+        if trouble is not None:
+            self.report(f"device-side dirty log: {trouble}")
+        if n and self.log_event is not None:
+            os.eventfd_write(self.log_event, 1)
 
     def set_log(self, new: DirtyLog, table: MemoryTable | None) -> None:
         """A new log replaces the old one; what the device wrote so far goes to the old one first."""
         if self.log is not None:
             self.flush(table)
+            self.fold()
             self.log.close()
         self.log = new
 
@@ -326,7 +384,9 @@ class LogShadow:
         return relay
 
     def stop(self, index: int, table: MemoryTable | None) -> None:
-        """Ring ``index`` stopped: its last entries are logged and published, the relay unmapped."""
+        """Ring ``index`` stopped: its last entries are logged and published, the relay unmapped (or what the
+        device logged itself is folded)."""
+        self.fold()
         relay = self.relays.pop(index, None)
         if relay is None:
             return
@@ -351,10 +411,15 @@ class LogShadow:
 
     def watched(self) -> list[int]:
         fds = [r.device_call for r in self.relays.values()]
-        return fds + ([self._timer.fd] if self._timer is not None and self._timer.armed else [])
+        fds += [t.fd for t in (self._timer, self._fold_timer) if t is not None and t.armed]
+        return fds
 
     def service(self, fd: int, table: MemoryTable | None) -> bool:
         """Handle ``fd`` if it is one of :meth:`watched` (True), else leave it to the caller (False)."""
+        if self._fold_timer is not None and fd == self._fold_timer.fd:
+            self._fold_timer.consume()
+            self.fold()
+            return True
         if self._timer is not None and fd == self._timer.fd:
             self._timer.consume()
             if table is not None:
@@ -381,9 +446,11 @@ class LogShadow:
 
     def close(self, table: MemoryTable | None) -> None:
         self.stop_all(table)
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        self.stop_device_log()
+        for timer in (self._timer, self._fold_timer):
+            if timer is not None:
+                timer.close()
+        self._timer = self._fold_timer = None
         if self.log is not None:
             self.log.close()
             self.log = None

@@ -87,12 +87,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from backend.device import NotSupported, VdpaDevice, VdpaError, VqState
+from backend.device import DeviceDirtyLog, NotSupported, VdpaDevice, VdpaError, VqState
 from backend.fd_channel import close_fds, not_an_eventfd
 from backend.pci.device import PciError
 from backend.vhost_user import messages as m
 from backend.vhost_user.backend_channel import BackendChannelError
 from backend.vhost_user.device_events import DeviceEvents, DeviceLost
+from backend.vhost_user.device_log import DeviceLogError, device_log_range, device_logging
 from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError, atomic_or_available
 from backend.vhost_user.log_shadow import LogShadow, UsedRelay, shadow_range
 from backend.vhost_user.memory import AddressSpace, MemoryTable, MemoryTableError
@@ -244,6 +245,11 @@ class VhostUserSession:
     def dirty_log(self) -> DirtyLog | None:
         """The log SET_LOG_BASE mapped (None before it)."""
         return self._shadow.log
+
+    @property
+    def device_logging(self) -> bool:
+        """Dirty logging is on and the device logs its own writes (no ring relayed)."""
+        return self._shadow.device_log is not None
 
     @property
     def relayed_rings(self) -> frozenset[int]:
@@ -407,10 +413,12 @@ class VhostUserSession:
             names = ", ".join(str(b) for b in range(64) if extra >> b & 1)
             raise SessionError(f"features {extra:#x} (bits {names}) were not offered: the device lacks them "
                                f"(offered {self.offered_features():#x})")
-        if has(value, F.RING_PACKED) and value & (LOG_ALL | 1 << NetF.MQ):
-            raise SessionError(f"features {value:#x}: packed rings with "
-                               f"{'dirty logging' if value & LOG_ALL else 'multiqueue'} are not supported (the "
-                               f"backend's {'used-ring relay' if value & LOG_ALL else 'control queue'} is split)")
+        if has(value, F.RING_PACKED) and value & LOG_ALL and device_logging(self.device) is None:
+            raise SessionError(f"features {value:#x}: packed rings with dirty logging are not supported on this "
+                               "device (it keeps no dirty log of its own, and the backend's used-ring relay is split)")
+        if has(value, F.RING_PACKED) and value & 1 << NetF.MQ:
+            raise SessionError(f"features {value:#x}: packed rings with multiqueue are not supported (the "
+                               "backend's control queue is split)")
         wanted = value & ~(1 << m.VHOST_USER_F_PROTOCOL_FEATURES) & ~LOG_ALL
         device_features = wanted | (self.device.get_device_features() & BACKEND_FEATURES)
         if has(wanted, NetF.MQ):
@@ -503,6 +511,8 @@ class VhostUserSession:
                 raise SessionError(f"new memory table no longer covers ring {i} at gpa [{a:#x}, {a + s:#x})")
             if any(new.overlaps(*shadow_range(i)) for i in self._shadow.relays):
                 raise SessionError("new memory table overlaps the backend's shadow used rings")
+            if (dlog := self._shadow.device_log) is not None and new.overlaps(dlog.iova, dlog.size):
+                raise SessionError(f"new memory table overlaps the device's dirty log at iova {dlog.iova:#x}")
             if self._cvq is not None and new.overlaps(*self._cvq.range()):
                 raise SessionError(f"new memory table overlaps the backend's control queue at iova "
                                    f"{self._cvq.range()[0]:#x}")
@@ -601,6 +611,7 @@ class VhostUserSession:
             raise SessionError(f"ring {a.index}: address change while the ring runs")
         ring.desc, ring.avail, ring.used = desc, avail, used
         ring.log_used, ring.log_addr = a.log_used, a.log
+        self._alias_used_log(a.index, ring)
         relay = self._shadow.relays.get(a.index)
         if relay is not None:
             relay.log_used = self._used_log_addr(ring)
@@ -684,7 +695,9 @@ class VhostUserSession:
             raise SessionError(f"ring {index}: packed base {ring.state} lies outside the ring of {ring.num} (the size "
                                "came after the base)")
         d = self.device
-        relay = self._new_relay(index, ring) if self.logging_on else None
+        if (dlog := self._shadow.device_log) is not None and not dlog.running():
+            dlog.start()  # a device reset since logging began cleared the block
+        relay = self._new_relay(index, ring) if self.logging_on and dlog is None else None
         try:
             d.set_vq_num(index, ring.num)
             d.set_vq_address(index, ring.desc, ring.avail, ring.used if relay is None else relay.iova)
@@ -850,9 +863,19 @@ class VhostUserSession:
         log.log(level, "%s: %s", self.name, text)
 
     def _switch_logging(self, on: bool) -> None:
-        """LOG_ALL toggled: move running rings to the relay (on) or back to the direct path (off)."""
+        """LOG_ALL toggled: the device logs its own writes from now on (or no more), where it can; else move
+        running rings to the relay (on) or back to the direct path (off)."""
         if on and self._shadow.log is None:
             raise SessionError("VHOST_F_LOG_ALL set before SET_LOG_BASE gave a log")
+        if (device := device_logging(self.device)) is not None:
+            if on:
+                self._start_device_log(device)
+            else:
+                self._shadow.stop_device_log()
+            self.features = (self.features & ~LOG_ALL) | (LOG_ALL if on else 0)
+            log.info("%s: dirty logging %s, by the device itself (rings keep running)", self.name,
+                     "on" if on else "off")
+            return
         if on and self.packed:
             raise SessionError("VHOST_F_LOG_ALL with packed rings: the used-ring relay is split only")
         running = sorted(i for i, r in self.rings.items() if r.pushed)
@@ -870,6 +893,28 @@ class VhostUserSession:
             ring.state, ring.stopped = state, False
             self._push_ring(i, ring)
         log.info("%s: dirty logging %s (%d running ring(s) moved)", self.name, "on" if on else "off", len(running))
+
+    def _start_device_log(self, device: DeviceDirtyLog) -> None:
+        assert self._shadow.log is not None
+        iova, size = device_log_range(self._shadow.log.pages)
+        if self.table is not None and self.table.overlaps(iova, size):
+            raise SessionError(f"memory table overlaps the device's dirty log at iova {iova:#x}")
+        try:
+            self._shadow.start_device_log(device)
+        except DeviceLogError as exc:
+            raise SessionError(exc.reason) from None
+        for index, ring in self.rings.items():
+            self._alias_used_log(index, ring)
+
+    def _alias_used_log(self, index: int, ring: RingState) -> None:
+        """A used ring logged at a log_guest_addr other than its own: the device logs the ring's own pages, and
+        the fold marks the log address's as well."""
+        dlog = self._shadow.device_log
+        if dlog is None or ring.used is None:
+            return
+        dlog.aliases.pop(index, None)
+        if ring.log_used and ring.log_addr != ring.used and not ring.packed:  # packed: no used ring of its own
+            dlog.aliases[index] = (ring.used, ring.log_addr, SplitLayout(ring.num).used_bytes)
 
     def _used_log_addr(self, ring: RingState) -> int:
         """Where writes to the frontend's used ring are logged: log_guest_addr with VHOST_VRING_F_LOG."""

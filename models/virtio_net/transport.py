@@ -89,7 +89,7 @@ class EndpointDma:
 
     def generation(self) -> int | None:
         iommu = self._ep.iommu
-        if not self._ep.config.bus_master or iommu.observers:  # observers see every access: no arrays then
+        if not self._ep.config.bus_master or iommu.watched:  # every access seen (observers, write hooks): no arrays
             return None
         return iommu.generation
 
