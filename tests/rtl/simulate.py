@@ -77,11 +77,14 @@ def _stamp(sources: Sequence[Path], toplevel: str, parameters: Mapping[str, obje
 def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object],
                test_module: str | Sequence[str], results_dir: Path, monkeypatch: pytest.MonkeyPatch,
                extra_env: Mapping[str, str] | None = None, seed: int | None = None,
-               build_args: Sequence[str] = (), simulator: str = "verilator") -> Path:
-    """Build ``design`` if its inputs changed, then run ``test_module``; fails the calling test on any failure.
+               build_args: Sequence[str] = (), simulator: str = "verilator",
+               defines: Mapping[str, object] | None = None, testcase: str | None = None) -> Path:
+    """Build ``design`` if its inputs changed, then run ``test_module`` (only its ``testcase`` if given); fails
+    the calling test on any failure (cocotb's runner exits: SystemExit).
 
-    ``build_args`` are Verilator's (warning waivers); Icarus builds take none. Returns the results
-    XML path (cocotb's runner already checked it under pytest).
+    ``build_args`` are Verilator's (warning waivers); Icarus builds take none. ``defines`` are preprocessor
+    macros of the build (a seeded ``VNET_BUG_*``; give such a build its own ``design`` name). Returns the
+    results XML path (cocotb's runner already checked it under pytest).
     """
     if simulator == "verilator":
         vbin = verilator_bin()
@@ -103,7 +106,8 @@ def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameter
         design = f"{design}-{simulator}"
     build_dir = BUILD_ROOT / design
     stamp_file = build_dir / "vdpa-bench.stamp"
-    stamp = _stamp(sources, toplevel, parameters, [*args, simulator])
+    defines = dict(defines or {})
+    stamp = _stamp(sources, toplevel, parameters, [*args, simulator, *(f"+define+{k}={v}" for k, v in defines.items())])
     runner = get_runner(simulator)
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # another pytest process may be building the same design: one builder at a time (the wait is
@@ -116,11 +120,12 @@ def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameter
             log = BUILD_ROOT / f"{design}.build.log"
             try:
                 runner.build(sources=list(sources), hdl_toplevel=toplevel, parameters=dict(parameters),
-                             build_args=args, build_dir=build_dir, always=True, log_file=log,
+                             defines=defines, build_args=args, build_dir=build_dir, always=True, log_file=log,
                              timescale=timescale)
             except RuntimeError as exc:
                 tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
                 pytest.fail(f"{simulator} build of {design} failed ({exc}); log {log}:\n{tail}")
             stamp_file.write_text(stamp)
     return runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                       build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed)
+                       build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed,
+                       testcase=testcase)
