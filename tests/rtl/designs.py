@@ -33,3 +33,7 @@ TOP_SEED = 20240601
 #: The same top with two queue pairs (control queue, MQ) and a 32-bit data path.
 TOP_MQ_PAIRS = 2
 TOP_MQ_PARAMETERS: dict[str, object] = {**TOP_PARAMETERS, "NUM_PAIRS": TOP_MQ_PAIRS, "DATA_W": 32}
+
+#: The dirty page log bench's bytemap check says this when the bytemap and the device's writes differ
+#: (bench_dirty_log.py; test_rtl.py looks for it in the seeded bug's failure).
+LOG_BYTEMAP_DIFFERS = "bytemap differs from the pages the device wrote"

@@ -9,6 +9,7 @@ the numbers.
 from __future__ import annotations
 
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,8 @@ def test_register_block(simulator: str, tmp_path: Path, monkeypatch: pytest.Monk
 
 #: (build directory, parameters, cocotb modules): the default top, and two pairs on a 32-bit data path
 ENGINE_DESIGNS = [
-    ("virtio_net_top", designs.TOP_PARAMETERS, ["tests.rtl.bench_engine", "tests.rtl.bench_packed"]),
+    ("virtio_net_top", designs.TOP_PARAMETERS,
+     ["tests.rtl.bench_engine", "tests.rtl.bench_packed", "tests.rtl.bench_dirty_log"]),
     ("virtio_net_top_mq", designs.TOP_MQ_PARAMETERS, ["tests.rtl.bench_engine", "tests.rtl.bench_mq"]),
 ]
 
@@ -81,3 +83,23 @@ def test_ring_engine(design: str, parameters: dict[str, object], modules: list[s
                test_module=modules, results_dir=tmp_path, monkeypatch=monkeypatch,
                extra_env={COVERAGE_DIR_ENV: str(tmp_path)}, seed=designs.TOP_SEED, simulator=simulator)
     _report(f"{design}[{simulator}]", tmp_path, capsys)
+
+
+#: The dirty page log bench on a build with a seeded bug: used ring writes are not logged (models/rtl README).
+LOG_BUG = "VNET_BUG_LOG_SKIP_USED"
+
+
+def test_dirty_log_seeded_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dirty log bench catches a device that does not log its used ring writes: its bytemap check fails,
+    naming the rings' page as written but not logged."""
+    with pytest.raises(SystemExit):
+        run_cocotb(design="virtio_net_top_bug_log_skip_used", toplevel=TOP, sources=source_paths(),
+                   parameters=designs.TOP_PARAMETERS, test_module="tests.rtl.bench_dirty_log",
+                   results_dir=tmp_path, monkeypatch=monkeypatch, seed=designs.TOP_SEED, defines={LOG_BUG: 1},
+                   testcase="dirty_log_tracks_device_writes")
+    failures = [f.get("message", "") for xml in tmp_path.glob("*.result.xml")
+                for f in ET.parse(xml).getroot().iter("failure")]
+    assert len(failures) == 1, f"expected the bench's one failure, got {failures}"
+    # the rings sit on the allocator's first page (0x1000) alone; transmit writes nothing else
+    assert designs.LOG_BYTEMAP_DIFFERS in failures[0], failures[0]
+    assert "written but not logged ['0x1000']" in failures[0], failures[0]
