@@ -25,6 +25,7 @@ from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import PciCfg
 from models.targets import SimNetDevice, loopback_device
 from models.virtio_net.device import VirtioNetDevice
+from models.virtio_net.dirty_log_block import DirtyLogNetDevice
 from models.virtio_net.split_engine import RingError, SplitQueue
 from models.virtio_net.vq_state_block import VqStateNetDevice
 from sim.memory import GuestMemory
@@ -147,8 +148,8 @@ def test_ifcvf_vq_state_round_trip(mem: GuestMemory) -> None:
 def test_rtl_quirk_stops_the_queue_to_read_its_state(mem: GuestMemory) -> None:
     """The RTL's record on the model variant with its registers: a running queue's state is read by stopping it
     (queue reset), the block keeps the stop position, a stopped queue reports it, and resuming loads it."""
-    with resumed_at_1000(mem, VqStateNetDevice, VDPA_BENCH_RTL, WANT | bits(F.RING_RESET)) as (model, vdpa, fe):
-        assert isinstance(model, VqStateNetDevice)
+    with resumed_at_1000(mem, DirtyLogNetDevice, VDPA_BENCH_RTL, WANT | bits(F.RING_RESET)) as (model, vdpa, fe):
+        assert isinstance(model, DirtyLogNetDevice)
         assert model.queues[1].enabled
         assert vdpa.get_vq_state(1).avail_idx == 1010  # stopped here
         assert not model.queues[1].enabled and model.queues[1].last_avail_idx == 0  # reset, as RESET-DEV-04 says

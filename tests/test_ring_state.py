@@ -9,7 +9,7 @@ sequence number: each must arrive exactly once and in order, and the used rings 
 with the positions read.
 
 Targets: the RTL under Verilator (``rtl:virtio-net``, subsystem ids 1db5:0501, quirk ``vdpa-bench-rtl-vq-state``)
-and the behavioral model's variant with the same registers (:data:`models.virtio_net.vq_state_block.SPEC`).
+and the behavioral model's variant with the same registers and ids (:data:`models.virtio_net.dirty_log_block.SPEC`).
 A plain virtio-pci function (``sim:virtio-net``) has no such register: there the running queue's state is
 refused with the named limit.
 """
@@ -38,7 +38,7 @@ from backend.vhost_user import messages as vm
 from backend.vhost_user.server import VhostUserServer
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
-from models.virtio_net.vq_state_block import SPEC as SIM_VQ_STATE
+from models.virtio_net.dirty_log_block import SPEC as SIM_VQ_STATE
 from sim.memory import GuestMemory
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue

@@ -243,6 +243,18 @@ VDPA_BENCH_RTL = Quirk(
 )
 VDPA_BENCH_RTL_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_RTL_SUBSYSTEM_ID)
 
+#: The behavioral model's variant with the RTL's ring-state block but no dirty page log
+#: (models/virtio_net/vq_state_block.py): a device whose dirty logging the backend does with its used-ring relay.
+VDPA_BENCH_VQ_STATE_SUBSYSTEM_ID = 0x0502
+VDPA_BENCH_VQ_STATE = Quirk(
+    name="vdpa-bench-vq-state",
+    why=("vdpa-bench behavioral model variant (subsystem 1db5:0502) with the RTL's vendor vq-state block (BAR0 "
+         "0x3800, the same rules as vdpa-bench-rtl-vq-state) and no dirty page log: GET_VRING_BASE is exact with "
+         "buffers in flight, and dirty logging goes through the backend's used-ring relay."),
+    vq_state=VDPA_BENCH_RTL_VQ_STATE,
+)
+VDPA_BENCH_VQ_STATE_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_VQ_STATE_SUBSYSTEM_ID)
+
 
 QEMU_SUBSYSTEM_VENDOR_ID = 0x1AF4
 QEMU_SUBSYSTEM_DEVICE_ID = 0x1100
@@ -336,6 +348,7 @@ def builtin_quirks() -> QuirkTable:
     return QuirkTable((
         (IdMatch(0x1AF4, 0x1041, INTEL_VENDOR_ID, IFCVF_SUBSYSTEM_DEVICE_ID), IFCVF),
         (VDPA_BENCH_RTL_IDS, VDPA_BENCH_RTL),
+        (VDPA_BENCH_VQ_STATE_IDS, VDPA_BENCH_VQ_STATE),
     ))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from backend.drivers.quirks import (
     DIRTY_LOG_BLOCK_SIZE,
     VDPA_BENCH_RTL_DIRTY_LOG,
+    VDPA_BENCH_RTL_SUBSYSTEM_ID,
     DirtyLogCtrl,
     DirtyLogReg,
     DirtyLogStatus,
@@ -39,7 +40,9 @@ _BLOCK = VDPA_BENCH_RTL_DIRTY_LOG
 
 
 class DirtyLogNetDevice(VqStateNetDevice):
-    """virtio-net with the RTL's vq-state and dirty page log blocks (see the module docstring)."""
+    """virtio-net with the RTL's ids, vq-state and dirty page log blocks (see the module docstring)."""
+
+    SUBSYSTEM_ID = VDPA_BENCH_RTL_SUBSYSTEM_ID
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -1,8 +1,10 @@
-"""The behavioral virtio-net with the RTL's vendor vq-state block, so the model and the RTL share one quirk path.
+"""The behavioral virtio-net with the RTL's vendor vq-state block (and no dirty page log).
 
-``sim:virtio-net,model=models.virtio_net.vq_state_block:VqStateNetDevice`` (or :data:`SPEC`) presents the RTL's
-PCI subsystem ids (``backend.drivers.quirks.VDPA_BENCH_RTL_IDS``), so the vDPA driver finds the same quirk record,
-and serves the same block (models/rtl/README.md, "Vendor vq state block"):
+``sim:virtio-net,model=models.virtio_net.vq_state_block:VqStateNetDevice`` (or :data:`SPEC`) presents subsystem
+ids of its own (``backend.drivers.quirks.VDPA_BENCH_VQ_STATE_IDS``, 1db5:0502) whose quirk record names the same
+block as the RTL's, and nothing else: the backend logs dirty pages for it with its used-ring relay. The variant
+with all of the RTL's blocks and the RTL's own ids is :mod:`models.virtio_net.dirty_log_block`. The block
+(models/rtl/README.md, "Vendor vq state block"):
 
 * BAR0 0x3800 + 4q: ``{used_idx[31:16], last_avail_idx[15:0]}`` of queue q, live while the queue runs;
 * a write while the queue is disabled: the low half sets both indices (an in-order ring resumed there has used
@@ -22,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from backend.drivers.quirks import VDPA_BENCH_RTL_SUBSYSTEM_ID, VDPA_BENCH_RTL_VQ_STATE, VDPA_BENCH_VENDOR_ID
+from backend.drivers.quirks import VDPA_BENCH_RTL_VQ_STATE, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_VQ_STATE_SUBSYSTEM_ID
 from backend.virtio.features import F, has
 from backend.virtio.pci_regs import PciCfg
 from models.virtio_net.device import VirtioNetDevice
@@ -38,9 +40,9 @@ _NOTIFY_OFF = 0x3000  # the block shares the notification page, as on the RTL
 
 
 class VqStateNetDevice(VirtioNetDevice):
-    """virtio-net with the RTL's subsystem ids and its vq-state block in BAR0 (see the module docstring)."""
+    """virtio-net with the RTL's vq-state block in BAR0, under ids of its own (see the module docstring)."""
 
-    SUBSYSTEM_ID = VDPA_BENCH_RTL_SUBSYSTEM_ID
+    SUBSYSTEM_ID = VDPA_BENCH_VQ_STATE_SUBSYSTEM_ID
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
