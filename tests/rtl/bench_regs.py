@@ -9,15 +9,31 @@ functional coverage and fails if one of its bins stayed empty.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Hashable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cocotb
-from cocotb.handle import HierarchyObject
+from cocotb.handle import HierarchyObject, LogicArrayObject, LogicObject
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from backend.virtio.features import DeviceStatus, F, NetF, bits
 from backend.virtio.pci_regs import ISR_CONFIG, ISR_QUEUE, NO_VECTOR, VIRTIO_NET_S_LINK_UP, CommonCfg, NetCfg
-from models.rtl import DEVICE_CFG_OFF, ISR_OFF, NOTIFY_OFF, NOTIFY_OFF_MULTIPLIER, VQ_STATE_OFF, VQ_STATE_STRIDE
+from models.rtl import (
+    DEVICE_CFG_OFF,
+    ISR_OFF,
+    LOG_BASE_HI,
+    LOG_BASE_LO,
+    LOG_CTRL,
+    LOG_CTRL_BUSY,
+    LOG_CTRL_ENABLE,
+    LOG_PAGES,
+    LOG_STATUS,
+    LOG_STATUS_FAULT,
+    LOG_STATUS_OVERFLOW,
+    NOTIFY_OFF,
+    NOTIFY_OFF_MULTIPLIER,
+    VQ_STATE_OFF,
+    VQ_STATE_STRIDE,
+)
 from tests.rtl import designs
 from tests.rtl.bench_common import Bar0, covered_test, start
 from tests.rtl.coverage import Coverage
@@ -441,3 +457,72 @@ async def vq_state_block(dut: HierarchyObject, bar: Bar0, engine: EngineSide, co
     await ClockCycles(dut.clk, 2)
     assert len(engine.vqs_writes) == 1, "the state of a running queue is not writable"
     cov.hit("vq_state", "write_enabled_ignored")
+
+
+def sig(dut: HierarchyObject, name: str) -> LogicArrayObject:
+    """A port of the design, typed (the handle's own type is known only at run time)."""
+    return cast(LogicArrayObject, getattr(dut, name))
+
+
+def clock(dut: HierarchyObject) -> LogicObject:
+    return cast(LogicObject, dut.clk)
+
+
+@regs_test("regs_dirty_log", dirty_log=["rw_disabled", "fixed_enabled", "busy", "status_set", "w1c", "set_wins",
+                                        "enable_clears", "reset_clears"])
+async def dirty_log_registers(dut: HierarchyObject, bar: Bar0, engine: EngineSide, cov: Coverage) -> None:
+    """The dirty page log block's registers: settings toward the DMA unit, BUSY and the status from it."""
+    regs = (LOG_BASE_LO, LOG_BASE_HI, LOG_PAGES, LOG_CTRL, LOG_STATUS)
+
+    async def read_all() -> list[int]:
+        return [await bar.read(r, 4) for r in regs]
+
+    assert await read_all() == [0] * 5
+    await bar.write(LOG_BASE_LO, 0x12345000, 4)
+    await bar.write(LOG_BASE_HI, 0xAB, 4)
+    await bar.write(LOG_PAGES, 0x300, 4)
+    await bar.write(LOG_BASE_LO + 1, 0x67, 1)  # byte strobes
+    assert await read_all() == [0x12346700, 0xAB, 0x300, 0, 0]
+    assert int(sig(dut, "log_base").value) == 0xAB_12346700 and int(sig(dut, "log_pages").value) == 0x300
+    assert int(sig(dut, "log_enable").value) == 0
+    cov.hit("dirty_log", "rw_disabled")
+    await bar.write(LOG_CTRL, LOG_CTRL_ENABLE | LOG_CTRL_BUSY, 4)  # BUSY is read-only
+    assert await bar.read(LOG_CTRL, 4) == LOG_CTRL_ENABLE and int(sig(dut, "log_enable").value) == 1
+    for r in (LOG_BASE_LO, LOG_BASE_HI, LOG_PAGES):
+        await bar.write(r, 0xFFFF_FFFF, 4)
+    assert await read_all() == [0x12346700, 0xAB, 0x300, LOG_CTRL_ENABLE, 0], "fixed while enabled"
+    cov.hit("dirty_log", "fixed_enabled")
+    sig(dut, "log_busy").value = 1
+    assert await bar.read(LOG_CTRL, 4) == LOG_CTRL_ENABLE | LOG_CTRL_BUSY
+    sig(dut, "log_busy").value = 0
+    await ClockCycles(clock(dut), 1)
+    assert await bar.read(LOG_CTRL, 4) == LOG_CTRL_ENABLE
+    cov.hit("dirty_log", "busy")
+    await pulse(dut, {}, "log_overflow")
+    await pulse(dut, {}, "log_fault")
+    assert await bar.read(LOG_STATUS, 4) == LOG_STATUS_OVERFLOW | LOG_STATUS_FAULT
+    cov.hit("dirty_log", "status_set")
+    await bar.write(LOG_STATUS, LOG_STATUS_FAULT, 4)
+    assert await bar.read(LOG_STATUS, 4) == LOG_STATUS_OVERFLOW
+    cov.hit("dirty_log", "w1c")
+    sig(dut, "log_overflow").value = 1  # an event in every cycle, the clear's included: the event wins
+    await bar.write(LOG_STATUS, LOG_STATUS_OVERFLOW, 4)
+    sig(dut, "log_overflow").value = 0
+    assert await bar.read(LOG_STATUS, 4) == LOG_STATUS_OVERFLOW
+    cov.hit("dirty_log", "set_wins")
+    await bar.write(LOG_CTRL, LOG_CTRL_ENABLE, 4)  # 1 -> 1: the status stays
+    assert await bar.read(LOG_STATUS, 4) == LOG_STATUS_OVERFLOW
+    await bar.write(LOG_CTRL, 0, 4)
+    assert await bar.read(LOG_STATUS, 4) == LOG_STATUS_OVERFLOW, "disabling keeps the status for the driver"
+    await bar.write(LOG_CTRL, LOG_CTRL_ENABLE, 4)
+    assert await bar.read(LOG_STATUS, 4) == 0
+    cov.hit("dirty_log", "enable_clears")
+    await pulse(dut, {}, "log_fault")
+    await bar.set_common(C.DEVICE_STATUS, S.ACKNOWLEDGE)  # so that device_status reading 0 means the reset is done
+    await device_reset(bar, dut)
+    assert await read_all() == [0] * 5 and int(sig(dut, "log_enable").value) == 0
+    cov.hit("dirty_log", "reset_clears")
+    # the vq state block ends below the log block
+    await bar.write(VQ_STATE_OFF + VQ_STATE_STRIDE, 0x7, 2)
+    await ClockCycles(clock(dut), 2)
+    assert engine.vqs_writes == [(1, 0x7, 0b01)] and await bar.read(LOG_BASE_LO, 4) == 0
