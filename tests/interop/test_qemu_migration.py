@@ -1,11 +1,12 @@
-"""A QEMU 7.2 guest live-migrated from one ``serve`` to another while its traffic runs (issue 14, must-show 2,
-on the behavioral model with the backend's fallback dirty logging), and the same guest migrated with QEMU's
-built-in virtio-net backend in the same run, for the downtime QEMU reports.
+"""A QEMU 7.2 guest live-migrated from one ``serve`` to another while its traffic runs (issue 14, must-show 2),
+and the same guest migrated with QEMU's built-in virtio-net backend in the same run, for the downtime QEMU reports.
 
-Each side has its own ``serve`` (the model variant with the RTL's vq-state register, so a running ring's state can
-be read and set, and the backend's used-ring relay for dirty logging: the device has no dirty-logging block) and its
-own QEMU; the destination QEMU waits with ``-incoming``. A recording relay between each QEMU and its serve keeps
-the vhost-user messages: the source's GET_VRING_BASE answers must come back as the destination's SET_VRING_BASE.
+Three devices behind ``serve``, each with a ring-state register, so a running ring's state can be read and set:
+the behavioral model with that block alone (the backend's used-ring relay logs its writes), the model mirroring
+the RTL's vendor blocks and the RTL itself (the device logs its own writes into a bytemap the backend folds into
+QEMU's log). Each side has its own ``serve`` and its own QEMU; the destination QEMU waits with ``-incoming``. A
+recording relay between each QEMU and its serve keeps the vhost-user messages: the source's GET_VRING_BASE answers
+must come back as the destination's SET_VRING_BASE.
 
 The guest's wire is the device's loopback: ``ping -A`` from one of eth0's addresses to the other (as in
 ``test_qemu_vhost_user``) sends numbered echoes (ICMP seq) one at a time, each crossing the device twice. The guest
@@ -39,6 +40,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from backend.vhost_user.messages import FrontendRequest, Status
+from models.virtio_net.dirty_log_block import SPEC as SIM_DEVICE_LOG
 from models.virtio_net.vq_state_block import SPEC as SIM_VQ_STATE
 from testbenches.guest.kernel import Kernel
 from testbenches.guest.migration import MigrationGuest, MigrationStats, differing_pages, guest_ram, migrate, resume
@@ -46,6 +48,7 @@ from testbenches.guest.qemu import vhost_user_net_args
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.vhost_user_recorder import VhostUserRecorder
 from tests.interop.test_qemu_vhost_user import NET_UP
+from tests.rtl_build import require_rtl_build
 
 MAC = "52:54:00:0b:e7:03"
 MEMORY_MB = 128
@@ -245,14 +248,24 @@ def migrate_under_traffic(started: contextlib.ExitStack, kernel: Kernel, workdir
     return Run(backend, stats, {m[1]: m[2] for m in _RESULT.finditer(console)})
 
 
+#: Each side's serve: the model with the ring-state block alone (the backend relays its used rings to log), the
+#: model mirroring the RTL's vendor blocks (the device logs its own writes) and the RTL itself.
+BACKENDS = [pytest.param(SIM_VQ_STATE, "relay", id="model-relay"),
+            pytest.param(SIM_DEVICE_LOG, "device", id="model-device-log"),
+            pytest.param("rtl:virtio-net", "device", id="rtl-device-log")]
+
+
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize(("device", "logged_by"), BACKENDS)
 def test_qemu_guest_migrates_between_serves_under_traffic(kernel: Kernel, tmp_path: Path, sock_dir: Path,
-                                                          started: contextlib.ExitStack,
+                                                          started: contextlib.ExitStack, device: str, logged_by: str,
                                                           record_property: Callable[[str, object], None]) -> None:
+    if device.startswith("rtl:"):
+        require_rtl_build(device)
     serves, recorders, pcaps = [], [], []
     for side in ("src", "dst"):
         sock, pcap = sock_dir / f"{side}.sock", tmp_path / f"{side}-wire.pcap"
-        serve = started.enter_context(ServeProcess(str(sock), f"{SIM_VQ_STATE},wire=loopback,pcap={pcap}",
+        serve = started.enter_context(ServeProcess(str(sock), f"{device},wire=loopback,pcap={pcap}",
                                                    log=tmp_path / f"serve-{side}.log"))
         assert serve.wait_listening(READY_TIMEOUT) == f"listening on {sock}"
         recorders.append(started.enter_context(VhostUserRecorder(sock_dir / f"{side}-qemu.sock", sock)))
@@ -305,3 +318,6 @@ def test_qemu_guest_migrates_between_serves_under_traffic(kernel: Kernel, tmp_pa
             assert bad not in log, f"{bad!r} in the {side} serve's log:\n{log[-3000:]}"
     source_log = serves[0].log()
     assert "dirty logging on" in source_log, f"the source never logged dirty pages:\n{source_log[-3000:]}"
+    by_device = "dirty logging on, by the device itself" in source_log
+    assert by_device == (logged_by == "device"), \
+        f"dirty pages logged by the {'device' if by_device else 'relay'}, not the {logged_by}:\n{source_log[-3000:]}"
