@@ -78,9 +78,9 @@ def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameter
                test_module: str | Sequence[str], results_dir: Path, monkeypatch: pytest.MonkeyPatch,
                extra_env: Mapping[str, str] | None = None, seed: int | None = None,
                build_args: Sequence[str] = (), simulator: str = "verilator",
-               defines: Mapping[str, object] | None = None, testcase: str | None = None) -> Path:
-    """Build ``design`` if its inputs changed, then run ``test_module`` (only its ``testcase`` if given); fails
-    the calling test on any failure (cocotb's runner exits: SystemExit).
+               defines: Mapping[str, object] | None = None) -> Path:
+    """Build ``design`` if its inputs changed, then run ``test_module``; fails the calling test on any failure
+    (cocotb's runner exits: SystemExit).
 
     ``build_args`` are Verilator's (warning waivers); Icarus builds take none. ``defines`` are preprocessor
     macros of the build (a seeded ``VNET_BUG_*``; give such a build its own ``design`` name). Returns the
@@ -127,5 +127,4 @@ def run_cocotb(*, design: str, toplevel: str, sources: Sequence[Path], parameter
                 pytest.fail(f"{simulator} build of {design} failed ({exc}); log {log}:\n{tail}")
             stamp_file.write_text(stamp)
     return runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                       build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed,
-                       testcase=testcase)
+                       build_dir=build_dir, test_dir=results_dir, extra_env=dict(extra_env or {}), seed=seed)
