@@ -15,12 +15,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from backend.device import VdpaDevice
-from backend.drivers.quirks import IFCVF
+from backend.drivers.quirks import IFCVF, VDPA_BENCH_RTL, VDPA_BENCH_VQ_STATE_IDS, QuirkTable
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.eventloop import new_eventfd, wait_eventfd
 from backend.pci.abilities import Lacking
 from backend.pci.device import DmaPerm
+from backend.targets import default_registry
 from backend.vhost_user import messages as m
+from backend.vhost_user.device_log import DeviceLog, DeviceLogError, device_logging
 from backend.vhost_user.dirty_log import LOG_PAGE, DirtyLog, DirtyLogError, atomic_or_available, page_span
 from backend.vhost_user.log_shadow import UsedRelay
 from backend.vhost_user.memory import MemoryTable
@@ -31,6 +33,7 @@ from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import SplitLayout
 from models.targets import loopback_device
 from models.virtio_net.dirty_log_block import SPEC as DIRTY_LOG_SPEC
+from models.virtio_net.vq_state_block import SPEC as VQ_STATE_SPEC
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
@@ -740,3 +743,18 @@ def test_packed_rings_with_log_all_are_refused_where_the_backend_would_relay(rig
     assert set_log_base(fe, rig.log_fd) == 0
     with pytest.raises(FrontendError, match="refused"):
         set_features(fe, fe.features | LOG_ALL)
+
+
+def test_a_device_whose_log_does_not_start_is_refused_and_keeps_nothing() -> None:
+    """A quirk record that names a dirty log block the device lacks: ENABLE does not read back, the backend says
+    so, and the bytemap it mapped is unmapped and freed."""
+    pci = default_registry().open(f"{VQ_STATE_SPEC},wire=loopback")
+    dev = VirtioPciVdpaDevice(pci, quirks=QuirkTable(((VDPA_BENCH_VQ_STATE_IDS, VDPA_BENCH_RTL),)))
+    try:
+        assert device_logging(dev) is dev
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(DeviceLogError, match="ENABLE did not stick"):
+            DeviceLog(dev, 64)
+        assert pci.endpoint.iommu.mappings() == [] and len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        dev.close()

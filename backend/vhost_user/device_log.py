@@ -23,7 +23,6 @@ A used ring logged at a ``log_guest_addr`` other than its own address gets those
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Iterable
 from typing import Final
 
@@ -31,7 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.device import DeviceDirtyLog, VdpaError
-from backend.pci.device import DmaPerm, PciError
+from backend.pci.device import PciError
+from backend.vhost_user.device_memory import DeviceMemory
 from backend.vhost_user.dirty_log import DirtyLog, atomic_exchange_8, page_span
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
 
@@ -81,18 +81,12 @@ class DeviceLog:
         self.iova, self.size = device_log_range(self.pages)
         self.aliases: dict[int, tuple[int, int, int]] = {}  # ring -> (used ring, its log address, bytes)
         self.folded = 0  # pages moved into the log in all
-        self._fd = os.memfd_create("vdpa-bench-device-log", os.MFD_CLOEXEC)
-        self._mapped = False
-        self._map: mmap.mmap | None = None
-        self._words: NDArray[np.uint64] | None = None  # the bytemap as words (it pins the mmap until dropped)
+        self._bytemap = DeviceMemory(device, "device-log", self.iova, self.size)
+        # The bytemap as words; it pins the mapping until dropped (close drops it first).
+        self._words: NDArray[np.uint64] | None = np.frombuffer(self._bytemap.mem, dtype=np.uint64)
+        self._base = int(self._words.ctypes.data)
         try:
-            os.ftruncate(self._fd, self.size)
-            self._map = mmap.mmap(self._fd, self.size)
-            words = np.frombuffer(self._map, dtype=np.uint64)
-            self._base = int(words.ctypes.data)
-            self._words = words
-            self.device.dma_map(self.iova, self.size, self._fd, 0, DmaPerm.RW)
-            self._mapped = True
+            self._bytemap.attach()
             self.start()
         except (VdpaError, PciError, OSError) as exc:
             self.close()
@@ -144,16 +138,4 @@ class DeviceLog:
     def close(self) -> None:
         """Unmap from the device (stopped first by the caller) and free the bytemap."""
         self._words = None
-        if self._mapped:
-            self._mapped = False
-            try:
-                self.device.dma_unmap(self.iova, self.size)
-            except (VdpaError, PciError):
-                pass  # a device that is gone or reset keeps nothing of it
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
+        self._bytemap.close()

@@ -27,7 +27,6 @@ device that logs its own writes, the bytemap it writes instead of relays (:mod:`
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -35,8 +34,9 @@ from typing import Final
 
 from backend.device import DeviceDirtyLog, VdpaDevice, VdpaError
 from backend.eventloop import consume_eventfd, new_eventfd
-from backend.pci.device import DmaPerm, PciError
+from backend.pci.device import PciError
 from backend.vhost_user.device_log import FOLD_PERIOD, DeviceLog
+from backend.vhost_user.device_memory import DeviceMemory
 from backend.vhost_user.dirty_log import DirtyLog, DirtyLogError
 from backend.vhost_user.memory import MemoryTable, MemoryTableError
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
@@ -102,11 +102,9 @@ class UsedRelay:
         self.size = -(-self.layout.used_bytes // _PAGE) * _PAGE
         self.last = 0  # used index published to the frontend
         self.relayed = 0  # used entries copied in all
-        self._fd = os.memfd_create(f"vdpa-bench-shadow-used-{index}", os.MFD_CLOEXEC)
-        os.ftruncate(self._fd, self.size)
-        self._mem = mmap.mmap(self._fd, self.size)
+        self._shadow = DeviceMemory(device, f"shadow-used-{index}", self.iova, self.size)
+        self._mem = self._shadow.mem
         self.device_call = new_eventfd()
-        self._mapped = False
 
     def attach(self, table: MemoryTable) -> None:
         """Map the shadow into the device and start it at the frontend's used index and flags."""
@@ -116,8 +114,7 @@ class UsedRelay:
             self.last = int(_U16.unpack_from(front, SplitLayout.USED_IDX)[0])
         finally:
             front.release()
-        self.device.dma_map(self.iova, self.size, self._fd, 0, DmaPerm.RW)
-        self._mapped = True
+        self._shadow.attach()
 
     def service(self, table: MemoryTable, log: DirtyLog) -> int:
         """The device signalled: relay, then pass the interrupt on. Returns the entries relayed."""
@@ -209,15 +206,8 @@ class UsedRelay:
 
     def close(self) -> None:
         """Unmap from the device (stopped first by the caller) and free the shadow."""
-        if self._mapped:
-            self._mapped = False
-            try:
-                self.device.dma_unmap(self.iova, self.size)
-            except Exception:  # the device may already be gone; the shadow is freed regardless
-                pass
-        self._mem.close()
-        for fd in (self._fd, self.device_call):
-            os.close(fd)
+        self._shadow.close()
+        os.close(self.device_call)
 
 
 def _read_desc(table: MemoryTable, table_addr: int, i: int) -> tuple[int, int, int, int]:

@@ -13,7 +13,6 @@ queue's call eventfd (no polling).
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import time
@@ -21,7 +20,7 @@ from typing import Final
 
 from backend.device import VdpaDevice, VqState
 from backend.eventloop import new_eventfd, wait_eventfd
-from backend.pci.device import DmaPerm
+from backend.vhost_user.device_memory import DeviceMemory
 from backend.virtio.split_ring import DESC, USED_ELEM, DescFlags, SplitLayout
 
 VIRTIO_NET_CTRL_MQ: Final = 4
@@ -50,14 +49,12 @@ class ShadowControlQueue:
         self.iova = iova
         self.size = min(QUEUE_SIZE, device.get_vq_num_max(index))
         self.layout = SplitLayout(self.size)
-        self._fd = os.memfd_create("vdpa-bench-shadow-cvq", os.MFD_CLOEXEC)
-        os.ftruncate(self._fd, _PAGE)
-        self._mem = mmap.mmap(self._fd, _PAGE)
+        self._page = DeviceMemory(device, "shadow-cvq", iova, _PAGE)
+        self._mem = self._page.mem
         self._kick = new_eventfd()
         self._call = new_eventfd()
         self._avail_idx = 0
         self._used_seen = 0
-        self._mapped = False
         self._desc = 0
         self._avail = self.layout.desc_bytes
         self._used = (self._avail + self.layout.avail_bytes + 3) & ~3
@@ -71,8 +68,7 @@ class ShadowControlQueue:
     def setup(self) -> None:
         """Map the page, program the queue and make it ready (the device must be past FEATURES_OK)."""
         d = self.device
-        d.dma_map(self.iova, _PAGE, self._fd, 0, DmaPerm.RW)
-        self._mapped = True
+        self._page.attach()
         d.set_vq_num(self.index, self.size)
         d.set_vq_address(self.index, self.iova + self._desc, self.iova + self._avail, self.iova + self._used)
         d.set_vq_state(self.index, VqState(avail_idx=0))
@@ -123,12 +119,6 @@ class ShadowControlQueue:
 
     def close(self) -> None:
         """Unmap from the device (after it was reset or the queue stopped) and free the page."""
-        if self._mapped:
-            self._mapped = False
-            try:
-                self.device.dma_unmap(self.iova, _PAGE)
-            except Exception:  # the device may already be gone; the page is freed regardless
-                pass
-        self._mem.close()
-        for fd in (self._fd, self._kick, self._call):
+        self._page.close()
+        for fd in (self._kick, self._call):
             os.close(fd)
