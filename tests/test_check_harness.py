@@ -14,7 +14,7 @@ import pytest
 from backend.pci.abilities import Lacking, WireKind
 from backend.pci.device import PciDevice
 from backend.targets import default_registry
-from testbenches.conformance.harness import EVENT_WAIT, RX, TX, Bench, WireProbes, make_frame
+from testbenches.conformance.harness import EVENT_WAIT, RX, TX, Bench, WireProbes, drain, hostile_kick, make_frame
 from testbenches.peers.serve import DeviceProcess
 from tests.rtl_build import require_rtl_build
 from tests.suite_runner import ids_with, run_suite
@@ -118,6 +118,26 @@ def test_a_slow_target_stretches_the_rigs_deadlines(bench_on: Any, device_proces
             assert r.wait_used(RX, 1, timeout=0.1) == []  # nothing was sent: the whole (stretched) wait
             waited[factor] = time.monotonic() - start
     assert waited[1] < 0.5 <= waited[6], waited
+
+
+def test_a_slow_target_stretches_the_checks_waits(bench_on: Any, device_process: Any) -> None:
+    """A check waiting by itself (here for the configuration change notification after a doorbell, as the hostile
+    ring checks do) waits the rig's :attr:`Rig.event_wait`: EVENT_WAIT stretched by the target's slowdown, and
+    its evidence names the wait it really made."""
+    path = device_process("virtio-net,wire=loopback")
+    waited = {}
+    for factor in (1, 3):
+        with bench_on(f"vfio-user:{path},wire=loopback,slowdown={factor}").rig() as r:
+            assert r.stretched(0.2) == pytest.approx(factor * 0.2)
+            assert r.event_wait == pytest.approx(factor * EVENT_WAIT)
+            d = r.up(queue_size=64, rx_buffers=8)
+            config_fd = d.irq_fds["config"]
+            drain(config_fd)
+            start = time.monotonic()
+            kick = hostile_kick(lambda: None, config_fd, r.event_wait)  # nothing planted: no notification owed
+            waited[factor] = time.monotonic() - start
+            assert not kick.notified and kick.notification == f"silent for {factor * EVENT_WAIT:g}s"
+    assert waited[1] < 2 * EVENT_WAIT <= waited[3], waited
 
 
 def _count_received(bench: Bench) -> tuple[str, int, int]:

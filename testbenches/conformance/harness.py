@@ -20,7 +20,9 @@ target whose wire is unknown (a real card) is probed once per target at its firs
 out, do they come back? The answer (and why) is :attr:`Rig.wire`; :meth:`Rig.looped` reports the
 data-path ids *not applicable* when nothing comes back.
 
-Every wait is a bounded ``select`` on eventfds or a bounded poll of a used index.
+Every wait is a bounded ``select`` on eventfds or a bounded poll of a used index. A wait for what must happen
+lasts :meth:`Rig.stretched` seconds on the target (its declared ``time_scale`` times the nominal bound): the
+rig's own helpers take nominal seconds and stretch them, a check waiting by itself takes :attr:`Rig.event_wait`.
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
     return sorted(out)
 
 
-def quiesce(fds: Mapping[str, int], quiet: float = QUIET_WAIT, limit: float = EVENT_WAIT) -> list[str]:
-    """Consume what the device signals until it stays silent for ``quiet`` s (at most ``limit`` s in all);
+def quiesce(fds: Mapping[str, int], *, limit: float, quiet: float = QUIET_WAIT) -> list[str]:
+    """Consume what the device signals until it stays silent for ``quiet`` s (at most ``limit`` s in all, the rig's
+    :attr:`Rig.event_wait`: a slow target's work takes that much longer to end);
     returns every name seen. Work a check started (looped frames still arriving, their interrupts on the way
     from a device in its own thread) ends before the check looks at what comes next."""
     seen: set[str] = set()
@@ -120,10 +123,11 @@ def quiesce(fds: Mapping[str, int], quiet: float = QUIET_WAIT, limit: float = EV
 @dataclass(frozen=True)
 class HostileKick:
     """A doorbell rung on planted input: what the register access raised (it must raise nothing) and whether the
-    configuration change notification (STATUS-DEV-03) came within :data:`EVENT_WAIT`."""
+    configuration change notification (STATUS-DEV-03) came within ``waited`` s (the rig's :attr:`Rig.event_wait`)."""
 
     crash: Exception | None
     notified: bool
+    waited: float
 
     @property
     def doorbell(self) -> str:
@@ -131,21 +135,22 @@ class HostileKick:
 
     @property
     def notification(self) -> str:
-        return "fired" if self.notified else f"silent for {EVENT_WAIT}s"
+        return "fired" if self.notified else f"silent for {self.waited:g}s"
 
     def judge_notified(self, verdict: Verdict, what: str, config_vector: int) -> None:
         """STATUS-DEV-03: the configuration change notification came on ``config_vector``."""
         verdict.check("STATUS-DEV-03", self.notified, f"{what}: config vector {config_vector} {self.notification}")
 
 
-def hostile_kick(ring: Callable[[], object], config_fd: int) -> HostileKick:
-    """Ring a doorbell (``ring``) on planted input, then wait for the configuration change notification."""
+def hostile_kick(ring: Callable[[], object], config_fd: int, wait: float) -> HostileKick:
+    """Ring a doorbell (``ring``) on planted input, then wait up to ``wait`` s (the rig's :attr:`Rig.event_wait`)
+    for the configuration change notification."""
     crash: Exception | None = None
     try:
         ring()
     except Exception as exc:  # the register access itself must not fail
         crash = exc
-    return HostileKick(crash, wait_fd(config_fd, EVENT_WAIT))
+    return HostileKick(crash, wait_fd(config_fd, wait), wait)
 
 
 def with_features(*extra: int) -> int:
@@ -318,7 +323,8 @@ def probe_wire(r: Rig) -> Wire:
     d = r.up(queue_size=64, rx_buffers=16)
     sent: list[bytes] = []
     strangers = 0
-    deadline = time.monotonic() + PROBE_WAIT * r.time_scale
+    probe_wait = r.stretched(PROBE_WAIT)
+    deadline = time.monotonic() + probe_wait
     while (left := deadline - time.monotonic()) > 0:
         if d.queues[TX].num_free >= 2:
             f = make_frame(PROBE_SEQ + len(sent), 64)
@@ -334,7 +340,7 @@ def probe_wire(r: Rig) -> Wire:
         d.queues[TX].used()
     r.up(queue_size=64)
     return Wire(WireKind.NONE, f"{r.pci.name}: probed at bring-up: {len(sent)} frames sent over "
-                               f"{PROBE_WAIT * r.time_scale:g}s, none "
+                               f"{probe_wait:g}s, none "
                                f"came back ({strangers} other frames received): the port is not looped back, "
                                "transmitted frames cannot be observed (give wire=loopback to insist)")
 
@@ -375,12 +381,23 @@ class Rig:
         #: How long "no interrupt" is waited for by the ring-level helpers: nothing where a doorbell write
         #: returns after the work and its MSI-X message are done.
         self.quiet = 0.0 if self.abilities.synchronous_doorbell else 0.02
-        #: The target's declared slowdown: every ring-level deadline for what must happen is this many times longer.
+        #: The target's declared slowdown: every deadline for what must happen is this many times longer
+        #: (:meth:`stretched`, the one place it is applied).
         self.time_scale = max(1.0, self.abilities.time_scale)
         self.doorbells = 0
-        self.patience = TIMEOUT * self.time_scale  # drops to FAIL_FAST after the first missed deadline
+        self.patience = self.stretched(TIMEOUT)  # drops to FAIL_FAST after the first missed deadline
 
     # --- what the target declares ----------------------------------------------------------------------
+
+    def stretched(self, seconds: float) -> float:
+        """How long a wait of ``seconds`` (as on a device at full speed) is on this target: the one place waits are
+        scaled by :attr:`time_scale`, so a slow simulator is given the time it needs, not judged non-conformant."""
+        return seconds * self.time_scale
+
+    @property
+    def event_wait(self) -> float:
+        """:data:`EVENT_WAIT` on this target: the bound on waiting for an event that must come."""
+        return self.stretched(EVENT_WAIT)
 
     @property
     def port(self) -> Ability[PortControl]:
@@ -607,7 +624,7 @@ class Rig:
         return heads
 
     def wait_used(self, q: int, count: int, timeout: float = EVENT_WAIT) -> list[UsedBuffer]:
-        """Collect used buffers of ``q`` until ``count`` arrived or ``timeout``.
+        """Collect used buffers of ``q`` until ``count`` arrived or ``timeout`` (nominal seconds, :meth:`stretched`).
 
         Waits on every bound interrupt eventfd in slices of :data:`QUIET_WAIT` (so a queue mapped to
         NO_VECTOR is still collected); the names of the eventfds seen signalled go to :attr:`fired`,
@@ -616,7 +633,7 @@ class Rig:
         ring = self.ring(q)
         wait_on = self.drv.vector_fds()
         got: list[UsedBuffer] = []
-        deadline = time.monotonic() + timeout * self.time_scale
+        deadline = time.monotonic() + self.stretched(timeout)
         while True:
             try:
                 got += ring.used()
@@ -652,15 +669,15 @@ class Rig:
         return self.drv.irq_fds["rx" if q == RX else "tx"]
 
     def _missed(self) -> None:
-        self.patience = FAIL_FAST * self.time_scale
+        self.patience = self.stretched(FAIL_FAST)
 
     def irqs(self, q: int, timeout: float) -> int:
         """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none)."""
         fd = self.irq_fd(q)
-        wait = max(0.0, min(timeout * self.time_scale, self.patience))
+        wait = max(0.0, min(self.stretched(timeout), self.patience))
         ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
-            if wait > self.quiet * self.time_scale:
+            if wait > self.stretched(self.quiet):
                 self._missed()
             return 0
         try:
@@ -677,8 +694,7 @@ class Rig:
         modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed."""
         packed = self.drv.packed.get(q)
         modulo = 2 * packed.size if packed is not None else 0x10000
-        deadline = time.monotonic() + min((timeout if timeout is not None else TIMEOUT) * self.time_scale,
-                                             self.patience)
+        deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
         fd = self.irq_fd(q)
         seen = 0
         while self.used_mark(q) != target % modulo:
@@ -717,8 +733,7 @@ class Rig:
         """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
         ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
-        deadline = time.monotonic() + min((timeout if timeout is not None else TIMEOUT) * self.time_scale,
-                                             self.patience)
+        deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
         while len(got) < count:
             for u in ring.used():
                 p = pending.pop(u.head, None)

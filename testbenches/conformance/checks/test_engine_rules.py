@@ -24,7 +24,7 @@ import pytest
 from backend.virtio.features import F, has
 from backend.virtio.split_ring import DESC_SIZE, DescFlags, Descriptor
 from testbenches.conformance.chains import split_at, status_text
-from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, TX, Bench, Rig, drain, hostile_kick, make_frame
+from testbenches.conformance.harness import NEEDS_RESET, TX, Bench, Rig, drain, hostile_kick, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.split_ring import DriverSplitQueue
 
@@ -105,7 +105,7 @@ def test_chains_at_every_legal_length(bench: Bench, verdict: Verdict) -> None:
             r.publish(TX)
             used = r.wait_used(TX, 1)
             status = r.status()
-            received = [f.frame for f in d.receive_raw(1, EVENT_WAIT)] if looped and used else []
+            received = [f.frame for f in d.receive_raw(1, r.event_wait)] if looped and used else []
             for gpa in owned:
                 ring.free_buffer(gpa)
             ok = [u.head for u in used] == [layout.slots[0]] and not status & NEEDS_RESET
@@ -244,7 +244,8 @@ def test_chain_one_step_past_a_limit(bench: Bench, verdict: Verdict, case: Breac
         if burst:
             r.tx.add([r.tx_header(), make_frame(77)], [])
         r.tx.publish()
-        kick = hostile_kick(lambda: r.doorbell(TX), cfg_fd)  # and the notification that follows DEVICE_NEEDS_RESET
+        # and the notification that follows DEVICE_NEEDS_RESET
+        kick = hostile_kick(lambda: r.doorbell(TX), cfg_fd, r.event_wait)
         status = d.transport.status()
         errors = r.driver_errors()
         said = "" if errors is None else f"; the device recorded {errors[since:][:1] or 'nothing'}"

@@ -33,7 +33,6 @@ from testbenches.conformance.chains import (
     status_text,
 )
 from testbenches.conformance.harness import (
-    EVENT_WAIT,
     NEEDS_RESET,
     RX,
     TX,
@@ -236,7 +235,7 @@ def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
     faults = r.faults()
     verdict.check("STATUS-DEV-02", ok and not faults,
                   f"after {what} and a reset: status {status_text(status)} at DRIVER_OK, {detail} "
-                  f"(waited {EVENT_WAIT}s), {fmt_faults(faults)}")
+                  f"(waited {r.event_wait:g}s), {fmt_faults(faults)}")
 
 
 def _ring_planted(r: Rig, ring: Callable[[], object], cfg_fd: int,
@@ -245,7 +244,7 @@ def _ring_planted(r: Rig, ring: Callable[[], object], cfg_fd: int,
     used rings) and the record of the device's DMA."""
     before = snapshot(r.mem)
     with r.dma_watch() as rec:
-        kick = hostile_kick(ring, cfg_fd)
+        kick = hostile_kick(ring, cfg_fd, r.event_wait)
     return kick, changed_outside(r.mem, before, snapshot(r.mem), allowed), rec
 
 

@@ -31,7 +31,6 @@ from backend.virtio.pci_regs import (
     PciCfg,
 )
 from testbenches.conformance.harness import (
-    EVENT_WAIT,
     MAX_BOUND_VECTORS,
     QUIET_WAIT,
     RX,
@@ -84,9 +83,10 @@ def pending_vectors(r: Rig, count: int) -> list[int]:
     return [v for v in range(count) if pba[v // 8] >> (v % 8) & 1]
 
 
-def wait_pending(r: Rig, count: int, vector: int, timeout: float = EVENT_WAIT) -> list[int]:
-    """Poll the PBA (bounded) until ``vector``'s bit is set; the pending vectors then."""
-    deadline = time.monotonic() + timeout
+def wait_pending(r: Rig, count: int, vector: int) -> list[int]:
+    """Poll the PBA (bounded by the rig's :attr:`~Rig.event_wait`) until ``vector``'s bit is set; the pending
+    vectors then."""
+    deadline = time.monotonic() + r.event_wait
     while True:
         got = pending_vectors(r, count)
         if vector in got or time.monotonic() >= deadline:
@@ -114,7 +114,7 @@ def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict, ring_layout: Layou
         verdict.check("PCI-DEV-40", idle_status == bool(idle_isr),
                       f"idle: PCI Status.Interrupt={int(idle_status)} while ISR status reads {idle_isr:#x}")
         r.send([make_frame(1)])
-        fired = wait_fd(intx, EVENT_WAIT)
+        fired = wait_fd(intx, r.event_wait)
         # Let every event of this exchange land (TX completion, and the looped-back frame) before sampling.
         used_tx = len(r.wait_used(TX, 1))
         used_rx = len(r.wait_used(RX, 1)) if r.wire.looped else 0
@@ -123,12 +123,13 @@ def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict, ring_layout: Layou
         status_after = pci_int_status(r)
         isr_again = t.read_isr()
         verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE),
-                      f"MSI-X disabled, one frame sent: INTx {'asserted' if fired else f'not seen in {EVENT_WAIT}s'}, "
+                      f"MSI-X disabled, one frame sent: INTx "
+                      f"{'asserted' if fired else f'not seen in {r.event_wait:g}s'}, "
                       f"ISR read afterwards {isr:#x} (queue bit 0 expected set); used TX {used_tx}, RX {used_rx}")
         if r.looped(verdict, "PCI-DEV-39"):
             verdict.check("PCI-DEV-39", used_tx == 1 and used_rx == 1,
                           f"MSI-X disabled, one frame sent on a loopback wire: used TX {used_tx}, RX {used_rx} "
-                          f"(1 each expected within {EVENT_WAIT}s)")
+                          f"(1 each expected within {r.event_wait:g}s)")
         verdict.check("PCI-DEV-40", status_before == bool(isr),
                       f"PCI Status.Interrupt={int(status_before)} sampled right before ISR read {isr:#x}")
         verdict.check("PCI-DEV-40", status_after == bool(isr_again),
@@ -151,14 +152,15 @@ def test_config_change_sets_isr_bit1(bench: Bench, verdict: Verdict, irq_mode: s
         fd = d.irq_fds["config"]
         drain(fd)
         up = toggle_link(port)
-        fired = wait_fd(fd, EVENT_WAIT)
+        fired = wait_fd(fd, r.event_wait)
         status_before = pci_int_status(r)
         isr = t.read_isr()
         status_after = pci_int_status(r)
         isr_again = t.read_isr()
         how = "INTx" if d.intx else f"config vector {d.vectors['config']}"
         verdict.check("PCI-DEV-38", fired and bool(isr & ISR_CONFIG),
-                      f"link set {'up' if up else 'down'}: {how} {'fired' if fired else f'silent for {EVENT_WAIT}s'}, "
+                      f"link set {'up' if up else 'down'}: {how} "
+                      f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, "
                       f"ISR then reads {isr:#x} (config bit 1 expected set)")
         if d.intx:
             verdict.check("PCI-DEV-40", status_before == bool(isr) and status_after == bool(isr_again),
@@ -217,7 +219,7 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict, ring_layout: L
         if r.looped(verdict, "PCI-DEV-62"):
             verdict.check("PCI-DEV-62", used_tx == n and used_rx == n,
                           f"{n} frames sent on a loopback wire with every vector NO_VECTOR: used TX {used_tx}, "
-                          f"RX {used_rx} ({n} each expected within {EVENT_WAIT}s)")
+                          f"RX {used_rx} ({n} each expected within {r.event_wait:g}s)")
         port = need(r.port, verdict, "PCI-DEV-63")
         if port is None:
             return
@@ -256,13 +258,13 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict, ring_layout: 
             for fd in fds.values():
                 drain(fd)
             r.send([make_frame(v)])
-            fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
+            fired = wait_fd(fds[f"v{v}"], r.event_wait)
             others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
             used = len(r.wait_used(TX, 1))
             left = pending_vectors(r, n)
             verdict.check("PCI-DEV-56", fired and not others and not left,
                           f"transmitq1 mapped to vector {v} of {table}: that vector "
-                          f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'} "
+                          f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, others fired: {others or 'none'} "
                           f"({used} TX buffer used), pending bits left set: {left or 'none'}")
             # The same event with the vector masked: held as its pending bit, sent once unmasked.
             if r.abilities.msix_masking is not None:
@@ -276,22 +278,24 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict, ring_layout: 
                 held = wait_pending(r, n, v)
                 quiet = signalled(fds, QUIET_WAIT)
                 mask_vector(r, v, False)
-                fired = wait_fd(fds[f"v{v}"], EVENT_WAIT)
+                fired = wait_fd(fds[f"v{v}"], r.event_wait)
                 others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
                 after = pending_vectors(r, n)
                 verdict.check("PCI-DEV-56", held == [v] and not quiet and fired and not others and not after,
                               f"transmitq1 on masked vector {v}: {used} TX buffer used, pending bits {held or 'none'} "
                               f"(expected [{v}]), eventfds fired while masked: {quiet or 'none'}; unmasked: vector "
-                              f"{v} {'fired' if fired else f'silent for {EVENT_WAIT}s'}, others {others or 'none'}, "
+                              f"{v} {'fired' if fired else f'silent for {r.event_wait:g}s'}, "
+                              f"others {others or 'none'}, "
                               f"pending bits then {after or 'none'}")
             port = r.port
             if n > 1 and not isinstance(port, Lacking):
                 toggle_link(port)
-                fired = wait_fd(fds[f"v{cfg_v}"], EVENT_WAIT)
+                fired = wait_fd(fds[f"v{cfg_v}"], r.event_wait)
                 others = signalled({k: f for k, f in fds.items() if k != f"v{cfg_v}"}, QUIET_WAIT)
                 verdict.check("PCI-DEV-56", fired and not others,
                               f"config changes mapped to vector {cfg_v}: that vector "
-                              f"{'fired' if fired else f'silent for {EVENT_WAIT}s'}, others fired: {others or 'none'}")
+                              f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, "
+                              f"others fired: {others or 'none'}")
 
 
 @pytest.mark.req("PCI-DEV-17")

@@ -17,7 +17,7 @@ from backend.drivers.transport import VirtioPciModern
 from backend.eventloop import new_eventfd
 from backend.pci.device import IrqIndex
 from testbenches.conformance.checks.test_interrupts import ROUTING_FEATURES
-from testbenches.conformance.harness import EVENT_WAIT, TX, Bench, drain, make_frame, wait_fd
+from testbenches.conformance.harness import TX, Bench, drain, make_frame, wait_fd
 from testbenches.conformance.plugin import Verdict
 
 ISR_QUEUE = 0x1
@@ -43,10 +43,10 @@ def test_intx_after_msix_was_disabled(bench: Bench, verdict: Verdict) -> None:
         drain(intx)
         t.read_isr()
         r.send([make_frame(1)])
-        fired = wait_fd(intx, EVENT_WAIT)
+        fired = wait_fd(intx, r.event_wait)
         used = len(r.wait_used(TX, 1))
         isr = t.read_isr()
         verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE) and used == 1,
                       f"MSI-X enabled with {table} vectors bound, then disabled; brought up on INTx, one frame sent: "
-                      f"INTx {'asserted' if fired else f'not seen in {EVENT_WAIT}s'}, ISR read afterwards {isr:#x} "
+                      f"INTx {'asserted' if fired else f'not seen in {r.event_wait:g}s'}, ISR read afterwards {isr:#x} "
                       f"(queue bit 0 expected set), {used}/1 transmit buffer used")

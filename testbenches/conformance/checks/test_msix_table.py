@@ -46,8 +46,9 @@ def _pba(dev: PciDevice, info: MsixInfo) -> list[int]:
     return [v for v in range(info.table_size) if raw[v // 8] >> (v % 8) & 1]
 
 
-def _pba_settled(dev: PciDevice, info: MsixInfo, expected: list[int], timeout: float = EVENT_WAIT) -> list[int]:
-    """The Pending Bits once they read ``expected``, or as they read when ``timeout`` ran out.
+def _pba_settled(dev: PciDevice, info: MsixInfo, expected: list[int], timeout: float) -> list[int]:
+    """The Pending Bits once they read ``expected``, or as they read when ``timeout`` (the rig's
+    :attr:`~testbenches.conformance.harness.Rig.event_wait`) ran out.
 
     A device in its own process (vfio-user, a real card) sets a Pending Bit after the used index or status write
     the check waited for, and nothing orders the driver's read of the PBA after it; a single read races the
@@ -164,9 +165,10 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
         heads = [ring.add([bytes(d.hdr_len) + make_frame(seq, 80)], []) for seq in range(2)]
         ring.publish()
         r.doorbell(TX)
+        # nominal seconds: the rig's own helpers stretch their timeouts (Rig.stretched)
         used, seen = r.wait_used_idx(TX, len(heads), EVENT_WAIT)
         early = wait_fd(fd, r.quiet) if not seen else True
-        pending = _pba_settled(r.pci, info, [vector])
+        pending = _pba_settled(r.pci, info, [vector], r.event_wait)
         entry = read_int(r.pci, info.table_bar, info.table_offset + vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_VECTOR_CTRL,
                          4)
         verdict.check("PCI-DEV-01", used and not early and pending == [vector] and not entry & MSIX_ENTRY_CTRL_MASKED,
@@ -174,8 +176,8 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
                       f"{'signalled' if early else 'silent'}, pending bits {pending} (expected [{vector}]), its own "
                       f"Mask bit {entry & MSIX_ENTRY_CTRL_MASKED}")
         config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
-        fired = wait_fd(fd, EVENT_WAIT)
-        after = _pba_settled(r.pci, info, [])
+        fired = wait_fd(fd, r.event_wait)
+        after = _pba_settled(r.pci, info, [], r.event_wait)
         verdict.check("PCI-DEV-01", fired and not after,
                       f"Function Mask cleared: vector {vector} {'signalled' if fired else 'silent'}, pending bits "
                       f"{after} (expected none)")
@@ -205,19 +207,19 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
         ring.publish()
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
-        after_tx = _pba_settled(r.pci, info, [tx_vector])
+        after_tx = _pba_settled(r.pci, info, [tx_vector], r.event_wait)
         ring.push_head(ring.size + 5)  # the device refuses the ring: DEVICE_NEEDS_RESET and a config change
         ring.publish()
         r.doorbell(TX)
-        deadline = time.monotonic() + EVENT_WAIT
+        deadline = time.monotonic() + r.event_wait
         while not d.transport.status() & NEEDS_RESET and time.monotonic() < deadline:
             time.sleep(0.005)  # polling a register the device sets from its own thread, bounded
         needs_reset = bool(d.transport.status() & NEEDS_RESET)
         early = bool(seen) or wait_fd(tx_fd, 0) or wait_fd(config_fd, r.quiet)
-        held = _pba_settled(r.pci, info, sorted((config_vector, tx_vector)))
+        held = _pba_settled(r.pci, info, sorted((config_vector, tx_vector)), r.event_wait)
         config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
-        fired = {"config": wait_fd(config_fd, EVENT_WAIT), "transmitq1": wait_fd(tx_fd, EVENT_WAIT)}
-        after = _pba_settled(r.pci, info, [])
+        fired = {"config": wait_fd(config_fd, r.event_wait), "transmitq1": wait_fd(tx_fd, r.event_wait)}
+        after = _pba_settled(r.pci, info, [], r.event_wait)
         both = sorted((config_vector, tx_vector))
         verdict.check("PCI-DEV-01", used and after_tx == [tx_vector] and needs_reset and not early and held == both
                       and all(fired.values()) and not after,
@@ -247,10 +249,10 @@ def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Ve
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
         early = bool(seen) or wait_fd(fd, r.quiet)
-        held = _pba_settled(r.pci, info, [vector])
+        held = _pba_settled(r.pci, info, [vector], r.event_wait)
         r.pci.set_irqs(IrqIndex.MSIX, vector, [fd])
-        fired = wait_fd(fd, EVENT_WAIT)
-        after = _pba_settled(r.pci, info, [])
+        fired = wait_fd(fd, r.event_wait)
+        after = _pba_settled(r.pci, info, [], r.event_wait)
         ring.used()
         verdict.check("PCI-DEV-01", bool(ctrl & MSIX_ENTRY_CTRL_MASKED) and used and not early and held == [vector]
                       and fired and not after,

@@ -31,7 +31,7 @@ from backend.virtio.features import F, NetF, has
 from backend.virtio.pci_regs import NetCfg
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.chains import Posted, poison
-from testbenches.conformance.harness import EVENT_WAIT, NEEDS_RESET, QUIET_WAIT, Bench, Rig, drain
+from testbenches.conformance.harness import NEEDS_RESET, QUIET_WAIT, Bench, Rig, drain
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import DriverRing, Layout, PackedDriverRing, new_ring, ring_addresses, ring_size
 from testbenches.driver.split_ring import DriverSplitQueue, UsedBuffer
@@ -151,7 +151,7 @@ class MqRig:
 
     def traffic(self, frames: Sequence[bytes], txq: int = 1) -> dict[int, list[bytes]]:
         """Send ``frames`` on transmit queue ``txq``; the frames (after the header) that came back, per receive
-        queue, waiting until all came back or :data:`EVENT_WAIT` passed."""
+        queue, waiting until all came back or the rig's :attr:`~Rig.event_wait` passed."""
         hdr = self.rig.tx_header()
         tx = self.ring(txq)
         tx.used()
@@ -160,7 +160,7 @@ class MqRig:
         tx.publish()
         self.rig.doorbell(txq)
         got: dict[int, list[bytes]] = {q: [] for q in self.rx_queues}
-        deadline = time.monotonic() + EVENT_WAIT
+        deadline = time.monotonic() + self.rig.event_wait
         while True:
             for q in self.rx_queues:
                 for u in self.ring(q).used():
@@ -200,7 +200,7 @@ class MqRig:
 
     def _wait_ack(self, what: str, p: Posted) -> Ack:
         ring = self.ring(self.ctrl)
-        deadline = time.monotonic() + EVENT_WAIT
+        deadline = time.monotonic() + self.rig.event_wait
         used: list[UsedBuffer] = []
         while not used and time.monotonic() < deadline:
             used = ring.used()
@@ -323,7 +323,8 @@ def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
         before = m.ctrl_irqs
         a = m.vq_pairs_set(1)
         if m.ctrl_irqs == before:
-            ready, _, _ = select.select([m.ctrl_fd], [], [], EVENT_WAIT if not ahead else max(m.rig.quiet, QUIET_WAIT))
+            wait = m.rig.event_wait if not ahead else max(m.rig.quiet, QUIET_WAIT)
+            ready, _, _ = select.select([m.ctrl_fd], [], [], wait)
             if ready:
                 m.ctrl_irqs += drain(m.ctrl_fd)
         fired = m.ctrl_irqs > before
@@ -348,7 +349,7 @@ def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
         before = m.ctrl_irqs
         a = m.vq_pairs_set(1)
         if m.ctrl_irqs == before:  # not already seen while the used entry was awaited
-            ready, _, _ = select.select([fd], [], [], EVENT_WAIT if not flags else max(m.rig.quiet, QUIET_WAIT))
+            ready, _, _ = select.select([fd], [], [], m.rig.event_wait if not flags else max(m.rig.quiet, QUIET_WAIT))
             if ready:
                 m.ctrl_irqs += drain(fd)
         fired = m.ctrl_irqs > before

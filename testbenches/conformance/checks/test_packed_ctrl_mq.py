@@ -35,7 +35,7 @@ from testbenches.conformance.checks.test_net_ctrl_mq import (
     event_idx_control,
     judge_mq_commands,
 )
-from testbenches.conformance.harness import EVENT_WAIT, QUIET_WAIT, Bench, Rig, drain
+from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig, drain
 from testbenches.conformance.plugin import Verdict
 
 pytestmark = pytest.mark.ring_layout("packed")
@@ -58,7 +58,7 @@ def _command_irq(m: MqRig, expect: bool) -> tuple[Ack, bool]:
     before = m.ctrl_irqs
     a = m.vq_pairs_set(1)
     if m.ctrl_irqs == before:  # not already seen while the used descriptor was awaited
-        ready, _, _ = select.select([fd], [], [], EVENT_WAIT if expect else max(m.rig.quiet, QUIET_WAIT))
+        ready, _, _ = select.select([fd], [], [], m.rig.event_wait if expect else max(m.rig.quiet, QUIET_WAIT))
         if ready:
             m.ctrl_irqs += drain(fd)
     return a, m.ctrl_irqs > before

@@ -235,7 +235,7 @@ def test_hostile_packed_ring(bench: Bench, verdict: Verdict, case: Case) -> None
         planted = case.build(r, tx)
         before = snapshot(r.mem)
         with r.dma_watch() as watch:
-            kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd)
+            kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait)
         after = snapshot(r.mem)
         status = r.status()
         faults = r.faults()

@@ -90,7 +90,8 @@ def _raw_flags(ring: DriverPackedQueue, slot: int) -> int:
 
 
 def _collect(r: Rig, q: int, count: int, timeout: float = USED_WAIT) -> tuple[list[UsedBuffer], list[str]]:
-    """Consume used descriptors of packed queue ``q`` until ``count`` buffers came back or ``timeout``.
+    """Consume used descriptors of packed queue ``q`` until ``count`` buffers came back or ``timeout`` (nominal
+    seconds, stretched by the rig as its own helpers do: a slow simulator is not a stalled ring).
 
     Before the driver takes each one, its raw flags are judged: AVAIL and USED both equal to the Device Ring Wrap
     Counter the driver expects there, and WRITE set exactly when the device wrote bytes (2.8.1, 2.8.4). Returns
@@ -98,7 +99,8 @@ def _collect(r: Rig, q: int, count: int, timeout: float = USED_WAIT) -> tuple[li
     ring = r.packed[q]
     got: list[UsedBuffer] = []
     bad: list[str] = []
-    deadline = time.monotonic() + timeout
+    wait = r.stretched(timeout)
+    deadline = time.monotonic() + wait
     while len(got) < count:
         slot, wrap = ring.next_used, ring.used_wrap
         flags = _raw_flags(ring, slot)
@@ -115,7 +117,7 @@ def _collect(r: Rig, q: int, count: int, timeout: float = USED_WAIT) -> tuple[li
             continue
         left = deadline - time.monotonic()
         if left <= 0:
-            bad.append(f"queue {q}: {len(got)} of {count} buffers used after {timeout}s; slot {slot} flags "
+            bad.append(f"queue {q}: {len(got)} of {count} buffers used after {wait}s; slot {slot} flags "
                        f"{flags:#06x}, the driver expects AVAIL=USED={wrap} (used_bits {used_bits(wrap):#06x}), "
                        f"{ring.in_flight} buffer(s) in flight")
             return got, bad
@@ -298,7 +300,7 @@ def _suppression_run(bench: Bench, verdict: Verdict, event_idx: bool, work: tupl
             last = advance(start[0], start[1], st_.batch - 1, size)
             # Wait for the last used descriptor, counting interrupts meanwhile (the eventfd is read, not drained).
             seen = 0
-            deadline = time.monotonic() + min(USED_WAIT, r.patience)
+            deadline = time.monotonic() + min(r.stretched(USED_WAIT), r.patience)
             while not is_used(_raw_flags(tx, last[0]), last[1]) and (left := deadline - time.monotonic()) > 0:
                 ready, _, _ = select.select([fd], [], [], min(left, 0.005))
                 if ready:
@@ -580,7 +582,7 @@ def test_hostile_packed_list(bench: Bench, verdict: Verdict, case: Hostile) -> N
         before = len(r.driver_errors() or [])
         case.plant(r, tx)
         what = f"{case.name} (breaks {case.rule})"
-        kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd)
+        kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait)
         status = r.status()
         errors = (r.driver_errors() or [])[before:]
         named = any(case.rule in e for e in errors)

@@ -36,7 +36,6 @@ from backend.virtio.pci_regs import (
 )
 from testbenches.conformance.chains import status_text
 from testbenches.conformance.harness import (
-    EVENT_WAIT,
     NEEDS_RESET,
     QUIET_WAIT,
     RX,
@@ -85,7 +84,7 @@ def _intx_pending(r: Rig, verdict: Verdict, rid: str) -> bool:
     """INTx mode, one frame sent and its TX buffer back, ISR status left unread; False when nothing came back."""
     r.send([make_frame(7)])
     if not r.wait_used(TX, 1):
-        verdict.check(rid, False, f"the frame's transmit buffer did not come back within {EVENT_WAIT}s")
+        verdict.check(rid, False, f"the frame's transmit buffer did not come back within {r.event_wait:g}s")
         return False
     if r.wire.looped:
         r.wait_used(RX, 1)
@@ -129,9 +128,9 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
         d = r.up(irq_mode="intx", queue_size=QSIZE, rx_buffers=4)
         drain(intx := d.irq_fds["intx"])
         r.send([make_frame(8)])
-        fired = wait_fd(intx, EVENT_WAIT)
+        fired = wait_fd(intx, r.event_wait)
         verdict.check("PCI-DEV-39", fired, f"brought up again after that reset, one frame sent: INTx "
-                                           f"{'signalled' if fired else f'silent for {EVENT_WAIT}s'}")
+                                           f"{'signalled' if fired else f'silent for {r.event_wait:g}s'}")
         # Reset once more with that notification pending: ISR status reads 0 afterwards, and reading it signals
         # nothing.
         r.wait_used(TX, 1)

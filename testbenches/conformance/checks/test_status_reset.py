@@ -27,7 +27,6 @@ from testbenches.conformance.chains import (
     status_text,
 )
 from testbenches.conformance.harness import (
-    EVENT_WAIT,
     NEEDS_RESET,
     QUIET_WAIT,
     RING_RESET_FEATURES,
@@ -85,7 +84,7 @@ def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict, ring_lay
         # Without this the silence above proves nothing; it is not what STATUS-DEV-01 asks, so not judged.
         assert sorted(u.head for u in done) == sorted(heads), (
             f"after DRIVER_OK the same TX buffers should complete: used heads {sorted(u.head for u in done)} "
-            f"vs posted {sorted(heads)} within {EVENT_WAIT}s")
+            f"vs posted {sorted(heads)} within {r.event_wait:g}s")
 
 
 @pytest.mark.req("RESET-DEV-02")
@@ -103,7 +102,7 @@ def test_reset_device_stays_silent(bench: Bench, verdict: Verdict, ring_layout: 
         fds = d.vector_fds()
         # The looped frames and their RX interrupts finish before the reset: silence after it is then the
         # device's, not a notification of the work before it still on its way.
-        quiesce(fds)
+        quiesce(fds, limit=r.event_wait)
         t.reset()  # device_status reads 0 when this returns
         for fd in fds.values():
             drain(fd)
@@ -179,7 +178,7 @@ def test_queue_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> Non
         # --- reset transmitq1 alone ---
         t.select_queue(TX)
         t.write_common(CommonCfg.QUEUE_RESET, 1)
-        seq = _poll_queue_reset(t, TX, EVENT_WAIT)
+        seq = _poll_queue_reset(t, TX, r.event_wait)
         enable = int(t.queue_enabled(TX))
         verdict.check("PCI-DEV-22", enable == 0, f"queue_enable reads {enable} after writing 1 to queue_reset")
         verdict.check("PCI-DEV-24", seq[-1] == 0 and enable == 0,
