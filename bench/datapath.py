@@ -186,7 +186,8 @@ def dpdk(work: Path, run: int, qsize: int, mode: str, frames: tuple[int, ...], w
 
 
 def profile(work: Path, qsize: int, win: Window, out: Path) -> Sample:
-    """One txonly 64-byte window of ours with py-spy recording serve (all its threads) as a flame graph."""
+    """One txonly 64-byte window of ours with py-spy recording serve (all its threads) as a flame graph (SVG), or
+    as collapsed stacks when ``out`` ends in ``.txt`` (one line per stack and its sample count, for scripts)."""
     spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if spy is None:
         raise MissingPeer("py-spy", "pip install py-spy (the bench extra)")
@@ -201,7 +202,8 @@ def profile(work: Path, qsize: int, win: Window, out: Path) -> Sample:
             if not recorder:  # sampling without pausing serve, for the length of the window
                 recorder.append(subprocess.Popen(
                     [spy, "record", "--pid", str(serve.pid), "--duration", str(max(1, round(win.seconds))),
-                     "--rate", "250", "--nonblocking", "--format", "flamegraph", "-o", str(out)],
+                     "--rate", "250", "--nonblocking", "--format", "raw" if out.suffix == ".txt" else "flamegraph",
+                     "-o", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             readings.append(ThreadTimes.read(serve.pid))
 

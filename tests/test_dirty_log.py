@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -35,11 +36,29 @@ from models.targets import loopback_device
 from models.virtio_net.dirty_log_block import SPEC as DIRTY_LOG_SPEC
 from models.virtio_net.vq_state_block import SPEC as VQ_STATE_SPEC
 from sim.memory import GuestMemory
+from testbenches.conformance.requirements import VHOST_USER_TABLE, load_requirements
+from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import WANTED_FEATURES, WANTED_PROTOCOL, FrontendError, VhostUserFrontend
 from tests.rtl_build import require_rtl_build
 from tests.test_driver_quirks import IfcvfLikeNet
 from tests.vhost_user_rig import Devices
+
+#: The backend's vhost-user logging rows (testbenches/conformance/spec/vhost-user-requirements.csv) and the tests
+#: here that judge each one; a failure names its ids.
+VULOG = load_requirements(table=VHOST_USER_TABLE)
+COVERS: dict[str, tuple[str, ...]] = {}
+TestFn = TypeVar("TestFn", bound=Callable[..., None])
+
+
+def covers(*ids: str) -> Callable[[TestFn], TestFn]:
+    VULOG.validate(ids)
+
+    def mark(fn: TestFn) -> TestFn:
+        COVERS[fn.__name__] = ids
+        return fn
+    return mark
+
 
 pytestmark = pytest.mark.skipif(not atomic_or_available(), reason="libatomic.so.1 missing: apt-get install libatomic1")
 
@@ -57,6 +76,7 @@ def log() -> Iterator[DirtyLog]:
     d.close()
 
 
+@covers("VULOG-DEV-03")
 def test_one_bit_per_page_little_endian_in_each_byte(log: DirtyLog) -> None:
     assert log.pages == 512 and log.limit == 512 * LOG_PAGE
     log.mark(9 * LOG_PAGE + 5, 1)
@@ -68,6 +88,7 @@ def test_one_bit_per_page_little_endian_in_each_byte(log: DirtyLog) -> None:
     assert log.dirty_pages() == {7, 8, 9}
 
 
+@covers("VULOG-DEV-03")
 def test_the_frontend_reads_bits_where_the_spec_puts_them() -> None:
     fd = os.memfd_create("shared-log", os.MFD_CLOEXEC)
     os.ftruncate(fd, 8192)
@@ -83,6 +104,7 @@ def test_the_frontend_reads_bits_where_the_spec_puts_them() -> None:
 
 
 @pytest.mark.parametrize(("gpa", "length"), [(512 * LOG_PAGE, 1), (511 * LOG_PAGE + 4095, 2), (1 << 60, 8)])
+@covers("VULOG-DEV-06")
 def test_a_write_outside_the_log_is_an_error_not_an_overrun(log: DirtyLog, gpa: int, length: int) -> None:
     with pytest.raises(DirtyLogError, match="outside the dirty log"):
         log.mark(gpa, length)
@@ -91,11 +113,13 @@ def test_a_write_outside_the_log_is_an_error_not_an_overrun(log: DirtyLog, gpa: 
 
 @pytest.mark.parametrize(("size", "offset", "file_size", "why"), [
     (0, 0, 4096, "not in 1"), (4096, 0, 100, "runs past the end"), (16, 8192, 4096, "runs past the end")])
+@covers("VULOG-DEV-02")
 def test_bad_log_descriptions_are_refused(size: int, offset: int, file_size: int, why: str) -> None:
     with pytest.raises(DirtyLogError, match=why):
         new_log(size, offset, file_size)
 
 
+@covers("VULOG-DEV-06")
 def test_closed_log_refuses_marks() -> None:
     d = new_log(8)
     d.close()
@@ -105,6 +129,7 @@ def test_closed_log_refuses_marks() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 64 * 8 * LOG_PAGE - 1), st.integers(0, 5 * LOG_PAGE)), max_size=20))
+@covers("VULOG-DEV-03")
 def test_marked_pages_are_exactly_the_pages_written(writes: list[tuple[int, int]]) -> None:
     d = new_log(64)
     try:
@@ -121,6 +146,7 @@ def test_marked_pages_are_exactly_the_pages_written(writes: list[tuple[int, int]
         d.close()
 
 
+@covers("VULOG-DEV-05")
 def test_concurrent_writers_lose_no_bit() -> None:
     """Two logs on one fd (two backends sharing QEMU's log) set every bit of the same bytes at once."""
     fd = os.memfd_create("shared-log", os.MFD_CLOEXEC)
@@ -263,6 +289,7 @@ def new_rig(tmp_path: Path, devices: Devices | IfcDevices) -> Iterator[Rig]:
         os.close(log_fd)
 
 
+@covers("VULOG-DEV-01")
 def test_log_all_log_shmfd_and_rarp_are_offered(rig: Rig) -> None:
     offered = rig.fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
     assert offered & LOG_ALL
@@ -270,6 +297,7 @@ def test_log_all_log_shmfd_and_rarp_are_offered(rig: Rig) -> None:
     assert rig.fe.protocol_features & m.ProtocolFeature.RARP.mask
 
 
+@covers("VULOG-DEV-02")
 def test_set_log_base_is_answered_and_replaced(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
@@ -288,6 +316,7 @@ def test_set_log_base_is_answered_and_replaced(rig: Rig) -> None:
     fe.request(R.GET_FEATURES)  # the session goes on
 
 
+@covers("VULOG-DEV-02")
 def test_bad_log_base_is_refused_with_its_reply(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES | LOG_ALL, protocol=LOG_PROTOCOL)
@@ -296,6 +325,7 @@ def test_bad_log_base_is_refused_with_its_reply(rig: Rig) -> None:
     assert any("runs past the end" in e for e in rig.session.stats.errors), rig.session.stats.errors
 
 
+@covers("VULOG-DEV-02")
 def test_log_base_without_log_shmfd_is_refused(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES | LOG_ALL)  # no LOG_SHMFD
@@ -312,6 +342,7 @@ def test_log_all_needs_a_log(rig: Rig) -> None:
     assert any("before SET_LOG_BASE" in e for e in rig.session.stats.errors)
 
 
+@covers("VULOG-DEV-10")
 def test_send_rarp_is_accepted_and_recorded(rig: Rig) -> None:
     fe = rig.fe
     fe.negotiate(WANTED_FEATURES, protocol=LOG_PROTOCOL)
@@ -320,6 +351,7 @@ def test_send_rarp_is_accepted_and_recorded(rig: Rig) -> None:
     assert rig.session.stats.rarp == ["52:54:00:ab:cd:ef"]
 
 
+@covers("VULOG-DEV-10")
 def test_send_rarp_needs_the_rarp_protocol_feature(rig: Rig) -> None:
     rig.fe.negotiate(WANTED_FEATURES)
     with pytest.raises(FrontendError, match="refused"):
@@ -371,6 +403,7 @@ def traffic(fe: VhostUserFrontend, n: int, start: int = 0) -> None:
     assert fe.exchange(sent, timeout=10.0) == sent
 
 
+@covers("VULOG-DEV-03", "VULOG-DEV-04", "VULOG-DEV-07")
 def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
     fe = rig.fe
     start_logged(fe, rig.log_fd, logging=True)
@@ -384,6 +417,7 @@ def test_logged_traffic_marks_buffers_and_used_rings(rig: Rig) -> None:
     assert not rig.session.stats.errors, rig.session.stats.errors
 
 
+@covers("VULOG-DEV-09")
 def test_log_fd_is_signalled_after_the_log_was_written(rig: Rig) -> None:
     fe = rig.fe
     start_logged(fe, rig.log_fd, logging=True)
@@ -491,8 +525,12 @@ def run_workload(rig: Rig, workload: list[tuple[int, list[int], bool]], seq: int
 def unlogged(rig: Rig, watch: Watch) -> tuple[set[int], set[int]]:
     """(pages the device wrote that the log lacks, logged pages that are neither written nor a used ring)."""
     dirty = rig.dirty()
-    used_pages = {p for q in (0, 1) for p in page_span(rig.fe.rings[q].used_addr, SplitLayout(64).used_bytes)}
-    return watch.pages - dirty, dirty - watch.pages - used_pages
+    return watch.pages - dirty, dirty - watch.pages - used_ring_pages(rig)
+
+
+def used_ring_pages(rig: Rig) -> set[int]:
+    return {p for ring in rig.fe.rings.values() if isinstance(ring, DriverSplitQueue)
+            for p in page_span(ring.used_addr, ring.layout.used_bytes)}
 
 
 #: The behavioral model with the RTL's vendor blocks: it logs its own writes (models/virtio_net/dirty_log_block.py).
@@ -549,8 +587,12 @@ def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) ->
         seq += len(w)
         settle(rig, watch, event)
         missing, extra = unlogged(rig, watch)
-        assert not missing, f"VHOST_F_LOG_ALL: pages written by the device but not logged: {sorted(missing)[:8]}"
-        assert not extra, f"VHOST_F_LOG_ALL: pages logged that the device did not write: {sorted(extra)[:8]}"
+        if missing:
+            used = used_ring_pages(rig)
+            ids = [i for i, pages in (("VULOG-DEV-03", missing - used), ("VULOG-DEV-04", missing & used)) if pages]
+            raise AssertionError(f"{', '.join(ids)}: pages written by the device but not logged: "
+                                 f"{sorted(missing)[:8]}")
+        assert not extra, f"VULOG-DEV-03: pages logged that the device did not write: {sorted(extra)[:8]}"
         assert watch.pages, "the workload wrote nothing"
 
     try:
@@ -560,6 +602,7 @@ def check_dirty_log_property(rig: Rig, examples: int, *, shrink: bool = True) ->
         os.close(event)
 
 
+@covers("VULOG-DEV-03", "VULOG-DEV-04")
 def test_random_traffic_while_logging_logs_every_page_the_device_wrote(any_rig: Rig) -> None:
     """The dirty-log property (VHOST_F_LOG_ALL, SET_LOG_BASE: every page the device writes while logging is on
     has its bit set, and no other page) over 200 random workloads, on the model and on the RTL."""
@@ -591,12 +634,14 @@ def unlogged_used_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     yield from new_rig(tmp_path, Devices(request.param))
 
 
+@covers("VULOG-DEV-04")
 def test_the_property_catches_a_device_that_does_not_log_its_used_ring(unlogged_used_rig: Rig) -> None:
     """Seeded bug: the device's log misses the pages of its used-ring writes; the property finds them."""
-    with pytest.raises(AssertionError, match="VHOST_F_LOG_ALL: pages written by the device but not logged"):
+    with pytest.raises(AssertionError, match=r"^VULOG-DEV-04: pages written by the device but not logged"):
         check_dirty_log_property(unlogged_used_rig, 200, shrink=False)
 
 
+@covers("VULOG-DEV-03")
 def test_the_property_catches_a_relay_that_skips_a_buffer(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seeded bug: the relay logs only the first writable descriptor of each chain, so a frame whose receive
     chain has pieces on other pages leaves pages written but not logged; the property finds it."""
@@ -616,7 +661,7 @@ def test_the_property_catches_a_relay_that_skips_a_buffer(rig: Rig, monkeypatch:
 
     monkeypatch.setattr(UsedRelay, "_log_chain", log_chain)
     # Finding the bug is the point; shrinking the workload on the RTL took 90 s of CI for nothing.
-    with pytest.raises(AssertionError, match="VHOST_F_LOG_ALL: pages written by the device but not logged"):
+    with pytest.raises(AssertionError, match=r"^VULOG-DEV-03: pages written by the device but not logged"):
         check_dirty_log_property(rig, 200, shrink=False)
 
 
@@ -666,6 +711,7 @@ def logging_device_rig(tmp_path: Path) -> Iterator[Rig]:
     yield from new_rig(tmp_path, Devices(SIM_DEVICE_LOG))
 
 
+@covers("VULOG-DEV-07")
 def test_device_log_on_running_rings_is_complete_when_get_vring_base_answers(logging_device_rig: Rig) -> None:
     """QEMU's migration on a device with a dirty page log: LOG_ALL on while traffic runs moves no ring (the
     device logs into a bytemap the backend maps); at GET_VRING_BASE every page the device wrote is already in
@@ -716,6 +762,7 @@ def test_device_log_off_folds_and_stops_logging(logging_device_rig: Rig) -> None
     assert fe.stop() == {0: 12, 1: 12}
 
 
+@covers("VULOG-DEV-03")
 def test_packed_rings_are_logged_by_a_device_that_logs_itself(logging_device_rig: Rig) -> None:
     """Packed rings and LOG_ALL, refused where the backend would have to relay (its relay is split only), run
     on a device that logs its own writes: buffers and the descriptor ring's used entries are in the log."""
@@ -758,3 +805,36 @@ def test_a_device_whose_log_does_not_start_is_refused_and_keeps_nothing() -> Non
         assert pci.endpoint.iommu.mappings() == [] and len(os.listdir("/proc/self/fd")) == fds
     finally:
         dev.close()
+
+
+@covers("VULOG-DEV-08")
+def test_a_new_log_base_takes_over_from_the_device_log(logging_device_rig: Rig) -> None:
+    """QEMU resizes its log by sending SET_LOG_BASE again while logging: what the device wrote before is folded
+    into the old log before it is unmapped, what it writes after lands in the new one."""
+    rig = logging_device_rig
+    fe = rig.fe
+    start_logged(fe, rig.log_fd, logging=True)
+    watch = Watch(rig)
+    second = new_log_fd()
+    try:
+        run_workload(rig, [(1000, [1100], False)], 0)
+        before = set(watch.pages)
+        assert set_log_base(fe, second) == 0
+        assert before <= rig.dirty(), sorted(before - rig.dirty())  # the old log, complete at the switch
+        watch.pages.clear()
+        run_workload(rig, [(1400, [700, 800], False)], 1)
+        fe.stop()
+        raw = os.pread(second, LOG_SIZE, 0)
+        in_second = {i * 8 + b for i, v in enumerate(raw) if v for b in range(8) if v >> b & 1}
+        assert watch.pages and watch.pages <= in_second, sorted(watch.pages - in_second)
+    finally:
+        watch.close()
+        os.close(second)
+    assert not rig.session.stats.errors, rig.session.stats.errors
+
+
+def test_every_vhost_user_logging_row_is_judged() -> None:
+    """Each row of the backend's vhost-user logging table is judged by at least one test here, by name."""
+    judged = {rid for ids in COVERS.values() for rid in ids}
+    assert set(VULOG) == judged, f"rows no test judges: {sorted(set(VULOG) - judged)}"
+    assert all(name in globals() for name in COVERS)

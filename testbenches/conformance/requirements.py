@@ -34,6 +34,9 @@ AREAS: tuple[str, ...] = (
 
 _ROLE_TAGS = ("DRV", "DEV")
 _CSV_NAME = "virtio-requirements.csv"
+#: The backend's own rows from the vhost-user protocol (dirty logging for live migration: VULOG-DEV-NN, where DEV
+#: is the back-end's side), judged by the backend's tests (tests/test_dirty_log.py), not by device checks.
+VHOST_USER_TABLE = "vhost-user-requirements.csv"
 
 
 class Role(StrEnum):
@@ -154,10 +157,11 @@ def parse_requirements(text: str) -> RequirementSet:
     return RequirementSet(Requirement.from_row(row) for row in csv.DictReader(io.StringIO(text)))
 
 
-def load_requirements(path: Path | str | None = None) -> RequirementSet:
-    """Load the table; by default the copy shipped as package data next to this module."""
+def load_requirements(path: Path | str | None = None, *, table: str = _CSV_NAME) -> RequirementSet:
+    """Load the table; by default the copy shipped as package data next to this module (``table`` names another
+    one there, such as :data:`VHOST_USER_TABLE`)."""
     if path is None:
-        resource = resources.files(__package__ or "testbenches.conformance").joinpath("spec", _CSV_NAME)
+        resource = resources.files(__package__ or "testbenches.conformance").joinpath("spec", table)
         text = resource.read_text(encoding="utf-8")
     else:
         text = Path(path).read_text(encoding="utf-8")
