@@ -89,7 +89,8 @@ class EndpointDma:
 
     def generation(self) -> int | None:
         iommu = self._ep.iommu
-        if not self._ep.config.bus_master or iommu.watched:  # every access seen (observers, write hooks): no arrays
+        # every access seen (observers, write hooks): no arrays; the fields, not Iommu.watched: asked per ring access
+        if not self._ep.config.bus_master or iommu.observers or iommu.write_hooks:
             return None
         return iommu.generation
 
