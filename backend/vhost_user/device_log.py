@@ -22,12 +22,10 @@ A used ring logged at a ``log_guest_addr`` other than its own address gets those
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from collections.abc import Iterable
 from typing import Final
-
-import numpy as np
-from numpy.typing import NDArray
 
 from backend.device import DeviceDirtyLog, VdpaError
 from backend.pci.device import PciError
@@ -42,6 +40,8 @@ MAX_PAGES: Final = (1 << 48) - DEVICE_LOG_IOVA
 #: Seconds between folds while logging. QEMU reads the log once per migration pass, many milliseconds apart;
 #: what is folded late is sent in a later pass, and the last fold comes before the rings' state is answered.
 FOLD_PERIOD: Final = 0.01
+#: What the device writes into a page's byte.
+_MARK: Final = b"\x01"
 
 
 class DeviceLogError(Exception):
@@ -82,9 +82,9 @@ class DeviceLog:
         self.aliases: dict[int, tuple[int, int, int]] = {}  # ring -> (used ring, its log address, bytes)
         self.folded = 0  # pages moved into the log in all
         self._bytemap = DeviceMemory(device, "device-log", self.iova, self.size)
-        # The bytemap as words; it pins the mapping until dropped (close drops it first).
-        self._words: NDArray[np.uint64] | None = np.frombuffer(self._bytemap.mem, dtype=np.uint64)
-        self._base = int(self._words.ctypes.data)
+        # The bytemap's address for the atomic exchange; the ctypes view pins the mapping until close drops it.
+        self._cells: ctypes.Array[ctypes.c_ubyte] | None = (ctypes.c_ubyte * self.size).from_buffer(self._bytemap.mem)
+        self._base = ctypes.addressof(self._cells)
         try:
             self._bytemap.attach()
             self.start()
@@ -105,13 +105,17 @@ class DeviceLog:
     def fold(self, log: DirtyLog) -> int:
         """Move every page the device marked into ``log``; returns how many. Pages past the log raise
         DirtyLogError from ``log`` (after the others were set)."""
-        words = self._words
-        if words is None:
+        mem = self._bytemap.mem
+        if self._cells is None:
             return 0
         found: list[int] = []
-        for w in np.flatnonzero(words).tolist():
+        # The device writes 0x01 (the block's contract); find() scans at C speed, each hit's word is swapped whole.
+        at = mem.find(_MARK)
+        while at >= 0:
+            w = at >> 3
             value = self._xchg(self._base + 8 * w, 0, 5)  # __ATOMIC_SEQ_CST
             found += [8 * w + b for b in range(8) if value >> (8 * b) & 0xFF]
+            at = mem.find(_MARK, 8 * (w + 1))
         if not found:
             return 0
         self.folded += len(found)
@@ -137,5 +141,5 @@ class DeviceLog:
 
     def close(self) -> None:
         """Unmap from the device (stopped first by the caller) and free the bytemap."""
-        self._words = None
+        self._cells = None
         self._bytemap.close()
