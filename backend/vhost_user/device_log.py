@@ -12,11 +12,12 @@ bits. IOVA equals guest-physical address in this backend (the memory table is ma
 ``p`` stands for the frontend's page ``p``.
 
 :meth:`DeviceLog.fold` moves what the device wrote into the frontend's log: each 64-bit word of the bytemap
-that reads nonzero is swapped with zero in one atomic exchange (a byte the device writes during the fold is
-either in the swapped word or stays for the next fold, never lost), and the pages found are set in the log
-with atomic ORs. Folds run on a timer (:data:`FOLD_PERIOD`) while logging, and always before a ring's
-state is answered (GET_VRING_BASE), before the log changes hands and when logging stops: the device has
-finished its writes and their log writes by then (a stopped queue, a disabled block that is no longer busy).
+holding a mark (found with ``mmap.find``) is swapped with zero in one atomic exchange (a byte the device
+writes during the fold is either in the swapped word or stays for the next fold, never lost), and the pages
+found are set in the log with atomic ORs. Folds run on a timer (:data:`FOLD_PERIOD`) while logging, and
+always before a ring's state is answered (GET_VRING_BASE), before the log changes hands and when logging
+stops: the device has finished its writes and their log writes by then (a stopped queue, a disabled block that
+is no longer busy).
 A used ring logged at a ``log_guest_addr`` other than its own address gets those pages marked as well.
 """
 
@@ -30,7 +31,7 @@ from typing import Final
 from backend.device import DeviceDirtyLog, VdpaError
 from backend.pci.device import PciError
 from backend.vhost_user.device_memory import DeviceMemory
-from backend.vhost_user.dirty_log import DirtyLog, atomic_exchange_8, page_span
+from backend.vhost_user.dirty_log import SEQ_CST, DirtyLog, atomic_exchange_8, page_span
 from backend.vhost_user.shadow_cvq import SHADOW_IOVA
 
 #: Where the bytemap is mapped into the device: 2 GiB above the shadow control queue and used rings.
@@ -80,7 +81,6 @@ class DeviceLog:
         self.pages = min(pages, MAX_PAGES)
         self.iova, self.size = device_log_range(self.pages)
         self.aliases: dict[int, tuple[int, int, int]] = {}  # ring -> (used ring, its log address, bytes)
-        self.folded = 0  # pages moved into the log in all
         self._bytemap = DeviceMemory(device, "device-log", self.iova, self.size)
         # The bytemap's address for the atomic exchange; the ctypes view pins the mapping until close drops it.
         self._cells: ctypes.Array[ctypes.c_ubyte] | None = (ctypes.c_ubyte * self.size).from_buffer(self._bytemap.mem)
@@ -113,12 +113,11 @@ class DeviceLog:
         at = mem.find(_MARK)
         while at >= 0:
             w = at >> 3
-            value = self._xchg(self._base + 8 * w, 0, 5)  # __ATOMIC_SEQ_CST
+            value = self._xchg(self._base + 8 * w, 0, SEQ_CST)
             found += [8 * w + b for b in range(8) if value >> (8 * b) & 0xFF]
             at = mem.find(_MARK, 8 * (w + 1))
         if not found:
             return 0
-        self.folded += len(found)
         log.mark_pages(self._with_aliases(found))
         return len(found)
 
@@ -131,13 +130,9 @@ class DeviceLog:
                 out.update(page_span(alias, size))
         return out
 
-    def stop(self, log: DirtyLog | None) -> None:
-        """Stop the device logging (it is done with its log writes on return) and fold the last of it."""
-        try:
-            self.device.log_stop()
-        finally:
-            if log is not None:
-                self.fold(log)
+    def stop(self) -> None:
+        """Stop the device logging: it is done with its log writes on return (the caller folds the last of them)."""
+        self.device.log_stop()
 
     def close(self) -> None:
         """Unmap from the device (stopped first by the caller) and free the bytemap."""

@@ -33,7 +33,7 @@ from typing import Final
 LOG_PAGE: Final = 0x1000
 #: Largest log accepted: enough for 2^48 bytes of guest-physical memory (a 48-bit address space).
 MAX_LOG_SIZE: Final = (1 << 48) // LOG_PAGE // 8
-_SEQ_CST: Final = 5  # __ATOMIC_SEQ_CST: marks are ordered with the device's writes and the used index
+SEQ_CST: Final = 5  # __ATOMICSEQ_CST: marks are ordered with the device's writes and the used index
 
 AtomicOr = Callable[[int, int, int], int]
 
@@ -157,7 +157,7 @@ class DirtyLog:
             raise DirtyLogError(f"write at gpa [{gpa:#x}, {gpa + length:#x}) is outside the dirty log "
                                 f"(covers [0, {self.limit:#x}))")
         for byte, mask in _byte_masks(span):
-            self._or(self._base + byte, mask, _SEQ_CST)
+            self._or(self._base + byte, mask, SEQ_CST)
 
     def mark_pages(self, pages: Iterable[int]) -> None:
         """Set the bits of ``pages`` (page numbers), one atomic OR per byte; a page past the log raises
@@ -172,7 +172,7 @@ class DirtyLog:
             else:
                 outside.append(page)
         for byte, mask in masks.items():
-            self._or(self._base + byte, mask, _SEQ_CST)
+            self._or(self._base + byte, mask, SEQ_CST)
         if outside:
             raise DirtyLogError(f"{len(outside)} page(s) outside the dirty log (covers {self.pages} pages), first "
                                 f"{min(outside)} (gpa {min(outside) * LOG_PAGE:#x})")

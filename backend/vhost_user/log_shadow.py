@@ -303,7 +303,7 @@ class LogShadow:
         if self._fold_timer is not None:
             self._fold_timer.disarm()
         try:
-            dlog.stop(None)
+            dlog.stop()
         except (VdpaError, PciError) as exc:
             self.report(f"device-side dirty log did not stop cleanly: {exc}")
         finally:
