@@ -668,30 +668,44 @@ class Rig:
     def irq_fd(self, q: int) -> int:
         return self.drv.irq_fds["rx" if q == RX else "tx"]
 
-    def _missed(self) -> None:
+    def missed_deadline(self) -> None:
+        """A wait for what must happen ran out: from now on every such wait is short, so a broken device fails each
+        later step (and hypothesis shrink step) quickly instead of waiting the full bound again."""
         self.patience = self.stretched(FAIL_FAST)
 
     def irqs(self, q: int, timeout: float) -> int:
-        """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none)."""
+        """Interrupts signalled on the queue's eventfd, waiting up to ``timeout`` for the first (0 if none). A plain
+        wait: no deadline is missed here (see :meth:`notified` for an interrupt that must come)."""
         fd = self.irq_fd(q)
-        wait = max(0.0, min(self.stretched(timeout), self.patience))
-        ready, _, _ = select.select([fd], [], [], wait)
+        ready, _, _ = select.select([fd], [], [], max(0.0, min(self.stretched(timeout), self.patience)))
         if not ready:
-            if wait > self.stretched(self.quiet):
-                self._missed()
             return 0
         try:
             return os.eventfd_read(fd)
         except BlockingIOError:
             return 0
 
+    def notified(self, q: int, seen: int, want: bool, timeout: float = TIMEOUT) -> int:
+        """The interrupts of ``q`` for a step whose waits already saw ``seen``: when one is ``want``-ed and none came
+        yet, the wait for it (``timeout``, a missed deadline if it never comes); otherwise only the quiet window,
+        for an extra or unwanted one. An interrupt that already came is never waited for again, so a conformant
+        asynchronous device never costs the rig its patience."""
+        if want and not seen:
+            got = self.irqs(q, timeout)
+            if not got:
+                self.missed_deadline()
+            return got
+        return seen + self.irqs(q, self.quiet)
+
     def drain_irqs(self) -> None:
         for q in (RX, TX):
             self.irqs(q, 0)
 
-    def wait_used_idx(self, q: int, target: int, timeout: float | None = None) -> tuple[bool, int]:
+    def wait_used_idx(self, q: int, target: int, timeout: float | None = None, *,
+                      expected: bool = True) -> tuple[bool, int]:
         """Wait until :meth:`used_mark` of ``q`` reads ``target`` (a split used idx, 16-bit; a packed position,
-        modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed."""
+        modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed. Not reaching it is a missed
+        deadline unless it was not ``expected`` (a look for a used index that must not move)."""
         packed = self.drv.packed.get(q)
         modulo = 2 * packed.size if packed is not None else 0x10000
         deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
@@ -700,7 +714,8 @@ class Rig:
         while self.used_mark(q) != target % modulo:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._missed()
+                if expected:
+                    self.missed_deadline()
                 return False, seen
             ready, _, _ = select.select([fd], [], [], min(left, 0.005))
             if ready:
@@ -724,13 +739,14 @@ class Rig:
         done, seen = self.wait_used_idx(TX, start + batch)
         new = tx.used_idx()
         want = vring_need_event(ev, new, start)
-        got = seen + self.irqs(TX, TIMEOUT if want else self.quiet)
+        got = self.notified(TX, seen, want)
         tx.used()
         return EventIdxStep(start, new, ev, flags, batch, want, got, done)
 
-    def complete(self, q: int, pending: dict[int, Posted], count: int,
-                 timeout: float | None = None) -> list[tuple[Posted, int]]:
-        """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order."""
+    def complete(self, q: int, pending: dict[int, Posted], count: int, timeout: float | None = None, *,
+                 expected: bool = True) -> list[tuple[Posted, int]]:
+        """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order; fewer is a
+        missed deadline unless they were not ``expected`` (a look for entries that must not come)."""
         ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
         deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
@@ -744,7 +760,8 @@ class Rig:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                self._missed()
+                if expected:
+                    self.missed_deadline()
                 break
             self.irqs(q, min(left, 0.05))
         return got

@@ -25,7 +25,7 @@ from backend.virtio.packed_ring import (
     pack_ring,
 )
 from testbenches.conformance.chains import Access
-from testbenches.conformance.harness import FAIL_FAST, Rig, drain
+from testbenches.conformance.harness import Rig, drain
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverQueueError, UsedBuffer
 
@@ -116,7 +116,7 @@ def wait_used(r: Rig, q: int, count: int, timeout: float) -> tuple[list[UsedBuff
             return got, irqs, ""
         left = deadline - time.monotonic()
         if left <= 0:
-            r.patience = FAIL_FAST
+            r.missed_deadline()
             return got, irqs, f"queue {q}: {len(got)} of {count} buffers used after {timeout}s"
         ready, _, _ = select.select([fd], [], [], min(left, 0.005))
         if ready:

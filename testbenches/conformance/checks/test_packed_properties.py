@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from backend.virtio.features import DeviceStatus, F, has
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.packed_ring import EventFlags, advance, packed_need_event
+from testbenches.conformance.falsify import falsified
 from testbenches.conformance.harness import RING_MEM_SIZE, RX, TX, Bench, Rig, drain, fitting_round, make_frame
 from testbenches.conformance.packed_lists import IdPool, Posted, post, rewrites_after_used, wait_used
 from testbenches.conformance.plugin import Verdict
@@ -188,7 +189,7 @@ def _run_workload(r: Rig, w: PackedWorkload, seq0: int, notifications: bool) -> 
                     else packed_need_event(*start, tx.next_used, tx.used_wrap,
                                            sum(p.slots for p in tx_posted.values()), w.size))
         if notifications:
-            irqs += r.irqs(TX, USED_WAIT if promised else r.quiet)
+            irqs = r.notified(TX, irqs, promised, USED_WAIT)
         if notifications and promised != bool(irqs):
             return SUPPRESSION_ROW[w.mode], (f"driver event {w.mode.name} at {start[0]}/wrap {start[1]}: "
                                              f"{irqs} interrupt(s) for {len(batch)} transmit completions")
@@ -249,13 +250,10 @@ def _workload_property(bench: Bench, verdict: Verdict, ids: tuple[str, ...], exa
 
 def _judge(verdict: Verdict, ids: tuple[str, ...], run: Callable[[], None], failed: dict[str, str],
            done: dict[str, int], minimum: int) -> None:
-    try:
-        run()
-    except AssertionError:
-        pass
+    _, note = falsified(run)
     if failed:
         rid, why = next(iter(failed.items()))
-        verdict.check(rid, False, why)
+        verdict.check(rid, False, why + note)
         return  # the other rows were not proven by a run that stopped early
     enough = done["workloads"] >= minimum
     for rid in ids:
@@ -326,7 +324,7 @@ def test_desc_event_across_the_ring_end(bench: Bench, verdict: Verdict) -> None:
             for u in used:
                 pool.give(u.head)
             want = packed_need_event(*event, tx.next_used, tx.used_wrap, DESC_BATCH, DESC_SIZE_)
-            irqs += r.irqs(TX, USED_WAIT if want else r.quiet)
+            irqs = r.notified(TX, irqs, want, USED_WAIT)
             rid = "SPLIT-DEV-13" if want else "SPLIT-DEV-14"
             seen[rid] += 1
             what = (f"packed ring of {DESC_SIZE_}: {DESC_BATCH} buffers used from {start[0]}/wrap {start[1]}, driver "

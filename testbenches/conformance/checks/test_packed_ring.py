@@ -310,7 +310,7 @@ def _suppression_run(bench: Bench, verdict: Verdict, event_idx: bool, work: tupl
                 want = packed_need_event(ev[0], ev[1], new[0], new[1], st_.batch, size)
             else:
                 want = st_.mode == EventFlags.ENABLE
-            got = seen + r.irqs(TX, USED_WAIT if want else r.quiet)
+            got = r.notified(TX, seen, want, USED_WAIT)
             what = (f"packed ring of {size}: {st_.batch} buffer(s) used at {start[0]}/wrap {start[1]} -> {new[0]}/wrap "
                     f"{new[1]}, driver event {st_.mode.name}" + (f" at {ev[0]}/wrap {ev[1]}" if st_.mode ==
                                                                EventFlags.DESC else "")

@@ -268,7 +268,7 @@ def test_bus_master_enable_gates_dma(bench: Bench, verdict: Verdict) -> None:
                 r.doorbell(TX)
             except Exception as exc:  # the register access itself must not fail
                 crash = exc
-            moved, _ = r.wait_used_idx(TX, 1, 0.2)
+            moved, _ = r.wait_used_idx(TX, 1, 0.2, expected=False)
         after = snapshot(r.mem)
         faults = r.faults()
         changed = changed_outside(r.mem, before, after, [])

@@ -18,6 +18,7 @@ from backend.virtio.features import DeviceStatus, F, NetF, has
 from backend.virtio.net_hdr import GSO_NONE, NetHdr
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.chains import Posted, add_chain, poison, written_bytes
+from testbenches.conformance.falsify import falsified
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig, fitting_round, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.strategies import Workload, layouts, workloads
@@ -42,11 +43,7 @@ def _dead(rig: Rig) -> str:
 def _judge(verdict: Verdict, ids: tuple[str, ...], run: Callable[[], None], what: str) -> None:
     """Run a property and judge ``ids`` on it (those not already judged, e.g. not offered): a failing example,
     shrunk by hypothesis, is the evidence."""
-    try:
-        run()
-        failure = ""
-    except AssertionError as exc:
-        failure = str(exc) or "assertion failed"
+    failure = "".join(falsified(run))
     for rid in ids:
         if not verdict.recorded(rid):
             verdict.check(rid, not failure, failure or what)
