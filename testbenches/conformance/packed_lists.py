@@ -102,7 +102,7 @@ def wait_used(r: Rig, q: int, count: int, timeout: float) -> tuple[list[UsedBuff
     interrupts signalled on the queue meanwhile, and what went wrong ('' if nothing). After one missed deadline the
     rig's patience is short, so a broken device fails every hypothesis example (and shrink step) quickly."""
     ring = r.packed[q]
-    timeout = min(timeout, r.patience)
+    timeout = min(r.stretched(timeout), r.patience)
     fd = r.irq_fd(q)
     got: list[UsedBuffer] = []
     irqs = 0
