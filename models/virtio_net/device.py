@@ -18,6 +18,7 @@ from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
     PCI_CLASS_NETWORK_ETHERNET,
     VIRTIO_ID_NET,
+    VIRTIO_NET_S_ANNOUNCE,
     VIRTIO_NET_S_LINK_UP,
     NetCfg,
 )
@@ -25,6 +26,8 @@ from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
+from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
+from models.virtio_net.rx_filter import FILTER_FEATURES, RxFilter
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
@@ -88,6 +91,7 @@ class NetStats:
     rx_buffer_too_small: int = 0
     rx_oversize: int = 0  # longer than mtu + link-layer header with VIRTIO_NET_F_MTU (NET-DEV-05)
     rx_not_ready: int = 0  # device not live, link down or receive queue not enabled
+    rx_filtered: int = 0  # dropped by the receive filter (CTRL_RX modes and MAC table, CTRL_VLAN table)
     tx_bulk: int = 0  # TX chains taken by the bulk path (the rest went through the per-chain parser)
     rx_bulk: int = 0  # frames delivered by the bulk path
 
@@ -123,7 +127,8 @@ class VirtioNetDevice(VirtioPciFunction):
       ``notif_config_data(index)``.
     net: ``used_len_for(q, chain, written)`` used.len; ``rx_header(frame, num_buffers)`` receive header;
       ``tx_frame(chain)`` frame gathered from a TX chain; ``rx_pair_for(frame)`` steering;
-      ``control_command(cls, cmd, data)`` control queue.
+      ``control_command(cls, cmd, data)`` control queue; ``rx_filter_class`` the receive filter
+      (:class:`~models.virtio_net.rx_filter.RxFilter`, with CTRL_RX / CTRL_VLAN / CTRL_MAC_ADDR / GUEST_ANNOUNCE).
 
     Data path: a kick (or a burst arriving from the wire) takes every available chain in one round; chains of
     one or two plain descriptors are decoded, IOMMU-checked and copied in bulk (numpy), anything else goes
@@ -135,6 +140,7 @@ class VirtioNetDevice(VirtioPciFunction):
 
     VIRTIO_DEVICE_ID = VIRTIO_ID_NET
     PCI_CLASS = PCI_CLASS_NETWORK_ETHERNET
+    rx_filter_class: type[RxFilter] = RxFilter
 
     def __init__(self, *, pairs: int = 1, mac: str | bytes = "02:00:00:00:00:01", mtu: int = 1500,
                  max_queue_size: int = 256, features: int | None = None, speed: int = 10000, duplex: int = 1,
@@ -147,7 +153,7 @@ class VirtioNetDevice(VirtioPciFunction):
         if features is None:
             features = DEFAULT_FEATURES | (MQ_FEATURES if pairs > 1 else 0)
         self.pairs = pairs
-        self.mac = parse_mac(mac)
+        self.rx_filter = self.rx_filter_class(parse_mac(mac))
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex
@@ -168,6 +174,11 @@ class VirtioNetDevice(VirtioPciFunction):
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
         self.packed_bulk_tx = packed_fast.bulk_ok(self)
 
+    @property
+    def mac(self) -> bytes:
+        """The primary MAC (the mac config field): as built, or as VIRTIO_NET_CTRL_MAC_ADDR_SET set it until reset."""
+        return self.rx_filter.mac
+
     def _stock(self, *hooks: str) -> bool:
         """True when this class keeps VirtioNetDevice's own version of every named hook."""
         return all(getattr(type(self), h) is getattr(VirtioNetDevice, h) for h in hooks)
@@ -177,7 +188,8 @@ class VirtioNetDevice(VirtioPciFunction):
     def device_config_registers(self) -> list[Register]:
         regs = [Register(f"mac{i}", NetCfg.MAC + i, 1, lambda i=i: self.mac[i]) for i in range(6)]  # type: ignore[misc]
         regs += [
-            Register("status", NetCfg.STATUS, 2, lambda: VIRTIO_NET_S_LINK_UP if self.link_up else 0),
+            Register("status", NetCfg.STATUS, 2, lambda: (VIRTIO_NET_S_LINK_UP if self.link_up else 0)
+                     | (VIRTIO_NET_S_ANNOUNCE if self.rx_filter.announce else 0)),
             Register("max_virtqueue_pairs", NetCfg.MAX_VIRTQUEUE_PAIRS, 2, lambda: self.pairs),
             Register("mtu", NetCfg.MTU, 2, lambda: self.mtu),
             Register("speed", NetCfg.SPEED, 4, lambda: self.speed),
@@ -191,6 +203,9 @@ class VirtioNetDevice(VirtioPciFunction):
             if up == self.link_up:
                 return
             self.link_up = up
+            if up and has(self.negotiated, NetF.GUEST_ANNOUNCE):
+                # The port is back, maybe somewhere else: ask the driver to announce itself (5.1.9.5.4).
+                self.rx_filter.announce = True
             self.config_changed()
 
     # --- wiring ----------------------------------------------------------------------------------
@@ -200,6 +215,7 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def on_reset(self) -> None:
         self.active_pairs = 1  # NETCTRL-DEV-25: only receiveq1 after reset
+        self.rx_filter.reset()  # MAC table empty after reset (NETCTRL-DEV-17), modes off, configured MAC
 
     # --- hooks -----------------------------------------------------------------------------------
 
@@ -236,6 +252,8 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def control_command(self, cls: int, cmd: int, data: bytes) -> int:
         """One control queue command; returns the ack byte."""
+        if cls in RX_FILTER_CLASSES:
+            return self.rx_filter.command(cls, cmd, data, self.negotiated)
         if cls == VIRTIO_NET_CTRL_MQ and cmd == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET and len(data) >= 2:
             n = struct.unpack_from("<H", data)[0]
             if has(self.negotiated, NetF.MQ) and 1 <= n <= self.pairs:
@@ -531,6 +549,9 @@ class VirtioNetDevice(VirtioPciFunction):
         if self._oversize(frame):
             self.stats.rx_oversize += 1
             return
+        if self.negotiated & FILTER_FEATURES and not self.rx_filter.accept(frame, self.negotiated):
+            self.stats.rx_filtered += 1  # before any receive buffer is taken, on split and packed rings alike
+            return
         pair = self.rx_pair_for(frame)
         if self.ring_packed:
             pq = self.packed_queues[2 * pair]
@@ -562,6 +583,10 @@ class VirtioNetDevice(VirtioPciFunction):
                     keep = np.array([not self._oversize(f) for f in frames], dtype=np.bool_)
                     self.stats.rx_oversize += int((~keep).sum())
                     frames = frames.select(keep)
+            if self.negotiated & FILTER_FEATURES:  # one check per burst: no cost unless filtering was negotiated
+                accepted = np.array([self.rx_filter.accept(f, self.negotiated) for f in frames], dtype=np.bool_)
+                self.stats.rx_filtered += len(frames) - int(accepted.sum())
+                frames = frames.select(accepted)
             q = self.queues[0]
             if not q.enabled:
                 self.stats.rx_not_ready += len(frames)
