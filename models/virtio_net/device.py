@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from backend.pci.device import DmaFaultError
 from backend.virtio.features import F, NetF, bits, has
-from backend.virtio.net_hdr import HDR_SIZE, NetHdr
+from backend.virtio.net_hdr import F_DATA_VALID, HDR_SIZE, NetHdr
 from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
     PCI_CLASS_NETWORK_ETHERNET,
@@ -23,7 +23,7 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
-from models.virtio_net import packed_datapath, packed_fast
+from models.virtio_net import offload, packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
@@ -92,6 +92,7 @@ class NetStats:
     rx_oversize: int = 0  # longer than mtu + link-layer header with VIRTIO_NET_F_MTU (NET-DEV-05)
     rx_not_ready: int = 0  # device not live, link down or receive queue not enabled
     rx_filtered: int = 0  # dropped by the receive filter (CTRL_RX modes and MAC table, CTRL_VLAN table)
+    tx_bad_csum: int = 0  # NEEDS_CSUM pointing outside the frame: dropped, also counted in tx_errors
     tx_bulk: int = 0  # TX chains taken by the bulk path (the rest went through the per-chain parser)
     rx_bulk: int = 0  # frames delivered by the bulk path
 
@@ -126,7 +127,8 @@ class VirtioNetDevice(VirtioPciFunction):
       ``queue_config_error(q)`` queue_enable validation; ``notify_used(q)`` interrupt delivery;
       ``notif_config_data(index)``.
     net: ``used_len_for(q, chain, written)`` used.len; ``rx_header(frame, num_buffers)`` receive header;
-      ``tx_frame(chain)`` frame gathered from a TX chain; ``rx_pair_for(frame)`` steering;
+      ``tx_frame(chain)`` frame gathered from a TX chain; ``tx_offload(chain, frame)`` the frame as sent, per its
+      header (checksum offload with VIRTIO_NET_F_CSUM); ``rx_pair_for(frame)`` steering;
       ``control_command(cls, cmd, data)`` control queue; ``rx_filter_class`` the receive filter
       (:class:`~models.virtio_net.rx_filter.RxFilter`, with CTRL_RX / CTRL_VLAN / CTRL_MAC_ADDR / GUEST_ANNOUNCE).
 
@@ -170,7 +172,7 @@ class VirtioNetDevice(VirtioPciFunction):
                          notify_off_multiplier=notify_off_multiplier, iommu=iommu)
         self.hdr_len = HDR_SIZE  # VERSION_1 is required, so num_buffers is always present
         self._hdr_u64 = np.uint64(self.hdr_len)
-        self.bulk_tx = self._stock("tx_frame", "used_len_for")
+        self.bulk_tx = self._stock("tx_frame", "tx_offload", "used_len_for")
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
         self.packed_bulk_tx = packed_fast.bulk_ok(self)
 
@@ -224,9 +226,12 @@ class VirtioNetDevice(VirtioPciFunction):
         return written
 
     def rx_header(self, frame: bytes, num_buffers: int = 1) -> bytes:
-        """virtio_net_hdr for a received frame: no offloads, gso NONE (NET-DEV-34/55); num_buffers is the
-        number of buffers the packet takes: 1 without MRG_RXBUF (NET-DEV-30), the count with it (NET-DEV-28/31)."""
-        return NetHdr(num_buffers=num_buffers).pack()
+        """virtio_net_hdr for a received frame: gso NONE (NET-DEV-55, no guest GSO offered); flags 0 without
+        GUEST_CSUM (NET-DEV-34), DATA_VALID with it only for a checksum verified correct (NET-DEV-62); num_buffers
+        is the number of buffers the packet takes: 1 without MRG_RXBUF (NET-DEV-30), the count with it
+        (NET-DEV-28/31)."""
+        valid = has(self.negotiated, NetF.GUEST_CSUM) and offload.checksum_verified(frame)
+        return NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
 
     def rx_pair_for(self, frame: bytes) -> int:
         """Queue pair a received frame goes to: receiveq1 unless VQ_PAIRS_SET enabled more (per-flow hash)."""
@@ -249,6 +254,27 @@ class VirtioNetDevice(VirtioPciFunction):
         if skip or not pieces:
             return None
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def tx_offload(self, chain: Chain, frame: bytes) -> bytes | None:
+        """The frame as it goes on the wire: with VIRTIO_NET_F_CSUM and NEEDS_CSUM in the header, its checksum
+        completed (:mod:`models.virtio_net.offload`); None drops it (NEEDS_CSUM pointing outside the frame)."""
+        if not has(self.negotiated, NetF.CSUM):
+            return frame  # the header's fields are not used at all (NET-DEV-16/26)
+        raw = b""
+        for addr, length in chain.readable:  # tx_frame found the header whole: only its bytes are read again
+            raw += self.dma.read(addr, min(length, self.hdr_len - len(raw)))
+            if len(raw) == self.hdr_len:
+                break
+        hdr = NetHdr.unpack(raw.ljust(HDR_SIZE, b"\0"))
+        out = offload.complete_checksum(hdr.flags, hdr.csum_start, hdr.csum_offset, frame)
+        if out is None:
+            self.stats.tx_bad_csum += 1
+        return out
+
+    def tx_bulk_now(self) -> bool:
+        """Whether the bulk TX paths may take chains now: they copy frames without reading headers, so not once
+        VIRTIO_NET_F_CSUM is negotiated (every chain then goes through :meth:`tx_offload`)."""
+        return self.bulk_tx and not has(self.negotiated, NetF.CSUM)
 
     def control_command(self, cls: int, cmd: int, data: bytes) -> int:
         """One control queue command; returns the ack byte."""
@@ -364,11 +390,12 @@ class VirtioNetDevice(VirtioPciFunction):
         """Take ``pending`` available TX chains, put their frames on the wire, return them in one used update."""
         ids: list[NDArray[np.integer]] = []
         lens: list[NDArray[np.integer]] = []
-        rest = pending - self._tx_compiled(q, pending, ids) if self.bulk_tx else pending
+        bulk = self.tx_bulk_now()
+        rest = pending - self._tx_compiled(q, pending, ids) if bulk else pending
         if rest:
             if ids:
                 lens.append(np.zeros(pending - rest, dtype=np.uint32))
-            self._tx_rest(q, rest, ids, lens)
+            self._tx_rest(q, rest, ids, lens, bulk)
         if self.in_order_batch and q.in_order:
             # With IN_ORDER a batch may be returned as one used element for its last buffer (2.7.9).
             last = int(ids[-1][-1])
@@ -412,11 +439,11 @@ class VirtioNetDevice(VirtioPciFunction):
         return taken
 
     def _tx_rest(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]],
-                 lens: list[NDArray[np.integer]]) -> None:
+                 lens: list[NDArray[np.integer]], bulk_ok: bool) -> None:
         """``pending`` chains in numpy bulk where they are plain, else one by one through the exact parser."""
         heads = q.peek_heads(pending)
         pos = 0
-        table = q.read_desc_table() if self.bulk_tx and pending >= _BATCH_MIN else None
+        table = q.read_desc_table() if bulk_ok and pending >= _BATCH_MIN else None
         if table is not None:
             pc = q.plain_chains(table, heads, writable=False)
             runs: list[list[int]] = [[0, pending]]
@@ -450,6 +477,8 @@ class VirtioNetDevice(VirtioPciFunction):
         chain = q.parse_chain(head)
         q.consume()
         frame = self.tx_frame(chain)
+        if frame is not None:
+            frame = self.tx_offload(chain, frame)
         ids.append(np.array([head], dtype=np.uint32))
         lens.append(np.array([self.used_len_for(q, chain, 0) & 0xFFFFFFFF], dtype=np.uint32))
         if frame is None:
@@ -572,7 +601,9 @@ class VirtioNetDevice(VirtioPciFunction):
             if not self.live or not self.link_up:
                 self.stats.rx_not_ready += len(frames)
                 return
-            if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN or self.ring_packed:
+            # The bulk path writes one header for all (DATA_VALID is per frame with GUEST_CSUM).
+            if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN or self.ring_packed \
+                    or has(self.negotiated, NetF.GUEST_CSUM):
                 for frame in frames:
                     self._receive_one(frame)
                 return

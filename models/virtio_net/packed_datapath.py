@@ -4,8 +4,8 @@ The model's split data path lives in :mod:`models.virtio_net.device`, with its b
 packed counterpart, chain by chain through :class:`~models.virtio_net.packed_engine.PackedQueue` with every
 check of the engine, except the transmit queue's runs of one-descriptor lists, taken in bulk by
 :mod:`models.virtio_net.packed_fast` when the device keeps every per-list hook as it is. The device's per-chain
-hooks ``tx_frame``, ``rx_header`` and ``control_command`` apply here too; ``used_len_for`` and ``notify_used``
-take a split queue, so this path writes the bytes written and signals the queue's vector itself.
+hooks ``tx_frame``, ``tx_offload``, ``rx_header`` and ``control_command`` apply here too; ``used_len_for`` and
+``notify_used`` take a split queue, so this path writes the bytes written and signals the queue's vector itself.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _serve(dev: VirtioNetDevice, q: PackedQueue, one: _ChainFn) -> None:
     ask for one at the next slot and look once more (a list made available while they were off came without)."""
     quiet = False
     batch_ok = q.in_order and dev.in_order_batch and one is _tx_chain
-    bulk = one is _tx_chain and dev.packed_bulk_tx
+    bulk = one is _tx_chain and dev.packed_bulk_tx and dev.tx_bulk_now()
     maps = dev.packed_tx_maps(q)
     runs = 0
     try:
@@ -113,6 +113,8 @@ def _plain(chain: PackedChain) -> bool:
 
 def _tx_chain(dev: VirtioNetDevice, q: PackedQueue, chain: PackedChain) -> int:
     frame = dev.tx_frame(chain)
+    if frame is not None:
+        frame = dev.tx_offload(chain, frame)
     if frame is None:
         dev.stats.tx_errors += 1
     else:

@@ -12,7 +12,8 @@ It judges nothing. A slot is taken only when its flags are exactly the AVAIL/USE
 counter there (no NEXT, INDIRECT or WRITE), its buffer is longer than the virtio-net header and lies inside
 the one readable mapping handed in. The first slot that is anything else ends the run and is left to the
 per-list path with every check of the engine. A device whose class overrides any per-list packed hook, or
-``tx_frame``, never gets here (:func:`bulk_ok`), so a seeded bug shows exactly as written.
+``tx_frame`` or ``tx_offload``, never gets here (:func:`bulk_ok`), so a seeded bug shows exactly as written; nor
+does a device with VIRTIO_NET_F_CSUM negotiated (headers are not read here, :meth:`VirtioNetDevice.tx_bulk_now`).
 
 Memory order: the flags of the whole run are read first (one compiled call), then, after a full barrier, the
 rest of each descriptor (a second call), each value read once; the driver wrote every descriptor before its
@@ -139,7 +140,7 @@ put_used = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint16]], Non
 
 
 def bulk_ok(dev: VirtioNetDevice) -> bool:
-    """The device keeps every per-list packed hook and ``tx_frame`` as VirtioNetDevice has them."""
+    """The device keeps every per-list packed hook, ``tx_frame`` and ``tx_offload`` as VirtioNetDevice has them."""
     return dev.bulk_tx and all(getattr(type(dev), h) is getattr(PackedHooks, h) for h in PER_LIST_HOOKS)
 
 
