@@ -28,9 +28,10 @@ from backend.pci import vfio_user_msg as m
 from backend.pci.device import DmaPerm, IrqIndex, PciError, RegionFlags, RegionIndex, config_read
 from backend.pci.vfio_user import VfioUserError, VfioUserPciDevice
 from backend.targets import default_registry
-from backend.virtio.features import DeviceStatus, F
+from backend.virtio.features import DeviceStatus, F, NetF
 from backend.virtio.split_ring import Descriptor
 from models.targets import open_virtio_net
+from models.virtio_net.rx_filter import RX_FILTER_FEATURES
 from sim.memory import GuestMemory
 from sim.vfio_user import VfioUserServer
 from testbenches.driver.vdpa_frontend import VdpaFrontend
@@ -684,6 +685,13 @@ NOTIF_BITS = 1 << F.NOTIFICATION_DATA | 1 << F.NOTIF_CONFIG_DATA
 #: queues=4; the offered config fields, queues=3); out of process, a device process started with four queue
 #: pairs serves them.
 MQ_CHECKS = ("test_net_ctrl_mq", "test_offered_fields_in_range")
+#: The checksum offload checks, which ask a configurable target to offer CSUM and GUEST_CSUM besides its offer; out
+#: of process, a device process started with that offer serves them.
+CSUM_CHECK = "test_net_csum"
+CSUM_FEATURES = 1 << NetF.CSUM | 1 << NetF.GUEST_CSUM
+#: The receive filter checks, which ask a configurable target to offer CTRL_RX, CTRL_VLAN and the rest besides its
+#: offer; out of process, a device process started with that offer serves them.
+RX_FILTER_CHECK = "test_net_rx_filter"
 
 
 #: Bound on each of the two whole-suite runs (a vfio-user run took 5.6 min on a 2-core machine at load 12).
@@ -710,7 +718,8 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
     # The notification-format check, on a device process offering what the check adds on sim:.
     probe = VfioUserPciDevice(path)
     try:
-        offer = VirtioPciModern(probe).device_features() | NOTIF_BITS
+        base_offer = VirtioPciModern(probe).device_features()
+        offer = base_offer | NOTIF_BITS
     finally:
         probe.close()
     notif_path = str(tmp_path / "notif.sock")
@@ -724,18 +733,36 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
         mq.wait_listening(READY_TIMEOUT)
         run("vfio-user-mq", f"vfio-user:{mq_path}", "-k", " or ".join(MQ_CHECKS))
 
+    # The receive filter checks, on a device process offering what they add on sim:.
+    rx_path = str(tmp_path / "rx-filter.sock")
+    with DeviceProcess(rx_path, f"{MODEL},features={base_offer | RX_FILTER_FEATURES:#x}",
+                       log=tmp_path / "rx-filter.log") as rx:
+        rx.wait_listening(READY_TIMEOUT)
+        run("vfio-user-rx-filter", f"vfio-user:{rx_path}", "-k", RX_FILTER_CHECK)
+
+    # The checksum offload checks, on a device process offering what they add on sim:.
+    csum_path = str(tmp_path / "csum.sock")
+    with DeviceProcess(csum_path, f"{MODEL},features={offer | CSUM_FEATURES:#x}", log=tmp_path / "csum.log") as cs:
+        cs.wait_listening(READY_TIMEOUT)
+        run("vfio-user-csum", f"vfio-user:{csum_path}", "-k", CSUM_CHECK)
+
     sim, vu, vu_notif = results["sim"], results["vfio-user"], results["vfio-user-notif"]
     for name, data in results.items():
         failed = ids_with(data, "failed")
         assert not failed, (name, {i: data["ids"][i]["evidence"] for i in sorted(failed)})
         assert data["_exit"] == 0, (name, data["_stdout"][-3000:])
     passed_sim, passed_vu = ids_with(sim, "passed"), ids_with(vu, "passed")
-    passed_notif = ids_with(vu_notif, "passed") | ids_with(results["vfio-user-mq"], "passed")
+    passed_notif = ids_with(vu_notif, "passed") | ids_with(results["vfio-user-mq"], "passed") \
+        | ids_with(results["vfio-user-rx-filter"], "passed")
+    passed_notif |= ids_with(results["vfio-user-csum"], "passed")
     assert len(passed_sim) >= 150
     assert passed_vu <= passed_sim, f"passed only out of process: {sorted(passed_vu - passed_sim)}"
     # Every id the default offer leaves "not offered" to the notification check passes with the offer.
     left_to_notif = {i for i in passed_sim - passed_vu if vu["ids"][i]["status"] == "not offered"
-                     and all(NOTIF_CHECK in c or any(k in c for k in MQ_CHECKS) for c in vu["ids"][i]["checks"])}
+                     and all(NOTIF_CHECK in c or RX_FILTER_CHECK in c or any(k in c for k in MQ_CHECKS)
+                             for c in vu["ids"][i]["checks"])}
+    left_to_notif |= {i for i in passed_sim - passed_vu if vu["ids"][i]["status"] == "not offered"
+                      and all(CSUM_CHECK in c for c in vu["ids"][i]["checks"])}
     assert left_to_notif and left_to_notif <= passed_notif, (sorted(left_to_notif), sorted(passed_notif))
     gap = passed_sim - passed_vu - passed_notif
     unexplained = {i: (vu["ids"][i]["status"], vu["ids"][i]["evidence"]) for i in sorted(gap)
