@@ -167,6 +167,7 @@ def test_every_receive_path_filters(packed: bool, burst: int) -> None:
                 model.receive_batch(batch)
             assert model.stats.rx_filtered == burst
             assert model.stats.rx_packets == burst
+            assert model.stats.rx_bulk == (burst if burst > 1 and not packed else 0)  # the path meant
         finally:
             rig.close()
             dev.close()
