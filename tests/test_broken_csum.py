@@ -1,0 +1,63 @@
+"""The checksum offload checks find checksum bugs: each variant of tests/broken_csum.py, run through
+testbenches/conformance/checks/test_net_csum.py, fails exactly the ids its bug breaks; the stock model fails none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from models.virtio_net.device import VirtioNetDevice
+from tests import broken_csum
+from tests.suite_runner import CHECKS, ids_with, run_suite
+
+#: variant class in tests/broken_csum.py -> the ids its bug breaks, which the checks must report failed (and no other)
+EXPECTED: dict[str, set[str]] = {
+    "CsumStoredPastField": {"NET-DEV-35"},  # the delivered checksum is wrong (and the two bytes after it changed)
+    # DATA_VALID vouches for corrupted checksums, also for packets sent without NEEDS_CSUM
+    "DataValidUnverified": {"NET-DEV-62", "NET-DEV-26"},
+    "CsumWithoutNeedsCsum": {"NET-DEV-16"},  # csum_start/csum_offset used with NEEDS_CSUM clear: the packet changes
+    "DataValidWithoutGuestCsum": {"NET-DEV-34"},  # receive flags not 0 without GUEST_CSUM
+}
+MODULE = CHECKS / "test_net_csum.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
+    """The check module on the stock model and on each variant, two at a time (two cores)."""
+
+    def one(variant: str) -> tuple[str, dict[str, Any]]:
+        spec = "sim:virtio-net" + (f",model=tests.broken_csum:{variant}" if variant else "")
+        return variant, run_suite(spec, tmp_path_factory.mktemp(variant or "stock"), modules=[MODULE], timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield dict(pool.map(one, ["", *sorted(EXPECTED)]))
+
+
+def test_stock_model_passes(runs: dict[str, dict[str, Any]]) -> None:
+    data = runs[""]
+    assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in ids_with(data, "failed")}
+    assert data["_exit"] == 0, data["_stdout"][-3000:]
+    assert set().union(*EXPECTED.values()) <= ids_with(data, "passed")
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_checks_fail_exactly_the_broken_rule(variant: str, runs: dict[str, dict[str, Any]]) -> None:
+    data = runs[variant]
+    failed = ids_with(data, "failed")
+    assert failed == EXPECTED[variant], \
+        f"{variant}: failed {sorted(failed)}, expected {sorted(EXPECTED[variant])}: " \
+        f"{ {i: data['ids'][i]['evidence'] for i in failed} }"
+    assert data["_exit"] != 0
+
+
+def test_every_variant_is_filed_and_seeds_one_bug() -> None:
+    """Each variant in tests/broken_csum.py has its expected ids here and overrides exactly one hook."""
+    variants = {name: cls for name, cls in vars(broken_csum).items()
+                if isinstance(cls, type) and issubclass(cls, VirtioNetDevice) and cls is not VirtioNetDevice}
+    assert set(variants) == set(EXPECTED)
+    for name, cls in variants.items():
+        own = [k for k, v in vars(cls).items() if callable(v) and not k.startswith("__")]
+        assert len(own) == 1, f"{name} overrides {own}: one seeded bug is one override"
