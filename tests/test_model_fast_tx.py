@@ -1,6 +1,7 @@
 """The compiled TX reader (models/virtio_net/fast_tx.py) against the hooked per-chain path: same frames on the
 wire, same used ring, same errors and faults, on random rings whose buffers lie in two mappings, outside
-them, or across an edge, from any ring position."""
+them, or across an edge, from any ring position; with VIRTIO_NET_F_CSUM negotiated too (then every chain takes the
+per-chain path, which reads its header: the buffers' bytes there ask for NEEDS_CSUM now and then)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.pci.device import DmaPerm
-from backend.virtio.features import F, bits
+from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import U16, DescFlags
+from models.virtio_net.device import DEFAULT_FEATURES
 from models.virtio_net.fast_tx import take_plain_tx
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
@@ -21,6 +23,8 @@ from tests.test_model_device import MEM, Guest, fired
 FAR = 0x4000_0000  # IOVA of a second mapping that holds frames only
 FAR_SIZE = 0x4000
 SIZE = 16
+#: The default offer and VIRTIO_NET_F_CSUM (negotiated or not by each example).
+OFFER = f"features={DEFAULT_FEATURES | bits(NetF.CSUM):#x}"
 
 #: Where a chain's one buffer lies: the first mapping, the second, a hole, across the first mapping's end,
 #: across the second's end.
@@ -36,7 +40,7 @@ CHAINS = st.tuples(
 
 def _run(spec: str, features: int, chains: list[tuple[int, int, int, int]], heads: list[int], pre: int,
          far_perm: DmaPerm) -> tuple[object, ...]:
-    with Guest(f"virtio-net,wire=none,qsize={SIZE},{spec}" if spec else f"virtio-net,wire=none,qsize={SIZE}") as g, \
+    with Guest(f"virtio-net,wire=none,qsize={SIZE},{OFFER}" + (f",{spec}" if spec else "")) as g, \
             GuestMemory.single(FAR_SIZE) as far:
         fd, off = far.fd_offset(0)
         g.dev.dma_map(FAR, FAR_SIZE, fd, off, far_perm)
@@ -64,18 +68,21 @@ def _run(spec: str, features: int, chains: list[tuple[int, int, int, int]], head
 @given(chains=st.lists(CHAINS, min_size=SIZE, max_size=SIZE),
        heads=st.lists(st.integers(0, SIZE + 1), min_size=1, max_size=SIZE),
        pre=st.integers(0, SIZE - 1), in_order=st.booleans(), event_idx=st.booleans(),
-       far_perm=st.sampled_from([DmaPerm.RW, DmaPerm.READ, DmaPerm.WRITE]))
+       far_perm=st.sampled_from([DmaPerm.RW, DmaPerm.READ, DmaPerm.WRITE]), csum=st.booleans())
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_compiled_tx_agrees_with_the_hooked_path(chains: list[tuple[int, int, int, int]], heads: list[int],
                                                  pre: int, in_order: bool, event_idx: bool,
-                                                 far_perm: DmaPerm) -> None:
-    features = BASE | (bits(F.IN_ORDER) if in_order else 0) | (bits(F.EVENT_IDX) if event_idx else 0)
+                                                 far_perm: DmaPerm, csum: bool) -> None:
+    features = BASE | (bits(F.IN_ORDER) if in_order else 0) | (bits(F.EVENT_IDX) if event_idx else 0) \
+        | (bits(NetF.CSUM) if csum else 0)
     fast, taken = _run("", features, chains, heads, pre, far_perm)
     hooked, hooked_taken = _run(PER_CHAIN, features, chains, heads, pre, far_perm)
     assert fast == hooked
     assert hooked_taken == 0  # a variant overriding a per-chain hook never reaches the compiled reader
     first = chains[heads[0]] if heads[0] < SIZE else None
-    if first is not None and first[2] == 0 and first[1] > HDR_SIZE and first[0] in (BUF, BUF + 0x300):
+    if csum:
+        assert taken == 0  # headers are read on the per-chain path only
+    elif first is not None and first[2] == 0 and first[1] > HDR_SIZE and first[0] in (BUF, BUF + 0x300):
         assert taken >= 1 + pre  # a plain first chain in the ring's mapping goes through the compiled reader
 
 

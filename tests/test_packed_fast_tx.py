@@ -4,7 +4,8 @@ The same random workload runs on the stock model (runs of one-descriptor lists i
 overrides a per-list packed hook without changing what it does (so the device takes every list through the
 per-list path): the driver must see the same used buffers (Buffer IDs, lengths), the same descriptor ring bytes
 (ids, lengths and flags of every used descriptor) when no IN_ORDER batching is in play, and the wire the same
-frames, in order.
+frames, in order. With VIRTIO_NET_F_CSUM negotiated every list takes the per-list path (headers are read there), and
+the lists whose header asks for NEEDS_CSUM go on the wire with their UDP checksum complete.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.pci.device import DmaPerm
-from backend.virtio.features import DeviceStatus, F, bits, has
-from backend.virtio.net_hdr import HDR_SIZE, NetHdr
+from backend.virtio.features import DeviceStatus, F, NetF, bits, has
+from backend.virtio.net_hdr import F_NEEDS_CSUM, HDR_SIZE, NetHdr
 from backend.virtio.packed_ring import DESC, PackedDescriptor, avail_bits
 from backend.virtio.pci_regs import CommonCfg
 from models.virtio_net import packed_fast
 from models.virtio_net.device import VirtioNetDevice
 from models.virtio_net.packed_engine import PackedHooks
 from sim.memory import Allocator, GuestMemory
+from testbenches.conformance.checks.test_net_csum import transport_checksum_ok
 from testbenches.frames import test_frame
 from tests.test_model_device import MEM, Guest
 from tests.test_model_packed_device import BASE, PACKED_OFFER, kick, packed_guest
 
-SPEC = f"virtio-net,wire=none,features={PACKED_OFFER:#x}"
+SPEC = f"virtio-net,wire=none,features={PACKED_OFFER | bits(NetF.CSUM):#x}"
+#: Where test_frame's UDP checksum is: csum_start (Ethernet + IPv4 headers), csum_offset.
+UDP_CSUM_AT = (34, 6)
 
 
 class PerListHooks(VirtioNetDevice):
@@ -45,6 +49,23 @@ HOOKED = SPEC + f",model={__name__}:PerListHooks"
 KINDS = ("plain", "plain", "plain", "two", "indirect", "empty")
 
 
+def _needs_csum(n: int) -> bool:
+    """Every third list asks for checksum offload (a header the device ignores without CSUM)."""
+    return n % 3 == 0
+
+
+def _offloaded(frame: bytes) -> tuple[bytes, bytes]:
+    """(header, frame) as a driver offloading the UDP checksum hands them over: the pseudo-header sum in the field."""
+    start, offset = UDP_CSUM_AT
+    pseudo = frame[26:34] + b"\0\x11" + (len(frame) - start).to_bytes(2, "big")
+    total = sum(int.from_bytes(pseudo[i:i + 2], "big") for i in range(0, len(pseudo), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    at = start + offset
+    return (NetHdr(flags=F_NEEDS_CSUM, csum_start=start, csum_offset=offset).pack(),
+            frame[:at] + total.to_bytes(2, "big") + frame[at + 2:])
+
+
 def run(spec: str, features: int, size: int, bursts: list[list[tuple[str, int]]]) \
         -> tuple[list[list[tuple[int, int]]], list[bytes], list[bytes], int, int]:
     """(used (id, len) per burst, frames on the wire, the descriptor ring after each burst, bulk-taken, errors)."""
@@ -56,6 +77,8 @@ def run(spec: str, features: int, size: int, bursts: list[list[tuple[str, int]]]
             for kind, n in burst:
                 frame = test_frame(n, 60 + n % 1400)
                 hdr = NetHdr().pack()
+                if _needs_csum(n):
+                    hdr, frame = _offloaded(frame)
                 if kind == "two":
                     tx.add([hdr, frame], [])
                 elif kind == "indirect" and has(features, F.INDIRECT_DESC):
@@ -74,7 +97,8 @@ def run(spec: str, features: int, size: int, bursts: list[list[tuple[str, int]]]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(size=st.integers(1, 80), extra=st.sets(st.sampled_from([F.INDIRECT_DESC, F.IN_ORDER, F.EVENT_IDX])),
+@given(size=st.integers(1, 80),
+       extra=st.sets(st.sampled_from([F.INDIRECT_DESC, F.IN_ORDER, F.EVENT_IDX, NetF.CSUM])),
        seed=st.integers(0, 2**32 - 1))
 def test_bulk_and_per_list_paths_agree(size: int, extra: set[int], seed: int) -> None:
     rnd = random.Random(seed)
@@ -101,7 +125,13 @@ def test_bulk_and_per_list_paths_agree(size: int, extra: set[int], seed: int) ->
     if not has(features, F.IN_ORDER):  # IN_ORDER batches may be cut differently; what the driver sees is the same
         assert bulk[2] == hooked[2], "descriptor ring bytes (used ids, lens, flags) differ"
     assert hooked[3] == 0, "the variant with an overridden hook went through the bulk path"
-    if any(kind == "plain" for burst in bursts for kind, _ in burst[:1]):
+    if has(features, NetF.CSUM):
+        assert bulk[3] == 0, "a list went through the bulk path, which reads no header, with CSUM negotiated"
+        sent = [n for burst in bursts for kind, n in burst if kind != "empty" and _needs_csum(n)]
+        wire = {int.from_bytes(f[42:46], "big"): f for f in bulk[1]}  # by test_frame's sequence number
+        bad = [n for n in sent if not transport_checksum_ok(wire[n])]
+        assert not bad, f"lists {bad} sent with NEEDS_CSUM went out without a complete UDP checksum"
+    elif any(kind == "plain" for burst in bursts for kind, _ in burst[:1]):
         assert bulk[3] > 0, "the stock model took no list in bulk"
 
 
