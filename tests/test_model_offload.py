@@ -7,9 +7,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.virtio.net_hdr import F_NEEDS_CSUM
+from backend.virtio.net_hdr import F_NEEDS_CSUM, NetHdr
 from models.virtio_net import offload
-from testbenches.conformance.checks.test_net_csum import corrupted, make_packet, transport_checksum_ok
+from testbenches.conformance.checks.test_net_csum import (
+    RX_PARTIAL_IDS,
+    corrupted,
+    judge_receive_partial,
+    make_packet,
+    transport_checksum_ok,
+)
+from testbenches.conformance.plugin import Verdict
 
 
 @given(v6=st.booleans(), tcp=st.booleans(), payload=st.binary(max_size=1440), extra=st.integers(0, 0xFE))
@@ -53,3 +60,18 @@ def test_udp_without_checksum_and_fragments_are_not_vouched_for() -> None:
     frag = bytearray(f.full)
     frag[20] |= 0x20  # IPv4 MF: the header checksum is now wrong too, and the datagram incomplete
     assert not offload.checksum_verified(bytes(frag))
+
+
+def test_the_check_judges_a_partial_checksum_on_receive() -> None:
+    """The check's reference for NET-DEV-47..49 (a device delivering NEEDS_CSUM): the pseudo-header sum with the
+    right csum_start/csum_offset passes, a complete checksum in its place is no partial one."""
+    for v6 in (False, True):
+        for tcp in (False, True):
+            f = make_packet(v6, tcp, b"abc" * 33)
+            hdr = NetHdr(flags=F_NEEDS_CSUM, csum_start=f.csum_start, csum_offset=f.csum_offset)
+            v = Verdict("partial", RX_PARTIAL_IDS)
+            judge_receive_partial(v, hdr, f.partial, f.what)
+            assert not v.failures() and all(v.recorded(i) for i in RX_PARTIAL_IDS)
+            v = Verdict("full", RX_PARTIAL_IDS)
+            judge_receive_partial(v, hdr, f.full, f.what)
+            assert set(v.failures()) == {"NET-DEV-48", "NET-DEV-49"}

@@ -35,6 +35,7 @@ from backend.virtio.net_hdr import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
     F_RSC_INFO,
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -49,9 +50,10 @@ from testbenches.driver.layout import Layout
 
 CSUM = bits(NetF.CSUM)
 GUEST_CSUM = bits(NetF.GUEST_CSUM)
-#: Receive-side offloads a check negotiates only when it means to (guest GSO, ECN, RSC: none here).
+#: Receive-side offloads a check negotiates only when it means to (guest GSO, ECN, tunnels, RSC: none here).
 GUEST_OFFLOADS = bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_UFO, NetF.GUEST_USO4,
-                      NetF.GUEST_USO6, NetF.GUEST_ECN)
+                      NetF.GUEST_USO6, NetF.GUEST_ECN, NetF.GUEST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO_CSUM,
+                      NetF.RSC_EXT)
 #: Transmit header flag bits no feature of this spec version defines (NEEDS_CSUM, DATA_VALID, RSC_INFO and
 #: UDP_TUNNEL_CSUM are bits 0..3).
 UNKNOWN_TX_FLAGS = 0xC0
@@ -72,6 +74,8 @@ TX_IDS = ("NET-DEV-15", "NET-DEV-21", "NET-DEV-34", "NET-DEV-35")
 RX_HDR_IDS = ("NET-DEV-36", "NET-DEV-37", "NET-DEV-38", "NET-DEV-39", "NET-DEV-40", "NET-DEV-41", "NET-DEV-55",
               "NET-DEV-59")
 RX_IDS = ("NET-DEV-16", "NET-DEV-26", "NET-DEV-62", "NET-DEV-63")
+#: What a packet received with NEEDS_CSUM must be (a device may deliver such packets, NET-DEV-46).
+RX_PARTIAL_IDS = ("NET-DEV-47", "NET-DEV-48", "NET-DEV-49")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,37 @@ def transport_checksum_ok(frame: bytes) -> bool:
     if isinstance(l4, UDP) and got == 0:
         return False
     return got == want or {got, want} == {0, 0xFFFF}
+
+
+def judge_receive_partial(verdict: Verdict, h: NetHdr, frame: bytes, where: str) -> None:
+    """A packet delivered with NEEDS_CSUM: earlier checksums valid (NET-DEV-47), the pseudo-header sum in the field
+    (NET-DEV-48), and folding from csum_start to the end into csum_start + csum_offset completes it (NET-DEV-49)."""
+    start, at = h.csum_start, h.csum_start + h.csum_offset
+    pkt = Ether(frame)
+    l3 = pkt.getlayer(IP) or pkt.getlayer(IPv6)
+    l4 = pkt.getlayer(TCP) or pkt.getlayer(UDP)
+    inside = start < len(frame) and at + 2 <= len(frame) and l3 is not None and l4 is not None
+    where = f"{where}: received with NEEDS_CSUM at {start}+{h.csum_offset}"
+    if not inside or l3 is None or l4 is None:
+        for rid in RX_PARTIAL_IDS:
+            verdict.check(rid, False, f"{where}: not a TCP/UDP checksum inside the {len(frame)}-byte frame")
+        return
+    folded = checksum(frame[start:])
+    finished = frame[:at] + (folded or 0xFFFF).to_bytes(2, "big") + frame[at + 2:]
+    verdict.check("NET-DEV-49", transport_checksum_ok(finished), f"{where}: completing it does not give a valid packet")
+    nh = 18 if frame[12:14] in (b"\x81\x00", b"\x88\xa8") else 14  # past one VLAN tag, if any
+    if isinstance(l3, IP):
+        verdict.check("NET-DEV-47", checksum(frame[nh:nh + 4 * int(l3.ihl)]) == 0,
+                      f"{where}: the IPv4 header checksum before it is wrong")
+        seg = int(l3.len) - 4 * int(l3.ihl)
+        pseudo = frame[nh + 12:nh + 20] + bytes((0, int(l3.proto))) + seg.to_bytes(2, "big")
+    else:
+        verdict.check("NET-DEV-47", True)  # no checksum before the transport one in an IPv6 packet
+        pseudo = frame[nh + 8:nh + 40] + int(l3.plen).to_bytes(4, "big") + bytes((0, 0, 0, int(l3.nh)))
+    want = ~checksum(pseudo) & 0xFFFF
+    got = int.from_bytes(frame[at:at + 2], "big")
+    verdict.check("NET-DEV-48", got == want or {got, want} == {0, 0xFFFF},
+                  f"{where}: field {got:#06x}, pseudo-header sum {want:#06x}")
 
 
 def corrupted(frame: bytes, at: int) -> bytes:
@@ -202,7 +237,7 @@ def _send(rig: Rig, items: Sequence[tuple[NetHdr, bytes]]) -> list[tuple[NetHdr,
 
 def _judge_rx_header(verdict: Verdict, h: NetHdr, where: str) -> None:
     """The receive header rows that hold for every packet when no guest GSO, tunnel or RSC feature is negotiated."""
-    gso = h.gso_type & ~(GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6)
+    gso = h.gso_type & ~(GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6 | GSO_ECN)  # the type without its modifier bits
     for rid, value, feature in (("NET-DEV-36", GSO_TCPV4, "GUEST_TSO4"), ("NET-DEV-37", GSO_UDP, "GUEST_UFO"),
                                 ("NET-DEV-38", GSO_TCPV6, "GUEST_TSO6"),
                                 ("NET-DEV-39", GSO_UDP_L4, "GUEST_USO4/6")):
@@ -276,19 +311,22 @@ def test_transmit_checksum_completed(bench: Bench, verdict: Verdict, ring_layout
 RX_CASE = st.tuples(st.booleans(), st.booleans(), st.integers(0, MAX_PAYLOAD), st.floats(0, 1))
 
 
-@pytest.mark.req(*RX_IDS)
+@pytest.mark.req(*RX_IDS, *RX_PARTIAL_IDS)
 def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """With CSUM and GUEST_CSUM negotiated: a header without NEEDS_CSUM leaves the packet as it is, whatever
     csum_start/csum_offset say (NET-DEV-16), so packets with corrupted checksums reach the receive side; none comes
     back with DATA_VALID (NET-DEV-26 for what was sent without NEEDS_CSUM, NET-DEV-62 for every DATA_VALID), and
-    DATA_VALID never comes with a UDP-tunnel gso_type bit (NET-DEV-63)."""
-    spec = _offering(bench, verdict, CSUM | GUEST_CSUM, RX_IDS)
+    DATA_VALID never comes with a UDP-tunnel gso_type bit (NET-DEV-63). A packet received with NEEDS_CSUM (the device
+    may, NET-DEV-46) is judged by NET-DEV-47..49; a device that never does leaves them not applicable."""
+    ids = (*RX_IDS, *RX_PARTIAL_IDS)
+    spec = _offering(bench, verdict, CSUM | GUEST_CSUM, ids)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not _bring_up(rig, verdict, ring_layout, RX_IDS, want=CSUM | GUEST_CSUM,
+        if not _bring_up(rig, verdict, ring_layout, ids, want=CSUM | GUEST_CSUM,
                          drop=GUEST_OFFLOADS & ~GUEST_CSUM):
             return
+        received = [0, 0]  # packets received, of which with NEEDS_CSUM
 
         def judge(sent: bytes, back: tuple[NetHdr, bytes] | None, where: str, *, unchanged: bool) -> None:
             if back is None:
@@ -296,6 +334,10 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
                     verdict.check("NET-DEV-16", False, f"{where}: not received")
                 return
             h, frame = back
+            received[0] += 1
+            if h.flags & F_NEEDS_CSUM:
+                received[1] += 1
+                judge_receive_partial(verdict, h, frame, where)
             if unchanged:
                 verdict.check("NET-DEV-16", frame == sent, f"{where}: the frame left the device changed")
             valid = bool(h.flags & F_DATA_VALID)
@@ -344,3 +386,7 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
                 judge(sent, back, what, unchanged=unchanged)
 
         run()
+        if not received[1]:
+            for rid in RX_PARTIAL_IDS:
+                verdict.not_applicable(rid, f"the device set NEEDS_CSUM on none of the {received[0]} packets it "
+                                            "delivered (it may, NET-DEV-46): no partial checksum to judge")
