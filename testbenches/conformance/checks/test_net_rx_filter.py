@@ -32,6 +32,7 @@ from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, NetCfg
 from testbenches.conformance.checks.test_net_ctrl_mq import VIRTIO_NET_OK, Ack, MqRig
 from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig, need
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 
 VIRTIO_NET_CTRL_RX = 0
 VIRTIO_NET_CTRL_RX_PROMISC = 0
@@ -88,9 +89,9 @@ class FilterRig:
     """Every queue set up (:class:`MqRig`, one queue pair and the control queue) and frames of known destination
     sent round by round through the loopback wire."""
 
-    def __init__(self, rig: Rig, features: int) -> None:
+    def __init__(self, rig: Rig, features: int, layout: Layout = "split") -> None:
         self.rig = rig
-        self.m = MqRig(rig, features)
+        self.m = MqRig(rig, features, layout)
         self.features = rig.features
         self.seq = 0
 
@@ -163,10 +164,13 @@ def filter_spec(bench: Bench) -> str | None:
 
 
 def features_with(rig: Rig, verdict: Verdict, ids: tuple[str, ...], need_bits: tuple[int, ...],
-                  drop: int = 0) -> int | None:
-    """The features for these checks (CTRL_VQ and the filter features where offered, less ``drop``), or None with
-    ``ids`` not offered when a bit of ``need_bits`` is missing, or not applicable when frames do not come back."""
-    feats = rig.features_for(extra=RX_FILTER_FEATURES, drop=drop)
+                  drop: int = 0, layout: Layout = "split") -> int | None:
+    """The features for these checks (CTRL_VQ and the filter features where offered, less ``drop``) on rings of
+    ``layout``, or None with ``ids`` not offered when the layout or a bit of ``need_bits`` is missing, or not
+    applicable when frames do not come back."""
+    if not rig.offers(layout, verdict, *ids):
+        return None
+    feats = rig.features_for(extra=RX_FILTER_FEATURES, drop=drop, layout=layout)
     missing = [b for b in (NetF.CTRL_VQ, *need_bits) if feats is None or not has(feats, b)]
     if missing:
         why = (f"{', '.join('VIRTIO_NET_F_' + NetF(b).name for b in missing)} not offered (device features "
@@ -178,12 +182,14 @@ def features_with(rig: Rig, verdict: Verdict, ids: tuple[str, ...], need_bits: t
 
 
 @pytest.mark.req(*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20")
-def test_rx_modes(bench: Bench, verdict: Verdict) -> None:
+def test_rx_modes(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """On both ring layouts: the filter sits before the receive queue, whichever layout it has."""
     with bench.rig(filter_spec(bench)) as rig:
-        feats = features_with(rig, verdict, (*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20"), (NetF.CTRL_RX,))
+        feats = features_with(rig, verdict, (*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20"), (NetF.CTRL_RX,),
+                              layout=ring_layout)
         if feats is None:
             return
-        r = FilterRig(rig, feats)
+        r = FilterRig(rig, feats, ring_layout)
         own = r.config_mac()
 
         def four() -> dict[str, bytes]:
