@@ -250,6 +250,30 @@ def _judge_rx_header(verdict: Verdict, h: NetHdr, where: str) -> None:
     verdict.check("NET-DEV-59", not h.flags & F_RSC_INFO, f"{where}: flags {h.flags:#x} has RSC_INFO without RSC_EXT")
 
 
+#: Complete packets the header rows are judged on where no offload is asked for: (IPv6?, TCP?, payload length).
+PLAIN_PACKETS = [(v6, tcp, size) for size in (0, 1, 333, MAX_PAYLOAD) for v6 in (False, True) for tcp in (False, True)]
+
+
+@pytest.mark.req("NET-DEV-35", *RX_HDR_IDS)
+def test_receive_header_without_offloads(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """On the target as it is, no receive offload negotiated: complete IPv4/IPv6 TCP/UDP packets sent without
+    NEEDS_CSUM arrive with their checksums complete and correct (NET-DEV-35) and a receive header with no guest
+    GSO type, tunnel bit or RSC_INFO (NET-DEV-36..41, 55, 59): a target without CSUM is judged on these too."""
+    ids = ("NET-DEV-35", *RX_HDR_IDS)
+    with bench.rig(mem_size=RING_MEM_SIZE) as rig:
+        if not _bring_up(rig, verdict, ring_layout, ids, want=0, drop=GUEST_OFFLOADS):
+            return
+        rng = random.Random(35)
+        frames = [make_packet(v6, tcp, rng.randbytes(size)) for v6, tcp, size in PLAIN_PACKETS]
+        for f, back in zip(frames, _send(rig, [(NetHdr(), f.full) for f in frames]), strict=True):
+            where = f"{f.what}, NEEDS_CSUM clear"
+            verdict.check("NET-DEV-35", back is not None and back[1] == f.full and transport_checksum_ok(back[1]),
+                          f"{where}: {'not received' if back is None else 'received'}"
+                          f"{'' if back is None or back[1] == f.full else ' changed'}")
+            if back is not None:
+                _judge_rx_header(verdict, back[0], where)
+
+
 #: One transmitted packet of the property: IPv6?, TCP?, payload length, hdr_len the driver writes, unknown flag bits?
 TX_CASE = st.tuples(st.booleans(), st.booleans(), st.integers(0, MAX_PAYLOAD), st.integers(0, 0xFFFF), st.booleans())
 
