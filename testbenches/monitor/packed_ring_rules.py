@@ -334,7 +334,7 @@ class PackedRingMonitor(RingFollower[_Queue]):
                 q.lost = True  # where lists start and which the device owns is no longer known
                 return
             self._note("PACKED-DRV-11", complete == "", f"{where}: {complete}")
-            self._check_list(q, descs, where)
+            self._buffer(index, self._check_list(q, descs, where), where)
             raw = self.read(q.desc + DESC_SIZE * q.next_avail, DESC_SIZE * min(len(descs), q.size - q.next_avail))
             if len(raw) < DESC_SIZE * len(descs):
                 raw += self.read(q.desc, DESC_SIZE * len(descs) - len(raw))
@@ -365,22 +365,27 @@ class PackedRingMonitor(RingFollower[_Queue]):
                 return descs, "loops"
             slot, wrap = advance(slot, wrap, 1, q.size)
 
-    def _check_list(self, q: _Queue, descs: list[PackedDescriptor], where: str) -> None:
+    def _check_list(self, q: _Queue, descs: list[PackedDescriptor], where: str) -> list[tuple[int, int, bool]]:
+        """Judge one list; returns its buffer as (address, length, device-writable) segments."""
         writable_seen = False
+        segments: list[tuple[int, int, bool]] = []
         for i, d in enumerate(descs):
             if d.is_indirect:
                 self._note("PACKED-DRV-12", has(self._features, F.INDIRECT_DESC),
                            f"{where}: INDIRECT without VIRTIO_F_INDIRECT_DESC")
                 self._note("PACKED-DRV-15", len(descs) == 1,
                            f"{where}: INDIRECT descriptor {i} in a list of {len(descs)}")
-                writable_seen = self._check_table(q, d, where, writable_seen)
+                writable_seen = self._check_table(q, d, where, writable_seen, segments)
                 continue
+            segments.append((d.addr, d.len, d.is_write))
             if d.is_write:
                 writable_seen = True
             else:
                 self._note("PACKED-DRV-08", not writable_seen, f"{where}: readable descriptor {i} after a writable one")
+        return segments
 
-    def _check_table(self, q: _Queue, d: PackedDescriptor, where: str, writable_seen: bool) -> bool:
+    def _check_table(self, q: _Queue, d: PackedDescriptor, where: str, writable_seen: bool,
+                     segments: list[tuple[int, int, bool]]) -> bool:
         ok_len = d.len > 0 and d.len % DESC_SIZE == 0 and d.len // DESC_SIZE <= q.size
         self._note("PACKED-DRV-14", ok_len, f"{where}: indirect table of {d.len} bytes (a non-zero multiple of "
                                             f"{DESC_SIZE}, at most {q.size} entries)")
@@ -389,6 +394,7 @@ class PackedRingMonitor(RingFollower[_Queue]):
         for j, e in enumerate(unpack_ring(self.read(d.addr, d.len))):
             self._note("PACKED-DRV-13", not e.flags & ~PackedDescFlags.WRITE.value,
                        f"{where}: indirect entry {j} carries flags {e.flags:#06x} (only WRITE allowed)")
+            segments.append((e.addr, e.len, e.is_write))
             if e.is_write:
                 writable_seen = True
             else:

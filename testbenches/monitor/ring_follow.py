@@ -11,6 +11,7 @@ from typing import ClassVar, Generic, Self, TypeVar
 
 from backend.virtio.features import F, has
 from backend.virtio.pci_regs import CommonCfg
+from testbenches.monitor.net_hdr_rules import NetBufferMonitor
 from testbenches.monitor.pci_trace import Access, TracingPciDevice
 from testbenches.monitor.virtio_pci_rules import Decoder, Event, Finding, Layout, verdicts_of
 
@@ -48,11 +49,20 @@ class RingFollower(ABC, Generic[Q]):
     _features: int = 0
     _feature_select: int = 0
     _decoder: Decoder | None = None
+    #: The virtio-net rows judged on every buffer the ring rules walk (NET-DRV, :mod:`.net_hdr_rules`): its own
+    #: findings, apart from the ring rows'.
+    net: NetBufferMonitor | None = None
 
     @classmethod
     def _following(cls, trace: TracingPciDevice, read: ReadMem) -> Self:
         mon = cls(read, Layout.discover(trace))
         mon._decoder = Decoder(mon.layout)
+        device = mon.layout.device
+        config = None
+        if device is not None:
+            def config(offset: int, size: int, bar: int = device.bar, base: int = device.offset) -> bytes:
+                return trace.inner.region_read(bar, base + offset, size)  # the device's view, not recorded
+        mon.net = NetBufferMonitor(read, config)
         trace.listeners.append(mon._on_access)
         return mon
 
@@ -87,6 +97,14 @@ class RingFollower(ABC, Generic[Q]):
     def _device_reset(self) -> None:
         self._queues.clear()
         self._features = 0
+        if self.net is not None:
+            self.net.reset()
+
+    def _buffer(self, index: int, segments: list[tuple[int, int, bool]], where: str) -> None:
+        """A buffer made available on queue ``index``, as (address, length, device-writable) segments: to the
+        virtio-net rows."""
+        if self.net is not None:
+            self.net.buffer(index, segments, self._features, where)
 
     def _queue_write(self, e: Event) -> None:
         q = self._queues.setdefault(e.queue, self._new_queue())

@@ -136,6 +136,7 @@ class SplitRingMonitor(RingFollower[_Queue]):
         count = 0
         total = 0
         writable_seen = False
+        segments: list[tuple[int, int, bool]] = []
         for i, d in self._links(where, table, head, "loops or leaves the table at"):
             count += 1
             if d.flags & DescFlags.INDIRECT:
@@ -143,9 +144,11 @@ class SplitRingMonitor(RingFollower[_Queue]):
                                              f"{where}: INDIRECT used without VIRTIO_F_INDIRECT_DESC"))
                 self.findings.append(Finding("SPLIT-DRV-09", not d.flags & DescFlags.NEXT,
                                              f"{where}: descriptor {i} has both INDIRECT and NEXT"))
-                count, total, writable_seen = self._check_indirect(where, d, count, total, writable_seen, in_order)
+                count, total, writable_seen = self._check_indirect(where, d, count, total, writable_seen, in_order,
+                                                                   segments)
             else:
                 total += d.len
+                segments.append((d.addr, d.len, bool(d.flags & DescFlags.WRITE)))
                 writable_seen = self._writable_last(where, f"descriptor {i}", d, writable_seen)
             if not d.flags & DescFlags.NEXT or d.flags & DescFlags.INDIRECT:
                 break
@@ -158,9 +161,10 @@ class SplitRingMonitor(RingFollower[_Queue]):
         self.findings.append(Finding("SPLIT-DRV-08", count <= q.size,
                                      f"{where}: {count} descriptors in a queue of {q.size}"))
         self.findings.append(Finding("SPLIT-DRV-04", total <= 1 << 32, f"{where}: chain totals {total} bytes"))
+        self._buffer(index, segments, where)
 
     def _check_indirect(self, where: str, d: Descriptor, count: int, total: int, writable_seen: bool,
-                        in_order: bool) -> tuple[int, int, bool]:
+                        in_order: bool, segments: list[tuple[int, int, bool]]) -> tuple[int, int, bool]:
         if d.len % DESC_SIZE or d.len == 0:
             self.findings.append(Finding("SPLIT-DRV-08", False, f"{where}: indirect table length {d.len}"))
             return count, total, writable_seen
@@ -170,6 +174,7 @@ class SplitRingMonitor(RingFollower[_Queue]):
             self.findings.append(Finding("SPLIT-DRV-07", not e.flags & DescFlags.INDIRECT,
                                          f"{where}: indirect entry {j} is itself INDIRECT"))
             total += e.len
+            segments.append((e.addr, e.len, bool(e.flags & DescFlags.WRITE)))
             writable_seen = self._writable_last(where, f"indirect entry {j}", e, writable_seen)
             if not e.flags & DescFlags.NEXT:
                 break

@@ -1,0 +1,178 @@
+"""The virtio-net driver rules of testbenches/monitor/net_hdr_rules.py: a good buffer breaks no row, and each bad
+one is flagged with exactly its row id (NET-DRV-50 with NET-DRV-49, which forbids DATA_VALID in any transmit
+header; NET-DRV-15 with NET-DRV-56, the two rows on the one header size). Then through the ring monitor: a guest
+driver sending a bad header is caught where the monitors run."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.targets import default_registry
+from backend.virtio.features import DeviceStatus, F, NetF, bits
+from backend.virtio.net_hdr import (
+    F_DATA_VALID,
+    F_NEEDS_CSUM,
+    F_UDP_TUNNEL_CSUM,
+    GSO_ECN,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    GSO_UDP_L4,
+    GSO_UDP_TUNNEL_IPV4,
+    GSO_UDP_TUNNEL_IPV6,
+    NetHdr,
+    hdr_size,
+)
+from sim.memory import GuestMemory
+from testbenches.driver.virtio_net import GuestNetDriver
+from testbenches.frames import test_frame
+from testbenches.monitor import SplitRingMonitor, TracingPciDevice
+from testbenches.monitor.net_hdr_rules import (
+    NET_DRV_BUFFER_ROWS,
+    NET_DRV_REGISTER_ROWS,
+    NetConfig,
+    RxBuffer,
+    TxBuffer,
+    judge_negotiation,
+    judge_rx,
+    judge_tx,
+    net_drv_01,
+)
+from testbenches.monitor.virtio_pci_rules import Event, Finding
+
+MAC = bytes.fromhex("020000000001")
+CONFIG = NetConfig(mtu=1500, mac=MAC)
+BASE = bits(F.VERSION_1, NetF.MAC, NetF.MTU)
+CSUM = BASE | bits(NetF.CSUM)
+TSO4 = CSUM | bits(NetF.HOST_TSO4)
+TUNNEL = CSUM | bits(NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO, NetF.HOST_UFO, NetF.HOST_UDP_TUNNEL_GSO)
+FRAME = test_frame(0, 60, src=MAC)
+
+
+def _tx(hdr: NetHdr, features: int, frame: bytes = FRAME, size: int | None = None) -> TxBuffer:
+    data = hdr.pack().ljust(hdr_size(features) if size is None else size, b"\0") + frame
+    return TxBuffer(data, len(data), features, CONFIG, "test buffer")
+
+
+def _failed(findings: list[Finding]) -> set[str]:
+    return {f.req_id for f in findings if not f.ok}
+
+
+GSO = F_NEEDS_CSUM  # a GSO header sets NEEDS_CSUM (NET-DRV-39)
+TX_CASES = {
+    "NET-DRV-03": (_tx(NetHdr(), BASE, test_frame(0, 60, src=bytes.fromhex("02aabbccddee"))), {"NET-DRV-03"}),
+    "NET-DRV-04": (_tx(NetHdr(), BASE & ~bits(NetF.MAC), test_frame(0, 60, src=bytes.fromhex("001122334455"))),
+                   {"NET-DRV-04"}),
+    "NET-DRV-09": (_tx(NetHdr(), BASE, test_frame(0, 1515, src=MAC)), {"NET-DRV-09"}),
+    "NET-DRV-15": (_tx(NetHdr(), BASE, size=20), {"NET-DRV-15", "NET-DRV-56"}),
+    "NET-DRV-16": (_tx(NetHdr(num_buffers=1), BASE), {"NET-DRV-16"}),
+    "NET-DRV-17": (_tx(NetHdr(flags=F_NEEDS_CSUM, csum_start=34, csum_offset=6), BASE), {"NET-DRV-17"}),
+    "NET-DRV-20": (_tx(NetHdr(GSO, GSO_TCPV4, gso_size=1400), CSUM | bits(NetF.HOST_TSO6)), {"NET-DRV-20"}),
+    "NET-DRV-21": (_tx(NetHdr(GSO, GSO_TCPV6, gso_size=1400), TSO4), {"NET-DRV-21"}),
+    "NET-DRV-22": (_tx(NetHdr(GSO, GSO_UDP, gso_size=1400), TSO4), {"NET-DRV-22"}),
+    "NET-DRV-23": (_tx(NetHdr(GSO, GSO_UDP_L4, gso_size=1400), TSO4), {"NET-DRV-23"}),
+    "NET-DRV-26": (_tx(NetHdr(GSO, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TSO4), {"NET-DRV-26"}),
+    "NET-DRV-31": (_tx(NetHdr(GSO, GSO_UDP | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TUNNEL), {"NET-DRV-31"}),
+    "NET-DRV-32": (_tx(NetHdr(GSO, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6, gso_size=1400), TUNNEL),
+                   {"NET-DRV-32"}),
+    "NET-DRV-33": (_tx(NetHdr(F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM, csum_start=34, csum_offset=6), CSUM),
+                   {"NET-DRV-33"}),
+    "NET-DRV-38": (_tx(NetHdr(gso_type=GSO_ECN), BASE), {"NET-DRV-38"}),
+    "NET-DRV-39": (_tx(NetHdr(0, GSO_TCPV4, gso_size=1400), TSO4), {"NET-DRV-39"}),
+    "NET-DRV-49": (_tx(NetHdr(flags=F_DATA_VALID), CSUM), {"NET-DRV-49"}),
+    "NET-DRV-50": (_tx(NetHdr(GSO | F_DATA_VALID, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TUNNEL),
+                   {"NET-DRV-49", "NET-DRV-50"}),
+}
+RX_CASES = {
+    "NET-DRV-08": (RxBuffer(2000, BASE, NetConfig(mtu=9000), "rx"), {"NET-DRV-08"}),
+    "NET-DRV-53": (RxBuffer(2048, BASE | bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4), CONFIG, "rx"), {"NET-DRV-53"}),
+    "NET-DRV-54": (RxBuffer(1000, BASE & ~bits(NetF.MTU), CONFIG, "rx"), {"NET-DRV-54"}),
+    "NET-DRV-55": (RxBuffer(8, BASE | bits(NetF.MRG_RXBUF), CONFIG, "rx"), {"NET-DRV-55"}),
+}
+NEGOTIATION_CASES = {  # (offered, acked)
+    "NET-DRV-02": (BASE, BASE & ~bits(NetF.MAC)),
+    "NET-DRV-07": (BASE, BASE & ~bits(NetF.MTU)),
+    "NET-DRV-10": (BASE | bits(NetF.STANDBY), BASE),
+    "NET-DRV-13": (BASE | bits(NetF.HASH_REPORT), BASE | bits(NetF.HASH_REPORT)),
+    "NET-DRV-14": (BASE | bits(NetF.CTRL_RX_EXTRA), BASE | bits(NetF.CTRL_RX_EXTRA)),
+}
+
+
+def test_every_row_has_a_bad_case() -> None:
+    assert set(NET_DRV_BUFFER_ROWS) == set(TX_CASES) | set(RX_CASES) | {"NET-DRV-56"}
+    assert set(NET_DRV_REGISTER_ROWS) == set(NEGOTIATION_CASES) | {"NET-DRV-01"}
+
+
+@pytest.mark.parametrize("features", [BASE, CSUM, TSO4, TUNNEL], ids=["base", "csum", "tso4", "tunnel"])
+def test_good_transmit_buffers_break_nothing(features: int) -> None:
+    for frame in (FRAME, test_frame(1, 1514, src=MAC)):
+        findings = judge_tx(_tx(NetHdr(), features, frame))
+        assert not _failed(findings), findings
+    judged = {f.req_id for f in judge_tx(_tx(NetHdr(), BASE))}
+    assert {"NET-DRV-03", "NET-DRV-09", "NET-DRV-15", "NET-DRV-16", "NET-DRV-17", "NET-DRV-38", "NET-DRV-49",
+            "NET-DRV-56"} <= judged
+
+
+@pytest.mark.parametrize("rid", sorted(TX_CASES))
+def test_bad_transmit_buffer_is_flagged_with_its_row(rid: str) -> None:
+    tx, expected = TX_CASES[rid]
+    assert _failed(judge_tx(tx)) == expected
+
+
+def test_good_receive_buffers_break_nothing() -> None:
+    for rx in (RxBuffer(1526, BASE, CONFIG, "rx"), RxBuffer(12, BASE | bits(NetF.MRG_RXBUF), CONFIG, "rx"),
+               RxBuffer(65601, BASE | bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4), CONFIG, "rx")):
+        findings = judge_rx(rx)
+        assert findings and not _failed(findings), findings
+
+
+@pytest.mark.parametrize("rid", sorted(RX_CASES))
+def test_bad_receive_buffer_is_flagged_with_its_row(rid: str) -> None:
+    rx, expected = RX_CASES[rid]
+    assert _failed(judge_rx(rx)) == expected
+
+
+@pytest.mark.parametrize("rid", sorted(NEGOTIATION_CASES))
+def test_feature_choice_is_flagged_with_its_row(rid: str) -> None:
+    offered, acked = NEGOTIATION_CASES[rid]
+    assert _failed(judge_negotiation(offered, acked)) == {rid}
+    good = judge_negotiation(offered, offered | bits(NetF.CTRL_VQ))
+    assert rid in {f.req_id for f in good} and not _failed(good)
+
+
+def _status(seq: int, value: int) -> Event:
+    return Event(seq, "status_w", None, value, 1, 0x14, -1)
+
+
+def test_device_config_write_is_flagged() -> None:
+    up = [_status(0, 0), _status(1, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+                                 | DeviceStatus.DRIVER_OK)]
+    assert [(f.req_id, f.ok) for f in net_drv_01(up)] == [("NET-DRV-01", True)]
+    wrote = [*up, Event(2, "devcfg_w", None, 0x11, 1, 0, -1)]
+    assert _failed(net_drv_01(wrote)) == {"NET-DRV-01"}
+    assert net_drv_01(up[:1]) == []  # no run to DRIVER_OK: no opportunity
+
+
+def test_ring_monitor_catches_a_bad_transmit_header() -> None:
+    """Through the split ring monitor: a good frame from the mac field breaks nothing; then the guest driver sends a
+    header with num_buffers set and a frame from another address, and NET-DRV-16 and NET-DRV-03 are flagged."""
+    dev = default_registry().open("sim:virtio-net,wire=none")
+    try:
+        trace = TracingPciDevice(dev)
+        with GuestMemory.single(4 << 20, gpa=0x100000) as mem:
+            rings = SplitRingMonitor.attach(trace, mem.read)
+            drv = GuestNetDriver(trace, mem, queue_size=16)
+            try:
+                drv.init()
+                drv.send([test_frame(0, 60, src=drv.mac())])
+                assert drv.wait_tx_done()
+                net = rings.net
+                assert net is not None
+                assert net.tx_buffers == 1 and not _failed(net.findings), net.findings
+                drv.send([test_frame(1, 60, src=bytes.fromhex("02aabbccddee"))], hdr=NetHdr(num_buffers=2))
+                assert drv.wait_tx_done()
+            finally:
+                drv.close()
+    finally:
+        dev.close()
+    assert net is not None and _failed(net.findings) == {"NET-DRV-16", "NET-DRV-03"}, net.findings
