@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from backend.pci.device import DmaFaultError
 from backend.virtio.features import F, NetF, bits, has
-from backend.virtio.net_hdr import F_DATA_VALID, HDR_SIZE, NetHdr
+from backend.virtio.net_hdr import F_DATA_VALID, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
     PCI_CLASS_NETWORK_ETHERNET,
@@ -26,6 +26,14 @@ from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import offload, packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
+from models.virtio_net.rss import (
+    RSS_MAX_INDIRECTION_TABLE_LENGTH,
+    RSS_MAX_KEY_SIZE,
+    SUPPORTED_HASH_TYPES,
+    VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    Rss,
+)
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
 from models.virtio_net.rx_filter import FILTER_FEATURES, RxFilter
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
@@ -41,6 +49,8 @@ DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.INDI
                         NetF.MAC, NetF.MTU, NetF.STATUS, NetF.SPEED_DUPLEX, NetF.MRG_RXBUF)
 #: Added to the default offer when more than one queue pair exists (MQ depends on CTRL_VQ, NETFEAT-DEV-09).
 MQ_FEATURES = bits(NetF.CTRL_VQ, NetF.MQ)
+#: Receive-side scaling and hash reporting (models/virtio_net/rss.py): offered only when ``features=`` asks.
+HASH_FEATURES = bits(NetF.RSS, NetF.HASH_REPORT)
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
@@ -131,6 +141,8 @@ class VirtioNetDevice(VirtioPciFunction):
       header (checksum offload with VIRTIO_NET_F_CSUM); ``rx_pair_for(frame)`` steering;
       ``control_command(cls, cmd, data)`` control queue; ``rx_filter_class`` the receive filter
       (:class:`~models.virtio_net.rx_filter.RxFilter`, with CTRL_RX / CTRL_VLAN / CTRL_MAC_ADDR / GUEST_ANNOUNCE).
+      ``rss_class`` receive-side scaling and hash reporting (:class:`~models.virtio_net.rss.Rss`, with RSS /
+      HASH_REPORT: offered only when ``features=`` asks, with CTRL_VQ).
 
     Data path: a kick (or a burst arriving from the wire) takes every available chain in one round; chains of
     one or two plain descriptors are decoded, IOMMU-checked and copied in bulk (numpy), anything else goes
@@ -143,6 +155,7 @@ class VirtioNetDevice(VirtioPciFunction):
     VIRTIO_DEVICE_ID = VIRTIO_ID_NET
     PCI_CLASS = PCI_CLASS_NETWORK_ETHERNET
     rx_filter_class: type[RxFilter] = RxFilter
+    rss_class: type[Rss] = Rss
 
     def __init__(self, *, pairs: int = 1, mac: str | bytes = "02:00:00:00:00:01", mtu: int = 1500,
                  max_queue_size: int = 256, features: int | None = None, speed: int = 10000, duplex: int = 1,
@@ -155,7 +168,10 @@ class VirtioNetDevice(VirtioPciFunction):
         if features is None:
             features = DEFAULT_FEATURES | (MQ_FEATURES if pairs > 1 else 0)
         self.pairs = pairs
+        if features & HASH_FEATURES and not has(features, NetF.CTRL_VQ):
+            raise ValueError("RSS and HASH_REPORT need VIRTIO_NET_F_CTRL_VQ (NETFEAT-DEV-09, NET-DEV-13)")
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
+        self.rss = self.rss_class()
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex
@@ -197,6 +213,12 @@ class VirtioNetDevice(VirtioPciFunction):
             Register("speed", NetCfg.SPEED, 4, lambda: self.speed),
             Register("duplex", NetCfg.DUPLEX, 1, lambda: self.duplex),
         ]
+        if self.offered & HASH_FEATURES:  # the RSS fields (5.1.4; NET-DEV-07/08)
+            regs += [Register("rss_max_key_size", NetCfg.RSS_MAX_KEY_SIZE, 1, lambda: RSS_MAX_KEY_SIZE),
+                     Register("supported_hash_types", NetCfg.SUPPORTED_HASH_TYPES, 4, lambda: SUPPORTED_HASH_TYPES)]
+        if has(self.offered, NetF.RSS):
+            regs.append(Register("rss_max_indirection_table_length", NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2,
+                                 lambda: RSS_MAX_INDIRECTION_TABLE_LENGTH))
         return regs
 
     def set_link(self, up: bool) -> None:
@@ -218,6 +240,16 @@ class VirtioNetDevice(VirtioPciFunction):
     def on_reset(self) -> None:
         self.active_pairs = 1  # NETCTRL-DEV-25: only receiveq1 after reset
         self.rx_filter.reset()  # MAC table empty after reset (NETCTRL-DEV-17), modes off, configured MAC
+        self.rss.reset()  # no hash types, no indirection table: receiveq1 and no hash until configured again
+        self._set_hdr_len(HDR_SIZE)
+
+    def on_driver_ok(self) -> None:
+        # With HASH_REPORT the header carries hash_value and hash_report, in both directions (5.1.6).
+        self._set_hdr_len(HDR_SIZE_HASH if has(self.negotiated, NetF.HASH_REPORT) else HDR_SIZE)
+
+    def _set_hdr_len(self, n: int) -> None:
+        self.hdr_len = n
+        self._hdr_u64 = np.uint64(n)
 
     # --- hooks -----------------------------------------------------------------------------------
 
@@ -231,10 +263,15 @@ class VirtioNetDevice(VirtioPciFunction):
         is the number of buffers the packet takes: 1 without MRG_RXBUF (NET-DEV-30), the count with it
         (NET-DEV-28/31)."""
         valid = has(self.negotiated, NetF.GUEST_CSUM) and offload.checksum_verified(frame)
-        return NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
+        hdr = NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
+        if has(self.negotiated, NetF.HASH_REPORT):  # hash_value and hash_report (5.1.9.4.3)
+            hdr += self.rss.header_fields(frame)
+        return hdr
 
     def rx_pair_for(self, frame: bytes) -> int:
         """Queue pair a received frame goes to: receiveq1 unless VQ_PAIRS_SET enabled more (per-flow hash)."""
+        if self.rss.steering and has(self.negotiated, NetF.RSS):  # RSS_CONFIG taken (5.1.9.5.7.3)
+            return self.rss.pair_for(frame)
         if self.active_pairs <= 1:
             return 0
         is_ipv4 = len(frame) >= 34 and frame[12:14] == b"\x08\x00"
@@ -280,6 +317,10 @@ class VirtioNetDevice(VirtioPciFunction):
         """One control queue command; returns the ack byte."""
         if cls in RX_FILTER_CLASSES:
             return self.rx_filter.command(cls, cmd, data, self.negotiated)
+        if cls == VIRTIO_NET_CTRL_MQ and cmd in (VIRTIO_NET_CTRL_MQ_RSS_CONFIG, VIRTIO_NET_CTRL_MQ_HASH_CONFIG):
+            rxqs = self.packed_queues if self.ring_packed else self.queues
+            enabled = {p for p in range(self.pairs) if rxqs[2 * p].enabled}
+            return self.rss.command(cmd, data, self.negotiated, self.pairs, enabled)
         if cls == VIRTIO_NET_CTRL_MQ and cmd == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET and len(data) >= 2:
             n = struct.unpack_from("<H", data)[0]
             if has(self.negotiated, NetF.MQ) and 1 <= n <= self.pairs:
@@ -603,6 +644,7 @@ class VirtioNetDevice(VirtioPciFunction):
                 return
             # The bulk path writes one header for all (DATA_VALID is per frame with GUEST_CSUM).
             if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN or self.ring_packed \
+                    or self.negotiated & HASH_FEATURES \
                     or has(self.negotiated, NetF.GUEST_CSUM):
                 for frame in frames:
                     self._receive_one(frame)
