@@ -6,6 +6,9 @@ driver sending a bad header is caught where the monitors run."""
 from __future__ import annotations
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits
@@ -47,6 +50,17 @@ CSUM = BASE | bits(NetF.CSUM)
 TSO4 = CSUM | bits(NetF.HOST_TSO4)
 TUNNEL = CSUM | bits(NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO, NetF.HOST_UFO, NetF.HOST_UDP_TUNNEL_GSO)
 FRAME = test_frame(0, 60, src=MAC)
+_L2 = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+#: Frames with complete checksums: TCP and UDP over IPv4 and IPv6 (scapy computes them).
+CHECKSUMMED = [bytes(_L2 / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2) / (b"x" * 40)),
+               bytes(_L2 / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / (b"y" * 41)),
+               bytes(_L2 / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2) / (b"z" * 33)),
+               bytes(_L2 / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2) / (b"w" * 20))]
+
+
+def _spoiled(frame: bytes, at: int) -> bytes:
+    """``frame`` with the checksum at byte ``at`` made wrong."""
+    return frame[:at] + bytes([frame[at] ^ 0x5A]) + frame[at + 1:]
 
 
 def _tx(hdr: NetHdr, features: int, frame: bytes = FRAME, size: int | None = None) -> TxBuffer:
@@ -67,6 +81,10 @@ TX_CASES = {
     "NET-DRV-15": (_tx(NetHdr(), BASE, size=20), {"NET-DRV-15", "NET-DRV-56"}),
     "NET-DRV-16": (_tx(NetHdr(num_buffers=1), BASE), {"NET-DRV-16"}),
     "NET-DRV-17": (_tx(NetHdr(flags=F_NEEDS_CSUM, csum_start=34, csum_offset=6), BASE), {"NET-DRV-17"}),
+    "NET-DRV-18": (_tx(NetHdr(), BASE, _spoiled(FRAME, 24)), {"NET-DRV-18"}),  # the IPv4 header checksum
+    "NET-DRV-18/tcp": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[0], 50)), {"NET-DRV-18"}),
+    "NET-DRV-18/udp": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[1], 40)), {"NET-DRV-18"}),
+    "NET-DRV-18/ipv6": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[2], 60)), {"NET-DRV-18"}),
     "NET-DRV-20": (_tx(NetHdr(GSO, GSO_TCPV4, gso_size=1400), CSUM | bits(NetF.HOST_TSO6)), {"NET-DRV-20"}),
     "NET-DRV-21": (_tx(NetHdr(GSO, GSO_TCPV6, gso_size=1400), TSO4), {"NET-DRV-21"}),
     "NET-DRV-22": (_tx(NetHdr(GSO, GSO_UDP, gso_size=1400), TSO4), {"NET-DRV-22"}),
@@ -99,18 +117,19 @@ NEGOTIATION_CASES = {  # (offered, acked)
 
 
 def test_every_row_has_a_bad_case() -> None:
-    assert set(NET_DRV_BUFFER_ROWS) == set(TX_CASES) | set(RX_CASES) | {"NET-DRV-56"}
+    assert set(NET_DRV_BUFFER_ROWS) == {c.split("/")[0] for c in TX_CASES} | set(RX_CASES) | {"NET-DRV-56"}
     assert set(NET_DRV_REGISTER_ROWS) == set(NEGOTIATION_CASES) | {"NET-DRV-01"}
 
 
 @pytest.mark.parametrize("features", [BASE, CSUM, TSO4, TUNNEL], ids=["base", "csum", "tso4", "tunnel"])
 def test_good_transmit_buffers_break_nothing(features: int) -> None:
-    for frame in (FRAME, test_frame(1, 1514, src=MAC)):
+    for frame in (FRAME, test_frame(1, 1514, src=MAC), *CHECKSUMMED):
         findings = judge_tx(_tx(NetHdr(), features, frame))
         assert not _failed(findings), findings
+        assert ("NET-DRV-18" in {f.req_id for f in findings}) == (features == BASE)
     judged = {f.req_id for f in judge_tx(_tx(NetHdr(), BASE))}
-    assert {"NET-DRV-03", "NET-DRV-09", "NET-DRV-15", "NET-DRV-16", "NET-DRV-17", "NET-DRV-38", "NET-DRV-49",
-            "NET-DRV-56"} <= judged
+    assert {"NET-DRV-03", "NET-DRV-09", "NET-DRV-15", "NET-DRV-16", "NET-DRV-17", "NET-DRV-18", "NET-DRV-38",
+            "NET-DRV-49", "NET-DRV-56"} <= judged
 
 
 @pytest.mark.parametrize("rid", sorted(TX_CASES))

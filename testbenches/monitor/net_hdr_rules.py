@@ -52,8 +52,9 @@ VLAN_TPIDS = (0x8100, 0x88A8)
 ETH_ZLEN = 60  # a shorter frame is padded to this: an L3 length may end before the frame does
 #: Every header size a driver could have used (10: the legacy header without num_buffers).
 CANDIDATE_HDR_SIZES = (10, HDR_SIZE, HDR_SIZE_HASH, HDR_SIZE_TUNNEL, HDR_SIZE_OUT_NET)
-#: How much of a transmit buffer is read: the longest header and the L2/L3 headers the rules parse.
-TX_PEEK = 256
+#: How much of a transmit buffer is read: the longest header and the longest frame (checksums cover all of it).
+TX_PEEK = HDR_SIZE_OUT_NET + ETH_HLEN + VLAN_HLEN * 2 + 0xFFFF
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
 #: Receive buffer minimums without VIRTIO_NET_F_MRG_RXBUF (5.1.9.3.1): with guest GSO, without; with HASH_REPORT.
 RX_MIN_GSO, RX_MIN_GSO_HASH = 65601, 65609
 RX_MIN, RX_MIN_HASH = 1526, 1534
@@ -75,7 +76,7 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class TxBuffer:
-    """The start of a transmit buffer's device-readable bytes (up to :data:`TX_PEEK`) and their whole length."""
+    """A transmit buffer's device-readable bytes (up to :data:`TX_PEEK`, the longest frame) and their length."""
 
     head: bytes
     length: int
@@ -150,6 +151,55 @@ def _l3_fits(eth: bytes, length: int) -> bool:
 def frame_offsets(tx: TxBuffer) -> list[int]:
     """The header sizes after which the buffer's bytes read as a whole frame (see :func:`_l3_fits`)."""
     return [n for n in CANDIDATE_HDR_SIZES if n < len(tx.head) and _l3_fits(tx.head[n:], tx.length - n)]
+
+
+def _ones_sum(data: bytes) -> int:
+    """The folded 16-bit ones' complement sum of ``data`` (0xffff over a field holding its own checksum)."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _l3(eth: bytes) -> tuple[int, bytes]:
+    """(ethertype, the bytes after the Ethernet header and any VLAN tags)."""
+    off = 12
+    while len(eth) >= off + 2 and struct.unpack_from("!H", eth, off)[0] in VLAN_TPIDS:
+        off += VLAN_HLEN
+    if len(eth) < off + 2:
+        return 0, b""
+    ethertype: int = struct.unpack_from("!H", eth, off)[0]
+    return ethertype, eth[off + 2:]
+
+
+def checksum_errors(eth: bytes) -> list[str] | None:
+    """The checksums of an IPv4 or IPv6 frame that are not complete and correct (the IPv4 header's, a TCP or UDP
+    one over its pseudo-header; a zero UDP checksum over IPv4 means none); None for a frame of another kind."""
+    ethertype, l3 = _l3(eth)
+    if ethertype == ETH_P_IP and len(l3) >= 20 and l3[0] >> 4 == 4:
+        ihl, total = (l3[0] & 0xF) * 4, struct.unpack_from("!H", l3, 2)[0]
+        errors = [] if _ones_sum(l3[:ihl]) == 0xFFFF else [f"IPv4 header checksum {l3[10:12].hex()}"]
+        fragment = struct.unpack_from("!H", l3, 6)[0] & 0x3FFF
+        proto, seg = l3[9], l3[ihl:total]
+        pseudo = l3[12:20] + bytes([0, proto]) + struct.pack("!H", len(seg))
+        if not fragment and not (proto == IPPROTO_UDP and seg[6:8] == b"\0\0"):
+            errors += _l4_errors(proto, pseudo, seg)
+        return errors
+    if ethertype == ETH_P_IPV6 and len(l3) >= 40 and l3[0] >> 4 == 6:
+        proto, seg = l3[6], l3[40:40 + struct.unpack_from("!H", l3, 4)[0]]
+        return _l4_errors(proto, l3[8:40] + struct.pack("!I", len(seg)) + bytes([0, 0, 0, proto]), seg)
+    return None
+
+
+def _l4_errors(proto: int, pseudo: bytes, seg: bytes) -> list[str]:
+    at = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}.get(proto)
+    if at is None or len(seg) < at + 2:
+        return []
+    if _ones_sum(pseudo + seg) == 0xFFFF:
+        return []
+    return [f"{'TCP' if proto == IPPROTO_TCP else 'UDP'} checksum {seg[at:at + 2].hex()}"]
 
 
 def _vlan_tagged(tx: TxBuffer) -> bool:
@@ -295,6 +345,17 @@ def net_drv_50(tx: TxBuffer) -> Finding | None:
                    f"{tx.where}: flags {hdr.flags:#x} has DATA_VALID with gso_type {hdr.gso_type:#x}")
 
 
+def net_drv_18(tx: TxBuffer) -> Finding | None:
+    """Without VIRTIO_NET_F_CSUM, transmitted packets carry complete, correct checksums (SHOULD)."""
+    if tx.hdr is None or has(tx.features, NetF.CSUM) or len(tx.head) < tx.length:
+        return None
+    errors = checksum_errors(tx.frame_head)
+    if errors is None:
+        return None
+    return Finding("NET-DRV-18", not errors, f"{tx.where}: without VIRTIO_NET_F_CSUM, {', '.join(errors)} "
+                   "not complete")
+
+
 def net_drv_09(tx: TxBuffer) -> Finding | None:
     """With VIRTIO_NET_F_MTU, no non-GSO frame is longer than mtu plus the link-layer header."""
     mtu = tx.config.mtu
@@ -326,9 +387,9 @@ def net_drv_04(tx: TxBuffer) -> Finding | None:
 
 
 TX_RULES: tuple[Callable[[TxBuffer], Finding | None], ...] = (
-    net_drv_03, net_drv_04, net_drv_09, net_drv_15, net_drv_16, net_drv_17, net_drv_20, net_drv_21, net_drv_22,
-    net_drv_23, net_drv_26, net_drv_31, net_drv_32, net_drv_33, net_drv_38, net_drv_39, net_drv_49, net_drv_50,
-    net_drv_56)
+    net_drv_03, net_drv_04, net_drv_09, net_drv_15, net_drv_16, net_drv_17, net_drv_18, net_drv_20, net_drv_21,
+    net_drv_22, net_drv_23, net_drv_26, net_drv_31, net_drv_32, net_drv_33, net_drv_38, net_drv_39, net_drv_49,
+    net_drv_50, net_drv_56)
 
 
 # --- receive buffer rows (5.1.4.2, 5.1.9.3.1) -----------------------------------------------------------------

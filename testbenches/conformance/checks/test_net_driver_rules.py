@@ -20,6 +20,9 @@ import os
 from collections.abc import Iterator, Sequence
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import str2mac
 
 from backend.drivers.transport import VirtioPciModern
 from backend.drivers.vdpa import VirtioPciVdpaDevice
@@ -125,9 +128,13 @@ def _judge(verdict: Verdict, verdicts: dict[str, tuple[bool, list[str]]], ids: S
 
 
 def _frames(src: bytes, mtu: int | None) -> list[bytes]:
-    """Frames from the driver's address: the shortest, a middling one, and the longest the mtu allows."""
+    """Frames from the driver's address: the shortest, a middling one, the longest the mtu allows (UDP without a
+    checksum), and TCP and UDP segments with theirs (NET-DRV-18 without VIRTIO_NET_F_CSUM)."""
     longest = (mtu if mtu is not None else ETH_DATA_LEN) + ETH_HLEN
-    return [test_frame(seq, length, src=src) for seq, length in enumerate((60, 342, longest, 60, 128, longest))]
+    l3 = Ether(src=str2mac(src), dst="02:00:00:00:00:02") / IP(src="10.0.0.1", dst="10.0.0.2")
+    return [*(test_frame(seq, length, src=src) for seq, length in enumerate((60, 342, longest, 60))),
+            bytes(l3 / TCP(sport=49152, dport=9, flags="PA") / bytes(range(64))),
+            bytes(l3 / UDP(sport=49152, dport=9) / bytes(range(100)))]
 
 
 def _traffic(drv: GuestNetDriver, looped: bool, frames: Sequence[bytes]) -> str:
