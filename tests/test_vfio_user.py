@@ -31,6 +31,7 @@ from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF
 from backend.virtio.split_ring import Descriptor
 from models.targets import open_virtio_net
+from models.virtio_net.rss import RSS_FEATURES
 from models.virtio_net.rx_filter import RX_FILTER_FEATURES
 from sim.memory import GuestMemory
 from sim.vfio_user import VfioUserServer
@@ -692,6 +693,12 @@ CSUM_FEATURES = 1 << NetF.CSUM | 1 << NetF.GUEST_CSUM
 #: The receive filter checks, which ask a configurable target to offer CTRL_RX, CTRL_VLAN and the rest besides its
 #: offer; out of process, a device process started with that offer serves them.
 RX_FILTER_CHECK = "test_net_rx_filter"
+#: The RSS and hash reporting checks, which ask a configurable target for four queue pairs offering RSS and
+#: HASH_REPORT (MQ, CTRL_VQ), and for one pair offering HASH_REPORT without RSS; out of process, one device process
+#: started with each serves its test.
+RSS_CHECK = "test_net_rss"
+RSS_OFFER = RSS_FEATURES | 1 << NetF.MQ
+HASH_REPORT_OFFER = 1 << NetF.CTRL_VQ | 1 << NetF.HASH_REPORT
 
 
 #: Bound on each of the two whole-suite runs (a vfio-user run took 5.6 min on a 2-core machine at load 12).
@@ -746,6 +753,15 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
         cs.wait_listening(READY_TIMEOUT)
         run("vfio-user-csum", f"vfio-user:{csum_path}", "-k", CSUM_CHECK)
 
+    # The RSS checks: the steering test on four queue pairs offering RSS, the hash report test on a device offering
+    # HASH_REPORT without RSS (as the two variants it asks of sim:).
+    for name, opts, test in (("rss", f"queues=4,features={base_offer | RSS_OFFER:#x}", "test_rss_steering"),
+                             ("hash-report", f"features={base_offer | HASH_REPORT_OFFER:#x}", "test_hash_report")):
+        sock = str(tmp_path / f"{name}.sock")
+        with DeviceProcess(sock, f"{MODEL},{opts}", log=tmp_path / f"{name}.log") as dp:
+            dp.wait_listening(READY_TIMEOUT)
+            run(f"vfio-user-{name}", f"vfio-user:{sock}", "-k", f"{RSS_CHECK} and {test}")
+
     sim, vu, vu_notif = results["sim"], results["vfio-user"], results["vfio-user-notif"]
     for name, data in results.items():
         failed = ids_with(data, "failed")
@@ -755,6 +771,7 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
     passed_notif = ids_with(vu_notif, "passed") | ids_with(results["vfio-user-mq"], "passed") \
         | ids_with(results["vfio-user-rx-filter"], "passed")
     passed_notif |= ids_with(results["vfio-user-csum"], "passed")
+    passed_notif |= ids_with(results["vfio-user-rss"], "passed") | ids_with(results["vfio-user-hash-report"], "passed")
     assert len(passed_sim) >= 150
     assert passed_vu <= passed_sim, f"passed only out of process: {sorted(passed_vu - passed_sim)}"
     # Every id the default offer leaves "not offered" to the notification check passes with the offer.
@@ -762,7 +779,7 @@ def test_conformance_suite_passes_the_same_ids_as_sim(device: tuple[str, DeviceP
                      and all(NOTIF_CHECK in c or RX_FILTER_CHECK in c or any(k in c for k in MQ_CHECKS)
                              for c in vu["ids"][i]["checks"])}
     left_to_notif |= {i for i in passed_sim - passed_vu if vu["ids"][i]["status"] == "not offered"
-                      and all(CSUM_CHECK in c for c in vu["ids"][i]["checks"])}
+                      and all(CSUM_CHECK in c or RSS_CHECK in c for c in vu["ids"][i]["checks"])}
     assert left_to_notif and left_to_notif <= passed_notif, (sorted(left_to_notif), sorted(passed_notif))
     gap = passed_sim - passed_vu - passed_notif
     unexplained = {i: (vu["ids"][i]["status"], vu["ids"][i]["evidence"]) for i in sorted(gap)
