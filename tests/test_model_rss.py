@@ -13,6 +13,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from backend.virtio.features import NetF, bits
+from backend.virtio.pci_regs import NetCfg
+from models.virtio_net.device import DEFAULT_FEATURES, VirtioNetDevice
 from models.virtio_net.rss import (
     SUPPORTED_HASH_TYPES,
     VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
@@ -21,6 +23,7 @@ from models.virtio_net.rss import (
     VIRTIO_NET_HASH_REPORT_NONE,
     VIRTIO_NET_OK,
     Rss,
+    RssConfig,
     VIRTIO_NET_HASH_REPORT_IPv4,
     VIRTIO_NET_HASH_REPORT_TCPv4,
     VIRTIO_NET_HASH_REPORT_UDPv6,
@@ -105,3 +108,18 @@ def test_hash_config() -> None:
     assert not rss.steering  # HASH_CONFIG sets what is reported, not where packets go
     frame = bytes(Ether() / IP(src=VECTORS[1][0], dst=VECTORS[1][2]) / UDP())
     assert rss.header_fields(frame) == struct.pack("<IHH", VECTORS[1][4], VIRTIO_NET_HASH_REPORT_IPv4, 0)
+
+
+def test_device_offer_config_fields_and_reset() -> None:
+    with pytest.raises(ValueError, match="CTRL_VQ"):
+        VirtioNetDevice(features=DEFAULT_FEATURES | bits(NetF.HASH_REPORT))
+    plain = VirtioNetDevice()
+    assert not plain.offered & bits(NetF.RSS, NetF.HASH_REPORT)  # not in the default offer
+    dev = VirtioNetDevice(pairs=2, features=DEFAULT_FEATURES | ALL | bits(NetF.MQ))
+    cfg = dev.device_cfg
+    assert cfg.read(NetCfg.RSS_MAX_KEY_SIZE, 1)[0] == 40
+    assert int.from_bytes(cfg.read(NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2), "little") == 128
+    assert int.from_bytes(cfg.read(NetCfg.SUPPORTED_HASH_TYPES, 4), "little") == SUPPORTED_HASH_TYPES
+    dev.rss.take_rss_config(RssConfig(VIRTIO_NET_RSS_HASH_TYPE_IPv4, 0, 1, (1,), 1, KEY))
+    dev.on_reset()
+    assert not dev.rss.steering and dev.rss.hash_types == 0 and dev.hdr_len == 12
