@@ -2,7 +2,8 @@
 
 A configurable target is run as two variants: one with four queue pairs offering VIRTIO_NET_F_CTRL_VQ, MQ, RSS and
 HASH_REPORT besides its own offer, one with a single queue pair offering CTRL_VQ and HASH_REPORT only; another
-target is run as it is, and the rows of what it does not offer read "not offered". The hash is computed here by a
+target is run as it is, and the rows of what it does not offer read "not offered". The steering test runs on both
+ring layouts (packed reads not offered without RING_PACKED). The hash is computed here by a
 reference Toeplitz function of this module over the fields 5.1.9.4.3.1 names, from the addresses and ports the
 frames were built with (scapy), never from the device's code:
 
@@ -47,6 +48,7 @@ from testbenches.conformance.checks.test_net_ctrl_mq import (
 )
 from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 
 VIRTIO_NET_CTRL_MQ_RSS_CONFIG = 1
 VIRTIO_NET_CTRL_MQ_HASH_CONFIG = 2
@@ -182,9 +184,9 @@ class RssRig:
     """Every queue set up (:class:`MqRig`) and frames sent on transmitq1, gathered per receive queue with their
     header's hash fields."""
 
-    def __init__(self, rig: Rig, features: int) -> None:
+    def __init__(self, rig: Rig, features: int, layout: Layout = "split") -> None:
         self.rig = rig
-        self.m = MqRig(rig, features)
+        self.m = MqRig(rig, features, layout)
         self.features = rig.features
         self.report = has(self.features, NetF.HASH_REPORT)
         self.seq = 0
@@ -310,18 +312,20 @@ def table_for(pairs: int, length: int, salt: int) -> list[int]:
 
 
 @pytest.mark.req(*RSS_IDS)
-def test_rss_steering(bench: Bench, verdict: Verdict) -> None:
+def test_rss_steering(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """On both ring layouts: the queue is chosen before the ring, whichever layout it has."""
     with bench.rig(variant_spec(bench, RSS_VARIANT_FEATURES, PAIRS)) as rig:
-        if not offered_or_not(verdict, rig, RSS_IDS, (NetF.CTRL_VQ, NetF.RSS)):
+        if not offered_or_not(verdict, rig, RSS_IDS, (NetF.CTRL_VQ, NetF.RSS)) \
+                or not rig.offers(ring_layout, verdict, *RSS_IDS):
             return
         judge_config_fields(verdict, rig, RSS_IDS)
         verdict.not_applicable("NET-DEV-B03", "the device offers VIRTIO_NET_F_RSS too (B03 binds HASH_REPORT "
                                               "without RSS)")
-        feats = rig.features_for(extra=RSS_VARIANT_FEATURES | bits(F.RING_RESET))
+        feats = rig.features_for(extra=RSS_VARIANT_FEATURES | bits(F.RING_RESET), layout=ring_layout)
         if feats is None or not rig.looped(verdict, "NETCTRL-DEV-29", "NETCTRL-DEV-30", "NETCTRL-DEV-31",
                                            "NETCTRL-DEV-B03"):
             return
-        r = RssRig(rig, feats)
+        r = RssRig(rig, feats, ring_layout)
         pairs = r.m.pairs
         max_len = int.from_bytes(rig.drv.transport.read_device_config(NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2, 2),
                                  "little")
