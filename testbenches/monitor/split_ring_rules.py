@@ -19,19 +19,55 @@ from backend.virtio.split_ring import (
     DESC_SIZE,
     U16,
     USED_ALIGN,
+    VRING_USED_F_NO_NOTIFY,
     DescFlags,
     Descriptor,
     SplitLayout,
     unpack_table,
+    vring_need_event,
 )
 from testbenches.monitor.pci_trace import TracingPciDevice
 from testbenches.monitor.ring_follow import QueueProgram, ReadMem, RingFollower
 from testbenches.monitor.virtio_pci_rules import Event, Finding
 
 
+@dataclass(frozen=True)
+class Publication:
+    """The driver moved queue ``queue``'s avail idx from ``old`` to ``new``; the used ring then held ``used_flags``
+    and ``avail_event``; ``notified`` says whether a doorbell for the queue followed before the next look."""
+
+    queue: int
+    old: int
+    new: int
+    used_flags: int
+    avail_event: int
+    notified: bool
+
+
+def notify_findings(p: Publication, event_idx: bool) -> list[Finding]:
+    """SPLIT-DRV-20..25 on one publication (2.7.10.1). Where the field the driver must disregard (avail_event
+    without EVENT_IDX, bit 0 of used.flags with it) asks otherwise than the one it must follow, the publication
+    judges only the disregard row (20 or 23); elsewhere it judges the notify (22, 24) or no-notify (21, 25) row."""
+    need = vring_need_event(p.avail_event, p.new, p.old)
+    no_notify = bool(p.used_flags & VRING_USED_F_NO_NOTIFY)
+    where = (f"queue {p.queue}: avail idx {p.old}->{p.new}, used.flags {p.used_flags:#x}, "
+             f"avail_event {p.avail_event}: {'a' if p.notified else 'no'} notification")
+    if event_idx:
+        if no_notify and need:
+            return [Finding("SPLIT-DRV-23", p.notified, where)]
+        return [Finding("SPLIT-DRV-24", p.notified, where)] if need else \
+            [Finding("SPLIT-DRV-25", not p.notified, where)]
+    if need == no_notify:  # avail_event says the opposite of used.flags
+        return [Finding("SPLIT-DRV-20", p.notified != no_notify, where)]
+    return [Finding("SPLIT-DRV-21", not p.notified, where)] if no_notify else \
+        [Finding("SPLIT-DRV-22", p.notified, where)]
+
+
 @dataclass
 class _Queue(QueueProgram):
     seen_avail_idx: int = 0
+    published_idx: int = 0  # avail idx at the last :meth:`SplitRingMonitor.publications` look
+    doorbells: int = 0  # doorbells for the queue since then
 
     @property
     def avail(self) -> int:
@@ -61,12 +97,31 @@ class SplitRingMonitor(RingFollower[_Queue]):
 
     def _queue_reset(self, index: int, q: _Queue) -> None:
         q.live = False
-        q.seen_avail_idx = 0
+        q.seen_avail_idx = q.published_idx = q.doorbells = 0
 
     def _notified(self, e: Event) -> None:
         if has(self._features, F.NOTIFICATION_DATA):
             self._check_notification_data(e)
+        _, q = self._notified_queue(e.value & 0xFFFF)
+        if q is not None:
+            q.doorbells += 1
         self.inspect()
+
+    def publications(self) -> list[Publication]:
+        """Every live queue whose avail idx moved since the last look: the move, the used ring's suppression
+        fields as they are now, and whether a doorbell came for it (for :func:`notify_findings`). The caller looks
+        after each step of the driver, with the used ring's fields held still by the device side."""
+        found: list[Publication] = []
+        for index, q in self._queues.items():
+            if not (q.live and self.ring_negotiated):
+                continue
+            idx = U16.unpack(self.read(q.avail + 2, 2))[0]
+            if idx != q.published_idx:
+                flags = U16.unpack(self.read(q.used, 2))[0]
+                event = U16.unpack(self.read(q.used + SplitLayout(q.size).avail_event, 2))[0]
+                found.append(Publication(index, q.published_idx, idx, flags, event, q.doorbells > 0))
+            q.published_idx, q.doorbells = idx, 0
+        return found
 
     def _check_notification_data(self, e: Event) -> None:
         """NOTIF-DRV-B01: next_off/next_wrap carry the new avail idx (bits 0-14 and bit 15)."""
@@ -92,7 +147,8 @@ class SplitRingMonitor(RingFollower[_Queue]):
         self.findings.append(Finding("SPLIT-DRV-19", used_flags == 0,
                                      f"queue {index}: used.flags is {used_flags:#x} when the queue is enabled"))
         q.live = True
-        q.seen_avail_idx = avail_idx
+        q.seen_avail_idx = q.published_idx = avail_idx
+        q.doorbells = 0
 
     # --- ring inspection ------------------------------------------------------------------------
 
