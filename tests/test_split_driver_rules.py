@@ -1,5 +1,7 @@
 """The available buffer notification rows (SPLIT-DRV-20..25): each bad publication is flagged with exactly its row
-by :func:`notify_findings`, and the check's steps catch guest drivers that notify wrongly on a ``sim:`` device."""
+by :func:`notify_findings`, and the check's steps catch guest drivers that notify wrongly on a ``sim:`` device.
+SPLIT-DRV-16/17/18: the check's run catches a driver that takes a spurious interrupt for a used entry (16 only) and
+one that reads its receive buffers past the used len (17/18 only)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,15 @@ from testbenches.conformance.checks.test_split_driver_rules import (
     QSIZE,
     RX_AT_BRING_UP,
     HeldDoorbells,
+    PoisonRun,
+    frames_back_intact,
     notification_steps,
+    spurious_then_poisoned_traffic,
 )
 from testbenches.conformance.harness import GUEST_MEMORY_BASE
 from testbenches.driver.layout import layout_features
-from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
+from testbenches.driver.split_ring import DriverQueueError, DriverSplitQueue, _Inflight
+from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver, RxFrame
 from testbenches.monitor import SplitRingMonitor
 from testbenches.monitor.split_ring_rules import Publication, notify_findings
 from testbenches.monitor.virtio_pci_rules import verdicts_of
@@ -121,3 +127,54 @@ def test_the_check_steps_catch_a_wrong_driver(driver: type[GuestNetDriver], even
                                               failed: set[str]) -> None:
     with _steps_on_sim(driver, event_idx) as got:
         assert got == failed
+
+
+class TakesInterruptsForUsedEntries(GuestNetDriver):
+    """Treats every receive interrupt as a used entry: a spurious one is a protocol error to it."""
+
+    def receive_raw(self, count: int, timeout: float = 5.0) -> list[RxFrame]:
+        if self.wait_irq("rx", 0) and not self.ring(self.RX).used():
+            raise DriverQueueError("receive interrupt with no used entry")
+        return super().receive_raw(count, timeout)
+
+
+class ReadsPastLen(DriverSplitQueue):
+    """Takes the whole writable buffer, not the first used len bytes."""
+
+    def _written(self, rec: _Inflight, length: int, what: str) -> tuple[int, bytes]:
+        data = b"".join(self.mem.read(gpa, n) for gpa, n, w in rec.buffers if w)
+        return len(data), data
+
+
+def _poison_run(driver: type[GuestNetDriver]) -> PoisonRun:
+    dev = default_registry().open("sim:virtio-net")
+    try:
+        with GuestMemory.single(4 << 20, gpa=GUEST_MEMORY_BASE) as mem:
+            drv = driver(dev, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"),
+                         rx_buffers=16)
+            try:
+                drv.init()
+                return spurious_then_poisoned_traffic(drv, looped=True)
+            finally:
+                drv.close()
+    finally:
+        dev.close()
+
+
+def test_the_stock_driver_copes_and_reads_only_len() -> None:
+    run = _poison_run(GuestNetDriver)
+    assert run.kicks and run.poisoned and not run.problems
+    assert len(run.got) == len(run.sent) and not frames_back_intact(run.sent, run.got)
+
+
+def test_a_driver_taking_a_spurious_interrupt_for_a_used_entry_is_caught() -> None:
+    run = _poison_run(TakesInterruptsForUsedEntries)
+    assert run.problems and "no used entry" in run.problems[0]
+
+
+def test_a_driver_reading_past_the_used_len_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("testbenches.driver.layout.DriverSplitQueue", ReadsPastLen)
+    run = _poison_run(GuestNetDriver)
+    assert not run.problems and run.got
+    wrong = frames_back_intact(run.sent, run.got)
+    assert len(wrong) == len(run.got) and all("poison" in w for w in wrong), wrong

@@ -153,6 +153,10 @@ class DriverQueue(DriverBuffers, Generic[_Rec, _Desc]):
     def _desc_gpa(self, slot: int, table: int | None) -> int:
         return (self.desc_addr if table is None else table) + DESC_SIZE * slot
 
+    def in_flight_buffers(self) -> list[tuple[int, int, bool]]:
+        """The data buffers of every buffer made available and not yet used, as (gpa, len, device-writable)."""
+        return [b for rec in self._inflight.values() for b in rec.buffers]
+
     def _place_buffers(self, rec: _Rec, out: Sequence[bytes], in_lens: Sequence[int],
                        write_flag: int) -> list[tuple[int, int, int]]:
         """Allocate and fill the data buffers of one buffer, device-readable ``out`` then device-writable

@@ -8,11 +8,18 @@ them. The split ring monitor reports each publication with the used ring's field
 doorbell followed (:meth:`SplitRingMonitor.publications`); :func:`notify_findings` judges it. A step whose fields
 the monitor did not find as planted (a device that wrote the used ring after all) is not judged. A row no step
 judged is not claimed; the evidence counts the publications judged per row.
+
+SPLIT-DRV-16/17/18 take the guest driver as it runs (doorbells delivered): its receive and transmit interrupts are
+signalled with nothing new in the used rings (spurious used buffer notifications), and every receive buffer made
+available is filled with poison before the device writes into it, so every byte past a used len is poison. Frames
+that come back over a looped wire must be the ones sent, byte for byte.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -24,6 +31,7 @@ from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import layout_features
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
+from testbenches.frames import test_frame
 from testbenches.monitor import SplitRingMonitor, TracingPciDevice
 from testbenches.monitor.split_ring_rules import notify_findings
 from testbenches.monitor.virtio_pci_rules import Finding, Layout, verdicts_of
@@ -121,3 +129,107 @@ def test_guest_driver_available_buffer_notifications(bench: Bench, verdict: Verd
             seen = sum(f.req_id == rid for f in findings)
             verdict.check(rid, ok, f"{name}: {seen} publications judged ({disturbed} with the used ring disturbed "
                           f"not judged); " + "; ".join(evidence[:5]))
+
+
+#: Fills every receive buffer before the device writes into it: what lies past a used len.
+POISON = 0xA5
+#: Frame lengths sent for SPLIT-DRV-17/18: the shortest, a middling and a long one, all shorter than a buffer.
+LENGTHS = (60, 342, 1000)
+
+
+def poison_receive_buffers(drv: GuestNetDriver) -> int:
+    """Fill the device-writable buffers the guest driver has made available on its receive queue with
+    :data:`POISON`; returns how many bytes were poisoned."""
+    ring = drv.queues[drv.RX]
+    done = 0
+    for gpa, length, writable in ring.in_flight_buffers():
+        if writable:
+            drv.mem.write(gpa, bytes([POISON]) * length)
+            done += length
+    return done
+
+
+def spurious_interrupts(drv: GuestNetDriver) -> int:
+    """Signal the receive and transmit interrupts with nothing new in the used rings; returns how many."""
+    fds = {drv.irq_fds[w] for w in ("rx", "tx") if w in drv.irq_fds}
+    for fd in fds:
+        os.eventfd_write(fd, 1)
+    return len(fds)
+
+
+def frames_back_intact(sent: Sequence[bytes], got: Sequence[bytes]) -> list[str]:
+    """What is wrong with the frames the driver returned: each must be one sent, byte for byte."""
+    wrong = []
+    for frame in got:
+        if frame not in sent:
+            tail = frame[-8:].hex()
+            wrong.append(f"a {len(frame)}-byte frame that was not sent (ends {tail}"
+                         f"{', poison' if frame.endswith(bytes([POISON]) * 4) else ''})")
+    return wrong
+
+
+@dataclass
+class PoisonRun:
+    """What :func:`spurious_then_poisoned_traffic` saw."""
+
+    kicks: int = 0  # spurious interrupts signalled
+    poisoned: int = 0  # receive buffer bytes filled with poison
+    problems: list[str] = field(default_factory=list)  # how the driver failed to cope with a spurious interrupt
+    sent: list[bytes] = field(default_factory=list)
+    got: list[bytes] = field(default_factory=list)
+
+
+def spurious_then_poisoned_traffic(drv: GuestNetDriver, looped: bool) -> PoisonRun:
+    """On ``drv`` (brought up on split rings): poison its receive buffers, signal spurious interrupts and let it
+    look for frames, then signal more and exchange frames of :data:`LENGTHS` over the wire."""
+    run = PoisonRun(poisoned=poison_receive_buffers(drv), kicks=spurious_interrupts(drv))
+    try:
+        early = drv.receive_raw(1, timeout=0.05)
+        drv.reclaim_tx()
+    except Exception as exc:  # the driver choked on the spurious interrupt
+        run.problems.append(f"{type(exc).__name__}: {exc}")
+        return run
+    if early:
+        run.problems.append(f"{len(early)} frames returned on an interrupt with nothing received")
+    run.sent = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate(LENGTHS)]
+    run.kicks += spurious_interrupts(drv)
+    try:
+        run.got = drv.exchange(run.sent, timeout=2.0 if looped else 0.1)
+        drv.wait_tx_done(timeout=2.0)
+    except Exception as exc:
+        run.problems.append(f"{type(exc).__name__}: {exc}")
+    run.problems += drv.queues[drv.RX].anomalies + drv.queues[drv.TX].anomalies
+    return run
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req("SPLIT-DRV-16", "SPLIT-DRV-17", "SPLIT-DRV-18")
+def test_guest_driver_spurious_interrupts_and_bytes_past_len(bench: Bench, verdict: Verdict,
+                                                            mem: GuestMemory) -> None:
+    """Spurious receive and transmit interrupts, then frames over the wire into receive buffers full of poison:
+    the guest driver copes with an interrupt with nothing used, and (where the wire loops) the frames it returns
+    are the ones sent, nothing taken from past the used len."""
+    name = "guest driver (split rings)"
+    looped = bench.wire().looped
+    drv = GuestNetDriver(bench.open(), mem, queue_size=QSIZE,
+                         features=layout_features(DEFAULT_FEATURES, "split"), rx_buffers=16)
+    try:
+        drv.init()
+        if has(drv.features, F.RING_PACKED):
+            pytest.fail(f"{name}: the driver chose packed rings without asking for them")
+        run = spurious_then_poisoned_traffic(drv, looped)
+    finally:
+        drv.close()
+    sent, got = run.sent, run.got
+    verdict.check("SPLIT-DRV-16", not run.problems,
+                  f"{name}: {run.kicks} spurious interrupts (receive and transmit) with nothing used, then "
+                  f"{len(got)} of {len(sent)} frames back (looped: {looped}); {run.problems}")
+    if not got:
+        for rid in ("SPLIT-DRV-17", "SPLIT-DRV-18"):
+            verdict.not_applicable(rid, f"{name}: no frame came back over the wire (looped: {looped}), so no used "
+                                        "len with poison past it")
+        return
+    wrong = frames_back_intact(sent, got)
+    for rid in ("SPLIT-DRV-17", "SPLIT-DRV-18"):
+        verdict.check(rid, not wrong, f"{name}: {len(got)} frames back into {run.poisoned} poisoned receive bytes "
+                      f"({POISON:#x}), compared with the {len(sent)} sent: {wrong}")
