@@ -5,8 +5,9 @@ which the checks of ``testbenches/conformance/checks/test_net_rss.py`` must catc
 
 from __future__ import annotations
 
+from backend.virtio.net_ctrl import VIRTIO_NET_HASH_REPORT_TCPv4, VIRTIO_NET_HASH_REPORT_UDPv4
 from models.virtio_net.device import VirtioNetDevice
-from models.virtio_net.rss import Rss, VIRTIO_NET_HASH_REPORT_TCPv4, VIRTIO_NET_HASH_REPORT_UDPv4, hash_fields
+from models.virtio_net.rss import Rss, hash_fields
 
 
 class _ModuloPairs(Rss):

@@ -5,8 +5,9 @@ which the checks of ``testbenches/conformance/checks/test_net_rx_filter.py`` mus
 
 from __future__ import annotations
 
+from backend.virtio.net_ctrl import VIRTIO_NET_OK
 from models.virtio_net.device import VirtioNetDevice
-from models.virtio_net.rx_filter import VIRTIO_NET_OK, RxFilter
+from models.virtio_net.rx_filter import RxFilter
 
 
 class _AllMultiFirst(RxFilter):

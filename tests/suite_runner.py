@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,30 @@ def run_suite(target: str, out: Path, *extra: str, timeout: float = 600,
     data["_exit"] = proc.returncode
     data["_stdout"] = proc.stdout
     return data
+
+
+def module_on_variants(module: Path, variants_module: str, variants: Iterable[str], out: Path,
+                       timeout: float = 300) -> dict[str, dict[str, Any]]:
+    """The check ``module`` on the stock model (key '') and on each seeded-bug class of ``variants_module`` (a
+    ``model=`` spec), two child processes at a time (two cores); results under ``out``."""
+    names = ["", *variants]
+    for name in names:
+        (out / (name or "stock")).mkdir(parents=True, exist_ok=True)
+
+    def one(variant: str) -> tuple[str, dict[str, Any]]:
+        spec = "sim:virtio-net" + (f",model={variants_module}:{variant}" if variant else "")
+        return variant, run_suite(spec, out / (variant or "stock"), modules=[module], timeout=timeout)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, names))
+
+
+def assert_fails_exactly(data: dict[str, Any], expected: Collection[str], what: str) -> None:
+    """The run ``data`` on the variant ``what`` failed exactly ``expected`` and exited non-zero."""
+    failed = ids_with(data, "failed")
+    assert failed == set(expected), (f"{what}: failed {sorted(failed)}, expected {sorted(expected)}: "
+                                     f"{ {i: data['ids'][i]['evidence'] for i in sorted(failed)} }")
+    assert data["_exit"] != 0, f"{what}: the run exited 0 despite failed ids"
 
 
 def ids_with(data: dict[str, Any], status: str) -> set[str]:

@@ -3,15 +3,13 @@ testbenches/conformance/checks/test_net_csum.py, fails exactly the ids its bug b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from models.virtio_net.device import VirtioNetDevice
 from tests import broken_csum
-from tests.suite_runner import CHECKS, ids_with, run_suite
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
 
 #: variant class in tests/broken_csum.py -> the ids its bug breaks, which the checks must report failed (and no other)
 EXPECTED: dict[str, set[str]] = {
@@ -25,15 +23,8 @@ MODULE = CHECKS / "test_net_csum.py"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    """The check module on the stock model and on each variant, two at a time (two cores)."""
-
-    def one(variant: str) -> tuple[str, dict[str, Any]]:
-        spec = "sim:virtio-net" + (f",model=tests.broken_csum:{variant}" if variant else "")
-        return variant, run_suite(spec, tmp_path_factory.mktemp(variant or "stock"), modules=[MODULE], timeout=300)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield dict(pool.map(one, ["", *sorted(EXPECTED)]))
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return module_on_variants(MODULE, "tests.broken_csum", sorted(EXPECTED), tmp_path_factory.mktemp("runs"))
 
 
 def test_stock_model_passes(runs: dict[str, dict[str, Any]]) -> None:
@@ -45,12 +36,7 @@ def test_stock_model_passes(runs: dict[str, dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
 def test_checks_fail_exactly_the_broken_rule(variant: str, runs: dict[str, dict[str, Any]]) -> None:
-    data = runs[variant]
-    failed = ids_with(data, "failed")
-    assert failed == EXPECTED[variant], \
-        f"{variant}: failed {sorted(failed)}, expected {sorted(EXPECTED[variant])}: " \
-        f"{ {i: data['ids'][i]['evidence'] for i in failed} }"
-    assert data["_exit"] != 0
+    assert_fails_exactly(runs[variant], EXPECTED[variant], variant)
 
 
 def test_every_variant_is_filed_and_seeds_one_bug() -> None:

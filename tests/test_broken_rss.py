@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.suite_runner import CHECKS, ids_with, run_suite
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
 
 MODULE = CHECKS / "test_net_rss.py"
 #: variant class in tests/broken_rss.py -> the ids its bug breaks: the module must fail exactly these
@@ -26,16 +25,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The module on the stock model and on each variant, two child processes at a time."""
-    variants = ["", *EXPECTED]
-    outs = {v: tmp_path_factory.mktemp(v or "stock") for v in variants}  # here: mktemp is not for threads
-
-    def one(variant: str) -> tuple[str, dict[str, Any]]:
-        spec = "sim:virtio-net" + (f",model=tests.broken_rss:{variant}" if variant else "")
-        return variant, run_suite(spec, outs[variant], modules=[MODULE], timeout=240)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, variants))
+    return module_on_variants(MODULE, "tests.broken_rss", EXPECTED, tmp_path_factory.mktemp("runs"), timeout=240)
 
 
 def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
@@ -47,7 +37,5 @@ def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
 def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
     data = results[variant]
-    failed = ids_with(data, "failed")
-    assert failed == EXPECTED[variant], (variant, {i: data["ids"][i]["evidence"] for i in sorted(failed)})
-    assert data["_exit"] != 0
+    assert_fails_exactly(data, EXPECTED[variant], variant)
     assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]

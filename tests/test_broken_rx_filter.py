@@ -5,14 +5,12 @@ answer VIRTIO_NET_ERR without their feature or with a malformed payload."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from backend.virtio.features import F, NetF, bits
-from models.virtio_net.rx_filter import (
-    RX_FILTER_FEATURES,
+from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_ADDR_SET,
@@ -26,10 +24,9 @@ from models.virtio_net.rx_filter import (
     VIRTIO_NET_CTRL_VLAN_ADD,
     VIRTIO_NET_ERR,
     VIRTIO_NET_OK,
-    RxFilter,
-    parse_mac_table,
 )
-from tests.suite_runner import CHECKS, ids_with, run_suite
+from models.virtio_net.rx_filter import RX_FILTER_FEATURES, RxFilter, parse_mac_table
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
 
 MODULE = CHECKS / "test_net_rx_filter.py"
 #: variant class in tests/broken_rx_filter.py -> the ids its bug breaks: the module must fail exactly these
@@ -47,16 +44,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The module on the stock model and on each variant, two child processes at a time."""
-    variants = ["", *EXPECTED]
-    outs = {v: tmp_path_factory.mktemp(v or "stock") for v in variants}  # here: mktemp is not for threads
-
-    def one(variant: str) -> tuple[str, dict[str, Any]]:
-        spec = "sim:virtio-net" + (f",model=tests.broken_rx_filter:{variant}" if variant else "")
-        return variant, run_suite(spec, outs[variant], modules=[MODULE], timeout=240)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, variants))
+    return module_on_variants(MODULE, "tests.broken_rx_filter", EXPECTED, tmp_path_factory.mktemp("runs"), timeout=240)
 
 
 def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
@@ -68,9 +56,7 @@ def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
 def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
     data = results[variant]
-    failed = ids_with(data, "failed")
-    assert failed == EXPECTED[variant], (variant, {i: data["ids"][i]["evidence"] for i in sorted(failed)})
-    assert data["_exit"] != 0
+    assert_fails_exactly(data, EXPECTED[variant], variant)
     assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
 
 

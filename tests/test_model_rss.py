@@ -13,25 +13,21 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from backend.virtio.features import NetF, bits
-from backend.virtio.pci_regs import NetCfg
-from models.virtio_net.device import DEFAULT_FEATURES, VirtioNetDevice
-from models.virtio_net.rss import (
-    SUPPORTED_HASH_TYPES,
+from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
     VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
     VIRTIO_NET_ERR,
     VIRTIO_NET_HASH_REPORT_NONE,
     VIRTIO_NET_OK,
-    Rss,
-    RssConfig,
     VIRTIO_NET_HASH_REPORT_IPv4,
     VIRTIO_NET_HASH_REPORT_TCPv4,
     VIRTIO_NET_HASH_REPORT_UDPv6,
     VIRTIO_NET_RSS_HASH_TYPE_IPv4,
     VIRTIO_NET_RSS_HASH_TYPE_TCPv4,
-    hash_input,
-    toeplitz,
 )
+from backend.virtio.pci_regs import NetCfg
+from models.virtio_net.device import DEFAULT_FEATURES, VirtioNetDevice
+from models.virtio_net.rss import SUPPORTED_HASH_TYPES, Rss, RssConfig, hash_input, toeplitz
 
 KEY = bytes.fromhex("6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa")
 #: (source, source port, destination, destination port, IP-only hash, hash with TCP ports)

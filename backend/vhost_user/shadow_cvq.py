@@ -21,11 +21,9 @@ from typing import Final
 from backend.device import VdpaDevice, VqState
 from backend.eventloop import new_eventfd, wait_eventfd
 from backend.vhost_user.device_memory import DeviceMemory
+from backend.virtio.net_ctrl import VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_OK
 from backend.virtio.split_ring import DESC, USED_ELEM, DescFlags, SplitLayout
 
-VIRTIO_NET_CTRL_MQ: Final = 4
-VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: Final = 0
-VIRTIO_NET_OK: Final = 0
 #: Where the ring lives in the device's IO address space: above any guest-physical address a
 #: frontend sends (x86-64 guests stay below 2^46; virtio_user uses process addresses below 2^47).
 SHADOW_IOVA: Final = 0xFFFF_0000_0000

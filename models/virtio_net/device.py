@@ -13,6 +13,14 @@ from numpy.typing import NDArray
 
 from backend.pci.device import DmaFaultError
 from backend.virtio.features import F, NetF, bits, has
+from backend.virtio.net_ctrl import (
+    VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_ERR,
+    VIRTIO_NET_OK,
+)
 from backend.virtio.net_hdr import F_DATA_VALID, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
@@ -26,14 +34,7 @@ from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import offload, packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
-from models.virtio_net.rss import (
-    RSS_MAX_INDIRECTION_TABLE_LENGTH,
-    RSS_MAX_KEY_SIZE,
-    SUPPORTED_HASH_TYPES,
-    VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
-    VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
-    Rss,
-)
+from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
 from models.virtio_net.rx_filter import FILTER_FEATURES, RxFilter
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
@@ -55,10 +56,6 @@ HASH_FEATURES = bits(NetF.RSS, NetF.HASH_REPORT)
 ETH_HLEN = 14
 VLAN_HLEN = 4
 ETH_P_8021Q = 0x8100
-VIRTIO_NET_OK = 0
-VIRTIO_NET_ERR = 1
-VIRTIO_NET_CTRL_MQ = 4
-VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
 _CTRL_MAX_COMMAND = 4096
 _MAX_TX_ROUNDS = 64
 #: Chains (or arriving frames) from which the bulk path is worth its fixed cost.

@@ -28,6 +28,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from backend.virtio.features import F, NetF, has
+from backend.virtio.net_ctrl import VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_ERR, VIRTIO_NET_OK
 from backend.virtio.pci_regs import NetCfg
 from backend.virtio.split_ring import VRING_AVAIL_F_NO_INTERRUPT
 from testbenches.conformance.chains import Posted, poison
@@ -42,10 +43,6 @@ QSIZE = 64
 RX_BUF = 2048
 #: Distinct IPv4 flows per traffic round, two frames each (different lengths and payloads).
 FLOWS = 24
-VIRTIO_NET_OK = 0
-VIRTIO_NET_ERR = 1
-VIRTIO_NET_CTRL_MQ = 4
-VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
 #: A class and a command this spec version does not define.
 UNKNOWN_CLASS = 0x7E
 UNKNOWN_MQ_COMMAND = 0x7F

@@ -38,35 +38,35 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from backend.virtio.features import F, NetF, bits, has
-from backend.virtio.pci_regs import NetCfg
-from testbenches.conformance.checks.test_net_ctrl_mq import (
+from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
     VIRTIO_NET_ERR,
+    VIRTIO_NET_HASH_REPORT_NONE,
     VIRTIO_NET_OK,
-    Ack,
-    MqRig,
+    VIRTIO_NET_HASH_REPORT_IPv4,
+    VIRTIO_NET_HASH_REPORT_IPv6,
+    VIRTIO_NET_HASH_REPORT_TCPv4,
+    VIRTIO_NET_HASH_REPORT_TCPv6,
+    VIRTIO_NET_HASH_REPORT_UDPv4,
+    VIRTIO_NET_HASH_REPORT_UDPv6,
+    VIRTIO_NET_RSS_HASH_TYPE_IPv4,
+    VIRTIO_NET_RSS_HASH_TYPE_IPv6,
+    VIRTIO_NET_RSS_HASH_TYPE_TCPv4,
+    VIRTIO_NET_RSS_HASH_TYPE_TCPv6,
+    VIRTIO_NET_RSS_HASH_TYPE_UDPv4,
+    VIRTIO_NET_RSS_HASH_TYPE_UDPv6,
 )
+from backend.virtio.pci_regs import NetCfg
+from testbenches.conformance.checks.test_net_ctrl_mq import Ack, MqRig
 from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 
-VIRTIO_NET_CTRL_MQ_RSS_CONFIG = 1
-VIRTIO_NET_CTRL_MQ_HASH_CONFIG = 2
-HASH_TYPE_IPv4 = 1 << 0
-HASH_TYPE_TCPv4 = 1 << 1
-HASH_TYPE_UDPv4 = 1 << 2
-HASH_TYPE_IPv6 = 1 << 3
-HASH_TYPE_TCPv6 = 1 << 4
-HASH_TYPE_UDPv6 = 1 << 5
-REPORT_NONE = 0
-REPORT_IPv4 = 1
-REPORT_TCPv4 = 2
-REPORT_UDPv4 = 3
-REPORT_IPv6 = 4
-REPORT_TCPv6 = 5
-REPORT_UDPv6 = 6
 #: The six hash types without IPv6 extension headers (the _EX ones a device may leave out).
-BASIC_TYPES = HASH_TYPE_IPv4 | HASH_TYPE_TCPv4 | HASH_TYPE_UDPv4 | HASH_TYPE_IPv6 | HASH_TYPE_TCPv6 | HASH_TYPE_UDPv6
+BASIC_TYPES = (VIRTIO_NET_RSS_HASH_TYPE_IPv4 | VIRTIO_NET_RSS_HASH_TYPE_TCPv4 | VIRTIO_NET_RSS_HASH_TYPE_UDPv4
+               | VIRTIO_NET_RSS_HASH_TYPE_IPv6 | VIRTIO_NET_RSS_HASH_TYPE_TCPv6 | VIRTIO_NET_RSS_HASH_TYPE_UDPv6)
 #: The verification key of Microsoft's RSS documentation (the spec's Toeplitz reference).
 MS_KEY = bytes.fromhex("6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa")
 OTHER_KEY = bytes(range(0x31, 0x31 + 40))
@@ -125,12 +125,15 @@ class Flow:
         addrs = ipaddress.ip_address(self.src).packed + ipaddress.ip_address(self.dst).packed
         ports = struct.pack(">HH", self.sport, self.dport)
         v4 = self.version == 4
-        l4 = {("tcp", True): (HASH_TYPE_TCPv4, REPORT_TCPv4), ("udp", True): (HASH_TYPE_UDPv4, REPORT_UDPv4),
-              ("tcp", False): (HASH_TYPE_TCPv6, REPORT_TCPv6), ("udp", False): (HASH_TYPE_UDPv6, REPORT_UDPv6)}
+        l4 = {("tcp", True): (VIRTIO_NET_RSS_HASH_TYPE_TCPv4, VIRTIO_NET_HASH_REPORT_TCPv4),
+              ("udp", True): (VIRTIO_NET_RSS_HASH_TYPE_UDPv4, VIRTIO_NET_HASH_REPORT_UDPv4),
+              ("tcp", False): (VIRTIO_NET_RSS_HASH_TYPE_TCPv6, VIRTIO_NET_HASH_REPORT_TCPv6),
+              ("udp", False): (VIRTIO_NET_RSS_HASH_TYPE_UDPv6, VIRTIO_NET_HASH_REPORT_UDPv6)}
         typ = l4.get((self.proto, v4))
         if typ is not None and hash_types & typ[0]:
             return reference_toeplitz(key, addrs + ports), typ[1]
-        ip_type, ip_report = (HASH_TYPE_IPv4, REPORT_IPv4) if v4 else (HASH_TYPE_IPv6, REPORT_IPv6)
+        ip_type, ip_report = ((VIRTIO_NET_RSS_HASH_TYPE_IPv4, VIRTIO_NET_HASH_REPORT_IPv4) if v4
+                              else (VIRTIO_NET_RSS_HASH_TYPE_IPv6, VIRTIO_NET_HASH_REPORT_IPv6))
         if hash_types & ip_type:
             return reference_toeplitz(key, addrs), ip_report
         return None
@@ -255,7 +258,7 @@ def judge_steering(verdict: Verdict, r: RssRig, flows: Sequence[Flow], hash_type
             what = "no hash" if exp is None else f"hash {exp[0]:#010x}, entry {exp[0] & mask}"
             wrong[rid].append(f"{f}: receiveq{rx.queue + 1}, expected receiveq{want_q + 1} ({what})")
         if r.report:
-            want = (0, REPORT_NONE) if exp is None else exp
+            want = (0, VIRTIO_NET_HASH_REPORT_NONE) if exp is None else exp
             if (rx.hash_value, rx.hash_report) != want:
                 wrong["NETCTRL-DEV-B03"].append(f"{f}: hash_value {rx.hash_value:#010x} hash_report "
                                                 f"{rx.hash_report}, expected {want[0]:#010x} / {want[1]}")
@@ -330,7 +333,7 @@ def test_rss_steering(bench: Bench, verdict: Verdict, ring_layout: Layout) -> No
         max_len = int.from_bytes(rig.drv.transport.read_device_config(NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2, 2),
                                  "little")
         supported = int.from_bytes(rig.drv.transport.read_device_config(NetCfg.SUPPORTED_HASH_TYPES, 4, 4), "little")
-        types = BASIC_TYPES & supported & ~HASH_TYPE_IPv6  # IPv6 without TCP/UDP: no hash, unclassified
+        types = BASIC_TYPES & supported & ~VIRTIO_NET_RSS_HASH_TYPE_IPv6  # IPv6 without TCP/UDP: no hash, unclassified
         table = table_for(pairs, min(128, max_len), 1)
         unclassified = pairs - 1
         a = r.command("RSS_CONFIG", VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
@@ -363,7 +366,7 @@ def test_rss_steering(bench: Bench, verdict: Verdict, ring_layout: Layout) -> No
 
         # Another key, a smaller table, IPv6 hashed too: ICMPv6 leaves the unclassified queue.
         table2 = table_for(pairs, 8, 2)
-        types2 = BASIC_TYPES & supported & ~HASH_TYPE_UDPv4
+        types2 = BASIC_TYPES & supported & ~VIRTIO_NET_RSS_HASH_TYPE_UDPv4
         a = r.command("RSS_CONFIG 2", VIRTIO_NET_CTRL_MQ_RSS_CONFIG, rss_config(types2, table2, 0, pairs, OTHER_KEY))
         verdict.check("NET-DEV-B02", a.used and a.ack == VIRTIO_NET_OK, a.describe() + " (expected VIRTIO_NET_OK)")
         judge_steering(verdict, r, flows, types2, OTHER_KEY, table2, 0, "RSS_CONFIG 2 (8 entries, other key)")
@@ -424,7 +427,8 @@ def test_hash_report(bench: Bench, verdict: Verdict) -> None:
         # Before any command: no hash types, nothing hashed.
         judge_steering(verdict, r, flows, 0, b"", [0], 0, "HASH_REPORT before HASH_CONFIG", steering=False)
         for i, (types, key) in enumerate(((BASIC_TYPES & supported, MS_KEY),
-                                          (BASIC_TYPES & supported & ~HASH_TYPE_TCPv4 & ~HASH_TYPE_UDPv6, OTHER_KEY))):
+                                          (BASIC_TYPES & supported & ~VIRTIO_NET_RSS_HASH_TYPE_TCPv4
+                                           & ~VIRTIO_NET_RSS_HASH_TYPE_UDPv6, OTHER_KEY))):
             a = r.command(f"HASH_CONFIG {i + 1}", VIRTIO_NET_CTRL_MQ_HASH_CONFIG, hash_config(types, key))
             for rid in ("NET-DEV-B01", "NET-DEV-B03", "NETCTRL-DEV-B03"):
                 if rid == "NET-DEV-B03" and has(rig.offered, NetF.RSS):
