@@ -21,7 +21,7 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_ERR,
     VIRTIO_NET_OK,
 )
-from backend.virtio.net_hdr import F_DATA_VALID, HDR_SIZE, HDR_SIZE_HASH, NetHdr
+from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
     PCI_CLASS_NETWORK_ETHERNET,
@@ -31,7 +31,7 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
-from models.virtio_net import offload, packed_datapath, packed_fast
+from models.virtio_net import gso, offload, packed_datapath, packed_fast
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
@@ -135,11 +135,12 @@ class VirtioNetDevice(VirtioPciFunction):
       ``notif_config_data(index)``.
     net: ``used_len_for(q, chain, written)`` used.len; ``rx_header(frame, num_buffers)`` receive header;
       ``tx_frame(chain)`` frame gathered from a TX chain; ``tx_offload(chain, frame)`` the frame as sent, per its
-      header (checksum offload with VIRTIO_NET_F_CSUM); ``rx_pair_for(frame)`` steering;
+      header (checksum offload with VIRTIO_NET_F_CSUM, segmentation with host GSO); ``rx_pair_for(frame)`` steering;
       ``control_command(cls, cmd, data)`` control queue; ``rx_filter_class`` the receive filter
       (:class:`~models.virtio_net.rx_filter.RxFilter`, with CTRL_RX / CTRL_VLAN / CTRL_MAC_ADDR / GUEST_ANNOUNCE).
       ``rss_class`` receive-side scaling and hash reporting (:class:`~models.virtio_net.rss.Rss`, with RSS /
-      HASH_REPORT: offered only when ``features=`` asks, with CTRL_VQ).
+      HASH_REPORT: offered only when ``features=`` asks, with CTRL_VQ). ``gso_class`` transmit segmentation
+      (:class:`~models.virtio_net.gso.Gso`, with HOST_TSO4 / TSO6 / ECN / UFO / USO: offered only when asked).
 
     Data path: a kick (or a burst arriving from the wire) takes every available chain in one round; chains of
     one or two plain descriptors are decoded, IOMMU-checked and copied in bulk (numpy), anything else goes
@@ -153,6 +154,7 @@ class VirtioNetDevice(VirtioPciFunction):
     PCI_CLASS = PCI_CLASS_NETWORK_ETHERNET
     rx_filter_class: type[RxFilter] = RxFilter
     rss_class: type[Rss] = Rss
+    gso_class: type[gso.Gso] = gso.Gso
 
     def __init__(self, *, pairs: int = 1, mac: str | bytes = "02:00:00:00:00:01", mtu: int = 1500,
                  max_queue_size: int = 256, features: int | None = None, speed: int = 10000, duplex: int = 1,
@@ -167,8 +169,14 @@ class VirtioNetDevice(VirtioPciFunction):
         self.pairs = pairs
         if features & HASH_FEATURES and not has(features, NetF.CTRL_VQ):
             raise ValueError("RSS and HASH_REPORT need VIRTIO_NET_F_CTRL_VQ (NETFEAT-DEV-09, NET-DEV-13)")
+        tso = has(features, NetF.HOST_TSO4) or has(features, NetF.HOST_TSO6)
+        if (features & gso.HOST_GSO_FEATURES and not has(features, NetF.CSUM)) or (has(features, NetF.HOST_ECN)
+                                                                                    and not tso):
+            raise ValueError("host GSO needs VIRTIO_NET_F_CSUM, HOST_ECN needs HOST_TSO4 or HOST_TSO6 "
+                             "(NETFEAT-DEV-05/06)")
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
         self.rss = self.rss_class()
+        self.gso = self.gso_class()
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex
@@ -291,7 +299,9 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def tx_offload(self, chain: Chain, frame: bytes) -> bytes | None:
         """The frame as it goes on the wire: with VIRTIO_NET_F_CSUM and NEEDS_CSUM in the header, its checksum
-        completed (:mod:`models.virtio_net.offload`); None drops it (NEEDS_CSUM pointing outside the frame)."""
+        completed (:mod:`models.virtio_net.offload`); with a gso_type, the packets it is cut into
+        (:mod:`models.virtio_net.gso`, a :class:`~models.virtio_net.gso.Segmented`); None drops it (NEEDS_CSUM
+        pointing outside the frame, a GSO request the device cannot honour)."""
         if not has(self.negotiated, NetF.CSUM):
             return frame  # the header's fields are not used at all (NET-DEV-16/26)
         raw = b""
@@ -300,6 +310,9 @@ class VirtioNetDevice(VirtioPciFunction):
             if len(raw) == self.hdr_len:
                 break
         hdr = NetHdr.unpack(raw.ljust(HDR_SIZE, b"\0"))
+        if hdr.gso_type != GSO_NONE:
+            packets = self.gso.segment(hdr, frame, self.negotiated)  # None: dropped, counted in tx_errors
+            return None if packets is None else gso.Segmented(frame, packets)
         out = offload.complete_checksum(hdr.flags, hdr.csum_start, hdr.csum_offset, frame)
         if out is None:
             self.stats.tx_bad_csum += 1
@@ -577,6 +590,10 @@ class VirtioNetDevice(VirtioPciFunction):
                 self.notify_used(q)
 
     def _transmit(self, frame: bytes) -> None:
+        if isinstance(frame, gso.Segmented):
+            for packet in frame.packets:
+                self._transmit(packet)
+            return
         if not self.link_up:
             self.stats.tx_link_down += 1
             return
