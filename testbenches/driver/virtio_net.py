@@ -42,6 +42,7 @@ from testbenches.driver.layout import (
     ring_addresses,
     ring_size,
 )
+from testbenches.driver.net_ctrl import NetControl
 from testbenches.driver.split_ring import DriverSplitQueue, QueueFull, UsedBuffer
 
 ETH_HLEN = 14
@@ -108,6 +109,7 @@ class GuestNetDriver:
         self._held_kicks: set[int] = set()
         self.rx_buf_size = 0
         self.notifications = 0  # doorbell writes, for checks of SPLIT-DRV-21/22/24/25
+        self.control: NetControl | None = None  # the control queue, with VIRTIO_NET_F_CTRL_VQ
 
     # --- memory ---------------------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class GuestNetDriver:
         self.transport.reset()
         self._drop_queues()
         self.features = 0
+        self.control = None
 
     def acknowledge(self) -> None:
         """ACKNOWLEDGE, then DRIVER (INIT-DRV-02)."""
@@ -190,36 +193,43 @@ class GuestNetDriver:
             raise DriverInitError(f"config_msix_vector 0 read back as {got:#x}")
 
     def vector_of(self, queue: int) -> int:
+        """Receive queues (and the control queue after them) on the rx vector, transmit queues on the tx one."""
         if self.intx:
             return NO_VECTOR
-        return queue + 1 if self.irq_fds["rx"] != self.irq_fds["config"] else 0
+        return queue % 2 + 1 if self.irq_fds["rx"] != self.irq_fds["config"] else 0
 
     def setup_queues(self) -> None:
         """Queue discovery and setup per 4.1.5.1.3: size, vector, addresses, then queue_enable."""
-        layout = layout_of(self.features)  # the layout the driver chose at negotiation
         for q in (self.RX, self.TX):
-            limit = self.transport.queue_size(q)
-            if limit == 0:
-                self.fail()
-                raise DriverInitError(f"virtqueue {q} is not available")
-            size = ring_size(layout, self.queue_size, limit)  # split: powers of two only (PCI-DRV-17)
-            ring = new_ring(layout, self.mem, self.alloc, size, index=q, features=self.features)
-            if isinstance(ring, PackedDriverRing):
-                self.packed[q] = ring
-            else:
-                self.queues[q] = ring
-            self.transport.set_queue_size(q, size)
-            vector = self.vector_of(q)
-            got = self.transport.set_queue_msix_vector(q, vector)
-            if got != vector:
-                self.fail()
-                raise DriverInitError(f"queue {q} MSI-X vector {vector} read back as {got:#x}")
-            self.transport.set_queue_addresses(q, *ring_addresses(ring))
-            self.transport.enable_queue(q)
-            self._notify_loc[q] = self.transport.notify_location(q)
+            self.setup_queue(q)
         self.rx_buf_size = self._rx_size()
+        # With CTRL_VQ: the other queue pairs and the control queue (testbenches/driver/net_ctrl.py).
+        self.control = NetControl(self) if has(self.features, NetF.CTRL_VQ) else None
         # Populate the receive queue now; the doorbell waits for DRIVER_OK (INIT-DRV-09/13).
         self.post_rx(self.rx_target if self.rx_target is not None else self.ring(self.RX).size)
+
+    def setup_queue(self, q: int) -> None:
+        """One queue: size, vector, addresses, then queue_enable."""
+        layout = layout_of(self.features)  # the layout the driver chose at negotiation
+        limit = self.transport.queue_size(q)
+        if limit == 0:
+            self.fail()
+            raise DriverInitError(f"virtqueue {q} is not available")
+        size = ring_size(layout, self.queue_size, limit)  # split: powers of two only (PCI-DRV-17)
+        ring = new_ring(layout, self.mem, self.alloc, size, index=q, features=self.features)
+        if isinstance(ring, PackedDriverRing):
+            self.packed[q] = ring
+        else:
+            self.queues[q] = ring
+        self.transport.set_queue_size(q, size)
+        vector = self.vector_of(q)
+        got = self.transport.set_queue_msix_vector(q, vector)
+        if got != vector:
+            self.fail()
+            raise DriverInitError(f"queue {q} MSI-X vector {vector} read back as {got:#x}")
+        self.transport.set_queue_addresses(q, *ring_addresses(ring))
+        self.transport.enable_queue(q)
+        self._notify_loc[q] = self.transport.notify_location(q)
 
     def driver_ok(self) -> None:
         """DRIVER_OK last (INIT-DRV-10), then the notifications held back until now."""

@@ -11,6 +11,7 @@ from typing import ClassVar, Generic, Self, TypeVar
 
 from backend.virtio.features import F, has
 from backend.virtio.pci_regs import CommonCfg
+from testbenches.monitor.ctrl_rules import ControlQueueMonitor
 from testbenches.monitor.net_hdr_rules import NetBufferMonitor
 from testbenches.monitor.pci_trace import Access, TracingPciDevice
 from testbenches.monitor.virtio_pci_rules import Decoder, Event, Finding, Layout, verdicts_of
@@ -52,6 +53,8 @@ class RingFollower(ABC, Generic[Q]):
     #: The virtio-net rows judged on every buffer the ring rules walk (NET-DRV, :mod:`.net_hdr_rules`): its own
     #: findings, apart from the ring rows'.
     net: NetBufferMonitor | None = None
+    #: The control queue rows (NETCTRL-DRV, :mod:`.ctrl_rules`), fed the same buffers and the register events.
+    ctrl: ControlQueueMonitor | None = None
 
     @classmethod
     def _following(cls, trace: TracingPciDevice, read: ReadMem) -> Self:
@@ -63,6 +66,7 @@ class RingFollower(ABC, Generic[Q]):
             def config(offset: int, size: int, bar: int = device.bar, base: int = device.offset) -> bytes:
                 return trace.inner.region_read(bar, base + offset, size)  # the device's view, not recorded
         mon.net = NetBufferMonitor(read, config)
+        mon.ctrl = ControlQueueMonitor(read, config)
         trace.listeners.append(mon._on_access)
         return mon
 
@@ -93,18 +97,24 @@ class RingFollower(ABC, Generic[Q]):
             self._queues.setdefault(e.queue, self._new_queue()).config_data = e.value
         elif e.kind == "notify" and self.ring_negotiated:
             self._notified(e)
+        if self.ctrl is not None and self.ring_negotiated:
+            self.ctrl.event(e, self._features)
 
     def _device_reset(self) -> None:
         self._queues.clear()
         self._features = 0
         if self.net is not None:
             self.net.reset()
+        if self.ctrl is not None:
+            self.ctrl.reset()
 
     def _buffer(self, index: int, segments: list[tuple[int, int, bool]], where: str) -> None:
         """A buffer made available on queue ``index``, as (address, length, device-writable) segments: to the
         virtio-net rows."""
         if self.net is not None:
             self.net.buffer(index, segments, self._features, where)
+        if self.ctrl is not None:
+            self.ctrl.buffer(index, segments, self._features, where)
 
     def _queue_write(self, e: Event) -> None:
         q = self._queues.setdefault(e.queue, self._new_queue())
