@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
@@ -30,7 +31,7 @@ from backend.virtio.features import (
     dependency_violations,
     has,
 )
-from backend.virtio.net_hdr import HDR_SIZE, HDR_SIZE_HASH, NetHdr
+from backend.virtio.net_hdr import F_DATA_VALID, F_NEEDS_CSUM, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import NO_VECTOR, VIRTIO_NET_S_LINK_UP, NetCfg
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.layout import (
@@ -71,10 +72,32 @@ def choose_features(offered: int, wanted: int) -> int:
             chosen &= ~(1 << row.feature)
 
 
+def rx_checksum(hdr: NetHdr, frame: bytes) -> str:
+    """What the driver tells the stack about a received frame's checksum (5.1.9.4.2): "partial" with NEEDS_CSUM,
+    "valid" with DATA_VALID; with neither the driver checks the TCP or UDP checksum itself (NET-DRV-64): "checked"
+    or "bad" ("none" for a frame without one). Other header fields and flag bits are not looked at (NET-DRV-58/61)."""
+    if hdr.flags & F_NEEDS_CSUM:
+        return "partial"
+    if hdr.flags & F_DATA_VALID:
+        return "valid"
+    pkt = Ether(frame)
+    l4 = pkt.getlayer(TCP) or pkt.getlayer(UDP)
+    if IP not in pkt or l4 is None or (isinstance(l4, UDP) and l4.chksum == 0):
+        return "none"
+    got = l4.chksum
+    l4.chksum = None
+    again = Ether(bytes(pkt)).getlayer(type(l4))
+    return "checked" if again is not None and again.chksum == got else "bad"
+
+
 @dataclass(frozen=True)
 class RxFrame:
     hdr: NetHdr
     frame: bytes
+
+    @property
+    def checksum(self) -> str:
+        return rx_checksum(self.hdr, self.frame)
 
 
 class GuestNetDriver:
@@ -108,6 +131,8 @@ class GuestNetDriver:
         self._backlog: deque[RxFrame] = deque()
         self._held_kicks: set[int] = set()
         self.rx_buf_size = 0
+        self.speed: int | None = None  # with VIRTIO_NET_F_SPEED_DUPLEX, refreshed on config interrupts
+        self.duplex: int | None = None
         self.notifications = 0  # doorbell writes, for checks of SPLIT-DRV-21/22/24/25
         self.control: NetControl | None = None  # the control queue, with VIRTIO_NET_F_CTRL_VQ
 
@@ -317,7 +342,19 @@ class GuestNetDriver:
         return True
 
     def config_changed(self, timeout: float) -> bool:
-        return self.wait_irq("config", timeout)
+        """Wait for a configuration change interrupt; speed and duplex are read again on it (NET-DRV-12)."""
+        if not self.wait_irq("config", timeout):
+            return False
+        self.speed, self.duplex = self.speed_duplex()
+        return True
+
+    def speed_duplex(self) -> tuple[int | None, int | None]:
+        """speed and duplex with VIRTIO_NET_F_SPEED_DUPLEX, each None when unknown: a speed above 0x7fffffff or a
+        duplex other than 0x00/0x01 (NET-DRV-11)."""
+        if not has(self.features, NetF.SPEED_DUPLEX):
+            return None, None
+        speed, duplex = self.transport.read_config_fields([(NetCfg.SPEED, 4), (NetCfg.DUPLEX, 1)])
+        return (speed if speed <= 0x7FFFFFFF else None), (duplex if duplex in (0, 1) else None)
 
     # --- data path ------------------------------------------------------------------------------
 

@@ -63,6 +63,31 @@ def notify_findings(p: Publication, event_idx: bool) -> list[Finding]:
         [Finding("SPLIT-DRV-22", p.notified, where)]
 
 
+def lost_kick_finding(p: Publication, event_idx: bool) -> Finding | None:
+    """SPLIT-DRV-27 on one publication: where the suppression field the driver must follow (bit 0 of used.flags
+    without EVENT_IDX, avail_event with it) asked for a notification once the new avail idx was stored, one came
+    (a driver that read the field before its idx store, with no barrier between, may miss it: a lost kick).
+    None where the device said not to notify."""
+    asked = vring_need_event(p.avail_event, p.new, p.old) if event_idx else \
+        not p.used_flags & VRING_USED_F_NO_NOTIFY
+    if not asked:
+        return None
+    return Finding("SPLIT-DRV-27", p.notified,
+                   f"queue {p.queue}: avail idx {p.old}->{p.new} with used.flags {p.used_flags:#x}, avail_event "
+                   f"{p.avail_event} asking for a notification, and none came (a lost kick)")
+
+
+#: SPLIT-DRV-03: more descriptors than this for one buffer is unreasonable. A virtio-net buffer needs the header,
+#: the linear part and at most 45 page fragments (the most a Linux socket buffer holds), so 64 leaves room.
+REASONABLE_CHAIN = 64
+
+
+def chain_length_finding(count: int, where: str) -> Finding:
+    """SPLIT-DRV-03 on one buffer of ``count`` descriptors (indirect entries counted)."""
+    return Finding("SPLIT-DRV-03", count <= REASONABLE_CHAIN,
+                   f"{where}: {count} descriptors describe one buffer (more than {REASONABLE_CHAIN})")
+
+
 @dataclass
 class _Queue(QueueProgram):
     seen_avail_idx: int = 0
@@ -216,6 +241,7 @@ class SplitRingMonitor(RingFollower[_Queue]):
             return  # the chain loops or leaves the table: a SPLIT-DRV-04 failure, nothing more to count
         self.findings.append(Finding("SPLIT-DRV-08", count <= q.size,
                                      f"{where}: {count} descriptors in a queue of {q.size}"))
+        self.findings.append(chain_length_finding(count, where))
         self.findings.append(Finding("SPLIT-DRV-04", total <= 1 << 32, f"{where}: chain totals {total} bytes"))
         self._buffer(index, segments, where)
 

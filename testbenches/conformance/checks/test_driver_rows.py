@@ -1,0 +1,468 @@
+"""Generic driver rows judged on the guest driver (``testbenches.driver.virtio_net.GuestNetDriver``) by the monitors
+of :mod:`testbenches.monitor.driver_rows` and :mod:`testbenches.monitor.split_ring_rules`.
+
+- Feature choice (FEAT-DRV-13/14/20, with FEAT-DRV-18, PCI-DRV-24): the offer shown through :class:`ShownOffer`
+  (bits the target lacks added as the driver reads them, never passed on to the device) over an extended config
+  space holding an SR-IOV capability; the negotiation is read from the register trace.
+- Addresses (FEAT-DRV-12): VIRTIO_F_ACCESS_PLATFORM withheld, every ring area and buffer segment the driver gives
+  the device must lie in guest memory.
+- Stores into the split rings (SPLIT-DRV-03/26, RESET-DRV-05/06): guest memory that sees each store of the driver
+  (:class:`StoreWatch`) while it brings the device up, moves frames, resets with receive buffers exposed and
+  comes up again.
+- Lost kicks (SPLIT-DRV-27): the doorbells held back and the used ring's suppression fields planted by the bench, as
+  in ``test_split_driver_rules``; each publication the fields asked to hear about must be followed by a doorbell.
+- Vendor data capability (PCI-DRV-27/28): one with a foreign vendor_id presented through the config proxy.
+- speed and duplex (NET-DRV-11/12): values shown through a proxy, refreshed on configuration change interrupts.
+- Received headers (NET-DRV-58/61/63/64): the bench plays the device on the receive queue, writing frames behind
+  headers with unknown flag bits, stray csum fields, wrong hdr_len, bad checksums; the frames the driver delivers
+  must be intact and their checksum state what the flags allow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import str2mac
+
+from backend.drivers.transport import VirtioPciModern
+from backend.pci.abilities import Lacking
+from backend.pci.device import PciDevice, RegionIndex
+from backend.virtio.features import DeviceStatus, F, NetF, bits, has
+from backend.virtio.net_hdr import F_DATA_VALID, F_RSC_INFO, HDR_SIZE, NetHdr
+from backend.virtio.pci_regs import PCI_CAP_ID_VNDR, CapType, CommonCfg, NetCfg
+from backend.virtio.split_ring import U16, USED_ELEM
+from sim.memory import GuestMemory
+from testbenches.conformance.checks.pcie_ext import SriovConfigSpace
+from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
+from testbenches.conformance.checks.test_split_driver_rules import STEPS, HeldDoorbells
+from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout as RingLayout
+from testbenches.driver.layout import layout_features
+from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
+from testbenches.frames import test_frame
+from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
+from testbenches.monitor.config_proxy import CapEntry, ConfigSpaceEditor, target_caps
+from testbenches.monitor.driver_rows import (
+    RxCase,
+    SplitRingPlace,
+    StoreWatch,
+    avail_idx_order_findings,
+    feature_ack_findings,
+    physical_address_findings,
+    refresh_findings,
+    rx_findings,
+    speed_duplex_findings,
+    vendor_data_findings,
+)
+from testbenches.monitor.split_ring_rules import lost_kick_finding
+from testbenches.monitor.virtio_pci_rules import Event, Finding, Layout, verdicts_of
+
+MEM = 4 << 20
+QSIZE = 64
+LINK_WAIT = 2.0
+
+
+@pytest.fixture
+def mem() -> Iterator[GuestMemory]:
+    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
+        yield m
+
+
+def _judge(verdict: Verdict, findings: list[Finding], ids: tuple[str, ...], name: str, seen: str) -> list[str]:
+    """Record every id among ``ids`` with findings; returns those left without any."""
+    verdicts = verdicts_of(findings)
+    left = []
+    for rid in ids:
+        if rid not in verdicts:
+            left.append(rid)
+            continue
+        ok, evidence = verdicts[rid]
+        count = sum(f.req_id == rid for f in findings)
+        verdict.check(rid, ok, f"{name}: {count} judged ({seen}); " + "; ".join(evidence[:5]))
+    return left
+
+
+def _events(trace: TracingPciDevice) -> list[Event]:
+    return VirtioPciDriverMonitor(trace).events()
+
+
+# --- feature choice ----------------------------------------------------------------------------------
+
+#: Shown where the target lacks them: the SHOULD-acknowledge bits, SR_IOV (an SR-IOV capability is presented) and
+#: ADMIN_VQ (administration queues).
+SHOWN = bits(F.ORDER_PLATFORM, F.NOTIF_CONFIG_DATA, F.SR_IOV, F.ADMIN_VQ)
+ACK_IDS = ("FEAT-DRV-13", "FEAT-DRV-14", "FEAT-DRV-20")
+
+
+@pytest.mark.req(*ACK_IDS, "FEAT-DRV-18", "PCI-DRV-24")
+def test_guest_driver_feature_choice(bench: Bench, verdict: Verdict, mem: GuestMemory,
+                                     ring_layout: RingLayout) -> None:
+    """The guest driver negotiates with ORDER_PLATFORM, NOTIF_CONFIG_DATA, SR_IOV and ADMIN_VQ shown in the offer
+    (an SR-IOV capability in the extended config space): it acknowledges the SHOULD bits, enables no virtual
+    function before FEATURES_OK, and sets up administration queues only in the range the device gives."""
+    name = f"guest driver ({ring_layout} rings)"
+    space = SriovConfigSpace(bench.open(), sriov=True)
+    trace = ShownOffer(space, add=SHOWN & ~VirtioPciModern(space).device_features())
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, ring_layout))
+    try:
+        drv.init()
+    finally:
+        drv.close()
+    offered, negotiated = drv.offered, drv.features
+    _, _, negotiations = VirtioPciDriverMonitor(trace).feature_timeline(_events(trace))
+    rows = ACK_IDS if ring_layout == "packed" else ACK_IDS[1:]
+    if ring_layout == "split":
+        verdict.not_applicable("FEAT-DRV-13", f"{name}: the bench asks this run for split rings (the packed run "
+                                              "judges the choice of RING_PACKED)")
+    for rid in _judge(verdict, feature_ack_findings(negotiations, rows), rows, name,
+                      f"{len(negotiations)} negotiation(s), offer as read {offered:#x}"):
+        verdict.not_offered(rid, f"{name}: the bit is not in the offer as read ({offered:#x})")
+    if space.vf_enable_written():
+        ok = has(negotiated, F.SR_IOV) and _vf_enable_after_features_ok(trace)
+        verdict.check("FEAT-DRV-18", ok, f"{name}: VF Enable written; negotiated {negotiated:#x}")
+    else:
+        verdict.not_applicable("FEAT-DRV-18", f"{name}: enabled no virtual function (no VF Enable write into the "
+                                              f"SR-IOV capability shown; SR_IOV acknowledged: "
+                                              f"{has(negotiated, F.SR_IOV)})")
+    if has(negotiated, F.ADMIN_VQ):
+        verdict.check("PCI-DRV-24", False, f"{name}: acknowledged ADMIN_VQ ({negotiated:#x}) but the bench cannot "
+                                           "judge its administration queues")
+    else:
+        verdict.not_applicable("PCI-DRV-24", f"{name}: ADMIN_VQ shown ({offered:#x}) and not acknowledged "
+                                             f"({negotiated:#x}): no administration queue set up")
+
+
+def _vf_enable_after_features_ok(trace: TracingPciDevice) -> bool:
+    """Whether the first config write beyond the conventional space comes after FEATURES_OK was read back."""
+    ok_seen = next((e.seq for e in _events(trace) if e.kind == "status_r" and e.value & DeviceStatus.FEATURES_OK),
+                   None)
+    first = next((a.seq for a in trace.accesses if a.op == "w" and a.region == RegionIndex.CONFIG
+                  and a.offset >= 0x100), None)
+    return ok_seen is not None and first is not None and ok_seen < first
+
+
+@dataclass
+class _AddressedSplit(SplitRingMonitor):
+    """The split ring monitor keeping every buffer segment it walked, as (what, gpa, length)."""
+
+    given: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def _buffer(self, index: int, segments: list[tuple[int, int, bool]], where: str) -> None:
+        self.given += [(f"{where} segment", a, n) for a, n, _ in segments]
+        super()._buffer(index, segments, where)
+
+
+def _ring_areas(events: list[Event]) -> list[tuple[str, int, int]]:
+    """The ring areas the driver wrote into queue_desc/driver/device (64-bit values from their two halves)."""
+    parts: dict[tuple[int, CommonCfg], int] = {}
+    for e in events:
+        if e.kind == "common_w" and e.field in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
+            shift = 32 * ((e.offset - int(e.field)) // 4)
+            old = parts.get((e.queue, e.field), 0)
+            parts[(e.queue, e.field)] = old & ~(0xFFFFFFFF << shift) | e.value << shift
+    return [(f"queue {q} {f.name.lower()}", addr, 1) for (q, f), addr in parts.items()]
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req("FEAT-DRV-12")
+def test_guest_driver_gives_physical_addresses(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """VIRTIO_F_ACCESS_PLATFORM withheld from the offer: every ring area and buffer segment the guest driver gives
+    the device while it brings it up and moves frames lies in guest physical memory."""
+    name = "guest driver without VIRTIO_F_ACCESS_PLATFORM (split rings)"
+    dev = bench.open()
+    trace = ShownOffer(dev, hide=bits(F.ACCESS_PLATFORM))
+    rings = _AddressedSplit.attach(trace, mem.read)
+    assert isinstance(rings, _AddressedSplit)
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"))
+    try:
+        drv.init()
+        frames = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate((60, 342, 1000))]
+        drv.send(frames)
+        drv.wait_tx_done(timeout=5.0)
+        rings.inspect()
+        negotiated = drv.features
+    finally:
+        drv.close()
+    areas = _ring_areas(_events(trace)) + rings.given
+    ram = [(r.gpa, r.size) for r in mem.regions]
+    _judge(verdict, physical_address_findings(areas, ram, negotiated), ("FEAT-DRV-12",), name,
+           f"{len(areas)} addresses, {len(frames)} frames sent; negotiated {negotiated:#x}")
+
+
+# --- stores into the split rings ---------------------------------------------------------------------
+
+STORE_IDS = ("SPLIT-DRV-03", "SPLIT-DRV-26", "RESET-DRV-05", "RESET-DRV-06")
+
+
+@pytest.fixture
+def watched() -> Iterator[StoreWatch]:
+    m = StoreWatch()
+    try:
+        m.add_region(GUEST_MEMORY_BASE, 4 << 20, "guest-ram")
+        yield m
+    finally:
+        m.close()
+
+
+def _place(drv: GuestNetDriver, q: int) -> SplitRingPlace:
+    ring = drv.queues[q]
+    return SplitRingPlace(q, ring.size, ring.desc_addr, ring.avail_addr, ring.used_addr)
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req(*STORE_IDS)
+def test_guest_driver_ring_stores(bench: Bench, verdict: Verdict, watched: StoreWatch) -> None:
+    """The guest driver on split rings, each store into its guest memory judged: it publishes entries after storing
+    them, leaves the entries of exposed buffers alone while the queue is live, resets the device (receive buffers
+    still exposed) before reusing their entries, and describes each buffer with few descriptors."""
+    name = "guest driver (split rings)"
+    looped = bench.wire().looped
+    trace = TracingPciDevice(bench.open())
+    common = Layout.discover(trace).common
+    watched.status_register(common.bar, common.offset + CommonCfg.DEVICE_STATUS)
+    trace.listeners.append(watched.on_access)
+    mon = SplitRingMonitor.attach(trace, watched.read)
+    drv = GuestNetDriver(trace, watched, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"),
+                         rx_buffers=16)
+    order: list[Finding] = []
+    try:
+        start = len(watched.stores)
+        drv.init()
+        places = [_place(drv, q) for q in (drv.RX, drv.TX)]
+        for place in places:
+            watched.watch(place)
+        frames = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate((60, 342, 1000, 1514))]
+        got = drv.exchange(frames, timeout=2.0 if looped else 0.1)
+        drv.wait_tx_done(timeout=5.0)
+        mon.inspect()
+        first_life = watched.stores[start:]
+        drv.reset()
+        drv.init()
+        drv.send(frames[:2])
+        drv.wait_tx_done(timeout=5.0)
+    finally:
+        drv.close()
+    for place in places:
+        order += avail_idx_order_findings(first_life, place)
+    findings = [f for f in mon.findings if f.req_id == "SPLIT-DRV-03"] + order + watched.findings
+    if watched.checked:
+        findings.append(Finding("RESET-DRV-05", True, ""))
+    if watched.reclaimed_at_reset:
+        findings.append(Finding("RESET-DRV-06", True, ""))
+    seen = (f"{len(frames)} frames sent, {len(got)} back; {watched.checked} stores made with buffers exposed, "
+            f"{watched.reclaimed_at_reset} buffers exposed at the reset")
+    for rid in _judge(verdict, findings, STORE_IDS, name, seen):
+        verdict.not_applicable(rid, f"{name}: no opportunity ({seen})")
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.parametrize("event_idx", [pytest.param(False, id="no_event_idx"), pytest.param(True, id="event_idx")])
+@pytest.mark.req("SPLIT-DRV-27")
+def test_guest_driver_loses_no_kick(bench: Bench, verdict: Verdict, mem: GuestMemory, event_idx: bool) -> None:
+    """Receive buffers published under used.flags and avail_event planted by the bench (doorbells held back from
+    the device): every publication the field in force asked to hear about is followed by a doorbell."""
+    name = f"guest driver (split rings, {'EVENT_IDX' if event_idx else 'no EVENT_IDX'})"
+    trace = HeldDoorbells(bench.open())
+    mon = SplitRingMonitor.attach(trace, mem.read)
+    wanted = DEFAULT_FEATURES if event_idx else DEFAULT_FEATURES & ~bits(F.EVENT_IDX)
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(wanted, "split"), rx_buffers=4)
+    findings: list[Finding] = []
+    try:
+        drv.init()
+        if has(drv.features, F.EVENT_IDX) != event_idx:
+            verdict.not_offered("SPLIT-DRV-27", f"{name}: VIRTIO_F_EVENT_IDX not offered ({drv.offered:#x})")
+            return
+        ring = drv.queues[drv.RX]
+        mon.publications()
+        for flags, ahead, count in STEPS[event_idx]:
+            event = (ring.published + ahead) & 0xFFFF
+            mem.write(ring.used_addr, U16.pack(flags))
+            mem.write(ring.used_addr + ring.layout.avail_event, U16.pack(event))
+            drv.post_rx(count)
+            for p in mon.publications():
+                if p.queue == drv.RX and (p.used_flags, p.avail_event) == (flags, event):
+                    f = lost_kick_finding(p, event_idx)
+                    if f is not None:
+                        findings.append(f)
+    finally:
+        drv.close()
+    for rid in _judge(verdict, findings, ("SPLIT-DRV-27",), name, f"{len(STEPS[event_idx])} steps"):
+        verdict.not_applicable(rid, f"{name}: no publication the device asked to hear about")
+
+
+# --- vendor data capability ---------------------------------------------------------------------------
+
+FOREIGN_VENDOR = 0x8086
+#: A vendor data capability (virtio_pci_vndr_data): header, vendor_id, then the vendor's bytes.
+VENDOR_CAP = bytes([PCI_CAP_ID_VNDR, 0, 16, CapType.VENDOR_CFG]) + FOREIGN_VENDOR.to_bytes(2, "little") + \
+    bytes(range(0xA0, 0xAA))
+
+
+def _bring_up_writes(real: PciDevice, extra: list[CapEntry]) -> tuple[ConfigSpaceEditor, TracingPciDevice,
+                                                                       list[tuple[str, int, int, bytes]]]:
+    edited = ConfigSpaceEditor(real, [c.entry() for c in target_caps(real)] + extra)
+    trace = TracingPciDevice(edited)
+    with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
+        drv = GuestNetDriver(trace, m, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"))
+        try:
+            drv.init()
+        finally:
+            drv.close()
+    writes = [(a.op, a.region, a.offset, a.data) for a in trace.accesses if a.op == "w"]
+    return edited, trace, writes
+
+
+@pytest.mark.req("PCI-DRV-27", "PCI-DRV-28")
+def test_guest_driver_leaves_foreign_vendor_data_alone(bench: Bench, verdict: Verdict) -> None:
+    """A vendor data capability with a foreign vendor_id (:data:`FOREIGN_VENDOR`) added to the capability list: the
+    guest driver writes nothing into it and brings the device up with the same register writes as without it."""
+    name = "guest driver"
+    _, _, without = _bring_up_writes(bench.open(), [])
+    edited, trace, with_cap = _bring_up_writes(bench.open(), [CapEntry.synthetic(VENDOR_CAP)])
+    at = edited.placed[-1]
+    config_writes = [(a.offset, a.data) for a in trace.accesses if a.op == "w" and a.region == RegionIndex.CONFIG]
+    findings = vendor_data_findings(range(at, at + len(VENDOR_CAP)), config_writes, with_cap, without)
+    _judge(verdict, findings, ("PCI-DRV-27", "PCI-DRV-28"), name,
+           f"vendor data capability (vendor_id {FOREIGN_VENDOR:#x}) at {at:#x}; {len(with_cap)} register writes")
+
+
+# --- speed and duplex ---------------------------------------------------------------------------------
+
+
+class SpeedShown(TracingPciDevice):
+    """The target with speed and duplex in its device configuration replaced by :attr:`speed` / :attr:`duplex`."""
+
+    def __init__(self, inner: PciDevice) -> None:
+        super().__init__(inner)
+        device = Layout.discover(self).device
+        assert device is not None, "no device configuration structure"
+        self.bar, self.base = device.bar, device.offset
+        self.speed, self.duplex = 1000, 1
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        data = bytearray(self.inner.region_read(index, offset, size))
+        if index == self.bar:
+            shown = self.speed.to_bytes(4, "little") + bytes([self.duplex])
+            for i in range(size):
+                rel = offset + i - self.base - NetCfg.SPEED
+                if 0 <= rel < len(shown):
+                    data[i] = shown[rel]
+        self._record("r", index, offset, bytes(data))
+        return bytes(data)
+
+
+#: (speed, duplex) shown for NET-DRV-11: known values, then speeds above 0x7fffffff and duplex values not 0/1.
+SHOWN_SPEEDS = ((1000, 1), (0x7FFFFFFF, 0), (0x80000000, 1), (0xFFFFFFFF, 0x02), (10, 0xFF), (0xFFFFFFFF, 0xFF))
+#: (speed, duplex) in force at each configuration change interrupt for NET-DRV-12.
+REFRESHED = ((100, 0), (25000, 1))
+
+
+@pytest.mark.req("NET-DRV-11", "NET-DRV-12")
+def test_guest_driver_speed_and_duplex(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """VIRTIO_NET_F_SPEED_DUPLEX negotiated, speed and duplex shown through a proxy: out-of-range values read as
+    unknown; each configuration change interrupt (the link pulled and plugged) makes the driver read both again."""
+    name = "guest driver (split rings)"
+    trace = SpeedShown(bench.open())
+    port = trace.inner.abilities().port
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE,
+                         features=layout_features(DEFAULT_FEATURES | bits(NetF.SPEED_DUPLEX), "split"))
+    shown: list[tuple[int, int, tuple[int | None, int | None]]] = []
+    interrupts: list[tuple[int, int, tuple[int | None, int | None], bool, bool]] = []
+    try:
+        drv.init()
+        if not has(drv.features, NetF.SPEED_DUPLEX):
+            for rid in ("NET-DRV-11", "NET-DRV-12"):
+                verdict.not_offered(rid, f"{name}: VIRTIO_NET_F_SPEED_DUPLEX not offered ({drv.offered:#x})")
+            return
+        for trace.speed, trace.duplex in SHOWN_SPEEDS:
+            shown.append((trace.speed, trace.duplex, drv.speed_duplex()))
+        if not isinstance(port, Lacking) and has(drv.features, NetF.STATUS):
+            for up, (trace.speed, trace.duplex) in zip((False, True), REFRESHED, strict=True):
+                mark = len(trace.accesses)
+                port.set_link(up)
+                if not drv.config_changed(LINK_WAIT):
+                    continue
+                offsets = {a.offset - trace.base for a in trace.accesses[mark:] if a.op == "r" and a.region ==
+                           trace.bar}
+                interrupts.append((trace.speed, trace.duplex, (drv.speed, drv.duplex), NetCfg.SPEED in offsets,
+                                   NetCfg.DUPLEX in offsets))
+    finally:
+        if not isinstance(port, Lacking):
+            port.set_link(True)
+        drv.close()
+    _judge(verdict, speed_duplex_findings(shown), ("NET-DRV-11",), name, f"{len(shown)} values shown")
+    why = port.why if isinstance(port, Lacking) else "no configuration change interrupt came"
+    for rid in _judge(verdict, refresh_findings(interrupts), ("NET-DRV-12",), name,
+                      f"{len(interrupts)} configuration change interrupts"):
+        verdict.not_applicable(rid, f"{name}: {why}")
+
+
+# --- received headers ------------------------------------------------------------------------------------
+
+
+def _rx_cases(mac: bytes) -> list[RxCase]:
+    l2 = Ether(src="02:00:00:00:00:02", dst=str2mac(mac)) / IP(src="10.0.0.2", dst="10.0.0.1")
+    tcp = bytes(l2 / TCP(sport=9, dport=49152, flags="PA") / bytes(range(64)))
+    udp = bytes(l2 / UDP(sport=9, dport=49152) / bytes(range(100)))
+    bad_tcp = bytes(l2 / TCP(sport=9, dport=49152, flags="PA", chksum=0x1234) / bytes(range(64)))
+    bad_udp = bytes(l2 / UDP(sport=9, dport=49152, chksum=0x4321) / bytes(range(100)))
+    tcp_csum = 14 + 20  # csum_start of the TCP header, the checksum 16 bytes in
+    checked, bad = frozenset({"checked"}), frozenset({"bad"})
+    return [
+        RxCase("NET-DRV-58", "flag bits 0xf0 (undefined) on a good TCP segment", NetHdr(flags=0xF0), tcp, checked),
+        RxCase("NET-DRV-58", "flag bits 0xf0 with DATA_VALID", NetHdr(flags=0xF0 | F_DATA_VALID), udp,
+               frozenset({"valid"})),
+        RxCase("NET-DRV-61", "no NEEDS_CSUM, csum_start/csum_offset at the TCP checksum of a bad segment",
+               NetHdr(csum_start=tcp_csum, csum_offset=16), bad_tcp, bad),
+        RxCase("NET-DRV-61", "RSC_INFO with segment counts in the csum fields",
+               NetHdr(flags=F_RSC_INFO, csum_start=3, csum_offset=1), tcp, checked),
+        RxCase("NET-DRV-63", "hdr_len 0xffff", NetHdr(hdr_len=0xFFFF), tcp, checked),
+        RxCase("NET-DRV-63", "hdr_len 1", NetHdr(hdr_len=1), udp, checked),
+        RxCase("NET-DRV-64", "bad TCP checksum, no flags", NetHdr(), bad_tcp, bad),
+        RxCase("NET-DRV-64", "bad UDP checksum, no flags", NetHdr(), bad_udp, bad),
+        RxCase("NET-DRV-64", "good TCP checksum, no flags", NetHdr(), tcp, checked),
+    ]
+
+
+RX_IDS = ("NET-DRV-58", "NET-DRV-61", "NET-DRV-63", "NET-DRV-64")
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req(*RX_IDS)
+def test_guest_driver_processes_received_headers(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """The bench plays the device on the receive queue (doorbells held back, so the device leaves it alone): it
+    writes frames behind headers with undefined flag bits, csum fields without NEEDS_CSUM, RSC_INFO, a wrong hdr_len
+    and bad checksums, returns the buffers and signals the receive interrupt. Each frame must come out intact, its
+    checksum taken on trust only with NEEDS_CSUM or DATA_VALID and checked by the driver otherwise."""
+    name = "guest driver (split rings)"
+    trace = HeldDoorbells(bench.open())
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"),
+                         rx_buffers=16)
+    try:
+        drv.init()
+        if drv.features & bits(NetF.MRG_RXBUF, NetF.HASH_REPORT):
+            pytest.fail(f"{name}: the driver took a feature that changes the header ({drv.features:#x})")
+        cases = _rx_cases(drv.mac())
+        ring = drv.queues[drv.RX]
+        for i, case in enumerate(cases):
+            head = U16.unpack(mem.read(ring.avail_addr + ring.layout.avail_ring_entry(i), 2))[0]
+            desc = ring.read_desc(head)
+            written = NetHdr(case.hdr.flags, case.hdr.gso_type, case.hdr.hdr_len, case.hdr.gso_size,
+                             case.hdr.csum_start, case.hdr.csum_offset, 1).pack() + case.frame
+            assert len(written) <= desc.len, "receive buffer smaller than a frame"
+            mem.write(desc.addr, written)
+            mem.write(ring.used_addr + ring.layout.used_ring_entry(i), USED_ELEM.pack(head, len(written)))
+        mem.write(ring.used_addr + 2, U16.pack(len(cases)))
+        os.eventfd_write(drv.irq_fds["rx"], 1)
+        got = drv.receive_raw(len(cases), timeout=1.0)
+    finally:
+        drv.close()
+    delivered = [(f.frame, f.checksum) for f in got] + [None] * (len(cases) - len(got))
+    _judge(verdict, rx_findings(cases, delivered[:len(cases)]), RX_IDS, name,
+           f"{len(cases)} frames written behind {HDR_SIZE}-byte headers, {len(got)} delivered")
