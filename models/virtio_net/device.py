@@ -32,6 +32,7 @@ from backend.virtio.pci_regs import (
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import gso, offload, packed_datapath, packed_fast
+from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer, offer_errors
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
@@ -155,6 +156,7 @@ class VirtioNetDevice(VirtioPciFunction):
     rx_filter_class: type[RxFilter] = RxFilter
     rss_class: type[Rss] = Rss
     gso_class: type[gso.Gso] = gso.Gso
+    coalescer_class: type[Coalescer] = Coalescer
 
     def __init__(self, *, pairs: int = 1, mac: str | bytes = "02:00:00:00:00:01", mtu: int = 1500,
                  max_queue_size: int = 256, features: int | None = None, speed: int = 10000, duplex: int = 1,
@@ -177,6 +179,9 @@ class VirtioNetDevice(VirtioPciFunction):
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
         self.rss = self.rss_class()
         self.gso = self.gso_class()
+        self.coalescer = self.coalescer_class()  # receive coalescing with guest GSO (models/virtio_net/coalesce.py)
+        if offer_errors(features):
+            raise ValueError(f"offered without their prerequisites: {', '.join(offer_errors(features))}")
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex
@@ -263,12 +268,16 @@ class VirtioNetDevice(VirtioPciFunction):
         return written
 
     def rx_header(self, frame: bytes, num_buffers: int = 1) -> bytes:
-        """virtio_net_hdr for a received frame: gso NONE (NET-DEV-55, no guest GSO offered); flags 0 without
+        """virtio_net_hdr for a received frame: gso NONE (NET-DEV-55) unless the frame is a packet coalesced with guest
+        GSO (:mod:`models.virtio_net.coalesce`, which gives its header); flags 0 without
         GUEST_CSUM (NET-DEV-34), DATA_VALID with it only for a checksum verified correct (NET-DEV-62); num_buffers
         is the number of buffers the packet takes: 1 without MRG_RXBUF (NET-DEV-30), the count with it
         (NET-DEV-28/31)."""
-        valid = has(self.negotiated, NetF.GUEST_CSUM) and offload.checksum_verified(frame)
-        hdr = NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
+        if isinstance(frame, Coalesced):  # gso_type, gso_size, hdr_len, NEEDS_CSUM (5.1.9.4.1)
+            hdr = self.coalescer.header(frame, num_buffers, self.negotiated).pack()
+        else:
+            valid = has(self.negotiated, NetF.GUEST_CSUM) and offload.checksum_verified(frame)
+            hdr = NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
         if has(self.negotiated, NetF.HASH_REPORT):  # hash_value and hash_report (5.1.9.4.3)
             hdr += self.rss.header_fields(frame)
         return hdr
@@ -630,7 +639,7 @@ class VirtioNetDevice(VirtioPciFunction):
         if not self.live or not self.link_up:
             self.stats.rx_not_ready += 1
             return
-        if self._oversize(frame):
+        if not isinstance(frame, Coalesced) and self._oversize(frame):  # a GSO packet may be larger (NET-DEV-05)
             self.stats.rx_oversize += 1
             return
         if self.negotiated & FILTER_FEATURES and not self.rx_filter.accept(frame, self.negotiated):
@@ -659,8 +668,11 @@ class VirtioNetDevice(VirtioPciFunction):
             # The bulk path writes one header for all (DATA_VALID is per frame with GUEST_CSUM).
             if not self.bulk_rx or self.active_pairs > 1 or len(frames) < _BATCH_MIN or self.ring_packed \
                     or self.negotiated & HASH_FEATURES \
-                    or has(self.negotiated, NetF.GUEST_CSUM):
-                for frame in frames:
+                    or has(self.negotiated, NetF.GUEST_CSUM) or self.negotiated & GUEST_GSO:
+                # With guest GSO, consecutive segments of a flow in the burst are delivered coalesced.
+                coalescing = self.negotiated & GUEST_GSO
+                for frame in self.coalescer.coalesce(frames, self.negotiated, self._oversize) if coalescing \
+                        else frames:
                     self._receive_one(frame)
                 return
             if has(self.negotiated, NetF.MTU):

@@ -1,0 +1,329 @@
+"""virtio-net guest GSO on receive (5.1.6.4, 5.1.9.4 / 5.1.9.4.1): with VIRTIO_NET_F_GUEST_TSO4/TSO6 or GUEST_USO4/USO6
+negotiated a device may deliver coalesced (large) packets; what their receive headers must say is judged here, on
+both ring layouts (``ring_layout``).
+
+Bursts of TCP segments of one connection (and UDP datagrams of one flow) of random sizes are built with scapy and
+sent through transmitq1 as one publish, so they reach the wire, and come back to the device from it, as one burst:
+what a device coalesces is what arrives together. Receive buffers hold 65609 bytes each (MRG_RXBUF not negotiated,
+NET-DRV-53). The frames delivered must hold exactly the byte stream sent, in order; each packet covers whole
+segments; a packet with gso_type set has NEEDS_CSUM (NET-DEV-56), gso_size the MSS: the first covered segment's
+data length, every covered segment but the last that long and the last no longer (NET-DEV-57), hdr_len through the
+transport header (NET-DEV-60); a packet delivered with NEEDS_CSUM is judged by NET-DEV-47..49 (also judged, on
+packets a device chooses to deliver so, in test_net_csum.py). Each burst has a segment with CWR: without GUEST_ECN no
+coalesced packet covers one (NET-DEV-42), with it a coalesced packet covering one has GSO_ECN (NET-DEV-43).
+
+On a configurable target (``sim:``) the device is built offering GUEST_CSUM, the guest GSO features and GUEST_ECN
+(the default offer has none); elsewhere the rows read *not offered* when the target lacks them. The offer is judged
+against the 5.1.3.1 dependency table (NETFEAT-DEV-01/02/10). Rows read *not applicable* when the device coalesced
+nothing (it may deliver every segment as it came).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet
+
+from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.net_hdr import F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NetHdr
+from testbenches.conformance.chains import Posted, written_bytes
+from testbenches.conformance.checks.test_net_csum import judge_receive_partial
+from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
+
+TSO = bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6)
+USO = bits(NetF.GUEST_CSUM, NetF.GUEST_USO4, NetF.GUEST_USO6)
+ECN = bits(NetF.GUEST_ECN)
+#: What a configurable target is asked to offer besides its own offer.
+WANTED = TSO | USO | ECN
+#: RSC_EXT, with what it depends on (HOST_TSO4/6, which depend on CSUM): asked for by the offer check only (RSC_INFO
+#: is not judged here: with CSUM negotiated the model's transmit path sends frames one by one, never as a burst).
+RSC = bits(NetF.RSC_EXT, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.CSUM)
+#: Receive offloads a check negotiates only when it means to.
+GUEST_OFFLOADS = WANTED | bits(NetF.GUEST_UFO, NetF.GUEST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO_CSUM,
+                               NetF.RSC_EXT)
+#: Kept off: MRG_RXBUF (one 65609-byte buffer per packet), CSUM (transmitted frames go out complete), HASH_REPORT.
+DROP = bits(NetF.MRG_RXBUF, NetF.CSUM, NetF.HASH_REPORT, NetF.MTU)
+#: A receive buffer for the largest packet without MRG_RXBUF (NET-DRV-53: 65601, 65609 with HASH_REPORT).
+RX_BUF = 65609
+DEV_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+#: MSS values: each keeps an IPv6/TCP frame within 1514 bytes.
+MSS = (536, 1000, 1440)
+TCP_CWR, TCP_PSH = 0x80, 0x08
+PARTIAL_IDS = ("NET-DEV-47", "NET-DEV-48", "NET-DEV-49")
+GSO_IDS = ("NET-DEV-56", "NET-DEV-57", "NET-DEV-60", *PARTIAL_IDS)
+OFFER_IDS = ("NETFEAT-DEV-01", "NETFEAT-DEV-02", "NETFEAT-DEV-10")
+QUEUE_SIZE = 128
+SETTINGS = dict(derandomize=True, database=None, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+#: One segment of a burst: full (MSS bytes of data) or not, its length if not, CWR?, PSH?
+SEGMENT = st.tuples(st.integers(0, 4), st.integers(1, max(MSS)), st.integers(0, 11), st.integers(0, 9))
+
+
+@dataclass(frozen=True)
+class Sent:
+    frame: bytes
+    payload: bytes
+    flags: int  # TCP flags (0 for UDP)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    hdr: NetHdr
+    frame: bytes
+    headers: int  # Ethernet, IP and transport header bytes as parsed
+    payload: bytes
+    flags: int  # TCP flags of the packet (0 for UDP)
+    udp: bool
+
+
+def make_burst(v6: bool, tcp: bool, mss: int, specs: Sequence[tuple[int, int, int, int]], cwr_at: int,
+               rng: random.Random) -> list[Sent]:
+    """Segments of one connection (or datagrams of one flow): consecutive sequence numbers, ACK set, CWR at
+    ``cwr_at`` (and where a spec asks), PSH where a spec asks."""
+    seq = rng.randrange(1 << 32)
+    out: list[Sent] = []
+    for k, (full, size, cwr, psh) in enumerate(specs):
+        n = mss if full else min(size, mss)
+        payload = rng.randbytes(n)
+        l3: Packet = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2", id=k)
+        flags = 0
+        if tcp:
+            flags = 0x10 | (TCP_CWR if cwr == 0 or k == cwr_at else 0) | (TCP_PSH if psh == 0 else 0)
+            l4: Packet = TCP(sport=4000, dport=80, seq=seq, ack=77, flags=flags, window=512)
+        else:
+            l4 = UDP(sport=4000, dport=4001)
+        out.append(Sent(bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / l3 / l4 / payload), payload, flags))
+        seq = (seq + n) & 0xFFFFFFFF
+    return out
+
+
+def parse(hdr: NetHdr, frame: bytes) -> Delivered | None:
+    """The packet's data and header length, by its own IP and transport headers; None if it is no TCP/UDP packet."""
+    pkt = Ether(frame)
+    l3 = pkt.getlayer(IP) or pkt.getlayer(IPv6)
+    l4 = pkt.getlayer(TCP) or pkt.getlayer(UDP)
+    if l3 is None or l4 is None:
+        return None
+    if isinstance(l3, IP):
+        l4_at, end = 14 + 4 * int(l3.ihl), 14 + int(l3.len)
+    else:
+        l4_at, end = 54, 54 + int(l3.plen)
+    udp = isinstance(l4, UDP)
+    headers = l4_at + (8 if udp else 4 * int(l4.dataofs))
+    return Delivered(hdr, frame, headers, frame[headers:end], 0 if udp else int(l4.flags), udp)
+
+
+def offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> str | None:
+    """A target spec offering ``wanted``: the target itself, or a variant of a configurable one; None (``ids`` not
+    offered) when neither can."""
+    with bench.rig() as probe:
+        offered = probe.offered
+    if offered & wanted == wanted:
+        return bench.spec
+    if not bench.configurable:
+        names = ", ".join(f"VIRTIO_NET_F_{f.name}" for f in NetF if wanted >> f & 1 and not offered >> f & 1)
+        for rid in ids:
+            verdict.not_offered(rid, f"the target does not offer {names} (device features {offered:#x})")
+        return None
+    return bench.variant(replace=True, features=f"{offered | wanted:#x}")
+
+
+def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int) -> bool:
+    if not rig.offers(layout, verdict, *ids):
+        return False
+    feats = rig.features_for(extra=want, drop=DROP | (GUEST_OFFLOADS & ~want), layout=layout)
+    if feats is None or feats & want != want:
+        for rid in ids:
+            verdict.not_offered(rid, f"the device's offer {rig.offered:#x} lacks bits {want:#x} on {layout} rings")
+        return False
+    rig.bring_up(feats, QUEUE_SIZE)
+    return rig.looped(verdict, *ids)
+
+
+def exchange(rig: Rig, burst: Sequence[Sent]) -> list[Delivered | None]:
+    """The burst through transmitq1 in one publish (header and frame in one buffer each), and what receiveq1 got back,
+    in used order, until all the data sent came back or the wait ran out (None: not a TCP/UDP packet)."""
+    pending: dict[int, Posted] = {}
+    order: list[Posted] = []
+    for _ in burst:
+        r = rig.add_chain(rig.RX, [], [RX_BUF])
+        pending[r.head] = r
+        order.append(r)
+    rig.publish(rig.RX)
+    sent: dict[int, Posted] = {}
+    for s in burst:
+        t = rig.add_chain(rig.TX, [rig.tx_header() + s.frame], [])
+        sent[t.head] = t
+    rig.publish(rig.TX)
+    for t, _ in rig.complete(rig.TX, sent, len(burst)):
+        rig.release(t)
+    want = sum(len(s.payload) for s in burst)
+    have = 0
+    out: list[Delivered | None] = []
+    while have < want and pending:
+        got = rig.complete(rig.RX, pending, 1)
+        if not got:
+            break
+        for p, n in got:
+            data = written_bytes(rig.mem, p, n)
+            d = parse(NetHdr.unpack(data.ljust(12, b"\0")), data[rig.hdr_len:])
+            out.append(d)
+            have += len(d.payload) if d is not None else 0
+    for p in order:
+        rig.release(p)
+    if pending:  # buffers left posted: the next burst starts on clean rings
+        rig.bring_up(rig.features, QUEUE_SIZE)
+    return out
+
+
+class Judge:
+    """Judges what came back for bursts; counts the opportunities each row had."""
+
+    def __init__(self, verdict: Verdict, ecn: bool | None, rsc: bool) -> None:
+        self.verdict = verdict
+        self.ecn = ecn  # GUEST_ECN negotiated (None: a UDP run, no CWR)
+        self.rsc = rsc
+        self.coalesced = 0
+        self.partial = 0
+        self.cwr_coalesced = 0
+
+    def burst(self, burst: Sequence[Sent], back: Sequence[Delivered | None], what: str) -> None:
+        v = self.verdict
+        stream = b"".join(s.payload for s in burst)
+        got = b"".join(d.payload for d in back if d is not None)
+        # The data must come back whole and in order, packet boundaries at segment boundaries (gso_size only
+        # means something for packets made of whole segments).
+        ends = {0}
+        pos = 0
+        for s in burst:
+            pos += len(s.payload)
+            ends.add(pos)
+        cursor = 0
+        for k, d in enumerate(back):
+            where = f"{what}, packet {k + 1} of {len(back)}"
+            if d is None:
+                v.check("NET-DEV-57", False, f"{where}: not a TCP/UDP packet")
+                continue
+            covered = [i for i, s in enumerate(burst)
+                       if cursor <= sum(len(x.payload) for x in burst[:i]) < cursor + len(d.payload)]
+            whole = cursor in ends and cursor + len(d.payload) in ends
+            cursor += len(d.payload)
+            if d.hdr.gso_type == GSO_NONE:
+                v.check("NET-DEV-57", len(covered) <= 1 and whole,
+                        f"{where}: gso_type NONE on a packet of {len(d.payload)} bytes covering segments {covered}")
+                if d.hdr.flags & F_NEEDS_CSUM:
+                    self.partial += 1
+                    judge_receive_partial(v, d.hdr, d.frame, where)
+                continue
+            self.coalesced += 1
+            self.gso_packet(d, [burst[i] for i in covered], whole, where)
+        self.verdict.check("NET-DEV-57", got == stream,
+                           f"{what}: {len(got)} bytes of data came back for {len(stream)} sent"
+                           f"{', in another order or changed' if len(got) == len(stream) else ''}")
+
+    def gso_packet(self, d: Delivered, segs: list[Sent], whole: bool, where: str) -> None:
+        v, h = self.verdict, d.hdr
+        where = f"{where}: gso_type {h.gso_type:#x} gso_size {h.gso_size} hdr_len {h.hdr_len} flags {h.flags:#x}"
+        want_type = GSO_UDP_L4 if d.udp else GSO_TCPV6 if d.frame[12:14] == b"\x86\xdd" else GSO_TCPV4
+        v.check("NET-DEV-56", bool(h.flags & F_NEEDS_CSUM), f"{where}: NEEDS_CSUM not set")
+        sizes = [len(s.payload) for s in segs]
+        v.check("NET-DEV-57", whole and bool(sizes) and h.gso_type & ~GSO_ECN == want_type and h.gso_size == sizes[0]
+                and all(n == h.gso_size for n in sizes[:-1]) and sizes[-1] <= h.gso_size,
+                f"{where}: covers segments of {sizes} bytes{'' if whole else ' (not whole segments)'}")
+        v.check("NET-DEV-60", h.hdr_len >= d.headers, f"{where}: headers through the transport one are {d.headers}")
+        cwr = any(s.flags & TCP_CWR for s in segs) or bool(d.flags & TCP_CWR)
+        if not d.udp and self.ecn is False:
+            v.check("NET-DEV-42", not cwr, f"{where}: coalesced from segments with CWR without GUEST_ECN")
+        if not d.udp and self.ecn and cwr:
+            self.cwr_coalesced += 1
+            v.check("NET-DEV-43", bool(h.gso_type & GSO_ECN), f"{where}: covers a CWR segment, GSO_ECN not set")
+        if self.rsc and not d.udp:
+            v.check("NET-DEV-58", bool(h.flags & F_RSC_INFO) and h.csum_start == len(segs) and h.csum_offset == 0,
+                    f"{where}: csum_start {h.csum_start} csum_offset {h.csum_offset} for {len(segs)} segments, "
+                    "no duplicate ACK")
+        elif h.flags & F_NEEDS_CSUM:
+            self.partial += 1
+            judge_receive_partial(v, h, d.frame, where)
+
+    def finish(self, ids: Sequence[str]) -> None:
+        for rid in ids:
+            if self.verdict.recorded(rid):
+                continue
+            if rid in PARTIAL_IDS:
+                why = "no packet came back with NEEDS_CSUM"
+            elif rid == "NET-DEV-43":
+                why = "no coalesced packet covered a CWR segment"
+            else:
+                why = "the device coalesced nothing (it may deliver each segment as it came)"
+            self.verdict.not_applicable(rid, why)
+
+
+def run_bursts(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int, *, tcp: bool,
+               ecn: bool | None) -> None:
+    spec = offering(bench, verdict, WANTED, ids)
+    if spec is None:
+        return
+    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+        if not bring_up(rig, verdict, layout, ids, want):
+            return
+        judge = Judge(verdict, ecn, rsc=has(rig.features, NetF.RSC_EXT))
+
+        @settings(max_examples=8, **SETTINGS)  # type: ignore[arg-type]
+        @given(v6=st.booleans(), mss=st.sampled_from(MSS), specs=st.lists(SEGMENT, min_size=2, max_size=40),
+               cwr_at=st.integers(0, 39), seed=st.integers(0, 2**32 - 1))
+        def run(v6: bool, mss: int, specs: list[tuple[int, int, int, int]], cwr_at: int, seed: int) -> None:
+            burst = make_burst(v6, tcp, mss, specs, cwr_at % len(specs), random.Random(seed))
+            what = (f"{'IPv6' if v6 else 'IPv4'}/{'TCP' if tcp else 'UDP'} burst of {len(burst)} segments, MSS {mss}"
+                    f"{', GUEST_ECN' if ecn else ''}")
+            judge.burst(burst, exchange(rig, burst), what)
+
+        run()
+        judge.finish(ids)
+
+
+@pytest.mark.req(*OFFER_IDS)
+def test_guest_gso_offer_dependencies(bench: Bench, verdict: Verdict) -> None:
+    """The offer of a device with guest GSO (the target, or on ``sim:`` a variant asked to offer it) against the
+    5.1.3.1 dependency table: guest GSO features with GUEST_CSUM (NETFEAT-DEV-01), GUEST_ECN with GUEST_TSO4/6
+    (NETFEAT-DEV-02), RSC_EXT with HOST_TSO4/6 (NETFEAT-DEV-10)."""
+    spec = offering(bench, verdict, WANTED | RSC, OFFER_IDS)
+    if spec is None:
+        return
+    with bench.rig(spec) as rig:
+        offered = rig.offered
+    for rid in OFFER_IDS:
+        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid]
+        if not any(has(offered, r.feature) for r in rows):
+            verdict.not_offered(rid, "none of " + ", ".join(NetF(r.feature).name for r in rows) + " offered")
+            continue
+        bad = [NetF(r.feature).name for r in rows if r.violated_by(offered)]
+        verdict.check(rid, not bad, f"{', '.join(bad)} offered without prerequisites (device features {offered:#x})")
+
+
+@pytest.mark.req("NET-DEV-42", *GSO_IDS)
+def test_tcp_coalesced_without_guest_ecn(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """GUEST_TSO4/TSO6 without GUEST_ECN: no coalesced packet holds a CWR segment (NET-DEV-42); header rows."""
+    run_bursts(bench, verdict, ring_layout, ("NET-DEV-42", *GSO_IDS), TSO, tcp=True, ecn=False)
+
+
+@pytest.mark.req("NET-DEV-43", *GSO_IDS)
+def test_tcp_coalesced_with_guest_ecn(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """GUEST_TSO4/TSO6 with GUEST_ECN: a coalesced packet holding a CWR segment has GSO_ECN (NET-DEV-43)."""
+    run_bursts(bench, verdict, ring_layout, ("NET-DEV-43", *GSO_IDS), TSO | ECN, tcp=True, ecn=True)
+
+
+@pytest.mark.req(*GSO_IDS)
+def test_udp_coalesced(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """GUEST_USO4/USO6: datagrams of one flow delivered as GSO_UDP_L4 packets; header rows."""
+    run_bursts(bench, verdict, ring_layout, GSO_IDS, USO, tcp=False, ecn=None)
