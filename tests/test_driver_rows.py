@@ -23,6 +23,7 @@ from testbenches.monitor.driver_rows import (
     refresh_findings,
     rx_findings,
     speed_duplex_findings,
+    stocked_findings,
     vendor_data_findings,
 )
 from testbenches.monitor.pci_trace import Access
@@ -185,3 +186,9 @@ def test_lost_kick_and_chain_length() -> None:
     crossed = Publication(0, 3, 4, used_flags=1, avail_event=3, notified=False)  # EVENT_IDX: used.flags ignored
     assert _oks([f for f in [lost_kick_finding(crossed, True)] if f], "SPLIT-DRV-27") == [False]
     assert chain_length_finding(19, "q0").ok and not chain_length_finding(65, "q0").ok
+
+
+def test_every_receive_queue_in_use_stocked() -> None:
+    assert all(f.ok for f in stocked_findings({0: 64, 2: 10, 4: 1}, 3))
+    assert [f.ok for f in stocked_findings({0: 64, 2: 0, 4: 5}, 3)] == [True, False, True]
+    assert [f.ok for f in stocked_findings({0: 64}, 2)] == [True, False]  # receiveq2 never stocked

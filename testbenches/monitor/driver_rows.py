@@ -354,3 +354,16 @@ def rx_findings(cases: Sequence[RxCase], delivered: Sequence[tuple[bytes, str] |
         out.append(Finding(case.rid, ok, f"{case.what}: {diff or 'intact'}, checksum {state!r} (allowed "
                                          f"{sorted(case.allowed)})"))
     return out
+
+
+# --- receive queues with VIRTIO_NET_F_MQ --------------------------------------------------------------
+
+
+def stocked_findings(outstanding: dict[int, int], virtqueue_pairs: int) -> list[Finding]:
+    """NET-DRV-57 after VQ_PAIRS_SET of ``virtqueue_pairs``: each receive queue the device may now use
+    (receiveq1..receiveqN, virtqueue index 2(N-1)) has buffers available and not yet used (``outstanding``: virtqueue
+    index -> avail idx minus used idx as read from the rings)."""
+    return [Finding("NET-DRV-57", outstanding.get(2 * pair, 0) > 0,
+                    f"receiveq{pair + 1} (virtqueue {2 * pair}) has {outstanding.get(2 * pair, 0)} buffers available "
+                    f"after VQ_PAIRS_SET {virtqueue_pairs}")
+            for pair in range(virtqueue_pairs)]

@@ -39,6 +39,7 @@ from backend.virtio.split_ring import U16, USED_ELEM
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import SriovConfigSpace
 from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
+from testbenches.conformance.checks.test_net_rss import variant_spec
 from testbenches.conformance.checks.test_split_driver_rules import STEPS, HeldDoorbells
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
@@ -58,6 +59,7 @@ from testbenches.monitor.driver_rows import (
     refresh_findings,
     rx_findings,
     speed_duplex_findings,
+    stocked_findings,
     vendor_data_findings,
 )
 from testbenches.monitor.split_ring_rules import lost_kick_finding
@@ -158,15 +160,20 @@ class _AddressedSplit(SplitRingMonitor):
         super()._buffer(index, segments, where)
 
 
-def _ring_areas(events: list[Event]) -> list[tuple[str, int, int]]:
-    """The ring areas the driver wrote into queue_desc/driver/device (64-bit values from their two halves)."""
+def _ring_parts(events: list[Event]) -> dict[tuple[int, CommonCfg], int]:
+    """The addresses the driver wrote into queue_desc/driver/device by (queue, field), 64-bit values from their two
+    halves (the last programming of each queue)."""
     parts: dict[tuple[int, CommonCfg], int] = {}
     for e in events:
         if e.kind == "common_w" and e.field in (CommonCfg.QUEUE_DESC, CommonCfg.QUEUE_DRIVER, CommonCfg.QUEUE_DEVICE):
             shift = 32 * ((e.offset - int(e.field)) // 4)
             old = parts.get((e.queue, e.field), 0)
             parts[(e.queue, e.field)] = old & ~(0xFFFFFFFF << shift) | e.value << shift
-    return [(f"queue {q} {f.name.lower()}", addr, 1) for (q, f), addr in parts.items()]
+    return parts
+
+
+def _ring_areas(events: list[Event]) -> list[tuple[str, int, int]]:
+    return [(f"queue {q} {f.name.lower()}", addr, 1) for (q, f), addr in _ring_parts(events).items()]
 
 
 @pytest.mark.ring_layout("split")
@@ -466,3 +473,39 @@ def test_guest_driver_processes_received_headers(bench: Bench, verdict: Verdict,
     delivered = [(f.frame, f.checksum) for f in got] + [None] * (len(cases) - len(got))
     _judge(verdict, rx_findings(cases, delivered[:len(cases)]), RX_IDS, name,
            f"{len(cases)} frames written behind {HDR_SIZE}-byte headers, {len(got)} delivered")
+
+
+# --- receive queues with VIRTIO_NET_F_MQ ------------------------------------------------------------------
+
+#: Offered besides the target's own offer where it is configurable, with this many queue pairs.
+MQ_EXTRA = bits(NetF.CTRL_VQ, NetF.MQ)
+MQ_PAIRS = 3
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req("NET-DRV-57")
+def test_guest_driver_stocks_every_receive_queue(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """VIRTIO_NET_F_MQ negotiated: after VQ_PAIRS_SET of every pair the device has, each receive queue it may use
+    holds buffers available, read from the rings the driver programmed (avail idx against used idx)."""
+    name = "guest driver with MQ (split rings)"
+    dev = bench.open(variant_spec(bench, MQ_EXTRA, MQ_PAIRS))
+    trace = TracingPciDevice(dev)
+    wanted = layout_features(DEFAULT_FEATURES & ~bits(F.EVENT_IDX) | MQ_EXTRA, "split")
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=wanted)
+    try:
+        drv.init()
+        if not has(drv.features, NetF.MQ) or drv.control is None:
+            verdict.not_offered("NET-DRV-57", f"{name}: VIRTIO_NET_F_MQ with CTRL_VQ not offered ({drv.offered:#x})")
+            return
+        ctl = drv.control
+        ack = ctl.vq_pairs_set(ctl.max_virtqueue_pairs)
+        pairs = ctl.virtqueue_pairs
+        parts = _ring_parts(_events(trace))
+        outstanding = {}
+        for q in range(0, 2 * pairs, 2):
+            avail, used = parts[(q, CommonCfg.QUEUE_DRIVER)], parts[(q, CommonCfg.QUEUE_DEVICE)]
+            outstanding[q] = (U16.unpack(mem.read(avail + 2, 2))[0] - U16.unpack(mem.read(used + 2, 2))[0]) & 0xFFFF
+    finally:
+        drv.close()
+    _judge(verdict, stocked_findings(outstanding, pairs), ("NET-DRV-57",), name,
+           f"VQ_PAIRS_SET {ctl.max_virtqueue_pairs} acked {ack}, {pairs} pairs in use: {outstanding}")
