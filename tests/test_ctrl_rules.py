@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 from scapy.layers.l2 import ARP, Ether
 
+from backend.targets import default_registry
 from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
@@ -30,7 +31,11 @@ from backend.virtio.net_ctrl import (
 )
 from backend.virtio.net_hdr import hdr_size
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, CommonCfg, NetCfg
+from sim.memory import GuestMemory
+from testbenches.driver.layout import Layout, layout_features
+from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
+from testbenches.monitor import PackedRingMonitor, SplitRingMonitor, TracingPciDevice
 from testbenches.monitor.ctrl_rules import (
     SUPPORTED_TUNNEL_TYPES,
     VIRTIO_NET_CTRL_GUEST_OFFLOADS,
@@ -271,3 +276,47 @@ def test_reset_forgets_the_pairs_set() -> None:
     run.mon.reset()
     run.frame(3, test_frame(1, 60, src=MAC))
     assert run.failed() == ["NETCTRL-DRV-14"]
+
+
+@pytest.mark.parametrize("layout", ["split", "packed"])
+def test_ring_monitor_catches_a_bad_driver(layout: Layout) -> None:
+    """Through the ring monitor on the model with two queue pairs: the guest driver's own control queue traffic
+    breaks nothing; then it transmits on transmitq2 before any VQ_PAIRS_SET and posts a VQ_PAIRS_SET of 0
+    (bypassing its own rule checks), and NETCTRL-DRV-14 and NETCTRL-DRV-13 are flagged."""
+    dev = default_registry().open("sim:virtio-net,queues=2,wire=none")
+    ctrl = None
+    try:
+        trace = TracingPciDevice(dev)
+        with GuestMemory.single(4 << 20, gpa=0x100000) as mem:
+            rings = SplitRingMonitor.attach(trace, mem.read) if layout == "split" else \
+                PackedRingMonitor.attach(trace, mem.read)
+            wanted = layout_features(DEFAULT_FEATURES & ~bits(F.EVENT_IDX) | bits(NetF.CTRL_VQ, NetF.MQ), layout)
+            drv = GuestNetDriver(trace, mem, queue_size=16, features=wanted)
+            try:
+                drv.init()
+                ctl, ctrl = drv.control, rings.ctrl
+                assert ctl is not None and ctrl is not None
+                drv.send([test_frame(0, 60, src=drv.mac())])
+                assert drv.wait_tx_done()
+                assert ctl.vq_pairs_set(2) == VIRTIO_NET_OK
+                ctl.send_on(1, [test_frame(1, 60, src=drv.mac())])
+                assert ctrl.commands == 1 and ctrl.tx_frames == 2 and not ctrl.unreadable
+                assert set(ctrl.verdicts()) >= {"NETCTRL-DRV-12", "NETCTRL-DRV-13", "NETCTRL-DRV-14",
+                                                "NETCTRL-DRV-15"} and not _failed(ctrl), ctrl.findings
+                drv.reset()
+                drv.init()
+                ctl = drv.control
+                assert ctl is not None
+                ctl.virtqueue_pairs = 2  # the driver forgets that a reset went back to one pair
+                ctl.send_on(1, [test_frame(2, 60, src=drv.mac())])
+                ctl.command("VQ_PAIRS_SET 0", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                            struct.pack("<H", 0))
+            finally:
+                drv.close()
+    finally:
+        dev.close()
+    assert ctrl is not None and _failed(ctrl) == ["NETCTRL-DRV-13", "NETCTRL-DRV-14"], ctrl.findings
+
+
+def _failed(mon: ControlQueueMonitor) -> list[str]:
+    return sorted(rid for rid, (ok, _e) in mon.verdicts().items() if not ok)

@@ -414,6 +414,10 @@ class ControlQueueMonitor:
     def seen(self) -> str:
         return f"{self.commands} control command(s) and {self.tx_frames} transmitted frame(s) looked at"
 
+    def opportunities(self, rid: str) -> int:
+        """How many commands or frames judged row ``rid``."""
+        return sum(1 for f in self.findings if f.req_id == rid)
+
     def verdicts(self) -> dict[str, tuple[bool, list[str]]]:
         """Per id; an announcement still unacknowledged at the end fails NETCTRL-DRV-10/11."""
         pending = []

@@ -191,7 +191,7 @@ def _report(verdict: Verdict, ctrl: ControlQueueMonitor, name: str, negotiated: 
     for rid in NETCTRL_DRV_ROWS:
         if rid in verdicts:
             ok, evidence = verdicts[rid]
-            verdict.check(rid, ok, f"{seen}; " + "; ".join(evidence[:5]))
+            verdict.check(rid, ok, f"{seen}; {ctrl.opportunities(rid)} judged here; " + "; ".join(evidence[:5]))
         elif rid in NEEDS and not has(negotiated, NEEDS[rid]):
             verdict.not_offered(rid, f"{name}: VIRTIO_NET_F_{NetF(NEEDS[rid]).name} not negotiated "
                                      f"({negotiated:#x})")
