@@ -1,0 +1,48 @@
+"""The host GSO check finds bugs: each seeded bug of tests/broken_gso.py fails exactly the ids of the rule it breaks
+when ``test_net_gso.py`` runs on it, and the stock model passes every id the module judges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+
+MODULE = CHECKS / "test_net_gso.py"
+#: variant class in tests/broken_gso.py -> the ids its bug breaks: the module must fail exactly these. Segmentation
+#: has no row of its own: it is judged as NET-DEV-21's "segmentation/checksum results must still be correct".
+EXPECTED: dict[str, set[str]] = {
+    "TsoSequenceNotAdvanced": {"NET-DEV-21"},
+    "ChecksumNotPerSegment": {"NET-DEV-21"},
+    "SegmentsOverGsoSize": {"NET-DEV-21"},
+}
+#: The ids the module judges on the stock model; all pass.
+JUDGED = {"NET-DEV-15", "NET-DEV-21", "NETFEAT-DEV-05", "NETFEAT-DEV-06"}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return module_on_variants(MODULE, "tests.broken_gso", EXPECTED, tmp_path_factory.mktemp("runs"), timeout=240)
+
+
+def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
+    data = results[""]
+    assert data["_exit"] == 0, data["_stdout"][-3000:]
+    assert ids_with(data, "passed") == JUDGED, {i: data["ids"][i] for i in JUDGED - ids_with(data, "passed")}
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
+    data = results[variant]
+    assert_fails_exactly(data, EXPECTED[variant], variant)
+    assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
+    evidence = " ".join(str(e) for e in data["ids"]["NET-DEV-21"]["evidence"])
+    assert WHAT[variant] in evidence, evidence[:2000]
+
+
+#: What the evidence of each seeded bug says (the check names the fault, not only that something differs).
+WHAT = {"TsoSequenceNotAdvanced": "seq ", "ChecksumNotPerSegment": "checksums not complete",
+        "SegmentsOverGsoSize": "bytes of payload, gso_size"}
