@@ -62,3 +62,28 @@ VIRTIO_NET_HASH_REPORT_UDPv4: Final = 3
 VIRTIO_NET_HASH_REPORT_IPv6: Final = 4
 VIRTIO_NET_HASH_REPORT_TCPv6: Final = 5
 VIRTIO_NET_HASH_REPORT_UDPv6: Final = 6
+
+#: Inner header hash (5.1.9.4.4, VIRTIO_NET_F_HASH_TUNNEL): struct virtnet_hash_tunnel { le32 enabled_tunnel_types; }.
+VIRTIO_NET_CTRL_HASH_TUNNEL: Final = 7
+VIRTIO_NET_CTRL_HASH_TUNNEL_SET: Final = 0
+
+#: Encapsulation types, in supported_tunnel_types and enabled_tunnel_types (5.1.9.4.4.3).
+VIRTIO_NET_HASH_TUNNEL_TYPE_GRE_2784: Final = 1 << 0
+VIRTIO_NET_HASH_TUNNEL_TYPE_GRE_2890: Final = 1 << 1
+VIRTIO_NET_HASH_TUNNEL_TYPE_GRE_7676: Final = 1 << 2
+VIRTIO_NET_HASH_TUNNEL_TYPE_GRE_UDP: Final = 1 << 3
+VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN: Final = 1 << 4
+VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN_GPE: Final = 1 << 5
+VIRTIO_NET_HASH_TUNNEL_TYPE_GENEVE: Final = 1 << 6
+VIRTIO_NET_HASH_TUNNEL_TYPE_IPIP: Final = 1 << 7
+VIRTIO_NET_HASH_TUNNEL_TYPE_NVGRE: Final = 1 << 8
+
+#: RSS contexts (5.1.9.5.8, VIRTIO_NET_F_RSS_CONTEXT). CAP_GET answers struct virtnet_rss_ctx_cap { le16
+#: max_rss_contexts; } in the command-specific-result after the ack; ADD and MOD carry struct
+#: virtnet_rss_ctx_add_modify { le16 rss_ctx_id; u8 reserved[6]; struct virtio_net_rss_config rss; }, DEL
+#: struct virtnet_rss_ctx_del { le16 rss_ctx_id; }.
+VIRTNET_RSS_CTX_CTRL: Final = 9
+VIRTNET_RSS_CTX_CTRL_CAP_GET: Final = 0
+VIRTNET_RSS_CTX_CTRL_ADD: Final = 1
+VIRTNET_RSS_CTX_CTRL_MOD: Final = 2
+VIRTNET_RSS_CTX_CTRL_DEL: Final = 3

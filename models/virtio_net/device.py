@@ -5,21 +5,22 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from backend.pci.device import DmaFaultError
-from backend.virtio.features import F, NetF, bits, has
+from backend.virtio.features import NET_DEPENDENCIES, F, NetF, bits, has
 from backend.virtio.net_ctrl import (
+    VIRTIO_NET_CTRL_HASH_TUNNEL,
     VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
     VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
     VIRTIO_NET_ERR,
     VIRTIO_NET_OK,
+    VIRTNET_RSS_CTX_CTRL,
 )
 from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import (
@@ -36,6 +37,7 @@ from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer, offer_er
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
+from models.virtio_net.rss_context import AutoSteering, RssContexts
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
 from models.virtio_net.rx_filter import FILTER_FEATURES, RxFilter
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
@@ -155,6 +157,8 @@ class VirtioNetDevice(VirtioPciFunction):
     PCI_CLASS = PCI_CLASS_NETWORK_ETHERNET
     rx_filter_class: type[RxFilter] = RxFilter
     rss_class: type[Rss] = Rss
+    rss_contexts_class: type[RssContexts] = RssContexts
+    steering_class: type[AutoSteering] = AutoSteering
     gso_class: type[gso.Gso] = gso.Gso
     coalescer_class: type[Coalescer] = Coalescer
 
@@ -177,7 +181,16 @@ class VirtioNetDevice(VirtioPciFunction):
             raise ValueError("host GSO needs VIRTIO_NET_F_CSUM, HOST_ECN needs HOST_TSO4 or HOST_TSO6 "
                              "(NETFEAT-DEV-05/06)")
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
+        broken = [r.req_id for r in NET_DEPENDENCIES
+                  if r.feature in (NetF.HASH_TUNNEL, NetF.RSS_CONTEXT) and r.violated_by(features)]
+        if broken:
+            raise ValueError(f"HASH_TUNNEL needs CTRL_VQ and RSS or HASH_REPORT, RSS_CONTEXT needs CTRL_VQ and "
+                             f"RSS: {broken}")
         self.rss = self.rss_class()
+        self.rss_contexts = self.rss_contexts_class()  # VIRTIO_NET_F_RSS_CONTEXT (models/virtio_net/rss_context.py)
+        self.steering = self.steering_class()  # automatic receive steering with MQ (5.1.9.5.6)
+        #: command-specific-result of the control command being answered (written after its ack byte)
+        self.ctrl_result = b""
         self.gso = self.gso_class()
         self.coalescer = self.coalescer_class()  # receive coalescing with guest GSO (models/virtio_net/coalesce.py)
         if offer_errors(features):
@@ -229,6 +242,9 @@ class VirtioNetDevice(VirtioPciFunction):
         if has(self.offered, NetF.RSS):
             regs.append(Register("rss_max_indirection_table_length", NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2,
                                  lambda: RSS_MAX_INDIRECTION_TABLE_LENGTH))
+        if has(self.offered, NetF.HASH_TUNNEL):
+            regs.append(Register("supported_tunnel_types", NetCfg.SUPPORTED_TUNNEL_TYPES, 4,
+                                 lambda: self.rss.inner.supported_tunnel_types))
         return regs
 
     def set_link(self, up: bool) -> None:
@@ -251,6 +267,8 @@ class VirtioNetDevice(VirtioPciFunction):
         self.active_pairs = 1  # NETCTRL-DEV-25: only receiveq1 after reset
         self.rx_filter.reset()  # MAC table empty after reset (NETCTRL-DEV-17), modes off, configured MAC
         self.rss.reset()  # no hash types, no indirection table: receiveq1 and no hash until configured again
+        self.rss_contexts.reset()  # every RSS context discarded (NETCTRL-DEV-33)
+        self.steering.reset()
         self._set_hdr_len(HDR_SIZE)
 
     def on_driver_ok(self) -> None:
@@ -282,15 +300,16 @@ class VirtioNetDevice(VirtioPciFunction):
             hdr += self.rss.header_fields(frame)
         return hdr
 
-    def rx_pair_for(self, frame: bytes) -> int:
-        """Queue pair a received frame goes to: receiveq1 unless VQ_PAIRS_SET enabled more (per-flow hash)."""
+    def rx_pair_for(self, frame: bytes) -> int | None:
+        """Queue pair a received frame goes to: receiveq1 unless VQ_PAIRS_SET enabled more, then the pair its flow
+        was last transmitted on, or by a per-flow hash, skipping receive queues being reset; None: all of them are
+        (dropped)."""
         if self.rss.steering and has(self.negotiated, NetF.RSS):  # RSS_CONFIG taken (5.1.9.5.7.3)
             return self.rss.pair_for(frame)
         if self.active_pairs <= 1:
             return 0
-        is_ipv4 = len(frame) >= 34 and frame[12:14] == b"\x08\x00"
-        key = frame[26:34] if is_ipv4 else frame[:12]  # IPv4 addresses, else the MAC pair
-        return zlib.crc32(key) % self.active_pairs
+        rxqs = self.packed_queues if self.ring_packed else self.queues
+        return self.steering.pair_for(frame, self.active_pairs, lambda p: bool(rxqs[2 * p].enabled))
 
     def tx_frame(self, chain: Chain) -> bytes | None:
         """The frame in a TX chain: readable bytes after the header, wherever the descriptors split (SPLIT-DEV-01)."""
@@ -332,6 +351,13 @@ class VirtioNetDevice(VirtioPciFunction):
         VIRTIO_NET_F_CSUM is negotiated (every chain then goes through :meth:`tx_offload`)."""
         return self.bulk_tx and not has(self.negotiated, NetF.CSUM)
 
+    def control_reply(self, command: bytes, room: int) -> bytes:
+        """The ack byte of a control command (class, command, data) and its command-specific-result, as far as
+        the ``room`` of device-writable bytes takes it."""
+        self.ctrl_result = b""
+        ack = self.control_command(command[0], command[1], command[2:])
+        return bytes([ack]) + self.ctrl_result[:room - 1]
+
     def control_command(self, cls: int, cmd: int, data: bytes) -> int:
         """One control queue command; returns the ack byte."""
         if cls in RX_FILTER_CLASSES:
@@ -340,6 +366,13 @@ class VirtioNetDevice(VirtioPciFunction):
             rxqs = self.packed_queues if self.ring_packed else self.queues
             enabled = {p for p in range(self.pairs) if rxqs[2 * p].enabled}
             return self.rss.command(cmd, data, self.negotiated, self.pairs, enabled)
+        if cls == VIRTIO_NET_CTRL_HASH_TUNNEL:
+            return self.rss.inner.command(cmd, data, self.negotiated)
+        if cls == VIRTNET_RSS_CTX_CTRL:
+            rxqs = self.packed_queues if self.ring_packed else self.queues
+            enabled = {p for p in range(self.pairs) if rxqs[2 * p].enabled}
+            ack, self.ctrl_result = self.rss_contexts.command(cmd, data, self.negotiated, self.pairs, enabled)
+            return ack
         if cls == VIRTIO_NET_CTRL_MQ and cmd == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET and len(data) >= 2:
             n = struct.unpack_from("<H", data)[0]
             if has(self.negotiated, NetF.MQ) and 1 <= n <= self.pairs:
@@ -356,10 +389,12 @@ class VirtioNetDevice(VirtioPciFunction):
         if self.is_ctrl(q):
             self._process_ctrl(q)
         elif q.index % 2:
+            self.steering.tx_pair = q.index // 2  # the transmit queue of the frames sent now
             self._process_tx(q)
         # An RX kick only says buffers were added; they are used when frames arrive.
 
     def process_packed_queue(self, q: PackedQueue) -> None:
+        self.steering.tx_pair = q.index // 2
         packed_datapath.process(self, q)
 
     def packed_tx_maps(self, q: PackedQueue) -> packed_fast.TxMaps:
@@ -608,6 +643,8 @@ class VirtioNetDevice(VirtioPciFunction):
             return
         self.stats.tx_packets += 1
         self.stats.tx_bytes += len(frame)
+        if self.active_pairs > 1:  # automatic receive steering learns the flow's transmit queue
+            self.steering.learn(frame)
         port = self.port
         # Delivered once the device lock is released, still on this thread (see ModelEndpoint).
         self.defer(lambda: port.transmit(frame))
@@ -618,6 +655,9 @@ class VirtioNetDevice(VirtioPciFunction):
             return
         self.stats.tx_packets += len(frames)
         self.stats.tx_bytes += frames.total_bytes
+        if self.active_pairs > 1:
+            for frame in frames:
+                self.steering.learn(frame)
         port = self.port
         self.defer(lambda: port.transmit_batch(frames))
 
@@ -646,6 +686,9 @@ class VirtioNetDevice(VirtioPciFunction):
             self.stats.rx_filtered += 1  # before any receive buffer is taken, on split and packed rings alike
             return
         pair = self.rx_pair_for(frame)
+        if pair is None:  # every receive queue it could go to is being reset (NETCTRL-DEV-28)
+            self.stats.rx_not_ready += 1
+            return
         if self.ring_packed:
             pq = self.packed_queues[2 * pair]
             if not pq.enabled:
@@ -836,9 +879,9 @@ class VirtioNetDevice(VirtioPciFunction):
                 written = 0
                 if chain.writable_len >= 1 and 2 <= chain.readable_len <= _CTRL_MAX_COMMAND:
                     cmd = b"".join(self.dma.read(a, n) for a, n in chain.readable if n)
-                    ack = self.control_command(cmd[0], cmd[1], cmd[2:])
-                    self._scatter(chain.writable, bytes([ack]))
-                    written = 1
+                    reply = self.control_reply(cmd, chain.writable_len)
+                    self._scatter(chain.writable, reply)
+                    written = len(reply)
                 used.append((head, self.used_len_for(q, chain, written)))
             old, new = q.push_used(used)
             if q.needs_notification(old, new):

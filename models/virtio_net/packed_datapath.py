@@ -125,8 +125,9 @@ def _tx_chain(dev: VirtioNetDevice, q: PackedQueue, chain: PackedChain) -> int:
 def _ctrl_chain(dev: VirtioNetDevice, q: PackedQueue, chain: PackedChain) -> int:
     if chain.writable_len >= 1 and 2 <= chain.readable_len <= _CTRL_MAX_COMMAND:
         cmd = b"".join(dev.dma.read(a, n) for a, n in chain.readable if n)
-        dev._scatter(chain.writable, bytes([dev.control_command(cmd[0], cmd[1], cmd[2:])]))
-        return 1
+        reply = dev.control_reply(cmd, chain.writable_len)  # the ack, then any command-specific-result
+        dev._scatter(chain.writable, reply)
+        return len(reply)
     return 0
 
 

@@ -6,6 +6,8 @@ and key only), answers those commands (:meth:`Rss.command`, VIRTIO_NET_ERR for a
 leaving the state as it was), computes the hash of a frame from the wire (:meth:`Rss.hash_of`, Toeplitz over the
 fields 5.1.9.4.3.1 names for the enabled types), chooses its receive queue pair (:meth:`Rss.pair_for`) and packs
 the receive header's hash_value / hash_report (:func:`hash_fields`). Device reset clears it (:meth:`Rss.reset`).
+With VIRTIO_NET_F_HASH_TUNNEL the hash of an encapsulated packet is over its inner headers for the types the driver
+enabled (:attr:`Rss.inner`, :mod:`models.virtio_net.inner_hash`).
 
 The _EX hash types (IPv6 extension headers) are not supported: supported_hash_types does not list them.
 """
@@ -35,6 +37,7 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_RSS_HASH_TYPE_UDPv4,
     VIRTIO_NET_RSS_HASH_TYPE_UDPv6,
 )
+from models.virtio_net.inner_hash import InnerHash
 
 #: supported_hash_types: the six types without IPv6 extension headers.
 SUPPORTED_HASH_TYPES = (VIRTIO_NET_RSS_HASH_TYPE_IPv4 | VIRTIO_NET_RSS_HASH_TYPE_TCPv4 | VIRTIO_NET_RSS_HASH_TYPE_UDPv4
@@ -159,11 +162,17 @@ def parse_hash_config(data: bytes) -> tuple[int, bytes] | None:
 class Rss:
     """The hash configuration of one device and, with RSS configured, its indirection table."""
 
+    #: the inner header hash (VIRTIO_NET_F_HASH_TUNNEL) of the device
+    inner_class: type[InnerHash] = InnerHash
+
     def __init__(self) -> None:
+        self.inner = self.inner_class()
         self.reset()
 
     def reset(self) -> None:
-        """Device reset: no hash types (nothing hashed, nothing reported), no key, RSS not configured."""
+        """Device reset: no hash types (nothing hashed, nothing reported), no key, RSS not configured, no inner
+        header hash."""
+        self.inner.reset()
         self.hash_types = 0
         self.key = b""
         #: True once a valid RSS_CONFIG was taken: steering by the indirection table until reset
@@ -214,7 +223,7 @@ class Rss:
 
     def hash_of(self, frame: bytes) -> tuple[int, int] | None:
         """(hash_value, hash_report) for ``frame`` under the hash types and key in force, or None: not hashed."""
-        found = hash_input(frame, self.hash_types)
+        found = hash_input(self.inner.hashed_frame(frame), self.hash_types)
         if found is None:
             return None
         return toeplitz(self.key, found[0]), found[1]
