@@ -1,0 +1,46 @@
+"""The inner header hash, RSS context and automatic steering checks find bugs: each seeded bug of
+tests/broken_rss_context.py fails exactly the ids of the rule it breaks when ``test_net_rss_context.py`` runs on it,
+and the stock model passes every id the module judges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+
+MODULE = CHECKS / "test_net_rss_context.py"
+#: variant class in tests/broken_rss_context.py -> the ids its bug breaks: the module must fail exactly these
+EXPECTED: dict[str, set[str]] = {
+    "InnerHashIgnoresEnabledTypes": {"NETCTRL-DEV-01"},
+    "InnerHashKeptAfterReset": {"NETCTRL-DEV-03"},
+    "UnsupportedTunnelTypesTaken": {"NETCTRL-DEV-02"},
+    "ContextsKeptAfterReset": {"NETCTRL-DEV-33"},
+    "SteeringIgnoresTransmitQueue": {"NETCTRL-DEV-B02"},
+    "QueueInResetStillChosen": {"NETCTRL-DEV-27"},
+}
+#: The ids the module judges on the stock model; all pass.
+JUDGED = {"NETCTRL-DEV-01", "NETCTRL-DEV-02", "NETCTRL-DEV-03", "NETCTRL-DEV-27", "NETCTRL-DEV-28", "NETCTRL-DEV-32",
+          "NETCTRL-DEV-33", "NETCTRL-DEV-B02", "NETFEAT-DEV-11", "NETFEAT-DEV-12"}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return module_on_variants(MODULE, "tests.broken_rss_context", EXPECTED, tmp_path_factory.mktemp("runs"),
+                              timeout=240)
+
+
+def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
+    data = results[""]
+    assert data["_exit"] == 0, data["_stdout"][-3000:]
+    assert ids_with(data, "passed") == JUDGED, {i: data["ids"][i] for i in JUDGED - ids_with(data, "passed")}
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
+    data = results[variant]
+    assert_fails_exactly(data, EXPECTED[variant], variant)
+    assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
