@@ -4,6 +4,7 @@ driver's trace and holds on a well-behaved one."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -11,7 +12,9 @@ from scapy.layers.l2 import Ether
 
 from backend.virtio.features import F, bits
 from backend.virtio.net_hdr import F_DATA_VALID, NetHdr
-from backend.virtio.split_ring import DESC, U16, USED_ELEM, SplitLayout
+from backend.virtio.split_ring import DESC, U16, USED_ELEM, DescFlags, Descriptor, SplitLayout
+from sim.memory import Allocator
+from testbenches.driver.split_ring import DriverSplitQueue
 from testbenches.driver.virtio_net import rx_checksum
 from testbenches.monitor.driver_rows import (
     RxCase,
@@ -27,8 +30,15 @@ from testbenches.monitor.driver_rows import (
     vendor_data_findings,
 )
 from testbenches.monitor.pci_trace import Access
-from testbenches.monitor.split_ring_rules import Publication, chain_length_finding, lost_kick_finding
-from testbenches.monitor.virtio_pci_rules import Finding
+from testbenches.monitor.ring_follow import ReadMem
+from testbenches.monitor.split_ring_rules import (
+    Publication,
+    SplitRingMonitor,
+    _Queue,
+    chain_length_finding,
+    lost_kick_finding,
+)
+from testbenches.monitor.virtio_pci_rules import Finding, Layout
 
 BASE = 0x100000
 SIZE = 8
@@ -192,3 +202,39 @@ def test_every_receive_queue_in_use_stocked() -> None:
     assert all(f.ok for f in stocked_findings({0: 64, 2: 10, 4: 1}, 3))
     assert [f.ok for f in stocked_findings({0: 64, 2: 0, 4: 5}, 3)] == [True, False, True]
     assert [f.ok for f in stocked_findings({0: 64}, 2)] == [True, False]  # receiveq2 never stocked
+
+
+def _chain_findings(table: list[Descriptor], read: ReadMem, head: int = 0) -> list[Finding]:
+    """The split ring monitor's findings on one chain at ``head`` with IN_ORDER and INDIRECT_DESC negotiated."""
+    mon = SplitRingMonitor(read, cast(Layout, None))
+    mon._features = bits(F.IN_ORDER, F.INDIRECT_DESC, F.VERSION_1)
+    mon._check_chain(0, _Queue(size=len(table)), table, head)
+    return mon.findings
+
+
+def test_in_order_chains_run_through_consecutive_slots(watch: StoreWatch) -> None:
+    nxt, none = DescFlags.NEXT, Descriptor(0, 0, 0, 0)
+    good = [Descriptor(BASE, 12, nxt, 1), Descriptor(BASE + 64, 60, 0, 0), *[none] * 6]
+    assert _oks(_chain_findings(good, watch.read), "SPLIT-DRV-05") == [True]
+    wrapped = [Descriptor(BASE + 64, 60, 0, 0), *[none] * 6, Descriptor(BASE, 12, nxt, 0)]
+    assert _oks(_chain_findings(wrapped, watch.read, head=7), "SPLIT-DRV-05") == [True]
+    skipping = [Descriptor(BASE, 12, nxt, 2), none, Descriptor(BASE + 64, 60, 0, 0), *[none] * 5]
+    assert _oks(_chain_findings(skipping, watch.read), "SPLIT-DRV-05") == [False]
+    # An indirect table whose entry 0 links to 2: SPLIT-DRV-10.
+    watch.write(BASE + 0x3000, DESC.pack(BASE, 12, nxt, 2) + DESC.pack(0, 0, 0, 0) + DESC.pack(BASE + 64, 60, 0, 0))
+    indirect = [Descriptor(BASE + 0x3000, 48, DescFlags.INDIRECT, 0), *[none] * 7]
+    assert _oks(_chain_findings(indirect, watch.read), "SPLIT-DRV-10") == [False]
+    watch.write(BASE + 0x3000, DESC.pack(BASE, 12, nxt, 1) + DESC.pack(BASE + 64, 60, 0, 0))
+    indirect = [Descriptor(BASE + 0x3000, 32, DescFlags.INDIRECT, 0), *[none] * 7]
+    assert _oks(_chain_findings(indirect, watch.read), "SPLIT-DRV-10") == [True]
+
+
+def test_in_order_ring_completes_a_batch_returned_as_one_element(watch: StoreWatch) -> None:
+    ring = DriverSplitQueue(watch, Allocator(BASE + 0x4000, 0x8000), SIZE, in_order=True)
+    heads = [ring.add([bytes([i]) * 20], []) for i in range(3)]
+    ring.publish()
+    # The device returns the batch as one element in the slot of its last buffer (2.7.9); slots 0 and 1 stay 0.
+    ring_used = ring.used_addr
+    watch.write(ring_used + LAY.used_ring_entry(2), USED_ELEM.pack(heads[2], 0))
+    watch.write(ring_used + 2, U16.pack(3))
+    assert [u.head for u in ring.used()] == heads and ring.in_flight == 0 and not ring.anomalies

@@ -212,10 +212,14 @@ class DriverSplitQueue(DriverQueue[_Inflight, Descriptor]):
     descriptor = Descriptor
 
     def __init__(self, mem: GuestMemory, alloc: Allocator, size: int, *, index: int = 0,
-                 event_idx: bool = False, auto_used_event: bool = True) -> None:
+                 event_idx: bool = False, auto_used_event: bool = True, in_order: bool = False) -> None:
         if not is_valid_split_size(size):
             raise ValueError(f"split queue size {size} is not a power of two up to 32768")
         super().__init__(mem, alloc, size, index=index, event_idx=event_idx, auto_used_event=auto_used_event)
+        #: VIRTIO_F_IN_ORDER negotiated: buffers come back in the order they were made available, a batch possibly
+        #: as one used element (:meth:`_complete_in_order`); descriptors are taken in table order and freed in it,
+        #: so chains run x, x+1, ..., wrapping to 0 (SPLIT-DRV-05).
+        self.in_order = in_order
         self.layout = SplitLayout(size)
         self.desc_addr, self.avail_addr, self.used_addr = self._alloc_parts(
             (self.layout.desc_bytes, DESC_ALIGN), (self.layout.avail_bytes, AVAIL_ALIGN),
@@ -355,7 +359,10 @@ class DriverSplitQueue(DriverQueue[_Inflight, Descriptor]):
                 uid, ulen = USED_ELEM.unpack(self.mem.read(
                     self.used_addr + self.layout.used_ring_entry(self.last_used), USED_ELEM.size))
                 self.last_used = (self.last_used + 1) & 0xFFFF
-                out.append(self._complete(uid, ulen))
+                if self.in_order:
+                    out.append(self._complete_in_order(uid, ulen))
+                else:
+                    out.append(self._complete(uid, ulen))
             if not (self.event_idx and self.auto_used_event):
                 return out
             # Ask for an interrupt at the next entry, then look again: an entry placed before
@@ -363,6 +370,16 @@ class DriverSplitQueue(DriverQueue[_Inflight, Descriptor]):
             self.set_used_event(self.last_used)
             if self.used_idx() == idx:
                 return out
+
+    def _complete_in_order(self, uid: int, ulen: int) -> UsedBuffer:
+        """With IN_ORDER used idx counts buffers in the order they were made available; a batch may come back as one
+        element in the slot of its last buffer (2.7.9), the slots before it left as they were. So each step of used
+        idx completes the oldest buffer in flight; the element's len is its own only where the element names it."""
+        head = next(iter(self._inflight), None)
+        if head is None:
+            self.anomalies.append(f"used idx moved past every buffer in flight (element names {uid})")
+            raise DriverQueueError(self.anomalies[-1])
+        return self._complete(head, ulen if uid == head else 0)
 
     def _complete(self, uid: int, ulen: int) -> UsedBuffer:
         rec = self._inflight.pop(uid, None)

@@ -51,7 +51,8 @@ class VdpaFrontend:
 
     def add_queue(self, index: int, size: int, state: int = 0) -> DriverSplitQueue:
         """Rings, eventfds and queue parameters for one queue; ``state`` resumes a ring that already ran."""
-        ring = DriverSplitQueue(self.mem, self.alloc, size, index=index, event_idx=has(self.features, F.EVENT_IDX))
+        ring = DriverSplitQueue(self.mem, self.alloc, size, index=index, event_idx=has(self.features, F.EVENT_IDX),
+                                in_order=has(self.features, F.IN_ORDER))
         if state:
             ring.avail_idx = ring.published = ring.last_used = state & 0xFFFF
             ring.write_avail_idx(state)

@@ -509,3 +509,55 @@ def test_guest_driver_stocks_every_receive_queue(bench: Bench, verdict: Verdict,
         drv.close()
     _judge(verdict, stocked_findings(outstanding, pairs), ("NET-DRV-57",), name,
            f"VQ_PAIRS_SET {ctl.max_virtqueue_pairs} acked {ack}, {pairs} pairs in use: {outstanding}")
+
+
+# --- IN_ORDER chains ----------------------------------------------------------------------------------------
+
+
+class InOrderGuestDriver(GuestNetDriver):
+    """The guest driver with its split rings told when VIRTIO_F_IN_ORDER was negotiated (the ring layout helper
+    hands the bit to packed rings only): a used element then completes the batch it ends."""
+
+    def setup_queues(self) -> None:
+        super().setup_queues()
+        for ring in self.queues.values():
+            ring.in_order = has(self.features, F.IN_ORDER)
+
+
+IN_ORDER_ROW = {False: "SPLIT-DRV-05", True: "SPLIT-DRV-10"}
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.parametrize("indirect", [pytest.param(False, id="chains", marks=pytest.mark.req("SPLIT-DRV-05")),
+                                      pytest.param(True, id="indirect", marks=pytest.mark.req("SPLIT-DRV-10"))])
+def test_guest_driver_in_order_chains(bench: Bench, verdict: Verdict, mem: GuestMemory, indirect: bool) -> None:
+    """VIRTIO_F_IN_ORDER negotiated on split rings, frames sent until the transmit ring has wrapped twice: each
+    chain (without INDIRECT_DESC) runs through consecutive table slots, wrapping to 0 after the last; each indirect
+    table (with it) links entry i to i+1."""
+    rid = IN_ORDER_ROW[indirect]
+    name = f"guest driver with IN_ORDER (split rings, {'indirect tables' if indirect else 'descriptor chains'})"
+    looped = bench.wire().looped
+    trace = TracingPciDevice(bench.open())
+    mon = SplitRingMonitor.attach(trace, mem.read)
+    wanted = DEFAULT_FEATURES | bits(F.IN_ORDER) if indirect else DEFAULT_FEATURES & ~bits(F.INDIRECT_DESC) | \
+        bits(F.IN_ORDER)
+    drv = InOrderGuestDriver(trace, mem, queue_size=QSIZE, features=layout_features(wanted, "split"), rx_buffers=16)
+    try:
+        drv.init()
+        if not has(drv.features, F.IN_ORDER) or has(drv.features, F.INDIRECT_DESC) != indirect:
+            verdict.not_offered(rid, f"{name}: the target offers {drv.offered:#x}")
+            return
+        frames = [test_frame(seq, 60 + 8 * seq, src=drv.mac()) for seq in range(QSIZE + 8)]
+        got = 0
+        for start in range(0, len(frames), 8):
+            got += len(drv.exchange(frames[start:start + 8], timeout=2.0 if looped else 0.05))
+            drv.wait_tx_done(timeout=5.0)
+        mon.inspect()
+        anomalies = drv.queues[drv.TX].anomalies + drv.queues[drv.RX].anomalies
+    finally:
+        drv.close()
+    if anomalies:
+        pytest.fail(f"{name}: the device's used ring puzzled the driver: {anomalies[:3]}")
+    findings = [f for f in mon.findings if f.req_id == rid]
+    for left in _judge(verdict, findings, (rid,), name, f"{len(frames)} frames sent, {got} back"):
+        verdict.not_applicable(left, f"{name}: no chain of two or more descriptors was made available")
