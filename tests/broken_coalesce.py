@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from backend.virtio.net_hdr import F_NEEDS_CSUM, NetHdr
+from backend.virtio.net_hdr import F_NEEDS_CSUM, F_RSC_INFO, NetHdr
 from models.virtio_net.coalesce import Coalesced, Coalescer, Segment
 from models.virtio_net.device import VirtioNetDevice
 
@@ -59,3 +59,15 @@ class HdrLenShort(VirtioNetDevice):
     """hdr_len reaches only through the IP header (the transport header left out)."""
 
     coalescer_class = _HdrLenToIp
+
+
+class _RscCountLess(Coalescer):
+    def header(self, packet: Coalesced, num_buffers: int, negotiated: int) -> NetHdr:
+        h = super().header(packet, num_buffers, negotiated)
+        return replace(h, csum_start=h.csum_start - 1) if h.flags & F_RSC_INFO else h
+
+
+class RscSegmentsMiscounted(VirtioNetDevice):
+    """With RSC_EXT, csum_start counts one segment fewer than the packet holds."""
+
+    coalescer_class = _RscCountLess

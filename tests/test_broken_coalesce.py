@@ -19,6 +19,7 @@ EXPECTED: dict[str, set[str]] = {
     "NeedsCsumMissing": {"NET-DEV-56"},
     "CwrCoalescedWithoutEcn": {"NET-DEV-42"},
     "HdrLenShort": {"NET-DEV-60"},
+    "RscSegmentsMiscounted": {"NET-DEV-58"},
 }
 MODULE = CHECKS / "test_net_guest_gso.py"
 

@@ -635,8 +635,8 @@ class VirtioNetDevice(VirtioPciFunction):
 
     def _transmit(self, frame: bytes) -> None:
         if isinstance(frame, gso.Segmented):
-            for packet in frame.packets:
-                self._transmit(packet)
+            # The segments leave together, one burst on the wire (as a peer's receive coalescing sees them).
+            self._transmit_batch(FrameBatch.of(frame.packets))
             return
         if not self.link_up:
             self.stats.tx_link_down += 1

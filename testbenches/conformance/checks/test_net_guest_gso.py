@@ -45,9 +45,9 @@ USO = bits(NetF.GUEST_CSUM, NetF.GUEST_USO4, NetF.GUEST_USO6)
 ECN = bits(NetF.GUEST_ECN)
 #: What a configurable target is asked to offer besides its own offer.
 WANTED = TSO | USO | ECN
-#: RSC_EXT, with what it depends on (HOST_TSO4/6, which depend on CSUM): asked for by the offer check only (RSC_INFO
-#: is not judged here: with CSUM negotiated the model's transmit path sends frames one by one, never as a burst).
+#: RSC_EXT, with what it depends on (HOST_TSO4/6, which depend on CSUM).
 RSC = bits(NetF.RSC_EXT, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.CSUM)
+RSC_IDS = ("NET-DEV-58", "NET-DEV-56", "NET-DEV-57", "NET-DEV-60")
 #: Receive offloads a check negotiates only when it means to.
 GUEST_OFFLOADS = WANTED | bits(NetF.GUEST_UFO, NetF.GUEST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO_CSUM,
                                NetF.RSC_EXT)
@@ -142,7 +142,7 @@ def offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) ->
 def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int) -> bool:
     if not rig.offers(layout, verdict, *ids):
         return False
-    feats = rig.features_for(extra=want, drop=DROP | (GUEST_OFFLOADS & ~want), layout=layout)
+    feats = rig.features_for(extra=want, drop=(DROP | GUEST_OFFLOADS) & ~want, layout=layout)
     if feats is None or feats & want != want:
         for rid in ids:
             verdict.not_offered(rid, f"the device's offer {rig.offered:#x} lacks bits {want:#x} on {layout} rings")
@@ -151,9 +151,10 @@ def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], wan
     return rig.looped(verdict, *ids)
 
 
-def exchange(rig: Rig, burst: Sequence[Sent]) -> list[Delivered | None]:
-    """The burst through transmitq1 in one publish (header and frame in one buffer each), and what receiveq1 got back,
-    in used order, until all the data sent came back or the wait ran out (None: not a TCP/UDP packet)."""
+def exchange(rig: Rig, burst: Sequence[Sent], tso: tuple[NetHdr, bytes] | None = None) -> list[Delivered | None]:
+    """The burst through transmitq1 in one publish (header and frame in one buffer each), or the one ``tso`` packet
+    the device segments into it, and what receiveq1 got back, in used order, until all the data sent came back or the
+    wait ran out (None: not a TCP/UDP packet)."""
     pending: dict[int, Posted] = {}
     order: list[Posted] = []
     for _ in burst:
@@ -162,11 +163,11 @@ def exchange(rig: Rig, burst: Sequence[Sent]) -> list[Delivered | None]:
         order.append(r)
     rig.publish(rig.RX)
     sent: dict[int, Posted] = {}
-    for s in burst:
-        t = rig.add_chain(rig.TX, [rig.tx_header() + s.frame], [])
+    for hdr, frame in [tso] if tso is not None else [(NetHdr(), s.frame) for s in burst]:
+        t = rig.add_chain(rig.TX, [rig.tx_header(hdr) + frame], [])
         sent[t.head] = t
     rig.publish(rig.TX)
-    for t, _ in rig.complete(rig.TX, sent, len(burst)):
+    for t, _ in rig.complete(rig.TX, sent, len(sent)):
         rig.release(t)
     want = sum(len(s.payload) for s in burst)
     have = 0
@@ -327,3 +328,37 @@ def test_tcp_coalesced_with_guest_ecn(bench: Bench, verdict: Verdict, ring_layou
 def test_udp_coalesced(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """GUEST_USO4/USO6: datagrams of one flow delivered as GSO_UDP_L4 packets; header rows."""
     run_bursts(bench, verdict, ring_layout, GSO_IDS, USO, tcp=False, ecn=None)
+
+
+@pytest.mark.req(*RSC_IDS)
+def test_rsc_ext(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """RSC_EXT (with HOST_TSO4/6 and CSUM, which it needs, and GUEST_TSO4/6): a TCP packet sent with a TSO header
+    leaves the device as MSS-sized segments, together; what comes back coalesced has RSC_INFO, csum_start the number
+    of segments it holds and csum_offset 0 (all of them carry data: no duplicate ACK) (NET-DEV-58), with the header
+    rows of any coalesced packet (NET-DEV-56/57/60)."""
+    spec = offering(bench, verdict, WANTED | RSC, RSC_IDS)
+    if spec is None:
+        return
+    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+        if not bring_up(rig, verdict, ring_layout, RSC_IDS, TSO | RSC):
+            return
+        judge = Judge(verdict, None, rsc=True)
+
+        @settings(max_examples=6, **SETTINGS)  # type: ignore[arg-type]
+        @given(v6=st.booleans(), mss=st.sampled_from(MSS), size=st.integers(1, 24000), seed=st.integers(0, 2**32 - 1))
+        def run(v6: bool, mss: int, size: int, seed: int) -> None:
+            rng = random.Random(seed)
+            payload = rng.randbytes(size)
+            l3: Packet = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2")
+            frame = bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / l3 / TCP(sport=4000, dport=80, seq=rng.randrange(1 << 32),
+                                                                       ack=77, flags="A") / payload)
+            start = 54 if v6 else 34
+            hdr = NetHdr(flags=F_NEEDS_CSUM, gso_type=GSO_TCPV6 if v6 else GSO_TCPV4, hdr_len=start + 20,
+                         gso_size=mss, csum_start=start, csum_offset=16)
+            # What the wire carries: the data in MSS pieces, each a segment (5.1.6.2).
+            segs = [Sent(b"", payload[k:k + mss], 0x10) for k in range(0, size, mss)]
+            what = f"{'IPv6' if v6 else 'IPv4'}/TCP packet of {size} bytes sent with TSO, MSS {mss}, RSC_EXT"
+            judge.burst(segs, exchange(rig, segs, (hdr, frame)), what)
+
+        run()
+        judge.finish(RSC_IDS)
