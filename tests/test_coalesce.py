@@ -11,12 +11,15 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import checksum
 
-from backend.virtio.features import NetF, bits
-from backend.virtio.net_hdr import F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4
+from backend.virtio.features import F, NetF, bits
+from backend.virtio.net_hdr import F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, HDR_SIZE, NetHdr
 from models.virtio_net.coalesce import Coalesced, Coalescer
+from models.virtio_net.wire import FrameBatch
+from tests.test_model_device import Guest
 
 TSO = bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6)
 USO = bits(NetF.GUEST_CSUM, NetF.GUEST_USO4, NetF.GUEST_USO6)
+RXBUF = 0x80000  # receive buffers in the model test's guest memory
 
 
 def tcp_burst(sizes: Sequence[int], *, v6: bool = False, flags: Sequence[str] | None = None,
@@ -130,3 +133,26 @@ def test_rsc_ext_header() -> None:
     assert isinstance(out[0], Coalesced)
     h = Coalescer().header(out[0], 1, feats)
     assert h.flags == F_NEEDS_CSUM | F_RSC_INFO and (h.csum_start, h.csum_offset) == (3, 0)
+
+
+def test_device_delivers_a_coalesced_packet_across_merged_buffers() -> None:
+    """On the model: a burst from the wire with GUEST_TSO4 and MRG_RXBUF negotiated comes back as one packet spread
+    over as many 2048-byte buffers as it needs, its header (num_buffers included) in the first."""
+    base = bits(F.VERSION_1, F.ACCESS_PLATFORM, NetF.MRG_RXBUF)
+    feats = base | TSO
+    frames = tcp_burst([1000] * 10)
+    with Guest(f"virtio-net,wire=none,features={feats:#x}") as g:
+        rx, _tx = g.bring_up(feats)
+        for k in range(8):
+            rx.add_chain([(RXBUF + 0x800 * k, 0x800, True)])
+        g.model.receive_batch(FrameBatch.of(frames))
+        used = [rx.used_elem(k) for k in range(rx.used_idx())]
+        data = b"".join(g.mem.read(RXBUF + 0x800 * head, n) for head, n in used)
+    h = NetHdr.unpack(data)
+    assert (h.flags, h.gso_type, h.gso_size, h.hdr_len, h.num_buffers) == (F_NEEDS_CSUM, GSO_TCPV4, 1000, 54,
+                                                                             len(used))
+    assert len(used) == -(-(HDR_SIZE + 54 + 10000) // 0x800)
+    packet = data[HDR_SIZE:]
+    assert packet[54:] == b"".join(f[54:] for f in frames)
+    at = h.csum_start + h.csum_offset
+    assert valid(packet[:at] + (checksum(packet[h.csum_start:]) or 0xFFFF).to_bytes(2, "big") + packet[at + 2:])

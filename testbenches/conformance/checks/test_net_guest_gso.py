@@ -12,8 +12,13 @@ transport header (NET-DEV-60); a packet delivered with NEEDS_CSUM is judged by N
 packets a device chooses to deliver so, in test_net_csum.py). Each burst has a segment with CWR: without GUEST_ECN no
 coalesced packet covers one (NET-DEV-42), with it a coalesced packet covering one has GSO_ECN (NET-DEV-43).
 
-On a configurable target (``sim:``) the device is built offering GUEST_CSUM, the guest GSO features and GUEST_ECN
-(the default offer has none); elsewhere the rows read *not offered* when the target lacks them. The offer is judged
+RSC_EXT (NET-DEV-58) needs HOST_TSO4/6 and so CSUM negotiated: a TCP packet is sent with a TSO header, the device
+puts its segments on the wire, and what comes back coalesced must have RSC_INFO with csum_start the number of MSS
+segments it holds and csum_offset 0 (every segment carries data: no duplicate ACK).
+
+On a configurable target (``sim:``) the device is built offering GUEST_CSUM, the guest GSO features, GUEST_ECN and
+RSC_EXT with HOST_TSO4/6 and CSUM (the default offer has none); elsewhere the rows read *not offered* when the target
+lacks them. The offer is judged
 against the 5.1.3.1 dependency table (NETFEAT-DEV-01/02/10). Rows read *not applicable* when the device coalesced
 nothing (it may deliver every segment as it came).
 """
