@@ -10,6 +10,7 @@ FAILED on an unrecoverable error. Every wait is on an eventfd with a bound.
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -402,9 +403,14 @@ class GuestNetDriver:
         return sent
 
     def wait_tx_done(self, timeout: float = 5.0) -> bool:
-        """Wait until the device has used every transmit buffer."""
+        """Wait until the device has used every transmit buffer. A configuration change interrupt (on its own
+        vector) meanwhile is looked at once: with DEVICE_NEEDS_RESET the device is reset and brought up again, the
+        buffers in flight given up rather than waited for (STATUS-DRV-04), and the wait ends False; any other change
+        stays pending for :meth:`config_changed`."""
         ring = self.ring(self.TX)
         deadline = time.monotonic() + timeout
+        config = self.irq_fds.get("config", -1)
+        watch = config not in (-1, self.irq_fds["tx"])
         while True:
             self.reclaim_tx()
             if ring.in_flight == 0:
@@ -412,7 +418,26 @@ class GuestNetDriver:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self.wait_irq("tx", left)
+            if not watch:
+                self.wait_irq("tx", left)
+                continue
+            ready, _, _ = select.select([self.irq_fds["tx"], config], [], [], left)
+            if config in ready:
+                watch = False
+                if self.needs_reset():
+                    self.recover()
+                    return False
+            if self.irq_fds["tx"] in ready:
+                self.wait_irq("tx", 0)
+
+    def needs_reset(self) -> bool:
+        return bool(self.status() & DeviceStatus.DEVICE_NEEDS_RESET)
+
+    def recover(self) -> None:
+        """After DEVICE_NEEDS_RESET: reset (the buffers in flight are dropped with the rings, neither completed nor
+        counted lost) and bring the device up again as at first."""
+        self.reset()
+        self.init()
 
     def _rx_complete(self, used: Sequence[UsedBuffer]) -> None:
         pending = list(used)

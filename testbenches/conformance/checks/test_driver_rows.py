@@ -21,6 +21,7 @@ of :mod:`testbenches.monitor.driver_rows` and :mod:`testbenches.monitor.split_ri
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -561,3 +562,67 @@ def test_guest_driver_in_order_chains(bench: Bench, verdict: Verdict, mem: Guest
     findings = [f for f in mon.findings if f.req_id == rid]
     for left in _judge(verdict, findings, (rid,), name, f"{len(frames)} frames sent, {got} back"):
         verdict.not_applicable(left, f"{name}: no chain of two or more descriptors was made available")
+
+
+# --- DEVICE_NEEDS_RESET ----------------------------------------------------------------------------------
+
+
+class NeedsResetShown(HeldDoorbells):
+    """The target with its doorbells held back (transmit buffers stay in flight) and, once :attr:`armed`,
+    DEVICE_NEEDS_RESET added to device_status as the driver reads it, until the driver writes 0 there."""
+
+    def __init__(self, inner: PciDevice) -> None:
+        super().__init__(inner)
+        common = Layout.discover(self).common
+        self.status_at = (common.bar, common.offset + CommonCfg.DEVICE_STATUS)
+        self.armed = False
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        if not self.armed or (index, offset, size) != (*self.status_at, 1):
+            return super().region_read(index, offset, size)
+        data = bytes([self.inner.region_read(index, offset, 1)[0] | DeviceStatus.DEVICE_NEEDS_RESET])
+        self._record("r", index, offset, data)
+        return data
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if (index, offset) == self.status_at and not any(data):
+            self.armed = False
+        super().region_write(index, offset, data)
+
+
+#: How long the driver is given to wait for its transmit buffers after the device asked for a reset.
+NEEDS_RESET_WAIT = 3.0
+
+
+@pytest.mark.req("STATUS-DRV-04")
+def test_guest_driver_resets_on_needs_reset(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+    """Frames queued for transmit while the device takes none (doorbells held back), then DEVICE_NEEDS_RESET shown
+    in device_status and a configuration change interrupt signalled as the device would: the driver waiting for its
+    transmit buffers resets the device and brings it up again instead of waiting on the used ring."""
+    name = "guest driver (split rings)"
+    trace = NeedsResetShown(bench.open())
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"))
+    try:
+        drv.init()
+        if drv.irq_fds["config"] == drv.irq_fds["tx"]:
+            verdict.not_applicable("STATUS-DRV-04", f"{name}: the configuration change and transmit interrupts share "
+                                                    "one vector here")
+            return
+        drv.send([test_frame(seq, 60, src=drv.mac()) for seq in range(4)])
+        outstanding = drv.ring(drv.TX).in_flight
+        mark = len(trace.accesses)
+        trace.armed = True
+        os.eventfd_write(drv.irq_fds["config"], 1)
+        start = time.monotonic()
+        done = drv.wait_tx_done(timeout=NEEDS_RESET_WAIT)
+        took = time.monotonic() - start
+        after = [e for e in _events(trace) if e.seq >= mark and e.kind == "status_w"]
+        reset = next((i for i, e in enumerate(after) if e.value == 0), None)
+        up_again = reset is not None and any(e.value & DeviceStatus.DRIVER_OK for e in after[reset:])
+    finally:
+        drv.close()
+    verdict.check("STATUS-DRV-04", outstanding > 0 and reset is not None and up_again and not done
+                  and took < NEEDS_RESET_WAIT,
+                  f"{name}: {outstanding} transmit buffers in flight when DEVICE_NEEDS_RESET was shown; the wait "
+                  f"returned {done} after {took:.2f}s of {NEEDS_RESET_WAIT}s; device_status writes since: "
+                  f"{[hex(e.value) for e in after]}")
