@@ -15,6 +15,8 @@ from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_HASH_TUNNEL,
+    VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
     VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_ADDR_SET,
     VIRTIO_NET_CTRL_MAC_TABLE_SET,
@@ -28,6 +30,8 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_VLAN,
     VIRTIO_NET_CTRL_VLAN_ADD,
     VIRTIO_NET_OK,
+    VIRTNET_RSS_CTX_CTRL,
+    VIRTNET_RSS_CTX_CTRL_CAP_GET,
 )
 from backend.virtio.net_hdr import hdr_size
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, CommonCfg, NetCfg
@@ -37,14 +41,9 @@ from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor, TracingPciDevice
 from testbenches.monitor.ctrl_rules import (
-    SUPPORTED_TUNNEL_TYPES,
     VIRTIO_NET_CTRL_GUEST_OFFLOADS,
     VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
-    VIRTIO_NET_CTRL_HASH_TUNNEL,
-    VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
-    VIRTIO_NET_CTRL_RSS_CTX,
     ControlQueueMonitor,
-    CtrlConfig,
 )
 from testbenches.monitor.virtio_pci_rules import Event
 
@@ -71,7 +70,7 @@ class Run:
         struct.pack_into("<H", cfg, NetCfg.MAX_VIRTQUEUE_PAIRS, PAIRS)
         struct.pack_into("<H", cfg, NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 128)
         struct.pack_into("<I", cfg, NetCfg.SUPPORTED_HASH_TYPES, SUPPORTED_HASH)
-        struct.pack_into("<I", cfg, SUPPORTED_TUNNEL_TYPES, 0x11)
+        struct.pack_into("<I", cfg, NetCfg.SUPPORTED_TUNNEL_TYPES, 0x11)
         self.cfg = bytes(cfg)
         self.features = features
         self.mon = ControlQueueMonitor(self.read, lambda off, n: self.cfg[off:off + n])
@@ -97,14 +96,18 @@ class Run:
     def status_read(self, status: int) -> None:
         self._event("devcfg_r", None, status, 2, NetCfg.STATUS, -1)
 
-    def command(self, cls: int, command: int, data: bytes = b"", ack: int = VIRTIO_NET_OK) -> None:
-        """A command as two readable descriptors (class/command, data) and the ack byte, already written."""
+    def command(self, cls: int, command: int, data: bytes = b"", ack: int = VIRTIO_NET_OK,
+                result: bytes = b"") -> None:
+        """A command as two readable descriptors (class/command, data) and the ack byte (with any
+        command-specific-result after it), already written."""
         segs: list[tuple[int, int, bool]] = [(self.put(bytes([cls, command])), 2, False)]
         if data:
             segs.append((self.put(data), len(data), False))
-        segs.append((self.put(bytes([ack])), 1, True))
+        segs.append((self.put(bytes([ack]) + result), 1 + len(result), True))
         multi = self.features & bits(NetF.MQ, NetF.RSS)
-        self.mon.buffer(CTRL_Q if multi else 2, segs, self.features, f"command {cls}/{command}")
+        queue = CTRL_Q if multi else 2
+        self.mon.buffer(queue, segs, self.features, f"command {cls}/{command}")
+        self._event("notify", None, queue, 4, 0, -1)  # its doorbell, after the ring monitor's look
 
     def frame(self, queue: int, frame: bytes) -> None:
         data = bytes(hdr_size(self.features)) + frame
@@ -167,6 +170,37 @@ def test_good_sequence_breaks_no_row() -> None:
                       "NETCTRL-DRV-24", "NETCTRL-DRV-B01"}
 
 
+def test_rss_contexts() -> None:
+    """With RSS_CONTEXT: the rss_ctx_id of ADD within the max_rss_contexts CAP_GET returned; once a context is
+    configured every command judges NETCTRL-DRV-23 (no VQ_PAIRS_SET); a refused ADD configures nothing."""
+    run = Run(FULL | bits(NetF.RSS_CONTEXT))
+    run.enable(*range(CTRL_Q + 1))
+    run.command(VIRTNET_RSS_CTX_CTRL, VIRTNET_RSS_CTX_CTRL_CAP_GET, result=struct.pack("<H", 4))
+    run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H6x", 9) + rss_config(0x1, [0, 1]), ack=1)
+    run.command(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", 2))
+    assert run.failed() == ["NETCTRL-DRV-22"] and "NETCTRL-DRV-23" not in run.verdicts()
+    run = Run(FULL | bits(NetF.RSS_CONTEXT))
+    run.enable(*range(CTRL_Q + 1))
+    run.command(VIRTNET_RSS_CTX_CTRL, VIRTNET_RSS_CTX_CTRL_CAP_GET, result=struct.pack("<H", 4))
+    run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H6x", 4) + rss_config(0x1, [0, 1]))
+    run.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, b"\x00")
+    assert run.failed() == [] and {"NETCTRL-DRV-22", "NETCTRL-DRV-23"} <= set(run.verdicts())
+
+
+def test_an_answer_not_read_in_time_opens_no_row() -> None:
+    """A context ADD whose ack bytes the next command reuses (before any register access) is unknown: the
+    VQ_PAIRS_SET after it is not judged; the same ADD with a register access between is read and judged."""
+    for access, judged in ((False, False), (True, True)):
+        run = Run(FULL | bits(NetF.RSS_CONTEXT))
+        run.enable(*range(CTRL_Q + 1))
+        run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H6x", 1) + rss_config(0x1, [0, 1]))
+        if access:
+            run.status_read(1)
+        reused = run.top - 64 - 1  # the ack byte of the ADD, as the next command's data
+        run.mon.buffer(CTRL_Q, [(reused, 4, False), (run.put(bytes(1)), 1, True)], run.features, "reuse")
+        assert ("NETCTRL-DRV-23" in run.verdicts()) == judged
+
+
 def test_narrow_driver_judges_the_feature_rows() -> None:
     """Without CTRL_RX, CTRL_RX_EXTRA, RSS, RSS_CONTEXT and HASH_TUNNEL: a VLAN command judges their absence."""
     run = Run(bits(F.VERSION_1, NetF.CTRL_VQ, NetF.CTRL_VLAN))
@@ -189,7 +223,7 @@ def _hostile(case: str, run: Run) -> None:
     elif case == "NETCTRL-DRV-02":
         run.command(VIRTIO_NET_CTRL_HASH_TUNNEL, VIRTIO_NET_CTRL_HASH_TUNNEL_SET, struct.pack("<I", 0x2))
     elif case == "NETCTRL-DRV-03":
-        run.cfg = run.cfg[:SUPPORTED_TUNNEL_TYPES] + struct.pack("<I", 0xFFFFFFFF)
+        run.cfg = run.cfg[:NetCfg.SUPPORTED_TUNNEL_TYPES] + struct.pack("<I", 0xFFFFFFFF)
         run.command(VIRTIO_NET_CTRL_HASH_TUNNEL, VIRTIO_NET_CTRL_HASH_TUNNEL_SET, struct.pack("<I", 1 << 12))
     elif case == "NETCTRL-DRV-04":
         run.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, b"\x01")
@@ -234,12 +268,12 @@ def _hostile(case: str, run: Run) -> None:
     elif case == "NETCTRL-DRV-B01":
         run.command(mq, VIRTIO_NET_CTRL_MQ_HASH_CONFIG, struct.pack("<I4HB", 1, 0, 7, 0, 0, 0))
     elif case == "NETCTRL-DRV-21":
-        run.command(VIRTIO_NET_CTRL_RSS_CTX, 1, struct.pack("<H", 1))
+        run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H", 1))
     elif case == "NETCTRL-DRV-22":
-        run.mon._config = CtrlConfig(PAIRS, 128, SUPPORTED_HASH, None, MAC, max_rss_contexts=2)
-        run.command(VIRTIO_NET_CTRL_RSS_CTX, 1, struct.pack("<H", 3))
+        run.command(VIRTNET_RSS_CTX_CTRL, VIRTNET_RSS_CTX_CTRL_CAP_GET, result=struct.pack("<H", 2))
+        run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H6x", 3) + rss_config(0x1, [0, 1]))
     elif case == "NETCTRL-DRV-23":
-        run.command(VIRTIO_NET_CTRL_RSS_CTX, 1, struct.pack("<H", 1))  # acknowledged OK: a context exists
+        run.command(VIRTNET_RSS_CTX_CTRL, 1, struct.pack("<H", 1))  # acknowledged OK: a context exists
         run.command(mq, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", 2))
     elif case == "NETCTRL-DRV-24":
         run.command(VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,

@@ -23,6 +23,8 @@ from backend.virtio.features import NetF, has
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_HASH_TUNNEL,
+    VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
     VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_ADDR_SET,
     VIRTIO_NET_CTRL_MAC_TABLE_SET,
@@ -36,20 +38,21 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_VLAN,
     VIRTIO_NET_CTRL_VLAN_ADD,
     VIRTIO_NET_OK,
+    VIRTNET_RSS_CTX_CTRL,
+    VIRTNET_RSS_CTX_CTRL_ADD,
+    VIRTNET_RSS_CTX_CTRL_CAP_GET,
 )
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, NetCfg
+from testbenches.monitor.ctrl_rules import (
+    DEFINED_TUNNEL_TYPES,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
+)
 
 if TYPE_CHECKING:
     from testbenches.driver.virtio_net import GuestNetDriver
 
-VIRTIO_NET_CTRL_GUEST_OFFLOADS = 5
-VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET = 0
-VIRTIO_NET_CTRL_HASH_TUNNEL = 7
-VIRTIO_NET_CTRL_HASH_TUNNEL_SET = 0
-#: supported_tunnel_types (le32) after supported_hash_types; the nine tunnel types 5.1.9.4.4 defines.
-SUPPORTED_TUNNEL_TYPES = NetCfg.SUPPORTED_HASH_TYPES + 4
-DEFINED_TUNNEL_TYPES = (1 << 9) - 1
 #: Guest receive offloads GUEST_OFFLOADS_SET may toggle (5.1.6.5.9.1): the GUEST_* feature bits.
 GUEST_OFFLOADS = (NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_ECN, NetF.GUEST_UFO,
                   NetF.GUEST_USO4, NetF.GUEST_USO6)
@@ -78,6 +81,10 @@ class NetControl:
         #: The address set with MAC_ADDR_SET (None: the device's mac, or the driver's own without MAC).
         self.mac_set: bytes | None = None
         self.acks: list[tuple[str, int]] = []
+        self.result = b""  # the command-specific-result of the last command
+        #: RSS contexts configured (ADD acknowledged VIRTIO_NET_OK); from the first one no VQ_PAIRS_SET.
+        self.rss_contexts: set[int] = set()
+        self.max_rss_contexts: int | None = None
         for q in range(2, self.queue + 1):
             drv.setup_queue(q)
         for q in range(2, self.queue, 2):
@@ -96,17 +103,20 @@ class NetControl:
 
     # --- the commands ---------------------------------------------------------------------------------------
 
-    def command(self, what: str, cls: int, command: int, data: bytes = b"", timeout: float = ACK_TIMEOUT) -> int:
-        """Post ``class, command, data`` (device-readable) and one ack byte (device-writable); wait for the used
-        buffer and return the ack. :class:`TimeoutError` if the device does not use it within ``timeout``."""
+    def command(self, what: str, cls: int, command: int, data: bytes = b"", timeout: float = ACK_TIMEOUT,
+                result_len: int = 0) -> int:
+        """Post ``class, command, data`` (device-readable) and the ack byte with room for ``result_len`` bytes of
+        command-specific-result (device-writable); wait for the used buffer and return the ack (the result in
+        :attr:`result`). :class:`TimeoutError` if the device does not use it within ``timeout``."""
         ring = self.drv.ring(self.queue)
-        ring.add([bytes([cls, command]) + data], [1])
+        ring.add([bytes([cls, command]) + data], [1 + result_len])
         self.drv.notify(self.queue)
         deadline = time.monotonic() + timeout
         while True:
             used = ring.used()
             if used:
                 ack = used[0].data[0] if used[0].len >= 1 and used[0].data else -1
+                self.result = used[0].data[1:]
                 self.acks.append((what, ack))
                 return ack
             left = deadline - time.monotonic()
@@ -145,6 +155,8 @@ class NetControl:
         self._need(NetF.MQ, "VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET")
         if not 1 <= virtqueue_pairs <= self.max_virtqueue_pairs:
             raise ValueError(f"virtqueue_pairs {virtqueue_pairs} outside 1..{self.max_virtqueue_pairs}")
+        if self.rss_contexts:
+            raise ValueError(f"VQ_PAIRS_SET after RSS contexts {sorted(self.rss_contexts)} were configured")
         ack = self.command(f"VQ_PAIRS_SET {virtqueue_pairs}", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
                            struct.pack("<H", virtqueue_pairs))
         # From the moment the command is in the available ring the driver keeps to the new count (NETCTRL-DRV-15);
@@ -154,10 +166,36 @@ class NetControl:
 
     def rss_config(self, hash_types: int, indirection_table: Sequence[int], key: bytes, *,
                    unclassified_queue: int = 0, max_tx_vq: int = 1) -> int:
+        """VIRTIO_NET_CTRL_MQ_RSS_CONFIG of :meth:`rss_payload`."""
+        self._need(NetF.RSS, "VIRTIO_NET_CTRL_MQ_RSS_CONFIG")
+        data = self.rss_payload(hash_types, indirection_table, key, unclassified_queue=unclassified_queue,
+                                max_tx_vq=max_tx_vq)
+        return self.command(f"RSS_CONFIG {len(indirection_table)} entries", VIRTIO_NET_CTRL_MQ,
+                            VIRTIO_NET_CTRL_MQ_RSS_CONFIG, data)
+
+    def rss_ctx_cap_get(self) -> int:
+        """max_rss_contexts, from the command-specific-result of CAP_GET (0 if refused)."""
+        self._need(NetF.RSS_CONTEXT, "an RSS context command")
+        ack = self.command("RSS_CTX CAP_GET", VIRTNET_RSS_CTX_CTRL, VIRTNET_RSS_CTX_CTRL_CAP_GET, result_len=2)
+        self.max_rss_contexts = int.from_bytes(self.result[:2], "little") if ack == VIRTIO_NET_OK else 0
+        return self.max_rss_contexts
+
+    def rss_ctx_add(self, rss_ctx_id: int, hash_types: int, indirection_table: Sequence[int], key: bytes) -> int:
+        """ADD of context ``rss_ctx_id``, within 1..max_rss_contexts (NETCTRL-DRV-22, after CAP_GET)."""
+        self._need(NetF.RSS_CONTEXT, "an RSS context command")
+        if self.max_rss_contexts is None or not 1 <= rss_ctx_id <= self.max_rss_contexts:
+            raise ValueError(f"rss_ctx_id {rss_ctx_id} outside 1..max_rss_contexts ({self.max_rss_contexts})")
+        data = struct.pack("<H6x", rss_ctx_id) + self.rss_payload(hash_types, indirection_table, key)
+        ack = self.command(f"RSS_CTX ADD {rss_ctx_id}", VIRTNET_RSS_CTX_CTRL, VIRTNET_RSS_CTX_CTRL_ADD, data)
+        if ack == VIRTIO_NET_OK:
+            self.rss_contexts.add(rss_ctx_id)
+        return ack
+
+    def rss_payload(self, hash_types: int, indirection_table: Sequence[int], key: bytes, *,
+                    unclassified_queue: int = 0, max_tx_vq: int = 1) -> bytes:
         """struct virtio_net_rss_config: a power-of-two table (NETCTRL-DRV-18) within
         rss_max_indirection_table_length (19) of receive queues that were set up (17), hash types the device
         supports (20)."""
-        self._need(NetF.RSS, "VIRTIO_NET_CTRL_MQ_RSS_CONFIG")
         n = len(indirection_table)
         longest, supported = self.drv.transport.read_config_fields(
             [(NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2), (NetCfg.SUPPORTED_HASH_TYPES, 4)])
@@ -167,9 +205,8 @@ class NetControl:
             raise ValueError(f"hash types {hash_types:#x} beyond supported_hash_types {supported:#x}")
         if max(*indirection_table, unclassified_queue) >= self.max_virtqueue_pairs:
             raise ValueError(f"a receive queue past the {self.max_virtqueue_pairs} set up")
-        data = struct.pack(f"<IHH{n}HHB", hash_types, n - 1, unclassified_queue, *indirection_table, max_tx_vq,
+        return struct.pack(f"<IHH{n}HHB", hash_types, n - 1, unclassified_queue, *indirection_table, max_tx_vq,
                            len(key)) + key
-        return self.command(f"RSS_CONFIG {n} entries", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, data)
 
     def hash_config(self, hash_types: int, key: bytes) -> int:
         """struct virtio_net_hash_config, reserved all zero (NETCTRL-DRV-B01)."""
@@ -189,7 +226,7 @@ class NetControl:
     def hash_tunnel_set(self, enabled_tunnel_types: int) -> int:
         """Only tunnel types supported_tunnel_types lists (NETCTRL-DRV-02), none the spec does not define (03)."""
         self._need(NetF.HASH_TUNNEL, "VIRTIO_NET_CTRL_HASH_TUNNEL_SET")
-        (supported,) = self.drv.transport.read_config_fields([(SUPPORTED_TUNNEL_TYPES, 4)])
+        (supported,) = self.drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
         if enabled_tunnel_types & ~(supported & DEFINED_TUNNEL_TYPES):
             raise ValueError(f"tunnel types {enabled_tunnel_types:#x} beyond supported_tunnel_types {supported:#x}")
         return self.command(f"HASH_TUNNEL_SET {enabled_tunnel_types:#x}", VIRTIO_NET_CTRL_HASH_TUNNEL,

@@ -14,13 +14,20 @@ that did not negotiate X.
 ``PackedRingMonitor.ctrl``) with every buffer they walk and every register event under their ring layout. It never
 writes and never touches the device. What it cannot see: a transmit buffer and a command made available before the
 same doorbell are taken in queue order (transmit queues first), not in the order the driver wrote them.
+
+Two rows depend on the device's answer to an earlier command (NETCTRL-DRV-22 on max_rss_contexts from CAP_GET,
+NETCTRL-DRV-23 on an RSS context ADD or MOD acknowledged VIRTIO_NET_OK). The answer is read from the command's
+device-writable bytes once the driver has gone on after its doorbell: at its next register access, or when its next
+command uses none of those bytes (a driver frees a command's buffers once used and may reuse them). This assumes a
+driver that waits for each command's answer before going on, as drivers do; an answer not read in time is unknown,
+and the rows it would open are not judged on it.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scapy.layers.inet6 import ICMPv6ND_NA
 from scapy.layers.l2 import ARP, Ether
@@ -29,6 +36,8 @@ from backend.virtio.features import NetF, has
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_HASH_TUNNEL,
+    VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
     VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_ADDR_SET,
     VIRTIO_NET_CTRL_MAC_TABLE_SET,
@@ -43,24 +52,25 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_RX_NOMULTI,
     VIRTIO_NET_CTRL_RX_NOUNI,
     VIRTIO_NET_CTRL_RX_PROMISC,
+    VIRTIO_NET_HASH_TUNNEL_TYPE_NVGRE,
     VIRTIO_NET_OK,
+    VIRTNET_RSS_CTX_CTRL,
+    VIRTNET_RSS_CTX_CTRL_ADD,
+    VIRTNET_RSS_CTX_CTRL_CAP_GET,
+    VIRTNET_RSS_CTX_CTRL_MOD,
 )
 from backend.virtio.net_hdr import hdr_size
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, CommonCfg, NetCfg
 from testbenches.monitor.virtio_pci_rules import Event, Finding, verdicts_of
 
-#: Classes of 5.1.6.5 the shared wire module does not name yet (the model answers none of them).
+#: Offloads state (5.1.9.5.9): a class the shared wire module does not name yet (the model answers it ERR).
 VIRTIO_NET_CTRL_GUEST_OFFLOADS = 5
 VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET = 0
-VIRTIO_NET_CTRL_HASH_TUNNEL = 7
-VIRTIO_NET_CTRL_HASH_TUNNEL_SET = 0
-VIRTIO_NET_CTRL_RSS_CTX = 9
-#: The RSS context class's capability query: the only command of the class without an rss_ctx_id.
-VIRTIO_NET_CTRL_RSS_CTX_CAP_GET = 0
-#: supported_tunnel_types (le32) follows supported_hash_types in struct virtio_net_config.
-SUPPORTED_TUNNEL_TYPES = NetCfg.SUPPORTED_HASH_TYPES + 4
-#: The tunnel types 5.1.6.4.3.4 defines (GRE 2784, 2890, 7676, GRE-in-UDP, VXLAN, VXLAN-GPE, GENEVE, IPIP, NVGRE).
-DEFINED_TUNNEL_TYPES = (1 << 9) - 1
+#: The RSS context commands that configure a context (CAP_GET, the capability query, has no rss_ctx_id; its
+#: command-specific-result after the ack is le16 max_rss_contexts).
+RSS_CTX_CONFIGURE = (VIRTNET_RSS_CTX_CTRL_ADD, VIRTNET_RSS_CTX_CTRL_MOD)
+#: The tunnel types 5.1.9.4.4 defines (GRE 2784, 2890, 7676, GRE-in-UDP, VXLAN, VXLAN-GPE, GENEVE, IPIP, NVGRE).
+DEFINED_TUNNEL_TYPES = (VIRTIO_NET_HASH_TUNNEL_TYPE_NVGRE << 1) - 1
 RX_EXTRA_COMMANDS = (VIRTIO_NET_CTRL_RX_ALLUNI, VIRTIO_NET_CTRL_RX_NOMULTI, VIRTIO_NET_CTRL_RX_NOUNI,
                      VIRTIO_NET_CTRL_RX_NOBCAST)
 #: The longest command read (a MAC table of a few hundred entries, an RSS configuration of the longest table).
@@ -283,12 +293,12 @@ def drv_b01(c: Command) -> Finding | None:
 
 
 def drv_21(c: Command) -> Finding | None:
-    return _without(c, "NETCTRL-DRV-21", NetF.RSS_CONTEXT, c.cls == VIRTIO_NET_CTRL_RSS_CTX,
+    return _without(c, "NETCTRL-DRV-21", NetF.RSS_CONTEXT, c.cls == VIRTNET_RSS_CTX_CTRL,
                     "an RSS context class command")
 
 
 def drv_22(c: Command) -> Finding | None:
-    if c.cls != VIRTIO_NET_CTRL_RSS_CTX or c.command == VIRTIO_NET_CTRL_RSS_CTX_CAP_GET:
+    if c.cls != VIRTNET_RSS_CTX_CTRL or c.command == VIRTNET_RSS_CTX_CTRL_CAP_GET:
         return None
     ident, most = c.le(0, 2), c.config.max_rss_contexts
     if most is None:
@@ -381,6 +391,16 @@ class _Announce:
     gratuitous: str | None = None
 
 
+@dataclass
+class _Pending:
+    """A command whose answer a later row needs: its device-writable parts; CAP_GET (max_rss_contexts in the
+    result) or an RSS context ADD / MOD (the ack); ``armed`` once an event came after its doorbell."""
+
+    writable: list[tuple[int, int]]
+    cap_get: bool
+    armed: bool = False
+
+
 ConfigRead = Callable[[int, int], bytes]
 
 
@@ -402,14 +422,17 @@ class ControlQueueMonitor:
     _pairs: int | None = None  # virtqueue_pairs of the last VQ_PAIRS_SET (None: none since reset)
     _rss: bool = False  # an RSS_CONFIG since reset (its max_tx_vq, not VQ_PAIRS_SET, bounds the transmit queues)
     _addr_set: bytes | None = None
-    _contexts: list[int] = field(default_factory=list)  # ack addresses of RSS context commands
+    #: Commands whose answer is still to be read (:class:`_Pending`), and whether a context was configured.
+    _pending: list[_Pending] = field(default_factory=list)
+    _context_configured: bool = False
     _announce: _Announce | None = None
 
     def reset(self) -> None:
         """A device reset: configuration, queues and the command history start again."""
         self._config, self._pairs, self._addr_set, self._announce, self._rss = None, None, None, None, False
         self._enabled.clear()
-        self._contexts.clear()
+        self._pending.clear()
+        self._context_configured = False
 
     def seen(self) -> str:
         return f"{self.commands} control command(s) and {self.tx_frames} transmitted frame(s) looked at"
@@ -448,13 +471,15 @@ class ControlQueueMonitor:
             self._config = CtrlConfig(
                 pairs, self._cfg(NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2) if rss else None,
                 self._cfg(NetCfg.SUPPORTED_HASH_TYPES, 4) if hashing else None,
-                self._cfg(SUPPORTED_TUNNEL_TYPES, 4) if has(features, NetF.HASH_TUNNEL) else None, mac)
+                self._cfg(NetCfg.SUPPORTED_TUNNEL_TYPES, 4) if has(features, NetF.HASH_TUNNEL) else None, mac)
         return self._config
 
     # --- feeding -------------------------------------------------------------------------------------------
 
     def event(self, e: Event, features: int) -> None:
-        """A register event: queue_enable, and status reads that show VIRTIO_NET_S_ANNOUNCE (GUEST_ANNOUNCE)."""
+        """A register event: queue_enable, and status reads that show VIRTIO_NET_S_ANNOUNCE (GUEST_ANNOUNCE); the
+        answers of earlier commands read (the first event after a command's doorbell arms it, the next reads it)."""
+        self._answers()
         if e.kind == "common_w" and e.field == CommonCfg.QUEUE_ENABLE and e.value == 1 and e.queue >= 0:
             self._enabled.add(e.queue)
         elif e.kind == "common_w" and e.field == CommonCfg.QUEUE_RESET and e.value == 1:
@@ -473,8 +498,8 @@ class ControlQueueMonitor:
             config = self.config(features)
             readable = self._readable(segments, CMD_PEEK)
             if queue == 2 * config.max_virtqueue_pairs:
-                ack = next((a for a, _n, w in segments if w), None)
-                self._command(readable, ack, features, config, where)
+                self._answers(before=segments)
+                self._command(readable, [(a, n) for a, n, w in segments if w], features, where)
             elif queue % 2:
                 self._tx(queue, readable[hdr_size(features):], features, config, where)
         except Exception as exc:  # never disturb the ring monitor: a planted buffer may be unreadable
@@ -488,12 +513,41 @@ class ControlQueueMonitor:
             out += self.read(addr, min(n, limit - len(out)))
         return out
 
-    def _command(self, raw: bytes, ack: int | None, features: int, config: CtrlConfig, where: str) -> None:
+    def _written(self, writable: Sequence[tuple[int, int]], n: int) -> bytes:
+        """The first ``n`` device-writable bytes of a command (the ack, then any command-specific-result)."""
+        out = b""
+        for addr, length in writable:
+            if len(out) >= n:
+                break
+            out += self.read(addr, min(length, n - len(out)))
+        return out
+
+    def _answers(self, before: Sequence[tuple[int, int, bool]] | None = None) -> None:
+        """Read the answers of the pending commands whose doorbell has passed (all of them, or with ``before``
+        the next command's segments, those it does not overlap); the others are forgotten when ``before`` is
+        given, armed otherwise."""
+        keep = []
+        for p in self._pending:
+            reused = before is not None and any(a < pa + pn and pa < a + n for a, n, _w in before
+                                                for pa, pn in p.writable)
+            if p.armed and not reused:
+                got = self._written(p.writable, 3 if p.cap_get else 1)
+                if p.cap_get and len(got) == 3 and got[0] == VIRTIO_NET_OK and self._config is not None:
+                    self._config = replace(self._config, max_rss_contexts=int.from_bytes(got[1:], "little"))
+                elif not p.cap_get and got == bytes([VIRTIO_NET_OK]):
+                    self._context_configured = True
+            elif before is None:
+                p.armed = True
+                keep.append(p)
+        self._pending = keep
+
+    def _command(self, raw: bytes, writable: Sequence[tuple[int, int]], features: int, where: str) -> None:
         if len(raw) < 2:
             self.unreadable.append(f"{where}: {len(raw)} readable bytes, no class and command")
             return
-        configured = any(self.read(a, 1)[0] == VIRTIO_NET_OK for a in self._contexts)
-        c = Command(raw[0], raw[1], raw[2:], features, config, where, frozenset(self._enabled), configured)
+        config = self.config(features)
+        c = Command(raw[0], raw[1], raw[2:], features, config, where, frozenset(self._enabled),
+                    self._context_configured)
         self.commands += 1
         self.findings.extend(judge_command(c))
         if c.is_(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET):
@@ -502,8 +556,9 @@ class ControlQueueMonitor:
             self._pairs, self._rss = None, True
         elif c.is_(VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET) and len(c.data) == ETH_ALEN:
             self._addr_set = c.data
-        elif c.cls == VIRTIO_NET_CTRL_RSS_CTX and c.command != VIRTIO_NET_CTRL_RSS_CTX_CAP_GET and ack is not None:
-            self._contexts.append(ack)
+        elif c.cls == VIRTNET_RSS_CTX_CTRL and (c.command == VIRTNET_RSS_CTX_CTRL_CAP_GET
+                                                   or c.command in RSS_CTX_CONFIGURE):
+            self._pending.append(_Pending(list(writable), c.command == VIRTNET_RSS_CTX_CTRL_CAP_GET))
         elif c.is_(VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK) and self._announce is not None:
             a, self._announce = self._announce, None
             self.findings.append(Finding("NETCTRL-DRV-11", True, f"{a.where}, then {c.named()}"))

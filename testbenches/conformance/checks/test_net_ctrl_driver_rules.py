@@ -6,17 +6,18 @@ through the register trace, on both ring layouts, with the control features the 
 is run as two variants:
 
 - "rx_filter_rss": four queue pairs offering CTRL_VQ, CTRL_RX, CTRL_RX_EXTRA, CTRL_VLAN, CTRL_MAC_ADDR, GUEST_ANNOUNCE,
-  MQ and RSS besides its own offer; VIRTIO_NET_F_CTRL_GUEST_OFFLOADS is shown to the driver through the offer proxy
-  (:class:`ShownOffer`) without reaching the device. The driver sends frames on transmitq1, RX mode commands, a
-  MAC table, a new address (then frames from it), GUEST_OFFLOADS_SET, VQ_PAIRS_SET 2 (then frames on transmitq1 and
-  2), an RSS configuration, and after the link is pulled and plugged (the device then raises
+  MQ, RSS, RSS_CONTEXT and HASH_TUNNEL besides its own offer; VIRTIO_NET_F_CTRL_GUEST_OFFLOADS is shown to the
+  driver through the offer proxy (:class:`ShownOffer`) without reaching the device. The driver sends frames on
+  transmitq1, RX mode commands, a MAC table, a new address (then frames from it), GUEST_OFFLOADS_SET, VQ_PAIRS_SET 2
+  (then frames on transmitq1 and 2), an RSS configuration, CAP_GET and an RSS context of the last id it allows,
+  HASH_TUNNEL_SET of the supported tunnel types, and after the link is pulled and plugged (the device then raises
   VIRTIO_NET_S_ANNOUNCE) a gratuitous ARP and ANNOUNCE_ACK;
 - "vlan_hash": two queue pairs offering CTRL_VQ, CTRL_VLAN, MQ and HASH_REPORT only: VLAN_ADD, HASH_CONFIG and
   VQ_PAIRS_SET, so the rows "never without CTRL_RX / CTRL_RX_EXTRA / RSS" are judged on a driver without them.
 
 Every command the driver makes available is judged by the monitor from the rings, never from the driver's own
 record; the evidence says how many commands and frames were looked at. A row the run gave no opportunity is not
-claimed: the features it needs not offered (HASH_TUNNEL, RSS_CONTEXT on the model), or no announcement asked.
+claimed: the feature it needs not offered, or no announcement asked (a target whose link the bench cannot move).
 """
 
 from __future__ import annotations
@@ -44,24 +45,25 @@ from testbenches.conformance.checks.test_net_rss import variant_spec
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout, layout_features
-from testbenches.driver.net_ctrl import DEFINED_TUNNEL_TYPES, SUPPORTED_TUNNEL_TYPES, NetControl
+from testbenches.driver.net_ctrl import NetControl
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor
-from testbenches.monitor.ctrl_rules import NETCTRL_DRV_ROWS, ControlQueueMonitor
+from testbenches.monitor.ctrl_rules import DEFINED_TUNNEL_TYPES, NETCTRL_DRV_ROWS, ControlQueueMonitor
 
 MEM = 8 << 20
 QSIZE = 64
 #: Each variant: what the configurable target offers besides its own offer, its queue pairs, what is only shown.
 VARIANTS = {
     "rx_filter_rss": (bits(NetF.CTRL_VQ, NetF.CTRL_RX, NetF.CTRL_RX_EXTRA, NetF.CTRL_VLAN, NetF.CTRL_MAC_ADDR,
-                           NetF.GUEST_ANNOUNCE, NetF.MQ, NetF.RSS), 4, bits(NetF.CTRL_GUEST_OFFLOADS)),
+                           NetF.GUEST_ANNOUNCE, NetF.MQ, NetF.RSS, NetF.RSS_CONTEXT, NetF.HASH_TUNNEL), 4,
+                      bits(NetF.CTRL_GUEST_OFFLOADS)),
     "vlan_hash": (bits(NetF.CTRL_VQ, NetF.CTRL_VLAN, NetF.MQ, NetF.HASH_REPORT), 2, 0),
 }
 #: What the driver asks for besides its defaults (taken where offered or shown).
 CONTROL_FEATURES = bits(NetF.CTRL_VQ, NetF.CTRL_RX, NetF.CTRL_RX_EXTRA, NetF.CTRL_VLAN, NetF.CTRL_MAC_ADDR,
                         NetF.GUEST_ANNOUNCE, NetF.MQ, NetF.RSS, NetF.HASH_REPORT, NetF.CTRL_GUEST_OFFLOADS,
-                        NetF.HASH_TUNNEL)
+                        NetF.HASH_TUNNEL, NetF.RSS_CONTEXT)
 #: Rows that need a feature offered (the rest are judged on any control traffic): the feature each needs.
 NEEDS = {"NETCTRL-DRV-02": NetF.HASH_TUNNEL, "NETCTRL-DRV-03": NetF.HASH_TUNNEL, "NETCTRL-DRV-07": NetF.CTRL_MAC_ADDR,
          "NETCTRL-DRV-08": NetF.CTRL_RX, "NETCTRL-DRV-10": NetF.GUEST_ANNOUNCE, "NETCTRL-DRV-11": NetF.GUEST_ANNOUNCE,
@@ -119,8 +121,15 @@ def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortC
                              | VIRTIO_NET_RSS_HASH_TYPE_UDPv4)
         table = [k % ctl.max_virtqueue_pairs for k in range(16)]
         did.append(f"RSS_CONFIG ack {ctl.rss_config(types, table, KEY, max_tx_vq=ctl.max_virtqueue_pairs)}")
+    if has(f, NetF.RSS_CONTEXT):
+        most = ctl.rss_ctx_cap_get()
+        did.append(f"CAP_GET: max_rss_contexts {most}")
+        if most:
+            did.append(f"RSS context {most} ADD ack {ctl.rss_ctx_add(most, types, table[:8], KEY)}")
+        if has(f, NetF.CTRL_RX):
+            ctl.rx_mode(VIRTIO_NET_CTRL_RX_ALLMULTI, False)  # a command after the context (NETCTRL-DRV-23)
     if has(f, NetF.HASH_TUNNEL):
-        (supported,) = drv.transport.read_config_fields([(SUPPORTED_TUNNEL_TYPES, 4)])
+        (supported,) = drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
         did.append(f"HASH_TUNNEL_SET ack {ctl.hash_tunnel_set(supported & DEFINED_TUNNEL_TYPES)}")
     if has(f, NetF.GUEST_ANNOUNCE) and not isinstance(port, Lacking):
         port.set_link(False)
