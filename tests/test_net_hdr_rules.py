@@ -5,10 +5,14 @@ driver sending a bad header is caught where the monitors run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet
+from scapy.utils import checksum
 
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus, F, NetF, bits
@@ -41,6 +45,7 @@ from testbenches.monitor.net_hdr_rules import (
     judge_tx,
     net_drv_01,
 )
+from testbenches.monitor.net_offload_rules import NET_DRV_OFFLOAD_ROWS, net_drv_48, transport
 from testbenches.monitor.virtio_pci_rules import Event, Finding
 
 MAC = bytes.fromhex("020000000001")
@@ -64,6 +69,10 @@ def _spoiled(frame: bytes, at: int) -> bytes:
 
 
 def _tx(hdr: NetHdr, features: int, frame: bytes = FRAME, size: int | None = None) -> TxBuffer:
+    """A transmit buffer; a header with hdr_len 0 gets the frame's header length (NET-DRV-42)."""
+    t = transport(frame)
+    if hdr.hdr_len == 0 and t is not None:
+        hdr = replace(hdr, hdr_len=t.hlen)
     data = hdr.pack().ljust(hdr_size(features) if size is None else size, b"\0") + frame
     return TxBuffer(data, len(data), features, CONFIG, "test buffer")
 
@@ -73,6 +82,51 @@ def _failed(findings: list[Finding]) -> set[str]:
 
 
 GSO = F_NEEDS_CSUM  # a GSO header sets NEEDS_CSUM (NET-DRV-39)
+ECN = TSO4 | bits(NetF.HOST_ECN)
+HDRLEN = TSO4 | bits(NetF.GUEST_HDRLEN)
+ALL_GSO = CSUM | bits(NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_ECN, NetF.HOST_UFO, NetF.HOST_USO, NetF.GUEST_HDRLEN)
+_V4 = IP(src="10.0.0.1", dst="10.0.0.2")
+_V6 = IPv6(src="fd00::1", dst="fd00::2")
+
+
+def offloaded(pkt: Packet, start: int | None = None, field: int | None = None) -> tuple[bytes, int, int]:
+    """``pkt`` as a driver offloading its transport checksum hands it over: (frame, csum_start, csum_offset), the
+    field holding the pseudo-header sum over the bytes from ``start`` (the transport header) on, at ``field``."""
+    frame = bytes(pkt)
+    t = transport(frame)
+    assert t is not None
+    at = t.l4 + (16 if t.proto == 6 else 6) if field is None else field
+    start = t.l4 if start is None else start
+    if t.v6:
+        pseudo = frame[t.nh + 8:t.nh + 40] + (t.end - t.l4).to_bytes(4, "big") + bytes((0, 0, 0, t.proto))
+    else:
+        pseudo = frame[t.nh + 12:t.nh + 20] + bytes((0, t.proto)) + (t.end - t.l4).to_bytes(2, "big")
+    covered = pseudo[32:] if t.v6 and start == t.nh + 8 else pseudo  # the addresses are then in the fold already
+    partial = frame[:at] + (~checksum(covered) & 0xFFFF).to_bytes(2, "big") + frame[at + 2:]
+    return partial, start, at - start
+
+
+def _gso(pkt: Packet, gso: int, features: int, gso_size: int = 1400, **kw: int) -> TxBuffer:
+    frame, start, offset = offloaded(pkt)
+    return _tx(NetHdr(GSO, gso, kw.get("hdr_len", 0), gso_size, start, offset), features, frame)
+
+
+def _csum(pkt: Packet, start: int | None = None, field: int | None = None, offset_delta: int = 0) -> TxBuffer:
+    frame, csum_start, offset = offloaded(pkt, start, field)
+    return _tx(NetHdr(F_NEEDS_CSUM, csum_start=csum_start, csum_offset=offset + offset_delta), CSUM, frame)
+
+
+ARP_FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+#: FRAME (Ethernet/IPv4/UDP) with its checksum left to the device, at 34 + 6.
+PARTIAL = offloaded(Ether(FRAME))[0]
+TCP_CWR = _L2 / _V4 / TCP(sport=1, dport=2, flags="CA") / bytes(3000)
+TCP_BIG = _L2 / _V4 / TCP(sport=1, dport=2, flags="A") / bytes(3000)
+#: Good GSO buffers of every kind (and NEEDS_CSUM without GSO), under every host GSO feature and GUEST_HDRLEN.
+GOOD_OFFLOADS = [_gso(TCP_CWR, GSO_TCPV4 | GSO_ECN, ALL_GSO),
+                 _gso(_L2 / _V6 / TCP(sport=1, dport=2) / bytes(5000), GSO_TCPV6, ALL_GSO, 1000),
+                 _gso(_L2 / _V4 / UDP(sport=1, dport=2) / bytes(4000), GSO_UDP, ALL_GSO, 1480),
+                 _gso(_L2 / _V6 / UDP(sport=1, dport=2) / bytes(4000), GSO_UDP_L4, ALL_GSO, 1452),
+                 _csum(_L2 / _V4 / UDP(sport=1, dport=2) / bytes(100)), _csum(_L2 / _V6 / TCP() / bytes(7))]
 TX_CASES = {
     "NET-DRV-03": (_tx(NetHdr(), BASE, test_frame(0, 60, src=bytes.fromhex("02aabbccddee"))), {"NET-DRV-03"}),
     "NET-DRV-04": (_tx(NetHdr(), BASE & ~bits(NetF.MAC), test_frame(0, 60, src=bytes.fromhex("001122334455"))),
@@ -80,24 +134,34 @@ TX_CASES = {
     "NET-DRV-09": (_tx(NetHdr(), BASE, test_frame(0, 1515, src=MAC)), {"NET-DRV-09"}),
     "NET-DRV-15": (_tx(NetHdr(), BASE, size=20), {"NET-DRV-15", "NET-DRV-56"}),
     "NET-DRV-16": (_tx(NetHdr(num_buffers=1), BASE), {"NET-DRV-16"}),
-    "NET-DRV-17": (_tx(NetHdr(flags=F_NEEDS_CSUM, csum_start=34, csum_offset=6), BASE), {"NET-DRV-17"}),
+    # an ARP frame: no checksum the NEEDS_CSUM rows (NET-DRV-18/35..37) would also look at
+    "NET-DRV-17": (_tx(NetHdr(flags=F_NEEDS_CSUM, csum_start=34, csum_offset=6), BASE, ARP_FRAME), {"NET-DRV-17"}),
     "NET-DRV-18": (_tx(NetHdr(), BASE, _spoiled(FRAME, 24)), {"NET-DRV-18"}),  # the IPv4 header checksum
     "NET-DRV-18/tcp": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[0], 50)), {"NET-DRV-18"}),
     "NET-DRV-18/udp": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[1], 40)), {"NET-DRV-18"}),
     "NET-DRV-18/ipv6": (_tx(NetHdr(), BASE, _spoiled(CHECKSUMMED[2], 60)), {"NET-DRV-18"}),
-    "NET-DRV-20": (_tx(NetHdr(GSO, GSO_TCPV4, gso_size=1400), CSUM | bits(NetF.HOST_TSO6)), {"NET-DRV-20"}),
-    "NET-DRV-21": (_tx(NetHdr(GSO, GSO_TCPV6, gso_size=1400), TSO4), {"NET-DRV-21"}),
-    "NET-DRV-22": (_tx(NetHdr(GSO, GSO_UDP, gso_size=1400), TSO4), {"NET-DRV-22"}),
-    "NET-DRV-23": (_tx(NetHdr(GSO, GSO_UDP_L4, gso_size=1400), TSO4), {"NET-DRV-23"}),
+    "NET-DRV-20": (_tx(NetHdr(GSO, GSO_TCPV4, 0, 1400, 34, 6), CSUM | bits(NetF.HOST_TSO6), PARTIAL), {"NET-DRV-20"}),
+    "NET-DRV-21": (_tx(NetHdr(GSO, GSO_TCPV6, 0, 1400, 34, 6), TSO4, PARTIAL), {"NET-DRV-21"}),
+    "NET-DRV-22": (_tx(NetHdr(GSO, GSO_UDP, 0, 1400, 34, 6), TSO4, PARTIAL), {"NET-DRV-22"}),
+    "NET-DRV-23": (_tx(NetHdr(GSO, GSO_UDP_L4, 0, 1400, 34, 6), TSO4, PARTIAL), {"NET-DRV-23"}),
     "NET-DRV-26": (_tx(NetHdr(GSO, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TSO4), {"NET-DRV-26"}),
     "NET-DRV-31": (_tx(NetHdr(GSO, GSO_UDP | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TUNNEL), {"NET-DRV-31"}),
     "NET-DRV-32": (_tx(NetHdr(GSO, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6, gso_size=1400), TUNNEL),
                    {"NET-DRV-32"}),
-    "NET-DRV-33": (_tx(NetHdr(F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM, csum_start=34, csum_offset=6), CSUM),
+    "NET-DRV-33": (_tx(NetHdr(F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM, csum_start=34, csum_offset=6), CSUM, PARTIAL),
                    {"NET-DRV-33"}),
     "NET-DRV-38": (_tx(NetHdr(gso_type=GSO_ECN), BASE), {"NET-DRV-38"}),
     "NET-DRV-39": (_tx(NetHdr(0, GSO_TCPV4, gso_size=1400), TSO4), {"NET-DRV-39"}),
     "NET-DRV-49": (_tx(NetHdr(flags=F_DATA_VALID), CSUM), {"NET-DRV-49"}),
+    "NET-DRV-24": (_gso(TCP_CWR, GSO_TCPV4, TSO4), {"NET-DRV-24"}),
+    "NET-DRV-25": (_gso(TCP_CWR, GSO_TCPV4, ECN), {"NET-DRV-25"}),
+    "NET-DRV-35": (_csum(_L2 / IP(src="10.0.0.1", dst="10.0.0.2", chksum=0x1234) / TCP() / b"x"), {"NET-DRV-35"}),
+    # the fold starts at the IPv6 addresses: complete, but the field lacks them (not the pseudo-header sum)
+    "NET-DRV-36": (_csum(_L2 / _V6 / TCP() / b"abc", start=14 + 8), {"NET-DRV-36"}),
+    "NET-DRV-37": (_csum(_L2 / _V4 / TCP() / b"abc", offset_delta=-10), {"NET-DRV-37"}),
+    "NET-DRV-40": (_gso(TCP_BIG, GSO_TCPV4, TSO4, gso_size=1461), {"NET-DRV-40"}),
+    "NET-DRV-41": (_gso(TCP_BIG, GSO_TCPV4, HDRLEN, hdr_len=60), {"NET-DRV-41"}),
+    "NET-DRV-42": (_tx(NetHdr(hdr_len=41), BASE), {"NET-DRV-42"}),
     "NET-DRV-50": (_tx(NetHdr(GSO | F_DATA_VALID, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, gso_size=1400), TUNNEL),
                    {"NET-DRV-49", "NET-DRV-50"}),
 }
@@ -117,7 +181,8 @@ NEGOTIATION_CASES = {  # (offered, acked)
 
 
 def test_every_row_has_a_bad_case() -> None:
-    assert set(NET_DRV_BUFFER_ROWS) == {c.split("/")[0] for c in TX_CASES} | set(RX_CASES) | {"NET-DRV-56"}
+    assert set(NET_DRV_BUFFER_ROWS) | set(NET_DRV_OFFLOAD_ROWS) == \
+        {c.split("/")[0] for c in TX_CASES} | set(RX_CASES) | {"NET-DRV-56"}
     assert set(NET_DRV_REGISTER_ROWS) == set(NEGOTIATION_CASES) | {"NET-DRV-01"}
 
 
@@ -130,6 +195,26 @@ def test_good_transmit_buffers_break_nothing(features: int) -> None:
     judged = {f.req_id for f in judge_tx(_tx(NetHdr(), BASE))}
     assert {"NET-DRV-03", "NET-DRV-09", "NET-DRV-15", "NET-DRV-16", "NET-DRV-17", "NET-DRV-18", "NET-DRV-38",
             "NET-DRV-49", "NET-DRV-56"} <= judged
+
+
+def test_good_offload_buffers_break_nothing() -> None:
+    judged: set[str] = set()
+    for tx in GOOD_OFFLOADS:
+        findings = judge_tx(tx)
+        assert not _failed(findings), (tx.hdr, findings)
+        judged |= {f.req_id for f in findings}
+    assert judged >= set(NET_DRV_OFFLOAD_ROWS) - {"NET-DRV-24", "NET-DRV-42"}  # ECN and GUEST_HDRLEN negotiated
+    no_ecn = judge_tx(_gso(TCP_BIG, GSO_TCPV4, TSO4))
+    assert not _failed(no_ecn) and {"NET-DRV-24", "NET-DRV-42"} <= {f.req_id for f in no_ecn}
+
+
+def test_guest_hdrlen_choice() -> None:
+    offered = ALL_GSO | BASE
+    assert net_drv_48(offered & ~bits(NetF.GUEST_HDRLEN), BASE) is None
+    found = net_drv_48(offered, offered)
+    assert found is not None and found.ok
+    found = net_drv_48(offered, offered & ~bits(NetF.GUEST_HDRLEN))
+    assert found is not None and not found.ok
 
 
 @pytest.mark.parametrize("rid", sorted(TX_CASES))
@@ -183,12 +268,12 @@ def test_ring_monitor_catches_a_bad_transmit_header() -> None:
             drv = GuestNetDriver(trace, mem, queue_size=16)
             try:
                 drv.init()
-                drv.send([test_frame(0, 60, src=drv.mac())])
+                drv.send([test_frame(0, 60, src=drv.mac())], hdr=NetHdr(hdr_len=42))  # Ethernet/IPv4/UDP
                 assert drv.wait_tx_done()
                 net = rings.net
                 assert net is not None
                 assert net.tx_buffers == 1 and not _failed(net.findings), net.findings
-                drv.send([test_frame(1, 60, src=bytes.fromhex("02aabbccddee"))], hdr=NetHdr(num_buffers=2))
+                drv.send([test_frame(1, 60, src=bytes.fromhex("02aabbccddee"))], hdr=NetHdr(hdr_len=42, num_buffers=2))
                 assert drv.wait_tx_done()
             finally:
                 drv.close()

@@ -153,7 +153,7 @@ def frame_offsets(tx: TxBuffer) -> list[int]:
     return [n for n in CANDIDATE_HDR_SIZES if n < len(tx.head) and _l3_fits(tx.head[n:], tx.length - n)]
 
 
-def _ones_sum(data: bytes) -> int:
+def ones_sum(data: bytes) -> int:
     """The folded 16-bit ones' complement sum of ``data`` (0xffff over a field holding its own checksum)."""
     if len(data) % 2:
         data += b"\0"
@@ -180,7 +180,7 @@ def checksum_errors(eth: bytes) -> list[str] | None:
     ethertype, l3 = _l3(eth)
     if ethertype == ETH_P_IP and len(l3) >= 20 and l3[0] >> 4 == 4:
         ihl, total = (l3[0] & 0xF) * 4, struct.unpack_from("!H", l3, 2)[0]
-        errors = [] if _ones_sum(l3[:ihl]) == 0xFFFF else [f"IPv4 header checksum {l3[10:12].hex()}"]
+        errors = [] if ones_sum(l3[:ihl]) == 0xFFFF else [f"IPv4 header checksum {l3[10:12].hex()}"]
         fragment = struct.unpack_from("!H", l3, 6)[0] & 0x3FFF
         proto, seg = l3[9], l3[ihl:total]
         pseudo = l3[12:20] + bytes([0, proto]) + struct.pack("!H", len(seg))
@@ -197,7 +197,7 @@ def _l4_errors(proto: int, pseudo: bytes, seg: bytes) -> list[str]:
     at = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}.get(proto)
     if at is None or len(seg) < at + 2:
         return []
-    if _ones_sum(pseudo + seg) == 0xFFFF:
+    if ones_sum(pseudo + seg) == 0xFFFF:
         return []
     return [f"{'TCP' if proto == IPPROTO_TCP else 'UDP'} checksum {seg[at:at + 2].hex()}"]
 
@@ -432,12 +432,17 @@ def net_drv_55(rx: RxBuffer) -> Finding | None:
 
 RX_RULES: tuple[Callable[[RxBuffer], Finding | None], ...] = (net_drv_08, net_drv_53, net_drv_54, net_drv_55)
 
-#: The rows this module judges on buffers.
+#: The rows this module judges on buffers (the offload rows of :mod:`.net_offload_rules` are judged with them, and
+#: listed there: NET_DRV_OFFLOAD_ROWS).
 NET_DRV_BUFFER_ROWS = tuple(sorted({f.__name__.replace("net_drv_", "NET-DRV-") for f in (*TX_RULES, *RX_RULES)}))
 
 
 def judge_tx(tx: TxBuffer) -> list[Finding]:
-    return [f for rule in TX_RULES if (f := rule(tx)) is not None]
+    """Every transmit row: the header and frame rows here, the offload rows of :mod:`.net_offload_rules` (which
+    builds on this module, hence imported here)."""
+    from testbenches.monitor.net_offload_rules import judge_offload
+
+    return [f for rule in TX_RULES if (f := rule(tx)) is not None] + judge_offload(tx)
 
 
 def judge_rx(rx: RxBuffer) -> list[Finding]:
@@ -605,4 +610,4 @@ class NetBufferMonitor:
 
 
 __all__ = ["NET_DRV_BUFFER_ROWS", "NET_DRV_REGISTER_ROWS", "NetBufferMonitor", "NetConfig", "RxBuffer", "TxBuffer",
-           "judge_negotiation", "judge_rx", "judge_tx", "register_findings"]
+           "checksum_errors", "judge_negotiation", "judge_rx", "judge_tx", "ones_sum", "register_findings"]
