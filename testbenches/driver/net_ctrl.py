@@ -223,6 +223,13 @@ class NetControl:
         return self.command(f"GUEST_OFFLOADS_SET {offloads:#x}", VIRTIO_NET_CTRL_GUEST_OFFLOADS,
                             VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, struct.pack("<Q", offloads))
 
+    def supported_tunnel_types(self) -> int:
+        """supported_tunnel_types as the driver takes it: the bits this spec defines, any other disregarded
+        (NETCTRL-DRV-03)."""
+        self._need(NetF.HASH_TUNNEL, "supported_tunnel_types")
+        (supported,) = self.drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
+        return int(supported) & DEFINED_TUNNEL_TYPES
+
     def hash_tunnel_set(self, enabled_tunnel_types: int) -> int:
         """Only tunnel types supported_tunnel_types lists (NETCTRL-DRV-02), none the spec does not define (03)."""
         self._need(NetF.HASH_TUNNEL, "VIRTIO_NET_CTRL_HASH_TUNNEL_SET")

@@ -10,7 +10,8 @@ is run as two variants:
   driver through the offer proxy (:class:`ShownOffer`) without reaching the device. The driver sends frames on
   transmitq1, RX mode commands, a MAC table, a new address (then frames from it), GUEST_OFFLOADS_SET, VQ_PAIRS_SET 2
   (then frames on transmitq1 and 2), an RSS configuration, CAP_GET and an RSS context of the last id it allows,
-  HASH_TUNNEL_SET of the supported tunnel types, and after the link is pulled and plugged (the device then raises
+  HASH_TUNNEL_SET of the supported tunnel types (supported_tunnel_types shown to it with undefined bits too,
+  :class:`ShownTunnelTypes`, which it must disregard), and after the link is pulled and plugged (the device then raises
   VIRTIO_NET_S_ANNOUNCE) a gratuitous ARP and ANNOUNCE_ACK;
 - "vlan_hash": two queue pairs offering CTRL_VQ, CTRL_VLAN, MQ and HASH_REPORT only: VLAN_ADD, HASH_CONFIG and
   VQ_PAIRS_SET, so the rows "never without CTRL_RX / CTRL_RX_EXTRA / RSS" are judged on a driver without them.
@@ -28,6 +29,7 @@ import pytest
 
 from backend.drivers.transport import VirtioPciModern
 from backend.pci.abilities import Ability, Lacking, PortControl
+from backend.pci.device import PciDevice
 from backend.virtio.features import F, NetF, bits, has
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_RX_ALLMULTI,
@@ -50,6 +52,7 @@ from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor
 from testbenches.monitor.ctrl_rules import DEFINED_TUNNEL_TYPES, NETCTRL_DRV_ROWS, ControlQueueMonitor
+from testbenches.monitor.virtio_pci_rules import Layout as PciLayout
 
 MEM = 8 << 20
 QSIZE = 64
@@ -72,6 +75,8 @@ NEEDS = {"NETCTRL-DRV-02": NetF.HASH_TUNNEL, "NETCTRL-DRV-03": NetF.HASH_TUNNEL,
          "NETCTRL-DRV-20": NetF.RSS, "NETCTRL-DRV-B01": NetF.HASH_REPORT, "NETCTRL-DRV-22": NetF.RSS_CONTEXT,
          "NETCTRL-DRV-23": NetF.RSS_CONTEXT, "NETCTRL-DRV-24": NetF.CTRL_GUEST_OFFLOADS}
 KEY = bytes(range(0x41, 0x41 + 40))
+#: Shown in supported_tunnel_types on top of the device's: bits past the defined tunnel types (NETCTRL-DRV-03).
+UNDEFINED_TUNNEL_TYPES = 0xC0000200 & ~DEFINED_TUNNEL_TYPES
 NEW_MAC = bytes.fromhex("020000000077")
 GARP_IP = "10.0.0.1"
 #: Config interrupt wait after the link comes back (the target raises it at once; a slow one within this).
@@ -82,6 +87,28 @@ LINK_WAIT = 2.0
 def mem() -> Iterator[GuestMemory]:
     with GuestMemory.single(MEM, gpa=GUEST_MEMORY_BASE) as m:
         yield m
+
+
+class ShownTunnelTypes(ShownOffer):
+    """:class:`ShownOffer` that also shows bits this spec does not define in supported_tunnel_types as the driver
+    reads it (NETCTRL-DRV-03's directed case); the device's own field, which the monitor reads, is unchanged."""
+
+    def __init__(self, inner: PciDevice, *, add: int, undefined: int) -> None:
+        super().__init__(inner, add=add)
+        self.device_cfg = PciLayout.discover(self).device
+        self.undefined = undefined.to_bytes(4, "little")
+
+    def region_read(self, index: int, offset: int, size: int) -> bytes:
+        dev = self.device_cfg
+        if dev is None or index != dev.bar or not dev.offset <= offset < dev.offset + dev.length:
+            return super().region_read(index, offset, size)
+        data = bytearray(self.inner.region_read(index, offset, size))
+        for i in range(size):
+            k = offset - dev.offset + i - NetCfg.SUPPORTED_TUNNEL_TYPES
+            if 0 <= k < len(self.undefined):
+                data[i] |= self.undefined[k]
+        self._record("r", index, offset, bytes(data))
+        return bytes(data)
 
 
 def _frames(src: bytes, n: int) -> list[bytes]:
@@ -129,8 +156,10 @@ def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortC
         if has(f, NetF.CTRL_RX):
             ctl.rx_mode(VIRTIO_NET_CTRL_RX_ALLMULTI, False)  # a command after the context (NETCTRL-DRV-23)
     if has(f, NetF.HASH_TUNNEL):
-        (supported,) = drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
-        did.append(f"HASH_TUNNEL_SET ack {ctl.hash_tunnel_set(supported & DEFINED_TUNNEL_TYPES)}")
+        (shown,) = drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
+        types = ctl.supported_tunnel_types()
+        did.append(f"supported_tunnel_types read as {shown:#x} (bits {UNDEFINED_TUNNEL_TYPES:#x} shown, not "
+                   f"defined), HASH_TUNNEL_SET {types:#x} ack {ctl.hash_tunnel_set(types)}")
     if has(f, NetF.GUEST_ANNOUNCE) and not isinstance(port, Lacking):
         port.set_link(False)
         port.set_link(True)
@@ -165,7 +194,7 @@ def test_guest_driver_control_commands(bench: Bench, verdict: Verdict, mem: Gues
     name = f"guest driver, {variant} ({ring_layout} rings)"
     dev = bench.open(variant_spec(bench, extra, pairs))
     offer = VirtioPciModern(dev).device_features()
-    trace = ShownOffer(dev, add=shown & ~offer)
+    trace = ShownTunnelTypes(dev, add=shown & ~offer, undefined=UNDEFINED_TUNNEL_TYPES)
     rings = SplitRingMonitor.attach(trace, mem.read) if ring_layout == "split" else \
         PackedRingMonitor.attach(trace, mem.read)
     port = dev.abilities().port
