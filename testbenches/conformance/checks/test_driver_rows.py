@@ -31,6 +31,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import str2mac
 
 from backend.drivers.transport import VirtioPciModern
+from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.pci.abilities import Lacking
 from backend.pci.device import PciDevice, RegionIndex
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
@@ -39,16 +40,17 @@ from backend.virtio.pci_regs import PCI_CAP_ID_VNDR, CapType, CommonCfg, NetCfg
 from backend.virtio.split_ring import U16, USED_ELEM
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.pcie_ext import SriovConfigSpace
-from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
+from testbenches.conformance.checks.test_net_driver_rules import HEADER_WIDENING, ShownOffer
 from testbenches.conformance.checks.test_net_rss import variant_spec
 from testbenches.conformance.checks.test_split_driver_rules import STEPS, HeldDoorbells
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout as RingLayout
 from testbenches.driver.layout import layout_features
+from testbenches.driver.vdpa_frontend import VdpaFrontend, exchange_frames
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
-from testbenches.monitor import SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
+from testbenches.monitor import PackedRingMonitor, SplitRingMonitor, TracingPciDevice, VirtioPciDriverMonitor
 from testbenches.monitor.config_proxy import CapEntry, ConfigSpaceEditor, target_caps
 from testbenches.monitor.driver_rows import (
     RxCase,
@@ -161,6 +163,17 @@ class _AddressedSplit(SplitRingMonitor):
         super()._buffer(index, segments, where)
 
 
+@dataclass
+class _AddressedPacked(PackedRingMonitor):
+    """The packed ring monitor keeping every buffer segment it walked, as (what, gpa, length)."""
+
+    given: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def _buffer(self, index: int, segments: list[tuple[int, int, bool]], where: str) -> None:
+        self.given += [(f"{where} segment", a, n) for a, n, _ in segments]
+        super()._buffer(index, segments, where)
+
+
 def _ring_parts(events: list[Event]) -> dict[tuple[int, CommonCfg], int]:
     """The addresses the driver wrote into queue_desc/driver/device by (queue, field), 64-bit values from their two
     halves (the last programming of each queue)."""
@@ -177,19 +190,23 @@ def _ring_areas(events: list[Event]) -> list[tuple[str, int, int]]:
     return [(f"queue {q} {f.name.lower()}", addr, 1) for (q, f), addr in _ring_parts(events).items()]
 
 
-@pytest.mark.ring_layout("split")
 @pytest.mark.req("FEAT-DRV-12")
-def test_guest_driver_gives_physical_addresses(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
+def test_guest_driver_gives_physical_addresses(bench: Bench, verdict: Verdict, mem: GuestMemory,
+                                               ring_layout: RingLayout) -> None:
     """VIRTIO_F_ACCESS_PLATFORM withheld from the offer: every ring area and buffer segment the guest driver gives
     the device while it brings it up and moves frames lies in guest physical memory."""
-    name = "guest driver without VIRTIO_F_ACCESS_PLATFORM (split rings)"
+    name = f"guest driver without VIRTIO_F_ACCESS_PLATFORM ({ring_layout} rings)"
     dev = bench.open()
     trace = ShownOffer(dev, hide=bits(F.ACCESS_PLATFORM))
-    rings = _AddressedSplit.attach(trace, mem.read)
-    assert isinstance(rings, _AddressedSplit)
-    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, "split"))
+    rings = _AddressedSplit.attach(trace, mem.read) if ring_layout == "split" else \
+        _AddressedPacked.attach(trace, mem.read)
+    assert isinstance(rings, (_AddressedSplit, _AddressedPacked))
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES, ring_layout))
     try:
         drv.init()
+        if has(drv.features, F.RING_PACKED) != (ring_layout == "packed"):
+            verdict.not_offered("FEAT-DRV-12", f"{name}: the target offers {drv.offered:#x}")
+            return
         frames = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate((60, 342, 1000))]
         drv.send(frames)
         drv.wait_tx_done(timeout=5.0)
@@ -200,7 +217,8 @@ def test_guest_driver_gives_physical_addresses(bench: Bench, verdict: Verdict, m
     areas = _ring_areas(_events(trace)) + rings.given
     ram = [(r.gpa, r.size) for r in mem.regions]
     _judge(verdict, physical_address_findings(areas, ram, negotiated), ("FEAT-DRV-12",), name,
-           f"{len(areas)} addresses, {len(frames)} frames sent; negotiated {negotiated:#x}")
+           f"{len(areas)} addresses ({len(rings.given)} buffer segments), {len(frames)} frames sent; negotiated "
+           f"{negotiated:#x}")
 
 
 # --- stores into the split rings ---------------------------------------------------------------------
@@ -626,3 +644,54 @@ def test_guest_driver_resets_on_needs_reset(bench: Bench, verdict: Verdict, mem:
                   f"{name}: {outstanding} transmit buffers in flight when DEVICE_NEEDS_RESET was shown; the wait "
                   f"returned {done} after {took:.2f}s of {NEEDS_RESET_WAIT}s; device_status writes since: "
                   f"{[hex(e.value) for e in after]}")
+
+
+@pytest.mark.ring_layout("split")
+@pytest.mark.req(*STORE_IDS)
+def test_vdpa_frontend_ring_stores(bench: Bench, verdict: Verdict, watched: StoreWatch) -> None:
+    """The vDPA path (the backend's driver under the bench's frontend, which makes the buffers): each store into the
+    split rings judged as for the guest driver, the frames exchanged, then the device reset with receive buffers
+    still exposed."""
+    name = "vDPA driver under the bench's frontend (split rings)"
+    looped = bench.wire().looped
+    trace = TracingPciDevice(bench.open())
+    common = Layout.discover(trace).common
+    watched.status_register(common.bar, common.offset + CommonCfg.DEVICE_STATUS)
+    trace.listeners.append(watched.on_access)
+    mon = SplitRingMonitor.attach(trace, watched.read)
+    vdpa = VirtioPciVdpaDevice(trace, owns_pci=False)
+    front = VdpaFrontend(vdpa, watched)
+    try:
+        start = len(watched.stores)
+        offered = vdpa.get_device_features()
+        front.bring_up(offered & ~bits(F.RING_PACKED, F.IN_ORDER, *HEADER_WIDENING, NetF.MRG_RXBUF),
+                       queues=(0, 1), size=QSIZE)
+        places = [SplitRingPlace(q, r.size, r.desc_addr, r.avail_addr, r.used_addr) for q, r in front.rings.items()]
+        for place in places:
+            watched.watch(place)
+        mac = vdpa.get_config(NetCfg.MAC, 6) if has(front.features, NetF.MAC) else bytes.fromhex("020000000001")
+        frames = [test_frame(seq, length, src=mac) for seq, length in enumerate((60, 342, 1000, 1514))]
+
+        def kick(q: int) -> None:
+            front.kick(q)
+            mon.inspect()
+
+        got = exchange_frames(front.rings[0], front.rings[1], front.calls[0], front.calls[1], lambda: kick(0),
+                              lambda: kick(1), frames, 2.0 if looped else 0.1, 2048)
+        front.rings[0].add([], [2048])  # one more receive buffer left exposed at the reset
+        kick(0)
+        life = watched.stores[start:]
+        vdpa.reset()
+    finally:
+        vdpa.close()
+        front.close()
+    order = [f for place in places for f in avail_idx_order_findings(life, place)]
+    findings = [f for f in mon.findings if f.req_id == "SPLIT-DRV-03"] + order + watched.findings
+    if watched.checked:
+        findings.append(Finding("RESET-DRV-05", True, ""))
+    if watched.reclaimed_at_reset:
+        findings.append(Finding("RESET-DRV-06", True, ""))
+    seen = (f"{len(frames)} frames sent, {len(got)} back; {watched.checked} stores made with buffers exposed, "
+            f"{watched.reclaimed_at_reset} buffers exposed at the reset")
+    for rid in _judge(verdict, findings, STORE_IDS, name, seen):
+        verdict.not_applicable(rid, f"{name}: no opportunity ({seen})")
