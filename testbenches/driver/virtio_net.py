@@ -32,7 +32,7 @@ from backend.virtio.features import (
     dependency_violations,
     has,
 )
-from backend.virtio.net_hdr import F_DATA_VALID, F_NEEDS_CSUM, HDR_SIZE, HDR_SIZE_HASH, NetHdr
+from backend.virtio.net_hdr import F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, HDR_SIZE, HDR_SIZE_HASH, NetHdr
 from backend.virtio.pci_regs import NO_VECTOR, VIRTIO_NET_S_LINK_UP, NetCfg
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.layout import (
@@ -377,10 +377,12 @@ class GuestNetDriver:
         return len(self.ring(self.TX).used())
 
     def send(self, frames: Iterable[Packet | bytes], hdr: NetHdr | None = None, timeout: float = 5.0) -> int:
-        """Transmit frames, each behind a virtio_net_hdr (num_buffers 0, flags 0: NET-DRV-16/17)."""
+        """Transmit frames, each behind a virtio_net_hdr (num_buffers 0, flags 0: NET-DRV-16/17), or behind ``hdr``
+        (with a gso_type, the frames are GSO packets: longer than the mtu allows a frame, NET-DRV-09)."""
         ring = self.ring(self.TX)
         head = (hdr or NetHdr()).pack().ljust(self.hdr_len, b"\0")
-        limit = (self.mtu() or ETH_DATA_LEN) + ETH_HLEN
+        limit = (self.mtu() or ETH_DATA_LEN) + ETH_HLEN if hdr is None or hdr.gso_type == GSO_NONE \
+            else ETH_HLEN + 0xFFFF
         indirect = has(self.features, F.INDIRECT_DESC)
         deadline = time.monotonic() + timeout
         sent = 0
