@@ -75,6 +75,8 @@ RX_EXTRA_COMMANDS = (VIRTIO_NET_CTRL_RX_ALLUNI, VIRTIO_NET_CTRL_RX_NOMULTI, VIRT
                      VIRTIO_NET_CTRL_RX_NOBCAST)
 #: The longest command read (a MAC table of a few hundred entries, an RSS configuration of the longest table).
 CMD_PEEK = 1 << 16
+#: How much of a transmitted frame is read: its addresses, and an ARP or IPv6 neighbour advertisement whole.
+FRAME_PEEK = 128
 ETH_ALEN = 6
 
 NETCTRL_DRV_ROWS = ("NETCTRL-DRV-01", "NETCTRL-DRV-02", "NETCTRL-DRV-03", "NETCTRL-DRV-04", "NETCTRL-DRV-05",
@@ -496,12 +498,13 @@ class ControlQueueMonitor:
             return
         try:
             config = self.config(features)
-            readable = self._readable(segments, CMD_PEEK)
             if queue == 2 * config.max_virtqueue_pairs:
                 self._answers(before=segments)
-                self._command(readable, [(a, n) for a, n, w in segments if w], features, where)
+                self._command(self._readable(segments, CMD_PEEK), [(a, n) for a, n, w in segments if w], features,
+                              where)
             elif queue % 2:
-                self._tx(queue, readable[hdr_size(features):], features, config, where)
+                start = hdr_size(features)
+                self._tx(queue, self._readable(segments, start + FRAME_PEEK)[start:], features, config, where)
         except Exception as exc:  # never disturb the ring monitor: a planted buffer may be unreadable
             self.unreadable.append(f"{where}: not judged: {exc}")
 
