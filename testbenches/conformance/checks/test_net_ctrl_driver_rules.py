@@ -190,6 +190,8 @@ def _vlan_and_hash(drv: GuestNetDriver, ctl: NetControl) -> list[str]:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_guest_driver_control_commands(bench: Bench, verdict: Verdict, mem: GuestMemory, variant: str,
                                        ring_layout: Layout) -> None:
+    """The guest driver's control traffic in ``variant`` on rings of ``ring_layout``: every command and transmitted
+    frame judged by the control queue monitor; each NETCTRL-DRV id reported (judged, not offered, not applicable)."""
     extra, pairs, shown = VARIANTS[variant]
     name = f"guest driver, {variant} ({ring_layout} rings)"
     dev = bench.open(variant_spec(bench, extra, pairs))
