@@ -12,6 +12,11 @@ offer is shown to the driver through a proxy (:class:`ShownOffer`), on every tar
 driver_feature write reaches the device without the bits only shown. VIRTIO_NET_F_MAC and VIRTIO_NET_F_STATUS are
 withheld the same way for the rows about their absence. A row a run gave no opportunity is not claimed: the evidence
 of every judged row says how many buffers were looked at.
+
+The transmit offload rows (:mod:`testbenches.monitor.net_offload_rules`: NEEDS_CSUM, host GSO, ECN, hdr_len) are
+judged where the guest driver offloads (:func:`test_guest_driver_gso_headers`, host GSO asked of a configurable
+target): the other runs send complete frames behind the default header, whose hdr_len 0 (as Linux writes for a
+packet without GSO) NET-DRV-42's SHOULD would judge against the bench's traffic helpers rather than a driver.
 """
 
 from __future__ import annotations
@@ -21,15 +26,27 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
-from scapy.utils import str2mac
+from scapy.packet import Packet
+from scapy.utils import checksum, str2mac
 
 from backend.drivers.transport import VirtioPciModern
 from backend.drivers.vdpa import VirtioPciVdpaDevice
 from backend.pci.abilities import Lacking
 from backend.pci.device import PciDevice
 from backend.virtio.features import F, NetF, bits, has
-from backend.virtio.net_hdr import HDR_SIZE
+from backend.virtio.net_hdr import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    GSO_UDP_L4,
+    HDR_SIZE,
+    NetHdr,
+)
 from backend.virtio.pci_regs import CommonCfg, NetCfg
 from sim.memory import GuestMemory
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
@@ -46,6 +63,7 @@ from testbenches.monitor.net_hdr_rules import (
     NetBufferMonitor,
     register_findings,
 )
+from testbenches.monitor.net_offload_rules import NET_DRV_OFFLOAD_ROWS, net_drv_48
 from testbenches.monitor.virtio_pci_rules import Layout, verdicts_of
 
 MEM = 8 << 20
@@ -61,6 +79,13 @@ LINK_ROWS = ("NET-DRV-05", "NET-DRV-06")
 BUFFER_ROWS = tuple(r for r in NET_DRV_BUFFER_ROWS if r not in MAC_ROWS)
 #: Features that widen struct virtio_net_hdr past 12 bytes (5.1.6.1).
 HEADER_WIDENING = (NetF.HASH_REPORT, NetF.HOST_UDP_TUNNEL_GSO, NetF.OUT_NET_HEADER, NetF.IPSEC)
+#: Host GSO offered to the guest driver for the offload rows (a configurable target is asked for them; with ECN and
+#: GUEST_HDRLEN in one run, without in the other: NET-DRV-24 / 25, 41 / 42).
+HOST_GSO = bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_UFO, NetF.HOST_USO)
+ECN_HDRLEN = bits(NetF.HOST_ECN, NetF.GUEST_HDRLEN)
+#: NET-DRV-39 (NEEDS_CSUM with every GSO request) has its first opportunity here; NET-DRV-48 is judged on this
+#: driver because it writes exact header lengths.
+GSO_ROWS = (*NET_DRV_OFFLOAD_ROWS, "NET-DRV-39", "NET-DRV-48")
 #: Config interrupt wait after a link change (the target raises it at once; a slow one within this).
 LINK_WAIT = 2.0
 
@@ -307,3 +332,87 @@ def test_vdpa_frontend_headers_and_buffers(bench: Bench, verdict: Verdict, mem: 
     _judge(verdict, net.verdicts(), ids, name, f"{net.seen()} ({moved}); negotiated {negotiated:#x}")
     _judge(verdict, verdicts_of(register_findings(VirtioPciDriverMonitor(trace))), ("NET-DRV-01",), name,
            "1 bring-up with the whole device config read")
+
+
+def _offloaded(l3: Packet, l4: Packet, payload: bytes, src: bytes, gso_type: int,
+               gso_size: int) -> tuple[NetHdr, bytes]:
+    """A packet as a driver leaving its transport checksum (and, with ``gso_type``, its segmentation) to the device
+    hands it over: the pseudo-header sum in the checksum field (NET-DRV-36), csum_start/csum_offset at it, hdr_len
+    the exact header length (NET-DRV-41/42), NEEDS_CSUM (NET-DRV-39)."""
+    pkt = Ether(bytes(Ether(src=str2mac(src), dst="02:00:00:00:00:02") / l3 / l4 / payload))
+    frame = bytes(pkt)
+    v6 = pkt.haslayer(IPv6)
+    start = ETH_HLEN + (40 if v6 else 4 * int(pkt[IP].ihl))
+    tcp = pkt.haslayer(TCP)
+    offset, proto = (16, 6) if tcp else (6, 17)
+    length = len(frame) - start
+    pseudo = frame[22:54] + length.to_bytes(4, "big") + bytes((0, 0, 0, proto)) if v6 else \
+        frame[26:34] + bytes((0, proto)) + length.to_bytes(2, "big")
+    at = start + offset
+    frame = frame[:at] + (~checksum(pseudo) & 0xFFFF).to_bytes(2, "big") + frame[at + 2:]
+    hlen = start + (4 * int(pkt[TCP].dataofs) if tcp else 8)
+    return NetHdr(F_NEEDS_CSUM, gso_type, hlen, gso_size, start, offset), frame
+
+
+def _gso_traffic(src: bytes, mtu: int | None, negotiated: int) -> list[tuple[NetHdr, bytes]]:
+    """A GSO packet of each kind negotiated (TCP with CWR and GSO_ECN where HOST_ECN is), gso_size the MSS the mtu
+    gives, and two packets with only the checksum left to the device."""
+    mtu = mtu or ETH_DATA_LEN
+    v4, v6 = IP(src="10.0.0.1", dst="10.0.0.2"), IPv6(src="fd00::1", dst="fd00::2")
+    ecn = has(negotiated, NetF.HOST_ECN)
+    tcp = TCP(sport=49152, dport=9, seq=1, flags="CPA" if ecn else "PA")
+    kinds = [(NetF.HOST_TSO4, v4, tcp, GSO_TCPV4 | (GSO_ECN if ecn else 0), mtu - 40),
+             (NetF.HOST_TSO6, v6, tcp, GSO_TCPV6 | (GSO_ECN if ecn else 0), mtu - 60),
+             (NetF.HOST_UFO, v4, UDP(sport=49152, dport=9), GSO_UDP, (mtu - 20) & ~7),
+             (NetF.HOST_USO, v6, UDP(sport=49152, dport=9), GSO_UDP_L4, mtu - 48)]
+    out = [_offloaded(l3, l4, bytes(range(256)) * 16, src, gso, size) for f, l3, l4, gso, size in kinds
+           if has(negotiated, f)]
+    return [*out, _offloaded(v4, UDP(sport=49152, dport=9), bytes(200), src, GSO_NONE, 0),
+            _offloaded(v6, TCP(sport=49152, dport=9, flags="PA"), bytes(100), src, GSO_NONE, 0)]
+
+
+@pytest.mark.req(*GSO_ROWS)
+@pytest.mark.parametrize("ecn_hdrlen", [pytest.param(True, id="ecn_hdrlen"), pytest.param(False, id="plain_gso")])
+def test_guest_driver_gso_headers(bench: Bench, verdict: Verdict, mem: GuestMemory, ecn_hdrlen: bool,
+                                  ring_layout: RingLayout) -> None:
+    """The guest driver with host GSO negotiated (a configurable target is asked for HOST_TSO4/TSO6/UFO/USO, and in
+    one run HOST_ECN and GUEST_HDRLEN, which this driver takes: it writes exact header lengths): a GSO packet of each
+    kind and two checksum-offloaded ones, each behind the header a driver offloading them writes; the monitors
+    judge every header and frame, the register trace the GUEST_HDRLEN choice."""
+    name = f"guest driver with host GSO{', HOST_ECN and GUEST_HDRLEN' if ecn_hdrlen else ''} ({ring_layout} rings)"
+    extra = HOST_GSO | (ECN_HDRLEN if ecn_hdrlen else 0)
+    spec = None
+    if bench.configurable:
+        with bench.rig() as probe:
+            spec = bench.variant(replace=True, features=f"{probe.offered | extra:#x}")
+    trace = TracingPciDevice(bench.open(spec))
+    rings = _ring_monitor(trace, mem, ring_layout)
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, features=layout_features(DEFAULT_FEATURES | extra, ring_layout))
+    try:
+        drv.init()
+        negotiated = drv.features
+        if has(negotiated, F.RING_PACKED) != (ring_layout == "packed"):
+            for rid in GSO_ROWS:
+                verdict.not_offered(rid, f"{name}: the target offers {drv.offered:#x}, without RING_PACKED")
+            return
+        if not negotiated & (HOST_GSO & ~bits(NetF.CSUM)):
+            for rid in GSO_ROWS:
+                verdict.not_offered(rid, f"{name}: no host GSO feature offered ({drv.offered:#x})")
+            return
+        traffic = _gso_traffic(drv.mac(), drv.mtu(), negotiated)
+        for hdr, frame in traffic:
+            drv.send([frame], hdr=hdr)
+        done = drv.wait_tx_done(timeout=5.0)
+        rings.inspect()
+    finally:
+        drv.close()
+    net = _net(rings)
+    seen = f"{net.seen()} ({len(traffic)} packets sent, all used: {done}); negotiated {negotiated:#x}"
+    _judge(verdict, net.verdicts(), GSO_ROWS, name, seen)
+    ev = VirtioPciDriverMonitor(trace).events()
+    choices = [f for offered, acked in VirtioPciDriverMonitor(trace).feature_timeline(ev)[2]
+               if (f := net_drv_48(offered, acked)) is not None]
+    _judge(verdict, verdicts_of(choices), ("NET-DRV-48",), name, "the feature choice at FEATURES_OK")
+    for rid in GSO_ROWS:
+        if not verdict.recorded(rid):
+            verdict.not_applicable(rid, f"{name}: the run gave it no opportunity ({seen})")
