@@ -1,5 +1,5 @@
 """Checksum offload of the behavioral virtio-net device (5.1.6.2, 5.1.6.4): VIRTIO_NET_F_CSUM on transmit,
-VIRTIO_NET_F_GUEST_CSUM on receive. No segmentation: the model offers no GSO feature.
+VIRTIO_NET_F_GUEST_CSUM on receive. Transmit segmentation (host GSO) is :mod:`models.virtio_net.gso`, built on these.
 
 Plain Python on bytes (no scapy on the data path). The Internet checksum (RFC 1071) is the ones-complement sum
 of 16-bit big-endian words; since 2**16 is 1 modulo 0xFFFF, the bytes read as one big-endian integer taken
