@@ -146,7 +146,7 @@ def test_reclaim_only_after_the_reset_completed(watch: StoreWatch) -> None:
     watch.findings.clear()
     watch.on_access(Access(1, "r", 4, 0x14, 1, b"\0"))
     _store(watch, _desc(0, addr=BASE + 0x9000))
-    assert watch.findings == []
+    assert watch.findings == [] and watch.reused_after_reset == 1
 
 
 def test_vendor_data() -> None:

@@ -184,7 +184,9 @@ class StoreWatch(GuestMemory):
         self.findings: list[Finding] = []
         self.checked = 0  # stores made while some buffer was exposed
         self.reclaimed_at_reset = 0  # buffers still exposed when the driver reset the device
+        self.reused_after_reset = 0  # stores into their entries once the reset had completed
         self._rings: list[_Exposed] = []
+        self._retired: list[_Exposed] = []  # rings reset with buffers exposed
         self._resetting = False  # device_status 0 written, not yet read back as 0
         self._status_offset: tuple[int, int] | None = None
 
@@ -213,6 +215,7 @@ class StoreWatch(GuestMemory):
             self._resetting = True
         elif a.op == "r" and a.value == 0 and self._resetting:
             self._resetting = False
+            self._retired += [ex for ex in self._rings if not ex.live and ex.heads]
             self._rings = [ex for ex in self._rings if ex.live]
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
@@ -220,6 +223,7 @@ class StoreWatch(GuestMemory):
         self.stores.append((gpa, raw))
         for ex in self._rings:
             self._judge_store(ex, gpa, raw)
+        self.reused_after_reset += sum(bool(self._hits(ex, gpa, len(raw))) for ex in self._retired)
         super().write(gpa, raw)
         for ex in self._rings:
             if ex.live and ex.ring.touches_idx(gpa, len(raw)):
@@ -231,9 +235,7 @@ class StoreWatch(GuestMemory):
         if not ex.heads:
             return
         self.checked += 1
-        descs = ex.ring.desc_slots(gpa, len(raw))
-        slots = ex.ring.ring_slots(gpa, len(raw))
-        hit = [h for h, (chain, slot) in ex.heads.items() if descs & set(chain) or slot in slots]
+        hit = self._hits(ex, gpa, len(raw))
         if not hit:
             return
         where = f"queue {ex.ring.index}: a {len(raw)}-byte store at {gpa:#x} rewrites the entries of exposed " \
@@ -244,6 +246,12 @@ class StoreWatch(GuestMemory):
         else:
             self.findings.append(Finding("RESET-DRV-06", not self._resetting,
                                          f"{where} before the reset completed (device_status not read back 0)"))
+
+    @staticmethod
+    def _hits(ex: _Exposed, gpa: int, length: int) -> list[int]:
+        """The exposed buffers of ``ex`` whose descriptors or avail ring entry a store touches."""
+        descs, slots = ex.ring.desc_slots(gpa, length), ex.ring.ring_slots(gpa, length)
+        return [h for h, (chain, slot) in ex.heads.items() if descs & set(chain) or slot in slots]
 
     def _refresh(self, ex: _Exposed) -> None:
         """Heads newly published join the exposed set; heads in the used ring since the last look leave it."""
