@@ -366,24 +366,29 @@ def test_guest_driver_leaves_foreign_vendor_data_alone(bench: Bench, verdict: Ve
 # --- speed and duplex ---------------------------------------------------------------------------------
 
 
-class SpeedShown(TracingPciDevice):
-    """The target with speed and duplex in its device configuration replaced by :attr:`speed` / :attr:`duplex`."""
+class SpeedShown(ShownOffer):
+    """The target with speed and duplex in its device configuration replaced by :attr:`speed` / :attr:`duplex`, and
+    VIRTIO_NET_F_SPEED_DUPLEX shown in the offer where the target lacks it (if its device configuration structure
+    is long enough to hold the two fields)."""
 
     def __init__(self, inner: PciDevice) -> None:
         super().__init__(inner)
         device = Layout.discover(self).device
         assert device is not None, "no device configuration structure"
         self.bar, self.base = device.bar, device.offset
+        if device.length > NetCfg.DUPLEX:
+            self.add = bits(NetF.SPEED_DUPLEX) & ~VirtioPciModern(inner).device_features()
         self.speed, self.duplex = 1000, 1
 
     def region_read(self, index: int, offset: int, size: int) -> bytes:
+        first, end = self.base + NetCfg.SPEED, self.base + NetCfg.DUPLEX + 1
+        if index != self.bar or offset + size <= first or offset >= end:
+            return super().region_read(index, offset, size)
         data = bytearray(self.inner.region_read(index, offset, size))
-        if index == self.bar:
-            shown = self.speed.to_bytes(4, "little") + bytes([self.duplex])
-            for i in range(size):
-                rel = offset + i - self.base - NetCfg.SPEED
-                if 0 <= rel < len(shown):
-                    data[i] = shown[rel]
+        shown = self.speed.to_bytes(4, "little") + bytes([self.duplex])
+        for i in range(size):
+            if first <= offset + i < end:
+                data[i] = shown[offset + i - first]
         self._record("r", index, offset, bytes(data))
         return bytes(data)
 
@@ -396,8 +401,9 @@ REFRESHED = ((100, 0), (25000, 1))
 
 @pytest.mark.req("NET-DRV-11", "NET-DRV-12")
 def test_guest_driver_speed_and_duplex(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
-    """VIRTIO_NET_F_SPEED_DUPLEX negotiated, speed and duplex shown through a proxy: out-of-range values read as
-    unknown; each configuration change interrupt (the link pulled and plugged) makes the driver read both again."""
+    """VIRTIO_NET_F_SPEED_DUPLEX negotiated (shown where the target lacks it), speed and duplex shown through a
+    proxy: out-of-range values read as unknown; each configuration change interrupt (the link pulled and plugged)
+    makes the driver read both again."""
     name = "guest driver (split rings)"
     trace = SpeedShown(bench.open())
     port = trace.inner.abilities().port
@@ -409,7 +415,8 @@ def test_guest_driver_speed_and_duplex(bench: Bench, verdict: Verdict, mem: Gues
         drv.init()
         if not has(drv.features, NetF.SPEED_DUPLEX):
             for rid in ("NET-DRV-11", "NET-DRV-12"):
-                verdict.not_offered(rid, f"{name}: VIRTIO_NET_F_SPEED_DUPLEX not offered ({drv.offered:#x})")
+                verdict.not_offered(rid, f"{name}: VIRTIO_NET_F_SPEED_DUPLEX not offered ({drv.offered:#x}) and the "
+                                         "device configuration too short to show it")
             return
         for trace.speed, trace.duplex in SHOWN_SPEEDS:
             shown.append((trace.speed, trace.duplex, drv.speed_duplex()))
