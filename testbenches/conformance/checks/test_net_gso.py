@@ -135,12 +135,24 @@ def _fresh(pkt: Packet, transport: bool) -> bytes:
     return bytes(Ether(bytes(again)))
 
 
+def complete(pkt: Packet, raw: bytes) -> bool:
+    """Whether every length and checksum of ``raw`` (parsed as ``pkt``) is what scapy computes: a TCP checksum of
+    0xffff stands for 0 (the same ones-complement value)."""
+    if _fresh(pkt, True) == raw:
+        return True
+    if pkt.haslayer(TCP) and int(pkt[TCP].chksum) == 0xFFFF:
+        zeroed = pkt.copy()
+        zeroed[TCP].chksum = 0
+        return _fresh(pkt, True) == bytes(zeroed)
+    return False
+
+
 def segment_problems(sent: Sent, mss: int, got: Sequence[bytes]) -> list[str]:
     """What is wrong with ``got`` as the packets TSO or USO makes of ``sent`` (empty: nothing)."""
     if not got:
         return ["nothing came back"]
-    k, orig = sent.hdr, sent.pkt
-    l4t: type[Packet] = TCP if k.gso_type & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6) else UDP
+    hdr, orig = sent.hdr, sent.pkt
+    l4t: type[Packet] = TCP if hdr.gso_type & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6) else UDP
     flags = int(orig[TCP].flags) if l4t is TCP else 0
     wrong: list[str] = []
     data, ids = b"", set()
@@ -149,7 +161,7 @@ def segment_problems(sent: Sent, mss: int, got: Sequence[bytes]) -> list[str]:
         if not pkt.haslayer(l4t) or pkt.haslayer(IPv6ExtHdrFragment):
             wrong.append(f"segment {n}: not a {l4t.__name__} packet")
             continue
-        if _fresh(pkt, True) != raw:
+        if not complete(pkt, raw):
             wrong.append(f"segment {n}: lengths or checksums not complete and correct")
         payload = bytes(pkt[l4t].payload)
         if len(payload) > mss:
