@@ -513,22 +513,31 @@ class VirtioNetDevice(VirtioPciFunction):
             return 0
         gen, avail, table = arrays
         taken = 0
+        heads = q.bulk_state
+        if not isinstance(heads, np.ndarray) or len(heads) != q.size:
+            heads = q.bulk_state = np.empty(q.size, np.uint32)  # a round's heads, pushed used before the next one
+        # Only a hint for which mapping to hand the reader (it reads and checks every value itself): the one the
+        # last frames were in, else the one holding the next chain's buffer.
+        mapping = q.frame_mapping(gen, None)
         for _ in range(_MAPPINGS_PER_ROUND):
             slot = q.last_avail_idx % q.size
-            head = int(avail[slot])
-            # Only a hint for which mapping to hand the reader: it reads and checks every value itself.
-            mapping = q.frame_mapping(gen, int(table[head, 0])) if head < q.size else None
-            if mapping is None:
-                break
-            k, data, flens, heads, uniform = take_plain_tx(avail, slot, pending - taken, table, *mapping,
-                                                           self._hdr_u64)
+            k = 0
+            if mapping is not None:
+                flens = np.empty(pending - taken, np.int64)  # goes with the frames
+                k, data, uniform = take_plain_tx(avail, slot, pending - taken, table, *mapping, self._hdr_u64,
+                                                 heads[taken:], flens)
             if k == 0:
-                break
+                head = int(avail[slot])
+                found = q.frame_mapping(gen, int(table[head, 0])) if head < q.size else None
+                if found is None or found is mapping:
+                    break
+                mapping = found
+                continue
             q.consume(k)
             taken += k
             self.stats.tx_bulk += k
-            ids.append(heads)
-            self._transmit_batch(FrameBatch(data, flens, uniform if uniform >= 0 else None))
+            ids.append(heads[taken - k:taken])
+            self._transmit_batch(FrameBatch(data, flens[:k], uniform if uniform >= 0 else None))
             if taken == pending:
                 break
         return taken

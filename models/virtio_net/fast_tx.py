@@ -31,7 +31,9 @@ U64 = np.uint64
 _FLAGS_SHIFT = U64(32)
 _LEN_MASK = U64(0xFFFFFFFF)
 
-TxRun = tuple[int, NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint32], int]
+#: (chains taken, their frames back to back, the common frame length or -1); heads and lengths are in the caller's
+#: arrays. One array crosses back into Python: each one boxed costs about as much as reading thirty chains.
+TxRun = tuple[int, NDArray[np.uint8], int]
 
 
 @intrinsic  # type: ignore[misc]
@@ -68,21 +70,19 @@ def _gather_frames(mem: NDArray[np.uint8], offs: NDArray[np.int64], lens: NDArra
 
 def _take_plain_tx(avail: NDArray[np.uint16], start: int, n: int, table: NDArray[np.uint64],
                    mem: NDArray[np.uint8], mem_iova: np.uint64, mem_last: np.uint64,
-                   hdr: np.uint64) -> TxRun:
+                   hdr: np.uint64, heads: NDArray[np.uint32], lens: NDArray[np.int64]) -> TxRun:
     """The leading run of plain TX chains among the ``n`` available from ring slot ``start``.
 
     ``avail``: the avail ring's entries (queue size of them, a power of two); ``table``: the descriptor
     table as (addr, len | flags << 32 | next << 48) words; ``mem``: the bytes of one readable mapping at
-    IOVA ``mem_iova`` whose last byte is ``mem_last``; ``hdr``: the virtio-net header length skipped.
+    IOVA ``mem_iova`` whose last byte is ``mem_last``; ``hdr``: the virtio-net header length skipped;
+    ``heads`` and ``lens`` (``n`` long at least) receive each taken chain's head and frame length.
 
-    Returns (chains taken, their frames back to back, each frame's length, each chain's head, the common
-    frame length or -1).
+    Returns (chains taken, their frames back to back, the common frame length or -1).
     """
     size = avail.shape[0]
     mask = size - 1
-    heads = np.empty(n, np.uint32)
     offs = np.empty(n, np.int64)
-    lens = np.empty(n, np.int64)
     k = 0
     while k < n:
         head = avail[(start + k) & mask]
@@ -100,25 +100,25 @@ def _take_plain_tx(avail: NDArray[np.uint16], start: int, n: int, table: NDArray
         lens[k] = np.int64(length - hdr)
         k += 1
     out, uniform = _gather_frames(mem, offs, lens, k)
-    return k, out, lens[:k], heads[:k], uniform
+    return k, out, uniform
 
 
 def _signatures() -> list[object]:
     """One signature per writability of the ring and memory views (a read-only mapping gives read-only arrays)."""
     out: list[object] = []
-    result = nb.types.Tuple((  # type: ignore[no-untyped-call]
-        nb.int64, nb.uint8[::1], nb.int64[::1], nb.uint32[::1], nb.int64))
+    result = nb.types.Tuple((nb.int64, nb.uint8[::1], nb.int64))  # type: ignore[no-untyped-call]
     for ro in (False, True):
         avail = nb.types.Array(nb.uint16, 1, "C", readonly=ro)
         table = nb.types.Array(nb.uint64, 2, "C", readonly=ro)
         mem = nb.types.Array(nb.uint8, 1, "C", readonly=ro)
-        out.append(result(avail, nb.int64, nb.int64, table, mem, nb.uint64, nb.uint64, nb.uint64))
+        out.append(result(avail, nb.int64, nb.int64, table, mem, nb.uint64, nb.uint64, nb.uint64, nb.uint32[::1],
+                          nb.int64[::1]))
     return out
 
 
 take_plain_tx = cast(
-    Callable[[NDArray[np.uint16], int, int, NDArray[np.uint64], NDArray[np.uint8], np.uint64, np.uint64, np.uint64],
-             TxRun],
+    Callable[[NDArray[np.uint16], int, int, NDArray[np.uint64], NDArray[np.uint8], np.uint64, np.uint64, np.uint64,
+              NDArray[np.uint32], NDArray[np.int64]], TxRun],
     nb.njit(_signatures(), cache=True, nogil=True, boundscheck=False)(_take_plain_tx),
 )
 """The compiled :func:`_take_plain_tx` (signature fixed, so it is compiled, or loaded from numba's cache,

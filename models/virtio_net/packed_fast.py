@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags, advance, used_bits
-from models.virtio_net.fast_tx import _gather_frames
+from models.virtio_net.fast_tx import TxRun, _gather_frames
 from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import full_barrier
 from models.virtio_net.wire import FrameBatch
@@ -53,7 +53,6 @@ POLL_SECONDS = 50e-6
 BURST = 32
 GATHER_SECONDS = 5e-6
 
-TxRun = tuple[int, NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint16], int]
 
 
 def _count_avail(words: NDArray[np.uint64], off: int, wrap: int, limit: int) -> int:
@@ -74,14 +73,12 @@ def _count_avail(words: NDArray[np.uint64], off: int, wrap: int, limit: int) -> 
 
 
 def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], mem_iova: np.uint64,
-          mem_last: np.uint64, hdr: np.uint64) -> TxRun:
+          mem_last: np.uint64, hdr: np.uint64, ids: NDArray[np.uint16], lens: NDArray[np.int64]) -> TxRun:
     """Of ``k`` slots from ``off`` (counted by :func:`_count_avail`), the leading ones whose buffer holds more than
-    the header and lies in ``mem`` (IOVA ``mem_iova`` to ``mem_last``): (taken, frames back to back, each frame's
-    length, each list's Buffer ID, the common frame length or -1)."""
+    the header and lies in ``mem`` (IOVA ``mem_iova`` to ``mem_last``): (taken, frames back to back, the common
+    frame length or -1); each list's Buffer ID and frame length go to ``ids`` and ``lens`` (``k`` long at least)."""
     size = words.shape[0]
     offs = np.empty(k, np.int64)
-    lens = np.empty(k, np.int64)
-    ids = np.empty(k, np.uint16)
     n = 0
     slot = off
     while n < k:
@@ -98,7 +95,7 @@ def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], m
         if slot == size:
             slot = 0
     out, uniform = _gather_frames(mem, offs, lens, n)
-    return n, out, lens[:n], ids[:n], uniform
+    return n, out, uniform
 
 
 def _put_used(words: NDArray[np.uint64], off: int, wrap: int, ids: NDArray[np.uint16]) -> None:
@@ -125,15 +122,16 @@ def _signatures(kind: str) -> list[object]:
             out.append(nb.int64(words, nb.int64, nb.int64, nb.int64))
             continue
         mem = nb.types.Array(nb.uint8, 1, "C", readonly=ro)
-        result = nb.types.Tuple((  # type: ignore[no-untyped-call]
-            nb.int64, nb.uint8[::1], nb.int64[::1], nb.uint16[::1], nb.int64))
-        out.append(result(words, nb.int64, nb.int64, mem, nb.uint64, nb.uint64, nb.uint64))
+        result = nb.types.Tuple((nb.int64, nb.uint8[::1], nb.int64))  # type: ignore[no-untyped-call]
+        out.append(result(words, nb.int64, nb.int64, mem, nb.uint64, nb.uint64, nb.uint64, nb.uint16[::1],
+                          nb.int64[::1]))
     return out
 
 
 count_avail = cast(Callable[[NDArray[np.uint64], int, int, int], int],
                    nb.njit(_signatures("count"), cache=True, nogil=True, boundscheck=False)(_count_avail))
-take = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64], TxRun],
+take = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64,
+                      NDArray[np.uint16], NDArray[np.int64]], TxRun],
             nb.njit(_signatures("take"), cache=True, nogil=True, boundscheck=False)(_take))
 put_used = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint16]], None],
                 nb.njit(_signatures("put"), cache=True, nogil=True, boundscheck=False)(_put_used))
@@ -169,6 +167,8 @@ class TxMaps:
         self._key: tuple[int, int, int] | None = None
         self._words: NDArray[np.uint64] | None = None
         self._frames: tuple[NDArray[np.uint8], np.uint64, np.uint64] | None = None
+        #: Where a run's Buffer IDs are written (read before the next run: reused).
+        self.ids = np.empty(q.size, np.uint16)
 
     def words(self) -> NDArray[np.uint64] | None:
         q = self.q
@@ -240,9 +240,11 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
     mapping = maps.frames(int(words[q.next_avail, 0]))  # a hint: take() checks every buffer
     if mapping is None:
         return 0, old, old
-    n, data, lens, ids, uniform = take(words, q.next_avail, k, *mapping, _U64(dev.hdr_len))
+    ids, lens = maps.ids, np.empty(k, np.int64)  # the lengths go with the frames; the ids are used here only
+    n, data, uniform = take(words, q.next_avail, k, *mapping, _U64(dev.hdr_len), ids, lens)
     if n == 0:
         return 0, old, old
+    ids, lens = ids[:n], lens[:n]
     q.consume(n)
     dev.stats.tx_bulk += n
     dev._transmit_batch(FrameBatch(data, lens, uniform if uniform >= 0 else None))

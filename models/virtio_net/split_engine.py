@@ -309,6 +309,19 @@ _Area = tuple[memoryview, NDArray[np.uint16], int, int, int]
 _AREAS_KEPT = 3
 
 
+@dataclass(frozen=True)
+class _RingFields:
+    """A split ring's avail and used areas as words over guest memory, valid for ``key`` (the mappings'
+    generation, queue_driver, queue_device, queue_size): ``avail`` the avail area's 16-bit words (flags, idx,
+    ring, used_event), ``used`` the used area's (flags, idx, the elements, avail_event), ``used_elems`` the used
+    elements as (id, len) pairs of 32-bit words."""
+
+    key: tuple[int, int, int, int]
+    avail: NDArray[np.uint16]
+    used: NDArray[np.uint16]
+    used_elems: NDArray[np.uint32]
+
+
 class SplitQueue(VirtQueue):
     """One split virtqueue: configuration registers plus device progress.
 
@@ -333,7 +346,9 @@ class SplitQueue(VirtQueue):
         self.used_idx = 0
         self.layout = SplitLayout(self.size)
         self._arrays: tuple[tuple[int, int, int, int], NDArray[np.uint16], NDArray[np.uint64]] | None = None
-        self._frames: tuple[int, NDArray[np.uint8], np.uint64, np.uint64] | None = None
+        self._frames: tuple[int, NDArray[np.uint8], np.uint64, np.uint64,
+                            tuple[NDArray[np.uint8], np.uint64, np.uint64]] | None = None
+        self._fields: _RingFields | None = None
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -351,16 +366,59 @@ class SplitQueue(VirtQueue):
 
     # --- available ring ----------------------------------------------------------------------
 
+    def ring_fields(self) -> _RingFields | None:
+        """The avail and used areas as words over guest memory (:class:`_RingFields`), kept while the mappings and
+        the ring addresses stay the same: the 16-bit fields are read or written several times a round, and each
+        checked access finds its mapping again. None where only the checked accesses may be used (as for
+        :meth:`_ring_area`: bus mastering off, observers attached, an area not inside one mapping with the
+        permission it needs)."""
+        dma = self.batch_dma
+        if dma is None:
+            return None
+        gen = dma.generation()
+        if gen is None:
+            return None
+        fields = self._fields
+        if fields is not None and fields.key == (gen, self.driver, self.device, self.size):
+            return fields
+        self._fields = None
+        lay = self.layout
+        avail = dma.mapping_bytes(self.driver, lay.avail_bytes, False)
+        used = dma.mapping_bytes(self.device, lay.used_bytes, True)
+        if avail is None or used is None or self.driver & 1 or self.device & 3:
+            return None
+        mem, base, _ = avail
+        avail_words = mem[self.driver - base:self.driver - base + lay.avail_bytes].view("<u2")
+        mem, base, _ = used
+        used_bytes = mem[self.device - base:self.device - base + lay.used_bytes]
+        elems = used_bytes[SplitLayout.USED_RING:SplitLayout.USED_RING + USED_ELEM_SIZE * self.size]
+        self._fields = _RingFields((gen, self.driver, self.device, self.size), avail_words, used_bytes.view("<u2"),
+                                   elems.view("<u4").reshape(self.size, 2))
+        return self._fields
+
     def read_avail_idx(self) -> int:
+        fields = self.ring_fields()
+        if fields is not None:
+            return int(fields.avail.item(SplitLayout.AVAIL_IDX >> 1))
         return self.read_ring_u16(self.driver + SplitLayout.AVAIL_IDX)
 
     def read_avail_flags(self) -> int:
+        fields = self.ring_fields()
+        if fields is not None:
+            return int(fields.avail.item(SplitLayout.AVAIL_FLAGS >> 1))
         return self.read_ring_u16(self.driver + SplitLayout.AVAIL_FLAGS)
 
     def read_used_event(self) -> int:
+        fields = self.ring_fields()
+        if fields is not None:
+            return int(fields.avail.item(self.layout.used_event >> 1))
         return self.read_ring_u16(self.driver + self.layout.used_event)
 
     def write_avail_event(self, value: int) -> None:
+        fields = self.ring_fields()
+        if fields is not None:
+            fields.used[self.layout.avail_event >> 1] = value & 0xFFFF
+            return
         self.write_ring_u16(self.device + self.layout.avail_event, value)
 
     def available(self) -> int:
@@ -400,6 +458,10 @@ class SplitQueue(VirtQueue):
 
     def write_used_flags(self, flags: int) -> None:
         """used.flags: VRING_USED_F_NO_NOTIFY or 0 (only without EVENT_IDX, SPLIT-DEV-18/19/20)."""
+        fields = self.ring_fields()
+        if fields is not None:
+            fields.used[SplitLayout.USED_FLAGS >> 1] = flags & 0xFFFF
+            return
         self.write_ring_u16(self.device + SplitLayout.USED_FLAGS, flags)
 
     # --- descriptor chains in bulk -----------------------------------------------------------
@@ -441,20 +503,23 @@ class SplitQueue(VirtQueue):
         self._arrays = ((gen, self.desc, self.driver, self.size), entries, words)
         return gen, entries, words
 
-    def frame_mapping(self, gen: int, iova: int) -> tuple[NDArray[np.uint8], np.uint64, np.uint64] | None:
+    def frame_mapping(self, gen: int, iova: int | None) -> tuple[NDArray[np.uint8], np.uint64, np.uint64] | None:
         """The readable mapping holding ``iova`` as (bytes, first IOVA, last byte's IOVA), for mappings of
         generation ``gen`` (from :meth:`ring_arrays`); the last one found is kept, a driver's buffers are
-        usually in one."""
+        usually in one. ``iova`` None: the one kept, if still of generation ``gen``."""
         cached = self._frames
-        if cached is not None and cached[0] == gen and cached[2] <= iova <= cached[3]:
-            return cached[1], cached[2], cached[3]
+        if cached is not None and cached[0] == gen and (iova is None or cached[2] <= iova <= cached[3]):
+            return cached[4]
+        if iova is None:
+            return None
         self._frames = None
         found = None if self.batch_dma is None else self.batch_dma.mapping_bytes(iova, 1, False)
         if found is None:
             return None
         mem, first, last = found
-        self._frames = (gen, mem, np.uint64(first), np.uint64(last))
-        return mem, self._frames[2], self._frames[3]
+        mapping = (mem, np.uint64(first), np.uint64(last))
+        self._frames = (gen, mem, mapping[1], mapping[2], mapping)
+        return mapping
 
     def plain_chains(self, table: NDArray[np.void], heads: NDArray[np.intp], *, writable: bool) -> PlainChains:
         """Decode the chains at ``heads`` that need none of parse_chain's judgement.
@@ -593,6 +658,13 @@ class SplitQueue(VirtQueue):
         n = len(elems) if count is None else count
         if n == 0:
             return self.used_idx, self.used_idx
+        fields = self.ring_fields()
+        if fields is not None and len(elems) == 1:  # the one element of an in-order batch, or one chain
+            head, length = elems[0]
+            slot = (self.used_idx + n - 1) % self.size
+            fields.used_elems[slot, 0] = head  # two scalar stores: a tuple into the row costs three times as much
+            fields.used_elems[slot, 1] = length & 0xFFFFFFFF
+            return self._publish_used_idx(fields, n)
         buf = bytearray(USED_ELEM_SIZE * len(elems))
         for i, (head, length) in enumerate(elems):
             USED_ELEM.pack_into(buf, USED_ELEM_SIZE * i, head, length & 0xFFFFFFFF)
@@ -605,6 +677,15 @@ class SplitQueue(VirtQueue):
         n = k if count is None else count
         if n == 0:
             return self.used_idx, self.used_idx
+        fields = self.ring_fields()
+        if fields is not None:
+            start = (self.used_idx + n - k) % self.size
+            first = min(k, self.size - start)
+            for at, lo, hi in ((start, 0, first), (0, first, k)):
+                if hi > lo:
+                    fields.used_elems[at:at + hi - lo, 0] = ids[lo:hi]
+                    fields.used_elems[at:at + hi - lo, 1] = lens[lo:hi]  # a length beyond 32 bits keeps its low 32
+            return self._publish_used_idx(fields, n)
         if k == 1:
             raw = USED_ELEM.pack(int(ids[0]), int(lens[0]) & 0xFFFFFFFF)
         else:
@@ -627,6 +708,15 @@ class SplitQueue(VirtQueue):
         old = self.used_idx
         new = self.hooks.next_used_idx(old, n)
         self.write_ring_u16(self.device + SplitLayout.USED_IDX, new)
+        self.used_idx = new
+        return old, new
+
+    def _publish_used_idx(self, fields: _RingFields, n: int) -> tuple[int, int]:
+        """used idx + ``n`` through the words of :meth:`ring_fields`, after the elements written there
+        (SPLIT-DEV-15: the stores are made in program order)."""
+        old = self.used_idx
+        new = self.hooks.next_used_idx(old, n)
+        fields.used[SplitLayout.USED_IDX >> 1] = new & 0xFFFF
         self.used_idx = new
         return old, new
 

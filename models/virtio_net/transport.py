@@ -64,6 +64,9 @@ class EndpointDma:
 
     def __init__(self, endpoint: PciEndpoint) -> None:
         self._ep = endpoint
+        # Asked several times a round (generation): the objects themselves, which the endpoint never replaces.
+        self._config = endpoint.config
+        self._iommu = endpoint.iommu
 
     def read(self, iova: int, n: int) -> bytes:
         return self._ep.dma_read(iova, n)
@@ -88,9 +91,9 @@ class EndpointDma:
         return self._ep.iommu.try_view(iova, n, DmaPerm.READ)
 
     def generation(self) -> int | None:
-        iommu = self._ep.iommu
+        iommu = self._iommu
         # every access seen (observers, write hooks): no arrays; the fields, not Iommu.watched: asked per ring access
-        if not self._ep.config.bus_master or iommu.observers or iommu.write_hooks:
+        if not self._config.bus_master or iommu.observers or iommu.write_hooks:
             return None
         return iommu.generation
 

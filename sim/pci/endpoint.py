@@ -27,6 +27,8 @@ from backend.virtio.pci_regs import (
 )
 from sim.iommu import Iommu
 
+_COMMAND = int(PciCfg.COMMAND)
+
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
@@ -211,8 +213,9 @@ class ConfigSpace:
 
     @property
     def bus_master(self) -> bool:
-        # Asked before every DMA: one byte test (Bus Master Enable is in the Command register's low byte).
-        return bool(self.data[PciCfg.COMMAND] & PCI_COMMAND_MASTER)
+        # Asked before every DMA: one byte test (Bus Master Enable is in the Command register's low byte), the
+        # offset a plain int (indexing with the IntEnum member costs as much again).
+        return bool(self.data[_COMMAND] & PCI_COMMAND_MASTER)
 
     def _bar_register(self, slot: int) -> int:
         """Value a BAR dword reads: programmed address bits | type bits (or the sizing mask)."""
