@@ -558,3 +558,22 @@ def test_pair_wire_between_two_devices() -> None:
         tx_a.kick()
         assert rx_b.used_elem(0) == (0, HDR_SIZE + len(FRAME)) and wire.frames == 1
         assert b.mem.read(0x50000 + HDR_SIZE, len(FRAME)) == FRAME
+
+
+def test_control_queue_asks_for_the_next_kick_with_event_idx() -> None:
+    """With VIRTIO_F_EVENT_IDX the control queue, like a TX queue, sets avail_event to the next command it wants a kick
+    for: a driver deciding by avail_event (as Linux and DPDK do) would otherwise never ring for its second command."""
+    with Guest("virtio-net,wire=none,queues=2") as g:
+        assert g.negotiate(bit(F.VERSION_1) | bit(F.ACCESS_PLATFORM) | bit(F.EVENT_IDX) | bit(NetF.CTRL_VQ)
+                           | bit(NetF.MQ))
+        ctrl = g.setup_queue(4)
+        g.driver_ok()
+        size = ctrl.size
+        for n in (1, 2):
+            g.mem.write(0x40000, bytes([4, 0]) + struct.pack("<H", n))  # VIRTIO_NET_CTRL_MQ, VQ_PAIRS_SET
+            g.mem.write(0x40100, b"\xff")
+            ctrl.add_chain([(0x40000, 4, False), (0x40100, 1, True)])
+            ctrl.kick()
+            assert g.mem.read(0x40100, 1) == b"\x00"  # VIRTIO_NET_OK
+            avail_event = U16.unpack(g.mem.read(ctrl.used + SplitLayout(size).avail_event, 2))[0]
+            assert avail_event == n, f"after command {n} avail_event is {avail_event}"

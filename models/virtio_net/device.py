@@ -880,7 +880,15 @@ class VirtioNetDevice(VirtioPciFunction):
         for _ in range(_MAX_TX_ROUNDS):
             pending = q.available()
             if not pending:
-                return
+                if not q.event_idx:
+                    return
+                # Ask for a kick at the next command, as the TX path does: a driver following avail_event (left at
+                # its reset value) would ring no doorbell for it. Then look once more, for one added meanwhile.
+                q.write_avail_event(q.last_avail_idx)
+                full_barrier()
+                if not q.available():
+                    return
+                continue
             used: list[tuple[int, int]] = []
             for head in q.peek(pending):
                 chain = q.parse_chain(head)
