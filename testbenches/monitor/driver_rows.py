@@ -173,7 +173,8 @@ class StoreWatch(GuestMemory):
     with :meth:`watch` (RESET-DRV-05/06), and keeps the stores in order (:attr:`stores`, for SPLIT-DRV-26).
 
     At each store the watch first reads the used ring as the device left it (buffers used since are no longer
-    exposed) and then looks whether the store touches a descriptor or avail ring entry of a buffer still exposed.
+    exposed) and then looks whether the store touches a descriptor or avail ring entry of a buffer still exposed
+    (the entries of an indirect table are not followed: its descriptor is).
     While the queue is live that breaks RESET-DRV-05; once the driver writes device_status 0 (:meth:`on_access`
     sees the register trace) the exposed buffers may be reclaimed only after the reset has completed (device_status
     read back 0): RESET-DRV-06."""
@@ -193,7 +194,6 @@ class StoreWatch(GuestMemory):
     def watch(self, ring: SplitRingPlace) -> None:
         """Follow ``ring`` from now: every entry published so far and not in the used ring counts as exposed."""
         ex = _Exposed(ring)
-        ex.published = ex.used_seen = 0
         self._rings.append(ex)
         self._refresh(ex)
 
