@@ -562,6 +562,7 @@ NET_CONFIG_FIELDS: tuple[tuple[int, int, tuple[int, ...]], ...] = (
     (NetCfg.RSS_MAX_KEY_SIZE, 1, (NetF.RSS, NetF.HASH_REPORT)),
     (NetCfg.RSS_MAX_INDIRECTION_TABLE_LENGTH, 2, (NetF.RSS, NetF.HASH_REPORT)),
     (NetCfg.SUPPORTED_HASH_TYPES, 4, (NetF.RSS, NetF.HASH_REPORT)),
+    (NetCfg.SUPPORTED_TUNNEL_TYPES, 4, (NetF.HASH_TUNNEL,)),
 )
 NET_CONFIG_WIDTHS: tuple[tuple[int, int], ...] = tuple((off, width) for off, width, _ in NET_CONFIG_FIELDS)
 _CONFIG_WIDTHS = {VIRTIO_PCI_DEVICE_ID_BASE + VIRTIO_ID_NET: NET_CONFIG_WIDTHS,
