@@ -22,7 +22,16 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_OK,
     VIRTNET_RSS_CTX_CTRL,
 )
-from backend.virtio.net_hdr import F_DATA_VALID, GSO_NONE, HDR_SIZE, HDR_SIZE_HASH, NetHdr
+from backend.virtio.net_hdr import (
+    F_DATA_VALID,
+    GSO_NONE,
+    HDR_SIZE,
+    HDR_SIZE_HASH,
+    HDR_SIZE_TUNNEL,
+    NetHdr,
+    hdr_size,
+    tunnel_offsets,
+)
 from backend.virtio.pci_regs import (
     NET_CFG_SIZE,
     PCI_CLASS_NETWORK_ETHERNET,
@@ -32,8 +41,9 @@ from backend.virtio.pci_regs import (
     NetCfg,
 )
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
-from models.virtio_net import gso, offload, packed_datapath, packed_fast
-from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer, offer_errors
+from models.virtio_net import gso, gso_tunnel, offload, packed_datapath, packed_fast
+from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer
+from models.virtio_net.coalesce_tunnel import TunnelCoalescer, tunnel_offer_errors
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
@@ -160,7 +170,7 @@ class VirtioNetDevice(VirtioPciFunction):
     rss_contexts_class: type[RssContexts] = RssContexts
     steering_class: type[AutoSteering] = AutoSteering
     gso_class: type[gso.Gso] = gso.Gso
-    coalescer_class: type[Coalescer] = Coalescer
+    coalescer_class: type[Coalescer] = TunnelCoalescer
 
     def __init__(self, *, pairs: int = 1, mac: str | bytes = "02:00:00:00:00:01", mtu: int = 1500,
                  max_queue_size: int = 256, features: int | None = None, speed: int = 10000, duplex: int = 1,
@@ -180,6 +190,8 @@ class VirtioNetDevice(VirtioPciFunction):
                                                                                     and not tso):
             raise ValueError("host GSO needs VIRTIO_NET_F_CSUM, HOST_ECN needs HOST_TSO4 or HOST_TSO6 "
                              "(NETFEAT-DEV-05/06)")
+        if gso_tunnel.offer_errors(features):  # NETFEAT-DEV-07/08
+            raise ValueError(f"offered without their prerequisites: {', '.join(gso_tunnel.offer_errors(features))}")
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
         broken = [r.req_id for r in NET_DEPENDENCIES
                   if r.feature in (NetF.HASH_TUNNEL, NetF.RSS_CONTEXT) and r.violated_by(features)]
@@ -193,8 +205,8 @@ class VirtioNetDevice(VirtioPciFunction):
         self.ctrl_result = b""
         self.gso = self.gso_class()
         self.coalescer = self.coalescer_class()  # receive coalescing with guest GSO (models/virtio_net/coalesce.py)
-        if offer_errors(features):
-            raise ValueError(f"offered without their prerequisites: {', '.join(offer_errors(features))}")
+        if tunnel_offer_errors(features):
+            raise ValueError(f"offered without their prerequisites: {', '.join(tunnel_offer_errors(features))}")
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex
@@ -272,8 +284,9 @@ class VirtioNetDevice(VirtioPciFunction):
         self._set_hdr_len(HDR_SIZE)
 
     def on_driver_ok(self) -> None:
-        # With HASH_REPORT the header carries hash_value and hash_report, in both directions (5.1.6).
-        self._set_hdr_len(HDR_SIZE_HASH if has(self.negotiated, NetF.HASH_REPORT) else HDR_SIZE)
+        # With HASH_REPORT the header carries hash_value and hash_report, in both directions (5.1.6); with
+        # HOST_UDP_TUNNEL_GSO outer_th_offset and inner_nh_offset too.
+        self._set_hdr_len(hdr_size(self.negotiated))
 
     def _set_hdr_len(self, n: int) -> None:
         self.hdr_len = n
@@ -298,7 +311,9 @@ class VirtioNetDevice(VirtioPciFunction):
             hdr = NetHdr(flags=F_DATA_VALID if valid else 0, num_buffers=num_buffers).pack()
         if has(self.negotiated, NetF.HASH_REPORT):  # hash_value and hash_report (5.1.9.4.3)
             hdr += self.rss.header_fields(frame)
-        return hdr
+        if self.hdr_len >= HDR_SIZE_TUNNEL:  # outer_th_offset, inner_nh_offset: 0 unless a tunnel GSO packet
+            hdr = hdr.ljust(HDR_SIZE_HASH, b"\0") + self.coalescer.tunnel_header(frame)
+        return hdr.ljust(self.hdr_len, b"\0")  # outer_nh_offset unused without OUT_NET_HEADER (NET-DEV-45)
 
     def rx_pair_for(self, frame: bytes) -> int | None:
         """Queue pair a received frame goes to: receiveq1 unless VQ_PAIRS_SET enabled more, then the pair its flow
@@ -338,9 +353,11 @@ class VirtioNetDevice(VirtioPciFunction):
             if len(raw) == self.hdr_len:
                 break
         hdr = NetHdr.unpack(raw.ljust(HDR_SIZE, b"\0"))
-        if hdr.gso_type != GSO_NONE:
-            packets = self.gso.segment(hdr, frame, self.negotiated)  # None: dropped, counted in tx_errors
+        if hdr.gso_type != GSO_NONE:  # None: dropped, counted in tx_errors
+            packets = self.gso.segment(hdr, frame, self.negotiated, tunnel_offsets(raw))
             return None if packets is None else gso.Segmented(frame, packets)
+        if self.negotiated & gso_tunnel.HOST_TUNNEL_FEATURES and gso_tunnel.header_rejected(hdr, self.negotiated):
+            return None  # UDP_TUNNEL_CSUM without a tunnel bit (NET-DEV-25)
         out = offload.complete_checksum(hdr.flags, hdr.csum_start, hdr.csum_offset, frame)
         if out is None:
             self.stats.tx_bad_csum += 1

@@ -17,9 +17,13 @@ makes of it, each with its headers and checksums complete:
 The headers are found by parsing the frame (Ethernet, one VLAN tag at most, IPv4 or IPv6 without extension
 headers); hdr_len is never read (NET-DEV-21). A request the device cannot honour is the driver's error and the
 packet is dropped, as :mod:`models.virtio_net.offload` drops a checksum header pointing outside the frame: a
-gso_type (or the ECN bit) whose feature was not negotiated, a UDP-tunnel bit (not offered), NEEDS_CSUM clear
+gso_type (or the ECN bit) whose feature was not negotiated, NEEDS_CSUM clear
 (NET-DRV-39), gso_size 0, a frame that is not the kind gso_type says or whose IP length disagrees with it,
 csum_start / csum_offset not at the transport checksum.
+
+With HOST_UDP_TUNNEL_GSO (and _CSUM) a packet with a UDP-tunnel bit is an inner TCP / UDP_L4 flow inside outer
+IP + UDP headers: the inner flow segmented as above, the outer headers fixed per segment
+(:mod:`models.virtio_net.gso_tunnel`, which also says what is rejected).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import (
     F_NEEDS_CSUM,
+    F_UDP_TUNNEL_CSUM,
     GSO_ECN,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -38,6 +43,7 @@ from backend.virtio.net_hdr import (
     GSO_UDP_TUNNEL,
     NetHdr,
 )
+from models.virtio_net import gso_tunnel
 from models.virtio_net.offload import IPPROTO_TCP, IPPROTO_UDP, complete_checksum, ones_sum
 
 #: The host GSO features and what each needs (CSUM for all, TSO4 or TSO6 for ECN: NETFEAT-DEV-05/06).
@@ -83,17 +89,26 @@ def parse(frame: bytes) -> Headers | None:
     if ethertype in _VLAN_TPIDS:
         off += 4
         ethertype = frame[off:off + 2]
+    version = 4 if ethertype == _ETH_P_IP else 6 if ethertype == _ETH_P_IPV6 else 0
     l3 = off + 2
-    if ethertype == _ETH_P_IP:
-        if len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
-            return None
+    if not version or len(frame) <= l3 or frame[l3] >> 4 != version:
+        return None
+    return parse_ip(frame, l3)
+
+
+def parse_ip(frame: bytes, l3: int) -> Headers | None:
+    """The headers of the unfragmented IPv4 or IPv6 (no extension header) TCP or UDP packet at ``l3`` of
+    ``frame``, or None (the inner packet of a tunnel packet is found this way too)."""
+    if len(frame) < l3 + 20:
+        return None
+    if frame[l3] >> 4 == 4:
         l3_len = (frame[l3] & 0x0F) * 4
         end = l3 + int.from_bytes(frame[l3 + 2:l3 + 4], "big")
         if l3_len < 20 or end < l3 + l3_len or int.from_bytes(frame[l3 + 6:l3 + 8], "big") & 0x3FFF:
             return None  # a bad length, or already a fragment
         proto, v6 = frame[l3 + 9], False
-    elif ethertype == _ETH_P_IPV6:
-        if len(frame) < l3 + _IPV6_HLEN or frame[l3] >> 4 != 6:
+    elif frame[l3] >> 4 == 6:
+        if len(frame) < l3 + _IPV6_HLEN:
             return None
         l3_len, end = _IPV6_HLEN, l3 + _IPV6_HLEN + int.from_bytes(frame[l3 + 4:l3 + 6], "big")
         proto, v6 = frame[l3 + 6], True
@@ -151,23 +166,46 @@ class Gso:
     def __init__(self) -> None:
         self.fragment_id = 0
 
-    def segment(self, hdr: NetHdr, frame: bytes, negotiated: int) -> list[bytes] | None:
-        """The packets ``frame`` becomes under ``hdr`` (gso_type not NONE); None drops it (a driver error)."""
-        gso = hdr.gso_type & ~GSO_ECN
+    def segment(self, hdr: NetHdr, frame: bytes, negotiated: int,
+                offsets: tuple[int, int] = (0, 0)) -> list[bytes] | None:
+        """The packets ``frame`` becomes under ``hdr`` (gso_type not NONE; ``offsets`` its outer_th_offset and
+        inner_nh_offset, used with a UDP-tunnel bit only); None drops it (a driver error)."""
+        if gso_tunnel.header_rejected(hdr, negotiated):
+            return None
+        tunnel = hdr.gso_type & GSO_UDP_TUNNEL
+        gso = hdr.gso_type & ~(GSO_ECN | GSO_UDP_TUNNEL)
         feature = GSO_FEATURE.get(gso)
-        if hdr.gso_type & GSO_UDP_TUNNEL or feature is None or not has(negotiated, feature):
+        if feature is None or not has(negotiated, feature) or (tunnel and gso == GSO_UDP):
             return None
         if hdr.gso_type & GSO_ECN and (gso not in (GSO_TCPV4, GSO_TCPV6) or not has(negotiated, NetF.HOST_ECN)):
             return None
-        h = parse(frame)
-        if not hdr.flags & F_NEEDS_CSUM or hdr.gso_size == 0 or h is None:
+        outer = gso_tunnel.outer_at(frame, *offsets, tunnel) if tunnel else None
+        if tunnel and outer is None:
+            return None
+        h = parse(frame) if outer is None else parse_ip(frame, offsets[1])
+        if not hdr.flags & F_NEEDS_CSUM or hdr.gso_size == 0 or h is None or (outer and h.end != outer.end):
             return None
         want = (IPPROTO_TCP, gso == GSO_TCPV6) if gso in (GSO_TCPV4, GSO_TCPV6) else (IPPROTO_UDP, h.v6)
         if (h.proto, h.v6) != want or (hdr.csum_start, hdr.csum_offset) != (h.l4, CSUM_OFFSET[h.proto]):
             return None
         if gso == GSO_UDP:
             return self.fragments(frame, h, hdr.gso_size)
-        return self.segments(frame, h, hdr.gso_size)
+        packets = self.segments(frame, h, hdr.gso_size)
+        if outer is None:
+            return packets
+        o = Headers(outer.v6, outer.l3, outer.l3_len, IPPROTO_UDP, outer.l4, _UDP_HLEN, outer.end)
+        csum = bool(hdr.flags & F_UDP_TUNNEL_CSUM)
+        return [self.outer_headers(bytearray(p), o, k, csum) for k, p in enumerate(packets)]
+
+    def outer_headers(self, out: bytearray, o: Headers, k: int, udp_tunnel_csum: bool) -> bytes:
+        """Segment ``k`` of a tunnel packet with its outer headers made its own (``o``: where they are): the outer
+        UDP length, the outer IP header (:meth:`network_header`), the outer UDP checksum
+        (:func:`models.virtio_net.gso_tunnel.outer_checksum`)."""
+        udp_len = len(out) - o.l4
+        struct.pack_into("!H", out, o.l4 + 4, udp_len)
+        self.network_header(out, o, udp_len, k)
+        gso_tunnel.outer_checksum(out, gso_tunnel.Outer(o.v6, o.l3, o.l3_len, o.l4, o.end), udp_tunnel_csum)
+        return bytes(out)
 
     def segments(self, frame: bytes, h: Headers, mss: int) -> list[bytes]:
         """TSO and USO: ``mss`` bytes of payload a segment, each with its own headers."""
@@ -243,4 +281,4 @@ class Gso:
         return out
 
 
-__all__ = ["GSO_FEATURE", "HOST_GSO_FEATURES", "Gso", "Headers", "Segmented", "parse"]
+__all__ = ["GSO_FEATURE", "HOST_GSO_FEATURES", "Gso", "Headers", "Segmented", "parse", "parse_ip"]
