@@ -32,7 +32,15 @@ from backend.virtio.features import (
     dependency_violations,
     has,
 )
-from backend.virtio.net_hdr import F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, HDR_SIZE, HDR_SIZE_HASH, NetHdr
+from backend.virtio.net_hdr import (
+    F_DATA_VALID,
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    TUNNEL_FIELDS,
+    TUNNEL_FIELDS_AT,
+    NetHdr,
+    hdr_size,
+)
 from backend.virtio.pci_regs import NO_VECTOR, VIRTIO_NET_S_LINK_UP, NetCfg
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.layout import (
@@ -285,7 +293,7 @@ class GuestNetDriver:
 
     @property
     def hdr_len(self) -> int:
-        return HDR_SIZE_HASH if has(self.features, NetF.HASH_REPORT) else HDR_SIZE
+        return hdr_size(self.features)
 
     def mac(self) -> bytes:
         """The device's mac with VIRTIO_NET_F_MAC (NET-DRV-03), else a locally administered one (NET-DRV-04)."""
@@ -376,11 +384,15 @@ class GuestNetDriver:
     def reclaim_tx(self) -> int:
         return len(self.ring(self.TX).used())
 
-    def send(self, frames: Iterable[Packet | bytes], hdr: NetHdr | None = None, timeout: float = 5.0) -> int:
+    def send(self, frames: Iterable[Packet | bytes], hdr: NetHdr | None = None, timeout: float = 5.0, *,
+             tunnel: tuple[int, int] = (0, 0)) -> int:
         """Transmit frames, each behind a virtio_net_hdr (num_buffers 0, flags 0: NET-DRV-16/17), or behind ``hdr``
-        (with a gso_type, the frames are GSO packets: longer than the mtu allows a frame, NET-DRV-09)."""
+        (with a gso_type, the frames are GSO packets: longer than the mtu allows a frame, NET-DRV-09); ``tunnel``
+        is its outer_th_offset and inner_nh_offset (a header with HOST_UDP_TUNNEL_GSO holds them)."""
         ring = self.ring(self.TX)
-        head = (hdr or NetHdr()).pack().ljust(self.hdr_len, b"\0")
+        head = bytearray((hdr or NetHdr()).pack().ljust(self.hdr_len, b"\0"))
+        if self.hdr_len >= TUNNEL_FIELDS_AT + TUNNEL_FIELDS.size:
+            TUNNEL_FIELDS.pack_into(head, TUNNEL_FIELDS_AT, *tunnel)
         limit = (self.mtu() or ETH_DATA_LEN) + ETH_HLEN if hdr is None or hdr.gso_type == GSO_NONE \
             else ETH_HLEN + 0xFFFF
         indirect = has(self.features, F.INDIRECT_DESC)
@@ -399,7 +411,7 @@ class GuestNetDriver:
                 if left <= 0:
                     raise TimeoutError(f"transmit queue still full after {timeout}s")
                 self.wait_irq("tx", left)
-            ring.add([head, raw], [], indirect=indirect)
+            ring.add([bytes(head), raw], [], indirect=indirect)
             sent += 1
         self.notify(self.TX)
         return sent
