@@ -256,5 +256,10 @@ class Coalescer:
         return NetHdr(flags=F_NEEDS_CSUM, gso_type=g.gso_type, hdr_len=g.hdr_len, gso_size=g.gso_size,
                       csum_start=g.csum_start, csum_offset=g.csum_offset, num_buffers=num_buffers)
 
+    def tunnel_header(self, packet: bytes) -> bytes:
+        """outer_th_offset and inner_nh_offset (bytes 20..23 of a 24-byte header) of a delivered packet: 0, as no
+        tunnel packet is coalesced here (:mod:`models.virtio_net.coalesce_tunnel` does)."""
+        return bytes(4)
+
 
 __all__ = ["GSO_NONE", "GUEST_GSO", "Coalesced", "Coalescer", "GsoInfo", "Segment", "offer_errors"]
