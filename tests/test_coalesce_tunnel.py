@@ -81,10 +81,12 @@ def test_outer_checksum_kinds() -> None:
     frames = tunnel_burst(3, 200, outer_csum=True)
     c = TunnelCoalescer()
     (whole,) = c.coalesce(frames, TUNNEL)
+    assert isinstance(whole, Coalesced)
     assert not c.header(whole, 1, TUNNEL).flags & F_UDP_TUNNEL_CSUM
     assert offload.ones_sum(bytes(whole[26:34]) + b"\0\x11" + (len(whole) - 34).to_bytes(2, "big")
                             + bytes(whole[34:])) == 0xFFFF  # complete and correct as delivered
     (partial,) = c.coalesce(frames, TUNNEL_CSUM)
+    assert isinstance(partial, Coalesced)
     assert c.header(partial, 1, TUNNEL_CSUM).flags & F_UDP_TUNNEL_CSUM
     pseudo = bytes(partial[26:34]) + b"\0\x11" + (len(partial) - 34).to_bytes(2, "big")
     assert int.from_bytes(partial[40:42], "big") == offload.ones_sum(pseudo)
