@@ -424,15 +424,29 @@ class VhostUserSession:
         if has(wanted, NetF.MQ):
             device_features |= 1 << NetF.CTRL_VQ  # the backend's own control queue sets the pairs
         status = self.device.get_status()
-        if status & DeviceStatus.FEATURES_OK:
-            if self.device.get_driver_features() != device_features:
+        if status & DeviceStatus.FEATURES_OK and self.device.get_driver_features() != device_features:
+            if any(r.pushed for r in self.rings.values()):
                 raise SessionError(f"features {value:#x} differ from those already negotiated "
-                                   f"({self.features:#x}) and the device is past FEATURES_OK")
-        else:
+                                   f"({self.features:#x}) while rings run on the device")
+            self._renegotiate(device_features)
+        elif not status & DeviceStatus.FEATURES_OK:
             self._negotiate(device_features)
         if bool(value & LOG_ALL) != self.logging_on:
             self._switch_logging(bool(value & LOG_ALL))
         self.features = value
+
+    def _renegotiate(self, device_features: int) -> None:
+        """New features once every ring has stopped (GET_VRING_BASE), without a reset message: DPDK's virtio_user
+        does so when its port is configured again with other offloads (lib/vhost accepts it while the device does not
+        run). The device is reset and negotiates again; the rings keep what the frontend said of them (it sends their
+        addresses and kicks again before DRIVER_OK, but not their call eventfds)."""
+        log.info("%s: features change with every ring stopped: resetting the device to negotiate %#x", self.name,
+                 device_features)
+        self.device.reset()
+        self._shadow.stop_all(self.table)
+        self._close_cvq()
+        self._status = 0
+        self._negotiate(device_features)
 
     def _negotiate(self, device_features: int) -> None:
         cur = self.device.get_status()  # SET_STATUS may already have set ACKNOWLEDGE and DRIVER

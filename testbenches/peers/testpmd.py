@@ -54,6 +54,20 @@ def vhost_vdev(path: str, *, queues: int = 1, client: bool = False, index: int =
     return ",".join(args)
 
 
+def pcap_vdev(rx_pcap: Path, tx_pcap: Path, *, index: int = 0) -> str:
+    """``net_pcap`` devargs: a port that receives the frames of ``rx_pcap`` once and writes what it sends to
+    ``tx_pcap`` (a packet source and sink the test controls)."""
+    return f"net_pcap{index},rx_pcap={rx_pcap},tx_pcap={tx_pcap}"
+
+
+def forward_errors(stop_output: str) -> dict[str, int]:
+    """The checksum error counters of ``stop``'s forward statistics (csum engine), summed over the ports."""
+    totals: dict[str, int] = {}
+    for name, value in re.findall(r"(Bad-(?:outer-)?(?:ipcsum|l4csum)):\s+(\d+)", stop_output):
+        totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
 @dataclass(frozen=True)
 class PortStats:
     """``show port stats`` counters of one port."""
