@@ -59,7 +59,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return run_serve(args, "vdpa-bench serve")
+    if args.judge_driver is None:
+        return run_serve(args, "vdpa-bench serve")
+    if (code := _needs_bench("serve --judge-driver")) is not None:
+        return code
+    from backend.lifecycle import run_until_signal
+    from testbenches.monitor.live import serve_judged
+
+    return run_until_signal("vdpa-bench serve", lambda stop_fd: serve_judged(args, stop_fd), verbose=args.verbose)
 
 
 def cmd_device(args: argparse.Namespace) -> int:
@@ -112,6 +119,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("serve", help="vhost-user backend: a fresh device per frontend connection",
                        description=SERVE_DESCRIPTION)
     add_serve_arguments(p)
+    p.add_argument("--judge-driver", metavar="PATH",
+                   help="judge the frontend's driver on its rings and headers (split/packed ring and virtio-net "
+                        "driver rows) and write each session's verdicts to PATH (JSON) when it ends; kicks are "
+                        "then relayed and register windows not mapped, so the data path is slower")
     p.set_defaults(func=cmd_serve)
 
 
