@@ -794,7 +794,7 @@ class VirtioNetDevice(VirtioPciFunction):
         assert dma is not None
         heads = q.peek_heads(k)
         pc = q.plain_chains(table, heads, writable=True)
-        hdr = NetHdr(num_buffers=1).pack()  # what rx_header says for a packet in one buffer
+        hdr = NetHdr(num_buffers=1).pack().ljust(self.hdr_len, b"\0")  # what rx_header says for a packet in one buffer
         need = frames.lengths[i:i + k].astype(np.uint64) + np.uint64(len(hdr))
         m = pc.prefix(pc.room >= need)
         if m == 0:
