@@ -49,3 +49,14 @@ class UdpReportedAsTcp(VirtioNetDevice):
     """With HASH_REPORT, a UDPv4 hash is reported as VIRTIO_NET_HASH_REPORT_TCPv4."""
 
     rss_class = _UdpReportedTcp
+
+
+class _NoReport(Rss):
+    def header_fields(self, frame: bytes) -> bytes:
+        return hash_fields(0, 0)  # hash_value 0, VIRTIO_NET_HASH_REPORT_NONE: the hash is steered by, never reported
+
+
+class HashReportMissing(VirtioNetDevice):
+    """With HASH_REPORT negotiated, every packet's header says VIRTIO_NET_HASH_REPORT_NONE (no hash reported)."""
+
+    rss_class = _NoReport

@@ -15,6 +15,7 @@ EXPECTED: dict[str, set[str]] = {
     "IndirectionIgnored": {"NETCTRL-DEV-29"},
     "UnclassifiedIgnored": {"NETCTRL-DEV-30"},
     "UdpReportedAsTcp": {"NETCTRL-DEV-B03"},
+    "HashReportMissing": {"NETCTRL-DEV-B03"},
 }
 #: The ids the module judges on the stock model; all pass.
 JUDGED = {"NET-DEV-07", "NET-DEV-08", "NET-DEV-13", "NET-DEV-B01", "NET-DEV-B02", "NET-DEV-B03", "NETCTRL-DEV-29",
