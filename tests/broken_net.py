@@ -21,3 +21,10 @@ class LinkChangeUnannounced(VirtioNetDevice):
     def set_link(self, up: bool) -> None:
         with self.endpoint.lock:
             self.link_up = up
+
+
+class NumBuffersShortMerged(VirtioNetDevice):
+    """With VIRTIO_NET_F_MRG_RXBUF, a packet over several receive buffers says one buffer fewer in num_buffers."""
+
+    def rx_header(self, frame: bytes, num_buffers: int = 1) -> bytes:
+        return super().rx_header(frame, num_buffers - 1 if num_buffers > 1 else num_buffers)
