@@ -7,6 +7,12 @@ gave the row no opportunity).
 The frame's headers are parsed here (Ethernet with VLAN tags, IPv4 or IPv6 without extension headers, TCP or
 UDP); a frame of another kind, or with a UDP-tunnel gso_type (whose inner headers these rules do not walk), judges
 none of the rows that need them.
+
+UDP-tunnel GSO requests (HOST_UDP_TUNNEL_GSO / _CSUM: NET-DRV-27/28/29/30/44/46/47) are judged on frames that parse
+as VXLAN (UDP port 4789) or GENEVE (6081, Ethernet payload) over UDP over IPv4/IPv6 around an inner IPv4/IPv6 TCP or
+UDP packet (:func:`tunnel`); a tunnel packet of another encapsulation gives these rows no opportunity. "Needs outer
+checksum offload" is read off the frame: an outer UDP checksum neither 0 nor the complete value (the pseudo-header
+sum a driver leaves for the device).
 """
 
 from __future__ import annotations
@@ -16,7 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.virtio.features import NetF, has
-from backend.virtio.net_hdr import F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_TUNNEL
+from backend.virtio.net_hdr import (
+    F_NEEDS_CSUM,
+    F_UDP_TUNNEL_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    GSO_UDP_TUNNEL,
+    GSO_UDP_TUNNEL_IPV4,
+    GSO_UDP_TUNNEL_IPV6,
+    NetHdr,
+    tunnel_offsets,
+)
 from testbenches.monitor.net_hdr_rules import (
     ETH_P_IP,
     ETH_P_IPV6,
@@ -219,6 +238,156 @@ OFFLOAD_TX_RULES: tuple[Callable[[TxBuffer], Finding | None], ...] = (
     net_drv_24, net_drv_25, net_drv_35, net_drv_36, net_drv_37, net_drv_40, net_drv_41, net_drv_42)
 
 
+# --- UDP-tunnel GSO (NET-DRV-27/28/29/30/44/46/47) ---------------------------------------------------------------
+
+VXLAN_PORT, GENEVE_PORT = 4789, 6081
+ETH_P_TEB = 0x6558  # GENEVE protocol type: an Ethernet frame
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """A UDP-tunnel frame: the ``outer`` headers (UDP) and the ``inner`` ones, offsets from the frame's start."""
+
+    outer: Transport
+    inner: Transport
+
+
+def tunnel(eth: bytes) -> Tunnel | None:
+    """The headers of a VXLAN or GENEVE frame around an inner IPv4/IPv6 TCP or UDP packet (None for any other)."""
+    o = transport(eth)
+    if o is None or o.proto != IPPROTO_UDP or len(eth) < o.l4 + 16:
+        return None
+    dport = struct.unpack_from("!H", eth, o.l4 + 2)[0]
+    if dport == VXLAN_PORT:
+        tlen = 8
+    elif dport == GENEVE_PORT and struct.unpack_from("!H", eth, o.l4 + 10)[0] == ETH_P_TEB:
+        tlen = 8 + (eth[o.l4 + 8] & 0x3F) * 4
+    else:
+        return None
+    at = o.l4 + 8 + tlen
+    i = transport(eth[at:])
+    if i is None:
+        return None
+    return Tunnel(o, Transport(i.v6, i.nh + at, i.l4 + at, i.proto, i.hlen + at, i.end + at))
+
+
+def _tunnelled(tx: TxBuffer) -> tuple[NetHdr, Tunnel] | None:
+    hdr = tx.hdr
+    t = tunnel(tx.frame_head) if hdr is not None else None
+    return None if hdr is None or t is None else (hdr, t)
+
+
+def _outer_csum(tx: TxBuffer, t: Tunnel) -> tuple[int, int, bool] | None:
+    """(outer UDP checksum field, outer pseudo-header sum, whether the field completes the datagram), or None when
+    the buffer does not hold the whole frame."""
+    eth, o = tx.frame_head, t.outer
+    if len(tx.head) < tx.length or o.end > len(eth):
+        return None
+    field = struct.unpack_from("!H", eth, o.l4 + 6)[0]
+    pseudo = pseudo_header_sum(eth, o)
+    return field, pseudo, ones_sum(struct.pack("!H", pseudo) + eth[o.l4:o.end]) == 0xFFFF
+
+
+def _needs_outer(tx: TxBuffer, t: Tunnel) -> bool | None:
+    """Whether the outer UDP checksum is left to the device (neither 0 nor complete); None: not whole."""
+    c = _outer_csum(tx, t)
+    return None if c is None else c[0] != 0 and not c[2]
+
+
+def net_drv_27(tx: TxBuffer) -> Finding | None:
+    """A UDP-tunnel GSO request carries TUNNEL_IPV4 for an inner IPv4 header, TUNNEL_IPV6 for an inner IPv6 one."""
+    p = _tunnelled(tx)
+    if p is None or not p[0].gso_type & GSO_UDP_TUNNEL:
+        return None
+    hdr, t = p
+    want = GSO_UDP_TUNNEL_IPV6 if t.inner.v6 else GSO_UDP_TUNNEL_IPV4
+    return Finding("NET-DRV-27", hdr.gso_type & GSO_UDP_TUNNEL == want,
+                   f"{tx.where}: inner IPv{6 if t.inner.v6 else 4}, gso_type {hdr.gso_type:#x}")
+
+
+def net_drv_28(tx: TxBuffer) -> Finding | None:
+    """A tunnel GSO packet needing outer UDP checksum offload only with HOST_UDP_TUNNEL_GSO and _CSUM negotiated."""
+    p = _tunnelled(tx)
+    if p is None or p[0].gso_type == GSO_NONE or not _needs_outer(tx, p[1]):
+        return None
+    ok = has(tx.features, NetF.HOST_UDP_TUNNEL_GSO) and has(tx.features, NetF.HOST_UDP_TUNNEL_GSO_CSUM)
+    return Finding("NET-DRV-28", ok, f"{tx.where}: tunnel GSO packet with its outer UDP checksum left to the device, "
+                   f"HOST_UDP_TUNNEL_GSO and _CSUM not both negotiated")
+
+
+def net_drv_29(tx: TxBuffer) -> Finding | None:
+    """A GSO packet needing outer UDP checksum offload carries a tunnel bit and VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM."""
+    p = _tunnelled(tx)
+    if p is None or p[0].gso_type == GSO_NONE or not _needs_outer(tx, p[1]):
+        return None
+    hdr = p[0]
+    return Finding("NET-DRV-29", bool(hdr.gso_type & GSO_UDP_TUNNEL and hdr.flags & F_UDP_TUNNEL_CSUM),
+                   f"{tx.where}: outer UDP checksum left to the device, gso_type {hdr.gso_type:#x}, "
+                   f"flags {hdr.flags:#x}")
+
+
+def net_drv_30(tx: TxBuffer) -> Finding | None:
+    """With HOST_UDP_TUNNEL_GSO and without _CSUM: no UDP_TUNNEL_CSUM flag, no tunnel GSO packet needing outer
+    checksum offload (judged on buffers with the flag or a tunnel frame)."""
+    hdr = tx.hdr
+    if hdr is None or not has(tx.features, NetF.HOST_UDP_TUNNEL_GSO) \
+            or has(tx.features, NetF.HOST_UDP_TUNNEL_GSO_CSUM):
+        return None
+    p = _tunnelled(tx)
+    flag = bool(hdr.flags & F_UDP_TUNNEL_CSUM)
+    if not flag and p is None:
+        return None
+    needs = p is not None and bool(hdr.gso_type & GSO_UDP_TUNNEL) and bool(_needs_outer(tx, p[1]))
+    return Finding("NET-DRV-30", not flag and not needs,
+                   f"{tx.where}: without HOST_UDP_TUNNEL_GSO_CSUM, flags {hdr.flags:#x}, outer UDP checksum "
+                   f"{'left to the device' if needs else 'not left to the device'}")
+
+
+def net_drv_44(tx: TxBuffer) -> Finding | None:
+    """A tunnel-marked packet's outer_th_offset is its outer UDP header, inner_nh_offset its inner network header,
+    csum_start its inner transport header."""
+    p = _tunnelled(tx)
+    if p is None or not p[0].gso_type & GSO_UDP_TUNNEL:
+        return None
+    hdr, t = p
+    outer_th_offset, inner_nh_offset = tunnel_offsets(tx.head[:tx.hdr_size])
+    want = (t.outer.l4, t.inner.nh, t.inner.l4)
+    got = (outer_th_offset, inner_nh_offset, hdr.csum_start)
+    return Finding("NET-DRV-44", got == want, f"{tx.where}: outer_th_offset/inner_nh_offset/csum_start {got}, the "
+                   f"headers are at {want}")
+
+
+def net_drv_46(tx: TxBuffer) -> Finding | None:
+    """With UDP_TUNNEL_CSUM, the outer UDP checksum field holds the outer pseudo-header sum."""
+    p = _tunnelled(tx)
+    if p is None or not p[0].flags & F_UDP_TUNNEL_CSUM:
+        return None
+    c = _outer_csum(tx, p[1])
+    if c is None:
+        return None
+    field, pseudo, _ = c
+    return Finding("NET-DRV-46", field == pseudo or {field, pseudo} <= {0, 0xFFFF},
+                   f"{tx.where}: UDP_TUNNEL_CSUM, outer UDP checksum {field:#06x}, pseudo-header sum {pseudo:#06x}")
+
+
+def net_drv_47(tx: TxBuffer) -> Finding | None:
+    """A tunnel-marked packet without HOST_UDP_TUNNEL_GSO_CSUM has an outer UDP checksum of 0 or complete."""
+    p = _tunnelled(tx)
+    if p is None or not p[0].gso_type & GSO_UDP_TUNNEL or has(tx.features, NetF.HOST_UDP_TUNNEL_GSO_CSUM):
+        return None
+    c = _outer_csum(tx, p[1])
+    if c is None:
+        return None
+    return Finding("NET-DRV-47", c[0] == 0 or c[2], f"{tx.where}: without HOST_UDP_TUNNEL_GSO_CSUM, outer UDP "
+                   f"checksum {c[0]:#06x}, neither 0 nor complete")
+
+
+TUNNEL_TX_RULES: tuple[Callable[[TxBuffer], Finding | None], ...] = (
+    net_drv_27, net_drv_28, net_drv_29, net_drv_30, net_drv_44, net_drv_46, net_drv_47)
+#: The UDP-tunnel rows this module judges on transmit buffers.
+NET_DRV_TUNNEL_ROWS = tuple(f.__name__.replace("net_drv_", "NET-DRV-") for f in TUNNEL_TX_RULES)
+
+
 def net_drv_48(offered: int, acked: int) -> Finding | None:
     """A driver that supplies exact header lengths accepts VIRTIO_NET_F_GUEST_HDRLEN when offered (SHOULD): judged
     only on such a driver (the check says which), not among the feature choices of every driver."""
@@ -233,7 +402,8 @@ NET_DRV_OFFLOAD_ROWS = tuple(f.__name__.replace("net_drv_", "NET-DRV-") for f in
 
 
 def judge_offload(tx: TxBuffer) -> list[Finding]:
-    return [f for rule in OFFLOAD_TX_RULES if (f := rule(tx)) is not None]
+    return [f for rule in (*OFFLOAD_TX_RULES, *TUNNEL_TX_RULES) if (f := rule(tx)) is not None]
 
 
-__all__ = ["NET_DRV_OFFLOAD_ROWS", "OFFLOAD_TX_RULES", "Transport", "judge_offload", "net_drv_48", "transport"]
+__all__ = ["NET_DRV_OFFLOAD_ROWS", "NET_DRV_TUNNEL_ROWS", "OFFLOAD_TX_RULES", "TUNNEL_TX_RULES", "Transport", "Tunnel",
+           "judge_offload", "net_drv_48", "transport", "tunnel"]
