@@ -10,7 +10,9 @@ tables (rich), one HTML page, one JSON file (:func:`write_real_drivers_report`).
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,5 +159,24 @@ def write_real_drivers_report(directory: Path, out: Path, console: Console | Non
     return out
 
 
-__all__ = ["RealDriverRun", "by_driver", "driver_table", "load_runs", "render_real_drivers_html",
+__all__ = ["RealDriverRun", "by_driver", "driver_table", "load_runs", "main", "render_real_drivers_html",
            "render_real_drivers_terminal", "write_real_drivers_report"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m testbenches.conformance.real_drivers FINDINGS_DIR --out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m testbenches.conformance.real_drivers",
+                                description="Render the real drivers' sections from serve --judge-driver findings "
+                                            "files (labelled with their driver): real-drivers.html and .json.")
+    p.add_argument("findings", metavar="FINDINGS_DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    args = p.parse_args(argv)
+    if not load_runs(Path(args.findings)):
+        print(f"{p.prog}: error: no findings file in {args.findings}", file=sys.stderr)
+        return 2
+    write_real_drivers_report(Path(args.findings), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
