@@ -19,6 +19,9 @@ outer UDP checksum, else 0). What the loopback brings back is judged with scapy:
 
 NETFEAT-DEV-07/08 are judged on the offer the check runs with (a configurable target is asked for the tunnel GSO
 features). Guest offloads, GUEST_HDRLEN and MRG_RXBUF stay off, so each segment comes back as one packet, as sent.
+
+The driver rows NET-DRV-27/28/29/30/44/46/47 are judged on the bench's guest driver sending such packets (with and
+without HOST_UDP_TUNNEL_GSO_CSUM) by the ring monitors (:mod:`testbenches.monitor.net_offload_rules`).
 """
 
 from __future__ import annotations
@@ -54,9 +57,13 @@ from backend.virtio.net_hdr import (
     TUNNEL_FIELDS_AT,
     NetHdr,
 )
+from sim.memory import GuestMemory
 from testbenches.conformance.chains import written_bytes
-from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
+from testbenches.monitor import SplitRingMonitor, TracingPciDevice
+from testbenches.monitor.net_offload_rules import NET_DRV_TUNNEL_ROWS
 
 TUNNEL_GSO = bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO, NetF.HOST_UDP_TUNNEL_GSO,
                   NetF.HOST_UDP_TUNNEL_GSO_CSUM)
@@ -357,3 +364,53 @@ def test_tunnel_segmentation(bench: Bench, verdict: Verdict) -> None:
             run_case(loop, verdict, usable(case), rng)
 
         more()
+
+
+# --- the driver rows: the bench's guest driver sending tunnel GSO packets, judged by the ring monitors -------------
+
+DRIVER_MEM = 8 << 20
+DRIVER_CASES = [Case(outer_v6, inner_v6, tcp, geneve, 3000, 1000, True)
+                for outer_v6, inner_v6, tcp, geneve in ((False, False, True, False), (True, True, True, True),
+                                                        (False, True, False, True), (True, False, False, False))]
+
+
+@pytest.mark.req(*NET_DRV_TUNNEL_ROWS)
+@pytest.mark.parametrize("csum", [pytest.param(True, id="tunnel_csum"), pytest.param(False, id="no_tunnel_csum")])
+def test_guest_driver_tunnel_headers(bench: Bench, verdict: Verdict, csum: bool) -> None:
+    """The guest driver with HOST_UDP_TUNNEL_GSO (and in one run _CSUM) negotiated sends VXLAN and GENEVE packets
+    over IPv4/IPv6 around inner TCP/UDP over IPv4/IPv6, each behind the header a driver offloading their
+    segmentation writes (the outer UDP checksum left to the device with UDP_TUNNEL_CSUM where _CSUM is negotiated,
+    0 otherwise); the ring monitors judge every header and frame."""
+    name = f"guest driver with HOST_UDP_TUNNEL_GSO{' and _CSUM' if csum else ''}"
+    want = DEFAULT_FEATURES | TUNNEL_GSO & ~(0 if csum else bits(NetF.HOST_UDP_TUNNEL_GSO_CSUM))
+    with GuestMemory.single(DRIVER_MEM, gpa=GUEST_MEMORY_BASE) as mem:
+        trace = TracingPciDevice(bench.open(_spec(bench)))
+        rings = SplitRingMonitor.attach(trace, mem.read)
+        drv = GuestNetDriver(trace, mem, queue_size=64, features=want)
+        try:
+            drv.init()
+            negotiated = drv.features
+            if not has(negotiated, NetF.HOST_UDP_TUNNEL_GSO) or csum != has(negotiated,
+                                                                             NetF.HOST_UDP_TUNNEL_GSO_CSUM):
+                for rid in NET_DRV_TUNNEL_ROWS:
+                    verdict.not_offered(rid, f"{name}: not negotiable from the offer {drv.offered:#x}")
+                return
+            rng = random.Random(7)
+            for case in DRIVER_CASES:
+                sent = build(Case(case.outer_v6, case.inner_v6, case.tcp, case.geneve, case.size, case.mss, csum),
+                             rng)
+                drv.send([sent.partial], hdr=sent.hdr, tunnel=sent.offsets)
+            done = drv.wait_tx_done(timeout=5.0)
+            rings.inspect()
+        finally:
+            drv.close()
+    net = rings.net
+    assert net is not None, "the ring monitor feeds no virtio-net monitor"
+    seen = f"{net.seen()} ({len(DRIVER_CASES)} tunnel packets sent, all used: {done}); negotiated {negotiated:#x}"
+    verdicts = net.verdicts()
+    for rid in NET_DRV_TUNNEL_ROWS:
+        if rid in verdicts:
+            ok, evidence = verdicts[rid]
+            verdict.check(rid, ok, f"{name}: {seen}; " + "; ".join(evidence[:5]))
+        else:
+            verdict.not_applicable(rid, f"{name}: the run gave it no opportunity ({seen})")
