@@ -51,8 +51,9 @@ class JobResult:
 
 
 def vhost_user_net_args(socket: Path | str, *, ident: str = "n0", mac: str | None = None,
-                        queue_size: int | None = None) -> list[str]:
-    """A virtio-net-pci NIC whose device is the vhost-user backend listening on ``socket``.
+                        queue_size: int | None = None, properties: Sequence[str] = ()) -> list[str]:
+    """A virtio-net-pci NIC whose device is the vhost-user backend listening on ``socket``; ``properties`` are
+    more ``name=value`` device properties (e.g. ``csum=on``, ``host_tso4=on``).
 
     ``vectors=0``: QEMU 7.2 under TCG crashes in vhost_net_start when the guest enables MSI-X, so
     the NIC signals with INTx. Needs ``Guest(shared_memory=True)``.
@@ -62,6 +63,7 @@ def vhost_user_net_args(socket: Path | str, *, ident: str = "n0", mac: str | Non
         device += f",mac={mac}"
     if queue_size is not None:
         device += f",rx_queue_size={queue_size},tx_queue_size={queue_size}"
+    device += "".join(f",{prop}" for prop in properties)
     return ["-chardev", f"socket,id={ident}c,path={socket}",
             "-netdev", f"vhost-user,id={ident},chardev={ident}c",
             "-device", device]

@@ -13,11 +13,11 @@ hold CSUM and HOST_TSO4 and the forward statistics no checksum error.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
 
-import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
@@ -25,9 +25,12 @@ from scapy.utils import rdpcap, wrpcap
 
 from backend.virtio.features import NetF, bits
 from models.virtio_net.device import DEFAULT_FEATURES
+from testbenches.guest.kernel import Kernel
+from testbenches.guest.qemu import Guest, vhost_user_net_args
 from testbenches.peers.process import require_program
 from testbenches.peers.serve import ServeProcess
 from testbenches.peers.testpmd import INSTALL_HINT, Testpmd, forward_errors, pcap_vdev, virtio_user_vdev
+from tests.interop.test_qemu_vhost_user import EXIT_TIMEOUT, READY_TIMEOUT, SETUP, read_env
 
 #: The offer: the default plus the checksum and TCP segmentation offloads both ways.
 OFFLOADS = bits(NetF.CSUM, NetF.GUEST_CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.GUEST_TSO4, NetF.GUEST_TSO6)
@@ -41,11 +44,6 @@ DRIVER_OK_LINE = re.compile(r"DRIVER_OK: device running \(driver features (0x[0-
 #: The virtio port's offloads, set as testpmd requires: port stopped, per-port config, port started.
 CONFIGURE = ("port stop 0", "port config 0 rx_offload tcp_cksum on", "port config 0 rx_offload udp_cksum on",
              "csum set ip sw 0", "csum set tcp hw 0", "csum set udp hw 0", f"tso set {TSO_SEGSZ} 0", "port start 0")
-
-
-@pytest.fixture(autouse=True)
-def _testpmd_installed() -> None:
-    require_program("dpdk-testpmd", INSTALL_HINT)
 
 
 def payload(length: int, seed: int) -> bytes:
@@ -117,6 +115,7 @@ def check_frames(path: Path, *, segmented: bool) -> None:
 
 
 def test_testpmd_csum_tso_through_serve(tmp_path: Path, sock: str) -> None:
+    require_program("dpdk-testpmd", INSTALL_HINT)
     source, sink, wire = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "wire.pcap"
     wrpcap(str(source), injected())
     device = f"sim:virtio-net,features={DEFAULT_FEATURES | OFFLOADS:#x},wire=loopback,pcap={wire}"
@@ -152,3 +151,136 @@ def test_testpmd_csum_tso_through_serve(tmp_path: Path, sock: str) -> None:
         assert features >> bit & 1, f"{bit.name} not negotiated: driver features {features:#x}"
     check_frames(wire, segmented=True)
     check_frames(sink, segmented=False)
+
+
+# --- QEMU guest: Linux virtio_net with checksum offload and TSO on, over vhost-user ---------------------------------
+
+QEMU_PROPERTIES = ("csum=on", "guest_csum=on", "gso=on", "host_tso4=on", "host_tso6=on", "guest_tso4=on",
+                   "guest_tso6=on")
+GUEST_MAC = "52:54:00:0b:e7:08"
+TCP_PORT = 5001
+#: Bytes the guest sends itself over TCP through the device (seconds of traffic under TCG).
+TRANSFER_BYTES = 256 * 1024
+GUEST_TIMEOUT = 150.0
+#: In the guest after eth0 is up (tests/interop/test_qemu_vhost_user.py's SETUP): the offloads seen and toggled with
+#: the host's ethtool (``chroot /host``), then one TCP transfer from 10.0.0.1 to 10.0.0.2 that crosses the device (and
+#: its loopback wire) both ways, received by busybox nc into a file whose md5 is compared with the sent one's.
+TRANSFER_JOB = r"""
+et() { chroot /host /usr/sbin/ethtool "$@"; }
+feature() { et -k eth0 | grep "^$1:" | cut -d' ' -f2; }
+say tso_initial "$(feature tcp-segmentation-offload)"
+say tx_csum_initial "$(feature tx-checksumming)"
+say rx_csum_initial "$(feature rx-checksumming)"
+et -K eth0 tso off; say tso_off_code $?
+say tso_after_off "$(feature tcp-segmentation-offload)"
+et -K eth0 tso on; say tso_on_code $?
+say tso_after_on "$(feature tcp-segmentation-offload)"
+cp /job/data /tmp/data
+printf '#!/bin/sh\ncat /tmp/data\n' > /tmp/source.sh
+printf '#!/bin/sh\ncat > /tmp/received\ntouch /tmp/received.done\n' > /tmp/sink.sh
+chmod +x /tmp/source.sh /tmp/sink.sh
+tcp() { grep '^Tcp:' /proc/net/snmp | tr '\n' ';'; }
+say before_tcp "$(tcp)"
+say before_tx "$(cat $net/statistics/tx_packets)"
+say before_rx "$(cat $net/statistics/rx_packets)"
+# 10.0.0.2 sends the data (cat writes it to the socket in large writes: TCP builds GSO packets), 10.0.0.1 receives
+nc -l -p @PORT@ -e /tmp/source.sh &
+# the listener is up when a connection succeeds: retry with a deadline (10 s)
+i=0
+until nc 10.0.0.2 @PORT@ -e /tmp/sink.sh; do
+    [ $i -lt 200 ] || exit 20
+    i=$((i + 1)); sleep 0.05
+done
+i=0
+while [ ! -e /tmp/received.done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+[ -e /tmp/received.done ] || exit 21
+say after_tx "$(cat $net/statistics/tx_packets)"
+say after_rx "$(cat $net/statistics/rx_packets)"
+say after_tcp "$(tcp)"
+say sent_md5 "$(md5sum < /job/data | cut -d' ' -f1)"
+say received_md5 "$(md5sum < /tmp/received | cut -d' ' -f1)"
+say received_bytes "$(wc -c < /tmp/received)"
+exit 0
+""".replace("@PORT@", str(TCP_PORT))
+
+
+def tcp_counters(line: str) -> dict[str, int]:
+    """``Tcp: RtoAlgorithm ...;Tcp: 1 ...;`` from /proc/net/snmp into names and values."""
+    names, values = (row.split()[1:] for row in line.strip(";").split(";"))
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
+def check_tcp_wire(path: Path, data: bytes, mtu: int = 1500) -> int:
+    """The transfer's frames on the wire (both ways): checksums valid, each within the mtu, and the byte stream of
+    the data frames (from TCP_PORT; retransmissions counted once) equal to ``data``. Returns how many frames."""
+    pieces: dict[int, bytes] = {}
+    frames = 0
+    for i, raw in enumerate(rdpcap(str(path))):
+        eth = Ether(bytes(raw))
+        if TCP not in eth or TCP_PORT not in (eth[TCP].sport, eth[TCP].dport):
+            continue
+        frames += 1
+        problem = checksums_valid(eth)
+        assert problem is None, f"wire frame {i} ({eth.summary()}): {problem}"
+        assert eth[IP].len <= mtu, f"wire frame {i}: IP length {eth[IP].len} over the mtu {mtu}"
+        ip = bytes(eth[IP])[:eth[IP].len]
+        body = ip[eth[IP].ihl * 4 + eth[TCP].dataofs * 4:]
+        if body:
+            assert eth[TCP].sport == TCP_PORT, f"wire frame {i}: data towards the sender: {eth.summary()}"
+            pieces[eth[TCP].seq] = body
+    assert pieces, "no data frame of the transfer on the wire"
+    start = min(pieces)
+    stream = bytearray()
+    for seq in sorted(pieces):
+        offset = (seq - start) % (1 << 32)
+        assert offset <= len(stream), f"a hole in the stream on the wire before offset {offset}"
+        stream[offset:offset + len(pieces[seq])] = pieces[seq]
+    assert bytes(stream) == data, f"the wire carried {len(stream)} bytes that differ from the {len(data)} sent"
+    return frames
+
+
+def test_qemu_guest_tcp_with_offloads(kernel: Kernel, tmp_path: Path, started: contextlib.ExitStack) -> None:
+    """The guest's virtio_net negotiates CSUM/GUEST_CSUM/HOST_TSO4/GUEST_TSO4 with the model through serve, ethtool
+    turns TSO off and on again, and a TCP transfer the guest sends itself arrives intact: on the wire as the model
+    segmented it (more segments than the guest transmitted packets), in the guest by md5, no checksum error."""
+    sock, wire = tmp_path / "vu.sock", tmp_path / "wire.pcap"
+    device = f"sim:virtio-net,features={DEFAULT_FEATURES | OFFLOADS:#x},wire=loopback,pcap={wire}"
+    serve = started.enter_context(ServeProcess(str(sock), device, log=tmp_path / "serve.log"))
+    serve.wait_listening(READY_TIMEOUT)
+    guest = started.enter_context(Guest(tmp_path / "guest", kernel=kernel, shared_memory=True, share_root=Path("/"),
+                                        extra_args=vhost_user_net_args(sock, mac=GUEST_MAC,
+                                                                       properties=QEMU_PROPERTIES)))
+    data = payload(TRANSFER_BYTES, 5)
+    guest.job_dir.mkdir(parents=True, exist_ok=True)
+    (guest.job_dir / "data").write_bytes(data)
+    guest.boot(SETUP + TRANSFER_JOB)
+    result = guest.wait_job(GUEST_TIMEOUT, boot=1)
+    assert result.exit_code == 0, f"guest job exit {result.exit_code}:\n{guest.console()[-3000:]}"
+    env = read_env(guest.job_dir / "result-1.env")
+    assert guest.wait_exit(EXIT_TIMEOUT) == 0, f"QEMU exit status:\n{guest.console()[-3000:]}"
+    serve.proc.wait_for(r"vhost-user#1: frontend disconnected", EXIT_TIMEOUT)
+    assert serve.stop() == 0, f"serve exit status; log:\n{serve.proc.tail()}"
+    log = serve.log()
+    for bad in ("refused", "session dropped", "Traceback"):
+        assert bad not in log, f"{bad!r} in the backend log:\n{log[-3000:]}"
+
+    features = int(DRIVER_OK_LINE.findall(log)[0], 16)
+    for bit in (NetF.CSUM, NetF.GUEST_CSUM, NetF.HOST_TSO4, NetF.GUEST_TSO4):
+        assert features >> bit & 1, f"{bit.name} not negotiated by the guest: driver features {features:#x}"
+    assert (env["tso_initial"], env["tx_csum_initial"], env["rx_csum_initial"]) == ("on", "on", "on"), env
+    assert (env["tso_off_code"], env["tso_after_off"]) == ("0", "off"), env
+    assert (env["tso_on_code"], env["tso_after_on"]) == ("0", "on"), env
+    assert env["received_md5"] == env["sent_md5"] and env["received_bytes"] == str(TRANSFER_BYTES), env
+    before, after = tcp_counters(env["before_tcp"]), tcp_counters(env["after_tcp"])
+    assert after["InErrs"] == before["InErrs"] and after["InCsumErrors"] == before["InCsumErrors"], (before, after)
+    # Every TCP segment the guest sent (OutSegs counts a GSO packet's segments) is one frame on the wire; the driver
+    # handed the device fewer packets than that: the device cut the GSO packets up.
+    segments = after["OutSegs"] - before["OutSegs"]
+    frames = check_tcp_wire(wire, data)
+    assert frames == segments, f"the wire carried {frames} frames of the connection, the guest sent {segments} segments"
+    transmitted = int(env["after_tx"]) - int(env["before_tx"])
+    assert segments > transmitted, \
+        f"{segments} TCP segments in {transmitted} packets the guest transmitted: no GSO packet reached the device"
+    # With GUEST_TSO4 the device hands the guest received segments coalesced: fewer packets than frames came back.
+    received = int(env["after_rx"]) - int(env["before_rx"])
+    assert received < frames, f"the guest received {received} packets for {frames} frames: nothing was coalesced"
