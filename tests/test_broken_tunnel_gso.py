@@ -1,0 +1,43 @@
+"""The host UDP-tunnel GSO check finds bugs: each seeded bug of tests/broken_tunnel_gso.py fails exactly the ids of
+the rule it breaks when ``test_net_tunnel_gso.py`` runs on it, and the stock model passes every id the module
+judges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+
+MODULE = CHECKS / "test_net_tunnel_gso.py"
+#: variant class in tests/broken_tunnel_gso.py -> the ids its bug breaks: the module must fail exactly these
+EXPECTED: dict[str, set[str]] = {
+    "OuterUdpLengthNotFixed": {"NET-DEV-21"},
+    "BothTunnelBitsAccepted": {"NET-DEV-22"},
+    "TunnelCsumIgnored": {"NET-DEV-21"},
+}
+#: The ids the module judges on the stock model; all pass.
+JUDGED = {"NET-DEV-21", "NET-DEV-22", "NET-DEV-23", "NET-DEV-24", "NET-DEV-25", "NETFEAT-DEV-07", "NETFEAT-DEV-08",
+          "NET-DRV-27", "NET-DRV-28", "NET-DRV-29", "NET-DRV-30", "NET-DRV-44", "NET-DRV-46", "NET-DRV-47"}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return module_on_variants(MODULE, "tests.broken_tunnel_gso", EXPECTED, tmp_path_factory.mktemp("runs"),
+                              timeout=240)
+
+
+def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
+    data = results[""]
+    assert data["_exit"] == 0, data["_stdout"][-3000:]
+    assert ids_with(data, "passed") == JUDGED, {i: data["ids"][i] for i in JUDGED - ids_with(data, "passed")}
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
+    data = results[variant]
+    assert_fails_exactly(data, EXPECTED[variant], variant)
+    assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
