@@ -1,14 +1,19 @@
-"""Interop with the checksum and segmentation offloads on: DPDK testpmd's ``net_virtio_user`` through
-``vdpa-bench serve`` to the model offering VIRTIO_NET_F_CSUM, GUEST_CSUM and HOST/GUEST_TSO4/6.
+"""Interop with the checksum and segmentation offloads on, through ``vdpa-bench serve`` to the model offering
+VIRTIO_NET_F_CSUM, GUEST_CSUM and HOST/GUEST_TSO4/6, with two real drivers.
 
-testpmd runs its ``csum`` forwarding engine between two ports: a ``net_pcap`` port (port 1) that receives
-TCP and UDP frames the test wrote, and the virtio port (port 0) configured with TCP/UDP checksum offload,
-TSO with a segment size of 800 and receive checksum offload. testpmd hands each large TCP frame to the device
-with a gso_type and NEEDS_CSUM; the model segments it and completes the checksums on its loopback wire
-(captured to a pcap), the segments come back on port 0 and leave through port 1 into a second pcap. scapy then
-checks the wire: every segment at most 800 bytes of payload, IPv4 and TCP/UDP checksums valid, the byte
-stream of each TCP connection the one the test sent. The negotiated features (serve's DRIVER_OK line) must
-hold CSUM and HOST_TSO4 and the forward statistics no checksum error.
+DPDK testpmd (``net_virtio_user``) runs its ``csum`` forwarding engine between two ports: a ``net_pcap`` port
+(port 1) that receives TCP and UDP frames the test wrote, and the virtio port (port 0) configured with TCP/UDP
+checksum offload, TSO with a segment size of 800 and receive checksum offload. testpmd hands each large TCP frame
+to the device with a gso_type and NEEDS_CSUM; the model segments it and completes the checksums on its loopback
+wire (captured to a pcap), the segments come back on port 0 and leave through port 1 into a second pcap. scapy
+checks the wire: every segment at most 800 bytes of payload, IPv4 and TCP/UDP checksums valid, the byte stream of
+each TCP connection the one the test sent. The negotiated features (serve's DRIVER_OK line) must hold CSUM and
+HOST_TSO4 and the forward statistics no checksum error. (testpmd's ``--enable-rx-cksum`` asks for IPv4 receive
+checksum offload too, which virtio cannot offer: ``port config 0 rx_offload tcp_cksum on`` asks for what it can.)
+
+A QEMU guest's Linux virtio_net (virtio-net-pci over vhost-user with csum/gso/tso properties on) negotiates the same
+offloads, toggles TSO with ethtool and sends itself a TCP transfer over the loopback wire: intact in the guest (md5)
+and on the wire (scapy), segmented by the model and coalesced for the guest's receive side.
 """
 
 from __future__ import annotations
