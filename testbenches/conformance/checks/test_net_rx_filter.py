@@ -50,6 +50,7 @@ from backend.virtio.net_ctrl import (
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, NetCfg
 from testbenches.conformance.checks.test_net_ctrl_mq import Ack, MqRig
 from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig, need
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 
@@ -68,6 +69,8 @@ EXTRA_IDS = ("NETCTRL-DEV-06", "NETCTRL-DEV-08", "NETCTRL-DEV-09", "NETCTRL-DEV-
              "NETCTRL-DEV-12", "NETCTRL-DEV-13", "NETCTRL-DEV-14", "NETCTRL-DEV-15", "NETCTRL-DEV-16")
 TABLE_IDS = ("NETCTRL-DEV-17", "NETCTRL-DEV-18", "NETCTRL-DEV-19", "NETCTRL-DEV-20")
 VLAN_IDS = ("NETCTRL-DEV-21", "NETCTRL-DEV-22", "NETCTRL-DEV-23")
+#: Judged on the offer the checks run with (testbenches/conformance/offers.py).
+OFFER_IDS = ("NETFEAT-DEV-09", "NET-DEV-14")
 ANNOUNCE_IDS = ("NETCTRL-DEV-24",)
 
 #: Addresses the frames go to besides the device's own MAC: unicast ones nobody set, multicast ones, broadcast.
@@ -192,10 +195,12 @@ def features_with(rig: Rig, verdict: Verdict, ids: tuple[str, ...], need_bits: t
     return feats if rig.looped(verdict, *ids) else None
 
 
-@pytest.mark.req(*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20")
+@pytest.mark.req(*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20", *OFFER_IDS)
 def test_rx_modes(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
-    """On both ring layouts: the filter sits before the receive queue, whichever layout it has."""
+    """On both ring layouts: the filter sits before the receive queue, whichever layout it has. The offer of the
+    device the filter checks run on: the control classes with CTRL_VQ (NETFEAT-DEV-09, NET-DEV-14)."""
     with bench.rig(filter_spec(bench)) as rig:
+        judge_offer(verdict, rig.offered, OFFER_IDS)
         feats = features_with(rig, verdict, (*MODE_IDS, "NETCTRL-DEV-17", "NETCTRL-DEV-20"), (NetF.CTRL_RX,),
                               layout=ring_layout)
         if feats is None:
