@@ -4,6 +4,7 @@ flags, checksums, reassembly), and the requests it refuses."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,8 +14,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
+import testbenches.conformance.checks.test_net_tunnel_gso as tunnel_check
 from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_hdr import (
+    F_DATA_VALID,
     F_NEEDS_CSUM,
     GSO_ECN,
     GSO_TCPV4,
@@ -22,6 +25,7 @@ from backend.virtio.net_hdr import (
     GSO_UDP,
     GSO_UDP_L4,
     GSO_UDP_TUNNEL_IPV4,
+    GSO_UDP_TUNNEL_IPV6,
     NetHdr,
 )
 from models.virtio_net.device import VirtioNetDevice
@@ -154,4 +158,61 @@ def test_hdr_len_is_not_read() -> None:
                                    bits(NetF.CSUM, NetF.HOST_UFO, NetF.HOST_ECN)])
 def test_model_refuses_an_offer_against_the_dependency_table(offer: int) -> None:
     with pytest.raises(ValueError, match="NETFEAT-DEV-05/06"):
+        VirtioNetDevice(features=bits(F.VERSION_1) | offer)
+
+
+# --- UDP-tunnel GSO (models/virtio_net/gso_tunnel.py) ------------------------------------------------------------
+
+TUNNEL_ALL = bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO, NetF.HOST_UDP_TUNNEL_GSO,
+                  NetF.HOST_UDP_TUNNEL_GSO_CSUM)
+
+
+@pytest.mark.parametrize("outer_v6", [False, True])
+@pytest.mark.parametrize("inner_v6", [False, True])
+@pytest.mark.parametrize("tcp", [False, True])
+@pytest.mark.parametrize("csum", [False, True])
+def test_tunnel_segments(outer_v6: bool, inner_v6: bool, tcp: bool, csum: bool) -> None:
+    case = tunnel_check.Case(outer_v6, inner_v6, tcp, outer_v6 != inner_v6, 2500, 700, csum)
+    sent = tunnel_check.build(case, random.Random(3))
+    out = Gso().segment(sent.hdr, sent.partial, TUNNEL_ALL, sent.offsets)
+    assert out is not None and len(out) == 4
+    assert tunnel_check.segment_problems(sent, case.mss, out) == []
+    outer_csum = [int.from_bytes(p[sent.offsets[0] + 6:sent.offsets[0] + 8], "big") for p in out]
+    assert all(outer_csum) if csum else not any(outer_csum)
+
+
+def _tunnel_refused() -> dict[str, tuple[NetHdr, tuple[int, int], int]]:
+    sent = tunnel_check.build(tunnel_check.Case(False, False, True, False, 2500, 700, True), random.Random(4))
+    h, (th, nh) = sent.hdr, sent.offsets
+
+    def hdr(**changes: int) -> NetHdr:
+        return replace(h, **changes)
+
+    return {
+        "both tunnel bits": (hdr(gso_type=h.gso_type | GSO_UDP_TUNNEL_IPV6), (th, nh), TUNNEL_ALL),
+        "NEEDS_CSUM clear": (hdr(flags=h.flags & ~F_NEEDS_CSUM), (th, nh), TUNNEL_ALL),
+        "DATA_VALID": (hdr(flags=h.flags | F_DATA_VALID), (th, nh), TUNNEL_ALL),
+        "no inner gso_type": (hdr(gso_type=GSO_UDP_TUNNEL_IPV4), (th, nh), TUNNEL_ALL),
+        "UDP_TUNNEL_CSUM without _CSUM": (h, (th, nh), TUNNEL_ALL & ~bits(NetF.HOST_UDP_TUNNEL_GSO_CSUM)),
+        "tunnel bit without the feature": (h, (th, nh), ALL),
+        "outer_th_offset off": (h, (th + 2, nh), TUNNEL_ALL),
+        "inner_nh_offset off": (h, (th, nh + 14), TUNNEL_ALL),
+        "TUNNEL_IPV6 on an inner IPv4 header": (hdr(gso_type=GSO_TCPV4 | GSO_UDP_TUNNEL_IPV6), (th, nh), TUNNEL_ALL),
+        "UDP_TUNNEL_CSUM without a tunnel bit": (hdr(gso_type=GSO_TCPV4), (th, nh), TUNNEL_ALL),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_tunnel_refused()))
+def test_malformed_tunnel_request_is_dropped(case: str) -> None:
+    sent = tunnel_check.build(tunnel_check.Case(False, False, True, False, 2500, 700, True), random.Random(4))
+    hdr, offsets, negotiated = _tunnel_refused()[case]
+    assert Gso().segment(hdr, sent.partial, negotiated, offsets) is None
+    assert Gso().segment(sent.hdr, sent.partial, TUNNEL_ALL, sent.offsets) is not None
+
+
+@pytest.mark.parametrize("offer", [bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_UDP_TUNNEL_GSO),
+                                   bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO,
+                                        NetF.HOST_UDP_TUNNEL_GSO_CSUM)])
+def test_model_refuses_a_tunnel_offer_against_the_dependency_table(offer: int) -> None:
+    with pytest.raises(ValueError, match="HOST_UDP_TUNNEL_GSO"):
         VirtioNetDevice(features=bits(F.VERSION_1) | offer)
