@@ -5,6 +5,9 @@
   :class:`Results` (for example ``sim`` and ``rtl``) are shown side by side.
 * :func:`write_requirements_junit` - one JUnit test case per requirement id.
 
+The real drivers' sections (DPDK virtio_user, a Linux guest's virtio_net judged during interop runs by
+``serve --judge-driver``) are rendered apart, from their findings files: :mod:`testbenches.conformance.real_drivers`.
+
 Checks parametrised by ring layout (the ``layout`` fixture) record each outcome with its layout; an id then
 also gets a status per layout (:attr:`IdResult.layouts`), and passes only when no layout failed and every
 layout that judged it passed, was not offered or does not apply (:func:`aggregate_layouts`).
