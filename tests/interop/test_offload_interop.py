@@ -171,7 +171,7 @@ GUEST_TIMEOUT = 150.0
 #: the host's ethtool (``chroot /host``), then one TCP transfer from 10.0.0.1 to 10.0.0.2 that crosses the device (and
 #: its loopback wire) both ways, received by busybox nc into a file whose md5 is compared with the sent one's.
 TRANSFER_JOB = r"""
-et() { chroot /host /usr/sbin/ethtool "$@"; }
+et() { chroot /host @ETHTOOL@ "$@"; }
 feature() { et -k eth0 | grep "^$1:" | cut -d' ' -f2; }
 say tso_initial "$(feature tcp-segmentation-offload)"
 say tx_csum_initial "$(feature tx-checksumming)"
@@ -248,6 +248,7 @@ def test_qemu_guest_tcp_with_offloads(kernel: Kernel, tmp_path: Path, started: c
     """The guest's virtio_net negotiates CSUM/GUEST_CSUM/HOST_TSO4/GUEST_TSO4 with the model through serve, ethtool
     turns TSO off and on again, and a TCP transfer the guest sends itself arrives intact: on the wire as the model
     segmented it (more segments than the guest transmitted packets), in the guest by md5, no checksum error."""
+    ethtool = require_program("ethtool", "apt-get install ethtool (the guest runs the host's, in the shared root)")
     sock, wire = tmp_path / "vu.sock", tmp_path / "wire.pcap"
     device = f"sim:virtio-net,features={DEFAULT_FEATURES | OFFLOADS:#x},wire=loopback,pcap={wire}"
     serve = started.enter_context(ServeProcess(str(sock), device, log=tmp_path / "serve.log"))
@@ -258,7 +259,7 @@ def test_qemu_guest_tcp_with_offloads(kernel: Kernel, tmp_path: Path, started: c
     data = payload(TRANSFER_BYTES, 5)
     guest.job_dir.mkdir(parents=True, exist_ok=True)
     (guest.job_dir / "data").write_bytes(data)
-    guest.boot(SETUP + TRANSFER_JOB)
+    guest.boot(SETUP + TRANSFER_JOB.replace("@ETHTOOL@", ethtool))
     result = guest.wait_job(GUEST_TIMEOUT, boot=1)
     assert result.exit_code == 0, f"guest job exit {result.exit_code}:\n{guest.console()[-3000:]}"
     env = read_env(guest.job_dir / "result-1.env")
