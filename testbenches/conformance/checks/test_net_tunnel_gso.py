@@ -414,3 +414,19 @@ def test_guest_driver_tunnel_headers(bench: Bench, verdict: Verdict, csum: bool)
             verdict.check(rid, ok, f"{name}: {seen}; " + "; ".join(evidence[:5]))
         else:
             verdict.not_applicable(rid, f"{name}: the run gave it no opportunity ({seen})")
+
+
+@pytest.mark.req("NET-DEV-18", "NET-DEV-27")
+def test_ipsec_header_fields(bench: Bench, verdict: Verdict) -> None:
+    """NET-DEV-18 (outer_nh_offset unused unless OUT_NET_HEADER) and NET-DEV-27 (resource_id / resource_type unused
+    without VIRTIO_NET_HDR_F_SECURITY) speak of fields the header holds only with VIRTIO_NET_F_IPSEC (outer_nh_offset
+    also with OUT_NET_HEADER, where its use is allowed): without IPSEC offered there is no header to put garbage in."""
+    with bench.rig() as rig:
+        offered = rig.offered
+    for rid, field in (("NET-DEV-18", "outer_nh_offset"), ("NET-DEV-27", "resource_id / resource_type")):
+        if has(offered, NetF.IPSEC):
+            verdict.not_applicable(rid, f"VIRTIO_NET_F_IPSEC offered ({offered:#x}): this check does not build the "
+                                        f"IPsec header that would hold {field}")
+        else:
+            verdict.not_offered(rid, f"{field} exists in the transmit header only with VIRTIO_NET_F_IPSEC (bit 70), "
+                                     f"not offered ({offered:#x})")
