@@ -193,7 +193,9 @@ class JudgingPciDevice(TracingPciDevice):
                     findings += mon.net.findings
                 if mon.ctrl is not None:
                     findings += mon.ctrl.findings
-            return session_record(self.label, self.features, findings, packed_verdicts, self.notes,
+            mon = self.packed if has(self.features, F.RING_PACKED) else self.split
+            seen = [m.seen() for m in (mon.net, mon.ctrl) if m is not None]
+            return session_record(self.label, self.features, findings, packed_verdicts, [*seen, *self.notes],
                                   [*self.packed.given_up, *self.packed.unreadable,
                                    *(self.split.net.unreadable if self.split.net else []),
                                    *(self.packed.net.unreadable if self.packed.net else [])])
