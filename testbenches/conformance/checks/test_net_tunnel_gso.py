@@ -19,6 +19,7 @@ outer UDP checksum, else 0). What the loopback brings back is judged with scapy:
 
 NETFEAT-DEV-07/08 are judged on the offer the check runs with (a configurable target is asked for the tunnel GSO
 features). Guest offloads, GUEST_HDRLEN and MRG_RXBUF stay off, so each segment comes back as one packet, as sent.
+The device rows run on both ring layouts (``ring_layout``).
 
 The driver rows NET-DRV-27/28/29/30/44/46/47 are judged on the bench's guest driver sending such packets (with and
 without HOST_UDP_TUNNEL_GSO_CSUM) by the ring monitors (:mod:`testbenches.monitor.net_offload_rules`).
@@ -61,6 +62,7 @@ from sim.memory import GuestMemory
 from testbenches.conformance.chains import written_bytes
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
 from testbenches.conformance.plugin import Verdict
+from testbenches.driver.layout import Layout
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.monitor import SplitRingMonitor, TracingPciDevice
 from testbenches.monitor.net_offload_rules import NET_DRV_TUNNEL_ROWS
@@ -328,15 +330,18 @@ CASE = st.builds(Case, st.booleans(), st.booleans(), st.booleans(), st.booleans(
 
 
 @pytest.mark.req(*IDS)
-def test_tunnel_segmentation(bench: Bench, verdict: Verdict) -> None:
+def test_tunnel_segmentation(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """HOST_UDP_TUNNEL_GSO and _CSUM negotiated: the rejections, the ignored offsets, then tunnel packets of each
     outer/inner kind and random ones, each sent with the exact hdr_len and a random one, judged with scapy."""
     with bench.rig(_spec(bench), mem_size=RING_MEM_SIZE) as rig:
         judge_offer(verdict, rig.offered)
-        feats = rig.features_for(extra=TUNNEL_GSO, drop=plain.DROP)
+        if not rig.offers(ring_layout, verdict, *TX_IDS):
+            return
+        feats = rig.features_for(extra=TUNNEL_GSO, drop=plain.DROP, layout=ring_layout)
         if feats is None or not has(feats, NetF.HOST_UDP_TUNNEL_GSO):
             for rid in TX_IDS:
-                verdict.not_offered(rid, f"VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO not negotiable from {rig.offered:#x}")
+                verdict.not_offered(rid, f"VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO not negotiable from {rig.offered:#x} on "
+                                         f"{ring_layout} rings")
             return
         rig.bring_up(feats, 64)
         if not rig.looped(verdict, *TX_IDS):
