@@ -35,7 +35,10 @@ from backend.virtio.features import (
 from backend.virtio.net_hdr import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
+    F_UDP_TUNNEL_CSUM,
+    GSO_ECN,
     GSO_NONE,
+    GSO_UDP_TUNNEL,
     TUNNEL_FIELDS,
     TUNNEL_FIELDS_AT,
     NetHdr,
@@ -63,6 +66,11 @@ ETH_DATA_LEN = 1500
 DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.NOTIF_CONFIG_DATA,
                         F.NOTIFICATION_DATA, F.EVENT_IDX, F.INDIRECT_DESC,
                         NetF.MAC, NetF.STATUS, NetF.MTU, NetF.STANDBY)
+
+
+#: The guest GSO features, and the receive buffer size each needs without MRG_RXBUF (5.1.9.3.1, NET-DRV-53).
+GUEST_GSO = bits(NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_UFO, NetF.GUEST_USO4, NetF.GUEST_USO6)
+RX_GSO, RX_GSO_HASH = 65601, 65609
 
 
 class DriverInitError(Exception):
@@ -97,6 +105,25 @@ def rx_checksum(hdr: NetHdr, frame: bytes) -> str:
     l4.chksum = None
     again = Ether(bytes(pkt)).getlayer(type(l4))
     return "checked" if again is not None and again.chksum == got else "bad"
+
+
+def rx_malformed(hdr: NetHdr) -> str | None:
+    """Why a received packet is dropped for its header (5.1.9.4.2), or None: both UDP-tunnel bits (NET-DRV-65); a
+    tunnel bit with NEEDS_CSUM clear, with DATA_VALID, or with no gso_type besides it (NET-DRV-67); UDP_TUNNEL_CSUM
+    with NEEDS_CSUM but no tunnel bit (NET-DRV-68). Without a tunnel bit outer_th_offset and inner_nh_offset are not
+    looked at (NET-DRV-66), nor is outer_nh_offset ever (NET-DRV-60)."""
+    tunnel = hdr.gso_type & GSO_UDP_TUNNEL
+    if tunnel == GSO_UDP_TUNNEL:
+        return "both UDP-tunnel bits"
+    if tunnel and not hdr.flags & F_NEEDS_CSUM:
+        return "a UDP-tunnel bit without NEEDS_CSUM"
+    if tunnel and hdr.flags & F_DATA_VALID:
+        return "a UDP-tunnel bit with DATA_VALID"
+    if tunnel and hdr.gso_type & ~(GSO_UDP_TUNNEL | GSO_ECN) == GSO_NONE:
+        return "a UDP-tunnel bit on gso_type NONE"
+    if not tunnel and hdr.flags & F_UDP_TUNNEL_CSUM and hdr.flags & F_NEEDS_CSUM:
+        return "UDP_TUNNEL_CSUM with NEEDS_CSUM and no UDP-tunnel bit"
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,8 @@ class GuestNetDriver:
         self._live = False
         self._mapped: list[tuple[int, int]] = []
         self._backlog: deque[RxFrame] = deque()
+        #: Received packets dropped for a malformed header (:func:`rx_malformed`).
+        self.rx_dropped = 0
         self._held_kicks: set[int] = set()
         self.rx_buf_size = 0
         self.speed: int | None = None  # with VIRTIO_NET_F_SPEED_DUPLEX, refreshed on config interrupts
@@ -316,9 +345,14 @@ class GuestNetDriver:
 
     def _rx_size(self) -> int:
         """Each receive buffer holds a whole non-GSO packet of mtu plus link header (NET-DRV-08); with
-        MRG_RXBUF the buffers may be smaller, but never smaller than the header (NET-DRV-55)."""
-        if self.merged_rx_size is not None and has(self.features, NetF.MRG_RXBUF):
-            return max(self.merged_rx_size, self.hdr_len)
+        MRG_RXBUF the buffers may be smaller, but never smaller than the header (NET-DRV-55); without it but with a
+        guest GSO feature, at least 65601 bytes (65609 with HASH_REPORT) for the largest coalesced packet
+        (NET-DRV-53: rx_buffers= keeps their number down where guest memory is small)."""
+        if has(self.features, NetF.MRG_RXBUF):
+            if self.merged_rx_size is not None:
+                return max(self.merged_rx_size, self.hdr_len)
+        elif self.features & GUEST_GSO:
+            return RX_GSO_HASH if has(self.features, NetF.HASH_REPORT) else RX_GSO
         return self.hdr_len + ETH_HLEN + max(ETH_DATA_LEN, self.mtu() or 0)
 
     # --- notifications and interrupts --------------------------------------------------------------
@@ -472,6 +506,9 @@ class GuestNetDriver:
                         pending.extend(more)
                     data += pending[i].data
                     i += 1
+            if rx_malformed(hdr) is not None:
+                self.rx_dropped += 1  # never handed to the stack (5.1.9.4.2)
+                continue
             self._backlog.append(RxFrame(hdr, data))
         if pending:
             self.post_rx(len(pending))

@@ -416,3 +416,42 @@ def test_guest_driver_gso_headers(bench: Bench, verdict: Verdict, mem: GuestMemo
     for rid in GSO_ROWS:
         if not verdict.recorded(rid):
             verdict.not_applicable(rid, f"{name}: the run gave it no opportunity ({seen})")
+
+
+#: Guest GSO asked of a configurable target for NET-DRV-53 (receive buffers for the largest coalesced packet).
+GUEST_GSO = bits(NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_USO4, NetF.GUEST_USO6)
+GUEST_GSO_RX_BUFFERS = 8
+
+
+@pytest.mark.req("NET-DRV-53")
+def test_guest_driver_gso_rx_buffers(bench: Bench, verdict: Verdict, mem: GuestMemory,
+                                     ring_layout: RingLayout) -> None:
+    """The guest driver with guest GSO negotiated and MRG_RXBUF not (a configurable target is asked for GUEST_CSUM,
+    GUEST_TSO4/6 and GUEST_USO4/6; MRG_RXBUF is not wanted): every receive buffer it makes available holds 65601
+    bytes or more (65609 with HASH_REPORT) (NET-DRV-53), judged by the ring monitors on each buffer; frames are
+    exchanged where the wire loops so buffers are made available again after use."""
+    name = f"guest driver with guest GSO, no MRG_RXBUF ({ring_layout} rings)"
+    spec = None
+    if bench.configurable:
+        with bench.rig() as probe:
+            spec = bench.variant(replace=True, features=f"{probe.offered | GUEST_GSO:#x}")
+    trace = TracingPciDevice(bench.open(spec))
+    rings = _ring_monitor(trace, mem, ring_layout)
+    drv = GuestNetDriver(trace, mem, queue_size=QSIZE, rx_buffers=GUEST_GSO_RX_BUFFERS,
+                         features=layout_features(DEFAULT_FEATURES | GUEST_GSO, ring_layout))
+    try:
+        drv.init()
+        negotiated = drv.features
+        if has(negotiated, F.RING_PACKED) != (ring_layout == "packed") or not negotiated & GUEST_GSO & ~bits(
+                NetF.GUEST_CSUM):
+            verdict.not_offered("NET-DRV-53", f"{name}: the target offers {drv.offered:#x} (guest GSO or the ring "
+                                              "layout lacking)")
+            return
+        did = _traffic(drv, bench.wire().looped, _frames(drv.mac(), drv.mtu()))
+        rings.inspect()
+    finally:
+        drv.close()
+    net = _net(rings)
+    seen = f"{net.seen()} ({did}); negotiated {negotiated:#x}"
+    if not _judge(verdict, net.verdicts(), ("NET-DRV-53",), name, seen):
+        verdict.not_applicable("NET-DRV-53", f"{name}: no receive buffer was made available ({seen})")
