@@ -1,0 +1,51 @@
+"""The guest tunnel GSO checks find tunnel coalescing bugs: each variant of tests/broken_coalesce_tunnel.py, run
+through testbenches/conformance/checks/test_net_guest_tunnel.py, fails exactly the ids its bug breaks; the stock
+model fails none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from models.virtio_net.device import VirtioNetDevice
+from tests import broken_coalesce_tunnel
+from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+
+#: variant class in tests/broken_coalesce_tunnel.py -> the ids its bug breaks, which the checks must report failed
+#: (and no other)
+EXPECTED: dict[str, set[str]] = {
+    "TunnelBitOfOuter": {"NET-DEV-51"},
+    "InnerNhOffsetOff": {"NET-DEV-52"},
+    "TunnelGsoWithoutFeature": {"NET-DEV-50"},
+}
+MODULE = CHECKS / "test_net_guest_tunnel.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return module_on_variants(MODULE, "tests.broken_coalesce_tunnel", sorted(EXPECTED), tmp_path_factory.mktemp("runs"))
+
+
+def test_stock_model_passes(runs: dict[str, dict[str, Any]]) -> None:
+    data = runs[""]
+    assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in ids_with(data, "failed")}
+    assert data["_exit"] == 0, data["_stdout"][-3000:]
+    assert set().union(*EXPECTED.values()) <= ids_with(data, "passed")
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_checks_fail_exactly_the_broken_rule(variant: str, runs: dict[str, dict[str, Any]]) -> None:
+    assert_fails_exactly(runs[variant], EXPECTED[variant], variant)
+
+
+def test_every_variant_is_filed_and_seeds_one_bug() -> None:
+    """Each variant has its expected ids here and replaces exactly one method of the tunnel coalescer."""
+    variants = {name: cls for name, cls in vars(broken_coalesce_tunnel).items()
+                if isinstance(cls, type) and issubclass(cls, VirtioNetDevice) and cls is not VirtioNetDevice}
+    assert set(variants) == set(EXPECTED)
+    for name, cls in variants.items():
+        assert set(vars(cls)) - {"__module__", "__doc__", "__qualname__", "__firstlineno__",
+                                 "__static_attributes__"} == {"coalescer_class"}, name
+        own = [k for k, v in vars(cls.coalescer_class).items() if callable(v) and not k.startswith("__")]
+        assert len(own) == 1, f"{name}: its coalescer overrides {own}: one seeded bug is one override"
