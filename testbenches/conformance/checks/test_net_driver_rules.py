@@ -78,7 +78,8 @@ MAC_ROWS = ("NET-DRV-03", "NET-DRV-04")
 LINK_ROWS = ("NET-DRV-05", "NET-DRV-06")
 BUFFER_ROWS = tuple(r for r in NET_DRV_BUFFER_ROWS if r not in MAC_ROWS)
 #: Features that widen struct virtio_net_hdr past 12 bytes (5.1.6.1).
-HEADER_WIDENING = (NetF.HASH_REPORT, NetF.HOST_UDP_TUNNEL_GSO, NetF.OUT_NET_HEADER, NetF.IPSEC)
+HEADER_WIDENING = (NetF.HASH_REPORT, NetF.HOST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO, NetF.OUT_NET_HEADER,
+                   NetF.IPSEC)
 #: Host GSO offered to the guest driver for the offload rows (a configurable target is asked for them; with ECN and
 #: GUEST_HDRLEN in one run, without in the other: NET-DRV-24 / 25, 41 / 42).
 HOST_GSO = bits(NetF.CSUM, NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_UFO, NetF.HOST_USO)
