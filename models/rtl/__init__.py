@@ -19,6 +19,7 @@ SOURCES: tuple[str, ...] = (
     "vnet_dma.sv",
     "virtio_pci_regs.sv",
     "vnet_rx_in.sv",
+    "vnet_rx_csum.sv",
     "vnet_ring_engine.sv",
     "virtio_net_top.sv",
 )

@@ -9,10 +9,10 @@
 //
 // Offered features: VERSION_1, ACCESS_PLATFORM, ORDER_PLATFORM, RING_RESET, EVENT_IDX
 // (parameter), RING_PACKED (parameter; split or packed rings as negotiated), NET_F_MAC,
-// NET_F_STATUS, NET_F_MTU, and with NUM_PAIRS > 1 NET_F_CTRL_VQ and
-// NET_F_MQ (the control queue takes VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET). Not offered, so not
-// implemented: INDIRECT_DESC, IN_ORDER, NOTIFICATION_DATA, MRG_RXBUF, offloads,
-// RSS, the other control classes.
+// NET_F_STATUS, NET_F_MTU, NET_F_CSUM, NET_F_GUEST_CSUM, NET_F_MRG_RXBUF (parameters), and with
+// NUM_PAIRS > 1 NET_F_CTRL_VQ and NET_F_MQ (the control queue takes VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
+// Not offered, so not implemented: INDIRECT_DESC, IN_ORDER, NOTIFICATION_DATA, segmentation
+// offloads, RSS, the other control classes.
 module virtio_net_top
   import virtio_pkg::*;
 #(
@@ -28,6 +28,9 @@ module virtio_net_top
   parameter bit          EVENT_IDX      = 1'b1,
   parameter bit          ACCESS_PLATFORM = 1'b1, // DMA addresses are IOVAs translated outside
   parameter bit          RING_PACKED    = 1'b1,  // offer VIRTIO_F_RING_PACKED (the layout is chosen at FEATURES_OK)
+  parameter bit          CSUM           = 1'b1,  // offer VIRTIO_NET_F_CSUM (transmit checksum completed)
+  parameter bit          GUEST_CSUM     = 1'b1,  // offer VIRTIO_NET_F_GUEST_CSUM (receive checksums validated)
+  parameter bit          MRG_RXBUF      = 1'b1,  // offer VIRTIO_NET_F_MRG_RXBUF (a frame over several chains)
   localparam bit          HAS_CTRL      = NUM_PAIRS > 1,
   localparam logic [31:0] NUM_QUEUES    = 2 * NUM_PAIRS + (HAS_CTRL ? 1 : 0),
   parameter logic [31:0] MSIX_VECTORS   = NUM_QUEUES + 1,
@@ -70,6 +73,7 @@ module virtio_net_top
     | (64'(ACCESS_PLATFORM) << F_ACCESS_PLATFORM) | (64'(EVENT_IDX) << F_EVENT_IDX)
     | (64'(RING_PACKED) << F_RING_PACKED)
     | (64'd1 << F_NET_MAC) | (64'd1 << F_NET_STATUS) | (64'd1 << F_NET_MTU)
+    | (64'(CSUM) << F_NET_CSUM) | (64'(GUEST_CSUM) << F_NET_GUEST_CSUM) | (64'(MRG_RXBUF) << F_NET_MRG_RXBUF)
     | (64'(HAS_CTRL) << F_NET_CTRL_VQ) | (64'(HAS_CTRL) << F_NET_MQ);
 
   // Parameter checks at elaboration; Icarus 11 has no elaboration system tasks, so there the same

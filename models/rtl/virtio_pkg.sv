@@ -30,8 +30,11 @@ package virtio_pkg;
   localparam logic [7:0] S_FAILED             = 8'h80;
 
   // ---- feature bits ---------------------------------------------------------------------------
+  localparam int F_NET_CSUM        = 0;
+  localparam int F_NET_GUEST_CSUM  = 1;
   localparam int F_NET_MTU         = 3;
   localparam int F_NET_MAC         = 5;
+  localparam int F_NET_MRG_RXBUF   = 15;
   localparam int F_NET_STATUS      = 16;
   localparam int F_NET_CTRL_VQ     = 17;
   localparam int F_NET_MQ          = 22;
@@ -54,6 +57,8 @@ package virtio_pkg;
   localparam logic [15:0] DESC_F_INDIRECT = 16'h0004;
   localparam logic [15:0] VRING_AVAIL_F_NO_INTERRUPT = 16'h0001;
   localparam logic [31:0] NET_HDR_LEN     = 12;  // struct virtio_net_hdr with num_buffers (VERSION_1)
+  localparam logic [7:0]  NET_HDR_F_NEEDS_CSUM = 8'h01;  // virtio_net_hdr.flags (5.1.6)
+  localparam logic [7:0]  NET_HDR_F_DATA_VALID = 8'h02;
 
   // ---- packed ring (2.8) ------------------------------------------------------------------------
   // struct pvirtq_desc: le64 addr, le32 len, le16 id, le16 flags; NEXT/WRITE/INDIRECT as above

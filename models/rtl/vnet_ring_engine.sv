@@ -15,10 +15,14 @@
 //       VQ_PAIRS_SET 1..NUM_PAIRS is acknowledged OK and sets the pairs receive frames may be
 //       steered to; every other command is acknowledged ERR. The ack byte goes into the first
 //       device-writable byte of the chain (used len 1).
-//   RX: a frame is stored behind a 12-byte virtio_net_hdr (num_buffers 1, no offloads);
-//       read avail idx and the head, walk the chain writing header + frame into the
-//       device-writable buffers, write the used element (len 12 + frame) and used idx,
-//       then the notification decision.
+//   RX: a frame is stored behind a 12-byte virtio_net_hdr (num_buffers 1; with GUEST_CSUM
+//       DATA_VALID when vnet_rx_csum validated it); read avail idx and the head, walk the chain
+//       writing header + frame into the device-writable buffers; with MRG_RXBUF the frame goes
+//       on in the next chains (num_buffers written once it is placed); write the used
+//       elements (len = bytes written into each chain) and used idx once, then the
+//       notification decision.
+//   CSUM: a transmitted frame with NEEDS_CSUM gets its checksum completed in the transmit
+//       buffer before it streams (see the CS_* states).
 //
 // Notifications: with EVENT_IDX negotiated the used_event test (vring_need_event), else
 // the avail ring's VRING_AVAIL_F_NO_INTERRUPT flag, read after used idx is written.
@@ -103,11 +107,16 @@ module vnet_ring_engine
   logic [W-1:0]      txb_wr_mask, rxb_wr_mask;
   logic [DATA_W-1:0] txb_wr_data, txb_rd_data, rxb_rd_data, dma_rd_data;
   logic              rxb_wr_en;
+  logic [PW-1:0]     cs_rd_base;      // transmit buffer read position while no frame streams
+  logic              dma_wr_en;       // the DMA's read data into the transmit buffer
+  logic [PW-1:0]     dma_wr_base;
+  logic [W-1:0]      dma_wr_mask;
+  logic [DATA_W-1:0] dma_wr_data;
 
   // .*: the command ports, small_rdata, the dirty page log ports and the AXI4 master by their names
   vnet_dma #(.ADDR_W(ADDR_W), .DATA_W(DATA_W), .ID_W(ID_W), .MAX_BURST(MAX_BURST), .PW(PW)) u_dma (
     .*, .done(dma_done), .done_err(dma_err),
-    .buf_wr_en(txb_wr_en), .buf_wr_base(txb_wr_base), .buf_wr_mask(txb_wr_mask), .buf_wr_data(txb_wr_data),
+    .buf_wr_en(dma_wr_en), .buf_wr_base(dma_wr_base), .buf_wr_mask(dma_wr_mask), .buf_wr_data(dma_wr_data),
     .buf_rd_base(dma_rd_base), .buf_rd_data(dma_rd_data)
   );
 
@@ -118,16 +127,19 @@ module vnet_ring_engine
 
   vnet_buf #(.W(W), .BYTES(BUF_BYTES)) u_rxbuf (
     .clk, .wr_en(rxb_wr_en), .wr_base(rxb_wr_base), .wr_mask(rxb_wr_mask), .wr_data(s_axis_tdata),
-    .rd_base(dma_rd_base), .rd_data(rxb_rd_data)
+    .rd_base(rxb_rd_base), .rd_data(rxb_rd_data)
   );
 
-  // Receive buffer positions 0..11 are the virtio_net_hdr: all zero but num_buffers = 1
-  // (NET-DEV-30/34/55); the frame itself starts at position 12.
+  // Receive buffer positions 0..11 are the virtio_net_hdr: all zero but num_buffers = 1 (NET-DEV-30/34/55;
+  // MRG_RXBUF rewrites it for a frame over several chains) and, with GUEST_CSUM, flags DATA_VALID when the
+  // frame's checksums were validated (NET-DEV-62); the frame itself starts at position 12.
+  logic rx_dv;  // the frame in service passed vnet_rx_csum
   always_comb begin
     for (int unsigned k = 0; k < W; k++) begin
       logic [PW-1:0] p;
       p = dma_rd_base + PW'(k);
-      if (p < PW'(NET_HDR_LEN)) dma_rd_data[8*k +: 8] = (p == PW'(10)) ? 8'd1 : 8'd0;
+      if (p < PW'(NET_HDR_LEN)) dma_rd_data[8*k +: 8] = (p == PW'(10)) ? 8'd1
+                                                      : (p == PW'(0) && rx_dv) ? NET_HDR_F_DATA_VALID : 8'd0;
       else                      dma_rd_data[8*k +: 8] = rxb_rd_data[8*k +: 8];
     end
   end
@@ -144,11 +156,22 @@ module vnet_ring_engine
     .pair(rx_pair), .in_drop(rx_in_drop), .buf_wr_en(rxb_wr_en), .buf_wr_base(rxb_wr_base), .buf_wr_mask(rxb_wr_mask)
   );
 
+  // ---- receive checksum validation (VIRTIO_NET_F_GUEST_CSUM): the waiting frame read before it is placed ----
+  logic              rxv_run, rxv_active, rxv_done, rxv_valid;
+  logic [PW-1:0]     rxv_rd_base, rxb_rd_base;
+  assign rxv_run     = state == E_RX_CHECK;
+  assign rxb_rd_base = rxv_active ? rxv_rd_base : dma_rd_base;
+  vnet_rx_csum #(.W(W), .PW(PW), .HDR_LEN(NET_HDR_LEN)) u_rx_csum (
+    .clk, .rst_n, .run(rxv_run), .len(rx_len), .rd_base(rxv_rd_base), .rd_data(rxb_rd_data), .active(rxv_active),
+    .done(rxv_done), .valid(rxv_valid)
+  );
+
   // ---- transmit output: streams buffer positions 12 .. tx_end-1 ---------------------------------
   logic        tx_go, tx_active;
   logic [PW:0] tx_spos, tx_end;
   // while nothing streams, the read port shows buffer bytes 0.. (a control command's header)
-  assign txb_rd_base   = tx_active ? PW'(tx_spos) : '0;
+  // (the checksum offload reads the header fields and the summed bytes through it before the frame streams)
+  assign txb_rd_base   = tx_active ? PW'(tx_spos) : cs_rd_base;
   assign m_axis_tvalid = tx_active;
   assign m_axis_tdata  = txb_rd_data;
   assign m_axis_tlast  = (PW+2)'(tx_spos) + (PW+2)'(W) >= (PW+2)'(tx_end);
@@ -158,11 +181,12 @@ module vnet_ring_engine
 
   // ---- engine -----------------------------------------------------------------------------------
   // Each *_ISSUE state hands the DMA one command; its *_WAIT state, next in this order, takes the result.
-  typedef enum logic [4:0] {
-    E_IDLE, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
+  typedef enum logic [5:0] {
+    E_IDLE, E_RX_CHECK, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
     E_DESC_ISSUE, E_DESC_WAIT, E_DATA_SIZE, E_DATA_ISSUE, E_DATA_WAIT, E_DATA_NEXT, E_CHAIN_END,
-    E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_UFLAGS_ISSUE, E_UFLAGS_WAIT, E_IDX_ISSUE,
-    E_IDX_WAIT, E_NOTE_ISSUE, E_NOTE_WAIT, E_FAIL, E_ABORT
+    E_CS_FIELDS, E_CS_SUM, E_CS_STORE,
+    E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_NB_ISSUE, E_NB_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_UFLAGS_ISSUE,
+    E_UFLAGS_WAIT, E_IDX_ISSUE, E_IDX_WAIT, E_NOTE_ISSUE, E_NOTE_WAIT, E_FAIL, E_ABORT
   } estate_e;
   estate_e state;
 
@@ -196,6 +220,69 @@ module vnet_ring_engine
   logic [PW:0]   written;     // RX bytes written into the chain
   logic [PW:0]   xfer;        // bytes moved by the current data command
   logic          event_idx;
+
+  // ---- VIRTIO_NET_F_MRG_RXBUF: a frame over several receive chains (5.1.6.3.2, 5.1.6.4) ------------
+  // The chains of a frame are gathered first (walked, header and frame written into them) and recorded here;
+  // only when the whole frame is placed are num_buffers (when more than one), the used entries and used idx
+  // written. A frame that runs out of chains (or needs more than MRG_MAX) is dropped with the ring untouched:
+  // no used entry, last_avail_idx where it was.
+  localparam logic [31:0] MRG_MAX = 64;
+  localparam logic [31:0] MW      = $clog2(MRG_MAX);
+  logic              mrg;                   // VIRTIO_NET_F_MRG_RXBUF negotiated
+  logic [15:0]       rec_id    [MRG_MAX];   // split: the head; packed: the Buffer ID
+  logic [PW:0]       rec_len   [MRG_MAX];   // bytes written into the chain
+  logic [16:0]       rec_slots [MRG_MAX];   // packed: the list's descriptors
+  logic [MW:0]       nrec;                  // chains gathered for the frame in service
+  logic [15:0]       g_pos;                 // avail position of its next chain (once nrec != 0)
+  logic [PW:0]       chain_w0;              // frame bytes written before the chain in service
+  logic [63:0]       nb_addr;               // guest address of the header's num_buffers (low byte)
+  logic [15:0]       a_pos;                 // where the next chain is looked for
+  logic [MW-1:0]     ri;                    // the record the used entry in progress publishes
+  logic [16:0]       slots;                 // packed: slots of the used descriptor in progress
+  assign slots = is_tx ? ndesc : rec_slots[ri];
+  assign mrg   = negotiated[F_NET_MRG_RXBUF];
+  assign a_pos = (!is_tx && nrec != '0) ? g_pos : q_avail;
+  assign ri    = MW'(batch_n);
+
+  // ---- VIRTIO_NET_F_CSUM: the partial checksum of a transmitted frame completed (5.1.6.2) ----------
+  // Once the chain is in the transmit buffer and its header has NEEDS_CSUM: the ones-complement sum of the
+  // frame from csum_start to its end, W bytes a cycle through the buffer's read port, folded, complemented
+  // (0 sent as 0xffff) and stored big-endian at csum_start + csum_offset before the frame streams out. A
+  // header placing either outside the frame is the driver's error: the frame is dropped (stat_tx_dropped).
+  logic [PW:0]       cs_pos;
+  logic [PW-1:0]     cs_at;               // csum_start + csum_offset in the buffer
+  logic              cs_par;              // csum_start's buffer position is odd
+  logic [31:0]       cs_acc, cs_beat;
+  logic [16:0]       cs_s1;
+  logic [15:0]       cs_s2, cs_val;
+  logic              cs_wr;
+  logic [31:0]       cs_field, cs_frame;  // csum_start + csum_offset, frame length
+  assign cs_rd_base = state == E_CS_FIELDS ? PW'(6) : state == E_CS_SUM ? PW'(cs_pos) : '0;
+  assign cs_field   = 32'(txb_rd_data[15:0]) + 32'(txb_rd_data[31:16]);  // buffer bytes 6..9, little endian
+  assign cs_frame   = 32'(stored) - NET_HDR_LEN;
+  always_comb begin
+    // byte k of the beat at cs_pos: even distance from csum_start the high byte of a 16-bit word
+    cs_beat = '0;
+    for (int unsigned k = 0; k < W; k++) begin
+      if ((PW+2)'(cs_pos) + (PW+2)'(k) < (PW+2)'(stored)) begin
+        if ((cs_pos[0] ^ cs_par ^ 1'(k)) == 1'b0) cs_beat = cs_beat + (32'(txb_rd_data[8*k +: 8]) << 8);
+        else                                          cs_beat = cs_beat + 32'(txb_rd_data[8*k +: 8]);
+      end
+    end
+    cs_s1  = 17'(cs_acc[15:0]) + 17'(cs_acc[31:16]);
+    cs_s2  = cs_s1[15:0] + 16'(cs_s1[16]);
+    cs_val = ~cs_s2 == 16'h0 ? 16'hFFFF : ~cs_s2;
+  end
+  assign cs_wr       = state == E_CS_STORE;
+  assign txb_wr_en   = dma_wr_en || cs_wr;
+`ifdef VNET_BUG_CSUM_OFFSET
+  // seeded bug (tests/test_rtl_target.py): the checksum is stored two bytes past csum_start + csum_offset
+  assign txb_wr_base = cs_wr ? cs_at + PW'(2) : dma_wr_base;
+`else
+  assign txb_wr_base = cs_wr ? cs_at : dma_wr_base;
+`endif
+  assign txb_wr_mask = cs_wr ? W'(2'b11) : dma_wr_mask;
+  assign txb_wr_data = cs_wr ? DATA_W'({cs_val[7:0], cs_val[15:8]}) : dma_wr_data;
 
   logic [15:0] size, mask;
   logic [63:0] drv, dev, dsc;
@@ -254,7 +341,7 @@ module vnet_ring_engine
   // packed: the used descriptor of the list in service: bytes written (SPLIT-DEV-16's len) and the flags word
   logic [31:0] used_len;
   logic [15:0] used_flags;
-  assign used_len = is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need);
+  assign used_len = is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(rec_len[ri]);
 `ifdef VNET_BUG_PACKED_USED_WRAP
   // seeded bug (tests/test_rtl_target.py): the Device Ring Wrap Counter is never flipped (always 1)
   assign used_flags = packed_used_flags(1'b1, used_len != 32'd0);
@@ -275,7 +362,7 @@ module vnet_ring_engine
       E_AVAIL_ISSUE: begin  // flags and idx in one read; packed: the head's flags word alone
         cmd_valid = !abort; cmd_addr = drv; cmd_len = 32'd4;
         if (packed_ring) begin
-          cmd_addr = dsc + 64'd16 * 64'(q_avail[14:0]) + 64'd14;
+          cmd_addr = dsc + 64'd16 * 64'(a_pos[14:0]) + 64'd14;
           cmd_len  = 32'd2;
         end
       end
@@ -286,7 +373,7 @@ module vnet_ring_engine
       end
       E_HEAD_ISSUE: begin
         cmd_valid = !head_abort; cmd_len = 32'd2;
-        cmd_addr  = drv + 64'd4 + 64'd2 * 64'(last_avail[cq] & mask);
+        cmd_addr  = drv + 64'd4 + 64'd2 * 64'(a_pos & mask);
       end
       E_DESC_ISSUE: begin
         cmd_valid = !halt; cmd_len = 32'd16;
@@ -301,20 +388,30 @@ module vnet_ring_engine
         cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd1;
         cmd_addr  = ack_addr; cmd_wdata = 64'(ack_val);
       end
+      E_NB_ISSUE: begin     // MRG_RXBUF: num_buffers of the first header, once the frame's chains are known
+        cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd1;
+        cmd_addr  = nb_addr;
+`ifdef VNET_BUG_NUM_BUFFERS
+        cmd_wdata = 64'(nrec) - 64'd1;  // seeded bug (tests/test_rtl_target.py): one buffer too few
+`else
+        cmd_wdata = 64'(nrec);
+`endif
+      end
       E_ELEM_ISSUE: begin
         cmd_valid = !halt; cmd_write = 1'b1; cmd_len = 32'd8;
         cmd_addr  = dev + 64'd4 + 64'd8 * 64'(16'(used_idx[cq] + batch_n) & mask);
         // SPLIT-DEV-16: the bytes written into the chain
 `ifdef VNET_BUG_RX_USED_LEN
         // seeded bug (tests/test_rtl_target.py): a receive chain's used len counts the frame, not the header
-        cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(rx_len), 16'd0, head};
+        cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(rec_len[ri]) - NET_HDR_LEN, 16'd0,
+                     is_tx ? head : rec_id[ri]};
 `else
-        cmd_wdata = {is_ctrl ? 32'(ack_len) : is_tx ? 32'd0 : 32'(need), 16'd0, head};
+        cmd_wdata = {used_len, 16'd0, is_tx ? head : rec_id[ri]};
 `endif
         if (packed_ring) begin  // used descriptor: len and id at bytes 8..13 of the list's first slot
           cmd_len   = 32'd6;
           cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd8;
-          cmd_wdata = {16'd0, d_id, used_len};
+          cmd_wdata = {16'd0, is_tx ? d_id : rec_id[ri], used_len};
 `ifdef VNET_BUG_PACKED_FLAGS_FIRST
           // seeded bug (tests/test_rtl_target.py): the flags word is written first, id and len after it
           cmd_len   = 32'd2;
@@ -337,7 +434,7 @@ module vnet_ring_engine
 `ifdef VNET_BUG_PACKED_FLAGS_FIRST
         cmd_len   = 32'd6;
         cmd_addr  = dsc + 64'd16 * 64'(q_used[14:0]) + 64'd8;
-        cmd_wdata = {16'd0, d_id, used_len};
+        cmd_wdata = {16'd0, is_tx ? d_id : rec_id[ri], used_len};
 `endif
       end
       E_IDX_ISSUE: begin
@@ -373,8 +470,8 @@ module vnet_ring_engine
   // the states that wait for the command of the *_ISSUE state before them
   function automatic logic awaits_dma(input estate_e s);
     case (s)
-      E_AVAIL_WAIT, E_EVT_WAIT, E_HEAD_WAIT, E_DESC_WAIT, E_DATA_WAIT, E_ACK_WAIT, E_ELEM_WAIT, E_UFLAGS_WAIT,
-      E_IDX_WAIT, E_NOTE_WAIT: return 1'b1;
+      E_AVAIL_WAIT, E_EVT_WAIT, E_HEAD_WAIT, E_DESC_WAIT, E_DATA_WAIT, E_ACK_WAIT, E_NB_WAIT, E_ELEM_WAIT,
+      E_UFLAGS_WAIT, E_IDX_WAIT, E_NOTE_WAIT: return 1'b1;
       default: return 1'b0;
     endcase
   endfunction
@@ -389,7 +486,7 @@ module vnet_ring_engine
     wr_seen  <= 1'b0;
     bytes_rd <= '0;
     stored   <= '0;
-    written  <= '0;
+    chain_w0 <= written;  // RX: the frame goes on where the previous chain of it ended (MRG_RXBUF)
     have_ack <= 1'b0;
     ack_len  <= 1'b0;
   endtask
@@ -423,6 +520,8 @@ module vnet_ring_engine
       tx_active <= 1'b0; tx_spos <= '0; tx_end <= '0;
       stat_tx_packets <= '0; stat_tx_dropped <= '0; stat_rx_packets <= '0; stat_rx_no_buffer <= '0;
       stat_rx_dropped <= '0;
+      nrec <= '0; g_pos <= '0; rx_dv <= 1'b0; chain_w0 <= '0; nb_addr <= '0;
+      cs_pos <= '0; cs_par <= '0; cs_at <= '0; cs_acc <= '0;
     end else begin
       dev_reset_ack <= 1'b0;
       qreset_ack    <= '0;
@@ -495,10 +594,13 @@ module vnet_ring_engine
             cq      <= rq;
             is_tx   <= 1'b0;
             is_ctrl <= 1'b0;
+            written <= '0;
+            nrec    <= '0;
             batch_n     <= '0;
             batch_slots <= '0;
+            rx_dv   <= 1'b0;
             if (live && q_enable[rq]) begin
-              state <= E_AVAIL_ISSUE;
+              state <= negotiated[F_NET_GUEST_CSUM] ? E_RX_CHECK : E_AVAIL_ISSUE;
             end else begin
               rx_consume      <= 1'b1;
               stat_rx_dropped <= stat_rx_dropped + 32'd1;
@@ -526,6 +628,15 @@ module vnet_ring_engine
           end
         end
 
+        E_RX_CHECK: if (abort) state <= E_ABORT; else if (rxv_done) begin
+`ifdef VNET_BUG_DATA_VALID_UNCHECKED
+          rx_dv <= 1'b1;  // seeded bug (tests/test_rtl_target.py): DATA_VALID whatever the checksums
+`else
+          rx_dv <= rxv_valid;
+`endif
+          state <= E_AVAIL_ISSUE;
+        end
+
         E_AVAIL_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) begin
           // a kick arriving from now on may concern entries this read misses: it stays pending
           if (is_tx && !(kick_valid && kick_queue == cq)) kick_pend[cq] <= 1'b0;
@@ -535,9 +646,9 @@ module vnet_ring_engine
         E_AVAIL_WAIT: if (dma_ok) begin
           if (packed_ring) begin
             // PACKED-DEV-06: the head is taken only when its flags say available for the driver wrap counter
-            if (packed_is_avail(sr_u16_0, q_avail[15])) begin
-              begin_chain(16'(q_avail[14:0]));
-              cur_wrap <= q_avail[15];
+            if (packed_is_avail(sr_u16_0, a_pos[15])) begin
+              begin_chain(16'(a_pos[14:0]));
+              cur_wrap <= a_pos[15];
               state    <= E_DESC_ISSUE;
             end else if (batch_n != '0) begin
               state <= E_NOTE_ISSUE;
@@ -550,7 +661,7 @@ module vnet_ring_engine
             end
           end else if (16'(sr_u16_1 - last_avail[cq]) > size) begin
             fail_code <= ERR_AVAIL_AHEAD; state <= E_FAIL;  // SPLIT-DRV-11
-          end else if (sr_u16_1 == last_avail[cq]) begin
+          end else if (sr_u16_1 == a_pos) begin  // (RX with MRG_RXBUF: no chain for the rest of the frame)
             if (!is_tx) begin
               stat_rx_no_buffer <= stat_rx_no_buffer + 32'd1;  // dropped, as a NIC with an empty ring
               rx_consume        <= 1'b1;
@@ -614,7 +725,7 @@ module vnet_ring_engine
         end
 
         // the commands that halt withdraws (see the command table): once taken, the *_WAIT state follows
-        E_DATA_ISSUE, E_ACK_ISSUE, E_ELEM_ISSUE, E_UFLAGS_ISSUE, E_IDX_ISSUE, E_NOTE_ISSUE:
+        E_DATA_ISSUE, E_ACK_ISSUE, E_NB_ISSUE, E_ELEM_ISSUE, E_UFLAGS_ISSUE, E_IDX_ISSUE, E_NOTE_ISSUE:
           if (halt) state <= E_ABORT; else if (cmd_ready) state <= state.next();
 
         // the readable part of a TX chain goes into the transmit buffer, the writable part of an
@@ -632,6 +743,8 @@ module vnet_ring_engine
         end
         E_DATA_WAIT: if (dma_ok) begin
           if (is_tx) stored <= stored + xfer; else written <= written + xfer;
+          // the header's num_buffers (buffer position 10) went to this buffer: MRG_RXBUF may rewrite it
+          if (!is_tx && written <= (PW+1)'(10) && written + xfer > (PW+1)'(10)) nb_addr <= d_addr + 64'(10 - written);
           state <= E_DATA_NEXT;
         end
         E_DATA_NEXT: begin
@@ -653,13 +766,24 @@ module vnet_ring_engine
 
         E_CHAIN_END: begin
           if (!is_tx) begin
-            if (written < need) begin
-              // NET-DEV-29 without MRG_RXBUF: the chain cannot hold the packet; it stays available
+            if ((written < need && !mrg) || 32'(nrec) == MRG_MAX) begin
+              // NET-DEV-29 without MRG_RXBUF: the chain cannot hold the packet; it (and with MRG_RXBUF every chain
+              // gathered for it) stays available
               stat_rx_dropped <= stat_rx_dropped + 32'd1;
               rx_consume      <= 1'b1;
               state           <= E_IDLE;
             end else begin
-              state <= E_ELEM_ISSUE;
+              rec_id[nrec[MW-1:0]]    <= packed_ring ? d_id : head;
+              rec_len[nrec[MW-1:0]]   <= written - chain_w0;
+              rec_slots[nrec[MW-1:0]] <= ndesc;
+              nrec                    <= nrec + 1'b1;
+              if (written < need) begin  // MRG_RXBUF: the rest of the frame goes into the next chain
+                g_pos <= packed_ring ? packed_advance(a_pos, ndesc, size) : a_pos + 16'd1;
+                state <= E_AVAIL_ISSUE;
+              end else begin             // placed: num_buffers when more than one, then the used entries
+                batch_n <= '0;
+                state   <= nrec != '0 ? E_NB_ISSUE : E_ELEM_ISSUE;
+              end
             end
           end else if (is_ctrl) begin : ctrl_command
             // class, command and a 16-bit argument are the first readable bytes (buffer bytes 0..3)
@@ -672,16 +796,47 @@ module vnet_ring_engine
             // nothing is written for a chain without a writable byte or a command shorter than class + cmd
             state   <= (have_ack && bytes_rd >= 33'd2 && bytes_rd <= 33'(BUF)) ? E_ACK_ISSUE : E_ELEM_ISSUE;
           end else if (bytes_rd > 33'(HDR) && bytes_rd <= 33'(BUF) && link_up) begin
-            tx_go <= 1'b1;
-            stat_tx_packets <= stat_tx_packets + 32'd1;
-            state <= E_TX_STREAM;
+            if (negotiated[F_NET_CSUM] && (txb_rd_data[7:0] & NET_HDR_F_NEEDS_CSUM) != 8'h0) begin
+              state <= E_CS_FIELDS;  // (the read port shows buffer bytes 0.. here: the header's flags)
+            end else begin
+              tx_go <= 1'b1;
+              stat_tx_packets <= stat_tx_packets + 32'd1;
+              state <= E_TX_STREAM;
+            end
           end else begin
             stat_tx_dropped <= stat_tx_dropped + 32'd1;
             state <= E_ELEM_ISSUE;
           end
         end
 
+        // VIRTIO_NET_F_CSUM: csum_start and csum_offset (buffer bytes 6..9) place the field inside the frame, or
+        // the driver erred and the frame is not sent
+        E_CS_FIELDS: begin
+          if (32'(txb_rd_data[15:0]) >= cs_frame || cs_field + 32'd2 > cs_frame) begin
+            stat_tx_dropped <= stat_tx_dropped + 32'd1;
+            state           <= E_ELEM_ISSUE;
+          end else begin
+            cs_par   <= txb_rd_data[0];  // HDR is even
+            cs_pos   <= HDR + (PW+1)'(txb_rd_data[15:0]);
+            cs_at    <= PW'(HDR) + PW'(cs_field);
+            cs_acc   <= '0;
+            state    <= E_CS_SUM;
+          end
+        end
+        E_CS_SUM: begin
+          cs_acc <= cs_acc + cs_beat;
+          cs_pos <= cs_pos + (PW+1)'(W);
+          if ((PW+2)'(cs_pos) + (PW+2)'(W) >= (PW+2)'(stored)) state <= E_CS_STORE;
+        end
+        E_CS_STORE: begin  // cs_val goes into the buffer this cycle (txb_wr_*), the frame streams next
+          tx_go           <= 1'b1;
+          stat_tx_packets <= stat_tx_packets + 32'd1;
+          state           <= E_TX_STREAM;
+        end
+
         E_TX_STREAM: if (!tx_go && !tx_active) state <= E_ELEM_ISSUE;
+
+        E_NB_WAIT: if (dma_ok) state <= E_ELEM_ISSUE;
 
         E_ACK_WAIT: if (dma_ok) begin
           ack_len <= 1'b1;
@@ -702,25 +857,33 @@ module vnet_ring_engine
 `endif
             last_avail[cq] <= last_avail[cq] + 16'd1;
             batch_n        <= batch_n + 16'd1;
-            if (!is_tx) begin
+            if (!is_tx && 32'(batch_n) + 32'd1 < 32'(nrec)) begin
+              state <= E_ELEM_ISSUE;  // the frame's next chain: one used idx update for them all
+            end else if (!is_tx) begin
               stat_rx_packets <= stat_rx_packets + 32'd1;
               rx_consume      <= 1'b1;
+              state           <= E_IDX_ISSUE;
+            end else begin
+              state <= (batch_n + 16'd1 < pending && !abort) ? E_HEAD_ISSUE : E_IDX_ISSUE;
             end
-            state <= (batch_n + 16'd1 < pending && !abort) ? E_HEAD_ISSUE : E_IDX_ISSUE;
           end
         end
 
         E_UFLAGS_WAIT: if (dma_ok) begin
           // the list's slots are consumed and used; a transmit batch goes on while slots are available
-          last_avail[cq] <= packed_advance(last_avail[cq], ndesc, size);
-          used_idx[cq]   <= packed_advance(used_idx[cq], ndesc, size);
+          last_avail[cq] <= packed_advance(last_avail[cq], slots, size);
+          used_idx[cq]   <= packed_advance(used_idx[cq], slots, size);
           batch_n        <= batch_n + 16'd1;
-          batch_slots    <= batch_slots + ndesc;
-          if (!is_tx) begin
+          batch_slots    <= batch_slots + slots;
+          if (!is_tx && 32'(batch_n) + 32'd1 < 32'(nrec)) begin
+            state <= E_ELEM_ISSUE;  // the frame's next list (MRG_RXBUF)
+          end else if (!is_tx) begin
             stat_rx_packets <= stat_rx_packets + 32'd1;
             rx_consume      <= 1'b1;
+            state           <= E_NOTE_ISSUE;
+          end else begin
+            state <= (batch_slots + ndesc < 17'(size) && !abort) ? E_AVAIL_ISSUE : E_NOTE_ISSUE;
           end
-          state <= (is_tx && batch_slots + ndesc < 17'(size) && !abort) ? E_AVAIL_ISSUE : E_NOTE_ISSUE;
         end
 
         E_IDX_WAIT: if (dma_done) begin  // the queue's used idx moves on even when its write failed

@@ -12,7 +12,7 @@ REGS_MAC = bytes.fromhex("020000abcdef")
 REGS_MTU = 1500
 #: what virtio_net_top offers with its default parameters
 REGS_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.RING_RESET, F.EVENT_IDX, F.RING_PACKED,
-                     NetF.MAC, NetF.STATUS, NetF.MTU)
+                     NetF.MAC, NetF.STATUS, NetF.MTU, NetF.CSUM, NetF.GUEST_CSUM, NetF.MRG_RXBUF)
 REGS_PARAMETERS: dict[str, object] = {
     "NUM_QUEUES": REGS_NUM_QUEUES, "MAX_QUEUE_SIZE": REGS_MAX_QUEUE_SIZE, "MSIX_VECTORS": REGS_MSIX_VECTORS,
     "FEATURES": f"64'h{REGS_FEATURES:016x}", "MAC": f"48'h{REGS_MAC.hex()}", "MTU": f"16'd{REGS_MTU}",

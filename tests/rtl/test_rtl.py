@@ -67,7 +67,7 @@ def test_register_block(simulator: str, tmp_path: Path, monkeypatch: pytest.Monk
 #: (build directory, parameters, cocotb modules): the default top, and two pairs on a 32-bit data path
 ENGINE_DESIGNS = [
     ("virtio_net_top", designs.TOP_PARAMETERS,
-     ["tests.rtl.bench_engine", "tests.rtl.bench_packed", "tests.rtl.bench_dirty_log"]),
+     ["tests.rtl.bench_engine", "tests.rtl.bench_packed", "tests.rtl.bench_dirty_log", "tests.rtl.bench_offload"]),
     ("virtio_net_top_mq", designs.TOP_MQ_PARAMETERS, ["tests.rtl.bench_engine", "tests.rtl.bench_mq"]),
 ]
 
@@ -77,7 +77,7 @@ ENGINE_DESIGNS = [
 def test_ring_engine(design: str, parameters: dict[str, object], modules: list[str], simulator: str,
                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """virtio_net_top with guest memory on its AXI4 master: TX, RX, suppression, wrap, hostile rings (and MQ), on
-    split rings and (default build) packed rings."""
+    split rings and (default build) packed rings, checksum offload and merged receive buffers."""
     assert SOURCES[-1] == f"{TOP}.sv"
     run_cocotb(design=design, toplevel=TOP, sources=source_paths(), parameters=parameters,
                test_module=modules, results_dir=tmp_path, monkeypatch=monkeypatch,
