@@ -51,3 +51,28 @@ class TunnelGsoWithoutFeature(VirtioNetDevice):
     """Tunnel frames are coalesced (and delivered with a UDP-tunnel gso_type) without GUEST_UDP_TUNNEL_GSO."""
 
     coalescer_class = _TunnelAlways
+
+
+class _OuterPartialAlways(TunnelCoalescer):
+    def outer_checksum(self, head: bytearray, data: bytes, first: TunnelSegment, negotiated: int) -> bool:
+        return super().outer_checksum(head, data, first, negotiated | 1 << NetF.GUEST_UDP_TUNNEL_GSO_CSUM)
+
+
+class OuterChecksumOffloadedWithoutCsum(VirtioNetDevice):
+    """The outer UDP checksum is left to the driver (pseudo-header sum, UDP_TUNNEL_CSUM) without
+    GUEST_UDP_TUNNEL_GSO_CSUM."""
+
+    coalescer_class = _OuterPartialAlways
+
+
+class _OuterStale(TunnelCoalescer):
+    def outer_checksum(self, head: bytearray, data: bytes, first: TunnelSegment, negotiated: int) -> bool:
+        if has(negotiated, NetF.GUEST_UDP_TUNNEL_GSO_CSUM):
+            return super().outer_checksum(head, data, first, negotiated)
+        return False  # the first segment's checksum left as it came
+
+
+class OuterChecksumStale(VirtioNetDevice):
+    """Without GUEST_UDP_TUNNEL_GSO_CSUM the merged packet keeps the first segment's outer UDP checksum."""
+
+    coalescer_class = _OuterStale

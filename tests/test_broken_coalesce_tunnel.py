@@ -18,6 +18,8 @@ EXPECTED: dict[str, set[str]] = {
     "TunnelBitOfOuter": {"NET-DEV-51"},
     "InnerNhOffsetOff": {"NET-DEV-52"},
     "TunnelGsoWithoutFeature": {"NET-DEV-50"},
+    "OuterChecksumOffloadedWithoutCsum": {"NET-DEV-54"},
+    "OuterChecksumStale": {"NET-DEV-53", "NET-DEV-54"},
 }
 MODULE = CHECKS / "test_net_guest_tunnel.py"
 

@@ -197,15 +197,8 @@ class TunnelCoalescer(Coalescer):
             struct.pack_into("!H", head, ETH_HLEN + 10,
                              ~offload.ones_sum(head[ETH_HLEN:ETH_HLEN + _IPV4_HLEN]) & 0xFFFF)
         th = first.outer_th
-        struct.pack_into("!HH", head, th + 4, total - th, 0)
-        partial = first.outer_csum and has(negotiated, NetF.GUEST_UDP_TUNNEL_GSO_CSUM)
-        if partial:  # the outer pseudo-header sum, completed by whoever segments it (NET-DEV-65)
-            pseudo = _pseudo(head, ETH_HLEN, first.outer_v6, offload.IPPROTO_UDP, total - th)
-            struct.pack_into("!H", head, th + 6, offload.ones_sum(pseudo))
-        elif first.outer_csum:  # complete and correct over the packet as delivered (NET-DEV-53/66)
-            pseudo = _pseudo(head, ETH_HLEN, first.outer_v6, offload.IPPROTO_UDP, total - th)
-            csum = ~offload.ones_sum(pseudo + bytes(head[th:]) + data) & 0xFFFF
-            struct.pack_into("!H", head, th + 6, csum or 0xFFFF)
+        struct.pack_into("!H", head, th + 4, total - th)
+        partial = self.outer_checksum(head, data, first, negotiated)
         g = inner.gso if isinstance(inner, Coalesced) else None
         assert g is not None  # a run of two or more is always coalesced
         shift = first.inner_nh - ETH_HLEN
@@ -214,6 +207,23 @@ class TunnelCoalescer(Coalescer):
                           segments=g.segments, dup_acks=g.dup_acks, outer_th_offset=th,
                           inner_nh_offset=first.inner_nh, udp_tunnel_csum=partial)
         return Coalesced(bytes(head) + data, info)
+
+    def outer_checksum(self, head: bytearray, data: bytes, first: TunnelSegment, negotiated: int) -> bool:
+        """The merged packet's outer UDP checksum, in ``head`` (its headers, lengths already fixed): 0 where the
+        segments had 0; else with GUEST_UDP_TUNNEL_GSO_CSUM the outer pseudo-header sum (NET-DEV-65), and True
+        (UDP_TUNNEL_CSUM to be set); else complete and correct over the packet as delivered (NET-DEV-53/54/66)."""
+        th = first.outer_th
+        if not first.outer_csum:
+            return False
+        length = len(head) + len(data) - th
+        pseudo = _pseudo(head, ETH_HLEN, first.outer_v6, offload.IPPROTO_UDP, length)
+        if has(negotiated, NetF.GUEST_UDP_TUNNEL_GSO_CSUM):
+            struct.pack_into("!H", head, th + 6, offload.ones_sum(pseudo))
+            return True
+        struct.pack_into("!H", head, th + 6, 0)
+        csum = ~offload.ones_sum(pseudo + bytes(head[th:]) + data) & 0xFFFF
+        struct.pack_into("!H", head, th + 6, csum or 0xFFFF)
+        return False
 
     def tunnel_bit(self, seg: TunnelSegment) -> int:
         """VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 or _IPV6 for the inner network protocol (NET-DEV-51)."""
