@@ -11,7 +11,10 @@ What it does with the device:
   backend uses for itself and the frontend never sees (``RING_RESET``, ``SUSPEND``) are added to
   what is written to the device when it offers them. SET_FEATURES negotiates with the device
   right away (ACKNOWLEDGE, DRIVER, features, FEATURES_OK), so frontends with and without the
-  STATUS protocol feature both end up with a negotiated device;
+  STATUS protocol feature both end up with a negotiated device. Other features once every ring has
+  stopped (DPDK's virtio_user reconfiguring a port with offloads, no reset message) reset the device
+  and negotiate again; under a running ring they are refused. Offloads (CSUM, GUEST_CSUM, the TSO,
+  UFO and USO bits) pass through as the device offers them;
 * memory: SET_MEM_TABLE builds a :class:`~backend.vhost_user.memory.MemoryTable` and maps it into
   the device (``iova = guest_phys_addr``); a later table replaces it in place, but only if it still
   covers every ring already given to the device;
