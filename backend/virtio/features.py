@@ -158,6 +158,19 @@ NET_DEPENDENCIES: tuple[Requires, ...] = tuple(
 GENERIC_DEPENDENCIES: tuple[Requires, ...] = ()
 
 
+#: Device-configuration rows (5.1.4.1) that constrain an offer as the dependency table does: these features only with
+#: VIRTIO_NET_F_CTRL_VQ.
+NEEDS_CTRL_VQ: dict[str, NetF] = {"NET-DEV-13": NetF.HASH_REPORT, "NET-DEV-14": NetF.CTRL_RX_EXTRA}
+
+
+def offer_violations(features: int) -> list[str]:
+    """What a device offering ``features`` breaks: the dependency tables' rows and :data:`NEEDS_CTRL_VQ`, each as
+    'FEATURE (row id)'. A device must not make such an offer (FEAT-DEV-01, NETFEAT-DEV-01..12, NET-DEV-13/14)."""
+    out = [f"{NetF(r.feature).name} ({r.req_id})" for r in dependency_violations(features)]
+    return out + [f"{f.name} without CTRL_VQ ({rid})" for rid, f in NEEDS_CTRL_VQ.items()
+                  if has(features, f) and not has(features, NetF.CTRL_VQ)]
+
+
 def dependency_violations(features: int) -> list[Requires]:
     """Rows of the dependency tables that ``features`` breaks (FEAT-DEV-01 / FEAT-DRV-02)."""
     return [r for r in NET_DEPENDENCIES + GENERIC_DEPENDENCIES if r.violated_by(features)]

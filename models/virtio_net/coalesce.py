@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import (
     F_NEEDS_CSUM,
     F_RSC_INFO,
@@ -112,10 +112,6 @@ def _fits_ip(frame: bytes) -> bool:
     return int.from_bytes(frame[18:20], "big") == len(frame) - ETH_HLEN - _IPV6_HLEN
 
 
-def offer_errors(features: int) -> list[str]:
-    """The 5.1.3.1 dependencies an offer with guest GSO, GUEST_ECN or RSC_EXT breaks (NETFEAT-DEV-01/02/10)."""
-    return [f"{NetF(r.feature).name} ({r.req_id})" for r in NET_DEPENDENCIES
-            if r.req_id in ("NETFEAT-DEV-01", "NETFEAT-DEV-02", "NETFEAT-DEV-10") and r.violated_by(features)]
 
 
 class Coalescer:
@@ -262,4 +258,4 @@ class Coalescer:
         return bytes(4)
 
 
-__all__ = ["GSO_NONE", "GUEST_GSO", "Coalesced", "Coalescer", "GsoInfo", "Segment", "offer_errors"]
+__all__ = ["GSO_NONE", "GUEST_GSO", "Coalesced", "Coalescer", "GsoInfo", "Segment"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, has
+from backend.virtio.features import NetF, has
 from backend.virtio.net_hdr import (
     F_NEEDS_CSUM,
     F_UDP_TUNNEL_CSUM,
@@ -38,7 +38,6 @@ from models.virtio_net.coalesce import (
     Coalescer,
     GsoInfo,
     Segment,
-    offer_errors,
 )
 
 VXLAN_PORT = 4789
@@ -50,7 +49,6 @@ _IPV4_HLEN = 20
 _IPV6_HLEN = 40
 _UDP_HLEN = 8
 _MERGEABLE_FLAGS = 0x10 | 0x08 | 0x80  # ACK, PSH, CWR
-_TUNNEL_IDS = ("NETFEAT-DEV-03", "NETFEAT-DEV-04")
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,6 @@ class TunnelInfo(GsoInfo):
     udp_tunnel_csum: bool = False
 
 
-def tunnel_offer_errors(features: int) -> list[str]:
-    """:func:`offer_errors` and the UDP-tunnel rows of the 5.1.3.1 dependency table (NETFEAT-DEV-03/04)."""
-    return offer_errors(features) + [f"{NetF(r.feature).name} ({r.req_id})" for r in NET_DEPENDENCIES
-                                     if r.req_id in _TUNNEL_IDS and r.violated_by(features)]
 
 
 def _ip_at(frame: bytes, nh: int, ethertype: bytes) -> tuple[bool, int, int] | None:
@@ -252,4 +246,4 @@ def _at(seg: Segment, shift: int) -> Segment:
                    seg.flags)
 
 
-__all__ = ["GENEVE_PORT", "VXLAN_PORT", "TunnelCoalescer", "TunnelInfo", "TunnelSegment", "tunnel_offer_errors"]
+__all__ = ["GENEVE_PORT", "VXLAN_PORT", "TunnelCoalescer", "TunnelInfo", "TunnelSegment"]

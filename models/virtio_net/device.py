@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.pci.device import DmaFaultError
-from backend.virtio.features import NET_DEPENDENCIES, F, NetF, bits, has
+from backend.virtio.features import F, NetF, bits, has, offer_violations
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_HASH_TUNNEL,
     VIRTIO_NET_CTRL_MQ,
@@ -43,7 +43,7 @@ from backend.virtio.pci_regs import (
 from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import gso, gso_tunnel, offload, packed_datapath, packed_fast
 from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer
-from models.virtio_net.coalesce_tunnel import TunnelCoalescer, tunnel_offer_errors
+from models.virtio_net.coalesce_tunnel import TunnelCoalescer
 from models.virtio_net.fast_tx import take_plain_tx
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
@@ -183,21 +183,10 @@ class VirtioNetDevice(VirtioPciFunction):
         if features is None:
             features = DEFAULT_FEATURES | (MQ_FEATURES if pairs > 1 else 0)
         self.pairs = pairs
-        if features & HASH_FEATURES and not has(features, NetF.CTRL_VQ):
-            raise ValueError("RSS and HASH_REPORT need VIRTIO_NET_F_CTRL_VQ (NETFEAT-DEV-09, NET-DEV-13)")
-        tso = has(features, NetF.HOST_TSO4) or has(features, NetF.HOST_TSO6)
-        if (features & gso.HOST_GSO_FEATURES and not has(features, NetF.CSUM)) or (has(features, NetF.HOST_ECN)
-                                                                                    and not tso):
-            raise ValueError("host GSO needs VIRTIO_NET_F_CSUM, HOST_ECN needs HOST_TSO4 or HOST_TSO6 "
-                             "(NETFEAT-DEV-05/06)")
-        if gso_tunnel.offer_errors(features):  # NETFEAT-DEV-07/08
-            raise ValueError(f"offered without their prerequisites: {', '.join(gso_tunnel.offer_errors(features))}")
+        broken = offer_violations(features)
+        if broken:  # a device makes no such offer (the dependency table, 5.1.3.1)
+            raise ValueError(f"offered without their prerequisites: {', '.join(broken)}")
         self.rx_filter = self.rx_filter_class(parse_mac(mac))
-        broken = [r.req_id for r in NET_DEPENDENCIES
-                  if r.feature in (NetF.HASH_TUNNEL, NetF.RSS_CONTEXT) and r.violated_by(features)]
-        if broken:
-            raise ValueError(f"HASH_TUNNEL needs CTRL_VQ and RSS or HASH_REPORT, RSS_CONTEXT needs CTRL_VQ and "
-                             f"RSS: {broken}")
         self.rss = self.rss_class()
         self.rss_contexts = self.rss_contexts_class()  # VIRTIO_NET_F_RSS_CONTEXT (models/virtio_net/rss_context.py)
         self.steering = self.steering_class()  # automatic receive steering with MQ (5.1.9.5.6)
@@ -205,8 +194,6 @@ class VirtioNetDevice(VirtioPciFunction):
         self.ctrl_result = b""
         self.gso = self.gso_class()
         self.coalescer = self.coalescer_class()  # receive coalescing with guest GSO (models/virtio_net/coalesce.py)
-        if tunnel_offer_errors(features):
-            raise ValueError(f"offered without their prerequisites: {', '.join(tunnel_offer_errors(features))}")
         self.mtu = mtu
         self.speed = speed
         self.duplex = duplex

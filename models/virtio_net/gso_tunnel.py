@@ -38,15 +38,9 @@ from models.virtio_net.offload import IPPROTO_UDP, complete_checksum, ones_sum
 
 #: The tunnel GSO features (offered only when ``features=`` asks) and what each needs (NETFEAT-DEV-07/08).
 HOST_TUNNEL_FEATURES = bits(NetF.HOST_UDP_TUNNEL_GSO, NetF.HOST_UDP_TUNNEL_GSO_CSUM)
-TUNNEL_NEEDS = {NetF.HOST_UDP_TUNNEL_GSO: (NetF.HOST_TSO4, NetF.HOST_TSO6, NetF.HOST_USO),
-                NetF.HOST_UDP_TUNNEL_GSO_CSUM: (NetF.HOST_UDP_TUNNEL_GSO,)}
 _UDP_HLEN = 8
 
 
-def offer_errors(features: int) -> list[str]:
-    """The tunnel GSO features ``features`` offers without what they need (the dependency table, 5.1.3.1)."""
-    return [f"{f.name} needs {', '.join(n.name for n in needs)}" for f, needs in TUNNEL_NEEDS.items()
-            if has(features, f) and not all(has(features, n) for n in needs)]
 
 
 def header_rejected(hdr: NetHdr, negotiated: int) -> bool:
@@ -121,4 +115,4 @@ def outer_checksum(out: bytearray, o: Outer, udp_tunnel_csum: bool) -> None:
     out[:] = done
 
 
-__all__ = ["HOST_TUNNEL_FEATURES", "Outer", "header_rejected", "offer_errors", "outer_at", "outer_checksum"]
+__all__ = ["HOST_TUNNEL_FEATURES", "Outer", "header_rejected", "outer_at", "outer_checksum"]

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, has
+from backend.virtio.features import NEEDS_CTRL_VQ, NET_DEPENDENCIES, NetF, has
 from testbenches.conformance.plugin import Verdict
-
-#: Rows outside the 5.1.3.1 table that constrain an offer the same way: (the feature, what it needs).
-NEEDS_CTRL_VQ = {"NET-DEV-13": NetF.HASH_REPORT, "NET-DEV-14": NetF.CTRL_RX_EXTRA}
 
 
 def judge_offer(verdict: Verdict, offered: int, rids: Sequence[str]) -> None:
@@ -40,4 +37,4 @@ def judge_offer(verdict: Verdict, offered: int, rids: Sequence[str]) -> None:
                                     f"prerequisites: {', '.join(bad) or 'none'}")
 
 
-__all__ = ["NEEDS_CTRL_VQ", "judge_offer"]
+__all__ = ["judge_offer"]

@@ -15,6 +15,7 @@ from backend.virtio.features import NET_DEPENDENCIES, F, NetF, dependency_violat
 from backend.virtio.pci_regs import NetCfg
 from testbenches.conformance.checks.pcie_ext import PCI_EXT_CAP_ID_SRIOV, extended_capabilities
 from testbenches.conformance.harness import Bench, acknowledge, negotiate, usable_features
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 from testbenches.strategies import feature_sets
@@ -40,15 +41,8 @@ def test_offered_features(bench: Bench, verdict: Verdict) -> None:
     verdict.check("FEAT-DEV-01", not broken,
                   "offers features without their prerequisites: " + ", ".join(
                       f"{NetF(r.feature).name} ({r.req_id})" for r in broken))
-    for rid in NETFEAT_IDS:
-        # A row speaks of the features that depend on others: judged only where the device offers one.
-        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid]
-        dependents = [NetF(r.feature).name for r in rows if has(offered, r.feature)]
-        if not dependents:
-            verdict.not_offered(rid, "none of " + ", ".join(NetF(r.feature).name for r in rows) + " offered")
-            continue
-        bad = [r for r in rows if r.violated_by(offered)]
-        verdict.check(rid, not bad, ", ".join(NetF(r.feature).name for r in bad) + " offered without prerequisites")
+    # A row speaks of the features that depend on others: judged only where the device offers one.
+    judge_offer(verdict, offered, NETFEAT_IDS)
     verdict.check("FEAT-DEV-06", has(offered, F.VERSION_1), f"VERSION_1 not offered ({offered:#x})")
     # Every device of this bench reaches memory through an IOMMU (the platform's translation).
     verdict.check("FEAT-DEV-08", has(offered, F.ACCESS_PLATFORM), "ACCESS_PLATFORM not offered")

@@ -36,10 +36,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import checksum
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4, NetHdr
 from testbenches.conformance.chains import Posted, poison, written_bytes
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 
@@ -305,16 +306,6 @@ def run_case(loop: Loop, verdict: Verdict, case: Case, rng: random.Random) -> No
                       f"{'as' if same else 'otherwise than'} with flags {sent.hdr.flags:#x}")
 
 
-def judge_offer(verdict: Verdict, offered: int) -> None:
-    """NETFEAT-DEV-05/06 on the offer the check runs with."""
-    for rid in FEATURE_IDS:
-        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid and has(offered, r.feature)]
-        if not rows:
-            verdict.not_offered(rid, f"the offer {offered:#x} has none of the features {rid} constrains")
-            continue
-        bad = [NetF(r.feature).name for r in rows if r.violated_by(offered)]
-        verdict.check(rid, not bad, f"offer {offered:#x}: {', '.join(NetF(r.feature).name for r in rows)} offered; "
-                      f"without their prerequisites: {bad or 'none'}")
 
 
 def _spec(bench: Bench) -> str:
@@ -338,7 +329,7 @@ def test_transmit_segmentation(bench: Bench, verdict: Verdict, ring_layout: Layo
     ones, each sent with the exact hdr_len and with a random one (some with unknown flag bits too); every packet that
     comes back judged with scapy, the two sends compared."""
     with bench.rig(_spec(bench), mem_size=RING_MEM_SIZE) as rig:
-        judge_offer(verdict, rig.offered)
+        judge_offer(verdict, rig.offered, FEATURE_IDS)
         if not rig.offers(ring_layout, verdict, *TX_IDS):
             return
         feats = rig.features_for(extra=HOST_GSO, drop=DROP, layout=ring_layout)

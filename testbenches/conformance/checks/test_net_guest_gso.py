@@ -37,11 +37,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NetHdr
 from testbenches.conformance.chains import Posted, written_bytes
 from testbenches.conformance.checks.test_net_csum import judge_receive_partial
 from testbenches.conformance.harness import RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 
@@ -313,14 +314,7 @@ def test_guest_gso_offer_dependencies(bench: Bench, verdict: Verdict) -> None:
     # The target as it is when it offers guest GSO (or cannot be asked to), else a variant offering it.
     spec = offering(bench, verdict, bits(NetF.GUEST_TSO4), ()) or bench.spec
     with bench.rig(spec) as rig:
-        offered = rig.offered
-    for rid in OFFER_IDS:
-        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid]
-        if not any(has(offered, r.feature) for r in rows):
-            verdict.not_offered(rid, "none of " + ", ".join(NetF(r.feature).name for r in rows) + " offered")
-            continue
-        bad = [NetF(r.feature).name for r in rows if r.violated_by(offered)]
-        verdict.check(rid, not bad, f"{', '.join(bad)} offered without prerequisites (device features {offered:#x})")
+        judge_offer(verdict, rig.offered, OFFER_IDS)
 
 
 @pytest.mark.req("NET-DEV-42", *GSO_IDS)

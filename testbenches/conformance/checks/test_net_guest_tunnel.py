@@ -42,7 +42,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet
 from scapy.utils import str2mac
 
-from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
@@ -63,6 +63,7 @@ from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
 from testbenches.conformance.checks.test_net_guest_gso import RX_BUF, SETTINGS, USO, bring_up
 from testbenches.conformance.checks.test_split_driver_rules import HeldDoorbells
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout, layout_features
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
@@ -308,14 +309,7 @@ def test_guest_tunnel_offer_dependencies(bench: Bench, verdict: Verdict) -> None
     (NETFEAT-DEV-04)."""
     spec = offering(bench, verdict, bits(NetF.GUEST_UDP_TUNNEL_GSO), ()) or bench.spec
     with bench.rig(spec) as rig:
-        offered = rig.offered
-    for rid in OFFER_IDS:
-        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid]
-        if not any(has(offered, r.feature) for r in rows):
-            verdict.not_offered(rid, "none of " + ", ".join(NetF(r.feature).name for r in rows) + " offered")
-            continue
-        bad = [NetF(r.feature).name for r in rows if r.violated_by(offered)]
-        verdict.check(rid, not bad, f"{', '.join(bad)} offered without prerequisites (device features {offered:#x})")
+        judge_offer(verdict, rig.offered, OFFER_IDS)
 
 
 @pytest.mark.req(*TUNNEL_IDS, "NET-DEV-54")

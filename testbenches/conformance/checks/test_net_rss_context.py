@@ -40,7 +40,7 @@ from scapy.layers.l2 import GRE, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from backend.virtio.features import NET_DEPENDENCIES, F, NetF, bits, has
+from backend.virtio.features import F, NetF, bits, has
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_HASH_TUNNEL,
     VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
@@ -80,6 +80,7 @@ from testbenches.conformance.checks.test_net_rss import (
     variant_spec,
 )
 from testbenches.conformance.harness import QUIET_WAIT, Bench, Rig
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import new_ring, ring_addresses, ring_size
 from testbenches.driver.split_ring import DriverSplitQueue
@@ -289,14 +290,6 @@ class Exchange:
         self.m.stock(q)
 
 
-def judge_dependencies(verdict: Verdict, rig: Rig, rid: str) -> None:
-    rows = [r for r in NET_DEPENDENCIES if r.req_id == rid]
-    if not any(has(rig.offered, r.feature) for r in rows):
-        verdict.not_offered(rid, "none of " + ", ".join(NetF(r.feature).name for r in rows) + " offered")
-        return
-    bad = [NetF(r.feature).name for r in rows if r.violated_by(rig.offered)]
-    verdict.check(rid, not bad, f"device features {rig.offered:#x}: offered without their prerequisites: "
-                                f"{bad or 'none'}")
 
 
 # --- inner header hash ------------------------------------------------------------------------------------------
@@ -335,7 +328,7 @@ def judge_tunnels(verdict: Verdict, x: Exchange, packets: Sequence[Tunnelled], e
 @pytest.mark.req(*TUNNEL_IDS)
 def test_inner_header_hash(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(variant_spec(bench, TUNNEL_FEATURES, PAIRS)) as rig:
-        judge_dependencies(verdict, rig, "NETFEAT-DEV-11")
+        judge_offer(verdict, rig.offered, ("NETFEAT-DEV-11",))
         rows = ("NETCTRL-DEV-01", "NETCTRL-DEV-02", "NETCTRL-DEV-03")
         if not offered_or_not(verdict, rig, rows, (NetF.CTRL_VQ, NetF.RSS, NetF.HASH_TUNNEL)):
             return
@@ -436,7 +429,7 @@ def ctx_add_modify(ctx_id: int, rss: bytes) -> bytes:
 @pytest.mark.req(*CONTEXT_IDS)
 def test_rss_contexts(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(variant_spec(bench, CONTEXT_FEATURES, PAIRS)) as rig:
-        judge_dependencies(verdict, rig, "NETFEAT-DEV-12")
+        judge_offer(verdict, rig.offered, ("NETFEAT-DEV-12",))
         if not offered_or_not(verdict, rig, ("NETCTRL-DEV-32", "NETCTRL-DEV-33"), (NetF.CTRL_VQ, NetF.RSS_CONTEXT)):
             return
         feats = rig.features_for(extra=CONTEXT_FEATURES)

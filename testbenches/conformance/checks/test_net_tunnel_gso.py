@@ -43,7 +43,7 @@ from scapy.packet import Packet
 from scapy.utils import checksum
 
 import testbenches.conformance.checks.test_net_gso as plain
-from backend.virtio.features import NET_DEPENDENCIES, NetF, bits, has
+from backend.virtio.features import NetF, bits, has
 from backend.virtio.net_hdr import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
@@ -61,6 +61,7 @@ from backend.virtio.net_hdr import (
 from sim.memory import GuestMemory
 from testbenches.conformance.chains import written_bytes
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
@@ -305,16 +306,6 @@ def judge_ignored_offsets(loop: Loop, verdict: Verdict, rng: random.Random) -> N
                       f"frames came back, {'the same' if zero == odd else 'not the same'}")
 
 
-def judge_offer(verdict: Verdict, offered: int) -> None:
-    """NETFEAT-DEV-07/08 on the offer the check runs with."""
-    for rid in FEATURE_IDS:
-        rows = [r for r in NET_DEPENDENCIES if r.req_id == rid and has(offered, r.feature)]
-        if not rows:
-            verdict.not_offered(rid, f"the offer {offered:#x} has none of the features {rid} constrains")
-            continue
-        bad = [NetF(r.feature).name for r in rows if r.violated_by(offered)]
-        verdict.check(rid, not bad, f"offer {offered:#x}: {', '.join(NetF(r.feature).name for r in rows)} offered; "
-                      f"without their prerequisites: {bad or 'none'}")
 
 
 def _spec(bench: Bench) -> str:
@@ -334,7 +325,7 @@ def test_tunnel_segmentation(bench: Bench, verdict: Verdict, ring_layout: Layout
     """HOST_UDP_TUNNEL_GSO and _CSUM negotiated: the rejections, the ignored offsets, then tunnel packets of each
     outer/inner kind and random ones, each sent with the exact hdr_len and a random one, judged with scapy."""
     with bench.rig(_spec(bench), mem_size=RING_MEM_SIZE) as rig:
-        judge_offer(verdict, rig.offered)
+        judge_offer(verdict, rig.offered, FEATURE_IDS)
         if not rig.offers(ring_layout, verdict, *TX_IDS):
             return
         feats = rig.features_for(extra=TUNNEL_GSO, drop=plain.DROP, layout=ring_layout)
