@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "testbenches" / "conformance" / "checks"
@@ -86,3 +88,41 @@ def judging_modules(data: dict[str, Any], ids: Collection[str]) -> list[Path]:
     if missing:
         raise AssertionError(f"check modules named in the reference run are gone: {missing}")
     return sorted(modules)
+
+
+#: What :func:`seeded_bug_proof` gives a test module: its fixture and its two tests, to assign at module level.
+Proof = tuple[Callable[..., Any], Callable[..., None], Callable[..., None]]
+
+
+def seeded_bug_proof(module: Path, variants_module: str, expected: Mapping[str, Collection[str]],
+                     judged: Collection[str] | None = None, timeout: float = 240) -> Proof:
+    """The proof that a check module finds the seeded bugs of ``variants_module``: the fixture ``seeded_runs`` (the
+    module on the stock model and on each variant, :func:`module_on_variants`), a test that the stock model fails
+    nothing and passes ``judged`` exactly (every expected id at least, when None), and one test per variant that it
+    fails exactly its ``expected`` ids (and, with ``judged``, passes the rest). A test module assigns them::
+
+        seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = seeded_bug_proof(...)
+    """
+
+    @pytest.fixture(scope="module", name="seeded_runs")
+    def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+        return module_on_variants(module, variants_module, sorted(expected), tmp_path_factory.mktemp("runs"),
+                                  timeout=timeout)
+
+    def test_stock_model_passes(seeded_runs: dict[str, dict[str, Any]]) -> None:
+        data = seeded_runs[""]
+        assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in ids_with(data, "failed")}
+        assert data["_exit"] == 0, data["_stdout"][-3000:]
+        want = set(judged) if judged is not None else set().union(*map(set, expected.values()))
+        passed = ids_with(data, "passed")
+        assert (passed == want) if judged is not None else want <= passed, \
+            {"not passed": {i: data["ids"][i] for i in sorted(want - passed)}, "passed beyond": sorted(passed - want)}
+
+    @pytest.mark.parametrize("variant", sorted(expected))
+    def test_seeded_bug_fails_exactly_its_ids(variant: str, seeded_runs: dict[str, dict[str, Any]]) -> None:
+        data = seeded_runs[variant]
+        assert_fails_exactly(data, expected[variant], variant)
+        if judged is not None:
+            assert ids_with(data, "passed") == set(judged) - set(expected[variant])
+
+    return runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids

@@ -4,13 +4,9 @@ model fails none."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
 from models.virtio_net.device import VirtioNetDevice
 from tests import broken_coalesce_tunnel
-from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+from tests.suite_runner import CHECKS, seeded_bug_proof
 
 #: variant class in tests/broken_coalesce_tunnel.py -> the ids its bug breaks, which the checks must report failed
 #: (and no other)
@@ -24,21 +20,8 @@ EXPECTED: dict[str, set[str]] = {
 MODULE = CHECKS / "test_net_guest_tunnel.py"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return module_on_variants(MODULE, "tests.broken_coalesce_tunnel", sorted(EXPECTED), tmp_path_factory.mktemp("runs"))
-
-
-def test_stock_model_passes(runs: dict[str, dict[str, Any]]) -> None:
-    data = runs[""]
-    assert not ids_with(data, "failed"), {i: data["ids"][i]["evidence"] for i in ids_with(data, "failed")}
-    assert data["_exit"] == 0, data["_stdout"][-3000:]
-    assert set().union(*EXPECTED.values()) <= ids_with(data, "passed")
-
-
-@pytest.mark.parametrize("variant", sorted(EXPECTED))
-def test_checks_fail_exactly_the_broken_rule(variant: str, runs: dict[str, dict[str, Any]]) -> None:
-    assert_fails_exactly(runs[variant], EXPECTED[variant], variant)
+seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = seeded_bug_proof(
+    MODULE, "tests.broken_coalesce_tunnel", EXPECTED, None)
 
 
 def test_every_variant_is_filed_and_seeds_one_bug() -> None:

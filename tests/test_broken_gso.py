@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+from tests.suite_runner import CHECKS, seeded_bug_proof
 
 MODULE = CHECKS / "test_net_gso.py"
 #: variant class in tests/broken_gso.py -> the ids its bug breaks: the module must fail exactly these. Segmentation
@@ -23,23 +23,13 @@ JUDGED = {"NET-DEV-15", "NET-DEV-21", "NETFEAT-DEV-05", "NETFEAT-DEV-06"}
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return module_on_variants(MODULE, "tests.broken_gso", EXPECTED, tmp_path_factory.mktemp("runs"), timeout=240)
-
-
-def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
-    data = results[""]
-    assert data["_exit"] == 0, data["_stdout"][-3000:]
-    assert ids_with(data, "passed") == JUDGED, {i: data["ids"][i] for i in JUDGED - ids_with(data, "passed")}
+seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = seeded_bug_proof(
+    MODULE, "tests.broken_gso", EXPECTED, JUDGED)
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
-def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
-    data = results[variant]
-    assert_fails_exactly(data, EXPECTED[variant], variant)
-    assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
-    evidence = " ".join(str(e) for e in data["ids"]["NET-DEV-21"]["evidence"])
+def test_evidence_names_the_fault(variant: str, seeded_runs: dict[str, dict[str, Any]]) -> None:
+    evidence = " ".join(str(e) for e in seeded_runs[variant]["ids"]["NET-DEV-21"]["evidence"])
     assert WHAT[variant] in evidence, evidence[:2000]
 
 

@@ -5,8 +5,6 @@ answer VIRTIO_NET_ERR without their feature or with a malformed payload."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from backend.virtio.features import F, NetF, bits
@@ -26,7 +24,7 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_OK,
 )
 from models.virtio_net.rx_filter import RX_FILTER_FEATURES, RxFilter, parse_mac_table
-from tests.suite_runner import CHECKS, assert_fails_exactly, ids_with, module_on_variants
+from tests.suite_runner import CHECKS, seeded_bug_proof
 
 MODULE = CHECKS / "test_net_rx_filter.py"
 #: variant class in tests/broken_rx_filter.py -> the ids its bug breaks: the module must fail exactly these
@@ -48,22 +46,8 @@ JUDGED = {f"NETCTRL-DEV-{n:02d}" for n in range(4, 25)} | {"NETFEAT-DEV-09", "NE
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return module_on_variants(MODULE, "tests.broken_rx_filter", EXPECTED, tmp_path_factory.mktemp("runs"), timeout=240)
-
-
-def test_stock_model_passes_every_judged_id(results: dict[str, dict[str, Any]]) -> None:
-    data = results[""]
-    assert data["_exit"] == 0, data["_stdout"][-3000:]
-    assert ids_with(data, "passed") == JUDGED, {i: data["ids"][i] for i in JUDGED - ids_with(data, "passed")}
-
-
-@pytest.mark.parametrize("variant", sorted(EXPECTED))
-def test_seeded_bug_fails_exactly_its_ids(variant: str, results: dict[str, dict[str, Any]]) -> None:
-    data = results[variant]
-    assert_fails_exactly(data, EXPECTED[variant], variant)
-    assert ids_with(data, "passed") == JUDGED - EXPECTED[variant]
+seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = seeded_bug_proof(
+    MODULE, "tests.broken_rx_filter", EXPECTED, JUDGED)
 
 
 # --- the model's filter itself ---------------------------------------------------------------------------------
