@@ -49,7 +49,7 @@ from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
 from models.virtio_net.rss_context import AutoSteering, RssContexts
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
-from models.virtio_net.rx_filter import FILTER_FEATURES, RxFilter
+from models.virtio_net.rx_filter import FILTER_FEATURES, RX_FILTER_FEATURES, RxFilter
 from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
@@ -65,6 +65,12 @@ DEFAULT_FEATURES = bits(F.VERSION_1, F.ACCESS_PLATFORM, F.ORDER_PLATFORM, F.INDI
 MQ_FEATURES = bits(NetF.CTRL_VQ, NetF.MQ)
 #: Receive-side scaling and hash reporting (models/virtio_net/rss.py): offered only when ``features=`` asks.
 HASH_FEATURES = bits(NetF.RSS, NetF.HASH_REPORT)
+#: Everything the model implements beyond :data:`DEFAULT_FEATURES`: each offered only when ``features=`` asks (any
+#: subset that keeps the dependency table, 5.1.3.1). All of it at once is one device for every check of the suite.
+OPTIONAL_FEATURES = (MQ_FEATURES | HASH_FEATURES | RX_FILTER_FEATURES | bits(NetF.CSUM, NetF.GUEST_CSUM)
+                     | gso.HOST_GSO_FEATURES | GUEST_GSO | bits(NetF.GUEST_ECN, NetF.RSC_EXT)
+                     | gso_tunnel.HOST_TUNNEL_FEATURES | bits(NetF.GUEST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO_CSUM)
+                     | bits(NetF.HASH_TUNNEL, NetF.RSS_CONTEXT, F.NOTIFICATION_DATA, F.NOTIF_CONFIG_DATA))
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
