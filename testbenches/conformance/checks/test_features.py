@@ -32,6 +32,20 @@ def _layout_offered(offered: int, layout: Layout, verdict: Verdict, rid: str) ->
     return False
 
 
+#: The IPsec rows (5.1.9.2, 5.1.9.4: the SECURITY header flags and the SA resource objects they name). The bench has no
+#: checks that create SA objects: on a device offering VIRTIO_NET_F_IPSEC they stay not covered.
+IPSEC_IDS = ("NET-DEV-67", "NET-DEV-68", "NET-DEV-69", "NET-DRV-51", "NET-DRV-52")
+
+
+@pytest.mark.req(*IPSEC_IDS)
+def test_ipsec_rows_need_the_feature(bench: Bench, verdict: Verdict) -> None:
+    """The IPsec rows bind only a device offering VIRTIO_NET_F_IPSEC (and a driver that negotiated it)."""
+    offered = bench.transport().device_features()
+    if not has(offered, NetF.IPSEC):
+        for rid in IPSEC_IDS:
+            verdict.not_offered(rid, f"VIRTIO_NET_F_IPSEC not offered (device features {offered:#x})")
+
+
 @pytest.mark.req("FEAT-DEV-01", "FEAT-DEV-06", "FEAT-DEV-08", "FEAT-DEV-13", "FEAT-DEV-14", "FEAT-DEV-15",
                  "NETFEAT-DEV-13", *NETFEAT_IDS)
 def test_offered_features(bench: Bench, verdict: Verdict) -> None:
