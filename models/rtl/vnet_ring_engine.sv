@@ -156,11 +156,19 @@ module vnet_ring_engine
     .pair(rx_pair), .in_drop(rx_in_drop), .buf_wr_en(rxb_wr_en), .buf_wr_base(rxb_wr_base), .buf_wr_mask(rxb_wr_mask)
   );
 
-  // ---- receive checksum validation (VIRTIO_NET_F_GUEST_CSUM): the waiting frame read before it is placed ----
+  // ---- receive checksum validation (VIRTIO_NET_F_GUEST_CSUM) ------------------------------------------
+  // It reads the waiting frame as soon as it is buffered, beside whatever the engine does meanwhile (the receive
+  // buffer's read port is the DMA's only while it writes a receive chain, which waits for the verdict), and holds
+  // the verdict until the frame is done with.
   logic              rxv_run, rxv_active, rxv_done, rxv_valid;
   logic [PW-1:0]     rxv_rd_base, rxb_rd_base;
-  assign rxv_run     = state == E_RX_CHECK;
+  assign rxv_run     = negotiated[F_NET_GUEST_CSUM] && rx_full && !rx_consume;
   assign rxb_rd_base = rxv_active ? rxv_rd_base : dma_rd_base;
+`ifdef VNET_BUG_DATA_VALID_UNCHECKED
+  assign rx_dv       = rxv_done;  // seeded bug (tests/test_rtl_target.py): DATA_VALID whatever the checksums
+`else
+  assign rx_dv       = rxv_done && rxv_valid;
+`endif
   vnet_rx_csum #(.W(W), .PW(PW), .HDR_LEN(NET_HDR_LEN)) u_rx_csum (
     .clk, .rst_n, .run(rxv_run), .len(rx_len), .rd_base(rxv_rd_base), .rd_data(rxb_rd_data), .active(rxv_active),
     .done(rxv_done), .valid(rxv_valid)
@@ -182,7 +190,7 @@ module vnet_ring_engine
   // ---- engine -----------------------------------------------------------------------------------
   // Each *_ISSUE state hands the DMA one command; its *_WAIT state, next in this order, takes the result.
   typedef enum logic [5:0] {
-    E_IDLE, E_RX_CHECK, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
+    E_IDLE, E_AVAIL_ISSUE, E_AVAIL_WAIT, E_EVT_ISSUE, E_EVT_WAIT, E_HEAD_ISSUE, E_HEAD_WAIT,
     E_DESC_ISSUE, E_DESC_WAIT, E_DATA_SIZE, E_DATA_ISSUE, E_DATA_WAIT, E_DATA_NEXT, E_CHAIN_END,
     E_CS_FIELDS, E_CS_SUM, E_CS_STORE,
     E_TX_STREAM, E_ACK_ISSUE, E_ACK_WAIT, E_NB_ISSUE, E_NB_WAIT, E_ELEM_ISSUE, E_ELEM_WAIT, E_UFLAGS_ISSUE,
@@ -520,7 +528,7 @@ module vnet_ring_engine
       tx_active <= 1'b0; tx_spos <= '0; tx_end <= '0;
       stat_tx_packets <= '0; stat_tx_dropped <= '0; stat_rx_packets <= '0; stat_rx_no_buffer <= '0;
       stat_rx_dropped <= '0;
-      nrec <= '0; g_pos <= '0; rx_dv <= 1'b0; chain_w0 <= '0; nb_addr <= '0;
+      nrec <= '0; g_pos <= '0; chain_w0 <= '0; nb_addr <= '0;
       cs_pos <= '0; cs_par <= '0; cs_at <= '0; cs_acc <= '0;
     end else begin
       dev_reset_ack <= 1'b0;
@@ -598,9 +606,8 @@ module vnet_ring_engine
             nrec    <= '0;
             batch_n     <= '0;
             batch_slots <= '0;
-            rx_dv   <= 1'b0;
             if (live && q_enable[rq]) begin
-              state <= negotiated[F_NET_GUEST_CSUM] ? E_RX_CHECK : E_AVAIL_ISSUE;
+              state <= E_AVAIL_ISSUE;
             end else begin
               rx_consume      <= 1'b1;
               stat_rx_dropped <= stat_rx_dropped + 32'd1;
@@ -626,15 +633,6 @@ module vnet_ring_engine
               end
             end
           end
-        end
-
-        E_RX_CHECK: if (abort) state <= E_ABORT; else if (rxv_done) begin
-`ifdef VNET_BUG_DATA_VALID_UNCHECKED
-          rx_dv <= 1'b1;  // seeded bug (tests/test_rtl_target.py): DATA_VALID whatever the checksums
-`else
-          rx_dv <= rxv_valid;
-`endif
-          state <= E_AVAIL_ISSUE;
         end
 
         E_AVAIL_ISSUE: if (abort) state <= E_ABORT; else if (cmd_ready) begin
@@ -739,7 +737,12 @@ module vnet_ring_engine
             ack_addr <= d_addr;
           end
           xfer  <= (is_tx == readable) ? data_bytes : '0;
-          state <= (is_tx == readable && data_bytes != '0) ? E_DATA_ISSUE : E_DATA_NEXT;
+          // RX with GUEST_CSUM: the header's flags need the validation's verdict first (wait here)
+          if (is_tx == readable && data_bytes != '0) begin
+            if (is_tx || !negotiated[F_NET_GUEST_CSUM] || rxv_done) state <= E_DATA_ISSUE;
+          end else begin
+            state <= E_DATA_NEXT;
+          end
         end
         E_DATA_WAIT: if (dma_ok) begin
           if (is_tx) stored <= stored + xfer; else written <= written + xfer;

@@ -1,8 +1,9 @@
 // Receive checksum validation of the virtio-net function (VIRTIO_NET_F_GUEST_CSUM, 5.1.6.4 / NET-DEV-62).
 //
-// While run is high it reads the frame waiting in the receive buffer (frame byte 0 at buffer position HDR_LEN)
-// twice, W bytes a cycle through the buffer's read port:
-//   pass 1 takes the fixed fields: ethertype, IPv4 version/IHL, total length, fragment bits, protocol;
+// While run is high it reads the frame waiting in the receive buffer (frame byte 0 at buffer position HDR_LEN),
+// W bytes a cycle through the buffer's read port (active: the port is this module's):
+//   pass 1 takes the fixed fields in frame bytes 12..23: ethertype, IPv4 version/IHL, total length, fragment
+//          bits, protocol;
 //   pass 2, with the IPv4 header length known, sums the IPv4 header, the transport segment (from 14 + 4 * IHL to
 //          14 + total length) and the pseudo-header addresses, and takes the UDP length and checksum fields.
 // Then done (one cycle, held until run drops) with valid set only for an untagged IPv4 packet, not a fragment,
@@ -42,7 +43,7 @@ module vnet_rx_csum #(
   assign l4_start = 16'd14 + ihl4;
   assign ip_end   = 16'd14 + tot_len;
   assign rd_base  = PW'(off + (PW+1)'(HDR_LEN));
-  assign active   = st != V_IDLE;
+  assign active   = st == V_FIELDS || st == V_SUM;  // the read port is this module's
   assign done     = st == V_DONE;
 
   // this beat's bytes: the fixed fields (pass 1), the sums and the UDP fields (pass 2)
@@ -117,7 +118,7 @@ module vnet_rx_csum #(
         V_FIELDS: begin
           etype <= f_etype; ver_ihl <= f_ver_ihl; tot_len <= f_tot_len; frag <= f_frag; proto <= f_proto;
           off <= off + (PW+1)'(W);
-          if (last_beat) begin
+          if (last_beat || 32'(off) + W > 32'd23) begin  // every fixed field lies in frame bytes 12..23
             st <= V_SUM; off <= '0; ip_acc <= '0; l4_acc <= '0; udp_len <= '0; udp_csum <= '0;
           end
         end
