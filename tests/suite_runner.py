@@ -1,13 +1,20 @@
-"""Run the conformance suite on a target in a child process and return its per-id results."""
+"""Run the conformance suite on a target in a child process and return its per-id results.
+
+Each run is a pytest session of its own (the plugin's one target per session) in a process forked from a forkserver
+that imported the suite's heavy modules once (numpy, scapy, hypothesis, numba's compiled kernels, the model and the
+checks' harness): the seeded-bug proofs start dozens of short runs, and a fresh interpreter spent more on imports
+than most of them spend judging.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +22,56 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "testbenches" / "conformance" / "checks"
+#: Imported once by the forkserver, so every run forked from it starts with them.
+PRELOAD = ["numpy", "scapy.all", "hypothesis", "pytest", "models.targets", "backend.targets",
+           "testbenches.conformance.plugin", "testbenches.conformance.harness"]
+
+
+def _forkserver() -> ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def _pytest_session(args: list[str], log: str) -> None:
+    """A forked child: ``pytest args`` from the repository root, its output into ``log``, exit with its code."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    code = pytest.main(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
 
 
 def run_suite(target: str, out: Path, *extra: str, timeout: float = 600,
               modules: Sequence[Path] | None = None) -> dict[str, Any]:
     """``pytest <checks> --target T --report-dir out`` (only ``modules`` of the checks when given); returns the
     parsed results.json."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     paths = [str(m) for m in modules] if modules else [str(CHECKS)]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, "--target", target,
-           "--report-dir", str(out), *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "pytest.log"
+    child = _forkserver().Process(target=_pytest_session, args=(
+        ["-q", "-p", "no:cacheprovider", *paths, "--target", target, "--report-dir", str(out), *extra], str(log)))
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        raise AssertionError(f"suite on {target} did not finish within {timeout:g} s:\n{_tail(log)}")
     results = out / "results.json"
     if not results.exists():
-        raise AssertionError(f"suite produced no results (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
-                             f"\n{proc.stderr[-2000:]}")
+        raise AssertionError(f"suite produced no results (exit {child.exitcode}):\n{_tail(log)}")
     data: dict[str, Any] = json.loads(results.read_text())
-    data["_exit"] = proc.returncode
-    data["_stdout"] = proc.stdout
+    data["_exit"] = child.exitcode
+    data["_stdout"] = log.read_text(errors="replace")
     return data
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-6000:] if log.exists() else "(no output)"
 
 
 def module_on_variants(module: Path, variants_module: str, variants: Iterable[str], out: Path,
