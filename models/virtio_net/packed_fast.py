@@ -30,7 +30,7 @@ import numba as nb  # type: ignore[import-untyped]
 import numpy as np
 from numpy.typing import NDArray
 
-from backend.virtio.packed_ring import DESC_FLAGS_OFFSET, DESC_SIZE, PackedDescFlags, advance, used_bits
+from backend.virtio.packed_ring import DESC_SIZE, PackedDescFlags, advance, used_bits
 from models.virtio_net.fast_tx import TxRun, _gather_frames
 from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import full_barrier
@@ -45,7 +45,6 @@ PER_LIST_HOOKS = ("packed_chain_continues", "packed_buffer_id", "packed_indirect
 _AVAIL = int(PackedDescFlags.AVAIL)
 _USED = int(PackedDescFlags.USED)
 _U64 = np.uint64
-_USED_WORD_OFFSET = 8  # len (u32), id (u16), flags (u16): the second 8-byte word of a descriptor
 #: How long the TX side keeps looking at the next slot, once it is not available, while a driver makes lists
 #: available as fast as they are taken (as the split path's _POLL_SECONDS).
 POLL_SECONDS = 50e-6
@@ -252,18 +251,20 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
         ids = ids[-1:]  # one used descriptor for the batch, with the last Buffer ID (2.8.8)
     if len(ids) > 1:  # the first is written last, below; a single one needs no compiled call
         put_used(words, old[0], old[1], ids)
-    _write_first_used(q, old, int(ids[0]))
+    _write_first_used(words, old, int(ids[0]))
     new = advance(old[0], old[1], n, q.size)
     q.next_used, q.used_wrap = new
     return n, old, new
 
 
-def _write_first_used(q: PackedQueue, at: tuple[int, int], buffer_id: int) -> None:
-    """The run's first used descriptor: len 0 and the id, then the flags, the store that hands the run back."""
-    base = q.desc + DESC_SIZE * at[0]
-    # len and id before the flags (PACKED-DEV-07)
-    q.write_ring(base + _USED_WORD_OFFSET, bytes(4) + buffer_id.to_bytes(2, "little"))
-    q.write_ring_u16(base + DESC_FLAGS_OFFSET, used_bits(at[1]))
+def _write_first_used(words: NDArray[np.uint64], at: tuple[int, int], buffer_id: int) -> None:
+    """The run's first used descriptor, through the ring words: len 0 and the id, then the flags, the store that
+    hands the run back (PACKED-DEV-07: stores in program order, each field whole)."""
+    slot = at[0]
+    words.view(np.uint32)[slot, 2] = 0  # len: the second word's low half
+    halves = words.view(np.uint16)
+    halves[slot, 6] = buffer_id
+    halves[slot, 7] = used_bits(at[1])
 
 
 __all__ = ["BURST", "GATHER_SECONDS", "PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail",
