@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -163,3 +164,22 @@ def seeded_bug_proof(module: Path, variants_module: str, expected: Mapping[str, 
             assert ids_with(data, "passed") == set(judged) - set(expected[variant])
 
     return runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids
+
+
+def assert_one_override_each(variants_module: ModuleType, expected: Collection[str], part: str | None = None) -> None:
+    """Every seeded-bug variant (a VirtioNetDevice subclass) of ``variants_module`` is filed in ``expected`` and
+    seeds one bug: it overrides exactly one method, of the device or (``part``, a class attribute such as
+    ``coalescer_class``) of that part, and nothing else."""
+    from models.virtio_net.device import VirtioNetDevice  # the model, only for the proofs that need it
+
+    variants = {name: cls for name, cls in vars(variants_module).items()
+                if isinstance(cls, type) and issubclass(cls, VirtioNetDevice) and cls is not VirtioNetDevice}
+    assert set(variants) == set(expected)
+    plumbing = {"__module__", "__doc__", "__qualname__", "__firstlineno__", "__static_attributes__"}
+    for name, cls in variants.items():
+        owner: type = cls
+        if part is not None:
+            assert set(vars(cls)) - plumbing == {part}, name
+            owner = getattr(cls, part)
+        own = [k for k, v in vars(owner).items() if callable(v) and not k.startswith("__")]
+        assert len(own) == 1, f"{name}: overrides {own}: one seeded bug is one override"

@@ -4,9 +4,8 @@ model fails none."""
 
 from __future__ import annotations
 
-from models.virtio_net.device import VirtioNetDevice
 from tests import broken_coalesce_tunnel
-from tests.suite_runner import CHECKS, seeded_bug_proof
+from tests.suite_runner import CHECKS, assert_one_override_each, seeded_bug_proof
 
 #: variant class in tests/broken_coalesce_tunnel.py -> the ids its bug breaks, which the checks must report failed
 #: (and no other)
@@ -26,11 +25,4 @@ seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = se
 
 def test_every_variant_is_filed_and_seeds_one_bug() -> None:
     """Each variant has its expected ids here and replaces exactly one method of the tunnel coalescer."""
-    variants = {name: cls for name, cls in vars(broken_coalesce_tunnel).items()
-                if isinstance(cls, type) and issubclass(cls, VirtioNetDevice) and cls is not VirtioNetDevice}
-    assert set(variants) == set(EXPECTED)
-    for name, cls in variants.items():
-        assert set(vars(cls)) - {"__module__", "__doc__", "__qualname__", "__firstlineno__",
-                                 "__static_attributes__"} == {"coalescer_class"}, name
-        own = [k for k, v in vars(cls.coalescer_class).items() if callable(v) and not k.startswith("__")]
-        assert len(own) == 1, f"{name}: its coalescer overrides {own}: one seeded bug is one override"
+    assert_one_override_each(broken_coalesce_tunnel, EXPECTED, "coalescer_class")

@@ -3,9 +3,8 @@ testbenches/conformance/checks/test_net_csum.py, fails exactly the ids its bug b
 
 from __future__ import annotations
 
-from models.virtio_net.device import VirtioNetDevice
 from tests import broken_csum
-from tests.suite_runner import CHECKS, seeded_bug_proof
+from tests.suite_runner import CHECKS, assert_one_override_each, seeded_bug_proof
 
 #: variant class in tests/broken_csum.py -> the ids its bug breaks, which the checks must report failed (and no other)
 EXPECTED: dict[str, set[str]] = {
@@ -24,9 +23,4 @@ seeded_runs, test_stock_model_passes, test_seeded_bug_fails_exactly_its_ids = se
 
 def test_every_variant_is_filed_and_seeds_one_bug() -> None:
     """Each variant in tests/broken_csum.py has its expected ids here and overrides exactly one hook."""
-    variants = {name: cls for name, cls in vars(broken_csum).items()
-                if isinstance(cls, type) and issubclass(cls, VirtioNetDevice) and cls is not VirtioNetDevice}
-    assert set(variants) == set(EXPECTED)
-    for name, cls in variants.items():
-        own = [k for k, v in vars(cls).items() if callable(v) and not k.startswith("__")]
-        assert len(own) == 1, f"{name} overrides {own}: one seeded bug is one override"
+    assert_one_override_each(broken_csum, EXPECTED)
