@@ -39,7 +39,7 @@ from backend.drivers.transport import VirtioPciModern
 from backend.eventloop import consume_eventfd, new_eventfd, wait_eventfd
 from backend.pci.abilities import Abilities, Ability, Lacking, PortControl, WireKind
 from backend.pci.device import DmaFault, DmaPerm, IrqIndex, PciDevice
-from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.features import DeviceStatus, F, NetF, has
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.packed_ring import advance, is_used, linear
 from backend.virtio.pci_regs import NO_VECTOR
@@ -808,6 +808,21 @@ class Bench:
     def configurable(self) -> bool:
         """The target builds its device from spec options a check may vary (the behavioral model, ``sim:``)."""
         return self.spec.startswith("sim:")
+
+    def offering(self, verdict: Verdict, wanted: int, ids: Sequence[str], also: int = 0) -> str | None:
+        """A target spec offering the feature bits ``wanted``: the target as it is when it offers them, else, where
+        :attr:`configurable`, a variant offering ``wanted`` and ``also`` besides its own offer (one device for all
+        of a module's checks); None, with ``ids`` not offered, when neither can."""
+        with self.rig() as probe:
+            offered = probe.offered
+        if offered & wanted == wanted:
+            return self.spec
+        if not self.configurable:
+            names = ", ".join(f"VIRTIO_NET_F_{f.name}" for f in NetF if wanted >> f & 1 and not offered >> f & 1)
+            for rid in ids:
+                verdict.not_offered(rid, f"the target does not offer {names} (device features {offered:#x})")
+            return None
+        return self.variant(replace=True, features=f"{offered | wanted | also:#x}")
 
     def variant(self, *, replace: bool = False, **opts: object) -> str:
         """The target spec with ``key=value`` options (``replace``: also over the ones it has) where the

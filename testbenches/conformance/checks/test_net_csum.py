@@ -167,19 +167,6 @@ def corrupted(frame: bytes, at: int) -> bytes:
     return bytes(out)
 
 
-def _offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> str | None:
-    """A target spec offering the ``wanted`` bits: the target as it is, or (configurable) a variant offering them
-    too; None, with ``ids`` not offered, when neither can."""
-    with bench.rig() as probe:
-        offered = probe.offered
-    if offered & wanted == wanted:
-        return bench.spec
-    if not bench.configurable:
-        names = " and ".join(f"VIRTIO_NET_F_{f.name} (bit {int(f)})" for f in NetF if wanted >> f & 1)
-        for rid in ids:
-            verdict.not_offered(rid, f"the target does not offer {names} (device features {offered:#x})")
-        return None
-    return bench.variant(replace=True, features=f"{offered | wanted:#x}")
 
 
 def _bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], *, want: int, drop: int) -> bool:
@@ -284,7 +271,7 @@ def test_transmit_checksum_completed(bench: Bench, verdict: Verdict, ring_layout
     loopback complete and correct (NET-DEV-35) with receive flags 0 (NET-DEV-34); the same packet with unknown flag
     bits or a wrong hdr_len leaves the device exactly as with a clean header (NET-DEV-15/21)."""
     ids = (*TX_IDS, *RX_HDR_IDS)
-    spec = _offering(bench, verdict, CSUM, ids)
+    spec = bench.offering(verdict, CSUM, ids)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
@@ -343,7 +330,7 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
     DATA_VALID never comes with a UDP-tunnel gso_type bit (NET-DEV-63). A packet received with NEEDS_CSUM (the device
     may, NET-DEV-46) is judged by NET-DEV-47..49; a device that never does leaves them not applicable."""
     ids = (*RX_IDS, *RX_PARTIAL_IDS)
-    spec = _offering(bench, verdict, CSUM | GUEST_CSUM, ids)
+    spec = bench.offering(verdict, CSUM | GUEST_CSUM, ids)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:

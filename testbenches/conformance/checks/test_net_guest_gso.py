@@ -130,19 +130,6 @@ def parse(hdr: NetHdr, frame: bytes) -> Delivered | None:
     return Delivered(hdr, frame, headers, frame[headers:end], 0 if udp else int(l4.flags), udp)
 
 
-def offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> str | None:
-    """A target spec offering ``wanted``: the target itself, or a variant of a configurable one (offering everything
-    this module asks for: one device for all its checks); None (``ids`` not offered) when neither can."""
-    with bench.rig() as probe:
-        offered = probe.offered
-    if offered & wanted == wanted:
-        return bench.spec
-    if not bench.configurable:
-        names = ", ".join(f"VIRTIO_NET_F_{f.name}" for f in NetF if wanted >> f & 1 and not offered >> f & 1)
-        for rid in ids:
-            verdict.not_offered(rid, f"the target does not offer {names} (device features {offered:#x})")
-        return None
-    return bench.variant(replace=True, features=f"{offered | wanted | WANTED | RSC:#x}")
 
 
 def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int) -> bool:
@@ -285,7 +272,7 @@ class Judge:
 
 def run_bursts(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int, *, tcp: bool,
                ecn: bool | None) -> None:
-    spec = offering(bench, verdict, want, ids)
+    spec = bench.offering(verdict, want, ids, also=WANTED | RSC)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
@@ -312,7 +299,7 @@ def test_guest_gso_offer_dependencies(bench: Bench, verdict: Verdict) -> None:
     5.1.3.1 dependency table: guest GSO features with GUEST_CSUM (NETFEAT-DEV-01), GUEST_ECN with GUEST_TSO4/6
     (NETFEAT-DEV-02), RSC_EXT with HOST_TSO4/6 (NETFEAT-DEV-10)."""
     # The target as it is when it offers guest GSO (or cannot be asked to), else a variant offering it.
-    spec = offering(bench, verdict, bits(NetF.GUEST_TSO4), ()) or bench.spec
+    spec = bench.offering(verdict, bits(NetF.GUEST_TSO4), (), also=WANTED | RSC) or bench.spec
     with bench.rig(spec) as rig:
         judge_offer(verdict, rig.offered, OFFER_IDS)
 
@@ -341,7 +328,7 @@ def test_rsc_ext(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     leaves the device as MSS-sized segments, together; what comes back coalesced has RSC_INFO, csum_start the number
     of segments it holds and csum_offset 0 (all of them carry data: no duplicate ACK) (NET-DEV-58), with the header
     rows of any coalesced packet (NET-DEV-56/57/60)."""
-    spec = offering(bench, verdict, TSO | RSC, RSC_IDS)
+    spec = bench.offering(verdict, TSO | RSC, RSC_IDS, also=WANTED | RSC)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:

@@ -267,20 +267,10 @@ class Judge:
                                                  f"{self.tunnel_gso} tunnel packets)")
 
 
-def offering(bench: Bench, verdict: Verdict, wanted: int, ids: Sequence[str]) -> str | None:
-    with bench.rig() as probe:
-        offered = probe.offered
-    if offered & wanted == wanted:
-        return bench.spec
-    if not bench.configurable:
-        for rid in ids:
-            verdict.not_offered(rid, f"the target does not offer {wanted & ~offered:#x} (device features {offered:#x})")
-        return None
-    return bench.variant(replace=True, features=f"{offered | TUNNEL_CSUM:#x}")
 
 
 def run_bursts(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int) -> None:
-    spec = offering(bench, verdict, want, ids)
+    spec = bench.offering(verdict, want, ids, also=TUNNEL_CSUM)
     if spec is None:
         return
     with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
@@ -307,7 +297,7 @@ def test_guest_tunnel_offer_dependencies(bench: Bench, verdict: Verdict) -> None
     """The offer of a device with GUEST_UDP_TUNNEL_GSO (the target, or on ``sim:`` a variant asked for it and
     _CSUM) against the dependency table: GUEST_TSO4/6 and USO4/6 with it (NETFEAT-DEV-03), it with _CSUM
     (NETFEAT-DEV-04)."""
-    spec = offering(bench, verdict, bits(NetF.GUEST_UDP_TUNNEL_GSO), ()) or bench.spec
+    spec = bench.offering(verdict, bits(NetF.GUEST_UDP_TUNNEL_GSO), (), also=TUNNEL_CSUM) or bench.spec
     with bench.rig(spec) as rig:
         judge_offer(verdict, rig.offered, OFFER_IDS)
 
