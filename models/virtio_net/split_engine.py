@@ -257,7 +257,7 @@ class VirtQueue:
         area = self._ring_area(dma, iova, 2, self._read_areas, False)
         if area is None:
             return dma.read_u16(iova)
-        return int(area[1][(iova - area[2]) >> 1])
+        return int(area[1].item((iova - area[2]) >> 1))
 
     def write_ring_u16(self, iova: int, value: int) -> None:
         """A 16-bit ring field in one store (indexes, flags: the driver never sees half of one), as
