@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from backend.device import VdpaDevice, VqState
 from backend.eventloop import new_eventfd, wait_eventfd
 from backend.pci.device import DmaPerm
-from backend.virtio.features import DeviceStatus, F, has
+from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from sim.memory import Allocator, GuestMemory
 from testbenches.driver.layout import default_allocator
@@ -23,6 +23,13 @@ from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
 
 _UP = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
+
+
+#: What this frontend does not do, so never accepts whatever it is asked to: a header other than the 12-byte one
+#: (hash report, UDP-tunnel offsets, the outer network header) and receive buffers for coalesced packets.
+LACKS = bits(NetF.HASH_REPORT, NetF.GUEST_UDP_TUNNEL_GSO, NetF.GUEST_UDP_TUNNEL_GSO_CSUM, NetF.HOST_UDP_TUNNEL_GSO,
+             NetF.HOST_UDP_TUNNEL_GSO_CSUM, NetF.OUT_NET_HEADER, NetF.IPSEC, NetF.GUEST_TSO4, NetF.GUEST_TSO6,
+             NetF.GUEST_UFO, NetF.GUEST_USO4, NetF.GUEST_USO6, NetF.GUEST_ECN, NetF.RSC_EXT)
 
 
 class VdpaFrontend:
@@ -44,7 +51,7 @@ class VdpaFrontend:
         """ACKNOWLEDGE, DRIVER, the offered subset of ``wanted``, FEATURES_OK (raises if refused)."""
         self.vdpa.set_status(DeviceStatus.ACKNOWLEDGE)
         self.vdpa.set_status(_UP)
-        self.features = self.vdpa.get_device_features() & wanted
+        self.features = self.vdpa.get_device_features() & wanted & ~LACKS
         self.vdpa.set_driver_features(self.features)
         self.vdpa.set_status(_UP | DeviceStatus.FEATURES_OK)
         return self.features
