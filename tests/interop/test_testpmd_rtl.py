@@ -1,8 +1,8 @@
 """DPDK testpmd ``net_virtio_user`` → ``vdpa-bench serve --device rtl:virtio-net`` → the SystemVerilog
 function under Verilator with a loopback wire: testpmd's frames come back intact.
 
-virtio_user asks for MRG_RXBUF and IN_ORDER by default; the RTL does not offer them (nor INDIRECT_DESC),
-so they are simply not negotiated and testpmd runs without them. With ``packed_vq=1`` the RTL runs packed
+virtio_user asks for MRG_RXBUF and IN_ORDER by default; the RTL offers MRG_RXBUF, which is negotiated, and not
+IN_ORDER (nor INDIRECT_DESC), which testpmd then runs without. With ``packed_vq=1`` the RTL runs packed
 rings (it offers VIRTIO_F_RING_PACKED). Frames are checked on the wire (a pcap
 tap on the RTL's loopback wire) and in testpmd's counters; the serve log says the doorbells reached the
 design from the kick eventfds (no relay) and how many cycles were simulated.
@@ -32,12 +32,13 @@ def _peers() -> None:
 
 
 def test_testpmd_traffic_through_rtl(tmp_path: Path, sock: str) -> None:
-    """One queue pair; MRG_RXBUF, IN_ORDER and INDIRECT_DESC are not negotiated."""
+    """One queue pair; the RTL's MRG_RXBUF carries it, IN_ORDER and INDIRECT_DESC (not offered) are not
+    negotiated."""
     with loopback_session(tmp_path, sock, "rtl:virtio-net", virtio_user_vdev(sock)) as serve:
         [features] = negotiated(serve)
-        for bit in (NetF.MRG_RXBUF, F.IN_ORDER, F.INDIRECT_DESC):
+        for bit in (F.IN_ORDER, F.INDIRECT_DESC):
             assert not features & (1 << bit), f"{bit.name} negotiated with a device that does not offer it"
-        assert features & (1 << F.VERSION_1)
+        assert features & (1 << F.VERSION_1) and features & (1 << NetF.MRG_RXBUF), f"{features:#x}"
     # serve's output, once it stopped: the probe device at startup, then the session's device, whose kicks came
     # from testpmd's eventfds
     runs = [(int(c), float(s), int(k)) for c, s, k in CYCLES_LINE.findall(serve.proc.output())]
@@ -47,11 +48,12 @@ def test_testpmd_traffic_through_rtl(tmp_path: Path, sock: str) -> None:
 
 def test_testpmd_packed_rings_through_rtl(tmp_path: Path, sock: str) -> None:
     """``packed_vq=1``: the RTL's packed rings carry testpmd's io loopback; RING_PACKED is in the features the
-    design negotiated, IN_ORDER and MRG_RXBUF are not (not offered), frames intact on the wire, no errors."""
+    design negotiated with MRG_RXBUF, IN_ORDER is not (not offered), frames intact on the wire, no errors."""
     with loopback_session(tmp_path, sock, "rtl:virtio-net", virtio_user_vdev(sock, packed_vq=True)) as serve:
         [features] = negotiated(serve)
         assert features & (1 << F.RING_PACKED), f"driver features {features:#x} without RING_PACKED"
-        for bit in (NetF.MRG_RXBUF, F.IN_ORDER, F.INDIRECT_DESC):
+        assert features & (1 << NetF.MRG_RXBUF), f"driver features {features:#x} without MRG_RXBUF"
+        for bit in (F.IN_ORDER, F.INDIRECT_DESC):
             assert not features & (1 << bit), f"{bit.name} negotiated with a device that does not offer it"
 
 
