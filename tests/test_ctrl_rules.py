@@ -15,6 +15,8 @@ from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
     VIRTIO_NET_CTRL_HASH_TUNNEL,
     VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
     VIRTIO_NET_CTRL_MAC,
@@ -41,8 +43,6 @@ from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor, TracingPciDevice
 from testbenches.monitor.ctrl_rules import (
-    VIRTIO_NET_CTRL_GUEST_OFFLOADS,
-    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
     ControlQueueMonitor,
 )
 from testbenches.monitor.virtio_pci_rules import Event

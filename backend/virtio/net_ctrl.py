@@ -77,6 +77,12 @@ VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN_GPE: Final = 1 << 5
 VIRTIO_NET_HASH_TUNNEL_TYPE_GENEVE: Final = 1 << 6
 VIRTIO_NET_HASH_TUNNEL_TYPE_IPIP: Final = 1 << 7
 VIRTIO_NET_HASH_TUNNEL_TYPE_NVGRE: Final = 1 << 8
+#: Every encapsulation type this spec defines (a driver disregards other bits of supported_tunnel_types).
+VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED: Final = (VIRTIO_NET_HASH_TUNNEL_TYPE_NVGRE << 1) - 1
+
+#: Offloads state (5.1.9.5.9, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS): a le64 of guest offload feature bits.
+VIRTIO_NET_CTRL_GUEST_OFFLOADS: Final = 5
+VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: Final = 0
 
 #: RSS contexts (5.1.9.5.8, VIRTIO_NET_F_RSS_CONTEXT). CAP_GET answers struct virtnet_rss_ctx_cap { le16
 #: max_rss_contexts; } in the command-specific-result after the ack; ADD and MOD carry struct

@@ -23,6 +23,8 @@ from backend.virtio.features import NetF, has
 from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
     VIRTIO_NET_CTRL_HASH_TUNNEL,
     VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
     VIRTIO_NET_CTRL_MAC,
@@ -37,6 +39,7 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_RX_PROMISC,
     VIRTIO_NET_CTRL_VLAN,
     VIRTIO_NET_CTRL_VLAN_ADD,
+    VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED,
     VIRTIO_NET_OK,
     VIRTNET_RSS_CTX_CTRL,
     VIRTNET_RSS_CTX_CTRL_ADD,
@@ -44,11 +47,6 @@ from backend.virtio.net_ctrl import (
 )
 from backend.virtio.net_hdr import NetHdr
 from backend.virtio.pci_regs import VIRTIO_NET_S_ANNOUNCE, NetCfg
-from testbenches.monitor.ctrl_rules import (
-    DEFINED_TUNNEL_TYPES,
-    VIRTIO_NET_CTRL_GUEST_OFFLOADS,
-    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
-)
 
 if TYPE_CHECKING:
     from testbenches.driver.virtio_net import GuestNetDriver
@@ -228,13 +226,13 @@ class NetControl:
         (NETCTRL-DRV-03)."""
         self._need(NetF.HASH_TUNNEL, "supported_tunnel_types")
         (supported,) = self.drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
-        return int(supported) & DEFINED_TUNNEL_TYPES
+        return int(supported) & VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED
 
     def hash_tunnel_set(self, enabled_tunnel_types: int) -> int:
         """Only tunnel types supported_tunnel_types lists (NETCTRL-DRV-02), none the spec does not define (03)."""
         self._need(NetF.HASH_TUNNEL, "VIRTIO_NET_CTRL_HASH_TUNNEL_SET")
         (supported,) = self.drv.transport.read_config_fields([(NetCfg.SUPPORTED_TUNNEL_TYPES, 4)])
-        if enabled_tunnel_types & ~(supported & DEFINED_TUNNEL_TYPES):
+        if enabled_tunnel_types & ~(supported & VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED):
             raise ValueError(f"tunnel types {enabled_tunnel_types:#x} beyond supported_tunnel_types {supported:#x}")
         return self.command(f"HASH_TUNNEL_SET {enabled_tunnel_types:#x}", VIRTIO_NET_CTRL_HASH_TUNNEL,
                             VIRTIO_NET_CTRL_HASH_TUNNEL_SET, struct.pack("<I", enabled_tunnel_types))

@@ -36,6 +36,7 @@ from backend.virtio.net_ctrl import (
     VIRTIO_NET_CTRL_RX_ALLUNI,
     VIRTIO_NET_CTRL_RX_NOBCAST,
     VIRTIO_NET_CTRL_RX_PROMISC,
+    VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED,
     VIRTIO_NET_RSS_HASH_TYPE_IPv4,
     VIRTIO_NET_RSS_HASH_TYPE_TCPv4,
     VIRTIO_NET_RSS_HASH_TYPE_UDPv4,
@@ -51,7 +52,7 @@ from testbenches.driver.net_ctrl import NetControl
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor
-from testbenches.monitor.ctrl_rules import DEFINED_TUNNEL_TYPES, NETCTRL_DRV_ROWS, ControlQueueMonitor
+from testbenches.monitor.ctrl_rules import NETCTRL_DRV_ROWS, ControlQueueMonitor
 from testbenches.monitor.virtio_pci_rules import Layout as PciLayout
 
 MEM = 8 << 20
@@ -76,7 +77,7 @@ NEEDS = {"NETCTRL-DRV-02": NetF.HASH_TUNNEL, "NETCTRL-DRV-03": NetF.HASH_TUNNEL,
          "NETCTRL-DRV-23": NetF.RSS_CONTEXT, "NETCTRL-DRV-24": NetF.CTRL_GUEST_OFFLOADS}
 KEY = bytes(range(0x41, 0x41 + 40))
 #: Shown in supported_tunnel_types on top of the device's: bits past the defined tunnel types (NETCTRL-DRV-03).
-UNDEFINED_TUNNEL_TYPES = 0xC0000200 & ~DEFINED_TUNNEL_TYPES
+UNDEFINED_TUNNEL_TYPES = 0xC0000200 & ~VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED
 NEW_MAC = bytes.fromhex("020000000077")
 GARP_IP = "10.0.0.1"
 #: Config interrupt wait after the link comes back (the target raises it at once; a slow one within this).
