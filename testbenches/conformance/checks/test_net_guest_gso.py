@@ -26,8 +26,9 @@ nothing (it may deliver every segment as it came).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -144,41 +145,56 @@ def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], wan
     return rig.looped(verdict, *ids)
 
 
-def exchange(rig: Rig, burst: Sequence[Sent], tso: tuple[NetHdr, bytes] | None = None) -> list[Delivered | None]:
-    """The burst through transmitq1 in one publish (header and frame in one buffer each), or the one ``tso`` packet
-    the device segments into it, and what receiveq1 got back, in used order, until all the data sent came back or the
-    wait ran out (None: not a TCP/UDP packet)."""
+T = TypeVar("T")
+
+
+def loop_burst(rig: Rig, sent: Sequence[bytes], receive: int, want: int,
+               parse_one: Callable[[bytes, int], tuple[T | None, int]]) -> list[T | None]:
+    """``receive`` receive buffers posted, the transmit buffers ``sent`` (header and frame each) in one publish, and
+    what receiveq1 got back, in used order, each read by ``parse_one(bytes written, used len)`` into (what it is,
+    data bytes it holds), until ``want`` data bytes came back or the wait ran out."""
     pending: dict[int, Posted] = {}
     order: list[Posted] = []
-    for _ in burst:
+    for _ in range(receive):
         r = rig.add_chain(rig.RX, [], [RX_BUF])
         pending[r.head] = r
         order.append(r)
     rig.publish(rig.RX)
-    sent: dict[int, Posted] = {}
-    for hdr, frame in [tso] if tso is not None else [(NetHdr(), s.frame) for s in burst]:
-        t = rig.add_chain(rig.TX, [rig.tx_header(hdr) + frame], [])
-        sent[t.head] = t
+    tx: dict[int, Posted] = {}
+    for buf in sent:
+        t = rig.add_chain(rig.TX, [buf], [])
+        tx[t.head] = t
     rig.publish(rig.TX)
-    for t, _ in rig.complete(rig.TX, sent, len(sent)):
+    for t, _ in rig.complete(rig.TX, tx, len(tx)):
         rig.release(t)
-    want = sum(len(s.payload) for s in burst)
     have = 0
-    out: list[Delivered | None] = []
+    out: list[T | None] = []
     while have < want and pending:
         got = rig.complete(rig.RX, pending, 1)
         if not got:
             break
         for p, n in got:
-            data = written_bytes(rig.mem, p, n)
-            d = parse(NetHdr.unpack(data.ljust(12, b"\0")), data[rig.hdr_len:])
-            out.append(d)
-            have += len(d.payload) if d is not None else 0
+            item, size = parse_one(written_bytes(rig.mem, p, n), n)
+            out.append(item)
+            have += size
     for p in order:
         rig.release(p)
     if pending:  # buffers left posted: the next burst starts on clean rings
         rig.bring_up(rig.features, QUEUE_SIZE)
     return out
+
+
+def exchange(rig: Rig, burst: Sequence[Sent], tso: tuple[NetHdr, bytes] | None = None) -> list[Delivered | None]:
+    """The burst through transmitq1 in one publish (header and frame in one buffer each), or the one ``tso`` packet
+    the device segments into it, and what receiveq1 got back, in used order, until all the data sent came back or the
+    wait ran out (None: not a TCP/UDP packet)."""
+    def one(data: bytes, _n: int) -> tuple[Delivered | None, int]:
+        d = parse(NetHdr.unpack(data.ljust(12, b"\0")), data[rig.hdr_len:])
+        return d, len(d.payload) if d is not None else 0
+
+    frames = [tso] if tso is not None else [(NetHdr(), s.frame) for s in burst]
+    return loop_burst(rig, [rig.tx_header(hdr) + frame for hdr, frame in frames], len(burst),
+                      sum(len(s.payload) for s in burst), one)
 
 
 class Judge:

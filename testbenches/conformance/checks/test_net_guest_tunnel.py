@@ -58,9 +58,8 @@ from backend.virtio.net_hdr import (
 from backend.virtio.split_ring import U16, USED_ELEM
 from models.virtio_net import offload
 from sim.memory import GuestMemory
-from testbenches.conformance.chains import Posted, written_bytes
 from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
-from testbenches.conformance.checks.test_net_guest_gso import RX_BUF, SETTINGS, USO, bring_up
+from testbenches.conformance.checks.test_net_guest_gso import SETTINGS, USO, bring_up, loop_burst
 from testbenches.conformance.checks.test_split_driver_rules import HeldDoorbells
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
 from testbenches.conformance.offers import judge_offer
@@ -157,36 +156,11 @@ def parse(raw_hdr: bytes, frame: bytes, used_len: int) -> Got | None:
 def exchange(rig: Rig, frames: Sequence[bytes], want: int) -> list[Got | None]:
     """The frames through transmitq1 in one publish, and what receiveq1 got back until ``want`` inner data bytes came
     back or the wait ran out."""
-    pending: dict[int, Posted] = {}
-    order: list[Posted] = []
-    for _ in frames:
-        r = rig.add_chain(rig.RX, [], [RX_BUF])
-        pending[r.head] = r
-        order.append(r)
-    rig.publish(rig.RX)
-    sent: dict[int, Posted] = {}
-    for frame in frames:
-        t = rig.add_chain(rig.TX, [rig.tx_header() + frame], [])
-        sent[t.head] = t
-    rig.publish(rig.TX)
-    for t, _ in rig.complete(rig.TX, sent, len(sent)):
-        rig.release(t)
-    have = 0
-    out: list[Got | None] = []
-    while have < want and pending:
-        got = rig.complete(rig.RX, pending, 1)
-        if not got:
-            break
-        for p, n in got:
-            data = written_bytes(rig.mem, p, n)
-            d = parse(data[:rig.hdr_len].ljust(rig.hdr_len, b"\0"), data[rig.hdr_len:], n)
-            out.append(d)
-            have += len(d.inner_payload) if d is not None else 0
-    for p in order:
-        rig.release(p)
-    if pending:
-        rig.bring_up(rig.features, QUEUE_SIZE)
-    return out
+    def one(data: bytes, n: int) -> tuple[Got | None, int]:
+        d = parse(data[:rig.hdr_len].ljust(rig.hdr_len, b"\0"), data[rig.hdr_len:], n)
+        return d, len(d.inner_payload) if d is not None else 0
+
+    return loop_burst(rig, [rig.tx_header() + frame for frame in frames], len(frames), want, one)
 
 
 def _outer_sum(frame: bytes, outer_v6: bool, th: int) -> int:
