@@ -13,6 +13,7 @@ from backend.pci.abilities import Lacking
 from backend.virtio.features import DeviceStatus, NetF, bits, has
 from backend.virtio.pci_regs import VIRTIO_NET_S_LINK_UP, NetCfg
 from testbenches.conformance.harness import TX, Bench, acknowledge, make_frame, with_features
+from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 
 SPEED_UNKNOWN = 0xFFFFFFFF
@@ -59,12 +60,7 @@ def _offered_fields_in_range(t: VirtioPciModern, verdict: Verdict) -> None:
         verdict.check("NET-DEV-08", table >= 128, f"RSS offered, rss_max_indirection_table_length = {table}")
     else:
         verdict.not_offered("NET-DEV-08", "VIRTIO_NET_F_RSS not offered")
-    for rid, feature in (("NET-DEV-13", NetF.HASH_REPORT), ("NET-DEV-14", NetF.CTRL_RX_EXTRA)):
-        if has(offered, feature):
-            verdict.check(rid, has(offered, NetF.CTRL_VQ),
-                          f"{feature.name} offered without CTRL_VQ (device_feature {offered:#x})")
-        else:
-            verdict.not_offered(rid, f"VIRTIO_NET_F_{feature.name} not offered")
+    judge_offer(verdict, offered, ("NET-DEV-13", "NET-DEV-14"))
 
 
 @pytest.mark.req("NET-DEV-10", "NET-DEV-11", "NET-DEV-12")
