@@ -308,13 +308,6 @@ def run_case(loop: Loop, verdict: Verdict, case: Case, rng: random.Random) -> No
 
 
 
-def _spec(bench: Bench) -> str:
-    """The target, offering the host GSO features too where it is configurable."""
-    if not bench.configurable:
-        return bench.spec
-    with bench.rig() as probe:
-        offered = probe.offered
-    return bench.variant(replace=True, features=f"{offered | HOST_GSO:#x}")
 
 
 #: Every kind once, with the TCP flags that must be moved (CWR needs HOST_ECN: only with ECN negotiated).
@@ -328,7 +321,7 @@ def test_transmit_segmentation(bench: Bench, verdict: Verdict, ring_layout: Layo
     """Host GSO negotiated (what the target offers of it): a packet of every kind the device segments, then random
     ones, each sent with the exact hdr_len and with a random one (some with unknown flag bits too); every packet that
     comes back judged with scapy, the two sends compared."""
-    with bench.rig(_spec(bench), mem_size=RING_MEM_SIZE) as rig:
+    with bench.rig(bench.offering(verdict, HOST_GSO, ()) or bench.spec, mem_size=RING_MEM_SIZE) as rig:
         judge_offer(verdict, rig.offered, FEATURE_IDS)
         if not rig.offers(ring_layout, verdict, *TX_IDS):
             return

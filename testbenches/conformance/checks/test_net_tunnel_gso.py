@@ -308,12 +308,6 @@ def judge_ignored_offsets(loop: Loop, verdict: Verdict, rng: random.Random) -> N
 
 
 
-def _spec(bench: Bench) -> str:
-    if not bench.configurable:
-        return bench.spec
-    with bench.rig() as probe:
-        offered = probe.offered
-    return bench.variant(replace=True, features=f"{offered | TUNNEL_GSO:#x}")
 
 
 CASE = st.builds(Case, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 6000),
@@ -324,7 +318,7 @@ CASE = st.builds(Case, st.booleans(), st.booleans(), st.booleans(), st.booleans(
 def test_tunnel_segmentation(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """HOST_UDP_TUNNEL_GSO and _CSUM negotiated: the rejections, the ignored offsets, then tunnel packets of each
     outer/inner kind and random ones, each sent with the exact hdr_len and a random one, judged with scapy."""
-    with bench.rig(_spec(bench), mem_size=RING_MEM_SIZE) as rig:
+    with bench.rig(bench.offering(verdict, TUNNEL_GSO, ()) or bench.spec, mem_size=RING_MEM_SIZE) as rig:
         judge_offer(verdict, rig.offered, FEATURE_IDS)
         if not rig.offers(ring_layout, verdict, *TX_IDS):
             return
@@ -380,7 +374,7 @@ def test_guest_driver_tunnel_headers(bench: Bench, verdict: Verdict, csum: bool)
     name = f"guest driver with HOST_UDP_TUNNEL_GSO{' and _CSUM' if csum else ''}"
     want = DEFAULT_FEATURES | TUNNEL_GSO & ~(0 if csum else bits(NetF.HOST_UDP_TUNNEL_GSO_CSUM))
     with GuestMemory.single(DRIVER_MEM, gpa=GUEST_MEMORY_BASE) as mem:
-        trace = TracingPciDevice(bench.open(_spec(bench)))
+        trace = TracingPciDevice(bench.open(bench.offering(verdict, TUNNEL_GSO, ()) or bench.spec))
         rings = SplitRingMonitor.attach(trace, mem.read)
         drv = GuestNetDriver(trace, mem, queue_size=64, features=want)
         try:
