@@ -24,6 +24,9 @@ from collections.abc import Sequence
 
 from backend.daemon import DEFAULT_DEVICE, SERVE_DESCRIPTION, add_serve_arguments, positive_float, run_serve
 
+#: ``run`` and ``report``: where the real drivers' findings come from.
+REAL_DRIVERS_HELP = ("findings files of 'serve --judge-driver' (the interop tests keep theirs in "
+                     "reports/real-drivers/findings): the report ends with a section per real driver")
 #: Distributions of the ``bench`` extra that the bench's own subcommands import (top-level module names).
 BENCH_MODULES = ("pytest", "rich", "jinja2", "hypothesis", "scapy", "numpy")
 
@@ -104,6 +107,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "as 'deviation' (default: the entry the device's PCI ids match)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="plain pytest output instead of the progress bar")
+    p.add_argument("--real-drivers", metavar="DIR", help=REAL_DRIVERS_HELP)
     p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARG", help="extra pytest arguments after --")
     p.set_defaults(func=cmd_run)
 
@@ -112,6 +116,7 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("report", help="render results.json files side by side")
     p.add_argument("results", nargs="+", metavar="RESULTS_JSON")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--real-drivers", metavar="DIR", help=REAL_DRIVERS_HELP)
     p.set_defaults(func=cmd_report)
 
 

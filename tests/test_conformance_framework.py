@@ -428,3 +428,25 @@ def test_cli_default_out_dir() -> None:
 
     assert target_name("sim") == "sim-virtio-net"
     assert target_name("vfio:0000:00:03.0") == "vfio-0000-00-03.0"
+
+
+def test_cli_report_ends_with_a_section_per_real_driver(tmp_path: Path) -> None:
+    _results("sim:x", None).save(tmp_path / "sim" / "results.json")
+    findings = tmp_path / "findings"
+    findings.mkdir()
+    for driver, verdict in (("DPDK virtio_user", "failed"), ("Linux virtio_net", "passed")):
+        evidence = ["num_buffers 1 on transmit"] if verdict == "failed" else []
+        row = {"verdict": verdict, "opportunities": 3, "evidence": evidence}
+        session = {"session": "1", "ring": "split", "rows": {"NET-DRV-16": row}}
+        findings_file = {"driver": driver, "run": "interop", "sessions": [session]}
+        (findings / f"{driver.split()[0]}.json").write_text(json.dumps(findings_file))
+    argv = ["report", str(tmp_path / "sim/results.json"), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--real-drivers", str(findings)]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "real driver: DPDK virtio_user" in page and "real driver: Linux virtio_net" in page
+    assert "num_buffers 1 on transmit" in page and "sim:x" in page
+    drivers = json.loads((tmp_path / "out" / "real-drivers.json").read_text())["drivers"]
+    assert drivers["DPDK virtio_user"][0]["rows"]["NET-DRV-16"]["verdict"] == "failed"
+    (tmp_path / "empty").mkdir()
+    assert cli.main([*argv, "--real-drivers", str(tmp_path / "empty")]) == 2
+    assert "real driver" not in render_html([_results("sim:x", None)], tmp_path / "plain.html").read_text()

@@ -123,18 +123,23 @@ def render_real_drivers_terminal(runs: Sequence[RealDriverRun], console: Console
                     console.print(f"      {line}", markup=False, highlight=False)
 
 
-def render_real_drivers_html(runs: Sequence[RealDriverRun], path: Path) -> Path:
+def driver_sections(runs: Sequence[RealDriverRun]) -> list[dict[str, Any]]:
+    """One section per driver for the HTML templates: its runs and, per row, the requirement and each run's cell."""
     reqs = load_requirements()
-    drivers = by_driver(runs)
     sections = []
-    for driver, driver_runs in drivers.items():
+    for driver, driver_runs in by_driver(runs).items():
         ids = sorted({rid for r in driver_runs for rid in r.rows})
         rows = [{"id": rid, "text": reqs[rid].requirement if rid in reqs else "",
                  "section": reqs[rid].section if rid in reqs else "",
                  "cells": [r.rows.get(rid) for r in driver_runs]} for rid in ids]
         sections.append({"driver": driver, "runs": driver_runs, "rows": rows})
+    return sections
+
+
+def render_real_drivers_html(runs: Sequence[RealDriverRun], path: Path) -> Path:
     html = _environment().get_template("real_drivers.html.j2").render(
-        title="real drivers judged", generated=datetime.now(UTC).isoformat(timespec="seconds"), sections=sections)
+        title="real drivers judged", generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        sections=driver_sections(runs))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
@@ -159,7 +164,8 @@ def write_real_drivers_report(directory: Path, out: Path, console: Console | Non
     return out
 
 
-__all__ = ["RealDriverRun", "by_driver", "driver_table", "load_runs", "main", "render_real_drivers_html",
+__all__ = ["RealDriverRun", "by_driver", "driver_sections", "driver_table", "load_runs", "main",
+           "render_real_drivers_html",
            "render_real_drivers_terminal", "write_real_drivers_report"]
 
 

@@ -375,8 +375,11 @@ def render_html(
     path: Path,
     requirements: RequirementSet | None = None,
     title: str = "virtio conformance",
+    driver_sections: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """Write one self-contained HTML page; with several results each target gets its own column."""
+    """Write one self-contained HTML page; with several results each target gets its own column. With
+    ``driver_sections`` (:func:`testbenches.conformance.real_drivers.driver_sections`) the page ends with a
+    section per real driver judged during interop runs."""
     if not results:
         raise ValueError("render_html needs at least one Results")
     reqs = requirements if requirements is not None else load_requirements()
@@ -397,6 +400,7 @@ def render_html(
             layout_rows=[(res.target, lay, c) for res in results for lay, c in res.layout_counts().items()],
             statuses=list(Status),
             Status=Status,
+            driver_sections=list(driver_sections),
         )
     )
     path = Path(path)

@@ -5,6 +5,11 @@ a scheme nobody provides, a broken provider or a device that cannot be reached i
 status 2, and no report is written. Then the checks run with a progress bar, the per-area table is
 printed and ``report.html``, ``junit.xml``, ``requirements-junit.xml`` and ``results.json`` are
 written. Exit status 0 only when no requirement id failed.
+
+Both take ``--real-drivers DIR``: the findings files ``serve --judge-driver`` wrote during interop runs
+(the interop tests keep theirs in ``reports/real-drivers/findings``); the report then ends with a
+section per real driver, and ``real-drivers.json``/``.html`` are written next to it. A directory
+without a findings file is an error before anything runs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from testbenches.conformance.plugin import (
     normalize_target,
     target_name,
 )
+from testbenches.conformance.real_drivers import RealDriverRun, driver_sections, load_runs, write_real_drivers_report
 from testbenches.conformance.report import Results, render_html, render_terminal
 
 #: The checks package, located next to this module (works from a checkout and when installed).
@@ -112,8 +118,24 @@ def probe_target(spec: str, sim: str | None = None, registry: TargetRegistry | N
     return None
 
 
+def _real_driver_runs(command: str, directory: str | None) -> list[RealDriverRun] | None:
+    """The findings files of ``--real-drivers`` ([] without the option); None (after one error line) when the
+    directory holds none."""
+    if directory is None:
+        return []
+    runs = load_runs(Path(directory)) if Path(directory).is_dir() else []
+    if not runs:
+        print(f"vdpa-bench {command}: error: --real-drivers {directory}: no findings file of "
+              "'vdpa-bench serve --judge-driver' in it", file=sys.stderr, flush=True)
+        return None
+    return runs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     args.target = normalize_target(args.target)
+    real_drivers = _real_driver_runs("run", args.real_drivers)
+    if real_drivers is None:
+        return 2
     if args.quirk:
         try:
             KnownDeviations.named(args.quirk)
@@ -145,6 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         render_terminal(results, console)
         for nodeid, message in failures.unrelated_failures(results).items():
             console.print(f"failed (no requirement id): {nodeid}: {message}", markup=False, highlight=False)
+    if real_drivers:
+        write_real_drivers_report(Path(args.real_drivers), out, console)
+        render_html([results], out / "report.html", driver_sections=driver_sections(real_drivers))
     console.print(f"reports: {out}/report.html, {out}/junit.xml, {results_path}", highlight=False)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return int(code)
@@ -152,11 +177,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    real_drivers = _real_driver_runs("report", args.real_drivers)
+    if real_drivers is None:
+        return 2
     results = [Results.load(Path(p)) for p in args.results]
     out = Path(args.out)
-    path = render_html(results, out / "report.html")
+    path = render_html(results, out / "report.html", driver_sections=driver_sections(real_drivers))
     console = Console()
     for res in results:
         render_terminal(res, console, max_evidence=1)
+    if real_drivers:
+        write_real_drivers_report(Path(args.real_drivers), out, console)
     console.print(f"report: {path}", highlight=False)
     return 0
