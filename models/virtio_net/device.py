@@ -392,8 +392,16 @@ class VirtioNetDevice(VirtioPciFunction):
 
     # --- queue processing ------------------------------------------------------------------------
 
-    def is_ctrl(self, q: SplitQueue) -> bool:
-        return self.has_ctrl and q.index == len(self.queues) - 1
+    def ctrl_queue_index(self) -> int:
+        """The control queue's index, 2N: N is max_virtqueue_pairs once MQ or RSS is negotiated, else 1 (5.1.2),
+        so a driver that did not negotiate them finds it at 2 whatever the device's queue count; -1 without
+        CTRL_VQ."""
+        if not self.has_ctrl:
+            return -1
+        return 2 * self.pairs if has(self.negotiated, NetF.MQ) or has(self.negotiated, NetF.RSS) else 2
+
+    def is_ctrl(self, q: SplitQueue | PackedQueue) -> bool:
+        return q.index == self.ctrl_queue_index()
 
     def process_queue(self, q: SplitQueue) -> None:
         if self.is_ctrl(q):

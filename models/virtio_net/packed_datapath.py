@@ -34,7 +34,7 @@ _ChainFn = Callable[["VirtioNetDevice", PackedQueue, PackedChain], int]
 def process(dev: VirtioNetDevice, q: PackedQueue) -> None:
     """An available buffer notification on packed queue ``q``: TX and control queues are served, an RX kick only
     says buffers were added (they are used when frames arrive)."""
-    if dev.has_ctrl and q.index == len(dev.packed_queues) - 1:
+    if dev.is_ctrl(q):
         _serve(dev, q, _ctrl_chain)
     elif q.index % 2:
         _serve(dev, q, _tx_chain)

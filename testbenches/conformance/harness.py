@@ -522,10 +522,11 @@ class Rig:
 
     def kick_packed(self, q: int) -> None:
         """Available buffer notification for packed queue ``q``: with VIRTIO_F_NOTIFICATION_DATA the next slot and
-        wrap counter (PACKED-DRV-04), else the queue index alone."""
+        wrap counter (PACKED-DRV-04), else the queue's identifier alone (its index, or its notif_config_data with
+        VIRTIO_F_NOTIF_CONFIG_DATA)."""
         t = self.drv.transport
-        value = self.packed[q].notification_value() if has(self.features, F.NOTIFICATION_DATA) else q
-        t.notify(q, value, location=t.notify_location(q))
+        ring = self.packed[q]
+        t.notify(q, avail_idx=ring.next_avail | ring.avail_wrap << 15, location=t.notify_location(q))
         self.doorbells += 1
 
     def bring_up(self, features: int, queue_size: int = 256) -> None:

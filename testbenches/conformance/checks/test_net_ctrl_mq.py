@@ -91,8 +91,9 @@ class MqRig:
         d = rig.up(features=features, exact=True, queues=False, driver_ok=False, layout=layout)
         t = d.transport
         self.mq = has(d.features, NetF.MQ)
+        # 5.1.2: the queue pairs (and the control queue at 2N) count max_virtqueue_pairs with MQ or RSS, else one
         self.max_pairs = int.from_bytes(t.read_device_config(NetCfg.MAX_VIRTQUEUE_PAIRS, 2, 2), "little") \
-            if self.mq else 1
+            if self.mq or has(d.features, NetF.RSS) else 1
         self.pairs = self.max_pairs
         self.ctrl = 2 * self.pairs
         self.indirect = has(d.features, F.INDIRECT_DESC)

@@ -329,6 +329,7 @@ def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, ve
         doorbells = list(regs.ioeventfds)
         notify_cap = vdpa.transport.notify_cap
         notify_offs = {q: vdpa.transport.queue_notify_off(q) for q in (0, 1)}
+        idents = _notify_idents(vdpa, (0, 1))
     finally:
         vdpa.close()
         front.close()
@@ -364,8 +365,8 @@ def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, ve
     stray = [w for w in slot_writes if w[1] not in (block.field_offset(0), block.field_offset(1))]
     if stray:
         problems.append(f"writes to other slots: {stray}")
-    want_bells = sorted((notify_cap.bar, notify_cap.offset + notify_offs[q] * notify_cap.notify_off_multiplier, 2, q)
-                        for q in (0, 1))
+    want_bells = sorted((notify_cap.bar, notify_cap.offset + notify_offs[q] * notify_cap.notify_off_multiplier, 2,
+                         idents[q]) for q in (0, 1))
     bells_ok = sorted(doorbells) == want_bells
     head = (f"vendor block in BAR{bar} ({width}-byte state, slots {block.stride} apart): {problems[:5] or 'as asked'}; "
             f"GET_VRING_BASE of running q1 read {running:#x} (slot low half 0x102); {sent}/{len(FRAMES)} frames")
@@ -629,6 +630,15 @@ def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, ve
 # --- kicks a function cannot take as ioeventfds, interrupts shared by queues --------------------------------
 
 
+def _notify_idents(vdpa: VirtioPciVdpaDevice, queues: tuple[int, ...]) -> dict[int, int]:
+    """What a notification must carry for each queue (4.1.5.2): the queue's index, or its
+    queue_notif_config_data (read from the common configuration) once VIRTIO_F_NOTIF_CONFIG_DATA is negotiated."""
+    t = vdpa.transport
+    if not has(t.negotiated, F.NOTIF_CONFIG_DATA):
+        return {q: q for q in queues}
+    return {q: t.read_queue(q, CommonCfg.QUEUE_NOTIF_CONFIG_DATA) for q in queues}
+
+
 @pytest.mark.req("NOTIF-DRV-01", "NOTIF-DRV-03")
 def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verdict, mem: GuestMemory) -> None:
     """Where the function cannot take a kick eventfd as its doorbell, every kick the frontend signals becomes
@@ -644,6 +654,7 @@ def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verd
         start = len(view.accesses)
         sent = _transmit(front, FRAMES, 2.0)
         offs = {q: vdpa.transport.queue_notify_off(q) for q in (0, 1)}
+        idents = _notify_idents(vdpa, (1,))
         bells = [(a.offset - n.offset, a.size, a.value) for a in view.accesses[start:]
                  if a.op == "w" and a.region == n.bar and n.offset <= a.offset < n.offset + n.length]
         vdpa.reset()
@@ -654,7 +665,7 @@ def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verd
     finally:
         vdpa.close()
         front.close()
-    tx_bell = (offs[1] * n.notify_off_multiplier, 2, 1)
+    tx_bell = (offs[1] * n.notify_off_multiplier, 2, idents[1])
     ok = relayed and sent == len(FRAMES) and bool(bells) and all(b == tx_bell for b in bells) \
         and not after_reset and not stray_after_reset
     evidence = (f"ioeventfd refused: kicks relayed {relayed}; {sent}/{len(FRAMES)} frames; doorbell writes "
