@@ -160,6 +160,13 @@ def judge_receive_partial(verdict: Verdict, h: NetHdr, frame: bytes, where: str)
                   f"{where}: field {got:#06x}, pseudo-header sum {want:#06x}")
 
 
+def zero_udp_checksum(f: Frame) -> Frame:
+    """The UDP packet ``f`` with its checksum field 0."""
+    full = f.full[:f.field] + b"\0\0" + f.full[f.field + 2:]
+    rule = "invalid over IPv6, RFC 8200" if f.what.startswith("IPv6") else "none computed over IPv4, RFC 768"
+    return Frame(full, full, f.csum_start, f.csum_offset, f.headers, f"{f.what}, UDP checksum 0 ({rule})")
+
+
 def corrupted(frame: bytes, at: int) -> bytes:
     """``frame`` with one bit flipped at byte ``at`` of its transport segment or checksum (the checksum now wrong)."""
     out = bytearray(frame)
@@ -326,7 +333,8 @@ RX_CASE = st.tuples(st.booleans(), st.booleans(), st.integers(0, MAX_PAYLOAD), s
 def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """With CSUM and GUEST_CSUM negotiated: a header without NEEDS_CSUM leaves the packet as it is, whatever
     csum_start/csum_offset say (NET-DEV-16), so packets with corrupted checksums reach the receive side; none comes
-    back with DATA_VALID (NET-DEV-26 for what was sent without NEEDS_CSUM, NET-DEV-62 for every DATA_VALID), and
+    back with DATA_VALID (NET-DEV-26 for what was sent without NEEDS_CSUM, NET-DEV-62 for every DATA_VALID), nor
+    does an IPv6/UDP packet with checksum field 0 (invalid there; over IPv4 0 means none, not judged), and
     DATA_VALID never comes with a UDP-tunnel gso_type bit (NET-DEV-63). A packet received with NEEDS_CSUM (the device
     may, NET-DEV-46) is judged by NET-DEV-47..49; a device that never does leaves them not applicable."""
     ids = (*RX_IDS, *RX_PARTIAL_IDS)
@@ -339,7 +347,8 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
             return
         received = [0, 0]  # packets received, of which with NEEDS_CSUM
 
-        def judge(sent: bytes, back: tuple[NetHdr, bytes] | None, where: str, *, unchanged: bool) -> None:
+        def judge(sent: bytes, back: tuple[NetHdr, bytes] | None, where: str, *, unchanged: bool,
+                  no_checksum: bool = False) -> None:
             if back is None:
                 if unchanged:
                     verdict.check("NET-DEV-16", False, f"{where}: not received")
@@ -353,7 +362,8 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
                 verdict.check("NET-DEV-16", frame == sent, f"{where}: the frame left the device changed")
             valid = bool(h.flags & F_DATA_VALID)
             if valid:
-                good = transport_checksum_ok(frame)
+                # An IPv4/UDP datagram sent with checksum 0 carries none (RFC 768): nothing wrong to vouch for.
+                good = transport_checksum_ok(frame) or (no_checksum and frame == sent)
                 verdict.check("NET-DEV-62", good, f"{where}: DATA_VALID on a packet whose checksum is wrong")
                 if unchanged:
                     verdict.check("NET-DEV-26", good, f"{where}: sent without NEEDS_CSUM with a wrong checksum, "
@@ -376,6 +386,14 @@ def test_receive_checksum_validated(bench: Bench, verdict: Verdict, ring_layout:
                   f"flags {UNKNOWN_TX_FLAGS:#x}")]
         for (_, what), back in zip(cases, _send(rig, [(h, bad) for h, _ in cases]), strict=True):
             judge(bad, back, f"IPv4/UDP, wrong checksum, NEEDS_CSUM clear, {what}", unchanged=True)
+        # UDP checksum field 0, NEEDS_CSUM clear: over IPv6 an invalid checksum (RFC 8200 8.1), so no DATA_VALID
+        # (NET-DEV-62/26); over IPv4 "no checksum computed" (RFC 768), which the rows neither oblige nor forbid a
+        # device to pass with DATA_VALID: that packet is judged on the other rows only.
+        zeros = [(v6, zero_udp_checksum(make_packet(v6, False, bytes(range(40)) * n))) for v6 in (True, False)
+                 for n in (0, 1, 7)]
+        sent_zeros = [(NetHdr(csum_start=z.csum_start, csum_offset=z.csum_offset), z.full) for _, z in zeros]
+        for (v6, z), back in zip(zeros, _send(rig, sent_zeros), strict=True):
+            judge(z.full, back, f"{z.what}, NEEDS_CSUM clear", unchanged=True, no_checksum=not v6)
 
         @settings(max_examples=8, **SETTINGS)  # type: ignore[arg-type]
         @given(cases=st.lists(RX_CASE, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))

@@ -6,13 +6,14 @@ transmit queue and come back over the loopback wire; the receive queue each land
 hash_value / hash_report, are the observations. Hashes are computed here (the reference Toeplitz function of
 ``test_net_rss.py``) from the addresses and ports the frames were built with (scapy), never from the device's code:
 
-- VIRTIO_NET_F_HASH_TUNNEL: encapsulated frames (GRE of RFC 2784 / 2890 / 7676, GRE in UDP, VXLAN, VXLAN-GPE,
-  GENEVE, IP in IP, NVGRE, as supported_tunnel_types lists them) are hashed over the outer header while no type is
-  enabled: after a reset (NETCTRL-DEV-03), for the supported types left out of enabled_tunnel_types
-  (NETCTRL-DEV-01, also for random flows in random tunnels: a hypothesis property, in which the copies of one
-  inner flow in enabled tunnels must share the inner hash and its queue), and after HASH_TUNNEL_SET 0
-  (NETCTRL-DEV-03); HASH_TUNNEL_SET of types outside supported_tunnel_types is answered VIRTIO_NET_ERR
-  (NETCTRL-DEV-02); HASH_TUNNEL offered only with CTRL_VQ and RSS or HASH_REPORT (NETFEAT-DEV-11);
+- VIRTIO_NET_F_HASH_TUNNEL: encapsulated frames (GRE of RFC 2784 / 2890 / 7676, GRE in UDP, VXLAN, VXLAN-GPE, GENEVE,
+  IP in IP, NVGRE, as supported_tunnel_types lists them) are hashed over the outer header while no type is enabled:
+  after a reset (NETCTRL-DEV-03), for the supported types left out of enabled_tunnel_types (every other supported type
+  enabled, then the rest: each type judged left out once; NETCTRL-DEV-01, also for random flows in random tunnels: a
+  hypothesis property, in which the copies of one inner flow in enabled tunnels must share the inner hash and its
+  queue), and after HASH_TUNNEL_SET 0 (NETCTRL-DEV-03); HASH_TUNNEL_SET of types outside supported_tunnel_types is
+  answered VIRTIO_NET_ERR (NETCTRL-DEV-02); HASH_TUNNEL offered only with CTRL_VQ and RSS or HASH_REPORT
+  (NETFEAT-DEV-11);
 - VIRTIO_NET_F_RSS_CONTEXT: VIRTNET_RSS_CTX_CTRL_CAP_GET answers max_rss_contexts of at least 1 in its
   command-specific-result (NETCTRL-DEV-32); contexts added (and then modifiable) are gone after a device reset: a
   MOD or DEL of them is refused, an ADD of their ids taken again (NETCTRL-DEV-33); RSS_CONTEXT offered only with
@@ -20,7 +21,9 @@ hash_value / hash_report, are the observations. Hashes are computed here (the re
 - VIRTIO_NET_F_MQ without RSS (VQ_PAIRS_SET): the reply traffic of a flow last transmitted on transmitqX lands on
   receiveqX (NETCTRL-DEV-B02); with that receive queue being reset (VIRTIO_F_RING_RESET) it lands on another
   enabled one (NETCTRL-DEV-27); with every receive queue being reset nothing is delivered, not even once they are
-  enabled again, and nothing is written to their rings (NETCTRL-DEV-28).
+  enabled again, and nothing is written to their rings (NETCTRL-DEV-28); the same reply steering with RSS
+  negotiated but no RSS_CONFIG since the last device reset: VQ_PAIRS_SET is automatic steering then too, no
+  indirection table in force (NETCTRL-DEV-B02).
 """
 
 from __future__ import annotations
@@ -142,9 +145,11 @@ class Tunnelled:
         body: Packet
         if kind == VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN:
             body = UDP(sport=o.sport, dport=o.dport) / VXLAN(flags=0x08, vni=k & 0xFFFFFF) / inner_eth
-        elif kind == VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN_GPE:  # flags I|P, next protocol 1 IPv4 / 2 IPv6
-            gpe = bytes([0x0C, 0, 0, 1 if self.inner.version == 4 else 2]) + struct.pack(">I", (k & 0xFFFFFF) << 8)
-            body = UDP(sport=o.sport, dport=o.dport) / Raw(gpe + bytes(inner))
+        elif kind == VIRTIO_NET_HASH_TUNNEL_TYPE_VXLAN_GPE:  # flags I|P, next protocol 1 IPv4 / 2 IPv6 / 3 Ethernet
+            eth = k % 2 == 1  # every other frame carries the inner packet with its Ethernet header
+            gpe = bytes([0x0C, 0, 0, 3 if eth else 1 if self.inner.version == 4 else 2]) + \
+                struct.pack(">I", (k & 0xFFFFFF) << 8)
+            body = UDP(sport=o.sport, dport=o.dport) / Raw(gpe + bytes(inner_eth if eth else inner))
         elif kind == VIRTIO_NET_HASH_TUNNEL_TYPE_GENEVE:
             body = UDP(sport=o.sport, dport=o.dport) / GENEVE(vni=k & 0xFFFFFF, proto=ETH_P_TEB) / inner_eth
         elif kind == VIRTIO_NET_HASH_TUNNEL_TYPE_GRE_UDP:
@@ -382,6 +387,16 @@ def test_inner_header_hash(bench: Bench, verdict: Verdict) -> None:
             return
         inner_wrong = judge_tunnels(verdict, x, packets, enabled, types, MS_KEY, table,
                                     "some supported types enabled", ("NETCTRL-DEV-01",))
+        # The other supported types enabled instead: each type judged enabled once and not enabled once.
+        others = sum(kinds[1::2])
+        if others:
+            a = x.command("HASH_TUNNEL_SET (the other types)", VIRTIO_NET_CTRL_HASH_TUNNEL,
+                          VIRTIO_NET_CTRL_HASH_TUNNEL_SET, tunnel_set(others))
+            if a.used and a.ack == VIRTIO_NET_OK:
+                inner_wrong += judge_tunnels(verdict, x, packets, others, types, MS_KEY, table,
+                                             "the other supported types enabled", ("NETCTRL-DEV-01",))
+            x.command("HASH_TUNNEL_SET", VIRTIO_NET_CTRL_HASH_TUNNEL, VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
+                      tunnel_set(enabled))
 
         @settings(max_examples=8, **SETTINGS)  # type: ignore[arg-type]
         @given(st.lists(st.tuples(st.integers(1, 0xFFFF), st.integers(1, 0xFFFF), st.booleans(),
@@ -481,6 +496,38 @@ def reply_of(f: Flow) -> Flow:
     return Flow(f.version, f.proto, f.dst, f.src, f.dport, f.sport)
 
 
+def judge_reply_steering(verdict: Verdict, x: Exchange, pairs: int,
+                         phase: str) -> tuple[list[tuple[int, Flow]], dict[int, int]]:
+    """Flows sent on each transmit queue, their replies sent on the other ones: each reply on the receive queue of
+    its flow's transmit queue (NETCTRL-DEV-B02). Returns the replies (the pair of the flow, the flow) and the pair
+    each came to, by index."""
+    flows = {p: [Flow(4, "udp", f"10.60.{p}.{i + 1}", f"10.61.{i}.{p + 9}", 1024 + 16 * p + i, 5000 + i)
+                 for i in range(4)] + [Flow(6, "tcp", f"fd60::{p + 1:x}:{i + 1:x}", f"fd61::{i + 3:x}",
+                                            2048 + 16 * p + i, 443) for i in range(2)]
+             for p in range(pairs)}
+    for p in range(pairs):
+        x.send(x.frames(flows[p]), tx_pair=p)
+    replies = [(p, f) for p in range(pairs) for f in flows[p]]
+    landed: dict[int, int] = {}  # reply index -> pair it came to
+    stray = []
+    for r in range(pairs):  # each transmit queue sends the replies of the flows of the others
+        batch = [(i, p, f) for i, (p, f) in enumerate(replies) if p != r]
+        got = x.send(x.frames([reply_of(f) for _, _, f in batch]), tx_pair=r)
+        for j, (i, p, f) in enumerate(batch):
+            rx = got.get(j)
+            if rx is None:
+                stray.append(f"reply of {f}: never came")
+                continue
+            landed[i] = rx.queue
+            if rx.queue != p:
+                stray.append(f"reply of {f} (sent on transmitq{p + 1}): receiveq{rx.queue + 1}")
+    verdict.check("NETCTRL-DEV-B02", not stray,
+                  f"{phase}{len(replies)} flows sent on transmitq1..{pairs}, each flow's reply sent on the other "
+                  f"transmit queues: replies not on the receive queue of the flow's transmit queue: "
+                  f"{stray[:4] or 'none'}")
+    return replies, landed
+
+
 @pytest.mark.req(*STEERING_IDS)
 def test_automatic_steering(bench: Bench, verdict: Verdict) -> None:
     with bench.rig(bench.variant(queues=PAIRS)) as rig:
@@ -501,30 +548,7 @@ def test_automatic_steering(bench: Bench, verdict: Verdict) -> None:
                 verdict.not_applicable(rid, f"{a.describe()}: multiqueue not enabled")
             return
         # Flows sent on each transmit queue; their replies sent on another one must come to the first one's pair.
-        flows = {p: [Flow(4, "udp", f"10.60.{p}.{i + 1}", f"10.61.{i}.{p + 9}", 1024 + 16 * p + i, 5000 + i)
-                     for i in range(4)] + [Flow(6, "tcp", f"fd60::{p + 1:x}:{i + 1:x}", f"fd61::{i + 3:x}",
-                                                2048 + 16 * p + i, 443) for i in range(2)]
-                 for p in range(pairs)}
-        for p in range(pairs):
-            x.send(x.frames(flows[p]), tx_pair=p)
-        replies = [(p, f) for p in range(pairs) for f in flows[p]]
-        landed: dict[int, int] = {}  # reply index -> pair it came to
-        stray = []
-        for r in range(pairs):  # each transmit queue sends the replies of the flows of the others
-            batch = [(i, p, f) for i, (p, f) in enumerate(replies) if p != r]
-            got = x.send(x.frames([reply_of(f) for _, _, f in batch]), tx_pair=r)
-            for j, (i, p, f) in enumerate(batch):
-                rx = got.get(j)
-                if rx is None:
-                    stray.append(f"reply of {f}: never came")
-                    continue
-                landed[i] = rx.queue
-                if rx.queue != p:
-                    stray.append(f"reply of {f} (sent on transmitq{p + 1}): receiveq{rx.queue + 1}")
-        verdict.check("NETCTRL-DEV-B02", not stray,
-                      f"{len(replies)} flows sent on transmitq1..{pairs}, each flow's reply sent on the other "
-                      f"transmit queues: replies not on the receive queue of the flow's transmit queue: "
-                      f"{stray[:4] or 'none'}")
+        replies, landed = judge_reply_steering(verdict, x, pairs, "")
         if not has(rig.features, F.RING_RESET):
             for rid in ("NETCTRL-DEV-27", "NETCTRL-DEV-28"):
                 verdict.not_offered(rid, "VIRTIO_F_RING_RESET not negotiated")
@@ -557,3 +581,41 @@ def test_automatic_steering(bench: Bench, verdict: Verdict) -> None:
                       f"every receive queue reset, {len(dropped)} frames sent: used entries written to the reset "
                       f"rings {written}; queues enabled again: {late} of those frames delivered later, {came} of "
                       f"{len(markers)} new frames delivered")
+
+
+@pytest.mark.req("NETCTRL-DEV-B02")
+def test_automatic_steering_rss_not_configured(bench: Bench, verdict: Verdict) -> None:
+    """VIRTIO_NET_F_RSS negotiated too, but no RSS_CONFIG sent since the device reset: multiqueue enabled by
+    VQ_PAIRS_SET is automatic receive steering (5.1.9.5.6), as without RSS; the indirection table steers only once
+    RSS_CONFIG set it (5.1.9.5.7), and a device reset forgets it. So the replies of flows sent on transmitqX come to
+    receiveqX (NETCTRL-DEV-B02), on the device as first initialized, and after an RSS_CONFIG and a device reset."""
+    rid = "NETCTRL-DEV-B02"
+    with bench.rig(variant_spec(bench, STEERING_FEATURES | bits(NetF.RSS), PAIRS)) as rig:
+        if not offered_or_not(verdict, rig, (rid,), (NetF.CTRL_VQ, NetF.MQ, NetF.RSS)):
+            return
+        feats = rig.features_for(extra=STEERING_FEATURES | bits(NetF.RSS))
+        if feats is None or not has(feats, NetF.RSS):
+            verdict.not_offered(rid, "no feature set with CTRL_VQ, MQ and RSS")
+            return
+        if not rig.looped(verdict, rid):
+            return
+        x = Exchange(rig, feats)
+        pairs = x.m.pairs
+        if pairs < 2:
+            verdict.not_applicable(rid, f"max_virtqueue_pairs {pairs}: one receive queue")
+            return
+        hash_types = BASIC_TYPES & int.from_bytes(rig.drv.transport.read_device_config(NetCfg.SUPPORTED_HASH_TYPES, 4,
+                                                                                       4), "little")
+        for n in range(2):
+            phase = "RSS negotiated, no RSS_CONFIG: "
+            if n:
+                # Every table entry receiveq1: a device steering by it after the reset would put every reply there.
+                c = x.command("RSS_CONFIG (every entry receiveq1)", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+                              rss_config(hash_types, [0] * 8, 0, pairs, MS_KEY))
+                phase = f"RSS negotiated, {c.describe()}, then a device reset and no RSS_CONFIG: "
+                x = Exchange(rig, feats)  # device reset and a new initialization
+            a = x.m.vq_pairs_set(pairs)
+            if not (a.used and a.ack == VIRTIO_NET_OK):
+                verdict.not_applicable(rid, f"{phase}{a.describe()}: multiqueue not enabled")
+                return
+            judge_reply_steering(verdict, x, pairs, phase)
