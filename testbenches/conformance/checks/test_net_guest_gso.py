@@ -10,7 +10,16 @@ segments; a packet with gso_type set has NEEDS_CSUM (NET-DEV-56), gso_size the M
 data length, every covered segment but the last that long and the last no longer (NET-DEV-57), hdr_len through the
 transport header (NET-DEV-60); a packet delivered with NEEDS_CSUM is judged by NET-DEV-47..49 (also judged, on
 packets a device chooses to deliver so, in test_net_csum.py). Each burst has a segment with CWR: without GUEST_ECN no
-coalesced packet covers one (NET-DEV-42), with it a coalesced packet covering one has GSO_ECN (NET-DEV-43).
+coalesced packet covers one (NET-DEV-42), with it a coalesced packet covering one has GSO_ECN (NET-DEV-43), and one
+covering none has no GSO_ECN (which says the packet is ECN-marked: NET-DEV-43 with GUEST_ECN, NET-DEV-42 without it;
+on a GSO_UDP_L4 packet, which has no CWR to mark, the gso_type is then no UDP one, NET-DEV-57).
+
+A coalesced TCP packet is judged as the driver's stack segments it again at gso_size: sequence numbers advancing by
+the data from the packet's, PSH (the packet's) on the last segment only. That must give back the segments covered:
+their sequence numbers following on from the packet's, none but the last with PSH, the last with PSH exactly when the
+packet has it (NET-DEV-57, gso_size giving no MSS of what was sent otherwise). Directed bursts (GUEST_ECN negotiated)
+put PSH in the middle of in-order runs, and a hole in the sequence right after a PSH segment, with and without CWR
+at the start of a run.
 
 RSC_EXT (NET-DEV-58) needs HOST_TSO4/6 and so CSUM negotiated: a TCP packet is sent with a TSO header, the device
 puts its segments on the wire, and what comes back coalesced must have RSC_INFO with csum_start the number of MSS
@@ -26,7 +35,7 @@ nothing (it may deliver every segment as it came).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -82,6 +91,7 @@ class Sent:
     frame: bytes
     payload: bytes
     flags: int  # TCP flags (0 for UDP)
+    seq: int | None = None  # TCP sequence number (None for UDP)
 
 
 @dataclass(frozen=True)
@@ -92,15 +102,18 @@ class Delivered:
     payload: bytes
     flags: int  # TCP flags of the packet (0 for UDP)
     udp: bool
+    seq: int = 0  # TCP sequence number of the packet (0 for UDP)
 
 
 def make_burst(v6: bool, tcp: bool, mss: int, specs: Sequence[tuple[int, int, int, int]], cwr_at: int,
-               rng: random.Random) -> list[Sent]:
+               rng: random.Random, holes: Mapping[int, int] | None = None) -> list[Sent]:
     """Segments of one connection (or datagrams of one flow): consecutive sequence numbers, ACK set, CWR at
-    ``cwr_at`` (and where a spec asks), PSH where a spec asks."""
+    ``cwr_at`` (and where a spec asks), PSH where a spec asks; ``holes`` maps a segment's index to the bytes missing
+    from the sequence before it (a lost segment)."""
     seq = rng.randrange(1 << 32)
     out: list[Sent] = []
     for k, (full, size, cwr, psh) in enumerate(specs):
+        seq = (seq + (holes or {}).get(k, 0)) & 0xFFFFFFFF
         n = mss if full else min(size, mss)
         payload = rng.randbytes(n)
         l3: Packet = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2", id=k)
@@ -110,7 +123,8 @@ def make_burst(v6: bool, tcp: bool, mss: int, specs: Sequence[tuple[int, int, in
             l4: Packet = TCP(sport=4000, dport=80, seq=seq, ack=77, flags=flags, window=512)
         else:
             l4 = UDP(sport=4000, dport=4001)
-        out.append(Sent(bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / l3 / l4 / payload), payload, flags))
+        out.append(Sent(bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / l3 / l4 / payload), payload, flags,
+                        seq if tcp else None))
         seq = (seq + n) & 0xFFFFFFFF
     return out
 
@@ -128,7 +142,8 @@ def parse(hdr: NetHdr, frame: bytes) -> Delivered | None:
         l4_at, end = 54, 54 + int(l3.plen)
     udp = isinstance(l4, UDP)
     headers = l4_at + (8 if udp else 4 * int(l4.dataofs))
-    return Delivered(hdr, frame, headers, frame[headers:end], 0 if udp else int(l4.flags), udp)
+    return Delivered(hdr, frame, headers, frame[headers:end], 0 if udp else int(l4.flags), udp,
+                     0 if udp else int(l4.seq))
 
 
 
@@ -255,16 +270,26 @@ class Judge:
         want_type = GSO_UDP_L4 if d.udp else GSO_TCPV6 if d.frame[12:14] == b"\x86\xdd" else GSO_TCPV4
         v.check("NET-DEV-56", bool(h.flags & F_NEEDS_CSUM), f"{where}: NEEDS_CSUM not set")
         sizes = [len(s.payload) for s in segs]
-        v.check("NET-DEV-57", whole and bool(sizes) and h.gso_type & ~GSO_ECN == want_type and h.gso_size == sizes[0]
+        # GSO_ECN marks a TCP packet's CWR: a UDP packet with it has no UDP gso_type.
+        base_type = h.gso_type if d.udp else h.gso_type & ~GSO_ECN
+        v.check("NET-DEV-57", whole and bool(sizes) and base_type == want_type and h.gso_size == sizes[0]
                 and all(n == h.gso_size for n in sizes[:-1]) and sizes[-1] <= h.gso_size,
                 f"{where}: covers segments of {sizes} bytes{'' if whole else ' (not whole segments)'}")
         v.check("NET-DEV-60", h.hdr_len >= d.headers, f"{where}: headers through the transport one are {d.headers}")
         cwr = any(s.flags & TCP_CWR for s in segs) or bool(d.flags & TCP_CWR)
         if not d.udp and self.ecn is False:
             v.check("NET-DEV-42", not cwr, f"{where}: coalesced from segments with CWR without GUEST_ECN")
+            if h.gso_type & GSO_ECN:  # the header marks the packet ECN (CWR) without GUEST_ECN
+                v.check("NET-DEV-42", False, f"{where}: GSO_ECN set without GUEST_ECN, on segments with flags "
+                        f"{[hex(s.flags) for s in segs]}")
         if not d.udp and self.ecn and cwr:
             self.cwr_coalesced += 1
             v.check("NET-DEV-43", bool(h.gso_type & GSO_ECN), f"{where}: covers a CWR segment, GSO_ECN not set")
+        if not d.udp and self.ecn and not cwr and h.gso_type & GSO_ECN:
+            v.check("NET-DEV-43", False, f"{where}: GSO_ECN set, but no segment covered (flags "
+                    f"{[hex(s.flags) for s in segs]}) nor the packet (flags {d.flags:#x}) has CWR")
+        if not d.udp and segs:
+            self.resegmented(d, segs, where)
         if self.rsc and not d.udp:
             v.check("NET-DEV-58", bool(h.flags & F_RSC_INFO) and h.csum_start == len(segs) and h.csum_offset == 0,
                     f"{where}: csum_start {h.csum_start} csum_offset {h.csum_offset} for {len(segs)} segments, "
@@ -272,6 +297,24 @@ class Judge:
         elif h.flags & F_NEEDS_CSUM:
             self.partial += 1
             judge_receive_partial(v, h, d.frame, where)
+
+    def resegmented(self, d: Delivered, segs: Sequence[Sent], where: str) -> None:
+        """The TCP packet segmented again at gso_size, as the driver's stack does it (sequence numbers advancing by
+        the data from the packet's, the packet's PSH on the last segment only), gives back the segments covered:
+        their sequence numbers, and PSH on none but the last, which has it exactly when the packet has it
+        (NET-DEV-57: else gso_size is no MSS of what was sent, the packet no run of those segments)."""
+        psh = [bool(s.flags & TCP_PSH) for s in segs]
+        want_psh = [False] * (len(segs) - 1) + [bool(d.flags & TCP_PSH)]
+        seqs = [s.seq for s in segs]
+        want_seqs: list[int | None] = []
+        at = d.seq
+        for s in segs:
+            want_seqs.append(at if s.seq is not None else None)
+            at = (at + len(s.payload)) & 0xFFFFFFFF
+        self.verdict.check("NET-DEV-57", psh == want_psh and seqs == want_seqs,
+                           f"{where}: covers segments with sequence numbers {seqs} and PSH {psh}; segmented at "
+                           f"gso_size from the packet's sequence number {d.seq} (flags {d.flags:#x}) it gives "
+                           f"{want_seqs} and PSH {want_psh}")
 
     def finish(self, ids: Sequence[str]) -> None:
         for rid in ids:
@@ -332,6 +375,42 @@ def test_tcp_coalesced_with_guest_ecn(bench: Bench, verdict: Verdict, ring_layou
     run_bursts(bench, verdict, ring_layout, ("NET-DEV-43", *GSO_IDS), TSO | ECN, tcp=True, ecn=True)
 
 
+#: Segments of the directed bursts, as :data:`SEGMENT` draws them (0 sets CWR / PSH): full; full with PSH; full with
+#: CWR; short (100 bytes) without a flag; short with PSH.
+_F, _P, _C, _S, _SP = (1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 0, 1), (0, 100, 1, 1), (0, 100, 1, 0)
+#: Directed TCP bursts: what, segments, holes (a segment's index: the bytes missing from the sequence before it).
+PSH_BURSTS: tuple[tuple[str, tuple[tuple[int, int, int, int], ...], dict[int, int]], ...] = (
+    ("PSH on the 3rd of 8 in order", (_F, _F, _P, _F, _F, _F, _F, _S), {}),
+    ("PSH on the 1st and 4th of 8, CWR on the 5th", (_P, _F, _F, _P, _C, _F, _F, _SP), {}),
+    ("CWR on the 1st, PSH on the 2nd and 5th of 7", (_C, _P, _F, _F, _P, _F, _S), {}),
+    ("PSH on the 2nd of 6, 1000 bytes missing from the sequence after it", (_F, _P, _F, _F, _F, _S), {2: 1000}),
+)
+
+
+@pytest.mark.req("NET-DEV-43", *GSO_IDS)
+def test_tcp_runs_end_at_psh(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """GUEST_TSO4/TSO6 with GUEST_ECN, directed bursts of one connection with PSH on segments in the middle of in-order
+    runs (and a hole in the sequence after one): segmenting a coalesced packet at gso_size puts PSH on its last
+    segment only, so none covers a PSH segment but as its last, and its sequence numbers are those of the segments
+    (NET-DEV-57); a packet whose first segment has CWR has GSO_ECN, one without has not (NET-DEV-43)."""
+    ids = ("NET-DEV-43", *GSO_IDS)
+    spec = bench.offering(verdict, TSO | ECN, ids, also=WANTED | RSC)
+    if spec is None:
+        return
+    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+        if not bring_up(rig, verdict, ring_layout, ids, TSO | ECN):
+            return
+        judge = Judge(verdict, True, rsc=has(rig.features, NetF.RSC_EXT))
+        rng = random.Random(57)
+        for v6 in (False, True):
+            for mss in (MSS[0], MSS[-1]):
+                for what, specs, holes in PSH_BURSTS:
+                    burst = make_burst(v6, True, mss, specs, len(specs), rng, holes)
+                    judge.burst(burst, exchange(rig, burst),
+                                f"{'IPv6' if v6 else 'IPv4'}/TCP burst, MSS {mss}, GUEST_ECN: {what}")
+        judge.finish(ids)
+
+
 @pytest.mark.req(*GSO_IDS)
 def test_udp_coalesced(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """GUEST_USO4/USO6: datagrams of one flow delivered as GSO_UDP_L4 packets; header rows."""
@@ -361,10 +440,11 @@ def test_rsc_ext(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
             frame = bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / l3 / TCP(sport=4000, dport=80, seq=rng.randrange(1 << 32),
                                                                        ack=77, flags="A") / payload)
             start = 54 if v6 else 34
+            seq0 = int(Ether(frame)[TCP].seq)
             hdr = NetHdr(flags=F_NEEDS_CSUM, gso_type=GSO_TCPV6 if v6 else GSO_TCPV4, hdr_len=start + 20,
                          gso_size=mss, csum_start=start, csum_offset=16)
             # What the wire carries: the data in MSS pieces, each a segment (5.1.6.2).
-            segs = [Sent(b"", payload[k:k + mss], 0x10) for k in range(0, size, mss)]
+            segs = [Sent(b"", payload[k:k + mss], 0x10, (seq0 + k) & 0xFFFFFFFF) for k in range(0, size, mss)]
             what = f"{'IPv6' if v6 else 'IPv4'}/TCP packet of {size} bytes sent with TSO, MSS {mss}, RSC_EXT"
             judge.burst(segs, exchange(rig, segs, (hdr, frame)), what)
 

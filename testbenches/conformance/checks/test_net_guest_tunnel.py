@@ -95,13 +95,15 @@ class Shape:
                 f"{'IPv6' if self.inner_v6 else 'IPv4'}/{'TCP' if self.tcp else 'UDP'}")
 
 
-def tunnel_frame(shape: Shape, k: int, payload: bytes, seq: int, outer_csum: bool) -> bytes:
+def tunnel_frame(shape: Shape, k: int, payload: bytes, seq: int, outer_csum: bool,
+                 options: Sequence[tuple[str, object]] = ()) -> bytes:
     outer: Packet = IPv6(src="fd00::1", dst="fd00::2") if shape.outer_v6 else \
         IP(src="10.0.0.1", dst="10.0.0.2", id=100 + k)
     udp = UDP(sport=49152, dport=6081 if shape.geneve else 4789, chksum=None if outer_csum else 0)
     tun: Packet = GENEVE(vni=0x42, proto=0x6558) if shape.geneve else VXLAN(vni=0x42)
     inner: Packet = IPv6(src="fd01::1", dst="fd01::2") if shape.inner_v6 else IP(src="10.1.0.1", dst="10.1.0.2", id=k)
-    l4: Packet = TCP(sport=4000, dport=80, seq=seq, ack=77, flags="A") if shape.tcp else UDP(sport=4000, dport=4001)
+    l4: Packet = TCP(sport=4000, dport=80, seq=seq, ack=77, flags="A", options=list(options)) if shape.tcp else \
+        UDP(sport=4000, dport=4001)
     return bytes(Ether(src=PEER_MAC, dst=DEV_MAC) / outer / udp / tun / Ether(src="02:00:00:00:01:02",
                                                                             dst="02:00:00:00:01:01")
                  / inner / l4 / payload)
@@ -292,6 +294,113 @@ def test_tunnel_coalesced_with_csum(bench: Bench, verdict: Verdict, ring_layout:
 def test_no_tunnel_gso_without_the_feature(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     """GUEST_TSO4/6 and USO4/6 without GUEST_UDP_TUNNEL_GSO: no tunnel frames delivered merged (NET-DEV-50)."""
     run_bursts(bench, verdict, ring_layout, PLAIN_IDS, GSO)
+
+
+#: Inner TCP options of the directed bursts: none (data offset 5), timestamps (8), timestamps and a SACK block (11).
+TCP_OPTIONS: tuple[tuple[tuple[str, object], ...], ...] = (
+    (), (("NOP", None), ("NOP", None), ("Timestamp", (1, 2))),
+    (("NOP", None), ("NOP", None), ("Timestamp", (1, 2)), ("NOP", None), ("NOP", None), ("SAck", (5000, 6000))))
+#: Bytes missing from the inner sequence before the 4th of 6 segments: none, and a small segment lost.
+HOLES = (0, 4, 16)
+SEGMENT_IDS = ("NET-DEV-57", "NET-DEV-60")
+DIRECT_IDS = (*TUNNEL_IDS, "NET-DEV-54", *SEGMENT_IDS)
+
+
+def _inner_tcp(frame: bytes) -> tuple[int, int, int] | None:
+    """(inner TCP header offset, its length by its data offset, sequence number) of a tunnel frame, by scapy."""
+    inner_eth = Ether(frame).getlayer(Ether, 2)
+    tcp = inner_eth.getlayer(TCP) if inner_eth is not None else None
+    if tcp is None:
+        return None
+    at = len(frame) - len(bytes(tcp))
+    return at, 4 * int(tcp.dataofs), int(tcp.seq)
+
+
+def judge_segments(verdict: Verdict, frames: Sequence[bytes], payloads: Sequence[bytes], back: Sequence[Got | None],
+                   what: str) -> int:
+    """Each delivered packet against the segments it covers, byte for byte: one delivered as it came is that frame; a
+    tunnel GSO packet has the first segment's inner TCP header (options included; the checksum, which holds the
+    pseudo-header sum, aside), the segments' data in order, gso_size the first one's data length and every one but
+    the last that long, the last no longer, their sequence numbers following on from the packet's (NET-DEV-57), and
+    hdr_len through its inner TCP header (NET-DEV-60). Returns the tunnel GSO packets judged."""
+    starts = [sum(map(len, payloads[:i])) for i in range(len(payloads) + 1)]
+    cursor, merged = 0, 0
+    for k, d in enumerate(back):
+        if d is None:
+            continue
+        where = f"{what}, packet {k + 1} of {len(back)}: gso_type {d.hdr.gso_type:#x} gso_size {d.hdr.gso_size} " \
+                f"hdr_len {d.hdr.hdr_len}"
+        end = cursor + len(d.inner_payload)
+        covered = [i for i in range(len(payloads)) if cursor <= starts[i] < end]
+        whole = cursor in starts and end in starts
+        cursor = end
+        if not d.hdr.gso_type & GSO_UDP_TUNNEL:
+            verdict.check("NET-DEV-57", whole and len(covered) == 1 and d.frame == frames[covered[0]],
+                          f"{where}: gso_type NONE on a packet of {len(d.inner_payload)} bytes of data covering "
+                          f"segments {covered}{'' if whole else ' (not whole)'}, not one of the frames sent as it was")
+            continue
+        merged += 1
+        got, first = _inner_tcp(d.frame), _inner_tcp(frames[covered[0]]) if covered else None
+        if got is None or first is None:
+            verdict.check("NET-DEV-57", False, f"{where}: no inner TCP header, or no segment covered")
+            continue
+        at, doff, seq = got
+        fat, fdoff, _ = first
+        mine = d.frame[at:at + 16] + d.frame[at + 18:at + doff]
+        theirs = frames[covered[0]][fat:fat + 16] + frames[covered[0]][fat + 18:fat + fdoff]
+        sizes = [len(payloads[i]) for i in covered]
+        seqs = [t[2] for t in map(_inner_tcp, (frames[i] for i in covered)) if t is not None]
+        want_seqs = [(seq + starts[i] - starts[covered[0]]) & 0xFFFFFFFF for i in covered]
+        data = b"".join(payloads[i] for i in covered)
+        verdict.check("NET-DEV-57", whole and mine == theirs and d.inner_payload == data
+                      and d.hdr.gso_size == sizes[0] and all(n == sizes[0] for n in sizes[:-1])
+                      and sizes[-1] <= sizes[0] and seqs == want_seqs,
+                      f"{where}: covers segments {covered} of {sizes} bytes{'' if whole else ' (not whole)'} with "
+                      f"sequence numbers {seqs} (from the packet's: {want_seqs}); inner TCP header "
+                      f"{mine.hex()}, the first segment's {theirs.hex()} (checksums aside)")
+        verdict.check("NET-DEV-60", d.hdr.hdr_len >= at + doff,
+                      f"{where}: the inner TCP header ends at {at + doff}")
+    return merged
+
+
+@pytest.mark.req(*DIRECT_IDS)
+def test_tunnel_tcp_options_and_holes(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
+    """GUEST_UDP_TUNNEL_GSO, directed bursts of VXLAN and GENEVE frames (outer IPv4 and IPv6) around one inner IPv4
+    or IPv6 TCP connection with TCP options (data offsets 5, 8 and 11), in order or with a small segment (4 or 16
+    bytes) lost before the 4th of 6: each delivered packet is judged byte for byte against the segments it covers
+    (NET-DEV-57, hdr_len NET-DEV-60), with the tunnel rows of :class:`Judge`."""
+    spec = bench.offering(verdict, TUNNEL, DIRECT_IDS, also=TUNNEL_CSUM)
+    if spec is None:
+        return
+    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+        if not bring_up(rig, verdict, ring_layout, DIRECT_IDS, TUNNEL):
+            return
+        judge = Judge(verdict, rig.features, rig.hdr_len)
+        rng = random.Random(52)
+        merged = 0
+        for outer_v6 in (False, True):
+            for inner_v6 in (False, True):
+                for geneve in (False, True):
+                    shape = Shape(outer_v6, inner_v6, True, geneve)
+                    for options in TCP_OPTIONS:
+                        for hole in HOLES:
+                            seq = rng.randrange(1 << 32)
+                            frames, payloads = [], []
+                            for k in range(6):
+                                seq = (seq + (hole if k == 3 else 0)) & 0xFFFFFFFF
+                                payloads.append(rng.randbytes(1000 if k < 5 else 300))
+                                frames.append(tunnel_frame(shape, k, payloads[-1], seq, geneve,
+                                                           options))
+                                seq = (seq + len(payloads[-1])) & 0xFFFFFFFF
+                            what = (f"{shape}, TCP options {[o[0] for o in options]}, "
+                                    f"{f'{hole} bytes missing before the 4th of 6' if hole else '6 segments in order'}")
+                            back = exchange(rig, frames, sum(map(len, payloads)))
+                            judge.burst(frames, payloads, back, what)
+                            merged += judge_segments(verdict, frames, payloads, back, what)
+        for rid in SEGMENT_IDS:
+            if not verdict.recorded(rid):
+                verdict.not_applicable(rid, f"no packet came back to judge ({merged} tunnel GSO packets)")
+        judge.finish(DIRECT_IDS)
 
 
 # --- the guest driver's processing of received tunnel headers --------------------------------------------------
