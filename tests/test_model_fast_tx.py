@@ -14,10 +14,10 @@ from backend.virtio.features import F, NetF, bits
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
 from backend.virtio.split_ring import U16, DescFlags
 from models.virtio_net.device import DEFAULT_FEATURES
-from models.virtio_net.fast_tx import take_plain_tx
+from models.virtio_net.fast_tx import take_plain_tx, take_plain_tx_used
 from sim.memory import GuestMemory
 from testbenches.frames import test_frame
-from tests.test_model_datapath import BASE, BUF, PER_CHAIN, _stats
+from tests.test_model_datapath import BASE, BUF, PER_CHAIN, _stats, tx_used_as_read
 from tests.test_model_device import MEM, Guest, fired
 
 FAR = 0x4000_0000  # IOVA of a second mapping that holds frames only
@@ -59,7 +59,7 @@ def _run(spec: str, features: int, chains: list[tuple[int, int, int, int]], head
             tx.put_desc(i, addr, length, flags, nxt)
         tx.add(heads)
         tx.kick()
-        used = g.mem.read(tx.used, 4 + 8 * tx.size)
+        used = tx_used_as_read(g.mem.read(tx.used, 4 + 8 * tx.size), tx.size, features, g.status())
         return (col.take(), used, g.status(), [e.req_id for e in g.model.errors],
                 [(f.iova, f.size) for f in g.dev.dma_faults()], _stats(g.model), fired(g.calls[1])), \
             g.model.stats.tx_bulk
@@ -129,6 +129,21 @@ def test_reader_takes_exactly_the_plain_prefix(size: int, data: st.DataObject, r
     want = _reference(avail, start, n, table, mem, first, HDR_SIZE)
     assert (k, out.tobytes(), lens[:k].tolist(), heads[:k].tolist()) == want
     assert uniform == (want[2][0] if want[2] and len(set(want[2])) == 1 else -1)
+    # the publishing reader: the same chains and frames, and the used ring written chunk by chunk
+    chunk, in_order = data.draw(st.sampled_from([1, 3, 32])), data.draw(st.booleans())
+    used_idx = data.draw(st.sampled_from([0, 5, 0xFFFF - 2]))
+    elems, used_words = np.full((size, 2), 0xEEEE, np.uint32), np.array([0, used_idx, 0], np.uint16)
+    heads2, lens2 = np.empty(n, np.uint32), np.empty(n, np.int64)
+    k2, out2, uniform2, new_idx = take_plain_tx_used(ring, start, n, words, arr, np.uint64(first),
+                                                     np.uint64(first + 0xFFF), np.uint64(HDR_SIZE), heads2, lens2,
+                                                     elems, used_words, used_idx, in_order, chunk)
+    assert (k2, out2.tobytes(), lens2[:k2].tolist(), heads2[:k2].tolist(), uniform2) == (*want, uniform)
+    assert new_idx == int(used_words[1]) == (used_idx + k2) & 0xFFFF
+    written = {(used_idx + j) % size: want[3][j] for j in range(k2)
+               if not in_order or j % chunk == chunk - 1 or j == k2 - 1}
+    for slot in range(size):
+        expect = [written[slot], 0] if slot in written else [0xEEEE, 0xEEEE]
+        assert elems[slot].tolist() == expect, (slot, written)
 
 
 def test_a_ring_moved_or_unmapped_is_read_again() -> None:

@@ -44,13 +44,13 @@ from backend.virtio.split_ring import VRING_USED_F_NO_NOTIFY
 from models.virtio_net import gso, gso_tunnel, offload, packed_datapath, packed_fast
 from models.virtio_net.coalesce import GUEST_GSO, Coalesced, Coalescer
 from models.virtio_net.coalesce_tunnel import TunnelCoalescer
-from models.virtio_net.fast_tx import take_plain_tx
+from models.virtio_net.fast_tx import take_plain_tx, take_plain_tx_used
 from models.virtio_net.packed_engine import PackedQueue
 from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, SUPPORTED_HASH_TYPES, Rss
 from models.virtio_net.rss_context import AutoSteering, RssContexts
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
 from models.virtio_net.rx_filter import FILTER_FEATURES, RX_FILTER_FEATURES, RxFilter
-from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
+from models.virtio_net.split_engine import Chain, PlainChains, RingError, RingHooks, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
 from sim.iommu import Iommu
@@ -90,6 +90,8 @@ _POLL_SECONDS = 50e-6
 #: and it rarely applies). A bounded look, never a wait.
 _GATHER_CHAINS = 128
 _GATHER_SECONDS = 20e-6
+#: Chains the compiled TX reader returns used at a time (one burst of a DPDK driver).
+_TX_USED_CHUNK = 32
 
 
 def parse_mac(mac: str | bytes) -> bytes:
@@ -503,33 +505,42 @@ class VirtioNetDevice(VirtioPciFunction):
         """Take ``pending`` available TX chains, put their frames on the wire, return them in one used update."""
         ids: list[NDArray[np.integer]] = []
         lens: list[NDArray[np.integer]] = []
+        old = q.used_idx
         bulk = self.tx_bulk_now()
-        rest = pending - self._tx_compiled(q, pending, ids) if bulk else pending
-        if rest:
+        taken, returned = self._tx_compiled(q, pending, ids) if bulk else (0, 0)
+        if taken < pending:
             if ids:
-                lens.append(np.zeros(pending - rest, dtype=np.uint32))
-            self._tx_rest(q, rest, ids, lens, bulk)
-        if self.in_order_batch and q.in_order:
+                lens.append(np.zeros(taken - returned, dtype=np.uint32))
+            self._tx_rest(q, pending - taken, ids, lens, bulk)
+        count = pending - returned  # the chains not yet returned used
+        if count and self.in_order_batch and q.in_order:
             # With IN_ORDER a batch may be returned as one used element for its last buffer (2.7.9).
             last = int(ids[-1][-1])
-            old, new = q.push_used([(last, int(lens[-1][-1]) if lens else 0)], pending)
-        else:
+            q.push_used([(last, int(lens[-1][-1]) if lens else 0)], count)
+        elif count:
             used_ids = ids[0] if len(ids) == 1 else np.concatenate(ids)
-            used_lens = np.zeros(pending, dtype=np.uint32) if not lens else lens[0] if len(lens) == 1 \
+            used_lens = np.zeros(count, dtype=np.uint32) if not lens else lens[0] if len(lens) == 1 \
                 else np.concatenate(lens)
-            old, new = q.push_used_array(used_ids, used_lens)
-        if q.needs_notification(old, new):
+            q.push_used_array(used_ids, used_lens)
+        if q.needs_notification(old, q.used_idx):
             # Fired after this batch's frames are on the wire, so whoever waits on the interrupt sees them.
             self.defer(lambda: self._notify_if_live(q))
 
-    def _tx_compiled(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]]) -> int:
+    def _tx_compiled(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]]) -> tuple[int, int]:
         """The leading run of one-descriptor chains through the compiled reader (models/virtio_net/fast_tx.py),
-        one call per mapping their buffers lie in; their heads go to ``ids`` (their used len is 0). Returns how
-        many were taken: the rest, from the first chain it would not take, is for :meth:`_tx_rest`."""
+        one call per mapping their buffers lie in. Under the stock ring rules the reader also returns them used,
+        :data:`_TX_USED_CHUNK` at a time as it copies their frames, so a driver whose ring is full gets buffers
+        back during the round rather than after it; otherwise their heads go to ``ids`` (used len 0). Returns
+        (how many were taken, how many of those are returned used): the rest, from the first chain the reader
+        would not take, is for :meth:`_tx_rest`."""
         arrays = q.ring_arrays()
         if arrays is None or q.hooks.max_chain_len(q.size) < 1:
-            return 0
+            return 0, 0
         gen, avail, table = arrays
+        # The stock next_used_idx (the count): a variant changing it returns its chains through it
+        stock = type(q.hooks).next_used_idx is RingHooks.next_used_idx
+        fields = q.ring_fields() if stock else None
+        in_order = self.in_order_batch and q.in_order
         taken = 0
         heads = q.bulk_state
         if not isinstance(heads, np.ndarray) or len(heads) != q.size:
@@ -542,8 +553,13 @@ class VirtioNetDevice(VirtioPciFunction):
             k = 0
             if mapping is not None:
                 flens = np.empty(pending - taken, np.int64)  # goes with the frames
-                k, data, uniform = take_plain_tx(avail, slot, pending - taken, table, *mapping, self._hdr_u64,
-                                                 heads[taken:], flens)
+                if fields is not None:
+                    k, data, uniform, q.used_idx = take_plain_tx_used(
+                        avail, slot, pending - taken, table, *mapping, self._hdr_u64, heads[taken:], flens,
+                        fields.used_elems, fields.used, q.used_idx, in_order, _TX_USED_CHUNK)
+                else:
+                    k, data, uniform = take_plain_tx(avail, slot, pending - taken, table, *mapping, self._hdr_u64,
+                                                     heads[taken:], flens)
             if k == 0:
                 head = int(avail[slot])
                 found = q.frame_mapping(gen, int(table[head, 0])) if head < q.size else None
@@ -554,11 +570,12 @@ class VirtioNetDevice(VirtioPciFunction):
             q.consume(k)
             taken += k
             self.stats.tx_bulk += k
-            ids.append(heads[taken - k:taken])
+            if fields is None:
+                ids.append(heads[taken - k:taken])
             self._transmit_batch(FrameBatch(data, flens[:k], uniform if uniform >= 0 else None))
             if taken == pending:
                 break
-        return taken
+        return taken, taken if fields is not None else 0
 
     def _tx_rest(self, q: SplitQueue, pending: int, ids: list[NDArray[np.integer]],
                  lens: list[NDArray[np.integer]], bulk_ok: bool) -> None:
