@@ -203,13 +203,15 @@ class Iommu:
 
     def _truncated(self, m: Mapping, offset: int) -> None:
         """The SIGBUS guard's report (on its thread): the page at ``offset`` in ``m`` is past the end of its file
-        now. The access that hit it completed on a zero page; from now on the mapping faults."""
+        now. The access that hit it completed on a zero page; from now on the mapping faults. The fault naming the
+        page is recorded before the mapping is marked, so it is the first one reported, whichever thread's access
+        finds the mapping truncated next."""
+        iova = m.iova + offset
+        self._fault(iova, PAGE_SIZE, m.perm, f"memory behind IOVA {iova:#x} is gone: its file was truncated")
         with self._lock:
             m.truncated = True
             self._batch = None
             self.generation += 1
-        iova = m.iova + offset
-        self._fault(iova, PAGE_SIZE, m.perm, f"memory behind IOVA {iova:#x} is gone: its file was truncated")
 
     def mappings(self) -> list[tuple[int, int, DmaPerm]]:
         return [(m.iova, m.size, m.perm) for m in self._maps]
