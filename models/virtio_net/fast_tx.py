@@ -56,7 +56,7 @@ def _copy_bytes(typingctx: object, dst: Any, dst_pos: Any, src: Any, src_pos: An
 @nb.njit(cache=True, nogil=True, boundscheck=False)  # type: ignore[misc]
 def _gather_frames(mem: NDArray[np.uint8], offs: NDArray[np.int64], lens: NDArray[np.int64],
                    n: int) -> tuple[NDArray[np.uint8], int]:
-    """The copy pass of both transmit kernels (split and packed rings): the ``n`` frames at ``offs``/``lens`` in
+    """The copy pass of :func:`_take_plain_tx`: the ``n`` frames at ``offs``/``lens`` in
     ``mem`` back to back, and their common length or -1. Compiled into its callers' compiled code."""
     out = np.empty(lens[:n].sum(), np.uint8)
     uniform = lens[0] if n else -1

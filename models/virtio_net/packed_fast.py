@@ -4,9 +4,10 @@ The per-list path (:mod:`models.virtio_net.packed_datapath` through
 :class:`~models.virtio_net.packed_engine.PackedQueue`) costs a dozen Python calls and DMA accesses per list. Most
 lists a driver transmits are one device-readable descriptor holding header and frame (DPDK's virtio PMD and
 Linux both push the header in front of the frame), so this module takes the leading run of those in two
-compiled calls over the descriptor ring's mapping, gathers their frames in one copy and writes their used
-descriptors in one compiled call, the first one's flags last (so the driver sees the run used at once, as with
-:meth:`PackedQueue.push_used`).
+compiled calls over the descriptor ring's mapping: the second copies their frames and returns them used
+:data:`USED_CHUNK` at a time as it goes, each chunk's first used descriptor written last (so the driver sees a
+chunk used at once, as with :meth:`PackedQueue.push_used`), and a driver whose ring is full gets slots back
+during the run rather than after it.
 
 It judges nothing. A slot is taken only when its flags are exactly the AVAIL/USED bits of the driver wrap
 counter there (no NEXT, INDIRECT or WRITE), its buffer is longer than the virtio-net header and lies inside
@@ -30,8 +31,8 @@ import numba as nb  # type: ignore[import-untyped]
 import numpy as np
 from numpy.typing import NDArray
 
-from backend.virtio.packed_ring import DESC_SIZE, PackedDescFlags, advance, used_bits
-from models.virtio_net.fast_tx import TxRun, _gather_frames
+from backend.virtio.packed_ring import DESC_SIZE, PackedDescFlags, advance
+from models.virtio_net.fast_tx import TxRun, _copy_bytes, _release_fence
 from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import full_barrier
 from models.virtio_net.wire import FrameBatch
@@ -51,6 +52,8 @@ POLL_SECONDS = 50e-6
 #: A run this long is taken at once; a shorter one is looked at again while it grows (DPDK's TX burst is 32).
 BURST = 32
 GATHER_SECONDS = 5e-6
+#: Lists returned used at a time while a run's frames are copied (as the split reader's chunk).
+USED_CHUNK = 32
 
 
 
@@ -71,13 +74,12 @@ def _count_avail(words: NDArray[np.uint64], off: int, wrap: int, limit: int) -> 
     return k
 
 
-def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], mem_iova: np.uint64,
-          mem_last: np.uint64, hdr: np.uint64, ids: NDArray[np.uint16], lens: NDArray[np.int64]) -> TxRun:
-    """Of ``k`` slots from ``off`` (counted by :func:`_count_avail`), the leading ones whose buffer holds more than
-    the header and lies in ``mem`` (IOVA ``mem_iova`` to ``mem_last``): (taken, frames back to back, the common
-    frame length or -1); each list's Buffer ID and frame length go to ``ids`` and ``lens`` (``k`` long at least)."""
+@nb.njit(cache=True, nogil=True, boundscheck=False)  # type: ignore[misc]
+def _plain_slots(words: NDArray[np.uint64], off: int, k: int, mem_iova: np.uint64, mem_last: np.uint64,
+                 hdr: np.uint64, offs: NDArray[np.int64], ids: NDArray[np.uint16], lens: NDArray[np.int64]) -> int:
+    """The recognition pass of both packed readers: of ``k`` slots from ``off``, how many lead whose buffer holds
+    more than the header inside ``mem``; each one's frame offset, Buffer ID and frame length written out."""
     size = words.shape[0]
-    offs = np.empty(k, np.int64)
     n = 0
     slot = off
     while n < k:
@@ -93,47 +95,73 @@ def _take(words: NDArray[np.uint64], off: int, k: int, mem: NDArray[np.uint8], m
         slot += 1
         if slot == size:
             slot = 0
-    out, uniform = _gather_frames(mem, offs, lens, n)
-    return n, out, uniform
+    return n
 
 
-def _put_used(words: NDArray[np.uint64], off: int, wrap: int, ids: NDArray[np.uint16]) -> None:
-    """Used descriptors (len 0) for ``ids[1:]`` in the slots after ``off`` (the first one's is the caller's, last):
-    each one 8-byte store of len, id and flags, so a driver never sees a used flag over a stale id."""
+def _take_used(words: NDArray[np.uint64], off: int, wrap: int, k: int, mem: NDArray[np.uint8], mem_iova: np.uint64,
+               mem_last: np.uint64, hdr: np.uint64, ids: NDArray[np.uint16], lens: NDArray[np.int64],
+               in_order: bool, chunk: int) -> TxRun:
+    """:func:`_take` from ``off`` (where the used position is too, wrap counter ``wrap``), returning the lists used
+    ``chunk`` at a time as their frames are copied, so a driver whose ring is full gets slots back during the run:
+    per chunk the used descriptors after its first (with ``in_order`` none: one used descriptor for the chunk, with
+    its last Buffer ID, 2.8.8), a release fence, then the first one's 8-byte store of len 0, id and flags, which
+    hands the chunk back (PACKED-DEV-07)."""
     size = words.shape[0]
-    for i in range(1, ids.shape[0]):
-        off += 1
-        if off == size:
-            off = 0
-            wrap ^= 1
+    offs = np.empty(k, np.int64)
+    n = _plain_slots(words, off, k, mem_iova, mem_last, hdr, offs, ids, lens)
+    out = np.empty(lens[:n].sum(), np.uint8)
+    uniform = lens[0] if n else -1
+    pos = 0
+    i = 0
+    while i < n:
+        end = min(i + chunk, n)
+        for j in range(i, end):
+            m = lens[j]
+            if m != uniform:
+                uniform = -1
+            _copy_bytes(out, pos, mem, offs[j], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
+            pos += m
+        first = ids[end - 1] if in_order else ids[i]
+        if not in_order:
+            slot, w = off, wrap
+            for j in range(i + 1, end):
+                slot += 1
+                if slot == size:
+                    slot, w = 0, w ^ 1
+                flags = _U64(_AVAIL | _USED) if w else _U64(0)
+                words[slot, 1] = (_U64(ids[j]) << _U64(32)) | (flags << _U64(48))
+        _release_fence()  # type: ignore[call-arg]
         flags = _U64(_AVAIL | _USED) if wrap else _U64(0)
-        words[off, 1] = (_U64(ids[i]) << _U64(32)) | (flags << _U64(48))
+        words[off, 1] = (_U64(first) << _U64(32)) | (flags << _U64(48))
+        off += end - i
+        if off >= size:
+            off -= size
+            wrap ^= 1
+        i = end
+    return n, out, uniform
 
 
 def _signatures(kind: str) -> list[object]:
     out: list[object] = []
-    if kind == "put":
-        ids = nb.types.Array(nb.uint16, 1, "C")
-        return [nb.void(nb.types.Array(nb.uint64, 2, "C"), nb.int64, nb.int64, ids)]
-    for ro in (False, True):
-        words = nb.types.Array(nb.uint64, 2, "C", readonly=ro)
-        if kind == "count":
-            out.append(nb.int64(words, nb.int64, nb.int64, nb.int64))
-            continue
-        mem = nb.types.Array(nb.uint8, 1, "C", readonly=ro)
+    if kind == "take_used":
+        words = nb.types.Array(nb.uint64, 2, "C")
         result = nb.types.Tuple((nb.int64, nb.uint8[::1], nb.int64))  # type: ignore[no-untyped-call]
-        out.append(result(words, nb.int64, nb.int64, mem, nb.uint64, nb.uint64, nb.uint64, nb.uint16[::1],
-                          nb.int64[::1]))
+        for ro in (False, True):
+            mem = nb.types.Array(nb.uint8, 1, "C", readonly=ro)
+            out.append(result(words, nb.int64, nb.int64, nb.int64, mem, nb.uint64, nb.uint64, nb.uint64,
+                              nb.uint16[::1], nb.int64[::1], nb.boolean, nb.int64))
+        return out
+    for ro in (False, True):  # "count"
+        words = nb.types.Array(nb.uint64, 2, "C", readonly=ro)
+        out.append(nb.int64(words, nb.int64, nb.int64, nb.int64))
     return out
 
 
 count_avail = cast(Callable[[NDArray[np.uint64], int, int, int], int],
                    nb.njit(_signatures("count"), cache=True, nogil=True, boundscheck=False)(_count_avail))
-take = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64,
-                      NDArray[np.uint16], NDArray[np.int64]], TxRun],
-            nb.njit(_signatures("take"), cache=True, nogil=True, boundscheck=False)(_take))
-put_used = cast(Callable[[NDArray[np.uint64], int, int, NDArray[np.uint16]], None],
-                nb.njit(_signatures("put"), cache=True, nogil=True, boundscheck=False)(_put_used))
+take_used = cast(Callable[[NDArray[np.uint64], int, int, int, NDArray[np.uint8], np.uint64, np.uint64, np.uint64,
+                           NDArray[np.uint16], NDArray[np.int64], bool, int], TxRun],
+                 nb.njit(_signatures("take_used"), cache=True, nogil=True, boundscheck=False)(_take_used))
 
 
 def bulk_ok(dev: VirtioNetDevice) -> bool:
@@ -240,32 +268,17 @@ def tx_run(dev: VirtioNetDevice, q: PackedQueue, maps: TxMaps) -> tuple[int, tup
     if mapping is None:
         return 0, old, old
     ids, lens = maps.ids, np.empty(k, np.int64)  # the lengths go with the frames; the ids are used here only
-    n, data, uniform = take(words, q.next_avail, k, *mapping, _U64(dev.hdr_len), ids, lens)
+    n, data, uniform = take_used(words, old[0], old[1], k, *mapping, _U64(dev.hdr_len), ids, lens,
+                                 q.in_order and dev.in_order_batch, USED_CHUNK)
     if n == 0:
         return 0, old, old
-    ids, lens = ids[:n], lens[:n]
     q.consume(n)
     dev.stats.tx_bulk += n
-    dev._transmit_batch(FrameBatch(data, lens, uniform if uniform >= 0 else None))
-    if q.in_order and dev.in_order_batch:
-        ids = ids[-1:]  # one used descriptor for the batch, with the last Buffer ID (2.8.8)
-    if len(ids) > 1:  # the first is written last, below; a single one needs no compiled call
-        put_used(words, old[0], old[1], ids)
-    _write_first_used(words, old, int(ids[0]))
+    dev._transmit_batch(FrameBatch(data, lens[:n], uniform if uniform >= 0 else None))
     new = advance(old[0], old[1], n, q.size)
     q.next_used, q.used_wrap = new
     return n, old, new
 
 
-def _write_first_used(words: NDArray[np.uint64], at: tuple[int, int], buffer_id: int) -> None:
-    """The run's first used descriptor, through the ring words: len 0 and the id, then the flags, the store that
-    hands the run back (PACKED-DEV-07: stores in program order, each field whole)."""
-    slot = at[0]
-    words.view(np.uint32)[slot, 2] = 0  # len: the second word's low half
-    halves = words.view(np.uint16)
-    halves[slot, 6] = buffer_id
-    halves[slot, 7] = used_bits(at[1])
-
-
 __all__ = ["BURST", "GATHER_SECONDS", "PER_LIST_HOOKS", "POLL_SECONDS", "TxMaps", "bulk_ok", "count_avail",
-           "poll_head", "put_used", "ring_words", "take", "tx_run"]
+           "poll_head", "ring_words", "take_used", "tx_run"]
