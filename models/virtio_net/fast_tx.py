@@ -59,15 +59,22 @@ def _gather_frames(mem: NDArray[np.uint8], offs: NDArray[np.int64], lens: NDArra
     """The copy pass of :func:`_take_plain_tx`: the ``n`` frames at ``offs``/``lens`` in
     ``mem`` back to back, and their common length or -1. Compiled into its callers' compiled code."""
     out = np.empty(lens[:n].sum(), np.uint8)
-    uniform = lens[0] if n else -1
-    pos = 0
-    for i in range(n):
-        m = lens[i]
+    _, uniform = copy_frames(out, 0, mem, offs, lens, 0, n, lens[0] if n else -1)
+    return out, uniform
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)  # type: ignore[misc]
+def copy_frames(out: NDArray[np.uint8], pos: int, mem: NDArray[np.uint8], offs: NDArray[np.int64],
+                lens: NDArray[np.int64], lo: int, hi: int, uniform: int) -> tuple[int, int]:
+    """Frames ``lo``..``hi``-1 (at ``offs``/``lens`` in ``mem``) copied to ``out`` from ``pos`` on: (the position after
+    them, ``uniform`` if every one is that long, else -1). The copy of every transmit kernel, split and packed."""
+    for j in range(lo, hi):
+        m = lens[j]
         if m != uniform:
             uniform = -1
-        _copy_bytes(out, pos, mem, offs[i], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
+        _copy_bytes(out, pos, mem, offs[j], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
         pos += m
-    return out, uniform
+    return pos, uniform
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)  # type: ignore[misc]
@@ -151,12 +158,7 @@ def _take_plain_tx_used(avail: NDArray[np.uint16], start: int, n: int, table: ND
     idx = used_idx
     while i < k:
         end = min(i + chunk, k)
-        for j in range(i, end):
-            m = lens[j]
-            if m != uniform:
-                uniform = -1
-            _copy_bytes(out, pos, mem, offs[j], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
-            pos += m
+        pos, uniform = copy_frames(out, pos, mem, offs, lens, i, end, uniform)
         if in_order:
             slot = (idx + end - i - 1) & mask
             used_elems[slot, 0] = heads[end - 1]

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.virtio.packed_ring import DESC_SIZE, PackedDescFlags, advance
-from models.virtio_net.fast_tx import TxRun, _copy_bytes, _release_fence
+from models.virtio_net.fast_tx import TxRun, _release_fence, copy_frames
 from models.virtio_net.packed_engine import PackedHooks, PackedQueue
 from models.virtio_net.split_engine import full_barrier
 from models.virtio_net.wire import FrameBatch
@@ -115,12 +115,7 @@ def _take_used(words: NDArray[np.uint64], off: int, wrap: int, k: int, mem: NDAr
     i = 0
     while i < n:
         end = min(i + chunk, n)
-        for j in range(i, end):
-            m = lens[j]
-            if m != uniform:
-                uniform = -1
-            _copy_bytes(out, pos, mem, offs[j], m)  # type: ignore[call-arg]  # typed by numba, not by mypy
-            pos += m
+        pos, uniform = copy_frames(out, pos, mem, offs, lens, i, end, uniform)
         first = ids[end - 1] if in_order else ids[i]
         if not in_order:
             slot, w = off, wrap
