@@ -34,8 +34,9 @@ nothing (it may deliver every segment as it came).
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -158,6 +159,19 @@ def bring_up(rig: Rig, verdict: Verdict, layout: Layout, ids: Sequence[str], wan
         return False
     rig.bring_up(feats, QUEUE_SIZE)
     return rig.looped(verdict, *ids)
+
+
+@contextlib.contextmanager
+def offered_rig(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int,
+                also: int) -> Iterator[Rig | None]:
+    """The rig of the device variant offering ``want`` (and ``also``) with the driver up on ``layout`` rings
+    (:func:`bring_up`); None, with ``ids`` reported, where it is not offered or frames do not come back."""
+    spec = bench.offering(verdict, want, ids, also=also)
+    if spec is None:
+        yield None
+        return
+    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
+        yield rig if bring_up(rig, verdict, layout, ids, want) else None
 
 
 T = TypeVar("T")
@@ -331,11 +345,8 @@ class Judge:
 
 def run_bursts(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int, *, tcp: bool,
                ecn: bool | None) -> None:
-    spec = bench.offering(verdict, want, ids, also=WANTED | RSC)
-    if spec is None:
-        return
-    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not bring_up(rig, verdict, layout, ids, want):
+    with offered_rig(bench, verdict, layout, ids, want, also=WANTED | RSC) as rig:
+        if rig is None:
             return
         judge = Judge(verdict, ecn, rsc=has(rig.features, NetF.RSC_EXT))
 
@@ -394,11 +405,8 @@ def test_tcp_runs_end_at_psh(bench: Bench, verdict: Verdict, ring_layout: Layout
     segment only, so none covers a PSH segment but as its last, and its sequence numbers are those of the segments
     (NET-DEV-57); a packet whose first segment has CWR has GSO_ECN, one without has not (NET-DEV-43)."""
     ids = ("NET-DEV-43", *GSO_IDS)
-    spec = bench.offering(verdict, TSO | ECN, ids, also=WANTED | RSC)
-    if spec is None:
-        return
-    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not bring_up(rig, verdict, ring_layout, ids, TSO | ECN):
+    with offered_rig(bench, verdict, ring_layout, ids, TSO | ECN, also=WANTED | RSC) as rig:
+        if rig is None:
             return
         judge = Judge(verdict, True, rsc=has(rig.features, NetF.RSC_EXT))
         rng = random.Random(57)
@@ -423,11 +431,8 @@ def test_rsc_ext(bench: Bench, verdict: Verdict, ring_layout: Layout) -> None:
     leaves the device as MSS-sized segments, together; what comes back coalesced has RSC_INFO, csum_start the number
     of segments it holds and csum_offset 0 (all of them carry data: no duplicate ACK) (NET-DEV-58), with the header
     rows of any coalesced packet (NET-DEV-56/57/60)."""
-    spec = bench.offering(verdict, TSO | RSC, RSC_IDS, also=WANTED | RSC)
-    if spec is None:
-        return
-    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not bring_up(rig, verdict, ring_layout, RSC_IDS, TSO | RSC):
+    with offered_rig(bench, verdict, ring_layout, RSC_IDS, TSO | RSC, also=WANTED | RSC) as rig:
+        if rig is None:
             return
         judge = Judge(verdict, None, rsc=True)
 

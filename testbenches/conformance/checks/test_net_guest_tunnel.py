@@ -59,9 +59,9 @@ from backend.virtio.split_ring import U16, USED_ELEM
 from models.virtio_net import offload
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
-from testbenches.conformance.checks.test_net_guest_gso import SETTINGS, USO, bring_up, loop_burst
+from testbenches.conformance.checks.test_net_guest_gso import SETTINGS, USO, loop_burst, offered_rig
 from testbenches.conformance.checks.test_split_driver_rules import HeldDoorbells
-from testbenches.conformance.harness import GUEST_MEMORY_BASE, RING_MEM_SIZE, Bench, Rig
+from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench, Rig
 from testbenches.conformance.offers import judge_offer
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout, layout_features
@@ -246,11 +246,8 @@ class Judge:
 
 
 def run_bursts(bench: Bench, verdict: Verdict, layout: Layout, ids: Sequence[str], want: int) -> None:
-    spec = bench.offering(verdict, want, ids, also=TUNNEL_CSUM)
-    if spec is None:
-        return
-    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not bring_up(rig, verdict, layout, ids, want):
+    with offered_rig(bench, verdict, layout, ids, want, also=TUNNEL_CSUM) as rig:
+        if rig is None:
             return
         judge = Judge(verdict, rig.features, rig.hdr_len)
 
@@ -369,11 +366,8 @@ def test_tunnel_tcp_options_and_holes(bench: Bench, verdict: Verdict, ring_layou
     or IPv6 TCP connection with TCP options (data offsets 5, 8 and 11), in order or with a small segment (4 or 16
     bytes) lost before the 4th of 6: each delivered packet is judged byte for byte against the segments it covers
     (NET-DEV-57, hdr_len NET-DEV-60), with the tunnel rows of :class:`Judge`."""
-    spec = bench.offering(verdict, TUNNEL, DIRECT_IDS, also=TUNNEL_CSUM)
-    if spec is None:
-        return
-    with bench.rig(spec, mem_size=RING_MEM_SIZE) as rig:
-        if not bring_up(rig, verdict, ring_layout, DIRECT_IDS, TUNNEL):
+    with offered_rig(bench, verdict, ring_layout, DIRECT_IDS, TUNNEL, also=TUNNEL_CSUM) as rig:
+        if rig is None:
             return
         judge = Judge(verdict, rig.features, rig.hdr_len)
         rng = random.Random(52)
