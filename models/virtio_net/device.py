@@ -50,7 +50,7 @@ from models.virtio_net.rss import RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_
 from models.virtio_net.rss_context import AutoSteering, RssContexts
 from models.virtio_net.rx_filter import CLASSES as RX_FILTER_CLASSES
 from models.virtio_net.rx_filter import FILTER_FEATURES, RX_FILTER_FEATURES, RxFilter
-from models.virtio_net.split_engine import Chain, PlainChains, RingError, RingHooks, SplitQueue, full_barrier
+from models.virtio_net.split_engine import Chain, PlainChains, RingError, SplitQueue, full_barrier
 from models.virtio_net.transport import VirtioPciFunction
 from models.virtio_net.wire import FrameBatch, NullPort, Port
 from sim.iommu import Iommu
@@ -221,6 +221,8 @@ class VirtioNetDevice(VirtioPciFunction):
         self.bulk_tx = self._stock("tx_frame", "tx_offload", "used_len_for")
         self.bulk_rx = self._stock("rx_header", "used_len_for", "rx_pair_for")
         self.packed_bulk_tx = packed_fast.bulk_ok(self)
+        #: The compiled TX reader returns chains used itself (the used idx advances by the count)
+        self.tx_returns_used = self._stock("next_used_idx")
 
     @property
     def mac(self) -> bytes:
@@ -502,7 +504,8 @@ class VirtioNetDevice(VirtioPciFunction):
         return pending
 
     def _tx_round(self, q: SplitQueue, pending: int) -> None:
-        """Take ``pending`` available TX chains, put their frames on the wire, return them in one used update."""
+        """Take ``pending`` available TX chains, put their frames on the wire and return them used: those of the
+        compiled reader as it copies them, the rest in one used update after."""
         ids: list[NDArray[np.integer]] = []
         lens: list[NDArray[np.integer]] = []
         old = q.used_idx
@@ -537,9 +540,8 @@ class VirtioNetDevice(VirtioPciFunction):
         if arrays is None or q.hooks.max_chain_len(q.size) < 1:
             return 0, 0
         gen, avail, table = arrays
-        # The stock next_used_idx (the count): a variant changing it returns its chains through it
-        stock = type(q.hooks).next_used_idx is RingHooks.next_used_idx
-        fields = q.ring_fields() if stock else None
+        # a variant changing next_used_idx returns its chains through it (push_used_array)
+        fields = q.ring_fields() if self.tx_returns_used else None
         in_order = self.in_order_batch and q.in_order
         taken = 0
         heads = q.bulk_state
