@@ -14,7 +14,8 @@ VENDOR_EXAMPLE := tests/vendor_example
 # browser test (headless, through selenium). Peers a test needs and cannot find skip it
 # locally and fail it when CI=true.
 DEBIAN_PACKAGES := python3-venv make dpdk-dev qemu-system-x86 busybox-static cpio kmod \
-	g++ zlib1g-dev liblz4-dev iverilog chromium chromium-driver
+	g++ zlib1g-dev liblz4-dev iverilog chromium chromium-driver \
+	meson ninja-build pkg-config libjson-c-dev libcmocka-dev
 
 .PHONY: demo record test lint suite bench system clean mutate
 

@@ -1,4 +1,4 @@
-"""ctypes binding of the native bridge (``harness/bridge.cpp``) built by :mod:`sim.rtl.build`.
+"""ctypes binding of the native bridge (generated from ``harness/bridge.cpp.j2``) built by :mod:`sim.rtl.build`.
 
 One :class:`NativeBridge` is one instance of the Verilated design with its bus models. It is
 not thread-safe: :class:`sim.rtl.runner.RtlRunner` serialises every call except :meth:`wait`.
@@ -52,6 +52,8 @@ class FaultReason(IntEnum):
     #: The beat touched a page whose file the frontend truncated (the SIGBUS guard replaced it), or an earlier
     #: beat did: the mapping faults from then on.
     GONE = 5
+    #: A write into the MSI window that is not one aligned 32-bit message.
+    MSI = 6
 
 
 FAULT_TEXT = {
@@ -60,12 +62,11 @@ FAULT_TEXT = {
     FaultReason.BUS_MASTER: "bus mastering is disabled in the PCI command register",
     FaultReason.ADDRESS_SPACE: "burst runs past the end of the IOVA space",
     FaultReason.GONE: "the memory behind it is gone: its file was truncated",
+    FaultReason.MSI: "a write into the MSI window that is not one aligned 32-bit message",
 }
 
-#: ``vb_status`` fields: the bridge's own, then the design's status ports (vb_design.h order).
-STATUS_FIELDS = ("cycles", "intx", "kicks", "rx_fifo_drops", "busy_ns", "device_status", "last_err_code",
-                 "last_err_queue", "err_count", "stat_tx_packets", "stat_tx_dropped", "stat_rx_packets",
-                 "stat_rx_no_buffer", "stat_rx_dropped")
+#: ``vb_status``'s own fields; the design's status ports follow (:func:`sim.rtl.generate.status_fields`).
+BRIDGE_STATUS_FIELDS = ("cycles", "intx", "kicks", "rx_fifo_drops", "busy_ns")
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "vb_new": (ctypes.c_void_p, [ctypes.c_char_p]),
     "vb_free": (None, [ctypes.c_void_p]),
     "vb_has_trace": (ctypes.c_int, []),
-    "vb_width": (ctypes.c_uint, [ctypes.c_void_p]),
+    "vb_width": (ctypes.c_uint, [ctypes.c_void_p, ctypes.c_uint]),
     "vb_reset": (None, [ctypes.c_void_p, ctypes.c_int]),
     "vb_set_link": (None, [ctypes.c_void_p, ctypes.c_int]),
     "vb_set_msix_enabled": (None, [ctypes.c_void_p, ctypes.c_int]),
+    "vb_set_msix_fmask": (None, [ctypes.c_void_p, ctypes.c_int]),
     "vb_set_bus_master": (None, [ctypes.c_void_p, ctypes.c_int]),
     "vb_set_observer": (None, [ctypes.c_void_p, ObserveFn]),
     "vb_set_wake_fd": (None, [ctypes.c_void_p, ctypes.c_int]),
@@ -92,12 +94,13 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "vb_dma_unmap": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
     "vb_dma_host": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_uint64]),
     "vb_dma_guard": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]),
-    "vb_kick_add": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]),
-    "vb_kick_remove": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]),
+    "vb_kick_add": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32,
+                                   ctypes.c_int]),
+    "vb_kick_remove": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_uint32]),
     "vb_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     "vb_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
-    "vb_axil": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
-                                 _u32p, _intp]),
+    "vb_axil": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32,
+                                 ctypes.c_uint32, _u32p, _intp]),
     "vb_push_frame": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32]),
     "vb_pop_frames": (ctypes.c_int, [ctypes.c_void_p, _u8p, ctypes.c_uint64, _u32p, _u32p, ctypes.c_int]),
     "vb_pop_irqs": (ctypes.c_int, [ctypes.c_void_p, _u16p, ctypes.c_int]),
@@ -129,8 +132,11 @@ class _Closed:
 class NativeBridge:
     """One design instance and its bus models (see ``harness/bridge.cpp`` for the protocol)."""
 
-    def __init__(self, library: Path, waves: Path | None = None) -> None:
+    def __init__(self, library: Path, waves: Path | None = None,
+                 status_fields: tuple[str, ...] = BRIDGE_STATUS_FIELDS) -> None:
         self.library = library
+        #: what ``status()`` names its values (the generated bridge's order)
+        self.status_fields = status_fields
         lib = ctypes.CDLL(str(library))
         for name, (restype, argtypes) in _SIGNATURES.items():
             fn = getattr(lib, name)
@@ -144,7 +150,7 @@ class NativeBridge:
         if not handle:
             raise BridgeError("vb_new failed")
         self._h = ctypes.c_void_p(handle)
-        self.data_bytes = int(lib.vb_width(self._h))
+        self.data_bytes = int(lib.vb_width(self._h, 0))  # the first DMA master's
         self._rdata = ctypes.c_uint32()
         self._state = ctypes.c_int()
         self._frame_buf = (ctypes.c_uint8 * _FRAME_BUF)()
@@ -155,7 +161,7 @@ class NativeBridge:
         self._f_size = (ctypes.c_uint64 * _MAX_ITEMS)()
         self._f_access = (ctypes.c_int * _MAX_ITEMS)()
         self._f_reason = (ctypes.c_int * _MAX_ITEMS)()
-        self._status = (ctypes.c_uint64 * len(STATUS_FIELDS))()
+        self._status = (ctypes.c_uint64 * len(status_fields))()
         self._observer: object = None  # the CFUNCTYPE object must outlive its use in C
         #: The bridge's own mappings of guest memory in the process's SIGBUS guard: iova -> (size, slot).
         self._guarded: dict[int, tuple[int, int]] = {}
@@ -169,14 +175,20 @@ class NativeBridge:
 
     # --- control -----------------------------------------------------------------------------------
 
-    def reset(self, cycles: int = 8) -> None:
-        self._lib.vb_reset(self._h, cycles)
+    #: cycles the reset input is held asserted (the description's reset.cycles)
+    reset_cycles = 8
+
+    def reset(self, cycles: int | None = None) -> None:
+        self._lib.vb_reset(self._h, self.reset_cycles if cycles is None else cycles)
 
     def set_link(self, up: bool) -> None:
         self._lib.vb_set_link(self._h, int(up))
 
     def set_msix_enabled(self, on: bool) -> None:
         self._lib.vb_set_msix_enabled(self._h, int(on))
+
+    def set_msix_function_mask(self, on: bool) -> None:
+        self._lib.vb_set_msix_fmask(self._h, int(on))
 
     def set_bus_master(self, on: bool) -> None:
         self._lib.vb_set_bus_master(self._h, int(on))
@@ -220,13 +232,13 @@ class NativeBridge:
 
     # --- doorbells -----------------------------------------------------------------------------------
 
-    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None:
-        rc = int(self._lib.vb_kick_add(self._h, fd, addr, value, width))
+    def kick_add(self, fd: int, addr: int, value: int, width: int, slave: int = 0) -> None:
+        rc = int(self._lib.vb_kick_add(self._h, slave, fd, addr, value, width))
         if rc < 0:
-            raise BridgeError(f"doorbell eventfd {fd} at {addr:#x} width {width}: errno {-rc}")
+            raise BridgeError(f"doorbell eventfd {fd} at {addr:#x} of slave {slave} width {width}: errno {-rc}")
 
-    def kick_remove(self, fd: int, addr: int) -> bool:
-        return bool(self._lib.vb_kick_remove(self._h, fd, addr))
+    def kick_remove(self, fd: int, addr: int, slave: int = 0) -> bool:
+        return bool(self._lib.vb_kick_remove(self._h, slave, fd, addr))
 
     def wait(self, timeout_ms: int) -> int:
         """Block (GIL released) until a doorbell or the wake eventfd is readable; no model access."""
@@ -237,18 +249,23 @@ class NativeBridge:
     def run(self, max_cycles: int, event_delay: int) -> RunResult:
         return RunResult(int(self._lib.vb_run(self._h, max_cycles, event_delay)))
 
-    def axil(self, write: bool, addr: int, data: int, strb: int) -> tuple[int, int]:
-        """One AXI4-Lite access run to its response: (read data, state: events | AXIL_IDLE)."""
-        n = int(self._lib.vb_axil(self._h, int(write), addr, data, strb, ctypes.byref(self._rdata),
+    def axil(self, write: bool, addr: int, data: int, strb: int, slave: int = 0) -> tuple[int, int]:
+        """One access on BAR slave ``slave`` run to its response: (read data, state: events | AXIL_IDLE)."""
+        n = int(self._lib.vb_axil(self._h, slave, int(write), addr, data, strb, ctypes.byref(self._rdata),
                                   ctypes.byref(self._state)))
+        if n == -2:
+            raise BridgeError(f"no BAR slave {slave}")
         if n < 0:
-            raise BridgeError(f"AXI4-Lite {'write' if write else 'read'} at {addr:#x}: no response")
+            raise BridgeError(f"{'write' if write else 'read'} at {addr:#x} of slave {slave}: no response")
         return int(self._rdata.value), int(self._state.value)
 
     # --- streams, interrupts, faults -------------------------------------------------------------------
 
     def push_frame(self, frame: bytes, dest: int = 0) -> bool:
-        return int(self._lib.vb_push_frame(self._h, frame, len(frame), dest)) == 0
+        rc = int(self._lib.vb_push_frame(self._h, frame, len(frame), dest))
+        if rc == -2:
+            raise BridgeError("the design has no stream ports to receive a frame on")
+        return rc == 0
 
     def pop_frames(self) -> list[tuple[bytes, int]]:
         out: list[tuple[bytes, int]] = []
@@ -286,8 +303,8 @@ class NativeBridge:
         return Events(int(self._lib.vb_events(self._h)))
 
     def status(self) -> dict[str, int]:
-        n = int(self._lib.vb_status(self._h, self._status, len(STATUS_FIELDS)))
-        return {STATUS_FIELDS[i]: int(self._status[i]) for i in range(n)}
+        n = int(self._lib.vb_status(self._h, self._status, len(self.status_fields)))
+        return {self.status_fields[i]: int(self._status[i]) for i in range(n)}
 
     def bench_plain(self, cycles: int) -> float:
         """Seconds the bare clock loop (no bus models, no Python) takes for ``cycles``."""

@@ -1,7 +1,7 @@
 """Build a design and the native bridge into one shared library with Verilator (cached).
 
-The library is ``verilator --cc --exe --build`` of the design's sources plus
-``harness/bridge.cpp``, linked ``-shared`` so that :mod:`sim.rtl.bridge` can load
+The library is ``verilator --cc --exe --build`` of the design's sources plus the
+bridge generated for it (:mod:`sim.rtl.generate`), linked ``-shared`` so that :mod:`sim.rtl.bridge` can load
 it with ctypes. Each variant (sources, parameters, defines, tracing, toolchain)
 gets its own directory under the build root, named by a hash of everything that
 goes into it; an unchanged variant is reused in milliseconds, and a file lock
@@ -14,6 +14,7 @@ wrapper derives ``VERILATOR_ROOT`` itself (a different one is refused).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -22,12 +23,10 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HARNESS_DIR = Path(__file__).resolve().parent / "harness"
-HARNESS_SOURCES = (HARNESS_DIR / "bridge.cpp",)
 LIBRARY = "libvbridge.so"
 #: The build root: ``$VDPA_BENCH_RTL_BUILD``, else ``build/rtl`` of the source checkout, else (an installed
 #: package) ``$VDPA_BENCH_CACHE/rtl`` or ``~/.cache/vdpa-bench/rtl``.
@@ -53,8 +52,8 @@ class ToolchainMissing(RtlBuildError):
 
 @dataclass(frozen=True)
 class Design:
-    """What to build: the design's sources in compile order, its top, parameters, defines, and the
-    folder holding its ``vb_design.h`` (the bridge's design hooks) and Verilator config files."""
+    """What to build: the design's sources in compile order, its top, parameters, defines, the
+    generated bridge (``harness_sources``) and the folder of its headers, and Verilator config files."""
 
     name: str
     top: str
@@ -63,6 +62,9 @@ class Design:
     config_files: tuple[Path, ...] = ()
     parameters: Mapping[str, str] = field(default_factory=dict)
     defines: tuple[str, ...] = ()
+    harness_sources: tuple[Path, ...] = ()
+    #: the design's own `include folders (+incdir+)
+    include_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,22 +137,33 @@ def _args(design: Design, waves: bool, jobs: int, out: Path) -> list[str]:
         args += ["--trace-fst", "--trace-structs"]
     args += [f"-G{k}={v}" for k, v in sorted(design.parameters.items())]
     args += [f"+define+{d}" for d in design.defines]
+    args += [f"+incdir+{p}" for p in design.include_dirs]
     args += [str(p) for p in design.config_files]
     args += [str(p) for p in design.sources]
-    args += [str(p) for p in HARNESS_SOURCES]
+    args += [str(p) for p in design.harness_sources]
     return args
 
 
 def _key(design: Design, waves: bool, toolchain: str) -> str:
     h = hashlib.sha256()
     hooks = sorted(design.include_dir.glob("*.h"))
-    for path in (*design.sources, *design.config_files, *hooks, *HARNESS_SOURCES):
+    for path in (*design.sources, *design.config_files, *hooks, *design.harness_sources):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     h.update(json.dumps({"top": design.top, "params": dict(sorted(design.parameters.items())),
-                         "defines": list(design.defines), "waves": waves, "opt": OPT,
+                         "defines": list(design.defines), "incdirs": [str(p) for p in design.include_dirs],
+                         "waves": waves, "opt": OPT,
                          "toolchain": toolchain}).encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """One process at a time works on the build folder ``out`` (a file lock beside it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def build(design: Design, *, waves: bool = False, jobs: int | None = None) -> Built:

@@ -18,6 +18,7 @@ from backend.pci.device import (
     DmaPerm,
     PciError,
 )
+from backend.virtio.pci_regs import MSIX_CONTROL_FUNCTION_MASK
 from sim.iommu import Iommu
 from sim.pci.endpoint import Bar, ConfigSpace, Msix, PciEndpoint
 from sim.pci_device import EndpointPciAccess
@@ -28,19 +29,22 @@ AXIL_WORD = 4
 
 
 class AxiLiteBlock:
-    """A BAR range served by the design's AXI4-Lite slave: accesses become 32-bit transfers with
-    byte strobes (reads of several words read each word once; the slave has no read strobes, so a
-    narrow read reads its whole word, as on the real bus)."""
+    """A BAR range served by one of the design's slave ports (``slave``, its window starting ``base``
+    bytes into the slave's address space): accesses become 32-bit transfers with byte strobes (reads
+    of several words read each word once; the slave has no read strobes, so a narrow read reads its
+    whole word, as on the real bus)."""
 
-    def __init__(self, runner: Runner, size: int) -> None:
+    def __init__(self, runner: Runner, size: int, slave: int = 0, base: int = 0) -> None:
         self.runner = runner
         self.size = size
+        self.slave = slave
+        self.base = base
 
     def read(self, offset: int, size: int) -> bytes:
         out = bytearray()
         first = offset & ~(AXIL_WORD - 1)
         for word in range(first, offset + size, AXIL_WORD):
-            out += self.runner.axil_read(word).to_bytes(AXIL_WORD, "little")
+            out += self.runner.axil_read(self.base + word, self.slave).to_bytes(AXIL_WORD, "little")
         lo = offset - first
         return bytes(out[lo:lo + size])
 
@@ -53,7 +57,7 @@ class AxiLiteBlock:
             n = min(AXIL_WORD - lane, len(data) - pos)
             value = int.from_bytes(data[pos:pos + n], "little") << (8 * lane)
             strb = ((1 << n) - 1) << lane
-            self.runner.axil_write(word, value, strb)
+            self.runner.axil_write(self.base + word, value, strb, self.slave)
             pos += n
 
 
@@ -67,8 +71,9 @@ class RtlEndpoint(PciEndpoint):
         self.reset_hooks.append(runner.reset)
 
     def sync_inputs(self) -> None:
-        self.runner.set_inputs(bus_master=self.config.bus_master,
-                               msix_enabled=self.msix is not None and self.msix.enabled)
+        msix = self.msix
+        self.runner.set_inputs(bus_master=self.config.bus_master, msix_enabled=msix is not None and msix.enabled,
+                               msix_function_mask=msix is not None and bool(msix.control & MSIX_CONTROL_FUNCTION_MASK))
 
     def config_write(self, offset: int, data: bytes) -> None:
         super().config_write(offset, data)
@@ -164,26 +169,30 @@ class RtlPciDevice(EndpointPciAccess):
         """Doorbells inside the design's AXI4-Lite range are written by the native bridge when ``fd``
         fires (nothing in Python per kick); elsewhere the caller relays (returns False)."""
         self._check_bar(index)
-        span = self._axil_span(index)
-        if span is None or not 0 <= offset < span or width not in (1, 2, 4) or (offset & 3) + width > 4:
+        at = self._slave_address(index, offset)
+        if at is None or width not in (1, 2, 4) or (offset & 3) + width > 4:
             return False
+        slave, addr = at
         key = (index, offset, fd)
         if key in self._ioeventfds:
-            self.runner.kick_remove(fd, offset)
-        self.runner.kick_add(fd, offset, (value or 0) & ((1 << (8 * width)) - 1), width)
+            self.runner.kick_remove(fd, addr, slave)
+        self.runner.kick_add(fd, addr, (value or 0) & ((1 << (8 * width)) - 1), width, slave)
         self._ioeventfds[key] = width
         return True
 
-    def _axil_span(self, index: int) -> int | None:
+    def _slave_address(self, index: int, offset: int) -> tuple[int, int] | None:
+        """(slave, address in its space) of a BAR offset the design decodes, else None."""
         bar = self.endpoint.bars[index]
         for off, block in bar.blocks:
-            if isinstance(block, AxiLiteBlock) and off == 0:
-                return block.size
+            if isinstance(block, AxiLiteBlock) and off <= offset < off + block.size:
+                return block.slave, block.base + offset - off
         return None
 
     def ioeventfd_remove(self, index: int, offset: int, fd: int) -> None:
         if self._ioeventfds.pop((index, offset, fd), None) is not None:
-            self.runner.kick_remove(fd, offset)
+            at = self._slave_address(index, offset)
+            if at is not None:
+                self.runner.kick_remove(fd, at[1], at[0])
 
     # --- lifecycle ----------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ INSTALL_HINT = "apt-get install iverilog"
 #: the fd it writes its readiness line to, and the fd whose end of file tells it to stop.
 ENV_SOCKET = "VDPA_ICARUS_SOCKET"
 ENV_SPEC = "VDPA_ICARUS_SPEC"
+ENV_DESCRIPTION = "VDPA_ICARUS_DESCRIPTION"
 ENV_FACTORY = "VDPA_ICARUS_FACTORY"
 ENV_READY_FD = "VDPA_ICARUS_READY_FD"
 ENV_CONTROL_FD = "VDPA_ICARUS_CONTROL_FD"
@@ -116,7 +117,7 @@ def _cocotb_env(top: str) -> dict[str, str]:
 class IcarusDevice(VfioUserPciDevice):
     """The vfio-user client of a design served by its own ``vvp`` process, which it started and stops."""
 
-    def __init__(self, vvp: Path, top: str, spec: str, factory: str, *, name: str) -> None:
+    def __init__(self, vvp: Path, top: str, spec: str, factory: str, *, name: str, description: Path) -> None:
         import cocotb_tools.config
 
         self._dir = Path(tempfile.mkdtemp(prefix="vdpa-bench-icarus-"))
@@ -125,6 +126,7 @@ class IcarusDevice(VfioUserPciDevice):
         control_r, self._control_w = os.pipe2(os.O_CLOEXEC)
         env = _cocotb_env(top)
         env.update({ENV_SOCKET: sock, ENV_SPEC: spec, ENV_FACTORY: factory, ENV_CONTROL_FD: str(control_r),
+                    ENV_DESCRIPTION: str(description),
                     "COCOTB_RESULTS_FILE": str(self._dir / "results.xml")})
         argv = ["vvp", "-m", str(cocotb_tools.config.lib_entry("vpi", "icarus")), str(vvp), "-none"]
         self.proc: ChildProcess | None = None

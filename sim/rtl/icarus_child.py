@@ -9,17 +9,19 @@ closes ``VDPA_ICARUS_CONTROL_FD`` (end of file), also when the parent died.
 The simulator runs in this process's main thread; the vfio-user sessions run in their own threads.
 Their accesses become requests that :meth:`IcarusRunner._serve` (a cocotb coroutine) performs:
 
-* BAR0: cocotbext-axi's ``AxiLiteMaster`` on ``s_axil``;
-* DMA: cocotbext-axi's ``AxiSlave`` on ``m_axi`` whose target is the endpoint's :class:`~sim.iommu.Iommu`
+The ports come from the design description (``VDPA_ICARUS_DESCRIPTION``), as for the Verilator bridge:
+
+* BAR slaves: cocotbext-axi's ``AxiLiteMaster`` (or ``AxiMaster``, single beats) on each slave port;
+* DMA: cocotbext-axi's ``AxiSlave`` on each master whose target is the endpoint's :class:`~sim.iommu.Iommu`
   (the fds the client passed in DMA_MAP, mapped here); a refused access answers SLVERR and is
-  recorded as a fault;
-* frames: ``AxiStreamSource`` on ``s_axis`` (tdest = the pair), ``AxiStreamSink`` on ``m_axis``;
-* interrupts: ``irq_ready`` held high, each ``irq_valid`` pulse is one MSI-X vector request;
+  recorded as a fault; with interrupts as message writes, a write into the MSI window is the vector;
+* frames: ``AxiStreamSource`` on the receive port (tdest = the pair), ``AxiStreamSink`` on the transmit port;
+* interrupts: the ready input held high, each valid pulse is one MSI-X vector request;
 * doorbells: the ioeventfds are polled here and become the doorbell write.
 
 While the design has work the clock runs and the coroutine looks at the request queue every
-:data:`SLICE_CYCLES` cycles; once the design is idle (the same signals as the Verilator harness
-uses, ``models/rtl/harness/vb_design.h``) it blocks the simulator in ``poll()`` on the wake, control
+:data:`SLICE_CYCLES` cycles; once the design is idle (the description's ``[idle]``, as the Verilator
+bridge tests it) it blocks the simulator in ``poll()`` on the wake, control
 and doorbell eventfds, so an idle device costs no CPU and simulated time stands still.
 """
 
@@ -43,6 +45,7 @@ from cocotbext.axi import (  # type: ignore[import-untyped]
     AxiBus,
     AxiLiteBus,
     AxiLiteMaster,
+    AxiMaster,
     AxiSlave,
     AxiStreamBus,
     AxiStreamFrame,
@@ -53,7 +56,9 @@ from cocotbext.axi import (  # type: ignore[import-untyped]
 from backend.pci.device import DmaPerm, PciError
 from sim.iommu import Iommu
 from sim.rtl.bridge import Events
-from sim.rtl.icarus import ENV_CONTROL_FD, ENV_FACTORY, ENV_READY_FD, ENV_SOCKET, ENV_SPEC
+from sim.rtl.description import Description
+from sim.rtl.icarus import ENV_CONTROL_FD, ENV_DESCRIPTION, ENV_FACTORY, ENV_READY_FD, ENV_SOCKET, ENV_SPEC
+from sim.rtl.msix import MSI_ADDRESS
 from sim.rtl.runner import ClockStats, EventSink
 from sim.vfio_user import VfioUserServer
 from sim.vfio_user.server import ExportedDevice
@@ -61,14 +66,11 @@ from sim.vfio_user.server import ExportedDevice
 LOG = logging.getLogger(__name__)
 
 CLOCK_NS = 10
-RESET_CYCLES = 8
 #: Cycles the design runs between two looks at the request queue while it is busy.
 SLICE_CYCLES = 16
 #: Bound on one request (a register access waits for the design's AXI4-Lite response).
 REQUEST_TIMEOUT = 30.0
-#: What the status ports of the design are called (the fields RtlNetModel and RtlPciDevice read).
-STATUS_PORTS = ("device_status", "last_err_code", "last_err_queue", "err_count", "stat_tx_packets",
-                "stat_tx_dropped", "stat_rx_packets", "stat_rx_no_buffer", "stat_rx_dropped")
+MSI_WINDOW = 0x100000
 
 DeviceFactory = Callable[[str, "IcarusRunner", Iommu], ExportedDevice]
 
@@ -92,6 +94,8 @@ class _IommuTarget:
     def __init__(self, iommu: Iommu) -> None:
         self.iommu = iommu
         self.bus_master = False
+        #: with interrupts as message writes: called with the vector of a write into the MSI window
+        self.on_msi: Callable[[int], None] | None = None
 
     def _check(self, address: int, length: int, access: DmaPerm) -> None:
         if not self.bus_master:
@@ -103,6 +107,13 @@ class _IommuTarget:
         return self.iommu.read(address, length)
 
     async def write(self, address: int, data: bytes) -> None:
+        if self.on_msi is not None and MSI_ADDRESS <= address < MSI_ADDRESS + MSI_WINDOW:
+            if not self.bus_master or len(data) != 4 or address & 3:
+                raise self.iommu.fault(address, len(data), DmaPerm.WRITE,
+                                       "a write into the MSI window that is not one aligned 32-bit message "
+                                       "(or bus mastering is off)")
+            self.on_msi(int.from_bytes(data, "little") & 0xFFFF)
+            return
         self._check(address, len(data), DmaPerm.WRITE)
         self.iommu.write(address, data)
 
@@ -111,8 +122,9 @@ class IcarusRunner:
     """The clock of the design under cocotb: implements :class:`sim.rtl.runner.Runner` for the function
     built around it; called from the vfio-user threads, served by :meth:`_serve` in the simulator."""
 
-    def __init__(self, dut: Any, iommu: Iommu, name: str, control_fd: int) -> None:
+    def __init__(self, dut: Any, iommu: Iommu, name: str, control_fd: int, desc: Description) -> None:
         self.dut: Any = dut  # the design's handles (cocotb types them loosely)
+        self.desc = desc
         self.name = name
         self.errors: list[BaseException] = []
         self._iommu_target = _IommuTarget(iommu)
@@ -121,68 +133,103 @@ class IcarusRunner:
         self._lock = threading.Lock()
         self._requests: deque[_Request] = deque()
         self._frames_in: deque[tuple[bytes, int]] = deque()
-        self._kicks: dict[tuple[int, int], tuple[int, int]] = {}  # (fd, addr) -> (value, width)
+        self._kicks: dict[tuple[int, int, int], tuple[int, int]] = {}  # (fd, addr, slave) -> (value, width)
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stop = False
         self._sink: EventSink | None = None
         self._irqs: list[int] = []
-        self._status: dict[str, int] = {"intx": 0, **dict.fromkeys(STATUS_PORTS, 0)}
+        from sim.rtl.generate import status_ports
+
+        self._status_ports = status_ports(desc)
+        self._status: dict[str, int] = {"intx": 0, **dict.fromkeys(self._status_ports, 0)}
         self._settled = threading.Condition()
         self._settle_requests = 0
         self._settled_upto = 0
         self._kicks_taken = 0
         self._busy_seconds = 0.0
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst_n,
-                                  reset_active_level=False)
-        self.dma = AxiSlave(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst_n, reset_active_level=False,
-                            target=self._iommu_target)
-        self.source = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst_n,
-                                      reset_active_level=False)
-        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst_n,
-                                  reset_active_level=False)
-        for log_name in ("cocotb.virtio_net_top.s_axil", "cocotb.virtio_net_top.m_axi",
-                         "cocotb.virtio_net_top.s_axis", "cocotb.virtio_net_top.m_axis"):
-            logging.getLogger(log_name).setLevel(logging.WARNING)  # a line per transfer otherwise
+        self.clk = getattr(dut, desc.clock)
+        self.rst = getattr(dut, desc.reset)
+        level = not desc.reset_active_low
+        self.slaves = [(AxiLiteMaster(AxiLiteBus.from_prefix(dut, sl.prefix.rstrip("_")), self.clk, self.rst,
+                                      reset_active_level=level) if sl.protocol == "axi4-lite" else
+                        AxiMaster(AxiBus.from_prefix(dut, sl.prefix.rstrip("_")), self.clk, self.rst,
+                                  reset_active_level=level)) for sl in desc.slaves]
+        if desc.interrupts["style"] == "msi-write":
+            self._iommu_target.on_msi = self._irqs.append
+        self.dma = [AxiSlave(AxiBus.from_prefix(dut, m["prefix"].rstrip("_")), self.clk, self.rst,
+                             reset_active_level=level, target=self._iommu_target) for m in desc.raw["dma"]]
+        self.source = self.sink = None
+        if desc.stream_rx is not None and desc.stream_tx is not None:
+            self.source = AxiStreamSource(AxiStreamBus.from_prefix(dut, desc.stream_rx.rstrip("_")), self.clk,
+                                          self.rst, reset_active_level=level)
+            self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, desc.stream_tx.rstrip("_")), self.clk,
+                                      self.rst, reset_active_level=level)
+        prefixes = [sl.prefix for sl in desc.slaves] + [m["prefix"] for m in desc.raw["dma"]]
+        prefixes += [p for p in (desc.stream_rx, desc.stream_tx) if p is not None]
+        for prefix in prefixes:  # a line per transfer otherwise
+            logging.getLogger(f"cocotb.{desc.top}.{prefix.rstrip('_')}").setLevel(logging.WARNING)
 
     # --- the simulator side ------------------------------------------------------------------------
 
+    def _set(self, port: str | None, value: int) -> None:
+        if port is not None:
+            getattr(self.dut, port).value = value
+
     async def power_on(self) -> None:
-        dut = self.dut
-        dut.link_up.value = 1
-        dut.msix_enabled.value = 0
-        dut.irq_ready.value = 1
-        dut.rst_n.value = 0
-        Clock(dut.clk, CLOCK_NS, unit="ns").start()
-        await ClockCycles(dut.clk, RESET_CYCLES)
-        dut.rst_n.value = 1
-        await RisingEdge(dut.clk)
-        cocotb.start_soon(self._irq_monitor())
+        desc, irq = self.desc, self.desc.interrupts
+        self._set(desc.link, 1)
+        self._set(irq.get("msix_enabled"), 0)
+        self._set(irq.get("function_mask"), 0)
+        self._set(irq.get("ready"), 1)
+        self.rst.value = 0 if desc.reset_active_low else 1
+        Clock(self.clk, CLOCK_NS, unit="ns").start()
+        await ClockCycles(self.clk, desc.reset_cycles)
+        self.rst.value = 1 if desc.reset_active_low else 0
+        await RisingEdge(self.clk)
+        if irq["style"] == "vector":
+            cocotb.start_soon(self._irq_monitor())
 
     async def _irq_monitor(self) -> None:
-        # irq_ready is held high: each request is a one-cycle irq_valid pulse with a low cycle between
+        # the ready input is held high: each request is a one-cycle valid pulse with a low cycle between
+        irq = self.desc.interrupts
+        valid, vector = getattr(self.dut, irq["valid"]), getattr(self.dut, irq["vector"])
         while True:
-            await RisingEdge(self.dut.irq_valid)
-            await ReadOnly()  # irq_vector is written in the same step
-            self._irqs.append(int(self.dut.irq_vector.value))
+            await RisingEdge(valid)
+            await ReadOnly()  # the vector is written in the same step
+            self._irqs.append(int(vector.value))
+
+    def _signal(self, path: str) -> int:
+        handle = self.dut
+        for part in path.split("."):
+            handle = getattr(handle, part)
+        return int(handle.value)
+
+    def _design_idle(self) -> bool:
+        """The description's [idle]: its idle port, or every internal signal at its idle value."""
+        desc = self.desc
+        if desc.idle_port is not None:
+            return bool(self._signal(desc.idle_port))
+        for sig in desc.idle_signals:
+            value = self._signal(sig.path if sig.path is not None else str(sig.port))
+            want = self._signal(sig.equals_port) if sig.equals_port is not None else sig.equals
+            if value != want:
+                return False
+        return True
 
     def _idle(self) -> bool:
-        """The engine and the register block have nothing in flight (vb_design_idle), nor do the bus models."""
-        e, r, d = self.dut.u_engine, self.dut.u_regs, self.dut
-        return (int(e.state.value) == 0 and int(e.kick_pend.value) == 0 and not int(e.rx_full.value)
-                and not int(e.tx_active.value) and int(r.irq_pending.value) == 0
-                and not int(r.cfg_irq_pending.value) and not int(r.resetting.value)
-                and int(r.qreset_req.value) == 0 and int(r.link_q.value) == int(d.link_up.value)
-                and not int(d.irq_valid.value) and self.source.empty() and self.source.idle()
-                and self.sink.empty() and not self._irqs and not self._frames_in)
+        """The design has nothing in flight, nor do the bus models."""
+        streams = self.source is None or self.sink is None or (self.source.empty() and self.source.idle()
+                                                               and self.sink.empty())
+        return self._design_idle() and streams and not self._irqs and not self._frames_in
 
     def _snapshot(self) -> Events:
-        d = self.dut
-        status = {"intx": int(d.intx.value), **{p: int(getattr(d, p).value) for p in STATUS_PORTS}}
+        intx = self.desc.interrupts.get("intx")
+        status = {"intx": self._signal(intx) if intx else 0,
+                  **{name: self._signal(port) for name, port in self._status_ports.items()}}
         events = Events(0)
         if status["intx"] != self._status["intx"]:
             events |= Events.INTX
-        if status["err_count"] != self._status["err_count"] or status["device_status"] != self._status[
-                "device_status"]:
+        if any(status.get(k) != self._status.get(k) for k in ("err_count", "device_status")):
             events |= Events.ERRORS
         with self._lock:
             self._status = status
@@ -193,7 +240,7 @@ class IcarusRunner:
         the DMA target), status changes, transmitted frames, interrupts."""
         events = self._snapshot()
         frames: list[tuple[bytes, int]] = []
-        while not self.sink.empty():
+        while self.sink is not None and not self.sink.empty():
             frame = self.sink.recv_nowait()
             dest = frame.tdest if isinstance(frame.tdest, int) else (frame.tdest[0] if frame.tdest else 0)
             frames.append((bytes(frame.tdata), int(dest)))
@@ -209,11 +256,11 @@ class IcarusRunner:
             sink.irqs(irqs)
 
     def _feed_frames(self) -> None:
-        while self._frames_in:
+        while self._frames_in and self.source is not None:
             frame, dest = self._frames_in.popleft()
             self.source.send_nowait(AxiStreamFrame(frame, tdest=dest))
 
-    def _ready_kicks(self, timeout_ms: int) -> tuple[list[tuple[int, int, int, int]], bool]:
+    def _ready_kicks(self, timeout_ms: int) -> tuple[list[tuple[int, int, int, int, int]], bool]:
         """Doorbell eventfds that fired (consumed) and whether the control fd reached end of file;
         waits up to ``timeout_ms`` (-1: until something happens) with the simulator stopped."""
         with self._lock:
@@ -221,9 +268,9 @@ class IcarusRunner:
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
         poller.register(self._control_fd, select.POLLIN)
-        for fd, _ in kicks:
+        for fd, _, _ in kicks:
             poller.register(fd, select.POLLIN)
-        fired: list[tuple[int, int, int, int]] = []
+        fired: list[tuple[int, int, int, int, int]] = []
         closing = False
         for fd, ev in poller.poll(timeout_ms):
             if fd == self._wake:
@@ -235,7 +282,8 @@ class IcarusRunner:
                     os.read(fd, 8)
                 except BlockingIOError:
                     continue
-                fired += [(kfd, addr, value, width) for (kfd, addr), (value, width) in kicks.items() if kfd == fd]
+                fired += [(kfd, addr, value, width, slave) for (kfd, addr, slave), (value, width) in kicks.items()
+                          if kfd == fd]
         return fired, closing
 
     async def serve(self) -> None:
@@ -246,9 +294,9 @@ class IcarusRunner:
                 kicks, closing = self._ready_kicks(0)
                 if closing:
                     break
-                for _, addr, value, width in kicks:
+                for _, addr, value, width, slave in kicks:
                     self._kicks_taken += 1
-                    await self._axil_write(addr, value << (8 * (addr & 3)), ((1 << width) - 1) << (addr & 3))
+                    await self._axil_write(addr, value << (8 * (addr & 3)), ((1 << width) - 1) << (addr & 3), slave)
                 with self._lock:
                     req = self._requests.popleft() if self._requests else None
                 if req is not None:
@@ -264,9 +312,10 @@ class IcarusRunner:
                     kicks, closing = self._ready_kicks_blocking()
                     if closing:
                         break
-                    for _, addr, value, width in kicks:
+                    for _, addr, value, width, slave in kicks:
                         self._kicks_taken += 1
-                        await self._axil_write(addr, value << (8 * (addr & 3)), ((1 << width) - 1) << (addr & 3))
+                        await self._axil_write(addr, value << (8 * (addr & 3)), ((1 << width) - 1) << (addr & 3),
+                                               slave)
                     continue
                 started = time.monotonic()
                 await Timer(SLICE_CYCLES * CLOCK_NS, "ns")
@@ -277,7 +326,7 @@ class IcarusRunner:
         finally:
             self._shut()
 
-    def _ready_kicks_blocking(self) -> tuple[list[tuple[int, int, int, int]], bool]:
+    def _ready_kicks_blocking(self) -> tuple[list[tuple[int, int, int, int, int]], bool]:
         with self._lock:
             if self._requests or self._frames_in or self._stop:
                 return [], False
@@ -288,25 +337,26 @@ class IcarusRunner:
             if req.op in ("link", "inputs", "reset"):
                 # inputs change between clock edges: written at a rising edge, Icarus may let part of the
                 # combinational logic see the new value in that edge's processes and part not
-                await FallingEdge(self.dut.clk)
+                await FallingEdge(self.clk)
             if req.op == "read":
-                resp = await self.axil.read(req.args[0], 4)
+                resp = await self.slaves[req.args[1]].read(req.args[0], 4)
                 req.result = int.from_bytes(resp.data, "little")
             elif req.op == "write":
                 await self._axil_write(*req.args)
             elif req.op == "link":
-                self.dut.link_up.value = int(req.args[0])
-                await ClockCycles(self.dut.clk, 4)  # the register block samples it before the next access
+                self._set(self.desc.link, int(req.args[0]))
+                await ClockCycles(self.clk, 4)  # the register block samples it before the next access
             elif req.op == "inputs":
                 self._iommu_target.bus_master = bool(req.args[0])
-                self.dut.msix_enabled.value = int(req.args[1])
-                await RisingEdge(self.dut.clk)
+                self._set(self.desc.interrupts.get("msix_enabled"), int(req.args[1]))
+                self._set(self.desc.interrupts.get("function_mask"), int(req.args[2]))
+                await RisingEdge(self.clk)
             elif req.op == "reset":
-                # function-level reset: the bus models drop what they held in flight with rst_n
-                self.dut.rst_n.value = 0
-                await ClockCycles(self.dut.clk, RESET_CYCLES)
-                self.dut.rst_n.value = 1
-                await RisingEdge(self.dut.clk)
+                # function-level reset: the bus models drop what they held in flight with the reset
+                self.rst.value = 0 if self.desc.reset_active_low else 1
+                await ClockCycles(self.clk, self.desc.reset_cycles)
+                self.rst.value = 1 if self.desc.reset_active_low else 0
+                await RisingEdge(self.clk)
                 self._irqs.clear()
             else:
                 raise ValueError(f"unknown request {req.op!r}")
@@ -315,14 +365,14 @@ class IcarusRunner:
         finally:
             req.done.set()
 
-    async def _axil_write(self, addr: int, data: int, strb: int) -> None:
+    async def _axil_write(self, addr: int, data: int, strb: int, slave: int = 0) -> None:
         # AxiLiteMaster derives the byte strobes from address and length: the run of lanes strb names
         lo = (strb & -strb).bit_length() - 1
         n = bin(strb).count("1")
         if n == 0:
             return
         word = addr & ~3
-        await self.axil.write(word + lo, ((data >> (8 * lo)) & ((1 << (8 * n)) - 1)).to_bytes(n, "little"))
+        await self.slaves[slave].write(word + lo, ((data >> (8 * lo)) & ((1 << (8 * n)) - 1)).to_bytes(n, "little"))
 
     def _shut(self) -> None:
         with self._lock:
@@ -362,12 +412,12 @@ class IcarusRunner:
         with self._settled:
             return self._settled.wait_for(lambda: self._settled_upto >= target or self._stop, timeout)
 
-    def axil_read(self, addr: int) -> int:
-        result: int = self._call("read", addr)
+    def axil_read(self, addr: int, slave: int = 0) -> int:
+        result: int = self._call("read", addr, slave)
         return result
 
-    def axil_write(self, addr: int, data: int, strb: int) -> None:
-        self._call("write", addr, data, strb)
+    def axil_write(self, addr: int, data: int, strb: int, slave: int = 0) -> None:
+        self._call("write", addr, data, strb, slave)
 
     def push_frames(self, frames: Sequence[tuple[bytes, int]]) -> int:
         # also called on the simulator thread (the loopback wire): queued, never waited for
@@ -379,12 +429,13 @@ class IcarusRunner:
     def set_link(self, up: bool) -> None:
         self._call("link", up)
 
-    def set_inputs(self, *, bus_master: bool, msix_enabled: bool) -> None:
+    def set_inputs(self, *, bus_master: bool, msix_enabled: bool, msix_function_mask: bool = False) -> None:
         if threading.current_thread() is self._sim_thread:  # at start, before anything runs
             self._iommu_target.bus_master = bus_master
-            self.dut.msix_enabled.value = int(msix_enabled)
+            self._set(self.desc.interrupts.get("msix_enabled"), int(msix_enabled))
+            self._set(self.desc.interrupts.get("function_mask"), int(msix_function_mask))
             return
-        self._call("inputs", bus_master, msix_enabled)
+        self._call("inputs", bus_master, msix_enabled, msix_function_mask)
 
     def reset(self) -> None:
         self._call("reset")
@@ -395,14 +446,14 @@ class IcarusRunner:
     def dma_unmap(self, iova: int, size: int) -> None:
         """Nothing to do (as :meth:`dma_map`)."""
 
-    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None:
+    def kick_add(self, fd: int, addr: int, value: int, width: int, slave: int = 0) -> None:
         with self._lock:
-            self._kicks[fd, addr] = (value, width)
+            self._kicks[fd, addr, slave] = (value, width)
         os.eventfd_write(self._wake, 1)  # the simulator waits on the new fd from now on
 
-    def kick_remove(self, fd: int, addr: int) -> None:
+    def kick_remove(self, fd: int, addr: int, slave: int = 0) -> None:
         with self._lock:
-            self._kicks.pop((fd, addr), None)
+            self._kicks.pop((fd, addr, slave), None)
         os.eventfd_write(self._wake, 1)
 
     def stats(self) -> ClockStats:
@@ -434,7 +485,8 @@ async def export(dut: Any) -> None:
     ready_fd = int(os.environ[ENV_READY_FD])
     control_fd = int(os.environ[ENV_CONTROL_FD])
     iommu = Iommu()
-    runner = IcarusRunner(dut, iommu, f"rtl:{spec or 'virtio-net'},sim=icarus", control_fd)
+    desc = Description.load(os.environ[ENV_DESCRIPTION])
+    runner = IcarusRunner(dut, iommu, f"rtl:{spec or desc.name},sim=icarus", control_fd, desc)
     await runner.power_on()
     dev = _factory(os.environ[ENV_FACTORY])(spec, runner, iommu)
     server = VfioUserServer(path, lambda: dev, name="vfio-user-icarus", max_devices=1)

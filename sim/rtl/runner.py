@@ -63,15 +63,15 @@ class Runner(Protocol):
 
     def settle(self, timeout: float) -> bool: ...
 
-    def axil_read(self, addr: int) -> int: ...
+    def axil_read(self, addr: int, slave: int = 0) -> int: ...
 
-    def axil_write(self, addr: int, data: int, strb: int) -> None: ...
+    def axil_write(self, addr: int, data: int, strb: int, slave: int = 0) -> None: ...
 
     def push_frames(self, frames: Sequence[tuple[bytes, int]]) -> int: ...
 
     def set_link(self, up: bool) -> None: ...
 
-    def set_inputs(self, *, bus_master: bool, msix_enabled: bool) -> None: ...
+    def set_inputs(self, *, bus_master: bool, msix_enabled: bool, msix_function_mask: bool = False) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -79,9 +79,9 @@ class Runner(Protocol):
 
     def dma_unmap(self, iova: int, size: int) -> None: ...
 
-    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None: ...
+    def kick_add(self, fd: int, addr: int, value: int, width: int, slave: int = 0) -> None: ...
 
-    def kick_remove(self, fd: int, addr: int) -> None: ...
+    def kick_remove(self, fd: int, addr: int, slave: int = 0) -> None: ...
 
     def stats(self) -> ClockStats: ...
 
@@ -183,17 +183,17 @@ class RtlRunner:
 
     # --- accesses from other threads -----------------------------------------------------------------
 
-    def axil_read(self, addr: int) -> int:
+    def axil_read(self, addr: int, slave: int = 0) -> int:
         with self.lock:
             self._sync_observer()
-            data, state = self.bridge.axil(False, addr, 0, 0)
+            data, state = self.bridge.axil(False, addr, 0, 0, slave)
         self._after(state)
         return data
 
-    def axil_write(self, addr: int, data: int, strb: int) -> None:
+    def axil_write(self, addr: int, data: int, strb: int, slave: int = 0) -> None:
         with self.lock:
             self._sync_observer()
-            _, state = self.bridge.axil(True, addr, data, strb)
+            _, state = self.bridge.axil(True, addr, data, strb, slave)
         self._after(state)
 
     def _after(self, state: int) -> None:
@@ -216,14 +216,15 @@ class RtlRunner:
             self.bridge.run(4, 0)  # the register block samples the input: visible to the next access
         self.wake()
 
-    def set_inputs(self, *, bus_master: bool, msix_enabled: bool) -> None:
+    def set_inputs(self, *, bus_master: bool, msix_enabled: bool, msix_function_mask: bool = False) -> None:
         with self.lock:
             self.bridge.set_bus_master(bus_master)
             self.bridge.set_msix_enabled(msix_enabled)
+            self.bridge.set_msix_function_mask(msix_function_mask)
         self.wake()
 
     def reset(self) -> None:
-        """Function-level reset: rst_n pulsed; whatever the bus models held in flight is dropped."""
+        """Function-level reset: the reset input pulsed; whatever the bus models held in flight is dropped."""
         with self.lock:
             self.bridge.reset()
         self.wake()
@@ -236,14 +237,14 @@ class RtlRunner:
         with self.lock:
             self.bridge.dma_unmap(iova, size)
 
-    def kick_add(self, fd: int, addr: int, value: int, width: int) -> None:
+    def kick_add(self, fd: int, addr: int, value: int, width: int, slave: int = 0) -> None:
         with self.lock:
-            self.bridge.kick_add(fd, addr, value, width)
+            self.bridge.kick_add(fd, addr, value, width, slave)
         self.wake()  # the clock thread waits on the new fd from now on
 
-    def kick_remove(self, fd: int, addr: int) -> None:
+    def kick_remove(self, fd: int, addr: int, slave: int = 0) -> None:
         with self.lock:
-            self.bridge.kick_remove(fd, addr)
+            self.bridge.kick_remove(fd, addr, slave)
         self.wake()
 
     def status(self) -> dict[str, int]:

@@ -95,9 +95,9 @@ def rtl_variant(cell: Cell) -> str | None:
     opts = RtlOptions(cell.target.partition(":")[2])
     if opts.sim != "verilator":
         return None
-    design = opts.design()
-    return json.dumps({"name": design.name, "params": dict(sorted(design.parameters.items())),
-                       "defines": list(design.defines), "waves": opts.waves is not None}, sort_keys=True)
+    variant = opts.variant
+    return json.dumps({"description": str(opts.description.path), "params": dict(sorted(variant.parameters.items())),
+                       "defines": list(variant.defines), "waves": opts.waves is not None}, sort_keys=True)
 
 
 def _lost(cell: Cell, exc: BaseException) -> dict[str, Any]:
