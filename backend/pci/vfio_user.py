@@ -102,7 +102,7 @@ class VfioUserPciDevice:
             self._sock.connect(path)
         except OSError as exc:
             self._sock.close()
-            raise VfioUserError(f"{self.name}: cannot connect: {exc.strerror or exc}") from None
+            raise VfioUserError(f"{self.name}: cannot connect: {exc.strerror or exc}", exc.errno or 0) from None
         try:
             self.server_version, self.server_caps = self._negotiate()
             self.bench = (self.server_caps.bench or m.BenchCaps()).common(CLIENT_CAPS.bench or m.BenchCaps())
@@ -112,6 +112,7 @@ class VfioUserPciDevice:
                                  lambda p: m.DeviceInfo.unpack(p, reply=True))
             if not info.flags & m.DeviceFlag.PCI:
                 raise VfioUserError(f"{self.name}: the server's device is not a PCI device (flags {info.flags!r})")
+            self.device_info = info
             self.device_flags = info.flags
             self._regions = {i: self._region_info(i) for i in range(info.num_regions)}
             self._irqs = {i: self._irq_info(i) for i in range(info.num_irqs)}
@@ -253,7 +254,10 @@ class VfioUserPciDevice:
         while len(out) < size:
             n = min(size - len(out), self.xfer)
             req = m.RegionAccess(index, offset + len(out), n)
-            got = self._request(m.Command.REGION_READ, req.pack(), _read_reply)
+            try:
+                got = self._request(m.Command.REGION_READ, req.pack(), _read_reply)
+            except VfioUserError as exc:
+                raise self._refused(exc, m.Command.REGION_READ, req) from None
             if (got.region, got.offset, got.count) != (req.region, req.offset, req.count):
                 raise self._fail(f"REGION_READ reply for region {got.region} {got.offset:#x}+{got.count} to "
                                  f"{req.region} {req.offset:#x}+{req.count}")
@@ -266,13 +270,24 @@ class VfioUserPciDevice:
         while pos < len(data) or (pos == 0 and not data):
             chunk = data[pos:pos + self.xfer]
             req = m.RegionAccess(index, offset + pos, len(chunk), chunk)
-            got = self._request(m.Command.REGION_WRITE, req.pack(), _write_reply)
+            try:
+                got = self._request(m.Command.REGION_WRITE, req.pack(), _write_reply)
+            except VfioUserError as exc:
+                raise self._refused(exc, m.Command.REGION_WRITE, req) from None
             if (got.region, got.offset, got.count) != (req.region, req.offset, req.count):
                 raise self._fail(f"REGION_WRITE reply for region {got.region} {got.offset:#x}+{got.count} to "
                                  f"{req.region} {req.offset:#x}+{req.count}")
             pos += len(chunk)
             if not data:
                 break
+
+    def _refused(self, exc: VfioUserError, cmd: m.Command, req: m.RegionAccess) -> VfioUserError:
+        """A refused region access named by region and range (the server's errno kept); a lost or closed
+        connection as it was reported."""
+        if self._broken is not None or self._closed:
+            return exc
+        return VfioUserError(f"{self.name}: {cmd.name} of region {req.region} [{req.offset:#x}, +{req.count:#x}) "
+                             f"refused: {os.strerror(exc.errno)} (errno {exc.errno})", exc.errno)
 
     def region_mmap(self, index: int) -> memoryview | None:
         mm = self._mmaps.get(index)
