@@ -243,6 +243,22 @@ VDPA_BENCH_RTL = Quirk(
 )
 VDPA_BENCH_RTL_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, VDPA_BENCH_RTL_SUBSYSTEM_ID)
 
+#: The ACME VNET design (models/rtl/acme: a vendor's shell around the same virtio core), under subsystem 1db5:0a01.
+#: Its vendor block is in BAR0 at 0x0000: the vq state words at 0x100 + 4q, the dirty page log block at 0x800
+#: (the virtio structures are in BAR2).
+ACME_VNET_SUBSYSTEM_ID = 0x0A01
+ACME_VNET = Quirk(
+    name="acme-vnet",
+    why=("ACME VNET (models/rtl/acme, subsystem 1db5:0a01) has the vdpa-bench RTL's vendor blocks at other places: "
+         "BAR0 0x100 + 4q holds queue q's {used_idx, last_avail_idx} (packed rings: vhost-user's packed state), "
+         "with the same rules as vdpa-bench-rtl-vq-state (low-half write while disabled sets both indices, loaded "
+         "on enable; live while running; stopped exactly by a VIRTIO_F_RING_RESET queue reset), and BAR0 0x800 "
+         "the dirty page log block (bytemap of 4 KiB pages written by DMA). Its virtio structures are in BAR2."),
+    vq_state=VqStateBlock(bar=0, offset=0x100, stride=4, width=2, stop=QueueStop.QUEUE_RESET, packed=True),
+    dirty_log=DirtyLogBlock(bar=0, offset=0x800),
+)
+ACME_VNET_IDS = IdMatch(0x1AF4, 0x1041, VDPA_BENCH_VENDOR_ID, ACME_VNET_SUBSYSTEM_ID)
+
 #: The behavioral model's variant with the RTL's ring-state block but no dirty page log
 #: (models/virtio_net/vq_state_block.py): a device whose dirty logging the backend does with its used-ring relay.
 VDPA_BENCH_VQ_STATE_SUBSYSTEM_ID = 0x0502
@@ -348,6 +364,7 @@ def builtin_quirks() -> QuirkTable:
     return QuirkTable((
         (IdMatch(0x1AF4, 0x1041, INTEL_VENDOR_ID, IFCVF_SUBSYSTEM_DEVICE_ID), IFCVF),
         (VDPA_BENCH_RTL_IDS, VDPA_BENCH_RTL),
+        (ACME_VNET_IDS, ACME_VNET),
         (VDPA_BENCH_VQ_STATE_IDS, VDPA_BENCH_VQ_STATE),
     ))
 
