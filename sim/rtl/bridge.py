@@ -91,6 +91,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "vb_set_wake_fd": (None, [ctypes.c_void_p, ctypes.c_int]),
     "vb_dma_map": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
                                   ctypes.c_int64, ctypes.c_int]),
+    "vb_dma_map_host": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p,
+                                       ctypes.c_int]),
     "vb_dma_unmap": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]),
     "vb_dma_host": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_uint64]),
     "vb_dma_guard": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]),

@@ -192,6 +192,7 @@ class Description:
     interrupts: Mapping[str, str]
     msix_in_design: bool
     link: str | None
+    bus_master_enable: str | None
     idle_port: str | None
     idle_signals: tuple[IdleSignal, ...]
     status: Mapping[str, str]
@@ -300,6 +301,7 @@ class Description:
             stream_dest=bool(stream.get("dest", False)) if stream else False,
             interrupts=dict(raw["interrupts"]), msix_in_design=in_design,
             link=raw["link"]["port"] if "link" in raw else None,
+            bus_master_enable=raw["pci"].get("bus_master_enable"),
             idle_port=idle.get("port"), idle_signals=signals, status=dict(raw.get("status", {})),
             errors=errors, error_codes=codes)
         desc.configure("")  # the defaults must make a variant: caught here, not at the first open

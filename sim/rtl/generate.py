@@ -182,6 +182,8 @@ def _roles(variant: Variant, ports: Mapping[str, Port]) -> Iterator[tuple[str, s
             yield "interrupts", irq[key], direction, 1
     if d.link is not None:
         yield "link", d.link, "in", 1
+    if d.bus_master_enable is not None:
+        yield "pci.bus_master_enable", d.bus_master_enable, "in", 1
     if d.idle_port is not None:
         yield "idle", d.idle_port, "out", 1
     for idle in d.idle_signals:
@@ -256,7 +258,7 @@ def render_bridge(variant: Variant, ports: Mapping[str, Port], zero_inputs: list
                   "tx_bytes": ports[d.stream_tx + "tdata"].width // 8}
     return env.get_template(TEMPLATE).render(
         description=d.path.name, top=d.top, clock=d.clock, reset=d.reset,
-        reset_asserted=0 if d.reset_active_low else 1, link=d.link,
+        reset_asserted=0 if d.reset_active_low else 1, link=d.link, bme=d.bus_master_enable,
         slaves=[{"name": s.name, "prefix": s.prefix, "protocol": s.protocol, "id_width": s.id_width}
                 for s in d.slaves],
         dmas=[{"name": m.name, "prefix": m.prefix, "bytes": m.data_width // 8, "id_width": m.id_width,

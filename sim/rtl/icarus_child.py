@@ -181,6 +181,7 @@ class IcarusRunner:
         self._set(irq.get("msix_enabled"), 0)
         self._set(irq.get("function_mask"), 0)
         self._set(irq.get("ready"), 1)
+        self._set(desc.bus_master_enable, 0)
         self.rst.value = 0 if desc.reset_active_low else 1
         Clock(self.clk, CLOCK_NS, unit="ns").start()
         await ClockCycles(self.clk, desc.reset_cycles)
@@ -348,6 +349,7 @@ class IcarusRunner:
                 await ClockCycles(self.clk, 4)  # the register block samples it before the next access
             elif req.op == "inputs":
                 self._iommu_target.bus_master = bool(req.args[0])
+                self._set(self.desc.bus_master_enable, int(req.args[0]))
                 self._set(self.desc.interrupts.get("msix_enabled"), int(req.args[1]))
                 self._set(self.desc.interrupts.get("function_mask"), int(req.args[2]))
                 await RisingEdge(self.clk)
@@ -432,6 +434,7 @@ class IcarusRunner:
     def set_inputs(self, *, bus_master: bool, msix_enabled: bool, msix_function_mask: bool = False) -> None:
         if threading.current_thread() is self._sim_thread:  # at start, before anything runs
             self._iommu_target.bus_master = bus_master
+            self._set(self.desc.bus_master_enable, int(bus_master))
             self._set(self.desc.interrupts.get("msix_enabled"), int(msix_enabled))
             self._set(self.desc.interrupts.get("function_mask"), int(msix_function_mask))
             return

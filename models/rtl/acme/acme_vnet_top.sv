@@ -184,6 +184,7 @@ module acme_vnet_top
   // ---- interrupts, link, power ----------------------------------------------------------------
   input  logic                  msix_en,      // MSI-X Enable of the MSI-X capability
   input  logic                  msix_fmask,   // Function Mask of the MSI-X capability
+  input  logic                  pci_bme,      // Bus Master Enable of the command register: no message without it
   output logic                  intx_o,
   input  logic                  phy_link,
   output logic                  idle,
@@ -394,6 +395,7 @@ module acme_vnet_top
     .aresetn    (aresetn),
     .msix_en    (msix_en),
     .msix_fmask (msix_fmask),
+    .bus_master (pci_bme),
     .irq_valid  (irq_req),
     .irq_vector (irq_vec),
     .irq_ready  (irq_ack),
