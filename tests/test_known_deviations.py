@@ -93,3 +93,20 @@ def test_an_unknown_quirk_is_a_usage_error(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'nosuch': no such quirk entry" in lines[0], proc.stderr
     assert not (out / "results.json").exists()
+
+
+def test_side_by_side_keeps_deviation_apart_from_failed(tmp_path: Path) -> None:
+    """The same model bug run with QEMU's entry named (a deviation) and without (a failure), rendered side by side:
+    the one column says deviation with the entry, the other failed."""
+    _, excused = run(tmp_path / "a", SHARED, "--quirk", "qemu-virtio-net", "-k", "test_unsupported_subset_is_refused")
+    _, failing = run(tmp_path / "b", SHARED, "-k", "test_unsupported_subset_is_refused")
+    out = tmp_path / "side"
+    proc = subprocess.run([sys.executable, "-m", "testbenches.cli", "report", str(excused / "results.json"),
+                           str(failing / "results.json"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-2000:]
+    html = (out / "report.html").read_text()
+    row = html[html.index(">FEAT-DEV-03<"):]
+    row = row[:row.index("</tr>")]
+    assert 'class="st deviation">deviation<' in row and 'class="st failed">failed<' in row, row
+    assert "qemu-virtio-net (named by --quirk)" in html
