@@ -18,7 +18,13 @@ Beyond standard vfio-user, when the server names the ``vdpa_bench`` capability:
   it logged, and frames delivered as if from the wire; the checks use it as they use a ``sim:``
   target's model for stimuli. None when the server has no such port.
 
-Target spec: ``vfio-user:PATH[,wire=loopback|none]`` (the server's unix socket; ``wire`` as for ``vfio:``).
+A server that cannot carry commands of its own (a device process on libvfio-user, :mod:`sim.rtl.vfu_export`)
+may offer them on a second socket, the bench side channel: with ``bench=PATH`` the extensions go over a
+connection of their own to PATH (vfio-user framing, ``VERSION`` negotiated there), everything else over the
+main one.
+
+Target spec: ``vfio-user:PATH[,wire=loopback|none][,bench=PATH]`` (the server's unix socket; ``wire`` as for
+``vfio:``; ``bench`` the side channel's socket).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ CLIENT_MAX_FDS = 8
 DEFAULT_TIMEOUT = 10.0
 CLIENT_CAPS = m.Capabilities(max_msg_fds=CLIENT_MAX_FDS, max_data_xfer_size=m.DEFAULT_MAX_DATA_XFER,
                              bench=m.BenchCaps(ioeventfd=True, dma_faults=True, port=True))
+#: The extension commands: over the bench side channel when there is one.
+BENCH_COMMANDS = frozenset({m.Command.BENCH_IOEVENTFD, m.Command.BENCH_DMA_FAULTS, m.Command.BENCH_PORT})
 
 
 class VfioUserError(PciError):
@@ -70,23 +78,33 @@ class _Mapped:
     size: int
 
 
+class _Channel:
+    """One connection: its socket, the lock around a request and its reply, the next message id."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.next_id = 0
+
+
 class VfioUserPciDevice:
     """Implements :class:`~backend.pci.device.PciDevice` over a vfio-user socket.
 
     One request is in flight at a time (a lock around send and reply): the device sees register
-    accesses in program order, as on a PCI bus with one outstanding non-posted request.
+    accesses in program order, as on a PCI bus with one outstanding non-posted request. With
+    ``bench_path`` the extension commands go over a second connection to that socket (the bench side
+    channel, ``VERSION`` negotiated on it too); its requests do not wait for the main connection's.
     """
 
     def __init__(self, path: str, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 wire: WireKind = WireKind.UNKNOWN, time_scale: float = 1.0) -> None:
+                 wire: WireKind = WireKind.UNKNOWN, time_scale: float = 1.0, bench_path: str | None = None) -> None:
         self.path = path
+        self.bench_path = bench_path
         self.wire = wire
         self.time_scale = time_scale
         self.name = name if name is not None else f"vfio-user:{path}"
         self.timeout = timeout
-        self._lock = threading.Lock()  # one request in flight
         self._state = threading.Lock()  # the map and ioeventfd tables
-        self._next_id = 0
         self._closed = False
         self._broken: str | None = None
         self._maps: list[_Mapped] = []
@@ -96,16 +114,17 @@ class VfioUserPciDevice:
         # Until VERSION says otherwise: the specification's defaults.
         self.xfer = m.DEFAULT_MAX_DATA_XFER
         self.max_send_fds = m.DEFAULT_MAX_MSG_FDS
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self._sock.settimeout(timeout)
+        self._main = _Channel(self._connect(path))
+        self._sock = self._main.sock
+        self._lock = self._main.lock  # one request in flight
+        self._side: _Channel | None = None
         try:
-            self._sock.connect(path)
-        except OSError as exc:
-            self._sock.close()
-            raise VfioUserError(f"{self.name}: cannot connect: {exc.strerror or exc}", exc.errno or 0) from None
-        try:
-            self.server_version, self.server_caps = self._negotiate()
-            self.bench = (self.server_caps.bench or m.BenchCaps()).common(CLIENT_CAPS.bench or m.BenchCaps())
+            self.server_version, self.server_caps = self._negotiate(self._main)
+            offered = self.server_caps.bench
+            if bench_path is not None:
+                self._side = _Channel(self._connect(bench_path, side=True))
+                offered = self._negotiate(self._side)[1].bench
+            self.bench = (offered or m.BenchCaps()).common(CLIENT_CAPS.bench or m.BenchCaps())
             self.xfer = min(self.server_caps.max_data_xfer_size, CLIENT_CAPS.max_data_xfer_size)
             self.max_send_fds = max(1, self.server_caps.max_msg_fds)
             info = self._request(m.Command.DEVICE_GET_INFO, m.DeviceInfo().pack(),
@@ -123,19 +142,33 @@ class VfioUserPciDevice:
 
     # --- transport -----------------------------------------------------------------------------
 
-    def _negotiate(self) -> tuple[m.Version, m.Capabilities]:
+    def _connect(self, path: str, *, side: bool = False) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            what = f"cannot connect the bench side channel {path}" if side else "cannot connect"
+            raise VfioUserError(f"{self.name}: {what}: {exc.strerror or exc}", exc.errno or 0) from None
+        return sock
+
+    def _negotiate(self, channel: _Channel) -> tuple[m.Version, m.Capabilities]:
         payload = m.Version(m.VERSION_MAJOR, m.VERSION_MINOR, CLIENT_CAPS).pack()
-        got = self._request(m.Command.VERSION, payload, m.Version.unpack)
+        got = self._request(m.Command.VERSION, payload, m.Version.unpack, channel=channel)
         if got.major != m.VERSION_MAJOR or got.minor > m.VERSION_MINOR:
+            side = " (bench side channel)" if channel is not self._main else ""
             raise VfioUserError(f"{self.name}: server answered version {got.major}.{got.minor} to "
-                                f"{m.VERSION_MAJOR}.{m.VERSION_MINOR}")
+                                f"{m.VERSION_MAJOR}.{m.VERSION_MINOR}{side}")
         return got, got.caps
 
     def _fail(self, reason: str) -> VfioUserError:
-        """The stream cannot be trusted any more: close it, later calls fail at once."""
+        """The stream cannot be trusted any more: close it (and the side channel), later calls fail at once."""
         self._broken = reason
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        for channel in (self._main, self._side):
+            if channel is not None:
+                with contextlib.suppress(OSError):
+                    channel.sock.shutdown(socket.SHUT_RDWR)
         return VfioUserError(f"{self.name}: {reason}", errno_mod.EIO)
 
     def _call(self, cmd: m.Command, payload: bytes = b"", fds: Sequence[int] = ()) -> bytes:
@@ -144,29 +177,37 @@ class VfioUserPciDevice:
             os.close(fd)
         return data
 
-    def _request(self, cmd: m.Command, payload: bytes, decode: Callable[[bytes], T], fds: Sequence[int] = ()) -> T:
+    def _request(self, cmd: m.Command, payload: bytes, decode: Callable[[bytes], T], fds: Sequence[int] = (),
+                 channel: _Channel | None = None) -> T:
         """Send, wait for the reply, decode it; a malformed reply breaks the connection."""
-        data = self._call(cmd, payload, fds)
+        data, received = self._exchange(cmd, payload, fds, channel)
+        for fd in received:
+            os.close(fd)
         try:
             return decode(data)
         except m.VfioUserProtocolError as exc:
             raise self._fail(f"malformed {cmd.name} reply: {exc.reason}") from None
 
-    def _exchange(self, cmd: m.Command, payload: bytes, fds: Sequence[int]) -> tuple[bytes, list[int]]:
-        with self._lock:
+    def _exchange(self, cmd: m.Command, payload: bytes, fds: Sequence[int],
+                  channel: _Channel | None = None) -> tuple[bytes, list[int]]:
+        """One request and its reply on ``channel`` (default: the side channel for an extension command when there
+        is one, else the main connection)."""
+        if channel is None:
+            channel = self._side if self._side is not None and cmd in BENCH_COMMANDS else self._main
+        with channel.lock:
             if self._closed:
                 raise VfioUserError(f"{self.name}: closed", errno_mod.EBADF)
             if self._broken is not None:
                 raise VfioUserError(f"{self.name}: connection lost ({self._broken})", errno_mod.EIO)
-            msg_id = self._next_id
-            self._next_id = (self._next_id + 1) & 0xFFFF
+            msg_id = channel.next_id
+            channel.next_id = (channel.next_id + 1) & 0xFFFF
             try:
-                m.send_message(self._sock, m.command(msg_id, cmd, payload), payload, fds)
+                m.send_message(channel.sock, m.command(msg_id, cmd, payload), payload, fds)
                 while True:
-                    msg = m.recv_message(self._sock, max_size=m.HEADER_SIZE + 64 + self.xfer,
+                    msg = m.recv_message(channel.sock, max_size=m.HEADER_SIZE + 64 + self.xfer,
                                          max_fds=CLIENT_MAX_FDS)
                     if not msg.header.is_reply:
-                        self._refuse_server_command(msg)
+                        self._refuse_server_command(channel, msg)
                         continue
                     break
             except TimeoutError:
@@ -187,13 +228,13 @@ class VfioUserPciDevice:
                 raise VfioUserError(f"{self.name}: {cmd.name} refused: {os.strerror(code)}", code)
             return msg.payload, msg.fds
 
-    def _refuse_server_command(self, msg: m.Message) -> None:
+    def _refuse_server_command(self, channel: _Channel, msg: m.Message) -> None:
         """This client shares memory by fd only: a server's DMA_READ/DMA_WRITE (or anything else) is refused."""
         msg.close_fds()
         log.warning("%s: server sent %s; refused (DMA goes through the mapped fds)", self.name,
                     msg.header.command_name())
         if not msg.header.no_reply:
-            m.send_message(self._sock, m.reply(msg.header, errno=errno_mod.ENOTSUP))
+            m.send_message(channel.sock, m.reply(msg.header, errno=errno_mod.ENOTSUP))
 
     # --- information ---------------------------------------------------------------------------
 
@@ -427,6 +468,12 @@ class VfioUserPciDevice:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
+        side = self._side
+        if side is not None:
+            with side.lock:
+                with contextlib.suppress(OSError):
+                    side.sock.shutdown(socket.SHUT_RDWR)
+                side.sock.close()
 
 
 class BenchPort:
@@ -476,10 +523,12 @@ def _write_reply(payload: bytes) -> m.RegionAccess:
 
 
 def open_vfio_user(rest: str) -> VfioUserPciDevice:
-    """``vfio-user:PATH[,wire=loopback|none][,slowdown=N]``: the server's socket path; what the device's port is
-    connected to when the bench should not find out itself (default: unknown, probed by the suite); and how many
-    times slower than hardware the device behind it runs (a simulator: the checks' deadlines stretch by it)."""
-    path, opts = parse_spec("vfio-user", rest, ("wire", "slowdown"))
+    """``vfio-user:PATH[,wire=loopback|none][,slowdown=N][,bench=PATH]``: the server's socket path; what the device's
+    port is connected to when the bench should not find out itself (default: unknown, probed by the suite); how many
+    times slower than hardware the device behind it runs (a simulator: the checks' deadlines stretch by it); and the
+    socket of the server's bench side channel, where the extension commands go (a server that cannot carry them on
+    its main socket)."""
+    path, opts = parse_spec("vfio-user", rest, ("wire", "slowdown", "bench"))
     if not path:
         raise ValueError("vfio-user: target needs the server's socket path: vfio-user:PATH")
     value = opts.get("wire")
@@ -487,8 +536,11 @@ def open_vfio_user(rest: str) -> VfioUserPciDevice:
         raise ValueError(f"vfio-user:{rest}: wire={value!r} (known: loopback, none)")
     wire = WireKind(value or WireKind.UNKNOWN)
     time_scale = _slowdown(rest, opts["slowdown"]) if "slowdown" in opts else 1.0
+    bench = opts.get("bench")
+    if bench is not None and not bench:
+        raise ValueError(f"vfio-user:{rest}: bench= needs the side channel's socket path")
     try:
-        return VfioUserPciDevice(path, wire=wire, time_scale=time_scale)
+        return VfioUserPciDevice(path, wire=wire, time_scale=time_scale, bench_path=bench)
     except VfioUserError as exc:  # the registry's callers report OSError/ValueError as a bad target
         raise ConnectionError(str(exc)) from None
 

@@ -11,6 +11,8 @@ vectors) or held by the design (:mod:`sim.rtl.msix`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from backend.virtio.pci_regs import (
     NOTIFY_CAP_LEN,
@@ -75,44 +77,59 @@ def pci_cfg_window(config: ConfigSpace, bars: dict[int, Bar]) -> None:
     cap.on_read = read
 
 
-def _mount_slaves(variant: Variant, runner: Runner, bars: dict[int, Bar]) -> MsixTableShim | None:
-    """Every slave window into its BAR; with in-design MSI-X, the table window through its shim."""
+@dataclass(frozen=True)
+class Window:
+    """A BAR range the design decodes: ``size`` bytes at ``offset`` of BAR ``bar``, served by slave port
+    ``slave`` from ``base`` of its address space; ``msix_table``: the in-design MSI-X table's window."""
+
+    slave: int
+    bar: int
+    offset: int
+    size: int
+    base: int
+    msix_table: bool = False
+
+
+def slave_windows(variant: Variant) -> list[Window]:
+    """Every slave window of ``variant``; with in-design MSI-X, the table's range cut out as a window of its own."""
     d = variant.description
     msix = d.raw["msix"]
     table_len = 16 * variant.msix_vectors
-    shim: MsixTableShim | None = None
+    out: list[Window] = []
     for index, s in enumerate(d.slaves):
         cuts = [(s.offset, s.offset + s.size)]
         tbar, toff = msix["table"]["bar"], msix["table"]["offset"]
         if d.msix_in_design and tbar == s.bar and s.offset <= toff < s.offset + s.size:
             if toff + table_len > s.offset + s.size:
                 raise ValueError(f"{d.path}: msix.table: {variant.msix_vectors} vectors run past slave {s.name!r}")
-            shim = MsixTableShim(AxiLiteBlock(runner, table_len, index, toff - s.offset), variant.msix_vectors)
-            bars[s.bar].mount(toff, shim)
+            out.append(Window(index, s.bar, toff, table_len, toff - s.offset, msix_table=True))
             cuts = [(s.offset, toff), (toff + table_len, s.offset + s.size)]
-        for lo, hi in cuts:
-            if hi > lo:
-                bars[s.bar].mount(lo, AxiLiteBlock(runner, hi - lo, index, lo - s.offset))
+        out += [Window(index, s.bar, lo, hi - lo, lo - s.offset) for lo, hi in cuts if hi > lo]
+    return out
+
+
+def _mount_slaves(variant: Variant, runner: Runner, bars: dict[int, Bar]) -> MsixTableShim | None:
+    """Every slave window into its BAR; with in-design MSI-X, the table window through its shim."""
+    shim: MsixTableShim | None = None
+    for w in slave_windows(variant):
+        if w.msix_table:
+            shim = MsixTableShim(AxiLiteBlock(runner, w.size, w.slave, w.base), variant.msix_vectors)
+            bars[w.bar].mount(w.offset, shim)
+        else:
+            bars[w.bar].mount(w.offset, AxiLiteBlock(runner, w.size, w.slave, w.base))
     return shim
 
 
-def build_endpoint(variant: Variant, runner: Runner, iommu: Iommu) -> RtlEndpoint:
-    d = variant.description
-    pci = d.raw["pci"]
-    bars = {i: Bar(i, size, is64=is64) for i, (size, is64) in sorted(d.bars.items())}
-    shim = _mount_slaves(variant, runner, bars)
-    table, pba = d.raw["msix"]["table"], d.raw["msix"]["pba"]
-    msix: Msix
-    if shim is not None:
-        msix = DesignMsix(variant.msix_vectors, table["bar"], table["offset"], pba["offset"], shim)
-    else:
-        msix = Msix(variant.msix_vectors, bar=table["bar"], table_offset=table["offset"], pba_offset=pba["offset"])
-        bars[table["bar"]].mount(table["offset"], msix.table_block)
-        bars[pba["bar"]].mount(pba["offset"], msix.pba_block)
+def config_space(variant: Variant, bars: dict[int, Bar],
+                 interrupt_status: Callable[[], bool] = lambda: False) -> ConfigSpace:
+    """The configuration space of ``variant`` without its MSI-X capability (the endpoint adds that last):
+    identity of ``[pci]``, the virtio capabilities, the PCI configuration access window onto ``bars``, the
+    vendor data capability. Needs no runner: the native export (:mod:`sim.rtl.vfu_export`) renders it too."""
+    pci = variant.description.raw["pci"]
     config = ConfigSpace(vendor_id=pci["vendor_id"], device_id=pci["device_id"], revision=pci.get("revision", 0),
                          class_code=pci["class_code"], subsystem_vendor_id=pci.get("subsystem_vendor_id", 0),
                          subsystem_id=pci.get("subsystem_id", 0), bars=list(bars.values()),
-                         interrupt_status=runner.intx)
+                         interrupt_status=interrupt_status)
     for cap in variant.caps:
         if cap.cfg_type == "notify":
             virtio_cap(config, CAP_TYPES[cap.cfg_type], cap.bar, cap.offset, cap.length,
@@ -128,4 +145,20 @@ def build_endpoint(variant: Variant, runner: Runner, iommu: Iommu) -> RtlEndpoin
         struct.pack_into("<BBH", body, 0, total, CapType.VENDOR_CFG, vendor["vendor_id"])
         body[VENDOR_DATA_CAP_HDR_LEN - 2:VENDOR_DATA_CAP_HDR_LEN - 2 + len(text)] = text
         config.add_capability(Capability(PCI_CAP_ID_VNDR, body))
+    return config
+
+
+def build_endpoint(variant: Variant, runner: Runner, iommu: Iommu) -> RtlEndpoint:
+    d = variant.description
+    bars = {i: Bar(i, size, is64=is64) for i, (size, is64) in sorted(d.bars.items())}
+    shim = _mount_slaves(variant, runner, bars)
+    table, pba = d.raw["msix"]["table"], d.raw["msix"]["pba"]
+    msix: Msix
+    if shim is not None:
+        msix = DesignMsix(variant.msix_vectors, table["bar"], table["offset"], pba["offset"], shim)
+    else:
+        msix = Msix(variant.msix_vectors, bar=table["bar"], table_offset=table["offset"], pba_offset=pba["offset"])
+        bars[table["bar"]].mount(table["offset"], msix.table_block)
+        bars[pba["bar"]].mount(pba["offset"], msix.pba_block)
+    config = config_space(variant, bars, runner.intx)
     return RtlEndpoint(config, list(bars.values()), msix, runner, iommu)
