@@ -8,6 +8,8 @@ Subcommands:
   also the console script ``vdpa-backend``).
 * ``device``: a simulated device served over vfio-user (:mod:`sim.vfio_user.daemon`); other
   processes open it as ``vfio-user:PATH``.
+* ``design``: a design description checked against its RTL (ports, widths, directions), optionally built
+  (:mod:`sim.rtl.check_design`).
 * ``campaign``: a matrix of targets, profiles and seeds on Dask, one merged report and a history
   (:mod:`testbenches.campaign.run`; needs the ``campaign`` extra).
 
@@ -177,6 +179,22 @@ def _add_campaign(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(func=cmd_campaign)
 
 
+def cmd_design(args: argparse.Namespace) -> int:
+    if (code := _needs_bench("design")) is not None:
+        return code
+    from sim.rtl.check_design import cmd_design as design
+
+    return design(args)
+
+
+def _add_design(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("design", help="check a design description against its RTL (no check runs)")
+    p.add_argument("spec", metavar="SPEC", help="path/to/design.toml[,option=value...] or a shipped name "
+                                                "(virtio-net, acme-vnet)")
+    p.add_argument("--build", action="store_true", help="also generate the bridge and build the library")
+    p.set_defaults(func=cmd_design)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdpa-bench", description="userspace vDPA backend and virtio-net test bench")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -184,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_serve(sub)
     _add_device(sub)
+    _add_design(sub)
     _add_campaign(sub)
     return parser
 

@@ -145,3 +145,15 @@ def test_a_wrong_reset_polarity_is_named_before_any_check(tmp_path: Path, verila
     with pytest.raises(ValueError, match=r"does not answer on its BAR 0 slave after reset.*'rst_n' really "
                                          r"active-high"):
         open_rtl(str(path))
+
+
+def test_the_design_command(tmp_path: Path, verilator: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vdpa-bench design``: the roles table and exit 0 for a matching description; the error and exit 2."""
+    from testbenches.cli import main
+
+    assert main(["design", "virtio-net"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "s_axil_*" in out and "ports match the description" in out
+    path = variant_of(tmp_path, 'prefix = "m_axi_"', 'prefix = "m_axis_"')
+    assert main(["design", str(path)]) == 2
+    assert "port 'm_axis_awaddr' is missing from virtio_net_top" in " ".join(capsys.readouterr().out.split())
