@@ -338,10 +338,12 @@ class Msix:
                 raise ValueError(f"MSI-X vectors {start}..{start + len(fds) - 1} exceed table size {self.table_size}")
             for i, fd in enumerate(fds):
                 self.fds[start + i] = fd
-                # VFIO programs and unmasks the entry for the user; a bound vector is live
-                e = (start + i) * MSIX_ENTRY_SIZE
-                self.table[e + 12] = 0 if fd is not None else MSIX_ENTRY_CTRL_MASKED
+                self._bound(start + i, fd is not None)
             self._deliver_pending()
+
+    def _bound(self, vector: int, live: bool) -> None:
+        """VFIO programs and unmasks the entry for the user: a bound vector is live, an unbound one masked."""
+        self.table[vector * MSIX_ENTRY_SIZE + 12] = 0 if live else MSIX_ENTRY_CTRL_MASKED
 
     def unbind_all(self) -> None:
         with self.lock:

@@ -64,13 +64,8 @@ class DesignMsix(Msix):
     def masked(self, vector: int) -> bool:
         return False  # the design masks before it writes: what arrives is to be delivered
 
-    def bind(self, start: int, fds: list[int | None]) -> None:
-        with self.lock:
-            if start + len(fds) > self.table_size:
-                raise ValueError(f"MSI-X vectors {start}..{start + len(fds) - 1} exceed table size {self.table_size}")
-            for i, fd in enumerate(fds):
-                self.fds[start + i] = fd
-                self.shim.program(start + i, masked=fd is None)
+    def _bound(self, vector: int, live: bool) -> None:
+        self.shim.program(vector, masked=not live)  # into the design's entry
 
     def _deliver_pending(self) -> None:
         return  # the design's PBA: it sends a pending message itself once unmasked

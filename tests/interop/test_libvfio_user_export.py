@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from sim.rtl.vfu_export import NativeExport
-from sim.vfio_user.libvfio_user_peer import LibvfioUserBuild, PeerUnavailable, build_libvfio_user
-from testbenches.peers.process import peer_missing
+from sim.vfio_user.libvfio_user_peer import LibvfioUserBuild
 from tests.expected_ids import difference, expected_path, read_expected
 from tests.rtl_build import require_rtl_build
 from tests.suite_runner import ids_with, run_suite
@@ -33,15 +32,6 @@ RTL = "rtl:virtio-net"
 WATCHED = {"SPLIT-DEV-15", "PACKED-DEV-05"}
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def libvfio_user() -> LibvfioUserBuild:
-    """libvfio-user built once (cached in ``build/peers``)."""
-    try:
-        return build_libvfio_user()
-    except PeerUnavailable as exc:  # skips with the install line, fails when CI=true
-        peer_missing(str(exc))
 
 
 def test_suite_through_libvfio_user_export_passes_the_rtl_ids(libvfio_user: LibvfioUserBuild,

@@ -28,8 +28,7 @@ from backend.pci.device import DmaPerm, IrqIndex, RegionFlags, RegionIndex
 from backend.pci.vfio_user import VfioUserError, VfioUserPciDevice
 from sim.child_process import ChildError, ChildProcess
 from sim.memory import GuestMemory
-from sim.vfio_user.libvfio_user_peer import LibvfioUserBuild, PeerUnavailable, build_libvfio_user
-from testbenches.peers.process import peer_missing
+from sim.vfio_user.libvfio_user_peer import LibvfioUserBuild
 from tests.conftest import GPA, MEM_SIZE
 
 SAMPLE = "gpio-pci-idio-16"
@@ -50,15 +49,6 @@ class Gpio:
     def logged(self, pattern: str, since: int = 0) -> re.Match[str]:
         """The server's log line matching ``pattern`` (after output offset ``since``), awaited under a bound."""
         return self.server.wait_for(pattern, LOG_TIMEOUT, since=since)
-
-
-@pytest.fixture(scope="module")
-def libvfio_user() -> LibvfioUserBuild:
-    """libvfio-user built once (cached in ``build/peers`` across runs, one builder at a time across workers)."""
-    try:
-        return build_libvfio_user()
-    except PeerUnavailable as exc:  # skips with the install line, fails when CI=true
-        peer_missing(str(exc))
 
 
 def connect_when_listening(server: ChildProcess, path: str, timeout: float = READY_TIMEOUT) -> VfioUserPciDevice:
