@@ -28,7 +28,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 30.0) -> tuple[subproce
     ("vfio-user:{tmp}/missing.sock", "cannot connect"),
     ("vfio-user:{tmp}/dev.sock,slowdown=0.5", "slowdown='0.5' (a number from 1 to 1000)"),
     ("vfio-user:{tmp}/dev.sock,slowdown=fast", "slowdown='fast'"),
-    ("vfio-user:{tmp}/dev.sock,speed=2", "unknown option 'speed' (known: wire, slowdown)"),
+    ("vfio-user:{tmp}/dev.sock,speed=2", "unknown option 'speed' (known: wire, slowdown, bench)"),
 ])
 def test_run_rejects_a_target_it_cannot_use(target: str, message: str, tmp_path: Path) -> None:
     target = target.format(tmp=tmp_path)
