@@ -102,7 +102,7 @@ def wait_used(r: Rig, q: int, count: int, timeout: float) -> tuple[list[UsedBuff
     interrupts signalled on the queue meanwhile, and what went wrong ('' if nothing). After one missed deadline the
     rig's patience is short, so a broken device fails every hypothesis example (and shrink step) quickly."""
     ring = r.packed[q]
-    timeout = min(r.stretched(timeout), r.patience)
+    nominal, timeout = timeout, r.bounded(timeout)
     fd = r.irq_fd(q)
     got: list[UsedBuffer] = []
     irqs = 0
@@ -117,7 +117,7 @@ def wait_used(r: Rig, q: int, count: int, timeout: float) -> tuple[list[UsedBuff
         left = deadline - time.monotonic()
         if left <= 0:
             r.missed_deadline()
-            return got, irqs, f"queue {q}: {len(got)} of {count} buffers used after {timeout}s"
+            return got, irqs, f"queue {q}: {len(got)} of {count} buffers used within {r.explain_bounded(nominal)}"
         ready, _, _ = select.select([fd], [], [], min(left, 0.005))
         if ready:
             irqs += drain(fd)

@@ -154,6 +154,8 @@ class ConformanceRun:
     results: Results | None = None
     #: The device's quirk entry and the deviations it records (see :mod:`.deviations`).
     known: KnownDeviations = field(default_factory=KnownDeviations)
+    #: How the session's deadlines were scaled (``Deadlines.describe``; "" until the checks' fixture calibrated them).
+    time_scale: str = ""
 
     def add(self, req_id: str, record: CheckRecord, *, raised: bool = False) -> None:
         """Record an outcome; a failure the device's quirk entry explains becomes a deviation. ``raised``: the
@@ -636,6 +638,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     render_terminal(run.results, console)
     terminalreporter.section("vdpa-bench conformance")
     terminalreporter.write(buffer.getvalue())
+    if run.time_scale:
+        terminalreporter.write_line(f"deadlines: {run.time_scale}")
     if run.report_dir is not None:
         terminalreporter.write_line(f"reports written to {run.report_dir}")
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 #: Guest receive offloads GUEST_OFFLOADS_SET may toggle (5.1.6.5.9.1): the GUEST_* feature bits.
 GUEST_OFFLOADS = (NetF.GUEST_CSUM, NetF.GUEST_TSO4, NetF.GUEST_TSO6, NetF.GUEST_ECN, NetF.GUEST_UFO,
                   NetF.GUEST_USO4, NetF.GUEST_USO6)
-#: How long a command may stay unused before the driver gives up.
+#: How long a command may stay unused before the driver gives up (the default of :attr:`NetControl.ack_timeout`).
 ACK_TIMEOUT = 5.0
 
 
@@ -69,6 +69,9 @@ class NetControl:
 
     def __init__(self, drv: GuestNetDriver) -> None:
         self.drv = drv
+        #: The bound on waiting for a command's used buffer, and for frames sent from here (a bench on a slow
+        #: target stretches it).
+        self.ack_timeout = ACK_TIMEOUT
         t = drv.transport
         self.max_virtqueue_pairs = 1
         if has(drv.features, NetF.MQ) or has(drv.features, NetF.RSS):
@@ -101,11 +104,13 @@ class NetControl:
 
     # --- the commands ---------------------------------------------------------------------------------------
 
-    def command(self, what: str, cls: int, command: int, data: bytes = b"", timeout: float = ACK_TIMEOUT,
+    def command(self, what: str, cls: int, command: int, data: bytes = b"", timeout: float | None = None,
                 result_len: int = 0) -> int:
         """Post ``class, command, data`` (device-readable) and the ack byte with room for ``result_len`` bytes of
         command-specific-result (device-writable); wait for the used buffer and return the ack (the result in
-        :attr:`result`). :class:`TimeoutError` if the device does not use it within ``timeout``."""
+        :attr:`result`). :class:`TimeoutError` if the device does not use it within ``timeout`` (default
+        :attr:`ack_timeout`)."""
+        timeout = self.ack_timeout if timeout is None else timeout
         ring = self.drv.ring(self.queue)
         ring.add([bytes([cls, command]) + data], [1 + result_len])
         self.drv.notify(self.queue)
@@ -253,15 +258,16 @@ class NetControl:
         mac = str2mac(self.mac())
         garp = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, hwdst="00:00:00:00:00:00",
                                                              pdst=ip)
-        self.drv.send([garp])
-        self.drv.wait_tx_done()
+        self.drv.send([garp], timeout=self.ack_timeout)
+        self.drv.wait_tx_done(self.ack_timeout)
         return self.announce_ack()
 
     # --- transmitting on the other pairs -------------------------------------------------------------------
 
-    def send_on(self, pair: int, frames: Iterable[Packet | bytes], timeout: float = ACK_TIMEOUT) -> int:
+    def send_on(self, pair: int, frames: Iterable[Packet | bytes], timeout: float | None = None) -> int:
         """Frames on transmitq ``pair + 1``: only a pair the device uses now (NETCTRL-DRV-14/15); each behind a
-        plain header, waiting until the device used them all."""
+        plain header, waiting until the device used them all (at most ``timeout``, default :attr:`ack_timeout`)."""
+        timeout = self.ack_timeout if timeout is None else timeout
         if not 0 <= pair < self.virtqueue_pairs:
             raise ValueError(f"transmitq{pair + 1} while {self.virtqueue_pairs} pair(s) are in use")
         q = 2 * pair + 1

@@ -167,8 +167,8 @@ def test_transmit_chains_without_readable_buffers(bench: Bench, verdict: Verdict
         tx = [rig.add_chain(rig.TX, [hdr + f], []) for f in good]
         with rig.dma_watch() as watch:
             rig.publish(rig.TX)
-            received = [f.frame for f in d.receive_raw(len(good), 1.0)]
-            extra = [f.frame for f in d.receive_raw(1, 0.05)]
+            received = [f.frame for f in d.receive_raw(len(good), rig.stretched(1.0))]
+            extra = [f.frame for f in d.receive_raw(1, rig.silence(0.05))]
         arrived = received + extra
         leaked = [k for k, f in enumerate(stray) if f in arrived]
         verdict.check("SPLIT-DEV-04", not leaked and received == good,

@@ -203,8 +203,8 @@ def test_guest_driver_gives_physical_addresses(bench: Bench, verdict: Verdict, m
             verdict.not_offered("FEAT-DRV-12", f"{name}: the target offers {drv.offered:#x}")
             return
         frames = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate((60, 342, 1000))]
-        drv.send(frames)
-        drv.wait_tx_done(timeout=5.0)
+        drv.send(frames, timeout=bench.deadlines.wait(5.0))
+        drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
         rings.inspect()
         negotiated = drv.features
     finally:
@@ -256,6 +256,7 @@ def test_guest_driver_ring_stores(bench: Bench, verdict: Verdict, watched: Store
     still exposed) before reusing their entries, and describes each buffer with few descriptors."""
     name = "guest driver (split rings)"
     looped = bench.wire().looped
+    dl = bench.deadlines
     trace = TracingPciDevice(bench.open())
     common = Layout.discover(trace).common
     watched.status_register(common.bar, common.offset + CommonCfg.DEVICE_STATUS)
@@ -271,14 +272,14 @@ def test_guest_driver_ring_stores(bench: Bench, verdict: Verdict, watched: Store
         for place in places:
             watched.watch(place)
         frames = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate((60, 342, 1000, 1514))]
-        got = drv.exchange(frames, timeout=2.0 if looped else 0.1)
-        drv.wait_tx_done(timeout=5.0)
+        got = drv.exchange(frames, timeout=dl.wait(2.0) if looped else dl.silence(0.1))
+        drv.wait_tx_done(timeout=dl.wait(5.0))
         mon.inspect()
         first_life = watched.stores[start:]
         drv.reset()
         drv.init()
-        drv.send(frames[:2])
-        drv.wait_tx_done(timeout=5.0)
+        drv.send(frames[:2], timeout=dl.wait(5.0))
+        drv.wait_tx_done(timeout=dl.wait(5.0))
     finally:
         drv.close()
     for place in places:
@@ -400,8 +401,9 @@ def test_guest_driver_in_order_chains(bench: Bench, verdict: Verdict, mem: Guest
         frames = [test_frame(seq, 60 + 8 * seq, src=drv.mac()) for seq in range(QSIZE + 8)]
         got = 0
         for start in range(0, len(frames), 8):
-            got += len(drv.exchange(frames[start:start + 8], timeout=2.0 if looped else 0.05))
-            drv.wait_tx_done(timeout=5.0)
+            got += len(drv.exchange(frames[start:start + 8],
+                                    timeout=bench.deadlines.wait(2.0) if looped else bench.deadlines.silence(0.05)))
+            drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
         mon.inspect()
         anomalies = drv.queues[drv.TX].anomalies + drv.queues[drv.RX].anomalies
     finally:
@@ -439,7 +441,7 @@ class NeedsResetShown(HeldDoorbells):
         super().region_write(index, offset, data)
 
 
-#: How long the driver is given to wait for its transmit buffers after the device asked for a reset.
+#: How long the driver is given to wait for its transmit buffers after the device asked for a reset (nominal).
 NEEDS_RESET_WAIT = 3.0
 
 
@@ -457,13 +459,13 @@ def test_guest_driver_resets_on_needs_reset(bench: Bench, verdict: Verdict, mem:
             verdict.not_applicable("STATUS-DRV-04", f"{name}: the configuration change and transmit interrupts share "
                                                     "one vector here")
             return
-        drv.send([test_frame(seq, 60, src=drv.mac()) for seq in range(4)])
+        drv.send([test_frame(seq, 60, src=drv.mac()) for seq in range(4)], timeout=bench.deadlines.wait(5.0))
         outstanding = drv.ring(drv.TX).in_flight
         mark = len(trace.accesses)
         trace.armed = True
         os.eventfd_write(drv.irq_fds["config"], 1)
         start = time.monotonic()
-        done = drv.wait_tx_done(timeout=NEEDS_RESET_WAIT)
+        done = drv.wait_tx_done(timeout=bench.deadlines.wait(NEEDS_RESET_WAIT))
         took = time.monotonic() - start
         after = [e for e in _events(trace) if e.seq >= mark and e.kind == "status_w"]
         reset = next((i for i, e in enumerate(after) if e.value == 0), None)
@@ -471,9 +473,10 @@ def test_guest_driver_resets_on_needs_reset(bench: Bench, verdict: Verdict, mem:
     finally:
         drv.close()
     verdict.check("STATUS-DRV-04", outstanding > 0 and reset is not None and up_again and not done
-                  and took < NEEDS_RESET_WAIT,
+                  and took < bench.deadlines.wait(NEEDS_RESET_WAIT),
                   f"{name}: {outstanding} transmit buffers in flight when DEVICE_NEEDS_RESET was shown; the wait "
-                  f"returned {done} after {took:.2f}s of {NEEDS_RESET_WAIT}s; device_status writes since: "
+                  f"returned {done} after {took:.2f}s of {bench.deadlines.explain(NEEDS_RESET_WAIT)}; device_status "
+                  "writes since: "
                   f"{[hex(e.value) for e in after]}")
 
 

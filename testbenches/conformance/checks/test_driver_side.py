@@ -145,6 +145,7 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
     else:
         for rid in PACKED_ORDER:
             verdict.not_applicable(rid, "a packed ring rule; this run drives split rings")
+    dl = bench.deadlines
     # Per bring-up: the descriptor rings and the stores made while they lived.
     lives: list[tuple[list[tuple[int, int]], int, int]] = []
     trace = TracingPciDevice(bench.open())
@@ -156,21 +157,21 @@ def test_guest_driver_bring_up_traffic_and_reset(bench: Bench, verdict: Verdict,
         drv.init()
         offered, negotiated, intx = drv.offered, drv.features, drv.intx
         assert has(negotiated, F.RING_PACKED) == (ring_layout == "packed"), f"negotiated {negotiated:#x}"
-        drv.send([FRAME] * 8)
-        drv.wait_tx_done(timeout=5.0)
+        drv.send([FRAME] * 8, timeout=dl.wait(5.0))
+        drv.wait_tx_done(timeout=dl.wait(5.0))
         if has(drv.features, F.INDIRECT_DESC):  # an indirect chain too: header and frame in a table
             drv.ring(drv.TX).add([NetHdr().pack(), FRAME], [], indirect=True)
             drv.notify(drv.TX)
-            drv.wait_tx_done(timeout=5.0)
+            drv.wait_tx_done(timeout=dl.wait(5.0))
         # The transmit completions raised a queue interrupt (nothing suppresses them): the driver handles it.
-        drv.wait_irq("tx", 1.0)
+        drv.wait_irq("tx", dl.wait(1.0))
         handled = drv.handled
         lives.append(([(r.desc_addr, r.size) for r in drv.packed.values()], start, len(mem.stores)))
         drv.reset()  # a second bring-up exercises reset polling and re-initialisation
         start = len(mem.stores)
         drv.init()
-        drv.send([FRAME] * 2)
-        drv.wait_tx_done(timeout=5.0)
+        drv.send([FRAME] * 2, timeout=dl.wait(5.0))
+        drv.wait_tx_done(timeout=dl.wait(5.0))
         lives.append(([(r.desc_addr, r.size) for r in drv.packed.values()], start, len(mem.stores)))
     finally:
         drv.close()
@@ -224,13 +225,13 @@ def test_vdpa_driver_bring_up_and_traffic(bench: Bench, verdict: Verdict, mem: G
         for q in (0, 1):  # kicks travel by ioeventfd, past the trace: let the ring monitor look now
             front.rings[q].publish()
         rings.inspect()
-        front.exchange([FRAME] * 4)
+        front.exchange([FRAME] * 4, timeout=bench.deadlines.wait(5.0))
         rings.inspect()
         if has(negotiated, F.INDIRECT_DESC):  # a transmit chain in an indirect table too
             front.rings[1].add([NetHdr().pack(), FRAME], [], indirect=True)
             front.kick(1)
             rings.inspect()
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + bench.deadlines.wait(5.0)
             while front.rings[1].in_flight and time.monotonic() < deadline:
                 wait_eventfd(front.calls[1], deadline - time.monotonic())
                 front.rings[1].used()
@@ -327,11 +328,12 @@ def test_guest_driver_falls_back_and_ignores_unknown_bits(bench: Bench, verdict:
     drv = GuestNetDriver(proxy, mem, queue_size=64)
     try:
         drv.init()
-        sent = drv.send([FRAME] * 4)
-        done = drv.wait_tx_done(timeout=5.0)
+        sent = drv.send([FRAME] * 4, timeout=bench.deadlines.wait(5.0))
+        done = drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
         acked = drv.features
         verdict.check("FEAT-DRV-05", sent == 4 and done and not has(acked, F.EVENT_IDX),
-                      f"without EVENT_IDX/INDIRECT_DESC/MAC: sent {sent}, completed {done}, acked {acked:#x}")
+                      f"without EVENT_IDX/INDIRECT_DESC/MAC: sent {sent}, completed {done} (within "
+                      f"{bench.deadlines.explain(5.0)}), acked {acked:#x}")
         verdict.check("FEAT-DRV-07", bool(drv.status() & DeviceStatus.DRIVER_OK),
                       f"unknown offered bits {unknown:#x} stopped initialisation")
         verdict.check("FEAT-DRV-04", acked & unknown == 0 and acked & ~DEFINED_NET_PCI == 0,
@@ -423,8 +425,8 @@ def test_guest_driver_notification_formats(bench: Bench, verdict: Verdict, mem: 
         verdict_features = drv.features & notif
         assert verdict_features == wanted, f"driver did not negotiate {describe(wanted)} ({drv.features:#x})"
         for _ in range(3):
-            drv.send([FRAME] * 5)
-            drv.wait_tx_done(timeout=5.0)
+            drv.send([FRAME] * 5, timeout=bench.deadlines.wait(5.0))
+            drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
     finally:
         drv.close()
     _judge(verdict, VirtioPciDriverMonitor(trace), f"guest driver ({variant})", ids)

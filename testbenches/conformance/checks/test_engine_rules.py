@@ -245,7 +245,7 @@ def test_chain_one_step_past_a_limit(bench: Bench, verdict: Verdict, case: Breac
             r.tx.add([r.tx_header(), make_frame(77)], [])
         r.tx.publish()
         # and the notification that follows DEVICE_NEEDS_RESET
-        kick = hostile_kick(lambda: r.doorbell(TX), cfg_fd, r.event_wait)
+        kick = hostile_kick(lambda: r.doorbell(TX), cfg_fd, r.event_wait, r.explain())
         status = d.transport.status()
         errors = r.driver_errors()
         said = "" if errors is None else f"; the device recorded {errors[since:][:1] or 'nothing'}"

@@ -235,7 +235,7 @@ def _recovers(r: Rig, verdict: Verdict, what: str) -> None:
     faults = r.faults()
     verdict.check("STATUS-DEV-02", ok and not faults,
                   f"after {what} and a reset: status {status_text(status)} at DRIVER_OK, {detail} "
-                  f"(waited {r.event_wait:g}s), {fmt_faults(faults)}")
+                  f"(waited {r.explain()}), {fmt_faults(faults)}")
 
 
 def _ring_planted(r: Rig, ring: Callable[[], object], cfg_fd: int,
@@ -244,7 +244,7 @@ def _ring_planted(r: Rig, ring: Callable[[], object], cfg_fd: int,
     used rings) and the record of the device's DMA."""
     before = snapshot(r.mem)
     with r.dma_watch() as rec:
-        kick = hostile_kick(ring, cfg_fd, r.event_wait)
+        kick = hostile_kick(ring, cfg_fd, r.event_wait, r.explain())
     return kick, changed_outside(r.mem, before, snapshot(r.mem), allowed), rec
 
 

@@ -32,7 +32,6 @@ from backend.virtio.pci_regs import (
 )
 from testbenches.conformance.harness import (
     MAX_BOUND_VECTORS,
-    QUIET_WAIT,
     RX,
     TX,
     Bench,
@@ -124,12 +123,12 @@ def test_intx_used_buffer_isr(bench: Bench, verdict: Verdict, ring_layout: Layou
         isr_again = t.read_isr()
         verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE),
                       f"MSI-X disabled, one frame sent: INTx "
-                      f"{'asserted' if fired else f'not seen in {r.event_wait:g}s'}, "
+                      f"{'asserted' if fired else f'not seen within {r.explain()}'}, "
                       f"ISR read afterwards {isr:#x} (queue bit 0 expected set); used TX {used_tx}, RX {used_rx}")
         if r.looped(verdict, "PCI-DEV-39"):
             verdict.check("PCI-DEV-39", used_tx == 1 and used_rx == 1,
                           f"MSI-X disabled, one frame sent on a loopback wire: used TX {used_tx}, RX {used_rx} "
-                          f"(1 each expected within {r.event_wait:g}s)")
+                          f"(1 each expected within {r.explain()})")
         verdict.check("PCI-DEV-40", status_before == bool(isr),
                       f"PCI Status.Interrupt={int(status_before)} sampled right before ISR read {isr:#x}")
         verdict.check("PCI-DEV-40", status_after == bool(isr_again),
@@ -160,7 +159,7 @@ def test_config_change_sets_isr_bit1(bench: Bench, verdict: Verdict, irq_mode: s
         how = "INTx" if d.intx else f"config vector {d.vectors['config']}"
         verdict.check("PCI-DEV-38", fired and bool(isr & ISR_CONFIG),
                       f"link set {'up' if up else 'down'}: {how} "
-                      f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, "
+                      f"{'fired' if fired else f'silent for {r.explain()}'}, "
                       f"ISR then reads {isr:#x} (config bit 1 expected set)")
         if d.intx:
             verdict.check("PCI-DEV-40", status_before == bool(isr) and status_after == bool(isr_again),
@@ -192,7 +191,7 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict, ring_layout: L
         r.send([make_frame(i) for i in range(n)])
         used_tx = len(r.wait_used(TX, n))
         used_rx = len(r.wait_used(RX, min(n, r.ring(RX).size))) if r.wire.looped else 0
-        late = signalled(vecs, QUIET_WAIT)
+        late = signalled(vecs, r.silence())
         fired = sorted(set(r.fired + late))
         if used_tx == 0:
             verdict.not_applicable("PCI-DEV-62", "the device completed no transmit buffer, nothing to observe")
@@ -219,19 +218,19 @@ def test_no_vector_raises_nothing(bench: Bench, verdict: Verdict, ring_layout: L
         if r.looped(verdict, "PCI-DEV-62"):
             verdict.check("PCI-DEV-62", used_tx == n and used_rx == n,
                           f"{n} frames sent on a loopback wire with every vector NO_VECTOR: used TX {used_tx}, "
-                          f"RX {used_rx} ({n} each expected within {r.event_wait:g}s)")
+                          f"RX {used_rx} ({n} each expected within {r.explain()})")
         port = need(r.port, verdict, "PCI-DEV-63")
         if port is None:
             return
         gen = t.config_generation()
         up = toggle_link(port)
-        fired = signalled(vecs, QUIET_WAIT)
+        fired = signalled(vecs, r.silence())
         (status,) = t.read_config_fields([(NetCfg.STATUS, 2)])
         changed = t.config_generation() != gen or bool(status & VIRTIO_NET_S_LINK_UP) == up
         held = pending_vectors(r, bound)  # every vector still masked where the target lets them be
         for v in range(bound):
             mask_vector(r, v, False)
-        late = signalled(vecs, QUIET_WAIT)
+        late = signalled(vecs, r.silence())
         verdict.check("PCI-DEV-63", not fired and changed and not held and not late,
                       f"config_msix_vector {t.config_msix_vector():#x}; link set {'up' if up else 'down'} "
                       f"(status now {status:#x}, generation {gen} -> {t.config_generation()}); "
@@ -259,12 +258,12 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict, ring_layout: 
                 drain(fd)
             r.send([make_frame(v)])
             fired = wait_fd(fds[f"v{v}"], r.event_wait)
-            others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
+            others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, r.silence())
             used = len(r.wait_used(TX, 1))
             left = pending_vectors(r, n)
             verdict.check("PCI-DEV-56", fired and not others and not left,
                           f"transmitq1 mapped to vector {v} of {table}: that vector "
-                          f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, others fired: {others or 'none'} "
+                          f"{'fired' if fired else f'silent for {r.explain()}'}, others fired: {others or 'none'} "
                           f"({used} TX buffer used), pending bits left set: {left or 'none'}")
             # The same event with the vector masked: held as its pending bit, sent once unmasked.
             if r.abilities.msix_masking is not None:
@@ -276,25 +275,25 @@ def test_vector_mapping_end_to_end(bench: Bench, verdict: Verdict, ring_layout: 
                 r.send([make_frame(v + 0x100)])
                 used = len(r.wait_used(TX, 1))
                 held = wait_pending(r, n, v)
-                quiet = signalled(fds, QUIET_WAIT)
+                quiet = signalled(fds, r.silence())
                 mask_vector(r, v, False)
                 fired = wait_fd(fds[f"v{v}"], r.event_wait)
-                others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, QUIET_WAIT)
+                others = signalled({k: f for k, f in fds.items() if k != f"v{v}"}, r.silence())
                 after = pending_vectors(r, n)
                 verdict.check("PCI-DEV-56", held == [v] and not quiet and fired and not others and not after,
                               f"transmitq1 on masked vector {v}: {used} TX buffer used, pending bits {held or 'none'} "
                               f"(expected [{v}]), eventfds fired while masked: {quiet or 'none'}; unmasked: vector "
-                              f"{v} {'fired' if fired else f'silent for {r.event_wait:g}s'}, "
+                              f"{v} {'fired' if fired else f'silent for {r.explain()}'}, "
                               f"others {others or 'none'}, "
                               f"pending bits then {after or 'none'}")
             port = r.port
             if n > 1 and not isinstance(port, Lacking):
                 toggle_link(port)
                 fired = wait_fd(fds[f"v{cfg_v}"], r.event_wait)
-                others = signalled({k: f for k, f in fds.items() if k != f"v{cfg_v}"}, QUIET_WAIT)
+                others = signalled({k: f for k, f in fds.items() if k != f"v{cfg_v}"}, r.silence())
                 verdict.check("PCI-DEV-56", fired and not others,
                               f"config changes mapped to vector {cfg_v}: that vector "
-                              f"{'fired' if fired else f'silent for {r.event_wait:g}s'}, "
+                              f"{'fired' if fired else f'silent for {r.explain()}'}, "
                               f"others fired: {others or 'none'}")
 
 

@@ -48,5 +48,5 @@ def test_intx_after_msix_was_disabled(bench: Bench, verdict: Verdict) -> None:
         isr = t.read_isr()
         verdict.check("PCI-DEV-39", fired and bool(isr & ISR_QUEUE) and used == 1,
                       f"MSI-X enabled with {table} vectors bound, then disabled; brought up on INTx, one frame sent: "
-                      f"INTx {'asserted' if fired else f'not seen in {r.event_wait:g}s'}, ISR read afterwards {isr:#x} "
+                      f"INTx {'asserted' if fired else f'not seen within {r.explain()}'}, ISR read afterwards {isr:#x} "
                       f"(queue bit 0 expected set), {used}/1 transmit buffer used")

@@ -167,7 +167,7 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
         r.doorbell(TX)
         # nominal seconds: the rig's own helpers stretch their timeouts (Rig.stretched)
         used, seen = r.wait_used_idx(TX, len(heads), EVENT_WAIT)
-        early = wait_fd(fd, r.quiet) if not seen else True
+        early = wait_fd(fd, r.silence(r.quiet)) if not seen else True
         pending = _pba_settled(r.pci, info, [vector], r.event_wait)
         entry = read_int(r.pci, info.table_bar, info.table_offset + vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_VECTOR_CTRL,
                          4)
@@ -179,8 +179,8 @@ def test_msix_function_mask_holds_messages(bench: Bench, verdict: Verdict) -> No
         fired = wait_fd(fd, r.event_wait)
         after = _pba_settled(r.pci, info, [], r.event_wait)
         verdict.check("PCI-DEV-01", fired and not after,
-                      f"Function Mask cleared: vector {vector} {'signalled' if fired else 'silent'}, pending bits "
-                      f"{after} (expected none)")
+                      f"Function Mask cleared: vector {vector} "
+                      f"{'signalled' if fired else f'silent for {r.explain()}'}, pending bits {after} (expected none)")
         d.queues[TX].used()
 
 
@@ -215,7 +215,7 @@ def test_msix_function_mask_holds_every_vectors_message(bench: Bench, verdict: V
         while not d.transport.status() & NEEDS_RESET and time.monotonic() < deadline:
             time.sleep(0.005)  # polling a register the device sets from its own thread, bounded
         needs_reset = bool(d.transport.status() & NEEDS_RESET)
-        early = bool(seen) or wait_fd(tx_fd, 0) or wait_fd(config_fd, r.quiet)
+        early = bool(seen) or wait_fd(tx_fd, 0) or wait_fd(config_fd, r.silence(r.quiet))
         held = _pba_settled(r.pci, info, sorted((config_vector, tx_vector)), r.event_wait)
         config_write(r.pci, info.cap_offset + 2, 2, control & ~MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE)
         fired = {"config": wait_fd(config_fd, r.event_wait), "transmitq1": wait_fd(tx_fd, r.event_wait)}
@@ -248,7 +248,7 @@ def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Ve
         ring.publish()
         r.doorbell(TX)
         used, seen = r.wait_used_idx(TX, 1, EVENT_WAIT)
-        early = bool(seen) or wait_fd(fd, r.quiet)
+        early = bool(seen) or wait_fd(fd, r.silence(r.quiet))
         held = _pba_settled(r.pci, info, [vector], r.event_wait)
         r.pci.set_irqs(IrqIndex.MSIX, vector, [fd])
         fired = wait_fd(fd, r.event_wait)
@@ -258,5 +258,5 @@ def test_msix_vector_without_eventfd_holds_its_message(bench: Bench, verdict: Ve
                       and fired and not after,
                       f"vector {vector} without an eventfd: Mask bit {ctrl & MSIX_ENTRY_CTRL_MASKED}, transmit "
                       f"completion {'used' if used else 'not used'}, a message sent {early}, pending bits {held} "
-                      f"(expected [{vector}]); eventfd bound again: {'signalled' if fired else 'silent'}, pending "
-                      f"bits {after}")
+                      f"(expected [{vector}]); eventfd bound again: "
+                      f"{'signalled' if fired else f'silent for {r.explain()}'}, pending bits {after}")

@@ -45,10 +45,11 @@ from backend.virtio.pci_regs import NetCfg
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.test_net_driver_rules import ShownOffer
 from testbenches.conformance.checks.test_net_rss import variant_spec
+from testbenches.conformance.deadlines import Deadlines
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout, layout_features
-from testbenches.driver.net_ctrl import NetControl
+from testbenches.driver.net_ctrl import ACK_TIMEOUT, NetControl
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.frames import test_frame
 from testbenches.monitor import PackedRingMonitor, SplitRingMonitor
@@ -80,7 +81,7 @@ KEY = bytes(range(0x41, 0x41 + 40))
 UNDEFINED_TUNNEL_TYPES = 0xC0000200 & ~VIRTIO_NET_HASH_TUNNEL_TYPES_DEFINED
 NEW_MAC = bytes.fromhex("020000000077")
 GARP_IP = "10.0.0.1"
-#: Config interrupt wait after the link comes back (the target raises it at once; a slow one within this).
+#: Config interrupt wait after the link comes back (the target raises it at once; a slow one within this; nominal).
 LINK_WAIT = 2.0
 
 
@@ -116,12 +117,14 @@ def _frames(src: bytes, n: int) -> list[bytes]:
     return [test_frame(seq, 60 + 40 * seq, src=src) for seq in range(n)]
 
 
-def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortControl]) -> list[str]:
-    """The first variant's sequence, each step where its feature was negotiated; what happened, for the evidence."""
+def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortControl],
+                       deadlines: Deadlines) -> list[str]:
+    """The first variant's sequence, each step where its feature was negotiated; what happened, for the evidence.
+    Frames and commands wait ``ctl.ack_timeout`` (the session's bound)."""
     did: list[str] = []
     f = drv.features
-    drv.send(_frames(drv.mac(), 2))
-    drv.wait_tx_done()
+    drv.send(_frames(drv.mac(), 2), timeout=ctl.ack_timeout)
+    drv.wait_tx_done(ctl.ack_timeout)
     if has(f, NetF.CTRL_RX):
         for cmd, on in ((VIRTIO_NET_CTRL_RX_PROMISC, True), (VIRTIO_NET_CTRL_RX_PROMISC, False),
                         (VIRTIO_NET_CTRL_RX_ALLMULTI, True)):
@@ -134,15 +137,15 @@ def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortC
             ctl.rx_mode(cmd, on)
     if has(f, NetF.CTRL_RX) and has(f, NetF.CTRL_MAC_ADDR):
         did.append(f"MAC_ADDR_SET ack {ctl.mac_addr_set(NEW_MAC)}")
-        drv.send(_frames(ctl.mac(), 2))
-        drv.wait_tx_done()
+        drv.send(_frames(ctl.mac(), 2), timeout=ctl.ack_timeout)
+        drv.wait_tx_done(ctl.ack_timeout)
     if has(f, NetF.CTRL_GUEST_OFFLOADS):
         did.append(f"GUEST_OFFLOADS_SET ack {ctl.guest_offloads_set(0)}")
     if has(f, NetF.MQ):
         did.append(f"VQ_PAIRS_SET 2 ack {ctl.vq_pairs_set(min(2, ctl.max_virtqueue_pairs))}")
         ctl.send_on(ctl.virtqueue_pairs - 1, _frames(ctl.mac(), 2))
-        drv.send(_frames(ctl.mac(), 1))
-        drv.wait_tx_done()
+        drv.send(_frames(ctl.mac(), 1), timeout=ctl.ack_timeout)
+        drv.wait_tx_done(ctl.ack_timeout)
     if has(f, NetF.RSS):
         (supported,) = drv.transport.read_config_fields([(NetCfg.SUPPORTED_HASH_TYPES, 4)])
         types = supported & (VIRTIO_NET_RSS_HASH_TYPE_IPv4 | VIRTIO_NET_RSS_HASH_TYPE_TCPv4
@@ -164,8 +167,9 @@ def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortC
     if has(f, NetF.GUEST_ANNOUNCE) and not isinstance(port, Lacking):
         port.set_link(False)
         port.set_link(True)
-        interrupted = drv.config_changed(LINK_WAIT)
-        did.append(f"link pulled and plugged (config interrupt: {interrupted}), "
+        interrupted = drv.config_changed(deadlines.wait(LINK_WAIT))
+        did.append(f"link pulled and plugged (config interrupt: "
+                   f"{interrupted or f'none within {deadlines.explain(LINK_WAIT)}'}), "
                    f"announcement acked: {ctl.announce_if_asked(GARP_IP)}")
     return did
 
@@ -173,8 +177,8 @@ def _rx_filter_and_rss(drv: GuestNetDriver, ctl: NetControl, port: Ability[PortC
 def _vlan_and_hash(drv: GuestNetDriver, ctl: NetControl) -> list[str]:
     did: list[str] = []
     f = drv.features
-    drv.send(_frames(drv.mac(), 2))
-    drv.wait_tx_done()
+    drv.send(_frames(drv.mac(), 2), timeout=ctl.ack_timeout)
+    drv.wait_tx_done(ctl.ack_timeout)
     if has(f, NetF.CTRL_VLAN):
         did.append(f"VLAN_ADD ack {ctl.vlan_add(100)}")
     if has(f, NetF.HASH_REPORT):
@@ -215,7 +219,9 @@ def test_guest_driver_control_commands(bench: Bench, verdict: Verdict, mem: Gues
                                          f"{ring_layout} rings")
             return
         ctl = drv.control
-        did = _rx_filter_and_rss(drv, ctl, port) if variant == "rx_filter_rss" else _vlan_and_hash(drv, ctl)
+        ctl.ack_timeout = bench.deadlines.wait(ACK_TIMEOUT)
+        did = _rx_filter_and_rss(drv, ctl, port, bench.deadlines) if variant == "rx_filter_rss" \
+            else _vlan_and_hash(drv, ctl)
         rings.inspect()
     finally:
         drv.close()

@@ -72,10 +72,11 @@ class Ack:
     ack: int | None  # the first device-writable byte (None: never returned)
     used_len: int
     ack_room: int  # device-writable bytes of the chain
+    waited: str = ""  # how long the ack was waited for, and why (Rig.explain)
 
     def describe(self) -> str:
         if not self.used:
-            return f"{self.what}: never returned in the used ring"
+            return f"{self.what}: never returned in the used ring" + (f" (waited {self.waited})" if self.waited else "")
         return f"{self.what}: ack byte {self.ack:#04x}, used len {self.used_len} ({self.ack_room} writable)" \
             if self.ack is not None else f"{self.what}: used len {self.used_len}"
 
@@ -203,11 +204,11 @@ class MqRig:
         while not used and time.monotonic() < deadline:
             used = ring.used()
             if not used:
-                self.wait_irqs(QUIET_WAIT)
+                self.wait_irqs(QUIET_WAIT)  # a polling slice of the bound above
         gpa, room = p.writable[0]
         ack = self.rig.mem.read(gpa, 1)[0] if used else None
         self.rig.release(p)
-        return Ack(what, bool(used), ack, used[0].len if used else -1, room)
+        return Ack(what, bool(used), ack, used[0].len if used else -1, room, self.rig.explain())
 
     def vq_pairs_set(self, n: int, layout: str = "one") -> Ack:
         return self.command(f"VQ_PAIRS_SET {n} ({layout})", VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
@@ -321,7 +322,7 @@ def _event_idx_notifications(verdict: Verdict, rig: Rig, feats: int) -> None:
         before = m.ctrl_irqs
         a = m.vq_pairs_set(1)
         if m.ctrl_irqs == before:
-            wait = m.rig.event_wait if not ahead else max(m.rig.quiet, QUIET_WAIT)
+            wait = m.rig.event_wait if not ahead else m.rig.silence(max(m.rig.quiet, QUIET_WAIT))
             ready, _, _ = select.select([m.ctrl_fd], [], [], wait)
             if ready:
                 m.ctrl_irqs += drain(m.ctrl_fd)
@@ -347,7 +348,8 @@ def _ctrl_notifications(verdict: Verdict, m: MqRig) -> None:
         before = m.ctrl_irqs
         a = m.vq_pairs_set(1)
         if m.ctrl_irqs == before:  # not already seen while the used entry was awaited
-            ready, _, _ = select.select([fd], [], [], m.rig.event_wait if not flags else max(m.rig.quiet, QUIET_WAIT))
+            ready, _, _ = select.select([fd], [], [],
+                                        m.rig.event_wait if not flags else m.rig.silence(max(m.rig.quiet, QUIET_WAIT)))
             if ready:
                 m.ctrl_irqs += drain(fd)
         fired = m.ctrl_irqs > before

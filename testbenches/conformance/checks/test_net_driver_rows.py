@@ -33,6 +33,7 @@ from testbenches.conformance.checks.test_split_driver_rules import HeldDoorbells
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import layout_features
+from testbenches.driver.net_ctrl import ACK_TIMEOUT
 from testbenches.driver.virtio_net import DEFAULT_FEATURES, GuestNetDriver
 from testbenches.monitor import TracingPciDevice
 from testbenches.monitor.driver_rows import (
@@ -46,7 +47,7 @@ from testbenches.monitor.virtio_pci_rules import Layout
 
 MEM = 4 << 20
 QSIZE = 64
-LINK_WAIT = 2.0
+LINK_WAIT = 2.0  # nominal: the session's deadlines scale it
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_guest_driver_speed_and_duplex(bench: Bench, verdict: Verdict, mem: Gues
             for up, (trace.speed, trace.duplex) in zip((False, True), REFRESHED, strict=True):
                 mark = len(trace.accesses)
                 port.set_link(up)
-                if not drv.config_changed(LINK_WAIT):
+                if not drv.config_changed(bench.deadlines.wait(LINK_WAIT)):
                     continue
                 offsets = {a.offset - trace.base for a in trace.accesses[mark:] if a.op == "r" and a.region ==
                            trace.bar}
@@ -127,7 +128,8 @@ def test_guest_driver_speed_and_duplex(bench: Bench, verdict: Verdict, mem: Gues
             port.set_link(True)
         drv.close()
     _judge(verdict, speed_duplex_findings(shown), ("NET-DRV-11",), name, f"{len(shown)} values shown")
-    why = port.why if isinstance(port, Lacking) else "no configuration change interrupt came"
+    why = port.why if isinstance(port, Lacking) else \
+        f"no configuration change interrupt came within {bench.deadlines.explain(LINK_WAIT)}"
     for rid in _judge(verdict, refresh_findings(interrupts), ("NET-DRV-12",), name,
                       f"{len(interrupts)} configuration change interrupts"):
         verdict.not_applicable(rid, f"{name}: {why}")
@@ -190,7 +192,7 @@ def test_guest_driver_processes_received_headers(bench: Bench, verdict: Verdict,
             mem.write(ring.used_addr + ring.layout.used_ring_entry(i), USED_ELEM.pack(head, len(written)))
         mem.write(ring.used_addr + 2, U16.pack(len(cases)))
         os.eventfd_write(drv.irq_fds["rx"], 1)
-        got = drv.receive_raw(len(cases), timeout=1.0)
+        got = drv.receive_raw(len(cases), timeout=bench.deadlines.wait(1.0))
     finally:
         drv.close()
     delivered = [(f.frame, f.checksum) for f in got] + [None] * (len(cases) - len(got))
@@ -221,6 +223,7 @@ def test_guest_driver_stocks_every_receive_queue(bench: Bench, verdict: Verdict,
             verdict.not_offered("NET-DRV-57", f"{name}: VIRTIO_NET_F_MQ with CTRL_VQ not offered ({drv.offered:#x})")
             return
         ctl = drv.control
+        ctl.ack_timeout = bench.deadlines.wait(ACK_TIMEOUT)
         ack = ctl.vq_pairs_set(ctl.max_virtqueue_pairs)
         pairs = ctl.virtqueue_pairs
         parts = _ring_parts(_events(trace))

@@ -49,6 +49,7 @@ from backend.virtio.net_hdr import (
 )
 from backend.virtio.pci_regs import CommonCfg, NetCfg
 from sim.memory import GuestMemory
+from testbenches.conformance.deadlines import Deadlines
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import Layout as RingLayout
@@ -87,7 +88,7 @@ ECN_HDRLEN = bits(NetF.HOST_ECN, NetF.GUEST_HDRLEN)
 #: NET-DRV-39 (NEEDS_CSUM with every GSO request) has its first opportunity here; NET-DRV-48 is judged on this
 #: driver because it writes exact header lengths.
 GSO_ROWS = (*NET_DRV_OFFLOAD_ROWS, "NET-DRV-39", "NET-DRV-48")
-#: Config interrupt wait after a link change (the target raises it at once; a slow one within this).
+#: Config interrupt wait after a link change (the target raises it at once; a slow one within this; nominal).
 LINK_WAIT = 2.0
 
 
@@ -165,14 +166,15 @@ def _frames(src: bytes, mtu: int | None) -> list[bytes]:
             bytes(l3 / UDP(sport=49152, dport=9) / bytes(range(100)))]
 
 
-def _traffic(drv: GuestNetDriver, looped: bool, frames: Sequence[bytes]) -> str:
+def _traffic(drv: GuestNetDriver, looped: bool, frames: Sequence[bytes], deadlines: Deadlines) -> str:
     """Send ``frames`` (and take them back where the wire loops): what happened, for the evidence."""
+    wait = deadlines.wait(5.0)
     if looped:
-        got = drv.exchange(frames)
-        drv.wait_tx_done(timeout=5.0)
-        return f"{len(frames)} frames sent, {len(got)} received back"
-    drv.send(frames)
-    drv.wait_tx_done(timeout=5.0)
+        got = drv.exchange(frames, timeout=wait)
+        drv.wait_tx_done(timeout=wait)
+        return f"{len(frames)} frames sent, {len(got)} received back (within {deadlines.explain(5.0)})"
+    drv.send(frames, timeout=wait)
+    drv.wait_tx_done(timeout=wait)
     return f"{len(frames)} frames sent (the wire does not loop: receive buffers posted, none filled)"
 
 
@@ -212,10 +214,10 @@ def test_guest_driver_headers_and_buffers(bench: Bench, verdict: Verdict, mem: G
         if has(negotiated, NetF.MRG_RXBUF) != merged:  # the run is about MRG_RXBUF's buffers: the rest is the other's
             verdict.not_offered("NET-DRV-55", f"{name}: VIRTIO_NET_F_MRG_RXBUF not offered ({offered:#x})")
             return
-        did = [_traffic(drv, looped, _frames(drv.mac(), drv.mtu()))]
+        did = [_traffic(drv, looped, _frames(drv.mac(), drv.mtu()), bench.deadlines)]
         drv.reset()  # a second bring-up: the feature choice and the buffers again
         drv.init()
-        did.append(_traffic(drv, looped, _frames(drv.mac(), drv.mtu())))
+        did.append(_traffic(drv, looped, _frames(drv.mac(), drv.mtu()), bench.deadlines))
         rings.inspect()
     finally:
         drv.close()
@@ -244,7 +246,7 @@ def test_guest_driver_without_mac_uses_a_local_address(bench: Bench, verdict: Ve
             for rid in ("NET-DRV-04", "NET-DRV-16", "NET-DRV-56"):
                 verdict.not_offered(rid, f"{name}: the target offers {drv.offered:#x}")
             return
-        did = _traffic(drv, looped, _frames(drv.mac(), drv.mtu())[:3])
+        did = _traffic(drv, looped, _frames(drv.mac(), drv.mtu())[:3], bench.deadlines)
     finally:
         drv.close()
     net = _net(rings)
@@ -274,8 +276,9 @@ def test_guest_driver_link_state(bench: Bench, verdict: Verdict, mem: GuestMemor
         states.append(("up", True, drv.link_up()))
         for up in (False, True):
             port.set_link(up)
-            interrupted = drv.config_changed(LINK_WAIT)
-            states.append((f"{'plugged' if up else 'pulled'} (config interrupt: {interrupted})",
+            interrupted = drv.config_changed(bench.deadlines.wait(LINK_WAIT))
+            states.append((f"{'plugged' if up else 'pulled'} (config interrupt: "
+                           f"{interrupted or f'none within {bench.deadlines.explain(LINK_WAIT)}'})",
                            up if status else True, drv.link_up()))
     finally:
         port.set_link(True)
@@ -402,13 +405,14 @@ def test_guest_driver_gso_headers(bench: Bench, verdict: Verdict, mem: GuestMemo
             return
         traffic = _gso_traffic(drv.mac(), drv.mtu(), negotiated)
         for hdr, frame in traffic:
-            drv.send([frame], hdr=hdr)
-        done = drv.wait_tx_done(timeout=5.0)
+            drv.send([frame], hdr=hdr, timeout=bench.deadlines.wait(5.0))
+        done = drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
         rings.inspect()
     finally:
         drv.close()
     net = _net(rings)
-    seen = f"{net.seen()} ({len(traffic)} packets sent, all used: {done}); negotiated {negotiated:#x}"
+    seen = (f"{net.seen()} ({len(traffic)} packets sent, all used within {bench.deadlines.explain(5.0)}: {done}); "
+            f"negotiated {negotiated:#x}")
     _judge(verdict, net.verdicts(), GSO_ROWS, name, seen)
     ev = VirtioPciDriverMonitor(trace).events()
     choices = [f for offered, acked in VirtioPciDriverMonitor(trace).feature_timeline(ev)[2]
@@ -448,7 +452,7 @@ def test_guest_driver_gso_rx_buffers(bench: Bench, verdict: Verdict, mem: GuestM
             verdict.not_offered("NET-DRV-53", f"{name}: the target offers {drv.offered:#x} (guest GSO or the ring "
                                               "layout lacking)")
             return
-        did = _traffic(drv, bench.wire().looped, _frames(drv.mac(), drv.mtu()))
+        did = _traffic(drv, bench.wire().looped, _frames(drv.mac(), drv.mtu()), bench.deadlines)
         rings.inspect()
     finally:
         drv.close()

@@ -505,8 +505,8 @@ def test_guest_driver_tunnel_rx_headers(bench: Bench, verdict: Verdict, mem: Gue
             mem.write(ring.used_addr + ring.layout.used_ring_entry(i), USED_ELEM.pack(head, len(written)))
         mem.write(ring.used_addr + 2, U16.pack(len(writes)))
         os.eventfd_write(drv.irq_fds["rx"], 1)
-        got = drv.receive_raw(len(deliver) + 1, timeout=1.0)
-        got += drv.receive_raw(len(writes), timeout=0.2)  # anything more the driver would hand over
+        got = drv.receive_raw(len(deliver) + 1, timeout=bench.deadlines.wait(1.0))
+        got += drv.receive_raw(len(writes), timeout=bench.deadlines.silence(0.2))  # anything more it would hand over
     finally:
         drv.close()
     frames = [f.frame for f in got]

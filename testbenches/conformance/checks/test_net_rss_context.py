@@ -226,7 +226,8 @@ class Exchange:
             used = ring.used()
         data_back = self.rig.mem.read(gpa, 1 + room)
         self.rig.release(p)
-        return (Ack(what, bool(used), data_back[0] if used else None, used[0].len if used else -1, 1 + room),
+        return (Ack(what, bool(used), data_back[0] if used else None, used[0].len if used else -1, 1 + room,
+                    self.rig.explain()),
                 bytes(data_back[1:]))
 
     def frames(self, packets: Sequence[Tunnelled | Flow]) -> list[bytes]:

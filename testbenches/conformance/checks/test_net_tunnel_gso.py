@@ -389,8 +389,8 @@ def test_guest_driver_tunnel_headers(bench: Bench, verdict: Verdict, csum: bool)
             for case in DRIVER_CASES:
                 sent = build(Case(case.outer_v6, case.inner_v6, case.tcp, case.geneve, case.size, case.mss, csum),
                              rng)
-                drv.send([sent.partial], hdr=sent.hdr, tunnel=sent.offsets)
-            done = drv.wait_tx_done(timeout=5.0)
+                drv.send([sent.partial], hdr=sent.hdr, tunnel=sent.offsets, timeout=bench.deadlines.wait(5.0))
+            done = drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
             rings.inspect()
         finally:
             drv.close()

@@ -58,7 +58,8 @@ def _command_irq(m: MqRig, expect: bool) -> tuple[Ack, bool]:
     before = m.ctrl_irqs
     a = m.vq_pairs_set(1)
     if m.ctrl_irqs == before:  # not already seen while the used descriptor was awaited
-        ready, _, _ = select.select([fd], [], [], m.rig.event_wait if expect else max(m.rig.quiet, QUIET_WAIT))
+        wait = m.rig.event_wait if expect else m.rig.silence(max(m.rig.quiet, QUIET_WAIT))
+        ready, _, _ = select.select([fd], [], [], wait)
         if ready:
             m.ctrl_irqs += drain(fd)
     return a, m.ctrl_irqs > before

@@ -61,10 +61,10 @@ def test_guest_driver_on_packed_rings(bench: Bench, verdict: Verdict, mem: Guest
             return
         for _ in range(4):  # more than three laps of 13 slots on either queue
             if looped:
-                drv.exchange([FRAME] * 5)
+                drv.exchange([FRAME] * 5, timeout=bench.deadlines.wait(5.0))
             else:
-                drv.send([FRAME] * 5)
-                drv.wait_tx_done(timeout=5.0)
+                drv.send([FRAME] * 5, timeout=bench.deadlines.wait(5.0))
+                drv.wait_tx_done(timeout=bench.deadlines.wait(5.0))
         rings.inspect()
         drv.reset()
     finally:

@@ -19,6 +19,7 @@ Where the target does not offer VIRTIO_F_RING_PACKED every id reads *not offered
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ from testbenches.conformance.harness import (
     drain,
     hostile_kick,
     make_frame,
+    quiesce,
     wait_fd,
 )
 from testbenches.conformance.packed_lists import INDIRECT, NEXT, WRITE, wait_used
@@ -235,7 +237,7 @@ def test_hostile_packed_ring(bench: Bench, verdict: Verdict, case: Case) -> None
         planted = case.build(r, tx)
         before = snapshot(r.mem)
         with r.dma_watch() as watch:
-            kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait)
+            kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait, r.explain())
         after = snapshot(r.mem)
         status = r.status()
         faults = r.faults()
@@ -283,10 +285,9 @@ def _used_at(r: Rig, ring: DriverPackedQueue, count: int) -> list[tuple[int, int
 def _wait_raw_used(r: Rig, ring: DriverPackedQueue, q: int, count: int) -> list[tuple[int, int, int]]:
     got = _used_at(r, ring, count)
     fd = r.irq_fd(q)
-    for _ in range(int(USED_WAIT / 0.01)):
-        if len(got) >= count:
-            break
-        wait_fd(fd, 0.01)
+    deadline = time.monotonic() + r.stretched(USED_WAIT)
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        wait_fd(fd, min(left, 0.01))
         got = _used_at(r, ring, count)
     return got
 
@@ -304,7 +305,7 @@ def test_zero_length_writable_descriptor(bench: Bench, verdict: Verdict) -> None
         rx, tx = r.packed[RX], r.packed[TX]
         # The warm-up lap's frames came back to an empty receive ring; on an asynchronous wire (RTL, hardware) the
         # last ones may still be on their way: they are dropped there before the list below is made available.
-        wait_fd(r.irq_fd(RX), r.quiet)
+        quiesce({"rx": r.irq_fd(RX)}, limit=r.event_wait, quiet=r.silence(r.quiet))
         sent = make_frame(7, 300)
         need = r.hdr_len + len(sent)
         empty = rx.alloc_buffer(64)

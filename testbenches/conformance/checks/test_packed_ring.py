@@ -117,7 +117,7 @@ def _collect(r: Rig, q: int, count: int, timeout: float = USED_WAIT) -> tuple[li
             continue
         left = deadline - time.monotonic()
         if left <= 0:
-            bad.append(f"queue {q}: {len(got)} of {count} buffers used after {wait}s; slot {slot} flags "
+            bad.append(f"queue {q}: {len(got)} of {count} buffers used within {r.explain(timeout)}; slot {slot} flags "
                        f"{flags:#06x}, the driver expects AVAIL=USED={wrap} (used_bits {used_bits(wrap):#06x}), "
                        f"{ring.in_flight} buffer(s) in flight")
             return got, bad
@@ -478,7 +478,7 @@ def test_device_takes_only_available_descriptors(bench: Bench, verdict: Verdict,
                 tx.write_desc(slot, PackedDescriptor(buf, len(hdr) + 60, 0, flags))
                 drain(r.irq_fd(TX))
                 r.kick_packed(TX)
-                gone = wait_fd(r.irq_fd(TX), QUIET_WAIT)
+                gone = wait_fd(r.irq_fd(TX), r.silence())
                 after = r.mem.read(tx.desc_addr, DESC_SIZE * size)
                 touched = [s for s in range(size) if s != slot
                            and after[s * DESC_SIZE:(s + 1) * DESC_SIZE] != before[s * DESC_SIZE:(s + 1) * DESC_SIZE]]
@@ -582,7 +582,7 @@ def test_hostile_packed_list(bench: Bench, verdict: Verdict, case: Hostile) -> N
         before = len(r.driver_errors() or [])
         case.plant(r, tx)
         what = f"{case.name} (breaks {case.rule})"
-        kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait)
+        kick = hostile_kick(lambda: r.kick_packed(TX), cfg_fd, r.event_wait, r.explain())
         status = r.status()
         errors = (r.driver_errors() or [])[before:]
         named = any(case.rule in e for e in errors)

@@ -84,7 +84,7 @@ def _intx_pending(r: Rig, verdict: Verdict, rid: str) -> bool:
     """INTx mode, one frame sent and its TX buffer back, ISR status left unread; False when nothing came back."""
     r.send([make_frame(7)])
     if not r.wait_used(TX, 1):
-        verdict.check(rid, False, f"the frame's transmit buffer did not come back within {r.event_wait:g}s")
+        verdict.check(rid, False, f"the frame's transmit buffer did not come back within {r.explain()}")
         return False
     if r.wire.looped:
         r.wait_used(RX, 1)
@@ -110,12 +110,13 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
         drain(intx)
         pending_before = _int_status(r.pci)
         t.reset()
-        signalled = wait_fd(intx, QUIET_WAIT)
+        signalled = wait_fd(intx, r.silence())
         status_bit = _int_status(r.pci)
         verdict.check("RESET-DEV-02", not status_bit and not signalled,
                       f"INTx mode, a used buffer notification pending before the reset (PCI Status.Interrupt="
                       f"{int(pending_before)}): after it PCI Status.Interrupt={int(status_bit)}, INTx "
-                      f"{'signalled' if signalled else 'quiet'} (0 and quiet expected)")
+                      f"{'signalled' if signalled else 'quiet'} (0 and quiet expected, "
+                      f"watched for {r.explain(QUIET_WAIT)})")
         for q in range(nq):
             now = _queue_fields(t, q)
             verdict.check("PCI-DEV-19", not now.enabled, f"queue {q}: queue_enable reads {now.enabled} after reset")
@@ -130,7 +131,7 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
         r.send([make_frame(8)])
         fired = wait_fd(intx, r.event_wait)
         verdict.check("PCI-DEV-39", fired, f"brought up again after that reset, one frame sent: INTx "
-                                           f"{'signalled' if fired else f'silent for {r.event_wait:g}s'}")
+                                           f"{'signalled' if fired else f'silent for {r.explain()}'}")
         # Reset once more with that notification pending: ISR status reads 0 afterwards, and reading it signals
         # nothing.
         r.wait_used(TX, 1)
@@ -138,7 +139,7 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
         t.reset()
         isr = t.read_isr()
         status_bit = _int_status(r.pci)
-        signalled = wait_fd(intx, QUIET_WAIT)
+        signalled = wait_fd(intx, r.silence())
         verdict.check("RESET-DEV-02", not isr and not status_bit and not signalled,
                       f"a second reset with a notification pending: ISR status then reads {isr:#x}, PCI "
                       f"Status.Interrupt={int(status_bit)}, INTx {'signalled' if signalled else 'quiet'}")
@@ -183,14 +184,14 @@ def test_interrupt_disable_holds_intx(bench: Bench, verdict: Verdict) -> None:
         drain(intx)
         if not _intx_pending(r, verdict, "PCI-DEV-40"):
             return
-        held = not wait_fd(intx, QUIET_WAIT)
+        held = not wait_fd(intx, r.silence())
         status_bit = _int_status(r.pci)
         isr = t.read_isr()
         after = _int_status(r.pci)
-        quiet = not wait_fd(intx, QUIET_WAIT)
+        quiet = not wait_fd(intx, r.silence())
         config_write(r.pci, PciCfg.COMMAND, 2, command)
         isr_again = t.read_isr()
-        quiet_again = not wait_fd(intx, QUIET_WAIT)
+        quiet_again = not wait_fd(intx, r.silence())
         verdict.check("PCI-DEV-40", held and status_bit and bool(isr & ISR_QUEUE),
                       f"Interrupt Disable set, a used buffer notification: INTx {'held' if held else 'signalled'}, "
                       f"PCI Status.Interrupt={int(status_bit)}, ISR status {isr:#x} (held, 1, queue bit expected)")

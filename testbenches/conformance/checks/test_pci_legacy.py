@@ -100,7 +100,7 @@ def test_drivers_refuse_a_function_without_virtio_capabilities(bench: Bench, ver
         real = bench.open()
         try:
             trace = TracingPciDevice(_without_virtio_caps(real))
-            run: Run = runner(trace, mem, looped)
+            run: Run = runner(trace, mem, looped, bench.deadlines)
             writes = [(a.region, hex(a.offset)) for a in trace.accesses
                       if a.op == "w" and a.region != RegionIndex.CONFIG]
             refused = not run.bound and not writes and "capabilit" in run.note.lower()

@@ -57,7 +57,7 @@ def test_ring_part_mapped_without_the_access_it_needs(bench: Bench, verdict: Ver
             cfg_fd = d.irq_fds["config"]
             drain(cfg_fd)
             r.faults()
-            kick = hostile_kick(lambda: r.doorbell(TX, 1), cfg_fd, r.event_wait)
+            kick = hostile_kick(lambda: r.doorbell(TX, 1), cfg_fd, r.event_wait, r.explain())
             status = t.status()
             faults = r.faults()
             used_idx = struct.unpack("<H", pages.read(used + SplitLayout.USED_IDX, 2))[0]

@@ -27,6 +27,7 @@ from backend.pci.device import PciDevice
 from backend.virtio.features import F, bits, has
 from backend.virtio.split_ring import U16
 from sim.memory import GuestMemory
+from testbenches.conformance.deadlines import NOMINAL, Deadlines
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import layout_features
@@ -179,12 +180,13 @@ class PoisonRun:
     got: list[bytes] = field(default_factory=list)
 
 
-def spurious_then_poisoned_traffic(drv: GuestNetDriver, looped: bool) -> PoisonRun:
+def spurious_then_poisoned_traffic(drv: GuestNetDriver, looped: bool, deadlines: Deadlines = NOMINAL) -> PoisonRun:
     """On ``drv`` (brought up on split rings): poison its receive buffers, signal spurious interrupts and let it
-    look for frames, then signal more and exchange frames of :data:`LENGTHS` over the wire."""
+    look for frames, then signal more and exchange frames of :data:`LENGTHS` over the wire (bounds of
+    ``deadlines``)."""
     run = PoisonRun(poisoned=poison_receive_buffers(drv), kicks=spurious_interrupts(drv))
     try:
-        early = drv.receive_raw(1, timeout=0.05)
+        early = drv.receive_raw(1, timeout=deadlines.silence(0.05))
         drv.reclaim_tx()
     except Exception as exc:  # the driver choked on the spurious interrupt
         run.problems.append(f"{type(exc).__name__}: {exc}")
@@ -194,8 +196,8 @@ def spurious_then_poisoned_traffic(drv: GuestNetDriver, looped: bool) -> PoisonR
     run.sent = [test_frame(seq, length, src=drv.mac()) for seq, length in enumerate(LENGTHS)]
     run.kicks += spurious_interrupts(drv)
     try:
-        run.got = drv.exchange(run.sent, timeout=2.0 if looped else 0.1)
-        drv.wait_tx_done(timeout=2.0)
+        run.got = drv.exchange(run.sent, timeout=deadlines.wait(2.0) if looped else deadlines.silence(0.1))
+        drv.wait_tx_done(timeout=deadlines.wait(2.0))
     except Exception as exc:
         run.problems.append(f"{type(exc).__name__}: {exc}")
     run.problems += drv.queues[drv.RX].anomalies + drv.queues[drv.TX].anomalies
@@ -217,7 +219,7 @@ def test_guest_driver_spurious_interrupts_and_bytes_past_len(bench: Bench, verdi
         drv.init()
         if has(drv.features, F.RING_PACKED):
             pytest.fail(f"{name}: the driver chose packed rings without asking for them")
-        run = spurious_then_poisoned_traffic(drv, looped)
+        run = spurious_then_poisoned_traffic(drv, looped, bench.deadlines)
     finally:
         drv.close()
     sent, got = run.sent, run.got

@@ -71,20 +71,21 @@ def test_nothing_moves_before_driver_ok(bench: Bench, verdict: Verdict, ring_lay
             r.doorbell(RX)
             if not isinstance(r.port, Lacking):
                 r.port.receive(make_frame(7))  # a frame arriving from the wire meanwhile
-            fired = signalled(fds, QUIET_WAIT)
+            fired = signalled(fds, r.silence())
             used = {q: r.used_mark(q) for q in (RX, TX)}
         writes = rec.writes()
         verdict.check("STATUS-DEV-01", used == {RX: 0, TX: 0} and not writes and not fired,
                       f"status {status_text(r.status())}: after kicking {len(heads)} TX and RX buffers, used idx "
                       f"RX={used[RX]} TX={used[TX]} (expected 0), device writes {len(writes)}, "
-                      f"interrupts {fired or 'none'}; device accesses seen: {rec.describe()}")
+                      f"interrupts {fired or f'none within {r.explain(QUIET_WAIT)}'}; device accesses seen: "
+                      f"{rec.describe()}")
         d.driver_ok()
         r.doorbell(TX)  # the driver notifies again once DRIVER_OK is set
         done = r.wait_used(TX, len(heads))
         # Without this the silence above proves nothing; it is not what STATUS-DEV-01 asks, so not judged.
         assert sorted(u.head for u in done) == sorted(heads), (
             f"after DRIVER_OK the same TX buffers should complete: used heads {sorted(u.head for u in done)} "
-            f"vs posted {sorted(heads)} within {r.event_wait:g}s")
+            f"vs posted {sorted(heads)} within {r.explain()}")
 
 
 @pytest.mark.req("RESET-DEV-02")
@@ -102,7 +103,7 @@ def test_reset_device_stays_silent(bench: Bench, verdict: Verdict, ring_layout: 
         fds = d.vector_fds()
         # The looped frames and their RX interrupts finish before the reset: silence after it is then the
         # device's, not a notification of the work before it still on its way.
-        quiesce(fds, limit=r.event_wait)
+        quiesce(fds, limit=r.event_wait, quiet=r.silence())
         t.reset()  # device_status reads 0 when this returns
         for fd in fds.values():
             drain(fd)
@@ -121,13 +122,14 @@ def test_reset_device_stays_silent(bench: Bench, verdict: Verdict, ring_layout: 
                     t.notify(q, value, location=loc)
             if not isinstance(r.port, Lacking):
                 r.port.receive(make_frame(6))
-            fired = signalled(fds, QUIET_WAIT)
+            fired = signalled(fds, r.silence())
             after = snapshot(r.mem)
         used_after = {q: r.used_mark(q) for q in (RX, TX)}
         faults = r.faults()
         changed = changed_outside(r.mem, before, after, [])
         evidence = (f"after reset (status {status_text(t.status())}), kicks on the old doorbells and a wire frame: "
-                    f"interrupts {fired or 'none'}, used idx {used_before} -> {used_after}, "
+                    f"interrupts {fired or f'none within {r.explain(QUIET_WAIT)}'}, used idx {used_before} -> "
+                    f"{used_after}, "
                     f"guest memory changed at {fmt_runs(changed)}, {fmt_faults(faults)}")
         verdict.check("RESET-DEV-02", not fired and used_before == used_after and not changed and not faults,
                       evidence)
@@ -199,13 +201,14 @@ def test_queue_reset(bench: Bench, verdict: Verdict, ring_layout: Layout) -> Non
             old.publish()
             before = snapshot(r.mem)
             r.doorbell(TX)
-            fired = signalled({"tx": tx_fd}, QUIET_WAIT)
+            fired = signalled({"tx": tx_fd}, r.silence())
             after = snapshot(r.mem)
         changed = changed_outside(r.mem, before, after, [])
         used_after = r.used_mark(TX)
         verdict.check("RESET-DEV-03", not fired and used_after == used_before and not changed,
                       f"after queue_reset, a buffer posted and kicked on the old {ring_layout} ring: tx interrupt "
-                      f"{fired or 'none'}, used {'idx' if ring_layout == 'split' else 'position'} {used_before} -> "
+                      f"{fired or f'none within {r.explain(QUIET_WAIT)}'}, used "
+                      f"{'idx' if ring_layout == 'split' else 'position'} {used_before} -> "
                       f"{used_after}, memory changed at {fmt_runs(changed)}")
         quiet = not fired and used_after == used_before and not changed
         if rec.available:

@@ -321,7 +321,7 @@ def test_vdpa_driver_programs_each_queue_as_the_frontend_set_it(bench: Bench, ve
             struct.pack_into("<I", regs.block, block.field_offset(q), 0xBEEFBEEF)
         live_from = len(regs.accesses)
         front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64, state=0)
-        sent = _transmit(front, FRAMES, 2.0)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         table_size = vdpa.transport.msix_table_size()
         struct.pack_into("<I", regs.block, block.field_offset(1), high | 0x0102)
         running = vdpa.get_vq_state(1).avail_idx
@@ -406,7 +406,8 @@ def test_vdpa_driver_refuses_to_go_live_on_a_vector_that_did_not_stick(bench: Be
         for q in (0, 1):
             front.add_queue(q, 64)
         vdpa.set_status(vdpa.get_status() | DeviceStatus.DRIVER_OK)
-        live = bool(vdpa.get_status() & DeviceStatus.DRIVER_OK) and _transmit(front, FRAMES, 2.0) == len(FRAMES)
+        live = bool(vdpa.get_status() & DeviceStatus.DRIVER_OK) \
+            and _transmit(front, FRAMES, bench.deadlines.wait(2.0)) == len(FRAMES)
     finally:
         vdpa.close()
         front.close()
@@ -464,7 +465,7 @@ def test_vdpa_driver_binds_the_config_vector_to_the_frontends_latest_eventfd(ben
         steps["dropped"] = "unbound" if bound() is None else f"fd {bound()}"
         vdpa.set_config_call(front.config_call)
         steps["handed back"] = "frontend's" if bound() == front.config_call else f"fd {bound()}"
-        sent = _transmit(front, FRAMES, 2.0)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         vdpa.reset()  # every vector unbound and MSI-X disabled: the seam's empty binding
         steps["after reset"] = "all unbound" if view.irq_bindings[-1] == (IrqIndex.MSIX, 0, []) \
             else f"{view.irq_bindings[-1]}"
@@ -609,7 +610,7 @@ def test_vdpa_driver_maps_no_event_where_no_vector_can_be_bound(bench: Bench, ve
         for f in FRAMES:
             ring.add([bytes(12) + f], [])
         front.kick(1)
-        done, deadline = 0, time.monotonic() + 5.0
+        done, deadline = 0, time.monotonic() + bench.deadlines.wait(5.0)
         while done < len(FRAMES) and time.monotonic() < deadline:  # no interrupt can come: poll, bounded
             done += len(ring.used())
             os.sched_yield()
@@ -652,7 +653,7 @@ def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verd
         front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
         relayed = vdpa.kicks_relayed()
         start = len(view.accesses)
-        sent = _transmit(front, FRAMES, 2.0)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         offs = {q: vdpa.transport.queue_notify_off(q) for q in (0, 1)}
         idents = _notify_idents(vdpa, (1,))
         bells = [(a.offset - n.offset, a.size, a.value) for a in view.accesses[start:]
@@ -661,7 +662,7 @@ def test_vdpa_driver_relays_kicks_as_doorbell_writes(bench: Bench, verdict: Verd
         after_reset = vdpa.kicks_relayed()
         start = len(view.accesses)
         os.eventfd_write(front.kicks[1], 1)
-        stray_after_reset = wait_for_access(view, start, 0.2)
+        stray_after_reset = wait_for_access(view, start, bench.deadlines.silence(0.2))
     finally:
         vdpa.close()
         front.close()
@@ -785,7 +786,7 @@ def test_vdpa_driver_maps_exactly_the_memory_the_frontend_names(bench: Bench, ve
         outcomes["unmap"] = refusal(lambda: vdpa.dma_unmap(region.gpa, half))
         maps = list(trace.dma_maps)
         front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
-        sent = _transmit(front, FRAMES, 2.0)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         after = trace.dma_maps[len(maps):]
     finally:
         vdpa.close()

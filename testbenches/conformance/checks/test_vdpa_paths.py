@@ -183,7 +183,7 @@ def test_vdpa_driver_disables_a_live_queue_only_by_queue_reset(bench: Bench, ver
                 verdict.not_offered(rid, "VIRTIO_F_RING_RESET not offered")
         wanted = offered & ~NOT_IMPLEMENTED & ~(0 if ring_reset else bits(F.RING_RESET))
         front.bring_up(wanted, queues=(0, 1), size=64)
-        first = _transmit(front, FRAMES, 2.0)
+        first = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         try:
             vdpa.set_vq_ready(1, False)
             refused = ""
@@ -198,9 +198,9 @@ def test_vdpa_driver_disables_a_live_queue_only_by_queue_reset(bench: Bench, ver
             front.add_queue(1, 32)  # new rings, new size, new eventfds: programmed as at first setup
             os.close(old_kick)
             os.close(old_call)
-            again = _transmit(front, FRAMES, 2.0)
+            again = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         else:
-            state, again = VqState(), _transmit(front, FRAMES, 2.0)
+            state, again = VqState(), _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         vdpa.reset()
     finally:
         vdpa.close()
@@ -621,15 +621,15 @@ def test_vdpa_driver_relays_a_shared_vector_only_while_shared(bench: Bench, verd
     try:
         front.bring_up(vdpa.get_device_features() & ~NOT_IMPLEMENTED, queues=(0, 1), size=64)
         shared = vdpa.calls_relayed()
-        delivered = sum(f in FRAMES for f in front.exchange(FRAMES, timeout=2.0)) if looped \
-            else _transmit(front, FRAMES, 2.0)
+        delivered = sum(f in FRAMES for f in front.exchange(FRAMES, timeout=bench.deadlines.wait(2.0))) if looped \
+            else _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         vdpa.set_vq_call(0, None)
         alone = vdpa.calls_relayed()
-        direct = _transmit(front, FRAMES, 2.0)
+        direct = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         vdpa.set_vq_call(0, front.calls[0])  # the frontend hands the call eventfd back: shared again
         again = vdpa.calls_relayed()
-        resumed = sum(f in FRAMES for f in front.exchange(FRAMES, timeout=2.0)) if looped \
-            else _transmit(front, FRAMES, 2.0)
+        resumed = sum(f in FRAMES for f in front.exchange(FRAMES, timeout=bench.deadlines.wait(2.0))) if looped \
+            else _transmit(front, FRAMES, bench.deadlines.wait(2.0))
         vdpa.reset()
         after_reset = vdpa.calls_relayed()
     finally:
@@ -689,7 +689,7 @@ def test_vdpa_driver_ring_state_on_plain_virtio_pci(bench: Bench, verdict: Verdi
             outcomes["running"] = f"read {vdpa.get_vq_state(1).avail_idx}"
         except NotSupported:
             outcomes["running"] = "refused"
-        sent = _transmit(front, FRAMES, 2.0)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(2.0))
     finally:
         vdpa.close()
         front.close()

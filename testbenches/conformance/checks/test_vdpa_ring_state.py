@@ -35,6 +35,7 @@ from backend.virtio.net_hdr import NetHdr
 from models.virtio_net.vq_state_block import SPEC as VQ_STATE_SPEC
 from sim.memory import GuestMemory
 from testbenches.conformance.checks.test_driver_discovery import _transmit
+from testbenches.conformance.deadlines import Deadlines
 from testbenches.conformance.harness import GUEST_MEMORY_BASE, Bench, make_frame
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.packed import DriverPackedQueue
@@ -49,6 +50,7 @@ SPLIT_SIZE = 64
 #: Packed rings: a size that is not a power of two, resumed 3 slots before its end, a lap done (wrap counters 0).
 PACKED_SIZE = 37
 PACKED_RESUME = VqState(avail_idx=PACKED_SIZE - 3, avail_wrap=0, used_idx=PACKED_SIZE - 3, used_wrap=0)
+#: How long the frames of one step may take to come back used (nominal: the session's deadlines scale it).
 USED_WAIT = 2.0
 #: Frames enough to take the split ring's avail idx past 0xFFFF and the packed ring past its end.
 FRAMES = [make_frame(i, 60 + 7 * i) for i in range(24)]
@@ -99,7 +101,7 @@ def test_vdpa_driver_resumes_a_split_ring_where_the_frontend_left_it(bench: Benc
         vdpa, front = opened
         front.bring_up(vdpa.get_device_features() & ~bits(F.RING_PACKED, F.IN_ORDER), queues=(0, TXQ),
                        size=SPLIT_SIZE, state=SPLIT_RESUME)
-        sent = _transmit(front, FRAMES, USED_WAIT, tx=TXQ)
+        sent = _transmit(front, FRAMES, bench.deadlines.wait(USED_WAIT), tx=TXQ)
         stopped = vdpa.get_vq_state(TXQ).avail_idx
         want = (SPLIT_RESUME + len(FRAMES)) & 0xFFFF
         verdict.check("SPLIT-DRV-11", sent == len(FRAMES) and stopped == want,
@@ -111,7 +113,7 @@ def test_vdpa_driver_resumes_a_split_ring_where_the_frontend_left_it(bench: Benc
         ring = front.add_queue(TXQ, SPLIT_SIZE)
         for fd in old:  # the driver holds the new eventfds now
             os.close(fd)
-        again = _transmit(front, FRAMES[:3], USED_WAIT, tx=TXQ)
+        again = _transmit(front, FRAMES[:3], bench.deadlines.wait(USED_WAIT), tx=TXQ)
         used_idx = ring.used_idx()
         restart = vdpa.get_vq_state(TXQ).avail_idx
     verdict.check("RESET-DEV-04", again == 3 and used_idx == 3 and restart == 3,
@@ -128,8 +130,9 @@ PACKED_IDS = ("PACKED-DEV-01", "RESET-DEV-04")
 class _PackedTx:
     """transmitq1 as a packed ring of the frontend's, resumed at ``state`` (the driver's own positions set to it)."""
 
-    def __init__(self, front: VdpaFrontend, state: VqState) -> None:
+    def __init__(self, front: VdpaFrontend, state: VqState, deadlines: Deadlines) -> None:
         self.front = front
+        self.deadlines = deadlines
         self.ring = DriverPackedQueue(front.mem, front.alloc, PACKED_SIZE, index=TXQ)
         self.ring.next_avail, self.ring.avail_wrap = state.avail_idx, state.avail_wrap
         self.ring.next_used, self.ring.used_wrap = state.used_idx, state.used_wrap
@@ -149,11 +152,11 @@ class _PackedTx:
 
     def send(self, count: int) -> tuple[list[int], list[UsedBuffer]]:
         """``count`` frames, one list each; the Buffer IDs in the order they were made available and what came
-        back used within :data:`USED_WAIT`."""
+        back used within :data:`USED_WAIT` (scaled by the session's deadlines)."""
         ids = [self.ring.add([NetHdr().pack() + f], []) for f in FRAMES[:count]]
         os.eventfd_write(self.front.kicks[TXQ], 1)
         got: list[UsedBuffer] = []
-        deadline = time.monotonic() + USED_WAIT
+        deadline = time.monotonic() + self.deadlines.wait(USED_WAIT)
         while True:
             got += self.ring.used()
             if len(got) >= count or not wait_eventfd(self.front.calls[TXQ], deadline - time.monotonic()):
@@ -186,7 +189,7 @@ def test_vdpa_driver_resumes_a_packed_ring_with_its_wrap_counters(bench: Bench, 
         front.map_memory()
         front.negotiate(offered & ~bits(F.IN_ORDER, F.EVENT_IDX))
         vdpa.set_config_call(front.config_call)
-        tx = _PackedTx(front, PACKED_RESUME)
+        tx = _PackedTx(front, PACKED_RESUME, bench.deadlines)
         vdpa.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
                         | DeviceStatus.DRIVER_OK)
         count = len(FRAMES)  # 3 lists up to the ring's end, the rest after it with the wrap counters flipped to 1
@@ -201,7 +204,7 @@ def test_vdpa_driver_resumes_a_packed_ring_with_its_wrap_counters(bench: Bench, 
                       and want == VqState(count - 3, 1, count - 3, 1), resumed)
         # Enabled again with the state after reset on a fresh ring: slot 0, both wrap counters 1.
         vdpa.set_vq_state(TXQ, VqState())
-        tx = _PackedTx(front, VqState())
+        tx = _PackedTx(front, VqState(), bench.deadlines)
         ids, got = tx.send(3)
         restart = vdpa.get_vq_state(TXQ)
     verdict.check("RESET-DEV-04", [u.head for u in got] == ids and restart == VqState(3, 1, 3, 1),
