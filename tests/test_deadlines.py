@@ -77,7 +77,8 @@ def test_calibration_from_a_slow_measurement() -> None:
 def test_a_declared_slowdown_is_a_floor() -> None:
     measured = Deadlines.calibrated(ICARUS, Calibration.of([0.024], []), declared=20.0)
     assert measured.scale == 20.0 and measured.basis == "declared by the target"
-    assert "declared by the target: 20 (above the 12 calibrated at bring-up)" in measured.describe()
+    assert measured.describe().startswith(f"time scale 20 of {ICARUS} (declared by the target: 20, above 12 "
+                                          "calibrated at bring-up: one-chain round trip 24 ms"), measured.describe()
     assert Deadlines.calibrated(ICARUS, Calibration.of([0.06], []), declared=20.0).scale == pytest.approx(30.0)
     device = SimpleNamespace(time_scale=3.0, abilities=lambda: SimpleNamespace(time_scale=8.0))
     assert declared_scale(device) == 8.0

@@ -132,7 +132,7 @@ class Deadlines:
         if floor <= self.scale:
             return self
         note = f"declared by the target: {floor:g}"
-        detail = f"{note} (above the {self.scale:g} {self.basis})" if self.detail else note
+        detail = f"{note}, above {self.scale:g} {self.detail}" if self.detail else note
         return replace(self, scale=floor, basis="declared by the target", detail=detail)
 
     def wait(self, nominal: float) -> float:
