@@ -120,6 +120,19 @@ def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
     return sorted(out)
 
 
+def settled(read: Callable[[], T], want: T, limit: float) -> T:
+    """``read()`` polled until it returns ``want`` or ``limit`` s passed (the rig's :attr:`Rig.event_wait`); the
+    last value read. For a register a device in its own thread or process updates a moment after the access that
+    changed it (PCI Status.Interrupt after an ISR read or a reset): one read right away races it, a device that
+    never updates it still fails once the bound ran out."""
+    deadline = time.monotonic() + limit
+    value = read()
+    while value != want and time.monotonic() < deadline:
+        time.sleep(0.002)  # a bounded poll of a register, not synchronisation by sleeping
+        value = read()
+    return value
+
+
 def quiesce(fds: Mapping[str, int], *, limit: float, quiet: float) -> list[str]:
     """Consume what the device signals until it stays silent for ``quiet`` s (the rig's :meth:`Rig.silence`; at most
     ``limit`` s in all, the rig's :attr:`Rig.event_wait`: a slow target's work takes that much longer to end);

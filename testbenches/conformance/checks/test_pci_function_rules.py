@@ -44,6 +44,7 @@ from testbenches.conformance.harness import (
     Rig,
     drain,
     make_frame,
+    settled,
     wait_fd,
     with_features,
 )
@@ -108,10 +109,10 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
                 t.write_common(CommonCfg.QUEUE_SIZE, 2)
                 t.set_queue_addresses(q, 0x4000, 0x5000, 0x6000)
         drain(intx)
-        pending_before = _int_status(r.pci)
+        pending_before = settled(lambda: _int_status(r.pci), True, r.event_wait)
         t.reset()
         signalled = wait_fd(intx, r.silence())
-        status_bit = _int_status(r.pci)
+        status_bit = settled(lambda: _int_status(r.pci), False, r.event_wait)  # the device may lower it a moment late
         verdict.check("RESET-DEV-02", not status_bit and not signalled,
                       f"INTx mode, a used buffer notification pending before the reset (PCI Status.Interrupt="
                       f"{int(pending_before)}): after it PCI Status.Interrupt={int(status_bit)}, INTx "
@@ -138,7 +139,7 @@ def test_device_reset_leaves_nothing_behind(bench: Bench, verdict: Verdict) -> N
         drain(intx)
         t.reset()
         isr = t.read_isr()
-        status_bit = _int_status(r.pci)
+        status_bit = settled(lambda: _int_status(r.pci), False, r.event_wait)
         signalled = wait_fd(intx, r.silence())
         verdict.check("RESET-DEV-02", not isr and not status_bit and not signalled,
                       f"a second reset with a notification pending: ISR status then reads {isr:#x}, PCI "
@@ -185,9 +186,9 @@ def test_interrupt_disable_holds_intx(bench: Bench, verdict: Verdict) -> None:
         if not _intx_pending(r, verdict, "PCI-DEV-40"):
             return
         held = not wait_fd(intx, r.silence())
-        status_bit = _int_status(r.pci)
+        status_bit = settled(lambda: _int_status(r.pci), True, r.event_wait)
         isr = t.read_isr()
-        after = _int_status(r.pci)
+        after = settled(lambda: _int_status(r.pci), False, r.event_wait)
         quiet = not wait_fd(intx, r.silence())
         config_write(r.pci, PciCfg.COMMAND, 2, command)
         isr_again = t.read_isr()
@@ -214,6 +215,7 @@ def test_window_fields_read_nothing_from_the_bar(bench: Bench, verdict: Verdict)
             pytest.fail("no PCI_CFG or ISR capability (PCI-DEV-50 and PCI-DEV-37 report it)")
         if not _intx_pending(r, verdict, "PCI-DEV-52"):
             return
+        settled(lambda: _int_status(r.pci), True, r.event_wait)  # the notification pending shows in PCI Status
         base = cap.cap_offset
         # The window on ISR status: bar, offset and length written field by field, pci_cfg_data untouched.
         config_write(r.pci, base + 4, 1, isr_cap.bar)
@@ -226,7 +228,7 @@ def test_window_fields_read_nothing_from_the_bar(bench: Bench, verdict: Verdict)
             r.pci.region_read(RegionIndex.CONFIG, off, width)
             still.append(_int_status(r.pci))
         via = config_read(r.pci, base + PCI_CFG_DATA, 1)
-        cleared = not _int_status(r.pci)
+        cleared = not settled(lambda: _int_status(r.pci), False, r.event_wait)
         verdict.check("PCI-DEV-52", all(still),
                       f"ISR status pending, the window on it: reads of the capability's fields before pci_cfg_data "
                       f"left PCI Status.Interrupt at {[int(s) for s in still]} (a read of a field must not read ISR "
