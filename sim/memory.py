@@ -75,10 +75,14 @@ class GuestMemory:
         return memoryview(r.mm)[off:off + size]
 
     def read(self, gpa: int, size: int) -> bytes:
-        return bytes(self.view(gpa, size))
+        r = self.region_at(gpa, size)
+        off = gpa - r.gpa
+        return r.mm[off:off + size]  # a slice of the mapping is a copy, without a view in between
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self.view(gpa, len(data))[:] = data
+        r = self.region_at(gpa, len(data))
+        off = gpa - r.gpa
+        r.mm[off:off + len(data)] = data
 
     def fd_offset(self, gpa: int) -> tuple[int, int]:
         r = self.region_at(gpa)

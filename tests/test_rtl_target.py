@@ -172,6 +172,13 @@ def test_full_stack_python_frontend_through_serve(rtl_builds: None, tmp_path: Pa
                     bad = [i for i, (x, y) in enumerate(zip(sent, got, strict=True)) if x != y]
                     assert not bad, f"batch {b}: frames {bad[:10]} came back altered"
                     sent_all += sent
+                # then kept in flight: the rings refilled as the design returns slots (the bench's way)
+                more = [test_frame(s, 60 + (s * 13) % 1400) for s in range(len(sent_all), len(sent_all) + 1500)]
+                got = fe.stream(more, timeout=20.0)
+                assert len(got) == len(more), f"streaming: {len(got)} of {len(more)} frames came back"
+                bad = [i for i, (x, y) in enumerate(zip(more, got, strict=True)) if x != y]
+                assert not bad, f"streaming: frames {bad[:10]} came back altered or out of order"
+                sent_all += more
                 bases = fe.stop()
                 assert bases == {0: len(sent_all), 1: len(sent_all)}, bases
             finally:

@@ -7,15 +7,18 @@ doorbells otherwise, and the one place its events reach Python.
 * Register accesses from any thread take :attr:`lock` and run the AXI4-Lite transfer to its
   response on the calling thread (the design keeps running meanwhile). When the design is left
   busy or with events pending, the clock thread is woken.
-* Events (transmitted frames, MSI-X vector requests, DMA faults, INTx and error changes) are
-  delivered by the clock thread only, in that order per batch: a fault and an error are on record
-  before the interrupt that reports them fires.
+* Events (transmitted frames, MSI-X vector requests, DMA faults, INTx and error changes) are taken
+  from the design by the clock thread and delivered by one delivery thread, in that order per batch
+  and batches in the order taken: a fault and an error are on record before the interrupt that
+  reports them fires. The clock does not wait for Python to deliver (the wire, the interrupt
+  eventfds): the design runs on while a batch is delivered, as hardware does.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,6 +47,17 @@ class EventSink(Protocol):
     def irqs(self, vectors: Sequence[int]) -> None: ...
 
     def frames(self, frames: Sequence[tuple[bytes, int]]) -> None: ...
+
+
+@dataclass
+class _Batch:
+    """One batch of events as the clock thread took it from the design."""
+
+    events: Events
+    faults: list[Fault]
+    status: dict[str, int]
+    irqs: list[int]
+    frames: list[tuple[bytes, int]]
 
 
 @dataclass
@@ -106,6 +120,10 @@ class RtlRunner:
         bridge.set_wake_fd(self._wake)
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._delivery: threading.Thread | None = None
+        # batches taken by the clock thread, not yet delivered (the one being delivered included)
+        self._outbox: deque[_Batch] = deque()
+        self._outbox_ready = threading.Condition()
         # settle(): requests are numbered; a run that started after request n and ended idle with nothing
         # left to deliver settles every request up to n
         self._settled = threading.Condition()
@@ -114,6 +132,8 @@ class RtlRunner:
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
+        self._delivery = threading.Thread(target=self._deliver_loop, name=f"{self.name}-events", daemon=True)
+        self._delivery.start()
         self._thread = threading.Thread(target=self._clock, name=f"{self.name}-clock", daemon=True)
         self._thread.start()
 
@@ -139,34 +159,61 @@ class RtlRunner:
                     requested = self._requests
                     result = self.bridge.run(CHUNK, EVENT_DELAY)
                 if result & RunResult.EVENTS:
-                    self._deliver()
+                    self._take()
                 elif result & RunResult.IDLE:
-                    with self._settled:
-                        self._settled_upto = max(self._settled_upto, requested)
-                        self._settled.notify_all()
+                    with self._outbox_ready:
+                        delivering = bool(self._outbox)
+                    if not delivering:  # else the delivery thread wakes the clock once it is done
+                        with self._settled:
+                            self._settled_upto = max(self._settled_upto, requested)
+                            self._settled.notify_all()
                     self.bridge.wait(-1)
         except BaseException as exc:
             self.errors.append(exc)
             raise
 
-    def _deliver(self) -> None:
+    def _take(self) -> None:
+        """The design's pending events, queued for the delivery thread."""
         with self.lock:
             ev = self.bridge.events()
-            faults = self.bridge.pop_faults() if ev & Events.FAULTS else []
-            status = self.bridge.status() if ev & (Events.INTX | Events.ERRORS) else {}
-            irqs = self.bridge.pop_irqs() if ev & Events.IRQS else []
-            frames = self.bridge.pop_frames() if ev & Events.FRAMES else []
+            batch = _Batch(ev, self.bridge.pop_faults() if ev & Events.FAULTS else [],
+                           self.bridge.status() if ev & (Events.INTX | Events.ERRORS) else {},
+                           self.bridge.pop_irqs() if ev & Events.IRQS else [],
+                           self.bridge.pop_frames() if ev & Events.FRAMES else [])
+        with self._outbox_ready:
+            self._outbox.append(batch)
+            self._outbox_ready.notify()
+
+    def _deliver_loop(self) -> None:
+        try:
+            while True:
+                with self._outbox_ready:
+                    self._outbox_ready.wait_for(lambda: bool(self._outbox) or self._stop)
+                    if self._stop:  # closing: what the design still had to say goes nowhere
+                        return
+                    batch = self._outbox[0]  # stays queued while delivered: settle() waits for it
+                self._deliver(batch)
+                with self._outbox_ready:
+                    self._outbox.popleft()
+                    drained = not self._outbox
+                if drained:
+                    self.wake()  # the clock thread looks again: idle with nothing left to deliver settles
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+    def _deliver(self, batch: _Batch) -> None:
         sink = self._sink
         if sink is None:
             return
-        if faults:
-            sink.faults(faults)
-        if status:
-            sink.status_changed(status, ev)
-        if frames:
-            sink.frames(frames)
-        if irqs:
-            sink.irqs(irqs)
+        if batch.faults:
+            sink.faults(batch.faults)
+        if batch.status:
+            sink.status_changed(batch.status, batch.events)
+        if batch.frames:
+            sink.frames(batch.frames)
+        if batch.irqs:
+            sink.irqs(batch.irqs)
 
     def wake(self) -> None:
         os.eventfd_write(self._wake, 1)
@@ -263,12 +310,14 @@ class RtlRunner:
 
     def close(self) -> None:
         self._stop = True
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            self.wake()
-            thread.join(JOIN_TIMEOUT)
-            if thread.is_alive():
-                raise RuntimeError(f"{self.name}: clock thread did not stop within {JOIN_TIMEOUT} s")
+        with self._outbox_ready:
+            self._outbox_ready.notify_all()
+        self.wake()
+        for thread, what in ((self._thread, "clock"), (self._delivery, "event delivery")):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(JOIN_TIMEOUT)
+                if thread.is_alive():
+                    raise RuntimeError(f"{self.name}: {what} thread did not stop within {JOIN_TIMEOUT} s")
         with self.lock:
             self.bridge.close()
         os.close(self._wake)

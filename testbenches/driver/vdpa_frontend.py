@@ -9,11 +9,12 @@ socket in between. Every wait is a bounded ``select`` on an eventfd.
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable, Sequence
 
 from backend.device import VdpaDevice, VqState
-from backend.eventloop import new_eventfd, wait_eventfd
+from backend.eventloop import consume_eventfd, new_eventfd, wait_eventfd
 from backend.pci.device import DmaPerm
 from backend.virtio.features import DeviceStatus, F, NetF, bits, has
 from backend.virtio.net_hdr import HDR_SIZE, NetHdr
@@ -128,4 +129,49 @@ def exchange_frames(rxq: DriverSplitQueue | DriverPackedQueue, txq: DriverSplitQ
     while txq.in_flight and wait_eventfd(call_tx, deadline - time.monotonic()):
         txq.used()
     txq.used()
+    return out
+
+
+def stream_frames(rxq: DriverSplitQueue | DriverPackedQueue, txq: DriverSplitQueue | DriverPackedQueue,
+                  call_rx: int, call_tx: int,
+                  kick_rx: Callable[[], object], kick_tx: Callable[[], object], frames: Sequence[bytes],
+                  timeout: float, buf_size: int = 2048) -> list[bytes]:
+    """:func:`exchange_frames` kept in flight: receive buffers and frames are added as ring slots come back, so
+    the device always has work while the driver refills and reads (one ring's worth at a time leaves the device
+    idle while the driver works). A frame is sent only once a receive buffer waits for it. Returns what arrived
+    before ``timeout`` ran out without progress, in arrival order."""
+    want = len(frames)
+    posted = sent = 0
+    out: list[bytes] = []
+    hdr = NetHdr().pack()
+    deadline = time.monotonic() + timeout
+    while len(out) < want or txq.in_flight:
+        progressed = False
+        if posted < want and rxq.num_free:
+            while posted < want and rxq.num_free:
+                rxq.add([], [buf_size])
+                posted += 1
+            kick_rx()
+            progressed = True
+        if sent < posted and txq.num_free:
+            while sent < posted and txq.num_free:
+                txq.add([hdr + frames[sent]], [])
+                sent += 1
+            kick_tx()
+            progressed = True
+        got = rxq.used()
+        if got:
+            out += [u.data[HDR_SIZE:] for u in got]
+            progressed = True
+        if txq.used():
+            progressed = True
+        if progressed:
+            deadline = time.monotonic() + timeout
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([call_rx, call_tx], [], [], left)
+        for fd in ready:
+            consume_eventfd(fd)
     return out

@@ -35,7 +35,7 @@ from sim.memory import Allocator, GuestMemory
 from testbenches.driver.layout import default_allocator
 from testbenches.driver.packed import DriverPackedQueue
 from testbenches.driver.split_ring import DriverSplitQueue
-from testbenches.driver.vdpa_frontend import exchange_frames
+from testbenches.driver.vdpa_frontend import exchange_frames, stream_frames
 
 R = m.FrontendRequest
 #: Protocol features virtio_user asks for (it sends MQ|REPLY_ACK|STATUS).
@@ -276,6 +276,13 @@ class VhostUserFrontend:
         return exchange_frames(self.rings[rx], self.rings[tx], self.calls[rx], self.calls[tx],
                                lambda: self.kick(rx), lambda: self.kick(tx), frames,
                                self.timeout if timeout is None else timeout, buf_size)
+
+    def stream(self, frames: Sequence[bytes], rx: int = 0, tx: int = 1, timeout: float | None = None,
+               buf_size: int = 2048) -> list[bytes]:
+        """:meth:`exchange` with the rings kept stocked as the device returns slots (any number of frames)."""
+        return stream_frames(self.rings[rx], self.rings[tx], self.calls[rx], self.calls[tx],
+                             lambda: self.kick(rx), lambda: self.kick(tx), frames,
+                             self.timeout if timeout is None else timeout, buf_size)
 
     def closed_by_peer(self, timeout: float = 2.0) -> bool:
         """True when the backend closed the connection within ``timeout`` (EOF)."""
