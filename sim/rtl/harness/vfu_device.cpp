@@ -28,6 +28,12 @@
 // do what VFIO does on the platform side: a vector bound is unmasked and MSI-X enabled, unbinding the index
 // disables MSI-X. INTx and MSI-X vector 0 share one eventfd slot in libvfio-user (the last bound wins).
 //
+// A client that shrinks a memory file it mapped for DMA (ftruncate after DMA_MAP) must not kill the process with
+// every device in it: a SIGBUS inside a DMA mapping is caught (sigbus_guard below, as backend/sigbus_guard.py does
+// for Python processes), the page is replaced by an anonymous one so the access completes, and the mapping's flag
+// makes the bridge answer that beat SLVERR and record the fault ("memory behind IOVA ... is gone"), which the design
+// turns into DEVICE_NEEDS_RESET. A SIGBUS anywhere else still kills the process (a real bug).
+//
 // Prints "listening on SOCKET" once ready; exits 0 on SIGTERM/SIGINT (or, with --once, when a client hangs
 // up); any failure is reported on stderr with a non-zero exit.
 
@@ -78,6 +84,7 @@ void vb_set_bus_master(VbBridge* b, int on);
 void vb_set_wake_fd(VbBridge* b, int fd);
 int vb_dma_map_host(VbBridge* b, uint64_t iova, uint64_t size, void* host, int perm);
 int vb_dma_unmap(VbBridge* b, uint64_t iova, uint64_t size);
+int vb_dma_guard(VbBridge* b, uint64_t iova, const uint64_t* flag);
 int vb_wait(VbBridge* b, int timeout_ms);
 int vb_run(VbBridge* b, uint64_t max_cycles, uint64_t event_delay);
 int64_t vb_axil(VbBridge* b, unsigned slave, int write, uint32_t addr, uint32_t data, uint32_t strb, uint32_t* rdata,
@@ -331,6 +338,8 @@ struct Fault {
 const Layout* layout = nullptr;
 bool verbose = false;
 
+struct GuardSlot;  // the SIGBUS guard's table entry for one DMA mapping (below)
+
 struct Device {
   explicit Device(unsigned index, const std::string& path);
   ~Device();
@@ -362,6 +371,8 @@ struct Device {
   std::mutex settle_mu;
   std::condition_variable settled_cv;
   uint64_t requests = 0, settled_upto = 0;
+
+  std::map<uint64_t, GuardSlot*> guarded;  // DMA mapping iova -> its SIGBUS guard slot (under `mu`)
 
   std::mutex port_mu;  // faults, errors, link
   std::vector<Fault> faults;
@@ -853,6 +864,68 @@ int reset_cb(vfu_ctx_t* ctx, vfu_reset_type_t type) {
   return 0;
 }
 
+// ---- the SIGBUS guard ------------------------------------------------------------------------------------------
+//
+// One table for the process (signal dispositions are per process): each DMA mapping's host range and its flag.
+// The handler only reads the table (atomics, no locks: it may interrupt a thread holding one) and makes
+// async-signal-safe calls (mmap); slots are claimed and released under guard_mu by the main thread.
+
+constexpr size_t GUARD_SLOTS = 1024;
+
+struct GuardSlot {
+  std::atomic<uintptr_t> start{0}, end{0};  // end == 0: free
+  uint64_t gone = 0;                        // the bridge's flag for the mapping (vb_dma_guard)
+};
+
+GuardSlot guard_slots[GUARD_SLOTS];
+std::mutex guard_mu;
+long guard_page = 4096;
+
+void on_sigbus(int, siginfo_t* si, void*) {
+  auto a = reinterpret_cast<uintptr_t>(si->si_addr);
+  for (auto& g : guard_slots) {
+    uintptr_t lo = g.start.load(std::memory_order_acquire), hi = g.end.load(std::memory_order_acquire);
+    if (hi != 0 && lo <= a && a < hi) {
+      void* page = reinterpret_cast<void*>(a & ~uintptr_t(guard_page - 1));
+      // the interrupted load or store completes on a private zero page the client never sees
+      if (mmap(page, size_t(guard_page), PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
+          MAP_FAILED)
+        break;
+      __atomic_store_n(&g.gone, 1, __ATOMIC_RELEASE);
+      return;
+    }
+  }
+  signal(SIGBUS, SIG_DFL);  // not guest memory: the access runs again and kills, as without the guard
+}
+
+void install_sigbus_guard() {
+  guard_page = sysconf(_SC_PAGESIZE);
+  struct sigaction act {};
+  act.sa_sigaction = on_sigbus;
+  act.sa_flags = SA_SIGINFO;
+  sigemptyset(&act.sa_mask);
+  if (sigaction(SIGBUS, &act, nullptr) != 0) die("sigaction(SIGBUS): %s", std::strerror(errno));
+}
+
+// A guarded range for [host, host + size); the slot's flag, or nullptr when the table is full (then unguarded).
+GuardSlot* guard_add(void* host, uint64_t size) {
+  std::lock_guard<std::mutex> g(guard_mu);
+  for (auto& slot : guard_slots)
+    if (slot.end.load(std::memory_order_relaxed) == 0) {
+      slot.gone = 0;
+      slot.start.store(reinterpret_cast<uintptr_t>(host), std::memory_order_release);
+      slot.end.store(reinterpret_cast<uintptr_t>(host) + size, std::memory_order_release);
+      return &slot;
+    }
+  return nullptr;
+}
+
+void guard_remove(GuardSlot* slot) {
+  std::lock_guard<std::mutex> g(guard_mu);
+  slot->end.store(0, std::memory_order_release);
+  slot->start.store(0, std::memory_order_release);
+}
+
 void dma_register(vfu_ctx_t* ctx, vfu_dma_info_t* info) {
   Device* d = of(ctx);
   auto iova = reinterpret_cast<uint64_t>(info->iova.iov_base);
@@ -867,6 +940,16 @@ void dma_register(vfu_ctx_t* ctx, vfu_dma_info_t* info) {
   {
     std::lock_guard<std::mutex> g(d->mu);
     rc = vb_dma_map_host(d->b, iova, size, info->vaddr, perm);
+    if (rc >= 0) {
+      GuardSlot* slot = guard_add(info->vaddr, size);
+      if (slot != nullptr) {
+        vb_dma_guard(d->b, iova, &slot->gone);
+        d->guarded[iova] = slot;
+      } else {
+        warn("device %u: DMA region [%#llx, +%#llx): the SIGBUS guard's table is full, the mapping is unguarded",
+             d->index, static_cast<unsigned long long>(iova), static_cast<unsigned long long>(size));
+      }
+    }
   }
   if (rc < 0)
     warn("device %u: DMA region [%#llx, +%#llx): the bridge refused it: %s", d->index,
@@ -875,8 +958,14 @@ void dma_register(vfu_ctx_t* ctx, vfu_dma_info_t* info) {
 
 void dma_unregister(vfu_ctx_t* ctx, vfu_dma_info_t* info) {
   Device* d = of(ctx);
+  auto iova = reinterpret_cast<uint64_t>(info->iova.iov_base);
   std::lock_guard<std::mutex> g(d->mu);
-  vb_dma_unmap(d->b, reinterpret_cast<uint64_t>(info->iova.iov_base), info->iova.iov_len);
+  vb_dma_unmap(d->b, iova, info->iova.iov_len);
+  auto it = d->guarded.find(iova);
+  if (it != d->guarded.end()) {  // libvfio-user unmaps the range after this returns: no access can fault on it now
+    guard_remove(it->second);
+    d->guarded.erase(it);
+  }
 }
 
 // ---- the clock (RtlRunner._clock, RtlPciDevice and RtlNetModel as event sinks) ---------------------------------
@@ -946,6 +1035,9 @@ void Device::deliver() {
         }
       }
   }
+  for (const Fault& f : new_faults)  // one line each, as the Python device processes log theirs
+    warn("device %u: DMA fault at IOVA %#llx (+%#llx): %s", index, static_cast<unsigned long long>(f.iova),
+         static_cast<unsigned long long>(f.size), f.reason.c_str());
   if (!new_faults.empty()) {
     std::lock_guard<std::mutex> g(port_mu);
     faults.insert(faults.end(), new_faults.begin(), new_faults.end());
@@ -1478,6 +1570,7 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGHUP);
   if (pthread_sigmask(SIG_BLOCK, &sigs, nullptr) != 0) die("pthread_sigmask failed");
   signal(SIGPIPE, SIG_IGN);
+  install_sigbus_guard();
   int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
   if (sig_fd < 0) die("signalfd: %s", std::strerror(errno));
 
