@@ -107,6 +107,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quirk", metavar="NAME",
                    help="quirk entry whose recorded deviations describe the device; its failures are reported "
                         "as 'deviation' (default: the entry the device's PCI ids match)")
+    p.add_argument("--check-budget", type=float, metavar="SECONDS",
+                   help="on a slow target (an RTL on Icarus), a check expected to take longer is reported not "
+                        "applicable with its estimate (default 600)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="plain pytest output instead of the progress bar")
     p.add_argument("--real-drivers", metavar="DIR", help=REAL_DRIVERS_HELP)

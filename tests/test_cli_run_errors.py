@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-#: The bound the command must answer within (Python start-up and imports included).
-FAST = 2.0
+#: The bound the command must answer within (Python start-up and imports included: about 1 s on a quiet machine, up to
+#: 2-3 s with both cores busy; a run that opened the target's checks would take far longer).
+FAST = 5.0
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 30.0) -> tuple[subprocess.CompletedProcess[str], float]:

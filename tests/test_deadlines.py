@@ -16,6 +16,7 @@ from backend.pci.proxy import PciDeviceProxy
 from backend.targets import default_registry
 from sim.memory import GuestMemory
 from testbenches.conformance.deadlines import (
+    DEFAULT_BUDGET,
     FULL_SPEED_READ,
     FULL_SPEED_ROUND_TRIP,
     MAX_SCALE,
@@ -109,6 +110,24 @@ def sim() -> Iterator[PciDevice]:
         yield dev
     finally:
         dev.close()
+
+
+def test_a_long_check_is_left_out_only_on_a_slow_target() -> None:
+    """Crossing the 16-bit idx takes ~70,000 chains: on a full-speed target it always runs (scale 1, whatever the
+    count); on a slow one its estimate against the budget decides, and the reason names estimate, budget and option."""
+    fast = Deadlines.calibrated("sim:virtio-net", Calibration.of([0.0003] * 8, [0.00005] * 4))
+    assert fast.scale == 1 and fast.unaffordable(10**9, "this check") is None
+    slow = Deadlines.calibrated(ICARUS, Calibration.of([0.029] * 8, [0.0045] * 4), declared=20.0)
+    assert slow.budget == DEFAULT_BUDGET
+    assert slow.chain_seconds() == pytest.approx(0.04)  # the declared scale's 20 x 2 ms, above the measured 29 ms
+    assert slow.unaffordable(2500, "a small check") is None  # 100 s
+    why = slow.unaffordable(70_000, "crossing the 16-bit used idx wrap")
+    assert why is not None
+    assert "70000 chains" in why and "about 47 min" in why and "600 s" in why and "--check-budget" in why, why
+    generous = Deadlines.calibrated(ICARUS, Calibration.of([0.029] * 8, [0.0045] * 4), declared=20.0, budget=3600.0)
+    assert generous.unaffordable(70_000, "crossing the 16-bit used idx wrap") is None
+    measured = Deadlines.calibrated(ICARUS, Calibration.of([0.1] * 8, []))  # slower than the scale says
+    assert measured.chain_seconds() == pytest.approx(0.1)
 
 
 def test_bring_up_calibration_sees_a_slow_target(sim: PciDevice) -> None:

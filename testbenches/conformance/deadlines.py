@@ -22,6 +22,13 @@ The scale comes from the target (``checks/conftest.py`` builds it once per sessi
 
 Bounded to :data:`MIN_SCALE` .. :data:`MAX_SCALE`; a full-speed target gets exactly 1, its bounds unchanged.
 A check that runs out of a bound says how long it waited and why (:meth:`Deadlines.explain`).
+
+Scaling bounds makes a slow target pass what it does right; it does not make it fast. A few checks move tens of
+thousands of chains (crossing the 16-bit ring index needs 65,536): minutes on a full-speed target, hours on Icarus.
+:meth:`Deadlines.unaffordable` estimates such a check's time from the session's speed and, on a slow target, above
+the per-check *budget* (:data:`DEFAULT_BUDGET`, ``vdpa-bench run --check-budget SECONDS``) gives the reason the
+check reports its ids *not applicable* with: the estimate, the budget and how to raise it. A full-speed target
+(time scale 1) runs every check whatever its size.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ FULL_SPEED_ROUND_TRIP = 0.002
 #: The same for one common-cfg register read, used only when no round trip could be timed (the model and Verilator
 #: 0.05 ms, vfio-user about 1 ms, Icarus about 6 ms).
 FULL_SPEED_READ = 0.0005
+#: Seconds a single check may be expected to take on a slow target before it is left out (not applicable, with
+#: the estimate); ``--check-budget`` changes it.
+DEFAULT_BUDGET = 600.0
 
 
 def seconds(value: float) -> str:
@@ -119,12 +129,35 @@ class Deadlines:
     target: str = "the target"
     basis: str = "nominal"
     detail: str = ""
+    #: the calibrated one-chain round trip (s), None when not measured
+    round_trip: float | None = None
+    #: seconds one check may be expected to take on a slow target (:meth:`unaffordable`)
+    budget: float = DEFAULT_BUDGET
 
     @classmethod
-    def calibrated(cls, target: str, cal: Calibration, declared: float = MIN_SCALE) -> Deadlines:
+    def calibrated(cls, target: str, cal: Calibration, declared: float = MIN_SCALE,
+                   budget: float = DEFAULT_BUDGET) -> Deadlines:
         """The deadlines of ``target`` from its bring-up measurement, at least its ``declared`` slowdown."""
-        own = cls(scale_of(cal), target, "calibrated at bring-up", f"calibrated at bring-up: {cal.describe()}")
+        own = cls(scale_of(cal), target, "calibrated at bring-up", f"calibrated at bring-up: {cal.describe()}",
+                  cal.round_trip, budget)
         return own.at_least(declared)
+
+    def chain_seconds(self) -> float:
+        """What one chain costs here, for estimates: the calibrated round trip, at least a full-speed round trip
+        times the scale (a declared slowdown above the measured one counts)."""
+        return max(self.round_trip or 0.0, FULL_SPEED_ROUND_TRIP * self.scale)
+
+    def unaffordable(self, chains: int, what: str) -> str | None:
+        """None when a check moving ``chains`` chains runs here; else why it does not (its ids are then reported
+        *not applicable* with this): only a slow target (time scale above 1) whose estimate exceeds the budget."""
+        if self.scale <= MIN_SCALE:
+            return None
+        estimate = chains * self.chain_seconds()
+        if estimate <= self.budget:
+            return None
+        return (f"{what} moves {chains} chains: at {self.chain_seconds() * 1e3:.3g} ms a chain on {self.target} "
+                f"(time scale {self.scale:g}, {self.basis}) about {estimate / 60:.0f} min, above the per-check budget "
+                f"of {seconds(self.budget)} (vdpa-bench run --check-budget SECONDS includes it)")
 
     def at_least(self, declared: float) -> Deadlines:
         """These deadlines, with the target's declared slowdown as a floor."""

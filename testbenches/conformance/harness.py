@@ -49,7 +49,7 @@ from backend.virtio.pci_regs import NO_VECTOR
 from backend.virtio.split_ring import vring_need_event
 from sim.memory import Allocator, GuestMemory
 from testbenches.conformance.chains import DmaWatch, Posted, add_chain
-from testbenches.conformance.deadlines import Calibration, Deadlines, declared_scale
+from testbenches.conformance.deadlines import DEFAULT_BUDGET, Calibration, Deadlines, declared_scale
 from testbenches.conformance.packed_chains import add_packed_chain
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import DriverRing, Layout, PackedDriverRing, layout_features, layout_of
@@ -926,10 +926,11 @@ class Bench:
 # --- calibration ----------------------------------------------------------------------------------------------
 
 
-def calibrate(pci: PciDevice, target: str) -> Deadlines:
+def calibrate(pci: PciDevice, target: str, budget: float = DEFAULT_BUDGET) -> Deadlines:
     """The session's deadlines for ``target``, measured on ``pci`` (a fresh device of it, left for the caller to
-    close): :func:`measure`, at least the slowdown the device declares."""
-    return Deadlines.calibrated(target, measure(pci), declared_scale(pci))
+    close): :func:`measure`, at least the slowdown the device declares; ``budget``: seconds one check may take on a
+    slow target (:meth:`Deadlines.unaffordable`)."""
+    return Deadlines.calibrated(target, measure(pci), declared_scale(pci), budget)
 
 
 def measure(pci: PciDevice) -> Calibration:

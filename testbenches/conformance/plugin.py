@@ -78,6 +78,7 @@ import pytest
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from testbenches.conformance.deadlines import DEFAULT_BUDGET
 from testbenches.conformance.deviations import KnownDeviations, UnknownQuirkError
 from testbenches.conformance.report import (
     CheckRecord,
@@ -355,6 +356,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="NAME",
         help="the quirk entry whose recorded deviations describe the device (default: the one its PCI ids match)",
+    )
+    group.addoption(
+        "--check-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        metavar="SECONDS",
+        help="on a slow target (time scale above 1), a check expected to take longer than this is reported not "
+             f"applicable with its estimate (default {DEFAULT_BUDGET:g})",
     )
     group.addoption(
         "--vdpa-progress",

@@ -100,6 +100,8 @@ def pytest_args(args: argparse.Namespace, out: Path) -> list[str]:
         argv.append("--waves")
     if getattr(args, "quirk", None):
         argv += ["--quirk", args.quirk]
+    if getattr(args, "check_budget", None) is not None:
+        argv += ["--check-budget", str(args.check_budget)]
     if args.progress:
         argv += ["-p", "no:terminal"]
     else:

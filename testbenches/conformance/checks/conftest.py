@@ -27,7 +27,7 @@ def deadlines(target_registry: TargetRegistry, target_options: TargetOptions,
     spec = target_options.device_spec(target_options.spec)
     pci = target_registry.open(spec)
     try:
-        found = calibrate(pci, spec)
+        found = calibrate(pci, spec, float(pytestconfig.getoption("--check-budget")))
     finally:
         pci.close()
     conformance_run(pytestconfig).time_scale = found.describe()

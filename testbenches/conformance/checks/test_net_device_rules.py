@@ -305,6 +305,10 @@ def test_rounds_mid_ring_across_the_idx_wrap(bench: Bench, verdict: Verdict, eve
         # stays below it: rounds mid-ring only), else used.flags'.
         wraps = event_idx or (not has(rig.offered, F.EVENT_IDX) and not in_order)
         total = WRAP_TOTAL if wraps else 20 * per_round
+        if (why := rig.deadlines.unaffordable(total, "this check")) is not None:
+            for i in ids:
+                verdict.not_applicable(i, why)
+            return
         txpool = rig.drv.alloc.alloc(pairs * WRAP_BUF, 64)
         tailpool = rig.drv.alloc.alloc(pairs * WRAP_BUF, 64)  # second pieces: never adjacent to their first
         rxpool = rig.drv.alloc.alloc(size * WRAP_BUF, 64)
