@@ -11,7 +11,10 @@ doorbells otherwise, and the one place its events reach Python.
   from the design by the clock thread and delivered by one delivery thread, in that order per batch
   and batches in the order taken: a fault and an error are on record before the interrupt that
   reports them fires. The clock does not wait for Python to deliver (the wire, the interrupt
-  eventfds): the design runs on while a batch is delivered, as hardware does.
+  eventfds): the design runs on while a batch is delivered, as hardware does. A register read is the
+  exception, as on PCIe, where a read completion may not pass the posted writes before it (an MSI-X
+  message included): :meth:`RtlRunner.axil_read` returns only once every event the design raised up
+  to its response has been delivered, so an interrupt requested before a read never lands after it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ CHUNK = 1 << 20
 EVENT_DELAY = 2048
 #: Bound on joining the clock thread at close.
 JOIN_TIMEOUT = 10.0
+#: Bound on a register read waiting for the events before it to be delivered (PCIe ordering).
+FLUSH_TIMEOUT = 10.0
 
 AccessObserver = Callable[[DmaPerm, int, int], None]
 
@@ -124,6 +129,8 @@ class RtlRunner:
         # batches taken by the clock thread, not yet delivered (the one being delivered included)
         self._outbox: deque[_Batch] = deque()
         self._outbox_ready = threading.Condition()
+        self._taken = 0  # batches queued so far
+        self._delivered = 0  # batches delivered so far
         # settle(): requests are numbered; a run that started after request n and ended idle with nothing
         # left to deliver settles every request up to n
         self._settled = threading.Condition()
@@ -175,14 +182,33 @@ class RtlRunner:
     def _take(self) -> None:
         """The design's pending events, queued for the delivery thread."""
         with self.lock:
-            ev = self.bridge.events()
+            self._take_locked()
+
+    def _take_locked(self) -> int:
+        """With :attr:`lock` held: queue the design's pending events (if any) for the delivery thread; the number of
+        batches that must be delivered for everything raised so far to be out."""
+        ev = self.bridge.events()
+        with self._outbox_ready:
+            if not ev:
+                return self._taken
             batch = _Batch(ev, self.bridge.pop_faults() if ev & Events.FAULTS else [],
                            self.bridge.status() if ev & (Events.INTX | Events.ERRORS) else {},
                            self.bridge.pop_irqs() if ev & Events.IRQS else [],
                            self.bridge.pop_frames() if ev & Events.FRAMES else [])
-        with self._outbox_ready:
             self._outbox.append(batch)
-            self._outbox_ready.notify()
+            self._taken += 1
+            self._outbox_ready.notify_all()
+            return self._taken
+
+    def _flush(self, upto: int) -> None:
+        """Wait until ``upto`` batches have been delivered (not on the delivery thread itself: a sink's own read
+        must not wait for the batch it is delivering)."""
+        if threading.current_thread() is self._delivery:
+            return
+        with self._outbox_ready:
+            if not self._outbox_ready.wait_for(lambda: self._delivered >= upto or self._stop, FLUSH_TIMEOUT):
+                raise RuntimeError(f"{self.name}: events before a register read not delivered within "
+                                   f"{FLUSH_TIMEOUT} s (the delivery thread is stuck)")
 
     def _deliver_loop(self) -> None:
         try:
@@ -195,7 +221,9 @@ class RtlRunner:
                 self._deliver(batch)
                 with self._outbox_ready:
                     self._outbox.popleft()
+                    self._delivered += 1
                     drained = not self._outbox
+                    self._outbox_ready.notify_all()
                 if drained:
                     self.wake()  # the clock thread looks again: idle with nothing left to deliver settles
         except BaseException as exc:
@@ -231,10 +259,14 @@ class RtlRunner:
     # --- accesses from other threads -----------------------------------------------------------------
 
     def axil_read(self, addr: int, slave: int = 0) -> int:
+        """One register read; returns once what the design raised before its response has been delivered (a read
+        completion pushes the posted writes ahead of it: an MSI-X message requested earlier arrives first)."""
         with self.lock:
             self._sync_observer()
             data, state = self.bridge.axil(False, addr, 0, 0, slave)
+            upto = self._take_locked()
         self._after(state)
+        self._flush(upto)
         return data
 
     def axil_write(self, addr: int, data: int, strb: int, slave: int = 0) -> None:
