@@ -62,6 +62,9 @@ def test_schema_errors_name_the_key(tmp_path: Path) -> None:
     path = variant_of(tmp_path, "[clock]\nport = \"clk\"", "[clock]\nport = \"clk\"\nedge = \"rising\"")
     with pytest.raises(DescriptionError, match=r"clock: Additional properties are not allowed \('edge'"):
         Description.load(path)
+    path = variant_of(tmp_path, "dest = true", 'lanes = "per-queue"')
+    with pytest.raises(DescriptionError, match=r"stream.lanes: 'per-queue' is not one of \['single', 'per-pair'\]"):
+        Description.load(path)
     path = variant_of(tmp_path, 'active = "low"', 'active = "negative"')
     with pytest.raises(DescriptionError, match=r"reset.active: 'negative' is not one of \['low', 'high'\]"):
         Description.load(path)
@@ -80,6 +83,7 @@ def test_semantic_errors(tmp_path: Path) -> None:
         (("offset = 0x3000\nlength", "offset = 0x5000\nlength"), "'notify'.*not inside one slave window"),
         (('style = "vector"', 'style = "msi-write"'), "in_design = false"),
         (('vectors = "2 * queues + (queues > 1) + 1"', 'vectors = "2 * queues + spare"'), "unknown name 'spare'"),
+        (("dest = true", 'dest = true\nlanes = "per-pair"'), r"stream: dest = true with lanes = 'per-pair'.*no tdest"),
     ]
     for (old, new), message in cases:
         path = variant_of(tmp_path, old, new)
@@ -123,6 +127,32 @@ def test_a_missing_port_and_a_width_mismatch_are_one_error(tmp_path: Path, veril
         build_variant(opts)
 
 
+def test_lane_vectors_are_checked_against_the_queue_pairs(tmp_path: Path, verilator: None) -> None:
+    """``lanes = "per-pair"`` on the project's design (one port with tdest): with 2 pairs every handshake
+    signal must be 2 bits, each named in the one error; with 1 pair the single port is one lane and fits."""
+    path = variant_of(tmp_path, "dest = true", 'lanes = "per-pair"')
+    opts = RtlOptions(f"{path},queues=2")
+    with pytest.raises(DescriptionError) as err:
+        check_ports(opts.variant, read_ports(opts.variant))
+    message = " ".join(str(err.value).split())
+    for port in ("s_axis_tvalid", "s_axis_tlast", "m_axis_tready", "m_axis_tvalid"):
+        assert (f"stream {'rx' if port[0] == 's' else 'tx'} (2 lanes, one per queue pair): port '{port}' is 1 bits "
+                f"wide, the description says 2") in message, message
+    one = RtlOptions(f"{path},queues=1")
+    assert "s_axis_tdest" in check_ports(one.variant, read_ports(one.variant))  # unnamed input: driven 0
+
+
+def test_a_lane_width_that_does_not_divide(tmp_path: Path, verilator: None) -> None:
+    """tdata of a per-pair port is lanes x W with W whole bytes: 3 lanes on a 64-bit port do not divide it."""
+    path = variant_of(tmp_path, "dest = true", 'lanes = "per-pair"')
+    text = path.read_text().replace('NUM_PAIRS = "{queues}"', 'NUM_PAIRS = "{min(queues, 2)}"')
+    path.write_text(text)
+    opts = RtlOptions(f"{path},queues=3")
+    with pytest.raises(DescriptionError, match=r"stream rx \(3 lanes, one per queue pair\): s_axis_tdata is 64 "
+                                               r"bits: the description needs 3 x W bits"):
+        check_ports(opts.variant, read_ports(opts.variant))
+
+
 def test_a_direction_mismatch(tmp_path: Path, verilator: None) -> None:
     path = variant_of(tmp_path, 'ready = "irq_ready"', 'ready = "irq_valid"')
     opts = RtlOptions(str(path))
@@ -138,6 +168,12 @@ def test_the_bridge_is_generated_from_the_roles(verilator: None) -> None:
     cpp = render_bridge(opts.variant, ports, check_ports(opts.variant, ports))
     assert "t->rst_n = 0;" in cpp and "t->m_axi_arready" in cpp and "b->dma[0].w = 16;" in cpp
     assert "virtio_net_top__DOT__u_engine__DOT__state == 0u" in cpp
+    assert "t->s_axis_tdest = f.dest;" in cpp and "LANES" not in cpp  # one port, tdest the pair
+    acme = RtlOptions("acme-vnet,queues=4")
+    ports = read_ports(acme.variant)
+    cpp = render_bridge(acme.variant, ports, check_ports(acme.variant, ports))
+    assert "constexpr unsigned LANES = 4;" in cpp and "RX_BYTES = 16, TX_BYTES = 16" in cpp
+    assert "tdest" not in cpp.split("namespace {", 1)[1]  # lanes, no tdest
 
 
 def test_a_wrong_reset_polarity_is_named_before_any_check(tmp_path: Path, verilator: None) -> None:

@@ -18,7 +18,7 @@ def cmd_design(args: argparse.Namespace) -> int:
     from models.rtl.targets import RtlOptions, build_variant
     from sim.rtl.build import RtlBuildError
     from sim.rtl.description import DescriptionError
-    from sim.rtl.generate import check_ports, read_ports, status_fields
+    from sim.rtl.generate import check_ports, read_ports, status_fields, stream_lanes
 
     console = Console()
     spec = args.spec.removeprefix("rtl:")
@@ -45,8 +45,17 @@ def cmd_design(args: argparse.Namespace) -> int:
     for m in variant.dma:
         table.add_row(f"dma {m.name}", f"{m.prefix}*", f"{m.data_width}-bit data, {m.addr_width}-bit address, ID "
                       f"{m.id_width}, {m.outstanding} outstanding")
-    if d.stream_rx is not None:
-        table.add_row("stream", f"{d.stream_rx}* / {d.stream_tx}*", "tdest: queue pair" if d.stream_dest else "")
+    if d.stream_rx is not None and d.stream_tx is not None:
+        lanes = stream_lanes(variant)
+        width = ports[d.stream_rx + "tdata"].width // lanes
+        if d.stream_dest:
+            note = f"{width}-bit data, tdest: queue pair"
+        elif d.stream_lanes == "per-pair":
+            note = (f"{lanes} lanes of {width}-bit data, one per queue pair: lane i is pair i (tdata "
+                    f"[{width}*i +: {width}], tvalid/tready/tlast bit i)")
+        else:
+            note = f"{width}-bit data, no tdest"
+        table.add_row("stream", f"{d.stream_rx}* / {d.stream_tx}*", note)
     irq = d.interrupts
     table.add_row("interrupts", ", ".join(str(v) for k, v in irq.items() if k != "style"), str(irq["style"]))
     table.add_row("idle", d.idle_port or f"{len(d.idle_signals)} signals", "")

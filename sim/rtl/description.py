@@ -189,6 +189,9 @@ class Description:
     stream_rx: str | None
     stream_tx: str | None
     stream_dest: bool
+    #: ``[stream] lanes``: "single" (one port each way, tdest optional) or "per-pair" (every signal packs
+    #: one lane per queue pair: lane i of tdata at bits [i*W +: W], of tvalid at bit i; no tdest)
+    stream_lanes: str
     interrupts: Mapping[str, str]
     msix_in_design: bool
     link: str | None
@@ -288,6 +291,11 @@ class Description:
             (source,) = files("errors.codes_from", [errors.pop("codes_from")])
             codes = error_codes(source)
         stream = raw.get("stream")
+        lanes = stream.get("lanes", "single") if stream else "single"
+        if stream and lanes == "per-pair" and stream.get("dest", False):
+            raise DescriptionError(f"{path}: stream: dest = true with lanes = 'per-pair': a per-pair port carries "
+                                   "the queue pair in which lane a frame uses, so it has no tdest (leave dest out, "
+                                   "or use lanes = 'single' with one tdest port)")
         desc = cls(
             path=path, raw=raw, name=d["name"], device=d.get("device", "virtio-net"), top=d["top"],
             sources=files("design.sources", d["sources"]),
@@ -298,7 +306,7 @@ class Description:
             reset_active_low=raw["reset"]["active"] == "low", reset_cycles=raw["reset"].get("cycles", 8),
             bars=bars, slaves=slaves,
             stream_rx=stream["rx"] if stream else None, stream_tx=stream["tx"] if stream else None,
-            stream_dest=bool(stream.get("dest", False)) if stream else False,
+            stream_dest=bool(stream.get("dest", False)) if stream else False, stream_lanes=lanes,
             interrupts=dict(raw["interrupts"]), msix_in_design=in_design,
             link=raw["link"]["port"] if "link" in raw else None,
             bus_master_enable=raw["pci"].get("bus_master_enable"),

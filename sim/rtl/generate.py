@@ -163,13 +163,15 @@ def _roles(variant: Variant, ports: Mapping[str, Port]) -> Iterator[tuple[str, s
             for sig, direction in (("awid", "out"), ("arid", "out"), ("bid", "in"), ("rid", "in")):
                 yield role, p + sig, direction, m.id_width
     if d.stream_rx is not None and d.stream_tx is not None:
-        for role, p, inward in (("stream rx", d.stream_rx, "in"), ("stream tx", d.stream_tx, "out")):
+        lanes = stream_lanes(variant)
+        per = f" ({lanes} lanes, one per queue pair)" if d.stream_lanes == "per-pair" else ""
+        for role, p, inward in ((f"stream rx{per}", d.stream_rx, "in"), (f"stream tx{per}", d.stream_tx, "out")):
             back = "out" if inward == "in" else "in"
-            yield role, p + "tdata", inward, None
+            yield role, p + "tdata", inward, None  # lane widths: _stream_widths
             yield role, p + "tkeep", inward, None
-            yield role, p + "tlast", inward, 1
-            yield role, p + "tvalid", inward, 1
-            yield role, p + "tready", back, 1
+            yield role, p + "tlast", inward, lanes
+            yield role, p + "tvalid", inward, lanes
+            yield role, p + "tready", back, lanes
             if d.stream_dest:
                 yield role, p + "tdest", inward, None
     irq = d.interrupts
@@ -196,6 +198,34 @@ def _roles(variant: Variant, ports: Mapping[str, Port]) -> Iterator[tuple[str, s
         yield f"status.{name}", port, "out", None
 
 
+def stream_lanes(variant: Variant) -> int:
+    """Lanes in each stream signal: one per queue pair the variant's options give (``lanes = "per-pair"``),
+    else the one port."""
+    return variant.queue_pairs if variant.description.stream_lanes == "per-pair" else 1
+
+
+def _stream_widths(variant: Variant, ports: Mapping[str, Port]) -> list[str]:
+    """tdata of each stream port: whole bytes, at most 512 bits a lane, the same for every lane, with one
+    tkeep bit per data byte (per-pair: ``lanes * W`` and ``lanes * W / 8`` bits)."""
+    d = variant.description
+    lanes = stream_lanes(variant)
+    per = f" ({lanes} lanes, one per queue pair)" if d.stream_lanes == "per-pair" else ""
+    problems = []
+    for role, prefix in (("stream rx", d.stream_rx), ("stream tx", d.stream_tx)):
+        if prefix is None or prefix + "tdata" not in ports:
+            continue
+        bits = ports[prefix + "tdata"].width
+        lane = bits // lanes
+        if bits % lanes or lane % 8 or not 8 <= lane <= 512:
+            need = f"{lanes} x W bits with W" if lanes > 1 else "W bits,"
+            problems.append(f"{role}{per}: {prefix}tdata is {bits} bits: the description needs {need} a multiple "
+                            "of 8, at most 512")
+        elif prefix + "tkeep" in ports and ports[prefix + "tkeep"].width != bits // 8:
+            problems.append(f"{role}{per}: {prefix}tkeep is {ports[prefix + 'tkeep'].width} bits for {bits // 8} "
+                            "data bytes")
+    return problems
+
+
 def check_ports(variant: Variant, ports: Mapping[str, Port]) -> list[str]:
     """Inputs of the design no role names (the bridge drives them 0); raises with every mismatch."""
     d = variant.description
@@ -213,17 +243,10 @@ def check_ports(variant: Variant, ports: Mapping[str, Port]) -> list[str]:
                             f"{direction}put")
         elif width is not None and port.width != width:
             problems.append(f"{role}: port {name!r} is {port.width} bits wide, the description says {width}")
-        elif width is None and port.width > 64 and not name.endswith("tdata"):
+        elif (width is None and port.width > 64 and not name.endswith("tdata")
+              and not (name.endswith("tkeep") and role.startswith("stream"))):
             problems.append(f"{role}: port {name!r} is {port.width} bits wide (at most 64)")
-    for role, prefix in (("stream rx", d.stream_rx), ("stream tx", d.stream_tx)):
-        if prefix is None or prefix + "tdata" not in ports:
-            continue
-        bits = ports[prefix + "tdata"].width
-        if bits % 8 or not 8 <= bits <= 512:
-            problems.append(f"{role}: {prefix}tdata is {bits} bits (a multiple of 8, at most 512)")
-        elif prefix + "tkeep" in ports and ports[prefix + "tkeep"].width != bits // 8:
-            problems.append(f"{role}: {prefix}tkeep is {ports[prefix + 'tkeep'].width} bits for {bits // 8} "
-                            "data bytes")
+    problems += _stream_widths(variant, ports)
     if problems:
         raise DescriptionError(f"{d.path}: the description does not match the design {d.top!r} "
                                f"(as Verilator elaborated it with {variant.spec or 'the default options'}):\n  "
@@ -253,9 +276,11 @@ def render_bridge(variant: Variant, ports: Mapping[str, Port], zero_inputs: list
     irq = d.interrupts
     stream = None
     if d.stream_rx is not None and d.stream_tx is not None:
-        stream = {"rx": d.stream_rx, "tx": d.stream_tx, "dest": d.stream_dest,
-                  "rx_bytes": ports[d.stream_rx + "tdata"].width // 8,
-                  "tx_bytes": ports[d.stream_tx + "tdata"].width // 8}
+        lanes = stream_lanes(variant)
+        stream = {"rx": d.stream_rx, "tx": d.stream_tx, "dest": d.stream_dest, "lanes": lanes,
+                  "per_pair": d.stream_lanes == "per-pair",
+                  "rx_bytes": ports[d.stream_rx + "tdata"].width // 8 // lanes,
+                  "tx_bytes": ports[d.stream_tx + "tdata"].width // 8 // lanes}
     return env.get_template(TEMPLATE).render(
         description=d.path.name, top=d.top, clock=d.clock, reset=d.reset,
         reset_asserted=0 if d.reset_active_low else 1, link=d.link, bme=d.bus_master_enable,

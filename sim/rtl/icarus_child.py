@@ -16,6 +16,8 @@ The ports come from the design description (``VDPA_ICARUS_DESCRIPTION``), as for
   (the fds the client passed in DMA_MAP, mapped here); a refused access answers SLVERR and is
   recorded as a fault; with interrupts as message writes, a write into the MSI window is the vector;
 * frames: ``AxiStreamSource`` on the receive port (tdest = the pair), ``AxiStreamSink`` on the transmit port;
+  with one lane per queue pair (``[stream] lanes = "per-pair"``) :class:`PairLanes` drives and collects
+  the packed lanes, each with its own handshake;
 * interrupts: the ready input held high, each valid pulse is one MSI-X vector request;
 * doorbells: the ioeventfds are polled here and become the doorbell write.
 
@@ -58,6 +60,7 @@ from sim.iommu import Iommu
 from sim.rtl.bridge import Events
 from sim.rtl.description import Description
 from sim.rtl.icarus import ENV_CONTROL_FD, ENV_DESCRIPTION, ENV_FACTORY, ENV_READY_FD, ENV_SOCKET, ENV_SPEC
+from sim.rtl.icarus_lanes import PairLanes
 from sim.rtl.msix import MSI_ADDRESS
 from sim.rtl.runner import ClockStats, EventSink
 from sim.vfio_user import VfioUserServer
@@ -159,7 +162,12 @@ class IcarusRunner:
         self.dma = [AxiSlave(AxiBus.from_prefix(dut, m["prefix"].rstrip("_")), self.clk, self.rst,
                              reset_active_level=level, target=self._iommu_target) for m in desc.raw["dma"]]
         self.source = self.sink = None
-        if desc.stream_rx is not None and desc.stream_tx is not None:
+        self.lanes: PairLanes | None = None
+        if desc.stream_rx is not None and desc.stream_tx is not None and desc.stream_lanes == "per-pair":
+            # one tvalid bit per lane: the width the build's parameters (the variant's queue pairs) gave it
+            pairs = len(getattr(dut, desc.stream_rx + "tvalid"))
+            self.lanes = PairLanes(dut, desc.stream_rx, desc.stream_tx, pairs, self.clk, self.rst, level)
+        elif desc.stream_rx is not None and desc.stream_tx is not None:
             self.source = AxiStreamSource(AxiStreamBus.from_prefix(dut, desc.stream_rx.rstrip("_")), self.clk,
                                           self.rst, reset_active_level=level)
             self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, desc.stream_tx.rstrip("_")), self.clk,
@@ -221,6 +229,7 @@ class IcarusRunner:
         """The design has nothing in flight, nor do the bus models."""
         streams = self.source is None or self.sink is None or (self.source.empty() and self.source.idle()
                                                                and self.sink.empty())
+        streams = streams and (self.lanes is None or self.lanes.idle())
         return self._design_idle() and streams and not self._irqs and not self._frames_in
 
     def _snapshot(self) -> Events:
@@ -245,6 +254,8 @@ class IcarusRunner:
             frame = self.sink.recv_nowait()
             dest = frame.tdest if isinstance(frame.tdest, int) else (frame.tdest[0] if frame.tdest else 0)
             frames.append((bytes(frame.tdata), int(dest)))
+        while self.lanes is not None and self.lanes.received:
+            frames.append(self.lanes.received.popleft())
         irqs, self._irqs = self._irqs, []
         sink = self._sink
         if sink is None:
@@ -257,6 +268,11 @@ class IcarusRunner:
             sink.irqs(irqs)
 
     def _feed_frames(self) -> None:
+        while self._frames_in and self.lanes is not None:
+            frame, dest = self._frames_in.popleft()
+            if not self.lanes.send(frame, dest):
+                LOG.warning("%s: a frame for queue pair %d: the design has %d lanes", self.name, dest,
+                            self.lanes.lanes)
         while self._frames_in and self.source is not None:
             frame, dest = self._frames_in.popleft()
             self.source.send_nowait(AxiStreamFrame(frame, tdest=dest))

@@ -10,7 +10,9 @@
 //   guest memory: AXI4 master dma_* (128-bit data, 48-bit address, ID 6 bits, ID 0 driven)
 //   MSI-X messages: AXI4 master msi_* (32-bit data, 64-bit address, ID 2 bits): the function writes
 //                   its own messages (acme_msix.sv); msix_en / msix_fmask come from config space
-//   frames: AXI4-Stream rx_axis_* in, tx_axis_* out (128-bit, tdest = queue pair)
+//   frames: AXI4-Stream rx_axis_* in, tx_axis_* out, one 128-bit lane per queue pair, packed (lane i
+//           of tdata at [128*i +: 128], of tvalid at bit i); acme_axis_lanes.sv puts them on the IP's
+//           one tdest port
 //   intx_o INTx level, phy_link link state, idle = no work of its own (see the end)
 //
 // Reset: aresetn, active low; asserted asynchronously (as the IP's flops are), released on aclk by the
@@ -168,18 +170,16 @@ module acme_vnet_top
   output logic                  msi_rready,
 
   // ---- frames ---------------------------------------------------------------------------------
-  input  logic [DMA_DATA_W-1:0] rx_axis_tdata,
-  input  logic [DMA_STRB_W-1:0] rx_axis_tkeep,
-  input  logic                  rx_axis_tlast,
-  input  logic                  rx_axis_tvalid,
-  output logic                  rx_axis_tready,
-  input  logic [PAIR_W-1:0]     rx_axis_tdest,
-  output logic [DMA_DATA_W-1:0] tx_axis_tdata,
-  output logic [DMA_STRB_W-1:0] tx_axis_tkeep,
-  output logic                  tx_axis_tlast,
-  output logic                  tx_axis_tvalid,
-  input  logic                  tx_axis_tready,
-  output logic [PAIR_W-1:0]     tx_axis_tdest,
+  input  logic [NUM_PAIRS*DMA_DATA_W-1:0] rx_axis_tdata,
+  input  logic [NUM_PAIRS*DMA_STRB_W-1:0] rx_axis_tkeep,
+  input  logic [NUM_PAIRS-1:0]            rx_axis_tlast,
+  input  logic [NUM_PAIRS-1:0]            rx_axis_tvalid,
+  output logic [NUM_PAIRS-1:0]            rx_axis_tready,
+  output logic [NUM_PAIRS*DMA_DATA_W-1:0] tx_axis_tdata,
+  output logic [NUM_PAIRS*DMA_STRB_W-1:0] tx_axis_tkeep,
+  output logic [NUM_PAIRS-1:0]            tx_axis_tlast,
+  output logic [NUM_PAIRS-1:0]            tx_axis_tvalid,
+  input  logic [NUM_PAIRS-1:0]            tx_axis_tready,
 
   // ---- interrupts, link, power ----------------------------------------------------------------
   input  logic                  msix_en,      // MSI-X Enable of the MSI-X capability
@@ -517,6 +517,44 @@ module acme_vnet_top
   assign dbg_err_code = core_last_err;
 
   // ---- licensed virtio core: ring engine ------------------------------------------------------
+  // ---- frame lanes <-> the IP's tdest port ----------------------------------------------------
+  logic [DMA_DATA_W-1:0] ip_rx_tdata, ip_tx_tdata;
+  logic [DMA_STRB_W-1:0] ip_rx_tkeep, ip_tx_tkeep;
+  logic                  ip_rx_tlast, ip_rx_tvalid, ip_rx_tready, ip_tx_tlast, ip_tx_tvalid, ip_tx_tready;
+  logic [PAIR_W-1:0]     ip_rx_tdest, ip_tx_tdest;
+  logic                  lanes_quiet;
+
+  acme_axis_lanes #(
+    .NUM_PAIRS (NUM_PAIRS),
+    .W         (DMA_DATA_W)
+  ) u_lanes (
+    .aclk           (aclk),
+    .aresetn        (aresetn),
+    .rx_lane_tdata  (rx_axis_tdata),
+    .rx_lane_tkeep  (rx_axis_tkeep),
+    .rx_lane_tlast  (rx_axis_tlast),
+    .rx_lane_tvalid (rx_axis_tvalid),
+    .rx_lane_tready (rx_axis_tready),
+    .rx_ip_tdata    (ip_rx_tdata),
+    .rx_ip_tkeep    (ip_rx_tkeep),
+    .rx_ip_tlast    (ip_rx_tlast),
+    .rx_ip_tvalid   (ip_rx_tvalid),
+    .rx_ip_tready   (ip_rx_tready),
+    .rx_ip_tdest    (ip_rx_tdest),
+    .tx_ip_tdata    (ip_tx_tdata),
+    .tx_ip_tkeep    (ip_tx_tkeep),
+    .tx_ip_tlast    (ip_tx_tlast),
+    .tx_ip_tvalid   (ip_tx_tvalid),
+    .tx_ip_tready   (ip_tx_tready),
+    .tx_ip_tdest    (ip_tx_tdest),
+    .tx_lane_tdata  (tx_axis_tdata),
+    .tx_lane_tkeep  (tx_axis_tkeep),
+    .tx_lane_tlast  (tx_axis_tlast),
+    .tx_lane_tvalid (tx_axis_tvalid),
+    .tx_lane_tready (tx_axis_tready),
+    .quiet          (lanes_quiet)
+  );
+
   vnet_ring_engine #(
     .NUM_PAIRS  (32'(NUM_PAIRS)),
     .NUM_QUEUES (32'(NUM_QUEUES)),
@@ -560,18 +598,18 @@ module acme_vnet_top
     .log_overflow      (log_overflow),
     .log_fault         (log_fault),
     .link_up           (phy_link),
-    .s_axis_tdata      (rx_axis_tdata),
-    .s_axis_tkeep      (rx_axis_tkeep),
-    .s_axis_tlast      (rx_axis_tlast),
-    .s_axis_tvalid     (rx_axis_tvalid),
-    .s_axis_tready     (rx_axis_tready),
-    .s_axis_tdest      (rx_axis_tdest),
-    .m_axis_tdata      (tx_axis_tdata),
-    .m_axis_tkeep      (tx_axis_tkeep),
-    .m_axis_tlast      (tx_axis_tlast),
-    .m_axis_tvalid     (tx_axis_tvalid),
-    .m_axis_tready     (tx_axis_tready),
-    .m_axis_tdest      (tx_axis_tdest),
+    .s_axis_tdata      (ip_rx_tdata),
+    .s_axis_tkeep      (ip_rx_tkeep),
+    .s_axis_tlast      (ip_rx_tlast),
+    .s_axis_tvalid     (ip_rx_tvalid),
+    .s_axis_tready     (ip_rx_tready),
+    .s_axis_tdest      (ip_rx_tdest),
+    .m_axis_tdata      (ip_tx_tdata),
+    .m_axis_tkeep      (ip_tx_tkeep),
+    .m_axis_tlast      (ip_tx_tlast),
+    .m_axis_tvalid     (ip_tx_tvalid),
+    .m_axis_tready     (ip_tx_tready),
+    .m_axis_tdest      (ip_tx_tdest),
     .m_axi_awid        (dma_awid),
     .m_axi_awaddr      (dma_awaddr),
     .m_axi_awlen       (dma_awlen),
@@ -620,12 +658,13 @@ module acme_vnet_top
   // (models/rtl/harness/vb_design.h: engine in E_IDLE (0) with no kick pending, no frame stored or
   // streaming; core with no queue or configuration interrupt pending, no device or queue reset under
   // way, link change taken), no interrupt request offered to the MSI-X unit, the MSI-X unit with no
-  // message in flight and none sendable, and no register access in the shell. The IP keeps its state
-  // internal, so the engine's and the core's private flags are read by hierarchical reference.
+  // message in flight and none sendable, no register access in the shell and no frame part way
+  // through the lanes' arbiter. The IP keeps its state internal, so the engine's and the core's
+  // private flags are read by hierarchical reference.
   logic core_quiet, engine_quiet, shell_quiet;
   assign engine_quiet = u_engine.state == '0 && u_engine.kick_pend == '0 && !u_engine.rx_full && !u_engine.tx_active;
   assign core_quiet   = u_regs.irq_pending == '0 && !u_regs.cfg_irq_pending && !eng_reset_req && eng_qreset_req == '0
                         && u_regs.link_q == phy_link && !irq_req;
-  assign shell_quiet  = msix_quiet && csr_quiet && vio_quiet && dec_quiet;
+  assign shell_quiet  = msix_quiet && csr_quiet && vio_quiet && dec_quiet && lanes_quiet;
   assign idle         = engine_quiet && core_quiet && shell_quiet;
 endmodule
