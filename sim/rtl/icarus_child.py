@@ -457,7 +457,10 @@ class IcarusRunner:
         self._call("inputs", bus_master, msix_enabled, msix_function_mask)
 
     def reset(self) -> None:
-        self._call("reset")
+        try:
+            self._call("reset")
+        except RunnerStopped:
+            return  # the process is stopping (a session released at shutdown): nothing is left to reset
 
     def dma_map(self, iova: int, size: int, fd: int, offset: int, perm: DmaPerm) -> None:
         """Nothing to do: the DMA target reads and writes through the endpoint's IOMMU, already mapped."""
