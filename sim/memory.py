@@ -69,20 +69,22 @@ class GuestMemory:
                 return r
         raise MemoryError_(f"guest-physical [{gpa:#x}, +{size:#x}) is not backed by one region")
 
-    def view(self, gpa: int, size: int) -> memoryview:
+    def _locate(self, gpa: int, size: int) -> tuple[mmap.mmap, int]:
+        """The mapping holding [gpa, gpa + size) and the offset of ``gpa`` in it."""
         r = self.region_at(gpa, size)
-        off = gpa - r.gpa
-        return memoryview(r.mm)[off:off + size]
+        return r.mm, gpa - r.gpa
+
+    def view(self, gpa: int, size: int) -> memoryview:
+        mm, off = self._locate(gpa, size)
+        return memoryview(mm)[off:off + size]
 
     def read(self, gpa: int, size: int) -> bytes:
-        r = self.region_at(gpa, size)
-        off = gpa - r.gpa
-        return r.mm[off:off + size]  # a slice of the mapping is a copy, without a view in between
+        mm, off = self._locate(gpa, size)
+        return mm[off:off + size]  # a slice of the mapping is a copy, without a view in between
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        r = self.region_at(gpa, len(data))
-        off = gpa - r.gpa
-        r.mm[off:off + len(data)] = data
+        mm, off = self._locate(gpa, len(data))
+        mm[off:off + len(data)] = data
 
     def fd_offset(self, gpa: int) -> tuple[int, int]:
         r = self.region_at(gpa)

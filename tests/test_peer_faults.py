@@ -19,7 +19,6 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ import pytest
 from backend.vhost_user import messages as m
 from backend.vhost_user.server import MESSAGE_TIMEOUT, VhostUserServer
 from sim.memory import GuestMemory
+from testbenches.conformance.harness import settled
 from testbenches.frames import test_frame
 from testbenches.frontend.vhost_user import FrontendError, VhostUserFrontend
 from testbenches.peers.serve import DeviceProcess, ServeProcess
@@ -46,6 +46,8 @@ R = m.FrontendRequest
 FLOOD = 100  # hostile connections per round
 RSS_SLACK_KIB = 8 << 10  # serve's RSS may grow this much over a second flood (allocator noise), not per message
 #: A device process's start: the RTL's loads its Verilator build (built before, see :func:`device_model`).
+#: How often /proc is sampled while a count settles.
+PROC_POLL = 0.05
 DEVICE_READY = {"sim": READY, "rtl": 120.0}
 
 
@@ -77,25 +79,15 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def settled(count: Callable[[], int], want: int, timeout: float = NOTICE) -> int:
-    """``count()`` once it equals ``want`` or ``timeout`` passed."""
-    deadline = time.monotonic() + timeout
-    value = count()
-    while value != want and time.monotonic() < deadline:
-        time.sleep(0.05)  # sampling /proc, not synchronising: the bound is the deadline
-        value = count()
-    return value
-
-
 def settled_thread_count(pid: int, want: int, timeout: float = NOTICE) -> int:
     """serve's thread count, settled (a session's thread logs the disconnect before it has returned)."""
-    return settled(lambda: thread_count(pid), want, timeout)
+    return settled(lambda: thread_count(pid), want, timeout, poll=PROC_POLL)
 
 
 def settled_fd_count(pid: int, want: int, timeout: float = NOTICE) -> int:
     """serve's fd count, settled (a session's end is logged after its release, but the last close may trail
     the log line by a moment)."""
-    return settled(lambda: fd_count(pid), want, timeout)
+    return settled(lambda: fd_count(pid), want, timeout, poll=PROC_POLL)
 
 
 def start_device(started: contextlib.ExitStack, sock_dir: Path, device_model: str, log: Path) -> DeviceProcess:

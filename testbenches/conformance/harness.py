@@ -120,15 +120,15 @@ def signalled(fds: Mapping[str, int], timeout: float) -> list[str]:
     return sorted(out)
 
 
-def settled(read: Callable[[], T], want: T, limit: float) -> T:
-    """``read()`` polled until it returns ``want`` or ``limit`` s passed (the rig's :attr:`Rig.event_wait`); the
-    last value read. For a register a device in its own thread or process updates a moment after the access that
-    changed it (PCI Status.Interrupt after an ISR read or a reset): one read right away races it, a device that
-    never updates it still fails once the bound ran out."""
+def settled(read: Callable[[], T], want: T, limit: float, *, poll: float = 0.002) -> T:
+    """``read()`` polled every ``poll`` s until it returns ``want`` or ``limit`` s passed (for a check, the rig's
+    :attr:`Rig.event_wait`); the last value read. For a register a device in its own thread or process updates a
+    moment after the access that changed it (PCI Status.Interrupt after an ISR read or a reset): one read right
+    away races it, a device that never updates it still fails once the bound ran out."""
     deadline = time.monotonic() + limit
     value = read()
     while value != want and time.monotonic() < deadline:
-        time.sleep(0.002)  # a bounded poll of a register, not synchronisation by sleeping
+        time.sleep(poll)  # a bounded poll of a value, not synchronisation by sleeping
         value = read()
     return value
 
