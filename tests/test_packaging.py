@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -34,6 +35,30 @@ def test_backend_daemon_imports_nothing_of_the_bench(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"the backend daemon imported {proc.stdout.strip()}"
+
+
+def test_package_data_covers_every_data_file() -> None:
+    """An installed bench finds what it reads at run time beside its modules: the RTL sources and description
+    files, the bridge template, the schema, the report templates. Every tracked file of a package that is not
+    Python matches one of the package's package-data patterns."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns: dict[str, list[str]] = setuptools["package-data"]
+    tracked = subprocess.run(["git", "ls-files", "backend", "sim", "models", "testbenches"], cwd=REPO,
+                             capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    missing = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in (".py", ".pyi") or path.name == "py.typed":
+            continue
+        # the nearest enclosing package (a folder with __init__.py) owns the file
+        package = next((d for d in path.parents if (d / "__init__.py").is_file()), None)
+        if package is None or package == REPO:
+            continue
+        key = ".".join(package.relative_to(REPO).parts)
+        inside = path.relative_to(package)
+        if not any(inside.match(p) and len(inside.parts) == len(Path(p).parts) for p in patterns.get(key, [])):
+            missing.append(name)
+    assert not missing, f"not in [tool.setuptools.package-data] of pyproject.toml: {missing}"
 
 
 @pytest.fixture(scope="module")
