@@ -256,7 +256,9 @@ class IcarusRunner:
             frames.append((bytes(frame.tdata), int(dest)))
         while self.lanes is not None and self.lanes.received:
             frames.append(self.lanes.received.popleft())
-        irqs, self._irqs = self._irqs, []
+        # the same list emptied, not a new one: the DMA target's MSI window appends to it through a bound method
+        irqs = self._irqs[:]
+        self._irqs.clear()
         sink = self._sink
         if sink is None:
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.eventloop import wait_eventfd
 from backend.pci.device import DmaPerm
 from backend.targets import default_registry
 from backend.virtio.features import DeviceStatus
@@ -24,6 +25,7 @@ from testbenches.frames import test_frame
 from tests.rtl.simulate import icarus_check
 
 SPEC = "rtl:virtio-net,sim=icarus,mac=02:00:00:00:00:0b"
+VENDOR_SPEC = "rtl:acme-vnet,sim=icarus"
 WAIT = 20.0  # Icarus: ~50 k cycles/s
 MEM = 4 << 20  # the shared ``mem`` fixture's size and address (tests/conftest.py)
 GPA = 0x1_0000_0000
@@ -94,6 +96,33 @@ def test_dma_outside_the_maps_is_a_reported_fault(dev: IcarusDevice, mem: GuestM
         assert any(e.startswith("FEAT-DRV-11") for e in dev.model.errors), dev.model.errors
     finally:
         drv.close()
+
+
+def test_message_write_interrupts_reach_the_driver(mem: GuestMemory) -> None:
+    """The vendor design keeps its MSI-X table and sends each interrupt as a message write on its own AXI4
+    master: on Icarus every message the design writes into the platform's window reaches the eventfd of its
+    vector, the configuration vector on each link change and the receive queue's on a frame, none before."""
+    icarus_check()
+    device = default_registry().open(VENDOR_SPEC)
+    assert isinstance(device, IcarusDevice)
+    try:
+        drv = GuestNetDriver(device, mem, queue_size=64)
+        try:
+            drv.init()
+            port = device.model
+            assert port is not None
+            assert not wait_eventfd(drv.irq_fds["rx"], 0.0), "a receive interrupt before any frame"
+            for up in (False, True, False, True):
+                port.set_link(up)
+                assert drv.config_changed(WAIT), f"no configuration interrupt, link {'up' if up else 'down'}"
+            port.receive(test_frame(5))
+            assert drv.wait_irq("rx", WAIT), "no receive queue interrupt for a frame written into a buffer"
+            assert [f.frame for f in drv.receive_raw(1, timeout=WAIT)] == [test_frame(5)]
+        finally:
+            drv.close()
+    finally:
+        device.close()
+        assert device.proc is not None and device.proc.returncode == 0, device.log_tail()
 
 
 @pytest.mark.parametrize("option", ["waves=/tmp/x.fst", "pcap=/tmp/x.pcap", "define=VNET_BUG_MISSED_IRQ"])
