@@ -37,6 +37,7 @@ def _bench_json() -> dict[str, Any]:
                   "backend_cpu_pct_max": 0.01,
                   "goals": {"ratio_min": 0.1, "mem_table_ms_max": 10.0, "backend_cpu_pct_max": 1.0}},
         "rtl": {"plain_cycles_per_s": 5.1e6, "goal_cycles_per_s": 1e6, "notes": [],
+                "bridge_loop_cycles_per_s": 3.3e6, "legacy_bridge_loop_cycles_per_s": 3.0e6,
                 "runs": [{"name": "Python frontend", "cycles_per_s": 1.25e6, "clock_cycles_per_s": 3e6},
                          {"name": "testpmd io loop", "cycles_per_s": 2.5e6, "clock_cycles_per_s": 4e6}]},
         "campaign": {"cells": 4, "workers": 2, "checks": "test_features", "serial_wall_s": 20.0,
@@ -77,6 +78,7 @@ def test_bench_rendering_carries_every_figure_and_the_machine(tmp_path: Path) ->
     assert "Full stack 1.25 M simulated cycles/s with the Python frontend (3.00 M while the clock ran), " \
         "2.50 M with testpmd's io loop (4.00 M while the clock ran), against 5.10 M" in rtl
     assert "for a plain Verilator C++ loop of the same design (goal ≥ 1 M)" in rtl
+    assert "3.30 M against 3.00 M, ratio **1.10**" in rtl
     campaign = committed.render_campaign(tmp_path)
     assert "| one after another | 20.0 | 5.00 | 5.00 |" in campaign
     assert "| 2 Dask workers | 12.5 | 3.12 | 5.50 |" in campaign
