@@ -23,7 +23,7 @@ from the design itself), so the suite reports those requirement ids "not offered
 from __future__ import annotations
 
 import logging
-import zlib
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from backend.pci.abilities import Abilities
 from backend.targets import parse_spec
 from models.rtl import RTL_DIR
 from models.targets import wired_abilities
+from models.virtio_net.rss_context import AutoSteering
 from models.virtio_net.wire import FrameBatch, LoopbackWire, PcapTap, Wire
 from sim.iommu import Iommu
 from sim.rtl.bridge import Events, NativeBridge
@@ -170,6 +171,9 @@ class RtlNetModel:
         self.mac = opts.mac
         self.pairs = opts.pairs
         self._codes = opts.description.error_codes
+        #: automatic receive steering's flow table, fed with the frames the design transmits
+        self._steering = AutoSteering()
+        self._steering_lock = threading.Lock()  # frames leave on the delivery thread, arrive on any
         self.link_up = True
         #: one line per driver error the function reported (last_err_code at each err_count step)
         self.errors: list[str] = []
@@ -182,11 +186,27 @@ class RtlNetModel:
         self.link_up = bool(up)
         self._runner.set_link(self.link_up)
 
+    def learn(self, frames: Sequence[tuple[bytes, int]]) -> None:
+        """Frames the design transmitted, each with its transmit queue's pair (m_axis tdest): the flows whose
+        incoming packets belong to that pair's receive queue (NETCTRL-DEV-B02)."""
+        if self.pairs <= 1:
+            return
+        with self._steering_lock:
+            for frame, pair in frames:
+                self._steering.tx_pair = pair
+                self._steering.learn(frame)
+
     def steer(self, frame: bytes) -> int:
-        """The queue pair a frame from the wire asks for (s_axis tdest): a hash of its addresses and the
-        next 8 bytes (IPv4 addresses or the start of the payload), so one flow stays on one pair. The
-        design honours it only for pairs VQ_PAIRS_SET enabled, else it uses receiveq1."""
-        return zlib.crc32(frame[:12] + frame[26:34]) % self.pairs if self.pairs > 1 else 0
+        """The queue pair a frame from the wire asks for (s_axis tdest), as the port in front of the design
+        steers (the design has no flow table of its own): the pair whose transmit queue last sent the packet's
+        flow (its ends reversed), else a hash of its addresses, so one flow stays on one pair. The design
+        honours it only for pairs VQ_PAIRS_SET enabled, else it uses receiveq1; a receive queue being reset
+        hands the frame to another enabled one (NETCTRL-DEV-27)."""
+        if self.pairs <= 1:
+            return 0
+        with self._steering_lock:
+            pair = self._steering.pair_for(frame, self.pairs, lambda _pair: True)
+        return pair if pair is not None else 0
 
     def receive(self, frame: bytes) -> None:
         self._runner.push_frames([(bytes(frame), self.steer(frame))])
@@ -227,6 +247,7 @@ class RtlNetDevice(RtlPciDevice):
                                self.model, self.model.errors)
 
     def _transmit(self, frames: Sequence[tuple[bytes, int]]) -> None:
+        self.model.learn(frames)
         if isinstance(self.wire, LoopbackWire):
             self.wire.port.transmit_batch(FrameBatch.of(f for f, _ in frames))
         else:

@@ -596,9 +596,21 @@ module vnet_ring_engine
               end
             end
           end else if (rx_full && !rx_consume) begin : pick_rx
-            // receiveq1, or the pair the frame asks for once VQ_PAIRS_SET enabled it
+            // receiveq1, or the pair the frame asks for once VQ_PAIRS_SET enabled it; with MQ, when that
+            // receive queue is being reset (not enabled), the first enabled one of the active pairs takes the
+            // frame (NETCTRL-DEV-27); none enabled: dropped below (NETCTRL-DEV-28)
             logic [QW-1:0] rq;
+            logic          moved;
             rq = (negotiated[F_NET_MQ] && 16'(rx_pair) < active_pairs) ? QW'(2 * 32'(rx_pair)) : '0;
+            moved = 1'b0;
+            if (negotiated[F_NET_MQ] && !q_enable[rq]) begin
+              for (int unsigned p = 0; p < NUM_PAIRS; p++) begin
+                if (!moved && 16'(p) < active_pairs && q_enable[2 * p]) begin
+                  moved = 1'b1;
+                  rq    = QW'(2 * p);
+                end
+              end
+            end
             cq      <= rq;
             is_tx   <= 1'b0;
             is_ctrl <= 1'b0;

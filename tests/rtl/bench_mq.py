@@ -134,3 +134,28 @@ async def control_queue_without_mq(bench: NetBench, rng: random.Random, cov: Cov
     [used] = bench.rxq.used()
     assert bench.rx_data(used.head, used.len) == RX_HDR + frame
     cov.hit("case", "steering_off")
+
+
+@bench_test(SEED + 12, "mq_steering_queue_reset", case=["moved_to_enabled", "all_reset_dropped"])
+async def steering_around_a_queue_being_reset(bench: NetBench, rng: random.Random, cov: Coverage) -> None:
+    """NETCTRL-DEV-27/28: a frame for a receive queue being reset goes to another enabled receive queue of the
+    active pairs; with every one of them reset it is dropped."""
+    await bench.init(BASE_FEATURES | MQ | bits(F.RING_RESET), queues=2 * PAIRS + 1)
+    ctrlq = bench.queues[2 * PAIRS]
+    for q in (bench.queues[0], bench.queues[2]):
+        for _ in range(2):
+            bench.post_rx([HDR_SIZE + 200], [0], q)
+        await bench.publish(q)
+    assert await command(bench, ctrlq, CTRL_MQ, MQ_VQ_PAIRS_SET, struct.pack("<H", PAIRS)) == (OK, 1)
+    await bench.queue_reset(2, 20)
+    assert await receive_on(bench, ethernet(rng, 100), 1) == 0, "receiveq2 is being reset"
+    cov.hit("case", "moved_to_enabled")
+    await bench.queue_reset(0, 20)
+    dropped = bench.stat("rx_dropped")
+    await bench.source.send(AxiStreamFrame(ethernet(rng, 100), tdest=1))
+    for _ in range(500):
+        if bench.stat("rx_dropped") == dropped + 1:
+            break
+        await bench.quiet(16)
+    assert bench.stat("rx_dropped") == dropped + 1, "a frame with every receive queue being reset was not dropped"
+    cov.hit("case", "all_reset_dropped")
