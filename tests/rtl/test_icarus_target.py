@@ -8,6 +8,7 @@ Verilator-only options refused with a reason. (The conformance suite runs on it 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,16 +34,23 @@ GPA = 0x1_0000_0000
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def dev() -> Iterator[IcarusDevice]:
+@contextlib.contextmanager
+def opened(spec: str) -> Iterator[IcarusDevice]:
+    """The device process of ``spec``, closed afterwards; it must have exited cleanly."""
     icarus_check()
-    device = default_registry().open(SPEC)
+    device = default_registry().open(spec)
     assert isinstance(device, IcarusDevice)
     try:
         yield device
     finally:
         device.close()
         assert device.proc is not None and device.proc.returncode == 0, device.log_tail()
+
+
+@pytest.fixture
+def dev() -> Iterator[IcarusDevice]:
+    with opened(SPEC) as device:
+        yield device
 
 
 def test_frames_through_the_design_and_back(dev: IcarusDevice, mem: GuestMemory) -> None:
@@ -102,10 +110,7 @@ def test_message_write_interrupts_reach_the_driver(mem: GuestMemory) -> None:
     """The vendor design keeps its MSI-X table and sends each interrupt as a message write on its own AXI4
     master: on Icarus every message the design writes into the platform's window reaches the eventfd of its
     vector, the configuration vector on each link change and the receive queue's on a frame, none before."""
-    icarus_check()
-    device = default_registry().open(VENDOR_SPEC)
-    assert isinstance(device, IcarusDevice)
-    try:
+    with opened(VENDOR_SPEC) as device:
         drv = GuestNetDriver(device, mem, queue_size=64)
         try:
             drv.init()
@@ -120,9 +125,6 @@ def test_message_write_interrupts_reach_the_driver(mem: GuestMemory) -> None:
             assert [f.frame for f in drv.receive_raw(1, timeout=WAIT)] == [test_frame(5)]
         finally:
             drv.close()
-    finally:
-        device.close()
-        assert device.proc is not None and device.proc.returncode == 0, device.log_tail()
 
 
 @pytest.mark.parametrize("option", ["waves=/tmp/x.fst", "pcap=/tmp/x.pcap", "define=VNET_BUG_MISSED_IRQ"])
