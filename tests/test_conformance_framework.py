@@ -289,6 +289,32 @@ def test_wrong_id(verdict):
     assert load_ids(out)["SPLIT-DEV-01"]["status"] == "failed"
 
 
+@pytest.mark.parametrize(("args", "want"), [((), 1200.0), (("--check-budget", "100"), 300.0),
+                                             (("--timeout", "50"), 50.0)])
+def test_a_check_is_not_killed_before_its_budget(pytester: pytest.Pytester, args: tuple[str, ...],
+                                                 want: float) -> None:
+    """A config file's pytest-timeout (300 s here, as the project's) below twice ``--check-budget`` would kill a
+    slow target's check that the budget admits: such a check gets twice the budget; a timeout the user gave, a
+    default already large enough and a test without ids keep theirs."""
+    pytester.makeini("[pytest]\ntimeout = 300\n")
+    checks = f"""
+import pytest
+
+def effective(request):
+    marker = request.node.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker else float(request.config.getoption("timeout") or 300)
+
+@pytest.mark.req("SPLIT-DEV-01")
+def test_check(request):
+    assert effective(request) == {want}
+
+def test_without_ids(request):
+    assert effective(request) == {50.0 if "--timeout" in args else 300.0}
+"""
+    result, _ = run_checks(pytester, *args, checks=checks)
+    result.assert_outcomes(passed=2)
+
+
 def test_open_target_closes_devices_even_on_failure(pytester: pytest.Pytester) -> None:
     checks = """
 import pytest

@@ -4,6 +4,7 @@ wait and every silence window scaled by it; a wait that runs out says how long i
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -192,5 +193,59 @@ def test_without_session_deadlines_a_rig_takes_the_declared_slowdown(sim: PciDev
         try:
             assert r.time_scale == 6.0 and r.deadlines.basis == "declared by the target"
             assert r.event_wait == pytest.approx(6 * 0.5)
+        finally:
+            r.close()
+
+
+class UsedIdxWriter:
+    """Stands in for a device moving a long batch slowly: a thread that stores the TX used idx ``start + 1`` ..
+    ``start + steps`` one step every ``gap`` s (nothing else of the ring is touched: the wait reads only the idx)."""
+
+    def __init__(self, r: Rig, start: int, steps: int, gap: float) -> None:
+        self.stop = threading.Event()
+        at = r.tx.used_addr + 2  # struct virtq_used: flags, then idx
+
+        def run() -> None:
+            for k in range(1, steps + 1):
+                if self.stop.wait(gap):
+                    return
+                r.mem.write(at, ((start + k) & 0xFFFF).to_bytes(2, "little"))
+
+        self.thread = threading.Thread(target=run, daemon=True)
+
+    def __enter__(self) -> UsedIdxWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def test_a_wait_for_a_batch_bounds_each_step_not_the_batch(sim: PciDevice) -> None:
+    """A batch whose used elements come slower, all together, than the bound (12 steps 40 ms apart against 0.1 s)
+    is waited for while the idx keeps moving toward the target; a device that stops part way misses one bound after
+    its last step, and a jump past the target never extends the wait."""
+    with GuestMemory.single(MEM_SIZE, gpa=GUEST_MEMORY_BASE) as mem:
+        r = Rig(sim, mem, deadlines=Deadlines(1.0, "sim:virtio-net", "calibrated at bring-up"))
+        try:
+            r.up(queue_size=64, rx_buffers=4)
+            start = r.tx.used_idx()
+            began = time.monotonic()
+            with UsedIdxWriter(r, start, 12, 0.04):
+                ok, _ = r.wait_used_idx(TX, start + 12, timeout=0.1)
+            assert ok and time.monotonic() - began >= 0.4, "a moving batch was cut off by one step's bound"
+            began = time.monotonic()
+            with UsedIdxWriter(r, start + 12, 3, 0.04):  # stops 9 short
+                ok, _ = r.wait_used_idx(TX, start + 24, timeout=0.1)
+            took = time.monotonic() - began
+            assert not ok and 0.2 <= took < 2.0, took
+            r.patience = r.stretched(1.0)  # the miss above shortened later waits; this one is judged on its own
+            r.mem.write(r.tx.used_addr + 2, ((start + 30) & 0xFFFF).to_bytes(2, "little"))
+            began = time.monotonic()
+            with UsedIdxWriter(r, start + 30, 100, 0.01):  # past start + 24 and running on: moving, never toward it
+                ok, _ = r.wait_used_idx(TX, start + 24, timeout=0.1)
+            took = time.monotonic() - began
+            assert not ok and took < 0.6, took
         finally:
             r.close()

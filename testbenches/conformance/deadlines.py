@@ -7,7 +7,9 @@ its speed, not its conformance. :class:`Deadlines` holds the session's *time sca
 is scaled:
 
 * :meth:`Deadlines.wait` -- a bound on waiting for something that must happen (an interrupt, a used element, a
-  control command's ack). Paid in full only when the device misbehaves.
+  control command's ack). Paid in full only when the device misbehaves. A wait for a batch of used elements
+  (the rig's ``wait_used_idx`` and ``complete``) bounds each step, not the batch: every element that comes starts
+  the bound again, so a long batch on a target slowed by load after its calibration is not cut off.
 * :meth:`Deadlines.silence` -- how long "nothing arrives" is watched for (no interrupt, no extra used element).
   Scaled as well: on a slow target a late interrupt would otherwise land after the window and pass for silence.
 

@@ -765,13 +765,20 @@ class Rig:
                       expected: bool = True) -> tuple[bool, int]:
         """Wait until :meth:`used_mark` of ``q`` reads ``target`` (a split used idx, 16-bit; a packed position,
         modulo two laps); interrupts seen meanwhile are returned. Nothing is consumed. Not reaching it is a missed
-        deadline unless it was not ``expected`` (a look for a used index that must not move)."""
+        deadline unless it was not ``expected`` (a look for a used index that must not move).
+
+        An expected wait bounds each step, not the whole batch: every move of the mark starts the bound again, so
+        a batch of hundreds of chains on a slow or loaded target is judged by whether the device keeps going, not
+        by how long the batch is; a bound passing with no move toward ``target`` is the miss."""
         packed = self.drv.packed.get(q)
         modulo = 2 * packed.size if packed is not None else 0x10000
-        deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
+        size = packed.size if packed is not None else self._split(q).size
+        bound = min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
+        deadline = time.monotonic() + bound
         fd = self.irq_fd(q)
         seen = 0
-        while self.used_mark(q) != target % modulo:
+        last = self.used_mark(q)
+        while last != target % modulo:
             left = deadline - time.monotonic()
             if left <= 0:
                 if expected:
@@ -783,6 +790,14 @@ class Rig:
                     seen += os.eventfd_read(fd)
                 except BlockingIOError:
                     pass
+            mark = self.used_mark(q)
+            # a step is a move toward the target from at most a ring's worth of elements short of it (no device
+            # has more in flight): a mark running past the target or back never extends the wait, which so ends
+            # after at most one bound per element still due
+            due = (target - mark) % modulo
+            if expected and due < (target - last) % modulo and due < size:
+                deadline = time.monotonic() + bound
+            last = mark
         return True, seen
 
     def event_idx_step(self, first_seq: int, event: int, flags: int, batch: int, length: int) -> EventIdxStep:
@@ -806,16 +821,21 @@ class Rig:
     def complete(self, q: int, pending: dict[int, Posted], count: int, timeout: float | None = None, *,
                  expected: bool = True) -> list[tuple[Posted, int]]:
         """Consume used entries of ``q`` until ``count`` came back (or ``timeout``), in used-ring order; fewer is a
-        missed deadline unless they were not ``expected`` (a look for entries that must not come)."""
+        missed deadline unless they were not ``expected`` (a look for entries that must not come). As in
+        :meth:`wait_used_idx`, an expected wait bounds each step: every entry that comes starts the bound again."""
         ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
-        deadline = time.monotonic() + min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
+        bound = min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
+        deadline = time.monotonic() + bound
         while len(got) < count:
+            before = len(got)
             for u in ring.used():
                 p = pending.pop(u.head, None)
                 if p is None:
                     raise AssertionError(f"queue {q}: used id {u.head} is not a chain in flight")
                 got.append((p, u.len))
+            if expected and len(got) != before:
+                deadline = time.monotonic() + bound
             if len(got) >= count:
                 break
             left = deadline - time.monotonic()

@@ -66,6 +66,7 @@ that runs on one layout only says which with ``@pytest.mark.ring_layout("packed"
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -103,6 +104,8 @@ MARKER = "req"
 LAYOUT_PARAM = "ring_layout"
 #: Failure evidence kept per id and test; more failures are only counted.
 MAX_EVIDENCE = 10
+#: A check's pytest timeout is at least this many times ``--check-budget`` (:func:`check_timeout`).
+BACKSTOP_FACTOR = 2.0
 
 
 def normalize_target(spec: str) -> str:
@@ -414,15 +417,36 @@ def _items(result: object) -> Iterator[pytest.Item]:
             yield from _items(r)
 
 
+def check_timeout(config: pytest.Config) -> float | None:
+    """The pytest-timeout a check (an item with requirement ids) is given when the configured one must be raised.
+    On a slow target a check runs when its estimate is within ``--check-budget``; estimates can be off, so a
+    config file's default (the project's is 300 s) below :data:`BACKSTOP_FACTOR` times the budget is raised to
+    that, else it would kill checks the budget admits. A timeout the user asked for (``--timeout``,
+    ``PYTEST_TIMEOUT``, a marker) is left as it is."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        return None
+    if config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return None
+    try:
+        configured = float(config.getini("timeout") or 0)
+    except (ValueError, TypeError):
+        return None
+    backstop = BACKSTOP_FACTOR * float(config.getoption("check_budget"))
+    return backstop if 0 < configured < backstop else None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Generator[None, Any, Any]:
     result = yield
     requirements = conformance_run(collector.config).requirements
+    raised = check_timeout(collector.config)
     for item in _items(result):
         try:
             requirements.validate(req_ids(item))
         except UnknownRequirementError as exc:
             raise pytest.Collector.CollectError(f"{item.nodeid}: {exc}") from None
+        if raised is not None and req_ids(item) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(raised))
     return result
 
 
