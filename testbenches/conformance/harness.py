@@ -49,7 +49,13 @@ from backend.virtio.pci_regs import NO_VECTOR
 from backend.virtio.split_ring import vring_need_event
 from sim.memory import Allocator, GuestMemory
 from testbenches.conformance.chains import DmaWatch, Posted, add_chain
-from testbenches.conformance.deadlines import DEFAULT_BUDGET, Calibration, Deadlines, declared_scale
+from testbenches.conformance.deadlines import (
+    DEFAULT_BUDGET,
+    FULL_SPEED_ROUND_TRIP,
+    Calibration,
+    Deadlines,
+    declared_scale,
+)
 from testbenches.conformance.packed_chains import add_packed_chain
 from testbenches.conformance.plugin import Verdict
 from testbenches.driver.layout import DriverRing, Layout, PackedDriverRing, layout_features, layout_of
@@ -769,15 +775,23 @@ class Rig:
 
         An expected wait bounds each step, not the whole batch: every move of the mark starts the bound again, so
         a batch of hundreds of chains on a slow or loaded target is judged by whether the device keeps going, not
-        by how long the batch is; a bound passing with no move toward ``target`` is the miss."""
+        by how long the batch is; a bound passing with no move toward ``target`` is the miss. A device may also
+        write the used idx once for a whole batch, so the bound is ``timeout`` plus a full-speed round trip
+        (:data:`FULL_SPEED_ROUND_TRIP`) per element still due, scaled."""
         packed = self.drv.packed.get(q)
         modulo = 2 * packed.size if packed is not None else 0x10000
         size = packed.size if packed is not None else self._split(q).size
-        bound = min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
-        deadline = time.monotonic() + bound
+        nominal = timeout if timeout is not None else TIMEOUT
+
+        def bound(due: int) -> float:
+            # a device may write the used idx once for a whole batch: the bound grows with the elements due
+            return min(self.stretched(nominal + due * FULL_SPEED_ROUND_TRIP), self.patience)
+
         fd = self.irq_fd(q)
         seen = 0
         last = self.used_mark(q)
+        due = (target - last) % modulo
+        deadline = time.monotonic() + bound(due if expected and due < size else 0)
         while last != target % modulo:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -796,7 +810,7 @@ class Rig:
             # after at most one bound per element still due
             due = (target - mark) % modulo
             if expected and due < (target - last) % modulo and due < size:
-                deadline = time.monotonic() + bound
+                deadline = time.monotonic() + bound(due)
             last = mark
         return True, seen
 
@@ -825,8 +839,12 @@ class Rig:
         :meth:`wait_used_idx`, an expected wait bounds each step: every entry that comes starts the bound again."""
         ring = self.ring(q)
         got: list[tuple[Posted, int]] = []
-        bound = min(self.stretched(timeout if timeout is not None else TIMEOUT), self.patience)
-        deadline = time.monotonic() + bound
+        nominal = timeout if timeout is not None else TIMEOUT
+
+        def bound(due: int) -> float:
+            return min(self.stretched(nominal + due * FULL_SPEED_ROUND_TRIP), self.patience)
+
+        deadline = time.monotonic() + bound(count if expected else 0)
         while len(got) < count:
             before = len(got)
             for u in ring.used():
@@ -835,7 +853,7 @@ class Rig:
                     raise AssertionError(f"queue {q}: used id {u.head} is not a chain in flight")
                 got.append((p, u.len))
             if expected and len(got) != before:
-                deadline = time.monotonic() + bound
+                deadline = time.monotonic() + bound(count - len(got))
             if len(got) >= count:
                 break
             left = deadline - time.monotonic()
