@@ -767,6 +767,11 @@ class Rig:
         for q in (RX, TX):
             self.irqs(q, 0)
 
+    def _batch_bound(self, nominal: float, due: int) -> float:
+        """The bound of one step of a batch wait with ``due`` elements still to come: ``nominal`` plus a full-speed
+        round trip per element (a device may write the used idx once for a whole batch), scaled, within patience."""
+        return min(self.stretched(nominal + due * FULL_SPEED_ROUND_TRIP), self.patience)
+
     def wait_used_idx(self, q: int, target: int, timeout: float | None = None, *,
                       expected: bool = True) -> tuple[bool, int]:
         """Wait until :meth:`used_mark` of ``q`` reads ``target`` (a split used idx, 16-bit; a packed position,
@@ -783,15 +788,11 @@ class Rig:
         size = packed.size if packed is not None else self._split(q).size
         nominal = timeout if timeout is not None else TIMEOUT
 
-        def bound(due: int) -> float:
-            # a device may write the used idx once for a whole batch: the bound grows with the elements due
-            return min(self.stretched(nominal + due * FULL_SPEED_ROUND_TRIP), self.patience)
-
         fd = self.irq_fd(q)
         seen = 0
         last = self.used_mark(q)
         due = (target - last) % modulo
-        deadline = time.monotonic() + bound(due if expected and due < size else 0)
+        deadline = time.monotonic() + self._batch_bound(nominal, due if expected and due < size else 0)
         while last != target % modulo:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -810,7 +811,7 @@ class Rig:
             # after at most one bound per element still due
             due = (target - mark) % modulo
             if expected and due < (target - last) % modulo and due < size:
-                deadline = time.monotonic() + bound(due)
+                deadline = time.monotonic() + self._batch_bound(nominal, due)
             last = mark
         return True, seen
 
@@ -841,10 +842,7 @@ class Rig:
         got: list[tuple[Posted, int]] = []
         nominal = timeout if timeout is not None else TIMEOUT
 
-        def bound(due: int) -> float:
-            return min(self.stretched(nominal + due * FULL_SPEED_ROUND_TRIP), self.patience)
-
-        deadline = time.monotonic() + bound(count if expected else 0)
+        deadline = time.monotonic() + self._batch_bound(nominal, count if expected else 0)
         while len(got) < count:
             before = len(got)
             for u in ring.used():
@@ -853,7 +851,7 @@ class Rig:
                     raise AssertionError(f"queue {q}: used id {u.head} is not a chain in flight")
                 got.append((p, u.len))
             if expected and len(got) != before:
-                deadline = time.monotonic() + bound(count - len(got))
+                deadline = time.monotonic() + self._batch_bound(nominal, count - len(got))
             if len(got) >= count:
                 break
             left = deadline - time.monotonic()
