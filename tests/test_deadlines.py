@@ -197,19 +197,24 @@ def test_without_session_deadlines_a_rig_takes_the_declared_slowdown(sim: PciDev
             r.close()
 
 
-class UsedIdxWriter:
-    """Stands in for a device moving a long batch slowly: a thread that stores the TX used idx ``start + 1`` ..
-    ``start + steps`` one step every ``gap`` s (nothing else of the ring is touched: the wait reads only the idx)."""
+def store_used_idx(r: Rig, value: int) -> None:
+    """Writes the TX used idx as a device would (struct virtq_used: flags, then idx)."""
+    r.mem.write(r.tx.used_addr + 2, (value & 0xFFFF).to_bytes(2, "little"))
 
-    def __init__(self, r: Rig, start: int, steps: int, gap: float) -> None:
+
+class UsedIdxWriter:
+    """Stands in for a device moving a batch slowly: a thread that stores the TX used idx ``start + by``, ``start +
+    2 * by`` .. ``start + steps * by``, one store every ``gap`` s (nothing else of the ring is touched: the wait
+    reads only the idx)."""
+
+    def __init__(self, r: Rig, start: int, steps: int, gap: float, by: int = 1) -> None:
         self.stop = threading.Event()
-        at = r.tx.used_addr + 2  # struct virtq_used: flags, then idx
 
         def run() -> None:
             for k in range(1, steps + 1):
                 if self.stop.wait(gap):
                     return
-                r.mem.write(at, ((start + k) & 0xFFFF).to_bytes(2, "little"))
+                store_used_idx(r, start + k * by)
 
         self.thread = threading.Thread(target=run, daemon=True)
 
@@ -241,7 +246,7 @@ def test_a_wait_for_a_batch_bounds_each_step_not_the_batch(sim: PciDevice) -> No
             took = time.monotonic() - began
             assert not ok and 0.2 <= took < 2.0, took
             r.patience = r.stretched(1.0)  # the miss above shortened later waits; this one is judged on its own
-            r.mem.write(r.tx.used_addr + 2, ((start + 30) & 0xFFFF).to_bytes(2, "little"))
+            store_used_idx(r, start + 30)
             began = time.monotonic()
             with UsedIdxWriter(r, start + 30, 100, 0.01):  # past start + 24 and running on: moving, never toward it
                 ok, _ = r.wait_used_idx(TX, start + 24, timeout=0.1)
@@ -260,19 +265,8 @@ def test_a_batch_returned_at_once_gets_time_for_each_of_its_elements(sim: PciDev
         try:
             r.up(queue_size=256, rx_buffers=4)
             start = r.tx.used_idx()
-            stop = threading.Event()
-
-            def jump() -> None:
-                if not stop.wait(1.0):
-                    r.mem.write(r.tx.used_addr + 2, ((start + 200) & 0xFFFF).to_bytes(2, "little"))
-
-            writer = threading.Thread(target=jump, daemon=True)
-            writer.start()
-            try:
+            with UsedIdxWriter(r, start, 1, 1.0, by=200):  # one store, the whole batch, after 1 s
                 ok, _ = r.wait_used_idx(TX, start + 200, timeout=0.1)
-            finally:
-                stop.set()
-                writer.join(timeout=5)
             assert ok
         finally:
             r.close()
