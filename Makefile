@@ -58,12 +58,14 @@ record: system $(STAMP)
 	  $(BIN)/python -m bench.results suite reports/sim/results.json || exit $$?; fi; \
 	exit $$status
 
-# Serial on purpose: the interop tests pin testpmd's busy-polling lcores to CPU 1 and the checks have
-# deadlines of about a second, so parallel workers would starve each other on small machines. On a
-# bigger one, PYTEST_ARGS='-n 4' (pytest-xdist) is there to try.
-PYTEST_ARGS ?=
+# pytest-xdist, one worker per core (at most four): the interop tests are one work unit (they pin testpmd's
+# busy-polling lcores to one CPU and start QEMU guests, so two must not overlap) and every other module is one,
+# so a module's whole-suite fixture runs once (tests/conftest.py). The checks' deadlines follow the target's
+# calibrated speed, so a shared core stretches them instead of failing them. PYTEST_ARGS='-n 0' runs serially.
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_ARGS ?= -n $(JOBS) --dist loadgroup
 test: system $(STAMP) lint
-	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=25 --junitxml=reports/tests/junit.xml $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend sim models testbenches tests bench tools examples

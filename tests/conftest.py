@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -69,8 +72,37 @@ def kernel() -> Kernel:
 @pytest.fixture(scope="session")
 def sim_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The whole conformance suite on ``sim:virtio-net`` in a child process, once per session: the model's own
-    test judges it, and the broken-model and RTL tests take it as their reference. ``_dir`` is its report."""
-    out = tmp_path_factory.mktemp("sim-suite")
-    data = run_suite("sim:virtio-net", out)
+    test judges it, and the broken-model and RTL tests take it as their reference. ``_dir`` is its report.
+
+    Under pytest-xdist the workers share one run: the first to take the lock in the run's common temporary
+    directory runs it, the others wait for it and read its results."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp("sim-suite")
+        data = run_suite("sim:virtio-net", out)
+        data["_dir"] = out
+        return data
+    out = tmp_path_factory.getbasetemp().parent / "sim-suite"
+    out.mkdir(exist_ok=True)
+    shared = out / "fixture.json"
+    with open(out / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.exists():
+            data = json.loads(shared.read_text())
+        else:
+            data = run_suite("sim:virtio-net", out)
+            shared.write_text(json.dumps(data))
     data["_dir"] = out
     return data
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Work units for ``pytest -n N --dist loadgroup`` (the Makefile's): the interop tests are one unit, since
+    they pin testpmd's busy-polling lcores to one CPU and start QEMU guests, so two of them must not run at once;
+    every other module is a unit of its own, so a module's expensive module-scoped fixture (a whole suite run)
+    runs on one worker, once."""
+    interop = Path(__file__).parent / "interop"
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "interop" if item.path.is_relative_to(interop) else item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
