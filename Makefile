@@ -58,12 +58,13 @@ record: system $(STAMP)
 	  $(BIN)/python -m bench.results suite reports/sim/results.json || exit $$?; fi; \
 	exit $$status
 
-# pytest-xdist, one worker per core (at most four): the interop tests are one work unit (they pin testpmd's
-# busy-polling lcores to one CPU and start QEMU guests, so two must not overlap) and every other module is one,
-# so a module's whole-suite fixture runs once (tests/conftest.py). The checks' deadlines follow the target's
-# calibrated speed, so a shared core stretches them instead of failing them. PYTEST_ARGS='-n 0' runs serially.
+# pytest-xdist, one worker per core (at most four), a module per work unit so a module's whole-suite
+# fixture runs once, and the interop tests together as one unit (they pin testpmd's busy-polling lcores to
+# one CPU and start QEMU guests, so two must not overlap; the scheduler in tests/conftest.py). The checks'
+# deadlines follow the target's calibrated speed, so a shared core stretches them instead of failing them.
+# PYTEST_ARGS='-n 0' runs serially.
 JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST_ARGS ?= -n $(JOBS) --dist loadgroup
+PYTEST_ARGS ?= -n $(JOBS) --dist loadscope
 test: system $(STAMP) lint
 	$(BIN)/pytest -q --durations=25 --junitxml=reports/tests/junit.xml $(PYTEST_ARGS)
 

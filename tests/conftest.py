@@ -95,14 +95,20 @@ def sim_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Work units for ``pytest -n N --dist loadgroup`` (the Makefile's): the interop tests are one unit, since
-    they pin testpmd's busy-polling lcores to one CPU and start QEMU guests, so two of them must not run at once;
-    every other module is a unit of its own, so a module's expensive module-scoped fixture (a whole suite run)
-    runs on one worker, once."""
-    interop = Path(__file__).parent / "interop"
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "interop" if item.path.is_relative_to(interop) else item.nodeid.split("::", 1)[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n N --dist loadscope`` (the Makefile's) with the interop tests as one work unit: they pin testpmd's
+    busy-polling lcores to one CPU and boot QEMU guests, so two of them must not run at once. Every other module is
+    a unit of its own, as loadscope makes it, so a module's whole-suite fixture runs on one worker, once.
+    (``xdist_group`` marks would say the same, but pytest-xdist 3.8 renames the node ids through an attribute
+    pytest 9 no longer reads, so ``--dist loadgroup`` ignores them.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class InteropAsOneUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/interop" if path.startswith("tests/interop/") else path
+
+    return InteropAsOneUnit(config, log)
