@@ -179,3 +179,19 @@ def test_ioeventfd_on_an_unpollable_fd_is_refused_and_keeps_nothing() -> None:
         assert not dev._ioeventfds and dev.loop.watched == 0
     finally:
         dev.close()
+
+
+def test_a_stuck_thread_is_named_where_it_waits() -> None:
+    """The RTL runner's "delivery thread is stuck" error carries where that thread is."""
+    from sim.rtl.runner import _where
+
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, name="stuck")
+    stuck.start()
+    try:
+        where = _where(stuck)
+    finally:
+        release.set()
+        stuck.join()
+    assert "wait" in where and "threading.py" in where
+    assert _where(None) == "(not running)" == _where(stuck)

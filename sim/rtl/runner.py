@@ -20,7 +20,9 @@ doorbells otherwise, and the one place its events reach Python.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,6 +109,12 @@ class Runner(Protocol):
     def intx(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def _where(thread: threading.Thread | None) -> str:
+    """The innermost frames of ``thread``'s stack, for an error that says where it is stuck."""
+    frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident is not None else None
+    return "".join(traceback.format_stack(frame)[-6:]) if frame is not None else "(not running)"
 
 
 class RtlRunner:
@@ -208,7 +216,8 @@ class RtlRunner:
         with self._outbox_ready:
             if not self._outbox_ready.wait_for(lambda: self._delivered >= upto or self._stop, FLUSH_TIMEOUT):
                 raise RuntimeError(f"{self.name}: events before a register read not delivered within "
-                                   f"{FLUSH_TIMEOUT} s (the delivery thread is stuck)")
+                                   f"{FLUSH_TIMEOUT} s (the delivery thread is stuck at:\n"
+                                   f"{_where(self._delivery)})")
 
     def _deliver_loop(self) -> None:
         try:
