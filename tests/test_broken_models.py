@@ -16,7 +16,7 @@ import pytest
 
 from models.virtio_net.device import VirtioNetDevice
 from tests import broken_models
-from tests.suite_runner import assert_bug_caught, child_slots, ids_with, judging_modules, run_suite
+from tests.suite_runner import assert_bug_caught, ids_with, judging_modules, run_suite
 
 #: variant class in tests/broken_models.py -> ids of the rules its bug breaks, which the suite must report failed
 EXPECTED: dict[str, set[str]] = {
@@ -77,7 +77,7 @@ def variant_results(sim_suite: dict[str, Any],
         return variant, run_suite(variant_spec(variant), out, *VARIANT_ARGS,
                                   modules=judging_modules(reference, EXPECTED[variant]))
 
-    with ThreadPoolExecutor(max_workers=child_slots()) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         yield dict(pool.map(one, sorted(EXPECTED)))
 
 

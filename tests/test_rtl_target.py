@@ -35,7 +35,7 @@ from testbenches.frontend.vhost_user import VhostUserFrontend
 from testbenches.peers.serve import DeviceProcess, ServeProcess
 from tests.expected_ids import difference, expected_path, read_expected
 from tests.rtl_build import require_rtl_build
-from tests.suite_runner import ROOT, assert_bug_caught, child_slots, ids_with, judging_modules, run_suite
+from tests.suite_runner import ROOT, assert_bug_caught, ids_with, judging_modules, run_suite
 
 RTL = "rtl:virtio-net"
 SIM = "sim:virtio-net"
@@ -102,7 +102,7 @@ def suites(rtl_builds: None, sim_suite: dict[str, Any],
         data["_dir"] = out
         return name, data
 
-    with ThreadPoolExecutor(max_workers=child_slots()) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         jobs: list[tuple[str, str, tuple[str, ...], list[Path] | None]] = [(RTL, RTL, (), None)]
         jobs += [(define, f"{RTL},define={define}", VARIANT_ARGS, judging_modules(sim_suite, ids))
                  for define, ids in SEEDED_BUGS.items()]
