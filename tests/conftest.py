@@ -79,18 +79,17 @@ def sim_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if "PYTEST_XDIST_WORKER" not in os.environ:
         out = tmp_path_factory.mktemp("sim-suite")
         data = run_suite("sim:virtio-net", out)
-        data["_dir"] = out
-        return data
-    out = tmp_path_factory.getbasetemp().parent / "sim-suite"
-    out.mkdir(exist_ok=True)
-    shared = out / "fixture.json"
-    with open(out / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if shared.exists():
-            data = json.loads(shared.read_text())
-        else:
-            data = run_suite("sim:virtio-net", out)
-            shared.write_text(json.dumps(data))
+    else:
+        out = tmp_path_factory.getbasetemp().parent / "sim-suite"
+        out.mkdir(exist_ok=True)
+        shared = out / "fixture.json"
+        with open(out / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if shared.exists():
+                data = json.loads(shared.read_text())
+            else:
+                data = run_suite("sim:virtio-net", out)
+                shared.write_text(json.dumps(data))
     data["_dir"] = out
     return data
 
